@@ -1,0 +1,198 @@
+"""Command line: parse flags, pick the subcommand, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from exporter import __version__
+
+DESCRIPTION = """\
+Prometheus exporter for asynchronous jobs run by third-party APIs (Basiq, Oxlin,
+WillSuite, AIMS360, or any JSON job API). It polls the providers' jobs and queues on its
+own schedule, follows each job's transitions and serves them on /metrics.
+
+Without a subcommand it runs the exporter with --config.file. Every config key can also
+be set through ASYNCJOB_* variables (nested keys joined by __, e.g.
+ASYNCJOB_GLOBAL__POLL_INTERVAL=1m). Flags read ASYNCJOB_<FLAG> defaults too, e.g.
+ASYNCJOB_WEB_LISTEN_ADDRESS.
+"""
+
+EPILOG = """\
+subcommands:
+  demo           simulator of every provider + exporter, no config, no network
+  simulate       the simulator alone (tests, demos, benchmarks)
+  check-config   validate a config file: exit 0, or list every problem and exit 2
+
+examples:
+  asyncjob-exporter demo
+  asyncjob-exporter --config.file=asyncjob.yml --web.listen-address=:10110
+  asyncjob-exporter check-config asyncjob.yml
+"""
+
+
+def _env(flag: str, default: str | None) -> str | None:
+    return os.environ.get("ASYNCJOB_" + flag.upper().replace(".", "_").replace("-", "_"), default)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        default=_env("log.level", "info"),
+        choices=["debug", "info", "warn", "warning", "error"],
+        help="log level (default: info)",
+    )
+    p.add_argument(
+        "--log.format",
+        dest="log_format",
+        default=_env("log.format", "logfmt"),
+        choices=["logfmt", "json"],
+        help="log format (default: logfmt)",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="asyncjob-exporter",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"asyncjob-exporter {__version__}")
+    p.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="FILE",
+        default=_env("config.file", None),
+        help="YAML config file (targets, global defaults, state_file, api)",
+    )
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=_env("web.listen-address", ":10110"),
+        metavar="[HOST]:PORT",
+        help="address to serve /metrics and the API on (default: :10110)",
+    )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        metavar="FILE",
+        default=_env("web.config.file", None),
+        help="exporter-toolkit web config: tls_server_config, basic_auth_users (bcrypt)",
+    )
+    p.add_argument(
+        "--shard",
+        type=int,
+        default=int(_env("shard", "0") or 0),
+        help="this replica's shard number, from 0 (default: 0)",
+    )
+    p.add_argument(
+        "--total-shards",
+        dest="total_shards",
+        type=int,
+        default=int(_env("total-shards", "1") or 1),
+        help="number of replicas sharing the jobs by a stable hash (default: 1)",
+    )
+    _add_common(p)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the simulator and the exporter together",
+        description="Start the built-in simulator of every provider and the exporter "
+        "against it, with a steady trickle of new jobs. No config, no network.",
+    )
+    demo.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=":10110",
+        metavar="[HOST]:PORT",
+        help="exporter address (default: :10110)",
+    )
+    demo.add_argument(
+        "--simulator.listen-address",
+        dest="sim_listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="simulator address (default: a free port on 127.0.0.1)",
+    )
+    demo.add_argument(
+        "--simulator.step-seconds",
+        dest="step_seconds",
+        type=float,
+        default=3.0,
+        help="how long each simulated job step takes (default: 3)",
+    )
+    demo.add_argument(
+        "--simulator.trickle",
+        dest="trickle",
+        type=float,
+        default=2.0,
+        help="seconds between new simulated jobs (default: 2)",
+    )
+    _add_common(demo)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run the provider simulator alone",
+        description="Serve every provider's API on one port (/basiq/…, /oxlin/…, "
+        "/willsuite/…, /aims360/…, /generic/…) with realistic job lifecycles, plus "
+        "/_sim/jobs to create jobs, /_sim/faults to inject faults and /_sim/stats.",
+    )
+    sim.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default="127.0.0.1:10111",
+        metavar="HOST:PORT",
+        help="simulator address (default: 127.0.0.1:10111)",
+    )
+    sim.add_argument(
+        "--step-seconds",
+        dest="step_seconds",
+        type=float,
+        default=2.0,
+        help="how long each job step takes (default: 2)",
+    )
+    sim.add_argument(
+        "--trickle", type=float, default=0.0, help="seconds between new random jobs; 0 = none (default: 0)"
+    )
+    sim.add_argument("--seed", type=int, default=None, help="random seed for reproducible runs")
+    _add_common(sim)
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file",
+        description="Validate FILE (and ASYNCJOB_* variables): exit 0, or print "
+        "every problem with its key path and exit 2.",
+    )
+    check.add_argument("file", metavar="FILE")
+    _add_common(check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from exporter import commands, logs
+
+    logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
+    if args.command == "check-config":
+        return commands.check_config(args.file)
+    if args.command == "simulate":
+        return commands.run_simulate(args.listen, args.step_seconds, args.trickle, args.seed)
+    if args.command == "demo":
+        return commands.run_demo(args.listen, args.sim_listen, args.step_seconds, args.trickle)
+    if not 0 <= args.shard < args.total_shards:
+        print("--shard must be between 0 and --total-shards - 1", file=sys.stderr)
+        return 2
+    if not args.config_file:
+        print("--config.file is required (or run `asyncjob-exporter demo`); see --help", file=sys.stderr)
+        return 2
+    return commands.run_exporter(
+        args.config_file, args.listen, args.web_config, args.shard, args.total_shards
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""httpx.Auth flows for every auth type: static bearer/basic, Basiq's token, OAuth2 token grants.
+
+Token flows fetch a token through the same client, cache it under a lock until shortly
+before it expires (one token per target, never one per job: Basiq allows 1,500 token
+calls per 5 minutes), and renew it once when the API answers 401 (or Basiq's 403
+"Token has expired").
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncGenerator, Generator
+
+import anyio
+import httpx
+
+from exporter.config import AuthConfig
+
+# Renew this long before the provider's expiry, so a token never dies mid-poll.
+EXPIRY_MARGIN = 60.0
+DEFAULT_TOKEN_LIFETIME = 3600.0
+
+
+class AuthError(Exception):
+    """The token endpoint refused or answered nonsense. The message never holds a secret."""
+
+
+class BearerAuth(httpx.Auth):
+    """A static token, re-read from its file at each request so rotation needs no restart."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        self._config = config
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        secret = self._config.secret("token")
+        request.headers["Authorization"] = f"Bearer {secret.get_secret_value() if secret else ''}"
+        yield request
+
+
+class BasicAuth(httpx.Auth):
+    def __init__(self, config: AuthConfig) -> None:
+        self._config = config
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        secret = self._config.secret("password")
+        raw = f"{self._config.username}:{secret.get_secret_value() if secret else ''}".encode()
+        request.headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+        yield request
+
+
+class TokenAuth(httpx.Auth):
+    """Base of the token-exchanging flows; subclasses say how to ask for a token."""
+
+    def __init__(self, config: AuthConfig, base_url: str) -> None:
+        self._config = config
+        self._base_url = base_url
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock = anyio.Lock()
+        self.token_requests = 0
+
+    def token_request(self) -> httpx.Request:
+        raise NotImplementedError
+
+    def _expired(self, response: httpx.Response) -> bool:
+        return response.status_code == 401
+
+    def _valid(self) -> bool:
+        return self._token is not None and time.monotonic() < self._expires_at
+
+    def _store(self, response: httpx.Response) -> None:
+        if response.status_code != 200:
+            raise AuthError(f"token endpoint answered HTTP {response.status_code}")
+        try:
+            body = response.json()
+            token = body["access_token"]
+        except (ValueError, KeyError, TypeError):
+            raise AuthError("token endpoint answered without an access_token") from None
+        if not isinstance(token, str) or not token:
+            raise AuthError("token endpoint answered an empty access_token")
+        try:
+            lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+        except (TypeError, ValueError):
+            lifetime = DEFAULT_TOKEN_LIFETIME
+        self._token = token
+        self._expires_at = time.monotonic() + max(lifetime - EXPIRY_MARGIN, lifetime / 2)
+
+    def invalidate(self) -> None:
+        self._token = None
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        for attempt in range(2):
+            async with self._lock:
+                if not self._valid():
+                    self.token_requests += 1
+                    token_response = yield self.token_request()
+                    await token_response.aread()
+                    self._store(token_response)
+                token = self._token
+            request.headers["Authorization"] = f"Bearer {token}"
+            response = yield request
+            if attempt == 0 and response.status_code in (401, 403):
+                await response.aread()
+                if not self._expired(response):
+                    return
+                async with self._lock:
+                    if self._token == token:
+                        self.invalidate()
+                continue
+            return
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError("token auth works with httpx.AsyncClient only")
+
+
+class BasiqAuth(TokenAuth):
+    """Basiq: `POST /token` with the API key as issued, `basiq-version: 3.0`, scope SERVER_ACCESS."""
+
+    def token_request(self) -> httpx.Request:
+        key = self._config.secret("api_key")
+        return httpx.Request(
+            "POST",
+            f"{self._base_url}/token",
+            headers={
+                "Authorization": f"Basic {key.get_secret_value() if key else ''}",
+                "basiq-version": "3.0",
+                "Accept": "application/json",
+            },
+            data={"scope": self._config.scope or "SERVER_ACCESS"},
+        )
+
+    def _expired(self, response: httpx.Response) -> bool:
+        if response.status_code == 401:
+            return True
+        # Basiq answers an expired token with 403 "Token has expired"; other 403s are real.
+        return response.status_code == 403 and "expired" in response.text.lower()
+
+
+class OAuth2Auth(TokenAuth):
+    """OAuth2 client-credentials or password grant, with a form or JSON body (Oxlin, WillSuite: JSON)."""
+
+    def __init__(self, config: AuthConfig, base_url: str) -> None:
+        super().__init__(config, base_url)
+        self._grant = "password" if config.type == "oauth2_password" else "client_credentials"
+
+    def token_request(self) -> httpx.Request:
+        c = self._config
+        body: dict[str, str] = dict(c.token_params)
+        body["grant_type"] = self._grant
+        if c.client_id:
+            body["client_id"] = c.client_id
+        secret = c.secret("client_secret")
+        if secret is not None:
+            body["client_secret"] = secret.get_secret_value()
+        if c.scope:
+            body["scope"] = c.scope
+        if self._grant == "password":
+            body["username"] = c.username or ""
+            password = c.secret("password")
+            body["password"] = password.get_secret_value() if password else ""
+        url = c.token_url or f"{self._base_url}/oauth/token"
+        if c.token_body == "json":
+            return httpx.Request("POST", url, json=body, headers={"Accept": "application/json"})
+        return httpx.Request("POST", url, data=body, headers={"Accept": "application/json"})
+
+
+def build_auth(config: AuthConfig, base_url: str) -> httpx.Auth | None:
+    match config.type:
+        case "none":
+            return None
+        case "bearer":
+            return BearerAuth(config)
+        case "basic":
+            return BasicAuth(config)
+        case "basiq":
+            return BasiqAuth(config, base_url)
+        case "oauth2_client_credentials" | "oauth2_password":
+            return OAuth2Auth(config, base_url)
+    raise ValueError(f"unknown auth type {config.type}")

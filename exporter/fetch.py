@@ -1,0 +1,201 @@
+"""One target's HTTP side: a reused client, auth, concurrency limit, request budget, size cap,
+and every failure sorted into the bounded reasons of `asyncjob_poll_errors_total`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+
+from exporter import __version__
+from exporter.auth import AuthError, build_auth
+from exporter.config import ResolvedTarget
+
+ERROR_REASONS = ("timeout", "connect", "http_4xx", "http_429", "http_5xx", "bad_body", "auth")
+USER_AGENT = f"asyncjob-exporter/{__version__}"
+MAX_RETRY_AFTER = 3600.0
+
+
+class PollError(Exception):
+    """A request that failed; `reason` is one of ERROR_REASONS. Messages never carry secrets."""
+
+    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class NotFound(Exception):
+    """The provider answered 404: the job (or queue) is gone."""
+
+
+@dataclass
+class RequestStats:
+    """What the renderer shows about a target's requests; the scheduler owns one per target."""
+
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_REASONS, 0))
+    durations: list[float] = field(default_factory=list)  # drained into the histogram at each cycle
+    cycle_errors: int = 0
+    cycle_requests: int = 0
+    retry_after: float | None = None
+    last_error: str = ""
+
+    def start_cycle(self) -> None:
+        self.cycle_errors = 0
+        self.cycle_requests = 0
+        self.retry_after = None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, min(seconds, MAX_RETRY_AFTER))
+
+
+class RateLimiter:
+    """Spaces requests to at most `rate` per second (a leaky bucket with a burst of one second)."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._burst = max(1.0, rate)
+        self._next = time.monotonic()
+        self._lock = anyio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            earliest = now - self._interval * (self._burst - 1)
+            self._next = max(self._next, earliest)
+            wait = self._next - now
+            self._next += self._interval
+        if wait > 0:
+            await anyio.sleep(wait)
+
+
+class TargetHttp:
+    """The one AsyncClient of a target. Providers call get_json/post_json and see only JSON or errors."""
+
+    def __init__(self, target: ResolvedTarget, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.target = target
+        self.base_url = target.config.base_url
+        self.stats = RequestStats()
+        self.auth = build_auth(target.config.auth, self.base_url)
+        self._limiter = anyio.CapacityLimiter(target.concurrency)
+        self._budget = RateLimiter(target.max_requests_per_second) if target.max_requests_per_second else None
+        self._max_bytes = target.max_response_bytes
+        self.client = httpx.AsyncClient(
+            auth=self.auth,
+            timeout=httpx.Timeout(target.timeout),
+            limits=httpx.Limits(
+                max_connections=target.concurrency, max_keepalive_connections=target.concurrency
+            ),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        return await self.request("GET", path, params=params)
+
+    async def post_json(self, path: str, body: Any = None, params: Mapping[str, str] | None = None) -> Any:
+        return await self.request("POST", path, params=params, json_body=body)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+    ) -> Any:
+        """Send one request; return parsed JSON (None for an empty 2xx body).
+
+        Raises NotFound on 404 and PollError for everything else that is not a 2xx.
+        """
+        async with self._limiter:
+            if self._budget is not None:
+                await self._budget.acquire()
+            stats = self.stats
+            stats.requests += 1
+            stats.cycle_requests += 1
+            started = time.perf_counter()
+            try:
+                return await self._send(method, path, params, json_body)
+            except PollError as e:
+                stats.errors[e.reason] += 1
+                stats.cycle_errors += 1
+                stats.last_error = str(e)
+                if e.retry_after is not None:
+                    stats.retry_after = max(stats.retry_after or 0.0, e.retry_after)
+                raise
+            finally:
+                stats.durations.append(time.perf_counter() - started)
+
+    async def _send(self, method: str, path: str, params: Mapping[str, str] | None, json_body: Any) -> Any:
+        url = self.url(path)
+        where = f"{method} {httpx.URL(url).path}"
+        try:
+            async with self.client.stream(method, url, params=params, json=json_body) as response:
+                status = response.status_code
+                if status == 404:
+                    raise NotFound(where)
+                if status == 429 or status >= 500:
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    reason = "http_429" if status == 429 else "http_5xx"
+                    raise PollError(reason, f"{where}: HTTP {status}", retry_after)
+                if status in (401, 403):
+                    raise PollError("auth", f"{where}: HTTP {status} after renewing credentials")
+                if status >= 400:
+                    raise PollError("http_4xx", f"{where}: HTTP {status}")
+                if status >= 300:
+                    raise PollError("http_4xx", f"{where}: unexpected redirect HTTP {status}")
+                body = await self._read_capped(response, where)
+        except AuthError as e:
+            raise PollError("auth", f"{where}: {e}") from None
+        except httpx.TimeoutException:
+            raise PollError("timeout", f"{where}: timed out after {self.target.timeout:g}s") from None
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+            raise PollError("connect", f"{where}: {type(e).__name__}") from None
+        except httpx.HTTPError as e:
+            raise PollError("connect", f"{where}: {type(e).__name__}") from None
+        if not body.strip():
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise PollError("bad_body", f"{where}: answer is not JSON") from None
+
+    async def _read_capped(self, response: httpx.Response, where: str) -> bytes:
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self._max_bytes:
+            raise PollError("bad_body", f"{where}: answer of {declared} bytes exceeds {self._max_bytes}")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise PollError("bad_body", f"{where}: answer exceeds {self._max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)

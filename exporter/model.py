@@ -1,0 +1,111 @@
+"""The normalised job model every provider reads its answers into; plain values, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Normalised status of a job or a step."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.SUCCEEDED, Status.FAILED)
+
+
+STATUSES: tuple[Status, ...] = tuple(Status)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a job (Basiq's steps, a generic API's stages)."""
+
+    name: str
+    status: Status
+    raw_status: str = ""
+    reason: str | None = None
+    message: str | None = None
+    awaiting_user: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A provider's job as last seen, normalised.
+
+    Timestamps are Unix seconds (float) or None when the provider does not say.
+    `reason` is a bounded error code (safe as a label); `message` is free text.
+    """
+
+    id: str
+    status: Status
+    raw_status: str = ""
+    job_type: str = ""
+    percent: float | None = None
+    created: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    updated: float | None = None
+    steps: tuple[Step, ...] = ()
+    records_total: int | None = None
+    records_affected: int | None = None
+    records_failed: int | None = None
+    attempts: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    awaiting_user: bool = False
+    # Provider-specific follow-up: e.g. the AIMS360 rerun that replaced this job.
+    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def progress_key(self) -> tuple[object, ...]:
+        """Everything whose change counts as progress (SPEC: status, step, percent, records, updated)."""
+        return (
+            self.status,
+            self.raw_status,
+            tuple((s.name, s.status) for s in self.steps),
+            self.percent,
+            self.records_total,
+            self.records_affected,
+            self.records_failed,
+            self.updated,
+            self.awaiting_user,
+        )
+
+    def effective_percent(self) -> float | None:
+        """The provider's percent, else the share of finished steps, 100 once succeeded."""
+        if self.percent is not None:
+            return max(0.0, min(100.0, self.percent))
+        if self.steps:
+            done = sum(1 for s in self.steps if s.status.terminal)
+            return 100.0 * done / len(self.steps)
+        if self.status is Status.SUCCEEDED:
+            return 100.0
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """One channel of an Oxlin connection (EMBEDDED scraping or REDIRECT PSD2)."""
+
+    id: str
+    status: str = ""
+    last_success: float | None = None
+    last_end: float | None = None
+    expires: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """An Oxlin connection's state as last seen."""
+
+    id: str
+    status: str
+    name: str = ""
+    last_success: float | None = None
+    channels: tuple[Channel, ...] = ()

@@ -1,0 +1,105 @@
+"""Reading the loose values providers send: timestamps, numbers, dotted paths, status maps."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+from exporter.model import Status
+
+_MISSING = object()
+
+# Epoch values above this are milliseconds (year 2286 in seconds).
+_MS_THRESHOLD = 1e10
+
+
+def parse_timestamp(value: Any, tz: tzinfo = UTC) -> float | None:
+    """Unix seconds from ISO 8601 (with or without zone), `YYYY-MM-DD HH:MM:SS`, or epoch s/ms.
+
+    A naive timestamp is read in `tz`. Anything unreadable, zero or negative is None:
+    providers use 0 and null alike for "never".
+
+    >>> parse_timestamp("2024-02-21 10:21:31")
+    1708510891.0
+    """
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        v = float(value)
+        if v <= 0:
+            return None
+        return v / 1000.0 if v > _MS_THRESHOLD else v
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return parse_timestamp(float(text), tz)
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    # Python's fromisoformat accepts at most 6 fractional digits; .NET sends 7.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    ts = parsed.timestamp()
+    return ts if ts > 0 else None
+
+
+def parse_number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip().rstrip("%"))
+        except ValueError:
+            return None
+    return None
+
+
+def parse_int(value: Any) -> int | None:
+    n = parse_number(value)
+    return None if n is None else int(n)
+
+
+def dig(obj: Any, path: str, default: Any = None) -> Any:
+    """Follow a dotted path (`progress.pct`, `data.0.id`) through dicts and lists."""
+    if not path:
+        return obj
+    cur = obj
+    for part in path.split("."):
+        if isinstance(cur, Mapping):
+            cur = cur.get(part, _MISSING)
+        elif isinstance(cur, list) and part.lstrip("-").isdigit():
+            i = int(part)
+            cur = cur[i] if -len(cur) <= i < len(cur) else _MISSING
+        else:
+            return default
+        if cur is _MISSING:
+            return default
+    return cur
+
+
+def has_path(obj: Any, path: str) -> bool:
+    return dig(obj, path, _MISSING) is not _MISSING
+
+
+def map_status(raw: Any, mapping: Mapping[str, Status]) -> tuple[Status, str]:
+    """Map a provider status through `mapping` (case-insensitive); unmapped → unknown, raw kept."""
+    text = "" if raw is None else str(raw)
+    status = mapping.get(text.strip().lower())
+    return (status if status is not None else Status.UNKNOWN), text
+
+
+def bounded_reason(value: Any, limit: int = 64) -> str | None:
+    """An error code fit for a label: short, one line, lower-case; None when absent."""
+    if value is None:
+        return None
+    text = re.sub(r"\s+", "-", str(value).strip().lower())
+    return text[:limit] or None

@@ -1,0 +1,156 @@
+"""The one small interface every provider implements, and the pieces providers share.
+
+A provider knows its wire format and nothing else: which requests to send for the
+tracked ids (batching, discovery) and how to read the answers into `Job`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+import anyio
+
+from exporter.fetch import NotFound, PollError
+from exporter.model import Connection, Job
+
+if TYPE_CHECKING:
+    from exporter.config import TargetConfig
+
+# Keys of a target every provider accepts; the rest are provider specifics (Provider.config_keys).
+COMMON_KEYS = frozenset(
+    {
+        "name",
+        "provider",
+        "base_url",
+        "auth",
+        "poll_interval",
+        "timeout",
+        "concurrency",
+        "stuck_after",
+        "max_duration",
+        "retention",
+        "max_jobs_per_target",
+        "max_requests_per_second",
+        "per_job_metrics",
+    }
+)
+
+
+class Http(Protocol):
+    """What a provider may ask of its target's HTTP client (exporter.fetch.TargetHttp)."""
+
+    async def get_json(self, path: str, params: dict[str, str] | None = None) -> Any: ...
+
+    async def post_json(self, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any: ...
+
+
+@dataclass
+class PollResult:
+    """What one poll cycle learnt. Errors are already counted by the HTTP client."""
+
+    jobs: list[Job] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    connections: list[Connection] = field(default_factory=list)
+    # (queue id, event type) of every queue event read for the first time in this cycle.
+    queue_events: list[tuple[str, str]] = field(default_factory=list)
+    # Jobs that replace others (an AIMS360 rerun): old id -> new id.
+    replaced: dict[str, str] = field(default_factory=dict)
+    reruns: int = 0
+    # Answers that were JSON but not the provider's shape: counted as bad_body.
+    bad_payloads: list[str] = field(default_factory=list)
+
+
+class BadPayload(ValueError):
+    """A provider answer that parses as JSON but not as the provider's job shape."""
+
+
+class Provider:
+    """Base of every provider. Subclasses set `name` and implement `poll` and `parse_job`."""
+
+    name: ClassVar[str]
+    # Provider's own advice on polling, used when the config does not say.
+    advised_poll_interval: ClassVar[float | None] = None
+    advised_requests_per_second: ClassVar[float | None] = None
+    # Target keys (beyond COMMON_KEYS) this provider reads.
+    config_keys: ClassVar[frozenset[str]] = frozenset({"jobs"})
+
+    def __init__(self, target: TargetConfig) -> None:
+        self.target = target
+
+    @classmethod
+    def check_target(cls, target: TargetConfig) -> list[str]:
+        """Problems with a target's provider-specific keys, as `key: message`."""
+        unused = sorted(target.model_fields_set - COMMON_KEYS - cls.config_keys)
+        return [f"{key}: not used by provider {cls.name}" for key in unused]
+
+    def static_ids(self) -> list[str]:
+        return list(self.target.jobs)
+
+    async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:
+        """Fetch the unfinished `tracked` jobs and anything discovery finds."""
+        raise NotImplementedError
+
+    def parse_job(self, obj: Any) -> Job:
+        """One job object of the provider's wire format → Job. Raises BadPayload."""
+        raise NotImplementedError
+
+    def id_from_body(self, body: Any) -> str:
+        """The job id in a registration body: `{"id": …}` or the provider's own job answer."""
+        if isinstance(body, dict):
+            value = body.get("id")
+            if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
+                return str(value).strip()
+        raise BadPayload("id")
+
+    # State that must survive restarts (e.g. Oxlin queue cursors), as plain strings.
+    def cursors(self) -> dict[str, str]:
+        return {}
+
+    def restore_cursors(self, cursors: dict[str, str]) -> None:
+        return None
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def gather(items: Iterable[T], fn: Callable[[T], Awaitable[R]]) -> list[tuple[T, R | BaseException]]:
+    """Run fn over items concurrently (the HTTP client bounds the concurrency).
+
+    PollError, NotFound and BadPayload are returned in place of a result; anything else
+    propagates, since it is a bug.
+    """
+    results: list[tuple[T, R | BaseException]] = []
+
+    async def one(item: T) -> None:
+        try:
+            results.append((item, await fn(item)))
+        except (PollError, NotFound, BadPayload) as e:
+            results.append((item, e))
+
+    async with anyio.create_task_group() as tg:
+        for item in items:
+            tg.start_soon(one, item)
+    return results
+
+
+async def fetch_each(
+    http: Http, ids: Iterable[str], path_for: Callable[[str], str], parse: Callable[[Any], Job]
+) -> PollResult:
+    """The common case: one GET per job. 404 → gone; unreadable bodies count as bad_body."""
+    result = PollResult()
+
+    async def one(job_id: str) -> Job:
+        body = await http.get_json(path_for(job_id))
+        return parse(body)
+
+    for job_id, outcome in await gather(ids, one):
+        if isinstance(outcome, Job):
+            result.jobs.append(outcome)
+        elif isinstance(outcome, NotFound):
+            result.gone.append(job_id)
+        elif isinstance(outcome, BadPayload):
+            result.bad_payloads.append(f"job {job_id}: {outcome}")
+    return result

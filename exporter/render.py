@@ -1,0 +1,539 @@
+"""The /metrics exposition. Per-job series are rendered when a job changes and kept as bytes,
+grouped, with each group's compressed gzip member cached: a scrape only joins bytes
+(a gzip stream may be a concatenation of members, RFC 1952 §2.2). Aggregates and target
+metrics are small and rendered at each scrape.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from exporter import __version__
+from exporter.fetch import ERROR_REASONS
+from exporter.model import STATUSES, Status
+from exporter.tracker import Histogram, TargetState, TrackedJob, Tracker
+
+GROUP_SIZE = (
+    128  # jobs per compressed group: small enough to recompress cheaply, large enough to compress well
+)
+GZIP_LEVEL = 1
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+
+
+def escape(value: str) -> str:
+    """Escape a label value for the text format."""
+    return value.translate(_ESCAPES)
+
+
+def fmt(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+def labels(**kv: str) -> str:
+    return ",".join(f'{k}="{escape(v)}"' for k, v in kv.items())
+
+
+def gzip_member(data: bytes) -> bytes:
+    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    return c.compress(data) + c.flush()
+
+
+# --- per-job families ---------------------------------------------------------------------
+# Each family: (name, help, type, fn(tracked, prefix) -> text lines). `prefix` is the
+# `target="…",job_id="…"` part every per-job series carries.
+
+Lines = Callable[[TrackedJob, str], str]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    help: str
+    type: str
+    lines: Lines
+
+    def header(self) -> bytes:
+        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.type}\n".encode()
+
+
+def _info(t: TrackedJob, p: str) -> str:
+    return f'asyncjob_job_info{{{p},provider="{escape(t.provider)}",job_type="{escape(t.job.job_type)}"}} 1\n'
+
+
+def _error_info(t: TrackedJob, p: str) -> str:
+    if t.job.status is not Status.FAILED:
+        return ""
+    return f'asyncjob_job_error_info{{{p},reason="{escape(t.job.reason or "unknown")}"}} 1\n'
+
+
+def _status(t: TrackedJob, p: str) -> str:
+    cur = t.job.status
+    return "".join(f'asyncjob_job_status{{{p},status="{s}"}} {1 if s is cur else 0}\n' for s in STATUSES)
+
+
+def _percent(t: TrackedJob, p: str) -> str:
+    v = t.job.effective_percent()
+    return "" if v is None else f"asyncjob_job_percent_completed{{{p}}} {fmt(v)}\n"
+
+
+def _stamp(name: str, get: Callable[[TrackedJob], float | None]) -> Lines:
+    def lines(t: TrackedJob, p: str) -> str:
+        v = get(t)
+        return "" if v is None else f"{name}{{{p}}} {fmt(v)}\n"
+
+    return lines
+
+
+def _step_status(t: TrackedJob, p: str) -> str:
+    out = []
+    for step in t.job.steps:
+        s_label = escape(step.name)
+        for s in STATUSES:
+            out.append(
+                f'asyncjob_job_step_status{{{p},step="{s_label}",status="{s}"}} {1 if s is step.status else 0}\n'
+            )
+    return "".join(out)
+
+
+def _step_duration(t: TrackedJob, p: str) -> str:
+    return "".join(
+        f'asyncjob_job_step_duration_seconds{{{p},step="{escape(name)}"}} {fmt(v)}\n'
+        for name, v in t.step_duration.items()
+    )
+
+
+def _records(t: TrackedJob, p: str) -> str:
+    j = t.job
+    out = []
+    for kind, v in (
+        ("total", j.records_total),
+        ("affected", j.records_affected),
+        ("failed", j.records_failed),
+    ):
+        if v is not None:
+            out.append(f'asyncjob_job_records{{{p},kind="{kind}"}} {v}\n')
+    return "".join(out)
+
+
+def _attempts(t: TrackedJob, p: str) -> str:
+    return "" if t.job.attempts is None else f"asyncjob_job_attempts{{{p}}} {t.job.attempts}\n"
+
+
+def _awaiting(t: TrackedJob, p: str) -> str:
+    return f"asyncjob_job_awaiting_user{{{p}}} {1 if t.job.awaiting_user else 0}\n"
+
+
+JOB_FAMILIES: tuple[Family, ...] = (
+    Family(
+        "asyncjob_job_info",
+        "Tracked job, with its provider and type. Polled on the exporter's own schedule.",
+        "gauge",
+        _info,
+    ),
+    Family(
+        "asyncjob_job_error_info",
+        "A failed job's bounded error reason (provider's code or state).",
+        "gauge",
+        _error_info,
+    ),
+    Family(
+        "asyncjob_job_status",
+        "Normalised job status as a state set: 1 for the current status.",
+        "gauge",
+        _status,
+    ),
+    Family(
+        "asyncjob_job_percent_completed",
+        "Completion 0-100: the provider's, else the share of finished steps.",
+        "gauge",
+        _percent,
+    ),
+    Family(
+        "asyncjob_job_created_timestamp_seconds",
+        "When the provider created the job.",
+        "gauge",
+        _stamp("asyncjob_job_created_timestamp_seconds", lambda t: t.job.created),
+    ),
+    Family(
+        "asyncjob_job_started_timestamp_seconds",
+        "When the job started, when known.",
+        "gauge",
+        _stamp("asyncjob_job_started_timestamp_seconds", lambda t: t.job.started),
+    ),
+    Family(
+        "asyncjob_job_finished_timestamp_seconds",
+        "When the job finished, when known.",
+        "gauge",
+        _stamp(
+            "asyncjob_job_finished_timestamp_seconds",
+            lambda t: (t.job.finished or t.seen_terminal_at) if t.job.status.terminal else None,
+        ),
+    ),
+    Family(
+        "asyncjob_job_last_progress_timestamp_seconds",
+        "Last time anything about the job moved (status, step, percent, records, provider's update time).",
+        "gauge",
+        _stamp("asyncjob_job_last_progress_timestamp_seconds", lambda t: t.last_progress),
+    ),
+    Family(
+        "asyncjob_job_step_status", "Each step's normalised status as a state set.", "gauge", _step_status
+    ),
+    Family(
+        "asyncjob_job_step_duration_seconds",
+        "Observed step duration; resolution is one poll interval when the provider gives no step times.",
+        "gauge",
+        _step_duration,
+    ),
+    Family("asyncjob_job_records", "Records of the job by kind: total, affected, failed.", "gauge", _records),
+    Family("asyncjob_job_attempts", "Attempts the provider reports for the job.", "gauge", _attempts),
+    Family(
+        "asyncjob_job_awaiting_user",
+        "1 while the job waits for its end user (MFA, consent, re-authentication): not stuck.",
+        "gauge",
+        _awaiting,
+    ),
+)
+JOB_FAMILY_HEADERS = tuple(f.header() for f in JOB_FAMILIES)
+JOB_FAMILY_HEADERS_GZ = tuple(gzip_member(h) for h in JOB_FAMILY_HEADERS)
+
+
+def render_job(state: TargetState, tracked: TrackedJob) -> tuple[bytes, ...]:
+    prefix = f'target="{escape(state.config.name)}",job_id="{escape(tracked.job.id)}"'
+    return tuple(f.lines(tracked, prefix).encode() for f in JOB_FAMILIES)
+
+
+@dataclass
+class Group:
+    """Up to GROUP_SIZE jobs' rendered bytes, per family, with cached joins and gzip members."""
+
+    jobs: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
+    dirty: bool = True
+    plain: tuple[bytes, ...] = ()
+    gz: tuple[bytes, ...] = ()
+
+    def refresh(self) -> None:
+        n = len(JOB_FAMILIES)
+        plain = [b"".join(blocks[i] for blocks in self.jobs.values()) for i in range(n)]
+        self.plain = tuple(plain)
+        self.gz = tuple(gzip_member(p) if p else b"" for p in plain)
+        self.dirty = False
+
+
+class JobSeries:
+    """The per-job part of the exposition; a Tracker listener."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, list[Group]] = {}  # target -> groups
+        self.where: dict[tuple[str, str], Group] = {}  # (target, job_id) -> its group
+
+    def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
+        key = (state.config.name, tracked.job.id)
+        if not state.config.config.per_job_metrics:
+            if key in self.where:
+                self.job_removed(state, tracked.job.id)
+            return
+        group = self.where.get(key)
+        if group is None:
+            groups = self.groups.setdefault(key[0], [])
+            group = next((g for g in groups if len(g.jobs) < GROUP_SIZE), None)
+            if group is None:
+                group = Group()
+                groups.append(group)
+            self.where[key] = group
+        group.jobs[key[1]] = render_job(state, tracked)
+        group.dirty = True
+
+    def job_removed(self, state: TargetState, job_id: str) -> None:
+        group = self.where.pop((state.config.name, job_id), None)
+        if group is not None:
+            group.jobs.pop(job_id, None)
+            group.dirty = True
+            if not group.jobs:
+                groups = self.groups.get(state.config.name, [])
+                if group in groups:
+                    groups.remove(group)
+
+    def remove_target(self, name: str) -> None:
+        self.groups.pop(name, None)
+        for key in [k for k in self.where if k[0] == name]:
+            del self.where[key]
+
+    def parts(self, gz: bool) -> Iterator[bytes]:
+        groups = [g for gs in self.groups.values() for g in gs]
+        for g in groups:
+            if g.dirty:
+                g.refresh()
+        headers = JOB_FAMILY_HEADERS_GZ if gz else JOB_FAMILY_HEADERS
+        for i, header in enumerate(headers):
+            yield header
+            for g in groups:
+                chunk = g.gz[i] if gz else g.plain[i]
+                if chunk:
+                    yield chunk
+
+
+# --- aggregates and target metrics, rendered at each scrape --------------------------------
+
+
+class Text:
+    """A small writer for the families rendered at scrape time."""
+
+    def __init__(self) -> None:
+        self.out: list[str] = []
+
+    def family(self, name: str, help_: str, type_: str) -> None:
+        self.out.append(f"# HELP {name} {help_}\n# TYPE {name} {type_}\n")
+
+    def sample(self, name: str, lbl: str, value: float) -> None:
+        self.out.append(f"{name}{{{lbl}}} {fmt(value)}\n")
+
+    def histogram(self, name: str, lbl: str, h: Histogram) -> None:
+        for bound, count in zip(h.buckets, h.counts, strict=True):
+            self.out.append(f'{name}_bucket{{{lbl},le="{fmt(bound)}"}} {count}\n')
+        self.out.append(f'{name}_bucket{{{lbl},le="+Inf"}} {h.count}\n')
+        self.out.append(f"{name}_sum{{{lbl}}} {fmt(h.total)}\n")
+        self.out.append(f"{name}_count{{{lbl}}} {h.count}\n")
+
+    def bytes(self) -> bytes:
+        return "".join(self.out).encode()
+
+
+def _tl(state: TargetState, job_type: str, **more: str) -> str:
+    return labels(target=state.config.name, job_type=job_type, **more)
+
+
+def render_aggregates(targets: Iterable[TargetState]) -> bytes:
+    ts = list(targets)
+    w = Text()
+    w.family("asyncjob_jobs", "Jobs tracked now, by normalised status.", "gauge")
+    for s in ts:
+        types = {jt for jt, _ in s.agg.by_status} or {""}
+        for jt in sorted(types):
+            for st in STATUSES:
+                w.sample("asyncjob_jobs", _tl(s, jt, status=st), s.agg.by_status.get((jt, st), 0))
+    w.family(
+        "asyncjob_jobs_finished_total", "Jobs seen finishing, each counted once, by final status.", "counter"
+    )
+    for s in ts:
+        for (jt, st), v in sorted(s.agg.finished.items()):
+            w.sample("asyncjob_jobs_finished_total", _tl(s, jt, status=st), v)
+    w.family("asyncjob_jobs_failed_total", "Failed jobs by bounded reason, each counted once.", "counter")
+    for s in ts:
+        for (jt, reason), v in sorted(s.agg.failed.items()):
+            w.sample("asyncjob_jobs_failed_total", _tl(s, jt, reason=reason), v)
+    w.family(
+        "asyncjob_job_duration_seconds",
+        "Duration of finished jobs, start (else creation) to end.",
+        "histogram",
+    )
+    for s in ts:
+        for (jt, st), h in sorted(s.agg.job_duration.items()):
+            w.histogram("asyncjob_job_duration_seconds", _tl(s, jt, status=st), h)
+    w.family(
+        "asyncjob_step_duration_seconds",
+        "Observed duration of finished steps (resolution: one poll).",
+        "histogram",
+    )
+    for s in ts:
+        for (jt, step), h in sorted(s.agg.step_duration.items()):
+            w.histogram("asyncjob_step_duration_seconds", _tl(s, jt, step=step), h)
+    w.family(
+        "asyncjob_records_processed_total",
+        "Records of finished jobs (total), each job counted once.",
+        "counter",
+    )
+    for s in ts:
+        for jt, v in sorted(s.agg.records_processed.items()):
+            w.sample("asyncjob_records_processed_total", _tl(s, jt), v)
+    w.family(
+        "asyncjob_records_failed_total", "Failed records of finished jobs, each job counted once.", "counter"
+    )
+    for s in ts:
+        for jt, v in sorted(s.agg.records_failed.items()):
+            w.sample("asyncjob_records_failed_total", _tl(s, jt), v)
+    w.family("asyncjob_job_reruns_total", "Reruns of failed jobs started by the exporter.", "counter")
+    for s in ts:
+        for jt, v in sorted(s.agg.reruns.items()):
+            w.sample("asyncjob_job_reruns_total", _tl(s, jt), v)
+    _render_connections(w, ts)
+    _render_targets(w, ts)
+    return w.bytes()
+
+
+def _render_connections(w: Text, ts: list[TargetState]) -> None:
+    conn_statuses = ("RUNNING", "SUCCESS", "PARTIAL_SUCCESS", "FAILED", "CLOSED", "NONE")
+    w.family("asyncjob_connection_status", "Oxlin connection status as a state set.", "gauge")
+    for s in ts:
+        for cid, c in sorted(s.connections.items()):
+            lbl = labels(target=s.config.name, connection_id=cid)
+            known = c.status if c.status in conn_statuses else None
+            for st in conn_statuses:
+                w.sample("asyncjob_connection_status", f'{lbl},status="{st}"', 1 if st == known else 0)
+    w.family(
+        "asyncjob_connection_last_success_timestamp_seconds",
+        "Last successful synchronisation of the connection.",
+        "gauge",
+    )
+    for s in ts:
+        for cid, c in sorted(s.connections.items()):
+            if c.last_success is not None:
+                w.sample(
+                    "asyncjob_connection_last_success_timestamp_seconds",
+                    labels(target=s.config.name, connection_id=cid),
+                    c.last_success,
+                )
+    w.family(
+        "asyncjob_channel_last_success_timestamp_seconds",
+        "Last successful sync of a connection's channel.",
+        "gauge",
+    )
+    for s in ts:
+        for cid, c in sorted(s.connections.items()):
+            for ch in c.channels:
+                if ch.last_success is not None:
+                    w.sample(
+                        "asyncjob_channel_last_success_timestamp_seconds",
+                        labels(target=s.config.name, connection_id=cid, channel=ch.id),
+                        ch.last_success,
+                    )
+    w.family(
+        "asyncjob_channel_consent_expiry_timestamp_seconds",
+        "When a PSD2 channel's consent expires and needs the end user (SCA).",
+        "gauge",
+    )
+    for s in ts:
+        for cid, c in sorted(s.connections.items()):
+            for ch in c.channels:
+                if ch.expires is not None:
+                    w.sample(
+                        "asyncjob_channel_consent_expiry_timestamp_seconds",
+                        labels(target=s.config.name, connection_id=cid, channel=ch.id),
+                        ch.expires,
+                    )
+    w.family("asyncjob_queue_events_total", "Queue events read, each once, by event type.", "counter")
+    for s in ts:
+        for (queue, et), v in sorted(s.agg.queue_events.items()):
+            w.sample(
+                "asyncjob_queue_events_total", labels(target=s.config.name, queue=queue, event_type=et), v
+            )
+
+
+def _render_targets(w: Text, ts: list[TargetState]) -> None:
+    def per_target(name: str, help_: str, value: Callable[[TargetState], float | None]) -> None:
+        w.family(name, help_, "gauge")
+        for s in ts:
+            v = value(s)
+            if v is not None:
+                w.sample(name, labels(target=s.config.name), v)
+
+    per_target(
+        "asyncjob_target_up",
+        "1 when the target's last poll cycle had no failed request.",
+        lambda s: 1 if s.up else 0,
+    )
+    w.family("asyncjob_target_info", "Configured target and its provider.", "gauge")
+    for s in ts:
+        w.sample("asyncjob_target_info", labels(target=s.config.name, provider=s.config.provider), 1)
+    per_target(
+        "asyncjob_target_poll_interval_seconds",
+        "How often the exporter polls the target, on its own schedule.",
+        lambda s: s.config.poll_interval,
+    )
+    per_target(
+        "asyncjob_target_stuck_threshold_seconds",
+        "No progress for this long means stuck (stuck_after).",
+        lambda s: s.config.stuck_after,
+    )
+    per_target(
+        "asyncjob_target_max_duration_seconds",
+        "Running longer than this means overdue (max_duration).",
+        lambda s: s.config.max_duration,
+    )
+    per_target(
+        "asyncjob_target_max_jobs", "Cap of tracked jobs (max_jobs_per_target).", lambda s: s.config.max_jobs
+    )
+    per_target(
+        "asyncjob_target_retention_seconds",
+        "How long finished jobs keep their series.",
+        lambda s: s.config.retention,
+    )
+    per_target(
+        "asyncjob_last_successful_poll_timestamp_seconds",
+        "End of the last poll cycle without errors.",
+        lambda s: s.last_success,
+    )
+    w.family("asyncjob_poll_duration_seconds", "Duration of HTTP requests to the target's API.", "histogram")
+    for s in ts:
+        w.histogram("asyncjob_poll_duration_seconds", labels(target=s.config.name), s.poll_duration)
+
+
+def render_http_stats(w: Text, stats: dict[str, tuple[int, dict[str, int]]]) -> None:
+    w.family("asyncjob_poll_requests_total", "HTTP requests sent to the target's API.", "counter")
+    for name, (requests, _) in sorted(stats.items()):
+        w.sample("asyncjob_poll_requests_total", labels(target=name), requests)
+    w.family(
+        "asyncjob_poll_errors_total", "Failed requests to the target's API by bounded reason.", "counter"
+    )
+    for name, (_, errors) in sorted(stats.items()):
+        for reason in ERROR_REASONS:
+            w.sample("asyncjob_poll_errors_total", labels(target=name, reason=reason), errors.get(reason, 0))
+
+
+def render_dropped(w: Text, ts: list[TargetState]) -> None:
+    w.family(
+        "asyncjob_jobs_dropped_total",
+        "Jobs no longer tracked, by reason (retention, gone, cap, deleted).",
+        "counter",
+    )
+    for s in ts:
+        for reason in sorted(set(s.agg.dropped) | {"cap", "gone", "retention"}):
+            w.sample(
+                "asyncjob_jobs_dropped_total",
+                labels(target=s.config.name, reason=reason),
+                s.agg.dropped.get(reason, 0),
+            )
+
+
+class Exposition:
+    """Builds the /metrics body: cached per-job groups + scrape-time families + process metrics."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        http_stats: Callable[[], dict[str, tuple[int, dict[str, int]]]],
+        extra: Callable[[], bytes] = lambda: b"",
+    ) -> None:
+        self.tracker = tracker
+        self.jobs = JobSeries()
+        tracker.listeners.append(self.jobs)
+        self._http_stats = http_stats
+        self._extra = extra
+        self.started = time.time()
+
+    def scrape_time_text(self) -> bytes:
+        ts = list(self.tracker.targets.values())
+        w = Text()
+        render_http_stats(w, self._http_stats())
+        render_dropped(w, ts)
+        w.family("asyncjob_exporter_build_info", "The exporter's version.", "gauge")
+        w.sample("asyncjob_exporter_build_info", labels(version=__version__), 1)
+        return render_aggregates(ts) + w.bytes() + self._extra()
+
+    def render(self, gz: bool = False) -> bytes:
+        tail = self.scrape_time_text()
+        if gz:
+            return b"".join(self.jobs.parts(gz=True)) + gzip_member(tail)
+        return b"".join(self.jobs.parts(gz=False)) + tail

@@ -1,0 +1,144 @@
+"""The running exporter: settings, tracker, scheduler and exposition wired together, plus reload."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from exporter.config import ConfigError, Settings, load_settings
+from exporter.model import Job
+from exporter.providers import PROVIDERS
+from exporter.providers.base import BadPayload
+from exporter.render import Exposition
+from exporter.scheduler import Scheduler, placeholder
+from exporter.tracker import TrackedJob, Tracker
+
+log = logging.getLogger("asyncjob.runtime")
+
+
+class WrongShard(Exception):
+    def __init__(self, shard: int) -> None:
+        super().__init__(f"job belongs to shard {shard}")
+        self.shard = shard
+
+
+class Runtime:
+    def __init__(
+        self, settings: Settings, config_file: str | None = None, shard: int = 0, total_shards: int = 1
+    ) -> None:
+        self.settings = settings
+        self.config_file = config_file
+        self.tracker = Tracker()
+        self.scheduler = Scheduler(self.tracker, shard, total_shards)
+        self.exposition = Exposition(self.tracker, self.scheduler.http_stats, self._reload_text)
+        self.last_reload_ok = True
+        self.last_reload_at = time.time()
+        self.store: Any = None
+
+    def _reload_text(self) -> bytes:
+        return (
+            "# HELP asyncjob_config_last_reload_successful Whether the last config reload succeeded.\n"
+            "# TYPE asyncjob_config_last_reload_successful gauge\n"
+            f"asyncjob_config_last_reload_successful {1 if self.last_reload_ok else 0}\n"
+            "# HELP asyncjob_config_last_reload_success_timestamp_seconds When the config was last loaded.\n"
+            "# TYPE asyncjob_config_last_reload_success_timestamp_seconds gauge\n"
+            f"asyncjob_config_last_reload_success_timestamp_seconds {self.last_reload_at:.3f}\n"
+        ).encode()
+
+    def open_state(self) -> None:
+        """Open the state file (when configured) and restore what it holds."""
+        if not self.settings.state_file:
+            return
+        from exporter.state import Store
+
+        self.store = Store(self.settings.state_file)
+        self.store.attach(self.tracker, self.scheduler)
+
+    async def run(self) -> None:
+        await self.scheduler.run(self.settings)
+
+    def reload(self) -> list[str]:
+        """Re-read the config file; on a problem keep the running config and return the problems."""
+        if not self.config_file:
+            return ["no --config.file to reload"]
+        try:
+            new = load_settings(self.config_file)
+        except ConfigError as e:
+            self.last_reload_ok = False
+            log.error(
+                "config reload failed; keeping the running config", extra={"problems": "; ".join(e.problems)}
+            )
+            return e.problems
+        self.settings = new
+        self.scheduler.apply(new)
+        self.last_reload_ok = True
+        self.last_reload_at = time.time()
+        log.info("config reloaded", extra={"targets": len(new.targets)})
+        return []
+
+    # --- registration ------------------------------------------------------------------
+    def register(self, target: str, body: Any) -> TrackedJob:
+        """Track a job from `{"id": …}` or the provider's own job answer. Raises KeyError for an
+        unknown target, BadPayload naming the field, WrongShard, CapReached."""
+        state = self.tracker.targets[target]
+        provider = (
+            self.scheduler.runners[target].provider
+            if target in self.scheduler.runners
+            else PROVIDERS[state.config.provider](state.config.config)
+        )
+        job_id = provider.id_from_body(body)
+        if not self.scheduler.owns(target, job_id):
+            from exporter.sharding import shard_of
+
+            raise WrongShard(shard_of(target, job_id, self.scheduler.total_shards))
+        job: Job
+        try:
+            job = provider.parse_job(body)
+            if job.id != job_id:
+                job = placeholder(job_id)
+        except (BadPayload, KeyError, TypeError, ValueError):
+            job = placeholder(job_id)
+        existing = state.jobs.get(job_id)
+        if existing is not None and job.raw_status == "":
+            return existing
+        self.scheduler.register(target, job)
+        return state.jobs[job_id]
+
+
+def job_document(target: str, t: TrackedJob) -> dict[str, Any]:
+    """The API's view of a tracked job, free text included (it stays out of labels)."""
+    j = t.job
+    return {
+        "target": target,
+        "id": j.id,
+        "provider": t.provider,
+        "job_type": j.job_type,
+        "status": str(j.status),
+        "raw_status": j.raw_status,
+        "percent": j.effective_percent(),
+        "created": j.created,
+        "started": j.started,
+        "finished": j.finished,
+        "updated": j.updated,
+        "last_progress": t.last_progress,
+        "first_seen": t.first_seen,
+        "source": t.source,
+        "awaiting_user": j.awaiting_user,
+        "reason": j.reason,
+        "message": j.message,
+        "records": {"total": j.records_total, "affected": j.records_affected, "failed": j.records_failed},
+        "attempts": j.attempts,
+        "reruns": t.reruns,
+        "steps": [
+            {
+                "name": s.name,
+                "status": str(s.status),
+                "raw_status": s.raw_status,
+                "reason": s.reason,
+                "message": s.message,
+                "duration_seconds": t.step_duration.get(s.name),
+            }
+            for s in j.steps
+        ],
+    }

@@ -1,0 +1,201 @@
+"""One anyio task per target: poll on the exporter's own schedule, back off when the provider
+fails, honour Retry-After, and hand each cycle's answers to the tracker."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+
+from exporter.config import ResolvedTarget, Settings
+from exporter.fetch import TargetHttp
+from exporter.model import Job, Status
+from exporter.providers import PROVIDERS, Provider
+from exporter.providers.base import PollResult
+from exporter.tracker import CapReached, Tracker
+
+log = logging.getLogger("asyncjob.scheduler")
+
+MAX_BACKOFF = 600.0
+SWEEP_INTERVAL = 1.0
+
+
+@dataclass
+class TargetRunner:
+    config: ResolvedTarget
+    provider: Provider
+    http: TargetHttp
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    failures: int = 0
+    cycles: int = 0
+
+
+def placeholder(job_id: str) -> Job:
+    """A job known only by its id until its first poll."""
+    return Job(id=job_id, status=Status.PENDING)
+
+
+def next_delay(interval: float, failures: int, retry_after: float | None, rng: random.Random) -> float:
+    """The wait before the next cycle: the interval, or exponential backoff with jitter after
+    failed cycles, and never less than the provider's Retry-After."""
+    delay = interval
+    if failures:
+        ceiling = min(max(interval, MAX_BACKOFF), interval * 2**failures)
+        delay = rng.uniform(max(interval, ceiling / 2), ceiling)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+class Scheduler:
+    def __init__(self, tracker: Tracker, shard: int = 0, total_shards: int = 1) -> None:
+        self.tracker = tracker
+        self.runners: dict[str, TargetRunner] = {}
+        self._tg: TaskGroup | None = None
+        self._rng = random.Random()
+        self.shard = shard
+        self.total_shards = total_shards
+
+    def owns(self, target: str, job_id: str) -> bool:
+        from exporter.sharding import shard_of
+
+        return shard_of(target, job_id, self.total_shards) == self.shard
+
+    def http_stats(self) -> dict[str, tuple[int, dict[str, int]]]:
+        return {name: (r.http.stats.requests, dict(r.http.stats.errors)) for name, r in self.runners.items()}
+
+    async def run(self, settings: Settings) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self.apply(settings)
+            tg.start_soon(self._sweeper)
+
+    def apply(self, settings: Settings) -> None:
+        """Start, restart or stop target tasks so they match `settings`; tracked jobs of
+        unchanged and changed targets are kept."""
+        assert self._tg is not None
+        wanted = {t.name: settings.resolved(t) for t in settings.targets}
+        for name in list(self.runners):
+            if name not in wanted:
+                self.runners.pop(name).scope.cancel()
+                self.tracker.remove_target(name)
+                log.info("target removed", extra={"target": name})
+        for name, rt in wanted.items():
+            runner = self.runners.get(name)
+            if runner is not None and runner.config == rt:
+                continue
+            if runner is not None:
+                runner.scope.cancel()
+            self.tracker.set_target(rt)
+            provider = PROVIDERS[rt.provider](rt.config)
+            new = TargetRunner(rt, provider, TargetHttp(rt))
+            self.runners[name] = new
+            if rt.poll_interval_below_advice:
+                log.warning(
+                    "poll_interval is below the provider's advice",
+                    extra={
+                        "target": name,
+                        "poll_interval": rt.poll_interval,
+                        "advised": provider.advised_poll_interval,
+                    },
+                )
+            self._tg.start_soon(self._run_target, new)
+
+    def register(self, target: str, job: Job) -> None:
+        """Track a job handed over through the API and poll it soon."""
+        self.tracker.track(target, job, "registered")
+        runner = self.runners.get(target)
+        if runner is not None:
+            runner.wake.set()
+
+    async def _sweeper(self) -> None:
+        while True:
+            self.tracker.sweep()
+            await anyio.sleep(SWEEP_INTERVAL)
+
+    async def _run_target(self, runner: TargetRunner) -> None:
+        name = runner.config.name
+        try:
+            with runner.scope:
+                for job_id in runner.provider.static_ids():
+                    if self.owns(name, job_id) and job_id not in self.tracker.targets[name].jobs:
+                        try:
+                            self.tracker.track(name, placeholder(job_id), "static")
+                        except CapReached:
+                            pass
+                while True:
+                    started = time.monotonic()
+                    await self._cycle(runner)
+                    stats = runner.http.stats
+                    delay = next_delay(
+                        runner.config.poll_interval, runner.failures, stats.retry_after, self._rng
+                    )
+                    runner.wake = anyio.Event()
+                    with anyio.move_on_after(max(0.0, delay - (time.monotonic() - started))):
+                        await runner.wake.wait()
+                        # A registration woke us: give others a moment to arrive too.
+                        await anyio.sleep(min(1.0, runner.config.poll_interval))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await runner.http.aclose()
+
+    async def _cycle(self, runner: TargetRunner) -> None:
+        name = runner.config.name
+        state = self.tracker.targets[name]
+        stats = runner.http.stats
+        stats.start_cycle()
+        t0 = time.perf_counter()
+        try:
+            result = await runner.provider.poll(runner.http, self.tracker.pollable(name))
+        except Exception:
+            # A provider bug must not take the exporter down; it shows as a bad cycle.
+            log.exception("provider failed", extra={"target": name})
+            result = PollResult(bad_payloads=["provider error"])
+        if self.total_shards > 1:
+            result.jobs = [j for j in result.jobs if self.owns(name, j.id)]
+        self.tracker.apply(name, result, time.time())
+        if result.bad_payloads:
+            stats.errors["bad_body"] += len(result.bad_payloads)
+            stats.cycle_errors += len(result.bad_payloads)
+            log.warning(
+                "unreadable provider answer",
+                extra={"target": name, "problems": "; ".join(result.bad_payloads[:5])},
+            )
+        for seconds in stats.durations:
+            state.poll_duration.observe(seconds)
+        stats.durations.clear()
+        runner.cycles += 1
+        state.polled_once = True
+        ok = stats.cycle_errors == 0
+        state.up = ok
+        if ok:
+            state.last_success = time.time()
+            runner.failures = 0
+        else:
+            state.last_error = stats.last_error
+            # Back off only when nothing got through: a few failing jobs are not an outage.
+            if stats.cycle_errors >= stats.cycle_requests:
+                runner.failures += 1
+            log.warning(
+                "poll cycle had errors",
+                extra={
+                    "target": name,
+                    "errors": stats.cycle_errors,
+                    "requests": stats.cycle_requests,
+                    "last_error": stats.last_error,
+                },
+            )
+        log.debug(
+            "poll cycle",
+            extra={
+                "target": name,
+                "jobs": len(result.jobs),
+                "gone": len(result.gone),
+                "seconds": round(time.perf_counter() - t0, 4),
+            },
+        )

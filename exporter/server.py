@@ -1,0 +1,237 @@
+"""HTTP: /metrics, the landing page, health, reload and the job registration API (Starlette)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from exporter import __version__
+from exporter.model import STATUSES
+from exporter.providers.base import BadPayload
+from exporter.render import CONTENT_TYPE
+from exporter.runtime import Runtime, WrongShard, job_document
+from exporter.tracker import CapReached
+
+log = logging.getLogger("asyncjob.server")
+
+LANDING = """<!doctype html>
+<html><head><meta charset="utf-8"><title>asyncjob-exporter</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#222}}
+code{{background:#f3f3f3;padding:0 .25rem}}td,th{{padding:.2rem .8rem;text-align:left}}</style></head>
+<body><h1>asyncjob-exporter</h1>
+<p>Prometheus exporter for asynchronous jobs run by third-party APIs. Version {version}.</p>
+<ul>
+<li><a href="metrics">/metrics</a> &mdash; Prometheus metrics</li>
+<li><a href="api/v1/jobs">/api/v1/jobs</a> &mdash; tracked jobs (JSON)</li>
+<li><a href="api/v1/openapi.json">/api/v1/openapi.json</a> &mdash; API description</li>
+<li><a href="healthz">/healthz</a> &middot; <a href="readyz">/readyz</a></li>
+</ul>
+<h2>Targets</h2>
+<table><tr><th>target</th><th>provider</th><th>up</th><th>jobs</th><th>poll interval</th></tr>
+{rows}</table>
+</body></html>
+"""
+
+
+def _error(status: int, message: str, **more: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **more}, status_code=status)
+
+
+def build_app(runtime: Runtime, middleware: Any = None) -> Starlette:
+    async def metrics(request: Request) -> Response:
+        gz = "gzip" in request.headers.get("accept-encoding", "")
+        body = runtime.exposition.render(gz=gz)
+        headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz else {}
+        return Response(body, media_type=CONTENT_TYPE, headers=headers)
+
+    async def landing(request: Request) -> Response:
+        from html import escape
+
+        rows = "".join(
+            f"<tr><td>{escape(name)}</td><td>{escape(s.config.provider)}</td><td>{1 if s.up else 0}</td>"
+            f"<td>{len(s.jobs)}</td><td>{s.config.poll_interval:g}s</td></tr>"
+            for name, s in sorted(runtime.tracker.targets.items())
+        )
+        return HTMLResponse(LANDING.format(version=__version__, rows=rows))
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(request: Request) -> Response:
+        waiting = [n for n, s in runtime.tracker.targets.items() if not s.polled_once]
+        if waiting:
+            return PlainTextResponse(
+                f"waiting for first poll of: {', '.join(sorted(waiting))}\n", status_code=503
+            )
+        return PlainTextResponse("ready\n")
+
+    async def reload(request: Request) -> Response:
+        problems = runtime.reload()
+        if problems:
+            return _error(400, "config reload failed; the running config is kept", problems=problems)
+        return PlainTextResponse("config reloaded\n")
+
+    def authorised(request: Request) -> bool:
+        token = runtime.settings.api.token()
+        if token is None:
+            return True
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        return hmac.compare_digest(given.encode(), expected.encode())
+
+    def api(handler: Any) -> Any:
+        async def wrapped(request: Request) -> Response:
+            if not authorised(request):
+                return _error(401, "missing or wrong bearer token")
+            response: Response = await handler(request)
+            return response
+
+        return wrapped
+
+    async def register(request: Request) -> Response:
+        target = request.path_params["target"]
+        if target not in runtime.tracker.targets:
+            return _error(404, f"unknown target {target!r}")
+        limit = runtime.settings.api.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            return _error(413, f"body larger than {limit} bytes")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                return _error(413, f"body larger than {limit} bytes")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _error(400, "body is not JSON")
+        try:
+            tracked = runtime.register(target, body)
+        except BadPayload as e:
+            field = str(e) or "id"
+            return _error(422, f"{field}: no usable job id in the body", field=field)
+        except WrongShard as e:
+            return _error(421, str(e), shard=e.shard)
+        except CapReached as e:
+            return _error(409, str(e))
+        return JSONResponse(job_document(target, tracked), status_code=202)
+
+    async def list_jobs(request: Request) -> Response:
+        want_target = request.query_params.get("target")
+        want_status = request.query_params.get("status")
+        if want_status and want_status not in STATUSES:
+            return _error(422, f"status: must be one of {', '.join(STATUSES)}", field="status")
+        if want_target and want_target not in runtime.tracker.targets:
+            return _error(404, f"unknown target {want_target!r}")
+        out = []
+        for name, state in sorted(runtime.tracker.targets.items()):
+            if want_target and name != want_target:
+                continue
+            for t in state.jobs.values():
+                if want_status and t.job.status != want_status:
+                    continue
+                out.append(job_document(name, t))
+        return JSONResponse({"jobs": out, "count": len(out)})
+
+    async def get_job(request: Request) -> Response:
+        target, job_id = request.path_params["target"], request.path_params["job_id"]
+        state = runtime.tracker.targets.get(target)
+        if state is None:
+            return _error(404, f"unknown target {target!r}")
+        tracked = state.jobs.get(job_id)
+        if tracked is None:
+            return _error(404, f"job {job_id!r} is not tracked by target {target!r}")
+        return JSONResponse(job_document(target, tracked))
+
+    async def delete_job(request: Request) -> Response:
+        target, job_id = request.path_params["target"], request.path_params["job_id"]
+        if target not in runtime.tracker.targets:
+            return _error(404, f"unknown target {target!r}")
+        if not runtime.tracker.drop(target, job_id, "deleted"):
+            return _error(404, f"job {job_id!r} is not tracked by target {target!r}")
+        return Response(status_code=204)
+
+    async def openapi(request: Request) -> Response:
+        from exporter.openapi import OPENAPI
+
+        return JSONResponse(OPENAPI)
+
+    routes = [
+        Route("/", landing),
+        Route("/metrics", metrics),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/-/reload", reload, methods=["POST"]),
+        Route("/api/v1/openapi.json", openapi),
+        Route("/api/v1/jobs", api(list_jobs)),
+        Route("/api/v1/targets/{target}/jobs", api(register), methods=["POST"]),
+        Route("/api/v1/targets/{target}/jobs/{job_id:path}", api(get_job), methods=["GET"]),
+        Route("/api/v1/targets/{target}/jobs/{job_id:path}", api(delete_job), methods=["DELETE"]),
+    ]
+    return Starlette(routes=routes, middleware=middleware or [])
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """`:10110`, `0.0.0.0:10110`, `127.0.0.1:0`, `[::1]:10110` → (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--web.listen-address {address!r}: expected [host]:port")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class ListenError(OSError):
+    pass
+
+
+class Server:
+    """uvicorn serving an ASGI app inside our task group; signals are ours to handle."""
+
+    def __init__(self, app: Any, address: str, ssl: dict[str, Any] | None = None) -> None:
+        import uvicorn
+
+        host, port = parse_listen_address(address)
+        self.address = address
+
+        class _Quiet(uvicorn.Server):
+            def capture_signals(self) -> Any:  # the exporter handles SIGTERM/SIGINT/SIGHUP
+                from contextlib import nullcontext
+
+                return nullcontext()
+
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=2,
+            **(ssl or {}),
+        )
+        self._server = _Quiet(config)
+
+    @property
+    def port(self) -> int:
+        servers = getattr(self._server, "servers", [])
+        for s in servers:
+            for sock in s.sockets:
+                return int(sock.getsockname()[1])
+        return 0
+
+    async def serve(self) -> None:
+        try:
+            await self._server.serve()
+        except SystemExit:  # uvicorn exits when it cannot bind; say so in our words
+            raise ListenError(f"cannot listen on {self.address} (address in use or not available)") from None
+
+    def stop(self) -> None:
+        self._server.should_exit = True

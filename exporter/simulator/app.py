@@ -1,0 +1,230 @@
+"""The simulator's shared server: job book, tokens, request counts, fault injection and the
+control endpoints (`/_sim/…`). Each provider's wire format lives in its own module."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from exporter.simulator.lifecycle import SCENARIOS, JobBook, SimJob
+
+# Credentials the simulator accepts; the demo and the tests write them into secret files.
+CREDENTIALS = {
+    "basiq_api_key": "ZGVtby1iYXNpcS1hcGkta2V5OnNlY3JldA==",
+    "client_id": "demo-client",
+    "client_secret": "demo-client-secret-9f2c",
+    "username": "ops@example.com",
+    "password": "demo-user-password-71ab",
+    "bearer_token": "demo-static-bearer-4d1e",
+}
+
+
+@dataclass
+class Fault:
+    """An injected misbehaviour: applies to requests of `provider` (and `job_id`, when set)."""
+
+    kind: str  # status | timeout | trickle | truncated | not_json | wrong_content_type | reset | oversized | expire_token
+    provider: str = "*"
+    job_id: str | None = None
+    status: int = 500
+    retry_after: float | None = None
+    delay: float = 30.0
+    remaining: int | None = None  # None: until cleared
+
+
+@dataclass
+class Tokens:
+    """Issued tokens and when they expire."""
+
+    ttl: float = 3600.0
+    issued: dict[str, float] = field(default_factory=dict)
+
+    def issue(self, ttl: float | None = None) -> tuple[str, float]:
+        token = secrets.token_urlsafe(24)
+        life = self.ttl if ttl is None else ttl
+        self.issued[token] = time.time() + life
+        return token, life
+
+    def check(self, request: Request) -> str | None:
+        """'ok', 'expired' or None (missing or unknown)."""
+        header = request.headers.get("authorization", "")
+        if not header.startswith("Bearer "):
+            return None
+        expires = self.issued.get(header[7:])
+        if expires is None:
+            return None
+        return "ok" if time.time() < expires else "expired"
+
+    def expire_all(self) -> None:
+        for token in self.issued:
+            self.issued[token] = 0.0
+
+
+class Simulator:
+    def __init__(self, step_seconds: float = 2.0, token_ttl: float = 3600.0, seed: int | None = None) -> None:
+        self.book = JobBook()
+        self.tokens = Tokens(ttl=token_ttl)
+        self.step_seconds = step_seconds
+        self.requests: Counter[str] = Counter()
+        self.faults: list[Fault] = []
+        self.rng = random.Random(seed)
+        self.providers: dict[str, Any] = {}
+        self.started = time.time()
+
+    # --- jobs ------------------------------------------------------------------------
+    def create(self, provider: str, **spec: Any) -> SimJob:
+        module = self.providers[provider]
+        spec.setdefault("step_seconds", self.step_seconds)
+        scenario = spec.get("scenario", "success")
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}")
+        job: SimJob = module.new_job(self, **spec)
+        return self.book.add(job)
+
+    def random_job(self) -> SimJob:
+        provider = self.rng.choice(sorted(self.providers))
+        scenario = self.rng.choices(["success", "fail", "slow", "stuck", "partial"], [6, 2, 1, 1, 1])[0]
+        return self.create(provider, scenario=scenario)
+
+    # --- faults ----------------------------------------------------------------------
+    def fault_for(self, provider: str, job_id: str | None) -> Fault | None:
+        for f in self.faults:
+            if f.provider not in ("*", provider):
+                continue
+            if f.job_id is not None and f.job_id != job_id:
+                continue
+            if f.remaining is not None:
+                if f.remaining <= 0:
+                    continue
+                f.remaining -= 1
+            return f
+        return None
+
+    async def apply_fault(self, fault: Fault, ok: Callable[[], Response]) -> Response:
+        match fault.kind:
+            case "status":
+                headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+                return JSONResponse(
+                    {"error": f"injected {fault.status}"}, status_code=fault.status, headers=headers
+                )
+            case "timeout":
+                await anyio.sleep(fault.delay)
+                return ok()
+            case "not_json":
+                return Response("<html><body>502 Bad Gateway</body></html>", media_type="text/html")
+            case "truncated":
+                body = ok().body
+                return Response(bytes(body)[: max(1, len(body) // 2)], media_type="application/json")
+            case "wrong_content_type":
+                return Response(bytes(ok().body), media_type="text/plain")
+            case "oversized":
+                return Response(
+                    b'{"pad":"' + b"x" * (64 * 1024 * 1024) + b'"}', media_type="application/json"
+                )
+            case "expire_token":
+                self.tokens.expire_all()
+                return ok()
+        return ok()
+
+    def app(self) -> Starlette:
+        from exporter.simulator import providers
+
+        routes: list[Route] = []
+        for name, module in providers.MODULES.items():
+            self.providers[name] = module
+            routes.extend(module.routes(self))
+        routes.extend(self.control_routes())
+        return Starlette(routes=routes)
+
+    # --- control ---------------------------------------------------------------------
+    def control_routes(self) -> list[Route]:
+        async def create(request: Request) -> Response:
+            spec = await request.json()
+            provider = spec.pop("provider", None)
+            if provider not in self.providers:
+                return JSONResponse({"error": f"provider must be one of {sorted(self.providers)}"}, 422)
+            try:
+                job = self.create(provider, **spec)
+            except (TypeError, ValueError) as e:
+                return JSONResponse({"error": str(e)}, 422)
+            return JSONResponse(
+                {
+                    "provider": provider,
+                    "id": job.id,
+                    "scenario": job.scenario,
+                    "owner": job.owner,
+                    "created": job.created,
+                },
+                201,
+            )
+
+        async def stats(request: Request) -> Response:
+            return JSONResponse(
+                {
+                    "requests": dict(self.requests),
+                    "jobs": {p: len(jobs) for p, jobs in self.book.jobs.items()},
+                }
+            )
+
+        async def faults(request: Request) -> Response:
+            if request.method == "DELETE":
+                self.faults.clear()
+                return Response(status_code=204)
+            spec = await request.json()
+            try:
+                fault = Fault(**spec)
+            except TypeError as e:
+                return JSONResponse({"error": str(e)}, 422)
+            self.faults.append(fault)
+            return JSONResponse({"faults": len(self.faults)}, 201)
+
+        async def expire(request: Request) -> Response:
+            self.tokens.expire_all()
+            return Response(status_code=204)
+
+        return [
+            Route("/_sim/jobs", create, methods=["POST"]),
+            Route("/_sim/stats", stats),
+            Route("/_sim/faults", faults, methods=["POST", "DELETE"]),
+            Route("/_sim/tokens/expire", expire, methods=["POST"]),
+        ]
+
+
+def guarded(
+    sim: Simulator, provider: str, key: str, handler: Callable[[Request], Any]
+) -> Callable[[Request], Any]:
+    """Wrap a provider route: count it, then apply any matching fault."""
+
+    async def wrapped(request: Request) -> Response:
+        sim.requests[key] += 1
+        job_id = request.path_params.get("job_id")
+        fault = sim.fault_for(provider, job_id)
+        if fault is None:
+            response: Response = await handler(request)
+            return response
+        if fault.kind == "reset":
+            raise ConnectionResetError("injected reset")
+        result: Response | None = None
+
+        def ok() -> Response:
+            assert result is not None
+            return result
+
+        if fault.kind in ("timeout", "truncated", "wrong_content_type", "expire_token"):
+            if fault.kind == "expire_token":
+                sim.tokens.expire_all()
+            result = await handler(request)
+        return await sim.apply_fault(fault, ok)
+
+    return wrapped

@@ -1,0 +1,129 @@
+"""Simulated job lifecycles shared by every provider simulator: a job's state is a pure function
+of the time since it was created, so the simulator needs no background work and tests can
+reason about it."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Scenario = Literal["success", "fail", "stuck", "slow", "mfa", "partial", "purged"]
+SCENARIOS: tuple[str, ...] = ("success", "fail", "stuck", "slow", "mfa", "partial", "purged")
+
+# Phase of a simulated job at a moment.
+Phase = Literal["pending", "running", "succeeded", "failed", "awaiting_user"]
+
+
+@dataclass
+class SimJob:
+    """One simulated job. Steps last `step_seconds` each (five times longer when `slow`);
+    the job waits `queue_seconds` before its first step."""
+
+    id: str
+    provider: str
+    scenario: str = "success"
+    steps: tuple[str, ...] = ("step-1", "step-2", "step-3")
+    step_seconds: float = 2.0
+    queue_seconds: float = 0.0
+    fail_step: int = 1  # index of the step that fails (fail) or hangs (stuck)
+    error_code: str = "institution-not-available"
+    error_detail: str = "The institution is not available at the moment."
+    job_type: str = ""
+    total_records: int = 100
+    failed_records: int = 0
+    created: float = field(default_factory=time.time)
+    owner: str = ""  # Basiq user / Oxlin queue the job belongs to
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.step_seconds * (5 if self.scenario == "slow" else 1)
+
+    @property
+    def purged(self) -> bool:
+        return (
+            self.scenario == "purged"
+            and time.time() - self.created
+            > self.queue_seconds + len(self.steps) * self.seconds_per_step + self.step_seconds
+        )
+
+    def state(self, now: float | None = None) -> tuple[Phase, int, float]:
+        """(phase, index of the current step, percent 0-100) at `now`.
+
+        The current step index is len(steps) once every step is done.
+        """
+        now = time.time() if now is None else now
+        elapsed = now - self.created - self.queue_seconds
+        if elapsed < 0:
+            return "pending", 0, 0.0
+        n = len(self.steps)
+        per = self.seconds_per_step
+        index = min(int(elapsed // per), n)
+        if self.scenario == "mfa":
+            return "awaiting_user", 0, 0.0
+        if self.scenario in ("stuck", "fail") and index >= self.fail_step:
+            index = self.fail_step
+            if self.scenario == "fail":
+                return "failed", index, 100.0 * index / n
+            return "running", index, 100.0 * index / n
+        if index >= n:
+            return "succeeded", n, 100.0
+        within = (elapsed - index * per) / per
+        return "running", index, round(100.0 * (index + within) / n, 1)
+
+    def started_at(self) -> float:
+        return self.created + self.queue_seconds
+
+    def finished_at(self, now: float | None = None) -> float | None:
+        phase, index, _ = self.state(now)
+        if phase == "succeeded":
+            return self.started_at() + len(self.steps) * self.seconds_per_step
+        if phase == "failed":
+            return self.started_at() + (index + 1) * self.seconds_per_step
+        return None
+
+    def updated_at(self, now: float | None = None) -> float:
+        """The last moment the job changed (a step boundary), as a provider's `updated` field."""
+        now = time.time() if now is None else now
+        finished = self.finished_at(now)
+        if finished is not None:
+            return finished
+        phase, index, _ = self.state(now)
+        if phase in ("pending", "awaiting_user"):
+            return self.created
+        return self.started_at() + index * self.seconds_per_step
+
+    def records(self, now: float | None = None) -> tuple[int, int, int]:
+        """(total, affected, failed) records so far."""
+        phase, _, percent = self.state(now)
+        failed = self.failed_records or (self.total_records // 10 if self.scenario == "partial" else 0)
+        if phase == "succeeded" or phase == "failed":
+            return self.total_records, self.total_records - failed, failed
+        done = int(self.total_records * percent / 100)
+        return self.total_records, done, 0
+
+
+class JobBook:
+    """Every simulated job, by provider and id."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, SimJob]] = {}
+        self._ids = itertools.count(1000)
+
+    def new_id(self) -> str:
+        return str(next(self._ids))
+
+    def add(self, job: SimJob) -> SimJob:
+        self.jobs.setdefault(job.provider, {})[job.id] = job
+        return job
+
+    def get(self, provider: str, job_id: str) -> SimJob | None:
+        job = self.jobs.get(provider, {}).get(job_id)
+        if job is None or job.purged:
+            return None
+        return job
+
+    def of(self, provider: str) -> list[SimJob]:
+        return [j for j in self.jobs.get(provider, {}).values() if not j.purged]

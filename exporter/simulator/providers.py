@@ -1,0 +1,12 @@
+"""Registry of provider simulators: provider name → module with `new_job` and `routes`.
+
+Each provider's API is served under `/<provider>/…`, so one simulator (one port) plays all.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from exporter.simulator import basiq
+
+MODULES: dict[str, ModuleType] = {m.NAME: m for m in (basiq,)}

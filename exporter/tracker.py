@@ -1,0 +1,313 @@
+"""Every tracked job's state and its transitions: progress stamps, step timing, counted-once
+aggregates, retention and the per-target cap.
+
+The tracker is told what each poll saw (`apply`) and tells its listener (the renderer,
+the state store) which jobs changed or went away. It never does I/O itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from exporter.config import ResolvedTarget
+from exporter.model import Connection, Job, Status
+from exporter.providers.base import PollResult
+
+# Histogram buckets: seconds, from a second to a day (jobs) and to two hours (steps).
+JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
+STEP_DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+POLL_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# Ids dropped by retention are remembered this long, so discovery (Basiq lists 7 days of
+# jobs) does not bring a finished job back.
+TOMBSTONE_SECONDS = 8 * 86400.0
+
+
+@dataclass
+class Histogram:
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+
+
+@dataclass
+class TrackedJob:
+    """A job as the exporter knows it: the provider's last answer plus what was observed over time."""
+
+    job: Job
+    provider: str
+    first_seen: float
+    last_progress: float
+    source: str = "static"  # static | discovered | registered
+    seen_terminal_at: float | None = None
+    counted: bool = False
+    step_started: dict[str, float] = field(default_factory=dict)
+    step_finished: dict[str, float] = field(default_factory=dict)
+    step_duration: dict[str, float] = field(default_factory=dict)
+    reruns: int = 0
+    polled: bool = False  # False until a provider answer replaced the registration placeholder
+
+
+@dataclass
+class Aggregates:
+    """Counters and histograms of one target, keyed by job_type (and the named label)."""
+
+    finished: Counter[tuple[str, str]] = field(default_factory=Counter)  # (job_type, status)
+    failed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (job_type, reason)
+    records_processed: Counter[str] = field(default_factory=Counter)
+    records_failed: Counter[str] = field(default_factory=Counter)
+    reruns: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)  # reason
+    job_duration: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (job_type, status)
+    step_duration: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (job_type, step)
+    by_status: Counter[tuple[str, str]] = field(default_factory=Counter)  # tracked now: (job_type, status)
+    queue_events: Counter[tuple[str, str]] = field(default_factory=Counter)  # (queue, event_type)
+
+
+@dataclass
+class TargetState:
+    config: ResolvedTarget
+    jobs: dict[str, TrackedJob] = field(default_factory=dict)
+    agg: Aggregates = field(default_factory=Aggregates)
+    connections: dict[str, Connection] = field(default_factory=dict)
+    tombstones: dict[str, float] = field(default_factory=dict)
+    up: bool = False
+    polled_once: bool = False
+    last_success: float | None = None
+    last_error: str = ""
+    poll_duration: Histogram = field(default_factory=lambda: Histogram(POLL_DURATION_BUCKETS))
+
+
+class Listener(Protocol):
+    """Told about every change: the renderer re-renders, the state store persists."""
+
+    def job_changed(self, target: TargetState, tracked: TrackedJob) -> None: ...
+
+    def job_removed(self, target: TargetState, job_id: str) -> None: ...
+
+
+class CapReached(Exception):
+    """The target tracks max_jobs_per_target jobs already."""
+
+
+class Tracker:
+    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
+        self.targets: dict[str, TargetState] = {}
+        self.listeners: list[Listener] = list(listeners)
+
+    # --- targets -----------------------------------------------------------------------
+    def set_target(self, config: ResolvedTarget) -> TargetState:
+        """Add a target, or give an existing one its new config while keeping its jobs."""
+        state = self.targets.get(config.name)
+        if state is None:
+            state = self.targets[config.name] = TargetState(config)
+        else:
+            state.config = config
+            for tracked in state.jobs.values():
+                self._changed(state, tracked)
+        return state
+
+    def remove_target(self, name: str) -> None:
+        state = self.targets.pop(name, None)
+        if state is not None:
+            for job_id in list(state.jobs):
+                self._notify_removed(state, job_id)
+
+    # --- jobs ----------------------------------------------------------------------------
+    def pollable(self, name: str) -> list[str]:
+        """Ids of the target's unfinished jobs: finished jobs are never polled again."""
+        return [job_id for job_id, t in self.targets[name].jobs.items() if not t.job.status.terminal]
+
+    def track(self, name: str, job: Job, source: str, now: float | None = None) -> TrackedJob:
+        """Start tracking `job` (a placeholder or a parsed answer); an already tracked job is updated."""
+        state = self.targets[name]
+        if job.id in state.jobs:
+            return self.update(state, job, now)
+        return self._add(state, job, source, now if now is not None else time.time())
+
+    def _add(self, state: TargetState, job: Job, source: str, now: float) -> TrackedJob:
+        if len(state.jobs) >= state.config.max_jobs:
+            state.agg.dropped["cap"] += 1
+            raise CapReached(f"target {state.config.name} tracks {state.config.max_jobs} jobs already")
+        state.tombstones.pop(job.id, None)
+        tracked = TrackedJob(
+            job=job,
+            provider=state.config.provider,
+            first_seen=now,
+            last_progress=job.updated or job.created or now,
+            source=source,
+            polled=source != "registered" or job.raw_status != "",
+        )
+        state.jobs[job.id] = tracked
+        state.agg.by_status[(job.job_type, job.status)] += 1
+        self._observe_steps(state, tracked, None, now)
+        self._on_terminal(state, tracked, now)
+        self._changed(state, tracked)
+        return tracked
+
+    def update(self, state: TargetState, job: Job, now: float | None = None) -> TrackedJob:
+        now = now if now is not None else time.time()
+        tracked = state.jobs[job.id]
+        old = tracked.job
+        if old == job and tracked.polled:
+            return tracked
+        if job.job_type == "" and old.job_type:
+            job = replace(job, job_type=old.job_type)
+        if old.progress_key() != job.progress_key():
+            if job.updated is not None and (old.updated is None or job.updated > old.updated):
+                tracked.last_progress = max(tracked.last_progress, min(job.updated, now))
+            else:
+                tracked.last_progress = now
+        state.agg.by_status[(old.job_type, old.status)] -= 1
+        state.agg.by_status[(job.job_type, job.status)] += 1
+        tracked.job = job
+        tracked.polled = True
+        self._observe_steps(state, tracked, old, now)
+        self._on_terminal(state, tracked, now)
+        self._changed(state, tracked)
+        return tracked
+
+    def _observe_steps(self, state: TargetState, tracked: TrackedJob, old: Job | None, now: float) -> None:
+        """Step timing from observations: Basiq's steps carry no timestamps.
+
+        A step starts where the previous one was seen finished (the first step: at the
+        job's start), else at the poll where it was first seen running; it ends at the poll
+        where it is first seen finished. The resolution is therefore one poll interval.
+        """
+        job = tracked.job
+        previous_end: float | None = job.started or job.created
+        seen_before = old is not None
+        for step in job.steps:
+            name = step.name
+            if (
+                step.status in (Status.RUNNING, Status.SUCCEEDED, Status.FAILED)
+                and name not in tracked.step_started
+            ):
+                start = previous_end if previous_end is not None else (now if seen_before else None)
+                if start is not None:
+                    tracked.step_started[name] = min(start, now)
+            if step.status.terminal and name not in tracked.step_finished:
+                # A step already finished when the job was first seen has no observed end.
+                if seen_before or tracked.source == "registered":
+                    tracked.step_finished[name] = now
+                    start = tracked.step_started.get(name)
+                    if start is not None:
+                        duration = max(0.0, now - start)
+                        tracked.step_duration[name] = duration
+                        key = (job.job_type, name)
+                        hist = state.agg.step_duration.get(key)
+                        if hist is None:
+                            hist = state.agg.step_duration[key] = Histogram(STEP_DURATION_BUCKETS)
+                        hist.observe(duration)
+                else:
+                    tracked.step_finished[name] = job.updated or now
+            previous_end = tracked.step_finished.get(name)
+
+    def _on_terminal(self, state: TargetState, tracked: TrackedJob, now: float) -> None:
+        job = tracked.job
+        if not job.status.terminal:
+            tracked.seen_terminal_at = None  # a rerun brought it back
+            return
+        if tracked.seen_terminal_at is None:
+            tracked.seen_terminal_at = now
+        if tracked.counted:
+            return
+        tracked.counted = True
+        agg = state.agg
+        agg.finished[(job.job_type, job.status)] += 1
+        if job.status is Status.FAILED:
+            agg.failed[(job.job_type, job.reason or "unknown")] += 1
+        start = job.started or job.created or tracked.first_seen
+        end = job.finished or now
+        key = (job.job_type, str(job.status))
+        hist = agg.job_duration.get(key)
+        if hist is None:
+            hist = agg.job_duration[key] = Histogram(JOB_DURATION_BUCKETS)
+        hist.observe(max(0.0, end - start))
+        if job.records_total is not None:
+            agg.records_processed[job.job_type] += job.records_total
+        if job.records_failed is not None:
+            agg.records_failed[job.job_type] += job.records_failed
+
+    def apply(self, name: str, result: PollResult, now: float | None = None) -> None:
+        """Fold one poll cycle's answers into the target's state."""
+        now = now if now is not None else time.time()
+        state = self.targets[name]
+        for old_id, new_id in result.replaced.items():
+            old = state.jobs.get(old_id)
+            if old is not None:
+                state.agg.reruns[old.job.job_type] += 1
+        for job in result.jobs:
+            if job.id in state.jobs:
+                self.update(state, job, now)
+            elif job.id not in state.tombstones:
+                try:
+                    self._add(state, job, "discovered", now)
+                except CapReached:
+                    pass  # counted in asyncjob_jobs_dropped_total{reason="cap"}
+        for old_id, new_id in result.replaced.items():
+            new = state.jobs.get(new_id)
+            old = state.jobs.get(old_id)
+            if new is not None and old is not None:
+                new.reruns = old.reruns + 1
+                self.drop(name, old_id, "rerun")
+        for job_id in result.gone:
+            self.drop(name, job_id, "gone")
+        for conn in result.connections:
+            state.connections[conn.id] = conn
+        for queue, event_type in result.queue_events:
+            state.agg.queue_events[(queue, event_type)] += 1
+
+    def drop(self, name: str, job_id: str, reason: str) -> bool:
+        state = self.targets.get(name)
+        if state is None or job_id not in state.jobs:
+            return False
+        tracked = state.jobs.pop(job_id)
+        state.agg.by_status[(tracked.job.job_type, tracked.job.status)] -= 1
+        state.agg.dropped[reason] += 1
+        if reason in ("retention", "gone"):
+            state.tombstones[job_id] = time.time()
+        self._notify_removed(state, job_id)
+        return True
+
+    def sweep(self, now: float | None = None) -> int:
+        """Drop finished jobs whose retention ended; forget old tombstones. Returns jobs dropped."""
+        now = now if now is not None else time.time()
+        dropped = 0
+        for name, state in list(self.targets.items()):
+            retention = state.config.retention
+            expired = [
+                job_id
+                for job_id, t in state.jobs.items()
+                if t.seen_terminal_at is not None and now - t.seen_terminal_at >= retention
+            ]
+            for job_id in expired:
+                dropped += self.drop(name, job_id, "retention")
+            old = [job_id for job_id, at in state.tombstones.items() if now - at > TOMBSTONE_SECONDS]
+            for job_id in old:
+                del state.tombstones[job_id]
+        return dropped
+
+    def _changed(self, state: TargetState, tracked: TrackedJob) -> None:
+        for listener in self.listeners:
+            listener.job_changed(state, tracked)
+
+    def _notify_removed(self, state: TargetState, job_id: str) -> None:
+        for listener in self.listeners:
+            listener.job_removed(state, job_id)
