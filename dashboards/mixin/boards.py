@@ -1,0 +1,684 @@
+"""The two Grafana dashboards: the fleet overview and one job's drill-down.
+
+Every query goes through `queries.series` with a selector of the dashboard's variables, so each
+one matches `job` and `instance`, and every rate uses `$__rate_interval`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import queries as q
+from .config import Config
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+RATE = "$__rate_interval"
+SCHEMA_VERSION = 39
+
+# Selectors built from the template variables.
+TARGETS = 'job=~"$job", instance=~"$instance", target=~"$target"'
+AGGREGATES = f'{TARGETS}, job_type=~"$job_type"'
+ONE_JOB = f'{TARGETS}, job_id=~"$job_id"'
+
+
+@dataclass
+class Query:
+    expr: str
+    legend: str = ""
+    instant: bool = False
+    table: bool = False
+    heatmap: bool = False
+
+
+@dataclass
+class Panel:
+    kind: str
+    title: str
+    description: str
+    queries: list[Query]
+    unit: str = "short"
+    width: int = 12
+    height: int = 8
+    options: dict[str, Any] = field(default_factory=dict)
+    field_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    title: str
+
+
+def _target(query: Query, ref: str) -> dict[str, Any]:
+    target: dict[str, Any] = {
+        "datasource": DATASOURCE,
+        "editorMode": "code",
+        "expr": query.expr,
+        "legendFormat": query.legend or "__auto",
+        "refId": ref,
+    }
+    if query.instant or query.table:
+        target |= {"instant": True, "range": False}
+    else:
+        target |= {"instant": False, "range": True}
+    if query.table:
+        target["format"] = "table"
+    elif query.heatmap:
+        target["format"] = "heatmap"
+    return target
+
+
+def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": panel.unit} | panel.field_config
+    rendered: dict[str, Any] = {
+        "datasource": DATASOURCE,
+        "description": panel.description,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+        "id": panel_id,
+        "options": panel.options,
+        "targets": [_target(query, chr(ord("A") + i)) for i, query in enumerate(panel.queries)],
+        "title": panel.title,
+        "type": panel.kind,
+    }
+    if panel.kind == "table":
+        # Instant table queries carry a Time column and the metric name; neither helps here.
+        rendered["transformations"] = [
+            {"id": "organize", "options": {"excludeByName": {"Time": True, "__name__": True}}}
+        ]
+    return rendered
+
+
+def _layout(items: list[Panel | Row]) -> list[dict[str, Any]]:
+    """Places panels left to right, wrapping at Grafana's 24 columns; a Row starts a new line."""
+    panels: list[dict[str, Any]] = []
+    x = y = row_height = 0
+    for panel_id, item in enumerate(items, start=1):
+        if isinstance(item, Row):
+            y += row_height
+            x = row_height = 0
+            panels.append(
+                {
+                    "collapsed": False,
+                    "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                    "id": panel_id,
+                    "panels": [],
+                    "title": item.title,
+                    "type": "row",
+                }
+            )
+            y += 1
+            continue
+        if x + item.width > 24:
+            y += row_height
+            x = row_height = 0
+        panels.append(_panel(item, panel_id, x, y))
+        x += item.width
+        row_height = max(row_height, item.height)
+    return panels
+
+
+def _query_variable(
+    name: str, query: str, *, multi: bool = True, all_value: str | None = ".+"
+) -> dict[str, Any]:
+    variable: dict[str, Any] = {
+        "current": {},
+        "datasource": DATASOURCE,
+        "definition": query,
+        "hide": 0,
+        "includeAll": all_value is not None,
+        "label": name.capitalize() if name in ("job", "instance") else name.replace("_", " "),
+        "multi": multi,
+        "name": name,
+        "options": [],
+        "query": {"qryType": 1, "query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+        "refresh": 2,
+        "regex": "",
+        "skipUrlSync": False,
+        "sort": 1,
+        "type": "query",
+    }
+    if all_value is not None:
+        variable["allValue"] = all_value
+    return variable
+
+
+def _variables(cfg: Config, *, one_job: bool) -> list[dict[str, Any]]:
+    up = q.series("asyncjob_target_up", cfg.exporter_selector)
+    variables = [
+        {
+            "current": {},
+            "hide": 0,
+            "includeAll": False,
+            "label": "Data source",
+            "multi": False,
+            "name": "datasource",
+            "options": [],
+            "query": "prometheus",
+            "refresh": 1,
+            "regex": "",
+            "skipUrlSync": False,
+            "type": "datasource",
+        },
+        _query_variable("job", f"label_values({up}, job)"),
+        _query_variable("instance", 'label_values(asyncjob_target_up{job=~"$job"}, instance)'),
+        _query_variable(
+            "target", 'label_values(asyncjob_target_up{job=~"$job", instance=~"$instance"}, target)'
+        ),
+    ]
+    if one_job:
+        variables.append(
+            _query_variable(
+                "job_type", f"label_values(asyncjob_job_info{{{TARGETS}}}, job_type)", all_value=".*"
+            )
+        )
+        variables.append(
+            _query_variable(
+                "job_id",
+                f'label_values(asyncjob_job_info{{{TARGETS}, job_type=~"$job_type"}}, job_id)',
+                multi=False,
+                all_value=None,
+            )
+        )
+    else:
+        variables.append(
+            _query_variable("job_type", f"label_values(asyncjob_jobs{{{TARGETS}}}, job_type)", all_value=".*")
+        )
+    return variables
+
+
+def _dashboard(
+    cfg: Config, uid: str, title: str, description: str, items: list[Panel | Row], *, one_job: bool
+) -> dict[str, Any]:
+    return {
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                }
+            ]
+        },
+        "description": description,
+        "editable": False,
+        "fiscalYearStartMonth": 0,
+        "graphTooltip": 1,
+        "id": None,
+        "links": [
+            {
+                "asDropdown": False,
+                "includeVars": True,
+                "keepTime": True,
+                "tags": ["asyncjob"],
+                "targetBlank": False,
+                "title": "Asyncjob dashboards",
+                "type": "dashboards",
+            }
+        ],
+        "panels": _layout(items),
+        "refresh": "1m",
+        "schemaVersion": SCHEMA_VERSION,
+        "tags": ["asyncjob"],
+        "templating": {"list": _variables(cfg, one_job=one_job)},
+        "time": {"from": "now-6h", "to": "now"},
+        "timepicker": {},
+        "timezone": "",
+        "title": title,
+        "uid": uid,
+        "version": 1,
+    }
+
+
+def _sum_rate(by: str, metric: str, selector: str, function: str = "rate") -> str:
+    return f"sum by ({by}) ({function}({q.series(metric, selector)}[{RATE}]))"
+
+
+def _stacked() -> dict[str, Any]:
+    return {"custom": {"stacking": {"group": "A", "mode": "normal"}, "fillOpacity": 30}}
+
+
+def _up_down() -> dict[str, Any]:
+    return {
+        "mappings": [
+            {
+                "options": {"0": {"color": "red", "text": "Down"}, "1": {"color": "green", "text": "Up"}},
+                "type": "value",
+            }
+        ]
+    }
+
+
+def overview(cfg: Config) -> dict[str, Any]:
+    s, a = TARGETS, AGGREGATES
+
+    def quantile(phi: float, metric: str, by: str) -> str:
+        buckets = q.series(metric, a)
+        return f"histogram_quantile({phi}, sum by ({by}, le) (rate({buckets}[{RATE}])))"
+
+    items: list[Panel | Row] = [
+        Row("Targets"),
+        Panel(
+            "stat",
+            "Targets up",
+            "1 while the exporter's last poll of the target's API succeeded.",
+            [Query(q.series("asyncjob_target_up", s), "{{target}}", instant=True)],
+            unit="none",
+            width=6,
+            field_config=_up_down(),
+        ),
+        Panel(
+            "timeseries",
+            "Time since last successful poll",
+            "Seconds since the exporter last polled each target successfully, and its poll interval.",
+            [
+                Query(q.seconds_since_successful_poll(cfg, s), "{{target}}"),
+                Query(q.series("asyncjob_target_poll_interval_seconds", s), "{{target}} poll interval"),
+            ],
+            unit="s",
+            width=6,
+        ),
+        Panel(
+            "timeseries",
+            "Poll errors by reason",
+            "Failed polls of the providers' APIs per second, by reason "
+            "(timeout, connect, http_4xx, http_429, http_5xx, bad_body, auth).",
+            [
+                Query(
+                    _sum_rate("target, reason", "asyncjob_poll_errors_total", s),
+                    "{{target}} {{reason}}",
+                )
+            ],
+            unit="reqps",
+            width=6,
+        ),
+        Panel(
+            "timeseries",
+            "Poll requests and p95 duration",
+            "Requests the exporter sends to each provider, and how long the slowest 5% take.",
+            [
+                Query(
+                    _sum_rate("target", "asyncjob_poll_requests_total", s),
+                    "{{target}} requests/s",
+                ),
+                Query(
+                    f"histogram_quantile(0.95, sum by (target, le) "
+                    f"(rate({q.series('asyncjob_poll_duration_seconds_bucket', s)}[{RATE}])))",
+                    "{{target}} p95 seconds",
+                ),
+            ],
+            unit="short",
+            width=6,
+        ),
+        Row("Jobs"),
+        Panel(
+            "timeseries",
+            "Jobs by status",
+            "Jobs the exporter tracks now, by normalised status.",
+            [Query(f"sum by (status) ({q.series('asyncjob_jobs', a)})", "{{status}}")],
+            unit="short",
+            width=8,
+            field_config=_stacked(),
+        ),
+        Panel(
+            "timeseries",
+            "Jobs finished",
+            "Jobs reaching a terminal status per second, by job type and status.",
+            [
+                Query(
+                    _sum_rate("job_type, status", "asyncjob_jobs_finished_total", a),
+                    "{{job_type}} {{status}}",
+                )
+            ],
+            unit="ops",
+            width=8,
+        ),
+        Panel(
+            "timeseries",
+            f"Failure ratio ({cfg.failure_window})",
+            f"Share of the jobs finished in the last {cfg.failure_window} that failed; "
+            f"AsyncJobFailureRateHigh fires above {cfg.failure_ratio:.0%}.",
+            [Query(q.series(q.failure_ratio(cfg), a), "{{target}} {{job_type}}")],
+            unit="percentunit",
+            width=8,
+            field_config={"max": 1, "min": 0},
+        ),
+        Panel(
+            "timeseries",
+            "Job duration p50 / p95",
+            "How long jobs take from creation to their terminal status, by job type.",
+            [
+                Query(quantile(0.5, "asyncjob_job_duration_seconds_bucket", "job_type"), "p50 {{job_type}}"),
+                Query(quantile(0.95, "asyncjob_job_duration_seconds_bucket", "job_type"), "p95 {{job_type}}"),
+            ],
+            unit="s",
+            width=8,
+        ),
+        Panel(
+            "timeseries",
+            "Failed jobs by reason",
+            "Jobs that failed, by the provider's error code or state.",
+            [
+                Query(
+                    _sum_rate("job_type, reason", "asyncjob_jobs_failed_total", a, "increase"),
+                    "{{job_type}} {{reason}}",
+                )
+            ],
+            unit="short",
+            width=8,
+        ),
+        Panel(
+            "timeseries",
+            "Failed records",
+            "Share of the records processed by jobs that failed (WillSuite cases, generic records).",
+            [
+                Query(
+                    _sum_rate("target, job_type", "asyncjob_records_failed_total", a)
+                    + "\n/ "
+                    + _sum_rate("target, job_type", "asyncjob_records_processed_total", a),
+                    "{{target}} {{job_type}}",
+                )
+            ],
+            unit="percentunit",
+            width=8,
+        ),
+        Row("Steps"),
+        Panel(
+            "heatmap",
+            "Step duration",
+            "Distribution of step durations across all tracked jobs.",
+            [
+                Query(
+                    _sum_rate("le", "asyncjob_step_duration_seconds_bucket", a),
+                    "{{le}}",
+                    heatmap=True,
+                )
+            ],
+            unit="s",
+            options={
+                "calculate": False,
+                "cellGap": 1,
+                "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
+                "yAxis": {"axisPlacement": "left", "unit": "s"},
+                "tooltip": {"show": True, "yHistogram": True},
+            },
+        ),
+        Panel(
+            "timeseries",
+            f"Step duration p95 ({cfg.step_window})",
+            f"p95 of each step's duration over the last {cfg.step_window}; AsyncJobStepSlow fires above "
+            f"{cfg.step_slow_seconds:g}s (or the step's own threshold).",
+            [Query(q.series(q.step_p95(cfg), a), "{{job_type}} {{step}}")],
+            unit="s",
+        ),
+        Row("Jobs needing attention"),
+        Panel(
+            "table",
+            "Stuck jobs",
+            "Pending or running jobs without progress for longer than their target's stuck threshold "
+            "(seconds since progress).",
+            [Query(q.stuck(cfg, s), table=True)],
+            unit="s",
+        ),
+        Panel(
+            "table",
+            "Overdue jobs",
+            "Unfinished jobs running for longer than their target's max duration (seconds).",
+            [Query(q.overdue(cfg, s), table=True)],
+            unit="s",
+        ),
+        Panel(
+            "table",
+            "Failed jobs",
+            "Failed jobs still tracked, with the provider's reason; they leave the table at retention.",
+            [Query(q.failed_jobs(cfg, s), table=True)],
+            unit="none",
+        ),
+        Panel(
+            "table",
+            "Jobs with failed records",
+            "Share of each job's records that failed.",
+            [Query(f"{q.series(q.RECORDS_FAILED_RATIO, s)} > 0", table=True)],
+            unit="percentunit",
+        ),
+        Panel(
+            "table",
+            "Jobs waiting for the end user",
+            "Jobs waiting for an MFA code, a re-authentication or a consent: seconds since they last moved.",
+            [Query(q.awaiting_user(cfg, s), table=True)],
+            unit="s",
+            width=24,
+        ),
+        Row("Oxlin connections"),
+        Panel(
+            "timeseries",
+            "Connections by status",
+            "Oxlin connections by their current status.",
+            [
+                Query(
+                    f"count by (target, status) ({q.series('asyncjob_connection_status', s)} == 1)",
+                    "{{target}} {{status}}",
+                )
+            ],
+            unit="short",
+            width=6,
+            field_config=_stacked(),
+        ),
+        Panel(
+            "timeseries",
+            "Queue events",
+            "Events read from the Oxlin queues per second, by event type.",
+            [
+                Query(
+                    _sum_rate("target, event_type", "asyncjob_queue_events_total", s),
+                    "{{target}} {{event_type}}",
+                )
+            ],
+            unit="ops",
+            width=6,
+        ),
+        Panel(
+            "table",
+            "Time since last successful sync",
+            "Seconds since each connection last synchronised successfully.",
+            [Query(q.seconds_since_connection_sync(cfg, s), table=True)],
+            unit="s",
+            width=6,
+        ),
+        Panel(
+            "table",
+            "Consent expiry",
+            "Seconds until each PSD2 channel's consent expires; negative when it already lapsed.",
+            [Query(q.seconds_until_consent_expiry(cfg, s), table=True)],
+            unit="s",
+            width=6,
+        ),
+    ]
+    return _dashboard(
+        cfg,
+        cfg.overview_uid,
+        "Asyncjob / Overview",
+        "Asynchronous jobs of third-party APIs tracked by asyncjob-exporter: "
+        "status, failures, durations, polling.",
+        items,
+        one_job=False,
+    )
+
+
+def job(cfg: Config) -> dict[str, Any]:
+    s, j = TARGETS, ONE_JOB
+
+    def stat_name(expr: str, legend: str) -> Query:
+        return Query(expr, legend, instant=True)
+
+    name_only = {
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "textMode": "name",
+    }
+    timestamp = "dateTimeAsIso"
+    items: list[Panel | Row] = [
+        Panel(
+            "stat",
+            "Status",
+            "The job's current normalised status.",
+            [stat_name(f"{q.series('asyncjob_job_status', j)} == 1", "{{status}}")],
+            unit="none",
+            width=4,
+            height=4,
+            options=name_only,
+        ),
+        Panel(
+            "stat",
+            "Provider and type",
+            "The provider and job type the job was read as.",
+            [stat_name(q.series("asyncjob_job_info", j), "{{provider}} {{job_type}}")],
+            unit="none",
+            width=4,
+            height=4,
+            options=name_only,
+        ),
+        Panel(
+            "gauge",
+            "Percent completed",
+            "The provider's percentage, else the share of finished steps.",
+            [Query(q.series("asyncjob_job_percent_completed", j), "{{job_id}}", instant=True)],
+            unit="percent",
+            width=4,
+            height=4,
+            field_config={"min": 0, "max": 100},
+        ),
+        Panel(
+            "stat",
+            "Error reason",
+            "The provider's error code or state for a failed job; its free-text message is served by "
+            "GET /api/v1/targets/{target}/jobs/{id}.",
+            [stat_name(q.series("asyncjob_job_error_info", j), "{{reason}}")],
+            unit="none",
+            width=4,
+            height=4,
+            options=name_only,
+        ),
+        Panel(
+            "stat",
+            "Waiting for the end user",
+            "1 while the job waits for an MFA code, a re-authentication or a consent.",
+            [Query(q.series("asyncjob_job_awaiting_user", j), "{{job_id}}", instant=True)],
+            unit="none",
+            width=4,
+            height=4,
+            field_config={
+                "mappings": [{"options": {"0": {"text": "No"}, "1": {"text": "Yes"}}, "type": "value"}]
+            },
+        ),
+        Panel(
+            "stat",
+            "Attempts",
+            "How many times the provider ran the job (reruns included).",
+            [Query(q.series("asyncjob_job_attempts", j), "{{job_id}}", instant=True)],
+            unit="none",
+            width=4,
+            height=4,
+        ),
+        Panel(
+            "stat",
+            "Timestamps",
+            "When the job was created, started, finished and last moved.",
+            [
+                Query(
+                    f"{q.series('asyncjob_job_created_timestamp_seconds', j)} * 1000", "created", instant=True
+                ),
+                Query(
+                    f"{q.series('asyncjob_job_started_timestamp_seconds', j)} * 1000", "started", instant=True
+                ),
+                Query(
+                    f"{q.series('asyncjob_job_finished_timestamp_seconds', j)} * 1000",
+                    "finished",
+                    instant=True,
+                ),
+                Query(
+                    f"{q.series('asyncjob_job_last_progress_timestamp_seconds', j)} * 1000",
+                    "last progress",
+                    instant=True,
+                ),
+            ],
+            unit=timestamp,
+            width=24,
+            height=4,
+            options={
+                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                "textMode": "value_and_name",
+            },
+        ),
+        Panel(
+            "state-timeline",
+            "Status over time",
+            "The job's normalised status through time.",
+            [Query(f"{q.series('asyncjob_job_status', j)} == 1", "{{status}}")],
+            unit="none",
+        ),
+        Panel(
+            "timeseries",
+            "Percent completed over time",
+            "The job's completion through time.",
+            [Query(q.series("asyncjob_job_percent_completed", j), "percent")],
+            unit="percent",
+            field_config={"min": 0, "max": 100},
+        ),
+        Panel(
+            "state-timeline",
+            "Steps over time",
+            "Each step's status through time.",
+            [Query(f"{q.series('asyncjob_job_step_status', j)} == 1", "{{step}}: {{status}}")],
+            unit="none",
+        ),
+        Panel(
+            "bargauge",
+            "Step durations",
+            "How long each step took, or has taken so far.",
+            [Query(q.series("asyncjob_job_step_duration_seconds", j), "{{step}}", instant=True)],
+            unit="s",
+        ),
+        Panel(
+            "timeseries",
+            "Time since progress",
+            "Seconds since the job last moved, against the target's stuck threshold.",
+            [
+                Query(
+                    f"time() - {q.series('asyncjob_job_last_progress_timestamp_seconds', j)}",
+                    "since progress",
+                ),
+                Query(q.series("asyncjob_target_stuck_threshold_seconds", s), "stuck threshold"),
+            ],
+            unit="s",
+        ),
+        Panel(
+            "timeseries",
+            "Runtime",
+            "Seconds since the job started (else was created), against the target's max duration.",
+            [
+                Query(q.series(q.RUNTIME, j), "runtime"),
+                Query(q.series("asyncjob_target_max_duration_seconds", s), "max duration"),
+            ],
+            unit="s",
+        ),
+        Panel(
+            "timeseries",
+            "Records",
+            "The job's records: total, affected and failed.",
+            [Query(q.series("asyncjob_job_records", j), "{{kind}}")],
+            unit="short",
+            width=24,
+        ),
+    ]
+    return _dashboard(
+        cfg,
+        cfg.job_uid,
+        "Asyncjob / Job",
+        "One asynchronous job tracked by asyncjob-exporter: status, progress, steps, timestamps and error.",
+        items,
+        one_job=True,
+    )

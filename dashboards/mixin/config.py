@@ -1,0 +1,96 @@
+"""Every threshold, selector and URL of the shipped alerts and dashboards, in one place.
+
+Edit a value here, run `python dashboards/generate.py`, and commit the regenerated files.
+Per-target thresholds (stuck after, max duration, poll interval) are not here: the exporter
+exports them as metrics from its own config, so one rule serves every target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Config:
+    # Selects the exporter's series by the scrape job; the only place that names the job.
+    exporter_selector: str = 'job=~"asyncjob.*"'
+    # The labels that identify one exporter target across all its series.
+    target_labels: tuple[str, ...] = ("job", "instance", "target")
+
+    runbook_base_url: str = (
+        "https://github.com/asyncjob-exporter/asyncjob-exporter/blob/main/docs/runbooks.md"
+    )
+    grafana_url: str = "http://localhost:3000"
+    overview_uid: str = "asyncjob-overview"
+    job_uid: str = "asyncjob-job"
+
+    # AsyncJobStuck / AsyncJobOverdue: the thresholds come from the exporter; `for` only rides
+    # out a single late poll.
+    stuck_for: str = "5m"
+    overdue_for: str = "5m"
+
+    # AsyncJobFailureRateHigh: share of finished jobs that failed, per target and job_type.
+    failure_ratio: float = 0.25
+    failure_window: str = "1h"
+    failure_min_finished: int = 5
+    failure_for: str = "15m"
+
+    # AsyncJobRecordsFailing: share of one job's records that failed.
+    records_failed_ratio: float = 0.05
+    records_failed_for: str = "5m"
+
+    # AsyncJobStepSlow: p95 of a step's duration over the window, per target, job_type and step.
+    step_window: str = "1h"
+    step_slow_seconds: float = 900
+    step_slow_seconds_by_step: dict[str, float] = field(
+        default_factory=lambda: {"retrieve-transactions": 1800, "create-report": 1800}
+    )
+    step_slow_for: str = "15m"
+
+    target_down_for: str = "5m"
+    # AsyncJobPollingStale: no successful poll for this many of the target's poll intervals.
+    polling_stale_intervals: int = 3
+    polling_stale_for: str = "5m"
+    exporter_down_for: str = "5m"
+
+    tracking_cap_window: str = "15m"
+
+    # Oxlin: a connection that has not synchronised successfully for this long.
+    connection_sync_stale_seconds: int = 36 * 3600
+    connection_sync_stale_for: str = "15m"
+    # Oxlin PSD2 channels: warn this many days before the consent lapses (and after).
+    consent_expiry_warning_days: int = 7
+    consent_expiry_for: str = "15m"
+
+    awaiting_user_for: str = "15m"
+
+    severity: dict[str, str] = field(
+        default_factory=lambda: {
+            "AsyncJobFailed": "warning",
+            "AsyncJobStuck": "warning",
+            "AsyncJobOverdue": "warning",
+            "AsyncJobFailureRateHigh": "critical",
+            "AsyncJobRecordsFailing": "warning",
+            "AsyncJobStepSlow": "warning",
+            "AsyncJobTargetDown": "critical",
+            "AsyncJobPollingStale": "warning",
+            "AsyncJobExporterDown": "critical",
+            "AsyncJobTrackingCapReached": "warning",
+            "AsyncJobConnectionSyncStale": "warning",
+            "AsyncJobConsentExpiring": "warning",
+            "AsyncJobAwaitingUser": "info",
+        }
+    )
+
+    @property
+    def on_target(self) -> str:
+        """The vector-matching clause that joins a series to its target's threshold metrics."""
+        return f"on({', '.join(self.target_labels)})"
+
+    @property
+    def on_job(self) -> str:
+        """The vector-matching clause that joins two series of the same tracked job."""
+        return f"on({', '.join((*self.target_labels, 'job_id'))})"
+
+
+CONFIG = Config()

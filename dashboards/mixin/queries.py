@@ -1,0 +1,200 @@
+"""PromQL shared by the alert rules and the dashboards, built for any label selector.
+
+The rules pass the exporter selector from `config`; the dashboards pass their template
+variables (`job=~"$job", instance=~"$instance", ...`). Names of recording rules live here too,
+so a rule and the panel that reads its output cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from .config import Config
+
+# Recording rules, named level:metric:operations. "active" = pending or running, and not
+# waiting for the end user (a job waiting for an MFA code or a consent is nobody's fault).
+SECONDS_SINCE_PROGRESS = "target_job_id:asyncjob_job_seconds_since_progress:active"
+RUNTIME = "target_job_id:asyncjob_job_runtime_seconds:active"
+RECORDS_FAILED_RATIO = "target_job_id:asyncjob_job_records_failed:ratio"
+
+
+def finished_increase(cfg: Config) -> str:
+    return f"target_job_type_status:asyncjob_jobs_finished:increase{cfg.failure_window}"
+
+
+def failure_ratio(cfg: Config) -> str:
+    return f"target_job_type:asyncjob_jobs_failure_ratio:increase{cfg.failure_window}"
+
+
+def step_p95(cfg: Config) -> str:
+    return f"target_job_type_step:asyncjob_step_duration_seconds:p95_rate{cfg.step_window}"
+
+
+def series(metric: str, selector: str, *matchers: str) -> str:
+    """`metric{selector, matchers...}`: every query goes through here, so none forgets the selector."""
+    parts = [part for part in (selector, *matchers) if part]
+    return f"{metric}{{{', '.join(parts)}}}"
+
+
+UNFINISHED = 'status=~"pending|running"'
+
+
+def _active(cfg: Config, selector: str) -> str:
+    unfinished = series("asyncjob_job_status", selector, UNFINISHED)
+    waiting = series("asyncjob_job_awaiting_user", selector)
+    return f"  and {cfg.on_job} ({unfinished} == 1)\n  unless {cfg.on_job} ({waiting} == 1)"
+
+
+def seconds_since_progress_source(cfg: Config, selector: str) -> str:
+    return (
+        f"(time() - {series('asyncjob_job_last_progress_timestamp_seconds', selector)})\n"
+        f"{_active(cfg, selector)}"
+    )
+
+
+def runtime_source(cfg: Config, selector: str) -> str:
+    started = series("asyncjob_job_started_timestamp_seconds", selector)
+    created = series("asyncjob_job_created_timestamp_seconds", selector)
+    return f"(time() - ({started} or {cfg.on_job} {created}))\n{_active(cfg, selector)}"
+
+
+def records_failed_ratio_source(cfg: Config, selector: str) -> str:
+    failed = series("asyncjob_job_records", selector, 'kind="failed"')
+    total = series("asyncjob_job_records", selector, 'kind="total"')
+    return f"{failed}\n  / {cfg.on_job} ({total} > 0)"
+
+
+def finished_increase_source(cfg: Config, selector: str) -> str:
+    by = ", ".join((*cfg.target_labels, "job_type", "status"))
+    counter = series("asyncjob_jobs_finished_total", selector)
+    return f"sum by ({by}) (increase({counter}[{cfg.failure_window}]))"
+
+
+def failure_ratio_source(cfg: Config, selector: str) -> str:
+    by = ", ".join((*cfg.target_labels, "job_type"))
+    failed = series(finished_increase(cfg), selector, 'status="failed"')
+    finished = series(finished_increase(cfg), selector)
+    # A job_type that never failed has no failed series; count it as 0 rather than no data.
+    return (
+        f"(\n  sum by ({by}) ({failed})\n  or sum by ({by}) ({finished}) * 0\n)\n/ sum by ({by}) ({finished})"
+    )
+
+
+def step_p95_source(cfg: Config, selector: str) -> str:
+    by = ", ".join((*cfg.target_labels, "job_type", "step", "le"))
+    buckets = series("asyncjob_step_duration_seconds_bucket", selector)
+    return f"histogram_quantile(0.95, sum by ({by}) (rate({buckets}[{cfg.step_window}])))"
+
+
+def stuck(cfg: Config, selector: str) -> str:
+    threshold = series("asyncjob_target_stuck_threshold_seconds", selector)
+    return f"{series(SECONDS_SINCE_PROGRESS, selector)}\n  > {cfg.on_target} group_left() {threshold}"
+
+
+def overdue(cfg: Config, selector: str) -> str:
+    threshold = series("asyncjob_target_max_duration_seconds", selector)
+    return f"{series(RUNTIME, selector)}\n  > {cfg.on_target} group_left() {threshold}"
+
+
+def failed_jobs(cfg: Config, selector: str) -> str:
+    failed = "({} == 1)".format(series("asyncjob_job_status", selector, 'status="failed"'))
+    reason = series("asyncjob_job_error_info", selector)
+    # The reason joins in where the exporter knows one; a failed job without it still counts.
+    return f"{failed}\n  * {cfg.on_job} group_left(reason) {reason}\nor {cfg.on_job}\n  {failed}"
+
+
+def records_failing(cfg: Config, selector: str) -> str:
+    return f"{series(RECORDS_FAILED_RATIO, selector)} > {cfg.records_failed_ratio:g}"
+
+
+def failure_rate_high(cfg: Config, selector: str) -> str:
+    by = ", ".join((*cfg.target_labels, "job_type"))
+    finished = series(finished_increase(cfg), selector)
+    return (
+        f"{series(failure_ratio(cfg), selector)} > {cfg.failure_ratio:g}\n"
+        f"and on({by}) sum by ({by}) ({finished}) >= {cfg.failure_min_finished}"
+    )
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _regex_escape(value: str) -> str:
+    return "".join("\\\\" + char if char in r".^$*+?()[]{}|\\" else char for char in value)
+
+
+def step_slow(cfg: Config, selector: str) -> str:
+    name = step_p95(cfg)
+    overrides = sorted(cfg.step_slow_seconds_by_step.items())
+    branches = [
+        f"{series(name, selector, 'step=' + _quote(step))} > {seconds:g}" for step, seconds in overrides
+    ]
+    others = "|".join(_regex_escape(step) for step, _ in overrides)
+    rest = series(name, selector, f'step!~"{others}"') if others else series(name, selector)
+    branches.append(f"{rest} > {cfg.step_slow_seconds:g}")
+    return "\nor ".join(branches)
+
+
+def target_down(cfg: Config, selector: str) -> str:
+    return f"{series('asyncjob_target_up', selector)} == 0"
+
+
+def seconds_since_successful_poll(cfg: Config, selector: str) -> str:
+    return f"time() - {series('asyncjob_last_successful_poll_timestamp_seconds', selector)}"
+
+
+def polling_stale(cfg: Config, selector: str) -> str:
+    interval = series("asyncjob_target_poll_interval_seconds", selector)
+    return (
+        f"{seconds_since_successful_poll(cfg, selector)}\n"
+        f"  > {cfg.on_target} ({cfg.polling_stale_intervals} * {interval})"
+    )
+
+
+def exporter_down(cfg: Config, selector: str) -> str:
+    up = series("up", selector)
+    return f"{up} == 0\nor absent({up})"
+
+
+def tracking_cap_reached(cfg: Config, selector: str) -> str:
+    by = ", ".join(cfg.target_labels)
+    dropped = series("asyncjob_jobs_dropped_total", selector, 'reason="cap"')
+    return f"sum by ({by}) (increase({dropped}[{cfg.tracking_cap_window}])) > 0"
+
+
+def _unless_closed(cfg: Config, selector: str) -> str:
+    closed = series("asyncjob_connection_status", selector, 'status=~"(?i)closed"')
+    on = f"on({', '.join((*cfg.target_labels, 'connection_id'))})"
+    return f"unless {on} ({closed} == 1)"
+
+
+def seconds_since_connection_sync(cfg: Config, selector: str) -> str:
+    return f"time() - {series('asyncjob_connection_last_success_timestamp_seconds', selector)}"
+
+
+def connection_sync_stale(cfg: Config, selector: str) -> str:
+    return (
+        f"({seconds_since_connection_sync(cfg, selector)}) > {cfg.connection_sync_stale_seconds}\n"
+        f"{_unless_closed(cfg, selector)}"
+    )
+
+
+def seconds_until_consent_expiry(cfg: Config, selector: str) -> str:
+    return f"{series('asyncjob_channel_consent_expiry_timestamp_seconds', selector)} - time()"
+
+
+def consent_expiring(cfg: Config, selector: str) -> str:
+    # Includes consents that already lapsed: those need the end user's SCA just as much.
+    return (
+        f"({seconds_until_consent_expiry(cfg, selector)}) < {cfg.consent_expiry_warning_days * 86400}\n"
+        f"{_unless_closed(cfg, selector)}"
+    )
+
+
+def awaiting_user(cfg: Config, selector: str) -> str:
+    waiting = series("asyncjob_job_awaiting_user", selector)
+    unfinished = series("asyncjob_job_status", selector, UNFINISHED)
+    return (
+        f"(time() - {series('asyncjob_job_last_progress_timestamp_seconds', selector)})\n"
+        f"  and {cfg.on_job} ({waiting} == 1)\n"
+        f"  and {cfg.on_job} ({unfinished} == 1)"
+    )

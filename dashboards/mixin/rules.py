@@ -1,0 +1,233 @@
+"""The Prometheus rule groups: recording rules first in each group, then the alerts reading them.
+
+A recording rule sits in the same group as the alerts that read it: rules of one group run in
+order, so an alert never sees the previous evaluation's record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import queries as q
+from .config import Config
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    expr: str
+    duration: str
+    summary: str
+    description: str
+    per_job: bool  # links to the job drill-down dashboard rather than the overview
+
+
+def _job_link(cfg: Config) -> str:
+    return (
+        f"{cfg.grafana_url}/d/{cfg.job_uid}/asyncjob-job?var-job={{{{ $labels.job }}}}"
+        "&var-instance={{ $labels.instance }}&var-target={{ $labels.target }}"
+        "&var-job_id={{ $labels.job_id }}"
+    )
+
+
+def _overview_link(cfg: Config) -> str:
+    return (
+        f"{cfg.grafana_url}/d/{cfg.overview_uid}/asyncjob-overview?var-job={{{{ $labels.job }}}}"
+        "&var-instance={{ $labels.instance }}&var-target={{ $labels.target }}"
+    )
+
+
+JOB = "job {{ $labels.job_id }} on target {{ $labels.target }}"
+
+
+def job_alerts(cfg: Config, sel: str) -> list[Alert]:
+    return [
+        Alert(
+            "AsyncJobFailed",
+            q.failed_jobs(cfg, sel),
+            "0m",
+            "An asynchronous job failed.",
+            f"The provider reports {JOB} as failed"
+            "{{ with $labels.reason }} with reason {{ . }}{{ end }}. "
+            "GET /api/v1/targets/{{ $labels.target }}/jobs/{{ $labels.job_id }} gives its message.",
+            per_job=True,
+        ),
+        Alert(
+            "AsyncJobStuck",
+            q.stuck(cfg, sel),
+            cfg.stuck_for,
+            "An asynchronous job has made no progress for longer than its target allows.",
+            f"The {JOB} has made no progress for {{{{ $value | humanizeDuration }}}}, "
+            "longer than the target's stuck threshold.",
+            per_job=True,
+        ),
+        Alert(
+            "AsyncJobOverdue",
+            q.overdue(cfg, sel),
+            cfg.overdue_for,
+            "An asynchronous job has been running for longer than its target's maximum duration.",
+            f"The {JOB} has been running for {{{{ $value | humanizeDuration }}}}, "
+            "longer than the target's max duration.",
+            per_job=True,
+        ),
+        Alert(
+            "AsyncJobRecordsFailing",
+            q.records_failing(cfg, sel),
+            cfg.records_failed_for,
+            "An asynchronous job is failing on many of its records.",
+            f"{{{{ $value | humanizePercentage }}}} of the records of {JOB} failed "
+            f"(threshold {cfg.records_failed_ratio:.0%}).",
+            per_job=True,
+        ),
+        Alert(
+            "AsyncJobAwaitingUser",
+            q.awaiting_user(cfg, sel),
+            cfg.awaiting_user_for,
+            "An asynchronous job is waiting for its end user.",
+            f"The {JOB} has been waiting for the end user (a one-time code, a re-authentication "
+            "or a consent) for {{ $value | humanizeDuration }}; no operator action is needed.",
+            per_job=True,
+        ),
+    ]
+
+
+def aggregate_alerts(cfg: Config, sel: str) -> list[Alert]:
+    return [
+        Alert(
+            "AsyncJobFailureRateHigh",
+            q.failure_rate_high(cfg, sel),
+            cfg.failure_for,
+            "Many asynchronous jobs of one type are failing.",
+            "{{ $value | humanizePercentage }} of the {{ $labels.job_type }} jobs on target "
+            f"{{{{ $labels.target }}}} that finished in the last {cfg.failure_window} failed "
+            f"(threshold {cfg.failure_ratio:.0%}).",
+            per_job=False,
+        ),
+        Alert(
+            "AsyncJobStepSlow",
+            q.step_slow(cfg, sel),
+            cfg.step_slow_for,
+            "A step of asynchronous jobs is slower than usual.",
+            "Step {{ $labels.step }} of {{ $labels.job_type }} jobs on target {{ $labels.target }} "
+            f"took {{{{ $value | humanizeDuration }}}} at p95 over the last {cfg.step_window}.",
+            per_job=False,
+        ),
+        Alert(
+            "AsyncJobTrackingCapReached",
+            q.tracking_cap_reached(cfg, sel),
+            "0m",
+            "The exporter is dropping jobs because a target tracks as many as it may.",
+            "Target {{ $labels.target }} dropped {{ $value | humanize }} jobs in the last "
+            f"{cfg.tracking_cap_window} because it already tracks max_jobs_per_target jobs.",
+            per_job=False,
+        ),
+    ]
+
+
+def target_alerts(cfg: Config, sel: str) -> list[Alert]:
+    return [
+        Alert(
+            "AsyncJobTargetDown",
+            q.target_down(cfg, sel),
+            cfg.target_down_for,
+            "The exporter cannot poll a target's API.",
+            "The exporter on {{ $labels.instance }} has failed to poll target {{ $labels.target }} "
+            f"for more than {cfg.target_down_for} (asyncjob_target_up is {{{{ $value }}}}).",
+            per_job=False,
+        ),
+        Alert(
+            "AsyncJobPollingStale",
+            q.polling_stale(cfg, sel),
+            cfg.polling_stale_for,
+            "A target has not been polled successfully for several poll intervals.",
+            "The exporter on {{ $labels.instance }} last polled target {{ $labels.target }} "
+            "successfully {{ $value | humanizeDuration }} ago, more than "
+            f"{cfg.polling_stale_intervals} of its poll intervals.",
+            per_job=False,
+        ),
+        Alert(
+            "AsyncJobExporterDown",
+            q.exporter_down(cfg, sel),
+            cfg.exporter_down_for,
+            "Prometheus cannot scrape the asyncjob exporter.",
+            "Prometheus has not scraped the asyncjob exporter{{ with $labels.instance }} on {{ . }}"
+            "{{ end }}{{ with $labels.job }} (scrape job {{ . }}){{ end }} for "
+            f"{cfg.exporter_down_for}: no job of any target is watched.",
+            per_job=False,
+        ),
+    ]
+
+
+def oxlin_alerts(cfg: Config, sel: str) -> list[Alert]:
+    return [
+        Alert(
+            "AsyncJobConnectionSyncStale",
+            q.connection_sync_stale(cfg, sel),
+            cfg.connection_sync_stale_for,
+            "A bank connection has not synchronised successfully for too long.",
+            "Connection {{ $labels.connection_id }} on target {{ $labels.target }} last "
+            "synchronised successfully {{ $value | humanizeDuration }} ago.",
+            per_job=False,
+        ),
+        Alert(
+            "AsyncJobConsentExpiring",
+            q.consent_expiring(cfg, sel),
+            cfg.consent_expiry_for,
+            "A PSD2 consent of a bank connection expires soon or has expired.",
+            "The consent of channel {{ $labels.channel }} of connection {{ $labels.connection_id }} "
+            "on target {{ $labels.target }} {{ if lt $value 0.0 }}has expired"
+            "{{ else }}expires in {{ $value | humanizeDuration }}{{ end }}; "
+            "the end user must renew it with strong customer authentication.",
+            per_job=False,
+        ),
+    ]
+
+
+def _recording(record: str, expr: str) -> dict[str, Any]:
+    return {"record": record, "expr": expr}
+
+
+def _alerting(cfg: Config, alert: Alert) -> dict[str, Any]:
+    rule: dict[str, Any] = {"alert": alert.name, "expr": alert.expr}
+    if alert.duration != "0m":
+        rule["for"] = alert.duration
+    rule["labels"] = {"severity": cfg.severity[alert.name]}
+    rule["annotations"] = {
+        "summary": alert.summary,
+        "description": alert.description,
+        "runbook_url": f"{cfg.runbook_base_url}#{alert.name.lower()}",
+        "dashboard_url": _job_link(cfg) if alert.per_job else _overview_link(cfg),
+    }
+    return rule
+
+
+def rule_groups(cfg: Config) -> dict[str, Any]:
+    """The whole rule file, as the dict that becomes alerts/asyncjob.rules.yml."""
+    sel = cfg.exporter_selector
+    jobs = [
+        _recording(q.SECONDS_SINCE_PROGRESS, q.seconds_since_progress_source(cfg, sel)),
+        _recording(q.RUNTIME, q.runtime_source(cfg, sel)),
+        _recording(q.RECORDS_FAILED_RATIO, q.records_failed_ratio_source(cfg, sel)),
+        *(_alerting(cfg, alert) for alert in job_alerts(cfg, sel)),
+    ]
+    aggregates = [
+        _recording(q.finished_increase(cfg), q.finished_increase_source(cfg, sel)),
+        _recording(q.failure_ratio(cfg), q.failure_ratio_source(cfg, sel)),
+        _recording(q.step_p95(cfg), q.step_p95_source(cfg, sel)),
+        *(_alerting(cfg, alert) for alert in aggregate_alerts(cfg, sel)),
+    ]
+    return {
+        "groups": [
+            {"name": "asyncjob.jobs", "rules": jobs},
+            {"name": "asyncjob.aggregates", "rules": aggregates},
+            {"name": "asyncjob.targets", "rules": [_alerting(cfg, a) for a in target_alerts(cfg, sel)]},
+            {"name": "asyncjob.oxlin", "rules": [_alerting(cfg, a) for a in oxlin_alerts(cfg, sel)]},
+        ]
+    }
+
+
+def alert_names(cfg: Config) -> list[str]:
+    sel = cfg.exporter_selector
+    alerts = [*job_alerts(cfg, sel), *aggregate_alerts(cfg, sel), *target_alerts(cfg, sel)]
+    return [alert.name for alert in (*alerts, *oxlin_alerts(cfg, sel))]

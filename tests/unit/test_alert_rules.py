@@ -1,0 +1,229 @@
+"""The shipped Prometheus rules: valid, tested by promtool, documented, and current with their generator."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "alerts" / "asyncjob.rules.yml"
+RULE_TESTS = sorted((REPO / "alerts" / "tests").glob("*.yml"))
+RUNBOOKS = REPO / "docs" / "runbooks.md"
+INHIBIT_EXAMPLE = REPO / "alerts" / "alertmanager-inhibit.example.yml"
+
+SEVERITIES = {"critical", "warning", "info"}
+ANNOTATIONS = {"summary", "description", "runbook_url", "dashboard_url"}
+
+
+def require_tool(name: str) -> str:
+    """Path of a Prometheus tool; a missing tool fails under CI and skips elsewhere."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed (Debian: apt install prometheus prometheus-alertmanager)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI is set, so the rule tests must run")
+    pytest.skip(f"{message}; set CI=1 to make this a failure")
+
+
+def load_generator() -> ModuleType:
+    if "asyncjob_generate" in sys.modules:
+        return sys.modules["asyncjob_generate"]
+    spec = importlib.util.spec_from_file_location("asyncjob_generate", REPO / "dashboards" / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["asyncjob_generate"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = yaml.safe_load(RULES.read_text())["groups"]
+    return groups
+
+
+def alerts() -> list[dict[str, Any]]:
+    return [rule for group in rule_groups() for rule in group["rules"] if "alert" in rule]
+
+
+def alert_names() -> list[str]:
+    return [rule["alert"] for rule in alerts()]
+
+
+def rule_tests() -> list[dict[str, Any]]:
+    return [
+        case
+        for path in RULE_TESTS
+        for test in yaml.safe_load(path.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+    ]
+
+
+def github_anchor(heading: str) -> str:
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_rule_file_is_what_the_generator_writes() -> None:
+    generated = load_generator().render()["alerts/asyncjob.rules.yml"]
+    assert RULES.read_text() == generated, "run: python dashboards/generate.py"
+
+
+def test_generator_writes_the_same_files_into_another_directory(tmp_path: Path) -> None:
+    generator = load_generator()
+    generator.main(["--out", str(tmp_path)])
+    for relative in generator.render():
+        assert (tmp_path / relative).read_text() == (REPO / relative).read_text(), relative
+
+
+def test_promtool_accepts_the_rule_file() -> None:
+    promtool = require_tool("promtool")
+    result = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    promtool = require_tool("promtool")
+    assert RULE_TESTS, "no promtool tests under alerts/tests"
+    result = subprocess.run(
+        [promtool, "test", "rules", *map(str, RULE_TESTS)], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_alerts_asked_for_are_all_there() -> None:
+    expected = {
+        "AsyncJobFailed",
+        "AsyncJobStuck",
+        "AsyncJobOverdue",
+        "AsyncJobFailureRateHigh",
+        "AsyncJobRecordsFailing",
+        "AsyncJobStepSlow",
+        "AsyncJobTargetDown",
+        "AsyncJobPollingStale",
+        "AsyncJobExporterDown",
+        "AsyncJobTrackingCapReached",
+        "AsyncJobConnectionSyncStale",
+        "AsyncJobConsentExpiring",
+        "AsyncJobAwaitingUser",
+    }
+    assert set(alert_names()) == expected
+    assert len(alert_names()) == len(expected), "an alert name is used twice"
+
+
+@pytest.mark.parametrize("alert", alerts(), ids=alert_names())
+def test_every_alert_has_a_severity_and_the_annotations(alert: dict[str, Any]) -> None:
+    assert alert["labels"]["severity"] in SEVERITIES
+    assert set(alert["annotations"]) == ANNOTATIONS
+    annotations = alert["annotations"]
+    assert "{{" not in annotations["summary"], "the summary is a static sentence"
+    assert "{{" in annotations["description"], "the description names what fired"
+    anchor = annotations["runbook_url"].rsplit("#", 1)[1]
+    assert anchor == github_anchor(alert["alert"])
+    assert "/d/" in annotations["dashboard_url"]
+
+
+def test_runbook_urls_share_one_base() -> None:
+    bases = {alert["annotations"]["runbook_url"].split("#")[0] for alert in alerts()}
+    assert len(bases) == 1
+    assert bases.pop().endswith("docs/runbooks.md")
+
+
+def test_per_job_alerts_name_the_target_and_job_id() -> None:
+    for alert in alerts():
+        if "var-job_id" in alert["annotations"]["dashboard_url"]:
+            description = alert["annotations"]["description"]
+            assert "$labels.target" in description and "$labels.job_id" in description, alert["alert"]
+
+
+def test_only_info_alerts_never_page() -> None:
+    severities = {alert["alert"]: alert["labels"]["severity"] for alert in alerts()}
+    assert severities["AsyncJobAwaitingUser"] == "info"
+    assert [name for name, severity in severities.items() if severity == "info"] == ["AsyncJobAwaitingUser"]
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    headings = re.findall(r"^## (\S+)\s*$", RUNBOOKS.read_text(), flags=re.MULTILINE)
+    missing = set(alert_names()) - set(headings)
+    assert not missing, f"docs/runbooks.md lacks: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", alert_names())
+def test_every_alert_has_a_promtool_test_that_fires_and_one_that_stays_silent(name: str) -> None:
+    cases = [case for case in rule_tests() if case["alertname"] == name]
+    assert any(case.get("exp_alerts") for case in cases), f"no promtool test where {name} fires"
+    assert any(not case.get("exp_alerts") for case in cases), f"no promtool test where {name} stays silent"
+
+
+def test_every_rule_reads_only_the_exporters_series() -> None:
+    selector = load_generator().CONFIG.exporter_selector
+    for group in rule_groups():
+        for rule in group["rules"]:
+            expr = rule["expr"]
+            selectors = re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*\{[^}]*\}", expr)
+            assert selectors, rule
+            for found in selectors:
+                assert selector in found, f"{rule.get('alert') or rule.get('record')}: {found}"
+            names = re.findall(r"(?<![\w:])([a-zA-Z_][a-zA-Z0-9_:]*)(?![\w:{])", expr)
+            bare = [name for name in names if name.startswith("asyncjob_") or ":" in name]
+            assert not bare, f"selector missing on {bare}"
+
+
+def test_thresholds_are_joined_on_the_target() -> None:
+    for rule in alerts():
+        for metric in re.findall(r"asyncjob_target_[a-z_]+_seconds", rule["expr"]):
+            assert "on(job, instance, target)" in rule["expr"], (rule["alert"], metric)
+
+
+def test_recording_rules_follow_level_metric_operations() -> None:
+    for group in rule_groups():
+        for rule in group["rules"]:
+            if "record" in rule:
+                level, metric, operations = rule["record"].split(":")
+                assert level and operations and metric.startswith("asyncjob_"), rule["record"]
+
+
+def test_failed_is_built_on_the_per_job_state_set_not_on_counters() -> None:
+    (failed,) = (rule for rule in alerts() if rule["alert"] == "AsyncJobFailed")
+    assert 'status="failed"} == 1' in failed["expr"]
+    assert "asyncjob_job_error_info" in failed["expr"]
+    assert "_total" not in failed["expr"]
+
+
+def test_alertmanager_example_is_valid() -> None:
+    amtool = require_tool("amtool")
+    result = subprocess.run([amtool, "check-config", str(INHIBIT_EXAMPLE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alertmanager_example_silences_per_job_alerts_while_a_target_is_down() -> None:
+    config = yaml.safe_load(INHIBIT_EXAMPLE.read_text())
+    generator = load_generator()
+    per_job = {alert.name for alert in generator.rules.job_alerts(generator.CONFIG, "")}
+    silenced: set[str] = set()
+    for rule in config["inhibit_rules"]:
+        assert set(rule["equal"]) >= {"target", "instance"}
+        sources = _alertnames(rule["source_matchers"])
+        targets = _alertnames(rule["target_matchers"])
+        assert sources <= set(alert_names()) and targets <= set(alert_names())
+        if sources == {"AsyncJobTargetDown", "AsyncJobPollingStale"}:
+            silenced |= targets
+    assert silenced == per_job
+
+
+def _alertnames(matchers: list[str]) -> set[str]:
+    names: set[str] = set()
+    for matcher in matchers:
+        match = re.fullmatch(r'alertname(=~|=)"([^"]+)"', matcher.strip())
+        assert match, matcher
+        names |= set(match.group(2).split("|"))
+    return names
