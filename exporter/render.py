@@ -532,8 +532,15 @@ class Exposition:
         w.sample("asyncjob_exporter_build_info", labels(version=__version__), 1)
         return render_aggregates(ts) + w.bytes() + self._extra()
 
-    def render(self, gz: bool = False) -> bytes:
+    def render(self, gz: bool = False, multi_member: bool = True) -> bytes:
+        """The body; gzip-compressed when `gz`.
+
+        With `multi_member` the cached per-group gzip members are sent back to back
+        (Prometheus reads such a stream whole). Some clients (httpx, a few browsers) stop
+        after the first member: they get one member compressed from the plain text.
+        """
         tail = self.scrape_time_text()
-        if gz:
+        if gz and multi_member:
             return b"".join(self.jobs.parts(gz=True)) + gzip_member(tail)
-        return b"".join(self.jobs.parts(gz=False)) + tail
+        plain = b"".join(self.jobs.parts(gz=False)) + tail
+        return gzip_member(plain) if gz else plain

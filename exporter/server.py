@@ -47,7 +47,9 @@ def _error(status: int, message: str, **more: Any) -> JSONResponse:
 def build_app(runtime: Runtime, middleware: Any = None) -> Starlette:
     async def metrics(request: Request) -> Response:
         gz = "gzip" in request.headers.get("accept-encoding", "")
-        body = runtime.exposition.render(gz=gz)
+        # Prometheus' Go client reads concatenated gzip members; others get a single member.
+        multi = request.headers.get("user-agent", "").startswith("Prometheus/")
+        body = runtime.exposition.render(gz=gz, multi_member=multi)
         headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz else {}
         return Response(body, media_type=CONTENT_TYPE, headers=headers)
 
