@@ -1,0 +1,53 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test test-fast lint format bench soak generate clean help
+
+help:
+	@echo "make demo      set up and run the demo (simulator + exporter, no config, no network)"
+	@echo "make test      set up and run every test (installs Prometheus/Alertmanager from Debian if missing)"
+	@echo "make lint      ruff and mypy"
+	@echo "make bench     benchmarks, results in docs/benchmarks.md"
+	@echo "make soak      a bounded soak run with faults (about 5 minutes)"
+	@echo "make generate  regenerate alert rules, dashboards, reference docs and Kubernetes rules"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/asyncjob-exporter demo
+
+test: $(STAMP)
+	scripts/install-test-deps
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -m "not e2e"
+
+lint: $(STAMP)
+	$(BIN)/ruff check exporter tests bench dashboards docs deploy
+	$(BIN)/ruff format --check exporter tests bench dashboards docs deploy
+	$(BIN)/mypy exporter
+
+format: $(STAMP)
+	$(BIN)/ruff format exporter tests bench dashboards docs deploy
+	$(BIN)/ruff check --fix exporter tests bench dashboards docs deploy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
+
+generate: $(STAMP)
+	$(BIN)/python dashboards/generate.py
+	@if [ -f docs/generate.py ]; then $(BIN)/python docs/generate.py; fi
+	@if [ -f deploy/kubernetes/generate.py ]; then $(BIN)/python deploy/kubernetes/generate.py; fi
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
