@@ -319,6 +319,22 @@ class ApiConfig(_Strict):
         return SecretStr(Path(self.token_file).read_text(encoding="utf-8").strip())
 
 
+class _GlobalEnv(PydanticBaseSettingsSource):
+    """ASYNCJOB_GLOBAL__<KEY> for the `global` section (its Python name is `global_`)."""
+
+    PREFIX = "ASYNCJOB_GLOBAL__"
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        section: dict[str, Any] = {}
+        for key, value in os.environ.items():
+            if key.upper().startswith(self.PREFIX):
+                section[key[len(self.PREFIX) :].lower()] = value
+        return {"global": section} if section else {}
+
+
 class Settings(BaseSettings):
     """The whole configuration: YAML file first, overridden by ASYNCJOB_* variables."""
 
@@ -346,7 +362,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
+        return (env_settings, _GlobalEnv(settings_cls), init_settings)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -94,6 +94,10 @@ class TargetState:
     poll_duration: Histogram = field(default_factory=lambda: Histogram(POLL_DURATION_BUCKETS))
 
 
+def _first(*values: float | None) -> float:
+    return next(v for v in values if v is not None)
+
+
 class Listener(Protocol):
     """Told about every change: the renderer re-renders, the state store persists."""
 
@@ -191,7 +195,7 @@ class Tracker:
         where it is first seen finished. The resolution is therefore one poll interval.
         """
         job = tracked.job
-        previous_end: float | None = job.started or job.created
+        previous_end: float | None = job.started if job.started is not None else job.created
         seen_before = old is not None
         for step in job.steps:
             name = step.name
@@ -233,8 +237,8 @@ class Tracker:
         agg.finished[(job.job_type, job.status)] += 1
         if job.status is Status.FAILED:
             agg.failed[(job.job_type, job.reason or "unknown")] += 1
-        start = job.started or job.created or tracked.first_seen
-        end = job.finished or now
+        start = _first(job.started, job.created, tracked.first_seen)
+        end = _first(job.finished, now)
         key = (job.job_type, str(job.status))
         hist = agg.job_duration.get(key)
         if hist is None:

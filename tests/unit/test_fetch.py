@@ -1,0 +1,81 @@
+"""Every provider failure is sorted into a bounded reason; nothing crashes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from exporter.config import build_settings
+from exporter.fetch import NotFound, PollError, TargetHttp, parse_retry_after
+
+
+def make_http(handler: Any, **glob: Any) -> TargetHttp:
+    s = build_settings({"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]})
+    return TargetHttp(s.resolved(s.targets[0]), transport=httpx.MockTransport(handler))
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        (httpx.Response(500), "http_5xx"),
+        (httpx.Response(503, headers={"Retry-After": "7"}), "http_5xx"),
+        (httpx.Response(429, headers={"Retry-After": "12"}), "http_429"),
+        (httpx.Response(400), "http_4xx"),
+        (httpx.Response(401), "auth"),
+        (httpx.Response(200, text="<html>"), "bad_body"),
+        (httpx.Response(200, text='{"id": "tr'), "bad_body"),
+    ],
+)
+@pytest.mark.anyio
+async def test_failures_have_bounded_reasons(response: httpx.Response, reason: str) -> None:
+    http = make_http(lambda request: response)
+    with pytest.raises(PollError) as e:
+        await http.get_json("/jobs/1")
+    assert e.value.reason == reason
+    assert http.stats.errors[reason] == 1 and http.stats.requests == 1
+    if "Retry-After" in response.headers:
+        assert http.stats.retry_after == float(response.headers["Retry-After"])
+    await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_transport_errors_are_timeout_or_connect() -> None:
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    for handler, reason in ((timeout, "timeout"), (refused, "connect")):
+        http = make_http(handler)
+        with pytest.raises(PollError) as e:
+            await http.get_json("/jobs/1")
+        assert e.value.reason == reason
+        await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_404_means_gone_and_is_not_an_error() -> None:
+    http = make_http(lambda request: httpx.Response(404))
+    with pytest.raises(NotFound):
+        await http.get_json("/jobs/1")
+    assert sum(http.stats.errors.values()) == 0
+    await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_oversized_answers_are_refused_without_reading_them_whole() -> None:
+    http = make_http(lambda request: httpx.Response(200, content=b"[" + b"1," * 600_000 + b"1]"), max_response_bytes=1_000_000)
+    with pytest.raises(PollError) as e:
+        await http.get_json("/jobs/1")
+    assert e.value.reason == "bad_body" and "exceeds" in str(e.value)
+    await http.aclose()
+
+
+def test_retry_after_reads_seconds_and_dates_and_is_bounded() -> None:
+    assert parse_retry_after("30") == 30
+    assert parse_retry_after("999999") == 3600
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0
+    assert parse_retry_after("soon") is None

@@ -1,0 +1,115 @@
+"""The exposition: valid text, escaped labels, per-job bytes replaced on change, gzip members."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import zlib
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.config import build_settings
+from exporter.model import Job, Status, Step
+from exporter.providers.base import PollResult
+from exporter.render import GROUP_SIZE, Exposition, escape
+from exporter.tracker import Tracker
+
+
+def setup(per_job: bool = True) -> tuple[Tracker, Exposition]:
+    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x", "per_job_metrics": per_job}]})
+    tr = Tracker()
+    ex = Exposition(tr, lambda: {"t": (3, {"http_5xx": 1})})
+    tr.set_target(s.resolved(s.targets[0]))
+    return tr, ex
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def test_escape_quotes_backslashes_and_newlines() -> None:
+    assert escape('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+
+
+def test_a_job_renders_its_state_set_steps_and_stamps() -> None:
+    tr, ex = setup()
+    tr.track("t", Job("1", Status.FAILED, job_type="connection", created=10, reason="maintenance",
+                      steps=(Step("verify-credentials", Status.FAILED),)), "static", now=20)
+    got = samples(ex.render().decode())
+    base = {("target", "t"), ("job_id", "1")}
+    assert got[("asyncjob_job_status", frozenset(base | {("status", "failed")}))] == 1
+    assert got[("asyncjob_job_status", frozenset(base | {("status", "running")}))] == 0
+    assert got[("asyncjob_job_error_info", frozenset(base | {("reason", "maintenance")}))] == 1
+    assert got[("asyncjob_job_step_status", frozenset(base | {("step", "verify-credentials"), ("status", "failed")}))] == 1
+    assert got[("asyncjob_job_created_timestamp_seconds", frozenset(base))] == 10
+    assert got[("asyncjob_jobs_finished_total", frozenset({("target", "t"), ("job_type", "connection"), ("status", "failed")}))] == 1
+    assert got[("asyncjob_poll_errors_total", frozenset({("target", "t"), ("reason", "http_5xx")}))] == 1
+
+
+def test_hostile_label_values_stay_valid_exposition() -> None:
+    tr, ex = setup()
+    nasty = 'x"y\\z\nw ünï €'
+    tr.track("t", Job(nasty, Status.FAILED, job_type=nasty, reason=nasty, steps=(Step(nasty, Status.RUNNING),)), "static")
+    text = ex.render().decode()
+    ids = {s.labels.get("job_id") for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert nasty in ids
+    promtool = shutil.which("promtool")
+    if promtool:
+        r = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True)
+        assert r.returncode == 0, r.stderr.decode()
+
+
+def test_removed_jobs_vanish_and_changed_jobs_are_replaced() -> None:
+    tr, ex = setup()
+    tr.track("t", Job("1", Status.RUNNING), "static")
+    tr.track("t", Job("2", Status.RUNNING), "static")
+    tr.apply("t", PollResult(jobs=[Job("1", Status.SUCCEEDED)]))
+    tr.drop("t", "2", "deleted")
+    text = ex.render().decode()
+    assert 'job_id="2"' not in text
+    assert 'asyncjob_job_status{target="t",job_id="1",status="succeeded"} 1' in text
+    assert 'asyncjob_job_status{target="t",job_id="1",status="running"} 0' in text
+
+
+def test_families_stay_contiguous_across_groups() -> None:
+    tr, ex = setup()
+    for i in range(GROUP_SIZE * 2 + 5):
+        tr.track("t", Job(str(i), Status.RUNNING), "static")
+    names = []
+    for fam in text_string_to_metric_families(ex.render().decode()):
+        names.append(fam.name)
+    assert len(names) == len(set(names))  # the parser would split a non-contiguous family
+
+
+def test_gzip_members_decode_to_the_plain_text() -> None:
+    tr, ex = setup()
+    for i in range(GROUP_SIZE + 3):
+        tr.track("t", Job(str(i), Status.RUNNING), "static")
+    plain = ex.render(gz=False)
+    multi = ex.render(gz=True, multi_member=True)
+    single = ex.render(gz=True, multi_member=False)
+    assert gzip.decompress(multi) == plain  # gzip.decompress reads every member
+    d = zlib.decompressobj(31)
+    assert d.decompress(single) == plain and d.unused_data == b""
+
+
+def test_per_job_metrics_off_keeps_only_aggregates() -> None:
+    tr, ex = setup(per_job=False)
+    tr.track("t", Job("1", Status.SUCCEEDED), "static")
+    text = ex.render().decode()
+    assert 'job_id="1"' not in text
+    assert 'asyncjob_jobs_finished_total{target="t",job_type="",status="succeeded"} 1' in text
+
+
+@pytest.mark.parametrize("value", [0.5, 1e-7, 1465377032.0, 3])
+def test_values_round_trip(value: float) -> None:
+    tr, ex = setup()
+    tr.track("t", Job("1", Status.RUNNING, percent=value, created=value), "static")
+    got = samples(ex.render().decode())
+    assert got[("asyncjob_job_created_timestamp_seconds", frozenset({("target", "t"), ("job_id", "1")}))] == value

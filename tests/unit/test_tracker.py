@@ -1,0 +1,130 @@
+"""The tracker: transitions, progress stamps, step timing, counted once, retention, cap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from exporter.config import build_settings
+from exporter.model import Job, Status, Step
+from exporter.providers.base import PollResult
+from exporter.tracker import CapReached, Tracker
+
+
+def tracker(**glob: Any) -> Tracker:
+    s = build_settings({"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]})
+    tr = Tracker()
+    tr.set_target(s.resolved(s.targets[0]))
+    return tr
+
+
+def steps(*states: Status) -> tuple[Step, ...]:
+    return tuple(Step(f"s{i}", st) for i, st in enumerate(states))
+
+
+R, P, S, F = Status.RUNNING, Status.PENDING, Status.SUCCEEDED, Status.FAILED
+
+
+def test_progress_stamp_moves_only_when_something_changes() -> None:
+    tr = tracker()
+    tr.track("t", Job("1", R, steps=steps(R, P)), "static", now=100)
+    t = tr.targets["t"].jobs["1"]
+    assert t.last_progress == 100
+    tr.apply("t", PollResult(jobs=[Job("1", R, steps=steps(R, P))]), now=200)
+    assert t.last_progress == 100  # stuck: nothing moved
+    tr.apply("t", PollResult(jobs=[Job("1", R, steps=steps(S, R))]), now=300)
+    assert t.last_progress == 300
+
+
+def test_the_providers_updated_stamp_wins_when_it_moves() -> None:
+    tr = tracker()
+    tr.track("t", Job("1", R, updated=50), "static", now=100)
+    assert tr.targets["t"].jobs["1"].last_progress == 50
+    tr.apply("t", PollResult(jobs=[Job("1", R, updated=250)]), now=300)
+    assert tr.targets["t"].jobs["1"].last_progress == 250
+
+
+def test_step_durations_are_measured_between_polls() -> None:
+    tr = tracker()
+    tr.track("t", Job("1", R, created=90, started=90, steps=steps(R, P, P)), "static", now=100)
+    tr.apply("t", PollResult(jobs=[Job("1", R, created=90, started=90, steps=steps(S, R, P))]), now=110)
+    tr.apply("t", PollResult(jobs=[Job("1", R, created=90, started=90, steps=steps(S, S, S))]), now=130)
+    t = tr.targets["t"].jobs["1"]
+    # s0 ran from the job's start to the poll that saw it done; s1 from there; s2 started
+    # and finished between two polls: it starts where s1 was seen finished.
+    assert t.step_duration == {"s0": 20, "s1": 20, "s2": 0}
+    hist = tr.targets["t"].agg.step_duration[("", "s0")]
+    assert hist.count == 1 and hist.total == 20
+
+
+def test_a_finished_job_is_counted_once_however_often_it_is_seen() -> None:
+    tr = tracker()
+    tr.track("t", Job("1", R, created=0), "static", now=1)
+    for now in (10, 20, 30):
+        tr.apply("t", PollResult(jobs=[Job("1", F, created=0, finished=9, reason="job-timed-out")]), now=now)
+    agg = tr.targets["t"].agg
+    assert agg.finished[("", F)] == 1
+    assert agg.failed[("", "job-timed-out")] == 1
+    assert agg.job_duration[("", "failed")].count == 1 and agg.job_duration[("", "failed")].total == 9
+
+
+def test_finished_jobs_are_not_polled_and_drop_after_retention() -> None:
+    tr = tracker(retention="60s")
+    tr.track("t", Job("1", S), "static", now=100)
+    tr.track("t", Job("2", R), "static", now=100)
+    assert tr.pollable("t") == ["2"]
+    assert tr.sweep(now=159) == 0
+    assert tr.sweep(now=161) == 1
+    assert "1" not in tr.targets["t"].jobs
+    assert tr.targets["t"].agg.dropped["retention"] == 1
+    # Discovery listing the dropped job again does not bring it back.
+    tr.apply("t", PollResult(jobs=[Job("1", S)]), now=170)
+    assert "1" not in tr.targets["t"].jobs
+
+
+def test_the_cap_drops_the_excess_visibly() -> None:
+    tr = tracker(max_jobs_per_target=2)
+    tr.apply("t", PollResult(jobs=[Job(str(i), R) for i in range(5)]), now=1)
+    assert len(tr.targets["t"].jobs) == 2
+    assert tr.targets["t"].agg.dropped["cap"] == 3
+    with pytest.raises(CapReached):
+        tr.track("t", Job("x", R), "registered")
+
+
+def test_a_job_the_provider_no_longer_knows_is_dropped_as_gone() -> None:
+    tr = tracker()
+    tr.track("t", Job("1", R), "static")
+    tr.apply("t", PollResult(gone=["1"]))
+    assert "1" not in tr.targets["t"].jobs and tr.targets["t"].agg.dropped["gone"] == 1
+
+
+def test_the_status_gauge_follows_transitions() -> None:
+    tr = tracker()
+    tr.track("t", Job("1", P, job_type="report"), "static")
+    tr.apply("t", PollResult(jobs=[Job("1", R, job_type="report")]))
+    by = tr.targets["t"].agg.by_status
+    assert by[("report", R)] == 1 and by[("report", P)] == 0
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.changed: list[str] = []
+        self.removed: list[str] = []
+
+    def job_changed(self, state: Any, tracked: Any) -> None:
+        self.changed.append(tracked.job.id)
+
+    def job_removed(self, state: Any, job_id: str) -> None:
+        self.removed.append(job_id)
+
+
+def test_listeners_hear_of_changes_only() -> None:
+    tr = tracker()
+    rec = Recorder()
+    tr.listeners.append(rec)
+    tr.track("t", Job("1", R), "discovered", now=1)
+    tr.apply("t", PollResult(jobs=[Job("1", R)]), now=2)
+    tr.apply("t", PollResult(jobs=[Job("1", S)]), now=3)
+    tr.drop("t", "1", "deleted")
+    assert rec.changed == ["1", "1"] and rec.removed == ["1"]
