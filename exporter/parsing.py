@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from exporter.model import Status
 
@@ -103,3 +105,47 @@ def bounded_reason(value: Any, limit: int = 64) -> str | None:
         return None
     text = re.sub(r"\s+", "-", str(value).strip().lower())
     return text[:limit] or None
+
+
+def text_id(value: Any) -> str | None:
+    """An identifier as providers send it (string or integer) → its text; None when absent or blank."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def lookup(obj: Any, path: str) -> tuple[bool, Any]:
+    """(found, value) of a dotted path. A null on the way counts as found (the API knows the
+    field and has nothing in it); a missing key, index or a scalar in the way does not."""
+    if not path:
+        return True, obj
+    cur = obj
+    for part in path.split("."):
+        if cur is None:
+            return True, None
+        if isinstance(cur, Mapping):
+            if part not in cur:
+                return False, None
+            cur = cur[part]
+        elif isinstance(cur, list) and part.lstrip("-").isdigit():
+            i = int(part)
+            if not -len(cur) <= i < len(cur):
+                return False, None
+            cur = cur[i]
+        else:
+            return False, None
+    return True, cur
+
+
+def bounded_label(value: Any, limit: int = 64) -> str:
+    """Free-ish text fit for a label value (a job type): one line, trimmed, at most `limit` chars."""
+    if value is None:
+        return ""
+    return re.sub(r"\s+", " ", str(value)).strip()[:limit]
+
+
+@lru_cache(maxsize=64)
+def time_zone(name: str) -> tzinfo:
+    """The zone a provider's naive timestamps are written in (config validated the name)."""
+    return ZoneInfo(name)

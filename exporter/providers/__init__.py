@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from exporter.providers.base import Provider
 from exporter.providers.basiq import Basiq
+from exporter.providers.willsuite import WillSuite
 
-PROVIDERS: dict[str, type[Provider]] = {cls.name: cls for cls in (Basiq,)}
+PROVIDERS: dict[str, type[Provider]] = {cls.name: cls for cls in (Basiq, WillSuite)}
 
 __all__ = ["PROVIDERS", "Provider"]

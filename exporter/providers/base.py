@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from urllib.parse import quote
 
 import anyio
 
 from exporter.fetch import NotFound, PollError
 from exporter.model import Connection, Job
+from exporter.parsing import text_id
 
 if TYPE_CHECKING:
     from exporter.config import TargetConfig
@@ -96,13 +98,17 @@ class Provider:
         """One job object of the provider's wire format → Job. Raises BadPayload."""
         raise NotImplementedError
 
+    # Keys a registration body may carry the job id under, in order of preference.
+    id_keys: ClassVar[tuple[str, ...]] = ("id",)
+
     def id_from_body(self, body: Any) -> str:
         """The job id in a registration body: `{"id": …}` or the provider's own job answer."""
         if isinstance(body, dict):
-            value = body.get("id")
-            if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
-                return str(value).strip()
-        raise BadPayload("id")
+            for key in self.id_keys:
+                value = text_id(body.get(key))
+                if value is not None:
+                    return value
+        raise BadPayload(" or ".join(self.id_keys))
 
     # State that must survive restarts (e.g. Oxlin queue cursors), as plain strings.
     def cursors(self) -> dict[str, str]:
@@ -110,6 +116,11 @@ class Provider:
 
     def restore_cursors(self, cursors: dict[str, str]) -> None:
         return None
+
+
+def segment(job_id: str) -> str:
+    """A job id made safe as one URL path segment (a registered id is user input)."""
+    return quote(job_id, safe="")
 
 
 T = TypeVar("T")

@@ -7,6 +7,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from exporter.simulator import basiq
+from exporter.simulator import basiq, willsuite
 
-MODULES: dict[str, ModuleType] = {m.NAME: m for m in (basiq,)}
+MODULES: dict[str, ModuleType] = {m.NAME: m for m in (basiq, willsuite)}

@@ -1,0 +1,64 @@
+"""WillSuite, AIMS360, Oxlin and a generic JSON API end to end: the CLI against the simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness import create_job, exporter, simulator, wait_for, write_secrets
+
+pytestmark = pytest.mark.e2e
+
+STEP = 0.5
+POLL = 0.5
+
+
+def config(*targets: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "global": {"poll_interval": f"{POLL}s", "stuck_after": "1m", "retention": "10m"},
+        "targets": list(targets),
+    }
+
+
+def test_willsuite_jobs_with_their_records_and_failures(tmp_path: Path) -> None:
+    with simulator(tmp_path, step_seconds=STEP) as sim:
+        partial = create_job(sim, "willsuite", scenario="partial", total_records=200)
+        bad = create_job(sim, "willsuite", scenario="fail")
+        secrets = write_secrets(tmp_path)
+        target = {
+            "name": "willsuite-e2e",
+            "provider": "willsuite",
+            "base_url": f"{sim.url}/willsuite/engine/api",
+            "auth": {
+                "type": "oauth2_client_credentials",
+                "token_url": f"{sim.url}/willsuite/oauth/token/",
+                "token_body": "json",
+                "client_id": "demo-client",
+                "client_secret_file": str(secrets / "client_secret"),
+            },
+            # Far below WillSuite's advice, on purpose: honoured, with a warning.
+            "poll_interval": f"{POLL}s",
+            "timezone": "Europe/London",
+            "jobs": [partial, bad],
+        }
+        with exporter(tmp_path, config(target)) as exp:
+            wait_for(
+                lambda: exp.value("asyncjob_job_status", job_id=partial, status="succeeded") == 1,
+                what="partial job succeeded",
+            )
+            wait_for(
+                lambda: exp.value("asyncjob_job_status", job_id=bad, status="failed") == 1, what="failure"
+            )
+            assert exp.value("asyncjob_job_records", job_id=partial, kind="total") == 200
+            assert exp.value("asyncjob_job_records", job_id=partial, kind="affected") == 180
+            assert exp.value("asyncjob_job_records", job_id=partial, kind="failed") == 20
+            assert exp.value("asyncjob_job_error_info", job_id=bad, reason="failed") == 1
+            # Local times read in Europe/London land on the real instant.
+            created = exp.value("asyncjob_job_created_timestamp_seconds", job_id=partial)
+            started = exp.value("asyncjob_job_started_timestamp_seconds", job_id=partial)
+            assert created is not None and started is not None and abs(started - created) <= 1.5
+            assert "below the provider" in exp.output()
+        assert httpx.get(f"{sim.url}/_sim/stats").json()["requests"]["willsuite.token"] == 1
