@@ -276,6 +276,15 @@ class TargetConfig(_Strict):
             return [str(x) for x in v]
         return v
 
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, v: str) -> str:
+        from exporter.providers import PROVIDERS
+
+        if v not in PROVIDERS:
+            raise ValueError(f"unknown provider {v!r}; known: {', '.join(sorted(PROVIDERS))}")
+        return v
+
     @field_validator("base_url")
     @classmethod
     def _url(cls, v: str) -> str:
@@ -298,12 +307,7 @@ class TargetConfig(_Strict):
     def _provider_keys(self) -> TargetConfig:
         from exporter.providers import PROVIDERS
 
-        cls = PROVIDERS.get(self.provider)
-        if cls is None:
-            raise ValueError(
-                f"provider: unknown provider {self.provider!r}; known: {', '.join(sorted(PROVIDERS))}"
-            )
-        problems = cls.check_target(self)
+        problems = PROVIDERS[self.provider].check_target(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -6,6 +6,8 @@ import logging
 import time
 from typing import Any
 
+import anyio
+
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.model import Job
 from exporter.providers import PROVIDERS
@@ -56,7 +58,10 @@ class Runtime:
         self.store.attach(self.tracker, self.scheduler)
 
     async def run(self) -> None:
-        await self.scheduler.run(self.settings)
+        async with anyio.create_task_group() as tg:
+            if self.store is not None:
+                tg.start_soon(self.store.run)
+            await self.scheduler.run(self.settings)
 
     def reload(self) -> list[str]:
         """Re-read the config file; on a problem keep the running config and return the problems."""

@@ -3,10 +3,12 @@ fails, honour Retry-After, and hand each cycle's answers to the tracker."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -60,6 +62,7 @@ class Scheduler:
         self._rng = random.Random()
         self.shard = shard
         self.total_shards = total_shards
+        self.store: Any = None  # exporter.state.Store, when a state file is configured
 
     def owns(self, target: str, job_id: str) -> bool:
         from exporter.sharding import shard_of
@@ -93,6 +96,8 @@ class Scheduler:
                 runner.scope.cancel()
             self.tracker.set_target(rt)
             provider = PROVIDERS[rt.provider](rt.config)
+            if self.store is not None:
+                provider.restore_cursors(self.store.cursors(name))
             new = TargetRunner(rt, provider, TargetHttp(rt))
             self.runners[name] = new
             if rt.poll_interval_below_advice:
@@ -124,10 +129,8 @@ class Scheduler:
             with runner.scope:
                 for job_id in runner.provider.static_ids():
                     if self.owns(name, job_id) and job_id not in self.tracker.targets[name].jobs:
-                        try:
+                        with contextlib.suppress(CapReached):  # counted as dropped{reason="cap"}
                             self.tracker.track(name, placeholder(job_id), "static")
-                        except CapReached:
-                            pass
                 while True:
                     started = time.monotonic()
                     await self._cycle(runner)
@@ -159,6 +162,10 @@ class Scheduler:
         if self.total_shards > 1:
             result.jobs = [j for j in result.jobs if self.owns(name, j.id)]
         self.tracker.apply(name, result, time.time())
+        if self.store is not None:
+            cursors = runner.provider.cursors()
+            if cursors:
+                self.store.save_cursors(name, cursors)
         if result.bad_payloads:
             stats.errors["bad_body"] += len(result.bad_payloads)
             stats.cycle_errors += len(result.bad_payloads)

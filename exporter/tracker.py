@@ -7,9 +7,10 @@ the state store) which jobs changed or went away. It never does I/O itself.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -114,6 +115,8 @@ class Tracker:
     def __init__(self, listeners: Iterable[Listener] = ()) -> None:
         self.targets: dict[str, TargetState] = {}
         self.listeners: list[Listener] = list(listeners)
+        # Jobs saved by a previous run for a target (the state store sets this).
+        self.restore: Callable[[TargetState], list[TrackedJob]] = lambda state: []
 
     # --- targets -----------------------------------------------------------------------
     def set_target(self, config: ResolvedTarget) -> TargetState:
@@ -121,6 +124,12 @@ class Tracker:
         state = self.targets.get(config.name)
         if state is None:
             state = self.targets[config.name] = TargetState(config)
+            for tracked in self.restore(state):
+                if tracked.job.id in state.jobs or len(state.jobs) >= config.max_jobs:
+                    continue
+                state.jobs[tracked.job.id] = tracked
+                state.agg.by_status[(tracked.job.job_type, tracked.job.status)] += 1
+                self._changed(state, tracked)
         else:
             state.config = config
             for tracked in state.jobs.values():
@@ -253,7 +262,7 @@ class Tracker:
         """Fold one poll cycle's answers into the target's state."""
         now = now if now is not None else time.time()
         state = self.targets[name]
-        for old_id, new_id in result.replaced.items():
+        for old_id in result.replaced:
             old = state.jobs.get(old_id)
             if old is not None:
                 state.agg.reruns[old.job.job_type] += 1
@@ -261,10 +270,8 @@ class Tracker:
             if job.id in state.jobs:
                 self.update(state, job, now)
             elif job.id not in state.tombstones:
-                try:
+                with contextlib.suppress(CapReached):  # counted as dropped{reason="cap"}
                     self._add(state, job, "discovered", now)
-                except CapReached:
-                    pass  # counted in asyncjob_jobs_dropped_total{reason="cap"}
         for old_id, new_id in result.replaced.items():
             new = state.jobs.get(new_id)
             old = state.jobs.get(old_id)

@@ -41,7 +41,17 @@ def test_the_documented_job_reads_as_running_in_its_third_step() -> None:
     [
         {"code": "user-action-required", "title": "t", "detail": "Log in to your bank"},
         {"code": "user-action-required", "title": "t", "details": "Log in to your bank"},
-        {"type": "list", "data": [{"type": "error", "code": "user-action-required", "title": "t", "detail": "Log in to your bank"}]},
+        {
+            "type": "list",
+            "data": [
+                {
+                    "type": "error",
+                    "code": "user-action-required",
+                    "title": "t",
+                    "detail": "Log in to your bank",
+                }
+            ],
+        },
     ],
 )
 def test_a_failed_step_gives_the_bounded_reason_in_every_spelling(result: dict[str, Any]) -> None:
@@ -53,8 +63,16 @@ def test_a_failed_step_gives_the_bounded_reason_in_every_spelling(result: dict[s
 
 
 def test_an_mfa_challenge_means_the_job_waits_for_its_user() -> None:
-    body = {"id": "1", "steps": [{"title": "verify-credentials", "status": "in-progress",
-                                  "result": {"type": "mfa", "method": "token", "expiryMs": 1000}}]}
+    body = {
+        "id": "1",
+        "steps": [
+            {
+                "title": "verify-credentials",
+                "status": "in-progress",
+                "result": {"type": "mfa", "method": "token", "expiryMs": 1000},
+            }
+        ],
+    }
     job = provider().parse_job(body)
     assert job.awaiting_user and job.status is Status.RUNNING
 
@@ -64,7 +82,9 @@ def test_missing_links_source_and_result_are_tolerated() -> None:
     assert job.id == "7" and job.status is Status.SUCCEEDED
 
 
-@pytest.mark.parametrize("body", [[], {"steps": []}, {"id": "1", "steps": "x"}, {"id": "1", "steps": [{"status": "x"}]}])
+@pytest.mark.parametrize(
+    "body", [[], {"steps": []}, {"id": "1", "steps": "x"}, {"id": "1", "steps": [{"status": "x"}]}]
+)
 def test_bodies_of_another_shape_are_refused(body: Any) -> None:
     with pytest.raises(BadPayload):
         provider().parse_job(body)
@@ -73,8 +93,18 @@ def test_bodies_of_another_shape_are_refused(body: Any) -> None:
 def make_http(handler: Any, tmp_path: Path) -> TargetHttp:
     key = tmp_path / "key"
     key.write_text("abc==")
-    s = build_settings({"targets": [{"name": "b", "provider": "basiq", "base_url": "https://x",
-                                     "auth": {"type": "basiq", "api_key_file": str(key)}}]})
+    s = build_settings(
+        {
+            "targets": [
+                {
+                    "name": "b",
+                    "provider": "basiq",
+                    "base_url": "https://x",
+                    "auth": {"type": "basiq", "api_key_file": str(key)},
+                }
+            ]
+        }
+    )
     return TargetHttp(s.resolved(s.targets[0]), transport=httpx.MockTransport(handler))
 
 
@@ -87,9 +117,13 @@ async def test_one_token_serves_many_requests_and_is_renewed_once_when_expired(t
         if request.url.path == "/token":
             tokens.append(request)
             state["valid"] = f"t{len(tokens)}"
-            return httpx.Response(200, json={"access_token": state["valid"], "token_type": "Bearer", "expires_in": 3600})
+            return httpx.Response(
+                200, json={"access_token": state["valid"], "token_type": "Bearer", "expires_in": 3600}
+            )
         if request.headers["authorization"] != f"Bearer {state['valid']}":
-            return httpx.Response(403, json={"type": "list", "data": [{"type": "error", "detail": "Token has expired"}]})
+            return httpx.Response(
+                403, json={"type": "list", "data": [{"type": "error", "detail": "Token has expired"}]}
+            )
         return httpx.Response(200, json={"id": request.url.path.rsplit("/", 1)[1], "steps": []})
 
     http = make_http(handler, tmp_path)

@@ -17,7 +17,16 @@ def target(**kw: object) -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("500ms", 0.5), (12, 12), ("2.5", 2.5), ("1d", 86400)],
+    [
+        ("30s", 30),
+        ("5m", 300),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("500ms", 0.5),
+        (12, 12),
+        ("2.5", 2.5),
+        ("1d", 86400),
+    ],
 )
 def test_durations_read_like_prometheus(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -31,7 +40,10 @@ def test_bad_durations_are_refused(bad: object) -> None:
 
 def test_targets_inherit_global_and_override_it() -> None:
     s = build_settings(
-        {"global": {"poll_interval": "10s", "stuck_after": "5m"}, "targets": [target(), target(name="c", stuck_after="1m")]}
+        {
+            "global": {"poll_interval": "10s", "stuck_after": "5m"},
+            "targets": [target(), target(name="c", stuck_after="1m")],
+        }
     )
     b, c = s.resolved_targets()
     assert (b.poll_interval, b.stuck_after, c.stuck_after) == (10, 300, 60)
@@ -98,7 +110,9 @@ def test_yaml_syntax_errors_name_the_line(tmp_path: Path) -> None:
 def test_check_config_exits_2_with_every_problem_and_no_traceback(tmp_path: Path) -> None:
     f = tmp_path / "c.yml"
     f.write_text("targets:\n  - name: a\n    provider: basiq\n    base_url: nope\n    bogus: 1\n")
-    r = subprocess.run([sys.executable, "-m", "exporter", "check-config", str(f)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", str(f)], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert "targets[0](name=a).base_url" in r.stderr and "targets[0](name=a).bogus: unknown key" in r.stderr
     assert "Traceback" not in r.stderr
@@ -106,8 +120,12 @@ def test_check_config_exits_2_with_every_problem_and_no_traceback(tmp_path: Path
 
 def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     f = tmp_path / "c.yml"
-    f.write_text("targets:\n  - name: a\n    provider: basiq\n    base_url: https://au-api.basiq.io\n    jobs: [1]\n")
-    r = subprocess.run([sys.executable, "-m", "exporter", "check-config", str(f)], capture_output=True, text=True)
+    f.write_text(
+        "targets:\n  - name: a\n    provider: basiq\n    base_url: https://au-api.basiq.io\n    jobs: [1]\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", str(f)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert "a: basiq" in r.stdout
 
@@ -115,6 +133,8 @@ def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
 def test_main_run_exits_2_on_a_bad_config(tmp_path: Path) -> None:
     f = tmp_path / "c.yml"
     f.write_text("global: {timeout: -3s}\n")
-    r = subprocess.run([sys.executable, "-m", "exporter", f"--config.file={f}"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "exporter", f"--config.file={f}"], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert "global.timeout" in r.stderr and "Traceback" not in r.stderr

@@ -12,7 +12,9 @@ from exporter.fetch import NotFound, PollError, TargetHttp, parse_retry_after
 
 
 def make_http(handler: Any, **glob: Any) -> TargetHttp:
-    s = build_settings({"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]})
+    s = build_settings(
+        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}
+    )
     return TargetHttp(s.resolved(s.targets[0]), transport=httpx.MockTransport(handler))
 
 
@@ -67,7 +69,10 @@ async def test_404_means_gone_and_is_not_an_error() -> None:
 
 @pytest.mark.anyio
 async def test_oversized_answers_are_refused_without_reading_them_whole() -> None:
-    http = make_http(lambda request: httpx.Response(200, content=b"[" + b"1," * 600_000 + b"1]"), max_response_bytes=1_000_000)
+    http = make_http(
+        lambda request: httpx.Response(200, content=b"[" + b"1," * 600_000 + b"1]"),
+        max_response_bytes=1_000_000,
+    )
     with pytest.raises(PollError) as e:
         await http.get_json("/jobs/1")
     assert e.value.reason == "bad_body" and "exceeds" in str(e.value)

@@ -18,7 +18,9 @@ from exporter.tracker import Tracker
 
 
 def setup(per_job: bool = True) -> tuple[Tracker, Exposition]:
-    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x", "per_job_metrics": per_job}]})
+    s = build_settings(
+        {"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x", "per_job_metrics": per_job}]}
+    )
     tr = Tracker()
     ex = Exposition(tr, lambda: {"t": (3, {"http_5xx": 1})})
     tr.set_target(s.resolved(s.targets[0]))
@@ -39,23 +41,54 @@ def test_escape_quotes_backslashes_and_newlines() -> None:
 
 def test_a_job_renders_its_state_set_steps_and_stamps() -> None:
     tr, ex = setup()
-    tr.track("t", Job("1", Status.FAILED, job_type="connection", created=10, reason="maintenance",
-                      steps=(Step("verify-credentials", Status.FAILED),)), "static", now=20)
+    tr.track(
+        "t",
+        Job(
+            "1",
+            Status.FAILED,
+            job_type="connection",
+            created=10,
+            reason="maintenance",
+            steps=(Step("verify-credentials", Status.FAILED),),
+        ),
+        "static",
+        now=20,
+    )
     got = samples(ex.render().decode())
     base = {("target", "t"), ("job_id", "1")}
     assert got[("asyncjob_job_status", frozenset(base | {("status", "failed")}))] == 1
     assert got[("asyncjob_job_status", frozenset(base | {("status", "running")}))] == 0
     assert got[("asyncjob_job_error_info", frozenset(base | {("reason", "maintenance")}))] == 1
-    assert got[("asyncjob_job_step_status", frozenset(base | {("step", "verify-credentials"), ("status", "failed")}))] == 1
+    assert (
+        got[
+            (
+                "asyncjob_job_step_status",
+                frozenset(base | {("step", "verify-credentials"), ("status", "failed")}),
+            )
+        ]
+        == 1
+    )
     assert got[("asyncjob_job_created_timestamp_seconds", frozenset(base))] == 10
-    assert got[("asyncjob_jobs_finished_total", frozenset({("target", "t"), ("job_type", "connection"), ("status", "failed")}))] == 1
+    assert (
+        got[
+            (
+                "asyncjob_jobs_finished_total",
+                frozenset({("target", "t"), ("job_type", "connection"), ("status", "failed")}),
+            )
+        ]
+        == 1
+    )
     assert got[("asyncjob_poll_errors_total", frozenset({("target", "t"), ("reason", "http_5xx")}))] == 1
 
 
 def test_hostile_label_values_stay_valid_exposition() -> None:
     tr, ex = setup()
     nasty = 'x"y\\z\nw ünï €'
-    tr.track("t", Job(nasty, Status.FAILED, job_type=nasty, reason=nasty, steps=(Step(nasty, Status.RUNNING),)), "static")
+    tr.track(
+        "t",
+        Job(nasty, Status.FAILED, job_type=nasty, reason=nasty, steps=(Step(nasty, Status.RUNNING),)),
+        "static",
+    )
     text = ex.render().decode()
     ids = {s.labels.get("job_id") for fam in text_string_to_metric_families(text) for s in fam.samples}
     assert nasty in ids
@@ -112,4 +145,7 @@ def test_values_round_trip(value: float) -> None:
     tr, ex = setup()
     tr.track("t", Job("1", Status.RUNNING, percent=value, created=value), "static")
     got = samples(ex.render().decode())
-    assert got[("asyncjob_job_created_timestamp_seconds", frozenset({("target", "t"), ("job_id", "1")}))] == value
+    assert (
+        got[("asyncjob_job_created_timestamp_seconds", frozenset({("target", "t"), ("job_id", "1")}))]
+        == value
+    )

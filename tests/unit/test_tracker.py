@@ -13,7 +13,9 @@ from exporter.tracker import CapReached, Tracker
 
 
 def tracker(**glob: Any) -> Tracker:
-    s = build_settings({"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]})
+    s = build_settings(
+        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}
+    )
     tr = Tracker()
     tr.set_target(s.resolved(s.targets[0]))
     return tr

@@ -1,0 +1,140 @@
+"""The OpenAPI 3.1 description of /api/v1, served at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter import __version__
+from exporter.model import STATUSES
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out["content"] = {"application/json": {"schema": schema}}
+    return out
+
+
+_TARGET = {"name": "target", "in": "path", "required": True, "schema": {"type": "string"}}
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "asyncjob-exporter job API",
+        "version": __version__,
+        "description": "Hand jobs to the exporter and read what it knows of them. "
+        "When api.token_file is set, every call needs `Authorization: Bearer <token>`.",
+    },
+    "paths": {
+        "/api/v1/targets/{target}/jobs": {
+            "post": {
+                "summary": "Start tracking a job",
+                "description": 'Body: `{"id": "…"}` or the provider\'s own 202/job answer as-is.',
+                "parameters": [_TARGET],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "202": _resp("Tracked; the normalised job", {"$ref": "#/components/schemas/Job"}),
+                    "400": _resp("The body is not JSON", _ERROR),
+                    "401": _resp("Missing or wrong bearer token", _ERROR),
+                    "404": _resp("Unknown target", _ERROR),
+                    "409": _resp("The target tracks max_jobs_per_target jobs already", _ERROR),
+                    "413": _resp("The body is larger than api.max_body_bytes", _ERROR),
+                    "421": _resp("The job belongs to another shard (named in `shard`)", _ERROR),
+                    "422": _resp("No usable job id; `field` names the field", _ERROR),
+                },
+            }
+        },
+        "/api/v1/jobs": {
+            "get": {
+                "summary": "List tracked jobs",
+                "parameters": [
+                    {"name": "target", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+                ],
+                "responses": {
+                    "200": _resp(
+                        "Tracked jobs",
+                        {
+                            "type": "object",
+                            "required": ["jobs", "count"],
+                            "properties": {
+                                "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                                "count": {"type": "integer"},
+                            },
+                        },
+                    ),
+                    "401": _resp("Missing or wrong bearer token", _ERROR),
+                    "404": _resp("Unknown target", _ERROR),
+                    "422": _resp("Unknown status", _ERROR),
+                },
+            }
+        },
+        "/api/v1/targets/{target}/jobs/{job_id}": {
+            "get": {
+                "summary": "One tracked job",
+                "parameters": [_TARGET, _JOB_ID],
+                "responses": {
+                    "200": _resp("The job", {"$ref": "#/components/schemas/Job"}),
+                    "401": _resp("Missing or wrong bearer token", _ERROR),
+                    "404": _resp("Unknown target or job", _ERROR),
+                },
+            },
+            "delete": {
+                "summary": "Stop tracking a job",
+                "parameters": [_TARGET, _JOB_ID],
+                "responses": {
+                    "204": _resp("No longer tracked"),
+                    "401": _resp("Missing or wrong bearer token", _ERROR),
+                    "404": _resp("Unknown target or job", _ERROR),
+                },
+            },
+        },
+    },
+    "components": {
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {"type": "string"},
+                    "field": {"type": "string"},
+                    "shard": {"type": "integer"},
+                },
+            },
+            "Job": {
+                "type": "object",
+                "required": ["target", "id", "provider", "status", "last_progress", "steps"],
+                "properties": {
+                    "target": {"type": "string"},
+                    "id": {"type": "string"},
+                    "provider": {"type": "string"},
+                    "job_type": {"type": "string"},
+                    "status": {"type": "string", "enum": list(STATUSES)},
+                    "raw_status": {"type": "string"},
+                    "percent": _NULLABLE_NUMBER,
+                    "created": _NULLABLE_NUMBER,
+                    "started": _NULLABLE_NUMBER,
+                    "finished": _NULLABLE_NUMBER,
+                    "updated": _NULLABLE_NUMBER,
+                    "last_progress": {"type": "number"},
+                    "first_seen": {"type": "number"},
+                    "source": {"type": "string", "enum": ["static", "discovered", "registered"]},
+                    "awaiting_user": {"type": "boolean"},
+                    "reason": {"type": ["string", "null"]},
+                    "message": {"type": ["string", "null"]},
+                    "records": {"type": "object"},
+                    "attempts": {"type": ["integer", "null"]},
+                    "reruns": {"type": "integer"},
+                    "steps": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+        }
+    },
+}
