@@ -142,7 +142,16 @@ class TargetHttp:
             stats.cycle_requests += 1
             started = time.perf_counter()
             try:
-                return await self._send(method, path, params, json_body)
+                # httpx's timeout is per read: a body that trickles would never end without
+                # a deadline on the whole request.
+                try:
+                    with anyio.fail_after(self.target.timeout):
+                        return await self._send(method, path, params, json_body)
+                except TimeoutError:
+                    where = f"{method} {httpx.URL(self.url(path)).path}"
+                    raise PollError(
+                        "timeout", f"{where}: no complete answer within {self.target.timeout:g}s"
+                    ) from None
             except PollError as e:
                 stats.errors[e.reason] += 1
                 stats.cycle_errors += 1

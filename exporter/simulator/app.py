@@ -7,14 +7,14 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from exporter.simulator.lifecycle import SCENARIOS, JobBook, SimJob
@@ -30,17 +30,36 @@ CREDENTIALS = {
 }
 
 
+FAULT_KINDS = (
+    "status",  # answer `status` (500, 502, 503, 429…), with Retry-After when `retry_after` is set
+    "timeout",  # wait `delay` seconds before answering
+    "trickle",  # send the real answer one byte every `delay` seconds
+    "truncated",  # cut the real answer in half
+    "not_json",  # an HTML error page with 200
+    "wrong_content_type",  # the real answer as text/plain
+    "reset",  # start the answer, then drop the connection
+    "oversized",  # a 64 MiB JSON answer, streamed
+    "expire_token",  # expire every issued token, then answer normally
+)
+
+
 @dataclass
 class Fault:
-    """An injected misbehaviour: applies to requests of `provider` (and `job_id`, when set)."""
+    """An injected misbehaviour for requests of `provider` (`*`: all), optionally only on
+    routes whose key starts with `route` (e.g. `basiq.job`) and only for `job_id`."""
 
-    kind: str  # status | timeout | trickle | truncated | not_json | wrong_content_type | reset | oversized | expire_token
+    kind: str
     provider: str = "*"
+    route: str | None = None
     job_id: str | None = None
     status: int = 500
     retry_after: float | None = None
     delay: float = 30.0
     remaining: int | None = None  # None: until cleared
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}")
 
 
 @dataclass
@@ -98,9 +117,11 @@ class Simulator:
         return self.create(provider, scenario=scenario)
 
     # --- faults ----------------------------------------------------------------------
-    def fault_for(self, provider: str, job_id: str | None) -> Fault | None:
+    def fault_for(self, provider: str, route: str, job_id: str | None) -> Fault | None:
         for f in self.faults:
             if f.provider not in ("*", provider):
+                continue
+            if f.route is not None and not route.startswith(f.route):
                 continue
             if f.job_id is not None and f.job_id != job_id:
                 continue
@@ -110,32 +131,6 @@ class Simulator:
                 f.remaining -= 1
             return f
         return None
-
-    async def apply_fault(self, fault: Fault, ok: Callable[[], Response]) -> Response:
-        match fault.kind:
-            case "status":
-                headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-                return JSONResponse(
-                    {"error": f"injected {fault.status}"}, status_code=fault.status, headers=headers
-                )
-            case "timeout":
-                await anyio.sleep(fault.delay)
-                return ok()
-            case "not_json":
-                return Response("<html><body>502 Bad Gateway</body></html>", media_type="text/html")
-            case "truncated":
-                body = ok().body
-                return Response(bytes(body)[: max(1, len(body) // 2)], media_type="application/json")
-            case "wrong_content_type":
-                return Response(bytes(ok().body), media_type="text/plain")
-            case "oversized":
-                return Response(
-                    b'{"pad":"' + b"x" * (64 * 1024 * 1024) + b'"}', media_type="application/json"
-                )
-            case "expire_token":
-                self.tokens.expire_all()
-                return ok()
-        return ok()
 
     def app(self) -> Starlette:
         from exporter.simulator import providers
@@ -184,7 +179,7 @@ class Simulator:
             spec = await request.json()
             try:
                 fault = Fault(**spec)
-            except TypeError as e:
+            except (TypeError, ValueError) as e:
                 return JSONResponse({"error": str(e)}, 422)
             self.faults.append(fault)
             return JSONResponse({"faults": len(self.faults)}, 201)
@@ -208,23 +203,61 @@ def guarded(
 
     async def wrapped(request: Request) -> Response:
         sim.requests[key] += 1
-        job_id = request.path_params.get("job_id")
-        fault = sim.fault_for(provider, job_id)
+        fault = sim.fault_for(provider, key, request.path_params.get("job_id"))
         if fault is None:
             response: Response = await handler(request)
             return response
-        if fault.kind == "reset":
-            raise ConnectionResetError("injected reset")
-        result: Response | None = None
-
-        def ok() -> Response:
-            assert result is not None
-            return result
-
-        if fault.kind in ("timeout", "truncated", "wrong_content_type", "expire_token"):
-            if fault.kind == "expire_token":
-                sim.tokens.expire_all()
-            result = await handler(request)
-        return await sim.apply_fault(fault, ok)
+        return await misbehave(sim, fault, request, handler)
 
     return wrapped
+
+
+async def misbehave(
+    sim: Simulator, fault: Fault, request: Request, handler: Callable[[Request], Any]
+) -> Response:
+    """Answer `request` the way `fault` says."""
+    if fault.kind == "status":
+        headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+        return JSONResponse({"error": f"injected {fault.status}"}, status_code=fault.status, headers=headers)
+    if fault.kind == "not_json":
+        return Response("<html><body>502 Bad Gateway</body></html>", media_type="text/html")
+    if fault.kind == "oversized":
+
+        async def big() -> AsyncIterator[bytes]:
+            yield b'{"pad":"'
+            for _ in range(64):
+                yield b"x" * (1024 * 1024)
+            yield b'"}'
+
+        return StreamingResponse(big(), media_type="application/json")
+    if fault.kind == "expire_token":
+        sim.tokens.expire_all()
+    if fault.kind == "timeout":
+        await anyio.sleep(fault.delay)
+    real: Response = await handler(request)
+    body = bytes(real.body)
+    if fault.kind == "truncated":
+        return Response(
+            body[: max(1, len(body) // 2)], status_code=real.status_code, media_type="application/json"
+        )
+    if fault.kind == "wrong_content_type":
+        return Response(body, status_code=real.status_code, media_type="text/plain")
+    if fault.kind == "trickle":
+
+        async def slow() -> AsyncIterator[bytes]:
+            for i in range(len(body)):
+                yield body[i : i + 1]
+                await anyio.sleep(fault.delay)
+
+        return StreamingResponse(slow(), status_code=real.status_code, media_type="application/json")
+    if fault.kind == "reset":
+
+        async def broken() -> AsyncIterator[bytes]:
+            yield body[: len(body) // 2]
+            raise ConnectionResetError("injected connection reset")
+
+        headers = {"Content-Length": str(len(body))}
+        return StreamingResponse(
+            broken(), status_code=real.status_code, media_type="application/json", headers=headers
+        )
+    return real
