@@ -1,0 +1,575 @@
+"""Writes the reference docs from the code they describe: docs/configuration.md from the config
+models (exporter/config.py) and docs/metrics.md from the exposition (exporter/render.py).
+
+python docs/generate.py           # regenerate both files
+python docs/generate.py --check   # exit 1 when a committed file is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from exporter import config as cfg  # noqa: E402
+from exporter.fetch import ERROR_REASONS  # noqa: E402
+from exporter.model import Channel, Connection, Job, Status, Step  # noqa: E402
+from exporter.providers import PROVIDERS  # noqa: E402
+from exporter.providers.base import COMMON_KEYS, PollResult  # noqa: E402
+from exporter.render import JOB_FAMILIES, Exposition  # noqa: E402
+from exporter.runtime import Runtime  # noqa: E402
+from exporter.tracker import Tracker  # noqa: E402
+
+CONFIGURATION = REPO / "docs" / "configuration.md"
+METRICS = REPO / "docs" / "metrics.md"
+
+# ---------------------------------------------------------------------------------------
+# docs/configuration.md
+# ---------------------------------------------------------------------------------------
+
+# (YAML key, model, introduction) in the order a reader meets them.
+SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (
+    ("(top level)", cfg.Settings, "The file's top-level keys."),
+    ("global", cfg.GlobalConfig, ""),
+    ("targets[]", cfg.TargetConfig, ""),
+    ("targets[].auth", cfg.AuthConfig, ""),
+    ("targets[].fields", cfg.GenericFields, ""),
+    ("targets[].steps", cfg.GenericSteps, ""),
+    ("api", cfg.ApiConfig, "The job registration API under `/api/v1`."),
+)
+
+# Descriptions of fields whose models carry none; a `description=` on the Field in
+# exporter/config.py takes precedence over these.
+DESCRIPTIONS: dict[tuple[str, str], str] = {
+    ("Settings", "global_"): "Defaults for every target: see [global](#global).",
+    ("Settings", "api"): "The registration API: see [api](#api).",
+    ("Settings", "targets"): "The provider accounts to poll: see [targets[]](#targets).",
+    ("TargetConfig", "name"): "Unique name of the target; becomes the `target` label.",
+    ("TargetConfig", "provider"): "Which provider's API this is.",
+    ("TargetConfig", "base_url"): "The provider API's base URL (`http://` or `https://`).",
+    ("TargetConfig", "auth"): "How to authenticate: see [targets[].auth](#targetsauth).",
+    ("TargetConfig", "jobs"): "Job ids to track from the start (more arrive through discovery or the API).",
+    (
+        "TargetConfig",
+        "users",
+    ): "Users whose job lists are read to discover jobs (Basiq: jobs of the last 7 days).",
+    ("TargetConfig", "queues"): "Event queues to read; every connection seen in a queue is tracked (Oxlin).",
+    ("TargetConfig", "connections"): "Connection ids polled directly (Oxlin).",
+    (
+        "TargetConfig",
+        "discover_filter",
+    ): "A filter that lists the jobs to track, e.g. an OData `$filter` (AIMS360).",
+    ("TargetConfig", "job_path"): "Path of one job, with `{id}` where its id goes (generic).",
+    ("TargetConfig", "list_path"): "Path that lists jobs to discover (generic).",
+    ("TargetConfig", "items"): "Dotted path to the jobs inside the list's answer (generic).",
+    ("TargetConfig", "fields"): "Where each job field is: see [targets[].fields](#targetsfields) (generic).",
+    ("TargetConfig", "steps"): "Where the job's steps are: see [targets[].steps](#targetssteps) (generic).",
+    ("TargetConfig", "status_map"): (
+        "Provider status → `pending`, `running`, `succeeded`, `failed` or `unknown` (generic); "
+        "an unmapped status is `unknown` and its raw value is kept."
+    ),
+    ("TargetConfig", "timezone"): "Time zone of timestamps the provider writes without one.",
+    ("TargetConfig", "auto_rerun"): "Rerun a failed job when the provider allows it (AIMS360 `canReRun`).",
+    ("TargetConfig", "max_reruns"): "Reruns per job at most when `auto_rerun` is on.",
+    ("AuthConfig", "type"): "The authentication flow.",
+    ("AuthConfig", "token_file"): "File holding the bearer token (`bearer`).",
+    ("AuthConfig", "token_env"): "Environment variable holding the bearer token (`bearer`).",
+    ("AuthConfig", "api_key_file"): "File holding the API key, exactly as issued (`basiq`).",
+    ("AuthConfig", "api_key_env"): "Environment variable holding the API key (`basiq`).",
+    ("AuthConfig", "password_file"): "File holding the password (`basic`, `oauth2_password`).",
+    ("AuthConfig", "password_env"): "Environment variable holding the password (`basic`, `oauth2_password`).",
+    ("AuthConfig", "client_secret_file"): "File holding the OAuth2 client secret.",
+    ("AuthConfig", "client_secret_env"): "Environment variable holding the OAuth2 client secret.",
+    ("AuthConfig", "username"): "User name (`basic`, `oauth2_password`).",
+    ("AuthConfig", "client_id"): "OAuth2 client id.",
+    ("AuthConfig", "token_url"): "OAuth2 token endpoint.",
+    ("AuthConfig", "token_body"): "How the token request's body is encoded.",
+    (
+        "AuthConfig",
+        "token_params",
+    ): "Extra fields of the token request's body, e.g. `{provider: linxoConnect}`.",
+    ("AuthConfig", "scope"): "OAuth2 scope (`basiq`: default `SERVER_ACCESS`).",
+    ("GenericFields", "id"): "The job's id.",
+    ("GenericFields", "status"): "The job's status, read through `status_map`.",
+    ("GenericFields", "percent"): "Completion, 0-100.",
+    ("GenericFields", "type"): "The job's type (the `job_type` label).",
+    ("GenericFields", "created"): "When the job was created.",
+    ("GenericFields", "started"): "When the job started.",
+    ("GenericFields", "finished"): "When the job ended.",
+    ("GenericFields", "updated"): "When the provider last changed the job (counts as progress).",
+    ("GenericFields", "message"): "Free-text message; served by the API, never a label.",
+    ("GenericFields", "reason"): "Bounded error code of a failed job (the `reason` label).",
+    ("GenericFields", "records_total"): "Records the job handles.",
+    ("GenericFields", "records_affected"): "Records the job changed.",
+    ("GenericFields", "records_failed"): "Records that failed.",
+    ("GenericFields", "attempts"): "Attempts the provider made.",
+    ("GenericSteps", "path"): "Dotted path to the list of steps in the job object.",
+    ("GenericSteps", "name"): "The step's name, inside one step (the `step` label).",
+    ("GenericSteps", "status"): "The step's status, inside one step, read through `status_map`.",
+    ("ApiConfig", "max_body_bytes"): "A larger registration body is refused with 413.",
+}
+
+# Validators by what they make of a value, to name the type the user writes.
+_VALIDATOR_TYPES = {
+    "parse_duration": "duration",
+    "_readable_file": "path",
+    "_present_env": "variable name",
+    "_status_map": "map of status",
+}
+
+
+def _validator_type(meta: list[Any]) -> str | None:
+    for m in meta:
+        func = getattr(m, "func", None)
+        name = getattr(func, "__name__", "")
+        if name in _VALIDATOR_TYPES:
+            return _VALIDATOR_TYPES[name]
+    return None
+
+
+def _bounds(meta: list[Any]) -> list[str]:
+    out = []
+    for m in meta:
+        if isinstance(m, FieldInfo):
+            out += _bounds(list(m.metadata))
+        for attr, sign in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤")):
+            value = getattr(m, attr, None)
+            if value is not None and type(m).__name__.lower() == attr:
+                out.append(f"{sign} {value:g}" if isinstance(value, int | float) else f"{sign} {value}")
+        pattern = getattr(m, "pattern", None)
+        if pattern:
+            out.append(f"matches `{pattern}`")
+    return out
+
+
+def type_text(annotation: Any, meta: list[Any]) -> tuple[str, list[str]]:
+    """The type as a user writes it in YAML, and its bounds."""
+    bounds = _bounds(meta)
+    named = _validator_type(meta)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *inner = typing.get_args(annotation)
+        text, more = type_text(base, inner)
+        return (named or text), bounds + more
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        parts = [type_text(a, []) for a in args]
+        return (named or " or ".join(p[0] for p in parts)), bounds + [b for p in parts for b in p[1]]
+    if named:
+        return named, bounds
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation)), bounds
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        text, _ = type_text(item, [])
+        return f"list of {text}", bounds
+    if origin is dict:
+        key, value = typing.get_args(annotation)
+        return f"map of {type_text(key, [])[0]} to {type_text(value, [])[0]}", bounds
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mapping", bounds
+    if isinstance(annotation, type) and issubclass(annotation, Status):
+        return "status", bounds
+    names = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation))), bounds
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def default_text(info: FieldInfo, kind: str) -> str:
+    if info.is_required():
+        return "required"
+    if info.default_factory is not None:
+        value = info.default_factory()  # type: ignore[call-arg]
+        if isinstance(value, BaseModel):
+            return "see below"
+        return "`[]`" if value == [] else "`{}`" if value == {} else f"`{value!r}`"
+    value = info.default
+    if value is None or value is PydanticUndefined:
+        return "unset"
+    if kind == "duration":
+        return f"`{_duration(float(value))}`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, str):
+        return f'`"{value}"`' if value == "" else f"`{value}`"
+    return f"`{value}`"
+
+
+def _providers_using(key: str) -> str:
+    if key in COMMON_KEYS:
+        return ""
+    users = sorted(name for name, p in PROVIDERS.items() if key in p.config_keys)
+    return f" Read by: {', '.join(users)}." if users else " Read by no registered provider yet."
+
+
+def describe(model: type[BaseModel], name: str, info: FieldInfo) -> str:
+    text = info.description or DESCRIPTIONS.get((model.__name__, name), "")
+    if model is cfg.TargetConfig and name in cfg.GlobalConfig.model_fields and not text:
+        text = f"Overrides [`global.{name}`](#global) for this target."
+    if not text:
+        raise SystemExit(
+            f"{model.__name__}.{name} has no description: add description= to its Field in "
+            "exporter/config.py (or an entry in docs/generate.py DESCRIPTIONS)"
+        )
+    if model is cfg.TargetConfig:
+        text += _providers_using(name)
+    return text.replace("|", "\\|")
+
+
+def _model_doc(model: type[BaseModel]) -> str:
+    doc = (model.__doc__ or "").strip()
+    return re.sub(r"\s*\n\s*", " ", doc.split("\n\n")[0]) if doc else ""
+
+
+def configuration_md() -> str:
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated by docs/generate.py from exporter/config.py: edit those, not this file. -->",
+        "",
+        "The exporter reads one YAML file (`--config.file`). Every key can also be set through an",
+        "`ASYNCJOB_*` environment variable, nested keys joined by `__`",
+        "(`ASYNCJOB_GLOBAL__POLL_INTERVAL=1m`); the environment wins over the file.",
+        "`asyncjob-exporter check-config FILE` validates a file and names every problem by its key path.",
+        "SIGHUP or `POST /-/reload` applies a changed file without losing tracked jobs.",
+        "",
+        "Durations are Prometheus-style (`500ms`, `30s`, `5m`, `1h30m`) or a number of seconds.",
+        "Secrets are never written in the file: each comes from a file (`*_file`, read again when a",
+        "token is needed, so rotation needs no restart) or an environment variable (`*_env`).",
+        "",
+        f"Providers: {', '.join(f'`{p}`' for p in sorted(PROVIDERS))}.",
+        "",
+    ]
+    for key, model, intro in SECTIONS:
+        lines += [f"## {key}", ""]
+        doc = intro or _model_doc(model)
+        if doc:
+            lines += [doc, ""]
+        lines += ["| key | type | default | description |", "|---|---|---|---|"]
+        for name, info in model.model_fields.items():
+            yaml_key = info.alias or name
+            meta = list(info.metadata)
+            kind, bounds = type_text(info.annotation, meta)
+            type_cell = kind + (f" ({', '.join(bounds)})" if bounds else "")
+            lines.append(
+                f"| `{yaml_key}` | {type_cell} | {default_text(info, kind)} | {describe(model, name, info)} |"
+            )
+        lines.append("")
+    lines += [
+        "## Auth types",
+        "",
+        "| `type` | needs |",
+        "|---|---|",
+    ]
+    for auth_type in typing.get_args(cfg.AuthType):
+        needs = [f"`{s}_file` or `{s}_env`" for s in cfg._AUTH_SECRETS.get(auth_type, ())]
+        needs += [f"`{f}`" for f in cfg._AUTH_FIELDS.get(auth_type, ())]
+        lines.append(f"| `{auth_type}` | {', '.join(needs) or 'nothing'} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# docs/metrics.md
+# ---------------------------------------------------------------------------------------
+
+# Every label the exporter writes, in the user's words; a new label must be added here.
+LABELS: dict[str, str] = {
+    "target": "the target's `name` in the config",
+    "job_id": "the provider's job id",
+    "provider": "`basiq`, `oxlin`, `willsuite`, `aims360` or `generic`",
+    "job_type": "the provider's job type (Basiq `jobType`, AIMS360 category, …); empty when unknown",
+    "status": "a state: the normalised job status, or the Oxlin connection status",
+    "step": "the step's name as the provider gives it (e.g. Basiq `verify-credentials`)",
+    "kind": "`total`, `affected` or `failed`",
+    "reason": (
+        "a bounded reason: the provider's error code or state (failed jobs), the class of a failed "
+        f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), or why a job stopped being tracked"
+    ),
+    "connection_id": "the Oxlin connection id",
+    "channel": "the Oxlin channel (`channel_definition_id`)",
+    "queue": "the Oxlin queue id",
+    "event_type": "the queue event's type (e.g. `SYNC_ALL_SUCCESS`, `AUTH_FAILED`)",
+    "version": "the exporter's version",
+}
+
+# Labels that name a thing (never a fixed set of values). The values of the other labels of a
+# state set (a gauge with a series for every state) are listed.
+IDENTITY_LABELS = {"target", "job_id", "job_type", "step", "connection_id", "channel", "queue", "provider"}
+
+
+@dataclass
+class MetricFamily:
+    name: str
+    type: str
+    help: str
+    labels: list[str] = field(default_factory=list)
+    values: dict[str, list[str]] = field(default_factory=dict)
+    enumerates: bool = False  # a state set: a zero-valued series for every state but the current one
+
+
+_HEADER = re.compile(r"^# (HELP|TYPE) (\S+) ?(.*)$")
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def families_of(text: str) -> dict[str, MetricFamily]:
+    """Families of a text exposition in order, named as their HELP/TYPE lines name them."""
+    out: dict[str, MetricFamily] = {}
+    current: MetricFamily | None = None
+    for line in text.splitlines():
+        header = _HEADER.match(line)
+        if header:
+            kind, name, rest = header.groups()
+            current = out.setdefault(name, MetricFamily(name, "", ""))
+            if kind == "HELP":
+                current.help = rest
+            else:
+                current.type = rest
+            continue
+        sample = _SAMPLE.match(line)
+        if sample is None or current is None:
+            continue
+        if sample.group(3) == "0" and current.type == "gauge":
+            current.enumerates = True
+        for label, value in _LABEL.findall(sample.group(2) or ""):
+            if label == "le" and current.type == "histogram":
+                continue
+            if label not in current.labels:
+                current.labels.append(label)
+            seen = current.values.setdefault(label, [])
+            if value not in seen:
+                seen.append(value)
+    return out
+
+
+def sample_exposition() -> str:
+    """A rendered exposition with every family holding samples: one target with jobs in every
+    state, steps, records, a connection with channels, queue events and request counts."""
+    target = cfg.TargetConfig.model_construct(
+        name="example", provider="basiq", base_url="https://api.example.com", auth=cfg.AuthConfig()
+    )
+    resolved = cfg.ResolvedTarget.build(cfg.GlobalConfig(), target)
+    tracker = Tracker()
+    stats = {"example": (3, {"timeout": 1})}
+    exposition = Exposition(tracker, lambda: stats)
+    tracker.set_target(resolved)
+    now = 1_700_000_000.0
+    steps = (
+        Step("verify-credentials", Status.SUCCEEDED),
+        Step("retrieve-accounts", Status.RUNNING),
+    )
+    tracker.track(
+        "example",
+        Job("1", Status.RUNNING, "in-progress", "connection", created=now, updated=now, steps=steps),
+        "static",
+        now,
+    )
+    tracker.update(
+        tracker.targets["example"],
+        Job(
+            "1",
+            Status.RUNNING,
+            "in-progress",
+            "connection",
+            created=now,
+            updated=now + 30,
+            steps=(steps[0], Step("retrieve-accounts", Status.SUCCEEDED)),
+        ),
+        now + 30,
+    )
+    tracker.track(
+        "example",
+        Job(
+            "2",
+            Status.RUNNING,
+            "processing",
+            "import",
+            percent=40,
+            created=now,
+            started=now,
+            records_total=10,
+            records_affected=4,
+            records_failed=1,
+            attempts=1,
+        ),
+        "registered",
+        now,
+    )
+    tracker.update(
+        tracker.targets["example"],
+        Job(
+            "2",
+            Status.FAILED,
+            "failed",
+            "import",
+            created=now,
+            started=now,
+            finished=now + 60,
+            records_total=10,
+            records_affected=9,
+            records_failed=1,
+            attempts=1,
+            reason="invalid-credentials",
+        ),
+        now + 60,
+    )
+    channel = Channel("bank-redirect", "SUCCESS", last_success=now, expires=now + 86400 * 90)
+    tracker.apply(
+        "example",
+        PollResult(
+            connections=[Connection("4243", "SUCCESS", last_success=now, channels=(channel,))],
+            queue_events=[("20", "SYNC_ALL_SUCCESS")],
+            jobs=[Job("3", Status.FAILED, "Failed", "import", reason="connector-error")],
+        ),
+        now + 90,
+    )
+    # A rerun the exporter started replaces the failed job.
+    tracker.apply(
+        "example",
+        PollResult(jobs=[Job("4", Status.PENDING, "Queued", "import")], replaced={"3": "4"}),
+        now + 120,
+    )
+    state = tracker.targets["example"]
+    state.up, state.polled_once, state.last_success = True, True, now + 90
+    state.poll_duration.observe(0.2)
+    return exposition.render().decode()
+
+
+def collect_families() -> list[MetricFamily]:
+    # The running exporter's own exposition names every family, including those added beside
+    # the renderer (config reload); the sample fills them with labels.
+    runtime = Runtime(cfg.build_settings({}))
+    live = families_of(runtime.exposition.render().decode())
+    sample = families_of(sample_exposition())
+    for name, family in live.items():
+        if name in sample and sample[name].labels:
+            family.labels, family.values = sample[name].labels, sample[name].values
+            family.enumerates = sample[name].enumerates
+    return list(live.values())
+
+
+def section_of(family: MetricFamily) -> str:
+    if family.name in {f.name for f in JOB_FAMILIES}:
+        return "jobs"
+    if {"connection_id", "queue"} & set(family.labels):
+        return "connections"
+    if "job_type" in family.labels:
+        return "aggregates"
+    return "targets"
+
+
+SECTION_TITLES = {
+    "jobs": (
+        "Per job",
+        "One set of series per tracked job, labelled `target` and `job_id`. Rendered when the "
+        "job changes; dropped `retention` after the job ends. A target with "
+        "`per_job_metrics: false` has none of these.",
+    ),
+    "aggregates": (
+        "Aggregates",
+        "Per target and job type. Counters restart from 0 with the process, as Prometheus "
+        "expects, but a job counted before a restart is never counted again.",
+    ),
+    "connections": ("Oxlin connections and queues", "Per target and connection (or queue)."),
+    "targets": (
+        "Targets and the exporter",
+        "Per target, and about the exporter itself. The thresholds are series, so one alert "
+        "rule serves every target.",
+    ),
+}
+
+
+def metrics_md(families: list[MetricFamily] | None = None) -> str:
+    families = collect_families() if families is None else families
+    undocumented = sorted({lbl for f in families for lbl in f.labels} - set(LABELS))
+    if undocumented:
+        raise SystemExit(f"labels without a description in docs/generate.py LABELS: {undocumented}")
+    lines = [
+        "# Metrics reference",
+        "",
+        "<!-- Generated by docs/generate.py from exporter/render.py: edit those, not this file. -->",
+        "",
+        "Every family the exporter serves on `/metrics`, in the order it serves them. The exporter",
+        "polls the providers on its own schedule (`poll_interval`), not when Prometheus scrapes, so",
+        "a scrape never waits for a provider. Timestamps are Unix seconds. Histograms have the",
+        "usual `_bucket` (label `le`), `_sum` and `_count` series.",
+        "",
+    ]
+    for key, (title, intro) in SECTION_TITLES.items():
+        members = [f for f in families if section_of(f) == key]
+        if not members:
+            continue
+        lines += [f"## {title}", "", intro, "", "| metric | type | labels | meaning |", "|---|---|---|---|"]
+        for f in members:
+            labels = []
+            for label in f.labels:
+                values = f.values.get(label, [])
+                if f.enumerates and label not in IDENTITY_LABELS and len(values) > 1:
+                    labels.append(f"`{label}` ({', '.join(values)})")
+                else:
+                    labels.append(f"`{label}`")
+            help_text = f.help.replace("|", "\\|")
+            lines.append(f"| `{f.name}` | {f.type} | {', '.join(labels) or '—'} | {help_text} |")
+        lines.append("")
+    lines += ["## Labels", "", "| label | meaning |", "|---|---|"]
+    used = {lbl for f in families for lbl in f.labels}
+    lines += [f"| `{label}` | {text} |" for label, text in LABELS.items() if label in used]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def documented_families(text: str) -> list[str]:
+    """Metric family names listed in a metrics.md text (the first cell of each table row)."""
+    return re.findall(r"^\| `(asyncjob_[a-z0-9_]+)` \|", text, flags=re.MULTILINE)
+
+
+def render() -> dict[Path, str]:
+    return {CONFIGURATION: configuration_md(), METRICS: metrics_md()}
+
+
+def iter_stale(files: dict[Path, str]) -> Iterator[Path]:
+    for path, text in files.items():
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            yield path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 when a committed file is stale")
+    args = parser.parse_args(argv)
+    files = render()
+    if args.check:
+        stale = list(iter_stale(files))
+        for path in stale:
+            print(f"{path.relative_to(REPO)} is stale: run python docs/generate.py")
+        return 1 if stale else 0
+    for path, text in files.items():
+        path.write_text(text, encoding="utf-8")
+        print(path.relative_to(REPO))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
