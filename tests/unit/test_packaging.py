@@ -1,0 +1,550 @@
+"""What ships beside the code: the Dockerfile (read statically: there is no Docker engine in
+the tests), the compose stack's configs (checked by promtool and amtool), the Kubernetes
+manifests, and the wheel, built, installed into a fresh venv and run."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import venv
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import __version__
+from exporter.config import ConfigError, build_settings
+from tests.harness import free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+COMPOSE = REPO / "deploy" / "compose"
+KUBERNETES = REPO / "deploy" / "kubernetes"
+RULES = REPO / "alerts" / "asyncjob.rules.yml"
+INHIBIT_EXAMPLE = REPO / "alerts" / "alertmanager-inhibit.example.yml"
+
+SECRET_NAME = re.compile(r"password|passwd|secret|token|api_?key|private_?key|credential", re.IGNORECASE)
+SECRET_FILE = re.compile(r"(^|/)(\.env|secrets?|.*\.(pem|key|p12|pfx|crt)|id_rsa.*|.*credentials.*)$", re.I)
+
+
+def require_tool(name: str) -> str:
+    """Path of a tool; a missing one fails when CI is set and skips elsewhere."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed (Debian: apt install prometheus prometheus-alertmanager)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI is set, so this check must run")
+    pytest.skip(f"{message}; set CI=1 to make this a failure")
+
+
+# --- Dockerfile ----------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuations joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    """Instructions per build stage; the global ARGs before the first FROM are stage 0's prefix."""
+    result: list[list[tuple[str, str]]] = []
+    for ins in dockerfile_instructions():
+        if ins[0] == "FROM" or not result:
+            result.append([])
+        result[-1].append(ins)
+    return result
+
+
+def global_args() -> dict[str, str]:
+    args = {}
+    for word, rest in dockerfile_instructions():
+        if word == "FROM":
+            break
+        if word == "ARG" and "=" in rest:
+            key, _, value = rest.partition("=")
+            args[key.strip()] = value.strip().strip('"')
+    return args
+
+
+def final_stage() -> list[tuple[str, str]]:
+    return [s for s in stages() if s and s[0][0] == "FROM"][-1]
+
+
+def exec_form(rest: str) -> list[str]:
+    value = yaml.safe_load(rest)
+    assert isinstance(value, list), f"use the exec (JSON) form: {rest}"
+    return [str(v) for v in value]
+
+
+def test_final_stage_runs_as_a_non_root_user() -> None:
+    users = [rest for word, rest in final_stage() if word == "USER"]
+    assert users, "the final stage has no USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), users[-1]
+    # Numeric, so Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
+    assert user.isdigit(), f"USER {users[-1]} should be a numeric UID"
+
+
+def test_base_images_are_pinned_to_an_exact_version() -> None:
+    args = global_args()
+    names = set()
+    froms = [rest for word, rest in dockerfile_instructions() if word == "FROM"]
+    assert len(froms) >= 2, "multi-stage: a builder stage and a runtime stage"
+    for rest in froms:
+        parts = rest.split()
+        image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), parts[0])
+        if image in names:  # FROM <earlier stage>
+            continue
+        if len(parts) >= 3 and parts[1].upper() == "AS":
+            names.add(parts[2])
+        assert "$" not in image, f"{parts[0]}: an ARG without a default"
+        _, _, tag = image.partition(":")
+        assert tag and tag != "latest", f"{image}: pin a version tag"
+        assert re.match(r"^\d+\.\d+\.\d+(-[a-z0-9.-]+)?$", tag), f"{image}: pin an exact x.y.z version"
+
+
+def test_exposes_the_exporter_port() -> None:
+    exposed = [p for word, rest in final_stage() if word == "EXPOSE" for p in rest.split()]
+    assert "10110" in exposed or "10110/tcp" in exposed
+
+
+def test_health_check_asks_healthz_without_curl() -> None:
+    checks = [rest for word, rest in final_stage() if word == "HEALTHCHECK"]
+    assert len(checks) == 1 and "NONE" not in checks[0].upper()
+    assert "/healthz" in checks[0]
+    assert "curl" not in checks[0] and "wget" not in checks[0], "the slim image has neither"
+
+
+def test_entrypoint_is_the_cli_and_cmd_the_config_file() -> None:
+    stage = final_stage()
+    entry = [exec_form(rest) for word, rest in stage if word == "ENTRYPOINT"][-1]
+    cmd = [exec_form(rest) for word, rest in stage if word == "CMD"][-1]
+    # `docker run IMAGE demo` then runs `asyncjob-exporter demo`.
+    assert entry == ["asyncjob-exporter"]
+    assert cmd == ["--config.file=/etc/asyncjob-exporter/config.yml"]
+    volumes = [v for word, rest in stage if word == "VOLUME" for v in exec_form(rest)]
+    assert "/var/lib/asyncjob-exporter" in volumes
+
+
+def test_no_secret_is_baked_into_env_or_arg() -> None:
+    for word, rest in dockerfile_instructions():
+        if word not in ("ENV", "ARG"):
+            continue
+        for key, value in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)(?:=|\s+)(\S*)", rest):
+            if SECRET_NAME.search(key):
+                assert not value, f"{word} {key} carries a value: secrets are mounted at run time"
+
+
+def test_no_secret_file_is_copied_and_the_context_is_an_allow_list() -> None:
+    for word, rest in dockerfile_instructions():
+        if word in ("COPY", "ADD"):
+            sources = [p for p in rest.split()[:-1] if not p.startswith("--")]
+            for source in sources:
+                assert not SECRET_FILE.search(source.rstrip("/")), f"{word} {rest}"
+    lines = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    # Everything is left out of the build context but the files the wheel is built from,
+    # so a stray .env, state file or secret never reaches a layer.
+    assert lines[0] == "*"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "exporter"}
+    copied = {
+        source.rstrip("/").removeprefix("./")
+        for word, rest in dockerfile_instructions()
+        if word == "COPY" and "--from" not in rest
+        for source in rest.split()[:-1]
+    }
+    assert copied <= allowed, f"COPY of files the context leaves out: {copied - allowed}"
+
+
+# --- docker compose ------------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    return data
+
+
+def alert_job_selector() -> re.Pattern[str]:
+    """The scrape-job regex every alert rule selects, as Prometheus anchors it."""
+    selectors = set(re.findall(r'job=~"([^"]+)"', RULES.read_text()))
+    assert len(selectors) == 1, selectors
+    return re.compile(f"^(?:{selectors.pop()})$")
+
+
+def test_compose_bind_mounts_point_at_files_in_the_repository() -> None:
+    for name, service in compose()["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (COMPOSE / source).exists(), f"{name}: {source} does not exist"
+
+
+def test_compose_exporter_runs_the_demo_unless_told_otherwise() -> None:
+    exporter = compose()["services"]["exporter"]
+    assert exporter["command"] == "${EXPORTER_ARGS:-demo}"
+    assert exporter["build"]["dockerfile"] == "Dockerfile"
+    assert (COMPOSE / exporter["build"]["context"] / "Dockerfile").resolve() == DOCKERFILE
+
+
+def test_compose_images_are_pinned() -> None:
+    for name, service in compose()["services"].items():
+        image = service.get("image", "")
+        tag = image.rpartition(":")[2]
+        assert tag and tag != "latest" and ":" in image, f"{name}: {image}"
+
+
+def mounted_path(service: str, container_path: str) -> Path:
+    """The repository path a compose service sees at `container_path`."""
+    for volume in compose()["services"][service]["volumes"]:
+        source, target = volume.split(":")[:2]
+        if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+            return (COMPOSE / source / container_path[len(target) :].lstrip("/")).resolve()
+    raise AssertionError(f"{service} does not mount {container_path}")
+
+
+def test_compose_prometheus_loads_the_repository_rules_and_scrapes_job_asyncjob() -> None:
+    prom = yaml.safe_load((COMPOSE / "prometheus.yml").read_text())
+    assert [mounted_path("prometheus", p) for p in prom["rule_files"]] == [RULES]
+    jobs = {sc["job_name"]: sc for sc in prom["scrape_configs"]}
+    assert "asyncjob" in jobs and alert_job_selector().match("asyncjob")
+    assert jobs["asyncjob"]["static_configs"][0]["targets"] == ["exporter:10110"]
+    assert prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+
+
+def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    prom = yaml.safe_load((COMPOSE / "prometheus.yml").read_text())
+    # Inside the stack the rules are mounted; here the same files are read where they are.
+    prom["rule_files"] = [str(mounted_path("prometheus", p)) for p in prom["rule_files"]]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(prom))
+    result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_alertmanager_config_passes_amtool() -> None:
+    amtool = require_tool("amtool")
+    result = subprocess.run(
+        [amtool, "check-config", str(COMPOSE / "alertmanager.yml")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_alertmanager_has_the_example_routes_and_inhibitions() -> None:
+    ours = yaml.safe_load((COMPOSE / "alertmanager.yml").read_text())
+    example = yaml.safe_load(INHIBIT_EXAMPLE.read_text())
+    assert ours["inhibit_rules"] == example["inhibit_rules"]
+    assert ours["route"] == example["route"]
+
+
+def test_compose_grafana_provisions_the_datasource_and_the_dashboards() -> None:
+    prov = COMPOSE / "grafana" / "provisioning"
+    datasources = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert [(d["type"], d["url"], d["isDefault"]) for d in datasources] == [
+        ("prometheus", "http://prometheus:9090", True)
+    ]
+    provider = yaml.safe_load((prov / "dashboards" / "asyncjob.yml").read_text())["providers"][0]
+    dashboards = mounted_path("grafana", provider["options"]["path"])
+    assert dashboards == REPO / "dashboards"
+    assert sorted(dashboards.glob("*.json")), "no dashboard to provision"
+    assert mounted_path("grafana", "/etc/grafana/provisioning") == prov.resolve()
+
+
+# --- example exporter configs --------------------------------------------------------------
+
+
+def example_configs() -> dict[str, str]:
+    out = {"deploy/compose/exporter.yml": (COMPOSE / "exporter.yml").read_text()}
+    for path in sorted(KUBERNETES.glob("*/configmap.yaml")):
+        out[str(path.relative_to(REPO))] = yaml.safe_load(path.read_text())["data"]["config.yml"]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(example_configs()))
+def test_example_exporter_config_is_valid(name: str, tmp_path: Path) -> None:
+    text = example_configs()[name]
+    # The secret files live in /run/secrets in a container; here, empty stand-ins.
+    for secret in set(re.findall(r"/run/secrets/([\w.-]+)", text)):
+        (tmp_path / secret).write_text("x\n")
+    data = yaml.safe_load(text.replace("/run/secrets/", f"{tmp_path}/"))
+    try:
+        build_settings(data)
+    except ConfigError as e:
+        pytest.fail(f"{name}:\n" + "\n".join(e.problems))
+
+
+# --- Kubernetes ----------------------------------------------------------------------------
+
+
+def load_k8s_generator() -> ModuleType:
+    if "asyncjob_k8s_generate" in sys.modules:
+        return sys.modules["asyncjob_k8s_generate"]
+    spec = importlib.util.spec_from_file_location("asyncjob_k8s_generate", KUBERNETES / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["asyncjob_k8s_generate"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def manifests(directory: str) -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((KUBERNETES / directory / "kustomization.yaml").read_text())
+    docs = []
+    for resource in kustomization["resources"]:
+        path = (KUBERNETES / directory / resource).resolve()
+        files = [path / "prometheusrule.yaml"] if path.is_dir() else [path]
+        for f in files:
+            docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+    return docs
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_prometheusrule_is_what_the_generator_writes() -> None:
+    gen = load_k8s_generator()
+    assert gen.OUTPUT.read_text() == gen.render(), "run: python deploy/kubernetes/generate.py"
+
+
+def test_prometheusrule_carries_every_group_of_the_rules_file() -> None:
+    rule = yaml.safe_load((KUBERNETES / "rules" / "prometheusrule.yaml").read_text())
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+
+
+@pytest.mark.parametrize("directory", ["sidecar", "central"])
+def test_exporter_containers_are_locked_down_and_pinned(directory: str) -> None:
+    docs = manifests(directory)
+    workloads = of_kind(docs, "Deployment") + of_kind(docs, "StatefulSet")
+    assert len(workloads) == 1
+    pod = workloads[0]["spec"]["template"]["spec"]
+    containers = [c for c in pod["containers"] if "asyncjob-exporter" in c["image"]]
+    assert len(containers) == 1
+    c = containers[0]
+    assert re.search(r":\d+\.\d+\.\d+$", c["image"]), c["image"]
+    security = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 10110
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert [p["containerPort"] for p in c["ports"]] == [10110]
+    assert all(len(p["name"]) <= 15 for p in c["ports"]), "port names are at most 15 characters"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert {"/etc/asyncjob-exporter", "/run/secrets", "/var/lib/asyncjob-exporter"} <= set(mounts)
+    configmaps = {v["name"]: v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
+    assert configmaps[mounts["/etc/asyncjob-exporter"]] in {
+        d["metadata"]["name"] for d in of_kind(docs, "ConfigMap")
+    }
+
+
+@pytest.mark.parametrize("directory", ["sidecar", "central"])
+def test_monitors_scrape_the_exporter_port_as_an_asyncjob_job(directory: str) -> None:
+    docs = manifests(directory)
+    pod = (of_kind(docs, "Deployment") + of_kind(docs, "StatefulSet"))[0]["spec"]["template"]
+    port_names = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    monitors = of_kind(docs, "ServiceMonitor") + of_kind(docs, "PodMonitor")
+    assert len(monitors) == 1
+    monitor = monitors[0]
+    endpoints = monitor["spec"].get("endpoints") or monitor["spec"]["podMetricsEndpoints"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    if monitor["kind"] == "ServiceMonitor":
+        (service,) = [
+            s for s in of_kind(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()
+        ]
+        assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+        ports = {p["name"]: p for p in service["spec"]["ports"]}
+        assert ports[endpoints[0]["port"]]["targetPort"] in port_names
+    else:
+        assert selector.items() <= pod["metadata"]["labels"].items()
+        assert endpoints[0]["port"] in port_names
+    jobs = [r["replacement"] for r in endpoints[0]["relabelings"] if r.get("targetLabel") == "job"]
+    assert len(jobs) == 1 and alert_job_selector().match(jobs[0]), jobs
+
+
+def statefulset() -> dict[str, Any]:
+    (sts,) = of_kind(manifests("central"), "StatefulSet")
+    return sts
+
+
+def test_statefulset_has_as_many_shards_as_replicas_and_a_headless_service() -> None:
+    sts = statefulset()
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert int(env["TOTAL_SHARDS"]) == sts["spec"]["replicas"]
+    services = {s["metadata"]["name"]: s for s in of_kind(manifests("central"), "Service")}
+    assert services[sts["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+
+
+def test_each_replica_takes_its_shard_from_its_pod_ordinal(tmp_path: Path) -> None:
+    container = statefulset()["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    # A stand-in for the CLI that prints the arguments it was given.
+    fake = tmp_path / "asyncjob-exporter"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    fake.chmod(0o755)
+    for ordinal in range(int(env["TOTAL_SHARDS"])):
+        result = subprocess.run(
+            [*container["command"], *container["args"]],
+            env={**env, "PATH": f"{tmp_path}:/usr/bin:/bin", "HOSTNAME": f"asyncjob-exporter-{ordinal}"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        args = result.stdout.split("\n")
+        assert f"--shard={ordinal}" in args, args
+        assert f"--total-shards={env['TOTAL_SHARDS']}" in args, args
+
+
+@pytest.mark.parametrize("directory", ["sidecar", "central"])
+def test_kustomization_builds(directory: str) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; the manifests are still checked as YAML above")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(KUBERNETES / directory)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(result.stdout) if d)
+    assert "PrometheusRule" in kinds and "ConfigMap" in kinds
+
+
+# --- the wheel -----------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_the_built_wheel_installs_and_its_console_script_runs(tmp_path: Path) -> None:
+    # Build from a copy of exactly what the Dockerfile copies, so the repository is not touched.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    shutil.copytree(REPO / "exporter", src / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(dist), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if build.returncode != 0 and "Could not find a version that satisfies" in build.stdout + build.stderr:
+        # pip builds in an isolated environment that needs the build backend from an index.
+        message = "building the wheel needs setuptools from a package index, which is unreachable"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = dist.glob("asyncjob_exporter-*.whl")
+    assert wheel.name.startswith(f"asyncjob_exporter-{__version__}-")
+
+    # A fresh venv (its pip comes from ensurepip, offline) installs the wheel alone; the
+    # dependencies come from the test environment's site-packages through a .pth line, which
+    # puts them after the venv's own packages and does not run their .pth files, so the
+    # checkout's editable install stays out.
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    deps = sorted({p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()})
+    (site / "test-dependencies.pth").write_text("".join(f"{p}\n" for p in deps))
+    install = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    cli = env_dir / "bin" / "asyncjob-exporter"
+    assert cli.exists(), "the wheel declares no asyncjob-exporter console script"
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASYNCJOB_", "PYTHON"))}
+    where = subprocess.run(
+        [str(python), "-c", "import exporter; print(exporter.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        check=True,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(site), "the installed package, not the checkout"
+
+    version = subprocess.run([str(cli), "--version"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"asyncjob-exporter {__version__}"
+
+    port = free_port()
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        demo = subprocess.Popen(
+            [str(cli), "demo", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env,
+        )
+    try:
+        text = wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text,
+            timeout=30,
+            what="the installed demo serving /metrics",
+        )
+        build_info = [
+            s
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "asyncjob_exporter_build_info"
+        ]
+        assert [(s.labels, s.value) for s in build_info] == [({"version": __version__}, 1.0)]
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        try:
+            code = demo.wait(15)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.wait(5)
+            code = None
+    assert code == 0, f"exit {code} on SIGTERM:\n{log.read_text(errors='replace')}"
