@@ -1,0 +1,168 @@
+"""--web.config.file: real TLS handshakes (and mTLS) and bcrypt basic auth on /metrics and the API."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import bcrypt
+import httpx
+import pytest
+import yaml
+
+from tests.harness import exporter
+
+pytestmark = pytest.mark.e2e
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not shutil.which("openssl"):
+        pytest.fail("openssl is needed to make test certificates")
+    d = tmp_path_factory.mktemp("pki")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        cwd=d,
+    )
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+            cwd=d,
+        )
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
+    return d
+
+
+def web_config(tmp: Path, data: dict[str, object]) -> list[str]:
+    path = tmp / "web.yml"
+    path.write_text(yaml.safe_dump(data))
+    return [f"--web.config.file={path}"]
+
+
+def test_tls_and_basic_auth_guard_metrics_and_api(tmp_path: Path, pki: Path) -> None:
+    hashed = bcrypt.hashpw(b"s3cret-pass", bcrypt.gensalt(rounds=4)).decode()
+    extra = web_config(
+        tmp_path,
+        {
+            "tls_server_config": {"cert_file": str(pki / "server.crt"), "key_file": str(pki / "server.key")},
+            "basic_auth_users": {"prometheus": hashed},
+        },
+    )
+    with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp:
+        url = exp.url.replace("http://", "https://")
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        from tests.harness import wait_for
+
+        wait_for(lambda: httpx.get(f"{url}/healthz", verify=ctx, timeout=2).status_code == 200, what="TLS up")
+        with pytest.raises(httpx.ConnectError):  # not our CA: the handshake is refused
+            httpx.get(f"{url}/metrics", timeout=2)
+        with pytest.raises(httpx.RemoteProtocolError):  # plain HTTP to a TLS port
+            httpx.get(f"{exp.url}/metrics", timeout=2)
+        assert httpx.get(f"{url}/metrics", verify=ctx, timeout=5).status_code == 401
+        assert (
+            httpx.get(f"{url}/metrics", verify=ctx, auth=("prometheus", "wrong"), timeout=5).status_code
+            == 401
+        )
+        assert (
+            httpx.get(f"{url}/api/v1/jobs", verify=ctx, auth=("nobody", "s3cret-pass"), timeout=5).status_code
+            == 401
+        )
+        ok = httpx.get(f"{url}/metrics", verify=ctx, auth=("prometheus", "s3cret-pass"), timeout=5)
+        assert ok.status_code == 200 and "asyncjob_exporter_build_info" in ok.text
+        assert (
+            httpx.get(
+                f"{url}/api/v1/jobs", verify=ctx, auth=("prometheus", "s3cret-pass"), timeout=5
+            ).status_code
+            == 200
+        )
+        assert "s3cret-pass" not in exp.output()
+
+
+def test_mutual_tls_requires_a_client_certificate_from_the_ca(tmp_path: Path, pki: Path) -> None:
+    extra = web_config(
+        tmp_path,
+        {
+            "tls_server_config": {
+                "cert_file": str(pki / "server.crt"),
+                "key_file": str(pki / "server.key"),
+                "client_ca_file": str(pki / "ca.crt"),
+                "client_auth_type": "RequireAndVerifyClientCert",
+            }
+        },
+    )
+    with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp:
+        url = exp.url.replace("http://", "https://")
+        from tests.harness import wait_for
+
+        with_cert = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        with_cert.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+        wait_for(
+            lambda: httpx.get(f"{url}/metrics", verify=with_cert, timeout=2).status_code == 200, what="mTLS"
+        )
+        without = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+            httpx.get(f"{url}/metrics", verify=without, timeout=2)
+
+
+def test_a_bad_web_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+    import sys
+
+    path = tmp_path / "web.yml"
+    path.write_text("basic_auth_users:\n  admin: plaintext\n")
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("targets: []\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "exporter", f"--config.file={cfg}", f"--web.config.file={path}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "basic_auth_users.admin" in r.stderr and "plaintext" not in r.stderr
