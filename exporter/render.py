@@ -6,11 +6,20 @@ metrics are small and rendered at each scrape.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from exporter import __version__
 from exporter.fetch import ERROR_REASONS
@@ -495,7 +504,7 @@ def render_http_stats(w: Text, stats: dict[str, tuple[int, dict[str, int]]]) -> 
 def render_dropped(w: Text, ts: list[TargetState]) -> None:
     w.family(
         "asyncjob_jobs_dropped_total",
-        "Jobs no longer tracked, by reason (retention, gone, cap, deleted).",
+        "Jobs no longer tracked, by reason (retention, gone, cap, deleted, rerun).",
         "counter",
     )
     for s in ts:
@@ -505,6 +514,20 @@ def render_dropped(w: Text, ts: list[TargetState]) -> None:
                 labels(target=s.config.name, reason=reason),
                 s.agg.dropped.get(reason, 0),
             )
+
+
+# prometheus-client's process, platform and GC metrics, collected at each scrape (cheap).
+PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=PROCESS_REGISTRY)
+PlatformCollector(registry=PROCESS_REGISTRY)
+GCCollector(registry=PROCESS_REGISTRY)
+
+
+def _task_count() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop (rendering outside the server)
+        return 0
 
 
 class Exposition:
@@ -530,7 +553,11 @@ class Exposition:
         render_dropped(w, ts)
         w.family("asyncjob_exporter_build_info", "The exporter's version.", "gauge")
         w.sample("asyncjob_exporter_build_info", labels(version=__version__), 1)
-        return render_aggregates(ts) + w.bytes() + self._extra()
+        w.family(
+            "asyncjob_exporter_tasks", "Tasks on the exporter's event loop (flat when healthy).", "gauge"
+        )
+        w.out.append(f"asyncjob_exporter_tasks {_task_count()}\n")
+        return render_aggregates(ts) + w.bytes() + self._extra() + generate_latest(PROCESS_REGISTRY)
 
     def render(self, gz: bool = False, multi_member: bool = True) -> bytes:
         """The body; gzip-compressed when `gz`.
