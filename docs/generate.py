@@ -309,7 +309,12 @@ LABELS: dict[str, str] = {
     "channel": "the Oxlin channel (`channel_definition_id`)",
     "queue": "the Oxlin queue id",
     "event_type": "the queue event's type (e.g. `SYNC_ALL_SUCCESS`, `AUTH_FAILED`)",
-    "version": "the exporter's version",
+    "version": "the exporter's version (`asyncjob_exporter_build_info`), or Python's (`python_info`)",
+    "implementation": "the Python implementation (prometheus-client's `python_info`)",
+    "major": "Python's major version",
+    "minor": "Python's minor version",
+    "patchlevel": "Python's patch level",
+    "generation": "the garbage collector's generation (prometheus-client's `python_gc_*`)",
 }
 
 # Labels that name a thing (never a fixed set of values). The values of the other labels of a
