@@ -337,8 +337,8 @@ def render_aggregates(targets: Iterable[TargetState]) -> bytes:
         "asyncjob_jobs_finished_total", "Jobs seen finishing, each counted once, by final status.", "counter"
     )
     for s in ts:
-        for (jt, st), v in sorted(s.agg.finished.items()):
-            w.sample("asyncjob_jobs_finished_total", _tl(s, jt, status=st), v)
+        for (jt, final), v in sorted(s.agg.finished.items()):
+            w.sample("asyncjob_jobs_finished_total", _tl(s, jt, status=final), v)
     w.family("asyncjob_jobs_failed_total", "Failed jobs by bounded reason, each counted once.", "counter")
     for s in ts:
         for (jt, reason), v in sorted(s.agg.failed.items()):
@@ -349,8 +349,8 @@ def render_aggregates(targets: Iterable[TargetState]) -> bytes:
         "histogram",
     )
     for s in ts:
-        for (jt, st), h in sorted(s.agg.job_duration.items()):
-            w.histogram("asyncjob_job_duration_seconds", _tl(s, jt, status=st), h)
+        for (jt, final), h in sorted(s.agg.job_duration.items()):
+            w.histogram("asyncjob_job_duration_seconds", _tl(s, jt, status=final), h)
     w.family(
         "asyncjob_step_duration_seconds",
         "Observed duration of finished steps (resolution: one poll).",
