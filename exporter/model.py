@@ -63,6 +63,11 @@ class Job:
     # Provider-specific follow-up: e.g. the AIMS360 rerun that replaced this job.
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
+    @property
+    def is_placeholder(self) -> bool:
+        """True for a job known only by its id (configured or registered, not yet polled)."""
+        return self.extra.get("placeholder") == "true"
+
     def progress_key(self) -> tuple[object, ...]:
         """Everything whose change counts as progress (SPEC: status, step, percent, records, updated)."""
         return (
@@ -87,6 +92,11 @@ class Job:
         if self.status is Status.SUCCEEDED:
             return 100.0
         return None
+
+
+def placeholder(job_id: str) -> Job:
+    """A job known only by its id until its first poll."""
+    return Job(id=job_id, status=Status.PENDING, extra={"placeholder": "true"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,11 @@ from typing import Any
 import anyio
 
 from exporter.config import ConfigError, Settings, load_settings
-from exporter.model import Job
+from exporter.model import Job, placeholder
 from exporter.providers import PROVIDERS
 from exporter.providers.base import BadPayload
 from exporter.render import Exposition
-from exporter.scheduler import Scheduler, placeholder
+from exporter.scheduler import Scheduler
 from exporter.tracker import TrackedJob, Tracker
 
 log = logging.getLogger("asyncjob.runtime")
@@ -105,7 +105,7 @@ class Runtime:
         except (BadPayload, KeyError, TypeError, ValueError):
             job = placeholder(job_id)
         existing = state.jobs.get(job_id)
-        if existing is not None and job.raw_status == "":
+        if existing is not None and job.is_placeholder:
             return existing
         self.scheduler.register(target, job)
         return state.jobs[job_id]

@@ -15,7 +15,7 @@ from anyio.abc import TaskGroup
 
 from exporter.config import ResolvedTarget, Settings
 from exporter.fetch import TargetHttp
-from exporter.model import Job, Status
+from exporter.model import Job, placeholder
 from exporter.providers import PROVIDERS, Provider
 from exporter.providers.base import PollResult
 from exporter.tracker import CapReached, Tracker
@@ -35,11 +35,6 @@ class TargetRunner:
     wake: anyio.Event = field(default_factory=anyio.Event)
     failures: int = 0
     cycles: int = 0
-
-
-def placeholder(job_id: str) -> Job:
-    """A job known only by its id until its first poll."""
-    return Job(id=job_id, status=Status.PENDING)
 
 
 def next_delay(interval: float, failures: int, retry_after: float | None, rng: random.Random) -> float:

@@ -165,7 +165,7 @@ class Tracker:
             first_seen=now,
             last_progress=job.updated or job.created or now,
             source=source,
-            polled=source != "registered" or job.raw_status != "",
+            polled=not job.is_placeholder,
         )
         state.jobs[job.id] = tracked
         state.agg.by_status[(job.job_type, job.status)] += 1
@@ -190,8 +190,9 @@ class Tracker:
         state.agg.by_status[(old.job_type, old.status)] -= 1
         state.agg.by_status[(job.job_type, job.status)] += 1
         tracked.job = job
+        # A placeholder (a static or registered id never polled yet) is not an observation.
+        self._observe_steps(state, tracked, old if tracked.polled else None, now)
         tracked.polled = True
-        self._observe_steps(state, tracked, old, now)
         self._on_terminal(state, tracked, now)
         self._changed(state, tracked)
         return tracked
@@ -217,7 +218,7 @@ class Tracker:
                     tracked.step_started[name] = min(start, now)
             if step.status.terminal and name not in tracked.step_finished:
                 # A step already finished when the job was first seen has no observed end.
-                if seen_before or tracked.source == "registered":
+                if seen_before:
                     tracked.step_finished[name] = now
                     start = tracked.step_started.get(name)
                     if start is not None:

@@ -130,3 +130,15 @@ def test_listeners_hear_of_changes_only() -> None:
     tr.apply("t", PollResult(jobs=[Job("1", S)]), now=3)
     tr.drop("t", "1", "deleted")
     assert rec.changed == ["1", "1"] and rec.removed == ["1"]
+
+
+def test_a_static_job_first_polled_long_after_it_finished_gets_no_made_up_step_durations() -> None:
+    tr = tracker()
+    from exporter.model import placeholder
+
+    tr.track("t", placeholder("1"), "static", now=1000)
+    tr.apply("t", PollResult(jobs=[Job("1", S, created=10, started=10, steps=steps(S, S))]), now=5000)
+    t = tr.targets["t"].jobs["1"]
+    assert t.step_duration == {}
+    assert tr.targets["t"].agg.step_duration == {}
+    assert tr.targets["t"].agg.finished[("", S)] == 1
