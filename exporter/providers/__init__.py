@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from exporter.providers.aims360 import Aims360
 from exporter.providers.base import Provider
 from exporter.providers.basiq import Basiq
 from exporter.providers.willsuite import WillSuite
 
-PROVIDERS: dict[str, type[Provider]] = {cls.name: cls for cls in (Basiq, WillSuite)}
+PROVIDERS: dict[str, type[Provider]] = {cls.name: cls for cls in (Basiq, WillSuite, Aims360)}
 
 __all__ = ["PROVIDERS", "Provider"]

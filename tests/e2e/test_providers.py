@@ -62,3 +62,50 @@ def test_willsuite_jobs_with_their_records_and_failures(tmp_path: Path) -> None:
             assert created is not None and started is not None and abs(started - created) <= 1.5
             assert "below the provider" in exp.output()
         assert httpx.get(f"{sim.url}/_sim/stats").json()["requests"]["willsuite.token"] == 1
+
+
+def test_aims360_batches_pages_discovers_and_reruns_failed_jobs(tmp_path: Path) -> None:
+    with simulator(tmp_path, step_seconds=STEP) as sim:
+        ok = create_job(sim, "aims360", scenario="success")
+        bad = create_job(sim, "aims360", scenario="fail", job_type="Reports/Open Orders Report")
+        # Purged before the exporter ever saw it (AIMS360 purges jobs about 30 days after creation).
+        purged = "6f1d0a8e-0000-4000-8000-000000000000-20190101000000000"
+        # More unfinished jobs than one page (50 rows) holds: discovery must follow nextLink.
+        stuck = [create_job(sim, "aims360", scenario="stuck") for _ in range(55)]
+        secrets = write_secrets(tmp_path)
+        target = {
+            "name": "aims360-e2e",
+            "provider": "aims360",
+            "base_url": f"{sim.url}/aims360",
+            "auth": {"type": "bearer", "token_file": str(secrets / "bearer_token")},
+            "jobs": [ok, bad, purged],
+            "discover_filter": "jobStatus eq 'Queued' or jobStatus eq 'Inprogress'",
+            "auto_rerun": True,
+            "max_reruns": 1,
+        }
+        with exporter(tmp_path, config(target)) as exp:
+            wait_for(
+                lambda: exp.value("asyncjob_job_status", job_id=ok, status="succeeded") == 1, what="success"
+            )
+            wait_for(
+                lambda: exp.value("asyncjob_job_reruns_total", target="aims360-e2e") == 1,
+                what="rerun of the failed job",
+            )
+            assert exp.value("asyncjob_jobs_failed_total", target="aims360-e2e", reason="failed") == 1
+            jobs = exp.api("GET", "/api/v1/jobs?target=aims360-e2e").json()["jobs"]
+            rerun = [j for j in jobs if j["id"] not in {ok, bad, purged, *stuck}]
+            assert len(rerun) == 1
+            wait_for(
+                lambda: exp.value("asyncjob_job_status", job_id=rerun[0]["id"], status="succeeded") == 1,
+                what="the rerun succeeds",
+            )
+            assert exp.value("asyncjob_job_attempts", job_id=rerun[0]["id"]) == 1
+            # The failed original is replaced, the purged job is gone, every stuck job is found.
+            assert exp.value("asyncjob_job_status", job_id=bad, status="failed") is None
+            wait_for(lambda: exp.value("asyncjob_job_info", job_id=purged) is None, what="purged job dropped")
+            wait_for(
+                lambda: all(exp.value("asyncjob_job_status", job_id=s, status="running") == 1 for s in stuck),
+                what="55 discovered jobs",
+            )
+        counts = httpx.get(f"{sim.url}/_sim/stats").json()["requests"]
+        assert counts["aims360.rerun"] == 1

@@ -1,0 +1,212 @@
+"""AIMS360 background jobs through OData: tracked ids batched into `jobID eq … or …` filters,
+discovery by a configured `$filter`, `@odata.nextLink` paging, and optional reruns of failed jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from exporter.model import Job, Status
+from exporter.parsing import (
+    bounded_label,
+    bounded_reason,
+    map_status,
+    parse_int,
+    parse_number,
+    parse_timestamp,
+    text_id,
+)
+from exporter.providers.base import BadPayload, Http, PollResult, Provider, gather, segment
+
+JOBS_PATH = "/jobsmanagement/odata/v1.0/backgroundjob"
+RERUN_PATH = "/jobsmanagement/v1.0/backgroundjob/{id}/rerun"
+
+STATUS = {
+    "queued": Status.PENDING,
+    "inprogress": Status.RUNNING,
+    "completed": Status.SUCCEEDED,
+    "failed": Status.FAILED,
+}
+
+# Filters longer than this are split: URLs past ~2 kB are refused by some proxies and servers.
+MAX_FILTER_CHARS = 1800
+# A paging loop that never ends is the server's bug; stop following it here.
+MAX_PAGES = 200
+
+
+def quoted(value: str) -> str:
+    """An OData string literal: single quotes, an inner quote doubled."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def id_batches(ids: Sequence[str], limit: int = MAX_FILTER_CHARS) -> list[list[str]]:
+    """`ids` split so that each batch's `jobID eq 'a' or jobID eq 'b' …` stays within `limit` chars."""
+    batches: list[list[str]] = []
+    size = 0
+    for job_id in ids:
+        clause = len(f"jobID eq {quoted(job_id)}")
+        if batches and size + len(" or ") + clause <= limit:
+            batches[-1].append(job_id)
+            size += len(" or ") + clause
+        else:
+            batches.append([job_id])
+            size = clause
+    return batches
+
+
+def job_status(row: dict[str, Any]) -> tuple[Status, str]:
+    status, raw = map_status(row.get("jobStatus"), STATUS)
+    # A queued job that already moved is running, whatever its status says.
+    if status is Status.PENDING:
+        percent = parse_number(row.get("percentCompleted")) or 0.0
+        started = parse_timestamp(row.get("startDate")) is not None
+        done = parse_timestamp(row.get("completedDate")) is not None
+        if percent > 0 or (started and not done):
+            status = Status.RUNNING
+    return status, raw
+
+
+class Aims360(Provider):
+    name = "aims360"
+    config_keys: ClassVar[frozenset[str]] = frozenset({"jobs", "discover_filter", "auto_rerun", "max_reruns"})
+    # A backgroundjob row (jobID), a rerun answer (jobId), or {"id": …}.
+    id_keys: ClassVar[tuple[str, ...]] = ("jobID", "jobId", "id")
+
+    def __init__(self, target: Any) -> None:
+        super().__init__(target)
+        # Reruns so far in each job's chain (the original and every rerun of it).
+        self._chain: dict[str, int] = {}
+        # Jobs already replaced by a rerun: never reported again, even if discovery lists them.
+        self._replaced: set[str] = set()
+
+    def id_from_body(self, body: Any) -> str:
+        if isinstance(body, dict) and isinstance(body.get("value"), list) and body["value"]:
+            return super().id_from_body(body["value"][0])
+        return super().id_from_body(body)
+
+    def parse_job(self, obj: Any) -> Job:
+        if isinstance(obj, dict) and isinstance(obj.get("value"), list) and len(obj["value"]) == 1:
+            obj = obj["value"][0]
+        if not isinstance(obj, dict):
+            raise BadPayload("backgroundjob row is not an object")
+        job_id = text_id(obj.get("jobID")) or text_id(obj.get("jobId"))
+        if job_id is None:
+            raise BadPayload("jobID")
+        if "jobStatus" not in obj:
+            raise BadPayload("jobStatus")
+        status, raw = job_status(obj)
+        category = "/".join(
+            str(part) for part in (obj.get("categoryName"), obj.get("subCategoryName")) if part
+        )
+        text = obj.get("jobStatusText")
+        return Job(
+            id=job_id,
+            status=status,
+            raw_status=raw,
+            job_type=bounded_label(category),
+            percent=parse_number(obj.get("percentCompleted")),
+            created=parse_timestamp(obj.get("createdDate")),
+            started=parse_timestamp(obj.get("startDate")),
+            finished=parse_timestamp(obj.get("completedDate")) if status.terminal else None,
+            updated=parse_timestamp(obj.get("modifiedDate")),
+            attempts=parse_int(obj.get("numberOfAttempts")),
+            reason=bounded_reason(raw) if status is Status.FAILED else None,
+            message=str(text) if text else None,
+            extra={"canReRun": str(obj.get("canReRun") or "")},
+        )
+
+    async def rows(self, http: Http, odata_filter: str) -> list[Any]:
+        """Every row matching `odata_filter`, across pages."""
+        body = await http.get_json(JOBS_PATH, {"$filter": odata_filter})
+        rows: list[Any] = []
+        for _ in range(MAX_PAGES):
+            if not isinstance(body, dict) or not isinstance(body.get("value"), list):
+                raise BadPayload("value")
+            rows.extend(body["value"])
+            next_link = body.get("@odata.nextLink")
+            if not next_link:
+                return rows
+            body = await http.get_json(self._same_origin(str(next_link)))
+        raise BadPayload(f"@odata.nextLink: more than {MAX_PAGES} pages")
+
+    def _same_origin(self, link: str) -> str:
+        """A next link, refused when it leaves the tenant: the token must not travel elsewhere."""
+        parts = urlsplit(link)
+        if not parts.scheme:
+            return link
+        base = urlsplit(self.target.base_url)
+        if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+            raise BadPayload("@odata.nextLink points to another host")
+        return link
+
+    async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:
+        result = PollResult()
+        wanted = set(tracked)
+        # Each query: its filter and the tracked ids it asks for (none for discovery).
+        queries: list[tuple[str, frozenset[str]]] = []
+        for batch in id_batches(tracked):
+            queries.append((" or ".join(f"jobID eq {quoted(i)}" for i in batch), frozenset(batch)))
+        if self.target.discover_filter:
+            queries.append((self.target.discover_filter, frozenset()))
+
+        async def run(query: tuple[str, frozenset[str]]) -> list[Any]:
+            return await self.rows(http, query[0])
+
+        answered: set[str] = set()  # tracked ids whose query was answered in full
+        seen: set[str] = set()
+        failed: list[Job] = []
+        for (odata_filter, ids), outcome in await gather(queries, run):
+            if isinstance(outcome, BadPayload):
+                result.bad_payloads.append(f"backgroundjob {odata_filter[:60]!r}: {outcome}")
+                continue
+            if not isinstance(outcome, list):
+                continue  # a request error, counted by the client
+            answered |= ids
+            for row in outcome:
+                try:
+                    job = self.parse_job(row)
+                except BadPayload as e:
+                    result.bad_payloads.append(f"backgroundjob row: {e}")
+                    continue
+                if job.id in seen or job.id in self._replaced:
+                    continue
+                seen.add(job.id)
+                result.jobs.append(job)
+                if job.status is Status.FAILED and job.id in wanted:
+                    failed.append(job)
+        # Purged (about 30 days after creation) or never there.
+        result.gone = [job_id for job_id in tracked if job_id in answered and job_id not in seen]
+        if self.target.auto_rerun:
+            await self._rerun(http, failed, result)
+        return result
+
+    async def _rerun(self, http: Http, failed: list[Job], result: PollResult) -> None:
+        eligible = [
+            job
+            for job in failed
+            if job.extra.get("canReRun", "").lower() == "yes"
+            and self._chain.get(job.id, 0) < self.target.max_reruns
+        ]
+
+        async def rerun(job: Job) -> Job:
+            body = await http.post_json(RERUN_PATH.format(id=segment(job.id)))
+            new = self.parse_job(body)
+            return Job(
+                id=new.id,
+                status=new.status,
+                raw_status=new.raw_status,
+                job_type=job.job_type,
+                attempts=(job.attempts or 0) + 1,
+            )
+
+        for old, outcome in await gather(eligible, rerun):
+            if isinstance(outcome, BadPayload):
+                result.bad_payloads.append(f"rerun of {old.id}: {outcome}")
+            if not isinstance(outcome, Job):
+                continue
+            self._chain[outcome.id] = self._chain.pop(old.id, 0) + 1
+            self._replaced.add(old.id)
+            result.replaced[old.id] = outcome.id
+            result.jobs.append(outcome)
+            result.reruns += 1
