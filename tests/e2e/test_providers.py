@@ -109,3 +109,55 @@ def test_aims360_batches_pages_discovers_and_reruns_failed_jobs(tmp_path: Path) 
             )
         counts = httpx.get(f"{sim.url}/_sim/stats").json()["requests"]
         assert counts["aims360.rerun"] == 1
+
+
+def test_a_generic_json_api_is_mapped_by_config(tmp_path: Path) -> None:
+    with simulator(tmp_path, step_seconds=STEP) as sim:
+        # Queued a while, so they are still in the active list when the exporter first looks.
+        ok = create_job(sim, "generic", scenario="partial", total_records=1000, queue_seconds=3)
+        bad = create_job(sim, "generic", scenario="fail", queue_seconds=3)
+        waiting = create_job(sim, "generic", scenario="mfa")
+        secrets = write_secrets(tmp_path)
+        target = {
+            "name": "exports",
+            "provider": "generic",
+            "base_url": f"{sim.url}/generic",
+            "auth": {"type": "bearer", "token_file": str(secrets / "bearer_token")},
+            "job_path": "/v1/exports/{id}",
+            "list_path": "/v1/exports?state=active",
+            "items": "data",
+            "fields": {
+                "id": "id",
+                "status": "state",
+                "percent": "progress.pct",
+                "type": "kind",
+                "created": "created_at",
+                "started": "started_at",
+                "finished": "finished_at",
+                "message": "error.message",
+                "reason": "error.code",
+                "records_total": "progress.rows.total",
+                "records_failed": "progress.rows.rejected",
+            },
+            "status_map": {"queued": "pending", "working": "running", "done": "succeeded", "error": "failed"},
+        }
+        # No static ids: the list URL finds every job while it is active.
+        with exporter(tmp_path, config(target)) as exp:
+            wait_for(
+                lambda: exp.value("asyncjob_job_status", job_id=ok, status="succeeded") == 1, what="success"
+            )
+            wait_for(
+                lambda: exp.value("asyncjob_job_status", job_id=bad, status="failed") == 1, what="failure"
+            )
+            assert exp.value("asyncjob_job_error_info", job_id=bad, reason="quota_exceeded") == 1
+            assert exp.value("asyncjob_job_records", job_id=ok, kind="failed") == 100
+            assert exp.value("asyncjob_job_percent_completed", job_id=ok) == 100
+            assert exp.value("asyncjob_job_status", job_id=waiting, status="unknown") == 1
+            api = exp.api("GET", f"/api/v1/targets/exports/jobs/{bad}").json()
+            assert api["message"] == "Export quota of the account exceeded."
+            assert api["raw_status"] == "error"
+            started = exp.value("asyncjob_job_started_timestamp_seconds", job_id=ok)
+            finished = exp.value("asyncjob_job_finished_timestamp_seconds", job_id=ok)
+            assert started is not None and finished is not None
+            assert finished - started == pytest.approx(3 * STEP, abs=0.01)
+            assert "matches nothing" not in exp.output()
