@@ -1,0 +1,160 @@
+"""Poll: client-side CPU per job poll (request, parse, normalise, track, re-render) against a bare
+httpx GET + json.loads loop, both at the same concurrency against the same simulator subprocess."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from bench import profiles, simulated
+from exporter.config import ResolvedTarget, build_settings
+from exporter.fetch import TargetHttp
+from exporter.providers.basiq import Basiq
+from exporter.render import Exposition
+from exporter.scheduler import placeholder
+from exporter.tracker import Tracker
+
+TARGET = "basiq-bench"
+
+
+def resolved(url: str, key_file: Path, concurrency: int) -> ResolvedTarget:
+    s = build_settings(
+        {
+            "global": {"concurrency": concurrency, "max_jobs_per_target": 1_000_000},
+            "targets": [
+                {
+                    "name": TARGET,
+                    "provider": "basiq",
+                    "base_url": f"{url}/basiq",
+                    "auth": {"type": "basiq", "api_key_file": str(key_file)},
+                }
+            ],
+        }
+    )
+    return s.resolved(s.targets[0])
+
+
+async def ours(target: ResolvedTarget, http: TargetHttp, ids: list[str]) -> tuple[float, float, float]:
+    """(CPU s, wall s, CPU s of tracker.apply alone) of one poll cycle over `ids` with the
+    exporter's own pieces; every job is a change (placeholder → first answer), so each one
+    is re-rendered."""
+    tracker = Tracker()
+    Exposition(tracker, lambda: {})
+    tracker.set_target(target)
+    for jid in ids:
+        tracker.track(TARGET, placeholder(jid), "static")
+    provider = Basiq(target.config)
+    errors_before = sum(http.stats.errors.values())
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = await provider.poll(http, tracker.pollable(TARGET))
+    apply = time.process_time()
+    tracker.apply(TARGET, result, time.time())
+    apply = time.process_time() - apply
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    if len(result.jobs) != len(ids) or sum(http.stats.errors.values()) != errors_before:
+        raise RuntimeError(
+            f"poll cycle read {len(result.jobs)} of {len(ids)} jobs; errors {http.stats.errors}"
+        )
+    return cpu, wall, apply
+
+
+async def bare(client: httpx.AsyncClient, ids: list[str], concurrency: int) -> tuple[float, float]:
+    """(CPU s, wall s) of the same GETs with a bare httpx client: get, json.loads, nothing else."""
+    limiter = anyio.CapacityLimiter(concurrency)
+    bodies: list[Any] = []
+
+    async def one(jid: str) -> None:
+        async with limiter:
+            r = await client.get(f"/basiq/jobs/{jid}")
+            bodies.append(json.loads(r.content))
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for jid in ids:
+            tg.start_soon(one, jid)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    if len(bodies) != len(ids) or not all(b.get("type") == "job" for b in bodies):
+        raise RuntimeError("bare client did not read every job")
+    return cpu, wall
+
+
+def sniffio_check() -> dict[str, Any]:
+    """httpcore imports sniffio lazily on every request; without it that failed import is paid each time."""
+    installed = importlib.util.find_spec("sniffio") is not None
+    declared = any(
+        r.split(";")[0].strip().lower().startswith("sniffio")
+        for r in importlib.metadata.requires("asyncjob-exporter") or []
+    )
+    return {
+        "installed": installed,
+        "version": importlib.metadata.version("sniffio") if installed else None,
+        "declared_in_pyproject": declared,
+    }
+
+
+async def measure(
+    url: str, n_jobs: int, rounds: int, concurrency: int, profile: list[str] | None
+) -> dict[str, Any]:
+    ids = [str(j["id"]) for j in simulated.create_jobs(url, n_jobs, scenario="stuck", fail_step=1)]
+    token = simulated.basiq_token(url)
+    with tempfile.TemporaryDirectory() as tmp:
+        target = resolved(url, simulated.api_key_file(Path(tmp)), concurrency)
+        http = TargetHttp(target)
+        client = httpx.AsyncClient(
+            base_url=url,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            timeout=10,
+        )
+        try:
+            warm = ids[: min(len(ids), 100)]
+            await bare(client, warm, concurrency)  # connections opened
+            await ours(target, http, warm)  # token fetched, connections opened
+            base_cpu, our_cpu, base_wall, our_wall, apply_cpu = [], [], [], [], []
+            for _ in range(rounds):
+                c, w = await bare(client, ids, concurrency)
+                base_cpu.append(c / n_jobs)
+                base_wall.append(w)
+                c, w, a = await ours(target, http, ids)
+                our_cpu.append(c / n_jobs)
+                apply_cpu.append(a / n_jobs)
+                our_wall.append(w)
+            if profile is not None:
+                with profiles.profiled(profile, top=20):
+                    await ours(target, http, ids)
+                with profiles.profiled(profile, top=15, sort="cumulative", restrict="exporter/"):
+                    await ours(target, http, ids)
+        finally:
+            await client.aclose()
+            await http.aclose()
+    b, o = statistics.median(base_cpu), statistics.median(our_cpu)
+    return {
+        "jobs": n_jobs,
+        "rounds": rounds,
+        "concurrency": concurrency,
+        "bare_cpu_ms_per_poll": b * 1000,
+        "ours_cpu_ms_per_poll": o * 1000,
+        "ratio": o / b,
+        "apply_render_cpu_ms_per_job": statistics.median(apply_cpu) * 1000,
+        "bare_wall_s": statistics.median(base_wall),
+        "ours_wall_s": statistics.median(our_wall),
+        "all_rounds_cpu_ms": {"bare": [x * 1000 for x in base_cpu], "ours": [x * 1000 for x in our_cpu]},
+    }
+
+
+def run(
+    n_jobs: int = 2000, rounds: int = 3, concurrency: int = 16, profile: list[str] | None = None
+) -> dict[str, Any]:
+    with simulated.simulator(step_seconds=600.0) as url:
+        result = anyio.run(measure, url, n_jobs, rounds, concurrency, profile)
+    result["sniffio"] = sniffio_check()
+    return result
