@@ -26,15 +26,12 @@ def rss_bytes() -> int:
 
 
 def breakdown(fleet: Any) -> dict[str, int]:
-    """Bytes held by the renderer's caches (objects included), per kind."""
-    per_job = plain = gz = 0
+    """Bytes held by the renderer's caches (objects included): only compressed members."""
+    gz = 0
     for groups in fleet.exposition.jobs.groups.values():
         for g in groups:
-            for blocks in g.jobs.values():
-                per_job += sys.getsizeof(blocks) + sum(sys.getsizeof(b) for b in blocks)
-            plain += sum(sys.getsizeof(b) for b in g.plain)
-            gz += sum(sys.getsizeof(b) for b in g.gz)
-    return {"rendered_per_job_blocks": per_job, "group_plain_joins": plain, "group_gzip_members": gz}
+            gz += sum(sys.getsizeof(b) for b in g.gz or ())
+    return {"group_gzip_members": gz}
 
 
 def measure(n_jobs: int) -> dict[str, Any]:

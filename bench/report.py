@@ -176,7 +176,10 @@ def _scrape(s: dict[str, Any]) -> list[str]:
         "uvicorn at 127.0.0.1 and scraped over one kept-alive connection with the headers Prometheus",
         "2.42 sends (`User-Agent: Prometheus/2.42.0`, `Accept-Encoding: gzip`), so the body is the",
         'cached multi-member gzip. "All changed": every job\'s `updated` and percent moved through',
-        "`Tracker.update` (untimed) before the timed scrape, so every group is recompressed.",
+        "`Tracker.update` (untimed) just before the timed scrape. A change only marks the job's group",
+        "dirty; the server's background refresh renders and compresses dirty groups a group at a",
+        "time, and a scrape serves each group's latest members, so the scrape does not wait for the",
+        "refresh. How long the refresh takes until every group is current is shown too.",
         "",
         *_table(
             ["figure", "in process (`Exposition.render`)", "over HTTP"],
@@ -186,6 +189,11 @@ def _scrape(s: dict[str, Any]) -> list[str]:
                     "median, right after every job changed",
                     f"{local['all_changed_ms']:.1f} ms",
                     f"{h['all_changed_ms']:.1f} ms",
+                ],
+                [
+                    "refresh until every group is current, after every job changed",
+                    f"{local['refresh_all_changed_ms']:.0f} ms",
+                    f"{h['current_after_all_changed_ms']:.0f} ms",
                 ],
                 [
                     "median, nothing changed, an agent other than Prometheus asking for gzip",
@@ -213,8 +221,9 @@ def _scrape(s: dict[str, Any]) -> list[str]:
             ],
         ),
         "",
-        f"Re-rendering one job on change (`Tracker.update` + `render_job`): "
-        f"{local['update_render_us_per_job']:.1f} µs; all {s['jobs']:,}: {local['change_all_ms']:.0f} ms.",
+        f"Per changed job (`Tracker.update` + its share of the group refresh): "
+        f"{local['update_render_us_per_job']:.1f} µs; `Tracker.update` of all {s['jobs']:,}: "
+        f"{local['change_all_ms']:.0f} ms.",
         "",
         f"Served body checked: {h['body_bytes']:,} bytes of gzip, all members decompressed to "
         f"{served['plain_bytes']:,} bytes, parsed with {served['parser']}: {served['samples']:,} samples, "
@@ -267,8 +276,6 @@ def _memory(mem: dict[str, Any]) -> list[str]:
                 f"{m['rss_before_bytes'] / KIB / KIB:.1f} MiB",
                 f"{m['rss_after_bytes'] / KIB / KIB:.1f} MiB",
                 f"{m['bytes_per_job'] / KIB:.2f} KiB",
-                f"{parts['rendered_per_job_blocks']:,.0f} B",
-                f"{parts['group_plain_joins']:,.0f} B",
                 f"{parts['group_gzip_members']:,.0f} B",
                 f"{m['bytes_per_job'] - held:,.0f} B",
             ]
@@ -277,9 +284,9 @@ def _memory(mem: dict[str, Any]) -> list[str]:
         "## 3. Memory: RSS per tracked job",
         "",
         "A fresh interpreter per size (`python -m bench.memory N`): VmRSS after every import (the",
-        "baseline), then after N jobs are tracked, rendered and scraped once (so each group's caches",
-        "exist, as in a running exporter); (after - before) / N. The right-hand columns split it by",
-        "what holds it (`sys.getsizeof`, objects included).",
+        "baseline), then after N jobs are tracked, rendered and scraped once (so each group's",
+        "compressed members exist, as in a running exporter); (after - before) / N. The renderer",
+        "keeps only each group's gzip members (`sys.getsizeof`); the rest is the tracker's state.",
         "",
         *_table(
             [
@@ -287,10 +294,8 @@ def _memory(mem: dict[str, Any]) -> list[str]:
                 "RSS before",
                 "RSS after",
                 "per job",
-                "per-job rendered blocks",
-                "group plain joins",
                 "group gzip members",
-                "rest (tracker objects, dicts, allocator)",
+                "rest (tracker objects, dicts)",
             ],
             rows,
         ),
@@ -381,11 +386,8 @@ def _detection(ds: list[dict[str, Any]]) -> list[str]:
         "",
         *_table(["mode", "poll interval", "jobs", "latencies (s)", "median", "max"], rows),
         "",
-        "Latency is counted from the first moment the simulator answers `failed`",
-        "(created + fail_step x step_seconds). The simulator then reports the job's `updated` (and so",
-        "its finished time) one step later, created + (fail_step + 1) x step_seconds, a moment still",
-        "in the future when the failure is first served: counted from that stamp the latencies are",
-        "one step shorter, and some negative (`latencies_from_reported_finish_s` in the raw results).",
+        "Latency is counted from the moment the simulator starts answering `failed`, which is the",
+        "finished time it reports: created + (fail_step + 1) x step_seconds.",
     ]
 
 
@@ -393,53 +395,16 @@ def _misses(r: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     """Where the cost of each missed target is, from this run's figures, and what would remove it."""
     missed = {x["what"] for x in rows if not x["met"]}
     out: list[str] = []
-    if any(w.startswith("scrape") and "changed" in w for w in missed) and "scrape" in r:
-        s = r["scrape"]
+    if any(w.startswith("scrape") for w in missed) and "scrape" in r:
         out += [
-            "**Scrape right after every job changed.** The scrape recompresses every dirty group",
-            "(`Group.refresh`: a `bytes.join` per family, then `gzip_member`); the profile below puts",
-            "most of it in `zlib.Compress.compress`/`flush`, the rest in the joins. Compressing the whole",
-            f"plain body once at level 1 takes {s['gzip_whole_body_level1_ms']:.0f} ms on this machine: while the",
-            f"scrape compresses {s['served']['plain_bytes'] / KIB / KIB:.0f} MiB of text, compression alone uses "
-            f"{s['gzip_whole_body_level1_ms'] / SCRAPE_CHANGED_MS:.0%} of the {SCRAPE_CHANGED_MS:g} ms budget,",
-            "before any join, whatever the grouping.",
-            "What would: take the compression off the scrape. After each poll cycle's `Tracker.apply`,",
-            "refresh the dirty groups (a `JobSeries.refresh_dirty()` the scheduler calls, e.g. through",
-            "`anyio.to_thread.run_sync`: zlib releases the GIL while it deflates), so that a scrape only",
-            f"joins cached members, which is the unchanged figure ({s['http']['unchanged_ms']:.1f} ms). A scrape",
-            "arriving mid-refresh serves each group's previous members, still one consistent snapshot per",
-            "group. The same holds per shard, where 25k jobs are 2.5 times the text.",
-            "",
-            f"Related: an agent other than Prometheus asking for gzip paid "
-            f"{s['http']['other_agent_unchanged_ms']:.0f} ms even with nothing changed, since its",
-            "single-member body is joined and compressed anew at each scrape. Caching it until a job",
-            "changes, or sending the members to every client except those known to stop after one",
-            "(Go's `compress/gzip` reads all members by default, and Grafana Alloy and the OpenTelemetry",
-            "Prometheus receiver scrape with Prometheus' own code), removes that.",
+            "**Scrape.** See the scrape profiles below: the refresh of dirty groups (render and",
+            "compress) against the joins of cached members.",
             "",
         ]
     if any(w.startswith("RSS") for w in missed) and "memory" in r:
-        m = r["memory"]["sizes"][-1]
-        p = m["renderer_bytes_per_job"]
-        rest = m["bytes_per_job"] - sum(p.values())
-        cost = ""
-        if "scrape" in r:
-            us = r["scrape"]["in_process"]["update_render_us_per_job"]
-            cost = f" (`render_job` with its update: {us:.0f} µs a job, {us * 128 / 1000:.1f} ms per group of 128)"
         out += [
-            f"**Memory.** Of {m['bytes_per_job'] / KIB:.1f} KiB per job at {m['jobs']:,} jobs: the job's rendered",
-            f"blocks {p['rendered_per_job_blocks']:,.0f} B (13 separate `bytes`, one per family, each with its",
-            '~33-byte object header; 26 lines each repeating `target="…",job_id="…"`), the groups\'',
-            f"plain joins {p['group_plain_joins']:,.0f} B (a second copy of the same text, used only for",
-            f"clients that get a single member), the gzip members {p['group_gzip_members']:,.0f} B, and",
-            f"{rest:,.0f} B of tracker objects, dicts and allocator slack. What would bring it down, in order",
-            "of yield: (1) drop `Group.plain` and build the plain / single-member body on demand from the",
-            "per-job blocks (or by decompressing the members): about -3.2 KiB; (2) keep one `bytes` per job",
-            "with 13 offsets instead of a 13-tuple: about -0.5 KiB; (3) `TrackedJob` with `slots=True` and",
-            "its step dicts created on first use: a few hundred bytes. (1)+(2) land near 4.8 KiB; under",
-            "4 KiB also needs the per-job text not to be held uncompressed, e.g. groups keeping only their",
-            f"gzip members and re-rendering their jobs from tracker state when refreshed{cost},",
-            "which only fits once refreshing is off the scrape path as above.",
+            "**Memory.** The per-job share is the tracker's state (`TrackedJob`, its `Job`, step dicts)",
+            "plus the compressed members; see the memory table.",
             "",
         ]
     if any(w.startswith("poll") for w in missed) and "poll" in r:

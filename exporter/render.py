@@ -7,12 +7,15 @@ metrics are small and rendered at each scrape.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import math
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
+import anyio
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
@@ -219,34 +222,62 @@ JOB_FAMILY_HEADERS = tuple(f.header() for f in JOB_FAMILIES)
 JOB_FAMILY_HEADERS_GZ = tuple(gzip_member(h) for h in JOB_FAMILY_HEADERS)
 
 
+def job_prefix(state: TargetState, tracked: TrackedJob) -> str:
+    return f'target="{escape(state.config.name)}",job_id="{escape(tracked.job.id)}"'
+
+
 def render_job(state: TargetState, tracked: TrackedJob) -> tuple[bytes, ...]:
-    prefix = f'target="{escape(state.config.name)}",job_id="{escape(tracked.job.id)}"'
+    """One job's lines, per family (the groups render many jobs at once the same way)."""
+    prefix = job_prefix(state, tracked)
     return tuple(f.lines(tracked, prefix).encode() for f in JOB_FAMILIES)
 
 
-@dataclass
 class Group:
-    """Up to GROUP_SIZE jobs' rendered bytes, per family, with cached joins and gzip members."""
+    """Up to GROUP_SIZE jobs of one target and their cached gzip members, one per family.
 
-    jobs: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
-    dirty: bool = True
-    plain: tuple[bytes, ...] = ()
-    gz: tuple[bytes, ...] = ()
+    Only the members are kept: a refresh renders the group's jobs again from the tracker's
+    state, so memory per job is the tracker's own plus a share of compressed bytes.
+    """
+
+    __slots__ = ("dirty", "gz", "jobs", "state")
+
+    def __init__(self, state: TargetState) -> None:
+        self.state = state
+        self.jobs: dict[str, TrackedJob] = {}
+        self.dirty = True
+        self.gz: tuple[bytes, ...] | None = None  # None until first rendered
 
     def refresh(self) -> None:
-        n = len(JOB_FAMILIES)
-        plain = [b"".join(blocks[i] for blocks in self.jobs.values()) for i in range(n)]
-        self.plain = tuple(plain)
-        self.gz = tuple(gzip_member(p) if p else b"" for p in plain)
+        parts: list[list[str]] = [[] for _ in JOB_FAMILIES]
+        state = self.state
+        for tracked in self.jobs.values():
+            prefix = job_prefix(state, tracked)
+            for part, family in zip(parts, JOB_FAMILIES, strict=True):
+                part.append(family.lines(tracked, prefix))
+        self.gz = tuple(gzip_member("".join(p).encode()) if any(p) else b"" for p in parts)
         self.dirty = False
 
 
 class JobSeries:
-    """The per-job part of the exposition; a Tracker listener."""
+    """The per-job part of the exposition; a Tracker listener.
+
+    A change only marks the job's group dirty. Dirty groups are rendered and compressed
+    again by `refresh` (in the background while the server runs, a group at a time so the
+    event loop stays responsive), so a scrape joins cached members and does not grow with
+    polling work. A scrape that comes before the refresh serves the group's previous
+    members: every group is a consistent snapshot, at most one refresh old.
+    """
 
     def __init__(self) -> None:
         self.groups: dict[str, list[Group]] = {}  # target -> groups
         self.where: dict[tuple[str, str], Group] = {}  # (target, job_id) -> its group
+        self.dirty = 0
+        self.version = 0  # bumped by every refresh that changed something
+
+    def _mark(self, group: Group) -> None:
+        if not group.dirty:
+            group.dirty = True
+            self.dirty += 1
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
         key = (state.config.name, tracked.job.id)
@@ -259,37 +290,62 @@ class JobSeries:
             groups = self.groups.setdefault(key[0], [])
             group = next((g for g in groups if len(g.jobs) < GROUP_SIZE), None)
             if group is None:
-                group = Group()
+                group = Group(state)
                 groups.append(group)
+                self.dirty += 1
             self.where[key] = group
-        group.jobs[key[1]] = render_job(state, tracked)
-        group.dirty = True
+        group.jobs[key[1]] = tracked
+        group.state = state
+        self._mark(group)
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
         group = self.where.pop((state.config.name, job_id), None)
         if group is not None:
             group.jobs.pop(job_id, None)
-            group.dirty = True
+            self._mark(group)
             if not group.jobs:
                 groups = self.groups.get(state.config.name, [])
                 if group in groups:
                     groups.remove(group)
+                self.dirty -= 1
+                self.version += 1
 
-    def remove_target(self, name: str) -> None:
-        self.groups.pop(name, None)
-        for key in [k for k in self.where if k[0] == name]:
-            del self.where[key]
+    def _all(self) -> list[Group]:
+        return [g for gs in self.groups.values() for g in gs]
 
-    def parts(self, gz: bool) -> Iterator[bytes]:
-        groups = [g for gs in self.groups.values() for g in gs]
-        for g in groups:
+    def refresh(self) -> None:
+        """Render every dirty group now."""
+        for g in self._all():
             if g.dirty:
                 g.refresh()
-        headers = JOB_FAMILY_HEADERS_GZ if gz else JOB_FAMILY_HEADERS
-        for i, header in enumerate(headers):
+        self.dirty = 0
+        self.version += 1
+
+    async def refresh_in_background(self, period: float = 0.1) -> None:
+        """Keep the cached members current, a group at a time."""
+        while True:
+            if self.dirty:
+                self.dirty = 0
+                for g in self._all():
+                    if g.dirty:
+                        g.refresh()
+                        await anyio.sleep(0)
+                self.version += 1
+            await anyio.sleep(period)
+
+    def members(self, fresh: bool) -> Iterator[bytes]:
+        """Every family's header member, then each group's member of that family."""
+        groups = self._all()
+        if fresh and self.dirty:
+            self.refresh()
+        for g in groups:
+            if g.gz is None:  # never rendered yet: nothing stale to serve
+                g.refresh()
+                self.version += 1
+        for i, header in enumerate(JOB_FAMILY_HEADERS_GZ):
             yield header
             for g in groups:
-                chunk = g.gz[i] if gz else g.plain[i]
+                chunk = g.gz[i] if g.gz else b""
                 if chunk:
                     yield chunk
 
@@ -545,6 +601,7 @@ class Exposition:
         self._http_stats = http_stats
         self._extra = extra
         self.started = time.time()
+        self._single: tuple[int, bytes, Any] | None = None
 
     def scrape_time_text(self) -> bytes:
         ts = list(self.tracker.targets.values())
@@ -559,15 +616,25 @@ class Exposition:
         w.out.append(f"asyncjob_exporter_tasks {_task_count()}\n")
         return render_aggregates(ts) + w.bytes() + self._extra() + generate_latest(PROCESS_REGISTRY)
 
-    def render(self, gz: bool = False, multi_member: bool = True) -> bytes:
+    def render(self, gz: bool = False, multi_member: bool = True, fresh: bool = True) -> bytes:
         """The body; gzip-compressed when `gz`.
 
         With `multi_member` the cached per-group gzip members are sent back to back
         (Prometheus reads such a stream whole). Some clients (httpx, a few browsers) stop
-        after the first member: they get one member compressed from the plain text.
+        after the first member: they get a single member, whose compressed job part is
+        cached until the jobs change. `fresh=False` (the server, with the background
+        refresh running) serves dirty groups' previous members instead of rendering them.
         """
         tail = self.scrape_time_text()
+        members = b"".join(self.jobs.members(fresh))
         if gz and multi_member:
-            return b"".join(self.jobs.parts(gz=True)) + gzip_member(tail)
-        plain = b"".join(self.jobs.parts(gz=False)) + tail
-        return gzip_member(plain) if gz else plain
+            return members + gzip_member(tail)
+        if not gz:
+            return gzip.decompress(members) + tail
+        cached = self._single
+        if cached is None or cached[0] != self.jobs.version:
+            compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+            head = compressor.compress(gzip.decompress(members))
+            cached = self._single = (self.jobs.version, head, compressor)
+        compressor = cached[2].copy()
+        return cached[1] + compressor.compress(tail) + compressor.flush()

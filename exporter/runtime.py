@@ -59,6 +59,7 @@ class Runtime:
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self.exposition.jobs.refresh_in_background)
             if self.store is not None:
                 tg.start_soon(self.store.run)
             await self.scheduler.run(self.settings)

@@ -63,11 +63,11 @@ class SimJob:
         index = min(int(elapsed // per), n)
         if self.scenario == "mfa":
             return "awaiting_user", 0, 0.0
-        if self.scenario in ("stuck", "fail") and index >= self.fail_step:
-            index = self.fail_step
-            if self.scenario == "fail":
-                return "failed", index, 100.0 * index / n
-            return "running", index, 100.0 * index / n
+        # The failing step runs its full length, then fails; a stuck step never ends.
+        if self.scenario == "fail" and index > self.fail_step:
+            return "failed", self.fail_step, 100.0 * self.fail_step / n
+        if self.scenario == "stuck" and index >= self.fail_step:
+            return "running", self.fail_step, 100.0 * self.fail_step / n
         if index >= n:
             return "succeeded", n, 100.0
         within = (elapsed - index * per) / per
