@@ -20,14 +20,19 @@ from exporter.server import ListenError, Server, build_app
 log = logging.getLogger("asyncjob")
 
 
+def _refuse(path: str | None, e: ConfigError) -> int:
+    """Print every problem of a config with its key path; the exit code of a bad config."""
+    print(f"{path}: {len(e.problems)} problem(s)", file=sys.stderr)
+    for p in e.problems:
+        print(f"  {p}", file=sys.stderr)
+    return 2
+
+
 def check_config(path: str) -> int:
     try:
         settings = load_settings(path)
     except ConfigError as e:
-        print(f"{path}: {len(e.problems)} problem(s)", file=sys.stderr)
-        for p in e.problems:
-            print(f"  {p}", file=sys.stderr)
-        return 2
+        return _refuse(path, e)
     print(f"{path}: OK ({len(settings.targets)} target(s))")
     for t in settings.resolved_targets():
         print(f"  {t.name}: {t.provider} {t.config.base_url}, every {t.poll_interval:g}s")
@@ -67,10 +72,7 @@ def run_exporter(
     try:
         settings = load_settings(config_file)
     except ConfigError as e:
-        print(f"{config_file}: {len(e.problems)} problem(s)", file=sys.stderr)
-        for p in e.problems:
-            print(f"  {p}", file=sys.stderr)
-        return 2
+        return _refuse(config_file, e)
     from exporter.webconfig import WebConfigError, load_web_config
 
     try:

@@ -202,7 +202,7 @@ def _status_map(value: Any) -> dict[str, Status]:
 StatusMap = Annotated[dict[str, Status], BeforeValidator(_status_map)]
 
 # Per-target overrides of `global`; None means "inherit".
-_OVERRIDABLE = (
+INHERITED_KEYS = (
     "poll_interval",
     "timeout",
     "concurrency",
@@ -418,7 +418,7 @@ class ResolvedTarget(BaseModel):
 
         pcls = PROVIDERS[t.provider]
         values: dict[str, Any] = {}
-        for key in _OVERRIDABLE:
+        for key in INHERITED_KEYS:
             own = getattr(t, key)
             values[key] = own if own is not None else getattr(g, key)
         advised = pcls.advised_poll_interval

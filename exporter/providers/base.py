@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import anyio
 
+from exporter.config import INHERITED_KEYS
 from exporter.fetch import NotFound, PollError
 from exporter.model import Connection, Job
 from exporter.parsing import text_id
@@ -21,23 +22,7 @@ if TYPE_CHECKING:
     from exporter.config import TargetConfig
 
 # Keys of a target every provider accepts; the rest are provider specifics (Provider.config_keys).
-COMMON_KEYS = frozenset(
-    {
-        "name",
-        "provider",
-        "base_url",
-        "auth",
-        "poll_interval",
-        "timeout",
-        "concurrency",
-        "stuck_after",
-        "max_duration",
-        "retention",
-        "max_jobs_per_target",
-        "max_requests_per_second",
-        "per_job_metrics",
-    }
-)
+COMMON_KEYS = frozenset({"name", "provider", "base_url", "auth", "per_job_metrics", *INHERITED_KEYS})
 
 
 class Http(Protocol):

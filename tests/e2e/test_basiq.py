@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.harness import create_job, exporter, simulator, wait_for, write_secrets
@@ -81,9 +82,9 @@ def test_jobs_succeed_fail_and_stick_as_the_provider_says(tmp_path: Path) -> Non
             # One token for the whole target, not one per job or per poll.
             stats = exp.api("GET", "/api/v1/jobs").json()
             assert stats["count"] == 3
-        counts = __import__("httpx").get(f"{sim.url}/_sim/stats").json()["requests"]
+        counts = httpx.get(f"{sim.url}/_sim/stats").json()["requests"]
         assert counts["basiq.token"] == 1
-        # Finished jobs are not polled again: far fewer job GETs than polls × jobs.
+        # Finished jobs are not polled again: far fewer job GETs than polls x jobs.
         assert counts["basiq.job"] < 3 * 40
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.tools import load_script, require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "alerts" / "asyncjob.rules.yml"
@@ -25,26 +23,8 @@ SEVERITIES = {"critical", "warning", "info"}
 ANNOTATIONS = {"summary", "description", "runbook_url", "dashboard_url"}
 
 
-def require_tool(name: str) -> str:
-    """Path of a Prometheus tool; a missing tool fails under CI and skips elsewhere."""
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"{name} is not installed (Debian: apt install prometheus prometheus-alertmanager)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI is set, so the rule tests must run")
-    pytest.skip(f"{message}; set CI=1 to make this a failure")
-
-
 def load_generator() -> ModuleType:
-    if "asyncjob_generate" in sys.modules:
-        return sys.modules["asyncjob_generate"]
-    spec = importlib.util.spec_from_file_location("asyncjob_generate", REPO / "dashboards" / "generate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["asyncjob_generate"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("asyncjob_generate", "dashboards/generate.py")
 
 
 def rule_groups() -> list[dict[str, Any]]:

@@ -7,13 +7,9 @@ every panel and target, `job` and `instance` variables matched by every selector
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.tools import load_script, require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = {
@@ -34,26 +32,8 @@ PANELS_WITH_UNITS = {"stat", "timeseries", "table", "gauge", "bargauge"}
 SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
 
 
-def require_tool(name: str) -> str:
-    """Path of a Prometheus tool; a missing tool fails under CI and skips elsewhere."""
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"{name} is not installed (Debian: apt install prometheus)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI is set, so the dashboard queries must be parsed")
-    pytest.skip(f"{message}; set CI=1 to make this a failure")
-
-
 def load_generator() -> ModuleType:
-    if "asyncjob_generate" in sys.modules:
-        return sys.modules["asyncjob_generate"]
-    spec = importlib.util.spec_from_file_location("asyncjob_generate", REPO / "dashboards" / "generate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["asyncjob_generate"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("asyncjob_generate", "dashboards/generate.py")
 
 
 def dashboards() -> dict[str, dict[str, Any]]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -14,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.render import JOB_FAMILIES
 from tests.harness import Proc, free_port, start_cli, wait_for
+from tests.tools import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGURATION = REPO / "docs" / "configuration.md"
@@ -21,14 +20,7 @@ METRICS = REPO / "docs" / "metrics.md"
 
 
 def load_generator() -> ModuleType:
-    if "asyncjob_docs_generate" in sys.modules:
-        return sys.modules["asyncjob_docs_generate"]
-    spec = importlib.util.spec_from_file_location("asyncjob_docs_generate", REPO / "docs" / "generate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["asyncjob_docs_generate"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("asyncjob_docs_generate", "docs/generate.py")
 
 
 def documented() -> dict[str, str]:

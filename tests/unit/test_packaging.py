@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import __version__
 from exporter.config import ConfigError, build_settings
 from tests.harness import free_port, wait_for
+from tests.tools import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -35,17 +36,6 @@ INHIBIT_EXAMPLE = REPO / "alerts" / "alertmanager-inhibit.example.yml"
 
 SECRET_NAME = re.compile(r"password|passwd|secret|token|api_?key|private_?key|credential", re.IGNORECASE)
 SECRET_FILE = re.compile(r"(^|/)(\.env|secrets?|.*\.(pem|key|p12|pfx|crt)|id_rsa.*|.*credentials.*)$", re.I)
-
-
-def require_tool(name: str) -> str:
-    """Path of a tool; a missing one fails when CI is set and skips elsewhere."""
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"{name} is not installed (Debian: apt install prometheus prometheus-alertmanager)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI is set, so this check must run")
-    pytest.skip(f"{message}; set CI=1 to make this a failure")
 
 
 # --- Dockerfile ----------------------------------------------------------------------------

@@ -1,0 +1,40 @@
+"""Helpers shared by tests that need outside programs or load the repo's generator scripts."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def require_tool(name: str) -> str:
+    """Path of an outside program (promtool, amtool, prometheus…).
+
+    A missing one fails when CI is set (.ci/run installs them) and skips elsewhere, with the reason.
+    """
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed (Debian: apt-get install prometheus prometheus-alertmanager)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI is set, so this check must run")
+    pytest.skip(f"{message}; set CI=1 to make this a failure")
+
+
+def load_script(module_name: str, relative_path: str) -> ModuleType:
+    """Import a generator script of the repo (dashboards/generate.py, docs/generate.py…) once."""
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, REPO / relative_path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
