@@ -7,6 +7,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from exporter.simulator import aims360, basiq, generic, willsuite
+from exporter.simulator import aims360, basiq, generic, oxlin, willsuite
 
-MODULES: dict[str, ModuleType] = {m.NAME: m for m in (basiq, willsuite, aims360, generic)}
+MODULES: dict[str, ModuleType] = {m.NAME: m for m in (basiq, oxlin, willsuite, aims360, generic)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,119 @@ def test_a_generic_json_api_is_mapped_by_config(tmp_path: Path) -> None:
             assert started is not None and finished is not None
             assert finished - started == pytest.approx(3 * STEP, abs=0.01)
             assert "matches nothing" not in exp.output()
+
+
+def oxlin_target(sim_url: str, secrets: Path, **keys: Any) -> dict[str, Any]:
+    return {
+        "name": "oxlin-e2e",
+        "provider": "oxlin",
+        "base_url": f"{sim_url}/oxlin",
+        "auth": {
+            "type": "oauth2_password",
+            "token_url": f"{sim_url}/oxlin/token",
+            "token_body": "json",
+            "token_params": {"provider": "linxoConnect"},
+            "scope": "connections_sync connections_manage",
+            "client_id": "demo-client",
+            "client_secret_file": str(secrets / "client_secret"),
+            "username": "ops@example.com",
+            "password_file": str(secrets / "password"),
+        },
+        **keys,
+    }
+
+
+def syncs_of(exp: Any, connection: str, status: str) -> list[str]:
+    """Ids of the syncs of `connection` whose status is `status` now."""
+    return sorted(
+        labels["job_id"]
+        for name, labels, value in exp.samples()
+        if name == "asyncjob_job_status"
+        and labels["job_id"].startswith(f"{connection}:")
+        and labels["status"] == status
+        and value == 1
+    )
+
+
+def sync_of(exp: Any, connection: str, status: str) -> str | None:
+    found = syncs_of(exp, connection, status)
+    return found[0] if found else None
+
+
+def test_oxlin_queue_syncs_connections_channels_and_consent(tmp_path: Path) -> None:
+    with simulator(tmp_path, step_seconds=STEP) as sim:
+        create_job(sim, "oxlin", scenario="success", connection="9001")
+        create_job(sim, "oxlin", scenario="fail", connection="9002")
+        create_job(sim, "oxlin", scenario="partial", connection="9003")
+        create_job(sim, "oxlin", scenario="mfa", connection="9004")
+        secrets = write_secrets(tmp_path)
+        target = oxlin_target(sim.url, secrets, queues=["20"], connections=["9001"])
+        with exporter(tmp_path, config(target)) as exp:
+            ok = wait_for(lambda: sync_of(exp, "9001", "succeeded"), what="sync of 9001 succeeded")
+            bad = wait_for(lambda: sync_of(exp, "9002", "failed"), what="sync of 9002 failed")
+            wait_for(lambda: sync_of(exp, "9003", "succeeded"), what="partial sync of 9003")
+            assert exp.value("asyncjob_job_error_info", job_id=bad, reason="auth_failed") == 1
+            assert exp.value("asyncjob_job_awaiting_user", job_id=bad) == 1
+            assert exp.value("asyncjob_job_awaiting_user", job_id=ok) == 0
+            assert (
+                exp.value("asyncjob_job_info", job_id=ok, provider="oxlin", job_type="synchronisation") == 1
+            )
+            started = exp.value("asyncjob_job_started_timestamp_seconds", job_id=ok)
+            finished = exp.value("asyncjob_job_finished_timestamp_seconds", job_id=ok)
+            assert started is not None and finished is not None and 0 <= finished - started <= 3 * STEP + 1
+            # The lapsed PSD2 consent: the sync waits for its user and pages nobody.
+            waiting = sync_of(exp, "9004", "running")
+            assert waiting is not None
+            assert exp.value("asyncjob_job_awaiting_user", job_id=waiting) == 1
+
+            assert exp.value("asyncjob_connection_status", connection_id="9001", status="SUCCESS") == 1
+            assert exp.value("asyncjob_connection_status", connection_id="9002", status="FAILED") == 1
+            assert (
+                exp.value("asyncjob_connection_status", connection_id="9003", status="PARTIAL_SUCCESS") == 1
+            )
+            assert exp.value(
+                "asyncjob_connection_last_success_timestamp_seconds", connection_id="9001"
+            ) == int(finished)
+            assert exp.value(
+                "asyncjob_channel_last_success_timestamp_seconds", connection_id="9001", channel="8700"
+            )
+            expiry = exp.value(
+                "asyncjob_channel_consent_expiry_timestamp_seconds", connection_id="9001", channel="8701"
+            )
+            assert expiry is not None and expiry > started + 89 * 86400
+            expired = exp.value(
+                "asyncjob_channel_consent_expiry_timestamp_seconds", connection_id="9004", channel="8701"
+            )
+            assert expired is not None and expired < started
+
+            # Every event is counted once, however many polls read the queue.
+            time.sleep(4 * POLL)
+            events = {
+                labels["event_type"]: value
+                for name, labels, value in exp.samples()
+                if name == "asyncjob_queue_events_total" and labels.get("queue") == "20"
+            }
+            assert events["SYNC_STARTED"] == 4
+            assert events["SYNC_ALL_SUCCESS"] == 2
+            assert events["AUTH_FAILED"] == 1
+
+            # A new synchronisation of a connection is a new job.
+            token = httpx.post(
+                f"{sim.url}/oxlin/token",
+                json={
+                    "provider": "linxoConnect",
+                    "grant_type": "client_credentials",
+                    "client_id": "demo-client",
+                    "client_secret": "demo-client-secret-9f2c",
+                },
+            ).json()["access_token"]
+            r = httpx.post(
+                f"{sim.url}/oxlin/connections/9001/synchronize", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert r.status_code == 204
+            wait_for(
+                lambda: len(syncs_of(exp, "9001", "succeeded")) == 2,
+                what="second sync of 9001",
+            )
+        counts = httpx.get(f"{sim.url}/_sim/stats").json()["requests"]
+        assert counts["oxlin.token"] == 2  # the exporter's one, and the test's

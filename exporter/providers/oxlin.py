@@ -1,0 +1,285 @@
+"""Oxlin (Linxo Connect) v2.1: per-user event queues read once each, connections' synchronisations
+tracked as jobs, and connections polled through `GET /connections/{id}`.
+
+A synchronisation job's id is `<connection id>:<epoch of its first event>`: stable across
+polls and restarts, and unique per sync of a connection. A sync starts with the first sync
+event of its connection (or a RUNNING resource) and ends with SYNC_ALL_SUCCESS (succeeded;
+PARTIAL_SUCCESS adds reason "partial"), a failure event such as AUTH_FAILED, or a FAILED
+resource status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from exporter.config import TargetConfig
+from exporter.fetch import NotFound, PollError
+from exporter.model import Channel, Connection, Job, Status
+from exporter.parsing import bounded_label, bounded_reason, parse_timestamp, text_id
+from exporter.providers.base import BadPayload, Http, PollResult, Provider, gather, segment
+
+JOB_TYPE = "synchronisation"
+SUCCESS_EVENTS = frozenset({"SYNC_ALL_SUCCESS", "PARTIAL_SUCCESS", "SYNC_PARTIAL_SUCCESS"})
+# Keys an object holding a queue's events may use.
+EVENT_LISTS = ("events", "data", "items", "results", "value")
+
+
+def is_failure(event_type: str) -> bool:
+    return event_type.endswith(("_FAILED", "_FAILURE", "_ERROR"))
+
+
+def events_of(body: Any) -> list[Any]:
+    """A queue answer's events: one event, a list of them, or an object holding the list."""
+    if body is None:
+        return []
+    if isinstance(body, list):
+        return body
+    if not isinstance(body, dict):
+        raise BadPayload("queue answer is neither an event nor a list of events")
+    if "event_type" in body:
+        return [body]
+    for key in EVENT_LISTS:
+        if isinstance(body.get(key), list):
+            return list(body[key])
+    lists = [v for v in body.values() if isinstance(v, list)]
+    if len(lists) == 1:
+        return lists[0]
+    raise BadPayload("queue answer holds no list of events")
+
+
+@dataclass(frozen=True, order=True)
+class EventKey:
+    """Where an event stands in its queue: by numeric id when there is one, else by creation date."""
+
+    date: float
+    number: int | None
+
+    @classmethod
+    def of(cls, event: dict[str, Any]) -> EventKey:
+        raw = text_id(event.get("id"))
+        return cls(
+            parse_timestamp(event.get("creation_date")) or 0.0, int(raw) if raw and raw.isdigit() else None
+        )
+
+    def after(self, other: EventKey) -> bool:
+        if self.number is not None and other.number is not None:
+            return self.number > other.number
+        return self.date > other.date
+
+    def sort_key(self) -> tuple[int, float]:
+        return (self.number if self.number is not None else -1, self.date)
+
+    def text(self) -> str:
+        return f"{'' if self.number is None else self.number}@{self.date:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> EventKey:
+        number, _, date = text.partition("@")
+        return cls(float(date or 0), int(number) if number.isdigit() else None)
+
+
+def parse_connection(resource: Any) -> Connection:
+    if not isinstance(resource, dict):
+        raise BadPayload("connection is not an object")
+    conn_id = text_id(resource.get("id"))
+    if conn_id is None:
+        raise BadPayload("connection id")
+    channels = []
+    for ch in resource.get("channels") or []:
+        if not isinstance(ch, dict) or text_id(ch.get("channel_definition_id")) is None:
+            raise BadPayload("channels[].channel_definition_id")
+        channels.append(
+            Channel(
+                id=str(text_id(ch.get("channel_definition_id"))),
+                status=str(ch.get("status") or ""),
+                last_success=parse_timestamp(ch.get("last_success_date")),
+                last_end=parse_timestamp(ch.get("last_end_date")),
+                expires=parse_timestamp(ch.get("expires")),
+            )
+        )
+    successes = [c.last_success for c in channels if c.last_success is not None]
+    return Connection(
+        id=conn_id,
+        status=str(resource.get("status") or "").upper(),
+        name=bounded_label(resource.get("name")),
+        last_success=max(successes) if successes else None,
+        channels=tuple(channels),
+    )
+
+
+def consent_expired(conn: Connection, now: float) -> bool:
+    """A PSD2 channel whose consent lapsed: only the end user can renew it (SCA)."""
+    return any(c.expires is not None and c.expires <= now for c in conn.channels)
+
+
+@dataclass
+class OpenSync:
+    """A connection's synchronisation seen started and not yet ended."""
+
+    id: str
+    started: float
+    job: Job | None = None
+
+
+class Oxlin(Provider):
+    name = "oxlin"
+    config_keys: ClassVar[frozenset[str]] = frozenset({"queues", "connections"})
+
+    def __init__(self, target: TargetConfig) -> None:
+        super().__init__(target)
+        self._cursors: dict[str, EventKey] = {}
+        self._open: dict[str, OpenSync] = {}  # connection id -> its running sync
+        self._known: dict[str, None] = dict.fromkeys(target.connections)  # connections to poll, in order
+
+    @classmethod
+    def check_target(cls, target: TargetConfig) -> list[str]:
+        problems = super().check_target(target)
+        if not target.queues and not target.connections:
+            problems.append("queues: an oxlin target needs queues, connections, or both")
+        return problems
+
+    def static_ids(self) -> list[str]:
+        return []  # syncs are found in queues, never configured
+
+    def cursors(self) -> dict[str, str]:
+        return {queue: key.text() for queue, key in self._cursors.items()}
+
+    def restore_cursors(self, cursors: dict[str, str]) -> None:
+        for queue, text in cursors.items():
+            try:
+                self._cursors[queue] = EventKey.parse(text)
+            except ValueError:
+                continue  # an unreadable cursor only means events may be read again
+
+    def id_from_body(self, body: Any) -> str:
+        raise BadPayload("id: oxlin synchronisations are found in the configured queues and connections")
+
+    def parse_job(self, obj: Any) -> Job:
+        raise BadPayload("oxlin synchronisations are found in the configured queues and connections")
+
+    def sync_job(self, event: dict[str, Any], conn: Connection, now: float) -> Job | None:
+        """Fold one CONNECTION event into its connection's sync; the sync's job, or None."""
+        event_type = str(event.get("event_type") or "").upper()
+        at = parse_timestamp(event.get("creation_date")) or now
+        failed = is_failure(event_type) or conn.status == "FAILED"
+        succeeded = not failed and event_type in SUCCESS_EVENTS
+        sync = self._open.get(conn.id)
+        if sync is None:
+            if not (failed or succeeded or event_type.startswith("SYNC") or conn.status == "RUNNING"):
+                return None  # news about the connection, not about a sync
+            sync = OpenSync(f"{conn.id}:{int(at)}", at)
+        if failed:
+            status = Status.FAILED
+            reason = bounded_reason(event_type if is_failure(event_type) else conn.status)
+        elif succeeded:
+            status = Status.SUCCEEDED
+            partial = conn.status == "PARTIAL_SUCCESS" or "PARTIAL" in event_type
+            reason = "partial" if partial else None
+        else:
+            status, reason = Status.RUNNING, None
+        job = Job(
+            id=sync.id,
+            status=status,
+            raw_status=event_type,
+            job_type=JOB_TYPE,
+            created=sync.started,
+            started=sync.started,
+            finished=at if status.terminal else None,
+            updated=at,
+            reason=reason,
+            message=f"{conn.name or conn.id}: {event_type} ({conn.status})"
+            if status is Status.FAILED
+            else None,
+            awaiting_user=status is not Status.SUCCEEDED
+            and (event_type == "AUTH_FAILED" or consent_expired(conn, now)),
+        )
+        if status.terminal:
+            self._open.pop(conn.id, None)
+        else:
+            sync.job = job
+            self._open[conn.id] = sync
+        return job
+
+    def read_events(self, queue: str, events: list[Any], result: PollResult, jobs: dict[str, Job]) -> None:
+        keyed = []
+        for event in events:
+            if not isinstance(event, dict) or text_id(event.get("id")) is None:
+                result.bad_payloads.append(f"queue {queue}: event without an id")
+                continue
+            keyed.append((EventKey.of(event), event))
+        keyed.sort(key=lambda pair: pair[0].sort_key())
+        cursor = self._cursors.get(queue)
+        now = time.time()
+        for key, event in keyed:
+            if cursor is not None and not key.after(cursor):
+                continue  # read in an earlier cycle
+            cursor = key
+            result.queue_events.append((queue, str(event.get("event_type") or "UNKNOWN")))
+            resource = event.get("resource")
+            if str(event.get("resource_type") or "CONNECTION").upper() != "CONNECTION" or resource is None:
+                continue
+            try:
+                conn = parse_connection(resource)
+            except BadPayload as e:
+                result.bad_payloads.append(f"queue {queue} event {event.get('id')}: {e}")
+                continue
+            result.connections.append(conn)
+            self._known.setdefault(conn.id, None)
+            job = self.sync_job(event, conn, now)
+            if job is not None:
+                jobs[job.id] = job
+        if cursor is not None:
+            self._cursors[queue] = cursor
+
+    async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:
+        result = PollResult()
+        # Syncs tracked before a restart carry their connection and start in their id.
+        for job_id in tracked:
+            conn_id, _, start = job_id.rpartition(":")
+            if conn_id and start.isdigit() and conn_id not in self._open:
+                self._open[conn_id] = OpenSync(job_id, float(start))
+                self._known.setdefault(conn_id, None)
+
+        async def read(queue: str) -> list[Any]:
+            return events_of(await http.get_json(f"/queues/{segment(queue)}"))
+
+        jobs: dict[str, Job] = {}
+        for queue, outcome in sorted(await gather(self.target.queues, read), key=lambda p: p[0]):
+            if isinstance(outcome, BadPayload):
+                result.bad_payloads.append(f"queue {queue}: {outcome}")
+            elif isinstance(outcome, list):
+                self.read_events(queue, outcome, result, jobs)
+
+        async def connection(conn_id: str) -> Connection:
+            return parse_connection(await http.get_json(f"/connections/{segment(conn_id)}"))
+
+        now = time.time()
+        for conn_id, got in await gather(list(self._known), connection):
+            if isinstance(got, Connection):
+                result.connections.append(got)
+                sync = self._open.get(got.id)
+                # A lapsed consent stops a running sync until the end user renews it.
+                job = sync.job if sync is not None else None
+                if (
+                    sync is not None
+                    and job is not None
+                    and not job.awaiting_user
+                    and consent_expired(got, now)
+                ):
+                    sync.job = replace(job, awaiting_user=True)
+                    jobs[sync.id] = sync.job
+            elif isinstance(got, NotFound):
+                if conn_id not in self.target.connections:
+                    self._known.pop(conn_id, None)
+                sync = self._open.pop(conn_id, None)
+                if sync is not None:
+                    result.gone.append(sync.id)
+            elif isinstance(got, BadPayload):
+                result.bad_payloads.append(f"connection {conn_id}: {got}")
+            elif isinstance(got, PollError):
+                pass  # counted by the client
+        result.jobs.extend(jobs.values())
+        return result

@@ -1,0 +1,217 @@
+"""Oxlin's (Linxo Connect v2.1) wire format: `POST /token` (JSON body), per-user queues of events,
+`GET /connections/{id}` and the two synchronize calls.
+
+Each simulated job is one synchronisation of one connection. Its events (SYNC_STARTED,
+SYNC_RUNNING at each step, then SYNC_ALL_SUCCESS or the failure event) and the connection's
+resource are functions of time like every other simulated job; an event's id is its rank in
+its queue, which never changes since new events are always the latest.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from exporter.simulator.lifecycle import SimJob
+
+if TYPE_CHECKING:
+    from exporter.simulator.app import Simulator
+
+NAME = "oxlin"
+QUEUE = "20"
+# Connections new syncs pick from (the first free one), so a demo sees the same few again.
+POOL = ("4242", "4243", "4244", "4245", "4246", "4247")
+EMBEDDED, REDIRECT = "8700", "8701"
+CONSENT_DAYS = 90
+QUEUE_LENGTH = 100  # events a queue answer holds at most, the newest
+
+
+def new_job(sim: Simulator, **spec: Any) -> SimJob:
+    spec.setdefault("id", sim.book.new_id())
+    spec.setdefault("steps", ("accounts", "transactions", "balances"))
+    spec.setdefault("owner", QUEUE)
+    spec.setdefault("job_type", "synchronisation")
+    spec.setdefault("error_code", "AUTH_FAILED")
+    connection = spec.pop("connection", None) or free_connection(sim)
+    extra = spec.setdefault("extra", {})
+    extra["connection"] = str(connection)
+    extra.setdefault("name", f"WBX Test Bank {connection}")
+    return SimJob(provider=NAME, **spec)
+
+
+def free_connection(sim: Simulator) -> str:
+    busy = {j.extra["connection"] for j in sim.book.of(NAME) if j.finished_at() is None}
+    for conn in POOL:
+        if conn not in busy:
+            return conn
+    return str(5000 + int(sim.book.new_id()))
+
+
+def connection_at(job: SimJob, at: float) -> dict[str, Any]:
+    """The connection's resource as this sync leaves it at `at`."""
+    at += 1e-6  # an event at a step boundary shows the state it starts, not float rounding's
+    phase, _, _ = job.state(at)
+    finished = job.finished_at(at)
+    previous = job.created - 3600  # the connection's last sync, an hour before this one
+    status = {
+        "pending": "RUNNING",
+        "awaiting_user": "RUNNING",
+        "running": "RUNNING",
+        "succeeded": "PARTIAL_SUCCESS" if job.scenario == "partial" else "SUCCESS",
+        "failed": "FAILED",
+    }[phase]
+    expires = job.created + CONSENT_DAYS * 86400
+    if job.scenario == "mfa":
+        expires = job.created - 86400  # the PSD2 consent lapsed: the user must renew it
+    channels = []
+    for channel in (EMBEDDED, REDIRECT):
+        ch_status = status
+        if status == "PARTIAL_SUCCESS":
+            ch_status = "SUCCESS" if channel == EMBEDDED else "FAILED"
+        ok = ch_status == "SUCCESS"
+        body: dict[str, Any] = {
+            "channel_definition_id": channel,
+            "status": ch_status,
+            "last_success_date": int(finished if ok and finished else previous),
+            "last_end_date": int(finished if finished else previous),
+        }
+        if channel == REDIRECT:
+            body["expires"] = int(expires)
+        channels.append(body)
+    return {
+        "id": job.extra["connection"],
+        "provider_id": "200",
+        "name": job.extra["name"],
+        "status": status,
+        "creation_date": int(job.created - 30 * 86400),
+        "channels": channels,
+    }
+
+
+def job_events(job: SimJob, now: float) -> list[tuple[float, str]]:
+    """(time, event type) of the sync's events up to `now`."""
+    start = job.started_at()
+    if now < start:
+        return []
+    events = [(start, "SYNC_STARTED")]
+    phase, index, _ = job.state(now)
+    if phase == "awaiting_user":
+        return events
+    per = job.seconds_per_step
+    finished = job.finished_at(now)
+    boundaries = [start + i * per for i in range(1, min(index, len(job.steps) - 1) + 1)]
+    events += [(at, "SYNC_RUNNING") for at in boundaries if finished is None or at < finished]
+    if finished is not None:
+        events.append((finished, "SYNC_ALL_SUCCESS" if phase == "succeeded" else job.error_code))
+    return events
+
+
+def queue_events(sim: Simulator, queue: str, now: float) -> list[dict[str, Any]]:
+    # Purged syncs keep their events: ids are ranks and must not move.
+    jobs = [j for j in sim.book.jobs.get(NAME, {}).values() if j.owner == queue]
+    timeline = sorted(
+        ((at, job.created, job.id, event, job) for job in jobs for at, event in job_events(job, now)),
+        key=lambda e: e[:3],
+    )
+    out = []
+    for rank, (at, _, _, event, job) in enumerate(timeline, start=1):
+        out.append(
+            {
+                "id": str(rank),
+                "event_type": event,
+                "resource_type": "CONNECTION",
+                "creation_date": int(at),
+                "resource": connection_at(job, at),
+            }
+        )
+    return out[-QUEUE_LENGTH:]
+
+
+def latest(sim: Simulator, connection: str) -> SimJob | None:
+    jobs = [j for j in sim.book.of(NAME) if j.extra["connection"] == connection]
+    return max(jobs, key=lambda j: j.created) if jobs else None
+
+
+def routes(sim: Simulator) -> list[Route]:
+    from exporter.simulator.app import CREDENTIALS, guarded
+
+    def denied(request: Request) -> Response | None:
+        if sim.tokens.check(request) == "ok":
+            return None
+        return JSONResponse({"error": "invalid_token", "error_description": "Token invalid or expired"}, 401)
+
+    async def token(request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "invalid_request", "error_description": "JSON body expected"}, 400)
+        if not isinstance(body, dict) or body.get("provider") != "linxoConnect":
+            return JSONResponse({"error": "invalid_request", "error_description": "provider"}, 400)
+        if body.get("client_id") != CREDENTIALS["client_id"] or (
+            body.get("client_secret") != CREDENTIALS["client_secret"]
+        ):
+            return JSONResponse({"error": "invalid_client"}, 401)
+        grant = body.get("grant_type")
+        if grant == "password":
+            if (
+                body.get("username") != CREDENTIALS["username"]
+                or body.get("password") != CREDENTIALS["password"]
+            ):
+                return JSONResponse({"error": "invalid_grant"}, 400)
+        elif grant != "client_credentials":
+            return JSONResponse({"error": "unsupported_grant_type"}, 400)
+        access, life = sim.tokens.issue()
+        return JSONResponse({"access_token": access, "token_type": "bearer", "expires_in": int(life)})
+
+    async def queue(request: Request) -> Response:
+        if (no := denied(request)) is not None:
+            return no
+        events = queue_events(sim, request.path_params["queue_id"], time.time())
+        # The API answers one event as itself and several as a list.
+        return JSONResponse(events[0] if len(events) == 1 else events)
+
+    async def connection(request: Request) -> Response:
+        if (no := denied(request)) is not None:
+            return no
+        job = latest(sim, request.path_params["connection_id"])
+        if job is None:
+            return JSONResponse({"error": "not_found", "error_description": "Connection not found"}, 404)
+        return JSONResponse(connection_at(job, time.time()))
+
+    async def synchronize_one(request: Request) -> Response:
+        if (no := denied(request)) is not None:
+            return no
+        conn = request.path_params["connection_id"]
+        previous = latest(sim, conn)
+        if previous is None:
+            return JSONResponse({"error": "not_found", "error_description": "Connection not found"}, 404)
+        sim.create(NAME, connection=conn, owner=previous.owner)
+        return Response(status_code=204)
+
+    async def synchronize_all(request: Request) -> Response:
+        if (no := denied(request)) is not None:
+            return no
+        connections = sorted({j.extra["connection"]: j.owner for j in sim.book.of(NAME)}.items())
+        for conn, owner in connections:
+            sim.create(NAME, connection=conn, owner=owner)
+        return JSONResponse({"connection_links": [f"/connections/{c}" for c, _ in connections]})
+
+    return [
+        Route("/oxlin/token", guarded(sim, NAME, "oxlin.token", token), methods=["POST"]),
+        Route("/oxlin/queues/{queue_id}", guarded(sim, NAME, "oxlin.queue", queue)),
+        Route(
+            "/oxlin/connections/synchronize",
+            guarded(sim, NAME, "oxlin.synchronize", synchronize_all),
+            methods=["POST"],
+        ),
+        Route("/oxlin/connections/{connection_id}", guarded(sim, NAME, "oxlin.connection", connection)),
+        Route(
+            "/oxlin/connections/{connection_id}/synchronize",
+            guarded(sim, NAME, "oxlin.synchronize", synchronize_one),
+            methods=["POST"],
+        ),
+    ]
