@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 from exporter.simulator.app import Simulator
 from exporter.simulator.lifecycle import SCENARIOS
+
+# WillSuite has no discovery: the demo seeds jobs with these ids and tracks them statically.
+WILLSUITE_JOBS = {s: str(uuid.uuid5(uuid.NAMESPACE_URL, f"asyncjob-demo/willsuite/{s}")) for s in SCENARIOS}
 
 
 def demo_targets(sim_url: str, secrets: Path) -> list[dict[str, Any]]:
@@ -18,6 +22,73 @@ def demo_targets(sim_url: str, secrets: Path) -> list[dict[str, Any]]:
             "auth": {"type": "basiq", "api_key_file": str(secrets / "basiq_api_key")},
             "users": ["ea3a81", "b71f02"],
         },
+        {
+            "name": "oxlin-demo",
+            "provider": "oxlin",
+            "base_url": f"{sim_url}/oxlin",
+            "auth": {
+                "type": "oauth2_password",
+                "token_url": f"{sim_url}/oxlin/token",
+                "token_body": "json",
+                "token_params": {"provider": "linxoConnect"},
+                "scope": "connections_sync connections_manage",
+                "client_id": "demo-client",
+                "client_secret_file": str(secrets / "client_secret"),
+                "username": "ops@example.com",
+                "password_file": str(secrets / "password"),
+            },
+            "queues": ["20"],
+            "connections": ["4243"],
+        },
+        {
+            "name": "willsuite-demo",
+            "provider": "willsuite",
+            "base_url": f"{sim_url}/willsuite/engine/api",
+            "auth": {
+                "type": "oauth2_client_credentials",
+                "token_url": f"{sim_url}/willsuite/oauth/token/",
+                "token_body": "json",
+                "client_id": "demo-client",
+                "client_secret_file": str(secrets / "client_secret"),
+            },
+            # Far below WillSuite's advised 5 minutes so the demo moves; the exporter warns once.
+            "poll_interval": "5s",
+            "timezone": "Europe/London",
+            "jobs": list(WILLSUITE_JOBS.values()),
+        },
+        {
+            "name": "aims360-demo",
+            "provider": "aims360",
+            "base_url": f"{sim_url}/aims360",
+            "auth": {"type": "bearer", "token_file": str(secrets / "bearer_token")},
+            "discover_filter": "jobStatus eq 'Queued' or jobStatus eq 'Inprogress'",
+            "auto_rerun": True,
+        },
+        {
+            "name": "exports-demo",
+            "provider": "generic",
+            "base_url": f"{sim_url}/generic",
+            "auth": {"type": "bearer", "token_file": str(secrets / "bearer_token")},
+            "job_path": "/v1/exports/{id}",
+            "list_path": "/v1/exports?state=active",
+            "items": "data",
+            "fields": {
+                "id": "id",
+                "status": "state",
+                "percent": "progress.pct",
+                "type": "kind",
+                "created": "created_at",
+                "started": "started_at",
+                "finished": "finished_at",
+                "updated": "updated_at",
+                "message": "error.message",
+                "reason": "error.code",
+                "records_total": "progress.rows.total",
+                "records_affected": "progress.rows.written",
+                "records_failed": "progress.rows.rejected",
+            },
+            "status_map": {"queued": "pending", "working": "running", "done": "succeeded", "error": "failed"},
+        },
     ]
 
 
@@ -25,4 +96,7 @@ def seed_jobs(sim: Simulator) -> None:
     """One job of each scenario per provider, so every panel has something at once."""
     for provider in sorted(sim.providers):
         for scenario in SCENARIOS:
-            sim.create(provider, scenario=scenario)
+            if provider == "willsuite":
+                sim.create(provider, scenario=scenario, id=WILLSUITE_JOBS[scenario])
+            else:
+                sim.create(provider, scenario=scenario)
