@@ -385,7 +385,9 @@ def render_aggregates(targets: Iterable[TargetState]) -> bytes:
     w = Text()
     w.family("asyncjob_jobs", "Jobs tracked now, by normalised status.", "gauge")
     for s in ts:
-        types = {jt for jt, _ in s.agg.by_status} or {""}
+        # Job types with tracked jobs; a type whose jobs all went (or a registration
+        # placeholder's empty type) leaves no rows of zeros behind.
+        types = {jt for (jt, _), n in s.agg.by_status.items() if n} or {""}
         for jt in sorted(types):
             for st in STATUSES:
                 w.sample("asyncjob_jobs", _tl(s, jt, status=st), s.agg.by_status.get((jt, st), 0))

@@ -169,6 +169,7 @@ class Tracker:
         )
         state.jobs[job.id] = tracked
         state.agg.by_status[(job.job_type, job.status)] += 1
+        self._prime(state, job)
         self._observe_steps(state, tracked, None, now)
         self._on_terminal(state, tracked, now)
         self._changed(state, tracked)
@@ -190,12 +191,37 @@ class Tracker:
         state.agg.by_status[(old.job_type, old.status)] -= 1
         state.agg.by_status[(job.job_type, job.status)] += 1
         tracked.job = job
+        self._prime(state, job)
         # A placeholder (a static or registered id never polled yet) is not an observation.
         self._observe_steps(state, tracked, old if tracked.polled else None, now)
         tracked.polled = True
         self._on_terminal(state, tracked, now)
         self._changed(state, tracked)
         return tracked
+
+    def _prime(self, state: TargetState, job: Job) -> None:
+        """Create a job type's (and step's) counters and histograms at zero when first seen.
+
+        A counter that appears already at 1 loses its first increase to rate() and
+        increase(); created at 0 beforehand, the first finish, failure or step counts.
+        """
+        if job.is_placeholder:
+            return
+        agg, jt = state.agg, job.job_type
+        if (jt, Status.SUCCEEDED) not in agg.finished:
+            from exporter.providers import PROVIDERS
+
+            for final in (Status.SUCCEEDED, Status.FAILED):
+                agg.finished[(jt, final)] += 0
+                agg.job_duration.setdefault((jt, str(final)), Histogram(JOB_DURATION_BUCKETS))
+            for reason in (*PROVIDERS[state.config.provider].known_reasons, "unknown"):
+                agg.failed[(jt, reason)] += 0
+        if job.records_total is not None and jt not in agg.records_processed:
+            agg.records_processed[jt] += 0
+            agg.records_failed[jt] += 0
+        for step in job.steps:
+            if (jt, step.name) not in agg.step_duration:
+                agg.step_duration[(jt, step.name)] = Histogram(STEP_DURATION_BUCKETS)
 
     def _observe_steps(self, state: TargetState, tracked: TrackedJob, old: Job | None, now: float) -> None:
         """Step timing from observations: Basiq's steps carry no timestamps.
@@ -263,10 +289,6 @@ class Tracker:
         """Fold one poll cycle's answers into the target's state."""
         now = now if now is not None else time.time()
         state = self.targets[name]
-        for old_id in result.replaced:
-            old = state.jobs.get(old_id)
-            if old is not None:
-                state.agg.reruns[old.job.job_type] += 1
         for job in result.jobs:
             if job.id in state.jobs:
                 self.update(state, job, now)
@@ -276,6 +298,9 @@ class Tracker:
         for old_id, new_id in result.replaced.items():
             new = state.jobs.get(new_id)
             old = state.jobs.get(old_id)
+            if old is not None:
+                # Counted under the job type this cycle's answers gave (a placeholder has none).
+                state.agg.reruns[(new or old).job.job_type or old.job.job_type] += 1
             if new is not None and old is not None:
                 new.reruns = old.reruns + 1
                 self.drop(name, old_id, "rerun")
@@ -293,7 +318,7 @@ class Tracker:
         tracked = state.jobs.pop(job_id)
         state.agg.by_status[(tracked.job.job_type, tracked.job.status)] -= 1
         state.agg.dropped[reason] += 1
-        if reason in ("retention", "gone"):
+        if reason in ("retention", "gone", "rerun"):
             state.tombstones[job_id] = time.time()
         self._notify_removed(state, job_id)
         return True

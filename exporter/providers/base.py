@@ -60,6 +60,8 @@ class Provider:
     # Provider's own advice on polling, used when the config does not say.
     advised_poll_interval: ClassVar[float | None] = None
     advised_requests_per_second: ClassVar[float | None] = None
+    # Failure reasons the provider documents: their counters exist at 0 before the first one.
+    known_reasons: ClassVar[tuple[str, ...]] = ()
     # Target keys (beyond COMMON_KEYS) this provider reads.
     config_keys: ClassVar[frozenset[str]] = frozenset({"jobs"})
 

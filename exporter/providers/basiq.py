@@ -61,6 +61,17 @@ def job_status(steps: Sequence[Step]) -> Status:
 class Basiq(Provider):
     name = "basiq"
     config_keys: ClassVar[frozenset[str]] = frozenset({"jobs", "users"})
+    known_reasons = (
+        "invalid-credentials",
+        "user-action-required",
+        "system-unavailable",
+        "maintenance",
+        "connector-error",
+        "institution-not-available",
+        "service-unavailable",
+        "job-timed-out",
+        "unknown-error",
+    )
 
     def parse_job(self, obj: Any) -> Job:
         if not isinstance(obj, dict):

@@ -140,5 +140,15 @@ def test_a_static_job_first_polled_long_after_it_finished_gets_no_made_up_step_d
     tr.apply("t", PollResult(jobs=[Job("1", S, created=10, started=10, steps=steps(S, S))]), now=5000)
     t = tr.targets["t"].jobs["1"]
     assert t.step_duration == {}
-    assert tr.targets["t"].agg.step_duration == {}
+    assert all(h.count == 0 for h in tr.targets["t"].agg.step_duration.values())
     assert tr.targets["t"].agg.finished[("", S)] == 1
+
+
+def test_counters_exist_at_zero_before_the_first_finish_so_rate_sees_it() -> None:
+    tr = tracker()
+    tr.track("t", Job("1", R, job_type="report", steps=steps(R)), "discovered")
+    agg = tr.targets["t"].agg
+    assert agg.finished[("report", S)] == 0 and ("report", F) in agg.finished
+    assert ("report", "invalid-credentials") in agg.failed  # Basiq's documented codes
+    assert agg.job_duration[("report", "succeeded")].count == 0
+    assert agg.step_duration[("report", "s0")].count == 0
