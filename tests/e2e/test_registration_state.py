@@ -104,8 +104,10 @@ def test_the_api_contract_and_every_error_code(tmp_path: Path) -> None:
             assert exp.api("DELETE", f"/api/v1/targets/basiq/jobs/{job}", headers=auth).status_code == 204
             assert exp.api("GET", f"/api/v1/targets/basiq/jobs/{job}", headers=auth).status_code == 404
             assert exp.api("DELETE", f"/api/v1/targets/basiq/jobs/{job}", headers=auth).status_code == 404
-            wait_for(lambda: exp.value("asyncjob_job_error_info", job_id=job, reason="connector-error") is None,
-                     what="deleted job gone from /metrics")
+            wait_for(
+                lambda: exp.value("asyncjob_job_error_info", job_id=job, reason="connector-error") is None,
+                what="deleted job gone from /metrics",
+            )
 
             spec = exp.api("GET", "/api/v1/openapi.json").json()
             validate(spec)
