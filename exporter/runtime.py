@@ -98,13 +98,14 @@ class Runtime:
             from exporter.sharding import shard_of
 
             raise WrongShard(shard_of(target, job_id, self.scheduler.total_shards))
-        job: Job
-        try:
-            job = provider.parse_job(body)
-            if job.id != job_id:
-                job = placeholder(job_id)
-        except (BadPayload, KeyError, TypeError, ValueError):
-            job = placeholder(job_id)
+        job: Job = placeholder(job_id)
+        if isinstance(body, dict) and set(body) - {"id"}:  # more than an id: the provider's own answer
+            try:
+                parsed = provider.parse_job(body)
+                if parsed.id == job_id:
+                    job = parsed
+            except (BadPayload, KeyError, TypeError, ValueError):
+                pass  # an answer of another shape: track the id and read the job at its first poll
         existing = state.jobs.get(job_id)
         if existing is not None and job.is_placeholder:
             return existing
