@@ -8,7 +8,7 @@ STAMP   = $(VENV)/.installed
 
 help:
 	@echo "make demo      set up and run the demo (simulator + exporter, no config, no network)"
-	@echo "make test      set up and run every test (installs Prometheus/Alertmanager from Debian if missing)"
+	@echo "make test      set up, lint, and run every test (installs Prometheus/Alertmanager from Debian if missing)"
 	@echo "make lint      ruff and mypy"
 	@echo "make bench     benchmarks, results in docs/benchmarks.md"
 	@echo "make soak      a bounded soak run with faults (about 5 minutes)"
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/asyncjob-exporter demo
 
-test: $(STAMP)
+test: $(STAMP) lint
 	scripts/install-test-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
