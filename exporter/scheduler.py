@@ -122,6 +122,7 @@ class Scheduler:
         name = runner.config.name
         try:
             with runner.scope:
+                self._hand_over(name)
                 for job_id in runner.provider.static_ids():
                     if self.owns(name, job_id) and job_id not in self.tracker.targets[name].jobs:
                         with contextlib.suppress(CapReached):  # counted as dropped{reason="cap"}
@@ -142,6 +143,17 @@ class Scheduler:
             with anyio.CancelScope(shield=True):
                 await runner.http.aclose()
 
+    def _hand_over(self, name: str) -> None:
+        """After a change of --total-shards, drop the static and discovered jobs restored from
+        the state file that now belong to another shard (their owner finds them itself).
+        Registered jobs stay: nobody else would learn of them."""
+        if self.total_shards <= 1:
+            return
+        state = self.tracker.targets[name]
+        for job_id, tracked in list(state.jobs.items()):
+            if tracked.source != "registered" and not self.owns(name, job_id):
+                self.tracker.drop(name, job_id, "resharded")
+
     async def _cycle(self, runner: TargetRunner) -> None:
         name = runner.config.name
         state = self.tracker.targets[name]
@@ -155,7 +167,8 @@ class Scheduler:
             log.exception("provider failed", extra={"target": name})
             result = PollResult(bad_payloads=["provider error"])
         if self.total_shards > 1:
-            result.jobs = [j for j in result.jobs if self.owns(name, j.id)]
+            # Another shard's jobs are left to it, unless this replica accepted them already.
+            result.jobs = [j for j in result.jobs if j.id in state.jobs or self.owns(name, j.id)]
         self.tracker.apply(name, result, time.time())
         if self.store is not None:
             cursors = runner.provider.cursors()
