@@ -29,9 +29,9 @@ from exporter.fetch import ERROR_REASONS
 from exporter.model import STATUSES, Status
 from exporter.tracker import Histogram, TargetState, TrackedJob, Tracker
 
-GROUP_SIZE = (
-    128  # jobs per compressed group: small enough to recompress cheaply, large enough to compress well
-)
+# Jobs per compressed group: a refresh of one group (~1 ms) is the longest a scrape waits
+# on the background refresh; more jobs per group would compress a little better.
+GROUP_SIZE = 32
 GZIP_LEVEL = 1
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -239,12 +239,11 @@ class Group:
     state, so memory per job is the tracker's own plus a share of compressed bytes.
     """
 
-    __slots__ = ("dirty", "gz", "jobs", "state")
+    __slots__ = ("gz", "jobs", "state")
 
     def __init__(self, state: TargetState) -> None:
         self.state = state
         self.jobs: dict[str, TrackedJob] = {}
-        self.dirty = True
         self.gz: tuple[bytes, ...] | None = None  # None until first rendered
 
     def refresh(self) -> None:
@@ -255,7 +254,6 @@ class Group:
             for part, family in zip(parts, JOB_FAMILIES, strict=True):
                 part.append(family.lines(tracked, prefix))
         self.gz = tuple(gzip_member("".join(p).encode()) if any(p) else b"" for p in parts)
-        self.dirty = False
 
 
 class JobSeries:
@@ -271,13 +269,9 @@ class JobSeries:
     def __init__(self) -> None:
         self.groups: dict[str, list[Group]] = {}  # target -> groups
         self.where: dict[tuple[str, str], Group] = {}  # (target, job_id) -> its group
-        self.dirty = 0
-        self.version = 0  # bumped by every refresh that changed something
-
-    def _mark(self, group: Group) -> None:
-        if not group.dirty:
-            group.dirty = True
-            self.dirty += 1
+        self.dirty: set[Group] = set()
+        self.version = 0  # bumped whenever a group's members changed
+        self.scrapes = 0  # scrapes being served; the background refresh waits for them
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
         key = (state.config.name, tracked.job.id)
@@ -292,56 +286,58 @@ class JobSeries:
             if group is None:
                 group = Group(state)
                 groups.append(group)
-                self.dirty += 1
             self.where[key] = group
         group.jobs[key[1]] = tracked
         group.state = state
-        self._mark(group)
+        self.dirty.add(group)
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
         group = self.where.pop((state.config.name, job_id), None)
-        if group is not None:
-            group.jobs.pop(job_id, None)
-            self._mark(group)
-            if not group.jobs:
-                groups = self.groups.get(state.config.name, [])
-                if group in groups:
-                    groups.remove(group)
-                self.dirty -= 1
-                self.version += 1
+        if group is None:
+            return
+        group.jobs.pop(job_id, None)
+        if group.jobs:
+            self.dirty.add(group)
+            return
+        groups = self.groups.get(state.config.name, [])
+        if group in groups:
+            groups.remove(group)
+        self.dirty.discard(group)
+        self.version += 1
 
     def _all(self) -> list[Group]:
         return [g for gs in self.groups.values() for g in gs]
 
-    def refresh(self) -> None:
-        """Render every dirty group now."""
-        for g in self._all():
-            if g.dirty:
-                g.refresh()
-        self.dirty = 0
+    def _refresh(self, group: Group) -> None:
+        self.dirty.discard(group)
+        group.refresh()
         self.version += 1
 
+    def refresh(self) -> None:
+        """Render every dirty group now."""
+        for g in list(self.dirty):
+            self._refresh(g)
+
     async def refresh_in_background(self, period: float = 0.1) -> None:
-        """Keep the cached members current, a group at a time."""
+        """Keep the cached members current, a group at a time; scrapes go first."""
         while True:
-            if self.dirty:
-                self.dirty = 0
-                for g in self._all():
-                    if g.dirty:
-                        g.refresh()
-                        await anyio.sleep(0)
-                self.version += 1
+            while self.dirty:
+                with anyio.move_on_after(0.25):  # a scrape is being served: let it finish
+                    while self.scrapes > 0:
+                        await anyio.sleep(0.001)
+                if self.dirty:
+                    self._refresh(next(iter(self.dirty)))
+                await anyio.sleep(0)
             await anyio.sleep(period)
 
     def members(self, fresh: bool) -> Iterator[bytes]:
         """Every family's header member, then each group's member of that family."""
-        groups = self._all()
-        if fresh and self.dirty:
+        if fresh:
             self.refresh()
+        groups = self._all()
         for g in groups:
-            if g.gz is None:  # never rendered yet: nothing stale to serve
-                g.refresh()
-                self.version += 1
+            if g.gz is None:  # never rendered yet: nothing older to serve
+                self._refresh(g)
         for i, header in enumerate(JOB_FAMILY_HEADERS_GZ):
             yield header
             for g in groups:
@@ -562,7 +558,7 @@ def render_http_stats(w: Text, stats: dict[str, tuple[int, dict[str, int]]]) -> 
 def render_dropped(w: Text, ts: list[TargetState]) -> None:
     w.family(
         "asyncjob_jobs_dropped_total",
-        "Jobs no longer tracked, by reason (retention, gone, cap, deleted, rerun).",
+        "Jobs no longer tracked, by reason (retention, gone, cap, deleted, rerun, resharded).",
         "counter",
     )
     for s in ts:

@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from exporter import __version__
 from exporter.model import STATUSES
@@ -40,6 +41,20 @@ code{{background:#f3f3f3;padding:0 .25rem}}td,th{{padding:.2rem .8rem;text-align
 """
 
 
+class ScrapeResponse(Response):
+    """The /metrics answer; lets the background refresh go on once it is sent (or abandoned)."""
+
+    def __init__(self, *args: Any, jobs: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._jobs = jobs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._jobs.scrapes -= 1
+
+
 def _error(status: int, message: str, **more: Any) -> JSONResponse:
     return JSONResponse({"error": message, **more}, status_code=status)
 
@@ -49,9 +64,15 @@ def build_app(runtime: Runtime, middleware: Any = None) -> Starlette:
         gz = "gzip" in request.headers.get("accept-encoding", "")
         # Prometheus' Go client reads concatenated gzip members; others get a single member.
         multi = request.headers.get("user-agent", "").startswith("Prometheus/")
-        body = runtime.exposition.render(gz=gz, multi_member=multi, fresh=False)
+        jobs = runtime.exposition.jobs
+        jobs.scrapes += 1  # holds the background refresh until the body is sent
+        try:
+            body = runtime.exposition.render(gz=gz, multi_member=multi, fresh=False)
+        except BaseException:
+            jobs.scrapes -= 1
+            raise
         headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz else {}
-        return Response(body, media_type=CONTENT_TYPE, headers=headers)
+        return ScrapeResponse(body, media_type=CONTENT_TYPE, headers=headers, jobs=jobs)
 
     async def landing(request: Request) -> Response:
         from html import escape

@@ -66,6 +66,10 @@ def test_every_fault_is_counted_by_reason_while_healthy_targets_keep_their_caden
             targets.append(target(sim, secrets, name, [job], timeout="1s"))
         healthy_job = create_job(sim, "basiq", owner="nobody")
         targets.append(target(sim, secrets, "healthy", [healthy_job]))
+        # JSON served as text/plain is still JSON: read, not refused.
+        mislabelled = create_job(sim, "basiq", owner="nobody")
+        inject(sim, route="basiq.job", job_id=mislabelled, kind="wrong_content_type")
+        targets.append(target(sim, secrets, "fctype", [mislabelled]))
         cfg = {"global": {"poll_interval": "0.5s", "max_response_bytes": 1048576}, "targets": targets}
         with exporter(tmp_path, cfg, wait_ready=False) as exp:
             wait_for(lambda: exp.value("asyncjob_target_up", target="healthy") == 1, what="healthy target up")
@@ -84,6 +88,8 @@ def test_every_fault_is_counted_by_reason_while_healthy_targets_keep_their_caden
             after = exp.value("asyncjob_poll_requests_total", target="healthy") or 0
             assert after - before >= 4, (before, after)
             assert exp.value("asyncjob_target_up", target="healthy") == 1
+            assert exp.value("asyncjob_target_up", target="fctype") == 1
+            assert exp.value("asyncjob_job_status", job_id=mislabelled, status="running") == 1
             # Oversized answers were refused while reading: memory stays bounded.
             assert rss_kib(exp.popen.pid) < 200 * 1024
             assert exp.api("GET", "/healthz").status_code == 200
