@@ -135,6 +135,8 @@ async def over_http(
         try:
             async with ScrapeClient(server.port) as client:
                 headers, body = await client.scrape()  # compresses every group
+                while jobs.dirty:  # "nothing changed": no refresh under way either
+                    await anyio.sleep(0.01)
                 quiet = []
                 for _ in range(unchanged):
                     t = time.perf_counter()

@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exporter import __version__
 from exporter.model import STATUSES
@@ -41,38 +41,35 @@ code{{background:#f3f3f3;padding:0 .25rem}}td,th{{padding:.2rem .8rem;text-align
 """
 
 
-class ScrapeResponse(Response):
-    """The /metrics answer; lets the background refresh go on once it is sent (or abandoned)."""
+def scrapes_first(app: ASGIApp, jobs: Any) -> ASGIApp:
+    """Hold the background refresh of per-job series from the moment a scrape arrives until
+    its body is sent, so a scrape never waits on rendering."""
 
-    def __init__(self, *args: Any, jobs: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._jobs = jobs
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/metrics":
+            await app(scope, receive, send)
+            return
+        jobs.scrapes += 1
         try:
-            await super().__call__(scope, receive, send)
+            await app(scope, receive, send)
         finally:
-            self._jobs.scrapes -= 1
+            jobs.scrapes -= 1
+
+    return wrapped
 
 
 def _error(status: int, message: str, **more: Any) -> JSONResponse:
     return JSONResponse({"error": message, **more}, status_code=status)
 
 
-def build_app(runtime: Runtime, middleware: Any = None) -> Starlette:
+def build_app(runtime: Runtime, middleware: Any = None) -> ASGIApp:
     async def metrics(request: Request) -> Response:
         gz = "gzip" in request.headers.get("accept-encoding", "")
         # Prometheus' Go client reads concatenated gzip members; others get a single member.
         multi = request.headers.get("user-agent", "").startswith("Prometheus/")
-        jobs = runtime.exposition.jobs
-        jobs.scrapes += 1  # holds the background refresh until the body is sent
-        try:
-            body = runtime.exposition.render(gz=gz, multi_member=multi, fresh=False)
-        except BaseException:
-            jobs.scrapes -= 1
-            raise
+        body = runtime.exposition.render(gz=gz, multi_member=multi, fresh=False)
         headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz else {}
-        return ScrapeResponse(body, media_type=CONTENT_TYPE, headers=headers, jobs=jobs)
+        return Response(body, media_type=CONTENT_TYPE, headers=headers)
 
     async def landing(request: Request) -> Response:
         from html import escape
@@ -198,7 +195,7 @@ def build_app(runtime: Runtime, middleware: Any = None) -> Starlette:
         Route("/api/v1/targets/{target}/jobs/{job_id:path}", api(get_job), methods=["GET"]),
         Route("/api/v1/targets/{target}/jobs/{job_id:path}", api(delete_job), methods=["DELETE"]),
     ]
-    return Starlette(routes=routes, middleware=middleware or [])
+    return scrapes_first(Starlette(routes=routes, middleware=middleware or []), runtime.exposition.jobs)
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
