@@ -11,7 +11,7 @@ import gzip
 import math
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from prometheus_client import (
 from exporter import __version__
 from exporter.fetch import ERROR_REASONS
 from exporter.model import STATUSES, Status
-from exporter.tracker import Histogram, TargetState, TrackedJob, Tracker
+from exporter.tracker import Aggregates, Histogram, TargetState, TrackedJob, Tracker
 
 # Jobs per compressed group: a refresh of one group (~1 ms) is the longest a scrape waits
 # on the background refresh; more jobs per group would compress a little better.
@@ -376,6 +376,63 @@ def _tl(state: TargetState, job_type: str, **more: str) -> str:
     return labels(target=state.config.name, job_type=job_type, **more)
 
 
+# Counters and histograms per target and job type: (name, help, type, where in the target's
+# Aggregates, the label of the key's second part or None when keyed by job type alone).
+AGGREGATE_FAMILIES: tuple[
+    tuple[str, str, str, Callable[[Aggregates], Mapping[Any, Any]], str | None], ...
+] = (
+    (
+        "asyncjob_jobs_finished_total",
+        "Jobs seen finishing, each counted once, by final status.",
+        "counter",
+        lambda a: a.finished,
+        "status",
+    ),
+    (
+        "asyncjob_jobs_failed_total",
+        "Failed jobs by bounded reason, each counted once.",
+        "counter",
+        lambda a: a.failed,
+        "reason",
+    ),
+    (
+        "asyncjob_job_duration_seconds",
+        "Duration of finished jobs, start (else creation) to end.",
+        "histogram",
+        lambda a: a.job_duration,
+        "status",
+    ),
+    (
+        "asyncjob_step_duration_seconds",
+        "Observed duration of finished steps (resolution: one poll).",
+        "histogram",
+        lambda a: a.step_duration,
+        "step",
+    ),
+    (
+        "asyncjob_records_processed_total",
+        "Records of finished jobs (total), each job counted once.",
+        "counter",
+        lambda a: a.records_processed,
+        None,
+    ),
+    (
+        "asyncjob_records_failed_total",
+        "Failed records of finished jobs, each job counted once.",
+        "counter",
+        lambda a: a.records_failed,
+        None,
+    ),
+    (
+        "asyncjob_job_reruns_total",
+        "Reruns of failed jobs started by the exporter.",
+        "counter",
+        lambda a: a.reruns,
+        None,
+    ),
+)
+
+
 def render_aggregates(targets: Iterable[TargetState]) -> bytes:
     ts = list(targets)
     w = Text()
@@ -387,50 +444,15 @@ def render_aggregates(targets: Iterable[TargetState]) -> bytes:
         for jt in sorted(types):
             for st in STATUSES:
                 w.sample("asyncjob_jobs", _tl(s, jt, status=st), s.agg.by_status.get((jt, st), 0))
-    w.family(
-        "asyncjob_jobs_finished_total", "Jobs seen finishing, each counted once, by final status.", "counter"
-    )
-    for s in ts:
-        for (jt, final), v in sorted(s.agg.finished.items()):
-            w.sample("asyncjob_jobs_finished_total", _tl(s, jt, status=final), v)
-    w.family("asyncjob_jobs_failed_total", "Failed jobs by bounded reason, each counted once.", "counter")
-    for s in ts:
-        for (jt, reason), v in sorted(s.agg.failed.items()):
-            w.sample("asyncjob_jobs_failed_total", _tl(s, jt, reason=reason), v)
-    w.family(
-        "asyncjob_job_duration_seconds",
-        "Duration of finished jobs, start (else creation) to end.",
-        "histogram",
-    )
-    for s in ts:
-        for (jt, final), h in sorted(s.agg.job_duration.items()):
-            w.histogram("asyncjob_job_duration_seconds", _tl(s, jt, status=final), h)
-    w.family(
-        "asyncjob_step_duration_seconds",
-        "Observed duration of finished steps (resolution: one poll).",
-        "histogram",
-    )
-    for s in ts:
-        for (jt, step), h in sorted(s.agg.step_duration.items()):
-            w.histogram("asyncjob_step_duration_seconds", _tl(s, jt, step=step), h)
-    w.family(
-        "asyncjob_records_processed_total",
-        "Records of finished jobs (total), each job counted once.",
-        "counter",
-    )
-    for s in ts:
-        for jt, v in sorted(s.agg.records_processed.items()):
-            w.sample("asyncjob_records_processed_total", _tl(s, jt), v)
-    w.family(
-        "asyncjob_records_failed_total", "Failed records of finished jobs, each job counted once.", "counter"
-    )
-    for s in ts:
-        for jt, v in sorted(s.agg.records_failed.items()):
-            w.sample("asyncjob_records_failed_total", _tl(s, jt), v)
-    w.family("asyncjob_job_reruns_total", "Reruns of failed jobs started by the exporter.", "counter")
-    for s in ts:
-        for jt, v in sorted(s.agg.reruns.items()):
-            w.sample("asyncjob_job_reruns_total", _tl(s, jt), v)
+    for name, help_, type_, of, label in AGGREGATE_FAMILIES:
+        w.family(name, help_, type_)
+        for s in ts:
+            for key, value in sorted(of(s.agg).items()):
+                job_type, more = (key, {}) if label is None else (key[0], {label: str(key[1])})
+                if isinstance(value, Histogram):
+                    w.histogram(name, _tl(s, job_type, **more), value)
+                else:
+                    w.sample(name, _tl(s, job_type, **more), value)
     _render_connections(w, ts)
     _render_targets(w, ts)
     return w.bytes()
