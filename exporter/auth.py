@@ -91,13 +91,15 @@ class TokenAuth(httpx.Auth):
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         for attempt in range(2):
-            async with self._lock:
-                if not self._valid():
-                    self.token_requests += 1
-                    token_response = yield self.token_request()
-                    await token_response.aread()
-                    self._store(token_response)
-                token = self._token
+            token = self._token if self._valid() else None
+            if token is None:  # only the renewal is serialised; a valid token needs no lock
+                async with self._lock:
+                    if not self._valid():
+                        self.token_requests += 1
+                        token_response = yield self.token_request()
+                        await token_response.aread()
+                        self._store(token_response)
+                    token = self._token
             request.headers["Authorization"] = f"Bearer {token}"
             response = yield request
             if attempt == 0 and response.status_code in (401, 403):

@@ -21,6 +21,21 @@ USER_AGENT = f"asyncjob-exporter/{__version__}"
 MAX_RETRY_AFTER = 3600.0
 
 
+class _Where:
+    """`GET /path` for error messages, built only when one is raised (URL parsing is not free)."""
+
+    __slots__ = ("method", "url")
+
+    def __init__(self, method: str, url: str) -> None:
+        self.method, self.url = method, url
+
+    def __str__(self) -> str:
+        return f"{self.method} {httpx.URL(self.url).path}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
 class PollError(Exception):
     """A request that failed; `reason` is one of ERROR_REASONS. Messages never carry secrets."""
 
@@ -164,12 +179,12 @@ class TargetHttp:
 
     async def _send(self, method: str, path: str, params: Mapping[str, str] | None, json_body: Any) -> Any:
         url = self.url(path)
-        where = f"{method} {httpx.URL(url).path}"
+        where = _Where(method, url)
         try:
             async with self.client.stream(method, url, params=params, json=json_body) as response:
                 status = response.status_code
                 if status == 404:
-                    raise NotFound(where)
+                    raise NotFound(str(where))
                 if status == 429 or status >= 500:
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     reason = "http_429" if status == 429 else "http_5xx"
@@ -196,7 +211,7 @@ class TargetHttp:
         except ValueError:
             raise PollError("bad_body", f"{where}: answer is not JSON") from None
 
-    async def _read_capped(self, response: httpx.Response, where: str) -> bytes:
+    async def _read_capped(self, response: httpx.Response, where: _Where) -> bytes:
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self._max_bytes:
             raise PollError("bad_body", f"{where}: answer of {declared} bytes exceeds {self._max_bytes}")
