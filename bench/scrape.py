@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import gzip
+import socket
 import statistics
 import time
 import zlib
@@ -12,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -88,31 +88,54 @@ def in_process(
 
 
 class ScrapeClient:
-    """One kept-alive HTTP/1.1 connection asking as Prometheus does; reads the raw (gzip) body."""
+    """One kept-alive HTTP/1.1 connection asking as Prometheus does; reads the raw (gzip) body.
+
+    It reads from its own thread, as a scraper in another process would, so its reads do not
+    take turns with the server on the server's event loop.
+    """
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.stream: Any = None
-        self.reader: BufferedByteReceiveStream | None = None
+        self.sock: socket.socket | None = None
+        self.buffer = b""
 
     async def __aenter__(self) -> ScrapeClient:
-        self.stream = await anyio.connect_tcp("127.0.0.1", self.port)
-        self.reader = BufferedByteReceiveStream(self.stream)
+        self.sock = socket.create_connection(("127.0.0.1", self.port))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.stream.aclose()
+        assert self.sock is not None
+        self.sock.close()
 
     async def scrape(self, request: bytes = PROMETHEUS) -> tuple[dict[str, str], bytes]:
-        assert self.reader is not None
-        await self.stream.send(request)
-        head = await self.reader.receive_until(b"\r\n\r\n", 65536)
+        return await anyio.to_thread.run_sync(self._scrape, request)
+
+    def _scrape(self, request: bytes) -> tuple[dict[str, str], bytes]:
+        assert self.sock is not None
+        self.sock.sendall(request)
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         if " 200 " not in lines[0] + " ":
             raise RuntimeError(f"/metrics answered {lines[0]!r}")
         headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)}
-        body = await self.reader.receive_exactly(int(headers["content-length"]))
+        length = int(headers["content-length"])
+        chunks, have = [self.buffer], len(self.buffer)
+        while have < length:
+            chunk = self._recv()
+            chunks.append(chunk)
+            have += len(chunk)
+        data = b"".join(chunks)
+        body, self.buffer = data[:length], data[length:]
         return headers, body
+
+    def _recv(self) -> bytes:
+        assert self.sock is not None
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise RuntimeError("/metrics connection closed")
+        return chunk
 
 
 def runtime_for(n_jobs: int, per_job_metrics: bool = True) -> Runtime:
