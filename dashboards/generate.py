@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mixin import boards, rules
@@ -33,26 +31,13 @@ HEADER = (
 )
 
 
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    # Multi-line PromQL reads best as a literal block.
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
-
-
 def dashboards(cfg: Config = CONFIG) -> dict[str, dict[str, Any]]:
     return {"overview": boards.overview(cfg), "job": boards.job(cfg)}
 
 
 def render(cfg: Config = CONFIG) -> dict[str, str]:
     """Every generated file: repository-relative path -> exact text."""
-    rule_text = yaml.dump(rules.rule_groups(cfg), Dumper=_Dumper, sort_keys=False, width=1000)
+    rule_text = rules.dump_yaml(rules.rule_groups(cfg))
     files = {RULES_PATH: HEADER + rule_text}
     for key, board in dashboards(cfg).items():
         files[DASHBOARD_PATHS[key]] = json.dumps(board, indent=2, ensure_ascii=False) + "\n"

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from . import queries as q
 from .config import Config
 
@@ -231,3 +233,22 @@ def alert_names(cfg: Config) -> list[str]:
     sel = cfg.exporter_selector
     alerts = [*job_alerts(cfg, sel), *aggregate_alerts(cfg, sel), *target_alerts(cfg, sel)]
     return [alert.name for alert in (*alerts, *oxlin_alerts(cfg, sel))]
+
+
+class _RuleDumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # Multi-line PromQL reads best as a literal block.
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_RuleDumper.add_representer(str, _str)
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML for rule files (ours and the PrometheusRule wrapping them): keys in order, PromQL
+    on one line unless it has several."""
+    return yaml.dump(data, Dumper=_RuleDumper, sort_keys=False, width=1000)

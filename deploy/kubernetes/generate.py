@@ -15,6 +15,10 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "dashboards"))
+
+from mixin.rules import dump_yaml  # noqa: E402  (the same YAML as the rule file it wraps)
+
 SOURCE = REPO / "alerts" / "asyncjob.rules.yml"
 OUTPUT = REPO / "deploy" / "kubernetes" / "rules" / "prometheusrule.yaml"
 
@@ -24,19 +28,6 @@ HEADER = (
     "# Prometheus Operator loads it when its ruleSelector matches these labels; the Helm chart\n"
     "# kube-prometheus-stack, for one, selects `release: <its release name>` by default.\n"
 )
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    # Multi-line PromQL reads best as a literal block, as in the source file.
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
 
 
 def prometheus_rule(groups: list[dict[str, Any]]) -> dict[str, Any]:
@@ -53,7 +44,7 @@ def prometheus_rule(groups: list[dict[str, Any]]) -> dict[str, Any]:
 
 def render(source: Path = SOURCE) -> str:
     groups = yaml.safe_load(source.read_text(encoding="utf-8"))["groups"]
-    body = yaml.dump(prometheus_rule(groups), Dumper=_Dumper, sort_keys=False, width=1000)
+    body = dump_yaml(prometheus_rule(groups))
     return HEADER + body
 
 
