@@ -58,7 +58,6 @@ class TokenAuth(httpx.Auth):
         self._token: str | None = None
         self._expires_at = 0.0
         self._lock = anyio.Lock()
-        self.token_requests = 0
 
     def token_request(self) -> httpx.Request:
         raise NotImplementedError
@@ -95,7 +94,6 @@ class TokenAuth(httpx.Auth):
             if token is None:  # only the renewal is serialised; a valid token needs no lock
                 async with self._lock:
                     if not self._valid():
-                        self.token_requests += 1
                         token_response = yield self.token_request()
                         await token_response.aread()
                         self._store(token_response)

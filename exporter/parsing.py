@@ -88,10 +88,6 @@ def dig(obj: Any, path: str, default: Any = None) -> Any:
     return cur
 
 
-def has_path(obj: Any, path: str) -> bool:
-    return dig(obj, path, _MISSING) is not _MISSING
-
-
 def map_status(raw: Any, mapping: Mapping[str, Status]) -> tuple[Status, str]:
     """Map a provider status through `mapping` (case-insensitive); unmapped → unknown, raw kept."""
     text = "" if raw is None else str(raw)

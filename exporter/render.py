@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
-import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -620,7 +619,6 @@ class Exposition:
         tracker.listeners.append(self.jobs)
         self._http_stats = http_stats
         self._extra = extra
-        self.started = time.time()
         self._single: tuple[int, bytes, Any] | None = None
 
     def scrape_time_text(self) -> bytes:

@@ -34,7 +34,6 @@ class TargetRunner:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     wake: anyio.Event = field(default_factory=anyio.Event)
     failures: int = 0
-    cycles: int = 0
 
 
 def next_delay(interval: float, failures: int, retry_after: float | None, rng: random.Random) -> float:
@@ -184,7 +183,6 @@ class Scheduler:
         for seconds in stats.durations:
             state.poll_duration.observe(seconds)
         stats.durations.clear()
-        runner.cycles += 1
         state.polled_once = True
         ok = stats.cycle_errors == 0
         state.up = ok

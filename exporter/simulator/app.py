@@ -99,7 +99,6 @@ class Simulator:
         self.faults: list[Fault] = []
         self.rng = random.Random(seed)
         self.providers: dict[str, Any] = {}
-        self.started = time.time()
 
     # --- jobs ------------------------------------------------------------------------
     def create(self, provider: str, **spec: Any) -> SimJob:
