@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from exporter.model import Status
+from exporter.model import Cause, Status
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -253,6 +253,10 @@ class TargetConfig(_Strict):
     max_jobs_per_target: int | None = Field(None, ge=1)
     max_requests_per_second: float | None = Field(None, gt=0)
     per_job_metrics: bool = Field(True, description="False keeps only aggregates: far fewer series.")
+    cause_map: dict[str, Cause] = Field(
+        default_factory=dict,
+        description="Failure reason -> who must act (user|provider|unknown), over the provider's own map.",
+    )
     # Discovery and provider specifics; each provider says which it reads.
     jobs: list[str] = Field(default_factory=list)
     users: list[str] = Field(default_factory=list)

@@ -23,6 +23,17 @@ class Status(StrEnum):
 STATUSES: tuple[Status, ...] = tuple(Status)
 
 
+class Cause(StrEnum):
+    """Who must act on a failed job: the end user, the provider, or nobody knows."""
+
+    USER = "user"
+    PROVIDER = "provider"
+    UNKNOWN = "unknown"
+
+
+CAUSES: tuple[Cause, ...] = tuple(Cause)
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """One step of a job (Basiq's steps, a generic API's stages)."""
@@ -59,6 +70,9 @@ class Job:
     attempts: int | None = None
     reason: str | None = None
     message: str | None = None
+    # Who must act, when the answer itself says so (an expired MFA, a lapsed consent); else the
+    # provider's map of reasons decides, overridden by the target's `cause_map`.
+    cause: Cause | None = None
     awaiting_user: bool = False
     # Provider-specific follow-up: e.g. the AIMS360 rerun that replaced this job.
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)

@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from exporter.model import Job, Status, Step
+from exporter.model import Cause, Job, Status, Step
 from exporter.tracker import TargetState, TrackedJob, Tracker
 
 log = logging.getLogger("asyncjob.state")
@@ -62,6 +62,8 @@ def tracked_to_dict(t: TrackedJob) -> dict[str, Any]:
 def tracked_from_dict(data: dict[str, Any]) -> TrackedJob:
     job_data = {k: v for k, v in data["job"].items() if k in _JOB_FIELDS}
     job_data["status"] = Status(job_data["status"])
+    if job_data.get("cause") is not None:
+        job_data["cause"] = Cause(job_data["cause"])
     job_data["steps"] = tuple(
         Step(**{**{k: v for k, v in s.items() if k in _STEP_FIELDS}, "status": Status(s["status"])})
         for s in job_data.get("steps", ())

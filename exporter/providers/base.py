@@ -6,7 +6,7 @@ tracked ids (batching, discovery) and how to read the answers into `Job`s.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from urllib.parse import quote
@@ -15,14 +15,16 @@ import anyio
 
 from exporter.config import INHERITED_KEYS
 from exporter.fetch import NotFound, PollError
-from exporter.model import Connection, Job
+from exporter.model import Cause, Connection, Job
 from exporter.parsing import text_id
 
 if TYPE_CHECKING:
     from exporter.config import TargetConfig
 
 # Keys of a target every provider accepts; the rest are provider specifics (Provider.config_keys).
-COMMON_KEYS = frozenset({"name", "provider", "base_url", "auth", "per_job_metrics", *INHERITED_KEYS})
+COMMON_KEYS = frozenset(
+    {"name", "provider", "base_url", "auth", "per_job_metrics", "cause_map", *INHERITED_KEYS}
+)
 
 
 class Http(Protocol):
@@ -62,6 +64,9 @@ class Provider:
     advised_requests_per_second: ClassVar[float | None] = None
     # Failure reasons the provider documents: their counters exist at 0 before the first one.
     known_reasons: ClassVar[tuple[str, ...]] = ()
+    # Who must act on each documented failure reason; a reason not named here is `unknown`,
+    # unless the job's answer says (Job.cause) or the target's `cause_map` overrides it.
+    causes: ClassVar[Mapping[str, Cause]] = {}
     # Target keys (beyond COMMON_KEYS) this provider reads.
     config_keys: ClassVar[frozenset[str]] = frozenset({"jobs"})
 
