@@ -13,7 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.config import build_settings
 from exporter.model import Job, Status, Step
 from exporter.providers.base import PollResult
-from exporter.render import GROUP_SIZE, Exposition, escape
+from exporter.render import Exposition
+from exporter.render.groups import GROUP_SIZE
+from exporter.render.text import escape
 from exporter.tracker import Tracker
 
 
