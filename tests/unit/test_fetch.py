@@ -9,11 +9,12 @@ import pytest
 
 from exporter.config import build_settings
 from exporter.fetch import NotFound, PollError, TargetHttp, parse_retry_after
+from exporter.providers import PROVIDERS
 
 
 def make_http(handler: Any, **glob: Any) -> TargetHttp:
     s = build_settings(
-        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}
+        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS
     )
     return TargetHttp(s.resolved(s.targets[0]), transport=httpx.MockTransport(handler))
 
