@@ -58,9 +58,13 @@ async def _signals(runtime: Runtime | None, servers: list[Server], scope: anyio.
 
 
 async def serve_exporter(
-    runtime: Runtime, address: str, ssl: dict[str, Any] | None = None, middleware: Any = None
+    runtime: Runtime,
+    address: str,
+    ssl: dict[str, Any] | None = None,
+    middleware: Any = None,
+    lifecycle: bool = False,
 ) -> None:
-    app = build_app(runtime, middleware)
+    app = build_app(runtime, middleware, lifecycle=lifecycle)
     server = Server(app, address, ssl)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_signals, runtime, [server], tg.cancel_scope)
@@ -72,7 +76,12 @@ async def serve_exporter(
 
 
 def run_exporter(
-    config_file: str | None, address: str, web_config: str | None, shard: int, total_shards: int
+    config_file: str | None,
+    address: str,
+    web_config: str | None,
+    shard: int,
+    total_shards: int,
+    lifecycle: bool = False,
 ) -> int:
     try:
         settings = load_settings(config_file, PROVIDERS)
@@ -103,7 +112,7 @@ def run_exporter(
     except Exception as e:  # a broken state file must say so, not trace back
         print(f"state_file: {e}", file=sys.stderr)
         return 2
-    return _run(serve_exporter, runtime, address, web.ssl, web.middleware())
+    return _run(serve_exporter, runtime, address, web.ssl, web.middleware(), lifecycle)
 
 
 def run_simulate(address: str, step_seconds: float, trickle: float, seed: int | None) -> int:

@@ -92,6 +92,8 @@ class Scheduler:
             provider = PROVIDERS[rt.provider](rt.config)
             if self.store is not None:
                 provider.restore_cursors(self.store.cursors(name))
+            jobs = self.tracker.targets[name].jobs
+            provider.restore_reruns({job_id: t.reruns for job_id, t in jobs.items() if t.reruns})
             new = TargetRunner(rt, provider, TargetHttp(rt))
             self.runners[name] = new
             if rt.poll_interval_below_advice:

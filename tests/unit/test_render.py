@@ -14,7 +14,9 @@ from exporter.config import build_settings
 from exporter.model import Job, Status, Step
 from exporter.providers import PROVIDERS
 from exporter.providers.base import PollResult
-from exporter.render import GROUP_SIZE, Exposition, escape
+from exporter.render import Exposition
+from exporter.render.groups import GROUP_SIZE
+from exporter.render.text import escape
 from exporter.tracker import Tracker
 
 
