@@ -10,12 +10,13 @@ import pytest
 
 from exporter.config import build_settings
 from exporter.fetch import KEEPALIVE_EXPIRY, NotFound, PollError, TargetHttp, parse_retry_after
+from exporter.providers import PROVIDERS
 from tests.unit.loopback import Peer, serve
 
 
 def make_http(handler: Any, **glob: Any) -> TargetHttp:
     s = build_settings(
-        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}
+        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS
     )
     return TargetHttp(s.resolved(s.targets[0]), transport=httpx.MockTransport(handler))
 
@@ -90,7 +91,7 @@ def test_retry_after_reads_seconds_and_dates_and_is_bounded() -> None:
 
 def real_http(base_url: str, **glob: Any) -> TargetHttp:
     s = build_settings(
-        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": base_url}]}
+        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": base_url}]}, PROVIDERS
     )
     return TargetHttp(s.resolved(s.targets[0]))
 
