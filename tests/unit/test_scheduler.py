@@ -80,7 +80,8 @@ async def test_a_failed_cycle_logs_the_host_the_reason_and_the_error(
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
     s = build_settings(
-        {"targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}]}
+        {"targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}]},
+        PROVIDERS,
     )
     rt = s.resolved(s.targets[0])
     tr = tracker()
