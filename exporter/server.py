@@ -18,6 +18,7 @@ from exporter.model import STATUSES
 from exporter.providers.base import BadPayload
 from exporter.render import CONTENT_TYPE
 from exporter.runtime import Runtime, WrongShard, job_document
+from exporter.state import StateUnwritable
 from exporter.tracker import CapReached
 
 log = logging.getLogger("asyncjob.server")
@@ -85,6 +86,10 @@ def build_app(runtime: Runtime, middleware: Any = None) -> ASGIApp:
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
+        if runtime.state_error is not None:
+            return PlainTextResponse(
+                f"state file cannot be written: {runtime.state_error}\n", status_code=503
+            )
         waiting = [n for n, s in runtime.tracker.targets.items() if not s.polled_once]
         if waiting:
             return PlainTextResponse(
@@ -133,7 +138,7 @@ def build_app(runtime: Runtime, middleware: Any = None) -> ASGIApp:
         except ValueError:
             return _error(400, "body is not JSON")
         try:
-            tracked = runtime.register(target, body)
+            tracked = await runtime.register(target, body)
         except BadPayload as e:
             field = str(e) or "id"
             return _error(422, f"{field}: no usable job id in the body", field=field)
@@ -141,6 +146,11 @@ def build_app(runtime: Runtime, middleware: Any = None) -> ASGIApp:
             return _error(421, str(e), shard=e.shard)
         except CapReached as e:
             return _error(409, str(e))
+        except StateUnwritable as e:
+            # Not acknowledged: the client retries. A job already tracked stays pending, written later.
+            refused = _error(503, f"registration cannot be made durable: {e}")
+            refused.headers["Retry-After"] = "5"
+            return refused
         return JSONResponse(job_document(target, tracked), status_code=202)
 
     async def list_jobs(request: Request) -> Response:
