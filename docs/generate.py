@@ -375,7 +375,7 @@ def sample_exposition() -> str:
     target = cfg.TargetConfig.model_construct(
         name="example", provider="basiq", base_url="https://api.example.com", auth=cfg.AuthConfig()
     )
-    resolved = cfg.ResolvedTarget.build(cfg.GlobalConfig(), target)
+    resolved = cfg.ResolvedTarget.build(cfg.GlobalConfig(), target, PROVIDERS["basiq"])
     tracker = Tracker()
     stats = {"example": (3, {"timeout": 1})}
     exposition = Exposition(tracker, lambda: stats)
@@ -465,7 +465,7 @@ def sample_exposition() -> str:
 def collect_families() -> list[MetricFamily]:
     # The running exporter's own exposition names every family, including those added beside
     # the renderer (config reload); the sample fills them with labels.
-    runtime = Runtime(cfg.build_settings({}))
+    runtime = Runtime(cfg.build_settings({}, PROVIDERS))
     live = families_of(runtime.exposition.render().decode())
     sample = families_of(sample_exposition())
     for name, family in live.items():

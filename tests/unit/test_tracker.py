@@ -8,13 +8,14 @@ import pytest
 
 from exporter.config import build_settings
 from exporter.model import Job, Status, Step
+from exporter.providers import PROVIDERS
 from exporter.providers.base import PollResult
 from exporter.tracker import CapReached, Tracker
 
 
 def tracker(**glob: Any) -> Tracker:
     s = build_settings(
-        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}
+        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS
     )
     tr = Tracker()
     tr.set_target(s.resolved(s.targets[0]))
