@@ -8,6 +8,7 @@ the state store) which jobs changed or went away. It never does I/O itself.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -18,6 +19,8 @@ from typing import Protocol
 from exporter.config import ResolvedTarget
 from exporter.model import Connection, Job, Status
 from exporter.providers.base import PollResult
+
+log = logging.getLogger("asyncjob.tracker")
 
 # Histogram buckets: seconds, from a second to a day (jobs) and to two hours (steps).
 JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
@@ -321,7 +324,10 @@ class Tracker:
                 new.reruns = old.reruns + 1
                 self.drop(name, old_id, "rerun")
         for job_id in result.gone:
-            self.drop(name, job_id, "gone")
+            if self.drop(name, job_id, "gone"):
+                log.warning(
+                    "job dropped: the provider does not know it", extra={"target": name, "job_id": job_id}
+                )
         for conn in result.connections:
             state.connections[conn.id] = conn
         if result.queue_events:
