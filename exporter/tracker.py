@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Protocol
 
 from exporter.config import ResolvedTarget
@@ -109,6 +110,21 @@ def _first(*values: float | None) -> float:
     return next(v for v in values if v is not None)
 
 
+def _count_finished(agg: Aggregates, job: Job, duration: float) -> None:
+    agg.finished[(job.job_type, job.status)] += 1
+    if job.status is Status.FAILED:
+        agg.failed[(job.job_type, job.reason or "unknown")] += 1
+    key = (job.job_type, str(job.status))
+    hist = agg.job_duration.get(key)
+    if hist is None:
+        hist = agg.job_duration[key] = Histogram(JOB_DURATION_BUCKETS)
+    hist.observe(duration)
+    if job.records_total is not None:
+        agg.records_processed[job.job_type] += job.records_total
+    if job.records_failed is not None:
+        agg.records_failed[job.job_type] += job.records_failed
+
+
 class Listener(Protocol):
     """Told about every change: the renderer re-renders, the state store persists."""
 
@@ -127,6 +143,9 @@ class Tracker:
         self.listeners: list[Listener] = list(listeners)
         # Jobs saved by a previous run for a target (the state store sets this).
         self.restore: Callable[[TargetState], list[TrackedJob]] = lambda state: []
+        # Applies a counter increment whose counted-once mark was just set. The state store
+        # holds it back until the mark is committed (else kill -9 could count it twice).
+        self.hold: Callable[[Callable[[], None]], None] = lambda apply: apply()
 
     # --- targets -----------------------------------------------------------------------
     def set_target(self, config: ResolvedTarget) -> TargetState:
@@ -264,7 +283,7 @@ class Tracker:
                         hist = state.agg.step_duration.get(key)
                         if hist is None:
                             hist = state.agg.step_duration[key] = Histogram(STEP_DURATION_BUCKETS)
-                        hist.observe(duration)
+                        self.hold(partial(hist.observe, duration))
                 else:
                     tracked.step_finished[name] = job.updated or now
             previous_end = tracked.step_finished.get(name)
@@ -279,21 +298,9 @@ class Tracker:
         if tracked.counted:
             return
         tracked.counted = True
-        agg = state.agg
-        agg.finished[(job.job_type, job.status)] += 1
-        if job.status is Status.FAILED:
-            agg.failed[(job.job_type, job.reason or "unknown")] += 1
         start = _first(job.started, job.created, tracked.first_seen)
         end = _first(job.finished, now)
-        key = (job.job_type, str(job.status))
-        hist = agg.job_duration.get(key)
-        if hist is None:
-            hist = agg.job_duration[key] = Histogram(JOB_DURATION_BUCKETS)
-        hist.observe(max(0.0, end - start))
-        if job.records_total is not None:
-            agg.records_processed[job.job_type] += job.records_total
-        if job.records_failed is not None:
-            agg.records_failed[job.job_type] += job.records_failed
+        self.hold(partial(_count_finished, state.agg, job, max(0.0, end - start)))
 
     def apply(self, name: str, result: PollResult, now: float | None = None) -> None:
         """Fold one poll cycle's answers into the target's state."""
@@ -330,8 +337,9 @@ class Tracker:
                 )
         for conn in result.connections:
             state.connections[conn.id] = conn
-        for queue, event_type in result.queue_events:
-            state.agg.queue_events[(queue, event_type)] += 1
+        if result.queue_events:
+            # Visible once the queue cursors saved after this cycle are committed.
+            self.hold(partial(state.agg.queue_events.update, result.queue_events))
 
     def drop(self, name: str, job_id: str, reason: str) -> bool:
         state = self.targets.get(name)
