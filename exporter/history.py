@@ -28,6 +28,7 @@ def entries(history: Sequence[Any]) -> list[Transition]:
 
 def observe(history: History, old: Job | None, new: Job, now: float) -> None:
     """Append what changed from `old` (None: first seen) to `new`, as observed at `now`."""
+    now = float(now)  # one float shared by this observation's entries
     if old is None or old.status != new.status or old.awaiting_user != new.awaiting_user:
         _append(history, (now, "", AWAITING_USER if new.awaiting_user else new.status))
     before = {s.name: s.status for s in old.steps} if old is not None else {}
