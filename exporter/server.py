@@ -18,6 +18,7 @@ from exporter.model import STATUSES
 from exporter.providers.base import BadPayload
 from exporter.render import CONTENT_TYPE
 from exporter.runtime import Runtime, WrongShard, job_document
+from exporter.state import StateUnwritable
 from exporter.tracker import CapReached
 
 log = logging.getLogger("asyncjob.server")
@@ -70,9 +71,7 @@ def build_app(
 
     async def metrics(request: Request) -> Response:
         gz = "gzip" in request.headers.get("accept-encoding", "")
-        # Prometheus' Go client reads concatenated gzip members; others get a single member.
-        multi = request.headers.get("user-agent", "").startswith("Prometheus/")
-        body = runtime.exposition.render(gz=gz, multi_member=multi, fresh=False)
+        body = runtime.exposition.render(gz=gz, fresh=False)
         headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz else {}
         return Response(body, media_type=CONTENT_TYPE, headers=headers)
 
@@ -90,6 +89,10 @@ def build_app(
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
+        if runtime.state_error is not None:
+            return PlainTextResponse(
+                f"state file cannot be written: {runtime.state_error}\n", status_code=503
+            )
         waiting = [n for n, s in runtime.tracker.targets.items() if not s.polled_once]
         if waiting:
             return PlainTextResponse(
@@ -143,7 +146,7 @@ def build_app(
         except ValueError:
             return _error(400, "body is not JSON")
         try:
-            tracked = runtime.register(target, body)
+            tracked = await runtime.register(target, body)
         except BadPayload as e:
             # A provider names the field, optionally followed by ": why" (see BadPayload).
             field, _, why = (str(e) or "id").partition(": ")
@@ -152,6 +155,11 @@ def build_app(
             return _error(421, str(e), shard=e.shard)
         except CapReached as e:
             return _error(409, str(e))
+        except StateUnwritable as e:
+            # Not acknowledged: the client retries. A job already tracked stays pending, written later.
+            refused = _error(503, f"registration cannot be made durable: {e}")
+            refused.headers["Retry-After"] = "5"
+            return refused
         return JSONResponse(job_document(target, tracked), status_code=202)
 
     async def list_jobs(request: Request) -> Response:
