@@ -8,6 +8,7 @@ the state store) which jobs changed or went away. It never does I/O itself.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ from functools import partial
 from typing import Protocol
 
 from exporter.config import ResolvedTarget
+from exporter.history import History, observe
 from exporter.model import Connection, Job, Status
 from exporter.providers.base import PollResult
 
@@ -67,6 +69,7 @@ class TrackedJob:
     step_duration: dict[str, float] = field(default_factory=dict)
     reruns: int = 0
     polled: bool = False  # False until a provider answer replaced the registration placeholder
+    history: History = field(default_factory=list)  # observed transitions, flat (exporter.history)
 
 
 @dataclass
@@ -91,7 +94,13 @@ class TargetState:
     jobs: dict[str, TrackedJob] = field(default_factory=dict)
     agg: Aggregates = field(default_factory=Aggregates)
     connections: dict[str, Connection] = field(default_factory=dict)
-    tombstones: dict[str, float] = field(default_factory=dict)
+    tombstones: dict[str, float] = field(default_factory=dict)  # oldest first
+    # Indexes kept up to date on every change, so that neither the scheduler nor the sweep
+    # walks every job: the unfinished jobs (in the order they came), and a heap of
+    # (seen finished at, id) with the stamp each finished job has in it.
+    pending: dict[str, None] = field(default_factory=dict)
+    retention_queue: list[tuple[float, str]] = field(default_factory=list)
+    queued: dict[str, float] = field(default_factory=dict)
     up: bool = False
     polled_once: bool = False
     last_success: float | None = None
@@ -167,7 +176,7 @@ class Tracker:
     # --- jobs ----------------------------------------------------------------------------
     def pollable(self, name: str) -> list[str]:
         """Ids of the target's unfinished jobs: finished jobs are never polled again."""
-        return [job_id for job_id, t in self.targets[name].jobs.items() if not t.job.status.terminal]
+        return list(self.targets[name].pending)
 
     def track(self, name: str, job: Job, source: str, now: float | None = None) -> TrackedJob:
         """Start tracking `job` (a placeholder or a parsed answer); an already tracked job is updated."""
@@ -191,6 +200,7 @@ class Tracker:
         )
         state.jobs[job.id] = tracked
         state.agg.by_status[(job.job_type, job.status)] += 1
+        observe(tracked.history, None, job, now)
         self._prime(state, job)
         self._observe_steps(state, tracked, None, now)
         self._on_terminal(state, tracked, now)
@@ -213,6 +223,7 @@ class Tracker:
         state.agg.by_status[(old.job_type, old.status)] -= 1
         state.agg.by_status[(job.job_type, job.status)] += 1
         tracked.job = job
+        observe(tracked.history, old, job, now)
         self._prime(state, job)
         # A placeholder (a static or registered id never polled yet) is not an observation.
         self._observe_steps(state, tracked, old if tracked.polled else None, now)
@@ -342,32 +353,52 @@ class Tracker:
         state.agg.by_status[(tracked.job.job_type, tracked.job.status)] -= 1
         state.agg.dropped[reason] += 1
         if reason in ("retention", "gone", "rerun"):
+            state.tombstones.pop(job_id, None)  # to the end: the dict stays oldest first
             state.tombstones[job_id] = time.time()
         self._notify_removed(state, job_id)
         return True
 
     def sweep(self, now: float | None = None) -> int:
-        """Drop finished jobs whose retention ended; forget old tombstones. Returns jobs dropped."""
+        """Drop finished jobs whose retention ended; forget old tombstones. Returns jobs dropped.
+
+        Both are read oldest first and only as far as they expired, so a sweep costs what it
+        drops, not the number of jobs tracked.
+        """
         now = now if now is not None else time.time()
         dropped = 0
         for name, state in list(self.targets.items()):
-            retention = state.config.retention
-            expired = [
-                job_id
-                for job_id, t in state.jobs.items()
-                if t.seen_terminal_at is not None and now - t.seen_terminal_at >= retention
-            ]
-            for job_id in expired:
-                dropped += self.drop(name, job_id, "retention")
-            old = [job_id for job_id, at in state.tombstones.items() if now - at > TOMBSTONE_SECONDS]
+            queue, retention = state.retention_queue, state.config.retention
+            while queue and now - queue[0][0] >= retention:
+                at, job_id = heapq.heappop(queue)
+                if state.queued.get(job_id) == at:
+                    del state.queued[job_id]
+                tracked = state.jobs.get(job_id)
+                if tracked is not None and tracked.seen_terminal_at == at:
+                    dropped += self.drop(name, job_id, "retention")
+            old: list[str] = []
+            # Restored tombstones come in any order: one younger than those behind it holds
+            # them back, for at most TOMBSTONE_SECONDS more.
+            for job_id, at in state.tombstones.items():
+                if now - at <= TOMBSTONE_SECONDS:
+                    break
+                old.append(job_id)
             for job_id in old:
                 del state.tombstones[job_id]
         return dropped
 
     def _changed(self, state: TargetState, tracked: TrackedJob) -> None:
+        job_id, at = tracked.job.id, tracked.seen_terminal_at
+        if tracked.job.status.terminal:
+            state.pending.pop(job_id, None)
+        else:
+            state.pending[job_id] = None
+        if at is not None and state.queued.get(job_id) != at:
+            state.queued[job_id] = at
+            heapq.heappush(state.retention_queue, (at, job_id))
         for listener in self.listeners:
             listener.job_changed(state, tracked)
 
     def _notify_removed(self, state: TargetState, job_id: str) -> None:
+        state.pending.pop(job_id, None)
         for listener in self.listeners:
             listener.job_removed(state, job_id)
