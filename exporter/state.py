@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 
 from exporter.model import Cause, Job, Status, Step
+from exporter.parsing import load_json
 from exporter.tracker import TargetState, TrackedJob, Tracker
 
 log = logging.getLogger("asyncjob.state")
@@ -111,7 +112,8 @@ class Store:
         bad = 0
         for target, job_id, data in self._db.execute("SELECT target, job_id, data FROM jobs"):
             try:
-                self._restored.setdefault(target, []).append(tracked_from_dict(json.loads(data)))
+                # load_json: lone surrogates replaced, depth bounded (a tampered row is skipped).
+                self._restored.setdefault(target, []).append(tracked_from_dict(load_json(data)))
             except (ValueError, TypeError, KeyError):
                 bad += 1
                 log.warning(
