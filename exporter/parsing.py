@@ -25,6 +25,7 @@ MAX_JSON_DEPTH = 64
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 # C0 and C1 control characters and lone surrogates: an id holding one cannot be told apart
 # in a URL, a log line or a label once it is escaped or replaced.
 _NOT_ID_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -48,9 +49,7 @@ def load_json(raw: bytes | str, replace_surrogates: bool = True) -> Any:
         value = json.loads(text)
     except RecursionError:
         raise JsonTooDeep() from None
-    fix = replace_surrogates and (
-        _SURROGATE_ESCAPE.search(text) is not None or _SURROGATE.search(text) is not None
-    )
+    fix = replace_surrogates and may_hold_surrogates(text)
     # Counting brackets is cheap; a walk is needed only when there are enough to nest too deep
     # or when an escape may have made a lone surrogate.
     if fix or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
@@ -58,12 +57,19 @@ def load_json(raw: bytes | str, replace_surrogates: bool = True) -> Any:
     return value
 
 
+def may_hold_surrogates(text: str | bytes) -> bool:
+    """True when JSON or YAML `text` has an escape that reads as a lone surrogate (or one raw)."""
+    if isinstance(text, bytes):
+        return _SURROGATE_ESCAPE_BYTES.search(text) is not None
+    return _SURROGATE_ESCAPE.search(text) is not None or _SURROGATE.search(text) is not None
+
+
 def clean_text(value: Any, source: str | None = None) -> Any:
     """`value` (strings, lists, dicts of them) with every lone surrogate replaced by U+FFFD:
     for config and state rows, which are not JSON from the network but may hold them. Given
     the `source` text `value` was read from, nothing is walked unless an escape in it can
     have made a surrogate (a YAML alias bomb is not expanded by a walk it does not need)."""
-    if source is not None and _SURROGATE_ESCAPE.search(source) is None:
+    if source is not None and not may_hold_surrogates(source):
         return value
     return _walk(value, 0, True)
 

@@ -7,10 +7,11 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from exporter.config import ResolvedTarget, Settings
@@ -24,6 +25,9 @@ log = logging.getLogger("asyncjob.scheduler")
 
 MAX_BACKOFF = 600.0
 SWEEP_INTERVAL = 1.0
+# Answers folded into the tracker per turn of the event loop: a cycle's 10,000 answers at
+# once would hold every scrape for a good part of a second.
+APPLY_SLICE = 200
 
 
 @dataclass
@@ -92,6 +96,8 @@ class Scheduler:
             provider = PROVIDERS[rt.provider](rt.config)
             if self.store is not None:
                 provider.restore_cursors(self.store.cursors(name))
+            jobs = self.tracker.targets[name].jobs
+            provider.restore_reruns({job_id: t.reruns for job_id, t in jobs.items() if t.reruns})
             new = TargetRunner(rt, provider, TargetHttp(rt))
             self.runners[name] = new
             if rt.poll_interval_below_advice:
@@ -153,6 +159,17 @@ class Scheduler:
             if tracked.source != "registered" and not self.owns(name, job_id):
                 self.tracker.drop(name, job_id, "resharded")
 
+    async def _apply(self, name: str, result: PollResult, now: float) -> None:
+        """tracker.apply, a slice of answers at a time, letting scrapes in between; the rest of
+        the result (reruns, gone jobs, connections, queue events) follows the answers, as in
+        one apply."""
+        jobs = result.jobs
+        slices = [jobs[i : i + APPLY_SLICE] for i in range(0, len(jobs), APPLY_SLICE)] or [[]]
+        for part in slices[:-1]:
+            self.tracker.apply(name, PollResult(jobs=part), now)
+            await anyio.lowlevel.checkpoint()
+        self.tracker.apply(name, replace(result, jobs=slices[-1]), now)
+
     async def _cycle(self, runner: TargetRunner) -> None:
         name = runner.config.name
         state = self.tracker.targets[name]
@@ -168,17 +185,23 @@ class Scheduler:
         if self.total_shards > 1:
             # Another shard's jobs are left to it, unless this replica accepted them already.
             result.jobs = [j for j in result.jobs if j.id in state.jobs or self.owns(name, j.id)]
-        self.tracker.apply(name, result, time.time())
+        await self._apply(name, result, time.time())
         if self.store is not None:
             cursors = runner.provider.cursors()
             if cursors:
                 self.store.save_cursors(name, cursors)
+        request_errors = stats.cycle_errors
         if result.bad_payloads:
             stats.errors["bad_body"] += len(result.bad_payloads)
             stats.cycle_errors += len(result.bad_payloads)
             log.warning(
                 "unreadable provider answer",
-                extra={"target": name, "problems": "; ".join(result.bad_payloads[:5])},
+                extra={
+                    "target": name,
+                    "host": runner.http.host,
+                    "reason": "bad_body",
+                    "error": "; ".join(result.bad_payloads[:5]),
+                },
             )
         for seconds in stats.durations:
             state.poll_duration.observe(seconds)
@@ -198,9 +221,11 @@ class Scheduler:
                 "poll cycle had errors",
                 extra={
                     "target": name,
+                    "host": runner.http.host,
+                    "reason": stats.last_reason if request_errors else "bad_body",
+                    "error": stats.last_error if request_errors else result.bad_payloads[0],
                     "errors": stats.cycle_errors,
                     "requests": stats.cycle_requests,
-                    "last_error": stats.last_error,
                 },
             )
         log.debug(

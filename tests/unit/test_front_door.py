@@ -9,6 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from exporter.config import build_settings
+from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
 from exporter.server import build_app
 
@@ -22,7 +23,7 @@ def runtime(tmp_path: Path, token: str | None = None) -> Runtime:
     import yaml
 
     config.write_text(yaml.safe_dump(data))
-    settings = build_settings(data)
+    settings = build_settings(data, PROVIDERS)
     rt = Runtime(settings, str(config))
     rt.tracker.set_target(settings.resolved(settings.targets[0]))
     rt.reload = lambda: []  # type: ignore[method-assign]  # the scheduler is not running here
