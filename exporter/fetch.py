@@ -3,7 +3,6 @@ and every failure sorted into the bounded reasons of `asyncjob_poll_errors_total
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,8 +12,9 @@ import anyio
 import httpx
 
 from exporter import __version__
-from exporter.auth import AuthError, build_auth
+from exporter.auth import AuthError, build_auth, rate_limited
 from exporter.config import ResolvedTarget
+from exporter.parsing import JsonTooDeep, load_json
 from exporter.transport import Http11Transport
 
 ERROR_REASONS = ("timeout", "connect", "http_4xx", "http_429", "http_5xx", "bad_body", "auth")
@@ -201,7 +201,7 @@ class TargetHttp:
             async with self.client.stream(method, url, params=params, json=json_body) as response:
                 body = await self._answer(response, where)
         except AuthError as e:
-            raise PollError("auth", f"{where}: {e}") from None
+            raise PollError(e.reason, f"{where}: {e}", parse_retry_after(e.retry_after)) from None
         except httpx.TimeoutException as e:
             raise PollError("timeout", f"{where}: {_cause(e)} after {self.target.timeout:g}s") from None
         except httpx.HTTPError as e:
@@ -209,11 +209,13 @@ class TargetHttp:
         if not body.strip():
             return None
         try:
-            return json.loads(body)
+            return load_json(body)  # lone surrogates replaced, depth bounded
+        except JsonTooDeep as e:
+            raise PollError("bad_body", f"{where}: {e}") from None
         except ValueError:
             raise PollError("bad_body", f"{where}: answer is not JSON") from None
 
-    async def _answer(self, response: httpx.Response, where: _Where) -> bytes | bytearray:
+    async def _answer(self, response: httpx.Response, where: _Where) -> bytes:
         """The body of a 2xx answer; every other status raised as NotFound or PollError."""
         status = response.status_code
         if status == 404:
@@ -222,6 +224,9 @@ class TargetHttp:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             reason = "http_429" if status == 429 else "http_5xx"
             raise PollError(reason, f"{where}: HTTP {status}", retry_after)
+        if status == 403 and rate_limited(await self._read_capped(response, where)):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise PollError("http_429", f"{where}: HTTP 403 rate limited", retry_after)
         if status in (401, 403):
             raise PollError("auth", f"{where}: HTTP {status} after renewing credentials")
         if status >= 400:
@@ -230,7 +235,7 @@ class TargetHttp:
             raise PollError("http_4xx", f"{where}: unexpected redirect HTTP {status}")
         return await self._read_capped(response, where)
 
-    async def _read_capped(self, response: httpx.Response, where: _Where) -> bytes | bytearray:
+    async def _read_capped(self, response: httpx.Response, where: _Where) -> bytes:
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self._max_bytes:
             raise PollError("bad_body", f"{where}: answer of {declared} bytes exceeds {self._max_bytes}")
@@ -249,7 +254,7 @@ class TargetHttp:
                 body += chunk
         finally:
             self.bytes_in_flight -= len(body)
-        return body
+        return bytes(body)
 
 
 def _cause(e: Exception) -> str:
