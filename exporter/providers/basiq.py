@@ -60,6 +60,7 @@ def job_status(steps: Sequence[Step]) -> Status:
 
 class Basiq(Provider):
     name = "basiq"
+    job_path = "/jobs/{id}"
     config_keys: ClassVar[frozenset[str]] = frozenset({"jobs", "users"})
     known_reasons = (
         "invalid-credentials",
