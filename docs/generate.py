@@ -307,7 +307,7 @@ FRONT_DOOR = (
     "  - `http_server_config.headers` (`Content-Security-Policy`, `Strict-Transport-Security`,",
     "    `X-Content-Type-Options`, `X-Frame-Options`, `X-XSS-Protection`) are added to every",
     "    response; `http2: true` is refused (HTTP/1.1 is served).",
-    "  - `basic_auth_users`: user → bcrypt hash (`$2a$`, `$2b$` or `$2y$`, cost 4–31), checked at",
+    "  - `basic_auth_users`: user → bcrypt hash (`$2a$`, `$2b$` or `$2y$`, cost 4 to 31), checked at",
     "    start. Every endpoint but `/healthz` asks for them. bcrypt runs in one worker thread, so a",
     "    flood of wrong passwords never holds the event loop; a successful check is cached (a",
     "    SHA-256 of the header, 256 entries); an unknown user is checked against a dummy hash of",
