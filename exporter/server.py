@@ -95,14 +95,18 @@ def build_app(
         token = runtime.settings.api.token()
         if token is None:
             return True
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {token.get_secret_value()}"
-        return hmac.compare_digest(given.encode(), expected.encode())
+        secret = token.get_secret_value().encode()
+        # X-Asyncjob-Token beside basic auth credentials, which take the Authorization header.
+        header = request.headers.get("x-asyncjob-token")
+        if header is not None:
+            return hmac.compare_digest(header.strip().encode(), secret)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), secret)
 
     def api(handler: Any) -> Any:
         async def wrapped(request: Request) -> Response:
             if not authorised(request):
-                return _error(401, "missing or wrong bearer token")
+                return _error(401, "missing or wrong API token (Authorization: Bearer, or X-Asyncjob-Token)")
             response: Response = await handler(request)
             return response
 
