@@ -18,6 +18,7 @@ import httpx
 from bench import profiles, simulated
 from exporter.config import ResolvedTarget, build_settings
 from exporter.fetch import TargetHttp
+from exporter.providers import PROVIDERS
 from exporter.providers.basiq import Basiq
 from exporter.render import Exposition
 from exporter.scheduler import placeholder
@@ -38,7 +39,8 @@ def resolved(url: str, key_file: Path, concurrency: int) -> ResolvedTarget:
                     "auth": {"type": "basiq", "api_key_file": str(key_file)},
                 }
             ],
-        }
+        },
+        PROVIDERS,
     )
     return s.resolved(s.targets[0])
 

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import profiles, synthetic
-from exporter.render import render_job
+from exporter.render.jobs import render_job
 from exporter.runtime import Runtime
 from exporter.server import Server, build_app
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from exporter.config import Settings, build_settings
 from exporter.model import Job, Status, Step
+from exporter.providers import PROVIDERS
 from exporter.render import Exposition
 from exporter.runtime import Runtime
 from exporter.tracker import TargetState, Tracker
@@ -40,7 +41,8 @@ def settings(max_jobs: int, per_job_metrics: bool = True, base_url: str | None =
                     "per_job_metrics": per_job_metrics,
                 }
             ],
-        }
+        },
+        PROVIDERS,
     )
 
 

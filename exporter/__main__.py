@@ -83,6 +83,13 @@ def parser() -> argparse.ArgumentParser:
         help="exporter-toolkit web config: tls_server_config, basic_auth_users (bcrypt)",
     )
     p.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        default=(_env("web.enable-lifecycle", "") or "").lower() in ("1", "true", "yes"),
+        help="serve POST /-/reload (behind the API token when one is set); SIGHUP always reloads",
+    )
+    p.add_argument(
         "--shard",
         type=int,
         default=int(_env("shard", "0") or 0),
@@ -190,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         print("--config.file is required (or run `asyncjob-exporter demo`); see --help", file=sys.stderr)
         return 2
     return commands.run_exporter(
-        args.config_file, args.listen, args.web_config, args.shard, args.total_shards
+        args.config_file,
+        args.listen,
+        args.web_config,
+        args.shard,
+        args.total_shards,
+        lifecycle=args.enable_lifecycle,
     )
 
 

@@ -14,10 +14,13 @@ import anyio
 
 from exporter import __version__
 from exporter.config import ConfigError, Settings, build_settings, load_settings
+from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
 from exporter.server import ListenError, Server, build_app
 
 log = logging.getLogger("asyncjob")
+
+NO_TARGETS = "no targets configured: the exporter polls nothing (add targets: see examples/)"
 
 
 def _refuse(path: str | None, e: ConfigError) -> int:
@@ -30,12 +33,14 @@ def _refuse(path: str | None, e: ConfigError) -> int:
 
 def check_config(path: str) -> int:
     try:
-        settings = load_settings(path)
+        settings = load_settings(path, PROVIDERS)
     except ConfigError as e:
         return _refuse(path, e)
     print(f"{path}: OK ({len(settings.targets)} target(s))")
     for t in settings.resolved_targets():
         print(f"  {t.name}: {t.provider} {t.config.base_url}, every {t.poll_interval:g}s")
+    if not settings.targets:
+        print(f"{path}: warning: {NO_TARGETS}", file=sys.stderr)
     return 0
 
 
@@ -53,9 +58,13 @@ async def _signals(runtime: Runtime | None, servers: list[Server], scope: anyio.
 
 
 async def serve_exporter(
-    runtime: Runtime, address: str, ssl: dict[str, Any] | None = None, middleware: Any = None
+    runtime: Runtime,
+    address: str,
+    ssl: dict[str, Any] | None = None,
+    middleware: Any = None,
+    lifecycle: bool = False,
 ) -> None:
-    app = build_app(runtime, middleware)
+    app = build_app(runtime, middleware, lifecycle=lifecycle)
     server = Server(app, address, ssl)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_signals, runtime, [server], tg.cancel_scope)
@@ -67,10 +76,15 @@ async def serve_exporter(
 
 
 def run_exporter(
-    config_file: str | None, address: str, web_config: str | None, shard: int, total_shards: int
+    config_file: str | None,
+    address: str,
+    web_config: str | None,
+    shard: int,
+    total_shards: int,
+    lifecycle: bool = False,
 ) -> int:
     try:
-        settings = load_settings(config_file)
+        settings = load_settings(config_file, PROVIDERS)
     except ConfigError as e:
         return _refuse(config_file, e)
     from exporter.webconfig import WebConfigError, load_web_config
@@ -81,6 +95,8 @@ def run_exporter(
         print(f"--web.config.file: {e}", file=sys.stderr)
         return 2
     runtime = Runtime(settings, config_file, shard, total_shards)
+    if not settings.targets:
+        log.warning(NO_TARGETS, extra={"config_file": config_file})
     log.info(
         "starting asyncjob-exporter",
         extra={
@@ -96,7 +112,7 @@ def run_exporter(
     except Exception as e:  # a broken state file must say so, not trace back
         print(f"state_file: {e}", file=sys.stderr)
         return 2
-    return _run(serve_exporter, runtime, address, web.ssl, web.middleware())
+    return _run(serve_exporter, runtime, address, web.ssl, web.middleware(), lifecycle)
 
 
 def run_simulate(address: str, step_seconds: float, trickle: float, seed: int | None) -> int:
@@ -139,7 +155,8 @@ def demo_settings(sim_url: str, secrets_dir: Path) -> Settings:
         {
             "global": {"poll_interval": "2s", "stuck_after": "45s", "max_duration": "5m", "retention": "2m"},
             "targets": demo_targets(sim_url, secrets_dir),
-        }
+        },
+        PROVIDERS,
     )
 
 

@@ -6,11 +6,15 @@ path (`targets[1].auth.client_secret_file`) so that a bad config is fixed in one
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+import typing
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import yaml
 from pydantic import (
@@ -19,7 +23,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
+    SkipValidation,
     ValidationError,
     field_validator,
     model_validator,
@@ -80,6 +86,50 @@ def _present_env(name: str) -> str:
 
 SecretFile = Annotated[str, AfterValidator(_readable_file)]
 SecretEnv = Annotated[str, AfterValidator(_present_env)]
+
+
+class ProviderSpec(Protocol):
+    """What validation needs of a provider class: its polling advice and its own key checks.
+
+    The registry (exporter.providers.PROVIDERS) is handed to `build_settings`, so this module
+    imports nothing above it.
+    """
+
+    @property
+    def advised_poll_interval(self) -> float | None: ...
+
+    @property
+    def advised_requests_per_second(self) -> float | None: ...
+
+    def check_target(self, target: TargetConfig) -> list[str]: ...
+
+
+Registry = Mapping[str, ProviderSpec]
+
+# The registry of the validation under way: pydantic gives field validators no arguments of ours.
+_REGISTRY: ContextVar[Registry | None] = ContextVar("asyncjob_provider_registry", default=None)
+
+
+@contextmanager
+def _validating_with(providers: Registry) -> Iterator[None]:
+    token = _REGISTRY.set(providers)
+    try:
+        yield
+    finally:
+        _REGISTRY.reset(token)
+
+
+def _registry() -> Registry:
+    providers = _REGISTRY.get()
+    if providers is None:
+        raise ValueError("no provider registry: validate through build_settings(data, PROVIDERS)")
+    return providers
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """`; did you mean X?` when a choice is close to `word`, else ``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 class _Strict(BaseModel):
@@ -283,10 +333,11 @@ class TargetConfig(_Strict):
     @field_validator("provider")
     @classmethod
     def _known_provider(cls, v: str) -> str:
-        from exporter.providers import PROVIDERS
-
-        if v not in PROVIDERS:
-            raise ValueError(f"unknown provider {v!r}; known: {', '.join(sorted(PROVIDERS))}")
+        providers = _registry()
+        if v not in providers:
+            raise ValueError(
+                f"unknown provider {v!r}; known: {', '.join(sorted(providers))}{did_you_mean(v, providers)}"
+            )
         return v
 
     @field_validator("base_url")
@@ -309,9 +360,7 @@ class TargetConfig(_Strict):
 
     @model_validator(mode="after")
     def _provider_keys(self) -> TargetConfig:
-        from exporter.providers import PROVIDERS
-
-        problems = PROVIDERS[self.provider].check_target(self)
+        problems = _registry()[self.provider].check_target(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -325,6 +374,9 @@ class ApiConfig(_Strict):
         if not self.token_file:
             return None
         return SecretStr(Path(self.token_file).read_text(encoding="utf-8").strip())
+
+
+ENV_PREFIX = "ASYNCJOB_"
 
 
 class _GlobalEnv(PydanticBaseSettingsSource):
@@ -354,6 +406,8 @@ class Settings(BaseSettings):
         populate_by_name=True,
     )
 
+    _providers: Registry = PrivateAttr(default_factory=dict)
+
     global_: GlobalConfig = Field(default_factory=GlobalConfig, alias="global")
     state_file: str = Field(
         "", description='SQLite file that keeps tracked jobs across restarts; "" = memory.'
@@ -382,7 +436,7 @@ class Settings(BaseSettings):
         return self
 
     def resolved(self, target: TargetConfig) -> ResolvedTarget:
-        return ResolvedTarget.build(self.global_, target)
+        return ResolvedTarget.build(self.global_, target, self._providers[target.provider])
 
     def resolved_targets(self) -> list[ResolvedTarget]:
         return [self.resolved(t) for t in self.targets]
@@ -396,7 +450,7 @@ class ResolvedTarget(BaseModel):
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
-    config: TargetConfig
+    config: Annotated[TargetConfig, SkipValidation]  # validated already, with the registry
     poll_interval: float
     timeout: float
     concurrency: int
@@ -417,10 +471,7 @@ class ResolvedTarget(BaseModel):
         return self.config.provider
 
     @classmethod
-    def build(cls, g: GlobalConfig, t: TargetConfig) -> ResolvedTarget:
-        from exporter.providers import PROVIDERS
-
-        pcls = PROVIDERS[t.provider]
+    def build(cls, g: GlobalConfig, t: TargetConfig, pcls: ProviderSpec) -> ResolvedTarget:
         values: dict[str, Any] = {}
         for key in INHERITED_KEYS:
             own = getattr(t, key)
@@ -459,27 +510,75 @@ def _loc(loc: tuple[int | str, ...], data: Any) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-            name = node[part].get("name") if isinstance(node, list) and isinstance(node[part], dict) else None
+            item = node[part] if isinstance(node, list) and part < len(node) else None
+            name = item.get("name") if isinstance(item, dict) else None
             if name and out.startswith("targets") and out.count("[") == 1:
                 out += f"(name={name})"
-            node = node[part] if isinstance(node, list) and part < len(node) else None
+            node = item
         else:
-            key = "global" if part == "global_" else part
-            if key.startswith(("function-", "tagged-union")):
-                continue
+            key = part
             out += ("." if out else "") + key
             node = node.get(key) if isinstance(node, dict) else None
     return out or "(top level)"
 
 
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The config model inside an annotation (`list[TargetConfig]`, `GenericFields | None`…)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model holding `loc`'s last key accepts: what a misspelt key may have meant."""
+    model: type[BaseModel] | None = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = next(
+            (f for name, f in model.model_fields.items() if part in (name, f.alias)),
+            None,
+        )
+        model = _model_of(field.annotation) if field is not None else None
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _env_paths() -> dict[tuple[str, ...], str]:
+    """Key path -> the ASYNCJOB_* variable that sets it (nested keys joined by __)."""
+    out = {}
+    for var in os.environ:
+        if var.upper().startswith(ENV_PREFIX):
+            out[tuple(var[len(ENV_PREFIX) :].lower().split("__"))] = var
+    return out
+
+
 def format_validation_error(err: ValidationError, data: Any) -> list[str]:
     problems = []
+    env = _env_paths()
     for e in err.errors(include_url=False, include_input=False):
-        where = _loc(tuple(e["loc"]), data)
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        loc = tuple(part for part in e["loc"] if not str(part).startswith(("function-", "tagged-union")))
+        loc = tuple("global" if part == "global_" else part for part in loc)
+        where = _loc(loc, data)
+        msg = e["msg"].removeprefix("Value error, ")
+        keys = tuple(str(part) for part in loc)
+        variable = next((env[keys[:n]] for n in range(len(keys), 0, -1) if keys[:n] in env), None)
+        if e["type"] == "extra_forbidden" and loc:
             msg = "unknown key"
-        msg = msg.removeprefix("Value error, ")
+            close = difflib.get_close_matches(str(loc[-1]), _keys_at(loc), n=1, cutoff=0.6)
+            if close and variable is not None and keys in env:
+                msg += f"; did you mean {variable[: -len(str(loc[-1]))]}{close[0].upper()}?"
+            elif close:
+                msg += f"; did you mean {close[0]}?"
+        if variable is not None:
+            # The value came from the environment: name the variable, not a key of the file.
+            where = variable if keys in env else f"{variable} ({where})"
+            msg += " (set in the environment)"
         problems.append(f"{where}: {msg}")
     return problems
 
@@ -503,16 +602,23 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def build_settings(data: Mapping[str, Any]) -> Settings:
-    """Validate config data (plus ASYNCJOB_* variables) into Settings, or raise ConfigError."""
+def build_settings(data: Mapping[str, Any], providers: Registry) -> Settings:
+    """Validate config data (plus ASYNCJOB_* variables) into Settings, or raise ConfigError.
+
+    `providers` is the registry of provider classes (exporter.providers.PROVIDERS): each
+    target's provider must be one of them, and checks its own keys.
+    """
     try:
-        return Settings(**dict(data))
+        with _validating_with(providers):
+            settings = Settings(**dict(data))
+        settings._providers = providers
+        return settings
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, dict(data))) from None
     except TypeError as e:
         raise ConfigError([f"(top level): {e}"]) from None
 
 
-def load_settings(path: str | os.PathLike[str] | None) -> Settings:
+def load_settings(path: str | os.PathLike[str] | None, providers: Registry) -> Settings:
     data = load_yaml(path) if path else {}
-    return build_settings(data)
+    return build_settings(data, providers)

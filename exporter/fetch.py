@@ -19,10 +19,15 @@ from exporter.config import ResolvedTarget
 ERROR_REASONS = ("timeout", "connect", "http_4xx", "http_429", "http_5xx", "bad_body", "auth")
 USER_AGENT = f"asyncjob-exporter/{__version__}"
 MAX_RETRY_AFTER = 3600.0
+# An idle connection is closed before common servers close it on their side (uvicorn and
+# Node after 5 s): a request sent on a connection the server is closing fails for nothing.
+KEEPALIVE_EXPIRY = 4.0
+# Errors raised before any byte of the answer when the server had closed the connection.
+STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class _Where:
-    """`GET /path` for error messages, built only when one is raised (URL parsing is not free)."""
+    """`GET host/path` for error messages, built only when one is raised (URL parsing is not free)."""
 
     __slots__ = ("method", "url")
 
@@ -30,7 +35,8 @@ class _Where:
         self.method, self.url = method, url
 
     def __str__(self) -> str:
-        return f"{self.method} {httpx.URL(self.url).path}"
+        url = httpx.URL(self.url)
+        return f"{self.method} {url.netloc.decode('ascii', 'replace')}{url.path}"
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
@@ -60,6 +66,7 @@ class RequestStats:
     cycle_requests: int = 0
     retry_after: float | None = None
     last_error: str = ""
+    last_reason: str = ""
 
     def start_cycle(self) -> None:
         self.cycle_errors = 0
@@ -108,6 +115,7 @@ class TargetHttp:
     def __init__(self, target: ResolvedTarget, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.target = target
         self.base_url = target.config.base_url
+        self.host = httpx.URL(self.base_url).netloc.decode("ascii", "replace")
         self.stats = RequestStats()
         self.auth = build_auth(target.config.auth, self.base_url)
         self._limiter = anyio.CapacityLimiter(target.concurrency)
@@ -117,7 +125,9 @@ class TargetHttp:
             auth=self.auth,
             timeout=httpx.Timeout(target.timeout),
             limits=httpx.Limits(
-                max_connections=target.concurrency, max_keepalive_connections=target.concurrency
+                max_connections=target.concurrency,
+                max_keepalive_connections=target.concurrency,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
             ),
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             transport=transport,
@@ -163,7 +173,7 @@ class TargetHttp:
                     with anyio.fail_after(self.target.timeout):
                         return await self._send(method, path, params, json_body)
                 except TimeoutError:
-                    where = f"{method} {httpx.URL(self.url(path)).path}"
+                    where = _Where(method, self.url(path))
                     raise PollError(
                         "timeout", f"{where}: no complete answer within {self.target.timeout:g}s"
                     ) from None
@@ -171,6 +181,7 @@ class TargetHttp:
                 stats.errors[e.reason] += 1
                 stats.cycle_errors += 1
                 stats.last_error = str(e)
+                stats.last_reason = e.reason
                 if e.retry_after is not None:
                     stats.retry_after = max(stats.retry_after or 0.0, e.retry_after)
                 raise
@@ -180,36 +191,50 @@ class TargetHttp:
     async def _send(self, method: str, path: str, params: Mapping[str, str] | None, json_body: Any) -> Any:
         url = self.url(path)
         where = _Where(method, url)
-        try:
-            async with self.client.stream(method, url, params=params, json=json_body) as response:
-                status = response.status_code
-                if status == 404:
-                    raise NotFound(str(where))
-                if status == 429 or status >= 500:
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    reason = "http_429" if status == 429 else "http_5xx"
-                    raise PollError(reason, f"{where}: HTTP {status}", retry_after)
-                if status in (401, 403):
-                    raise PollError("auth", f"{where}: HTTP {status} after renewing credentials")
-                if status >= 400:
-                    raise PollError("http_4xx", f"{where}: HTTP {status}")
-                if status >= 300:
-                    raise PollError("http_4xx", f"{where}: unexpected redirect HTTP {status}")
-                body = await self._read_capped(response, where)
-        except AuthError as e:
-            raise PollError("auth", f"{where}: {e}") from None
-        except httpx.TimeoutException:
-            raise PollError("timeout", f"{where}: timed out after {self.target.timeout:g}s") from None
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
-            raise PollError("connect", f"{where}: {type(e).__name__}") from None
-        except httpx.HTTPError as e:
-            raise PollError("connect", f"{where}: {type(e).__name__}") from None
+        # A GET that fails before any byte of the answer, as on a connection the server closed
+        # while it sat idle, is sent once more: the pool opens a fresh connection for it. Never
+        # a POST (an AIMS360 rerun must not run twice).
+        attempts = 2 if method == "GET" else 1
+        for attempt in range(attempts):
+            answered = False
+            try:
+                async with self.client.stream(method, url, params=params, json=json_body) as response:
+                    answered = True
+                    body = await self._answer(response, where)
+                break
+            except AuthError as e:
+                raise PollError("auth", f"{where}: {e}") from None
+            except httpx.TimeoutException as e:
+                raise PollError("timeout", f"{where}: {_cause(e)} after {self.target.timeout:g}s") from None
+            except STALE_CONNECTION_ERRORS as e:
+                if not answered and attempt + 1 < attempts:
+                    continue
+                raise PollError("connect", f"{where}: {_cause(e)}") from None
+            except httpx.HTTPError as e:
+                raise PollError("connect", f"{where}: {_cause(e)}") from None
         if not body.strip():
             return None
         try:
             return json.loads(body)
         except ValueError:
             raise PollError("bad_body", f"{where}: answer is not JSON") from None
+
+    async def _answer(self, response: httpx.Response, where: _Where) -> bytes:
+        """The body of a 2xx answer; every other status raised as NotFound or PollError."""
+        status = response.status_code
+        if status == 404:
+            raise NotFound(str(where))
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            reason = "http_429" if status == 429 else "http_5xx"
+            raise PollError(reason, f"{where}: HTTP {status}", retry_after)
+        if status in (401, 403):
+            raise PollError("auth", f"{where}: HTTP {status} after renewing credentials")
+        if status >= 400:
+            raise PollError("http_4xx", f"{where}: HTTP {status}")
+        if status >= 300:
+            raise PollError("http_4xx", f"{where}: unexpected redirect HTTP {status}")
+        return await self._read_capped(response, where)
 
     async def _read_capped(self, response: httpx.Response, where: _Where) -> bytes:
         declared = response.headers.get("Content-Length")
@@ -223,3 +248,9 @@ class TargetHttp:
                 raise PollError("bad_body", f"{where}: answer exceeds {self._max_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _cause(e: Exception) -> str:
+    """`ConnectError: [Errno 111] Connection refused`: the kind of failure and what the OS said."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -69,7 +69,7 @@ class Runtime:
         if not self.config_file:
             return ["no --config.file to reload"]
         try:
-            new = load_settings(self.config_file)
+            new = load_settings(self.config_file, PROVIDERS)
         except ConfigError as e:
             self.last_reload_ok = False
             log.error(

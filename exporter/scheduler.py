@@ -92,6 +92,8 @@ class Scheduler:
             provider = PROVIDERS[rt.provider](rt.config)
             if self.store is not None:
                 provider.restore_cursors(self.store.cursors(name))
+            jobs = self.tracker.targets[name].jobs
+            provider.restore_reruns({job_id: t.reruns for job_id, t in jobs.items() if t.reruns})
             new = TargetRunner(rt, provider, TargetHttp(rt))
             self.runners[name] = new
             if rt.poll_interval_below_advice:
@@ -173,12 +175,18 @@ class Scheduler:
             cursors = runner.provider.cursors()
             if cursors:
                 self.store.save_cursors(name, cursors)
+        request_errors = stats.cycle_errors
         if result.bad_payloads:
             stats.errors["bad_body"] += len(result.bad_payloads)
             stats.cycle_errors += len(result.bad_payloads)
             log.warning(
                 "unreadable provider answer",
-                extra={"target": name, "problems": "; ".join(result.bad_payloads[:5])},
+                extra={
+                    "target": name,
+                    "host": runner.http.host,
+                    "reason": "bad_body",
+                    "message": "; ".join(result.bad_payloads[:5]),
+                },
             )
         for seconds in stats.durations:
             state.poll_duration.observe(seconds)
@@ -198,9 +206,11 @@ class Scheduler:
                 "poll cycle had errors",
                 extra={
                     "target": name,
+                    "host": runner.http.host,
+                    "reason": stats.last_reason if request_errors else "bad_body",
+                    "message": stats.last_error if request_errors else result.bad_payloads[0],
                     "errors": stats.cycle_errors,
                     "requests": stats.cycle_requests,
-                    "last_error": stats.last_error,
                 },
             )
         log.debug(

@@ -62,7 +62,9 @@ def _error(status: int, message: str, **more: Any) -> JSONResponse:
     return JSONResponse({"error": message, **more}, status_code=status)
 
 
-def build_app(runtime: Runtime, middleware: Any = None) -> ASGIApp:
+def build_app(runtime: Runtime, middleware: Any = None, lifecycle: bool = False) -> ASGIApp:
+    """The exporter's routes. `lifecycle` (--web.enable-lifecycle) turns on POST /-/reload."""
+
     async def metrics(request: Request) -> Response:
         gz = "gzip" in request.headers.get("accept-encoding", "")
         # Prometheus' Go client reads concatenated gzip members; others get a single member.
@@ -93,6 +95,11 @@ def build_app(runtime: Runtime, middleware: Any = None) -> ASGIApp:
         return PlainTextResponse("ready\n")
 
     async def reload(request: Request) -> Response:
+        # As Prometheus: a config reload over HTTP is an opt-in, and it is an API call.
+        if not lifecycle:
+            return PlainTextResponse("Lifecycle API is not enabled.\n", status_code=403)
+        if not authorised(request):
+            return _error(401, "missing or wrong API token")
         problems = runtime.reload()
         if problems:
             return _error(400, "config reload failed; the running config is kept", problems=problems)

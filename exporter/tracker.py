@@ -378,6 +378,15 @@ class Tracker:
             if old is not None:
                 # Counted under the job type this cycle's answers gave (a placeholder has none).
                 state.agg.reruns[(new or old).job.job_type or old.job.job_type] += 1
+            if old_id == new_id:
+                if old is not None:
+                    # The rerun kept its id (AIMS360 may): the same job runs again, and its
+                    # next outcome is counted as the first one was.
+                    old.reruns += 1
+                    old.counted = False
+                    old.seen_terminal_at = None
+                    self._changed(state, old)
+                continue
             if new is not None and old is not None:
                 new.reruns = old.reruns + 1
                 self.drop(name, old_id, "rerun")

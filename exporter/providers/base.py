@@ -109,6 +109,11 @@ class Provider:
     def restore_cursors(self, cursors: dict[str, str]) -> None:
         return None
 
+    def restore_reruns(self, reruns: Mapping[str, int]) -> None:
+        """Reruns so far of each tracked job (kept in the state file), so that a rerun budget
+        survives restarts and reloads."""
+        return None
+
 
 def segment(job_id: str) -> str:
     """A job id made safe as one URL path segment (a registered id is user input)."""

@@ -159,7 +159,7 @@ def test_reload_adds_removes_and_refuses_a_bad_config(tmp_path: Path) -> None:
         a = basiq_target(sim.url, secrets, name="a", jobs=[a_job])
         b = basiq_target(sim.url, secrets, name="b", jobs=[b_job])
         cfg = config(sim.url, secrets, a)
-        with exporter(tmp_path, cfg) as exp:
+        with exporter(tmp_path, cfg, extra=["--web.enable-lifecycle"]) as exp:
             wait_for(lambda: exp.value("asyncjob_job_status", job_id=a_job, status="running") == 1, what="a")
             first_seen = exp.api("GET", f"/api/v1/targets/a/jobs/{a_job}").json()["first_seen"]
 

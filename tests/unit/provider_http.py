@@ -28,12 +28,12 @@ def provider_and_http(
     handler: Callable[[httpx.Request], httpx.Response], **keys: Any
 ) -> tuple[Provider, TargetHttp]:
     """The target's provider and an HTTP client answering through `handler` (no network)."""
-    settings = build_settings({"targets": [target(**keys)]})
+    settings = build_settings({"targets": [target(**keys)]}, PROVIDERS)
     resolved = settings.resolved(settings.targets[0])
     provider = PROVIDERS[resolved.provider](resolved.config)
     return provider, TargetHttp(resolved, transport=httpx.MockTransport(handler))
 
 
 def provider_for(**keys: Any) -> Provider:
-    settings = build_settings({"targets": [target(**keys)]})
+    settings = build_settings({"targets": [target(**keys)]}, PROVIDERS)
     return PROVIDERS[settings.targets[0].provider](settings.targets[0])

@@ -12,13 +12,16 @@ import pytest
 from exporter.config import build_settings
 from exporter.fetch import PollError, TargetHttp
 from exporter.model import Status
+from exporter.providers import PROVIDERS
 from exporter.providers.base import BadPayload
 from exporter.providers.basiq import Basiq
 from tests.conftest import FIXTURES
 
 
 def provider(**kw: Any) -> Basiq:
-    s = build_settings({"targets": [{"name": "b", "provider": "basiq", "base_url": "https://x", **kw}]})
+    s = build_settings(
+        {"targets": [{"name": "b", "provider": "basiq", "base_url": "https://x", **kw}]}, PROVIDERS
+    )
     return Basiq(s.targets[0])
 
 
@@ -103,7 +106,8 @@ def make_http(handler: Any, tmp_path: Path) -> TargetHttp:
                     "auth": {"type": "basiq", "api_key_file": str(key)},
                 }
             ]
-        }
+        },
+        PROVIDERS,
     )
     return TargetHttp(s.resolved(s.targets[0]), transport=httpx.MockTransport(handler))
 

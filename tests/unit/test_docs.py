@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.render import JOB_FAMILIES
+from exporter.render.jobs import JOB_FAMILIES
 from tests.harness import Proc, free_port, start_cli, wait_for
 from tests.tools import load_script
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import httpx
 import pytest
 
 from exporter.config import build_settings
-from exporter.fetch import NotFound, PollError, TargetHttp, parse_retry_after
+from exporter.fetch import KEEPALIVE_EXPIRY, NotFound, PollError, TargetHttp, parse_retry_after
+from exporter.providers import PROVIDERS
+from tests.unit.loopback import Peer, serve
 
 
 def make_http(handler: Any, **glob: Any) -> TargetHttp:
     s = build_settings(
-        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}
+        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS
     )
     return TargetHttp(s.resolved(s.targets[0]), transport=httpx.MockTransport(handler))
 
@@ -84,3 +87,66 @@ def test_retry_after_reads_seconds_and_dates_and_is_bounded() -> None:
     assert parse_retry_after("999999") == 3600
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0
     assert parse_retry_after("soon") is None
+
+
+def real_http(base_url: str, **glob: Any) -> TargetHttp:
+    s = build_settings(
+        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": base_url}]}, PROVIDERS
+    )
+    return TargetHttp(s.resolved(s.targets[0]))
+
+
+def closes_after_first_answer(n: int, peer: Peer) -> None:
+    """The first connection answers once, then reads the next request and hangs up without a
+    word, as a server does whose idle timeout fires just as the request arrives."""
+    answered = 0
+    while peer.read_request() is not None:
+        if n == 0 and answered:
+            return
+        peer.answer(b'{"n": %d}' % n)
+        answered += 1
+
+
+@pytest.mark.anyio
+async def test_a_get_on_a_connection_the_server_closed_is_sent_again_on_a_fresh_one() -> None:
+    with serve(closes_after_first_answer) as (url, seen):
+        http = real_http(url)
+        assert await http.get_json("/jobs/1") == {"n": 0}
+        assert await http.get_json("/jobs/2") == {"n": 1}
+        await http.aclose()
+    assert [r.split(b" ")[1] for r in seen] == [b"/jobs/1", b"/jobs/2", b"/jobs/2"]
+    assert sum(http.stats.errors.values()) == 0
+
+
+@pytest.mark.anyio
+async def test_a_post_is_never_sent_twice() -> None:
+    with serve(closes_after_first_answer) as (url, seen):
+        http = real_http(url)
+        assert await http.get_json("/jobs/1") == {"n": 0}
+        with pytest.raises(PollError) as e:
+            await http.post_json("/jobs/1/rerun")
+        await http.aclose()
+    assert [r.split(b" ")[1] for r in seen] == [b"/jobs/1", b"/jobs/1/rerun"]
+    assert e.value.reason == "connect"
+    assert "POST 127.0.0.1:" in str(e.value) and "/jobs/1/rerun" in str(e.value)
+
+
+@pytest.mark.anyio
+async def test_connect_errors_name_the_host_and_the_cause() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]  # bound, then closed: nobody listens there
+    http = real_http(f"http://127.0.0.1:{port}")
+    with pytest.raises(PollError) as e:
+        await http.get_json("/jobs/1")
+    await http.aclose()
+    assert e.value.reason == "connect"
+    assert f"GET 127.0.0.1:{port}/jobs/1: ConnectError: " in str(e.value)
+    assert "refused" in str(e.value).lower() or "failed" in str(e.value).lower()
+    assert http.stats.last_reason == "connect"
+
+
+def test_idle_connections_are_closed_before_common_servers_close_them() -> None:
+    http = real_http("http://127.0.0.1:1")
+    assert KEEPALIVE_EXPIRY < 5  # uvicorn's and Node's keep-alive timeout
+    pool = http.client._transport._pool  # type: ignore[attr-defined]
+    assert pool._keepalive_expiry == KEEPALIVE_EXPIRY

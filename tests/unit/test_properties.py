@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from exporter.config import ConfigError, build_settings
 from exporter.model import Job, Status, Step
+from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
 from exporter.server import build_app
 
@@ -67,7 +68,7 @@ configs = st.dictionaries(st.sampled_from(KEYS), values, max_size=5)
 @settings(max_examples=300, deadline=None)
 def test_any_config_is_accepted_or_refused_with_key_paths(data: dict[str, Any]) -> None:
     try:
-        build_settings(data)
+        build_settings(data, PROVIDERS)
     except ConfigError as e:
         assert e.problems
         for problem in e.problems:
@@ -81,7 +82,8 @@ def client() -> TestClient:
         {
             "targets": [{"name": "b", "provider": "basiq", "base_url": "https://x"}],
             "global": {"max_jobs_per_target": 50},
-        }
+        },
+        PROVIDERS,
     )
     runtime = Runtime(settings_)
     runtime.tracker.set_target(settings_.resolved(settings_.targets[0]))
@@ -127,7 +129,9 @@ label_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=30)
 @given(st.lists(st.tuples(label_text, label_text, label_text), min_size=1, max_size=8))
 @settings(max_examples=40, deadline=None)
 def test_any_label_value_stays_valid_exposition(values: list[tuple[str, str, str]]) -> None:
-    settings_ = build_settings({"targets": [{"name": "b", "provider": "basiq", "base_url": "https://x"}]})
+    settings_ = build_settings(
+        {"targets": [{"name": "b", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS
+    )
     runtime = Runtime(settings_)
     runtime.tracker.set_target(settings_.resolved(settings_.targets[0]))
     ids = set()

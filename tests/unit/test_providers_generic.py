@@ -12,6 +12,7 @@ import pytest
 from exporter.config import ConfigError, build_settings
 from exporter.model import Status
 from exporter.parsing import parse_timestamp
+from exporter.providers import PROVIDERS
 from exporter.providers.base import BadPayload
 from exporter.providers.generic import Generic
 from tests.unit.provider_http import provider_and_http, provider_for, target
@@ -166,7 +167,7 @@ def test_a_null_on_the_way_is_a_match_not_a_typo(caplog: pytest.LogCaptureFixtur
 def test_config_problems_are_named(keys: dict[str, Any], problem: str) -> None:
     spec = {k: v for k, v in {**EXPORTS, **keys}.items() if v is not None}
     with pytest.raises(ConfigError) as e:
-        build_settings({"targets": [target(**spec)]})
+        build_settings({"targets": [target(**spec)]}, PROVIDERS)
     assert problem in "\n".join(e.value.problems)
 
 

@@ -192,9 +192,12 @@ def test_registration_is_refused_with_a_reason() -> None:
 
 def test_a_target_needs_queues_or_connections() -> None:
     from exporter.config import ConfigError, build_settings
+    from exporter.providers import PROVIDERS
 
     with pytest.raises(ConfigError, match="queues: an oxlin target needs"):
-        build_settings({"targets": [{"name": "o", "provider": "oxlin", "base_url": "https://x.example"}]})
+        build_settings(
+            {"targets": [{"name": "o", "provider": "oxlin", "base_url": "https://x.example"}]}, PROVIDERS
+        )
 
 
 class FakeOxlin:

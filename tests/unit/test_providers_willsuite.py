@@ -104,15 +104,19 @@ def test_bodies_without_id_or_status_are_bad(body: object) -> None:
 
 def test_willsuite_advises_five_minutes_between_polls() -> None:
     from exporter.config import build_settings
+    from exporter.providers import PROVIDERS
 
-    s = build_settings({"targets": [{"name": "w", "provider": "willsuite", "base_url": "https://x.example"}]})
+    s = build_settings(
+        {"targets": [{"name": "w", "provider": "willsuite", "base_url": "https://x.example"}]}, PROVIDERS
+    )
     assert s.resolved(s.targets[0]).poll_interval == 300.0
     fast = build_settings(
         {
             "targets": [
                 {"name": "w", "provider": "willsuite", "base_url": "https://x.example", "poll_interval": "1m"}
             ]
-        }
+        },
+        PROVIDERS,
     )
     assert fast.resolved(fast.targets[0]).poll_interval_below_advice
 

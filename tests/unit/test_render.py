@@ -12,14 +12,22 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import build_settings
 from exporter.model import Job, Status, Step
+from exporter.providers import PROVIDERS
 from exporter.providers.base import PollResult
-from exporter.render import GROUP_SIZE, Exposition, escape
+from exporter.render import Exposition
+from exporter.render.groups import GROUP_SIZE
+from exporter.render.text import escape
 from exporter.tracker import Tracker
 
 
 def setup(per_job: bool = True) -> tuple[Tracker, Exposition]:
     s = build_settings(
-        {"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x", "per_job_metrics": per_job}]}
+        {
+            "targets": [
+                {"name": "t", "provider": "basiq", "base_url": "https://x", "per_job_metrics": per_job}
+            ]
+        },
+        PROVIDERS,
     )
     tr = Tracker()
     ex = Exposition(tr, lambda: {"t": (3, {"http_5xx": 1})})
@@ -177,7 +185,8 @@ def test_failures_carry_their_cause_and_history_has_no_series() -> None:
                     "cause_map": {"invalid-credentials": "user", "odd": "provider"},
                 }
             ],
-        }
+        },
+        PROVIDERS,
     )
     tr = Tracker()
     ex = Exposition(tr, lambda: {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from exporter.config import build_settings
 from exporter.model import Job, Status
+from exporter.providers import PROVIDERS
 from exporter.scheduler import Scheduler
 from exporter.sharding import shard_of
 from exporter.tracker import Tracker
@@ -18,7 +19,7 @@ def test_the_hash_is_stable_and_spreads_jobs() -> None:
 
 
 def test_after_a_reshard_restored_jobs_of_other_shards_are_dropped_but_registered_ones_stay() -> None:
-    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]})
+    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS)
     tracker = Tracker()
     tracker.set_target(s.resolved(s.targets[0]))
     for i in range(40):

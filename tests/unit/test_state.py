@@ -9,6 +9,7 @@ import pytest
 
 from exporter.config import build_settings
 from exporter.model import Job, Status, Step
+from exporter.providers import PROVIDERS
 from exporter.state import SCHEMA_VERSION, StateError, Store, tracked_from_dict, tracked_to_dict
 from exporter.tracker import Tracker
 
@@ -18,7 +19,7 @@ class NoScheduler:
 
 
 def tracker_with_store(path: Path) -> tuple[Tracker, Store]:
-    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]})
+    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS)
     tracker = Tracker()
     store = Store(str(path))
     store.attach(tracker, NoScheduler())
@@ -38,7 +39,7 @@ def test_a_tracked_job_round_trips_whole() -> None:
         steps=(Step("verify-credentials", Status.FAILED, "failed", "maintenance"),),
         records_total=5,
     )
-    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]})
+    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS)
     tracker.set_target(s.resolved(s.targets[0]))
     tracked = tracker.track("t", job, "registered", now=20)
     assert tracked_from_dict(tracked_to_dict(tracked)) == tracked

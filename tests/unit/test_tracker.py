@@ -8,13 +8,14 @@ import pytest
 
 from exporter.config import build_settings
 from exporter.model import Job, Status, Step
+from exporter.providers import PROVIDERS
 from exporter.providers.base import PollResult
 from exporter.tracker import CapReached, Tracker
 
 
 def tracker(**glob: Any) -> Tracker:
     s = build_settings(
-        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}
+        {"global": glob, "targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS
     )
     tr = Tracker()
     tr.set_target(s.resolved(s.targets[0]))
@@ -285,7 +286,8 @@ def cause_tracker(monkeypatch: pytest.MonkeyPatch, cause_map: dict[str, str]) ->
         },
     )
     s = build_settings(
-        {"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x", "cause_map": cause_map}]}
+        {"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x", "cause_map": cause_map}]},
+        PROVIDERS,
     )
     tr = Tracker()
     tr.set_target(s.resolved(s.targets[0]))
@@ -367,7 +369,25 @@ def test_a_reload_with_a_new_cause_map_gives_tracked_failures_their_new_cause(
                     "cause_map": {"maintenance": "user"},
                 }
             ]
-        }
+        },
+        PROVIDERS,
     )
     tr.set_target(s.resolved(s.targets[0]))
     assert tr.targets["t"].jobs["1"].cause is Cause.USER
+
+
+def test_a_rerun_that_keeps_its_id_is_tracked_again_and_each_outcome_counts_once() -> None:
+    tr = tracker()
+    tr.track("t", Job("1", R, created=0), "static", now=1)
+    # The poll that sees the failure reruns the job; the service answers the same id, queued.
+    failed = Job("1", F, created=0, finished=9, reason="failed")
+    tr.apply("t", PollResult(jobs=[failed, Job("1", P, created=0)], replaced={"1": "1"}), now=10)
+    t = tr.targets["t"].jobs["1"]
+    assert t.job.status is P and t.reruns == 1
+    assert tr.pollable("t") == ["1"]
+    for now in (20, 30):  # its new outcome, seen twice, counts once
+        tr.apply("t", PollResult(jobs=[Job("1", S, created=0, finished=19)]), now=now)
+    agg = tr.targets["t"].agg
+    assert agg.finished[("", F)] == 1 and agg.finished[("", S)] == 1
+    assert agg.reruns[""] == 1
+    assert "1" not in tr.targets["t"].tombstones
