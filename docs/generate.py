@@ -276,6 +276,7 @@ def configuration_md() -> str:
                 f"| `{yaml_key}` | {type_cell} | {default_text(info, kind)} | {describe(model, name, info)} |"
             )
         lines.append("")
+    lines += [*STATE_FILE, ""]
     lines += [
         "## Auth types",
         "",
@@ -289,6 +290,36 @@ def configuration_md() -> str:
     lines.append("")
     return "\n".join(lines)
 
+
+# What `state_file` promises; in both documents.
+STATE_FILE = (
+    "## The state file (`state_file`)",
+    "",
+    "SQLite in WAL mode keeps tracked jobs, their progress stamps, counted-once marks, tombstones",
+    "and Oxlin queue cursors. Changes are committed by one writer thread, many to a transaction",
+    "(group commit).",
+    "",
+    "- **A 202 means committed.** `POST /api/v1/targets/{target}/jobs` answers 202 only once the",
+    "  registration is in the file; 503 (with `Retry-After`) when it cannot be made durable.",
+    "- **Counted once, even across `kill -9`.** A finished job's increment of",
+    "  `asyncjob_jobs_finished_total` (and of the failed, duration and records families, step",
+    "  durations, and `asyncjob_queue_events_total` behind a queue cursor) shows on `/metrics` only",
+    "  once the mark that stops it being counted again is committed.",
+    "- **What it survives.** `synchronous=NORMAL`: a commit has passed through the kernel before",
+    "  anyone hears of it, so it survives the process dying in any way (`kill -9`, OOM kill, a",
+    "  crash). An operating-system crash or power loss may roll back the last commits (the file",
+    "  stays consistent); put the file on storage that outlives the container if restarts of the",
+    "  node must keep it.",
+    "- **Write failures are loud and lossless.** A failed write (read-only mount, full disk) keeps",
+    "  its changes pending and is retried (every 0.25 s, backing off to 2 s); the SQLite error is",
+    "  logged once per change of error; `asyncjob_state_write_errors_total` counts attempts that",
+    "  failed, `asyncjob_state_pending_writes` shows what waits; `/readyz` and registrations",
+    "  answer 503 until a write succeeds, and everything pending is then written. A file that",
+    "  cannot be written at start is read (when it can be), served, and written once it can be.",
+    "- **A bad row is skipped, named.** A row that does not read back as a job (tampered JSON,",
+    "  a field of the wrong type, text that is not Unicode) is skipped with its target and key",
+    "  in the log; the other rows are restored.",
+)
 
 # ---------------------------------------------------------------------------------------
 # docs/metrics.md
@@ -595,6 +626,7 @@ def metrics_md(families: list[MetricFamily] | None = None) -> str:
             lines.append(f"| `{f.name}` | {f.type} | {', '.join(labels) or '—'} | {help_text} |")
         lines.append("")
     lines += CHOICES
+    lines += [*STATE_FILE, ""]
     lines += ["## Labels", "", "| label | meaning |", "|---|---|"]
     used = {lbl for f in families for lbl in f.labels}
     lines += [f"| `{label}` | {text} |" for label, text in LABELS.items() if label in used]

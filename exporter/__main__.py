@@ -32,6 +32,9 @@ examples:
 """
 
 
+SIMULATOR_STEP_SECONDS = 3.0
+
+
 def _env(flag: str, default: str | None) -> str | None:
     return os.environ.get("ASYNCJOB_" + flag.upper().replace(".", "_").replace("-", "_"), default)
 
@@ -51,6 +54,29 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         choices=["logfmt", "json"],
         help="log format (default: logfmt)",
     )
+
+
+def _add_simulator(p: argparse.ArgumentParser, trickle: float) -> None:
+    """The simulator's flags, spelt the same by `demo` and `simulate`."""
+    p.add_argument(
+        "--simulator.step-seconds",
+        dest="step_seconds",
+        type=float,
+        default=SIMULATOR_STEP_SECONDS,
+        help=f"how long each simulated job step takes (default: {SIMULATOR_STEP_SECONDS:g})",
+    )
+    p.add_argument(
+        "--simulator.trickle",
+        dest="trickle",
+        type=float,
+        default=trickle,
+        help=f"seconds between new simulated jobs; 0 = none (default: {trickle:g})",
+    )
+    # Earlier spellings of `simulate`, still read.
+    p.add_argument(
+        "--step-seconds", dest="step_seconds", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    p.add_argument("--trickle", dest="trickle", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,6 +107,20 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=_env("web.config.file", None),
         help="exporter-toolkit web config: tls_server_config, basic_auth_users (bcrypt)",
+    )
+    p.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default=_env("web.telemetry-path", "/metrics"),
+        metavar="PATH",
+        help="path under which to expose metrics (default: /metrics)",
+    )
+    p.add_argument(
+        "--web.disable-exporter-metrics",
+        dest="disable_exporter_metrics",
+        action="store_true",
+        default=(_env("web.disable-exporter-metrics", "") or "").lower() in ("1", "true", "yes"),
+        help="leave out the process_* and python_* metrics of the exporter's own process",
     )
     p.add_argument(
         "--web.enable-lifecycle",
@@ -125,20 +165,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="simulator address (default: a free port on 127.0.0.1)",
     )
-    demo.add_argument(
-        "--simulator.step-seconds",
-        dest="step_seconds",
-        type=float,
-        default=3.0,
-        help="how long each simulated job step takes (default: 3)",
-    )
-    demo.add_argument(
-        "--simulator.trickle",
-        dest="trickle",
-        type=float,
-        default=2.0,
-        help="seconds between new simulated jobs (default: 2)",
-    )
+    _add_simulator(demo, trickle=2.0)
     _add_common(demo)
 
     sim = sub.add_parser(
@@ -155,17 +182,15 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="simulator address (default: 127.0.0.1:10111)",
     )
+    _add_simulator(sim, trickle=0.0)
     sim.add_argument(
-        "--step-seconds",
-        dest="step_seconds",
-        type=float,
-        default=2.0,
-        help="how long each job step takes (default: 2)",
+        "--simulator.seed",
+        "--seed",
+        dest="seed",
+        type=int,
+        default=None,
+        help="random seed for reproducible runs",
     )
-    sim.add_argument(
-        "--trickle", type=float, default=0.0, help="seconds between new random jobs; 0 = none (default: 0)"
-    )
-    sim.add_argument("--seed", type=int, default=None, help="random seed for reproducible runs")
     _add_common(sim)
 
     check = sub.add_parser(
@@ -193,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.shard < args.total_shards:
         print("--shard must be between 0 and --total-shards - 1", file=sys.stderr)
         return 2
+    if not args.telemetry_path.startswith("/") or args.telemetry_path.rstrip("/") in ("", "/api"):
+        print("--web.telemetry-path must be a path such as /metrics", file=sys.stderr)
+        return 2
     if not args.config_file:
         print("--config.file is required (or run `asyncjob-exporter demo`); see --help", file=sys.stderr)
         return 2
@@ -203,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         args.shard,
         args.total_shards,
         lifecycle=args.enable_lifecycle,
+        telemetry_path=args.telemetry_path,
+        exporter_metrics=not args.disable_exporter_metrics,
     )
 
 

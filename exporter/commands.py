@@ -63,8 +63,9 @@ async def serve_exporter(
     ssl: dict[str, Any] | None = None,
     middleware: Any = None,
     lifecycle: bool = False,
+    telemetry_path: str = "/metrics",
 ) -> None:
-    app = build_app(runtime, middleware, lifecycle=lifecycle)
+    app = build_app(runtime, middleware, lifecycle=lifecycle, telemetry_path=telemetry_path)
     server = Server(app, address, ssl)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_signals, runtime, [server], tg.cancel_scope)
@@ -82,6 +83,8 @@ def run_exporter(
     shard: int,
     total_shards: int,
     lifecycle: bool = False,
+    telemetry_path: str = "/metrics",
+    exporter_metrics: bool = True,
 ) -> int:
     try:
         settings = load_settings(config_file, PROVIDERS)
@@ -95,6 +98,7 @@ def run_exporter(
         print(f"--web.config.file: {e}", file=sys.stderr)
         return 2
     runtime = Runtime(settings, config_file, shard, total_shards)
+    runtime.exposition.exporter_metrics = exporter_metrics
     if not settings.targets:
         log.warning(NO_TARGETS, extra={"config_file": config_file})
     log.info(
@@ -112,7 +116,7 @@ def run_exporter(
     except Exception as e:  # a broken state file must say so, not trace back
         print(f"state_file: {e}", file=sys.stderr)
         return 2
-    return _run(serve_exporter, runtime, address, web.ssl, web.middleware(), lifecycle)
+    return _run(serve_exporter, runtime, address, web.ssl, web.middleware(), lifecycle, telemetry_path)
 
 
 def run_simulate(address: str, step_seconds: float, trickle: float, seed: int | None) -> int:

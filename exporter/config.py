@@ -410,7 +410,9 @@ class Settings(BaseSettings):
 
     global_: GlobalConfig = Field(default_factory=GlobalConfig, alias="global")
     state_file: str = Field(
-        "", description='SQLite file that keeps tracked jobs across restarts; "" = memory.'
+        "",
+        description='SQLite file that keeps tracked jobs across restarts; "" = memory. '
+        "A 202 to a registration means it is in this file: see [the state file](#the-state-file-state_file).",
     )
     api: ApiConfig = Field(default_factory=ApiConfig)
     targets: list[TargetConfig] = Field(default_factory=list)

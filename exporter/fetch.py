@@ -118,6 +118,7 @@ class TargetHttp:
         self.host = httpx.URL(self.base_url).netloc.decode("ascii", "replace")
         self.stats = RequestStats()
         self.auth = build_auth(target.config.auth, self.base_url)
+        self.concurrency = target.concurrency
         self._limiter = anyio.CapacityLimiter(target.concurrency)
         self._budget = RateLimiter(target.max_requests_per_second) if target.max_requests_per_second else None
         self._max_bytes = target.max_response_bytes

@@ -14,6 +14,7 @@ from exporter.providers import PROVIDERS
 from exporter.providers.base import BadPayload
 from exporter.render import Exposition
 from exporter.scheduler import Scheduler
+from exporter.state import StateUnwritable, state_metrics_text
 from exporter.tracker import TrackedJob, Tracker
 
 log = logging.getLogger("asyncjob.runtime")
@@ -46,7 +47,7 @@ class Runtime:
             "# HELP asyncjob_config_last_reload_success_timestamp_seconds When the config was last loaded.\n"
             "# TYPE asyncjob_config_last_reload_success_timestamp_seconds gauge\n"
             f"asyncjob_config_last_reload_success_timestamp_seconds {self.last_reload_at:.3f}\n"
-        ).encode()
+        ).encode() + (self.store.metrics_text() if self.store is not None else state_metrics_text(0, 0))
 
     def open_state(self) -> None:
         """Open the state file (when configured) and restore what it holds."""
@@ -84,9 +85,23 @@ class Runtime:
         return []
 
     # --- registration ------------------------------------------------------------------
-    def register(self, target: str, body: Any) -> TrackedJob:
-        """Track a job from `{"id": …}` or the provider's own job answer. Raises KeyError for an
-        unknown target, BadPayload naming the field, WrongShard, CapReached."""
+    @property
+    def state_error(self) -> str | None:
+        """Why the state file cannot be written now; None when it can (or there is none)."""
+        return self.store.error if self.store is not None else None
+
+    async def register(self, target: str, body: Any) -> TrackedJob:
+        """Track a job from `{"id": …}` or the provider's own job answer, and return once the
+        registration is committed to the state file (when there is one). Raises KeyError for an
+        unknown target, BadPayload naming the field, WrongShard, CapReached, StateUnwritable."""
+        if self.store is not None and self.store.error is not None:
+            raise StateUnwritable(self.store.error)
+        tracked = self._track(target, body)
+        if self.store is not None:
+            await self.store.committed()
+        return tracked
+
+    def _track(self, target: str, body: Any) -> TrackedJob:
         state = self.tracker.targets[target]
         provider = (
             self.scheduler.runners[target].provider

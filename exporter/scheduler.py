@@ -7,10 +7,11 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from exporter.config import ResolvedTarget, Settings
@@ -24,6 +25,9 @@ log = logging.getLogger("asyncjob.scheduler")
 
 MAX_BACKOFF = 600.0
 SWEEP_INTERVAL = 1.0
+# Answers folded into the tracker per turn of the event loop: a cycle's 10,000 answers at
+# once would hold every scrape for a good part of a second.
+APPLY_SLICE = 200
 
 
 @dataclass
@@ -155,6 +159,17 @@ class Scheduler:
             if tracked.source != "registered" and not self.owns(name, job_id):
                 self.tracker.drop(name, job_id, "resharded")
 
+    async def _apply(self, name: str, result: PollResult, now: float) -> None:
+        """tracker.apply, a slice of answers at a time, letting scrapes in between; the rest of
+        the result (reruns, gone jobs, connections, queue events) follows the answers, as in
+        one apply."""
+        jobs = result.jobs
+        slices = [jobs[i : i + APPLY_SLICE] for i in range(0, len(jobs), APPLY_SLICE)] or [[]]
+        for part in slices[:-1]:
+            self.tracker.apply(name, PollResult(jobs=part), now)
+            await anyio.lowlevel.checkpoint()
+        self.tracker.apply(name, replace(result, jobs=slices[-1]), now)
+
     async def _cycle(self, runner: TargetRunner) -> None:
         name = runner.config.name
         state = self.tracker.targets[name]
@@ -170,7 +185,7 @@ class Scheduler:
         if self.total_shards > 1:
             # Another shard's jobs are left to it, unless this replica accepted them already.
             result.jobs = [j for j in result.jobs if j.id in state.jobs or self.owns(name, j.id)]
-        self.tracker.apply(name, result, time.time())
+        await self._apply(name, result, time.time())
         if self.store is not None:
             cursors = runner.provider.cursors()
             if cursors:
@@ -185,7 +200,7 @@ class Scheduler:
                     "target": name,
                     "host": runner.http.host,
                     "reason": "bad_body",
-                    "message": "; ".join(result.bad_payloads[:5]),
+                    "error": "; ".join(result.bad_payloads[:5]),
                 },
             )
         for seconds in stats.durations:
@@ -208,7 +223,7 @@ class Scheduler:
                     "target": name,
                     "host": runner.http.host,
                     "reason": stats.last_reason if request_errors else "bad_body",
-                    "message": stats.last_error if request_errors else result.bad_payloads[0],
+                    "error": stats.last_error if request_errors else result.bad_payloads[0],
                     "errors": stats.cycle_errors,
                     "requests": stats.cycle_requests,
                 },

@@ -18,6 +18,7 @@ from exporter.model import STATUSES
 from exporter.providers.base import BadPayload
 from exporter.render import CONTENT_TYPE
 from exporter.runtime import Runtime, WrongShard, job_document
+from exporter.state import StateUnwritable
 from exporter.tracker import CapReached
 
 log = logging.getLogger("asyncjob.server")
@@ -41,12 +42,12 @@ code{{background:#f3f3f3;padding:0 .25rem}}td,th{{padding:.2rem .8rem;text-align
 """
 
 
-def scrapes_first(app: ASGIApp, jobs: Any) -> ASGIApp:
+def scrapes_first(app: ASGIApp, jobs: Any, telemetry_path: str = "/metrics") -> ASGIApp:
     """Hold the background refresh of per-job series from the moment a scrape arrives until
     its body is sent, so a scrape never waits on rendering."""
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/metrics":
+        if scope["type"] != "http" or scope["path"] != telemetry_path:
             await app(scope, receive, send)
             return
         jobs.scrapes += 1
@@ -62,8 +63,11 @@ def _error(status: int, message: str, **more: Any) -> JSONResponse:
     return JSONResponse({"error": message, **more}, status_code=status)
 
 
-def build_app(runtime: Runtime, middleware: Any = None, lifecycle: bool = False) -> ASGIApp:
-    """The exporter's routes. `lifecycle` (--web.enable-lifecycle) turns on POST /-/reload."""
+def build_app(
+    runtime: Runtime, middleware: Any = None, lifecycle: bool = False, telemetry_path: str = "/metrics"
+) -> ASGIApp:
+    """The exporter's routes. `lifecycle` (--web.enable-lifecycle) turns on POST /-/reload;
+    `telemetry_path` (--web.telemetry-path) is where /metrics is served."""
 
     async def metrics(request: Request) -> Response:
         gz = "gzip" in request.headers.get("accept-encoding", "")
@@ -87,6 +91,10 @@ def build_app(runtime: Runtime, middleware: Any = None, lifecycle: bool = False)
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
+        if runtime.state_error is not None:
+            return PlainTextResponse(
+                f"state file cannot be written: {runtime.state_error}\n", status_code=503
+            )
         waiting = [n for n, s in runtime.tracker.targets.items() if not s.polled_once]
         if waiting:
             return PlainTextResponse(
@@ -140,14 +148,20 @@ def build_app(runtime: Runtime, middleware: Any = None, lifecycle: bool = False)
         except ValueError:
             return _error(400, "body is not JSON")
         try:
-            tracked = runtime.register(target, body)
+            tracked = await runtime.register(target, body)
         except BadPayload as e:
-            field = str(e) or "id"
-            return _error(422, f"{field}: no usable job id in the body", field=field)
+            # A provider names the field, optionally followed by ": why" (see BadPayload).
+            field, _, why = (str(e) or "id").partition(": ")
+            return _error(422, f"{field}: {why or 'no usable job id in the body'}", field=field)
         except WrongShard as e:
             return _error(421, str(e), shard=e.shard)
         except CapReached as e:
             return _error(409, str(e))
+        except StateUnwritable as e:
+            # Not acknowledged: the client retries. A job already tracked stays pending, written later.
+            refused = _error(503, f"registration cannot be made durable: {e}")
+            refused.headers["Retry-After"] = "5"
+            return refused
         return JSONResponse(job_document(target, tracked), status_code=202)
 
     async def list_jobs(request: Request) -> Response:
@@ -192,7 +206,7 @@ def build_app(runtime: Runtime, middleware: Any = None, lifecycle: bool = False)
 
     routes = [
         Route("/", landing),
-        Route("/metrics", metrics),
+        Route(telemetry_path, metrics),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/-/reload", reload, methods=["POST"]),
@@ -202,7 +216,8 @@ def build_app(runtime: Runtime, middleware: Any = None, lifecycle: bool = False)
         Route("/api/v1/targets/{target}/jobs/{job_id:path}", api(get_job), methods=["GET"]),
         Route("/api/v1/targets/{target}/jobs/{job_id:path}", api(delete_job), methods=["DELETE"]),
     ]
-    return scrapes_first(Starlette(routes=routes, middleware=middleware or []), runtime.exposition.jobs)
+    app = Starlette(routes=routes, middleware=middleware or [])
+    return scrapes_first(app, runtime.exposition.jobs, telemetry_path)
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:

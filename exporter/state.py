@@ -1,10 +1,17 @@
 """Durable state in SQLite: tracked jobs with their last snapshot, progress stamps and
 counted-once marks, tombstones, and provider cursors (Oxlin queues).
 
-The store is a tracker listener: changes are collected in memory and written in batches
-from a worker thread, so the event loop never waits on the disk. A crash loses at most
-the last FLUSH_INTERVAL of changes; a finished job already counted is never counted
-again after a restart, and stuck clocks keep their old stamps.
+The store is a tracker listener. Changes wait in memory until a writer (a worker thread,
+so the event loop never waits on the disk) commits everything pending in one transaction
+(group commit), then wakes whoever waits for it: a registration is acknowledged, and a
+counter increment becomes visible on /metrics, only once the change behind it is
+committed. A write that fails keeps its changes pending and is retried; the error is
+logged once per change of error, counted, and makes /readyz answer 503.
+
+Durability: WAL with `synchronous=NORMAL`. A commit is in the WAL, through the kernel,
+before anyone hears of it, so it survives `kill -9` and any crash of the process; an
+operating-system crash or power loss may roll back the last commits (never corrupt the
+file), as the WAL is not synced at every commit.
 """
 
 from __future__ import annotations
@@ -13,18 +20,22 @@ import json
 import logging
 import sqlite3
 import threading
-from dataclasses import asdict, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
+from pydantic import TypeAdapter, ValidationError
 
-from exporter.model import Cause, Job, Status, Step
 from exporter.tracker import TargetState, TrackedJob, Tracker
 
 log = logging.getLogger("asyncjob.state")
 
-FLUSH_INTERVAL = 1.0
+# Waits between attempts while the state cannot be written.
+RETRY_FIRST, RETRY_MAX = 0.25, 2.0
+# A registration waits this long for its commit before it is answered 503.
+COMMIT_TIMEOUT = 10.0
 
 # Each entry migrates the schema from version i to i+1.
 MIGRATIONS: tuple[str, ...] = (
@@ -45,82 +56,213 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_JOB_FIELDS = {f.name for f in fields(Job)}
-_STEP_FIELDS = {f.name for f in fields(Step)}
+# Errors that mean "cannot write here now" (a read-only mount, a full disk, an I/O error),
+# as opposed to a file that is not a state file at all.
+_UNWRITABLE = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_PERM")
+
+_TRACKED = TypeAdapter(TrackedJob)
 
 
 class StateError(Exception):
-    pass
+    """The state file cannot be used at all (not SQLite, a newer schema)."""
+
+
+class StateUnwritable(Exception):
+    """A change could not be committed: the state file cannot be written now."""
+
+
+def tracked_to_json(t: TrackedJob) -> str:
+    try:
+        return _TRACKED.dump_json(t).decode()
+    except ValueError:  # text that is not valid Unicode (a lone surrogate): kept, replaced
+        text = json.dumps(_TRACKED.dump_python(t, mode="python", round_trip=True), ensure_ascii=False)
+        return text.encode("utf-8", "replace").decode()
+
+
+def tracked_from_json(text: str | bytes) -> TrackedJob:
+    """A saved job, its every field checked against its type; ValueError names the first problem."""
+    try:
+        return _TRACKED.validate_json(text, strict=True)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "row"
+        raise ValueError(f"{where}: {first['msg']}") from None
 
 
 def tracked_to_dict(t: TrackedJob) -> dict[str, Any]:
-    data = asdict(t)
-    data["job"]["steps"] = [asdict(s) for s in t.job.steps]
+    data: dict[str, Any] = json.loads(tracked_to_json(t))
     return data
 
 
 def tracked_from_dict(data: dict[str, Any]) -> TrackedJob:
-    job_data = {k: v for k, v in data["job"].items() if k in _JOB_FIELDS}
-    job_data["status"] = Status(job_data["status"])
-    if job_data.get("cause") is not None:
-        job_data["cause"] = Cause(job_data["cause"])
-    job_data["steps"] = tuple(
-        Step(**{**{k: v for k, v in s.items() if k in _STEP_FIELDS}, "status": Status(s["status"])})
-        for s in job_data.get("steps", ())
-    )
-    tracked_data = {k: v for k, v in data.items() if k != "job" and k in TrackedJob.__dataclass_fields__}
-    return TrackedJob(job=Job(**job_data), **tracked_data)
+    return tracked_from_json(json.dumps(data))
+
+
+def _printable(raw: bytes | str) -> str:
+    """A key from the file as log text, whatever bytes it holds."""
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "backslashreplace").decode()
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _describe(e: sqlite3.Error) -> str:
+    name = getattr(e, "sqlite_errorname", "")
+    return f"{e} ({name})" if name else str(e)
+
+
+JobKey = tuple[str, str]
+
+
+@dataclass
+class Batch:
+    """Changes taken for one transaction, and what waits on it."""
+
+    jobs: dict[JobKey, TrackedJob | None] = field(default_factory=dict)
+    tombstones: dict[JobKey, float] = field(default_factory=dict)
+    cursors: dict[JobKey, str] = field(default_factory=dict)
+    held: list[Callable[[], None]] = field(default_factory=list)
+    upto: int = 0  # the last change number it holds
+
+    def __len__(self) -> int:
+        return len(self.jobs) + len(self.tombstones) + len(self.cursors)
 
 
 class Store:
     def __init__(self, path: str) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self._dirty: dict[tuple[str, str], TrackedJob | None] = {}
-        self._tombstones: dict[tuple[str, str], float] = {}
-        self._cursors: dict[tuple[str, str], str] = {}
-        self._dirty_cursors = False
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise StateError(f"{path}: {e}") from None
+        self._pending = Batch()
+        self._inflight = 0
+        self._changes = 0  # numbered changes so far
+        self._durable = 0  # every change up to this number is committed
+        self.write_errors = 0
+        self.error: str | None = None  # the current write error; None while writes succeed
+        self._wake: anyio.Event | None = None
+        self._round: anyio.Event | None = None
+        self._cursors: dict[JobKey, str] = {}
         self._restored: dict[str, list[TrackedJob]] = {}
         self._restored_tombstones: dict[str, dict[str, float]] = {}
-        self._load()
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._connect()
+            reader = self._db
+        except (sqlite3.Error, OSError) as e:
+            if isinstance(e, sqlite3.Error) and not self._unwritable(e):
+                raise StateError(f"{path}: {e}") from None
+            # Read what the file holds, serve it, and retry writing until it works.
+            self._failed(e if isinstance(e, sqlite3.Error) else sqlite3.OperationalError(str(e)), 0)
+            reader = None
+        try:
+            reader = reader or self._read_only()
+            if reader is not None:
+                self._load(reader)
+        except sqlite3.DatabaseError as e:
+            raise StateError(f"{path}: {e}") from None
+        finally:
+            if reader is not None and reader is not self._db:
+                reader.close()
 
-    def _migrate(self) -> None:
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    # --- opening -----------------------------------------------------------------------
+    @staticmethod
+    def _unwritable(e: sqlite3.Error) -> bool:
+        return str(getattr(e, "sqlite_errorname", "")).startswith(_UNWRITABLE)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL: a commit survives the process dying (kill -9), not power loss.
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _read_only(self) -> sqlite3.Connection | None:
+        """A connection that only reads, for a file on a read-only mount; None when there is no file."""
+        if not Path(self.path).exists():
+            return None
+        uri = Path(self.path).resolve().as_uri()
+        for query in ("?mode=ro", "?mode=ro&immutable=1"):  # immutable: no -shm can be made
+            try:
+                db = sqlite3.connect(uri + query, uri=True, check_same_thread=False)
+                self._check_version(db)
+                return db
+            except sqlite3.OperationalError:
+                continue
+        return None
+
+    def _check_version(self, db: sqlite3.Connection) -> int:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            return 0
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:
             raise StateError(f"schema version {version} is newer than this exporter knows ({SCHEMA_VERSION})")
+        return version
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = self._check_version(db)
+        if version == SCHEMA_VERSION:
+            return
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         for i in range(version, SCHEMA_VERSION):
-            self._db.executescript("BEGIN;" + MIGRATIONS[i] + "COMMIT;")
-            self._db.execute(
+            db.executescript("BEGIN;" + MIGRATIONS[i] + "COMMIT;")
+            db.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (str(i + 1),),
             )
             log.info("state schema migrated", extra={"version": i + 1, "path": self.path})
 
-    def _load(self) -> None:
+    def _load(self, db: sqlite3.Connection) -> None:
+        """Read every row; a row that does not read back as what it should be is skipped, named."""
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "jobs" not in tables:
+            return
         bad = 0
-        for target, job_id, data in self._db.execute("SELECT target, job_id, data FROM jobs"):
+
+        def skip(target: bytes | str, key: bytes | str, problem: str, what: str = "job") -> None:
+            nonlocal bad
+            bad += 1
+            log.warning(
+                f"unreadable {what} in state file, skipped",
+                extra={"target": _printable(target), "key": _printable(key), "problem": problem},
+            )
+
+        # As bytes: text that is not UTF-8 must not stop the reading of the rows after it.
+        for target_b, key_b, data in db.execute(
+            "SELECT CAST(target AS BLOB), CAST(job_id AS BLOB), CAST(data AS BLOB) FROM jobs"
+        ):
             try:
-                self._restored.setdefault(target, []).append(tracked_from_dict(json.loads(data)))
-            except (ValueError, TypeError, KeyError):
-                bad += 1
-                log.warning(
-                    "unreadable job in state file, skipped", extra={"target": target, "job_id": job_id}
-                )
-        for target, job_id, at in self._db.execute("SELECT target, job_id, at FROM tombstones"):
-            self._restored_tombstones.setdefault(target, {})[job_id] = at
-        for target, name, value in self._db.execute("SELECT target, name, value FROM cursors"):
-            self._cursors[(target, name)] = value
+                target, job_id = target_b.decode(), key_b.decode()
+                tracked = tracked_from_json(data)
+            except ValueError as e:  # UnicodeDecodeError is one
+                skip(target_b, key_b, str(e))
+                continue
+            if tracked.job.id != job_id:
+                skip(target, job_id, f"job.id: {tracked.job.id!r} differs from the row's key")
+                continue
+            self._restored.setdefault(target, []).append(tracked)
+        for target_b, key_b, at in db.execute(
+            "SELECT CAST(target AS BLOB), CAST(job_id AS BLOB), at FROM tombstones"
+        ):
+            try:
+                if not isinstance(at, int | float):
+                    raise ValueError(f"at: {at!r} is not a time")
+                self._restored_tombstones.setdefault(target_b.decode(), {})[key_b.decode()] = float(at)
+            except ValueError as e:
+                skip(target_b, key_b, str(e), "tombstone")
+        for target_b, key_b, value in db.execute(
+            "SELECT CAST(target AS BLOB), CAST(name AS BLOB), CAST(value AS BLOB) FROM cursors"
+        ):
+            try:
+                self._cursors[(target_b.decode(), key_b.decode())] = bytes(value).decode()
+            except ValueError as e:
+                skip(target_b, key_b, str(e), "cursor")
         count = sum(len(v) for v in self._restored.values())
         log.info("state restored", extra={"path": self.path, "jobs": count, "skipped": bad})
 
@@ -128,6 +270,7 @@ class Store:
     def attach(self, tracker: Tracker, scheduler: Any) -> None:
         tracker.listeners.append(self)
         tracker.restore = self.restore
+        tracker.hold = self.hold
         scheduler.store = self
 
     def restore(self, state: TargetState) -> list[TrackedJob]:
@@ -139,78 +282,217 @@ class Store:
     def cursors(self, target: str) -> dict[str, str]:
         return {name: v for (t, name), v in self._cursors.items() if t == target}
 
+    # --- changes -----------------------------------------------------------------------
+    def _changed(self) -> None:
+        self._changes += 1
+        self._pending.upto = self._changes
+        if self._wake is not None:
+            self._wake.set()
+
     def save_cursors(self, target: str, cursors: dict[str, str]) -> None:
         with self._lock:
             for name, value in cursors.items():
-                self._cursors[(target, name)] = value
-                self._dirty_cursors = True
+                if self._cursors.get((target, name)) != value:
+                    self._cursors[(target, name)] = value
+                    self._pending.cursors[(target, name)] = value
+                    self._changed()
 
-    # --- tracker listener --------------------------------------------------------------
+    def hold(self, apply: Callable[[], None]) -> None:
+        """Run `apply` (a counter increment) once every change made so far is committed: the
+        increment behind a counted-once mark or a queue cursor is never seen before the mark is
+        durable, so a kill -9 cannot make the next lifetime count it again."""
+        with self._lock:
+            self._pending.held.append(apply)
+            self._changed()
+
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
         with self._lock:
-            self._dirty[(state.config.name, tracked.job.id)] = tracked
+            self._pending.jobs[(state.config.name, tracked.job.id)] = tracked
+            self._changed()
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
         key = (state.config.name, job_id)
         with self._lock:
-            self._dirty[key] = None
+            self._pending.jobs[key] = None
             at = state.tombstones.get(job_id)
             if at is not None:
-                self._tombstones[key] = at
+                self._pending.tombstones[key] = at
+            self._changed()
+
+    @property
+    def pending_writes(self) -> int:
+        """Changes not committed yet: waiting, and in the transaction being written."""
+        return len(self._pending) + self._inflight
 
     # --- writing -----------------------------------------------------------------------
-    def _take(
-        self,
-    ) -> tuple[
-        list[tuple[str, str, str]],
-        list[tuple[str, str]],
-        list[tuple[str, str, float]],
-        list[tuple[str, str, str]],
-    ]:
+    def _take(self) -> tuple[Batch, list[tuple[str, str, str]]]:
+        """Everything pending, with the jobs serialised as they are now (on the caller's thread:
+        the event loop, which is the only one changing them)."""
         with self._lock:
-            dirty, self._dirty = self._dirty, {}
-            tombs, self._tombstones = self._tombstones, {}
-            cursors = [(t, n, v) for (t, n), v in self._cursors.items()] if self._dirty_cursors else []
-            self._dirty_cursors = False
-        upserts = [(t, j, json.dumps(tracked_to_dict(tr))) for (t, j), tr in dirty.items() if tr is not None]
-        deletes = [(t, j) for (t, j), tr in dirty.items() if tr is None]
-        return upserts, deletes, [(t, j, at) for (t, j), at in tombs.items()], cursors
+            batch, self._pending = self._pending, Batch(upto=self._changes)
+            self._inflight = len(batch)
+        rows = [(t, j, tracked_to_json(tr)) for (t, j), tr in batch.jobs.items() if tr is not None]
+        return batch, rows
 
-    def flush(self) -> int:
-        """Write pending changes (in the calling thread). Returns rows written."""
-        upserts, deletes, tombs, cursors = self._take()
-        if not (upserts or deletes or tombs or cursors):
-            return 0
+    def _commit(self, batch: Batch, rows: list[tuple[str, str, str]]) -> None:
+        """One transaction (on the writer's thread). On an error the connection is dropped, so the
+        next attempt opens the file again (a mount made writable again, a freed disk)."""
         db = self._db
-        db.execute("BEGIN")
         try:
+            if db is None:
+                db = self._db = self._connect()
+            db.execute("BEGIN IMMEDIATE")
             db.executemany(
                 "INSERT INTO jobs (target, job_id, data) VALUES (?, ?, ?) "
                 "ON CONFLICT(target, job_id) DO UPDATE SET data = excluded.data",
-                upserts,
+                rows,
             )
-            db.executemany("DELETE FROM jobs WHERE target = ? AND job_id = ?", deletes)
-            db.executemany("INSERT OR REPLACE INTO tombstones (target, job_id, at) VALUES (?, ?, ?)", tombs)
-            db.executemany("INSERT OR REPLACE INTO cursors (target, name, value) VALUES (?, ?, ?)", cursors)
+            db.executemany(
+                "DELETE FROM jobs WHERE target = ? AND job_id = ?",
+                [k for k, tr in batch.jobs.items() if tr is None],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO tombstones (target, job_id, at) VALUES (?, ?, ?)",
+                [(t, j, at) for (t, j), at in batch.tombstones.items()],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO cursors (target, name, value) VALUES (?, ?, ?)",
+                [(t, n, v) for (t, n), v in batch.cursors.items()],
+            )
             db.execute("COMMIT")
         except sqlite3.Error:
-            db.execute("ROLLBACK")
+            if db is not None:
+                try:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                finally:
+                    db.close()
+                    self._db = None
             raise
-        return len(upserts) + len(deletes) + len(tombs) + len(cursors)
+
+    def _put_back(self, batch: Batch) -> None:
+        """A failed batch waits again, under any newer change of the same keys."""
+        with self._lock:
+            p = self._pending
+            p.jobs = {**batch.jobs, **p.jobs}
+            p.tombstones = {**batch.tombstones, **p.tombstones}
+            p.cursors = {**batch.cursors, **p.cursors}
+            p.held = batch.held + p.held
+            self._inflight = 0
+
+    def _failed(self, e: sqlite3.Error, pending: int) -> None:
+        self.write_errors += 1
+        text = _describe(e)
+        if text != self.error:
+            log.error(
+                "state file cannot be written; changes are kept and retried",
+                extra={"path": self.path, "error": text, "pending": pending},
+            )
+        self.error = text
+
+    def _done(self, batch: Batch) -> None:
+        with self._lock:
+            self._inflight = 0
+            self._durable = max(self._durable, batch.upto)
+        if self.error is not None:
+            log.info("state file written again", extra={"path": self.path, "changes": len(batch)})
+            self.error = None
+        for apply in batch.held:
+            apply()
+
+    def flush(self) -> int:
+        """Write what is pending (in the calling thread). Returns changes written; raises
+        sqlite3.Error with the changes still pending."""
+        batch, rows = self._take()
+        if not len(batch) and not batch.held:
+            self._done(batch)
+            return 0
+        try:
+            self._commit(batch, rows)
+        except sqlite3.Error as e:
+            self._put_back(batch)
+            self._failed(e, self.pending_writes)
+            raise
+        self._done(batch)
+        return len(batch)
+
+    async def _flush_in_thread(self) -> bool:
+        batch, rows = self._take()
+        try:
+            await anyio.to_thread.run_sync(self._commit, batch, rows)
+        except sqlite3.Error as e:
+            self._put_back(batch)
+            self._failed(e, self.pending_writes)
+            ok = False
+        except BaseException:  # cancelled at shutdown: written or not, it is written again
+            self._put_back(batch)
+            raise
+        else:
+            self._done(batch)
+            ok = True
+        # Wake the waiters of this round: committed, or told why not.
+        if self._round is not None:
+            self._round.set()
+        self._round = anyio.Event()
+        return ok
 
     async def run(self) -> None:
-        """Flush every FLUSH_INTERVAL in a worker thread, and once more on the way out."""
+        """The writer: commit whatever is pending as soon as the previous commit is done; while
+        writes fail, retry with a growing pause. One last commit on the way out."""
+        self._wake = anyio.Event()
+        self._round = self._round or anyio.Event()
+        retry = RETRY_FIRST
         try:
             while True:
-                await anyio.sleep(FLUSH_INTERVAL)
-                try:
-                    await anyio.to_thread.run_sync(self.flush)
-                except sqlite3.Error as e:
-                    log.error("state write failed; will retry", extra={"error": str(e)})
+                if not len(self._pending) and not self._pending.held and self.error is None:
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                if await self._flush_in_thread():
+                    retry = RETRY_FIRST
+                else:
+                    await anyio.sleep(retry)
+                    retry = min(RETRY_MAX, retry * 2)
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.flush)
+                await self._flush_in_thread()
+
+    async def committed(self, timeout: float = COMMIT_TIMEOUT) -> None:
+        """Return once every change made so far is committed; StateUnwritable when a write
+        attempt fails first, or nothing is committed within `timeout`."""
+        want = self._changes
+        with anyio.move_on_after(timeout):
+            while self._durable < want:
+                if self._round is None:
+                    self._round = anyio.Event()
+                await self._round.wait()
+                if self._durable < want and self.error is not None:
+                    raise StateUnwritable(self.error)
+            return
+        raise StateUnwritable(f"not committed within {timeout:g}s")
+
+    def metrics_text(self) -> bytes:
+        return state_metrics_text(self.write_errors, self.pending_writes)
 
     def close(self) -> None:
-        self.flush()
-        self._db.close()
+        try:
+            self.flush()
+        except sqlite3.Error as e:
+            log.error(
+                "state file could not be written at exit; these changes are lost",
+                extra={"path": self.path, "error": _describe(e), "pending": self.pending_writes},
+            )
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def state_metrics_text(write_errors: int, pending: int) -> bytes:
+    return (
+        "# HELP asyncjob_state_write_errors_total Failed attempts to write the state file "
+        "(each retried; nothing is dropped).\n"
+        "# TYPE asyncjob_state_write_errors_total counter\n"
+        f"asyncjob_state_write_errors_total {write_errors}\n"
+        "# HELP asyncjob_state_pending_writes Changes not yet committed to the state file.\n"
+        "# TYPE asyncjob_state_pending_writes gauge\n"
+        f"asyncjob_state_pending_writes {pending}\n"
+    ).encode()

@@ -8,15 +8,20 @@ the state store) which jobs changed or went away. It never does I/O itself.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Protocol
 
 from exporter.config import ResolvedTarget
 from exporter.model import Cause, Connection, Job, Status
 from exporter.providers.base import PollResult, Provider
+
+log = logging.getLogger("asyncjob.tracker")
 
 # Histogram buckets: seconds, from a second to a day (jobs) and to two hours (steps).
 JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
@@ -92,7 +97,13 @@ class TargetState:
     jobs: dict[str, TrackedJob] = field(default_factory=dict)
     agg: Aggregates = field(default_factory=Aggregates)
     connections: dict[str, Connection] = field(default_factory=dict)
-    tombstones: dict[str, float] = field(default_factory=dict)
+    tombstones: dict[str, float] = field(default_factory=dict)  # oldest first
+    # Indexes kept up to date on every change, so that neither the scheduler nor the sweep
+    # walks every job: the unfinished jobs (in the order they came), and a heap of
+    # (seen finished at, id) with the stamp each finished job has in it.
+    pending: dict[str, None] = field(default_factory=dict)
+    retention_queue: list[tuple[float, str]] = field(default_factory=list)
+    queued: dict[str, float] = field(default_factory=dict)
     up: bool = False
     polled_once: bool = False
     last_success: float | None = None
@@ -158,6 +169,21 @@ def _tally(state: TargetState, tracked: TrackedJob, delta: int) -> None:
         state.agg.by_status[(tracked.job.job_type, tracked.job.status)] += delta
 
 
+def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float) -> None:
+    agg.finished[(job.job_type, job.status)] += 1
+    if job.status is Status.FAILED:
+        agg.failed[(job.job_type, job.reason or "unknown", cause)] += 1
+    key = (job.job_type, str(job.status))
+    hist = agg.job_duration.get(key)
+    if hist is None:
+        hist = agg.job_duration[key] = Histogram(JOB_DURATION_BUCKETS)
+    hist.observe(duration)
+    if job.records_total is not None:
+        agg.records_processed[job.job_type] += job.records_total
+    if job.records_failed is not None:
+        agg.records_failed[job.job_type] += job.records_failed
+
+
 class Listener(Protocol):
     """Told about every change: the renderer re-renders, the state store persists."""
 
@@ -176,6 +202,9 @@ class Tracker:
         self.listeners: list[Listener] = list(listeners)
         # Jobs saved by a previous run for a target (the state store sets this).
         self.restore: Callable[[TargetState], list[TrackedJob]] = lambda state: []
+        # Applies a counter increment whose counted-once mark was just set. The state store
+        # holds it back until the mark is committed (else kill -9 could count it twice).
+        self.hold: Callable[[Callable[[], None]], None] = lambda apply: apply()
 
     # --- targets -----------------------------------------------------------------------
     def set_target(self, config: ResolvedTarget) -> TargetState:
@@ -206,7 +235,7 @@ class Tracker:
     # --- jobs ----------------------------------------------------------------------------
     def pollable(self, name: str) -> list[str]:
         """Ids of the target's unfinished jobs: finished jobs are never polled again."""
-        return [job_id for job_id, t in self.targets[name].jobs.items() if not t.job.status.terminal]
+        return list(self.targets[name].pending)
 
     def track(self, name: str, job: Job, source: str, now: float | None = None) -> TrackedJob:
         """Start tracking `job` (a placeholder or a parsed answer); an already tracked job is updated."""
@@ -326,7 +355,7 @@ class Tracker:
                         hist = state.agg.step_duration.get(key)
                         if hist is None:
                             hist = state.agg.step_duration[key] = Histogram(STEP_DURATION_BUCKETS)
-                        hist.observe(duration)
+                        self.hold(partial(hist.observe, duration))
                 else:
                     tracked.step_finished[name] = job.updated or now
             previous_end = tracked.step_finished.get(name)
@@ -346,21 +375,10 @@ class Tracker:
         tracked.counted = True
         if tracked.history:
             return
-        agg = state.agg
-        agg.finished[(job.job_type, job.status)] += 1
-        if job.status is Status.FAILED:
-            agg.failed[(job.job_type, job.reason or "unknown", tracked.cause or Cause.UNKNOWN)] += 1
         start = _first(job.started, job.created, tracked.first_seen)
         end = _first(job.finished, now)
-        key = (job.job_type, str(job.status))
-        hist = agg.job_duration.get(key)
-        if hist is None:
-            hist = agg.job_duration[key] = Histogram(JOB_DURATION_BUCKETS)
-        hist.observe(max(0.0, end - start))
-        if job.records_total is not None:
-            agg.records_processed[job.job_type] += job.records_total
-        if job.records_failed is not None:
-            agg.records_failed[job.job_type] += job.records_failed
+        cause = tracked.cause or Cause.UNKNOWN
+        self.hold(partial(_count_finished, state.agg, job, cause, max(0.0, end - start)))
 
     def apply(self, name: str, result: PollResult, now: float | None = None) -> None:
         """Fold one poll cycle's answers into the target's state."""
@@ -391,11 +409,15 @@ class Tracker:
                 new.reruns = old.reruns + 1
                 self.drop(name, old_id, "rerun")
         for job_id in result.gone:
-            self.drop(name, job_id, "gone")
+            if self.drop(name, job_id, "gone"):
+                log.warning(
+                    "job dropped: the provider does not know it", extra={"target": name, "job_id": job_id}
+                )
         for conn in result.connections:
             state.connections[conn.id] = conn
-        for queue, event_type in result.queue_events:
-            state.agg.queue_events[(queue, event_type)] += 1
+        if result.queue_events:
+            # Visible once the queue cursors saved after this cycle are committed.
+            self.hold(partial(state.agg.queue_events.update, result.queue_events))
 
     def drop(self, name: str, job_id: str, reason: str) -> bool:
         state = self.targets.get(name)
@@ -405,32 +427,52 @@ class Tracker:
         _tally(state, tracked, -1)
         state.agg.dropped[reason] += 1
         if reason in ("retention", "gone", "rerun"):
+            state.tombstones.pop(job_id, None)  # to the end: the dict stays oldest first
             state.tombstones[job_id] = time.time()
         self._notify_removed(state, job_id)
         return True
 
     def sweep(self, now: float | None = None) -> int:
-        """Drop finished jobs whose retention ended; forget old tombstones. Returns jobs dropped."""
+        """Drop finished jobs whose retention ended; forget old tombstones. Returns jobs dropped.
+
+        Both are read oldest first and only as far as they expired, so a sweep costs what it
+        drops, not the number of jobs tracked.
+        """
         now = now if now is not None else time.time()
         dropped = 0
         for name, state in list(self.targets.items()):
-            retention = state.config.retention
-            expired = [
-                job_id
-                for job_id, t in state.jobs.items()
-                if t.seen_terminal_at is not None and now - t.seen_terminal_at >= retention
-            ]
-            for job_id in expired:
-                dropped += self.drop(name, job_id, "retention")
-            old = [job_id for job_id, at in state.tombstones.items() if now - at > TOMBSTONE_SECONDS]
+            queue, retention = state.retention_queue, state.config.retention
+            while queue and now - queue[0][0] >= retention:
+                at, job_id = heapq.heappop(queue)
+                if state.queued.get(job_id) == at:
+                    del state.queued[job_id]
+                tracked = state.jobs.get(job_id)
+                if tracked is not None and tracked.seen_terminal_at == at:
+                    dropped += self.drop(name, job_id, "retention")
+            old: list[str] = []
+            # Restored tombstones come in any order: one younger than those behind it holds
+            # them back, for at most TOMBSTONE_SECONDS more.
+            for job_id, at in state.tombstones.items():
+                if now - at <= TOMBSTONE_SECONDS:
+                    break
+                old.append(job_id)
             for job_id in old:
                 del state.tombstones[job_id]
         return dropped
 
     def _changed(self, state: TargetState, tracked: TrackedJob) -> None:
+        job_id, at = tracked.job.id, tracked.seen_terminal_at
+        if tracked.job.status.terminal:
+            state.pending.pop(job_id, None)
+        else:
+            state.pending[job_id] = None
+        if at is not None and state.queued.get(job_id) != at:
+            state.queued[job_id] = at
+            heapq.heappush(state.retention_queue, (at, job_id))
         for listener in self.listeners:
             listener.job_changed(state, tracked)
 
     def _notify_removed(self, state: TargetState, job_id: str) -> None:
+        state.pending.pop(job_id, None)
         for listener in self.listeners:
             listener.job_removed(state, job_id)

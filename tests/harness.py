@@ -92,7 +92,7 @@ def simulator(tmp: Path, step_seconds: float = 1.0, extra: list[str] | None = No
         [
             "simulate",
             f"--web.listen-address=127.0.0.1:{port}",
-            f"--step-seconds={step_seconds}",
+            f"--simulator.step-seconds={step_seconds}",
             *(extra or []),
         ],
         log,

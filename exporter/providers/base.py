@@ -6,7 +6,7 @@ tracked ids (batching, discovery) and how to read the answers into `Job`s.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from urllib.parse import quote
@@ -29,6 +29,8 @@ COMMON_KEYS = frozenset(
 
 class Http(Protocol):
     """What a provider may ask of its target's HTTP client (exporter.fetch.TargetHttp)."""
+
+    concurrency: int  # requests in flight at most
 
     async def get_json(self, path: str, params: dict[str, str] | None = None) -> Any: ...
 
@@ -124,23 +126,35 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-async def gather(items: Iterable[T], fn: Callable[[T], Awaitable[R]]) -> list[tuple[T, R | BaseException]]:
-    """Run fn over items concurrently (the HTTP client bounds the concurrency).
+# Workers of a `gather` unless told: the default `concurrency` of a target.
+POOL_WIDTH = 16
 
-    PollError, NotFound and BadPayload are returned in place of a result; anything else
-    propagates, since it is a bug.
+
+async def gather(
+    items: Iterable[T], fn: Callable[[T], Awaitable[R]], width: int = POOL_WIDTH
+) -> list[tuple[T, R | BaseException]]:
+    """Run fn over items with `width` workers, each taking the next item when it is done.
+
+    A fixed pool rather than a task per item: 10,000 tasks started at once hold the event
+    loop for a noticeable time and each waiting task holds memory; a pool takes items as
+    it goes. PollError, NotFound and BadPayload are returned in place of a result; anything
+    else propagates, since it is a bug.
     """
     results: list[tuple[T, R | BaseException]] = []
+    queue = iter(items)
 
-    async def one(item: T) -> None:
-        try:
-            results.append((item, await fn(item)))
-        except (PollError, NotFound, BadPayload) as e:
-            results.append((item, e))
+    async def worker() -> None:
+        for item in queue:  # shared: each item goes to the first worker free
+            try:
+                results.append((item, await fn(item)))
+            except (PollError, NotFound, BadPayload) as e:
+                results.append((item, e))
 
+    if isinstance(items, Sized):
+        width = min(width, len(items))
     async with anyio.create_task_group() as tg:
-        for item in items:
-            tg.start_soon(one, item)
+        for _ in range(max(1, width)):
+            tg.start_soon(worker)
     return results
 
 
@@ -154,7 +168,7 @@ async def fetch_each(
         body = await http.get_json(path_for(job_id))
         return parse(body)
 
-    for job_id, outcome in await gather(ids, one):
+    for job_id, outcome in await gather(ids, one, http.concurrency):
         if isinstance(outcome, Job):
             result.jobs.append(outcome)
         elif isinstance(outcome, NotFound):

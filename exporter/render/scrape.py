@@ -55,6 +55,8 @@ class Exposition:
         self._http_stats = http_stats
         self._extra = extra
         self._single: tuple[int, bytes, Any] | None = None
+        # False (--web.disable-exporter-metrics) leaves out process_* and python_*.
+        self.exporter_metrics = True
 
     def scrape_time_text(self) -> bytes:
         ts = list(self.tracker.targets.values())
@@ -67,7 +69,8 @@ class Exposition:
             "asyncjob_exporter_tasks", "Tasks on the exporter's event loop (flat when healthy).", "gauge"
         )
         w.out.append(f"asyncjob_exporter_tasks {_task_count()}\n")
-        return render_aggregates(ts) + w.bytes() + self._extra() + generate_latest(PROCESS_REGISTRY)
+        process = generate_latest(PROCESS_REGISTRY) if self.exporter_metrics else b""
+        return render_aggregates(ts) + w.bytes() + self._extra() + process
 
     def render(self, gz: bool = False, multi_member: bool = True, fresh: bool = True) -> bytes:
         """The body; gzip-compressed when `gz`.

@@ -1,5 +1,21 @@
 """AIMS360's wire format: the OData backgroundjob list (`$filter`, 50 rows a page, `@odata.nextLink`)
-and `POST …/backgroundjob/{jobID}/rerun`. A static bearer token, as generated in the ERP."""
+and `POST …/backgroundjob/{jobID}/rerun`. A static bearer token, as generated in the ERP.
+
+As the service does, a running job may still say `Queued` while its `percentCompleted` rises,
+and `@odata.nextLink` names a backend host (BACKEND_HOST, which never resolves) rather than the
+one called (when NEXT_LINK_BACKEND is set): a client must request its path and query from the
+host it was configured with.
+
+Options (keys of `POST /_sim/jobs` with `"provider": "aims360"`):
+
+- `rerun_scenario`: what a rerun of the job does (default `success`);
+- `rerun_new_id`: whether a rerun answers a new `jobId` or the same one, queued again
+  (default RERUN_NEW_ID);
+- `can_rerun: false`: a failed job says `canReRun: "No"` and refuses reruns;
+- `rerun_window`: seconds after the failure during which a rerun is allowed
+  (`maximumDateTimeToExecuteJob`; default a day; null: no limit and the field is null);
+- `queued_until`: percent below which a running job still says `Queued` (default 50).
+"""
 
 from __future__ import annotations
 
@@ -29,6 +45,12 @@ CATEGORIES = (
     ("Imports", "Style Import"),
     ("Exports", "Inventory Export"),
 )
+# The service's nextLink names a backend host; this one never resolves, so only a client that
+# keeps to its configured host reads the next page. NEXT_LINK_BACKEND says whether links name it.
+BACKEND_HOST = "aims360-backend-1.invalid"
+NEXT_LINK_BACKEND = False
+RERUN_NEW_ID = True
+OPTIONS = ("rerun_scenario", "rerun_new_id", "can_rerun", "rerun_window", "queued_until")
 CLAUSE = re.compile(r"^\(?\s*(\w+)\s+eq\s+'((?:[^']|'')*)'\s*\)?$")
 
 
@@ -46,11 +68,31 @@ def new_job(sim: Simulator, **spec: Any) -> SimJob:
     spec.setdefault("job_type", "/".join(category))
     spec.setdefault("error_detail", "The report could not be generated: timeout reading the warehouse.")
     extra = spec.setdefault("extra", {})
+    for key in OPTIONS:
+        if key in spec:
+            extra[key] = spec.pop(key)
     extra.setdefault("row_id", int(sim.book.new_id()) + 50000)
     extra.setdefault("attempts", 0)
-    # What a rerun of this job does when it fails: a scenario for the new job.
+    # What a rerun of this job does when it fails.
     extra.setdefault("rerun_scenario", "success")
+    extra.setdefault("rerun_window", 86400.0)
     return SimJob(provider=NAME, **spec)
+
+
+def rerun_deadline(job: SimJob, now: float) -> float | None:
+    """`maximumDateTimeToExecuteJob` of a failed job: until when it may be rerun (None: no limit)."""
+    finished = job.finished_at(now)
+    window = job.extra.get("rerun_window")
+    if finished is None or window is None:
+        return None
+    return finished + float(window)
+
+
+def may_rerun(job: SimJob, now: float) -> bool:
+    if job.state(now)[0] != "failed" or not job.extra.get("can_rerun", True):
+        return False
+    deadline = rerun_deadline(job, now)
+    return deadline is None or now <= deadline
 
 
 def row(job: SimJob, now: float | None = None) -> dict[str, Any]:
@@ -63,6 +105,11 @@ def row(job: SimJob, now: float | None = None) -> dict[str, Any]:
         "succeeded": ("Completed", "Report completed."),
         "failed": ("Failed", job.error_detail),
     }[phase]
+    if phase == "running" and percent < float(job.extra.get("queued_until", 50)):
+        status, text = "Queued", "Job is queued."  # the service moves the status late
+    created = float(job.extra.get("first_created", job.created))
+    failed = phase == "failed"
+    deadline = rerun_deadline(job, now) if failed and job.extra.get("can_rerun", True) else None
     category, _, sub = job.job_type.partition("/")
     started = job.started_at() if phase not in ("pending", "awaiting_user") else None
     return {
@@ -79,12 +126,13 @@ def row(job: SimJob, now: float | None = None) -> dict[str, Any]:
         "jobID": job.id,
         "startDate": dotnet(started),
         "completedDate": dotnet(job.finished_at(now)),
-        "purgeDateTime": dotnet(job.created + PURGE_DAYS * 86400),
+        "purgeDateTime": dotnet(created + PURGE_DAYS * 86400),
         "purgeDays": PURGE_DAYS,
-        "canReRun": "Yes" if phase == "failed" else "No",
+        "canReRun": "Yes" if failed and job.extra.get("can_rerun", True) else "No",
+        "maximumDateTimeToExecuteJob": dotnet(deadline),
         "numberOfAttempts": job.extra["attempts"],
         "createdBy": "support@aims360.com",
-        "createdDate": dotnet(job.created),
+        "createdDate": dotnet(created),
         "modifiedBy": "support@aims360.com",
         "modifiedDate": dotnet(job.updated_at(now)),
     }
@@ -130,7 +178,10 @@ def routes(sim: Simulator) -> list[Route]:
         }
         if skip + PAGE_SIZE < len(rows):
             query = urlencode({"$filter": odata_filter, "$skip": skip + PAGE_SIZE})
-            body["@odata.nextLink"] = f"{request.url.replace(query=query)}"
+            url = request.url.replace(query=query)
+            if NEXT_LINK_BACKEND:
+                url = url.replace(hostname=BACKEND_HOST)
+            body["@odata.nextLink"] = str(url)
         return JSONResponse(body)
 
     async def rerun(request: Request) -> Response:
@@ -139,15 +190,36 @@ def routes(sim: Simulator) -> list[Route]:
         old = sim.book.get(NAME, request.path_params["job_id"])
         if old is None:
             return odata_error(404, "Job not found.")
-        if old.state()[0] != "failed":
+        now = time.time()
+        if old.state(now)[0] != "failed":
             return odata_error(400, "Only a failed job can be re-run.")
+        if not may_rerun(old, now):
+            return odata_error(400, "This job can no longer be re-run.")
+        if not old.extra.get("rerun_new_id", RERUN_NEW_ID):
+            # The same job runs again: same jobID, a new attempt, its timeline starts over.
+            old.extra.setdefault("first_created", old.created)
+            old.extra["attempts"] += 1
+            old.scenario = old.extra["rerun_scenario"]
+            old.created = now
+            return JSONResponse(
+                {
+                    "jobId": old.id,
+                    "jobStatus": "Queued",
+                    "publishLink": f"{request.base_url}aims360/reports/v1.0/publishlink/{old.extra['row_id']}",
+                    "publishLinkAccessScope": "Private",
+                }
+            )
         new = sim.create(
             NAME,
             scenario=old.extra["rerun_scenario"],
             job_type=old.job_type,
             step_seconds=old.step_seconds,
             error_detail=old.error_detail,
-            extra={"attempts": old.extra["attempts"] + 1, "rerun_scenario": old.extra["rerun_scenario"]},
+            extra={
+                "attempts": old.extra["attempts"] + 1,
+                "rerun_scenario": old.extra["rerun_scenario"],
+                "rerun_new_id": True,
+            },
         )
         return JSONResponse(
             {

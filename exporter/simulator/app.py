@@ -56,6 +56,8 @@ class Fault:
     retry_after: float | None = None
     delay: float = 30.0
     remaining: int | None = None  # None: until cleared
+    # A status fault's text, e.g. Basiq's 403 "Rate limit exceeded" or "Token has expired".
+    detail: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -104,6 +106,8 @@ class Simulator:
     def create(self, provider: str, **spec: Any) -> SimJob:
         module = self.providers[provider]
         spec.setdefault("step_seconds", self.step_seconds)
+        if "age" in spec:  # a job created this many seconds ago (history, week-old jobs)
+            spec["created"] = time.time() - float(spec.pop("age"))
         scenario = spec.get("scenario", "success")
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}")
@@ -217,7 +221,10 @@ async def misbehave(
     """Answer `request` the way `fault` says."""
     if fault.kind == "status":
         headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-        return JSONResponse({"error": f"injected {fault.status}"}, status_code=fault.status, headers=headers)
+        answer: dict[str, Any] = {"error": f"injected {fault.status}"}
+        if fault.detail is not None:
+            answer["detail"] = fault.detail
+        return JSONResponse(answer, status_code=fault.status, headers=headers)
     if fault.kind == "not_json":
         return Response("<html><body>502 Bad Gateway</body></html>", media_type="text/html")
     if fault.kind == "oversized":

@@ -1,4 +1,20 @@
-"""Basiq's wire format: `POST /token`, `GET /jobs/{id}`, `GET /users/{id}/jobs`."""
+"""Basiq's wire format: `POST /token`, `GET /jobs/{id}`, `GET /users/{id}/jobs`.
+
+Scenarios and options (keys of `POST /_sim/jobs` with `"provider": "basiq"`; see lifecycle.py for
+the shared ones, e.g. `age` to create a job days ago, as the 7-day user lists hold):
+
+- `scenario: "mfa"`: the job has Basiq's MFA flow (`verify-credentials`, `mfa-challenge`,
+  `retrieve-accounts`, `retrieve-transactions`); after the first step the `mfa-challenge` step is
+  in progress with `[{"type": "mfa", …}]` for ever, or, with `mfa_expiry: <seconds>`, until it
+  expires: then the step fails with `error_code` (default `job-timed-out`, as an unanswered
+  challenge times out) and the job has failed because the end user never answered.
+- `result_form: "array" | "object"`: how step results are sent (default RESULT_FORM; Basiq's
+  job examples send arrays, the user-jobs list objects). Errors follow the same form.
+- `job_type: "statement"`: a statement job (`verify-credentials`, `retrieve-statements`) whose
+  stamps are `createdDate`/`updatedDate`.
+- `top_status: true`: the job also carries a top-level `status` (the step vocabulary).
+- `error_code`, `fail_step`, `owner` (the user whose list holds the job) as for every provider.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +34,13 @@ if TYPE_CHECKING:
 
 NAME = "basiq"
 STEPS = ("verify-credentials", "retrieve-accounts", "retrieve-transactions")
+MFA_STEPS = ("verify-credentials", "mfa-challenge", "retrieve-accounts", "retrieve-transactions")
+STATEMENT_STEPS = ("verify-credentials", "retrieve-statements")
 TOKEN_LIMIT = 1500  # per 5 minutes per IP, as Basiq documents
 USERS = ("ea3a81", "b71f02")
+LIST_DAYS = 7  # a user's job list holds the jobs of the last 7 days
+OPTIONS = ("result_form", "mfa_expiry", "top_status")
+RESULT_FORM = "object"
 
 
 def iso(ts: float) -> str:
@@ -27,10 +48,22 @@ def iso(ts: float) -> str:
 
 
 def new_job(sim: Simulator, **spec: Any) -> SimJob:
+    extra = spec.setdefault("extra", {})
+    for key in OPTIONS:
+        if key in spec:
+            extra[key] = spec.pop(key)
+    if extra.get("result_form", RESULT_FORM) not in ("array", "object"):
+        raise ValueError("result_form must be array or object")
     spec.setdefault("id", sim.book.new_id())
+    spec.setdefault("job_type", "connection")
+    if spec.get("scenario") == "mfa":
+        spec.setdefault("steps", MFA_STEPS)
+        spec.setdefault("error_code", "job-timed-out")
+        spec.setdefault("error_detail", "The MFA challenge was not answered in time.")
+    elif spec["job_type"] == "statement":
+        spec.setdefault("steps", STATEMENT_STEPS)
     spec.setdefault("steps", STEPS)
     spec.setdefault("owner", sim.rng.choice(USERS))
-    spec.setdefault("job_type", "connection")
     spec.setdefault("fail_step", 1)
     return SimJob(provider=NAME, **spec)
 
@@ -46,41 +79,84 @@ def error(status: int, code: str, title: str, detail: str) -> JSONResponse:
     )
 
 
+def mfa_steps(job: SimJob, now: float) -> tuple[list[tuple[str, Any]], float]:
+    """(status, result) of each step of an MFA job at `now`, and its last update."""
+    per = job.seconds_per_step
+    start = job.started_at()
+    elapsed = now - start
+    expiry = job.extra.get("mfa_expiry")
+    challenge = {
+        "type": "mfa",
+        "method": "token",
+        "description": "Enter the code sent to your phone",
+        "expiryMs": int((expiry if expiry is not None else 120) * 1000),
+        "isRetry": False,
+    }
+    pending: tuple[str, Any] = ("pending", None)
+    if elapsed < 0:
+        return [pending] * len(job.steps), job.created
+    link = ("success", {"type": "link", "url": f"/users/{job.owner}/connections/8fce3b"})
+    if elapsed < per:
+        return [("in-progress", None)] + [pending] * (len(job.steps) - 1), start
+    if expiry is not None and elapsed >= per + expiry:
+        failure = (
+            "failed",
+            {"code": job.error_code, "title": "MFA challenge expired", "detail": job.error_detail},
+        )
+        return [link, failure] + [pending] * (len(job.steps) - 2), start + per + expiry
+    return [link, ("in-progress", challenge)] + [pending] * (len(job.steps) - 2), start + per
+
+
+def plain_steps(job: SimJob, now: float) -> list[tuple[str, Any]]:
+    phase, index, _ = job.state(now)
+    out: list[tuple[str, Any]] = []
+    for i in range(len(job.steps)):
+        if i < index or phase == "succeeded":
+            out.append(("success", {"type": "link", "url": f"/users/{job.owner}/connections/8fce3b"}))
+        elif i == index and phase == "failed":
+            out.append(
+                ("failed", {"code": job.error_code, "title": "Job failed", "detail": job.error_detail})
+            )
+        elif i == index and phase == "running":
+            out.append(("in-progress", None))
+        else:
+            out.append(("pending", None))
+    return out
+
+
+def overall(statuses: list[str]) -> str:
+    if "failed" in statuses:
+        return "failed"
+    if all(s == "success" for s in statuses):
+        return "success"
+    if any(s != "pending" for s in statuses):
+        return "in-progress"
+    return "pending"
+
+
 def job_body(job: SimJob, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
-    phase, index, _ = job.state(now)
+    if job.scenario == "mfa":
+        states, updated = mfa_steps(job, now)
+    else:
+        states, updated = plain_steps(job, now), job.updated_at(now)
+    as_array = job.extra.get("result_form", RESULT_FORM) == "array"
     steps = []
-    for i, title in enumerate(job.steps):
-        result: Any = None
-        if phase == "awaiting_user" and i == 0:
-            status = "in-progress"
-            result = {
-                "type": "mfa",
-                "method": "token",
-                "description": "Enter the code sent to your phone",
-                "expiryMs": 120000,
-                "isRetry": False,
-            }
-        elif i < index or phase == "succeeded":
-            status = "success"
-            result = {"type": "link", "url": f"/users/{job.owner}/connections/8fce3b"}
-        elif i == index and phase == "failed":
-            status = "failed"
-            result = {"code": job.error_code, "title": "Job failed", "detail": job.error_detail}
-        elif i == index and phase == "running":
-            status = "in-progress"
-        else:
-            status = "pending"
+    for title, (status, result) in zip(job.steps, states, strict=True):
+        if result is not None and status == "failed":
+            result = {"type": "error", **result} if as_array else result
+        if result is not None and as_array:
+            result = [result]
         steps.append({"title": title, "status": status, "result": result})
-    return {
-        "type": "job",
-        "id": job.id,
-        "jobType": job.job_type,
-        "created": iso(job.created),
-        "updated": iso(job.updated_at(now)),
-        "steps": steps,
-        "links": {"self": f"/jobs/{job.id}", "source": f"/users/{job.owner}/connections/8fce3b"},
-    }
+    statement = job.job_type == "statement"
+    body: dict[str, Any] = {"type": "job", "id": job.id, "jobType": job.job_type}
+    body["createdDate" if statement else "created"] = iso(job.created)
+    body["updatedDate" if statement else "updated"] = iso(updated)
+    if job.extra.get("top_status"):
+        body["status"] = overall([s for s, _ in states])
+    body["steps"] = steps
+    body["links"] = {"self": f"/jobs/{job.id}", "source": f"/users/{job.owner}/connections/8fce3b"}
+    return body
 
 
 def routes(sim: Simulator) -> list[Route]:
@@ -124,7 +200,9 @@ def routes(sim: Simulator) -> list[Route]:
             return denied
         user = request.path_params["user_id"]
         jobs = [
-            job_body(j) for j in sim.book.of(NAME) if j.owner == user and time.time() - j.created < 7 * 86400
+            job_body(j)
+            for j in sim.book.of(NAME)
+            if j.owner == user and time.time() - j.created < LIST_DAYS * 86400
         ]
         return JSONResponse({"type": "list", "data": jobs, "links": {"self": f"/users/{user}/jobs"}})
 

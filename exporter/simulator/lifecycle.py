@@ -1,6 +1,21 @@
 """Simulated job lifecycles shared by every provider simulator: a job's state is a pure function
 of the time since it was created, so the simulator needs no background work and tests can
-reason about it."""
+reason about it.
+
+A job is made with `POST /_sim/jobs` (or `Simulator.create`): `{"provider": …, "scenario": …}`
+plus any SimJob field (`step_seconds`, `queue_seconds`, `fail_step`, `error_code`, `owner`, …),
+`age` (seconds since it was created: history, e.g. Basiq's week-old jobs) and the provider's
+own options, listed in each provider module's docstring. Scenarios:
+
+- `success`, `slow` (five times longer steps), `partial` (succeeds with failed records or,
+  for Oxlin, PARTIAL_SUCCESS), `purged` (vanishes one step after it ends);
+- `fail`: step `fail_step` runs, then fails with `error_code` (the provider's failure code:
+  Basiq `invalid-credentials` is the end user's, `connector-error` the provider's);
+- `stuck`: step `fail_step` never ends;
+- `mfa`: the job waits for its end user (Basiq's MFA challenge, Oxlin's lapsed consent).
+
+A labelled fleet is a list of such specs; every one's outcome is known from its scenario.
+"""
 
 from __future__ import annotations
 

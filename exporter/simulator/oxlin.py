@@ -1,10 +1,27 @@
 """Oxlin's (Linxo Connect v2.1) wire format: `POST /token` (JSON body), per-user queues of events,
 `GET /connections/{id}` and the two synchronize calls.
 
-Each simulated job is one synchronisation of one connection. Its events (SYNC_STARTED,
-SYNC_RUNNING at each step, then SYNC_ALL_SUCCESS or the failure event) and the connection's
-resource are functions of time like every other simulated job; an event's id is its rank in
-its queue, which never changes since new events are always the latest.
+Each simulated job is one synchronisation of one connection across its channels (EMBEDDED
+`8700`, REDIRECT `8701`). Every channel sends its own events, each naming it in the event's
+top-level `channel_definition_id`: SYNC_STARTED, then SYNC_RUNNING at each step, then
+SYNC_ALL_SUCCESS or the failure event. The scenario plays on one channel (the REDIRECT one for
+`mfa`, whose PSD2 consent lapsed; else the EMBEDDED one); every other channel succeeds after
+one step. The connection's resource (in each event, and from `GET /connections/{id}`) is
+RUNNING until every channel ended, then SUCCESS, PARTIAL_SUCCESS (`partial`) or FAILED.
+Events and resources are functions of time like every other simulated job; an event's id is
+its rank in its queue, which never changes since new events are always the latest.
+
+Options (keys of `POST /_sim/jobs` with `"provider": "oxlin"`):
+
+- `connection`: the connection synchronised (default: a free one of a small pool);
+- `per_channel: true`: channels run and send events on their own (see PER_CHANNEL);
+- `channels`: the channels that take part (default `["8700", "8701"]`);
+- `scenario_channel`: the channel the scenario plays on;
+- `missed_final: true`: the sync's last event never reaches the queue (only the connection's
+  status tells the sync ended);
+- `channel_field: false`: events without the top-level `channel_definition_id` (only the
+  resource's `channels[]` tell which channels run);
+- `error_code`: the failure event (default AUTH_FAILED: the end user's credentials).
 """
 
 from __future__ import annotations
@@ -28,6 +45,10 @@ POOL = ("4242", "4243", "4244", "4245", "4246", "4247")
 EMBEDDED, REDIRECT = "8700", "8701"
 CONSENT_DAYS = 90
 QUEUE_LENGTH = 100  # events a queue answer holds at most, the newest
+OPTIONS = ("channels", "scenario_channel", "missed_final", "channel_field", "per_channel")
+# Whether channels other than the scenario's run (and send events) on their own by default;
+# when not, they end with the scenario's channel and only its events are sent.
+PER_CHANNEL = False
 
 
 def new_job(sim: Simulator, **spec: Any) -> SimJob:
@@ -38,6 +59,15 @@ def new_job(sim: Simulator, **spec: Any) -> SimJob:
     spec.setdefault("error_code", "AUTH_FAILED")
     connection = spec.pop("connection", None) or free_connection(sim)
     extra = spec.setdefault("extra", {})
+    for key in OPTIONS:
+        if key in spec:
+            extra[key] = spec.pop(key)
+    channels = [str(c) for c in extra.get("channels") or (EMBEDDED, REDIRECT)]
+    extra["channels"] = channels
+    default = REDIRECT if spec.get("scenario") == "mfa" and REDIRECT in channels else channels[0]
+    extra["scenario_channel"] = str(extra.get("scenario_channel") or default)
+    if extra["scenario_channel"] not in channels:
+        raise ValueError("scenario_channel must be one of channels")
     extra["connection"] = str(connection)
     extra.setdefault("name", f"WBX Test Bank {connection}")
     return SimJob(provider=NAME, **spec)
@@ -51,37 +81,55 @@ def free_connection(sim: Simulator) -> str:
     return str(5000 + int(sim.book.new_id()))
 
 
+def channel_end(job: SimJob, channel: str, now: float) -> tuple[float | None, str]:
+    """(when the channel's part of the sync ended, or None; its status at `now`)."""
+    main = job.extra["scenario_channel"]
+    if channel != main and not job.extra.get("per_channel", PER_CHANNEL):
+        end, status = channel_end(job, main, now)
+        return end, "SUCCESS" if status == "PARTIAL_SUCCESS" else status
+    if channel != main:
+        end = job.started_at() + job.seconds_per_step
+        return (end, "SUCCESS") if now >= end else (None, "RUNNING")
+    phase, _, _ = job.state(now)
+    finished = job.finished_at(now)
+    if finished is None:
+        return None, "RUNNING"
+    if phase == "failed":
+        return finished, "FAILED"
+    return finished, "PARTIAL_SUCCESS" if job.scenario == "partial" else "SUCCESS"
+
+
 def connection_at(job: SimJob, at: float) -> dict[str, Any]:
     """The connection's resource as this sync leaves it at `at`."""
     at += 1e-6  # an event at a step boundary shows the state it starts, not float rounding's
-    phase, _, _ = job.state(at)
-    finished = job.finished_at(at)
     previous = job.created - 3600  # the connection's last sync, an hour before this one
-    status = {
-        "pending": "RUNNING",
-        "awaiting_user": "RUNNING",
-        "running": "RUNNING",
-        "succeeded": "PARTIAL_SUCCESS" if job.scenario == "partial" else "SUCCESS",
-        "failed": "FAILED",
-    }[phase]
     expires = job.created + CONSENT_DAYS * 86400
     if job.scenario == "mfa":
         expires = job.created - 86400  # the PSD2 consent lapsed: the user must renew it
     channels = []
-    for channel in (EMBEDDED, REDIRECT):
-        ch_status = status
-        if status == "PARTIAL_SUCCESS":
-            ch_status = "SUCCESS" if channel == EMBEDDED else "FAILED"
+    ends = {}
+    for channel in job.extra["channels"]:
+        end, ch_status = channel_end(job, channel, at) if at >= job.started_at() else (None, "RUNNING")
+        ends[channel] = ch_status
         ok = ch_status == "SUCCESS"
         body: dict[str, Any] = {
             "channel_definition_id": channel,
             "status": ch_status,
-            "last_success_date": int(finished if ok and finished else previous),
-            "last_end_date": int(finished if finished else previous),
+            "last_success_date": int(end if ok and end else previous),
+            "last_end_date": int(end if end else previous),
         }
         if channel == REDIRECT:
             body["expires"] = int(expires)
         channels.append(body)
+    statuses = set(ends.values())
+    if "RUNNING" in statuses:
+        status = "RUNNING"
+    elif "FAILED" in statuses:
+        status = "FAILED"
+    elif "PARTIAL_SUCCESS" in statuses:
+        status = "PARTIAL_SUCCESS"
+    else:
+        status = "SUCCESS"
     return {
         "id": job.extra["connection"],
         "provider_id": "200",
@@ -92,21 +140,29 @@ def connection_at(job: SimJob, at: float) -> dict[str, Any]:
     }
 
 
-def job_events(job: SimJob, now: float) -> list[tuple[float, str]]:
-    """(time, event type) of the sync's events up to `now`."""
+def job_events(job: SimJob, now: float) -> list[tuple[float, str, str]]:
+    """(time, event type, channel) of the sync's events up to `now`."""
     start = job.started_at()
     if now < start:
         return []
-    events = [(start, "SYNC_STARTED")]
+    main = job.extra["scenario_channel"]
+    per_channel = job.extra.get("per_channel", PER_CHANNEL)
+    channels = job.extra["channels"] if per_channel else [main]
+    events = [(start, "SYNC_STARTED", channel) for channel in channels]
+    for channel in channels:
+        if channel != main:
+            end, _ = channel_end(job, channel, now)
+            if end is not None:
+                events.append((end, "SYNC_ALL_SUCCESS", channel))
     phase, index, _ = job.state(now)
     if phase == "awaiting_user":
         return events
     per = job.seconds_per_step
     finished = job.finished_at(now)
     boundaries = [start + i * per for i in range(1, min(index, len(job.steps) - 1) + 1)]
-    events += [(at, "SYNC_RUNNING") for at in boundaries if finished is None or at < finished]
-    if finished is not None:
-        events.append((finished, "SYNC_ALL_SUCCESS" if phase == "succeeded" else job.error_code))
+    events += [(at, "SYNC_RUNNING", main) for at in boundaries if finished is None or at < finished]
+    if finished is not None and not job.extra.get("missed_final"):
+        events.append((finished, "SYNC_ALL_SUCCESS" if phase == "succeeded" else job.error_code, main))
     return events
 
 
@@ -114,20 +170,25 @@ def queue_events(sim: Simulator, queue: str, now: float) -> list[dict[str, Any]]
     # Purged syncs keep their events: ids are ranks and must not move.
     jobs = [j for j in sim.book.jobs.get(NAME, {}).values() if j.owner == queue]
     timeline = sorted(
-        ((at, job.created, job.id, event, job) for job in jobs for at, event in job_events(job, now)),
-        key=lambda e: e[:3],
+        (
+            (at, job.created, job.id, channel, event, job)
+            for job in jobs
+            for at, event, channel in job_events(job, now)
+        ),
+        key=lambda e: e[:4],
     )
     out = []
-    for rank, (at, _, _, event, job) in enumerate(timeline, start=1):
-        out.append(
-            {
-                "id": str(rank),
-                "event_type": event,
-                "resource_type": "CONNECTION",
-                "creation_date": int(at),
-                "resource": connection_at(job, at),
-            }
-        )
+    for rank, (at, _, _, channel, event, job) in enumerate(timeline, start=1):
+        body: dict[str, Any] = {
+            "id": str(rank),
+            "event_type": event,
+            "resource_type": "CONNECTION",
+            "creation_date": int(at),
+            "resource": connection_at(job, at),
+        }
+        if job.extra.get("channel_field", job.extra.get("per_channel", PER_CHANNEL)):
+            body["channel_definition_id"] = channel
+        out.append(body)
     return out[-QUEUE_LENGTH:]
 
 

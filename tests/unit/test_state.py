@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from exporter.config import build_settings
 from exporter.model import Job, Status, Step
 from exporter.providers import PROVIDERS
-from exporter.state import SCHEMA_VERSION, StateError, Store, tracked_from_dict, tracked_to_dict
+from exporter.state import (
+    SCHEMA_VERSION,
+    StateError,
+    StateUnwritable,
+    Store,
+    tracked_from_dict,
+    tracked_to_dict,
+)
 from exporter.tracker import Tracker
 
 
@@ -84,3 +93,162 @@ def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text("not a database " * 100)
     with pytest.raises(StateError, match=r"state\.db"):
         Store(str(path))
+
+
+# --- acknowledged means committed ------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_committed_returns_only_once_the_change_is_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.run)
+        tracker.track("t", Job("a", Status.RUNNING), "registered", now=1)
+        assert Store(str(path)).restore(tracker.targets["t"]) == []  # not yet written
+        await store.committed()
+        other = Store(str(path))
+        assert [t.job.id for t in other._restored["t"]] == ["a"]
+        assert store.pending_writes == 0
+        tg.cancel_scope.cancel()
+    store.close()
+
+
+@pytest.mark.anyio
+async def test_many_changes_share_one_transaction(tmp_path: Path) -> None:
+    tracker, store = tracker_with_store(tmp_path / "state.db")
+    commits: list[int] = []
+    real = store._commit
+
+    def counting(batch: Any, rows: Any) -> None:
+        commits.append(len(batch))
+        real(batch, rows)
+
+    store._commit = counting  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.run)
+        await anyio.sleep(0.05)
+
+        async def register(i: int) -> None:
+            tracker.track("t", Job(f"j{i}", Status.PENDING), "registered", now=1)
+            await store.committed()
+
+        async with anyio.create_task_group() as clients:
+            for i in range(200):
+                clients.start_soon(register, i)
+        tg.cancel_scope.cancel()
+    assert sum(commits) == 200 and len(commits) < 200
+    store.close()
+
+
+def test_a_finished_jobs_increment_is_visible_only_after_its_mark_is_committed(tmp_path: Path) -> None:
+    tracker, store = tracker_with_store(tmp_path / "state.db")
+    tracker.track("t", Job("a", Status.RUNNING, job_type="connection"), "registered", now=1)
+    store.flush()
+    tracker.track("t", Job("a", Status.SUCCEEDED, job_type="connection"), "registered", now=2)
+    agg = tracker.targets["t"].agg
+    assert tracker.targets["t"].jobs["a"].counted
+    assert agg.finished[("connection", Status.SUCCEEDED)] == 0  # held back: the mark is not durable yet
+    store.flush()
+    assert agg.finished[("connection", Status.SUCCEEDED)] == 1
+    store.close()
+
+
+def test_queue_events_count_once_their_cursor_is_committed(tmp_path: Path) -> None:
+    from exporter.providers.base import PollResult
+
+    tracker, store = tracker_with_store(tmp_path / "state.db")
+    tracker.apply("t", PollResult(queue_events=[("20", "SYNC_ALL_SUCCESS")]), now=1)
+    store.save_cursors("t", {"20": "7@1"})
+    assert tracker.targets["t"].agg.queue_events == {}
+    store.flush()
+    assert tracker.targets["t"].agg.queue_events == {("20", "SYNC_ALL_SUCCESS"): 1}
+    store.close()
+
+
+# --- write failures are loud and lossless ----------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_failing_write_keeps_every_change_and_writes_it_when_it_can(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    real = store._commit
+    broken = True
+
+    def commit(batch: Any, rows: Any) -> None:
+        if broken:
+            raise sqlite3.OperationalError("database or disk is full")
+        real(batch, rows)
+
+    store._commit = commit  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.run)
+        tracker.track("t", Job("a", Status.RUNNING), "registered", now=1)
+        with pytest.raises(StateUnwritable, match="disk is full"):
+            await store.committed()
+        tracker.track("t", Job("b", Status.SUCCEEDED), "registered", now=1)
+        while store.write_errors < 3:
+            await anyio.sleep(0.05)
+        assert store.error is not None and "disk is full" in store.error
+        assert store.pending_writes == 2  # both jobs, kept
+        assert tracker.targets["t"].agg.finished[("", Status.SUCCEEDED)] == 0
+        text = store.metrics_text().decode()
+        assert f"asyncjob_state_write_errors_total {store.write_errors}" in text
+        broken = False
+        await store.committed()
+        assert store.error is None and store.pending_writes == 0
+        assert tracker.targets["t"].agg.finished[("", Status.SUCCEEDED)] == 1
+        tg.cancel_scope.cancel()
+    store.close()
+    logged = [r for r in caplog.records if r.name == "asyncjob.state" and r.levelname == "ERROR"]
+    assert len(logged) == 1  # once per change of error, not once per attempt
+    assert "disk is full" in logged[0].__dict__["error"]
+    assert {t.job.id for t in Store(str(path))._restored["t"]} == {"a", "b"}
+
+
+# --- a bad row is skipped and named ----------------------------------------------------
+
+
+def test_bad_rows_are_skipped_and_named_and_good_ones_restored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    tracker.track("t", Job("good", Status.RUNNING, created=5), "registered", now=6)
+    for i in range(6):
+        tracker.track("t", Job(f"bad{i}", Status.RUNNING), "registered", now=6)
+    store.close()
+    good = sqlite3.connect(path).execute("SELECT data FROM jobs WHERE job_id = 'good'").fetchone()[0]
+    db = sqlite3.connect(path)
+    tampered = {
+        "bad0": b"{not json",
+        "bad1": good.replace('"created":5.0', '"created":"yesterday"').replace('"good"', '"bad1"').encode(),
+        "bad2": good.replace('"good"', '"bad2\\ud800"').encode(),  # a lone surrogate
+        "bad3": good.replace('"good"', '"bad3"').replace('"running"', '"exploded"', 1).encode(),
+        "bad4": b'{"job": [], "provider": 1}',
+        "bad5": good.replace('"good"', '"bad5"').encode().replace(b"registered", b"regis\xff\xfered"),
+    }
+    for job_id, data in tampered.items():
+        db.execute("UPDATE jobs SET data = CAST(? AS TEXT) WHERE job_id = ?", (data, job_id))
+    db.execute("INSERT INTO jobs VALUES ('t', CAST(? AS TEXT), ?)", (b"bad\xc3", good))
+    db.execute("INSERT INTO jobs VALUES ('t', 'other-key', ?)", (good,))
+    db.commit()
+    db.close()
+
+    caplog.set_level("WARNING", "asyncjob.state")
+    tracker, store = tracker_with_store(path)
+    assert set(tracker.targets["t"].jobs) == {"good"}
+    skipped = {
+        r.__dict__["key"]: r.__dict__["problem"] for r in caplog.records if "skipped" in r.getMessage()
+    }
+    assert set(skipped) == {*tampered, "bad\\xc3", "other-key"}
+    assert all(r.__dict__["target"] == "t" for r in caplog.records if "skipped" in r.getMessage())
+    assert "created" in skipped["bad1"] and "status" in skipped["bad3"]
+    # The exporter goes on: the restored job renders, and the state is writable.
+    from exporter.render import Exposition
+
+    Exposition(tracker, dict).render()
+    store.close()

@@ -1,0 +1,99 @@
+"""The scheduler's share of the event loop: a fixed pool of workers per fetch, and a cycle's
+answers folded into the tracker a slice at a time."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from exporter.model import Job, Status
+from exporter.providers.base import BadPayload, PollResult, gather
+from exporter.scheduler import APPLY_SLICE, Scheduler
+from tests.unit.test_tracker import tracker
+
+
+@pytest.mark.anyio
+async def test_gather_runs_a_fixed_pool_of_workers_over_every_item_once() -> None:
+    running = peak = 0
+    tasks_during: list[int] = []
+
+    async def fetch(item: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        tasks_during.append(len(anyio.get_running_tasks()))
+        await anyio.sleep(0)
+        running -= 1
+        if item == 7:
+            raise BadPayload("seven")
+        return item * 2
+
+    results = await gather(range(1000), fetch, width=16)
+    assert peak == 16
+    assert max(tasks_during) < 16 + 10  # the workers and the test's own tasks, not 1,000
+    assert sorted(item for item, _ in results) == list(range(1000))
+    outcomes = dict(results)
+    assert outcomes[3] == 6 and isinstance(outcomes[7], BadPayload)
+
+
+@pytest.mark.anyio
+async def test_a_cycles_answers_reach_the_tracker_in_slices_with_the_loop_free_in_between() -> None:
+    tr = tracker(max_jobs_per_target=10_000)
+    scheduler = Scheduler(tr)
+    n = APPLY_SLICE * 5 + 3
+    for i in range(n):
+        tr.track("t", Job(str(i), Status.RUNNING), "static", now=1)
+    seen_between: list[int] = []
+    done = False
+
+    async def scrape_meanwhile() -> None:
+        while not done:
+            seen_between.append(sum(t.job.status is Status.SUCCEEDED for t in tr.targets["t"].jobs.values()))
+            await anyio.lowlevel.checkpoint()
+
+    result = PollResult(jobs=[Job(str(i), Status.SUCCEEDED) for i in range(n)], gone=["0"])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(scrape_meanwhile)
+        await anyio.lowlevel.checkpoint()
+        await scheduler._apply("t", result, now=2)
+        done = True
+    # Others ran between slices, and saw the answers arrive a slice at a time.
+    assert {APPLY_SLICE, 2 * APPLY_SLICE} <= set(seen_between)
+    state = tr.targets["t"]
+    assert len(state.jobs) == n - 1 and "0" not in state.jobs  # `gone` came after every answer
+    assert tr.pollable("t") == []
+
+
+@pytest.mark.anyio
+async def test_a_failed_cycle_logs_the_host_the_reason_and_the_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import httpx
+
+    from exporter.config import build_settings
+    from exporter.fetch import TargetHttp
+    from exporter.providers import PROVIDERS
+    from exporter.scheduler import TargetRunner
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    s = build_settings(
+        {"targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}]},
+        PROVIDERS,
+    )
+    rt = s.resolved(s.targets[0])
+    tr = tracker()
+    tr.set_target(rt)
+    tr.track("t", Job("1", Status.RUNNING), "static", now=1)
+    runner = TargetRunner(
+        rt, PROVIDERS["willsuite"](rt.config), TargetHttp(rt, transport=httpx.MockTransport(refused))
+    )
+    with caplog.at_level("WARNING", logger="asyncjob.scheduler"):
+        await Scheduler(tr)._cycle(runner)
+    (record,) = [r for r in caplog.records if r.getMessage() == "poll cycle had errors"]
+    assert record.host == "api.example.com" and record.reason == "connect"  # type: ignore[attr-defined]
+    assert "Connection refused" in record.error  # type: ignore[attr-defined]
+    assert tr.targets["t"].up is False
+    await runner.http.aclose()
