@@ -30,7 +30,7 @@ def breakdown(fleet: Any) -> dict[str, int]:
     gz = 0
     for groups in fleet.exposition.jobs.groups.values():
         for g in groups:
-            gz += sum(sys.getsizeof(b) for b in g.gz or ())
+            gz += sum(sys.getsizeof(b.data) for b in g.blocks or ())
     return {"group_gzip_members": gz}
 
 

@@ -54,11 +54,11 @@ def series_per_job(fleet: synthetic.Fleet) -> int:
 def in_process(
     fleet: synthetic.Fleet, unchanged: int, changed: int, profile: list[str] | None = None
 ) -> dict[str, Any]:
-    """Median Exposition.render(gz=True, multi_member=True) time, nothing changed / all changed."""
+    """Median Exposition.render(gz=True) time, nothing changed / all changed."""
     exposition = fleet.exposition
 
     def scrape() -> bytes:  # as the server does: dirty groups are refreshed in the background
-        return exposition.render(gz=True, multi_member=True, fresh=False)
+        return exposition.render(gz=True, fresh=False)
 
     exposition.render(gz=True)  # the first scrape compresses every group
     quiet = [synthetic.timed(scrape) for _ in range(unchanged)]

@@ -133,6 +133,24 @@ OPENAPI: dict[str, Any] = {
                     "attempts": {"type": ["integer", "null"]},
                     "reruns": {"type": "integer"},
                     "steps": {"type": "array", "items": {"type": "object"}},
+                    "history": {
+                        "type": "array",
+                        "description": "Transitions the exporter observed, oldest first (bounded per job).",
+                        "items": {"$ref": "#/components/schemas/Transition"},
+                    },
+                },
+            },
+            "Transition": {
+                "type": "object",
+                "required": ["at", "step", "status", "duration_seconds"],
+                "properties": {
+                    "at": {"type": "number", "description": "When the exporter observed it (Unix seconds)."},
+                    "step": {"type": ["string", "null"], "description": "The step; null for the job itself."},
+                    "status": {"type": "string", "description": "A normalised status, or awaiting_user."},
+                    "duration_seconds": {
+                        "type": ["number", "null"],
+                        "description": "How long this state lasted (until now while current; null once final).",
+                    },
                 },
             },
         }

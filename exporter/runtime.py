@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 
 from exporter.config import ConfigError, Settings, load_settings
+from exporter.history import timeline
 from exporter.model import Job, placeholder
 from exporter.providers import PROVIDERS
 from exporter.providers.base import BadPayload
@@ -152,6 +153,7 @@ def job_document(target: str, t: TrackedJob) -> dict[str, Any]:
         "records": {"total": j.records_total, "affected": j.records_affected, "failed": j.records_failed},
         "attempts": j.attempts,
         "reruns": t.reruns,
+        "history": timeline(t.history, time.time()),
         "steps": [
             {
                 "name": s.name,

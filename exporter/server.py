@@ -71,9 +71,7 @@ def build_app(
 
     async def metrics(request: Request) -> Response:
         gz = "gzip" in request.headers.get("accept-encoding", "")
-        # Prometheus' Go client reads concatenated gzip members; others get a single member.
-        multi = request.headers.get("user-agent", "").startswith("Prometheus/")
-        body = runtime.exposition.render(gz=gz, multi_member=multi, fresh=False)
+        body = runtime.exposition.render(gz=gz, fresh=False)
         headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz else {}
         return Response(body, media_type=CONTENT_TYPE, headers=headers)
 

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Protocol
 
 from exporter.config import ResolvedTarget
+from exporter.history import History, observe
 from exporter.model import Cause, Connection, Job, Status
 from exporter.providers.base import PollResult, Provider
 
@@ -70,9 +71,10 @@ class TrackedJob:
     polled: bool = False  # False until a provider answer replaced the registration placeholder
     # First seen already finished, longer than `retention` before the exporter knew of it: not
     # news. Neither counted nor exposed per job (so never paged); the API still shows it.
-    history: bool = False
+    is_history: bool = False
     # Who must act on the failure (cause_of), resolved whenever the job or the target's config changes.
     cause: Cause | None = None
+    history: History = field(default_factory=list)  # observed transitions, flat (exporter.history)
 
 
 @dataclass
@@ -165,7 +167,7 @@ def _resolve_cause(state: TargetState, tracked: TrackedJob) -> None:
 
 def _tally(state: TargetState, tracked: TrackedJob, delta: int) -> None:
     """The `asyncjob_jobs{status}` gauge: tracked jobs that are news (history is not shown)."""
-    if not tracked.history:
+    if not tracked.is_history:
         state.agg.by_status[(tracked.job.job_type, tracked.job.status)] += delta
 
 
@@ -259,9 +261,10 @@ class Tracker:
         )
         state.jobs[job.id] = tracked
         if tracked.polled:
-            tracked.history = _is_history(state, tracked, now)
+            tracked.is_history = _is_history(state, tracked, now)
         _tally(state, tracked, 1)
         _resolve_cause(state, tracked)
+        observe(tracked.history, None, job, now)
         self._prime(state, job)
         self._observe_steps(state, tracked, None, now)
         self._on_terminal(state, tracked, now)
@@ -289,11 +292,12 @@ class Tracker:
         _tally(state, tracked, -1)
         tracked.job = job
         if first_answer:
-            tracked.history = _is_history(state, tracked, now)
-        elif tracked.history and not job.status.terminal:
-            tracked.history = False  # rerun under the same id: its outcome is news
+            tracked.is_history = _is_history(state, tracked, now)
+        elif tracked.is_history and not job.status.terminal:
+            tracked.is_history = False  # rerun under the same id: its outcome is news
         _tally(state, tracked, 1)
         _resolve_cause(state, tracked)
+        observe(tracked.history, old, job, now)
         self._prime(state, job)
         # A placeholder (a static or registered id never polled yet) is not an observation.
         self._observe_steps(state, tracked, old if tracked.polled else None, now)
@@ -373,7 +377,7 @@ class Tracker:
         if tracked.counted:
             return
         tracked.counted = True
-        if tracked.history:
+        if tracked.is_history:
             return
         start = _first(job.started, job.created, tracked.first_seen)
         end = _first(job.finished, now)

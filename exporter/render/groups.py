@@ -1,131 +1,210 @@
-"""The group cache: per-job series kept as compressed bytes in groups of GROUP_SIZE jobs,
-marked dirty on change and rendered again in the background, so a scrape only joins bytes."""
+"""The group cache: per-job series kept as compressed blocks in groups of GROUP_SIZE jobs, one
+block per family, marked dirty on change and rendered again in the background; the blocks are
+then assembled, family by family, into the job part of the body that every scrape serves.
+
+Every change costs the same whatever the number of jobs: a job finds its group, and a new job a
+group with room, through dicts; dropping one does not look at the others.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
 
 import anyio
 
-from exporter.render.deflate import gzip_member
-from exporter.render.jobs import JOB_FAMILIES, JOB_FAMILY_HEADERS_GZ, job_prefix
+from exporter.render.deflate import Block, block, combine, concat
+from exporter.render.jobs import JOB_FAMILIES, job_prefix
 from exporter.tracker import TargetState, TrackedJob
 
-# Jobs per compressed group: a refresh of one group (~1 ms) is the longest a scrape waits
-# on the background refresh; more jobs per group would compress a little better.
+# Jobs per group: a refresh of one group (~1 ms) is the longest a scrape waits on the
+# background refresh; more jobs per group would compress a little better.
 GROUP_SIZE = 32
+# Under steady change the served job part is assembled again at least this often.
+MAX_AGE = 0.5
+
+HEADER_BLOCKS = tuple(block(f.header()) for f in JOB_FAMILIES)
 
 
 class Group:
-    """Up to GROUP_SIZE jobs of one target and their cached gzip members, one per family.
+    """Up to GROUP_SIZE jobs of one target and their blocks, one per family.
 
-    Only the members are kept: a refresh renders the group's jobs again from the tracker's
+    Only the blocks are kept: a refresh renders the group's jobs again from the tracker's
     state, so memory per job is the tracker's own plus a share of compressed bytes.
     """
 
-    __slots__ = ("gz", "jobs", "state")
+    __slots__ = ("blocks", "dirty", "jobs", "state")
 
     def __init__(self, state: TargetState) -> None:
         self.state = state
         self.jobs: dict[str, TrackedJob] = {}
-        self.gz: tuple[bytes, ...] | None = None  # None until first rendered
+        self.blocks: tuple[Block, ...] | None = None  # None until first rendered
+        self.dirty = False
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Render the jobs again; a family whose bytes did not change keeps its block (so the
+        assembly reuses that family's column). Returns whether any block changed."""
         parts: list[list[str]] = [[] for _ in JOB_FAMILIES]
         state = self.state
         for tracked in self.jobs.values():
             prefix = job_prefix(state, tracked)
             for part, family in zip(parts, JOB_FAMILIES, strict=True):
                 part.append(family.lines(tracked, prefix))
-        self.gz = tuple(gzip_member("".join(p).encode()) if any(p) else b"" for p in parts)
+        old = self.blocks
+        new = [block("".join(p).encode()) for p in parts]
+        if old is not None:
+            new = [o if o.data == n.data else n for o, n in zip(old, new, strict=True)]
+            if all(o is n for o, n in zip(old, new, strict=True)):
+                return False
+        self.blocks = tuple(new)
+        return True
+
+
+@dataclass(frozen=True)
+class JobPart:
+    """The assembled job part of the body: deflate parts, their plain CRC-32 and size."""
+
+    version: int
+    parts: tuple[bytes, ...]
+    crc: int
+    size: int
+    at: float  # time.monotonic() of the snapshot it was assembled from
+
+
+class Assembler:
+    """Joins the groups' blocks family by family; a family whose blocks are all unchanged
+    since the last assembly is reused whole (the common case: a poll moves a few families)."""
+
+    def __init__(self) -> None:
+        self.columns: list[tuple[list[Block], bytes, int, int]] = []
+        self.lock = threading.Lock()  # the background assembly runs in a worker thread
+
+    def assemble(self, snapshot: list[tuple[Block, ...]], version: int, at: float) -> JobPart:
+        with self.lock:
+            crc = size = 0
+            parts, columns = [], []
+            for i, header in enumerate(HEADER_BLOCKS):
+                column = [header, *(blocks[i] for blocks in snapshot)]
+                if i < len(self.columns) and self.columns[i][0] == column:
+                    cached = self.columns[i]
+                else:
+                    cached = (column, *concat(column))
+                columns.append(cached)
+                parts.append(cached[1])
+                crc = combine(crc, cached[2], cached[3])
+                size += cached[3]
+            self.columns = columns
+            return JobPart(version, tuple(parts), crc, size, at)
 
 
 class JobSeries:
     """The per-job part of the exposition; a Tracker listener.
 
-    A change only marks the job's group dirty. Dirty groups are rendered and compressed
-    again by `refresh` (in the background while the server runs, a group at a time so the
-    event loop stays responsive), so a scrape joins cached members and does not grow with
-    polling work. A scrape that comes before the refresh serves the group's previous
-    members: every group is a consistent snapshot, at most one refresh old.
+    A change only marks the job's group dirty. Dirty groups are rendered again, oldest first,
+    by the background refresh (a group at a time, scrapes first), which assembles the job part
+    again at least every MAX_AGE seconds while anything changed. A scrape serves the last
+    assembled part: a consistent snapshot, never waiting on rendering.
     """
 
     def __init__(self) -> None:
-        self.groups: dict[str, list[Group]] = {}  # target -> groups
-        self.where: dict[tuple[str, str], Group] = {}  # (target, job_id) -> its group
-        self.dirty: set[Group] = set()
-        self.version = 0  # bumped whenever a group's members changed
+        self.groups: dict[str, dict[Group, None]] = {}  # target -> its groups, in order
+        self.roomy: dict[str, dict[Group, None]] = {}  # target -> its groups with room
+        self.where: dict[str, dict[str, Group]] = {}  # target -> job_id -> its group
+        self.dirty: deque[Group] = deque()
+        self.version = 0  # bumped whenever a group's blocks changed or a group went
         self.scrapes = 0  # scrapes being served; the background refresh waits for them
+        self.assembler = Assembler()
+        self.part: JobPart | None = None
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
-        key = (state.config.name, tracked.job.id)
+        name, job_id = state.config.name, tracked.job.id
         # History (first seen finished long ago) is not news: no series, so nothing pages for it.
-        if not state.config.config.per_job_metrics or tracked.history:
-            if key in self.where:
-                self.job_removed(state, tracked.job.id)
+        if not state.config.config.per_job_metrics or tracked.is_history:
+            if job_id in self.where.get(name, {}):
+                self.job_removed(state, job_id)
             return
-        group = self.where.get(key)
+        where = self.where.setdefault(name, {})
+        group = where.get(job_id)
         if group is None:
-            groups = self.groups.setdefault(key[0], [])
-            group = next((g for g in groups if len(g.jobs) < GROUP_SIZE), None)
+            roomy = self.roomy.setdefault(name, {})
+            group = next(iter(roomy), None)
             if group is None:
                 group = Group(state)
-                groups.append(group)
-            self.where[key] = group
-        group.jobs[key[1]] = tracked
+                self.groups.setdefault(name, {})[group] = None
+                roomy[group] = None
+            where[job_id] = group
+            group.jobs[job_id] = tracked
+            if len(group.jobs) >= GROUP_SIZE:
+                del roomy[group]
+        else:
+            group.jobs[job_id] = tracked
         group.state = state
-        self.dirty.add(group)
+        self._mark(group)
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
-        group = self.where.pop((state.config.name, job_id), None)
+        name = state.config.name
+        group = self.where.get(name, {}).pop(job_id, None)
         if group is None:
             return
-        group.jobs.pop(job_id, None)
+        del group.jobs[job_id]
         if group.jobs:
-            self.dirty.add(group)
+            self.roomy[name][group] = None
+            self._mark(group)
             return
-        groups = self.groups.get(state.config.name, [])
-        if group in groups:
-            groups.remove(group)
-        self.dirty.discard(group)
+        del self.groups[name][group]
+        self.roomy[name].pop(group, None)
+        group.blocks = None  # also tells the refresh queue it went
         self.version += 1
 
-    def _all(self) -> list[Group]:
-        return [g for gs in self.groups.values() for g in gs]
+    def _mark(self, group: Group) -> None:
+        if not group.dirty:
+            group.dirty = True
+            self.dirty.append(group)
 
-    def _refresh(self, group: Group) -> None:
-        self.dirty.discard(group)
-        group.refresh()
-        self.version += 1
+    def _refresh_next(self) -> None:
+        group = self.dirty.popleft()
+        group.dirty = False
+        if group.jobs and group.refresh():
+            self.version += 1
 
     def refresh(self) -> None:
         """Render every dirty group now."""
-        for g in list(self.dirty):
-            self._refresh(g)
+        while self.dirty:
+            self._refresh_next()
+
+    def _snapshot(self) -> tuple[list[tuple[Block, ...]], int, float]:
+        blocks = [g.blocks for gs in self.groups.values() for g in gs if g.blocks is not None]
+        return blocks, self.version, time.monotonic()
+
+    def assemble(self) -> JobPart:
+        """Assemble the job part now (on the caller's thread)."""
+        self.part = self.assembler.assemble(*self._snapshot())
+        return self.part
+
+    def current(self, fresh: bool) -> JobPart:
+        """The job part to serve; `fresh`: every change rendered and assembled first."""
+        if fresh or self.part is None:
+            self.refresh()
+            if self.part is None or self.part.version != self.version:
+                return self.assemble()
+        return self.part
 
     async def refresh_in_background(self, period: float = 0.1) -> None:
-        """Keep the cached members current, a group at a time; scrapes go first."""
+        """Keep the served job part current: dirty groups a group at a time, scrapes first;
+        the assembly in a worker thread, at least every MAX_AGE seconds while jobs change."""
         while True:
-            while self.dirty:
+            deadline = time.monotonic() + MAX_AGE
+            while self.dirty and time.monotonic() < deadline:
                 with anyio.move_on_after(0.25):  # a scrape is being served: let it finish
                     while self.scrapes > 0:
                         await anyio.sleep(0.001)
                 if self.dirty:
-                    self._refresh(next(iter(self.dirty)))
+                    self._refresh_next()
                 await anyio.sleep(0)
-            await anyio.sleep(period)
-
-    def members(self, fresh: bool) -> Iterator[bytes]:
-        """Every family's header member, then each group's member of that family."""
-        if fresh:
-            self.refresh()
-        groups = self._all()
-        for g in groups:
-            if g.gz is None:  # never rendered yet: nothing older to serve
-                self._refresh(g)
-        for i, header in enumerate(JOB_FAMILY_HEADERS_GZ):
-            yield header
-            for g in groups:
-                chunk = g.gz[i] if g.gz else b""
-                if chunk:
-                    yield chunk
+            if self.part is None or self.part.version != self.version:
+                snapshot = self._snapshot()
+                self.part = await anyio.to_thread.run_sync(self.assembler.assemble, *snapshot)
+            if not self.dirty:
+                await anyio.sleep(period)

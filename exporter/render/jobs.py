@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter.model import STATUSES, Status
-from exporter.render.deflate import gzip_member
 from exporter.render.text import escape, fmt
 from exporter.tracker import TargetState, TrackedJob
 
@@ -167,8 +166,6 @@ JOB_FAMILIES: tuple[Family, ...] = (
         _awaiting,
     ),
 )
-JOB_FAMILY_HEADERS = tuple(f.header() for f in JOB_FAMILIES)
-JOB_FAMILY_HEADERS_GZ = tuple(gzip_member(h) for h in JOB_FAMILY_HEADERS)
 
 
 def job_prefix(state: TargetState, tracked: TrackedJob) -> str:

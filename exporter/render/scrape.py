@@ -1,15 +1,13 @@
-"""A scrape, top to bottom: the per-job groups' cached members (groups.py), then the families
-rendered at scrape time (aggregates.py) and prometheus-client's process metrics, joined into
-one body. A gzip stream may be a concatenation of members (RFC 1952 §2.2).
+"""A scrape, top to bottom: the job part assembled in the background from the per-job groups
+(groups.py), then the families rendered at scrape time (aggregates.py) and prometheus-client's
+process metrics, compressed as the last block of one gzip member (deflate.py). Every client gets
+the same body; one that does not accept gzip gets it decompressed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
-import zlib
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,7 +19,7 @@ from prometheus_client import (
 
 from exporter import __version__
 from exporter.render.aggregates import render_aggregates, render_dropped, render_http_stats
-from exporter.render.deflate import GZIP_LEVEL, gzip_member
+from exporter.render.deflate import gzip_member, inflate
 from exporter.render.groups import JobSeries
 from exporter.render.text import Text, labels
 from exporter.tracker import Tracker
@@ -54,7 +52,6 @@ class Exposition:
         tracker.listeners.append(self.jobs)
         self._http_stats = http_stats
         self._extra = extra
-        self._single: tuple[int, bytes, Any] | None = None
         # False (--web.disable-exporter-metrics) leaves out process_* and python_*.
         self.exporter_metrics = True
 
@@ -72,25 +69,15 @@ class Exposition:
         process = generate_latest(PROCESS_REGISTRY) if self.exporter_metrics else b""
         return render_aggregates(ts) + w.bytes() + self._extra() + process
 
-    def render(self, gz: bool = False, multi_member: bool = True, fresh: bool = True) -> bytes:
-        """The body; gzip-compressed when `gz`.
+    def render(self, gz: bool = False, fresh: bool = True) -> bytes:
+        """The body; one gzip member when `gz`.
 
-        With `multi_member` the cached per-group gzip members are sent back to back
-        (Prometheus reads such a stream whole). Some clients (httpx, a few browsers) stop
-        after the first member: they get a single member, whose compressed job part is
-        cached until the jobs change. `fresh=False` (the server, with the background
-        refresh running) serves dirty groups' previous members instead of rendering them.
+        `fresh=False` (the server, with the background refresh running) serves the job part
+        last assembled, at most about MAX_AGE old while jobs change; `fresh=True` renders and
+        assembles every change first.
         """
+        part = self.jobs.current(fresh)
         tail = self.scrape_time_text()
-        members = b"".join(self.jobs.members(fresh))
-        if gz and multi_member:
-            return members + gzip_member(tail)
-        if not gz:
-            return gzip.decompress(members) + tail
-        cached = self._single
-        if cached is None or cached[0] != self.jobs.version:
-            compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-            head = compressor.compress(gzip.decompress(members))
-            cached = self._single = (self.jobs.version, head, compressor)
-        compressor = cached[2].copy()
-        return cached[1] + compressor.compress(tail) + compressor.flush()
+        if gz:
+            return gzip_member(part.parts, part.crc, part.size, tail)
+        return inflate(part.parts) + tail

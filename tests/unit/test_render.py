@@ -1,4 +1,4 @@
-"""The exposition: valid text, escaped labels, per-job bytes replaced on change, gzip members."""
+"""The exposition: valid text, escaped labels, per-job bytes replaced on change, one gzip member."""
 
 from __future__ import annotations
 
@@ -132,20 +132,59 @@ def test_families_stay_contiguous_across_groups() -> None:
     assert len(names) == len(set(names))  # the parser would split a non-contiguous family
 
 
-def test_gzip_members_decode_to_the_plain_text() -> None:
+def test_every_client_gets_one_gzip_member_that_decodes_to_the_plain_text() -> None:
     tr, ex = setup()
-    for i in range(GROUP_SIZE + 3):
-        tr.track("t", Job(str(i), Status.RUNNING), "static")
+    for i in range(GROUP_SIZE * 3 + 3):
+        tr.track("t", Job(str(i), Status.RUNNING, percent=i % 100), "static")
     plain = stable(ex.render(gz=False))
-    multi = ex.render(gz=True, multi_member=True)
-    single = ex.render(gz=True, multi_member=False)
-    assert stable(gzip.decompress(multi)) == plain  # gzip.decompress reads every member
-    d = zlib.decompressobj(31)
-    assert stable(d.decompress(single)) == plain and d.unused_data == b""
-    # The single member's job part is cached; it follows the jobs when they change.
+    body = ex.render(gz=True)
+    assert stable(gzip.decompress(body)) == plain  # the gzip module checks the CRC-32 and size
+    d = zlib.decompressobj(31)  # a reader that stops after the first member reads it all
+    assert stable(d.decompress(body)) == plain and d.eof and d.unused_data == b""
+    promtool = shutil.which("promtool")
+    if promtool:
+        r = subprocess.run([promtool, "check", "metrics"], input=gzip.decompress(body), capture_output=True)
+        assert r.returncode == 0, r.stderr.decode()
+
+
+def test_the_served_body_follows_changes_and_removals() -> None:
+    tr, ex = setup()
+    for i in range(GROUP_SIZE * 2):
+        tr.track("t", Job(str(i), Status.RUNNING), "static")
+    ex.render(gz=True)
     tr.drop("t", "0", "deleted")
-    again = zlib.decompressobj(31).decompress(ex.render(gz=True, multi_member=False))
-    assert b'job_id="0"' in plain and b'job_id="0"' not in again
+    tr.apply("t", PollResult(jobs=[Job(str(GROUP_SIZE + 1), Status.SUCCEEDED)]))
+    text = gzip.decompress(ex.render(gz=True))
+    assert b'job_id="0"' not in text
+    assert f'job_id="{GROUP_SIZE + 1}",status="succeeded"}} 1'.encode() in text
+    assert stable(text) == stable(ex.render(gz=False))
+
+
+def test_a_scrape_between_refreshes_serves_the_last_assembled_body_whole() -> None:
+    tr, ex = setup()
+    tr.track("t", Job("1", Status.RUNNING), "static")
+    before = gzip.decompress(ex.render(gz=True, fresh=False))
+    tr.track("t", Job("2", Status.RUNNING), "static")
+    stale = gzip.decompress(ex.render(gz=True, fresh=False))  # the background has not run yet
+    assert b'job_id="1"' in stale and b'job_id="2"' not in stale
+    assert job_lines(stale) == job_lines(before)  # the scrape-time families are live
+    assert b'job_id="2"' in gzip.decompress(ex.render(gz=True, fresh=True))
+
+
+def test_new_jobs_fill_the_room_that_dropped_jobs_left() -> None:
+    tr, ex = setup()
+    for i in range(GROUP_SIZE * 3):
+        tr.track("t", Job(str(i), Status.RUNNING), "static")
+    for i in range(0, GROUP_SIZE * 3, 3):  # a third of every group goes
+        tr.drop("t", str(i), "deleted")
+    for i in range(GROUP_SIZE):
+        tr.track("t", Job(f"new-{i}", Status.RUNNING), "static")
+    assert len(ex.jobs.groups["t"]) == 3
+    assert sum(len(g.jobs) for g in ex.jobs.groups["t"]) == GROUP_SIZE * 3
+
+
+def job_lines(body: bytes) -> list[bytes]:
+    return [line for line in body.split(b"\n") if b"job_id=" in line]
 
 
 def stable(body: bytes) -> bytes:

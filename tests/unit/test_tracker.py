@@ -196,7 +196,7 @@ def test_a_job_first_seen_finished_longer_ago_than_retention_is_history() -> Non
     tr.apply("t", PollResult(jobs=[week_old, fresh]), now=now)
     state = tr.targets["t"]
     agg = state.agg
-    assert state.jobs["old"].history and not state.jobs["new"].history
+    assert state.jobs["old"].is_history and not state.jobs["new"].is_history
     assert agg.finished[("connection", F)] == 1  # the fresh failure only
     assert failed_count(tr) == 1
     assert agg.job_duration[("connection", "failed")].count == 1
@@ -231,8 +231,8 @@ def test_history_is_measured_from_when_the_exporter_learnt_of_the_job() -> None:
         now=10_000 + 3600,
     )
     jobs = tr.targets["t"].jobs
-    assert jobs["before"].history
-    assert not jobs["after"].history and not jobs["unknown-end"].history
+    assert jobs["before"].is_history
+    assert not jobs["after"].is_history and not jobs["unknown-end"].is_history
     assert tr.targets["t"].agg.finished[("", F)] == 1 and tr.targets["t"].agg.finished[("", S)] == 1
 
 
@@ -246,7 +246,7 @@ def test_history_survives_a_restart_uncounted() -> None:
     again.restore = lambda state: saved
     again.set_target(tr.targets["t"].config)
     again.apply("t", PollResult(jobs=[Job("old", F, updated=1.0)]), now=100_010)
-    assert again.targets["t"].jobs["old"].history
+    assert again.targets["t"].jobs["old"].is_history
     assert sum(again.targets["t"].agg.finished.values()) == 0 and failed_count(again) == 0
 
 
@@ -267,7 +267,7 @@ def test_a_history_job_rerun_under_its_id_is_news_again() -> None:
     tr = tracker(retention="15m")
     tr.apply("t", PollResult(jobs=[Job("1", F, updated=1.0)]), now=100_000)
     tr.apply("t", PollResult(jobs=[Job("1", R, updated=100_050)]), now=100_060)
-    assert not tr.targets["t"].jobs["1"].history
+    assert not tr.targets["t"].jobs["1"].is_history
     tr.apply("t", PollResult(jobs=[Job("1", S, updated=100_100)]), now=100_120)
     assert tr.targets["t"].agg.finished[("", S)] == 1
 
