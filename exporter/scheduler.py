@@ -215,7 +215,8 @@ class Scheduler:
             state.last_success = time.time()
             runner.failures = 0
         else:
-            state.last_error = stats.last_error
+            state.last_error = stats.last_error if request_errors else result.bad_payloads[0]
+            state.last_error_reason = stats.last_reason if request_errors else "bad_body"
             # Back off only when nothing got through: a few failing jobs are not an outage.
             if stats.cycle_errors >= stats.cycle_requests:
                 runner.failures += 1
