@@ -112,7 +112,7 @@ def _first(*values: float | None) -> float:
     return next(v for v in values if v is not None)
 
 
-def _count_finished(agg: Aggregates, job: Job, duration: float) -> None:
+def _count_finished(agg: Aggregates, job: Job, duration: float | None) -> None:
     agg.finished[(job.job_type, job.status)] += 1
     if job.status is Status.FAILED:
         agg.failed[(job.job_type, job.reason or "unknown")] += 1
@@ -120,7 +120,8 @@ def _count_finished(agg: Aggregates, job: Job, duration: float) -> None:
     hist = agg.job_duration.get(key)
     if hist is None:
         hist = agg.job_duration[key] = Histogram(JOB_DURATION_BUCKETS)
-    hist.observe(duration)
+    if duration is not None:
+        hist.observe(duration)
     if job.records_total is not None:
         agg.records_processed[job.job_type] += job.records_total
     if job.records_failed is not None:
@@ -302,9 +303,14 @@ class Tracker:
         if tracked.counted:
             return
         tracked.counted = True
-        start = _first(job.started, job.created, tracked.first_seen)
+        start = job.started if job.started is not None else job.created
         end = _first(job.finished, now)
-        self.hold(partial(_count_finished, state.agg, job, max(0.0, end - start)))
+        # A job first seen already finished, with no start of its own, has no duration to tell.
+        first_sight = tracked.seen_terminal_at == tracked.first_seen
+        duration = (
+            None if start is None and first_sight else max(0.0, end - _first(start, tracked.first_seen))
+        )
+        self.hold(partial(_count_finished, state.agg, job, duration))
 
     def apply(self, name: str, result: PollResult, now: float | None = None) -> None:
         """Fold one poll cycle's answers into the target's state."""
