@@ -3,7 +3,6 @@ and every failure sorted into the bounded reasons of `asyncjob_poll_errors_total
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ import httpx
 from exporter import __version__
 from exporter.auth import AuthError, build_auth, rate_limited
 from exporter.config import ResolvedTarget
+from exporter.parsing import JsonTooDeep, load_json
 
 ERROR_REASONS = ("timeout", "connect", "http_4xx", "http_429", "http_5xx", "bad_body", "auth")
 USER_AGENT = f"asyncjob-exporter/{__version__}"
@@ -216,7 +216,9 @@ class TargetHttp:
         if not body.strip():
             return None
         try:
-            return json.loads(body)
+            return load_json(body)  # lone surrogates replaced, depth bounded
+        except JsonTooDeep as e:
+            raise PollError("bad_body", f"{where}: {e}") from None
         except ValueError:
             raise PollError("bad_body", f"{where}: answer is not JSON") from None
 

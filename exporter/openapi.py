@@ -46,8 +46,13 @@ OPENAPI: dict[str, Any] = {
                     "404": _resp("Unknown target", _ERROR),
                     "409": _resp("The target tracks max_jobs_per_target jobs already", _ERROR),
                     "413": _resp("The body is larger than api.max_body_bytes", _ERROR),
+                    "415": _resp("The body is not application/json (or application/*+json)", _ERROR),
                     "421": _resp("The job belongs to another shard (named in `shard`)", _ERROR),
-                    "422": _resp("No usable job id; `field` names the field", _ERROR),
+                    "422": _resp(
+                        "No usable job id (missing, blank, or holding a control character or a lone "
+                        "surrogate), or JSON nested too deep; `field` names the field",
+                        _ERROR,
+                    ),
                 },
             }
         },

@@ -11,6 +11,7 @@ import anyio
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.history import timeline
 from exporter.model import Job, placeholder
+from exporter.parsing import clean_text
 from exporter.providers import PROVIDERS
 from exporter.providers.base import BadPayload
 from exporter.render import Exposition
@@ -109,7 +110,8 @@ class Runtime:
             if target in self.scheduler.runners
             else PROVIDERS[state.config.provider](state.config.config)
         )
-        job_id = provider.id_from_body(body)
+        job_id = provider.id_from_body(body)  # refuses ids holding control characters or lone surrogates
+        body = clean_text(body)  # the rest is free text: lone surrogates become U+FFFD
         if not self.scheduler.owns(target, job_id):
             from exporter.sharding import shard_of
 

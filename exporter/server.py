@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from typing import Any
 
@@ -15,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exporter import __version__
 from exporter.model import STATUSES
+from exporter.parsing import JsonTooDeep, load_json
 from exporter.providers.base import BadPayload
 from exporter.render import CONTENT_TYPE
 from exporter.runtime import Runtime, WrongShard, job_document
@@ -57,6 +57,14 @@ def scrapes_first(app: ASGIApp, jobs: Any, telemetry_path: str = "/metrics") -> 
             jobs.scrapes -= 1
 
     return wrapped
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """`application/json` or `application/*+json`, any parameters: what the API reads. A form
+    post (which a browser sends cross-site without asking) is neither."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def _error(status: int, message: str, **more: Any) -> JSONResponse:
@@ -132,6 +140,8 @@ def build_app(
         target = request.path_params["target"]
         if target not in runtime.tracker.targets:
             return _error(404, f"unknown target {target!r}")
+        if not is_json_media_type(request.headers.get("content-type")):
+            return _error(415, "the body must be application/json (or application/*+json)")
         limit = runtime.settings.api.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -142,15 +152,23 @@ def build_app(
             if len(raw) > limit:
                 return _error(413, f"body larger than {limit} bytes")
         try:
-            body = json.loads(raw)
+            # Strict UTF-8 and no replacement of lone surrogates: an id holding one is refused
+            # (422) rather than replaced, since replacing would make distinct ids collide.
+            body = load_json(raw.decode("utf-8"), replace_surrogates=False)
+        except JsonTooDeep as e:
+            return _error(422, f"body: {e}", field="body")
         except ValueError:
-            return _error(400, "body is not JSON")
+            return _error(400, "body is not JSON (in UTF-8)")
         try:
             tracked = await runtime.register(target, body)
         except BadPayload as e:
             # A provider names the field, optionally followed by ": why" (see BadPayload).
             field, _, why = (str(e) or "id").partition(": ")
-            return _error(422, f"{field}: {why or 'no usable job id in the body'}", field=field)
+            why = why or (
+                "no usable job id in the body (missing, blank, or holding a control character "
+                "or a lone surrogate)"
+            )
+            return _error(422, f"{field}: {why}", field=field)
         except WrongShard as e:
             return _error(421, str(e), shard=e.shard)
         except CapReached as e:
