@@ -69,7 +69,15 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 
 
+# Directory of the config file being validated: relative `*_file` paths are read from there, as
+# Prometheus reads the files its config names.
+_CONFIG_DIR: ContextVar[Path | None] = ContextVar("asyncjob_config_dir", default=None)
+
+
 def _readable_file(path: str) -> str:
+    base = _CONFIG_DIR.get()
+    if base is not None and not Path(path).is_absolute():
+        path = str(base / path)
     p = Path(path)
     try:
         with p.open("rb"):
@@ -626,5 +634,10 @@ def build_settings(data: Mapping[str, Any], providers: Registry) -> Settings:
 
 
 def load_settings(path: str | os.PathLike[str] | None, providers: Registry) -> Settings:
+    """Read and validate a config file; its relative `*_file` paths are read from its directory."""
     data = load_yaml(path) if path else {}
-    return build_settings(data, providers)
+    token = _CONFIG_DIR.set(Path(path).resolve().parent if path else None)
+    try:
+        return build_settings(data, providers)
+    finally:
+        _CONFIG_DIR.reset(token)
