@@ -206,3 +206,15 @@ def test_values_round_trip(value: float) -> None:
         got[("asyncjob_job_created_timestamp_seconds", frozenset({("target", "t"), ("job_id", "1")}))]
         == value
     )
+
+
+def test_staleness_counts_from_the_oldest_change_the_served_body_lacks() -> None:
+    tr, ex = setup()
+    tr.track("t", Job("1", Status.RUNNING), "static")
+    ex.render(gz=True)
+    assert ex.jobs.staleness() == 0.0
+    tr.track("t", Job("2", Status.RUNNING), "static")
+    ex.render(gz=True, fresh=False)  # served without the change
+    assert ex.jobs.staleness() > 0.0
+    ex.render(gz=True)
+    assert ex.jobs.staleness() == 0.0
