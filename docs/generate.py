@@ -287,9 +287,40 @@ def configuration_md() -> str:
         needs = [f"`{s}_file` or `{s}_env`" for s in cfg._AUTH_SECRETS.get(auth_type, ())]
         needs += [f"`{f}`" for f in cfg._AUTH_FIELDS.get(auth_type, ())]
         lines.append(f"| `{auth_type}` | {', '.join(needs) or 'nothing'} |")
-    lines.append("")
+    lines += ["", *FRONT_DOOR, ""]
     return "\n".join(lines)
 
+
+# Who may reach what, and how it is checked (exporter/webconfig.py, exporter/server.py).
+FRONT_DOOR = (
+    "## The front door (`--web.config.file`, `api.token_file`)",
+    "",
+    "- `--web.config.file` is exporter-toolkit's format. Every key is honoured or refused at start",
+    "  (exit 2, one line naming the key); none is ignored.",
+    "  - `tls_server_config`: `cert_file` and `key_file` (a pair that does not load exits 2);",
+    "    `client_ca_file` with `client_auth_type` (any type but `NoClientCert` needs `client_ca_file`,",
+    "    and certificates are always verified against it, `RequireAnyClientCert` included);",
+    "    `min_version` (default `TLS12`) and `max_version` (`TLS10` … `TLS13`); `cipher_suites`",
+    "    (Go's names of TLS 1.2 suites; TLS 1.3 suites are not configurable, as in Go);",
+    "    `prefer_server_cipher_suites`. `curve_preferences`, `client_allowed_sans` and inline",
+    "    `cert`/`key` are refused.",
+    "  - `http_server_config.headers` (`Content-Security-Policy`, `Strict-Transport-Security`,",
+    "    `X-Content-Type-Options`, `X-Frame-Options`, `X-XSS-Protection`) are added to every",
+    "    response; `http2: true` is refused (HTTP/1.1 is served).",
+    "  - `basic_auth_users`: user → bcrypt hash (`$2a$`, `$2b$` or `$2y$`, cost 4 to 31), checked at",
+    "    start. Every endpoint but `/healthz` asks for them. bcrypt runs in one worker thread, so a",
+    "    flood of wrong passwords never holds the event loop; a successful check is cached (a",
+    "    SHA-256 of the header, 256 entries); an unknown user is checked against a dummy hash of",
+    "    the highest configured cost, so it takes as long as a known one.",
+    "- `api.token_file`: `/api/v1` and `POST /-/reload` ask for `Authorization: Bearer <token>`.",
+    "  With basic auth configured (it takes the `Authorization` header), send the token as",
+    "  `X-Asyncjob-Token: <token>` beside the basic credentials.",
+    "- `POST /-/reload` is served only with `--web.enable-lifecycle` (as Prometheus); SIGHUP always",
+    "  reloads.",
+    "- The API reads `application/json` and `application/*+json` bodies (any charset parameter; the",
+    "  body is read as UTF-8) and answers 415 to anything else, so a cross-site form post registers",
+    "  nothing. Ids holding a control character or a lone surrogate are refused (422).",
+)
 
 # What `state_file` promises; in both documents.
 STATE_FILE = (

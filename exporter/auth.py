@@ -3,12 +3,14 @@
 Token flows fetch a token through the same client, cache it under a lock until shortly
 before it expires (one token per target, never one per job: Basiq allows 1,500 token
 calls per 5 minutes), and renew it once when the API answers 401 (or Basiq's 403
-"Token has expired").
+"Token has expired"). A token endpoint that refuses for load (429, Basiq's 403, a 403 that
+speaks of a rate limit) is a rate limit to back off from, not bad credentials.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import AsyncGenerator, Generator
 
@@ -22,8 +24,26 @@ EXPIRY_MARGIN = 60.0
 DEFAULT_TOKEN_LIFETIME = 3600.0
 
 
+# How answers say "too many requests" when their status does not (Basiq's 403s).
+RATE_LIMIT_TEXT = re.compile(rb"rate[ _-]?limit|too[ _-]many[ _-]requests|throttl", re.IGNORECASE)
+
+
+def rate_limited(body: bytes) -> bool:
+    """True when a refusal's body speaks of a rate limit."""
+    return RATE_LIMIT_TEXT.search(body) is not None
+
+
 class AuthError(Exception):
-    """The token endpoint refused or answered nonsense. The message never holds a secret."""
+    """The token endpoint refused or answered nonsense. The message never holds a secret.
+
+    `reason` is the poll error it counts as: `auth`, or `http_429`/`http_5xx` when the token
+    endpoint was overloaded or down (then the poll backs off, as long as its Retry-After says).
+    """
+
+    def __init__(self, message: str, reason: str = "auth", retry_after: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after  # the Retry-After header as sent
 
 
 class BearerAuth(httpx.Auth):
@@ -68,9 +88,16 @@ class TokenAuth(httpx.Auth):
     def _valid(self) -> bool:
         return self._token is not None and time.monotonic() < self._expires_at
 
+    def _overloaded(self, response: httpx.Response) -> bool:
+        """A token refusal that means "too many requests", not "bad credentials"."""
+        return response.status_code == 429 or (response.status_code == 403 and rate_limited(response.content))
+
     def _store(self, response: httpx.Response) -> None:
-        if response.status_code != 200:
-            raise AuthError(f"token endpoint answered HTTP {response.status_code}")
+        status = response.status_code
+        if status != 200:
+            reason = "http_429" if self._overloaded(response) else "http_5xx" if status >= 500 else "auth"
+            retry_after = response.headers.get("Retry-After") if reason != "auth" else None
+            raise AuthError(f"token endpoint answered HTTP {status}", reason, retry_after)
         try:
             body = response.json()
             token = body["access_token"]
@@ -135,6 +162,10 @@ class BasiqAuth(TokenAuth):
             return True
         # Basiq answers an expired token with 403 "Token has expired"; other 403s are real.
         return response.status_code == 403 and "expired" in response.text.lower()
+
+    def _overloaded(self, response: httpx.Response) -> bool:
+        # Basiq's token endpoint answers 403 past its 1,500 calls per 5 minutes, whatever the body.
+        return response.status_code in (403, 429)
 
 
 class OAuth2Auth(TokenAuth):

@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from exporter.model import Cause, Status
+from exporter.parsing import clean_text
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -601,7 +602,10 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(["(top level): the config must be a mapping with global, targets, …"])
-    return data
+    try:
+        return dict(clean_text(data, text))  # a "\ud800" escape makes a lone surrogate: replaced
+    except ValueError as e:
+        raise ConfigError([f"config.file: {e}"]) from None
 
 
 def build_settings(data: Mapping[str, Any], providers: Registry) -> Settings:

@@ -3,7 +3,6 @@ and every failure sorted into the bounded reasons of `asyncjob_poll_errors_total
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,8 +12,9 @@ import anyio
 import httpx
 
 from exporter import __version__
-from exporter.auth import AuthError, build_auth
+from exporter.auth import AuthError, build_auth, rate_limited
 from exporter.config import ResolvedTarget
+from exporter.parsing import JsonTooDeep, load_json
 
 ERROR_REASONS = ("timeout", "connect", "http_4xx", "http_429", "http_5xx", "bad_body", "auth")
 USER_AGENT = f"asyncjob-exporter/{__version__}"
@@ -204,7 +204,7 @@ class TargetHttp:
                     body = await self._answer(response, where)
                 break
             except AuthError as e:
-                raise PollError("auth", f"{where}: {e}") from None
+                raise PollError(e.reason, f"{where}: {e}", parse_retry_after(e.retry_after)) from None
             except httpx.TimeoutException as e:
                 raise PollError("timeout", f"{where}: {_cause(e)} after {self.target.timeout:g}s") from None
             except STALE_CONNECTION_ERRORS as e:
@@ -216,7 +216,9 @@ class TargetHttp:
         if not body.strip():
             return None
         try:
-            return json.loads(body)
+            return load_json(body)  # lone surrogates replaced, depth bounded
+        except JsonTooDeep as e:
+            raise PollError("bad_body", f"{where}: {e}") from None
         except ValueError:
             raise PollError("bad_body", f"{where}: answer is not JSON") from None
 
@@ -229,6 +231,9 @@ class TargetHttp:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             reason = "http_429" if status == 429 else "http_5xx"
             raise PollError(reason, f"{where}: HTTP {status}", retry_after)
+        if status == 403 and rate_limited(await self._read_capped(response, where)):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise PollError("http_429", f"{where}: HTTP 403 rate limited", retry_after)
         if status in (401, 403):
             raise PollError("auth", f"{where}: HTTP {status} after renewing credentials")
         if status >= 400:

@@ -27,7 +27,8 @@ OPENAPI: dict[str, Any] = {
         "title": "asyncjob-exporter job API",
         "version": __version__,
         "description": "Hand jobs to the exporter and read what it knows of them. "
-        "When api.token_file is set, every call needs `Authorization: Bearer <token>`.",
+        "When api.token_file is set, every call needs `Authorization: Bearer <token>`, or "
+        "`X-Asyncjob-Token: <token>` (beside basic auth credentials from --web.config.file).",
     },
     "paths": {
         "/api/v1/targets/{target}/jobs": {
@@ -46,8 +47,13 @@ OPENAPI: dict[str, Any] = {
                     "404": _resp("Unknown target", _ERROR),
                     "409": _resp("The target tracks max_jobs_per_target jobs already", _ERROR),
                     "413": _resp("The body is larger than api.max_body_bytes", _ERROR),
+                    "415": _resp("The body is not application/json (or application/*+json)", _ERROR),
                     "421": _resp("The job belongs to another shard (named in `shard`)", _ERROR),
-                    "422": _resp("No usable job id; `field` names the field", _ERROR),
+                    "422": _resp(
+                        "No usable job id (missing, blank, or holding a control character or a lone "
+                        "surrogate), or JSON nested too deep; `field` names the field",
+                        _ERROR,
+                    ),
                 },
             }
         },
@@ -133,6 +139,24 @@ OPENAPI: dict[str, Any] = {
                     "attempts": {"type": ["integer", "null"]},
                     "reruns": {"type": "integer"},
                     "steps": {"type": "array", "items": {"type": "object"}},
+                    "history": {
+                        "type": "array",
+                        "description": "Transitions the exporter observed, oldest first (bounded per job).",
+                        "items": {"$ref": "#/components/schemas/Transition"},
+                    },
+                },
+            },
+            "Transition": {
+                "type": "object",
+                "required": ["at", "step", "status", "duration_seconds"],
+                "properties": {
+                    "at": {"type": "number", "description": "When the exporter observed it (Unix seconds)."},
+                    "step": {"type": ["string", "null"], "description": "The step; null for the job itself."},
+                    "status": {"type": "string", "description": "A normalised status, or awaiting_user."},
+                    "duration_seconds": {
+                        "type": ["number", "null"],
+                        "description": "How long this state lasted (until now while current; null once final).",
+                    },
                 },
             },
         }

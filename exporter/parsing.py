@@ -1,7 +1,10 @@
-"""Reading the loose values providers send: timestamps, numbers, dotted paths, status maps."""
+"""Reading the loose values providers send: JSON made safe (depth, lone surrogates), timestamps,
+numbers, dotted paths, status maps."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
@@ -16,6 +19,79 @@ _MISSING = object()
 # Epoch values above this are milliseconds (year 2286 in seconds).
 _MS_THRESHOLD = 1e10
 
+# Deeper JSON is refused: no job answer nests this far, and Python's parser (and every walk
+# over the result) recurses, so a deep enough document would otherwise end in RecursionError.
+MAX_JSON_DEPTH = 64
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+# C0 and C1 control characters and lone surrogates: an id holding one cannot be told apart
+# in a URL, a log line or a label once it is escaped or replaced.
+_NOT_ID_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+class JsonTooDeep(ValueError):
+    """A JSON document nested deeper than MAX_JSON_DEPTH."""
+
+    def __init__(self) -> None:
+        super().__init__(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def load_json(raw: bytes | str, replace_surrogates: bool = True) -> Any:
+    """Parse JSON from outside: invalid UTF-8 and (unless told not to) lone surrogates, which
+    JSON's `\\ud800` escapes can produce but no encoder can write, become U+FFFD.
+
+    Raises JsonTooDeep past MAX_JSON_DEPTH, ValueError for anything that is not JSON.
+    """
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise JsonTooDeep() from None
+    fix = replace_surrogates and may_hold_surrogates(text)
+    # Counting brackets is cheap; a walk is needed only when there are enough to nest too deep
+    # or when an escape may have made a lone surrogate.
+    if fix or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        value = _walk(value, 0, replace_surrogates)
+    return value
+
+
+def may_hold_surrogates(text: str | bytes) -> bool:
+    """True when JSON or YAML `text` has an escape that reads as a lone surrogate (or one raw)."""
+    if isinstance(text, bytes):
+        return _SURROGATE_ESCAPE_BYTES.search(text) is not None
+    return _SURROGATE_ESCAPE.search(text) is not None or _SURROGATE.search(text) is not None
+
+
+def clean_text(value: Any, source: str | None = None) -> Any:
+    """`value` (strings, lists, dicts of them) with every lone surrogate replaced by U+FFFD:
+    for config and state rows, which are not JSON from the network but may hold them. Given
+    the `source` text `value` was read from, nothing is walked unless an escape in it can
+    have made a surrogate (a YAML alias bomb is not expanded by a walk it does not need)."""
+    if source is not None and not may_hold_surrogates(source):
+        return value
+    return _walk(value, 0, True)
+
+
+def _walk(value: Any, depth: int, fix: bool) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if fix else value
+    if isinstance(value, dict):
+        if depth >= MAX_JSON_DEPTH:
+            raise JsonTooDeep()
+        return {_walk(k, depth, fix): _walk(v, depth + 1, fix) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if depth >= MAX_JSON_DEPTH:
+            raise JsonTooDeep()
+        return [_walk(v, depth + 1, fix) for v in value]
+    return value
+
+
+def is_id_text(text: str) -> bool:
+    """True for text usable as an id: no control character, no lone surrogate."""
+    return _NOT_ID_TEXT.search(text) is None
+
 
 def parse_timestamp(value: Any, tz: tzinfo = UTC) -> float | None:
     """Unix seconds from ISO 8601 (with or without zone), `YYYY-MM-DD HH:MM:SS`, or epoch s/ms.
@@ -29,8 +105,11 @@ def parse_timestamp(value: Any, tz: tzinfo = UTC) -> float | None:
     if value is None or value == "" or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        v = float(value)
-        if v <= 0:
+        try:
+            v = float(value)
+        except OverflowError:  # an integer past float's range
+            return None
+        if not 0 < v < math.inf:
             return None
         return v / 1000.0 if v > _MS_THRESHOLD else v
     if not isinstance(value, str):
@@ -44,25 +123,29 @@ def parse_timestamp(value: Any, tz: tzinfo = UTC) -> float | None:
     text = re.sub(r"(\.\d{6})\d+", r"\1", text)
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=tz)
+        ts = parsed.timestamp()
+    except (ValueError, OverflowError):  # year 1 in a zone west of UTC, year 9999 east of it
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=tz)
-    ts = parsed.timestamp()
     return ts if ts > 0 else None
 
 
 def parse_number(value: Any) -> float | None:
+    """A finite number from a number or numeric text (`"42"`, `"42.5%"`); None otherwise:
+    NaN and infinities (Python's JSON reader accepts them) are not numbers a job reports."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip().rstrip("%"))
-        except ValueError:
+    try:
+        if isinstance(value, int | float):
+            n = float(value)
+        elif isinstance(value, str):
+            n = float(value.strip().rstrip("%"))
+        else:
             return None
-    return None
+    except (ValueError, OverflowError):
+        return None
+    return n if math.isfinite(n) else None
 
 
 def parse_int(value: Any) -> int | None:
@@ -108,7 +191,7 @@ def text_id(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
     text = str(value).strip()
-    return text or None
+    return text if text and is_id_text(text) else None
 
 
 def lookup(obj: Any, path: str) -> tuple[bool, Any]:

@@ -9,7 +9,9 @@ from typing import Any
 import anyio
 
 from exporter.config import ConfigError, Settings, load_settings
+from exporter.history import timeline
 from exporter.model import Job, placeholder
+from exporter.parsing import clean_text
 from exporter.providers import PROVIDERS
 from exporter.providers.base import BadPayload
 from exporter.render import Exposition
@@ -108,7 +110,8 @@ class Runtime:
             if target in self.scheduler.runners
             else PROVIDERS[state.config.provider](state.config.config)
         )
-        job_id = provider.id_from_body(body)
+        job_id = provider.id_from_body(body)  # refuses ids holding control characters or lone surrogates
+        body = clean_text(body)  # the rest is free text: lone surrogates become U+FFFD
         if not self.scheduler.owns(target, job_id):
             from exporter.sharding import shard_of
 
@@ -152,6 +155,7 @@ def job_document(target: str, t: TrackedJob) -> dict[str, Any]:
         "records": {"total": j.records_total, "affected": j.records_affected, "failed": j.records_failed},
         "attempts": j.attempts,
         "reruns": t.reruns,
+        "history": timeline(t.history, time.time()),
         "steps": [
             {
                 "name": s.name,

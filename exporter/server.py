@@ -1,20 +1,20 @@
-"""HTTP: /metrics, the landing page, health, reload and the job registration API (Starlette)."""
+"""HTTP: /metrics, the pages for people (exporter.pages), health, reload and the job registration API (Starlette)."""
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from exporter import __version__
 from exporter.model import STATUSES
+from exporter.pages import Pages
+from exporter.parsing import JsonTooDeep, load_json
 from exporter.providers.base import BadPayload
 from exporter.render import CONTENT_TYPE
 from exporter.runtime import Runtime, WrongShard, job_document
@@ -22,24 +22,6 @@ from exporter.state import StateUnwritable
 from exporter.tracker import CapReached
 
 log = logging.getLogger("asyncjob.server")
-
-LANDING = """<!doctype html>
-<html><head><meta charset="utf-8"><title>asyncjob-exporter</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#222}}
-code{{background:#f3f3f3;padding:0 .25rem}}td,th{{padding:.2rem .8rem;text-align:left}}</style></head>
-<body><h1>asyncjob-exporter</h1>
-<p>Prometheus exporter for asynchronous jobs run by third-party APIs. Version {version}.</p>
-<ul>
-<li><a href="metrics">/metrics</a> &mdash; Prometheus metrics</li>
-<li><a href="api/v1/jobs">/api/v1/jobs</a> &mdash; tracked jobs (JSON)</li>
-<li><a href="api/v1/openapi.json">/api/v1/openapi.json</a> &mdash; API description</li>
-<li><a href="healthz">/healthz</a> &middot; <a href="readyz">/readyz</a></li>
-</ul>
-<h2>Targets</h2>
-<table><tr><th>target</th><th>provider</th><th>up</th><th>jobs</th><th>poll interval</th></tr>
-{rows}</table>
-</body></html>
-"""
 
 
 def scrapes_first(app: ASGIApp, jobs: Any, telemetry_path: str = "/metrics") -> ASGIApp:
@@ -59,6 +41,14 @@ def scrapes_first(app: ASGIApp, jobs: Any, telemetry_path: str = "/metrics") -> 
     return wrapped
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """`application/json` or `application/*+json`, any parameters: what the API reads. A form
+    post (which a browser sends cross-site without asking) is neither."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
 def _error(status: int, message: str, **more: Any) -> JSONResponse:
     return JSONResponse({"error": message, **more}, status_code=status)
 
@@ -74,16 +64,6 @@ def build_app(
         body = runtime.exposition.render(gz=gz, fresh=False)
         headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz else {}
         return Response(body, media_type=CONTENT_TYPE, headers=headers)
-
-    async def landing(request: Request) -> Response:
-        from html import escape
-
-        rows = "".join(
-            f"<tr><td>{escape(name)}</td><td>{escape(s.config.provider)}</td><td>{1 if s.up else 0}</td>"
-            f"<td>{len(s.jobs)}</td><td>{s.config.poll_interval:g}s</td></tr>"
-            for name, s in sorted(runtime.tracker.targets.items())
-        )
-        return HTMLResponse(LANDING.format(version=__version__, rows=rows))
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -115,14 +95,18 @@ def build_app(
         token = runtime.settings.api.token()
         if token is None:
             return True
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {token.get_secret_value()}"
-        return hmac.compare_digest(given.encode(), expected.encode())
+        secret = token.get_secret_value().encode()
+        # X-Asyncjob-Token beside basic auth credentials, which take the Authorization header.
+        header = request.headers.get("x-asyncjob-token")
+        if header is not None:
+            return hmac.compare_digest(header.strip().encode(), secret)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), secret)
 
     def api(handler: Any) -> Any:
         async def wrapped(request: Request) -> Response:
             if not authorised(request):
-                return _error(401, "missing or wrong bearer token")
+                return _error(401, "missing or wrong API token (Authorization: Bearer, or X-Asyncjob-Token)")
             response: Response = await handler(request)
             return response
 
@@ -132,6 +116,8 @@ def build_app(
         target = request.path_params["target"]
         if target not in runtime.tracker.targets:
             return _error(404, f"unknown target {target!r}")
+        if not is_json_media_type(request.headers.get("content-type")):
+            return _error(415, "the body must be application/json (or application/*+json)")
         limit = runtime.settings.api.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -142,15 +128,23 @@ def build_app(
             if len(raw) > limit:
                 return _error(413, f"body larger than {limit} bytes")
         try:
-            body = json.loads(raw)
+            # Strict UTF-8 and no replacement of lone surrogates: an id holding one is refused
+            # (422) rather than replaced, since replacing would make distinct ids collide.
+            body = load_json(raw.decode("utf-8"), replace_surrogates=False)
+        except JsonTooDeep as e:
+            return _error(422, f"body: {e}", field="body")
         except ValueError:
-            return _error(400, "body is not JSON")
+            return _error(400, "body is not JSON (in UTF-8)")
         try:
             tracked = await runtime.register(target, body)
         except BadPayload as e:
             # A provider names the field, optionally followed by ": why" (see BadPayload).
             field, _, why = (str(e) or "id").partition(": ")
-            return _error(422, f"{field}: {why or 'no usable job id in the body'}", field=field)
+            why = why or (
+                "no usable job id in the body (missing, blank, or holding a control character "
+                "or a lone surrogate)"
+            )
+            return _error(422, f"{field}: {why}", field=field)
         except WrongShard as e:
             return _error(421, str(e), shard=e.shard)
         except CapReached as e:
@@ -203,7 +197,7 @@ def build_app(
         return JSONResponse(OPENAPI)
 
     routes = [
-        Route("/", landing),
+        *Pages(runtime, telemetry_path).routes(),
         Route(telemetry_path, metrics),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

@@ -28,6 +28,7 @@ from typing import Any
 import anyio
 from pydantic import TypeAdapter, ValidationError
 
+from exporter.parsing import load_json, may_hold_surrogates
 from exporter.tracker import TargetState, TrackedJob, Tracker
 
 log = logging.getLogger("asyncjob.state")
@@ -81,6 +82,8 @@ def tracked_to_json(t: TrackedJob) -> str:
 
 def tracked_from_json(text: str | bytes) -> TrackedJob:
     """A saved job, its every field checked against its type; ValueError names the first problem."""
+    if may_hold_surrogates(text):  # a lone surrogate in free text is replaced, not the row lost
+        text = json.dumps(load_json(text))
     try:
         return _TRACKED.validate_json(text, strict=True)
     except ValidationError as e:

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Protocol
 
 from exporter.config import ResolvedTarget
+from exporter.history import History, observe
 from exporter.model import Connection, Job, Status
 from exporter.providers.base import PollResult
 
@@ -68,6 +69,7 @@ class TrackedJob:
     step_duration: dict[str, float] = field(default_factory=dict)
     reruns: int = 0
     polled: bool = False  # False until a provider answer replaced the registration placeholder
+    history: History = field(default_factory=list)  # observed transitions, flat (exporter.history)
 
 
 @dataclass
@@ -198,6 +200,7 @@ class Tracker:
         )
         state.jobs[job.id] = tracked
         state.agg.by_status[(job.job_type, job.status)] += 1
+        observe(tracked.history, None, job, now)
         self._prime(state, job)
         self._observe_steps(state, tracked, None, now)
         self._on_terminal(state, tracked, now)
@@ -220,6 +223,7 @@ class Tracker:
         state.agg.by_status[(old.job_type, old.status)] -= 1
         state.agg.by_status[(job.job_type, job.status)] += 1
         tracked.job = job
+        observe(tracked.history, old, job, now)
         self._prime(state, job)
         # A placeholder (a static or registered id never polled yet) is not an observation.
         self._observe_steps(state, tracked, old if tracked.polled else None, now)

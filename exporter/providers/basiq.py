@@ -1,12 +1,18 @@
-"""Basiq jobs (`GET /jobs/{id}`) with steps, and discovery through `GET /users/{id}/jobs`."""
+"""Basiq jobs (`GET /jobs/{id}`) with steps, and discovery through `GET /users/{id}/jobs`.
+
+A step's `result` comes as an object or as an array of them (Basiq's own examples use both),
+and is a link on success, an error on failure, or an MFA challenge while the job waits for its
+end user's one-time code (the `mfa-challenge` step). Connection jobs stamp `created`/`updated`,
+statement jobs `createdDate`/`updatedDate`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from exporter.fetch import NotFound, PollError
-from exporter.model import Job, Status, Step
+from exporter.model import Cause, Job, Status, Step
 from exporter.parsing import bounded_reason, parse_timestamp
 from exporter.providers.base import BadPayload, Http, PollResult, Provider, fetch_each, gather
 
@@ -16,20 +22,57 @@ STEP_STATUS = {
     "success": Status.SUCCEEDED,
     "failed": Status.FAILED,
 }
+MFA_STEP = "mfa-challenge"
+UNKNOWN_ERROR = "unknown-error"
+
+USER, PROVIDER = Cause.USER, Cause.PROVIDER
+# Who must act on each failure code Basiq documents (its "Handling jobs" guide and code list).
+# Where the guide gives no recommended action the choice is ours: docs/providers.md says which.
+CAUSES: Mapping[str, Cause] = {
+    # The end user: wrong or changed credentials, a bank popup or T&Cs only they can accept,
+    # a declined or revoked consent, a connection they must re-create.
+    "invalid-credentials": USER,
+    "user-action-required": USER,
+    "account-not-accessible-requires-user-action": USER,
+    "authorization-failed": USER,
+    "invalid-connection": USER,
+    "bank-statement-invalid": USER,
+    "bank-statement-not-supported": USER,
+    # Basiq, its connectors or the institution.
+    "institution-disabled": PROVIDER,
+    "institution-not-available": PROVIDER,
+    "institution-not-supported": PROVIDER,
+    "system-unavailable": PROVIDER,
+    "service-unavailable": PROVIDER,
+    "maintenance": PROVIDER,
+    "maintenance-error": PROVIDER,
+    "connector-error": PROVIDER,
+    "job-timed-out": PROVIDER,
+    "internal-server-error": PROVIDER,
+    "bank-statement-parsing-error": PROVIDER,
+    # unknown-error says nobody knows: it stays unknown.
+}
 
 
-def _error_of(result: Any) -> tuple[str | None, str | None]:
-    """(code, free text) of a failed step's result, in any of Basiq's three spellings."""
-    if not isinstance(result, dict):
-        return None, None
-    if result.get("type") == "list" and isinstance(result.get("data"), list):
-        for item in result["data"]:
-            if isinstance(item, dict):
-                return _error_of(item)
-        return None, None
-    code = result.get("code")
-    text = result.get("detail") or result.get("details") or result.get("title")
-    return bounded_reason(code), (str(text) if text else None)
+def results_of(result: Any) -> list[dict[str, Any]]:
+    """A step's result as a list of objects: an object, an array, or `{type: list, data: [...]}`."""
+    if isinstance(result, dict):
+        if result.get("type") == "list" and isinstance(result.get("data"), list):
+            return [item for item in result["data"] if isinstance(item, dict)]
+        return [result]
+    if isinstance(result, list):
+        return [item for item in result if isinstance(item, dict)]
+    return []
+
+
+def error_of(items: Sequence[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """(code, free text) of a failed step's result, in any of Basiq's spellings."""
+    for item in items:
+        if item.get("type") not in (None, "error") or "code" not in item:
+            continue
+        text = item.get("detail") or item.get("details") or item.get("title")
+        return bounded_reason(item.get("code")), (str(text) if text else None)
+    return None, None
 
 
 def parse_step(obj: Any) -> Step:
@@ -37,14 +80,14 @@ def parse_step(obj: Any) -> Step:
         raise BadPayload("steps[].title")
     raw = str(obj.get("status") or "")
     status = STEP_STATUS.get(raw.lower(), Status.UNKNOWN)
-    result = obj.get("result")
-    awaiting = isinstance(result, dict) and result.get("type") == "mfa" and not status.terminal
-    reason, message = _error_of(result) if status is Status.FAILED else (None, None)
+    items = results_of(obj.get("result"))
+    awaiting = not status.terminal and any(item.get("type") == "mfa" for item in items)
+    reason, message = error_of(items) if status is Status.FAILED else (None, None)
     return Step(obj["title"], status, raw, reason, message, awaiting)
 
 
 def job_status(steps: Sequence[Step]) -> Status:
-    """A Basiq job has no status of its own: it is the sum of its steps."""
+    """A Basiq job without a status of its own is the sum of its steps."""
     if not steps:
         return Status.PENDING
     if any(s.status is Status.FAILED for s in steps):
@@ -58,20 +101,16 @@ def job_status(steps: Sequence[Step]) -> Status:
     return Status.UNKNOWN
 
 
+def stamp(obj: dict[str, Any], *keys: str) -> float | None:
+    return next((ts for key in keys if (ts := parse_timestamp(obj.get(key))) is not None), None)
+
+
 class Basiq(Provider):
     name = "basiq"
+    job_path = "/jobs/{id}"
     config_keys: ClassVar[frozenset[str]] = frozenset({"jobs", "users"})
-    known_reasons = (
-        "invalid-credentials",
-        "user-action-required",
-        "system-unavailable",
-        "maintenance",
-        "connector-error",
-        "institution-not-available",
-        "service-unavailable",
-        "job-timed-out",
-        "unknown-error",
-    )
+    causes: ClassVar[Mapping[str, Cause]] = CAUSES
+    known_reasons = (*CAUSES, UNKNOWN_ERROR)
 
     def parse_job(self, obj: Any) -> Job:
         if not isinstance(obj, dict):
@@ -84,10 +123,15 @@ class Basiq(Provider):
             raise BadPayload("steps")
         steps = tuple(parse_step(s) for s in raw_steps)
         status = job_status(steps)
+        # A top-level status, when the job carries one, is the job's own word.
+        top = STEP_STATUS.get(str(obj.get("status") or "").lower())
+        if top is not None:
+            status = top
         failed = next((s for s in steps if s.status is Status.FAILED), None)
-        created = parse_timestamp(obj.get("created"))
-        updated = parse_timestamp(obj.get("updated"))
+        created = stamp(obj, "created", "createdDate")
+        updated = stamp(obj, "updated", "updatedDate")
         raw = ",".join(f"{s.name}:{s.raw_status}" for s in steps)
+        is_failed = status is Status.FAILED
         return Job(
             id=str(job_id),
             status=status,
@@ -99,9 +143,11 @@ class Basiq(Provider):
             finished=updated if status.terminal else None,
             updated=updated,
             steps=steps,
-            reason=(failed.reason or "unknown-error") if failed else None,
-            message=failed.message if failed else None,
-            awaiting_user=any(s.awaiting_user for s in steps),
+            reason=((failed.reason if failed else None) or UNKNOWN_ERROR) if is_failed else None,
+            message=failed.message if failed and is_failed else None,
+            # A challenge that failed (expired, or wrong codes) waits on the end user whatever its code.
+            cause=Cause.USER if is_failed and failed is not None and failed.name == MFA_STEP else None,
+            awaiting_user=not status.terminal and any(s.awaiting_user for s in steps),
         )
 
     async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:

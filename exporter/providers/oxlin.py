@@ -88,7 +88,10 @@ def parse_connection(resource: Any) -> Connection:
     if conn_id is None:
         raise BadPayload("connection id")
     channels = []
-    for ch in resource.get("channels") or []:
+    listed = resource.get("channels") or []
+    if not isinstance(listed, list):
+        raise BadPayload("channels")
+    for ch in listed:
         if not isinstance(ch, dict) or text_id(ch.get("channel_definition_id")) is None:
             raise BadPayload("channels[].channel_definition_id")
         channels.append(

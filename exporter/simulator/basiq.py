@@ -40,7 +40,7 @@ TOKEN_LIMIT = 1500  # per 5 minutes per IP, as Basiq documents
 USERS = ("ea3a81", "b71f02")
 LIST_DAYS = 7  # a user's job list holds the jobs of the last 7 days
 OPTIONS = ("result_form", "mfa_expiry", "top_status")
-RESULT_FORM = "object"
+RESULT_FORM = "array"
 
 
 def iso(ts: float) -> str:

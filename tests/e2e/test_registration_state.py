@@ -56,12 +56,19 @@ def test_the_api_contract_and_every_error_code(tmp_path: Path) -> None:
             )
             r = exp.api("POST", "/api/v1/targets/basiq/jobs", json={"name": "x"}, headers=auth)
             assert r.status_code == 422 and r.json()["field"] == "id" and "id" in r.json()["error"]
-            r = exp.api("POST", "/api/v1/targets/basiq/jobs", content=b"{not json", headers=auth)
+            as_json = {**auth, "Content-Type": "application/json"}
+            r = exp.api("POST", "/api/v1/targets/basiq/jobs", content=b"{not json", headers=as_json)
             assert r.status_code == 400
             r = exp.api(
-                "POST", "/api/v1/targets/basiq/jobs", content=b'{"id": "' + b"x" * 4000 + b'"}', headers=auth
+                "POST",
+                "/api/v1/targets/basiq/jobs",
+                content=b'{"id": "' + b"x" * 4000 + b'"}',
+                headers=as_json,
             )
             assert r.status_code == 413
+            # A form post (what a browser sends cross-site without asking) registers nothing.
+            r = exp.api("POST", "/api/v1/targets/basiq/jobs", data={"id": "form"}, headers=auth)
+            assert r.status_code == 415
             # The provider's own job body is accepted as-is and read at once.
             own = create_job(sim, "basiq", scenario="stuck")
             body = {

@@ -1,0 +1,91 @@
+"""A job's observed transitions: recorded by the tracker, bounded, kept in the state file, served."""
+
+from __future__ import annotations
+
+import json
+
+from exporter.config import build_settings
+from exporter.history import HISTORY_MAX, entries, timeline
+from exporter.model import Job, Status, Step, placeholder
+from exporter.providers import PROVIDERS
+from exporter.providers.base import PollResult
+from exporter.runtime import job_document
+from exporter.state import tracked_from_dict, tracked_to_dict
+from exporter.tracker import Tracker
+
+R, P, S, F = Status.RUNNING, Status.PENDING, Status.SUCCEEDED, Status.FAILED
+
+
+def tracker() -> Tracker:
+    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS)
+    tr = Tracker()
+    tr.set_target(s.resolved(s.targets[0]))
+    return tr
+
+
+def job(status: Status, *steps: tuple[str, Status], awaiting: bool = False) -> Job:
+    return Job("1", status, steps=tuple(Step(n, st) for n, st in steps), awaiting_user=awaiting)
+
+
+def test_status_and_step_changes_are_recorded_with_the_time_they_were_seen() -> None:
+    tr = tracker()
+    tr.track("t", placeholder("1"), "registered", now=100)
+    tr.apply("t", PollResult(jobs=[job(R, ("verify", R), ("fetch", P))]), now=110)
+    tr.apply("t", PollResult(jobs=[job(R, ("verify", R), ("fetch", P))]), now=120)  # nothing moved
+    tr.apply("t", PollResult(jobs=[job(R, ("verify", S), ("fetch", R))]), now=130)
+    tr.apply("t", PollResult(jobs=[job(F, ("verify", S), ("fetch", F))]), now=150)
+    assert entries(tr.targets["t"].jobs["1"].history) == [
+        (100, "", P),
+        (110, "", R),
+        (110, "verify", R),
+        (130, "verify", S),
+        (130, "fetch", R),
+        (150, "", F),
+        (150, "fetch", F),
+    ]
+
+
+def test_the_timeline_gives_each_state_its_duration() -> None:
+    history: list[float | str] = [100.0, "", "pending", 110.0, "", "running"]
+    history += [110.0, "a", "running", 130.0, "a", "succeeded"]
+    rows = timeline(history, now=200.0)
+    assert [r["duration_seconds"] for r in rows] == [10.0, 90.0, 20.0, None]
+    assert rows[2]["step"] == "a" and rows[0]["step"] is None
+
+
+def test_waiting_for_the_end_user_is_a_transition() -> None:
+    tr = tracker()
+    tr.track("t", job(R, ("mfa", R)), "discovered", now=1)
+    tr.apply("t", PollResult(jobs=[job(R, ("mfa", R), awaiting=True)]), now=2)
+    tr.apply("t", PollResult(jobs=[job(R, ("mfa", S))]), now=3)
+    statuses = [
+        (at, step, str(status)) for at, step, status in entries(tr.targets["t"].jobs["1"].history) if not step
+    ]
+    assert statuses == [(1, "", "running"), (2, "", "awaiting_user"), (3, "", "running")]
+
+
+def test_the_history_is_bounded_and_keeps_the_first_observation() -> None:
+    tr = tracker()
+    tr.track("t", job(P), "discovered", now=0)
+    for i in range(1, 200):
+        tr.apply("t", PollResult(jobs=[job(R if i % 2 else P)]), now=i)
+    history = entries(tr.targets["t"].jobs["1"].history)
+    assert len(history) == HISTORY_MAX
+    assert history[0] == (0, "", P) and history[-1][0] == 199
+
+
+def test_the_history_survives_the_state_file_and_is_served_by_the_api() -> None:
+    tr = tracker()
+    tr.track("t", job(R, ("a", R)), "discovered", now=10)
+    tr.apply("t", PollResult(jobs=[job(S, ("a", S))]), now=20)
+    tracked = tr.targets["t"].jobs["1"]
+    restored = tracked_from_dict(json.loads(json.dumps(tracked_to_dict(tracked))))
+    assert restored.history == tracked.history
+    doc = job_document("t", restored)
+    assert [(h["at"], h["step"], h["status"]) for h in doc["history"]] == [
+        (10.0, None, "running"),
+        (10.0, "a", "running"),
+        (20.0, None, "succeeded"),
+        (20.0, "a", "succeeded"),
+    ]
+    assert doc["history"][0]["duration_seconds"] == 10.0

@@ -1,0 +1,237 @@
+"""Basiq as it is: step results as objects or arrays, the MFA challenge step, statement jobs'
+stamps, a top-level status, who must act on each failure code, and its 403s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from exporter.config import build_settings
+from exporter.fetch import PollError, TargetHttp
+from exporter.model import Cause, Status
+from exporter.parsing import parse_timestamp
+from exporter.providers import PROVIDERS
+from exporter.providers.basiq import Basiq
+from tests.unit.provider_http import fixture, provider_for
+
+
+def basiq() -> Basiq:
+    p = provider_for(provider="basiq")
+    assert isinstance(p, Basiq)
+    return p
+
+
+def test_an_mfa_challenge_sent_as_an_array_waits_for_the_end_user() -> None:
+    job = basiq().parse_job(fixture("basiq_job_mfa_challenge.json"))
+    assert job.status is Status.RUNNING
+    assert job.awaiting_user
+    assert [(s.name, s.awaiting_user) for s in job.steps][:2] == [
+        ("verify-credentials", False),
+        ("mfa-challenge", True),
+    ]
+    assert job.reason is None and job.cause is None
+
+
+def test_a_pending_mfa_challenge_does_not_wait_for_the_user_yet() -> None:
+    body = fixture("basiq_job_mfa_challenge.json")
+    body["steps"][1] = {"title": "mfa-challenge", "status": "pending", "result": None}
+    job = basiq().parse_job(body)
+    assert job.status is Status.RUNNING and not job.awaiting_user
+
+
+def test_an_expired_challenge_is_the_end_users_whatever_its_code() -> None:
+    job = basiq().parse_job(fixture("basiq_job_mfa_expired.json"))
+    assert job.status is Status.FAILED
+    assert job.reason == "job-timed-out"
+    # job-timed-out alone is the provider's; on the challenge step only the user could act.
+    assert Basiq.causes["job-timed-out"] is Cause.PROVIDER
+    assert job.cause is Cause.USER
+    assert not job.awaiting_user
+    assert job.message == "The one time password was not entered in time."
+
+
+def test_an_error_sent_as_an_array_gives_its_code_and_detail() -> None:
+    job = basiq().parse_job(fixture("basiq_job_failed_array.json"))
+    assert job.status is Status.FAILED
+    assert job.reason == "invalid-credentials"
+    assert job.message == "Cannot login to target institution, check credentials and try again."
+    assert job.cause is None  # the map decides: Basiq.causes
+    assert Basiq.causes[job.reason] is Cause.USER
+    assert job.finished == parse_timestamp("2024-09-25T04:22:38Z")
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"code": "connector-error", "title": "t", "detail": "d"},
+        [{"type": "error", "code": "connector-error", "title": "t", "detail": "d"}],
+        {"type": "list", "data": [{"type": "error", "code": "connector-error", "title": "t", "detail": "d"}]},
+    ],
+)
+def test_a_failure_reads_the_same_in_every_form(result: Any) -> None:
+    body = {"id": "1", "steps": [{"title": "retrieve-accounts", "status": "failed", "result": result}]}
+    job = basiq().parse_job(body)
+    assert (job.reason, job.message) == ("connector-error", "d")
+
+
+def test_a_failed_step_without_a_code_is_an_unknown_error() -> None:
+    body = {"id": "1", "steps": [{"title": "retrieve-accounts", "status": "failed", "result": []}]}
+    assert basiq().parse_job(body).reason == "unknown-error"
+
+
+def test_success_links_in_an_array_finish_the_job() -> None:
+    link = [{"type": "link", "url": "/users/u/connections/c"}]
+    body = {
+        "id": "1",
+        "created": "2024-01-01T00:00:00Z",
+        "updated": "2024-01-01T00:01:00Z",
+        "steps": [{"title": t, "status": "success", "result": link} for t in ("a", "b")],
+    }
+    job = basiq().parse_job(body)
+    assert job.status is Status.SUCCEEDED and job.finished == parse_timestamp("2024-01-01T00:01:00Z")
+
+
+def test_a_statement_job_reads_its_created_date_and_updated_date() -> None:
+    job = basiq().parse_job(fixture("basiq_statement_job.json"))
+    assert job.job_type == "statement"
+    assert job.status is Status.SUCCEEDED
+    assert job.created == parse_timestamp("2024-03-11T02:41:07Z")
+    assert job.updated == job.finished == parse_timestamp("2024-03-11T02:43:52Z")
+
+
+def test_a_top_level_status_is_the_jobs_own_word() -> None:
+    body = {
+        "id": "1",
+        "status": "in-progress",
+        "steps": [{"title": "retrieve-statements", "status": "success", "result": None}],
+    }
+    assert basiq().parse_job(body).status is Status.RUNNING
+    body["status"] = "failed"
+    job = basiq().parse_job(body)
+    assert job.status is Status.FAILED and job.reason == "unknown-error"
+    body["status"] = "something-new"  # unknown words leave the steps to decide
+    assert basiq().parse_job(body).status is Status.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["invalid-credentials", "user-action-required", "account-not-accessible-requires-user-action"],
+)
+def test_the_end_users_failures_are_theirs(code: str) -> None:
+    assert Basiq.causes[code] is Cause.USER
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "institution-disabled",
+        "institution-not-available",
+        "system-unavailable",
+        "service-unavailable",
+        "maintenance",
+        "connector-error",
+        "job-timed-out",
+    ],
+)
+def test_institution_connector_maintenance_and_timeouts_are_the_providers(code: str) -> None:
+    assert Basiq.causes[code] is Cause.PROVIDER
+
+
+def test_every_documented_code_is_known_and_unknown_error_stays_unknown() -> None:
+    assert set(Basiq.causes) | {"unknown-error"} == set(Basiq.known_reasons)
+    assert "unknown-error" not in Basiq.causes
+    for code in ("invalid-connection", "authorization-failed"):
+        assert code in Basiq.known_reasons
+
+
+# --- 403s: rate limits, expired tokens, refusals --------------------------------------------
+
+
+def make_http(handler: Any, tmp_path: Path) -> TargetHttp:
+    key = tmp_path / "key"
+    key.write_text("abc==")
+    s = build_settings(
+        {
+            "targets": [
+                {
+                    "name": "b",
+                    "provider": "basiq",
+                    "base_url": "https://x",
+                    "auth": {"type": "basiq", "api_key_file": str(key)},
+                }
+            ]
+        },
+        PROVIDERS,
+    )
+    return TargetHttp(s.resolved(s.targets[0]), transport=httpx.MockTransport(handler))
+
+
+def basiq_error(status: int, detail: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    body = {"type": "list", "data": [{"type": "error", "code": "forbidden-access", "detail": detail}]}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+@pytest.mark.anyio
+async def test_a_403_from_the_token_endpoint_is_a_rate_limit_to_back_off_from(tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/token"
+        return basiq_error(403, "Forbidden Access", {"Retry-After": "120"})
+
+    http = make_http(handler, tmp_path)
+    with pytest.raises(PollError) as e:
+        await http.get_json("/jobs/1")
+    assert e.value.reason == "http_429" and e.value.retry_after == 120
+    assert http.stats.errors["http_429"] == 1 and http.stats.errors["auth"] == 0
+    assert http.stats.retry_after == 120
+    await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_401_from_the_token_endpoint_is_bad_credentials(tmp_path: Path) -> None:
+    http = make_http(lambda request: basiq_error(401, "Invalid API key"), tmp_path)
+    with pytest.raises(PollError) as e:
+        await http.get_json("/jobs/1")
+    assert e.value.reason == "auth"
+    await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_403_that_speaks_of_a_rate_limit_backs_off_without_renewing(tmp_path: Path) -> None:
+    calls = {"token": 0, "job": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            calls["token"] += 1
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        calls["job"] += 1
+        return basiq_error(403, "Rate limit exceeded, slow down")
+
+    http = make_http(handler, tmp_path)
+    with pytest.raises(PollError) as e:
+        await http.get_json("/jobs/1")
+    assert e.value.reason == "http_429"
+    assert calls == {"token": 1, "job": 1}
+    assert http.stats.errors["auth"] == 0
+    await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_403_saying_the_token_expired_renews_it_once(tmp_path: Path) -> None:
+    calls = {"token": 0, "job": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            calls["token"] += 1
+            return httpx.Response(200, json={"access_token": f"t{calls['token']}", "expires_in": 3600})
+        calls["job"] += 1
+        return basiq_error(403, "Token has expired")  # even the new one: no loop
+
+    http = make_http(handler, tmp_path)
+    with pytest.raises(PollError) as e:
+        await http.get_json("/jobs/1")
+    assert e.value.reason == "auth"
+    assert calls == {"token": 2, "job": 2}
+    await http.aclose()
