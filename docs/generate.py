@@ -369,6 +369,11 @@ LABELS: dict[str, str] = {
         "a bounded reason: the provider's error code or state (failed jobs), the class of a failed "
         f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), or why a job stopped being tracked"
     ),
+    "cause": (
+        "who must act on a failed job: `user` (the end user: wrong credentials, an expired MFA, a "
+        "lapsed consent), `provider` (institution, connector, maintenance, the provider's own "
+        "failure) or `unknown`; see [Who must act](#who-must-act)"
+    ),
     "connection_id": "the Oxlin connection id",
     "channel": "the Oxlin channel (`channel_definition_id`)",
     "queue": "the Oxlin queue id",
@@ -557,7 +562,9 @@ SECTION_TITLES = {
     "aggregates": (
         "Aggregates",
         "Per target and job type. Counters restart from 0 with the process, as Prometheus "
-        "expects, but a job counted before a restart is never counted again.",
+        "expects, but a job counted before a restart is never counted again. A job first seen "
+        "already finished long ago is history, not counted: see [History is not news]"
+        "(#history-is-not-news).",
     ),
     "connections": ("Oxlin connections and queues", "Per target and connection (or queue)."),
     "targets": (
@@ -566,6 +573,55 @@ SECTION_TITLES = {
         "rule serves every target.",
     ),
 }
+
+
+# How the exporter decides what a failure or a finish means: choices a reader of the numbers
+# must know, kept beside the tables they explain.
+CHOICES = [
+    "## Progress",
+    "",
+    "`asyncjob_job_last_progress_timestamp_seconds` starts at the provider's own stamp: on the "
+    "first answer for a job (discovered, configured or registered) it is the provider's `updated`, "
+    "else its `created`, never later than now; only when the provider gives neither is it the "
+    "moment the exporter learnt of the job. A job registered an hour after it last moved is an "
+    "hour still at once, so AsyncJobStuck does not come a whole `stuck_after` late. After that it "
+    "moves whenever the status, a step, the percent, the records or the provider's `updated` do.",
+    "",
+    "## History is not news",
+    "",
+    "A job whose first answer says it finished longer than `retention` before the exporter learnt "
+    "of it (discovery found it, or its id was configured or registered) is history: Basiq's user "
+    "lists hold a week of jobs, and a start without a state file, a new user or a recovered list "
+    "call would otherwise count and page every old failure again. The end must be known to be "
+    "that old: the provider's finished stamp, else its `updated` (a job does not change after it "
+    "ends); a job whose answer has only `created` is news.",
+    "",
+    "History is tracked like any finished job (the API and the job pages show it until "
+    "`retention` has passed, and its id stays remembered so discovery does not bring it back), "
+    "but:",
+    "",
+    "- it is not counted: not in `asyncjob_jobs_finished_total`, `asyncjob_jobs_failed_total`, "
+    "`asyncjob_job_duration_seconds`, the records counters, nor in `asyncjob_jobs`;",
+    "- it has no per-job series, so no alert fires for it and no panel shows it as current;",
+    "- the decision is kept in the state file: after a restart (even a `kill -9`) it is still "
+    "history, and a job counted before the restart is not counted again;",
+    "- a job that leaves its end again under the same id (an AIMS360 rerun) is news again: its "
+    "next outcome is counted and alerts as usual.",
+    "",
+    "## Who must act",
+    "",
+    "Every failed job has a bounded `cause` beside its `reason`, on `asyncjob_job_error_info` and "
+    "`asyncjob_jobs_failed_total`. It is, in this order: the target's `cause_map` entry for the "
+    "reason; else what the provider's answer itself says (an MFA that expired, a lapsed consent); "
+    "else the provider's map of its documented reasons (docs/providers.md); else `unknown`. The "
+    "failed counters exist at zero for every documented reason, under its cause.",
+    "",
+    'No operator alert (severity `warning` or `critical`) fires for `cause="user"`: '
+    "AsyncJobFailed and AsyncJobFailureRateHigh count provider and unknown causes only; "
+    "AsyncJobUserFailureRateHigh (severity `info`) watches the end users' share, for the "
+    'application team (alerts/alertmanager-inhibit.example.yml routes `cause="user"` there).',
+    "",
+]
 
 
 def metrics_md(families: list[MetricFamily] | None = None) -> str:
@@ -600,6 +656,7 @@ def metrics_md(families: list[MetricFamily] | None = None) -> str:
             help_text = f.help.replace("|", "\\|")
             lines.append(f"| `{f.name}` | {f.type} | {', '.join(labels) or '—'} | {help_text} |")
         lines.append("")
+    lines += CHOICES
     lines += [*STATE_FILE, ""]
     lines += ["## Labels", "", "| label | meaning |", "|---|---|"]
     used = {lbl for f in families for lbl in f.labels}

@@ -127,7 +127,8 @@ class JobSeries:
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
         name, job_id = state.config.name, tracked.job.id
-        if not state.config.config.per_job_metrics:
+        # History (first seen finished long ago) is not news: no series, so nothing pages for it.
+        if not state.config.config.per_job_metrics or tracked.is_history:
             if job_id in self.where.get(name, {}):
                 self.job_removed(state, job_id)
             return
