@@ -287,9 +287,44 @@ def configuration_md() -> str:
         needs = [f"`{s}_file` or `{s}_env`" for s in cfg._AUTH_SECRETS.get(auth_type, ())]
         needs += [f"`{f}`" for f in cfg._AUTH_FIELDS.get(auth_type, ())]
         lines.append(f"| `{auth_type}` | {', '.join(needs) or 'nothing'} |")
-    lines.append("")
+    lines += ["", *FRONT_DOOR, ""]
     return "\n".join(lines)
 
+
+# Who may reach what, and how it is checked (exporter/webconfig.py, exporter/server.py).
+FRONT_DOOR = (
+    "## The front door (`--web.config.file`, `api.token_file`)",
+    "",
+    "- `--web.config.file` is exporter-toolkit's format. Every key is honoured or refused at start",
+    "  (exit 2, one line naming the key); none is ignored.",
+    "  - `tls_server_config`: `cert_file` and `key_file` (a pair that does not load exits 2);",
+    "    `client_ca_file` with `client_auth_type` (any type but `NoClientCert` needs `client_ca_file`,",
+    "    and certificates are always verified against it, `RequireAnyClientCert` included);",
+    "    `min_version` (default `TLS12`) and `max_version` (`TLS10` … `TLS13`); `cipher_suites`",
+    "    (Go's names of TLS 1.2 suites; TLS 1.3 suites are not configurable, as in Go);",
+    "    `prefer_server_cipher_suites`. `curve_preferences`, `client_allowed_sans` and inline",
+    "    `cert`/`key` are refused.",
+    "  - `http_server_config.headers` (`Content-Security-Policy`, `Strict-Transport-Security`,",
+    "    `X-Content-Type-Options`, `X-Frame-Options`, `X-XSS-Protection`) are added to every",
+    "    response; `http2: true` is refused (HTTP/1.1 is served).",
+    "  - `basic_auth_users`: user → bcrypt hash (`$2a$`, `$2b$` or `$2y$`, cost 4 to 31), checked at",
+    "    start. Every endpoint but `/healthz` asks for them. bcrypt runs in one worker thread, so a",
+    "    flood of wrong passwords never holds the event loop; a successful check is cached (a",
+    "    SHA-256 of the header, 256 entries); an unknown user is checked against a dummy hash of",
+    "    the highest configured cost, so it takes as long as a known one.",
+    "- `api.token_file`: `/api/v1` and `POST /-/reload` ask for `Authorization: Bearer <token>`.",
+    "  With basic auth configured (it takes the `Authorization` header), send the token as",
+    "  `X-Asyncjob-Token: <token>` beside the basic credentials.",
+    "- Connections: one whose request headers are not complete within `--web.read-header-timeout`",
+    "  (default 10s) of opening, or of its previous response, is closed; at most",
+    "  `--web.max-connections` (default 512) are open, and past it the one waiting longest for its",
+    "  headers is closed. Accept errors (out of file descriptors) are logged once per burst.",
+    "- `POST /-/reload` is served only with `--web.enable-lifecycle` (as Prometheus); SIGHUP always",
+    "  reloads.",
+    "- The API reads `application/json` and `application/*+json` bodies (any charset parameter; the",
+    "  body is read as UTF-8) and answers 415 to anything else, so a cross-site form post registers",
+    "  nothing. Ids holding a control character or a lone surrogate are refused (422).",
+)
 
 # What `state_file` promises; in both documents.
 STATE_FILE = (
@@ -337,6 +372,11 @@ LABELS: dict[str, str] = {
     "reason": (
         "a bounded reason: the provider's error code or state (failed jobs), the class of a failed "
         f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), or why a job stopped being tracked"
+    ),
+    "cause": (
+        "who must act on a failed job: `user` (the end user: wrong credentials, an expired MFA, a "
+        "lapsed consent), `provider` (institution, connector, maintenance, the provider's own "
+        "failure) or `unknown`; see [Who must act](#who-must-act)"
     ),
     "connection_id": "the Oxlin connection id",
     "channel": "the Oxlin channel (`channel_definition_id`)",
@@ -526,7 +566,9 @@ SECTION_TITLES = {
     "aggregates": (
         "Aggregates",
         "Per target and job type. Counters restart from 0 with the process, as Prometheus "
-        "expects, but a job counted before a restart is never counted again.",
+        "expects, but a job counted before a restart is never counted again. A job first seen "
+        "already finished long ago is history, not counted: see [History is not news]"
+        "(#history-is-not-news).",
     ),
     "connections": ("Oxlin connections and queues", "Per target and connection (or queue)."),
     "targets": (
@@ -535,6 +577,55 @@ SECTION_TITLES = {
         "rule serves every target.",
     ),
 }
+
+
+# How the exporter decides what a failure or a finish means: choices a reader of the numbers
+# must know, kept beside the tables they explain.
+CHOICES = [
+    "## Progress",
+    "",
+    "`asyncjob_job_last_progress_timestamp_seconds` starts at the provider's own stamp: on the "
+    "first answer for a job (discovered, configured or registered) it is the provider's `updated`, "
+    "else its `created`, never later than now; only when the provider gives neither is it the "
+    "moment the exporter learnt of the job. A job registered an hour after it last moved is an "
+    "hour still at once, so AsyncJobStuck does not come a whole `stuck_after` late. After that it "
+    "moves whenever the status, a step, the percent, the records or the provider's `updated` do.",
+    "",
+    "## History is not news",
+    "",
+    "A job whose first answer says it finished longer than `retention` before the exporter learnt "
+    "of it (discovery found it, or its id was configured or registered) is history: Basiq's user "
+    "lists hold a week of jobs, and a start without a state file, a new user or a recovered list "
+    "call would otherwise count and page every old failure again. The end must be known to be "
+    "that old: the provider's finished stamp, else its `updated` (a job does not change after it "
+    "ends); a job whose answer has only `created` is news.",
+    "",
+    "History is tracked like any finished job (the API and the job pages show it until "
+    "`retention` has passed, and its id stays remembered so discovery does not bring it back), "
+    "but:",
+    "",
+    "- it is not counted: not in `asyncjob_jobs_finished_total`, `asyncjob_jobs_failed_total`, "
+    "`asyncjob_job_duration_seconds`, the records counters, nor in `asyncjob_jobs`;",
+    "- it has no per-job series, so no alert fires for it and no panel shows it as current;",
+    "- the decision is kept in the state file: after a restart (even a `kill -9`) it is still "
+    "history, and a job counted before the restart is not counted again;",
+    "- a job that leaves its end again under the same id (an AIMS360 rerun) is news again: its "
+    "next outcome is counted and alerts as usual.",
+    "",
+    "## Who must act",
+    "",
+    "Every failed job has a bounded `cause` beside its `reason`, on `asyncjob_job_error_info` and "
+    "`asyncjob_jobs_failed_total`. It is, in this order: the target's `cause_map` entry for the "
+    "reason; else what the provider's answer itself says (an MFA that expired, a lapsed consent); "
+    "else the provider's map of its documented reasons (docs/providers.md); else `unknown`. The "
+    "failed counters exist at zero for every documented reason, under its cause.",
+    "",
+    'No operator alert (severity `warning` or `critical`) fires for `cause="user"`: '
+    "AsyncJobFailed and AsyncJobFailureRateHigh count provider and unknown causes only; "
+    "AsyncJobUserFailureRateHigh (severity `info`) watches the end users' share, for the "
+    'application team (alerts/alertmanager-inhibit.example.yml routes `cause="user"` there).',
+    "",
+]
 
 
 def metrics_md(families: list[MetricFamily] | None = None) -> str:
@@ -569,6 +660,7 @@ def metrics_md(families: list[MetricFamily] | None = None) -> str:
             help_text = f.help.replace("|", "\\|")
             lines.append(f"| `{f.name}` | {f.type} | {', '.join(labels) or '—'} | {help_text} |")
         lines.append("")
+    lines += CHOICES
     lines += [*STATE_FILE, ""]
     lines += ["## Labels", "", "| label | meaning |", "|---|---|"]
     used = {lbl for f in families for lbl in f.labels}

@@ -15,6 +15,7 @@ from exporter import __version__
 from exporter.auth import AuthError, build_auth, rate_limited
 from exporter.config import ResolvedTarget
 from exporter.parsing import JsonTooDeep, load_json
+from exporter.transport import Http11Transport
 
 ERROR_REASONS = ("timeout", "connect", "http_4xx", "http_429", "http_5xx", "bad_body", "auth")
 USER_AGENT = f"asyncjob-exporter/{__version__}"
@@ -22,8 +23,9 @@ MAX_RETRY_AFTER = 3600.0
 # An idle connection is closed before common servers close it on their side (uvicorn and
 # Node after 5 s): a request sent on a connection the server is closing fails for nothing.
 KEEPALIVE_EXPIRY = 4.0
-# Errors raised before any byte of the answer when the server had closed the connection.
-STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# Answers in flight to one target share a budget of this many answers of the largest size
+# allowed (max_response_bytes): 16 answers streaming junk at once cannot hold 16 times that.
+BUDGET_ANSWERS = 2
 
 
 class _Where:
@@ -122,14 +124,15 @@ class TargetHttp:
         self._limiter = anyio.CapacityLimiter(target.concurrency)
         self._budget = RateLimiter(target.max_requests_per_second) if target.max_requests_per_second else None
         self._max_bytes = target.max_response_bytes
+        self.byte_budget = BUDGET_ANSWERS * target.max_response_bytes
+        self.bytes_in_flight = 0
+        if transport is None:
+            # Ours rather than httpcore's pool (docs/benchmarks.md: the pool's bookkeeping cost
+            # more than the request). Proxies from the environment still go through httpx's own.
+            transport = Http11Transport(max_keepalive=target.concurrency, keepalive_expiry=KEEPALIVE_EXPIRY)
         self.client = httpx.AsyncClient(
             auth=self.auth,
             timeout=httpx.Timeout(target.timeout),
-            limits=httpx.Limits(
-                max_connections=target.concurrency,
-                max_keepalive_connections=target.concurrency,
-                keepalive_expiry=KEEPALIVE_EXPIRY,
-            ),
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             transport=transport,
             follow_redirects=False,
@@ -192,27 +195,17 @@ class TargetHttp:
     async def _send(self, method: str, path: str, params: Mapping[str, str] | None, json_body: Any) -> Any:
         url = self.url(path)
         where = _Where(method, url)
-        # A GET that fails before any byte of the answer, as on a connection the server closed
-        # while it sat idle, is sent once more: the pool opens a fresh connection for it. Never
-        # a POST (an AIMS360 rerun must not run twice).
-        attempts = 2 if method == "GET" else 1
-        for attempt in range(attempts):
-            answered = False
-            try:
-                async with self.client.stream(method, url, params=params, json=json_body) as response:
-                    answered = True
-                    body = await self._answer(response, where)
-                break
-            except AuthError as e:
-                raise PollError(e.reason, f"{where}: {e}", parse_retry_after(e.retry_after)) from None
-            except httpx.TimeoutException as e:
-                raise PollError("timeout", f"{where}: {_cause(e)} after {self.target.timeout:g}s") from None
-            except STALE_CONNECTION_ERRORS as e:
-                if not answered and attempt + 1 < attempts:
-                    continue
-                raise PollError("connect", f"{where}: {_cause(e)}") from None
-            except httpx.HTTPError as e:
-                raise PollError("connect", f"{where}: {_cause(e)}") from None
+        # A GET on a reused connection that fails before any byte of the answer is sent once
+        # more by the transport (exporter.transport), never a POST.
+        try:
+            async with self.client.stream(method, url, params=params, json=json_body) as response:
+                body = await self._answer(response, where)
+        except AuthError as e:
+            raise PollError(e.reason, f"{where}: {e}", parse_retry_after(e.retry_after)) from None
+        except httpx.TimeoutException as e:
+            raise PollError("timeout", f"{where}: {_cause(e)} after {self.target.timeout:g}s") from None
+        except httpx.HTTPError as e:
+            raise PollError("connect", f"{where}: {_cause(e)}") from None
         if not body.strip():
             return None
         try:
@@ -246,14 +239,22 @@ class TargetHttp:
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self._max_bytes:
             raise PollError("bad_body", f"{where}: answer of {declared} bytes exceeds {self._max_bytes}")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > self._max_bytes:
-                raise PollError("bad_body", f"{where}: answer exceeds {self._max_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                size = len(chunk)
+                if len(body) + size > self._max_bytes:
+                    raise PollError("bad_body", f"{where}: answer exceeds {self._max_bytes} bytes")
+                if self.bytes_in_flight + size > self.byte_budget:
+                    raise PollError(
+                        "bad_body",
+                        f"{where}: answers in flight exceed the target's budget of {self.byte_budget} bytes",
+                    )
+                self.bytes_in_flight += size
+                body += chunk
+        finally:
+            self.bytes_in_flight -= len(body)
+        return bytes(body)
 
 
 def _cause(e: Exception) -> str:

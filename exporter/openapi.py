@@ -27,7 +27,8 @@ OPENAPI: dict[str, Any] = {
         "title": "asyncjob-exporter job API",
         "version": __version__,
         "description": "Hand jobs to the exporter and read what it knows of them. "
-        "When api.token_file is set, every call needs `Authorization: Bearer <token>`.",
+        "When api.token_file is set, every call needs `Authorization: Bearer <token>`, or "
+        "`X-Asyncjob-Token: <token>` (beside basic auth credentials from --web.config.file).",
     },
     "paths": {
         "/api/v1/targets/{target}/jobs": {

@@ -1,4 +1,4 @@
-"""HTTP: /metrics, the landing page, health, reload and the job registration API (Starlette)."""
+"""HTTP: /metrics, the pages for people (exporter.pages), health, reload and the job registration API (Starlette)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from exporter import __version__
+from exporter.connections import ConnectionLimits, guarded_h11, log_accept_errors_once_per_burst
 from exporter.model import STATUSES
+from exporter.pages import Pages
 from exporter.parsing import JsonTooDeep, load_json
 from exporter.providers.base import BadPayload
 from exporter.render import CONTENT_TYPE
@@ -22,24 +23,6 @@ from exporter.state import StateUnwritable
 from exporter.tracker import CapReached
 
 log = logging.getLogger("asyncjob.server")
-
-LANDING = """<!doctype html>
-<html><head><meta charset="utf-8"><title>asyncjob-exporter</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#222}}
-code{{background:#f3f3f3;padding:0 .25rem}}td,th{{padding:.2rem .8rem;text-align:left}}</style></head>
-<body><h1>asyncjob-exporter</h1>
-<p>Prometheus exporter for asynchronous jobs run by third-party APIs. Version {version}.</p>
-<ul>
-<li><a href="metrics">/metrics</a> &mdash; Prometheus metrics</li>
-<li><a href="api/v1/jobs">/api/v1/jobs</a> &mdash; tracked jobs (JSON)</li>
-<li><a href="api/v1/openapi.json">/api/v1/openapi.json</a> &mdash; API description</li>
-<li><a href="healthz">/healthz</a> &middot; <a href="readyz">/readyz</a></li>
-</ul>
-<h2>Targets</h2>
-<table><tr><th>target</th><th>provider</th><th>up</th><th>jobs</th><th>poll interval</th></tr>
-{rows}</table>
-</body></html>
-"""
 
 
 def scrapes_first(app: ASGIApp, jobs: Any, telemetry_path: str = "/metrics") -> ASGIApp:
@@ -83,16 +66,6 @@ def build_app(
         headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz else {}
         return Response(body, media_type=CONTENT_TYPE, headers=headers)
 
-    async def landing(request: Request) -> Response:
-        from html import escape
-
-        rows = "".join(
-            f"<tr><td>{escape(name)}</td><td>{escape(s.config.provider)}</td><td>{1 if s.up else 0}</td>"
-            f"<td>{len(s.jobs)}</td><td>{s.config.poll_interval:g}s</td></tr>"
-            for name, s in sorted(runtime.tracker.targets.items())
-        )
-        return HTMLResponse(LANDING.format(version=__version__, rows=rows))
-
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
@@ -123,14 +96,18 @@ def build_app(
         token = runtime.settings.api.token()
         if token is None:
             return True
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {token.get_secret_value()}"
-        return hmac.compare_digest(given.encode(), expected.encode())
+        secret = token.get_secret_value().encode()
+        # X-Asyncjob-Token beside basic auth credentials, which take the Authorization header.
+        header = request.headers.get("x-asyncjob-token")
+        if header is not None:
+            return hmac.compare_digest(header.strip().encode(), secret)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), secret)
 
     def api(handler: Any) -> Any:
         async def wrapped(request: Request) -> Response:
             if not authorised(request):
-                return _error(401, "missing or wrong bearer token")
+                return _error(401, "missing or wrong API token (Authorization: Bearer, or X-Asyncjob-Token)")
             response: Response = await handler(request)
             return response
 
@@ -221,7 +198,7 @@ def build_app(
         return JSONResponse(OPENAPI)
 
     routes = [
-        Route("/", landing),
+        *Pages(runtime, telemetry_path).routes(),
         Route(telemetry_path, metrics),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -252,11 +229,18 @@ class ListenError(OSError):
 class Server:
     """uvicorn serving an ASGI app inside our task group; signals are ours to handle."""
 
-    def __init__(self, app: Any, address: str, ssl: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        address: str,
+        ssl: dict[str, Any] | None = None,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
         import uvicorn
 
         host, port = parse_listen_address(address)
         self.address = address
+        limits = limits or ConnectionLimits()
 
         class _Quiet(uvicorn.Server):
             def capture_signals(self) -> Any:  # the exporter handles SIGTERM/SIGINT/SIGHUP
@@ -273,6 +257,7 @@ class Server:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=2,
+            http=guarded_h11(limits.header_timeout, limits.max_connections),
             **(ssl or {}),
         )
         self._server = _Quiet(config)
@@ -286,6 +271,9 @@ class Server:
         return 0
 
     async def serve(self) -> None:
+        import asyncio
+
+        log_accept_errors_once_per_burst(asyncio.get_running_loop())
         try:
             await self._server.serve()
         except SystemExit:  # uvicorn exits when it cannot bind; say so in our words

@@ -19,8 +19,8 @@ from typing import Protocol
 
 from exporter.config import ResolvedTarget
 from exporter.history import History, observe
-from exporter.model import Connection, Job, Status
-from exporter.providers.base import PollResult
+from exporter.model import Cause, Connection, Job, Status
+from exporter.providers.base import PollResult, Provider
 
 log = logging.getLogger("asyncjob.tracker")
 
@@ -69,6 +69,11 @@ class TrackedJob:
     step_duration: dict[str, float] = field(default_factory=dict)
     reruns: int = 0
     polled: bool = False  # False until a provider answer replaced the registration placeholder
+    # First seen already finished, longer than `retention` before the exporter knew of it: not
+    # news. Neither counted nor exposed per job (so never paged); the API still shows it.
+    is_history: bool = False
+    # Who must act on the failure (cause_of), resolved whenever the job or the target's config changes.
+    cause: Cause | None = None
     history: History = field(default_factory=list)  # observed transitions, flat (exporter.history)
 
 
@@ -77,7 +82,7 @@ class Aggregates:
     """Counters and histograms of one target, keyed by job_type (and the named label)."""
 
     finished: Counter[tuple[str, str]] = field(default_factory=Counter)  # (job_type, status)
-    failed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (job_type, reason)
+    failed: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (job_type, reason, cause)
     records_processed: Counter[str] = field(default_factory=Counter)
     records_failed: Counter[str] = field(default_factory=Counter)
     reruns: Counter[str] = field(default_factory=Counter)
@@ -105,6 +110,7 @@ class TargetState:
     polled_once: bool = False
     last_success: float | None = None
     last_error: str = ""
+    last_error_reason: str = ""  # timeout, connect, http_4xx, …, bad_body: as asyncjob_poll_errors_total
     poll_duration: Histogram = field(default_factory=lambda: Histogram(POLL_DURATION_BUCKETS))
 
 
@@ -112,10 +118,64 @@ def _first(*values: float | None) -> float:
     return next(v for v in values if v is not None)
 
 
-def _count_finished(agg: Aggregates, job: Job, duration: float) -> None:
+def _provider(state: TargetState) -> type[Provider]:
+    from exporter.providers import PROVIDERS
+
+    return PROVIDERS[state.config.provider]
+
+
+def cause_of(state: TargetState, job: Job) -> Cause:
+    """Who must act on the failed `job`: the target's `cause_map` for its reason, else what the
+    answer itself said, else the provider's map of its documented reasons, else unknown."""
+    reason = job.reason or "unknown"
+    override = state.config.config.cause_map.get(reason)
+    if override is not None:
+        return override
+    if job.cause is not None:
+        return job.cause
+    return _provider(state).causes.get(reason, Cause.UNKNOWN)
+
+
+def reason_cause(state: TargetState, reason: str) -> Cause:
+    """The cause a reason gets when the answer says nothing itself (for counters made at zero)."""
+    override = state.config.config.cause_map.get(reason)
+    return override if override is not None else _provider(state).causes.get(reason, Cause.UNKNOWN)
+
+
+def _first_progress(job: Job, *fallback: float) -> float:
+    """A job's progress stamp at its first answer: the provider's `updated`, else `created`
+    (else the fallback), never later than the last fallback (now)."""
+    stamp = _first(job.updated, job.created, *fallback)
+    return min(stamp, fallback[-1])
+
+
+def _is_history(state: TargetState, tracked: TrackedJob, now: float) -> bool:
+    """First seen already finished, longer than `retention` before the exporter knew of the job.
+
+    The finish must be known to be that old: the provider's finished stamp, else its `updated`
+    (a job changes no more after it ends); `created` alone proves nothing about the end.
+    """
+    job = tracked.job
+    if not job.status.terminal:
+        return False
+    ended = job.finished if job.finished is not None else job.updated
+    return ended is not None and ended < min(tracked.first_seen, now) - state.config.retention
+
+
+def _resolve_cause(state: TargetState, tracked: TrackedJob) -> None:
+    tracked.cause = cause_of(state, tracked.job) if tracked.job.status is Status.FAILED else None
+
+
+def _tally(state: TargetState, tracked: TrackedJob, delta: int) -> None:
+    """The `asyncjob_jobs{status}` gauge: tracked jobs that are news (history is not shown)."""
+    if not tracked.is_history:
+        state.agg.by_status[(tracked.job.job_type, tracked.job.status)] += delta
+
+
+def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float) -> None:
     agg.finished[(job.job_type, job.status)] += 1
     if job.status is Status.FAILED:
-        agg.failed[(job.job_type, job.reason or "unknown")] += 1
+        agg.failed[(job.job_type, job.reason or "unknown", cause)] += 1
     key = (job.job_type, str(job.status))
     hist = agg.job_duration.get(key)
     if hist is None:
@@ -159,11 +219,13 @@ class Tracker:
                 if tracked.job.id in state.jobs or len(state.jobs) >= config.max_jobs:
                     continue
                 state.jobs[tracked.job.id] = tracked
-                state.agg.by_status[(tracked.job.job_type, tracked.job.status)] += 1
+                _tally(state, tracked, 1)
+                _resolve_cause(state, tracked)
                 self._changed(state, tracked)
         else:
             state.config = config
             for tracked in state.jobs.values():
+                _resolve_cause(state, tracked)
                 self._changed(state, tracked)
         return state
 
@@ -194,12 +256,15 @@ class Tracker:
             job=job,
             provider=state.config.provider,
             first_seen=now,
-            last_progress=job.updated or job.created or now,
+            last_progress=_first_progress(job, now),
             source=source,
             polled=not job.is_placeholder,
         )
         state.jobs[job.id] = tracked
-        state.agg.by_status[(job.job_type, job.status)] += 1
+        if tracked.polled:
+            tracked.is_history = _is_history(state, tracked, now)
+        _tally(state, tracked, 1)
+        _resolve_cause(state, tracked)
         observe(tracked.history, None, job, now)
         self._prime(state, job)
         self._observe_steps(state, tracked, None, now)
@@ -215,14 +280,24 @@ class Tracker:
             return tracked
         if job.job_type == "" and old.job_type:
             job = replace(job, job_type=old.job_type)
-        if old.progress_key() != job.progress_key():
+        first_answer = not tracked.polled and not job.is_placeholder
+        if first_answer:
+            # The placeholder's stamp is when the exporter learnt the id, not the job's progress:
+            # the provider's own stamp says how long the job has been still.
+            tracked.last_progress = _first_progress(job, tracked.last_progress, now)
+        elif old.progress_key() != job.progress_key():
             if job.updated is not None and (old.updated is None or job.updated > old.updated):
                 tracked.last_progress = max(tracked.last_progress, min(job.updated, now))
             else:
                 tracked.last_progress = now
-        state.agg.by_status[(old.job_type, old.status)] -= 1
-        state.agg.by_status[(job.job_type, job.status)] += 1
+        _tally(state, tracked, -1)
         tracked.job = job
+        if first_answer:
+            tracked.is_history = _is_history(state, tracked, now)
+        elif tracked.is_history and not job.status.terminal:
+            tracked.is_history = False  # rerun under the same id: its outcome is news
+        _tally(state, tracked, 1)
+        _resolve_cause(state, tracked)
         observe(tracked.history, old, job, now)
         self._prime(state, job)
         # A placeholder (a static or registered id never polled yet) is not an observation.
@@ -242,13 +317,11 @@ class Tracker:
             return
         agg, jt = state.agg, job.job_type
         if (jt, Status.SUCCEEDED) not in agg.finished:
-            from exporter.providers import PROVIDERS
-
             for final in (Status.SUCCEEDED, Status.FAILED):
                 agg.finished[(jt, final)] += 0
                 agg.job_duration.setdefault((jt, str(final)), Histogram(JOB_DURATION_BUCKETS))
-            for reason in (*PROVIDERS[state.config.provider].known_reasons, "unknown"):
-                agg.failed[(jt, reason)] += 0
+            for reason in (*_provider(state).known_reasons, "unknown"):
+                agg.failed[(jt, reason, reason_cause(state, reason))] += 0
         if job.records_total is not None and jt not in agg.records_processed:
             agg.records_processed[jt] += 0
             agg.records_failed[jt] += 0
@@ -295,16 +368,22 @@ class Tracker:
     def _on_terminal(self, state: TargetState, tracked: TrackedJob, now: float) -> None:
         job = tracked.job
         if not job.status.terminal:
-            tracked.seen_terminal_at = None  # a rerun brought it back
+            if tracked.seen_terminal_at is not None:
+                # A rerun under the same id brought it back: its next outcome counts too.
+                tracked.seen_terminal_at = None
+                tracked.counted = False
             return
         if tracked.seen_terminal_at is None:
             tracked.seen_terminal_at = now
         if tracked.counted:
             return
         tracked.counted = True
+        if tracked.is_history:
+            return
         start = _first(job.started, job.created, tracked.first_seen)
         end = _first(job.finished, now)
-        self.hold(partial(_count_finished, state.agg, job, max(0.0, end - start)))
+        cause = tracked.cause or Cause.UNKNOWN
+        self.hold(partial(_count_finished, state.agg, job, cause, max(0.0, end - start)))
 
     def apply(self, name: str, result: PollResult, now: float | None = None) -> None:
         """Fold one poll cycle's answers into the target's state."""
@@ -350,7 +429,7 @@ class Tracker:
         if state is None or job_id not in state.jobs:
             return False
         tracked = state.jobs.pop(job_id)
-        state.agg.by_status[(tracked.job.job_type, tracked.job.status)] -= 1
+        _tally(state, tracked, -1)
         state.agg.dropped[reason] += 1
         if reason in ("retention", "gone", "rerun"):
             state.tombstones.pop(job_id, None)  # to the end: the dict stays oldest first

@@ -234,8 +234,8 @@ def _dashboard(
     }
 
 
-def _sum_rate(by: str, metric: str, selector: str, function: str = "rate") -> str:
-    return f"sum by ({by}) ({function}({q.series(metric, selector)}[{RATE}]))"
+def _sum_rate(by: str, metric: str, selector: str, function: str = "rate", *matchers: str) -> str:
+    return f"sum by ({by}) ({function}({q.series(metric, selector, *matchers)}[{RATE}]))"
 
 
 def _stacked() -> dict[str, Any]:
@@ -339,10 +339,11 @@ def overview(cfg: Config) -> dict[str, Any]:
         ),
         Panel(
             "timeseries",
-            f"Failure ratio ({cfg.failure_window})",
-            f"Share of the jobs finished in the last {cfg.failure_window} that failed; "
-            f"AsyncJobFailureRateHigh fires above {cfg.failure_ratio:.0%}.",
-            [Query(q.series(q.failure_ratio(cfg), a), "{{target}} {{job_type}}")],
+            f"Failure ratio by cause ({cfg.failure_window})",
+            f"Share of the jobs finished in the last {cfg.failure_window} that failed, by who must act; "
+            f"AsyncJobFailureRateHigh fires above {cfg.failure_ratio:.0%} for provider and unknown causes "
+            f"together, AsyncJobUserFailureRateHigh (info) above {cfg.user_failure_ratio:.0%} for the user.",
+            [Query(q.series(q.failure_ratio(cfg), a), "{{target}} {{job_type}} {{cause}}")],
             unit="percentunit",
             width=8,
             field_config={"max": 1, "min": 0},
@@ -361,11 +362,11 @@ def overview(cfg: Config) -> dict[str, Any]:
         Panel(
             "timeseries",
             "Failed jobs by reason",
-            "Jobs that failed, by the provider's error code or state.",
+            "Jobs that failed, by the provider's error code or state, and who must act.",
             [
                 Query(
-                    _sum_rate("job_type, reason", "asyncjob_jobs_failed_total", a, "increase"),
-                    "{{job_type}} {{reason}}",
+                    _sum_rate("job_type, reason, cause", "asyncjob_jobs_failed_total", a, "increase"),
+                    "{{job_type}} {{reason}} ({{cause}})",
                 )
             ],
             unit="short",
@@ -385,6 +386,36 @@ def overview(cfg: Config) -> dict[str, Any]:
             ],
             unit="percentunit",
             width=8,
+        ),
+        Row("Who must act"),
+        Panel(
+            "timeseries",
+            "Failures by cause",
+            "Failed jobs by who must act: the end user (wrong credentials, an expired MFA, a lapsed "
+            "consent: no operator is paged), the provider, or unknown.",
+            [
+                Query(
+                    _sum_rate("cause", "asyncjob_jobs_failed_total", a, "increase"),
+                    "{{cause}}",
+                )
+            ],
+            unit="short",
+            field_config=_stacked(),
+        ),
+        Panel(
+            "timeseries",
+            "End-user failures by reason",
+            "Failures only the end user can fix, by reason: for the application team (a login or "
+            "consent flow that fails often shows here first).",
+            [
+                Query(
+                    _sum_rate(
+                        "target, job_type, reason", "asyncjob_jobs_failed_total", a, "increase", q.USER
+                    ),
+                    "{{target}} {{job_type}} {{reason}}",
+                )
+            ],
+            unit="short",
         ),
         Row("Steps"),
         Panel(
@@ -434,8 +465,9 @@ def overview(cfg: Config) -> dict[str, Any]:
         Panel(
             "table",
             "Failed jobs",
-            "Failed jobs still tracked, with the provider's reason; they leave the table at retention.",
-            [Query(q.failed_jobs(cfg, s), table=True)],
+            "Failed jobs still tracked, with the provider's reason and who must act (cause=user pages "
+            "no operator); they leave the table at retention.",
+            [Query(q.failed_jobs(cfg, s, operator_only=False), table=True)],
             unit="none",
         ),
         Panel(

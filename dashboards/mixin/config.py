@@ -34,6 +34,9 @@ class Config:
     failure_window: str = "1h"
     failure_min_finished: int = 5
     failure_for: str = "15m"
+    # AsyncJobUserFailureRateHigh (info): share of finished jobs that failed for their end user
+    # (cause="user"): for the application team, never an operator page.
+    user_failure_ratio: float = 0.25
 
     # AsyncJobRecordsFailing: share of one job's records that failed.
     records_failed_ratio: float = 0.05
@@ -70,6 +73,7 @@ class Config:
             "AsyncJobStuck": "warning",
             "AsyncJobOverdue": "warning",
             "AsyncJobFailureRateHigh": "critical",
+            "AsyncJobUserFailureRateHigh": "info",
             "AsyncJobRecordsFailing": "warning",
             "AsyncJobStepSlow": "warning",
             "AsyncJobTargetDown": "critical",

@@ -20,8 +20,13 @@ def finished_increase(cfg: Config) -> str:
     return f"target_job_type_status:asyncjob_jobs_finished:increase{cfg.failure_window}"
 
 
+def failed_increase(cfg: Config) -> str:
+    return f"target_job_type_cause:asyncjob_jobs_failed:increase{cfg.failure_window}"
+
+
 def failure_ratio(cfg: Config) -> str:
-    return f"target_job_type:asyncjob_jobs_failure_ratio:increase{cfg.failure_window}"
+    """Share of the finished jobs that failed, per cause: who must act on those failures."""
+    return f"target_job_type_cause:asyncjob_jobs_failure_ratio:increase{cfg.failure_window}"
 
 
 def step_p95(cfg: Config) -> str:
@@ -35,6 +40,9 @@ def series(metric: str, selector: str, *matchers: str) -> str:
 
 
 UNFINISHED = 'status=~"pending|running"'
+# Failures the end user must fix (cause="user") page no operator.
+NOT_USER = 'cause!="user"'
+USER = 'cause="user"'
 
 
 def _active(cfg: Config, selector: str) -> str:
@@ -68,14 +76,19 @@ def finished_increase_source(cfg: Config, selector: str) -> str:
     return f"sum by ({by}) (increase({counter}[{cfg.failure_window}]))"
 
 
+def failed_increase_source(cfg: Config, selector: str) -> str:
+    by = ", ".join((*cfg.target_labels, "job_type", "cause"))
+    counter = series("asyncjob_jobs_failed_total", selector)
+    return f"sum by ({by}) (increase({counter}[{cfg.failure_window}]))"
+
+
 def failure_ratio_source(cfg: Config, selector: str) -> str:
+    # The failed counters exist at zero per known reason and cause, so a job_type that never
+    # failed has a ratio of 0 rather than no data.
     by = ", ".join((*cfg.target_labels, "job_type"))
-    failed = series(finished_increase(cfg), selector, 'status="failed"')
+    failed = series(failed_increase(cfg), selector)
     finished = series(finished_increase(cfg), selector)
-    # A job_type that never failed has no failed series; count it as 0 rather than no data.
-    return (
-        f"(\n  sum by ({by}) ({failed})\n  or sum by ({by}) ({finished}) * 0\n)\n/ sum by ({by}) ({finished})"
-    )
+    return f"{failed}\n/ on({by}) group_left()\n  sum by ({by}) ({finished})"
 
 
 def step_p95_source(cfg: Config, selector: str) -> str:
@@ -94,11 +107,17 @@ def overdue(cfg: Config, selector: str) -> str:
     return f"{series(RUNTIME, selector)}\n  > {cfg.on_target} group_left() {threshold}"
 
 
-def failed_jobs(cfg: Config, selector: str) -> str:
+def failed_jobs(cfg: Config, selector: str, operator_only: bool = True) -> str:
+    """Failed jobs with their reason and cause; `operator_only` leaves out those the end user
+    must fix (a wrong password, an expired MFA): they page no operator."""
     failed = "({} == 1)".format(series("asyncjob_job_status", selector, 'status="failed"'))
-    reason = series("asyncjob_job_error_info", selector)
-    # The reason joins in where the exporter knows one; a failed job without it still counts.
-    return f"{failed}\n  * {cfg.on_job} group_left(reason) {reason}\nor {cfg.on_job}\n  {failed}"
+    error = series("asyncjob_job_error_info", selector, *((NOT_USER,) if operator_only else ()))
+    every_error = series("asyncjob_job_error_info", selector)
+    # Reason and cause join in where the exporter knows them; a failed job without them still counts.
+    return (
+        f"{failed}\n  * {cfg.on_job} group_left(reason, cause) {error}\n"
+        f"or {cfg.on_job}\n  ({failed} unless {cfg.on_job} {every_error})"
+    )
 
 
 def records_failing(cfg: Config, selector: str) -> str:
@@ -106,10 +125,21 @@ def records_failing(cfg: Config, selector: str) -> str:
 
 
 def failure_rate_high(cfg: Config, selector: str) -> str:
+    """Failures an operator must act on (provider or unknown cause) over every finished job."""
     by = ", ".join((*cfg.target_labels, "job_type"))
     finished = series(finished_increase(cfg), selector)
     return (
-        f"{series(failure_ratio(cfg), selector)} > {cfg.failure_ratio:g}\n"
+        f"sum by ({by}) ({series(failure_ratio(cfg), selector, NOT_USER)}) > {cfg.failure_ratio:g}\n"
+        f"and on({by}) sum by ({by}) ({finished}) >= {cfg.failure_min_finished}"
+    )
+
+
+def user_failure_rate_high(cfg: Config, selector: str) -> str:
+    """Failures the end users must act on (wrong credentials, expired MFA, lapsed consent)."""
+    by = ", ".join((*cfg.target_labels, "job_type"))
+    finished = series(finished_increase(cfg), selector)
+    return (
+        f"{series(failure_ratio(cfg), selector, USER)} > {cfg.user_failure_ratio:g}\n"
         f"and on({by}) sum by ({by}) ({finished}) >= {cfg.failure_min_finished}"
     )
 

@@ -49,9 +49,10 @@ def job_alerts(cfg: Config, sel: str) -> list[Alert]:
             "AsyncJobFailed",
             q.failed_jobs(cfg, sel),
             "0m",
-            "An asynchronous job failed.",
+            "An asynchronous job failed, and not for its end user.",
             f"The provider reports {JOB} as failed"
-            "{{ with $labels.reason }} with reason {{ . }}{{ end }}. "
+            "{{ with $labels.reason }} with reason {{ . }}{{ end }}"
+            "{{ with $labels.cause }} (cause: {{ . }}){{ end }}. "
             "GET /api/v1/targets/{{ $labels.target }}/jobs/{{ $labels.job_id }} gives its message.",
             per_job=True,
         ),
@@ -100,10 +101,22 @@ def aggregate_alerts(cfg: Config, sel: str) -> list[Alert]:
             "AsyncJobFailureRateHigh",
             q.failure_rate_high(cfg, sel),
             cfg.failure_for,
-            "Many asynchronous jobs of one type are failing.",
+            "Many asynchronous jobs of one type are failing for reasons an operator must act on.",
             "{{ $value | humanizePercentage }} of the {{ $labels.job_type }} jobs on target "
             f"{{{{ $labels.target }}}} that finished in the last {cfg.failure_window} failed "
+            "for the provider or for an unknown cause, not for their end users "
             f"(threshold {cfg.failure_ratio:.0%}).",
+            per_job=False,
+        ),
+        Alert(
+            "AsyncJobUserFailureRateHigh",
+            q.user_failure_rate_high(cfg, sel),
+            cfg.failure_for,
+            "Many asynchronous jobs of one type are failing for their end users.",
+            "{{ $value | humanizePercentage }} of the {{ $labels.job_type }} jobs on target "
+            f"{{{{ $labels.target }}}} that finished in the last {cfg.failure_window} failed "
+            "for a reason only their end users can fix (credentials, MFA, consent) "
+            f"(threshold {cfg.user_failure_ratio:.0%}); for the application team, not an operator.",
             per_job=False,
         ),
         Alert(
@@ -215,6 +228,7 @@ def rule_groups(cfg: Config) -> dict[str, Any]:
     ]
     aggregates = [
         _recording(q.finished_increase(cfg), q.finished_increase_source(cfg, sel)),
+        _recording(q.failed_increase(cfg), q.failed_increase_source(cfg, sel)),
         _recording(q.failure_ratio(cfg), q.failure_ratio_source(cfg, sel)),
         _recording(q.step_p95(cfg), q.step_p95_source(cfg, sel)),
         *(_alerting(cfg, alert) for alert in aggregate_alerts(cfg, sel)),

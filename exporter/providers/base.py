@@ -81,6 +81,16 @@ class Provider:
         unused = sorted(target.model_fields_set - COMMON_KEYS - cls.config_keys)
         return [f"{key}: not used by provider {cls.name}" for key in unused]
 
+    # Where the provider serves one job (`{id}` replaced), linked from the job pages; None: nowhere.
+    job_path: ClassVar[str | None] = None
+
+    def job_link(self, job_id: str) -> str | None:
+        """The provider's own URL of a job (a generic target's `job_path`), or None."""
+        path = getattr(self.target, "job_path", None) or self.job_path
+        if not path:
+            return None
+        return f"{self.target.base_url}{path.replace('{id}', segment(job_id))}"
+
     def static_ids(self) -> list[str]:
         return list(self.target.jobs)
 
@@ -119,7 +129,7 @@ class Provider:
 
 def segment(job_id: str) -> str:
     """A job id made safe as one URL path segment (a registered id is user input)."""
-    return quote(job_id, safe="")
+    return quote(job_id, safe="", errors="replace")
 
 
 T = TypeVar("T")
@@ -164,15 +174,14 @@ async def fetch_each(
     """The common case: one GET per job. 404 → gone; unreadable bodies count as bad_body."""
     result = PollResult()
 
-    async def one(job_id: str) -> Job:
-        body = await http.get_json(path_for(job_id))
-        return parse(body)
-
-    for job_id, outcome in await gather(ids, one, http.concurrency):
-        if isinstance(outcome, Job):
-            result.jobs.append(outcome)
-        elif isinstance(outcome, NotFound):
+    # Each answer is sorted as it comes, so no pass over every job follows the fetch.
+    async def one(job_id: str) -> None:
+        try:
+            result.jobs.append(parse(await http.get_json(path_for(job_id))))
+        except NotFound:
             result.gone.append(job_id)
-        elif isinstance(outcome, BadPayload):
-            result.bad_payloads.append(f"job {job_id}: {outcome}")
+        except BadPayload as e:
+            result.bad_payloads.append(f"job {job_id}: {e}")
+
+    await gather(ids, one, http.concurrency)
     return result

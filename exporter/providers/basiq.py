@@ -107,6 +107,7 @@ def stamp(obj: dict[str, Any], *keys: str) -> float | None:
 
 class Basiq(Provider):
     name = "basiq"
+    job_path = "/jobs/{id}"
     config_keys: ClassVar[frozenset[str]] = frozenset({"jobs", "users"})
     causes: ClassVar[Mapping[str, Cause]] = CAUSES
     known_reasons = (*CAUSES, UNKNOWN_ERROR)

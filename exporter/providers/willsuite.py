@@ -27,6 +27,7 @@ def failed_records(message: str | None) -> int:
 
 class WillSuite(Provider):
     name = "willsuite"
+    job_path = "/api-jobs/{id}"
     # WillSuite asks clients to poll no more often than every 5-10 minutes.
     advised_poll_interval: ClassVar[float | None] = 300.0
     config_keys: ClassVar[frozenset[str]] = frozenset({"jobs", "timezone"})

@@ -17,58 +17,58 @@ def _tl(state: TargetState, job_type: str, **more: str) -> str:
 
 
 # Counters and histograms per target and job type: (name, help, type, where in the target's
-# Aggregates, the label of the key's second part or None when keyed by job type alone).
+# Aggregates, the labels of the key's parts after the job type).
 AGGREGATE_FAMILIES: tuple[
-    tuple[str, str, str, Callable[[Aggregates], Mapping[Any, Any]], str | None], ...
+    tuple[str, str, str, Callable[[Aggregates], Mapping[Any, Any]], tuple[str, ...]], ...
 ] = (
     (
         "asyncjob_jobs_finished_total",
         "Jobs seen finishing, each counted once, by final status.",
         "counter",
         lambda a: a.finished,
-        "status",
+        ("status",),
     ),
     (
         "asyncjob_jobs_failed_total",
-        "Failed jobs by bounded reason, each counted once.",
+        "Failed jobs by bounded reason and who must act (user, provider, unknown), each counted once.",
         "counter",
         lambda a: a.failed,
-        "reason",
+        ("reason", "cause"),
     ),
     (
         "asyncjob_job_duration_seconds",
         "Duration of finished jobs, start (else creation) to end.",
         "histogram",
         lambda a: a.job_duration,
-        "status",
+        ("status",),
     ),
     (
         "asyncjob_step_duration_seconds",
         "Observed duration of finished steps (resolution: one poll).",
         "histogram",
         lambda a: a.step_duration,
-        "step",
+        ("step",),
     ),
     (
         "asyncjob_records_processed_total",
         "Records of finished jobs (total), each job counted once.",
         "counter",
         lambda a: a.records_processed,
-        None,
+        (),
     ),
     (
         "asyncjob_records_failed_total",
         "Failed records of finished jobs, each job counted once.",
         "counter",
         lambda a: a.records_failed,
-        None,
+        (),
     ),
     (
         "asyncjob_job_reruns_total",
         "Reruns of failed jobs started by the exporter.",
         "counter",
         lambda a: a.reruns,
-        None,
+        (),
     ),
 )
 
@@ -84,11 +84,12 @@ def render_aggregates(targets: Iterable[TargetState]) -> bytes:
         for jt in sorted(types):
             for st in STATUSES:
                 w.sample("asyncjob_jobs", _tl(s, jt, status=st), s.agg.by_status.get((jt, st), 0))
-    for name, help_, type_, of, label in AGGREGATE_FAMILIES:
+    for name, help_, type_, of, names in AGGREGATE_FAMILIES:
         w.family(name, help_, type_)
         for s in ts:
             for key, value in sorted(of(s.agg).items()):
-                job_type, more = (key, {}) if label is None else (key[0], {label: str(key[1])})
+                parts = (key,) if isinstance(key, str) else key
+                job_type, more = parts[0], {n: str(v) for n, v in zip(names, parts[1:], strict=True)}
                 if isinstance(value, Histogram):
                     w.histogram(name, _tl(s, job_type, **more), value)
                 else:

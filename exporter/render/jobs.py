@@ -34,7 +34,8 @@ def _info(t: TrackedJob, p: str) -> str:
 def _error_info(t: TrackedJob, p: str) -> str:
     if t.job.status is not Status.FAILED:
         return ""
-    return f'asyncjob_job_error_info{{{p},reason="{escape(t.job.reason or "unknown")}"}} 1\n'
+    reason, cause = escape(t.job.reason or "unknown"), t.cause or "unknown"
+    return f'asyncjob_job_error_info{{{p},reason="{reason}",cause="{cause}"}} 1\n'
 
 
 def _status(t: TrackedJob, p: str) -> str:
@@ -103,7 +104,8 @@ JOB_FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "asyncjob_job_error_info",
-        "A failed job's bounded error reason (provider's code or state).",
+        "A failed job's bounded error reason (provider's code or state) and who must act: "
+        "user, provider, unknown.",
         "gauge",
         _error_info,
     ),

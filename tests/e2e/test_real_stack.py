@@ -1,7 +1,8 @@
 """The shipped alert rules and dashboards proven on a real stack: the simulator, the exporter, a real
 Prometheus evaluating alerts/asyncjob.rules.yml and a real Alertmanager notifying a webhook.
 
-Failed and stuck jobs page; a job that keeps moving, and one that waits for its end user, do not;
+Failed and stuck jobs page; a job that keeps moving, one that waits for its end user, and one that
+failed for its end user (a wrong password) do not;
 every query of every dashboard panel parses and returns data from that Prometheus.
 """
 
@@ -73,12 +74,13 @@ LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$
 @dataclass(frozen=True)
 class Jobs:
     failed: str
+    user_failed: str
     stuck: str
     mfa: str
     healthy: str
 
     def all(self) -> list[str]:
-        return [self.failed, self.stuck, self.mfa, self.healthy]
+        return [self.failed, self.user_failed, self.stuck, self.mfa, self.healthy]
 
 
 def load_generator() -> ModuleType:
@@ -106,6 +108,8 @@ def basiq_config(sim_url: str, secrets: Path) -> dict[str, Any]:
                 "provider": "basiq",
                 "base_url": f"{sim_url}/basiq",
                 "auth": {"type": "basiq", "api_key_file": str(secrets / "basiq_api_key")},
+                # Stated here, so the test does not lean on Basiq's own map of its codes.
+                "cause_map": {"invalid-credentials": "user", "institution-not-available": "provider"},
             }
         ],
     }
@@ -163,7 +167,8 @@ def test_failed_and_stuck_jobs_page_and_every_dashboard_query_returns_data(tmp_p
 
             # The jobs start once Prometheus watches, so every alert's timing counts from here.
             jobs = Jobs(
-                failed=create_job(sim, "basiq", scenario="fail", error_code="invalid-credentials"),
+                failed=create_job(sim, "basiq", scenario="fail", error_code="institution-not-available"),
+                user_failed=create_job(sim, "basiq", scenario="fail", error_code="invalid-credentials"),
                 stuck=create_job(sim, "basiq", scenario="stuck"),
                 mfa=create_job(sim, "basiq", scenario="mfa"),
                 healthy=create_job(
@@ -194,10 +199,9 @@ def check_alerts(
         return dict(alerts[0])
 
     failed = one("AsyncJobFailed", jobs.failed)
-    assert {**common, "severity": "warning", "reason": "invalid-credentials"}.items() <= failed[
-        "labels"
-    ].items(), failed
-    assert "invalid-credentials" in failed["annotations"]["description"], failed
+    expected = {**common, "severity": "warning", "reason": "institution-not-available", "cause": "provider"}
+    assert expected.items() <= failed["labels"].items(), failed
+    assert "institution-not-available" in failed["annotations"]["description"], failed
 
     stuck = one("AsyncJobStuck", jobs.stuck)
     assert {**common, "severity": "warning"}.items() <= stuck["labels"].items(), stuck
@@ -228,6 +232,10 @@ def check_alerts(
     worst = prom.vector(f"max_over_time({since})")
     assert worst and float(worst[0]["value"][1]) < STUCK_AFTER, worst
 
+    # The user-caused failure was there to page, had the rule let it: failed, with its cause.
+    assert prom.vector(f'asyncjob_job_error_info{{job_id="{jobs.user_failed}", cause="user"}} == 1'), (
+        "the user-caused failure never reached Prometheus: its silence proves nothing"
+    )
     names = {a["labels"]["alertname"] for a in hook.alerts()}
     assert names <= EXPECTED_ALERTS, f"unexpected alerts: {names - EXPECTED_ALERTS}"
     for alert in hook.alerts():
@@ -235,6 +243,8 @@ def check_alerts(
         assert alert["labels"].get("job_id") != jobs.healthy and not re.search(
             rf"\b{jobs.healthy}\b", text
         ), f"the healthy job raised an alert: {alert}"
+        # The end user's wrong password: nothing for an operator to fix, no alert at all.
+        assert alert["labels"].get("job_id") != jobs.user_failed, f"a user-caused failure alerted: {alert}"
         if alert["labels"].get("job_id") == jobs.mfa:
             # Waiting for the end user's one-time code is nobody's fault: no operator is paged.
             assert alert["labels"]["alertname"] == "AsyncJobAwaitingUser", alert

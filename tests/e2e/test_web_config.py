@@ -166,3 +166,103 @@ def test_a_bad_web_config_exits_2_naming_the_key(tmp_path: Path) -> None:
         timeout=30,
     )
     assert r.returncode == 2 and "basic_auth_users.admin" in r.stderr and "plaintext" not in r.stderr
+
+
+def run_cli(tmp_path: Path, web: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump(web))
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("targets: []\n")
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", f"--config.file={cfg}", f"--web.config.file={path}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_a_bad_certificate_exits_2_in_one_line(tmp_path: Path, pki: Path) -> None:
+    # A key that does not belong to the certificate, then a certificate that is not one.
+    (tmp_path / "garbage.crt").write_text(
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"
+    )
+    for cert, key in (
+        (pki / "server.crt", pki / "client.key"),
+        (tmp_path / "garbage.crt", pki / "server.key"),
+    ):
+        r = run_cli(tmp_path, {"tls_server_config": {"cert_file": str(cert), "key_file": str(key)}})
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("--web.config.file: tls_server_config"), (
+            r.stderr
+        )
+        assert "Traceback" not in r.stderr
+
+
+def test_min_version_is_honoured_in_the_handshake(tmp_path: Path, pki: Path) -> None:
+    extra = web_config(
+        tmp_path,
+        {
+            "tls_server_config": {
+                "cert_file": str(pki / "server.crt"),
+                "key_file": str(pki / "server.key"),
+                "min_version": "TLS13",
+            }
+        },
+    )
+    with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp:
+        url = exp.url.replace("http://", "https://")
+        from tests.harness import wait_for
+
+        tls13 = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        wait_for(
+            lambda: httpx.get(f"{url}/healthz", verify=tls13, timeout=2).status_code == 200, what="TLS up"
+        )
+        tls12 = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/healthz", verify=tls12, timeout=2)
+
+
+def test_cipher_suites_are_honoured_in_the_handshake(tmp_path: Path, pki: Path) -> None:
+    extra = web_config(
+        tmp_path,
+        {
+            "tls_server_config": {
+                "cert_file": str(pki / "server.crt"),
+                "key_file": str(pki / "server.key"),
+                "max_version": "TLS12",
+                "cipher_suites": ["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"],
+            }
+        },
+    )
+    with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp:
+        url = exp.url.replace("http://", "https://")
+        from tests.harness import wait_for
+
+        allowed = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        allowed.set_ciphers("ECDHE-RSA-AES256-GCM-SHA384")
+        wait_for(
+            lambda: httpx.get(f"{url}/healthz", verify=allowed, timeout=2).status_code == 200, what="TLS"
+        )
+        other = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        other.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/healthz", verify=other, timeout=2)
+
+
+def test_the_api_token_rides_beside_basic_credentials(tmp_path: Path) -> None:
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    extra = web_config(tmp_path, {"basic_auth_users": {"prom": hashed}})
+    cfg = {"targets": [], "api": {"token_file": str(token)}}
+    with exporter(tmp_path, cfg, extra=extra, wait_ready=False) as exp:
+        from tests.harness import wait_for
+
+        wait_for(lambda: httpx.get(f"{exp.url}/healthz", timeout=2).status_code == 200, what="up")
+        get = exp.api
+        assert get("GET", "/api/v1/jobs", auth=("prom", "pw")).status_code == 401
+        r = get("GET", "/api/v1/jobs", auth=("prom", "pw"), headers={"X-Asyncjob-Token": "t0ken"})
+        assert r.status_code == 200

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,9 +55,9 @@ class Peer:
 
 
 @contextmanager
-def serve(script: Script) -> Iterator[tuple[str, list[bytes]]]:
+def serve(script: Script, tls: ssl.SSLContext | None = None) -> Iterator[tuple[str, list[bytes]]]:
     """Run `script(n, peer)` for the n-th accepted connection; yield the base URL and the
-    requests the scripts read (in order)."""
+    requests the scripts read (in order). With `tls`, connections are TLS (https)."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     seen: list[bytes] = []
@@ -72,7 +73,9 @@ def serve(script: Script) -> Iterator[tuple[str, list[bytes]]]:
     def handle(n: int, sock: socket.socket) -> None:
         # OSError: the client went away, which is the client's business.
         with sock, contextlib.suppress(OSError):
-            script(n, Recording(sock))
+            peer = tls.wrap_socket(sock, server_side=True) if tls is not None else sock
+            with peer:
+                script(n, Recording(peer))
 
     def accept() -> None:
         n = 0
@@ -90,7 +93,7 @@ def serve(script: Script) -> Iterator[tuple[str, list[bytes]]]:
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}", seen
     finally:
         stop.set()
         thread.join(5)

@@ -86,6 +86,7 @@ def test_the_alerts_asked_for_are_all_there() -> None:
         "AsyncJobStuck",
         "AsyncJobOverdue",
         "AsyncJobFailureRateHigh",
+        "AsyncJobUserFailureRateHigh",
         "AsyncJobRecordsFailing",
         "AsyncJobStepSlow",
         "AsyncJobTargetDown",
@@ -128,7 +129,62 @@ def test_per_job_alerts_name_the_target_and_job_id() -> None:
 def test_only_info_alerts_never_page() -> None:
     severities = {alert["alert"]: alert["labels"]["severity"] for alert in alerts()}
     assert severities["AsyncJobAwaitingUser"] == "info"
-    assert [name for name, severity in severities.items() if severity == "info"] == ["AsyncJobAwaitingUser"]
+    assert sorted(name for name, severity in severities.items() if severity == "info") == [
+        "AsyncJobAwaitingUser",
+        "AsyncJobUserFailureRateHigh",
+    ]
+
+
+def test_no_operator_alert_counts_failures_the_end_user_must_fix() -> None:
+    """Alerts built on failures page only for cause!="user"; the user's share is an info alert."""
+    by_name = {alert["alert"]: alert for alert in alerts()}
+    failed = by_name["AsyncJobFailed"]["expr"]
+    assert 'asyncjob_job_error_info{job=~"asyncjob.*", cause!="user"}' in failed
+    # The fallback for a failed job without error_info never brings a user-caused one back.
+    assert "unless on(job, instance, target, job_id) asyncjob_job_error_info" in failed
+    rate = by_name["AsyncJobFailureRateHigh"]["expr"]
+    assert 'cause!="user"' in rate and "asyncjob_jobs_failure_ratio" in rate
+    (ratio,) = (
+        r
+        for g in rule_groups()
+        for r in g["rules"]
+        if r.get("record", "").endswith("failure_ratio:increase1h")
+    )
+    assert "asyncjob_jobs_failed" in ratio["expr"]
+    user = by_name["AsyncJobUserFailureRateHigh"]
+    assert user["labels"]["severity"] == "info" and 'cause="user"' in user["expr"]
+    for name, alert in by_name.items():
+        if alert["labels"]["severity"] != "info" and "failed" in alert["expr"].lower():
+            assert 'cause="user"' not in alert["expr"], name
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        ({"alertname": "AsyncJobUserFailureRateHigh", "severity": "info", "cause": "user"}, "app-team"),
+        ({"alertname": "AsyncJobAwaitingUser", "severity": "info"}, "app-team"),
+        ({"alertname": "AsyncJobFailed", "severity": "warning", "cause": "provider"}, "ops"),
+        ({"alertname": "AsyncJobFailureRateHigh", "severity": "critical"}, "pager"),
+    ],
+)
+def test_alertmanager_example_sends_what_the_end_user_must_fix_to_the_application_team(
+    labels: dict[str, str], receiver: str
+) -> None:
+    amtool = require_tool("amtool")
+    result = subprocess.run(
+        [
+            amtool,
+            "config",
+            "routes",
+            "test",
+            f"--config.file={INHIBIT_EXAMPLE}",
+            *(f"{k}={v}" for k, v in labels.items()),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == [receiver]
 
 
 def test_every_alert_has_a_runbook_section() -> None:

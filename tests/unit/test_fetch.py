@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -148,5 +152,21 @@ async def test_connect_errors_name_the_host_and_the_cause() -> None:
 def test_idle_connections_are_closed_before_common_servers_close_them() -> None:
     http = real_http("http://127.0.0.1:1")
     assert KEEPALIVE_EXPIRY < 5  # uvicorn's and Node's keep-alive timeout
-    pool = http.client._transport._pool  # type: ignore[attr-defined]
-    assert pool._keepalive_expiry == KEEPALIVE_EXPIRY
+    assert http.client._transport.keepalive_expiry == KEEPALIVE_EXPIRY  # type: ignore[attr-defined]
+
+
+def test_answers_streaming_junk_at_once_share_one_byte_budget_and_rss_stays_bounded() -> None:
+    """16 jobs answering 100 MB chunked at once, default settings, in a process of its own."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.unit.streaming_junk"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(out.stdout)
+    assert result["reasons"] == ["bad_body"] * 16
+    assert result["errors"]["bad_body"] == 16
+    assert result["bytes_in_flight"] == 0  # every answer gave its share back
+    assert result["peak_rss_bytes"] < 250 * 2**20

@@ -3,15 +3,20 @@ real Starlette app."""
 
 from __future__ import annotations
 
+import base64
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from starlette.testclient import TestClient
 
 from exporter.config import build_settings
 from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
 from exporter.server import build_app
+from exporter.webconfig import BasicAuthMiddleware, WebConfig, WebConfigError, load_web_config
 
 
 def runtime(tmp_path: Path, token: str | None = None) -> Runtime:
@@ -20,8 +25,6 @@ def runtime(tmp_path: Path, token: str | None = None) -> Runtime:
         (tmp_path / "token").write_text(token + "\n")
         data["api"] = {"token_file": str(tmp_path / "token")}
     config = tmp_path / "config.yml"
-    import yaml
-
     config.write_text(yaml.safe_dump(data))
     settings = build_settings(data, PROVIDERS)
     rt = Runtime(settings, str(config))
@@ -54,3 +57,218 @@ def test_reload_over_http_asks_for_the_api_token_when_one_is_set(
 ) -> None:
     client = TestClient(build_app(runtime(tmp_path, token="t0ken"), lifecycle=True))
     assert client.post("/-/reload", headers=headers).status_code == status
+
+
+# --- body media types ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/json", 202),
+        ("application/json; charset=utf-8", 202),
+        ("Application/JSON;charset=UTF-8", 202),
+        ("application/vnd.api+json", 202),
+        ("application/x-www-form-urlencoded", 415),
+        ("multipart/form-data; boundary=x", 415),
+        ("text/plain", 415),
+        ("application/jsonp", 415),
+        (None, 415),
+    ],
+)
+def test_the_api_reads_json_bodies_only(tmp_path: Path, content_type: str | None, status: int) -> None:
+    client = TestClient(build_app(runtime(tmp_path)))
+    headers = {"content-type": content_type} if content_type else {}
+    r = client.post("/api/v1/targets/b/jobs", content=b'{"id": "1"}', headers=headers)
+    assert r.status_code == status, r.text
+
+
+# --- API token beside basic auth -------------------------------------------------------------
+
+
+def hashed(password: bytes, rounds: int = 4) -> str:
+    import bcrypt
+
+    return str(bcrypt.hashpw(password, bcrypt.gensalt(rounds=rounds)).decode())
+
+
+def web(tmp_path: Path, data: dict[str, object]) -> WebConfig:
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump(data))
+    return load_web_config(str(path))
+
+
+def test_the_api_token_rides_beside_basic_credentials(tmp_path: Path) -> None:
+    config = web(tmp_path, {"basic_auth_users": {"prom": hashed(b"pw")}})
+    client = TestClient(build_app(runtime(tmp_path, token="t0ken"), config.middleware()))
+    basic = ("prom", "pw")
+    assert client.get("/api/v1/jobs", auth=basic).status_code == 401
+    assert client.get("/api/v1/jobs", auth=basic, headers={"X-Asyncjob-Token": "nope"}).status_code == 401
+    assert client.get("/api/v1/jobs", auth=basic, headers={"X-Asyncjob-Token": "t0ken"}).status_code == 200
+    # Without basic credentials the token alone opens nothing.
+    assert client.get("/api/v1/jobs", headers={"X-Asyncjob-Token": "t0ken"}).status_code == 401
+    assert client.get("/metrics", auth=basic).status_code == 200
+
+
+def test_a_bearer_token_still_works_without_basic_auth(tmp_path: Path) -> None:
+    client = TestClient(build_app(runtime(tmp_path, token="t0ken")))
+    assert client.get("/api/v1/jobs", headers={"Authorization": "bearer t0ken"}).status_code == 200
+    assert client.get("/api/v1/jobs", headers={"Authorization": "Basic t0ken"}).status_code == 401
+
+
+# --- basic auth ------------------------------------------------------------------------------
+
+
+class CountingBcrypt:
+    """Stands in for bcrypt.checkpw: counts calls, records the thread they ran on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import bcrypt
+
+        self.calls: list[tuple[bytes, int]] = []
+        real = bcrypt.checkpw
+
+        def checkpw(password: bytes, hashed: bytes) -> bool:
+            self.calls.append((hashed, threading.get_ident()))
+            return bool(real(password, hashed))
+
+        monkeypatch.setattr(bcrypt, "checkpw", checkpw)
+
+
+def basic(user: str, password: str) -> bytes:
+    return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+
+@pytest.mark.anyio
+async def test_bcrypt_runs_in_a_worker_thread_and_success_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    bcrypt_calls = CountingBcrypt(monkeypatch)
+    auth = BasicAuthMiddleware(noop_app, {"prom": hashed(b"pw").encode()})
+    assert await auth.check(basic("prom", "pw"))
+    assert await auth.check(basic("prom", "pw"))
+    assert len(bcrypt_calls.calls) == 1  # the second check came from the cache
+    assert bcrypt_calls.calls[0][1] != threading.get_ident()
+    assert not await auth.check(basic("prom", "wrong"))
+    assert not await auth.check(basic("prom", "wrong"))
+    assert len(bcrypt_calls.calls) == 3  # failures are never cached
+
+
+@pytest.mark.anyio
+async def test_an_unknown_user_costs_a_bcrypt_of_the_configured_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    bcrypt_calls = CountingBcrypt(monkeypatch)
+    auth = BasicAuthMiddleware(noop_app, {"prom": hashed(b"pw", rounds=5).encode()})
+    assert not await auth.check(basic("nobody", "pw"))
+    assert len(bcrypt_calls.calls) == 1
+    assert bcrypt_calls.calls[0][0].startswith(b"$2b$05$")  # the dummy hash, at the users' cost
+
+
+@pytest.mark.anyio
+async def test_the_event_loop_runs_while_bcrypt_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anyio
+    import bcrypt
+
+    release = threading.Event()
+
+    def slow_checkpw(password: bytes, hashed: bytes) -> bool:
+        # Holds until the event loop, not blocked by us, runs the task that releases us.
+        return release.wait(10)
+
+    monkeypatch.setattr(bcrypt, "checkpw", slow_checkpw)
+    auth = BasicAuthMiddleware(noop_app, {"prom": hashed(b"pw").encode()})
+
+    async def release_soon() -> None:
+        await anyio.sleep(0.01)
+        release.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(release_soon)
+            assert await auth.check(basic("prom", "pw"))
+
+
+async def noop_app(scope: Any, receive: Any, send: Any) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("hash_", "why"),
+    [
+        ("plaintext", "expected a bcrypt hash"),
+        ("$2b$10$short", "expected a bcrypt hash"),
+        ("$2b$99$" + "a" * 53, "expected a bcrypt hash"),
+        ("$1$md5crypt$abcdefghijklmnop", "expected a bcrypt hash"),
+    ],
+)
+def test_a_malformed_hash_is_refused_at_start_naming_the_user(tmp_path: Path, hash_: str, why: str) -> None:
+    with pytest.raises(WebConfigError) as e:
+        web(tmp_path, {"basic_auth_users": {"admin": hash_}})
+    assert str(e.value).startswith("basic_auth_users.admin:") and why in str(e.value)
+    assert hash_ not in str(e.value)
+
+
+# --- TLS settings: honoured or refused -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tls", "key"),
+    [
+        ({"min_version": "TLS14"}, "tls_server_config.min_version"),
+        ({"min_version": "TLS13", "max_version": "TLS12"}, "tls_server_config.max_version"),
+        ({"cipher_suites": ["TLS_FAKE"]}, "tls_server_config.cipher_suites"),
+        ({"curve_preferences": ["X25519"]}, "tls_server_config.curve_preferences"),
+        ({"client_allowed_sans": ["a"]}, "tls_server_config.client_allowed_sans"),
+        ({"client_auth_type": "RequireAnyClientCert"}, "tls_server_config.client_ca_file"),
+        ({"bogus": 1}, "tls_server_config.bogus"),
+    ],
+)
+def test_tls_settings_are_honoured_or_refused_never_ignored(
+    tmp_path: Path, self_signed: tuple[Path, Path], tls: dict[str, object], key: str
+) -> None:
+    cert, key_file = self_signed
+    with pytest.raises(WebConfigError) as e:
+        web(tmp_path, {"tls_server_config": {"cert_file": str(cert), "key_file": str(key_file), **tls}})
+    assert str(e.value).startswith(key)
+
+
+def test_tls_versions_and_suites_reach_the_context(tmp_path: Path, self_signed: tuple[Path, Path]) -> None:
+    import ssl
+
+    from exporter.webconfig import tls_context
+
+    cert, key_file = self_signed
+    ctx = tls_context(
+        {
+            "cert_file": str(cert),
+            "key_file": str(key_file),
+            "min_version": "TLS12",
+            "max_version": "TLS12",
+            "cipher_suites": ["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"],
+            "prefer_server_cipher_suites": True,
+        }
+    )
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2 and ctx.maximum_version == ssl.TLSVersion.TLSv1_2
+    tls12 = [c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert tls12 == ["ECDHE-RSA-AES256-GCM-SHA384"]
+    assert ctx.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+
+
+def test_http_server_config_headers_are_sent_and_http2_refused(tmp_path: Path) -> None:
+    config = web(tmp_path, {"http_server_config": {"headers": {"X-Frame-Options": "deny"}}})
+    client = TestClient(build_app(runtime(tmp_path), config.middleware()))
+    assert client.get("/healthz").headers["x-frame-options"] == "deny"
+    with pytest.raises(WebConfigError, match=r"^http_server_config.http2:"):
+        web(tmp_path, {"http_server_config": {"http2": True}})
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    import subprocess
+
+    d = tmp_path_factory.mktemp("tls")
+    args = "req -x509 -newkey rsa:2048 -nodes -keyout k.pem -out c.pem -days 1 -subj /CN=x"
+    subprocess.run(
+        ["openssl", *args.split(" ")],
+        cwd=d,
+        check=True,
+        capture_output=True,
+    )
+    return d / "c.pem", d / "k.pem"

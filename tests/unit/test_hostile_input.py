@@ -260,7 +260,9 @@ async def poll_and_render(scenario: Scenario, bad: Any) -> None:
         result = await provider.poll(http, scenario.tracked)
     finally:
         await http.aclose()
-    settings_ = build_settings({"targets": [keys]}, PROVIDERS)
+    # The fixtures' jobs finished years ago: a retention longer than that keeps them news
+    # (older finished jobs are history, rendered by no series).
+    settings_ = build_settings({"global": {"retention": "1000w"}, "targets": [keys]}, PROVIDERS)
     runtime = Runtime(settings_)
     runtime.tracker.set_target(settings_.resolved(settings_.targets[0]))
     runtime.tracker.apply("t", result)

@@ -66,7 +66,11 @@ def test_a_job_renders_its_state_set_steps_and_stamps() -> None:
     base = {("target", "t"), ("job_id", "1")}
     assert got[("asyncjob_job_status", frozenset(base | {("status", "failed")}))] == 1
     assert got[("asyncjob_job_status", frozenset(base | {("status", "running")}))] == 0
-    assert got[("asyncjob_job_error_info", frozenset(base | {("reason", "maintenance")}))] == 1
+    # Basiq's map may say nothing of `maintenance` yet: no cause known is `unknown`, never absent.
+    error = {k: v for k, v in got.items() if k[0] == "asyncjob_job_error_info"}
+    assert list(error.values()) == [1]
+    assert dict(next(iter(error))[1]).keys() == {"target", "job_id", "reason", "cause"}
+    assert ("reason", "maintenance") in next(iter(error))[1]
     assert (
         got[
             (
@@ -206,3 +210,58 @@ def test_values_round_trip(value: float) -> None:
         got[("asyncjob_job_created_timestamp_seconds", frozenset({("target", "t"), ("job_id", "1")}))]
         == value
     )
+
+
+def test_staleness_counts_from_the_oldest_change_the_served_body_lacks() -> None:
+    tr, ex = setup()
+    tr.track("t", Job("1", Status.RUNNING), "static")
+    ex.render(gz=True)
+    assert ex.jobs.staleness() == 0.0
+    tr.track("t", Job("2", Status.RUNNING), "static")
+    ex.render(gz=True, fresh=False)  # served without the change
+    assert ex.jobs.staleness() > 0.0
+    ex.render(gz=True)
+    assert ex.jobs.staleness() == 0.0
+
+
+def test_failures_carry_their_cause_and_history_has_no_series() -> None:
+    s = build_settings(
+        {
+            "global": {"retention": "15m"},
+            "targets": [
+                {
+                    "name": "t",
+                    "provider": "basiq",
+                    "base_url": "https://x",
+                    "cause_map": {"invalid-credentials": "user", "odd": "provider"},
+                }
+            ],
+        },
+        PROVIDERS,
+    )
+    tr = Tracker()
+    ex = Exposition(tr, lambda: {})
+    tr.set_target(s.resolved(s.targets[0]))
+    now = 1_000_000.0
+    tr.apply(
+        "t",
+        PollResult(
+            jobs=[
+                Job("u", Status.FAILED, job_type="c", reason="invalid-credentials", updated=now - 5),
+                Job("p", Status.FAILED, job_type="c", reason="odd", updated=now - 5),
+                Job("old", Status.FAILED, job_type="c", reason="odd", updated=now - 86400),
+            ]
+        ),
+        now=now,
+    )
+    text = ex.render().decode()
+    got = samples(text)
+    base = {("target", "t"), ("job_type", "c")}
+    error = {dict(k[1])["job_id"]: dict(k[1]) for k in got if k[0] == "asyncjob_job_error_info"}
+    assert error.keys() == {"u", "p"}  # the week-old failure is history: no series, no page
+    assert error["u"]["cause"] == "user" and error["p"]["cause"] == "provider"
+    assert 'job_id="old"' not in text
+    failed = "asyncjob_jobs_failed_total"
+    assert got[(failed, frozenset(base | {("reason", "invalid-credentials"), ("cause", "user")}))] == 1
+    assert got[(failed, frozenset(base | {("reason", "odd"), ("cause", "provider")}))] == 1  # not 2
+    assert got[("asyncjob_jobs", frozenset(base | {("status", "failed")}))] == 2

@@ -68,7 +68,7 @@ def test_a_finished_job_is_counted_once_however_often_it_is_seen() -> None:
         tr.apply("t", PollResult(jobs=[Job("1", F, created=0, finished=9, reason="job-timed-out")]), now=now)
     agg = tr.targets["t"].agg
     assert agg.finished[("", F)] == 1
-    assert agg.failed[("", "job-timed-out")] == 1
+    assert sum(n for (jt, reason, _), n in agg.failed.items() if reason == "job-timed-out") == 1
     assert agg.job_duration[("", "failed")].count == 1 and agg.job_duration[("", "failed")].total == 9
 
 
@@ -150,9 +150,230 @@ def test_counters_exist_at_zero_before_the_first_finish_so_rate_sees_it() -> Non
     tr.track("t", Job("1", R, job_type="report", steps=steps(R)), "discovered")
     agg = tr.targets["t"].agg
     assert agg.finished[("report", S)] == 0 and ("report", F) in agg.finished
-    assert ("report", "invalid-credentials") in agg.failed  # Basiq's documented codes
+    # Basiq's documented codes, each under its cause.
+    assert {reason for jt, reason, _ in agg.failed if jt == "report"} >= {"invalid-credentials", "unknown"}
     assert agg.job_duration[("report", "succeeded")].count == 0
     assert agg.step_duration[("report", "s0")].count == 0
+
+
+def test_a_placeholders_first_answer_takes_the_providers_stamp_not_the_registration_time() -> None:
+    from exporter.model import placeholder
+
+    tr = tracker()
+    jobs = tr.targets["t"].jobs
+    for job_id in ("updated", "created", "future", "none"):
+        tr.track("t", placeholder(job_id), "registered", now=1000)
+    tr.apply(
+        "t",
+        PollResult(
+            jobs=[
+                Job("updated", R, created=100, updated=400),
+                Job("created", R, created=300),
+                Job("future", R, updated=5000),  # a provider clock ahead of ours
+                Job("none", R),
+            ]
+        ),
+        now=1010,
+    )
+    assert jobs["updated"].last_progress == 400  # an hour still before the exporter knew of it
+    assert jobs["created"].last_progress == 300
+    assert jobs["future"].last_progress == 1010  # never later than now
+    assert jobs["none"].last_progress == 1000  # nothing better than the registration
+    # Later answers move it as before: only when something moves.
+    tr.apply("t", PollResult(jobs=[Job("updated", R, created=100, updated=400)]), now=1100)
+    assert jobs["updated"].last_progress == 400
+
+
+def failed_count(tr: Tracker) -> int:
+    return sum(tr.targets["t"].agg.failed.values())
+
+
+def test_a_job_first_seen_finished_longer_ago_than_retention_is_history() -> None:
+    tr = tracker(retention="15m")
+    now = 10 * 86400.0
+    week_old = Job("old", F, job_type="connection", created=now - 6 * 86400, updated=now - 6 * 86400 + 60)
+    fresh = Job("new", F, job_type="connection", created=now - 300, finished=now - 240, reason="x")
+    tr.apply("t", PollResult(jobs=[week_old, fresh]), now=now)
+    state = tr.targets["t"]
+    agg = state.agg
+    assert state.jobs["old"].is_history and not state.jobs["new"].is_history
+    assert agg.finished[("connection", F)] == 1  # the fresh failure only
+    assert failed_count(tr) == 1
+    assert agg.job_duration[("connection", "failed")].count == 1
+    assert agg.by_status[("connection", F)] == 1  # history is not shown as tracked now
+    # Seen again and again (Basiq lists a week of jobs): still not counted.
+    tr.apply("t", PollResult(jobs=[week_old, fresh]), now=now + 30)
+    assert agg.finished[("connection", F)] == 1 and failed_count(tr) == 1
+    # Dropped at retention like any finished job, and not brought back by the next listing.
+    tr.sweep(now=now + 900)
+    assert "old" not in state.jobs and agg.by_status[("connection", F)] == 0
+    tr.apply("t", PollResult(jobs=[week_old]), now=now + 960)
+    assert "old" not in state.jobs and agg.finished[("connection", F)] == 1
+
+
+def test_history_is_measured_from_when_the_exporter_learnt_of_the_job() -> None:
+    from exporter.model import placeholder
+
+    tr = tracker(retention="15m")
+    tr.track("t", placeholder("before"), "static", now=10_000)
+    tr.track("t", placeholder("after"), "registered", now=10_000)
+    tr.track("t", placeholder("unknown-end"), "static", now=10_000)
+    # First polled an hour later (the exporter was down): "after" ended after it was registered.
+    tr.apply(
+        "t",
+        PollResult(
+            jobs=[
+                Job("before", F, updated=10_000 - 3600),
+                Job("after", F, updated=10_000 + 60),
+                Job("unknown-end", S, created=1),  # created alone says nothing of the end
+            ]
+        ),
+        now=10_000 + 3600,
+    )
+    jobs = tr.targets["t"].jobs
+    assert jobs["before"].is_history
+    assert not jobs["after"].is_history and not jobs["unknown-end"].is_history
+    assert tr.targets["t"].agg.finished[("", F)] == 1 and tr.targets["t"].agg.finished[("", S)] == 1
+
+
+def test_history_survives_a_restart_uncounted() -> None:
+    from exporter.state import tracked_from_dict, tracked_to_dict
+
+    tr = tracker(retention="15m")
+    tr.apply("t", PollResult(jobs=[Job("old", F, updated=1.0)]), now=100_000)
+    saved = [tracked_from_dict(tracked_to_dict(t)) for t in tr.targets["t"].jobs.values()]
+    again = Tracker()
+    again.restore = lambda state: saved
+    again.set_target(tr.targets["t"].config)
+    again.apply("t", PollResult(jobs=[Job("old", F, updated=1.0)]), now=100_010)
+    assert again.targets["t"].jobs["old"].is_history
+    assert sum(again.targets["t"].agg.finished.values()) == 0 and failed_count(again) == 0
+
+
+def test_a_rerun_under_the_same_id_counts_each_outcome_once() -> None:
+    tr = tracker()
+    tr.track("t", Job("1", R, job_type="report"), "static", now=1)
+    for now in (10, 20):
+        tr.apply("t", PollResult(jobs=[Job("1", F, job_type="report", reason="x")]), now=now)
+    tr.apply("t", PollResult(jobs=[Job("1", P, job_type="report")]), now=30)
+    assert tr.pollable("t") == ["1"]
+    for now in (40, 50):
+        tr.apply("t", PollResult(jobs=[Job("1", S, job_type="report")]), now=now)
+    agg = tr.targets["t"].agg
+    assert agg.finished[("report", F)] == 1 and agg.finished[("report", S)] == 1
+
+
+def test_a_history_job_rerun_under_its_id_is_news_again() -> None:
+    tr = tracker(retention="15m")
+    tr.apply("t", PollResult(jobs=[Job("1", F, updated=1.0)]), now=100_000)
+    tr.apply("t", PollResult(jobs=[Job("1", R, updated=100_050)]), now=100_060)
+    assert not tr.targets["t"].jobs["1"].is_history
+    tr.apply("t", PollResult(jobs=[Job("1", S, updated=100_100)]), now=100_120)
+    assert tr.targets["t"].agg.finished[("", S)] == 1
+
+
+def cause_tracker(monkeypatch: pytest.MonkeyPatch, cause_map: dict[str, str]) -> Tracker:
+    from exporter.model import Cause
+    from exporter.providers.basiq import Basiq
+
+    monkeypatch.setattr(
+        Basiq,
+        "causes",
+        {
+            "invalid-credentials": Cause.USER,
+            "maintenance": Cause.PROVIDER,
+            "user-action-required": Cause.USER,
+        },
+    )
+    s = build_settings(
+        {"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x", "cause_map": cause_map}]},
+        PROVIDERS,
+    )
+    tr = Tracker()
+    tr.set_target(s.resolved(s.targets[0]))
+    return tr
+
+
+def test_the_cause_is_the_targets_map_then_the_answer_then_the_providers_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from exporter.model import Cause
+
+    tr = cause_tracker(monkeypatch, {"maintenance": "user", "user-action-required": "provider"})
+    answers = [
+        Job("map", F, job_type="c", reason="maintenance"),  # provider's map: provider; target's: user
+        Job("answer", F, job_type="c", reason="odd-code", cause=Cause.USER),  # the answer says
+        Job("over", F, job_type="c", reason="user-action-required", cause=Cause.USER),  # target wins
+        Job("provider", F, job_type="c", reason="invalid-credentials"),
+        Job("nobody", F, job_type="c", reason="odd-code"),
+        Job("no-reason", F, job_type="c"),
+    ]
+    tr.apply("t", PollResult(jobs=answers), now=1)
+    jobs = tr.targets["t"].jobs
+    assert {j: t.cause for j, t in jobs.items()} == {
+        "map": Cause.USER,
+        "answer": Cause.USER,
+        "over": Cause.PROVIDER,
+        "provider": Cause.USER,
+        "nobody": Cause.UNKNOWN,
+        "no-reason": Cause.UNKNOWN,
+    }
+    failed = tr.targets["t"].agg.failed
+    assert failed[("c", "maintenance", Cause.USER)] == 1
+    assert failed[("c", "odd-code", Cause.USER)] == 1 and failed[("c", "odd-code", Cause.UNKNOWN)] == 1
+    assert failed[("c", "user-action-required", Cause.PROVIDER)] == 1
+    assert failed[("c", "unknown", Cause.UNKNOWN)] == 1
+    # A running job has no cause.
+    tr.apply("t", PollResult(jobs=[Job("r", R, job_type="c")]), now=2)
+    assert jobs["r"].cause is None
+
+
+def test_counters_start_at_zero_for_each_known_reason_under_its_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from exporter.model import Cause
+
+    tr = cause_tracker(monkeypatch, {"maintenance": "unknown"})
+    tr.track("t", Job("1", R, job_type="c"), "discovered")
+    failed = tr.targets["t"].agg.failed
+    assert (
+        failed[("c", "invalid-credentials", Cause.USER)] == 0
+        and ("c", "invalid-credentials", Cause.USER) in failed
+    )
+    assert ("c", "maintenance", Cause.UNKNOWN) in failed and (
+        "c",
+        "maintenance",
+        Cause.PROVIDER,
+    ) not in failed
+    assert ("c", "unknown", Cause.UNKNOWN) in failed
+    from exporter.providers.basiq import Basiq
+
+    assert {reason for _, reason, _ in failed} == {*Basiq.known_reasons, "unknown"}
+
+
+def test_a_reload_with_a_new_cause_map_gives_tracked_failures_their_new_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from exporter.model import Cause
+
+    tr = cause_tracker(monkeypatch, {})
+    tr.apply("t", PollResult(jobs=[Job("1", F, reason="maintenance")]), now=1)
+    assert tr.targets["t"].jobs["1"].cause is Cause.PROVIDER
+    s = build_settings(
+        {
+            "targets": [
+                {
+                    "name": "t",
+                    "provider": "basiq",
+                    "base_url": "https://x",
+                    "cause_map": {"maintenance": "user"},
+                }
+            ]
+        },
+        PROVIDERS,
+    )
+    tr.set_target(s.resolved(s.targets[0]))
+    assert tr.targets["t"].jobs["1"].cause is Cause.USER
 
 
 def test_a_rerun_that_keeps_its_id_is_tracked_again_and_each_outcome_counts_once() -> None:

@@ -1,0 +1,257 @@
+"""Pages for people: the targets (/), a filterable list of jobs (/jobs) and one job with its
+timeline (/jobs/{target}/{id}), rendered from Jinja2 templates that escape every value.
+
+Ids and messages come from registrations and providers: every string is hostile until escaped.
+The pages sit behind the web config (TLS, basic auth) as /metrics does, not behind the API token.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from exporter import __version__
+from exporter.history import timeline
+from exporter.model import STATUSES, Status
+from exporter.providers import PROVIDERS
+from exporter.runtime import Runtime
+from exporter.tracker import TargetState, TrackedJob
+
+PAGE_SIZE = 50
+_SURROGATE = re.compile("[\ud800-\udfff]")
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _clean(text: Any) -> str:
+    """Text that encodes as UTF-8: a lone surrogate (valid in JSON escapes) becomes U+FFFD."""
+    return _SURROGATE.sub("\ufffd", str(text))
+
+
+def _segment(text: Any) -> str:
+    return quote(_clean(text), safe="")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "—"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,  # every {{ value }} is escaped; nothing in the templates is marked safe
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["segment"] = _segment
+    env.filters["when"] = _when
+    env.filters["duration"] = _duration
+    env.filters["clean"] = _clean
+    env.globals["version"] = __version__
+    env.globals["query"] = lambda **kw: urlencode(
+        {k: _clean(v) for k, v in kw.items() if v not in (None, "")}
+    )
+    return env
+
+
+def cause_of(tracked: TrackedJob) -> str | None:
+    """Who must act on a failed job, when the tracker or the provider's answer says."""
+    cause = getattr(tracked, "cause", None) or tracked.job.cause
+    return str(cause) if cause is not None else None
+
+
+def is_stuck(state: TargetState, tracked: TrackedJob, now: float) -> bool:
+    """As AsyncJobStuck: unfinished, not waiting for its end user, no progress for stuck_after."""
+    job = tracked.job
+    if job.status.terminal or job.awaiting_user:
+        return False
+    return now - tracked.last_progress > state.config.stuck_after
+
+
+@dataclass
+class JobRow:
+    target: str
+    tracked: TrackedJob
+    stuck: bool
+    cause: str | None
+
+
+class Pages:
+    def __init__(self, runtime: Runtime, telemetry_path: str = "/metrics") -> None:
+        self.runtime = runtime
+        self.telemetry_path = telemetry_path
+        self.env = _environment()
+
+    def _render(self, name: str, status_code: int = 200, **context: Any) -> Response:
+        html = self.env.get_template(name).render(telemetry_path=self.telemetry_path, **context)
+        return Response(
+            html.encode("utf-8", "replace"),
+            status_code=status_code,
+            media_type="text/html; charset=utf-8",
+            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+        )
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", self.index),
+            Route("/jobs", self.jobs),
+            Route("/jobs/{target}/{job_id:path}", self.job),
+        ]
+
+    async def index(self, request: Request) -> Response:
+        now = time.time()
+        targets = []
+        for name, state in sorted(self.runtime.tracker.targets.items()):
+            by_status = {str(s): 0 for s in STATUSES}
+            stuck = awaiting = 0
+            for t in state.jobs.values():
+                by_status[str(t.job.status)] += 1
+                stuck += is_stuck(state, t, now)
+                awaiting += t.job.awaiting_user and not t.job.status.terminal
+            targets.append(
+                {
+                    "name": name,
+                    "provider": state.config.provider,
+                    "up": state.up,
+                    "polled_once": state.polled_once,
+                    "last_success": state.last_success,
+                    "last_error": state.last_error,
+                    "last_error_reason": state.last_error_reason,
+                    "poll_interval": state.config.poll_interval,
+                    "stuck_after": state.config.stuck_after,
+                    "by_status": by_status,
+                    "total": len(state.jobs),
+                    "stuck": stuck,
+                    "awaiting": awaiting,
+                }
+            )
+        return self._render("index.html.j2", targets=targets, statuses=[str(s) for s in STATUSES], now=now)
+
+    async def jobs(self, request: Request) -> Response:
+        now = time.time()
+        params = request.query_params
+        want_target = params.get("target") or None
+        want_status = params.get("status") or None
+        want_stuck = (params.get("stuck") or "").lower() in ("1", "true", "yes")
+        want_awaiting = (params.get("awaiting_user") or "").lower() in ("1", "true", "yes")
+        problems = []
+        if want_status is not None and want_status not in STATUSES:
+            problems.append(f"status must be one of {', '.join(STATUSES)}")
+        targets = self.runtime.tracker.targets
+        if want_target is not None and want_target not in targets:
+            problems.append(f"no target is named {want_target}")
+        try:
+            page = max(1, int(params.get("page") or 1))
+        except ValueError:
+            page = 1
+        rows: list[JobRow] = []
+        if not problems:
+            for name, state in sorted(targets.items()):
+                if want_target is not None and name != want_target:
+                    continue
+                for t in state.jobs.values():
+                    if want_status is not None and t.job.status != want_status:
+                        continue
+                    stuck = is_stuck(state, t, now)
+                    if want_stuck and not stuck:
+                        continue
+                    if want_awaiting and not (t.job.awaiting_user and not t.job.status.terminal):
+                        continue
+                    rows.append(JobRow(name, t, stuck, cause_of(t)))
+        # Failures and stuck jobs first, then the most recently moved.
+        rows.sort(
+            key=lambda r: (r.tracked.job.status is not Status.FAILED, not r.stuck, -r.tracked.last_progress)
+        )
+        pages = max(1, -(-len(rows) // PAGE_SIZE))
+        page = min(page, pages)
+        shown = rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        filters = {
+            "target": want_target,
+            "status": want_status,
+            "stuck": "1" if want_stuck else None,
+            "awaiting_user": "1" if want_awaiting else None,
+        }
+        return self._render(
+            "jobs.html.j2",
+            status_code=404
+            if problems and want_target is not None and want_target not in targets
+            else (400 if problems else 200),
+            rows=shown,
+            total=len(rows),
+            page=page,
+            pages=pages,
+            filters=filters,
+            problems=problems,
+            target_names=sorted(targets),
+            statuses=[str(s) for s in STATUSES],
+            now=now,
+        )
+
+    def _find(self, state: TargetState, job_id: str) -> TrackedJob | None:
+        tracked = state.jobs.get(job_id)
+        if tracked is None:  # an id holding text that cannot travel in a URL was cleaned on the way
+            tracked = next((t for key, t in state.jobs.items() if _clean(key) == job_id), None)
+        return tracked
+
+    async def job(self, request: Request) -> Response:
+        now = time.time()
+        target, job_id = request.path_params["target"], request.path_params["job_id"]
+        state = self.runtime.tracker.targets.get(target)
+        tracked = self._find(state, job_id) if state is not None else None
+        if state is None or tracked is None:
+            what = f"target {target}" if state is None else f"job {job_id} on target {target}"
+            return self._render("missing.html.j2", status_code=404, what=what)
+        runner = self.runtime.scheduler.runners.get(target)
+        provider = (
+            runner.provider if runner is not None else PROVIDERS[state.config.provider](state.config.config)
+        )
+        link = provider.job_link(tracked.job.id)
+        steps = [
+            {
+                "name": s.name,
+                "status": str(s.status),
+                "reason": s.reason,
+                "message": s.message,
+                "duration": tracked.step_duration.get(s.name),
+            }
+            for s in tracked.job.steps
+        ]
+        return self._render(
+            "job.html.j2",
+            target=target,
+            state=state,
+            t=tracked,
+            job=tracked.job,
+            cause=cause_of(tracked),
+            stuck=is_stuck(state, tracked, now),
+            percent=tracked.job.effective_percent(),
+            steps=steps,
+            timeline=timeline(tracked.history, now),
+            link=link,
+            now=now,
+        )

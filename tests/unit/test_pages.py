@@ -1,0 +1,176 @@
+"""The pages for people: targets, the job list and one job, with every outside string escaped."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from exporter.config import build_settings
+from exporter.model import Job, Status, Step
+from exporter.pages import PAGE_SIZE
+from exporter.providers import PROVIDERS
+from exporter.providers.base import PollResult
+from exporter.runtime import Runtime
+from exporter.server import build_app
+
+HOSTILE_ID = "<script>alert(1)</script>\"'&x"
+HOSTILE_MESSAGE = "</td><script>alert('pwned')</script><img src=x onerror=alert(2)> \"quoted\" 'single'"
+SURROGATE_ID = "bad\ud800id"
+
+
+def runtime(tmp_path: object = None, token: str | None = None) -> Runtime:
+    data: dict[str, object] = {
+        "global": {"stuck_after": "10m"},
+        "targets": [
+            {"name": "basiq", "provider": "basiq", "base_url": "https://au-api.basiq.io"},
+            {
+                "name": "exports",
+                "provider": "generic",
+                "base_url": "https://api.example.com",
+                "job_path": "/v1/exports/{id}",
+            },
+        ],
+    }
+    settings = build_settings(data, PROVIDERS)
+    rt = Runtime(settings)
+    for t in settings.targets:
+        rt.tracker.set_target(settings.resolved(t))
+    return rt
+
+
+def failed_job(job_id: str, message: str = HOSTILE_MESSAGE) -> Job:
+    steps = (Step("verify-credentials", Status.FAILED, reason="invalid-credentials", message=message),)
+    return Job(
+        job_id,
+        Status.FAILED,
+        "failed",
+        "connection",
+        reason="invalid-credentials",
+        message=message,
+        steps=steps,
+    )
+
+
+def client(rt: Runtime) -> TestClient:
+    return TestClient(build_app(rt))
+
+
+def test_the_landing_page_shows_each_target_with_its_health_and_counts() -> None:
+    rt = runtime()
+    rt.tracker.track("basiq", Job("ok", Status.RUNNING, job_type="connection"), "discovered", now=1.0)
+    rt.tracker.track("basiq", failed_job("f1"), "discovered")
+    state = rt.tracker.targets["exports"]
+    state.polled_once, state.up, state.last_error = (
+        True,
+        False,
+        "GET https://api.example.com: connect refused",
+    )
+    page = client(rt).get("/").text
+    row = re.search(r'<tr data-target="basiq">(.*?)</tr>', page, re.S)
+    assert row is not None
+    assert 'href="/jobs?target=basiq&amp;status=failed">1</a>' in row.group(1)
+    assert 'href="/jobs?target=basiq&amp;stuck=1">1</a>' in row.group(1)  # running, no progress since 1970
+    assert "down" in page and "connect refused" in page
+
+
+def test_hostile_ids_and_messages_are_escaped_on_every_page() -> None:
+    rt = runtime()
+    rt.tracker.track("basiq", failed_job(HOSTILE_ID), "registered")
+    c = client(rt)
+    pages = [c.get("/").text, c.get("/jobs").text, c.get("/jobs?status=failed").text]
+    job_page = c.get("/jobs/basiq/" + "%3Cscript%3Ealert(1)%3C%2Fscript%3E%22'%26x")
+    assert job_page.status_code == 200
+    pages.append(job_page.text)
+    for page in pages:
+        assert "<script" not in page and "onerror=alert" not in page.replace("onerror=alert(2)&gt;", "")
+        assert "<img" not in page
+    assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in job_page.text
+    assert "&#34;quoted&#34;" in job_page.text
+
+
+def test_an_id_holding_a_lone_surrogate_renders_and_links_to_its_page() -> None:
+    rt = runtime()
+    rt.tracker.track("basiq", failed_job(SURROGATE_ID, message="m\udfffm"), "registered")
+    c = client(rt)
+    listing = c.get("/jobs")
+    assert listing.status_code == 200
+    href = re.search(r'href="(/jobs/basiq/[^"]+)"', listing.text)
+    assert href is not None
+    page = c.get(href.group(1))
+    assert page.status_code == 200 and "bad\ufffdid" in page.text and "m\ufffdm" in page.text
+
+
+def test_the_job_page_shows_status_reason_cause_message_records_and_the_timeline() -> None:
+    rt = runtime()
+    steps = (Step("export", Status.RUNNING),)
+    rt.tracker.track(
+        "exports", Job("e/1", Status.RUNNING, "working", "export", steps=steps), "registered", now=100.0
+    )
+    done = Job(
+        "e/1",
+        Status.FAILED,
+        "error",
+        "export",
+        reason="quota",
+        message="quota exceeded",
+        records_total=10,
+        records_failed=3,
+        steps=(Step("export", Status.FAILED),),
+    )
+    rt.tracker.apply("exports", PollResult(jobs=[done]), now=160.0)
+    page = client(rt).get("/jobs/exports/e/1").text
+    assert "quota exceeded" in page and ">quota<" in page
+    assert "total 10, affected —, failed 3" in page
+    timeline = re.search(r'<table id="timeline">(.*?)</table>', page, re.S)
+    assert timeline is not None
+    rows = re.findall(r"<tr><td>(.*?)</tr>", timeline.group(1), re.S)
+    assert len(rows) == 4  # job running, step running, job failed, step failed
+    assert "1m00s" in rows[0]  # running lasted from 100 to 160
+    assert 'href="https://api.example.com/v1/exports/e%2F1"' in page  # the provider's own link
+
+
+def test_the_job_list_filters_and_paginates() -> None:
+    rt = runtime()
+    for i in range(PAGE_SIZE + 5):
+        rt.tracker.track("basiq", Job(f"r{i}", Status.RUNNING), "discovered")
+    rt.tracker.track("exports", failed_job("x1", message="boom"), "discovered")
+    c = client(rt)
+    first = c.get("/jobs").text
+    assert f"{PAGE_SIZE + 6} job(s), page 1 of 2" in first
+    assert "boom" in first.split("</tr>")[1]  # failures come first, with their error text
+    assert 'rel="next"' in first and "r0" in first + c.get("/jobs?page=2").text
+    only_failed = c.get("/jobs?status=failed").text
+    assert "1 job(s)" in only_failed and "x1" in only_failed
+    assert "0 job(s)" in c.get("/jobs?target=exports&status=running").text
+
+
+@pytest.mark.parametrize(
+    ("url", "status"),
+    [
+        ("/jobs?status=bogus", 400),
+        ("/jobs?target=nope", 404),
+        ("/jobs/nope/1", 404),
+        ("/jobs/basiq/missing", 404),
+    ],
+)
+def test_bad_filters_and_unknown_jobs_say_so(url: str, status: int) -> None:
+    assert client(runtime()).get(url).status_code == status
+
+
+def test_the_pages_do_not_ask_for_the_api_token(tmp_path: object) -> None:
+    import pathlib
+
+    base = pathlib.Path(str(tmp_path))
+    (base / "token").write_text("t0ken\n")
+    data = {
+        "api": {"token_file": str(base / "token")},
+        "targets": [{"name": "basiq", "provider": "basiq", "base_url": "https://x"}],
+    }
+    settings = build_settings(data, PROVIDERS)
+    rt = Runtime(settings)
+    rt.tracker.set_target(settings.resolved(settings.targets[0]))
+    c = client(rt)
+    assert c.get("/").status_code == 200 and c.get("/jobs").status_code == 200
+    assert c.get("/api/v1/jobs").status_code == 401
