@@ -203,9 +203,11 @@ class Scheduler:
                     "error": "; ".join(result.bad_payloads[:5]),
                 },
             )
-        for seconds in stats.durations:
+        durations, stats.durations = stats.durations, []
+        for i, seconds in enumerate(durations, 1):
             state.poll_duration.observe(seconds)
-        stats.durations.clear()
+            if i % (APPLY_SLICE * 10) == 0:
+                await anyio.lowlevel.checkpoint()
         state.polled_once = True
         ok = stats.cycle_errors == 0
         state.up = ok
