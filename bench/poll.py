@@ -1,5 +1,7 @@
 """Poll: client-side CPU per job poll (request, parse, normalise, track, re-render) against a bare
-httpx GET + json.loads loop, both at the same concurrency against the same simulator subprocess."""
+httpx GET + json.loads loop, both at the same concurrency against the same simulator subprocess;
+and the first full poll of a large fleet (the scheduler's own cycle, cold: token, connections)
+beside a bare client's first pass over the same jobs."""
 
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ from exporter.fetch import TargetHttp
 from exporter.providers import PROVIDERS
 from exporter.providers.basiq import Basiq
 from exporter.render import Exposition
-from exporter.scheduler import placeholder
+from exporter.scheduler import Scheduler, TargetRunner, placeholder
 from exporter.tracker import Tracker
 
 TARGET = "basiq-bench"
+FULL_POLL_JOBS = 10_000  # the issue's fleet: its first full poll within 6 s
 
 
 def resolved(url: str, key_file: Path, concurrency: int) -> ResolvedTarget:
@@ -89,6 +92,70 @@ async def bare(client: httpx.AsyncClient, ids: list[str], concurrency: int) -> t
     return cpu, wall
 
 
+async def create_jobs(url: str, n: int, concurrency: int = 32) -> list[str]:
+    """Create n stuck Basiq jobs in the simulator, `concurrency` requests at a time."""
+    ids: list[str] = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def one(_: int) -> None:
+            r = await client.post(
+                "/_sim/jobs", json={"provider": "basiq", "scenario": "stuck", "fail_step": 1}
+            )
+            r.raise_for_status()
+            ids.append(str(r.json()["id"]))
+
+        limiter = anyio.CapacityLimiter(concurrency)
+
+        async def limited(i: int) -> None:
+            async with limiter:
+                await one(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(limited, i)
+    return ids
+
+
+async def first_full_poll(url: str, n_jobs: int, concurrency: int) -> dict[str, Any]:
+    """One cycle of the real scheduler over n_jobs never polled before (placeholders, as static
+    ids are at start), from a cold client; then a bare client's first pass over the same ids."""
+    ids = await create_jobs(url, n_jobs)
+    token = simulated.basiq_token(url)
+    with tempfile.TemporaryDirectory() as tmp:
+        target = resolved(url, simulated.api_key_file(Path(tmp)), concurrency)
+        tracker = Tracker()
+        Exposition(tracker, lambda: {})
+        tracker.set_target(target)
+        for jid in ids:
+            tracker.track(TARGET, placeholder(jid), "static")
+        runner = TargetRunner(target, Basiq(target.config), TargetHttp(target))
+        cpu, wall = time.process_time(), time.perf_counter()
+        try:
+            await Scheduler(tracker)._cycle(runner)
+        finally:
+            await runner.http.aclose()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        state = tracker.targets[TARGET]
+        polled = sum(t.polled for t in state.jobs.values())
+        if polled != n_jobs or not state.up:
+            raise RuntimeError(f"first full poll read {polled} of {n_jobs} jobs: {state.last_error}")
+    async with httpx.AsyncClient(
+        base_url=url,
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        timeout=30,
+    ) as client:
+        bare_cpu, bare_wall = await bare(client, ids, concurrency)
+    return {
+        "jobs": n_jobs,
+        "concurrency": concurrency,
+        "ours_wall_s": wall,
+        "ours_cpu_ms_per_poll": cpu / n_jobs * 1000,
+        "bare_wall_s": bare_wall,
+        "bare_cpu_ms_per_poll": bare_cpu / n_jobs * 1000,
+    }
+
+
 def sniffio_check() -> dict[str, Any]:
     """httpcore imports sniffio lazily on every request; without it that failed import is paid each time."""
     installed = importlib.util.find_spec("sniffio") is not None
@@ -131,6 +198,8 @@ async def measure(
                 apply_cpu.append(a / n_jobs)
                 our_wall.append(w)
             if profile is not None:
+                with profiles.profiled(profile, top=12):
+                    await bare(client, ids, concurrency)
                 with profiles.profiled(profile, top=20):
                     await ours(target, http, ids)
                 with profiles.profiled(profile, top=15, sort="cumulative", restrict="exporter/"):
@@ -154,9 +223,21 @@ async def measure(
 
 
 def run(
-    n_jobs: int = 2000, rounds: int = 3, concurrency: int = 16, profile: list[str] | None = None
+    n_jobs: int = 2000,
+    rounds: int = 3,
+    concurrency: int = 16,
+    profile: list[str] | None = None,
+    full_poll_jobs: int | None = None,
 ) -> dict[str, Any]:
+    """CPU rounds over n_jobs, then the first full poll of `full_poll_jobs` (unset: 5 times
+    n_jobs, at most FULL_POLL_JOBS: 10,000 for `make bench`, a few hundred in the smoke test)."""
+    if full_poll_jobs is None:
+        full_poll_jobs = min(FULL_POLL_JOBS, 5 * n_jobs)
     with simulated.simulator(step_seconds=600.0) as url:
         result = anyio.run(measure, url, n_jobs, rounds, concurrency, profile)
+    if full_poll_jobs:
+        # A simulator of its own: the first pass over jobs it has never been asked about.
+        with simulated.simulator(step_seconds=600.0) as url:
+            result["first_full_poll"] = anyio.run(first_full_poll, url, full_poll_jobs, concurrency)
     result["sniffio"] = sniffio_check()
     return result

@@ -39,6 +39,19 @@ def _env(flag: str, default: str | None) -> str | None:
     return os.environ.get("ASYNCJOB_" + flag.upper().replace(".", "_").replace("-", "_"), default)
 
 
+def _seconds(text: str) -> float:
+    """A positive Prometheus duration (`10s`, `500ms`) for a flag, in seconds."""
+    from exporter.config import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return seconds
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log.level",
@@ -130,6 +143,23 @@ def parser() -> argparse.ArgumentParser:
         help="serve POST /-/reload (behind the API token when one is set); SIGHUP always reloads",
     )
     p.add_argument(
+        "--web.read-header-timeout",
+        dest="read_header_timeout",
+        type=_seconds,
+        default=_env("web.read-header-timeout", "10s"),
+        metavar="DURATION",
+        help="close a connection whose request headers are not in within this time (default: 10s)",
+    )
+    p.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        type=int,
+        default=int(_env("web.max-connections", "512") or 512),
+        metavar="N",
+        help="open connections at most; past it the one waiting longest for its headers is closed "
+        "(default: 512)",
+    )
+    p.add_argument(
         "--shard",
         type=int,
         default=int(_env("shard", "0") or 0),
@@ -207,6 +237,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from exporter import commands, logs
+    from exporter.connections import ConnectionLimits
 
     logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     if args.command == "check-config":
@@ -215,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         return commands.run_simulate(args.listen, args.step_seconds, args.trickle, args.seed)
     if args.command == "demo":
         return commands.run_demo(args.listen, args.sim_listen, args.step_seconds, args.trickle)
+    if args.max_connections < 1:
+        print("--web.max-connections must be at least 1", file=sys.stderr)
+        return 2
     if not 0 <= args.shard < args.total_shards:
         print("--shard must be between 0 and --total-shards - 1", file=sys.stderr)
         return 2
@@ -233,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         lifecycle=args.enable_lifecycle,
         telemetry_path=args.telemetry_path,
         exporter_metrics=not args.disable_exporter_metrics,
+        limits=ConnectionLimits(args.read_header_timeout, args.max_connections),
     )
 
 

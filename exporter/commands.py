@@ -14,6 +14,7 @@ import anyio
 
 from exporter import __version__
 from exporter.config import ConfigError, Settings, build_settings, load_settings
+from exporter.connections import ConnectionLimits
 from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
 from exporter.server import ListenError, Server, build_app
@@ -64,9 +65,10 @@ async def serve_exporter(
     middleware: Any = None,
     lifecycle: bool = False,
     telemetry_path: str = "/metrics",
+    limits: ConnectionLimits | None = None,
 ) -> None:
     app = build_app(runtime, middleware, lifecycle=lifecycle, telemetry_path=telemetry_path)
-    server = Server(app, address, ssl)
+    server = Server(app, address, ssl, limits)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_signals, runtime, [server], tg.cancel_scope)
         tg.start_soon(runtime.run)
@@ -85,6 +87,7 @@ def run_exporter(
     lifecycle: bool = False,
     telemetry_path: str = "/metrics",
     exporter_metrics: bool = True,
+    limits: ConnectionLimits | None = None,
 ) -> int:
     try:
         settings = load_settings(config_file, PROVIDERS)
@@ -116,7 +119,9 @@ def run_exporter(
     except Exception as e:  # a broken state file must say so, not trace back
         print(f"state_file: {e}", file=sys.stderr)
         return 2
-    return _run(serve_exporter, runtime, address, web.ssl, web.middleware(), lifecycle, telemetry_path)
+    return _run(
+        serve_exporter, runtime, address, web.ssl, web.middleware(), lifecycle, telemetry_path, limits
+    )
 
 
 def run_simulate(address: str, step_seconds: float, trickle: float, seed: int | None) -> int:

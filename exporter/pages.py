@@ -141,7 +141,7 @@ class Pages:
                     "polled_once": state.polled_once,
                     "last_success": state.last_success,
                     "last_error": state.last_error,
-                    "last_error_reason": getattr(state, "last_error_reason", ""),
+                    "last_error_reason": state.last_error_reason,
                     "poll_interval": state.config.poll_interval,
                     "stuck_after": state.config.stuck_after,
                     "by_status": by_status,

@@ -203,9 +203,11 @@ class Scheduler:
                     "error": "; ".join(result.bad_payloads[:5]),
                 },
             )
-        for seconds in stats.durations:
+        durations, stats.durations = stats.durations, []
+        for i, seconds in enumerate(durations, 1):
             state.poll_duration.observe(seconds)
-        stats.durations.clear()
+            if i % (APPLY_SLICE * 10) == 0:
+                await anyio.lowlevel.checkpoint()
         state.polled_once = True
         ok = stats.cycle_errors == 0
         state.up = ok
@@ -213,7 +215,8 @@ class Scheduler:
             state.last_success = time.time()
             runner.failures = 0
         else:
-            state.last_error = stats.last_error
+            state.last_error = stats.last_error if request_errors else result.bad_payloads[0]
+            state.last_error_reason = stats.last_reason if request_errors else "bad_body"
             # Back off only when nothing got through: a few failing jobs are not an outage.
             if stats.cycle_errors >= stats.cycle_requests:
                 runner.failures += 1

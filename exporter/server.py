@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from exporter.connections import ConnectionLimits, guarded_h11, log_accept_errors_once_per_burst
 from exporter.model import STATUSES
 from exporter.pages import Pages
 from exporter.parsing import JsonTooDeep, load_json
@@ -228,11 +229,18 @@ class ListenError(OSError):
 class Server:
     """uvicorn serving an ASGI app inside our task group; signals are ours to handle."""
 
-    def __init__(self, app: Any, address: str, ssl: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        address: str,
+        ssl: dict[str, Any] | None = None,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
         import uvicorn
 
         host, port = parse_listen_address(address)
         self.address = address
+        limits = limits or ConnectionLimits()
 
         class _Quiet(uvicorn.Server):
             def capture_signals(self) -> Any:  # the exporter handles SIGTERM/SIGINT/SIGHUP
@@ -249,6 +257,7 @@ class Server:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=2,
+            http=guarded_h11(limits.header_timeout, limits.max_connections),
             **(ssl or {}),
         )
         self._server = _Quiet(config)
@@ -262,6 +271,9 @@ class Server:
         return 0
 
     async def serve(self) -> None:
+        import asyncio
+
+        log_accept_errors_once_per_burst(asyncio.get_running_loop())
         try:
             await self._server.serve()
         except SystemExit:  # uvicorn exits when it cannot bind; say so in our words

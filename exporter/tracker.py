@@ -110,6 +110,7 @@ class TargetState:
     polled_once: bool = False
     last_success: float | None = None
     last_error: str = ""
+    last_error_reason: str = ""  # timeout, connect, http_4xx, …, bad_body: as asyncjob_poll_errors_total
     poll_duration: Histogram = field(default_factory=lambda: Histogram(POLL_DURATION_BUCKETS))
 
 

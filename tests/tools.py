@@ -38,3 +38,32 @@ def load_script(module_name: str, relative_path: str) -> ModuleType:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def require_chromium() -> str:
+    """Debian's chromium (apt-get install chromium), driven by Playwright without a browser download.
+
+    Missing, it fails when CI is set (scripts/install-test-deps installs it) and skips elsewhere.
+    """
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        path = None
+    if path:
+        return path
+    message = "chromium or playwright is missing (apt-get install chromium; pip install -e '.[test]')"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI is set, so this check must run")
+    pytest.skip(f"{message}; set CI=1 to make this a failure")

@@ -174,15 +174,14 @@ async def fetch_each(
     """The common case: one GET per job. 404 → gone; unreadable bodies count as bad_body."""
     result = PollResult()
 
-    async def one(job_id: str) -> Job:
-        body = await http.get_json(path_for(job_id))
-        return parse(body)
-
-    for job_id, outcome in await gather(ids, one, http.concurrency):
-        if isinstance(outcome, Job):
-            result.jobs.append(outcome)
-        elif isinstance(outcome, NotFound):
+    # Each answer is sorted as it comes, so no pass over every job follows the fetch.
+    async def one(job_id: str) -> None:
+        try:
+            result.jobs.append(parse(await http.get_json(path_for(job_id))))
+        except NotFound:
             result.gone.append(job_id)
-        elif isinstance(outcome, BadPayload):
-            result.bad_payloads.append(f"job {job_id}: {outcome}")
+        except BadPayload as e:
+            result.bad_payloads.append(f"job {job_id}: {e}")
+
+    await gather(ids, one, http.concurrency)
     return result
