@@ -392,7 +392,11 @@ class Tracker:
         for job in result.jobs:
             if job.id in state.jobs:
                 self.update(state, job, now)
-            elif job.id not in state.tombstones:
+            elif job.id in state.tombstones:
+                # Still listed: remembered for as long as the provider keeps listing it.
+                del state.tombstones[job.id]
+                state.tombstones[job.id] = now
+            else:
                 with contextlib.suppress(CapReached):  # counted as dropped{reason="cap"}
                     self._add(state, job, "discovered", now)
         for old_id, new_id in result.replaced.items():
@@ -431,7 +435,8 @@ class Tracker:
         tracked = state.jobs.pop(job_id)
         _tally(state, tracked, -1)
         state.agg.dropped[reason] += 1
-        if reason in ("retention", "gone", "rerun"):
+        # Remembered so discovery does not bring the job back; "deleted" is an API DELETE.
+        if reason in ("retention", "gone", "rerun", "deleted"):
             state.tombstones.pop(job_id, None)  # to the end: the dict stays oldest first
             state.tombstones[job_id] = time.time()
         self._notify_removed(state, job_id)
