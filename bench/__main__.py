@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import changes, detection, machine, memory, poll, registration, report, scrape
+from bench import auth, changes, detection, machine, memory, poll, registration, report, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -46,6 +46,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[Log], Any]]] = [
         "registrations at concurrency 64 while 10,000 jobs are polled, against bare Starlette",
         lambda log: registration.run(log=log),
     ),
+    ("auth", "authenticated scrapes during a wrong-password flood", lambda log: auth.run(log=log)),
 ]
 NAMES = tuple(name for name, _, _ in BENCHMARKS)
 

@@ -207,12 +207,25 @@ def test_oxlin_queue_syncs_connections_channels_and_consent(tmp_path: Path) -> N
         create_job(sim, "oxlin", scenario="fail", connection="9002")
         create_job(sim, "oxlin", scenario="partial", connection="9003")
         create_job(sim, "oxlin", scenario="mfa", connection="9004")
+        # Its last event never reaches the queue: the connection's status ends it.
+        create_job(sim, "oxlin", scenario="success", connection="9005", missed_final=True)
+        # Events that name no channel: the resource tells which channels still run.
+        create_job(sim, "oxlin", scenario="fail", connection="9006", channel_field=False)
         secrets = write_secrets(tmp_path)
         target = oxlin_target(sim.url, secrets, queues=["20"], connections=["9001"])
         with exporter(tmp_path, config(target)) as exp:
             ok = wait_for(lambda: sync_of(exp, "9001", "succeeded"), what="sync of 9001 succeeded")
             bad = wait_for(lambda: sync_of(exp, "9002", "failed"), what="sync of 9002 failed")
-            wait_for(lambda: sync_of(exp, "9003", "succeeded"), what="partial sync of 9003")
+            partial = wait_for(lambda: sync_of(exp, "9003", "succeeded"), what="partial sync of 9003")
+            missed = wait_for(lambda: sync_of(exp, "9005", "succeeded"), what="sync of 9005 closed")
+            unnamed = wait_for(lambda: sync_of(exp, "9006", "failed"), what="sync of 9006 failed")
+            # One sync over two channels is one job: none ended early with the first channel.
+            for conn in ("9001", "9002", "9003", "9005", "9006"):
+                assert [s for st in ("running", "succeeded", "failed") for s in syncs_of(exp, conn, st)] == [
+                    sync_of(exp, conn, "succeeded") or sync_of(exp, conn, "failed")
+                ], conn
+            assert exp.value("asyncjob_job_error_info", job_id=partial, reason="partial") is None
+            assert exp.value("asyncjob_job_error_info", job_id=unnamed, reason="auth_failed") == 1
             assert exp.value("asyncjob_job_error_info", job_id=bad, reason="auth_failed") == 1
             assert exp.value("asyncjob_job_awaiting_user", job_id=bad) == 1
             assert exp.value("asyncjob_job_awaiting_user", job_id=ok) == 0
@@ -254,9 +267,12 @@ def test_oxlin_queue_syncs_connections_channels_and_consent(tmp_path: Path) -> N
                 for name, labels, value in exp.samples()
                 if name == "asyncjob_queue_events_total" and labels.get("queue") == "20"
             }
-            assert events["SYNC_STARTED"] == 4
-            assert events["SYNC_ALL_SUCCESS"] == 2
-            assert events["AUTH_FAILED"] == 1
+            # Each channel sends its own: 6 syncs over 2 channels; REDIRECT ends first, with
+            # success, in every sync but the lapsed consent's (9004); 9005's last never comes.
+            assert events["SYNC_STARTED"] == 12
+            assert events["SYNC_ALL_SUCCESS"] == 2 + 1 + 2 + 1 + 1 + 1
+            assert events["AUTH_FAILED"] == 2
+            assert missed is not None
 
             # A new synchronisation of a connection is a new job.
             token = httpx.post(

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench import changes, detection, machine, memory, poll, registration, report, scrape
+from bench import auth, changes, detection, machine, memory, poll, registration, report, scrape
 
 
 def quiet(_: str) -> None:
@@ -74,3 +74,12 @@ def test_registration_compares_the_cli_with_bare_starlette_while_it_polls() -> N
     assert r["state_file_bytes"] > 0
     text = "\n".join(report.registration_body(r))
     assert "bare Starlette" in text and len(report.registration_targets(r)) == 3
+
+
+@pytest.mark.e2e
+def test_auth_scrapes_with_credentials_while_a_flood_is_refused() -> None:
+    r = auth.run(flood=4, seconds=1.0, cost=4, every=0.1, timing_samples=2, log=quiet)
+    assert r["alone"]["n"] > 0 and r["flooded"]["n"] > 0  # every scrape answered 200
+    assert r["flood_answers"] > 0
+    assert report.targets({"auth": r})[0]["what"].startswith("authenticated /metrics p99")
+    assert "## Basic auth under a wrong-password flood" in "\n".join(auth.body(r))
