@@ -42,8 +42,6 @@ log = logging.getLogger("asyncjob.state")
 RETRY_FIRST, RETRY_MAX = 0.25, 2.0
 # How often the WAL is copied into the file (in a worker thread).
 CHECKPOINT_INTERVAL = 1.0
-# A registration waits this long for its commit before it is answered 503.
-COMMIT_TIMEOUT = 10.0
 
 # Each entry migrates the schema from version i to i+1.
 MIGRATIONS: tuple[str, ...] = (
@@ -501,19 +499,17 @@ class Store:
                 self._checkpointer.close()
                 self._checkpointer = None
 
-    async def committed(self, timeout: float = COMMIT_TIMEOUT) -> None:
+    async def committed(self) -> None:
         """Return once every change made so far is committed; StateUnwritable when a write
-        attempt fails first, or nothing is committed within `timeout`."""
+        attempt fails first. No timeout: the writer commits on the event loop, so a round
+        ends within a turn of the loop (a disk that stalls a write stalls the loop too)."""
         want = self._changes
-        with anyio.move_on_after(timeout):
-            while self._durable < want:
-                if self._round is None:
-                    self._round = anyio.Event()
-                await self._round.wait()
-                if self._durable < want and self.error is not None:
-                    raise StateUnwritable(self.error)
-            return
-        raise StateUnwritable(f"not committed within {timeout:g}s")
+        while self._durable < want:
+            if self._round is None:
+                self._round = anyio.Event()
+            await self._round.wait()
+            if self._durable < want and self.error is not None:
+                raise StateUnwritable(self.error)
 
     def metrics_text(self) -> bytes:
         return state_metrics_text(self.write_errors, self.pending_writes)
