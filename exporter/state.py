@@ -162,7 +162,9 @@ class Store:
         self._cursors: dict[JobKey, str] = {}
         self._uncheckpointed = 0
         self._checkpointer: sqlite3.Connection | None = None
-        self._unchanged: set[int] = set()  # restored jobs, as they are in the file
+        # Restored jobs, as they are in the file: their first notice (the tracker taking them in)
+        # is not a change. Held by reference, so no new job can reuse an id of theirs.
+        self._unchanged: dict[int, TrackedJob] = {}
         self._restored: dict[str, list[TrackedJob]] = {}
         self._restored_tombstones: dict[str, dict[str, float]] = {}
         try:
@@ -302,7 +304,7 @@ class Store:
         name = state.config.name
         state.tombstones.update(self._restored_tombstones.pop(name, {}))
         jobs = self._restored.pop(name, [])
-        self._unchanged.update(id(t) for t in jobs)
+        self._unchanged.update((id(t), t) for t in jobs)
         return jobs
 
     def cursors(self, target: str) -> dict[str, str]:
@@ -332,9 +334,8 @@ class Store:
             self._changed()
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
-        if self._unchanged and id(tracked) in self._unchanged:
-            self._unchanged.discard(id(tracked))  # handed back by restore: the file has it
-            return
+        if self._unchanged and self._unchanged.pop(id(tracked), None) is tracked:
+            return  # handed back by restore: the file has it
         with self._lock:
             self._pending.jobs[(state.config.name, tracked.job.id)] = tracked
             self._changed()
@@ -357,6 +358,7 @@ class Store:
     def _take(self) -> tuple[Batch, list[tuple[str, str]]]:
         """Everything pending, as the statements that write it; the jobs are serialised here, on
         the caller's thread (the event loop, the only one changing them)."""
+        self._unchanged.clear()  # restored jobs the tracker did not take in (a cap, a duplicate)
         with self._lock:
             batch, self._pending = self._pending, Batch(upto=self._changes)
             self._inflight = len(batch)

@@ -81,7 +81,7 @@ class Assembler:
     since the last assembly is reused whole (the common case: a poll moves a few families)."""
 
     def __init__(self) -> None:
-        self.columns: list[tuple[tuple[Block, ...], bytes, int, int]] = []
+        self.columns: list[tuple[tuple[Block, ...], tuple[bytes, ...], int, int]] = []
         self.lock = threading.Lock()  # the background assembly runs in a worker thread
 
     def assemble(
@@ -89,7 +89,8 @@ class Assembler:
     ) -> JobPart:
         with self.lock:
             crc = size = 0
-            parts, columns = [], []
+            parts: list[bytes] = []
+            columns = []
             by_family = zip(*snapshot, strict=True) if snapshot else ((),) * len(HEADER_BLOCKS)
             for i, (header, column) in enumerate(zip(HEADER_BLOCKS, by_family, strict=True)):
                 if i < len(self.columns) and self.columns[i][0] == column:
@@ -97,7 +98,7 @@ class Assembler:
                 else:
                     cached = (column, *concat((header, *column)))
                 columns.append(cached)
-                parts.append(cached[1])
+                parts += cached[1]
                 crc = combine(crc, cached[2], cached[3])
                 size += cached[3]
             self.columns = columns
