@@ -137,15 +137,17 @@ class JobSeries:
         group = where.get(job_id)
         if group is None:
             roomy = self.roomy.setdefault(name, {})
-            group = next(iter(roomy), None)
-            if group is None:
+            # popitem takes the last entry for good; `del` would leave a hole that later
+            # look-ups from the front walk over.
+            if roomy:
+                group = roomy.popitem()[0]
+            else:
                 group = Group(state)
                 self.groups.setdefault(name, {})[group] = None
-                roomy[group] = None
             where[job_id] = group
             group.jobs[job_id] = tracked
-            if len(group.jobs) >= GROUP_SIZE:
-                del roomy[group]
+            if len(group.jobs) < GROUP_SIZE:
+                roomy[group] = None
         else:
             group.jobs[job_id] = tracked
         group.state = state
