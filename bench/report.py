@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench import auth
+
 KIB = 1024
 
 # Targets (issue "Fast while it polls"), each checked against a figure of the same run.
@@ -414,6 +416,7 @@ SECTIONS: list[Section] = [
     Section("memory", memory_body, memory_targets),
     Section("poll", poll_body, poll_targets),
     Section("detection", detection_body, detection_targets),
+    Section("auth", auth.body, auth.targets),
 ]
 
 

@@ -69,3 +69,26 @@ def test_a_base_url_with_credentials_is_refused_without_repeating_them(tmp_path:
         assert r.returncode == 2
         assert "targets[0](name=t).base_url: must not hold credentials" in r.stderr
         assert "hunter2pw" not in r.stdout + r.stderr and "ops:" not in r.stdout + r.stderr
+
+
+def test_the_issues_hostile_bodies_leave_the_process_alive_and_metrics_valid(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    cfg = {"targets": [{"name": "t", "provider": "willsuite", "base_url": "http://127.0.0.1:9", "jobs": []}]}
+    with exporter(tmp_path, cfg, wait_ready=False) as exp:
+        wait_for(lambda: exp.api("GET", "/healthz").status_code == 200, what="up")
+        as_json = {"Content-Type": "application/json"}
+        attacks = [
+            (b'{"id":"a\\ud800b"}', 422),
+            (b'{"id":"a\\nb"}', 422),
+            (b'{"id":"x","y":' + b"[" * 1000 + b"]" * 1000 + b"}", 422),
+            (b'{"id":"ok-1","status":"processing","message":"\\ud800","type":"\\udfff"}', 202),
+            (b'{"id":"ok-2","total_records":1e999,"effected_records":NaN}', 202),
+        ]
+        for body, status in attacks:
+            r = exp.api("POST", "/api/v1/targets/t/jobs", content=body, headers=as_json)
+            assert r.status_code == status, (body[:40], r.status_code, r.text)
+        assert exp.popen.poll() is None
+        families = list(text_string_to_metric_families(exp.metrics()))
+        job_ids = {s.labels.get("job_id") for f in families for s in f.samples}
+        assert {"ok-1", "ok-2"} <= job_ids

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench import changes, detection, machine, memory, poll, report, scrape
+from bench import auth, changes, detection, machine, memory, poll, report, scrape
 
 
 def quiet(_: str) -> None:
@@ -63,3 +63,12 @@ def test_poll_compares_the_exporter_with_a_bare_client_against_the_simulator() -
 def test_detection_sees_a_failed_job_in_metrics() -> None:
     r = detection.run(jobs=1, poll_interval=0.5, step_seconds=0.2, timeout=30)
     assert len(r["latencies_s"]) == 1
+
+
+@pytest.mark.e2e
+def test_auth_scrapes_with_credentials_while_a_flood_is_refused() -> None:
+    r = auth.run(flood=4, seconds=1.0, cost=4, every=0.1, timing_samples=2, log=quiet)
+    assert r["alone"]["n"] > 0 and r["flooded"]["n"] > 0  # every scrape answered 200
+    assert r["flood_answers"] > 0
+    assert report.targets({"auth": r})[0]["what"].startswith("authenticated /metrics p99")
+    assert "## Basic auth under a wrong-password flood" in "\n".join(auth.body(r))
