@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mixin import boards, promtests, rules
-from mixin.config import CONFIG, Config
+from exporter.mixin import boards, promtests, rules
+from exporter.mixin.config import CONFIG, Config
 
 REPO = Path(__file__).resolve().parent.parent
 RULES_PATH = "alerts/asyncjob.rules.yml"
