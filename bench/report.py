@@ -224,14 +224,15 @@ def changes_body(c: dict[str, Any]) -> list[str]:
 
 def memory_targets(mem: dict[str, Any]) -> list[Row]:
     rows = []
+    extra = mem["history"]["extra_bytes"]
     for m in mem["sizes"]:
         if "bytes_per_job" in m:
-            per = m["bytes_per_job"]
+            per = m["bytes_per_job"] + extra
             rows.append(
                 row(
-                    f"RSS per job while polling, {m['from_jobs']:,} to {m['jobs']:,} jobs",
+                    f"RSS per job while polling, {m['from_jobs']:,} to {m['jobs']:,} jobs, with a full history",
                     f"{per / KIB:.2f} KiB",
-                    f"RSS at {m['from_jobs']:,} jobs",
+                    f"measured {m['bytes_per_job'] / KIB:.2f} KiB + {extra:,} B of history",
                     f"{per / MEMORY_MAX_BYTES_PER_JOB:.2f}x the target",
                     "<= 4 KiB",
                     per <= MEMORY_MAX_BYTES_PER_JOB,
@@ -295,7 +296,12 @@ def memory_body(mem: dict[str, Any]) -> list[str]:
         "Once every job was answered, and two intervals more, a scraper in a third process asks for",
         f"`/metrics` (gzip) and `/healthz` for {mem['seconds']:g} s while the exporter's VmRSS is read every",
         "0.5 s (median kept). Memory per job is the RSS growth from the size before, everything running:",
-        "tracker, exposition, scheduler, HTTP pool, and whatever history the tracker keeps per job.",
+        "tracker, exposition, scheduler, HTTP pool, and the history each job holds.",
+        "",
+        f"The jobs here stay at their first step, so each history holds {mem['history']['entries_first']}",
+        f"transitions; a full one holds {mem['history']['entries_full']}. The summary adds what the",
+        f"difference holds ({mem['history']['extra_bytes']:,} B: the list's slots and a float per",
+        "transition, step names interned), measured with `exporter.history.observe` in this process.",
         "",
         *_table(
             [
@@ -535,10 +541,28 @@ def render(r: dict[str, Any], command: str) -> str:
     for section in SECTIONS:
         if section.key in r:
             lines += ["", *section.body(r[section.key])]
-    if r.get("notes"):
-        lines += ["", "## Notes", "", *r["notes"]]
+    notes = [*_machine_note(m), *r.get("notes", [])]
+    if notes:
+        lines += ["", "## Reading the figures", "", *notes]
     if r.get("profiles"):
         lines += ["", "## Profiles", ""]
         for title, text in r["profiles"].items():
             lines += [f"### {title}", "", *_code(text), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _machine_note(m: dict[str, Any]) -> list[str]:
+    """Say so when other work held more CPUs than the machine has: latencies then include waits
+    for a CPU, and the exporter, the simulator and the scraper shared what was left."""
+    try:
+        load = float(str(m["load_average_at_start"]).split()[0])
+    except (KeyError, ValueError, IndexError):
+        return []
+    if load <= (m.get("nproc") or 1):
+        return []
+    return [
+        f"The run started with a load average of {load:g} on {m['nproc']} CPUs: more runnable work than",
+        "CPUs before the benchmark began. Latency figures then include waits for a CPU that no change",
+        "in the exporter removes, and the exporter, the simulator and the scraper share what is left;",
+        "baselines measured in the same run are slowed alike, which the ratios keep.",
+    ]
