@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import auth, changes, detection, machine, memory, poll, report, scrape
+from bench import auth, changes, detection, machine, memory, poll, registration, report, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -41,6 +41,11 @@ BENCHMARKS: list[tuple[str, str, Callable[[Log], Any]]] = [
     ("memory", "1,000, 10,000 and 50,000 jobs polled by the CLI", lambda log: memory.run(log=log)),
     ("poll", "2,000 jobs against the simulator", lambda log: poll.run(n_jobs=2000, rounds=3)),
     ("detection", "failures to /metrics", _detection),
+    (
+        "registration",
+        "registrations at concurrency 64 while 10,000 jobs are polled, against bare Starlette",
+        lambda log: registration.run(log=log),
+    ),
     ("auth", "authenticated scrapes during a wrong-password flood", lambda log: auth.run(log=log)),
 ]
 NAMES = tuple(name for name, _, _ in BENCHMARKS)

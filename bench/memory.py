@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import itertools
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from bench import fleet, scraper
+from bench import fleet, scraper, synthetic
+from exporter.history import HISTORY_MAX, observe
+from exporter.model import Status
 
 
 def measure(n_jobs: int, seconds: float, settle: float, log: Callable[[str], None]) -> dict[str, Any]:
@@ -37,6 +41,42 @@ def measure(n_jobs: int, seconds: float, settle: float, log: Callable[[str], Non
     }
 
 
+def _interned(s: str) -> bool:
+    return sys.intern(str(s.encode().decode())) is s
+
+
+def history_bytes(history: list[Any]) -> int:
+    """Bytes a job's history holds of its own: the list, its floats, and step names unless
+    interned (shared by every job); statuses are shared enum members."""
+    own = {
+        id(v): v
+        for v in history
+        if isinstance(v, float) or (isinstance(v, str) and not isinstance(v, Status) and not _interned(v))
+    }
+    return sys.getsizeof(history) + sum(sys.getsizeof(v) for v in own.values())
+
+
+def full_history_extra() -> dict[str, Any]:
+    """What a full history (HISTORY_MAX transitions) holds beyond the one a job polled in this
+    benchmark has (its first observation): added to the measured RSS growth per job."""
+    first: list[Any] = []
+    job = synthetic.running_job(synthetic.job_id(0))
+    observe(first, None, job, synthetic.T0)
+    full: list[Any] = []
+    observe(full, None, job, synthetic.T0)
+    n = 0
+    while len(full) < 3 * HISTORY_MAX:
+        n += 1
+        name = synthetic.STEPS[n % len(synthetic.STEPS)].encode().decode()  # each poll parses its own
+        step = replace(job.steps[1], name=name, status=(Status.RUNNING, Status.PENDING)[n % 2])
+        observe(full, job, replace(job, steps=(job.steps[0], step, job.steps[2])), synthetic.T0 + n)
+    return {
+        "entries_first": len(first) // 3,
+        "entries_full": len(full) // 3,
+        "extra_bytes": history_bytes(full) - history_bytes(first),
+    }
+
+
 def run(
     sizes: tuple[int, ...] = (1000, 10_000, 50_000),
     seconds: float = 10.0,
@@ -48,4 +88,9 @@ def run(
     for before, after in itertools.pairwise(measured):
         after["bytes_per_job"] = (after["rss_bytes"] - before["rss_bytes"]) / (after["jobs"] - before["jobs"])
         after["from_jobs"] = before["jobs"]
-    return {"sizes": measured, "poll_interval_s": fleet.POLL_INTERVAL, "seconds": seconds}
+    return {
+        "sizes": measured,
+        "poll_interval_s": fleet.POLL_INTERVAL,
+        "seconds": seconds,
+        "history": full_history_extra(),
+    }

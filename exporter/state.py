@@ -42,8 +42,7 @@ log = logging.getLogger("asyncjob.state")
 RETRY_FIRST, RETRY_MAX = 0.25, 2.0
 # How often the WAL is copied into the file (in a worker thread).
 CHECKPOINT_INTERVAL = 1.0
-# A registration waits this long for its commit before it is answered 503.
-COMMIT_TIMEOUT = 10.0
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 # Each entry migrates the schema from version i to i+1.
 MIGRATIONS: tuple[str, ...] = (
@@ -164,7 +163,9 @@ class Store:
         self._cursors: dict[JobKey, str] = {}
         self._uncheckpointed = 0
         self._checkpointer: sqlite3.Connection | None = None
-        self._unchanged: set[int] = set()  # restored jobs, as they are in the file
+        # Restored jobs, as they are in the file: their first notice (the tracker taking them in)
+        # is not a change. Held by reference, so no new job can reuse an id of theirs.
+        self._unchanged: dict[int, TrackedJob] = {}
         self._restored: dict[str, list[TrackedJob]] = {}
         self._restored_tombstones: dict[str, dict[str, float]] = {}
         try:
@@ -200,6 +201,8 @@ class Store:
             db.execute("PRAGMA synchronous=NORMAL")
             # Checkpoints (which fsync) run on another connection, in a worker thread.
             db.execute("PRAGMA wal_autocheckpoint=0")
+            # After a busy spell the WAL is cut back to this size once it is copied in.
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self._migrate(db)
         except BaseException:
             db.close()
@@ -304,7 +307,7 @@ class Store:
         name = state.config.name
         state.tombstones.update(self._restored_tombstones.pop(name, {}))
         jobs = self._restored.pop(name, [])
-        self._unchanged.update(id(t) for t in jobs)
+        self._unchanged.update((id(t), t) for t in jobs)
         return jobs
 
     def cursors(self, target: str) -> dict[str, str]:
@@ -334,9 +337,8 @@ class Store:
             self._changed()
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
-        if self._unchanged and id(tracked) in self._unchanged:
-            self._unchanged.discard(id(tracked))  # handed back by restore: the file has it
-            return
+        if self._unchanged and self._unchanged.pop(id(tracked), None) is tracked:
+            return  # handed back by restore: the file has it
         with self._lock:
             self._pending.jobs[(state.config.name, tracked.job.id)] = tracked
             self._changed()
@@ -359,6 +361,7 @@ class Store:
     def _take(self) -> tuple[Batch, list[tuple[str, str]]]:
         """Everything pending, as the statements that write it; the jobs are serialised here, on
         the caller's thread (the event loop, the only one changing them)."""
+        self._unchanged.clear()  # restored jobs the tracker did not take in (a cap, a duplicate)
         with self._lock:
             batch, self._pending = self._pending, Batch(upto=self._changes)
             self._inflight = len(batch)
@@ -501,19 +504,17 @@ class Store:
                 self._checkpointer.close()
                 self._checkpointer = None
 
-    async def committed(self, timeout: float = COMMIT_TIMEOUT) -> None:
+    async def committed(self) -> None:
         """Return once every change made so far is committed; StateUnwritable when a write
-        attempt fails first, or nothing is committed within `timeout`."""
+        attempt fails first. No timeout: the writer commits on the event loop, so a round
+        ends within a turn of the loop (a disk that stalls a write stalls the loop too)."""
         want = self._changes
-        with anyio.move_on_after(timeout):
-            while self._durable < want:
-                if self._round is None:
-                    self._round = anyio.Event()
-                await self._round.wait()
-                if self._durable < want and self.error is not None:
-                    raise StateUnwritable(self.error)
-            return
-        raise StateUnwritable(f"not committed within {timeout:g}s")
+        while self._durable < want:
+            if self._round is None:
+                self._round = anyio.Event()
+            await self._round.wait()
+            if self._durable < want and self.error is not None:
+                raise StateUnwritable(self.error)
 
     def metrics_text(self) -> bytes:
         return state_metrics_text(self.write_errors, self.pending_writes)

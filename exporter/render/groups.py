@@ -81,7 +81,7 @@ class Assembler:
     since the last assembly is reused whole (the common case: a poll moves a few families)."""
 
     def __init__(self) -> None:
-        self.columns: list[tuple[tuple[Block, ...], bytes, int, int]] = []
+        self.columns: list[tuple[tuple[Block, ...], tuple[bytes, ...], int, int]] = []
         self.lock = threading.Lock()  # the background assembly runs in a worker thread
 
     def assemble(
@@ -89,7 +89,8 @@ class Assembler:
     ) -> JobPart:
         with self.lock:
             crc = size = 0
-            parts, columns = [], []
+            parts: list[bytes] = []
+            columns = []
             by_family = zip(*snapshot, strict=True) if snapshot else ((),) * len(HEADER_BLOCKS)
             for i, (header, column) in enumerate(zip(HEADER_BLOCKS, by_family, strict=True)):
                 if i < len(self.columns) and self.columns[i][0] == column:
@@ -97,7 +98,7 @@ class Assembler:
                 else:
                     cached = (column, *concat((header, *column)))
                 columns.append(cached)
-                parts.append(cached[1])
+                parts += cached[1]
                 crc = combine(crc, cached[2], cached[3])
                 size += cached[3]
             self.columns = columns
@@ -136,15 +137,17 @@ class JobSeries:
         group = where.get(job_id)
         if group is None:
             roomy = self.roomy.setdefault(name, {})
-            group = next(iter(roomy), None)
-            if group is None:
+            # popitem takes the last entry for good; `del` would leave a hole that later
+            # look-ups from the front walk over.
+            if roomy:
+                group = roomy.popitem()[0]
+            else:
                 group = Group(state)
                 self.groups.setdefault(name, {})[group] = None
-                roomy[group] = None
             where[job_id] = group
             group.jobs[job_id] = tracked
-            if len(group.jobs) >= GROUP_SIZE:
-                del roomy[group]
+            if len(group.jobs) < GROUP_SIZE:
+                roomy[group] = None
         else:
             group.jobs[job_id] = tracked
         group.state = state

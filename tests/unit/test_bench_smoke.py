@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench import auth, changes, detection, machine, memory, poll, report, scrape
+from bench import auth, changes, detection, machine, memory, poll, registration, report, scrape
 
 
 def quiet(_: str) -> None:
@@ -63,6 +63,17 @@ def test_poll_compares_the_exporter_with_a_bare_client_against_the_simulator() -
 def test_detection_sees_a_failed_job_in_metrics() -> None:
     r = detection.run(jobs=1, poll_interval=0.5, step_seconds=0.2, timeout=30)
     assert len(r["latencies_s"]) == 1
+
+
+@pytest.mark.e2e
+def test_registration_compares_the_cli_with_bare_starlette_while_it_polls() -> None:
+    r = registration.run(n_jobs=20, poll_interval=1, registrations=200, concurrency=8, scrape_every=0.1)
+    assert r["bare"]["statuses"] == {"202": 200} and r["exporter"]["statuses"] == {"202": 200}
+    assert r["exporter"]["server_cpu_us_per_request"] > 0 and r["metrics"]["scrapes"] > 0
+    assert r["poll_requests_during"] > 0  # a poll cycle of the polled jobs met the registrations
+    assert r["state_file_bytes"] > 0
+    text = "\n".join(report.registration_body(r))
+    assert "bare Starlette" in text and len(report.registration_targets(r)) == 3
 
 
 @pytest.mark.e2e

@@ -168,6 +168,25 @@ def test_queue_events_count_once_their_cursor_is_committed(tmp_path: Path) -> No
     store.close()
 
 
+def test_restored_jobs_are_not_written_again_until_they_change(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    tracker.track("t", Job("a", Status.RUNNING), "registered", now=1)
+    tracker.track("t", Job("b", Status.RUNNING), "registered", now=1)
+    store.close()
+
+    tracker, store = tracker_with_store(path)
+    assert set(tracker.targets["t"].jobs) == {"a", "b"} and store.pending_writes == 0
+    tracker.track("t", Job("b", Status.SUCCEEDED), "registered", now=2)
+    tracker.track("t", Job("c", Status.PENDING), "registered", now=2)
+    assert store.pending_writes == 2
+    store.close()
+    tracker, store = tracker_with_store(path)
+    jobs = tracker.targets["t"].jobs
+    assert set(jobs) == {"a", "b", "c"} and jobs["b"].job.status is Status.SUCCEEDED
+    store.close()
+
+
 # --- write failures are loud and lossless ----------------------------------------------
 
 
