@@ -1,77 +1,96 @@
-"""Memory: resident set per tracked job, each size in a fresh interpreter
-(`python -m bench.memory N` prints one JSON line).
-
-Baseline: VmRSS after every import. Then N jobs are tracked, rendered and scraped once (so the
-per-group caches exist, as in a running exporter), and VmRSS is read again.
-"""
+"""Memory and latency while polling: the real CLI polls N running Basiq jobs of the simulator
+(each in its own process) every 2 s. Once every job was answered and a few cycles more went
+by, a scraper in a third process asks for /metrics and /healthz for a while, and the exporter's
+RSS is read meanwhile. Memory per job is the RSS growth between two fleet sizes."""
 
 from __future__ import annotations
 
-import gc
-import json
-import subprocess
+import itertools
+import statistics
 import sys
-from pathlib import Path
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import fleet, scraper, synthetic
+from exporter.history import HISTORY_MAX, observe
+from exporter.model import Status
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def breakdown(fleet: Any) -> dict[str, int]:
-    """Bytes held by the renderer's caches (objects included): only compressed members."""
-    gz = 0
-    for groups in fleet.exposition.jobs.groups.values():
-        for g in groups:
-            gz += sum(sys.getsizeof(b.data) for b in g.blocks or ())
-    return {"group_gzip_members": gz}
-
-
-def measure(n_jobs: int) -> dict[str, Any]:
-    from bench import synthetic
-
-    ids = [synthetic.job_id(i) for i in range(n_jobs)]  # the ids exist in any exporter: not counted
-    gc.collect()
-    before = rss_bytes()
-    fleet = synthetic.fleet(ids)
-    fleet.exposition.render(gz=True)  # a first scrape fills each group's caches
-    gc.collect()
-    after = rss_bytes()
-    caches = breakdown(fleet)
+def measure(n_jobs: int, seconds: float, settle: float, log: Callable[[str], None]) -> dict[str, Any]:
+    with fleet.simulated(n_jobs) as f, fleet.polling_exporter(f) as (exp, first_poll_s):
+        log(f"  memory: {n_jobs:,} jobs all answered after {first_poll_s:.1f} s")
+        time.sleep(settle)
+        proc = scraper.in_own_process(exp.url, seconds)
+        rss = []
+        while proc.poll() is None:
+            rss.append(fleet.rss_bytes(exp.popen.pid))
+            time.sleep(0.5)
+        lat = scraper.result(proc, timeout=60)
+        rss.append(fleet.rss_bytes(exp.popen.pid))
     return {
         "jobs": n_jobs,
-        "rss_before_bytes": before,
-        "rss_after_bytes": after,
-        "bytes_per_job": (after - before) / n_jobs,
-        "renderer_bytes_per_job": {k: v / n_jobs for k, v in caches.items()},
+        "all_answered_s": first_poll_s,
+        "rss_bytes": statistics.median(rss),
+        "rss_max_bytes": max(rss),
+        "metrics": scraper.percentiles(lat["metrics"]),
+        "healthz": scraper.percentiles(lat["healthz"]),
+        "body_bytes": lat["body_bytes"],
+        "content_encoding": lat["content_encoding"],
     }
 
 
-def in_fresh_process(n_jobs: int) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.memory", str(n_jobs)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+def _interned(s: str) -> bool:
+    return sys.intern(str(s.encode().decode())) is s
 
 
-def run(sizes: tuple[int, ...] = (10_000, 50_000)) -> dict[str, Any]:
-    return {"sizes": [in_fresh_process(n) for n in sizes]}
+def history_bytes(history: list[Any]) -> int:
+    """Bytes a job's history holds of its own: the list, its floats, and step names unless
+    interned (shared by every job); statuses are shared enum members."""
+    own = {
+        id(v): v
+        for v in history
+        if isinstance(v, float) or (isinstance(v, str) and not isinstance(v, Status) and not _interned(v))
+    }
+    return sys.getsizeof(history) + sum(sys.getsizeof(v) for v in own.values())
 
 
-if __name__ == "__main__":
-    import bench.synthetic  # noqa: F401  (imported before the baseline reading, with all it imports)
+def full_history_extra() -> dict[str, Any]:
+    """What a full history (HISTORY_MAX transitions) holds beyond the one a job polled in this
+    benchmark has (its first observation): added to the measured RSS growth per job."""
+    first: list[Any] = []
+    job = synthetic.running_job(synthetic.job_id(0))
+    observe(first, None, job, synthetic.T0)
+    full: list[Any] = []
+    observe(full, None, job, synthetic.T0)
+    n = 0
+    while len(full) < 3 * HISTORY_MAX:
+        n += 1
+        name = synthetic.STEPS[n % len(synthetic.STEPS)].encode().decode()  # each poll parses its own
+        step = replace(job.steps[1], name=name, status=(Status.RUNNING, Status.PENDING)[n % 2])
+        observe(full, job, replace(job, steps=(job.steps[0], step, job.steps[2])), synthetic.T0 + n)
+    return {
+        "entries_first": len(first) // 3,
+        "entries_full": len(full) // 3,
+        "extra_bytes": history_bytes(full) - history_bytes(first),
+    }
 
-    print(json.dumps(measure(int(sys.argv[1]))))
+
+def run(
+    sizes: tuple[int, ...] = (1000, 10_000, 50_000),
+    seconds: float = 10.0,
+    settle: float = 2 * fleet.POLL_INTERVAL,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Each size in a fresh simulator and exporter; per job = RSS growth from the size before."""
+    measured = [measure(n, seconds, settle, log) for n in sizes]
+    for before, after in itertools.pairwise(measured):
+        after["bytes_per_job"] = (after["rss_bytes"] - before["rss_bytes"]) / (after["jobs"] - before["jobs"])
+        after["from_jobs"] = before["jobs"]
+    return {
+        "sizes": measured,
+        "poll_interval_s": fleet.POLL_INTERVAL,
+        "seconds": seconds,
+        "history": full_history_extra(),
+    }

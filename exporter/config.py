@@ -39,6 +39,15 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def _without_credentials(url: str) -> str:
+    """`url`, refused when it holds user:password@: those would travel in clear and be printed
+    wherever the URL is (logs, check-config); the message does not repeat them."""
+    authority = url.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in authority:
+        raise ValueError("must not hold credentials (user:password@host); put them in auth")
+    return url
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from a Prometheus-style duration (`500ms`, `30s`, `5m`, `1h30m`) or a number of seconds."""
     if isinstance(value, bool):
@@ -69,7 +78,15 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 
 
+# Directory of the config file being validated: relative `*_file` paths are read from there, as
+# Prometheus reads the files its config names.
+_CONFIG_DIR: ContextVar[Path | None] = ContextVar("asyncjob_config_dir", default=None)
+
+
 def _readable_file(path: str) -> str:
+    base = _CONFIG_DIR.get()
+    if base is not None and not Path(path).is_absolute():
+        path = str(base / path)
     p = Path(path)
     try:
         with p.open("rb"):
@@ -176,6 +193,11 @@ class AuthConfig(_Strict):
     token_body: Literal["form", "json"] = "form"
     token_params: dict[str, str] = Field(default_factory=dict)
     scope: str | None = None
+
+    @field_validator("token_url")
+    @classmethod
+    def _token_url(cls, v: str | None) -> str | None:
+        return None if v is None else _without_credentials(v)
 
     @model_validator(mode="after")
     def _needs(self) -> AuthConfig:
@@ -346,7 +368,7 @@ class TargetConfig(_Strict):
     def _url(cls, v: str) -> str:
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("must be an http:// or https:// URL")
-        return v.rstrip("/")
+        return _without_credentials(v).rstrip("/")
 
     @field_validator("timezone")
     @classmethod
@@ -626,5 +648,10 @@ def build_settings(data: Mapping[str, Any], providers: Registry) -> Settings:
 
 
 def load_settings(path: str | os.PathLike[str] | None, providers: Registry) -> Settings:
+    """Read and validate a config file; its relative `*_file` paths are read from its directory."""
     data = load_yaml(path) if path else {}
-    return build_settings(data, providers)
+    token = _CONFIG_DIR.set(Path(path).resolve().parent if path else None)
+    try:
+        return build_settings(data, providers)
+    finally:
+        _CONFIG_DIR.reset(token)

@@ -7,6 +7,7 @@ kept, then the latest. Pages and the API read it as a timeline.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +36,8 @@ def observe(history: History, old: Job | None, new: Job, now: float) -> None:
     for step in new.steps:
         was = before.get(step.name)
         if was != step.status and not (was is None and step.status is Status.PENDING):
-            _append(history, (now, step.name, step.status))
+            # One string per step name for every job (each poll parses its own copy).
+            _append(history, (now, sys.intern(step.name), step.status))
 
 
 def _append(history: History, entry: Transition) -> None:

@@ -80,9 +80,9 @@ def _environment() -> jinja2.Environment:
 
 
 def cause_of(tracked: TrackedJob) -> str | None:
-    """Who must act on a failed job, when the tracker or the provider's answer says."""
-    cause = getattr(tracked, "cause", None) or tracked.job.cause
-    return str(cause) if cause is not None else None
+    """Who must act on a failed job, as the tracker resolved it (the target's cause_map, the
+    answer, the provider's map)."""
+    return str(tracked.cause) if tracked.cause is not None and tracked.job.status is Status.FAILED else None
 
 
 def is_stuck(state: TargetState, tracked: TrackedJob, now: float) -> bool:

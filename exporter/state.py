@@ -1,17 +1,22 @@
 """Durable state in SQLite: tracked jobs with their last snapshot, progress stamps and
 counted-once marks, tombstones, and provider cursors (Oxlin queues).
 
-The store is a tracker listener. Changes wait in memory until a writer (a worker thread,
-so the event loop never waits on the disk) commits everything pending in one transaction
-(group commit), then wakes whoever waits for it: a registration is acknowledged, and a
-counter increment becomes visible on /metrics, only once the change behind it is
-committed. A write that fails keeps its changes pending and is retried; the error is
-logged once per change of error, counted, and makes /readyz answer 503.
+The store is a tracker listener. Changes wait in memory until the writer commits everything
+pending in one transaction (group commit: all changes made while the event loop served other
+requests), then wakes whoever waits for it: a registration is acknowledged, and a counter
+increment becomes visible on /metrics, only once the change behind it is committed. A write
+that fails keeps its changes pending and is retried; the error is logged once per change of
+error, counted, and makes /readyz answer 503.
 
 Durability: WAL with `synchronous=NORMAL`. A commit is in the WAL, through the kernel,
 before anyone hears of it, so it survives `kill -9` and any crash of the process; an
 operating-system crash or power loss may roll back the last commits (never corrupt the
 file), as the WAL is not synced at every commit.
+
+Where the work runs: a commit is a WAL append into the page cache (tens of microseconds for
+a batch), made on the event loop; handing it to a worker thread costs two thread switches a
+round, which on a busy machine took longer than the commit itself (5-150 ms each, measured:
+docs/benchmarks.md). Checkpoints, which fsync, run on their own connection in a worker thread.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ log = logging.getLogger("asyncjob.state")
 
 # Waits between attempts while the state cannot be written.
 RETRY_FIRST, RETRY_MAX = 0.25, 2.0
-# A registration waits this long for its commit before it is answered 503.
-COMMIT_TIMEOUT = 10.0
+# How often the WAL is copied into the file (in a worker thread).
+CHECKPOINT_INTERVAL = 1.0
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 # Each entry migrates the schema from version i to i+1.
 MIGRATIONS: tuple[str, ...] = (
@@ -62,6 +68,17 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _UNWRITABLE = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_PERM")
 
 _TRACKED = TypeAdapter(TrackedJob)
+
+# A batch's rows go to SQLite as one JSON array per statement: one step each, not one a row.
+_WRITES = (
+    "INSERT INTO jobs (target, job_id, data) SELECT value ->> 0, value ->> 1, value ->> 2 "
+    "FROM json_each(?) WHERE true ON CONFLICT(target, job_id) DO UPDATE SET data = excluded.data",
+    "DELETE FROM jobs WHERE (target, job_id) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))",
+    "INSERT OR REPLACE INTO tombstones (target, job_id, at) "
+    "SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)",
+    "INSERT OR REPLACE INTO cursors (target, name, value) "
+    "SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)",
+)
 
 
 class StateError(Exception):
@@ -144,6 +161,11 @@ class Store:
         self._wake: anyio.Event | None = None
         self._round: anyio.Event | None = None
         self._cursors: dict[JobKey, str] = {}
+        self._uncheckpointed = 0
+        self._checkpointer: sqlite3.Connection | None = None
+        # Restored jobs, as they are in the file: their first notice (the tracker taking them in)
+        # is not a change. Held by reference, so no new job can reuse an id of theirs.
+        self._unchanged: dict[int, TrackedJob] = {}
         self._restored: dict[str, list[TrackedJob]] = {}
         self._restored_tombstones: dict[str, dict[str, float]] = {}
         try:
@@ -177,6 +199,10 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL: a commit survives the process dying (kill -9), not power loss.
             db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints (which fsync) run on another connection, in a worker thread.
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            # After a busy spell the WAL is cut back to this size once it is copied in.
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self._migrate(db)
         except BaseException:
             db.close()
@@ -280,7 +306,9 @@ class Store:
         """Jobs saved for `state`'s target; each is handed out once."""
         name = state.config.name
         state.tombstones.update(self._restored_tombstones.pop(name, {}))
-        return self._restored.pop(name, [])
+        jobs = self._restored.pop(name, [])
+        self._unchanged.update((id(t), t) for t in jobs)
+        return jobs
 
     def cursors(self, target: str) -> dict[str, str]:
         return {name: v for (t, name), v in self._cursors.items() if t == target}
@@ -309,6 +337,8 @@ class Store:
             self._changed()
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
+        if self._unchanged and self._unchanged.pop(id(tracked), None) is tracked:
+            return  # handed back by restore: the file has it
         with self._lock:
             self._pending.jobs[(state.config.name, tracked.job.id)] = tracked
             self._changed()
@@ -328,40 +358,34 @@ class Store:
         return len(self._pending) + self._inflight
 
     # --- writing -----------------------------------------------------------------------
-    def _take(self) -> tuple[Batch, list[tuple[str, str, str]]]:
-        """Everything pending, with the jobs serialised as they are now (on the caller's thread:
-        the event loop, which is the only one changing them)."""
+    def _take(self) -> tuple[Batch, list[tuple[str, str]]]:
+        """Everything pending, as the statements that write it; the jobs are serialised here, on
+        the caller's thread (the event loop, the only one changing them)."""
+        self._unchanged.clear()  # restored jobs the tracker did not take in (a cap, a duplicate)
         with self._lock:
             batch, self._pending = self._pending, Batch(upto=self._changes)
             self._inflight = len(batch)
-        rows = [(t, j, tracked_to_json(tr)) for (t, j), tr in batch.jobs.items() if tr is not None]
-        return batch, rows
+        upserts = [(t, j, tracked_to_json(tr)) for (t, j), tr in batch.jobs.items() if tr is not None]
+        deletes = [k for k, tr in batch.jobs.items() if tr is None]
+        tombs = [(t, j, at) for (t, j), at in batch.tombstones.items()]
+        cursors = [(t, n, v) for (t, n), v in batch.cursors.items()]
+        statements = [
+            (sql, json.dumps(rows))
+            for sql, rows in zip(_WRITES, (upserts, deletes, tombs, cursors), strict=True)
+            if rows
+        ]
+        return batch, statements
 
-    def _commit(self, batch: Batch, rows: list[tuple[str, str, str]]) -> None:
-        """One transaction (on the writer's thread). On an error the connection is dropped, so the
+    def _commit(self, statements: list[tuple[str, str]]) -> None:
+        """One transaction. On an error the connection is dropped, so the
         next attempt opens the file again (a mount made writable again, a freed disk)."""
         db = self._db
         try:
             if db is None:
                 db = self._db = self._connect()
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT INTO jobs (target, job_id, data) VALUES (?, ?, ?) "
-                "ON CONFLICT(target, job_id) DO UPDATE SET data = excluded.data",
-                rows,
-            )
-            db.executemany(
-                "DELETE FROM jobs WHERE target = ? AND job_id = ?",
-                [k for k, tr in batch.jobs.items() if tr is None],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO tombstones (target, job_id, at) VALUES (?, ?, ?)",
-                [(t, j, at) for (t, j), at in batch.tombstones.items()],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO cursors (target, name, value) VALUES (?, ?, ?)",
-                [(t, n, v) for (t, n), v in batch.cursors.items()],
-            )
+            for sql, rows in statements:
+                db.execute(sql, (rows,))
             db.execute("COMMIT")
         except sqlite3.Error:
             if db is not None:
@@ -406,12 +430,12 @@ class Store:
     def flush(self) -> int:
         """Write what is pending (in the calling thread). Returns changes written; raises
         sqlite3.Error with the changes still pending."""
-        batch, rows = self._take()
+        batch, statements = self._take()
         if not len(batch) and not batch.held:
             self._done(batch)
             return 0
         try:
-            self._commit(batch, rows)
+            self._commit(statements)
         except sqlite3.Error as e:
             self._put_back(batch)
             self._failed(e, self.pending_writes)
@@ -419,64 +443,86 @@ class Store:
         self._done(batch)
         return len(batch)
 
-    async def _flush_in_thread(self) -> bool:
-        batch, rows = self._take()
+    def _write_round(self) -> bool:
+        """Commit everything pending, then wake the waiters of this round: committed, or told
+        why not. On the event loop: a WAL append into the page cache, no fsync."""
+        batch, statements = self._take()
         try:
-            await anyio.to_thread.run_sync(self._commit, batch, rows)
+            self._commit(statements)
         except sqlite3.Error as e:
             self._put_back(batch)
             self._failed(e, self.pending_writes)
             ok = False
-        except BaseException:  # cancelled at shutdown: written or not, it is written again
-            self._put_back(batch)
-            raise
         else:
             self._done(batch)
+            self._uncheckpointed += 1
             ok = True
-        # Wake the waiters of this round: committed, or told why not.
         if self._round is not None:
             self._round.set()
         self._round = anyio.Event()
         return ok
 
     async def run(self) -> None:
-        """The writer: commit whatever is pending as soon as the previous commit is done; while
-        writes fail, retry with a growing pause. One last commit on the way out."""
+        """The writer: commit whatever is pending, many changes a transaction (all those made
+        while the event loop was busy elsewhere); while writes fail, retry with a growing pause.
+        Checkpoints run beside it in a worker thread. One last commit on the way out."""
         self._wake = anyio.Event()
         self._round = self._round or anyio.Event()
         retry = RETRY_FIRST
         try:
-            while True:
-                if not len(self._pending) and not self._pending.held and self.error is None:
-                    await self._wake.wait()
-                self._wake = anyio.Event()
-                if await self._flush_in_thread():
-                    retry = RETRY_FIRST
-                else:
-                    await anyio.sleep(retry)
-                    retry = min(RETRY_MAX, retry * 2)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._checkpoints)
+                while True:
+                    if not len(self._pending) and not self._pending.held and self.error is None:
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+                    if self._write_round():
+                        retry = RETRY_FIRST
+                        await anyio.sleep(0)  # let the waiters and new changes in
+                    else:
+                        await anyio.sleep(retry)
+                        retry = min(RETRY_MAX, retry * 2)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._flush_in_thread()
+            self._write_round()
 
-    async def committed(self, timeout: float = COMMIT_TIMEOUT) -> None:
+    async def _checkpoints(self) -> None:
+        """Copy the WAL into the file now and then, off the event loop (a checkpoint fsyncs)."""
+        while True:
+            await anyio.sleep(CHECKPOINT_INTERVAL)
+            if self._uncheckpointed:
+                self._uncheckpointed = 0
+                await anyio.to_thread.run_sync(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as e:  # the WAL keeps the data; the next checkpoint tries again
+            log.debug("state checkpoint failed", extra={"path": self.path, "error": _describe(e)})
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
+
+    async def committed(self) -> None:
         """Return once every change made so far is committed; StateUnwritable when a write
-        attempt fails first, or nothing is committed within `timeout`."""
+        attempt fails first. No timeout: the writer commits on the event loop, so a round
+        ends within a turn of the loop (a disk that stalls a write stalls the loop too)."""
         want = self._changes
-        with anyio.move_on_after(timeout):
-            while self._durable < want:
-                if self._round is None:
-                    self._round = anyio.Event()
-                await self._round.wait()
-                if self._durable < want and self.error is not None:
-                    raise StateUnwritable(self.error)
-            return
-        raise StateUnwritable(f"not committed within {timeout:g}s")
+        while self._durable < want:
+            if self._round is None:
+                self._round = anyio.Event()
+            await self._round.wait()
+            if self._durable < want and self.error is not None:
+                raise StateUnwritable(self.error)
 
     def metrics_text(self) -> bytes:
         return state_metrics_text(self.write_errors, self.pending_writes)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         try:
             self.flush()
         except sqlite3.Error as e:

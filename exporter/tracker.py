@@ -172,7 +172,7 @@ def _tally(state: TargetState, tracked: TrackedJob, delta: int) -> None:
         state.agg.by_status[(tracked.job.job_type, tracked.job.status)] += delta
 
 
-def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float) -> None:
+def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float | None) -> None:
     agg.finished[(job.job_type, job.status)] += 1
     if job.status is Status.FAILED:
         agg.failed[(job.job_type, job.reason or "unknown", cause)] += 1
@@ -180,7 +180,8 @@ def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float) ->
     hist = agg.job_duration.get(key)
     if hist is None:
         hist = agg.job_duration[key] = Histogram(JOB_DURATION_BUCKETS)
-    hist.observe(duration)
+    if duration is not None:
+        hist.observe(duration)
     if job.records_total is not None:
         agg.records_processed[job.job_type] += job.records_total
     if job.records_failed is not None:
@@ -380,10 +381,15 @@ class Tracker:
         tracked.counted = True
         if tracked.is_history:
             return
-        start = _first(job.started, job.created, tracked.first_seen)
+        start = job.started if job.started is not None else job.created
         end = _first(job.finished, now)
+        # A job first seen already finished, with no start of its own, has no duration to tell.
+        first_sight = tracked.seen_terminal_at == tracked.first_seen
+        duration = (
+            None if start is None and first_sight else max(0.0, end - _first(start, tracked.first_seen))
+        )
         cause = tracked.cause or Cause.UNKNOWN
-        self.hold(partial(_count_finished, state.agg, job, cause, max(0.0, end - start)))
+        self.hold(partial(_count_finished, state.agg, job, cause, duration))
 
     def apply(self, name: str, result: PollResult, now: float | None = None) -> None:
         """Fold one poll cycle's answers into the target's state."""
@@ -392,7 +398,11 @@ class Tracker:
         for job in result.jobs:
             if job.id in state.jobs:
                 self.update(state, job, now)
-            elif job.id not in state.tombstones:
+            elif job.id in state.tombstones:
+                # Still listed: remembered for as long as the provider keeps listing it.
+                del state.tombstones[job.id]
+                state.tombstones[job.id] = now
+            else:
                 with contextlib.suppress(CapReached):  # counted as dropped{reason="cap"}
                     self._add(state, job, "discovered", now)
         for old_id, new_id in result.replaced.items():
@@ -403,11 +413,9 @@ class Tracker:
                 state.agg.reruns[(new or old).job.job_type or old.job.job_type] += 1
             if old_id == new_id:
                 if old is not None:
-                    # The rerun kept its id (AIMS360 may): the same job runs again, and its
-                    # next outcome is counted as the first one was.
+                    # The rerun kept its id (AIMS360 may): the same job runs again (back to
+                    # queued, its next outcome counted as the first one was: _on_terminal).
                     old.reruns += 1
-                    old.counted = False
-                    old.seen_terminal_at = None
                     self._changed(state, old)
                 continue
             if new is not None and old is not None:
@@ -431,7 +439,8 @@ class Tracker:
         tracked = state.jobs.pop(job_id)
         _tally(state, tracked, -1)
         state.agg.dropped[reason] += 1
-        if reason in ("retention", "gone", "rerun"):
+        # Remembered so discovery does not bring the job back; "deleted" is an API DELETE.
+        if reason in ("retention", "gone", "rerun", "deleted"):
             state.tombstones.pop(job_id, None)  # to the end: the dict stays oldest first
             state.tombstones[job_id] = time.time()
         self._notify_removed(state, job_id)

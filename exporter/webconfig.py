@@ -321,6 +321,7 @@ class BasicAuthMiddleware:
                 "headers": [
                     (b"www-authenticate", b'Basic realm="asyncjob-exporter"'),
                     (b"content-type", b"text/plain"),
+                    (b"content-length", b"13"),
                 ],
             }
         )

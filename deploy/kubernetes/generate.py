@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "dashboards"))
+sys.path.insert(0, str(REPO))
 
-from mixin.rules import dump_yaml  # noqa: E402  (the same YAML as the rule file it wraps)
+from exporter.mixin.rules import dump_yaml  # noqa: E402  (the same YAML as the rule file it wraps)
 
 SOURCE = REPO / "alerts" / "asyncjob.rules.yml"
 OUTPUT = REPO / "deploy" / "kubernetes" / "rules" / "prometheusrule.yaml"

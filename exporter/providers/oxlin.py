@@ -2,33 +2,53 @@
 tracked as jobs, and connections polled through `GET /connections/{id}`.
 
 A synchronisation job's id is `<connection id>:<epoch of its first event>`: stable across
-polls and restarts, and unique per sync of a connection. A sync starts with the first sync
-event of its connection (or a RUNNING resource) and ends with SYNC_ALL_SUCCESS (succeeded;
-PARTIAL_SUCCESS adds reason "partial"), a failure event such as AUTH_FAILED, or a FAILED
-resource status.
+polls and restarts, and unique per sync of a connection. A sync runs across the connection's
+channels (EMBEDDED scraping, REDIRECT PSD2), each sending its own events named by the event's
+top-level `channel_definition_id`. The sync starts with the first sync event of its connection
+(or a RUNNING resource) and ends when every channel that started has ended: all with
+SYNC_ALL_SUCCESS (succeeded; PARTIAL_SUCCESS adds reason "partial"), else failed with the first
+failure event (AUTH_FAILED, ...) or the FAILED resource status as its reason. Events that name no
+channel are read through the resource: the sync ends at a final event once no channel of
+`resource.channels[]` runs. When the final event is never read, the connection's own status
+closes the sync: SUCCESS, PARTIAL_SUCCESS or FAILED with every started channel's
+`last_end_date` at or after the sync's start. A sync first seen at its end has no known start,
+hence no duration.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from exporter.config import TargetConfig
 from exporter.fetch import NotFound, PollError
-from exporter.model import Channel, Connection, Job, Status
+from exporter.model import Cause, Channel, Connection, Job, Status
 from exporter.parsing import bounded_label, bounded_reason, parse_timestamp, text_id
 from exporter.providers.base import BadPayload, Http, PollResult, Provider, gather, segment
 
 JOB_TYPE = "synchronisation"
 SUCCESS_EVENTS = frozenset({"SYNC_ALL_SUCCESS", "PARTIAL_SUCCESS", "SYNC_PARTIAL_SUCCESS"})
+FINAL_STATUSES = frozenset({"SUCCESS", "PARTIAL_SUCCESS", "FAILED"})
 # Keys an object holding a queue's events may use.
 EVENT_LISTS = ("events", "data", "items", "results", "value")
+# Cursor names that hold the end of a connection's last closed sync, not a queue's position.
+CLOSED_PREFIX = "closed:"
+
+# Who must act on a failed sync. AUTH_FAILED is documented as the channel's authentication
+# failing: the end user's credentials. A bare FAILED status says nothing of its cause.
+CAUSES: Mapping[str, Cause] = {"auth_failed": Cause.USER}
+RUNNING, SUCCEEDED, PARTIAL, FAILED = "running", "succeeded", "partial", "failed"
 
 
 def is_failure(event_type: str) -> bool:
     return event_type.endswith(("_FAILED", "_FAILURE", "_ERROR"))
+
+
+def is_consent_failure(event_type: str) -> bool:
+    """A failure about the PSD2 consent or its strong authentication: only the end user can renew it."""
+    return is_failure(event_type) and ("CONSENT" in event_type or "SCA" in event_type)
 
 
 def events_of(body: Any) -> list[Any]:
@@ -73,7 +93,8 @@ class EventKey:
         return (self.number if self.number is not None else -1, self.date)
 
     def text(self) -> str:
-        return f"{'' if self.number is None else self.number}@{self.date:g}"
+        # repr: a float's exact text (`:g` would keep six digits of an epoch).
+        return f"{'' if self.number is None else self.number}@{self.date!r}"
 
     @classmethod
     def parse(cls, text: str) -> EventKey:
@@ -97,7 +118,7 @@ def parse_connection(resource: Any) -> Connection:
         channels.append(
             Channel(
                 id=str(text_id(ch.get("channel_definition_id"))),
-                status=str(ch.get("status") or ""),
+                status=str(ch.get("status") or "").upper(),
                 last_success=parse_timestamp(ch.get("last_success_date")),
                 last_end=parse_timestamp(ch.get("last_end_date")),
                 expires=parse_timestamp(ch.get("expires")),
@@ -123,18 +144,37 @@ class OpenSync:
     """A connection's synchronisation seen started and not yet ended."""
 
     id: str
-    started: float
+    started: float | None  # None: first seen at its end, its start unknown
     job: Job | None = None
+    # Each channel seen taking part: running, succeeded, partial or failed.
+    channels: dict[str, str] = field(default_factory=dict)
+    failure: str | None = None  # the first failure event's type
+    # The connection was seen final once: the queue gets one more read to bring the final event
+    # (and its reason: AUTH_FAILED is the end user's) before the connection's status closes it.
+    final_seen: bool = False
+
+    def outcome(self, conn: Connection, event_type: str = "") -> tuple[Status, str | None]:
+        """(status, reason) of the sync once it has ended."""
+        if self.failure is not None or FAILED in self.channels.values() or conn.status == "FAILED":
+            return Status.FAILED, bounded_reason(self.failure or "failed")
+        partial = (
+            PARTIAL in self.channels.values() or conn.status == "PARTIAL_SUCCESS" or "PARTIAL" in event_type
+        )
+        return Status.SUCCEEDED, "partial" if partial else None
 
 
 class Oxlin(Provider):
     name = "oxlin"
     config_keys: ClassVar[frozenset[str]] = frozenset({"queues", "connections"})
+    causes: ClassVar[Mapping[str, Cause]] = CAUSES
+    known_reasons = ("auth_failed", "failed")
 
     def __init__(self, target: TargetConfig) -> None:
         super().__init__(target)
         self._cursors: dict[str, EventKey] = {}
         self._open: dict[str, OpenSync] = {}  # connection id -> its running sync
+        # connection id -> when its last sync ended: later-read events up to then are about it.
+        self._closed: dict[str, float] = {}
         self._known: dict[str, None] = dict.fromkeys(target.connections)  # connections to poll, in order
 
     @classmethod
@@ -148,12 +188,17 @@ class Oxlin(Provider):
         return []  # syncs are found in queues, never configured
 
     def cursors(self) -> dict[str, str]:
-        return {queue: key.text() for queue, key in self._cursors.items()}
+        out = {queue: key.text() for queue, key in self._cursors.items()}
+        out.update({f"{CLOSED_PREFIX}{conn}": repr(at) for conn, at in self._closed.items()})
+        return out
 
     def restore_cursors(self, cursors: dict[str, str]) -> None:
-        for queue, text in cursors.items():
+        for name, text in cursors.items():
             try:
-                self._cursors[queue] = EventKey.parse(text)
+                if name.startswith(CLOSED_PREFIX):
+                    self._closed[name.removeprefix(CLOSED_PREFIX)] = float(text)
+                else:
+                    self._cursors[name] = EventKey.parse(text)
             except ValueError:
                 continue  # an unreadable cursor only means events may be read again
 
@@ -167,43 +212,101 @@ class Oxlin(Provider):
         """Fold one CONNECTION event into its connection's sync; the sync's job, or None."""
         event_type = str(event.get("event_type") or "").upper()
         at = parse_timestamp(event.get("creation_date")) or now
-        failed = is_failure(event_type) or conn.status == "FAILED"
-        succeeded = not failed and event_type in SUCCESS_EVENTS
+        channel = text_id(event.get("channel_definition_id"))
+        failed = is_failure(event_type)
+        final = failed or event_type in SUCCESS_EVENTS or conn.status == "FAILED"
         sync = self._open.get(conn.id)
+        first = sync is None
         if sync is None:
-            if not (failed or succeeded or event_type.startswith("SYNC") or conn.status == "RUNNING"):
+            if at <= self._closed.get(conn.id, float("-inf")):
+                return None  # about a sync already closed (by its connection's status)
+            if not (final or event_type.startswith("SYNC") or conn.status == "RUNNING"):
                 return None  # news about the connection, not about a sync
             sync = OpenSync(f"{conn.id}:{int(at)}", at)
-        if failed:
-            status = Status.FAILED
-            reason = bounded_reason(event_type if is_failure(event_type) else conn.status)
-        elif succeeded:
-            status = Status.SUCCEEDED
-            partial = conn.status == "PARTIAL_SUCCESS" or "PARTIAL" in event_type
-            reason = "partial" if partial else None
+        if failed and sync.failure is None:
+            sync.failure = event_type
+        # Channels the resource shows running take part, even before their own events are read.
+        for ch in conn.channels:
+            if ch.status == "RUNNING":
+                sync.channels.setdefault(ch.id, RUNNING)
+        if channel is not None:
+            if failed:
+                sync.channels[channel] = FAILED
+            elif event_type in SUCCESS_EVENTS:
+                sync.channels[channel] = PARTIAL if "PARTIAL" in event_type else SUCCEEDED
+            else:
+                sync.channels.setdefault(channel, RUNNING)
+            ended = final and RUNNING not in sync.channels.values()
+        else:
+            # No channel named: the resource tells whether any channel still runs.
+            ended = final and not any(ch.status == "RUNNING" for ch in conn.channels)
+        if ended:
+            if first:
+                sync.started = None  # first seen at its end: when it began is unknown
+            status, reason = sync.outcome(conn, event_type)
         else:
             status, reason = Status.RUNNING, None
-        job = Job(
+        job = self._job(sync, conn, status, reason, event_type, at, now)
+        if status.terminal:
+            self._close(conn.id, at)
+        else:
+            sync.job = job
+            self._open[conn.id] = sync
+        return job
+
+    def _job(
+        self,
+        sync: OpenSync,
+        conn: Connection,
+        status: Status,
+        reason: str | None,
+        raw: str,
+        at: float,
+        now: float,
+    ) -> Job:
+        lapsed = consent_expired(conn, now)
+        failed = status is Status.FAILED
+        user = sync.failure == "AUTH_FAILED" or is_consent_failure(sync.failure or "")
+        return Job(
             id=sync.id,
             status=status,
-            raw_status=event_type,
+            raw_status=raw,
             job_type=JOB_TYPE,
             created=sync.started,
             started=sync.started,
             finished=at if status.terminal else None,
             updated=at,
             reason=reason,
-            message=f"{conn.name or conn.id}: {event_type} ({conn.status})"
-            if status is Status.FAILED
-            else None,
-            awaiting_user=status is not Status.SUCCEEDED
-            and (event_type == "AUTH_FAILED" or consent_expired(conn, now)),
+            message=f"{conn.name or conn.id}: {sync.failure or raw} ({conn.status})" if failed else None,
+            # A lapsed consent or a consent failure: the end user must renew it.
+            cause=Cause.USER if failed and (lapsed or is_consent_failure(sync.failure or "")) else None,
+            awaiting_user=status is not Status.SUCCEEDED and (user or lapsed),
         )
-        if status.terminal:
-            self._open.pop(conn.id, None)
-        else:
-            sync.job = job
-            self._open[conn.id] = sync
+
+    def _close(self, conn_id: str, at: float) -> None:
+        self._open.pop(conn_id, None)
+        self._closed[conn_id] = max(at, self._closed.get(conn_id, at))
+
+    def closed_by_connection(self, conn: Connection, now: float) -> Job | None:
+        """The open sync of `conn` ended by the connection's own status, when its final event
+        was never read: a final status, and every started channel ended after the sync began."""
+        sync = self._open.get(conn.id)
+        if sync is None or sync.started is None or conn.status not in FINAL_STATUSES:
+            return None
+        started = [c for c in conn.channels if c.id in sync.channels] or list(conn.channels)
+        ends = [c.last_end for c in started]
+        if not ends or any(end is None or end < sync.started for end in ends):
+            return None
+        if not sync.final_seen:
+            sync.final_seen = True
+            return None
+        for c in started:
+            if sync.channels.get(c.id, RUNNING) == RUNNING:
+                sync.channels[c.id] = FAILED if c.status == "FAILED" else SUCCEEDED
+        status, reason = sync.outcome(conn)
+        at = max(end for end in ends if end is not None)
+        job = self._job(sync, conn, status, reason, conn.status, at, now)
+        self._close(conn.id, at)
         return job
 
     def read_events(self, queue: str, events: list[Any], result: PollResult, jobs: dict[str, Job]) -> None:
@@ -263,6 +366,10 @@ class Oxlin(Provider):
         for conn_id, got in await gather(list(self._known), connection):
             if isinstance(got, Connection):
                 result.connections.append(got)
+                closed = self.closed_by_connection(got, now)
+                if closed is not None:
+                    jobs[closed.id] = closed
+                    continue
                 sync = self._open.get(got.id)
                 # A lapsed consent stops a running sync until the end user renews it.
                 job = sync.job if sync is not None else None

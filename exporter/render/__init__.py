@@ -1,10 +1,11 @@
 """The /metrics exposition, one concern a module, in the order a scrape reads them:
 
-scrape.py      Exposition: the body of one scrape, joined from the pieces below
-groups.py      per-job series cached as compressed bytes per group, refreshed on change
+scrape.py      Exposition: one body for every client, joined from the pieces below
+groups.py      per-job series as compressed blocks per group, refreshed on change and
+               assembled in the background into the job part every scrape serves
 jobs.py        the per-job families (what each job's series say)
 aggregates.py  families rendered at each scrape (counters, histograms, targets)
-deflate.py     gzip of the cached pieces
+deflate.py     raw deflate blocks joined into one gzip member, CRC-32s combined
 text.py        the text format: escaping, numbers, labels
 """
 

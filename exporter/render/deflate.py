@@ -45,8 +45,9 @@ def block(plain: bytes) -> Block:
     return Block(data, zlib.crc32(plain), len(plain), zlib.crc32(plain, _ALL) ^ _ALL)
 
 
-def concat(blocks: Iterable[Block]) -> tuple[bytes, int, int]:
-    """(deflate data, CRC-32, size) of the blocks one after the other.
+def concat(blocks: Iterable[Block]) -> tuple[tuple[bytes, ...], int, int]:
+    """(the blocks' deflate data, CRC-32, size) of the blocks one after the other; the data is
+    not copied (a scrape joins it once, into its body).
 
     crc(A+B) = crc32(zeros(|B|), crc(A)) ^ key(B): zlib runs over |B| zero bytes (read from a
     small buffer), so the cost follows the plain size, in C, with the GIL released for large
@@ -63,7 +64,7 @@ def concat(blocks: Iterable[Block]) -> tuple[bytes, int, int]:
             crc = zlib.crc32(memoryview(_ZEROS)[:n], crc) ^ b.key
             size += b.size
             parts.append(b.data)
-    return b"".join(parts), crc, size
+    return tuple(parts), crc, size
 
 
 def multiply(a: int, b: int) -> int:

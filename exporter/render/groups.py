@@ -35,13 +35,14 @@ class Group:
     state, so memory per job is the tracker's own plus a share of compressed bytes.
     """
 
-    __slots__ = ("blocks", "dirty", "jobs", "state")
+    __slots__ = ("blocks", "dirty", "dirty_since", "jobs", "state")
 
     def __init__(self, state: TargetState) -> None:
         self.state = state
         self.jobs: dict[str, TrackedJob] = {}
         self.blocks: tuple[Block, ...] | None = None  # None until first rendered
         self.dirty = False
+        self.dirty_since = 0.0  # time.monotonic() of the first change not rendered yet
 
     def refresh(self) -> bool:
         """Render the jobs again; a family whose bytes did not change keeps its block (so the
@@ -71,6 +72,8 @@ class JobPart:
     crc: int
     size: int
     at: float  # time.monotonic() of the snapshot it was assembled from
+    current_at: float  # every change made before this moment (monotonic) is in the part
+    missing_since: float | None  # the oldest change left out (still dirty at the snapshot)
 
 
 class Assembler:
@@ -78,25 +81,29 @@ class Assembler:
     since the last assembly is reused whole (the common case: a poll moves a few families)."""
 
     def __init__(self) -> None:
-        self.columns: list[tuple[list[Block], bytes, int, int]] = []
+        self.columns: list[tuple[tuple[Block, ...], tuple[bytes, ...], int, int]] = []
         self.lock = threading.Lock()  # the background assembly runs in a worker thread
 
-    def assemble(self, snapshot: list[tuple[Block, ...]], version: int, at: float) -> JobPart:
+    def assemble(
+        self, snapshot: list[tuple[Block, ...]], version: int, at: float, current_at: float
+    ) -> JobPart:
         with self.lock:
             crc = size = 0
-            parts, columns = [], []
-            for i, header in enumerate(HEADER_BLOCKS):
-                column = [header, *(blocks[i] for blocks in snapshot)]
+            parts: list[bytes] = []
+            columns = []
+            by_family = zip(*snapshot, strict=True) if snapshot else ((),) * len(HEADER_BLOCKS)
+            for i, (header, column) in enumerate(zip(HEADER_BLOCKS, by_family, strict=True)):
                 if i < len(self.columns) and self.columns[i][0] == column:
                     cached = self.columns[i]
                 else:
-                    cached = (column, *concat(column))
+                    cached = (column, *concat((header, *column)))
                 columns.append(cached)
-                parts.append(cached[1])
+                parts += cached[1]
                 crc = combine(crc, cached[2], cached[3])
                 size += cached[3]
             self.columns = columns
-            return JobPart(version, tuple(parts), crc, size, at)
+            missing = None if current_at >= at else current_at
+            return JobPart(version, tuple(parts), crc, size, at, current_at, missing)
 
 
 class JobSeries:
@@ -117,6 +124,7 @@ class JobSeries:
         self.scrapes = 0  # scrapes being served; the background refresh waits for them
         self.assembler = Assembler()
         self.part: JobPart | None = None
+        self.changed_after_snapshot: float | None = None  # first change since the last snapshot
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
         name, job_id = state.config.name, tracked.job.id
@@ -129,15 +137,17 @@ class JobSeries:
         group = where.get(job_id)
         if group is None:
             roomy = self.roomy.setdefault(name, {})
-            group = next(iter(roomy), None)
-            if group is None:
+            # popitem takes the last entry for good; `del` would leave a hole that later
+            # look-ups from the front walk over.
+            if roomy:
+                group = roomy.popitem()[0]
+            else:
                 group = Group(state)
                 self.groups.setdefault(name, {})[group] = None
-                roomy[group] = None
             where[job_id] = group
             group.jobs[job_id] = tracked
-            if len(group.jobs) >= GROUP_SIZE:
-                del roomy[group]
+            if len(group.jobs) < GROUP_SIZE:
+                roomy[group] = None
         else:
             group.jobs[job_id] = tracked
         group.state = state
@@ -157,11 +167,16 @@ class JobSeries:
         self.roomy[name].pop(group, None)
         group.blocks = None  # also tells the refresh queue it went
         self.version += 1
+        if self.changed_after_snapshot is None:
+            self.changed_after_snapshot = time.monotonic()
 
     def _mark(self, group: Group) -> None:
         if not group.dirty:
             group.dirty = True
+            group.dirty_since = time.monotonic()
             self.dirty.append(group)
+        if self.changed_after_snapshot is None:
+            self.changed_after_snapshot = time.monotonic()
 
     def _refresh_next(self) -> None:
         group = self.dirty.popleft()
@@ -174,14 +189,25 @@ class JobSeries:
         while self.dirty:
             self._refresh_next()
 
-    def _snapshot(self) -> tuple[list[tuple[Block, ...]], int, float]:
+    def _snapshot(self) -> tuple[list[tuple[Block, ...]], int, float, float]:
         blocks = [g.blocks for gs in self.groups.values() for g in gs if g.blocks is not None]
-        return blocks, self.version, time.monotonic()
+        now = time.monotonic()
+        self.changed_after_snapshot = None
+        # Dirty groups wait in the order they changed: the oldest bounds what the part holds.
+        return blocks, self.version, now, self.dirty[0].dirty_since if self.dirty else now
 
     def assemble(self) -> JobPart:
         """Assemble the job part now (on the caller's thread)."""
         self.part = self.assembler.assemble(*self._snapshot())
         return self.part
+
+    def staleness(self) -> float:
+        """Seconds since the oldest change the served part does not hold (0: it holds all)."""
+        part = self.part
+        if part is None:
+            return 0.0
+        missing = [t for t in (part.missing_since, self.changed_after_snapshot) if t is not None]
+        return time.monotonic() - min(missing) if missing else 0.0
 
     def current(self, fresh: bool) -> JobPart:
         """The job part to serve; `fresh`: every change rendered and assembled first."""

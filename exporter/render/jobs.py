@@ -38,9 +38,17 @@ def _error_info(t: TrackedJob, p: str) -> str:
     return f'asyncjob_job_error_info{{{p},reason="{reason}",cause="{cause}"}} 1\n'
 
 
+# A state set's lines after the series' own labels, for each current status: the series
+# repeat one head, so a state set is one join (the largest share of a job's lines).
+_STATE_TAILS = {cur: [f',status="{s}"}} {1 if s is cur else 0}\n' for s in STATUSES] for cur in STATUSES}
+
+
+def _state_set(head: str, cur: Status) -> str:
+    return head + head.join(_STATE_TAILS[cur])
+
+
 def _status(t: TrackedJob, p: str) -> str:
-    cur = t.job.status
-    return "".join(f'asyncjob_job_status{{{p},status="{s}"}} {1 if s is cur else 0}\n' for s in STATUSES)
+    return _state_set(f"asyncjob_job_status{{{p}", t.job.status)
 
 
 def _percent(t: TrackedJob, p: str) -> str:
@@ -57,14 +65,10 @@ def _stamp(name: str, get: Callable[[TrackedJob], float | None]) -> Lines:
 
 
 def _step_status(t: TrackedJob, p: str) -> str:
-    out = []
-    for step in t.job.steps:
-        s_label = escape(step.name)
-        for s in STATUSES:
-            out.append(
-                f'asyncjob_job_step_status{{{p},step="{s_label}",status="{s}"}} {1 if s is step.status else 0}\n'
-            )
-    return "".join(out)
+    return "".join(
+        _state_set(f'asyncjob_job_step_status{{{p},step="{escape(step.name)}"', step.status)
+        for step in t.job.steps
+    )
 
 
 def _step_duration(t: TrackedJob, p: str) -> str:

@@ -152,7 +152,11 @@ class Simulator:
             provider = spec.pop("provider", None)
             if provider not in self.providers:
                 return JSONResponse({"error": f"provider must be one of {sorted(self.providers)}"}, 422)
+            count = spec.pop("count", None)  # a fleet at once (benchmarks): answers the ids only
             try:
+                if isinstance(count, int) and count > 0:
+                    ids = [self.create(provider, **dict(spec)).id for _ in range(count)]
+                    return JSONResponse({"provider": provider, "ids": ids}, 201)
                 job = self.create(provider, **spec)
             except (TypeError, ValueError) as e:
                 return JSONResponse({"error": str(e)}, 422)

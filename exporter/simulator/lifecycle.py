@@ -5,7 +5,8 @@ reason about it.
 A job is made with `POST /_sim/jobs` (or `Simulator.create`): `{"provider": …, "scenario": …}`
 plus any SimJob field (`step_seconds`, `queue_seconds`, `fail_step`, `error_code`, `owner`, …),
 `age` (seconds since it was created: history, e.g. Basiq's week-old jobs) and the provider's
-own options, listed in each provider module's docstring. Scenarios:
+own options, listed in each provider module's docstring; `count: N` makes N such jobs at once and
+answers their ids. Scenarios:
 
 - `success`, `slow` (five times longer steps), `partial` (succeeds with failed records or,
   for Oxlin, PARTIAL_SUCCESS), `purged` (vanishes one step after it ends);

@@ -48,7 +48,7 @@ QUEUE_LENGTH = 100  # events a queue answer holds at most, the newest
 OPTIONS = ("channels", "scenario_channel", "missed_final", "channel_field", "per_channel")
 # Whether channels other than the scenario's run (and send events) on their own by default;
 # when not, they end with the scenario's channel and only its events are sent.
-PER_CHANNEL = False
+PER_CHANNEL = True
 
 
 def new_job(sim: Simulator, **spec: Any) -> SimJob:

@@ -92,17 +92,20 @@ def test_aims360_batches_pages_discovers_and_reruns_failed_jobs(tmp_path: Path) 
                 lambda: exp.value("asyncjob_job_reruns_total", target="aims360-e2e") == 1,
                 what="rerun of the failed job",
             )
-            assert exp.value("asyncjob_jobs_failed_total", target="aims360-e2e", reason="failed") == 1
-            jobs = exp.api("GET", "/api/v1/jobs?target=aims360-e2e").json()["jobs"]
-            rerun = [j for j in jobs if j["id"] not in {ok, bad, purged, *stuck}]
-            assert len(rerun) == 1
+            kind = {"target": "aims360-e2e", "job_type": "Reports/Open Orders Report"}
+            assert exp.value("asyncjob_jobs_failed_total", reason="failed", cause="provider", **kind) == 1
+            # The rerun kept its id: the same job runs again, and its success counts too.
             wait_for(
-                lambda: exp.value("asyncjob_job_status", job_id=rerun[0]["id"], status="succeeded") == 1,
+                lambda: exp.value("asyncjob_job_status", job_id=bad, status="succeeded") == 1,
                 what="the rerun succeeds",
             )
-            assert exp.value("asyncjob_job_attempts", job_id=rerun[0]["id"]) == 1
-            # The failed original is replaced, the purged job is gone, every stuck job is found.
-            assert exp.value("asyncjob_job_status", job_id=bad, status="failed") is None
+            assert exp.value("asyncjob_job_attempts", job_id=bad) == 1
+            jobs = exp.api("GET", "/api/v1/jobs?target=aims360-e2e").json()["jobs"]
+            assert {j["id"] for j in jobs} <= {ok, bad, purged, *stuck}  # no new id
+            assert exp.value("asyncjob_jobs_finished_total", status="failed", **kind) == 1
+            assert exp.value("asyncjob_jobs_finished_total", status="succeeded", **kind) == 1
+            # The purged job is gone; every stuck job is found, though the service's next
+            # links name a backend host that never resolves: pages come from the configured one.
             wait_for(lambda: exp.value("asyncjob_job_info", job_id=purged) is None, what="purged job dropped")
             wait_for(
                 lambda: all(exp.value("asyncjob_job_status", job_id=s, status="running") == 1 for s in stuck),
@@ -207,12 +210,25 @@ def test_oxlin_queue_syncs_connections_channels_and_consent(tmp_path: Path) -> N
         create_job(sim, "oxlin", scenario="fail", connection="9002")
         create_job(sim, "oxlin", scenario="partial", connection="9003")
         create_job(sim, "oxlin", scenario="mfa", connection="9004")
+        # Its last event never reaches the queue: the connection's status ends it.
+        create_job(sim, "oxlin", scenario="success", connection="9005", missed_final=True)
+        # Events that name no channel: the resource tells which channels still run.
+        create_job(sim, "oxlin", scenario="fail", connection="9006", channel_field=False)
         secrets = write_secrets(tmp_path)
         target = oxlin_target(sim.url, secrets, queues=["20"], connections=["9001"])
         with exporter(tmp_path, config(target)) as exp:
             ok = wait_for(lambda: sync_of(exp, "9001", "succeeded"), what="sync of 9001 succeeded")
             bad = wait_for(lambda: sync_of(exp, "9002", "failed"), what="sync of 9002 failed")
-            wait_for(lambda: sync_of(exp, "9003", "succeeded"), what="partial sync of 9003")
+            partial = wait_for(lambda: sync_of(exp, "9003", "succeeded"), what="partial sync of 9003")
+            missed = wait_for(lambda: sync_of(exp, "9005", "succeeded"), what="sync of 9005 closed")
+            unnamed = wait_for(lambda: sync_of(exp, "9006", "failed"), what="sync of 9006 failed")
+            # One sync over two channels is one job: none ended early with the first channel.
+            for conn in ("9001", "9002", "9003", "9005", "9006"):
+                assert [s for st in ("running", "succeeded", "failed") for s in syncs_of(exp, conn, st)] == [
+                    sync_of(exp, conn, "succeeded") or sync_of(exp, conn, "failed")
+                ], conn
+            assert exp.value("asyncjob_job_error_info", job_id=partial, reason="partial") is None
+            assert exp.value("asyncjob_job_error_info", job_id=unnamed, reason="auth_failed") == 1
             assert exp.value("asyncjob_job_error_info", job_id=bad, reason="auth_failed") == 1
             assert exp.value("asyncjob_job_awaiting_user", job_id=bad) == 1
             assert exp.value("asyncjob_job_awaiting_user", job_id=ok) == 0
@@ -254,9 +270,12 @@ def test_oxlin_queue_syncs_connections_channels_and_consent(tmp_path: Path) -> N
                 for name, labels, value in exp.samples()
                 if name == "asyncjob_queue_events_total" and labels.get("queue") == "20"
             }
-            assert events["SYNC_STARTED"] == 4
-            assert events["SYNC_ALL_SUCCESS"] == 2
-            assert events["AUTH_FAILED"] == 1
+            # Each channel sends its own: 6 syncs over 2 channels; REDIRECT ends first, with
+            # success, in every sync but the lapsed consent's (9004); 9005's last never comes.
+            assert events["SYNC_STARTED"] == 12
+            assert events["SYNC_ALL_SUCCESS"] == 2 + 1 + 2 + 1 + 1 + 1
+            assert events["AUTH_FAILED"] == 2
+            assert missed is not None
 
             # A new synchronisation of a connection is a new job.
             token = httpx.post(

@@ -129,10 +129,11 @@ def test_per_job_alerts_name_the_target_and_job_id() -> None:
 def test_only_info_alerts_never_page() -> None:
     severities = {alert["alert"]: alert["labels"]["severity"] for alert in alerts()}
     assert severities["AsyncJobAwaitingUser"] == "info"
-    assert sorted(name for name, severity in severities.items() if severity == "info") == [
-        "AsyncJobAwaitingUser",
-        "AsyncJobUserFailureRateHigh",
-    ]
+    end_user = ["AsyncJobAwaitingUser", "AsyncJobConsentExpiring", "AsyncJobUserFailureRateHigh"]
+    assert sorted(name for name, severity in severities.items() if severity == "info") == end_user
+    # What only the end user can fix is labelled so, for Alertmanager to route it to the app team.
+    causes = {alert["alert"]: alert["labels"].get("cause") for alert in alerts()}
+    assert sorted(name for name, cause in causes.items() if cause == "user") == end_user
 
 
 def test_no_operator_alert_counts_failures_the_end_user_must_fix() -> None:
@@ -162,7 +163,8 @@ def test_no_operator_alert_counts_failures_the_end_user_must_fix() -> None:
     ("labels", "receiver"),
     [
         ({"alertname": "AsyncJobUserFailureRateHigh", "severity": "info", "cause": "user"}, "app-team"),
-        ({"alertname": "AsyncJobAwaitingUser", "severity": "info"}, "app-team"),
+        ({"alertname": "AsyncJobAwaitingUser", "severity": "info", "cause": "user"}, "app-team"),
+        ({"alertname": "AsyncJobConsentExpiring", "severity": "info", "cause": "user"}, "app-team"),
         ({"alertname": "AsyncJobFailed", "severity": "warning", "cause": "provider"}, "ops"),
         ({"alertname": "AsyncJobFailureRateHigh", "severity": "critical"}, "pager"),
     ],

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench import detection, machine, memory, poll, report, scale, scrape
+from bench import auth, changes, detection, machine, memory, poll, registration, report, scrape
 
 
 def quiet(_: str) -> None:
@@ -18,40 +18,38 @@ def results() -> dict[str, Any]:
     return {
         "machine": machine.describe(),
         "seconds": 0.0,
-        "scrape": scrape.run(n_jobs=50, unchanged=1, changed=1, baseline_reps=1, log=quiet, profile=[]),
-        "memory": memory.run((50,)),
-        "scale": scale.run(
-            total_jobs=100, total_shards=2, unchanged=1, changed=1, baseline_reps=1, choice_jobs=50, log=quiet
-        ),
+        "scrape": scrape.run(n_jobs=60, seconds=1.0, log=quiet),
+        "changes": changes.run(sizes=(100, 400), reps=1),
+        "memory": memory.run(sizes=(20, 60), seconds=1.0, settle=0.0, log=quiet),
     }
 
 
-def test_scrape_serves_every_job_series_through_the_real_server(results: dict[str, Any]) -> None:
+def test_scrape_serves_one_gzip_member_with_every_job_while_polling(results: dict[str, Any]) -> None:
     s = results["scrape"]
-    assert s["http"]["content_encoding"] == "gzip"
-    assert s["served"]["per_job_samples"] == 50 * s["series_per_job"]
-    assert s["baseline"]["bytes"] > 0
+    assert s["content_encoding"] == "gzip"
+    assert s["served"]["per_job_samples"] >= 60 * s["series_per_job"]
+    assert s["metrics"]["n"] > 0 and s["healthz"]["n"] > 0
+    assert s["baseline"]["generate_latest_ms"] > 0
 
 
-def test_memory_is_read_in_a_fresh_process(results: dict[str, Any]) -> None:
-    (m,) = results["memory"]["sizes"]
-    assert m["jobs"] == 50
-    assert m["rss_before_bytes"] > 0
+def test_changes_are_timed_at_both_sizes(results: dict[str, Any]) -> None:
+    c = results["changes"]
+    assert (c["small"]["jobs"], c["large"]["jobs"]) == (100, 400)
+    assert set(c["ratios"]) >= {"add_rendered_us", "update_rendered_us", "drop_rendered_us"}
 
 
-def test_shards_split_every_job_and_per_job_metrics_false_drops_per_job_series(
-    results: dict[str, Any],
-) -> None:
-    sc = results["scale"]
-    assert sum(x["jobs"] for x in sc["shards"]) == 100
-    assert sc["per_job_metrics"]["series_per_job_true"] == results["scrape"]["series_per_job"]
+def test_memory_is_the_rss_growth_of_the_polling_cli(results: dict[str, Any]) -> None:
+    small, large = results["memory"]["sizes"]
+    assert (small["jobs"], large["jobs"]) == (20, 60)
+    assert large["from_jobs"] == 20 and "bytes_per_job" in large
+    assert large["content_encoding"] == "gzip"
 
 
-def test_the_report_names_the_command_and_the_machine(results: dict[str, Any]) -> None:
+def test_the_report_names_the_command_and_has_a_row_per_target(results: dict[str, Any]) -> None:
     text = report.render(results, ".venv/bin/python -m bench")
     assert "`.venv/bin/python -m bench`" in text
     assert f"{results['machine']['nproc']} CPUs" in text
-    assert len(report.targets(results)) == 5  # 2 scrape, 1 memory size, 2 scale
+    assert len(report.targets(results)) == 4 + 3 + 1  # scrape, changes, memory at 60 jobs
 
 
 @pytest.mark.e2e
@@ -65,3 +63,23 @@ def test_poll_compares_the_exporter_with_a_bare_client_against_the_simulator() -
 def test_detection_sees_a_failed_job_in_metrics() -> None:
     r = detection.run(jobs=1, poll_interval=0.5, step_seconds=0.2, timeout=30)
     assert len(r["latencies_s"]) == 1
+
+
+@pytest.mark.e2e
+def test_registration_compares_the_cli_with_bare_starlette_while_it_polls() -> None:
+    r = registration.run(n_jobs=20, poll_interval=1, registrations=200, concurrency=8, scrape_every=0.1)
+    assert r["bare"]["statuses"] == {"202": 200} and r["exporter"]["statuses"] == {"202": 200}
+    assert r["exporter"]["server_cpu_us_per_request"] > 0 and r["metrics"]["scrapes"] > 0
+    assert r["poll_requests_during"] > 0  # a poll cycle of the polled jobs met the registrations
+    assert r["state_file_bytes"] > 0
+    text = "\n".join(report.registration_body(r))
+    assert "bare Starlette" in text and len(report.registration_targets(r)) == 3
+
+
+@pytest.mark.e2e
+def test_auth_scrapes_with_credentials_while_a_flood_is_refused() -> None:
+    r = auth.run(flood=4, seconds=1.0, cost=4, every=0.1, timing_samples=2, log=quiet)
+    assert r["alone"]["n"] > 0 and r["flooded"]["n"] > 0  # every scrape answered 200
+    assert r["flood_answers"] > 0
+    assert report.targets({"auth": r})[0]["what"].startswith("authenticated /metrics p99")
+    assert "## Basic auth under a wrong-password flood" in "\n".join(auth.body(r))

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.model import Channel, Connection, Status
+from exporter.model import Cause, Channel, Connection, Status
 from exporter.providers.base import BadPayload, PollResult
 from exporter.providers.oxlin import Oxlin, events_of, parse_connection
 from tests.unit.provider_http import fixture, provider_and_http, provider_for
@@ -77,7 +77,9 @@ def test_fixture_event_is_a_finished_sync_and_its_connection() -> None:
         "SYNC_ALL_SUCCESS",
         "synchronisation",
     )
-    assert (job.created, job.started, job.finished, job.updated) == (1528112097.0,) * 4
+    # First seen at its end: when it began is unknown, so it has no duration.
+    assert (job.created, job.started) == (None, None)
+    assert (job.finished, job.updated) == (1528112097.0,) * 2
     assert job.reason is None and job.message is None
     assert job.awaiting_user is False  # a finished sync waits for nobody
     assert result.connections == [
@@ -259,3 +261,173 @@ async def test_a_sync_tracked_before_a_restart_is_ended_by_its_next_event() -> N
     assert [(j.id, j.status, j.started, j.finished) for j in result.jobs] == [
         (f"4242:{T0 + 1}", Status.SUCCEEDED, T0 + 1, T0 + 5)
     ]
+
+
+# --- one sync across its channels ------------------------------------------------------------
+
+SYNC = f"4242:{T0 + 1}"
+
+
+def two_channels() -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = fixture("oxlin_queue_two_channels.json")
+    return events
+
+
+def test_a_sync_over_two_channels_is_one_job_that_ends_with_its_last_channel() -> None:
+    p = oxlin()
+    events = two_channels()
+    early = read(p, events[:3])  # REDIRECT done, EMBEDDED still running
+    assert [(j.id, j.status) for j in early.jobs] == [(SYNC, Status.RUNNING)]
+    done = read(p, events[3:])
+    assert [(j.id, j.status, j.reason) for j in done.jobs] == [(SYNC, Status.SUCCEEDED, None)]
+    [job] = done.jobs
+    assert (job.started, job.finished) == (T0 + 1, T0 + 9)
+
+
+def test_a_sync_read_in_one_go_is_still_one_job() -> None:
+    assert [(j.id, j.status) for j in read(oxlin(), two_channels()).jobs] == [(SYNC, Status.SUCCEEDED)]
+
+
+def test_a_failed_channel_fails_the_sync_once_every_channel_ended() -> None:
+    events = two_channels()
+    failed = {**events[4], "event_type": "AUTH_FAILED"}
+    failed["resource"] = {**failed["resource"], "status": "FAILED"}
+    p = oxlin()
+    read(p, events[:4])
+    [job] = read(p, [failed]).jobs
+    assert (job.status, job.reason, job.awaiting_user) == (Status.FAILED, "auth_failed", True)
+    assert Oxlin.causes["auth_failed"].value == "user"
+
+
+def test_the_first_failure_is_the_reason_even_when_another_channel_ends_later() -> None:
+    events = two_channels()
+    redirect_failed = {**events[2], "event_type": "SYNC_FAILED"}
+    p = oxlin()
+    [running] = read(p, [*events[:2], redirect_failed]).jobs
+    assert running.status is Status.RUNNING
+    [job] = read(p, events[3:]).jobs
+    assert (job.status, job.reason) == (Status.FAILED, "sync_failed")
+
+
+def test_events_that_name_no_channel_are_read_through_the_resource() -> None:
+    events = [{k: v for k, v in e.items() if k != "channel_definition_id"} for e in two_channels()]
+    p = oxlin()
+    # The REDIRECT channel's success while EMBEDDED still runs does not end the sync.
+    assert [(j.id, j.status) for j in read(p, events[:3]).jobs] == [(SYNC, Status.RUNNING)]
+    assert [(j.id, j.status) for j in read(p, events[3:]).jobs] == [(SYNC, Status.SUCCEEDED)]
+
+
+def test_a_lapsed_consent_makes_a_failed_sync_the_end_users() -> None:
+    events = two_channels()
+    last = json.loads(json.dumps(events[4]))
+    last["event_type"] = "SYNC_FAILED"
+    last["resource"]["status"] = "FAILED"
+    last["resource"]["channels"][1]["expires"] = T0 - 86400
+    [job] = read(oxlin(), [*events[:4], last]).jobs
+    assert job.status is Status.FAILED and job.reason == "sync_failed"
+    assert job.cause is not None and job.cause.value == "user"
+
+
+def connection(status: str, embedded_end: int, redirect_end: int = T0 + 4) -> dict[str, Any]:
+    body = json.loads(json.dumps(two_channels()[4]["resource"]))
+    body["status"] = status
+    body["channels"][0].update(status=status if status != "PARTIAL_SUCCESS" else "SUCCESS")
+    body["channels"][0]["last_end_date"] = embedded_end
+    body["channels"][1]["last_end_date"] = redirect_end
+    return body
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "outcome", "reason"),
+    [
+        ("SUCCESS", Status.SUCCEEDED, None),
+        ("PARTIAL_SUCCESS", Status.SUCCEEDED, "partial"),
+        ("FAILED", Status.FAILED, "failed"),
+    ],
+)
+async def test_the_connections_status_closes_a_sync_whose_final_event_was_missed(
+    status: str, outcome: Status, reason: str | None
+) -> None:
+    events = two_channels()
+    api = FakeOxlin(events[:4], {"4242": connection(status, T0 + 9)})
+    provider, http = provider_and_http(
+        api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
+    )
+    # The queue gets one more read to bring the final event (with its reason) before the
+    # connection's status closes the sync.
+    first = await provider.poll(http, [])
+    assert [(j.id, j.status) for j in first.jobs] == [(SYNC, Status.RUNNING)]
+    result = await provider.poll(http, [])
+    assert [(j.id, j.status, j.reason, j.finished) for j in result.jobs] == [(SYNC, outcome, reason, T0 + 9)]
+    # The final event, read late, belongs to the closed sync: no new job.
+    api.queue = events
+    later = await provider.poll(http, [])
+    await http.aclose()
+    assert later.jobs == [] and later.queue_events == [("20", "SYNC_ALL_SUCCESS")]
+
+
+@pytest.mark.anyio
+async def test_a_final_event_read_one_cycle_after_the_connection_ended_gives_the_sync_its_reason() -> None:
+    """The connection's status is read after the queue: a sync that ends in between is FAILED
+    there before its AUTH_FAILED event (the end user's credentials) reaches the queue."""
+    events = two_channels()
+    failed = json.loads(json.dumps(events[4]))
+    failed["event_type"] = "AUTH_FAILED"
+    failed["resource"]["status"] = "FAILED"
+    api = FakeOxlin(events[:4], {"4242": connection("FAILED", T0 + 9)})
+    provider, http = provider_and_http(
+        api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
+    )
+    await provider.poll(http, [])
+    api.queue = [*events[:4], failed]
+    result = await provider.poll(http, [])
+    await http.aclose()
+    assert [(j.id, j.status, j.reason, j.cause) for j in result.jobs] == [
+        (SYNC, Status.FAILED, "auth_failed", Cause.USER)
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_final_status_from_the_previous_sync_does_not_close_the_running_one() -> None:
+    events = two_channels()
+    # SUCCESS, but the EMBEDDED channel last ended before this sync began.
+    api = FakeOxlin(events[:4], {"4242": connection("SUCCESS", T0 - 3600)})
+    provider, http = provider_and_http(
+        api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
+    )
+    result = await provider.poll(http, [])
+    await http.aclose()
+    assert [(j.id, j.status) for j in result.jobs] == [(SYNC, Status.RUNNING)]
+
+
+@pytest.mark.anyio
+async def test_a_sync_closed_by_its_connection_stays_closed_across_a_restart() -> None:
+    events = two_channels()
+    api = FakeOxlin(events[:4], {"4242": connection("SUCCESS", T0 + 9)})
+    provider, http = provider_and_http(
+        api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
+    )
+    await provider.poll(http, [])
+    closed = await provider.poll(http, [])
+    assert [j.status for j in closed.jobs] == [Status.SUCCEEDED]
+    await http.aclose()
+    saved = json.loads(json.dumps(provider.cursors()))
+    api.queue = events
+    restarted, http = provider_and_http(
+        api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
+    )
+    restarted.restore_cursors(saved)
+    result = await restarted.poll(http, [])
+    await http.aclose()
+    assert result.jobs == []
+
+
+def test_a_cursor_by_date_survives_a_restart_to_the_second() -> None:
+    p = oxlin()
+    a = {**event(1, "SYNC_STARTED", "RUNNING"), "id": "evt-a"}
+    b = {**event(2, "SYNC_RUNNING", "RUNNING"), "id": "evt-b"}
+    read(p, [a])
+    restarted = oxlin()
+    restarted.restore_cursors(json.loads(json.dumps(p.cursors())))
+    assert read(restarted, [a, b]).queue_events == [("20", "SYNC_RUNNING")]

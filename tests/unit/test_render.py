@@ -212,6 +212,18 @@ def test_values_round_trip(value: float) -> None:
     )
 
 
+def test_staleness_counts_from_the_oldest_change_the_served_body_lacks() -> None:
+    tr, ex = setup()
+    tr.track("t", Job("1", Status.RUNNING), "static")
+    ex.render(gz=True)
+    assert ex.jobs.staleness() == 0.0
+    tr.track("t", Job("2", Status.RUNNING), "static")
+    ex.render(gz=True, fresh=False)  # served without the change
+    assert ex.jobs.staleness() > 0.0
+    ex.render(gz=True)
+    assert ex.jobs.staleness() == 0.0
+
+
 def test_failures_carry_their_cause_and_history_has_no_series() -> None:
     s = build_settings(
         {

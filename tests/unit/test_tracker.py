@@ -391,3 +391,16 @@ def test_a_rerun_that_keeps_its_id_is_tracked_again_and_each_outcome_counts_once
     assert agg.finished[("", F)] == 1 and agg.finished[("", S)] == 1
     assert agg.reruns[""] == 1
     assert "1" not in tr.targets["t"].tombstones
+
+
+def test_a_job_first_seen_finished_without_a_start_records_no_duration() -> None:
+    tr = tracker()
+    # An Oxlin sync whose only event read was its last: when it began is unknown.
+    tr.apply("t", PollResult(jobs=[Job("a", S, finished=100, updated=100)]), now=130)
+    # One seen running first has a duration from the time it was first seen.
+    tr.apply("t", PollResult(jobs=[Job("b", R)]), now=100)
+    tr.apply("t", PollResult(jobs=[Job("b", S, finished=110)]), now=120)
+    agg = tr.targets["t"].agg
+    assert agg.finished[("", S)] == 2
+    hist = agg.job_duration[("", "succeeded")]
+    assert hist.count == 1 and hist.total == 10

@@ -23,6 +23,9 @@ class Alert:
     summary: str
     description: str
     per_job: bool  # links to the job drill-down dashboard rather than the overview
+    # Only the end user can act (a one-time code, a consent): labelled cause="user", so
+    # Alertmanager can route it to the application team rather than an operator.
+    for_end_user: bool = False
 
 
 def _job_link(cfg: Config) -> str:
@@ -91,6 +94,7 @@ def job_alerts(cfg: Config, sel: str) -> list[Alert]:
             f"The {JOB} has been waiting for the end user (a one-time code, a re-authentication "
             "or a consent) for {{ $value | humanizeDuration }}; no operator action is needed.",
             per_job=True,
+            for_end_user=True,
         ),
     ]
 
@@ -118,6 +122,7 @@ def aggregate_alerts(cfg: Config, sel: str) -> list[Alert]:
             "for a reason only their end users can fix (credentials, MFA, consent) "
             f"(threshold {cfg.user_failure_ratio:.0%}); for the application team, not an operator.",
             per_job=False,
+            for_end_user=True,
         ),
         Alert(
             "AsyncJobStepSlow",
@@ -195,6 +200,7 @@ def oxlin_alerts(cfg: Config, sel: str) -> list[Alert]:
             "{{ else }}expires in {{ $value | humanizeDuration }}{{ end }}; "
             "the end user must renew it with strong customer authentication.",
             per_job=False,
+            for_end_user=True,
         ),
     ]
 
@@ -208,6 +214,8 @@ def _alerting(cfg: Config, alert: Alert) -> dict[str, Any]:
     if alert.duration != "0m":
         rule["for"] = alert.duration
     rule["labels"] = {"severity": cfg.severity[alert.name]}
+    if alert.for_end_user:
+        rule["labels"]["cause"] = "user"
     rule["annotations"] = {
         "summary": alert.summary,
         "description": alert.description,

@@ -81,7 +81,8 @@ class Config:
             "AsyncJobExporterDown": "critical",
             "AsyncJobTrackingCapReached": "warning",
             "AsyncJobConnectionSyncStale": "warning",
-            "AsyncJobConsentExpiring": "warning",
+            # The end user must renew the consent: for the application team, never a page.
+            "AsyncJobConsentExpiring": "info",
             "AsyncJobAwaitingUser": "info",
         }
     )

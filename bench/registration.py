@@ -1,0 +1,314 @@
+"""Registrations: `POST /api/v1/targets/{target}/jobs` to the real CLI (state file on, each 202
+after its commit) while it polls N jobs of the simulator, against a bare Starlette endpoint
+that accepts the same body, on uvicorn too. Same run, same client: raw asyncio keep-alive
+connections (an httpx client costs more CPU per request than the server under test).
+/metrics is scraped meanwhile from its own thread, as Prometheus would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from bench.machine import load_average
+from bench.simulated import api_key_file, simulator
+from bench.synthetic import unused_port
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = "registrations"
+
+# The bare endpoint: reads the body, parses it, answers 202 with a small JSON document.
+BARE_APP = """
+import json, sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+async def register(request):
+    body = json.loads(await request.body())
+    return JSONResponse({"target": request.path_params["target"], "id": body["id"]}, status_code=202)
+
+app = Starlette(routes=[Route("/api/v1/targets/{target}/jobs", register, methods=["POST"])])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None, access_log=False,
+            lifespan="off", server_header=False)
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def request_bytes(target: str, job_id: str) -> bytes:
+    body = json.dumps({"id": job_id}).encode()
+    return (
+        f"POST /api/v1/targets/{target}/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def drive(port: int, target: str, n: int, concurrency: int, prefix: str) -> dict[str, Any]:
+    """n registrations over `concurrency` keep-alive connections; latency of each, from send to answer."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    counter = iter(range(n))
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in counter:
+                t0 = time.perf_counter()
+                writer.write(request_bytes(target, f"{prefix}-{i}"))
+                status = await _read_response(reader)
+                latencies.append(time.perf_counter() - t0)
+                statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "per_second": n / seconds,
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "max_ms": max(latencies) * 1000,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+    }
+
+
+SCRAPE = (
+    b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Prometheus/2.53.0\r\n"
+    b"Accept: text/plain;version=0.0.4\r\nAccept-Encoding: gzip\r\n\r\n"
+)
+
+
+class Scraper:
+    """Scrapes /metrics as Prometheus does (gzip, keep-alive) in a loop from its own thread until
+    stopped; the latency is from the request sent to the last byte of the body."""
+
+    def __init__(self, port: int, every: float) -> None:
+        self.port, self.every = port, every
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port)) as sock:
+            stream = sock.makefile("rb")
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                sock.sendall(SCRAPE)
+                status = stream.readline()
+                length = 0
+                while (line := stream.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line[15:])
+                stream.read(length)
+                if b" 200 " not in status:
+                    raise RuntimeError(f"/metrics answered {status!r}")
+                self.latencies.append(time.perf_counter() - t0)
+                self._stop.wait(self.every)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "scrapes": len(self.latencies),
+            "p50_ms": percentile(self.latencies, 0.50) * 1000,
+            "p99_ms": percentile(self.latencies, 0.99) * 1000,
+            "max_ms": max(self.latencies, default=0.0) * 1000,
+        }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, port: int, n: int, concurrency: int, prefix: str) -> dict[str, Any]:
+    """`drive`, with the server's CPU per request and the machine's load beside it."""
+    before = cpu_seconds(pid)
+    out = asyncio.run(drive(port, TARGET, n, concurrency, prefix))
+    out["server_cpu_us_per_request"] = (cpu_seconds(pid) - before) / n * 1e6
+    out["load_average"] = load_average()
+    return out
+
+
+@contextmanager
+def process(
+    args: list[str], ready: Callable[[], bool], timeout: float = 300
+) -> Iterator[subprocess.Popen[bytes]]:
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"{args[2:4]} exited {proc.returncode}: {log.read()[-2000:]!r}")
+                try:
+                    if ready():
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{args[2:4]} not ready within {timeout:g}s")
+                time.sleep(0.2)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+async def create_sim_jobs(url: str, n: int) -> list[str]:
+    """n stuck Basiq jobs in the simulator (never finishing: every cycle polls all of them)."""
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps({"provider": "basiq", "scenario": "stuck", "fail_step": 1}).encode()
+    request = (
+        f"POST /_sim/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    ids: list[str] = []
+    counter = iter(range(n))
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in counter:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(ln[15:]) for ln in head.split(b"\r\n") if ln[:15].lower() == b"content-length:")
+            ids.append(str(json.loads(await reader.readexactly(length))["id"]))
+        writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(16)))
+    return ids
+
+
+def poll_requests(url: str) -> float:
+    """Requests the exporter sent polling the N jobs (not the registered ones)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('asyncjob_poll_requests_total{target="polled"')
+    )
+
+
+def run(
+    n_jobs: int = 10_000,
+    poll_interval: float = 30.0,
+    registrations: int = 20_000,
+    concurrency: int = 64,
+    scrape_every: float = 0.5,
+    log: Callable[[str], None] = lambda _: None,
+    state_file: bool = True,
+) -> dict[str, Any]:
+    py = [sys.executable]
+    with tempfile.TemporaryDirectory() as tmp, simulator(step_seconds=3600) as sim_url:
+        # The bare endpoint first, alone on the machine.
+        bare_port = unused_port()
+        with process(
+            [*py, "-c", BARE_APP, str(bare_port)],
+            lambda: httpx.get(f"http://127.0.0.1:{bare_port}/", timeout=1).status_code == 404,
+        ) as proc:
+            log(f"registration: bare Starlette, {registrations:,} requests at concurrency {concurrency}")
+            asyncio.run(drive(bare_port, TARGET, min(1000, registrations), concurrency, "warm"))
+            bare = measured(proc.pid, bare_port, registrations, concurrency, "bare")
+
+        log(f"registration: creating {n_jobs:,} simulator jobs")
+        ids = asyncio.run(create_sim_jobs(sim_url, n_jobs))
+        directory = Path(tmp)
+        key = api_key_file(directory)
+        basiq = {
+            "provider": "basiq",
+            "base_url": f"{sim_url}/basiq",
+            "auth": {"type": "basiq", "api_key_file": str(key)},
+        }
+        config = {
+            "global": {
+                "poll_interval": f"{poll_interval:g}s",
+                "max_jobs_per_target": 2 * max(n_jobs, registrations),
+            },
+            "state_file": str(directory / "state.db") if state_file else "",
+            "targets": [{"name": "polled", **basiq, "jobs": ids}, {"name": TARGET, **basiq}],
+        }
+        (directory / "config.yml").write_text(yaml.safe_dump(config))
+        port = unused_port()
+        url = f"http://127.0.0.1:{port}"
+        args = [
+            *py,
+            "-m",
+            "exporter",
+            f"--config.file={directory / 'config.yml'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ]
+        log(f"registration: the exporter, polling {n_jobs:,} jobs every {poll_interval:g}s")
+        with process(args, lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200) as proc:
+            asyncio.run(drive(port, TARGET, min(1000, registrations), concurrency, "warm"))
+            # Start as a poll cycle of every job starts, so the registrations meet it.
+            first = poll_requests(url)
+            deadline = time.monotonic() + poll_interval * 2
+            while poll_requests(url) < first + min(100, n_jobs // 2) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            log(
+                f"registration: {registrations:,} registrations at concurrency {concurrency}, /metrics scraped meanwhile"
+            )
+            with Scraper(port, scrape_every) as scraper:
+                ours = measured(proc.pid, port, registrations, concurrency, "reg")
+            polled_during = poll_requests(url) - first
+            state_bytes = sum(p.stat().st_size for p in directory.glob("state.db*"))
+    return {
+        "jobs_polled": n_jobs,
+        "poll_interval": poll_interval,
+        "poll_requests_during": polled_during,
+        "bare": bare,
+        "exporter": ours,
+        "ratio": ours["per_second"] / bare["per_second"],
+        "metrics": scraper.summary(),
+        "state_file_bytes": state_bytes,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(log=lambda m: print(m, file=sys.stderr)), indent=1))

@@ -1,0 +1,380 @@
+"""promtool unit tests generated from the same config as the rules: each alert fires just past the
+thresholds and `for` durations of that config, with its severity, and a series just short of a
+threshold does not fire. `asyncjob-exporter mixin` writes them beside the rules it generates.
+
+The tests read `ALERTS` through `promql_expr_test`: they check when and with which severity an
+alert fires, not its annotation texts (those are the hand-written tests' concern).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from . import queries as q
+from . import rules
+from .config import Config
+
+# The exporter's step duration buckets (exporter.tracker.STEP_DURATION_BUCKETS).
+STEP_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+INSTANCE = "exporter:10110"
+MINUTE = 60
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def seconds(duration: str) -> float:
+    """Seconds of a Prometheus duration (`5m`, `1h30m`, `0m`)."""
+    text, total, pos = duration.strip(), 0.0, 0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not text or pos != len(text):
+        raise ValueError(f"{duration!r} is not a duration such as 30s, 5m or 1h")
+    return total
+
+
+_MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*,?')
+
+
+def _regex_sample(pattern: str) -> str | None:
+    """A value the (anchored) regex matches: its literal text with wildcards filled in."""
+    for candidate in (
+        pattern.replace(".*", "").replace(".+", "x"),
+        pattern.replace(".*", "x").replace(".+", "x"),
+        re.sub(r"[\\^$()]", "", pattern.split("|")[0]).replace(".*", "").replace(".+", "x"),
+    ):
+        try:
+            if re.fullmatch(pattern, candidate):
+                return candidate
+        except re.error:
+            return None
+    return None
+
+
+def selector_labels(cfg: Config) -> dict[str, str]:
+    """Labels of one exporter's series that the config's selector selects."""
+    out: dict[str, str] = {}
+    text = cfg.exporter_selector
+    pos = 0
+    while pos < len(text.strip()):
+        m = _MATCHER.match(text, pos)
+        if m is None:
+            raise ValueError(f"exporter_selector: cannot read {text[pos:]!r}")
+        name, op, value = m.group(1), m.group(2), m.group(3).replace('\\"', '"')
+        if op == "=":
+            out[name] = value
+        elif op == "=~":
+            sample = _regex_sample(value)
+            if sample is None:
+                raise ValueError(f"exporter_selector: no test value found for {name}=~{value!r}")
+            out[name] = sample
+        pos = m.end()
+    for name in cfg.target_labels:
+        out.setdefault(name, {"instance": INSTANCE, "target": "t1"}.get(name, "x"))
+    return out
+
+
+def _series(metric: str, labels: dict[str, str], values: str) -> dict[str, str]:
+    inner = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{metric}{{{inner}}}", "values": values}
+
+
+def _constant(value: float, minutes: int) -> str:
+    return f"{value:g}x{minutes}"
+
+
+def _firing(name: str, severity: str, at: float, count: int) -> dict[str, Any]:
+    expr = f'count(ALERTS{{alertname="{name}", alertstate="firing", severity="{severity}"}}) or vector(0)'
+    return {"expr": expr, "eval_time": f"{int(at)}s", "exp_samples": [{"labels": "{}", "value": count}]}
+
+
+class Scenario:
+    """Input series under which alert `name` first holds at `onset` seconds (its expression is
+    true from that evaluation on); `count` alerts fire once its `for` has passed."""
+
+    def __init__(self, name: str, onset: float, count: int, series: list[dict[str, str]]) -> None:
+        self.name, self.onset, self.count, self.series = name, onset, count, series
+
+
+def _minutes(cfg: Config, extra: float = 0) -> int:
+    longest = max(seconds(a.duration) for a in _alerts(cfg).values())
+    return math.ceil((longest + extra) / MINUTE) + 30
+
+
+def _alerts(cfg: Config) -> dict[str, rules.Alert]:
+    sel = cfg.exporter_selector
+    groups = (rules.job_alerts, rules.aggregate_alerts, rules.target_alerts, rules.oxlin_alerts)
+    return {a.name: a for group in groups for a in group(cfg, sel)}
+
+
+def _job(labels: dict[str, str], job_id: str, **more: str) -> dict[str, str]:
+    return {**labels, "job_id": job_id, **more}
+
+
+def stuck(cfg: Config, labels: dict[str, str]) -> Scenario:
+    threshold, n = 600, _minutes(cfg, 3600)
+    series = [_series("asyncjob_target_stuck_threshold_seconds", labels, _constant(threshold, n))]
+    series.append(_series("asyncjob_target_max_duration_seconds", labels, _constant(10**9, n)))
+    for job_id, progress_at in (("j1", 0), ("j2", 300)):  # j2 moved 5 minutes later
+        series.append(
+            _series(
+                "asyncjob_job_last_progress_timestamp_seconds",
+                _job(labels, job_id),
+                _constant(progress_at, n),
+            )
+        )
+        series.append(_series("asyncjob_job_status", _job(labels, job_id, status="running"), _constant(1, n)))
+        series.append(_series("asyncjob_job_awaiting_user", _job(labels, job_id), _constant(0, n)))
+    return Scenario("AsyncJobStuck", threshold + MINUTE, 1, series)
+
+
+def overdue(cfg: Config, labels: dict[str, str]) -> Scenario:
+    threshold, n = 1800, _minutes(cfg, 3600)
+    series = [_series("asyncjob_target_max_duration_seconds", labels, _constant(threshold, n))]
+    series.append(_series("asyncjob_target_stuck_threshold_seconds", labels, _constant(10**9, n)))
+    for job_id, started in (("j1", 0), ("j2", 600)):
+        series.append(
+            _series("asyncjob_job_started_timestamp_seconds", _job(labels, job_id), _constant(started, n))
+        )
+        series.append(
+            _series("asyncjob_job_last_progress_timestamp_seconds", _job(labels, job_id), _constant(0, n))
+        )
+        series.append(_series("asyncjob_job_status", _job(labels, job_id, status="running"), _constant(1, n)))
+        series.append(_series("asyncjob_job_awaiting_user", _job(labels, job_id), _constant(0, n)))
+    return Scenario("AsyncJobOverdue", threshold + MINUTE, 1, series)
+
+
+def failed(cfg: Config, labels: dict[str, str]) -> Scenario:
+    n = _minutes(cfg)
+    series = []
+    for job_id, cause in (("j1", "provider"), ("j2", "user")):  # the end user's failure pages nobody
+        series.append(_series("asyncjob_job_status", _job(labels, job_id, status="failed"), _constant(1, n)))
+        error = _job(
+            labels, job_id, reason="connector-error" if cause == "provider" else "invalid-credentials"
+        )
+        series.append(_series("asyncjob_job_error_info", {**error, "cause": cause}, _constant(1, n)))
+    return Scenario("AsyncJobFailed", 0, 1, series)
+
+
+def records_failing(cfg: Config, labels: dict[str, str]) -> Scenario | None:
+    total, n = 10000, _minutes(cfg)
+    above = math.floor(cfg.records_failed_ratio * total) + 1
+    below = math.ceil(cfg.records_failed_ratio * total) - 1
+    if above > total:
+        return None
+    series = []
+    for job_id, failed_records in (("j1", above), ("j2", below)):
+        if failed_records < 0:
+            continue
+        series.append(
+            _series("asyncjob_job_records", _job(labels, job_id, kind="total"), _constant(total, n))
+        )
+        series.append(
+            _series("asyncjob_job_records", _job(labels, job_id, kind="failed"), _constant(failed_records, n))
+        )
+    return Scenario("AsyncJobRecordsFailing", 0, 1, series)
+
+
+def awaiting_user(cfg: Config, labels: dict[str, str]) -> Scenario:
+    n = _minutes(cfg)
+    series = []
+    for job_id, waiting in (("j1", 1), ("j2", 0)):
+        series.append(
+            _series("asyncjob_job_last_progress_timestamp_seconds", _job(labels, job_id), _constant(0, n))
+        )
+        series.append(_series("asyncjob_job_status", _job(labels, job_id, status="running"), _constant(1, n)))
+        series.append(_series("asyncjob_job_awaiting_user", _job(labels, job_id), _constant(waiting, n)))
+    return Scenario("AsyncJobAwaitingUser", 0, 1, series)
+
+
+def _failure_rate(
+    cfg: Config, labels: dict[str, str], name: str, ratio: float, cause: str
+) -> Scenario | None:
+    # Jobs finish at `per_minute` a minute; job type "above" fails just over the threshold,
+    # "below" just under it.
+    per_minute = max(100, cfg.failure_min_finished)
+    n = _minutes(cfg, seconds(cfg.failure_window))
+    above = math.floor(ratio * per_minute) + 1
+    below = math.ceil(ratio * per_minute) - 1
+    if above > per_minute:
+        return None
+    series = []
+    for job_type, failures in (("above", above), ("below", below)):
+        if failures < 0:
+            continue
+        common = {**labels, "job_type": job_type}
+        series.append(
+            _series("asyncjob_jobs_finished_total", {**common, "status": "failed"}, f"0+{failures}x{n}")
+        )
+        ok = per_minute - failures
+        series.append(
+            _series("asyncjob_jobs_finished_total", {**common, "status": "succeeded"}, f"0+{ok}x{n}")
+        )
+        reason = "invalid-credentials" if cause == "user" else "connector-error"
+        failed_labels = {**common, "reason": reason, "cause": cause}
+        series.append(_series("asyncjob_jobs_failed_total", failed_labels, f"0+{failures}x{n}"))
+    # increase() needs two samples: the ratio holds from the second minute on.
+    return Scenario(name, MINUTE, 1, series)
+
+
+def failure_rate_high(cfg: Config, labels: dict[str, str]) -> Scenario | None:
+    return _failure_rate(cfg, labels, "AsyncJobFailureRateHigh", cfg.failure_ratio, "provider")
+
+
+def user_failure_rate_high(cfg: Config, labels: dict[str, str]) -> Scenario | None:
+    if "AsyncJobUserFailureRateHigh" not in _alerts(cfg):
+        return None
+    return _failure_rate(cfg, labels, "AsyncJobUserFailureRateHigh", cfg.user_failure_ratio, "user")
+
+
+def _bucket_counts(low: float, high: float) -> dict[str, float]:
+    """Cumulative bucket counts of observations that all fall in (low, high]."""
+    return {f"{b:g}": (1.0 if b >= high else 0.0) for b in STEP_BUCKETS} | {"+Inf": 1.0}
+
+
+def step_slow(cfg: Config, labels: dict[str, str]) -> Scenario | None:
+    n = _minutes(cfg, seconds(cfg.step_window))
+    thresholds = {"slow-step": cfg.step_slow_seconds, **cfg.step_slow_seconds_by_step}
+    series, count = [], 0
+    for step, threshold in sorted(thresholds.items()):
+        # All observations in the first bucket whose lower bound is at least the threshold:
+        # p95 lies inside it, above the threshold. A step whose threshold is past the last
+        # bucket cannot be exceeded by a histogram_quantile, and is left out.
+        bounds = [b for b in STEP_BUCKETS if b >= threshold]
+        if len(bounds) < 2:
+            continue
+        count += 1
+        for le, per_minute in _bucket_counts(bounds[0], bounds[1]).items():
+            bucket = {**labels, "job_type": "connection", "step": step, "le": le}
+            series.append(
+                _series("asyncjob_step_duration_seconds_bucket", bucket, f"0+{per_minute * 10:g}x{n}")
+            )
+        # The same step, in another job type, just under the threshold: p95 below it.
+        lower = [b for b in STEP_BUCKETS if b < threshold]
+        if len(lower) >= 2:
+            for le, per_minute in _bucket_counts(lower[-2], lower[-1]).items():
+                bucket = {**labels, "job_type": "quick", "step": step, "le": le}
+                series.append(
+                    _series("asyncjob_step_duration_seconds_bucket", bucket, f"0+{per_minute * 10:g}x{n}")
+                )
+    if not count:
+        return None
+    return Scenario("AsyncJobStepSlow", MINUTE, count, series)
+
+
+def target_down(cfg: Config, labels: dict[str, str]) -> Scenario:
+    n = _minutes(cfg)
+    other = {**labels, "target": "t2"}
+    series = [
+        _series("asyncjob_target_up", labels, _constant(0, n)),
+        _series("asyncjob_target_up", other, _constant(1, n)),
+    ]
+    return Scenario("AsyncJobTargetDown", 0, 1, series)
+
+
+def polling_stale(cfg: Config, labels: dict[str, str]) -> Scenario:
+    interval = 60
+    stale = cfg.polling_stale_intervals * interval
+    n = _minutes(cfg, stale)
+    other = {**labels, "target": "t2"}
+    series = [
+        _series("asyncjob_last_successful_poll_timestamp_seconds", labels, _constant(0, n)),
+        _series("asyncjob_target_poll_interval_seconds", labels, _constant(interval, n)),
+        _series("asyncjob_last_successful_poll_timestamp_seconds", other, f"0+{MINUTE}x{n}"),
+        _series("asyncjob_target_poll_interval_seconds", other, _constant(interval, n)),
+    ]
+    return Scenario("AsyncJobPollingStale", stale + MINUTE, 1, series)
+
+
+def exporter_down(cfg: Config, labels: dict[str, str]) -> Scenario:
+    n = _minutes(cfg)
+    base = {k: v for k, v in labels.items() if k != "target"}
+    return Scenario("AsyncJobExporterDown", 0, 1, [_series("up", base, _constant(0, n))])
+
+
+def tracking_cap_reached(cfg: Config, labels: dict[str, str]) -> Scenario:
+    n = _minutes(cfg, seconds(cfg.tracking_cap_window))
+    other = {**labels, "target": "t2"}
+    series = [
+        _series("asyncjob_jobs_dropped_total", {**labels, "reason": "cap"}, f"0+1x{n}"),
+        _series("asyncjob_jobs_dropped_total", {**other, "reason": "cap"}, _constant(0, n)),
+    ]
+    return Scenario("AsyncJobTrackingCapReached", MINUTE, 1, series)
+
+
+def connection_sync_stale(cfg: Config, labels: dict[str, str]) -> Scenario:
+    stale = cfg.connection_sync_stale_seconds
+    n = _minutes(cfg, stale + 3600)
+    series = []
+    for connection, last in (("c1", 0), ("c2", 1800)):
+        conn = {**labels, "connection_id": connection}
+        series.append(_series("asyncjob_connection_last_success_timestamp_seconds", conn, _constant(last, n)))
+        series.append(_series("asyncjob_connection_status", {**conn, "status": "SUCCESS"}, _constant(1, n)))
+    return Scenario("AsyncJobConnectionSyncStale", stale + MINUTE, 1, series)
+
+
+def consent_expiring(cfg: Config, labels: dict[str, str]) -> Scenario:
+    warning = cfg.consent_expiry_warning_days * 86400
+    n = _minutes(cfg, 7200)
+    series = []
+    for connection, expires in (("c1", warning + 1800), ("c2", warning + 10**6)):
+        conn = {**labels, "connection_id": connection, "channel": "REDIRECT"}
+        series.append(
+            _series("asyncjob_channel_consent_expiry_timestamp_seconds", conn, _constant(expires, n))
+        )
+    return Scenario("AsyncJobConsentExpiring", 1800 + MINUTE, 1, series)
+
+
+SCENARIOS: tuple[Callable[[Config, dict[str, str]], Scenario | None], ...] = (
+    failed,
+    stuck,
+    overdue,
+    records_failing,
+    awaiting_user,
+    failure_rate_high,
+    user_failure_rate_high,
+    step_slow,
+    target_down,
+    polling_stale,
+    exporter_down,
+    tracking_cap_reached,
+    connection_sync_stale,
+    consent_expiring,
+)
+
+
+def rule_tests(cfg: Config, rule_file: str = "../asyncjob.rules.yml") -> dict[str, Any]:
+    """The promtool test file for the rules generated from `cfg`."""
+    labels = selector_labels(cfg)
+    alerts = _alerts(cfg)
+    tests = []
+    for make in SCENARIOS:
+        scenario = make(cfg, labels)
+        if scenario is None or scenario.name not in alerts:
+            continue
+        hold = seconds(alerts[scenario.name].duration)
+        severity = cfg.severity[scenario.name]
+        checks = []
+        # Not yet: one evaluation before the alert can have held for its `for`.
+        quiet = scenario.onset + hold - MINUTE if hold >= MINUTE else scenario.onset - MINUTE
+        if quiet >= 0:
+            checks.append(_firing(scenario.name, severity, quiet, 0))
+        # Firing: a minute past the onset and the `for`, rounded up to an evaluation.
+        fire = (math.ceil((scenario.onset + hold) / MINUTE) + 1) * MINUTE
+        checks.append(_firing(scenario.name, severity, fire, scenario.count))
+        tests.append({"interval": "1m", "input_series": scenario.series, "promql_expr_test": checks})
+    return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": tests}
+
+
+def names_tested(cfg: Config) -> list[str]:
+    labels = selector_labels(cfg)
+    return [s.name for s in (make(cfg, labels) for make in SCENARIOS) if s is not None]
+
+
+__all__ = ["q", "rule_tests", "seconds", "selector_labels"]

@@ -1,0 +1,115 @@
+"""Alerts tuned without Python: a user's mixin YAML gives rules, promtool tests and dashboards
+that carry the user's values, and the generated tests pass against the generated rules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+from tests.tools import load_script, require_tool
+
+USER_CONFIG = {
+    "exporter_selector": 'job="billing-asyncjob", namespace=~"prod-.*"',
+    "grafana_url": "https://grafana.example.com/",
+    "runbook_base_url": "https://wiki.example.com/asyncjob",
+    "stuck_for": "20m",
+    "failure_ratio": 0.5,
+    "failure_window": "30m",
+    "records_failed_ratio": 0.2,
+    "step_slow_seconds": 60,
+    "step_slow_seconds_by_step": {"create-report": 300},
+    "polling_stale_intervals": 5,
+    "connection_sync_stale_seconds": 7200,
+    "consent_expiry_warning_days": 3,
+    "awaiting_user_for": "1h",
+    "severity": {"AsyncJobStuck": "critical", "AsyncJobTargetDown": "warning"},
+}
+
+
+def generator() -> ModuleType:
+    return load_script("asyncjob_generate", "dashboards/generate.py")
+
+
+def user_module() -> ModuleType:
+    from exporter.mixin import user
+
+    return user
+
+
+def write_user_mixin(tmp_path: Path) -> Path:
+    cfg = user_module().config_from(USER_CONFIG)
+    out = tmp_path / "out"
+    generator().write(out, cfg)
+    return out
+
+
+def test_the_users_values_reach_the_rules_and_dashboards(tmp_path: Path) -> None:
+    out = write_user_mixin(tmp_path)
+    rules = yaml.safe_load((out / "alerts/asyncjob.rules.yml").read_text())
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    assert (
+        alerts["AsyncJobStuck"]["for"] == "20m"
+        and alerts["AsyncJobStuck"]["labels"]["severity"] == "critical"
+    )
+    assert alerts["AsyncJobTargetDown"]["labels"]["severity"] == "warning"
+    assert 'job="billing-asyncjob", namespace=~"prod-.*"' in alerts["AsyncJobTargetDown"]["expr"]
+    assert alerts["AsyncJobFailed"]["annotations"]["runbook_url"].startswith(
+        "https://wiki.example.com/asyncjob#"
+    )
+    assert "https://grafana.example.com/d/" in alerts["AsyncJobFailed"]["annotations"]["dashboard_url"]
+    assert "> 0.5" in alerts["AsyncJobFailureRateHigh"]["expr"]
+    board = json.loads((out / "dashboards/asyncjob-overview.json").read_text())
+    assert board["uid"]
+
+
+def test_the_generated_promtool_tests_pass_for_the_users_values(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    out = write_user_mixin(tmp_path)
+    tests = out / "alerts/tests/generated.yml"
+    assert "billing-asyncjob" in tests.read_text()
+    check = subprocess.run(
+        [promtool, "check", "rules", str(out / "alerts/asyncjob.rules.yml")], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    run = subprocess.run(
+        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, cwd=tests.parent
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_tests_generated_for_other_values_fail_against_these_rules(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    out = write_user_mixin(tmp_path)
+    shipped_tests = generator().render()["alerts/tests/generated.yml"]  # the defaults' tests
+    (out / "alerts/tests/generated.yml").write_text(shipped_tests)
+    run = subprocess.run(
+        [promtool, "test", "rules", "generated.yml"], capture_output=True, text=True, cwd=out / "alerts/tests"
+    )
+    assert run.returncode != 0
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"stuck_fro": "5m"}, "stuck_fro: unknown key; did you mean stuck_for?"),
+        (
+            {"severity": {"AsyncJobStuk": "critical"}},
+            "severity.AsyncJobStuk: no such alert; did you mean AsyncJobStuck?",
+        ),
+        (
+            {"severity": {"AsyncJobStuck": "page"}},
+            "severity.AsyncJobStuck: 'page' is not one of critical, warning, info",
+        ),
+        ({"failure_ratio": "high"}, "failure_ratio: expected a number"),
+        ({"stuck_for": "soon"}, "stuck_for: 'soon' is not a duration"),
+    ],
+)
+def test_a_bad_mixin_config_names_the_key(data: dict[str, object], problem: str) -> None:
+    with pytest.raises(user_module().MixinConfigError) as e:
+        user_module().config_from(data)
+    assert any(problem in p for p in e.value.problems), e.value.problems
