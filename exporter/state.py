@@ -42,6 +42,7 @@ log = logging.getLogger("asyncjob.state")
 RETRY_FIRST, RETRY_MAX = 0.25, 2.0
 # How often the WAL is copied into the file (in a worker thread).
 CHECKPOINT_INTERVAL = 1.0
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 # Each entry migrates the schema from version i to i+1.
 MIGRATIONS: tuple[str, ...] = (
@@ -200,6 +201,8 @@ class Store:
             db.execute("PRAGMA synchronous=NORMAL")
             # Checkpoints (which fsync) run on another connection, in a worker thread.
             db.execute("PRAGMA wal_autocheckpoint=0")
+            # After a busy spell the WAL is cut back to this size once it is copied in.
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self._migrate(db)
         except BaseException:
             db.close()
