@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench import auth
+from bench import auth, detection
 
 KIB = 1024
 
@@ -493,6 +493,7 @@ SECTIONS: list[Section] = [
     Section("memory", memory_body, memory_targets),
     Section("poll", poll_body, poll_targets),
     Section("detection", detection_body, detection_targets),
+    Section("fleet", detection.fleet_body, detection.fleet_targets),
     Section("registration", registration_body, registration_targets),
     Section("auth", auth.body, auth.targets),
 ]
