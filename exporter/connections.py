@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +90,26 @@ def guarded_h11(header_timeout: float, max_connections: int) -> type[H11Protocol
                 self.transport.close()
 
     return GuardedH11
+
+
+@contextmanager
+def tls_handshake_deadline(seconds: float) -> Iterator[None]:
+    """TLS servers created meanwhile on the running loop give a handshake `seconds` (asyncio's
+    default is 60 s, and uvicorn does not pass one): a client that connects to the TLS port and
+    sends nothing is closed as soon as one that sends no request headers."""
+    loop = asyncio.get_running_loop()
+    create_server = loop.create_server
+
+    async def with_deadline(*args: Any, **kwargs: Any) -> asyncio.Server:
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", seconds)
+        return await create_server(*args, **kwargs)
+
+    loop.create_server = with_deadline  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del loop.create_server  # the class's method again
 
 
 def log_accept_errors_once_per_burst(loop: asyncio.AbstractEventLoop) -> None:

@@ -12,7 +12,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from exporter.connections import ConnectionLimits, guarded_h11, log_accept_errors_once_per_burst
+from exporter.connections import (
+    ConnectionLimits,
+    guarded_h11,
+    log_accept_errors_once_per_burst,
+    tls_handshake_deadline,
+)
 from exporter.model import STATUSES
 from exporter.pages import Pages
 from exporter.parsing import JsonTooDeep, load_json
@@ -241,12 +246,17 @@ class Server:
         host, port = parse_listen_address(address)
         self.address = address
         limits = limits or ConnectionLimits()
+        handshake_timeout = limits.header_timeout
 
         class _Quiet(uvicorn.Server):
             def capture_signals(self) -> Any:  # the exporter handles SIGTERM/SIGINT/SIGHUP
                 from contextlib import nullcontext
 
                 return nullcontext()
+
+            async def startup(self, sockets: Any = None) -> None:
+                with tls_handshake_deadline(handshake_timeout):
+                    await super().startup(sockets)
 
         config = uvicorn.Config(
             app,
