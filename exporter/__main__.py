@@ -150,7 +150,8 @@ def parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=_env("web.read-header-timeout", "10s"),
         metavar="DURATION",
-        help="close a connection whose request headers are not in within this time (default: 10s)",
+        help="close a connection whose request headers are not in within this time, or whose "
+        "body is not in within this time after them (default: 10s)",
     )
     p.add_argument(
         "--web.max-connections",
