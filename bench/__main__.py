@@ -42,6 +42,11 @@ BENCHMARKS: list[tuple[str, str, Callable[[Log], Any]]] = [
     ("poll", "2,000 jobs against the simulator", lambda log: poll.run(n_jobs=2000, rounds=3)),
     ("detection", "failures to /metrics", _detection),
     (
+        "fleet",
+        "a labelled fleet through Prometheus and Alertmanager: precision, recall, time to page",
+        lambda log: detection.fleet(log=log),
+    ),
+    (
         "registration",
         "registrations at concurrency 64 while 10,000 jobs are polled, against bare Starlette",
         lambda log: registration.run(log=log),

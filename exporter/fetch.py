@@ -4,6 +4,7 @@ and every failure sorted into the bounded reasons of `asyncjob_poll_errors_total
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,9 @@ KEEPALIVE_EXPIRY = 4.0
 # Answers in flight to one target share a budget of this many answers of the largest size
 # allowed (max_response_bytes): 16 answers streaming junk at once cannot hold 16 times that.
 BUDGET_ANSWERS = 2
+# Content-Encodings we ask for and read (zlib window bits: gzip, zlib-wrapped deflate).
+ACCEPT_ENCODING = "gzip, deflate"
+DECODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
 
 
 class _Where:
@@ -133,7 +137,11 @@ class TargetHttp:
         self.client = httpx.AsyncClient(
             auth=self.auth,
             timeout=httpx.Timeout(target.timeout),
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                "Accept-Encoding": ACCEPT_ENCODING,
+            },
             transport=transport,
             follow_redirects=False,
         )
@@ -236,22 +244,43 @@ class TargetHttp:
         return await self._read_capped(response, where)
 
     async def _read_capped(self, response: httpx.Response, where: _Where) -> bytes:
+        """The body, decoded, refused past max_response_bytes or past the target's byte budget.
+
+        Decoding is ours and bounded (zlib's max_length): httpx's decoders inflate a whole
+        received piece at once, and 64 KiB of a gzip bomb inflate to 64 MB.
+        """
         declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self._max_bytes:
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if response.is_stream_consumed:  # read and decoded by httpx already (httpx.MockTransport)
+            encoding, declared = "identity", str(len(response.content))
+        if encoding == "identity" and declared and declared.isdigit() and int(declared) > self._max_bytes:
             raise PollError("bad_body", f"{where}: answer of {declared} bytes exceeds {self._max_bytes}")
+        wbits = DECODINGS.get(encoding)
+        if wbits is None and encoding != "identity":
+            raise PollError("bad_body", f"{where}: Content-Encoding {encoding[:20]!r} not supported")
+        decoder = zlib.decompressobj(wbits) if wbits is not None else None
         body = bytearray()
         try:
-            async for chunk in response.aiter_bytes():
-                size = len(chunk)
-                if len(body) + size > self._max_bytes:
-                    raise PollError("bad_body", f"{where}: answer exceeds {self._max_bytes} bytes")
-                if self.bytes_in_flight + size > self.byte_budget:
-                    raise PollError(
-                        "bad_body",
-                        f"{where}: answers in flight exceed the target's budget of {self.byte_budget} bytes",
-                    )
-                self.bytes_in_flight += size
-                body += chunk
+            async for raw in response.aiter_bytes() if response.is_stream_consumed else response.aiter_raw():
+                while raw:
+                    room = self._max_bytes - len(body)
+                    if decoder is None:
+                        chunk, raw = raw, b""
+                    else:
+                        try:
+                            chunk = decoder.decompress(raw, room + 1)
+                        except zlib.error:
+                            raise PollError("bad_body", f"{where}: answer is not valid {encoding}") from None
+                        raw = decoder.unconsumed_tail
+                    if len(chunk) > room:
+                        raise PollError("bad_body", f"{where}: answer exceeds {self._max_bytes} bytes")
+                    if self.bytes_in_flight + len(chunk) > self.byte_budget:
+                        raise PollError(
+                            "bad_body",
+                            f"{where}: answers in flight exceed the target's budget of {self.byte_budget} bytes",
+                        )
+                    self.bytes_in_flight += len(chunk)
+                    body += chunk
         finally:
             self.bytes_in_flight -= len(body)
         return bytes(body)

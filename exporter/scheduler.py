@@ -186,6 +186,8 @@ class Scheduler:
             # Another shard's jobs are left to it, unless this replica accepted them already.
             result.jobs = [j for j in result.jobs if j.id in state.jobs or self.owns(name, j.id)]
         await self._apply(name, result, time.time())
+        # No await between the last apply and this: the queue events' counter increments are
+        # held until the commit that holds these cursors (kill -9 must not count them twice).
         if self.store is not None:
             cursors = runner.provider.cursors()
             if cursors:

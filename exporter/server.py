@@ -7,12 +7,17 @@ import logging
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from exporter.connections import ConnectionLimits, guarded_h11, log_accept_errors_once_per_burst
+from exporter.connections import (
+    ConnectionLimits,
+    guarded_h11,
+    log_accept_errors_once_per_burst,
+    tls_handshake_deadline,
+)
 from exporter.model import STATUSES
 from exporter.pages import Pages
 from exporter.parsing import JsonTooDeep, load_json
@@ -124,10 +129,13 @@ def build_app(
         if declared and declared.isdigit() and int(declared) > limit:
             return _error(413, f"body larger than {limit} bytes")
         raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > limit:
-                return _error(413, f"body larger than {limit} bytes")
+        try:
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > limit:
+                    return _error(413, f"body larger than {limit} bytes")
+        except ClientDisconnect:  # gone, or closed by the server for a body that came too slowly
+            return Response(status_code=400)
         try:
             # Strict UTF-8 and no replacement of lone surrogates: an id holding one is refused
             # (422) rather than replaced, since replacing would make distinct ids collide.
@@ -241,12 +249,17 @@ class Server:
         host, port = parse_listen_address(address)
         self.address = address
         limits = limits or ConnectionLimits()
+        handshake_timeout = limits.header_timeout
 
         class _Quiet(uvicorn.Server):
             def capture_signals(self) -> Any:  # the exporter handles SIGTERM/SIGINT/SIGHUP
                 from contextlib import nullcontext
 
                 return nullcontext()
+
+            async def startup(self, sockets: Any = None) -> None:
+                with tls_handshake_deadline(handshake_timeout):
+                    await super().startup(sockets)
 
         config = uvicorn.Config(
             app,

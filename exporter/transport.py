@@ -33,24 +33,26 @@ class _NoAnswer(Exception):
 
 
 class _Connection:
-    __slots__ = ("buffer", "idle_since", "reused", "stream")
+    __slots__ = ("buffer", "idle_since", "reused", "socket", "stream")
 
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream
+        # Looked up once: anyio builds every attribute of the stream (getpeername…) on each look-up.
+        self.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         self.buffer = bytearray()
         self.idle_since = 0.0
         self.reused = False
 
     def is_readable(self) -> bool:
         """An idle connection that has something to read was closed (or spoken to) by the server."""
-        sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-        if sock is None:
+        if self.socket is None:
             return True
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
+            poller = select.poll()  # not select.select: it fails on descriptors past 1023
+            poller.register(self.socket.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
     async def fill(self, timeout: float | None) -> bool:
         """Read more into the buffer; False at the end of the stream."""

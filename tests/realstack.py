@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -86,6 +87,11 @@ class Webhook:
         with self._lock:
             return [alert for n in self.notifications for alert in n.get("alerts", [])]
 
+    def timed_alerts(self) -> list[tuple[dict[str, Any], float]]:
+        """Every alert sent, with the time (Unix seconds) its notification arrived."""
+        with self._lock:
+            return [(alert, n["_received"]) for n in self.notifications for alert in n.get("alerts", [])]
+
     def firing(self, alertname: str, **labels: str) -> list[dict[str, Any]]:
         """Firing alerts named `alertname` whose labels include `labels`."""
         return [
@@ -98,6 +104,7 @@ class Webhook:
 
     def record(self, body: bytes) -> None:
         notification = json.loads(body)
+        notification["_received"] = time.time()
         with self._lock:
             self.notifications.append(notification)
             with self.log.open("a") as out:

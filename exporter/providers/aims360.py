@@ -1,13 +1,22 @@
 """AIMS360 background jobs through OData: tracked ids batched into `jobID eq … or …` filters,
-discovery by a configured `$filter`, `@odata.nextLink` paging, and optional reruns of failed jobs."""
+discovery by a configured `$filter`, `@odata.nextLink` paging, and optional reruns of failed jobs.
+
+The service's next links name a backend host (`apieast1…` for a call to `apieast…`): a link is
+requested as its path and query on the configured base URL's host, so the token never leaves
+it. A rerun is asked only while the job says `canReRun: Yes` and `maximumDateTimeToExecuteJob`
+has not passed, within the target's `max_reruns`; its count survives restarts (the tracker keeps
+it in the state file). A rerun may answer the same `jobId`: that job is then tracked again from
+queued to its new outcome.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-from exporter.model import Job, Status
+from exporter.model import Cause, Job, Status
 from exporter.parsing import (
     bounded_label,
     bounded_reason,
@@ -69,6 +78,9 @@ def job_status(row: dict[str, Any]) -> tuple[Status, str]:
 
 class Aims360(Provider):
     name = "aims360"
+    # A background job fails on the service's side (a report, an import): nothing for an end user.
+    causes: ClassVar[Mapping[str, Cause]] = {"failed": Cause.PROVIDER}
+    known_reasons = ("failed",)
     config_keys: ClassVar[frozenset[str]] = frozenset({"jobs", "discover_filter", "auto_rerun", "max_reruns"})
     # A backgroundjob row (jobID), a rerun answer (jobId), or {"id": …}.
     id_keys: ClassVar[tuple[str, ...]] = ("jobID", "jobId", "id")
@@ -79,6 +91,10 @@ class Aims360(Provider):
         self._chain: dict[str, int] = {}
         # Jobs already replaced by a rerun: never reported again, even if discovery lists them.
         self._replaced: set[str] = set()
+
+    def restore_reruns(self, reruns: Mapping[str, int]) -> None:
+        for job_id, count in reruns.items():
+            self._chain[job_id] = max(count, self._chain.get(job_id, 0))
 
     def id_from_body(self, body: Any) -> str:
         if isinstance(body, dict) and isinstance(body.get("value"), list) and body["value"]:
@@ -113,7 +129,10 @@ class Aims360(Provider):
             attempts=parse_int(obj.get("numberOfAttempts")),
             reason=bounded_reason(raw) if status is Status.FAILED else None,
             message=str(text) if text else None,
-            extra={"canReRun": str(obj.get("canReRun") or "")},
+            extra={
+                "canReRun": str(obj.get("canReRun") or ""),
+                "rerunUntil": str(parse_timestamp(obj.get("maximumDateTimeToExecuteJob")) or ""),
+            },
         )
 
     async def rows(self, http: Http, odata_filter: str) -> list[Any]:
@@ -127,18 +146,17 @@ class Aims360(Provider):
             next_link = body.get("@odata.nextLink")
             if not next_link:
                 return rows
-            body = await http.get_json(self._same_origin(str(next_link)))
+            body = await http.get_json(self._on_base_host(str(next_link)))
         raise BadPayload(f"@odata.nextLink: more than {MAX_PAGES} pages")
 
-    def _same_origin(self, link: str) -> str:
-        """A next link, refused when it leaves the tenant: the token must not travel elsewhere."""
+    def _on_base_host(self, link: str) -> str:
+        """A next link's path and query on the configured base URL's scheme and host, whatever
+        host the link names: the service names its backend host, and the token must not travel."""
         parts = urlsplit(link)
-        if not parts.scheme:
+        if not parts.scheme and not parts.netloc:
             return link
         base = urlsplit(self.target.base_url)
-        if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
-            raise BadPayload("@odata.nextLink points to another host")
-        return link
+        return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, ""))
 
     async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:
         result = PollResult()
@@ -181,13 +199,18 @@ class Aims360(Provider):
             await self._rerun(http, failed, result)
         return result
 
-    async def _rerun(self, http: Http, failed: list[Job], result: PollResult) -> None:
-        eligible = [
-            job
-            for job in failed
-            if job.extra.get("canReRun", "").lower() == "yes"
+    def may_rerun(self, job: Job, now: float) -> bool:
+        """canReRun is Yes, maximumDateTimeToExecuteJob (when set) has not passed, budget left."""
+        until = job.extra.get("rerunUntil", "")
+        return (
+            job.extra.get("canReRun", "").lower() == "yes"
+            and (not until or now <= float(until))
             and self._chain.get(job.id, 0) < self.target.max_reruns
-        ]
+        )
+
+    async def _rerun(self, http: Http, failed: list[Job], result: PollResult) -> None:
+        now = time.time()
+        eligible = [job for job in failed if self.may_rerun(job, now)]
 
         async def rerun(job: Job) -> Job:
             body = await http.post_json(RERUN_PATH.format(id=segment(job.id)))
@@ -197,6 +220,8 @@ class Aims360(Provider):
                 status=new.status,
                 raw_status=new.raw_status,
                 job_type=job.job_type,
+                # The same job again keeps when it was made; its run starts anew.
+                created=job.created if new.id == job.id else None,
                 attempts=(job.attempts or 0) + 1,
             )
 
@@ -206,7 +231,8 @@ class Aims360(Provider):
             if not isinstance(outcome, Job):
                 continue
             self._chain[outcome.id] = self._chain.pop(old.id, 0) + 1
-            self._replaced.add(old.id)
+            if outcome.id != old.id:
+                self._replaced.add(old.id)
             result.replaced[old.id] = outcome.id
             result.jobs.append(outcome)
             result.reruns += 1

@@ -149,6 +149,9 @@ class OpenSync:
     # Each channel seen taking part: running, succeeded, partial or failed.
     channels: dict[str, str] = field(default_factory=dict)
     failure: str | None = None  # the first failure event's type
+    # The connection was seen final once: the queue gets one more read to bring the final event
+    # (and its reason: AUTH_FAILED is the end user's) before the connection's status closes it.
+    final_seen: bool = False
 
     def outcome(self, conn: Connection, event_type: str = "") -> tuple[Status, str | None]:
         """(status, reason) of the sync once it has ended."""
@@ -293,6 +296,9 @@ class Oxlin(Provider):
         started = [c for c in conn.channels if c.id in sync.channels] or list(conn.channels)
         ends = [c.last_end for c in started]
         if not ends or any(end is None or end < sync.started for end in ends):
+            return None
+        if not sync.final_seen:
+            sync.final_seen = True
             return None
         for c in started:
             if sync.channels.get(c.id, RUNNING) == RUNNING:

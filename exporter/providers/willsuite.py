@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from exporter.model import Job, Status
+from exporter.model import Cause, Job, Status
 from exporter.parsing import bounded_label, map_status, parse_int, parse_timestamp, text_id, time_zone
 from exporter.providers.base import BadPayload, Http, PollResult, Provider, fetch_each, segment
 
@@ -31,6 +31,9 @@ class WillSuite(Provider):
     # WillSuite asks clients to poll no more often than every 5-10 minutes.
     advised_poll_interval: ClassVar[float | None] = 300.0
     config_keys: ClassVar[frozenset[str]] = frozenset({"jobs", "timezone"})
+    # A failed API job, or records the engine refused: the service's to explain, not an end user's.
+    causes: ClassVar[Mapping[str, Cause]] = {"failed": Cause.PROVIDER, "record_errors": Cause.PROVIDER}
+    known_reasons = ("failed", "record_errors")
 
     def parse_job(self, obj: Any) -> Job:
         if not isinstance(obj, dict):

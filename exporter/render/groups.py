@@ -56,7 +56,9 @@ class Group:
             for part, family in zip(parts, JOB_FAMILIES, strict=True):
                 part.append(family.lines(tracked, prefix))
         old = self.blocks
-        new = [block("".join(p).encode()) for p in parts]
+        # "replace": text is cleaned where it enters; should a lone surrogate slip through, it
+        # costs one character, not the exposition.
+        new = [block("".join(p).encode("utf-8", "replace")) for p in parts]
         if old is not None:
             new = [o if o.data == n.data else n for o, n in zip(old, new, strict=True)]
             if all(o is n for o, n in zip(old, new, strict=True)):

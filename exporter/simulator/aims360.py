@@ -48,8 +48,8 @@ CATEGORIES = (
 # The service's nextLink names a backend host; this one never resolves, so only a client that
 # keeps to its configured host reads the next page. NEXT_LINK_BACKEND says whether links name it.
 BACKEND_HOST = "aims360-backend-1.invalid"
-NEXT_LINK_BACKEND = False
-RERUN_NEW_ID = True
+NEXT_LINK_BACKEND = True
+RERUN_NEW_ID = False
 OPTIONS = ("rerun_scenario", "rerun_new_id", "can_rerun", "rerun_window", "queued_until")
 CLAUSE = re.compile(r"^\(?\s*(\w+)\s+eq\s+'((?:[^']|'')*)'\s*\)?$")
 

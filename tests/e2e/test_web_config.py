@@ -266,3 +266,29 @@ def test_the_api_token_rides_beside_basic_credentials(tmp_path: Path) -> None:
         assert get("GET", "/api/v1/jobs", auth=("prom", "pw")).status_code == 401
         r = get("GET", "/api/v1/jobs", auth=("prom", "pw"), headers={"X-Asyncjob-Token": "t0ken"})
         assert r.status_code == 200
+
+
+def test_a_tls_client_that_never_says_hello_is_closed_after_the_header_timeout(
+    tmp_path: Path, pki: Path
+) -> None:
+    import socket
+
+    extra = web_config(
+        tmp_path,
+        {"tls_server_config": {"cert_file": str(pki / "server.crt"), "key_file": str(pki / "server.key")}},
+    )
+    with exporter(
+        tmp_path, {"targets": []}, extra=[*extra, "--web.read-header-timeout=1s"], wait_ready=False
+    ) as exp:
+        url = exp.url.replace("http://", "https://")
+        from tests.harness import wait_for
+
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        wait_for(lambda: httpx.get(f"{url}/healthz", verify=ctx, timeout=2).status_code == 200, what="TLS up")
+        host, port = exp.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            # asyncio's own handshake deadline is 60 s: the socket timeout (10 s) would pass first.
+            import contextlib
+
+            with contextlib.suppress(ConnectionResetError):  # closed by a reset: closed all the same
+                assert s.recv(1) == b""

@@ -6,6 +6,9 @@ import json
 import socket
 import subprocess
 import sys
+import tracemalloc
+import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +173,42 @@ def test_answers_streaming_junk_at_once_share_one_byte_budget_and_rss_stays_boun
     assert result["errors"]["bad_body"] == 16
     assert result["bytes_in_flight"] == 0  # every answer gave its share back
     assert result["peak_rss_bytes"] < 250 * 2**20
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.anyio
+async def test_compressed_answers_are_read_and_a_bomb_is_refused_before_it_inflates(encoding: str) -> None:
+    def compress(data: bytes) -> bytes:
+        c = zlib.compressobj(9, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
+        return c.compress(data) + c.flush()
+
+    small = compress(b'{"id": "1", "ok": true}')
+    bomb = compress(b" " * 200_000_000)  # 200 MB of spaces in a few hundred KB
+
+    class Pieces(httpx.AsyncByteStream):
+        """Sent as it arrives off a socket, 64 KiB at a time."""
+
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for i in range(0, len(self.data), 65536):
+                yield self.data[i : i + 65536]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["Accept-Encoding"] == "gzip, deflate"
+        body = small if request.url.path == "/small" else bomb
+        return httpx.Response(200, stream=Pieces(body), headers={"Content-Encoding": encoding})
+
+    http = make_http(handler, max_response_bytes=1_000_000)
+    assert await http.get_json("/small") == {"id": "1", "ok": True}
+    tracemalloc.start()
+    try:
+        with pytest.raises(PollError) as e:
+            await http.get_json("/bomb")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert e.value.reason == "bad_body" and "exceeds 1000000 bytes" in str(e.value)
+    assert peak < 10_000_000  # inflated no further than the cap
+    await http.aclose()

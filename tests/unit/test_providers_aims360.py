@@ -8,10 +8,14 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.model import Status
+from exporter.config import build_settings
+from exporter.model import Cause, Status, placeholder
 from exporter.parsing import parse_timestamp
+from exporter.providers import PROVIDERS
 from exporter.providers.aims360 import MAX_FILTER_CHARS, Aims360, id_batches
 from exporter.providers.base import BadPayload
+from exporter.providers.willsuite import WillSuite
+from exporter.tracker import Tracker
 from tests.unit.provider_http import fixture, provider_and_http, provider_for
 
 FIXTURE_ID = "d29fac30-650a-4ff2-b2b1-acab3c7472ea-20190607060819639"
@@ -181,15 +185,29 @@ async def test_a_tracked_id_missing_from_the_answer_is_gone_and_discovery_adds_j
 
 
 @pytest.mark.anyio
-async def test_a_next_link_to_another_host_is_not_followed() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"value": [], "@odata.nextLink": "https://evil.example/steal"})
+async def test_a_next_link_on_another_host_is_read_from_the_configured_one() -> None:
+    first = fixture("aims360_backgroundjob_failed_paged.json")
+    hosts: list[str] = []
 
-    provider, http = provider_and_http(handler, provider="aims360")
-    result = await provider.poll(http, ["a"])
+    def handler(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        if "$skip" in request.url.params:
+            assert request.url.params["$filter"] == "jobStatus eq 'Failed'"
+            return httpx.Response(200, json={"value": [fixture_row(jobID="page-2")]})
+        return httpx.Response(200, json=first)
+
+    provider, http = provider_and_http(
+        handler,
+        provider="aims360",
+        base_url="https://apieast.aims360.rest",
+        discover_filter="jobStatus eq 'Failed'",
+    )
+    result = await provider.poll(http, [])
     await http.aclose()
-    assert result.gone == []
-    assert result.bad_payloads and "another host" in result.bad_payloads[0]
+    assert sorted(j.id for j in result.jobs) == sorted([first["value"][0]["jobID"], "page-2"])
+    assert result.bad_payloads == []
+    # Both pages from the configured host: the token never went to apieast1.
+    assert hosts == ["apieast.aims360.rest", "apieast.aims360.rest"]
 
 
 @pytest.mark.anyio
@@ -221,3 +239,88 @@ async def test_auto_rerun_replaces_a_failed_job_at_most_max_reruns_times() -> No
     await http.aclose()
     assert second.replaced == {}
     assert api.reruns == ["a"]
+
+
+class SameIdReruns(FakeOData):
+    """Reruns answer the job's own id, queued again, as the service may."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            old = request.url.path.split("/")[-2]
+            self.reruns.append(old)
+            return httpx.Response(200, json={"jobId": old, "jobStatus": "Queued"})
+        return super().__call__(request)
+
+
+def failed_row(job_id: str = "a", **changes: Any) -> dict[str, Any]:
+    row = fixture("aims360_backgroundjob_failed_paged.json")["value"][0]
+    # Still within its rerun window (maximumDateTimeToExecuteJob) unless a test says otherwise.
+    return {**row, "jobID": job_id, "maximumDateTimeToExecuteJob": None, **changes}
+
+
+@pytest.mark.anyio
+async def test_a_rerun_that_answers_the_same_id_keeps_tracking_that_job() -> None:
+    api = SameIdReruns([failed_row("a")])
+    provider, http = provider_and_http(api, provider="aims360", auto_rerun=True, max_reruns=1)
+    first = await provider.poll(http, ["a"])
+    assert first.replaced == {"a": "a"} and first.reruns == 1
+    assert [(j.id, j.status) for j in first.jobs] == [("a", Status.FAILED), ("a", Status.PENDING)]
+    assert first.jobs[1].created == first.jobs[0].created and first.jobs[1].attempts == 1
+    # The rerun fails again: the job is still reported, and the budget of one is spent.
+    second = await provider.poll(http, ["a"])
+    await http.aclose()
+    assert [(j.id, j.status) for j in second.jobs] == [("a", Status.FAILED)]
+    assert second.replaced == {} and api.reruns == ["a"]
+
+
+@pytest.mark.anyio
+async def test_the_rerun_budget_survives_a_restart() -> None:
+    api = SameIdReruns([failed_row("a")])
+    provider, http = provider_and_http(api, provider="aims360", auto_rerun=True, max_reruns=1)
+    provider.restore_reruns({"a": 1})  # what the state file kept of the tracked job
+    result = await provider.poll(http, ["a"])
+    await http.aclose()
+    assert result.replaced == {} and api.reruns == []
+
+
+@pytest.mark.anyio
+async def test_no_rerun_past_its_maximum_date_time_to_execute() -> None:
+    past = failed_row("late", maximumDateTimeToExecuteJob="2019-06-08T07:03:12.5Z")
+    future = failed_row("soon", maximumDateTimeToExecuteJob="2999-01-01T00:00:00Z")
+    refused = failed_row("no", canReRun="No")
+    api = SameIdReruns([past, future, refused])
+    provider, http = provider_and_http(api, provider="aims360", auto_rerun=True, max_reruns=3)
+    result = await provider.poll(http, ["late", "soon", "no"])
+    await http.aclose()
+    assert api.reruns == ["soon"] and result.replaced == {"soon": "soon"}
+
+
+@pytest.mark.anyio
+async def test_a_failure_then_a_rerun_success_count_one_of_each() -> None:
+    api = SameIdReruns([failed_row("a")])
+    provider, http = provider_and_http(api, provider="aims360", auto_rerun=True, max_reruns=1)
+    settings = build_settings(
+        {"targets": [{"name": "t", "provider": "aims360", "base_url": "https://api.example.com"}]}, PROVIDERS
+    )
+    tracker = Tracker()
+    tracker.set_target(settings.resolved(settings.targets[0]))
+    tracker.track("t", placeholder("a"), "static", now=1)
+    tracker.apply("t", await provider.poll(http, tracker.pollable("t")), now=10)
+    assert tracker.pollable("t") == ["a"]
+    # The rerun completed.
+    api.rows = [fixture_row(jobID="a", subCategoryName="Open Orders Report", numberOfAttempts=1)]
+    tracker.apply("t", await provider.poll(http, tracker.pollable("t")), now=20)
+    tracker.apply("t", await provider.poll(http, tracker.pollable("t")), now=30)
+    await http.aclose()
+    agg = tracker.targets["t"].agg
+    job_type = "Reports/Open Orders Report"
+    assert agg.finished[(job_type, Status.FAILED)] == 1
+    assert agg.finished[(job_type, Status.SUCCEEDED)] == 1
+    assert tracker.targets["t"].jobs["a"].reruns == 1
+
+
+def test_aims360_and_willsuite_failures_are_the_providers() -> None:
+    job = aims().parse_job(failed_row("a"))
+    assert job.reason == "failed" and Aims360.causes[job.reason] is Cause.PROVIDER
+    assert set(Aims360.causes) == set(Aims360.known_reasons)
+    assert {WillSuite.causes[r] for r in WillSuite.known_reasons} == {Cause.PROVIDER}

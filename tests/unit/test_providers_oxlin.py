@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.model import Channel, Connection, Status
+from exporter.model import Cause, Channel, Connection, Status
 from exporter.providers.base import BadPayload, PollResult
 from exporter.providers.oxlin import Oxlin, events_of, parse_connection
 from tests.unit.provider_http import fixture, provider_and_http, provider_for
@@ -354,6 +354,10 @@ async def test_the_connections_status_closes_a_sync_whose_final_event_was_missed
     provider, http = provider_and_http(
         api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
     )
+    # The queue gets one more read to bring the final event (with its reason) before the
+    # connection's status closes the sync.
+    first = await provider.poll(http, [])
+    assert [(j.id, j.status) for j in first.jobs] == [(SYNC, Status.RUNNING)]
     result = await provider.poll(http, [])
     assert [(j.id, j.status, j.reason, j.finished) for j in result.jobs] == [(SYNC, outcome, reason, T0 + 9)]
     # The final event, read late, belongs to the closed sync: no new job.
@@ -361,6 +365,27 @@ async def test_the_connections_status_closes_a_sync_whose_final_event_was_missed
     later = await provider.poll(http, [])
     await http.aclose()
     assert later.jobs == [] and later.queue_events == [("20", "SYNC_ALL_SUCCESS")]
+
+
+@pytest.mark.anyio
+async def test_a_final_event_read_one_cycle_after_the_connection_ended_gives_the_sync_its_reason() -> None:
+    """The connection's status is read after the queue: a sync that ends in between is FAILED
+    there before its AUTH_FAILED event (the end user's credentials) reaches the queue."""
+    events = two_channels()
+    failed = json.loads(json.dumps(events[4]))
+    failed["event_type"] = "AUTH_FAILED"
+    failed["resource"]["status"] = "FAILED"
+    api = FakeOxlin(events[:4], {"4242": connection("FAILED", T0 + 9)})
+    provider, http = provider_and_http(
+        api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
+    )
+    await provider.poll(http, [])
+    api.queue = [*events[:4], failed]
+    result = await provider.poll(http, [])
+    await http.aclose()
+    assert [(j.id, j.status, j.reason, j.cause) for j in result.jobs] == [
+        (SYNC, Status.FAILED, "auth_failed", Cause.USER)
+    ]
 
 
 @pytest.mark.anyio
@@ -384,6 +409,8 @@ async def test_a_sync_closed_by_its_connection_stays_closed_across_a_restart() -
         api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
     )
     await provider.poll(http, [])
+    closed = await provider.poll(http, [])
+    assert [j.status for j in closed.jobs] == [Status.SUCCEEDED]
     await http.aclose()
     saved = json.loads(json.dumps(provider.cursors()))
     api.queue = events
