@@ -118,6 +118,9 @@ def scrape_body(s: dict[str, Any]) -> list[str]:
         "a pass), and the poll that follows answers the simulator's state, a change again. A scraper in a",
         "third process (`bench/scraper.py`) asks for `/metrics` with Prometheus' headers (gzip) and",
         "`/healthz` in turn, ten pairs a second. Every client gets the same body: one gzip member.",
+        f"During the window the exporter's process used {s.get('cpu_share', 0) * 100:.0f} % of a CPU; the load",
+        f"average was {s.get('load_average', 'unknown')}. When polls and changes ask for more CPU than the process",
+        "gets, changes wait to be rendered and the served body ages: the age and currency rows show it.",
         "",
         *_table(
             ["figure", "p50 / p99 / max", "samples"],

@@ -21,7 +21,7 @@ import anyio
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import fleet, scraper, synthetic
+from bench import fleet, machine, scraper, synthetic
 from exporter.config import build_settings
 from exporter.providers import PROVIDERS
 from exporter.render.groups import JobSeries
@@ -95,11 +95,13 @@ async def measure(
         log(f"  scrape: churn under way, {len(ids):,} jobs; scraping for {seconds:.0f} s")
         tg.start_soon(sample_staleness, runtime.exposition.jobs, ages)
         counted = len(churn.current_after)
-        requests, started = requests_sent(runtime), time.monotonic()
+        requests, started, cpu = requests_sent(runtime), time.monotonic(), time.process_time()
         proc = scraper.in_own_process(url, seconds)
         lat = await anyio.to_thread.run_sync(scraper.result, proc, seconds + 60)
         current_after = churn.current_after[counted:]
-        polls_per_s = (requests_sent(runtime) - requests) / (time.monotonic() - started)
+        wall = time.monotonic() - started
+        polls_per_s = (requests_sent(runtime) - requests) / wall
+        cpu_share = (time.process_time() - cpu) / wall
         served, plain = await anyio.to_thread.run_sync(two_bodies, server.port)
         # Baselines, in a worker thread while the scheduler keeps polling.
         base = await anyio.to_thread.run_sync(baselines, plain)
@@ -114,6 +116,8 @@ async def measure(
         "churn_passes": len(current_after),
         "churn_pass_s": statistics.median(churn.pass_seconds),
         "polls_per_s": polls_per_s,
+        "cpu_share": cpu_share,
+        "load_average": machine.load_average(),
         "baseline": base,
     }
     return figures, served, plain
