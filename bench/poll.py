@@ -92,27 +92,20 @@ async def bare(client: httpx.AsyncClient, ids: list[str], concurrency: int) -> t
     return cpu, wall
 
 
-async def create_jobs(url: str, n: int, concurrency: int = 32) -> list[str]:
-    """Create n stuck Basiq jobs in the simulator, `concurrency` requests at a time."""
+async def create_jobs(url: str, n: int, batch: int = 5000) -> list[str]:
+    """Create n stuck Basiq jobs in the simulator, `batch` at a time."""
     ids: list[str] = []
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-
-        async def one(_: int) -> None:
-            r = await client.post(
-                "/_sim/jobs", json={"provider": "basiq", "scenario": "stuck", "fail_step": 1}
-            )
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        while len(ids) < n:
+            spec = {
+                "provider": "basiq",
+                "scenario": "stuck",
+                "fail_step": 1,
+                "count": min(batch, n - len(ids)),
+            }
+            r = await client.post("/_sim/jobs", json=spec)
             r.raise_for_status()
-            ids.append(str(r.json()["id"]))
-
-        limiter = anyio.CapacityLimiter(concurrency)
-
-        async def limited(i: int) -> None:
-            async with limiter:
-                await one(i)
-
-        async with anyio.create_task_group() as tg:
-            for i in range(n):
-                tg.start_soon(limited, i)
+            ids += [str(i) for i in r.json()["ids"]]
     return ids
 
 

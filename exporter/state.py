@@ -21,11 +21,12 @@ docs/benchmarks.md). Checkpoints, which fsync, run on their own connection in a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ RETRY_FIRST, RETRY_MAX = 0.25, 2.0
 # How often the WAL is copied into the file (in a worker thread).
 CHECKPOINT_INTERVAL = 1.0
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# Jobs serialised and written per statement; the event loop serves others between statements.
+ROWS_PER_STATEMENT = 500
 
 # Each entry migrates the schema from version i to i+1.
 MIGRATIONS: tuple[str, ...] = (
@@ -358,43 +361,77 @@ class Store:
         return len(self._pending) + self._inflight
 
     # --- writing -----------------------------------------------------------------------
-    def _take(self) -> tuple[Batch, list[tuple[str, str]]]:
-        """Everything pending, as the statements that write it; the jobs are serialised here, on
-        the caller's thread (the event loop, the only one changing them)."""
+    def _take(self) -> Batch:
+        """Everything pending, for one transaction."""
         self._unchanged.clear()  # restored jobs the tracker did not take in (a cap, a duplicate)
         with self._lock:
             batch, self._pending = self._pending, Batch(upto=self._changes)
             self._inflight = len(batch)
-        upserts = [(t, j, tracked_to_json(tr)) for (t, j), tr in batch.jobs.items() if tr is not None]
-        deletes = [k for k, tr in batch.jobs.items() if tr is None]
-        tombs = [(t, j, at) for (t, j), at in batch.tombstones.items()]
-        cursors = [(t, n, v) for (t, n), v in batch.cursors.items()]
-        statements = [
-            (sql, json.dumps(rows))
-            for sql, rows in zip(_WRITES, (upserts, deletes, tombs, cursors), strict=True)
-            if rows
-        ]
-        return batch, statements
+        return batch
 
-    def _commit(self, statements: list[tuple[str, str]]) -> None:
-        """One transaction. On an error the connection is dropped, so the
-        next attempt opens the file again (a mount made writable again, a freed disk)."""
+    @staticmethod
+    def _statements(batch: Batch) -> Iterator[tuple[str, str]]:
+        """The statements that write a batch, each with its rows as one JSON array; jobs are
+        serialised ROWS_PER_STATEMENT at a time, as they are now (on the event loop, the only
+        thread that changes them: a job changed since is in the next batch too)."""
+        upserts = [(key, tr) for key, tr in batch.jobs.items() if tr is not None]
+        for i in range(0, len(upserts), ROWS_PER_STATEMENT):
+            part = upserts[i : i + ROWS_PER_STATEMENT]
+            yield _WRITES[0], json.dumps([(t, j, tracked_to_json(tr)) for (t, j), tr in part])
+        rest = (
+            [key for key, tr in batch.jobs.items() if tr is None],
+            [(t, j, at) for (t, j), at in batch.tombstones.items()],
+            [(t, n, v) for (t, n), v in batch.cursors.items()],
+        )
+        for sql, rows in zip(_WRITES[1:], rest, strict=True):
+            if rows:
+                yield sql, json.dumps(rows)
+
+    def _begin(self) -> sqlite3.Connection:
         db = self._db
+        if db is None:
+            db = self._db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        return db
+
+    def _abort(self, drop: bool) -> None:
+        """Roll back; after an error drop the connection too, so the next attempt opens the file
+        again (a mount made writable again, a freed disk)."""
+        db = self._db
+        if db is None:
+            return
         try:
-            if db is None:
-                db = self._db = self._connect()
-            db.execute("BEGIN IMMEDIATE")
-            for sql, rows in statements:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        except sqlite3.Error:
+            drop = True
+        if drop:
+            db.close()
+            self._db = None
+
+    def _commit(self, batch: Batch) -> None:
+        """One transaction, in the calling thread."""
+        try:
+            db = self._begin()
+            for sql, rows in self._statements(batch):
                 db.execute(sql, (rows,))
             db.execute("COMMIT")
         except sqlite3.Error:
-            if db is not None:
-                try:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                finally:
-                    db.close()
-                    self._db = None
+            self._abort(drop=True)
+            raise
+
+    async def _commit_in_turns(self, batch: Batch) -> None:
+        """One transaction on the event loop, letting other work in between its statements: a
+        poll cycle that changed thousands of jobs does not hold a scrape up while it is written."""
+        try:
+            db = self._begin()
+            for n, (sql, rows) in enumerate(self._statements(batch)):
+                if n:
+                    await anyio.lowlevel.checkpoint()
+                db.execute(sql, (rows,))
+            db.execute("COMMIT")
+        except BaseException as e:
+            self._abort(drop=isinstance(e, sqlite3.Error))
             raise
 
     def _put_back(self, batch: Batch) -> None:
@@ -430,12 +467,12 @@ class Store:
     def flush(self) -> int:
         """Write what is pending (in the calling thread). Returns changes written; raises
         sqlite3.Error with the changes still pending."""
-        batch, statements = self._take()
+        batch = self._take()
         if not len(batch) and not batch.held:
             self._done(batch)
             return 0
         try:
-            self._commit(statements)
+            self._commit(batch)
         except sqlite3.Error as e:
             self._put_back(batch)
             self._failed(e, self.pending_writes)
@@ -443,16 +480,19 @@ class Store:
         self._done(batch)
         return len(batch)
 
-    def _write_round(self) -> bool:
+    async def _write_round(self) -> bool:
         """Commit everything pending, then wake the waiters of this round: committed, or told
-        why not. On the event loop: a WAL append into the page cache, no fsync."""
-        batch, statements = self._take()
+        why not. On the event loop: WAL appends into the page cache, no fsync."""
+        batch = self._take()
         try:
-            self._commit(statements)
+            await self._commit_in_turns(batch)
         except sqlite3.Error as e:
             self._put_back(batch)
             self._failed(e, self.pending_writes)
             ok = False
+        except BaseException:  # cancelled at shutdown: rolled back, written by the last flush
+            self._put_back(batch)
+            raise
         else:
             self._done(batch)
             self._uncheckpointed += 1
@@ -476,14 +516,20 @@ class Store:
                     if not len(self._pending) and not self._pending.held and self.error is None:
                         await self._wake.wait()
                     self._wake = anyio.Event()
-                    if self._write_round():
+                    if await self._write_round():
                         retry = RETRY_FIRST
                         await anyio.sleep(0)  # let the waiters and new changes in
                     else:
                         await anyio.sleep(retry)
                         retry = min(RETRY_MAX, retry * 2)
         finally:
-            self._write_round()
+            self._last_flush()
+
+    def _last_flush(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # logged; close() tries again, says what is lost
+            self.flush()
+        if self._round is not None:
+            self._round.set()
 
     async def _checkpoints(self) -> None:
         """Copy the WAL into the file now and then, off the event loop (a checkpoint fsyncs)."""

@@ -100,3 +100,11 @@ def seed_jobs(sim: Simulator) -> None:
                 sim.create(provider, scenario=scenario, id=WILLSUITE_JOBS[scenario])
             else:
                 sim.create(provider, scenario=scenario)
+    # What the providers also do: history in Basiq's 7-day user lists (not news), a statement
+    # job, an MFA challenge nobody answers (the user's failure), an Oxlin sync whose final event
+    # never reaches the queue (its connection's status ends it).
+    sim.create("basiq", scenario="success", age=5 * 86400)
+    sim.create("basiq", scenario="fail", error_code="connector-error", age=6 * 86400)
+    sim.create("basiq", scenario="success", job_type="statement")
+    sim.create("basiq", scenario="mfa", mfa_expiry=30)
+    sim.create("oxlin", scenario="success", missed_final=True)

@@ -102,3 +102,58 @@ def test_users_discovery_finds_jobs_and_mfa_waits_for_the_user(tmp_path: Path) -
             wait_for(lambda: exp.value("asyncjob_job_awaiting_user", job_id=mfa) == 1, what="mfa job")
             assert exp.value("asyncjob_job_info", job_id=mfa, provider="basiq", job_type="connection") == 1
             assert exp.value("asyncjob_job_status", job_id=other, status="running") is None
+
+
+def test_basiq_as_it_is_mfa_that_expires_arrays_statements_and_403s(tmp_path: Path) -> None:
+    with simulator(tmp_path, step_seconds=STEP) as sim:
+        # The challenge waits for its user, then expires: a failure nobody but the user can fix.
+        expiring = create_job(sim, "basiq", scenario="mfa", mfa_expiry=6, owner="ea3a81")
+        wrong = create_job(
+            sim, "basiq", scenario="fail", error_code="invalid-credentials", fail_step=0, owner="ea3a81"
+        )
+        broken = create_job(sim, "basiq", scenario="fail", error_code="connector-error", owner="ea3a81")
+        statement = create_job(sim, "basiq", scenario="success", job_type="statement", owner="ea3a81")
+        secrets = write_secrets(tmp_path)
+        with exporter(tmp_path, basiq_config(sim.url, secrets, users=["ea3a81"])) as exp:
+            wait_for(lambda: exp.value("asyncjob_job_awaiting_user", job_id=expiring) == 1, what="mfa waits")
+            wait_for(
+                lambda: exp.value("asyncjob_job_status", job_id=expiring, status="failed") == 1,
+                what="mfa expired",
+            )
+            assert exp.value("asyncjob_job_awaiting_user", job_id=expiring) == 0
+            assert exp.value("asyncjob_job_error_info", job_id=expiring, reason="job-timed-out") == 1
+            assert exp.value("asyncjob_job_error_info", job_id=expiring, cause="user") == 1
+            # Errors sent as arrays keep their code; each code has its cause.
+            wait_for(
+                lambda: exp.value("asyncjob_job_status", job_id=broken, status="failed") == 1, what="fail"
+            )
+            assert exp.value("asyncjob_job_error_info", job_id=wrong, reason="invalid-credentials") == 1
+            assert exp.value("asyncjob_job_error_info", job_id=wrong, cause="user") == 1
+            assert exp.value("asyncjob_job_error_info", job_id=broken, cause="provider") == 1
+            # A statement job's createdDate/updatedDate are its stamps.
+            wait_for(
+                lambda: exp.value("asyncjob_job_status", job_id=statement, status="succeeded") == 1,
+                what="statement",
+            )
+            assert exp.value("asyncjob_job_info", job_id=statement, job_type="statement") == 1
+            assert exp.value("asyncjob_job_created_timestamp_seconds", job_id=statement) is not None
+            assert exp.value("asyncjob_job_finished_timestamp_seconds", job_id=statement) is not None
+
+            # Basiq's 403 that speaks of a rate limit is a rate limit, not an auth failure.
+            assert exp.value("asyncjob_poll_errors_total", target="basiq-e2e", reason="http_429") == 0
+            httpx.post(
+                f"{sim.url}/_sim/faults",
+                json={
+                    "provider": "basiq",
+                    "kind": "status",
+                    "status": 403,
+                    "detail": "Rate limit exceeded",
+                    "remaining": 1,
+                },
+                timeout=5,
+            ).raise_for_status()
+            wait_for(
+                lambda: exp.value("asyncjob_poll_errors_total", target="basiq-e2e", reason="http_429") == 1,
+                what="403 counted as http_429",
+            )
+            assert exp.value("asyncjob_poll_errors_total", target="basiq-e2e", reason="auth") == 0

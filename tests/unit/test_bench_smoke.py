@@ -56,6 +56,9 @@ def test_the_report_names_the_command_and_has_a_row_per_target(results: dict[str
 def test_poll_compares_the_exporter_with_a_bare_client_against_the_simulator() -> None:
     r = poll.run(n_jobs=50, rounds=1)
     assert r["ours_cpu_ms_per_poll"] > 0 and r["bare_cpu_ms_per_poll"] > 0
+    first = r["first_full_poll"]  # one scheduler cycle over 250 jobs, every one answered
+    assert first["jobs"] == 250 and first["ours_wall_s"] > 0 and first["bare_wall_s"] > 0
+    assert any(row["what"].startswith("first full poll of 250 jobs") for row in report.poll_targets(r))
     assert r["sniffio"]["installed"]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -119,13 +118,13 @@ async def test_many_changes_share_one_transaction(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     tracker, store = tracker_with_store(path)
     commits: list[int] = []
-    real = store._commit
+    real = store._begin
 
-    def counting(statements: Any) -> None:
+    def counting() -> sqlite3.Connection:
         commits.append(1)
-        real(statements)
+        return real()
 
-    store._commit = counting  # type: ignore[method-assign]
+    store._begin = counting  # type: ignore[method-assign]
     async with anyio.create_task_group() as tg:
         tg.start_soon(store.run)
         await anyio.sleep(0.05)
@@ -196,15 +195,15 @@ async def test_a_failing_write_keeps_every_change_and_writes_it_when_it_can(
 ) -> None:
     path = tmp_path / "state.db"
     tracker, store = tracker_with_store(path)
-    real = store._commit
+    real = store._begin
     broken = True
 
-    def commit(statements: Any) -> None:
+    def begin() -> sqlite3.Connection:
         if broken:
             raise sqlite3.OperationalError("database or disk is full")
-        real(statements)
+        return real()
 
-    store._commit = commit  # type: ignore[method-assign]
+    store._begin = begin  # type: ignore[method-assign]
     async with anyio.create_task_group() as tg:
         tg.start_soon(store.run)
         tracker.track("t", Job("a", Status.RUNNING), "registered", now=1)

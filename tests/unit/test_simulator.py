@@ -1,0 +1,119 @@
+"""The simulator plays the providers as they are: the shapes the exporter's parsers must read,
+and the options a labelled fleet is built from."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from exporter.simulator import aims360, basiq, oxlin
+from exporter.simulator.app import CREDENTIALS, Simulator
+
+
+def sim() -> Simulator:
+    s = Simulator(step_seconds=10, seed=7)
+    s.app()
+    return s
+
+
+def test_basiq_mfa_challenge_waits_then_expires_on_its_step() -> None:
+    s = sim()
+    job = s.create("basiq", scenario="mfa", mfa_expiry=30, result_form="array")
+    t0 = job.created
+    waiting = basiq.job_body(job, t0 + 15)["steps"]
+    assert [st["title"] for st in waiting] == list(basiq.MFA_STEPS)
+    assert waiting[1]["status"] == "in-progress"
+    assert waiting[1]["result"][0]["type"] == "mfa"
+    expired = basiq.job_body(job, t0 + 45)["steps"][1]
+    assert expired["status"] == "failed"
+    assert expired["result"] == [
+        {
+            "type": "error",
+            "code": "job-timed-out",
+            "title": "MFA challenge expired",
+            "detail": job.error_detail,
+        }
+    ]
+
+
+def test_basiq_statement_jobs_and_objects_and_age() -> None:
+    s = sim()
+    job = s.create("basiq", job_type="statement", result_form="object", top_status=True, age=6 * 86400)
+    body = basiq.job_body(job)
+    assert "createdDate" in body and "updatedDate" in body and "created" not in body
+    assert body["status"] == "success"
+    assert isinstance(body["steps"][0]["result"], dict)
+    assert time.time() - job.created >= 6 * 86400 - 1
+
+
+def events_of(s: Simulator, connection: str, at: float) -> list[tuple[str, Any, str]]:
+    return [
+        (e["event_type"], e.get("channel_definition_id"), e["resource"]["status"])
+        for e in oxlin.queue_events(s, "20", at)
+        if e["resource"]["id"] == connection
+    ]
+
+
+def test_oxlin_channels_send_their_own_events_and_end_apart() -> None:
+    s = sim()
+    job = s.create("oxlin", scenario="fail", connection="9002")
+    assert events_of(s, "9002", job.created + 100) == [
+        ("SYNC_STARTED", "8700", "RUNNING"),
+        ("SYNC_STARTED", "8701", "RUNNING"),
+        ("SYNC_RUNNING", "8700", "RUNNING"),
+        ("SYNC_ALL_SUCCESS", "8701", "RUNNING"),  # REDIRECT done, EMBEDDED still running
+        ("AUTH_FAILED", "8700", "FAILED"),
+    ]
+
+
+def test_oxlin_missed_final_event_leaves_only_the_connections_status() -> None:
+    s = sim()
+    job = s.create("oxlin", scenario="success", connection="9005", missed_final=True, channel_field=False)
+    events = events_of(s, "9005", job.created + 100)
+    assert ("SYNC_ALL_SUCCESS", None, "SUCCESS") not in events
+    assert all(channel is None for _, channel, _ in events)
+    conn = oxlin.connection_at(job, job.created + 100)
+    assert conn["status"] == "SUCCESS"
+    assert all(ch["last_end_date"] >= int(job.started_at()) for ch in conn["channels"])
+
+
+def client(s: Simulator) -> TestClient:
+    return TestClient(s.app(), headers={"Authorization": f"Bearer {CREDENTIALS['bearer_token']}"})
+
+
+def test_aims360_queued_with_rising_percent_and_reruns_that_keep_their_id() -> None:
+    s = sim()
+    job = s.create("aims360", scenario="fail", rerun_scenario="success")
+    row = aims360.row(job, job.created + 5)
+    assert (row["jobStatus"], row["percentCompleted"] > 0) == ("Queued", True)
+    http = client(s)
+    path = "/aims360/jobsmanagement/v1.0/backgroundjob/{}/rerun"
+    assert http.post(path.format(job.id)).status_code == 400  # not failed yet
+    job.created -= 100  # its failure is in the past now
+    failed = aims360.row(job)
+    assert failed["canReRun"] == "Yes" and failed["maximumDateTimeToExecuteJob"] is not None
+    answer = http.post(path.format(job.id)).json()
+    assert answer["jobId"] == job.id and answer["jobStatus"] == "Queued"
+    again = aims360.row(job)
+    assert again["jobStatus"] == "Queued" and again["numberOfAttempts"] == 1
+
+
+def test_aims360_refuses_reruns_past_their_deadline_or_when_not_allowed() -> None:
+    s = sim()
+    late = s.create("aims360", scenario="fail", rerun_window=10, age=1000)
+    never = s.create("aims360", scenario="fail", can_rerun=False, age=1000)
+    http = client(s)
+    path = "/aims360/jobsmanagement/v1.0/backgroundjob/{}/rerun"
+    assert http.post(path.format(late.id)).status_code == 400
+    assert http.post(path.format(never.id)).status_code == 400
+    assert aims360.row(never)["canReRun"] == "No"
+
+
+def test_aims360_next_links_name_a_backend_host() -> None:
+    s = sim()
+    for _ in range(aims360.PAGE_SIZE + 1):
+        s.create("aims360", scenario="stuck")
+    body = client(s).get("/aims360/jobsmanagement/odata/v1.0/backgroundjob").json()
+    assert aims360.BACKEND_HOST in body["@odata.nextLink"]
