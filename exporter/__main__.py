@@ -24,11 +24,13 @@ subcommands:
   demo           simulator of every provider + exporter, no config, no network
   simulate       the simulator alone (tests, demos, benchmarks)
   check-config   validate a config file: exit 0, or list every problem and exit 2
+  mixin          alert rules, promtool tests and dashboards from your mixin YAML
 
 examples:
   asyncjob-exporter demo
   asyncjob-exporter --config.file=asyncjob.yml --web.listen-address=:10110
   asyncjob-exporter check-config asyncjob.yml
+  asyncjob-exporter mixin --config mixin.yml --out monitoring/
 """
 
 
@@ -148,7 +150,8 @@ def parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=_env("web.read-header-timeout", "10s"),
         metavar="DURATION",
-        help="close a connection whose request headers are not in within this time (default: 10s)",
+        help="close a connection whose request headers are not in within this time, or whose "
+        "body is not in within this time after them (default: 10s)",
     )
     p.add_argument(
         "--web.max-connections",
@@ -223,6 +226,18 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_common(sim)
 
+    mixin = sub.add_parser(
+        "mixin",
+        help="write alert rules, their promtool tests and dashboards for your setup",
+        description="Write the alert rules, promtool tests of them and the Grafana dashboards "
+        "from a mixin YAML (selector, Grafana URL, job page scheme, runbook base, thresholds, "
+        "severity per alert; docs/alerts.md lists the keys). Unset keys keep the shipped values. "
+        "Check the output with: promtool test rules DIR/alerts/tests/generated.yml",
+    )
+    mixin.add_argument("--config", dest="mixin_config", metavar="FILE", default=None, help="mixin YAML")
+    mixin.add_argument("--out", dest="out", metavar="DIR", required=True, help="directory to write into")
+    _add_common(mixin)
+
     check = sub.add_parser(
         "check-config",
         help="validate a config file",
@@ -240,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     from exporter.connections import ConnectionLimits
 
     logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
+    if args.command == "mixin":
+        return commands.write_mixin(args.mixin_config, args.out)
     if args.command == "check-config":
         return commands.check_config(args.file)
     if args.command == "simulate":

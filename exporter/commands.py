@@ -45,6 +45,22 @@ def check_config(path: str) -> int:
     return 0
 
 
+def write_mixin(config_file: str | None, out: str) -> int:
+    """Rules, promtool tests and dashboards from a user's mixin YAML (defaults without one)."""
+    from exporter.mixin import files, user
+
+    try:
+        cfg = user.load(config_file) if config_file else user.config_from(None)
+    except user.MixinConfigError as e:
+        print(f"{config_file}: {len(e.problems)} problem(s)", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    for path in files.write(Path(out), cfg):
+        print(path)
+    return 0
+
+
 async def _signals(runtime: Runtime | None, servers: list[Server], scope: anyio.CancelScope) -> None:
     with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as received:
         async for signum in received:

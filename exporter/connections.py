@@ -38,54 +38,62 @@ class ConnectionLimits:
 def guarded_h11(header_timeout: float, max_connections: int) -> type[H11Protocol]:
     """An h11 protocol class for uvicorn's `http=` that closes a connection whose request
     headers are not complete `header_timeout` seconds after it opened (or after its previous
-    response), and keeps at most `max_connections` open: past the cap, the connection that
-    has waited longest for its headers is closed to make room (one mid-request never is)."""
+    response), or whose request body is not complete `header_timeout` seconds after its
+    headers; and keeps at most `max_connections` open: past the cap, the connection that has
+    waited longest for its request to come in is closed to make room."""
 
-    waiting: dict[GuardedH11, float] = {}  # connections waiting for headers -> since when
+    reading: dict[GuardedH11, float] = {}  # connections waiting for a request -> since when
 
     class GuardedH11(H11Protocol):
-        _header_timer: asyncio.TimerHandle | None = None
+        _timer: asyncio.TimerHandle | None = None
+        _phase: type[h11.IDLE] | type[h11.SEND_BODY] | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._await_headers()
+            self._await(h11.IDLE)
             if len(self.connections) > max_connections:
-                oldest = min((c for c in waiting if c is not self), key=waiting.__getitem__, default=self)
-                log.debug("connection cap reached; closing the oldest waiting for its headers")
+                oldest = min((c for c in reading if c is not self), key=reading.__getitem__, default=self)
+                log.debug("connection cap reached; closing the one waiting longest for its request")
                 oldest._close()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:  # the request line and headers are in
-                self._headers_in()
+            state = self.conn.their_state
+            if state is h11.SEND_BODY:
+                if self._phase is not h11.SEND_BODY:  # headers in: the body has as long again
+                    self._await(h11.SEND_BODY)
+            elif state is not h11.IDLE:  # the whole request is in
+                self._stop()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                self._await_headers()
+                self._await(h11.IDLE)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._headers_in()
+            self._stop()
             super().connection_lost(exc)
 
-        def _await_headers(self) -> None:
-            self._headers_in()
-            waiting[self] = time.monotonic()
-            self._header_timer = self.loop.call_later(header_timeout, self._headers_late)
+        def _await(self, phase: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:
+            self._stop()
+            self._phase = phase
+            reading[self] = time.monotonic()
+            self._timer = self.loop.call_later(header_timeout, self._late)
 
-        def _headers_in(self) -> None:
-            waiting.pop(self, None)
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+        def _stop(self) -> None:
+            reading.pop(self, None)
+            self._phase = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
-        def _headers_late(self) -> None:
-            self._header_timer = None
-            if self.conn.their_state is h11.IDLE:
+        def _late(self) -> None:
+            self._timer = None
+            if self._phase is not None and self.conn.their_state is self._phase:
                 self._close()
 
         def _close(self) -> None:
-            self._headers_in()
+            self._stop()
             if not self.transport.is_closing():
                 self.transport.close()
 

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -129,10 +129,13 @@ def build_app(
         if declared and declared.isdigit() and int(declared) > limit:
             return _error(413, f"body larger than {limit} bytes")
         raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > limit:
-                return _error(413, f"body larger than {limit} bytes")
+        try:
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > limit:
+                    return _error(413, f"body larger than {limit} bytes")
+        except ClientDisconnect:  # gone, or closed by the server for a body that came too slowly
+            return Response(status_code=400)
         try:
             # Strict UTF-8 and no replacement of lone surrogates: an id holding one is refused
             # (422) rather than replaced, since replacing would make distinct ids collide.

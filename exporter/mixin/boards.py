@@ -187,6 +187,24 @@ def _variables(cfg: Config, *, one_job: bool) -> list[dict[str, Any]]:
     return variables
 
 
+def _job_page_link(cfg: Config) -> list[dict[str, Any]]:
+    """The job's page on the exporter that reported it (error text, timeline), as alerts link it."""
+    return [
+        {
+            "asDropdown": False,
+            "icon": "external link",
+            "includeVars": False,
+            "keepTime": False,
+            "tags": [],
+            "targetBlank": True,
+            "title": "Job page on the exporter",
+            "tooltip": "The job's error text and the timeline of its transitions",
+            "type": "link",
+            "url": f"{cfg.job_page_scheme}://${{instance}}/jobs/${{target}}/${{job_id:percentencode}}",
+        }
+    ]
+
+
 def _dashboard(
     cfg: Config, uid: str, title: str, description: str, items: list[Panel | Row], *, one_job: bool
 ) -> dict[str, Any]:
@@ -218,7 +236,8 @@ def _dashboard(
                 "targetBlank": False,
                 "title": "Asyncjob dashboards",
                 "type": "dashboards",
-            }
+            },
+            *(_job_page_link(cfg) if one_job else []),
         ],
         "panels": _layout(items),
         "refresh": "1m",

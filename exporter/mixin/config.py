@@ -21,6 +21,9 @@ class Config:
         "https://github.com/asyncjob-exporter/asyncjob-exporter/blob/main/docs/runbooks.md"
     )
     grafana_url: str = "http://localhost:3000"
+    # Scheme of the exporter's own job pages: alerts link to <scheme>://<instance>/jobs/<target>/<id>,
+    # the exporter that reported the job (a sidecar, a shard), as Prometheus scraped it.
+    job_page_scheme: str = "http"
     overview_uid: str = "asyncjob-overview"
     job_uid: str = "asyncjob-job"
 

@@ -36,6 +36,14 @@ def _job_link(cfg: Config) -> str:
     )
 
 
+def job_page(cfg: Config) -> str:
+    """The job's page on the exporter that reported it: its error text and timeline."""
+    return (
+        f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}/jobs/{{{{ $labels.target }}}}/"
+        "{{ $labels.job_id | urlquery }}"
+    )
+
+
 def _overview_link(cfg: Config) -> str:
     return (
         f"{cfg.grafana_url}/d/{cfg.overview_uid}/asyncjob-overview?var-job={{{{ $labels.job }}}}"
@@ -222,6 +230,8 @@ def _alerting(cfg: Config, alert: Alert) -> dict[str, Any]:
         "runbook_url": f"{cfg.runbook_base_url}#{alert.name.lower()}",
         "dashboard_url": _job_link(cfg) if alert.per_job else _overview_link(cfg),
     }
+    if alert.per_job:
+        rule["annotations"]["job_url"] = job_page(cfg)
     return rule
 
 

@@ -179,4 +179,4 @@ def job_prefix(state: TargetState, tracked: TrackedJob) -> str:
 def render_job(state: TargetState, tracked: TrackedJob) -> tuple[bytes, ...]:
     """One job's lines, per family (the groups render many jobs at once the same way)."""
     prefix = job_prefix(state, tracked)
-    return tuple(f.lines(tracked, prefix).encode() for f in JOB_FAMILIES)
+    return tuple(f.lines(tracked, prefix).encode("utf-8", "replace") for f in JOB_FAMILIES)

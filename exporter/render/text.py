@@ -51,4 +51,4 @@ class Text:
         self.out.append(f"{name}_count{{{lbl}}} {h.count}\n")
 
     def bytes(self) -> bytes:
-        return "".join(self.out).encode()
+        return "".join(self.out).encode("utf-8", "replace")  # a lone surrogate: "?", not a failure

@@ -62,6 +62,21 @@ def test_half_a_second_request_on_a_kept_alive_connection_is_closed(tmp_path: Pa
         s.close()
 
 
+def test_a_body_that_trickles_is_cut_after_the_same_time_without_a_traceback(tmp_path: Path) -> None:
+    cfg = {"targets": [{"name": "t", "provider": "willsuite", "base_url": "http://127.0.0.1:9", "jobs": []}]}
+    with exporter(tmp_path, cfg, extra=["--web.read-header-timeout=1s"], wait_ready=False) as exp:
+        wait_for(lambda: httpx.get(f"{exp.url}/healthz", timeout=1).status_code == 200, what="up")
+        s = connect(exp.url)
+        s.sendall(
+            b"POST /api/v1/targets/t/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"id": '
+        )
+        assert closed_by_server(s)
+        s.close()
+        assert exp.popen.poll() is None
+        assert "Traceback" not in exp.output()
+
+
 def test_past_the_connection_cap_the_oldest_idle_connection_makes_room(tmp_path: Path) -> None:
     extra = ["--web.read-header-timeout=60s", "--web.max-connections=8"]
     with exporter(tmp_path, {"targets": []}, extra=extra) as exp, ExitStack() as stack:

@@ -436,3 +436,19 @@ def test_a_lone_surrogate_in_a_state_row_is_replaced_and_the_job_rendered(tmp_pa
     assert runtime.tracker.targets["t"].jobs["row"].job.job_type == "conn\ufffd"
     assert "row" in rendered_ids(runtime, "job_id")
     store.close()
+
+
+def test_a_surrogate_past_the_boundary_costs_a_character_not_the_exposition() -> None:
+    from exporter.model import Job, Status, Step
+
+    settings_ = build_settings(
+        {"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS
+    )
+    runtime = Runtime(settings_)
+    runtime.tracker.set_target(settings_.resolved(settings_.targets[0]))
+    runtime.tracker.track("t", Job("fine", Status.RUNNING, job_type="connection"), "registered")
+    bad = Job(
+        "bad", Status.FAILED, job_type="x\ud800", reason="r\udfff", steps=(Step("s\ud800", Status.FAILED),)
+    )
+    runtime.tracker.track("t", bad, "registered")
+    assert {"fine", "bad"} <= rendered_ids(runtime, "job_id")

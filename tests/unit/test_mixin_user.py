@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -16,6 +17,7 @@ from tests.tools import load_script, require_tool
 USER_CONFIG = {
     "exporter_selector": 'job="billing-asyncjob", namespace=~"prod-.*"',
     "grafana_url": "https://grafana.example.com/",
+    "job_page_scheme": "https",
     "runbook_base_url": "https://wiki.example.com/asyncjob",
     "stuck_for": "20m",
     "failure_ratio": 0.5,
@@ -63,8 +65,11 @@ def test_the_users_values_reach_the_rules_and_dashboards(tmp_path: Path) -> None
     )
     assert "https://grafana.example.com/d/" in alerts["AsyncJobFailed"]["annotations"]["dashboard_url"]
     assert "> 0.5" in alerts["AsyncJobFailureRateHigh"]["expr"]
-    board = json.loads((out / "dashboards/asyncjob-overview.json").read_text())
-    assert board["uid"]
+    job_url = alerts["AsyncJobStuck"]["annotations"]["job_url"]
+    assert job_url.startswith("https://{{ $labels.instance }}/jobs/{{ $labels.target }}/")
+    board = json.loads((out / "dashboards/asyncjob-job.json").read_text())
+    links = [link["url"] for link in board["links"] if link["type"] == "link"]
+    assert links == ["https://${instance}/jobs/${target}/${job_id:percentencode}"]
 
 
 def test_the_generated_promtool_tests_pass_for_the_users_values(tmp_path: Path) -> None:
@@ -80,6 +85,37 @@ def test_the_generated_promtool_tests_pass_for_the_users_values(tmp_path: Path) 
         [promtool, "test", "rules", str(tests)], capture_output=True, text=True, cwd=tests.parent
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_mixin_command_writes_files_whose_tests_pass_for_the_users_values(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    config = tmp_path / "mixin.yml"
+    config.write_text(yaml.safe_dump(USER_CONFIG))
+    out = tmp_path / "monitoring"
+    r = subprocess.run(
+        [sys.executable, "-m", "exporter", "mixin", "--config", str(config), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    tests = out / "alerts/tests/generated.yml"
+    assert "billing-asyncjob" in (out / "alerts/asyncjob.rules.yml").read_text()
+    run = subprocess.run(
+        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, cwd=tests.parent
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_mixin_command_names_a_bad_key_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "mixin.yml"
+    config.write_text("grafana_ulr: https://grafana.example.com\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "exporter", "mixin", "--config", str(config), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "grafana_ulr: unknown key; did you mean grafana_url?" in r.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_tests_generated_for_other_values_fail_against_these_rules(tmp_path: Path) -> None:
@@ -113,3 +149,12 @@ def test_a_bad_mixin_config_names_the_key(data: dict[str, object], problem: str)
     with pytest.raises(user_module().MixinConfigError) as e:
         user_module().config_from(data)
     assert any(problem in p for p in e.value.problems), e.value.problems
+
+
+def test_the_documented_mixin_example_is_valid() -> None:
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    cfg = user_module().config_from(yaml.safe_load(block))
+    assert cfg.severity["AsyncJobStuck"] == "critical" and "namespace" in cfg.target_labels

@@ -530,6 +530,8 @@ def test_the_built_wheel_installs_and_its_console_script_runs(tmp_path: Path) ->
             if s.name == "asyncjob_exporter_build_info"
         ]
         assert [(s.labels, s.value) for s in build_info] == [({"version": __version__}, 1.0)]
+        # The job pages' templates ship in the wheel.
+        assert "<h1>Targets</h1>" in httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
     finally:
         demo.send_signal(signal.SIGTERM)
         try:
@@ -539,3 +541,19 @@ def test_the_built_wheel_installs_and_its_console_script_runs(tmp_path: Path) ->
             demo.wait(5)
             code = None
     assert code == 0, f"exit {code} on SIGTERM:\n{log.read_text(errors='replace')}"
+
+    # So does the mixin: the installed command writes rules, their tests and dashboards.
+    mixin = subprocess.run(
+        [str(cli), "mixin", "--out", str(tmp_path / "mixin")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert mixin.returncode == 0, mixin.stderr
+    for relative in (
+        "alerts/asyncjob.rules.yml",
+        "alerts/tests/generated.yml",
+        "dashboards/asyncjob-job.json",
+    ):
+        assert (tmp_path / "mixin" / relative).is_file(), relative
