@@ -118,12 +118,20 @@ def scrape_body(s: dict[str, Any]) -> list[str]:
         "a pass), and the poll that follows answers the simulator's state, a change again. A scraper in a",
         "third process (`bench/scraper.py`) asks for `/metrics` with Prometheus' headers (gzip) and",
         "`/healthz` in turn, ten pairs a second. Every client gets the same body: one gzip member.",
+        f"During the window the exporter's process used {s.get('cpu_share', 0) * 100:.0f} % of a CPU; the load",
+        f"average was {s.get('load_average', 'unknown')}. When polls and changes ask for more CPU than the process",
+        "gets, changes wait to be rendered and the served body ages: the age and currency rows show it.",
         "",
         *_table(
             ["figure", "p50 / p99 / max", "samples"],
             [
                 ["`/metrics`, gzip", _lat(s["metrics"]), str(s["metrics"]["n"])],
                 ["`/healthz`", _lat(s["healthz"]), str(s["healthz"]["n"])],
+                [
+                    "the body itself: `Exposition.render(gz=True)` as the server calls it, on the loop",
+                    _lat(s["render"]),
+                    str(s["render"]["n"]),
+                ],
                 [
                     "age of the served body: since the oldest change it lacks (sampled every 20 ms)",
                     _lat(s["staleness"]),
@@ -158,9 +166,23 @@ def scrape_body(s: dict[str, Any]) -> list[str]:
             ],
         ),
         "",
+        *_scrape_note(s),
         f"Served body checked: {s['body_bytes']:,} bytes of gzip read by Python's `gzip` module (CRC-32 and",
         f"size checked) to {served['plain_bytes']:,} bytes, parsed by prometheus-client's parser: {served['samples']:,}",
         f"samples, {served['per_job_samples']:,} per job, {served['families']} families each under one `# TYPE`.",
+    ]
+
+
+def _scrape_note(s: dict[str, Any]) -> list[str]:
+    m, h, own = s["metrics"], s["healthz"], s["render"]
+    if m["p99_ms"] <= SCRAPE_P99_MS:
+        return []
+    return [
+        f"Where a scrape's time goes: building the body takes {own['p50_ms']:.1f} ms (max {own['max_ms']:.0f} ms);",
+        f"`/healthz`, which builds nothing, waits {h['p99_ms']:.0f} ms at p99 against {m['p99_ms']:.0f} ms for",
+        "`/metrics`: the rest is waiting for the event loop (poll answers, changes, rendering take turns)",
+        "and for a CPU.",
+        "",
     ]
 
 

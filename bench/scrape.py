@@ -21,7 +21,7 @@ import anyio
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import fleet, scraper, synthetic
+from bench import fleet, machine, scraper, synthetic
 from exporter.config import build_settings
 from exporter.providers import PROVIDERS
 from exporter.render.groups import JobSeries
@@ -95,11 +95,19 @@ async def measure(
         log(f"  scrape: churn under way, {len(ids):,} jobs; scraping for {seconds:.0f} s")
         tg.start_soon(sample_staleness, runtime.exposition.jobs, ages)
         counted = len(churn.current_after)
-        requests, started = requests_sent(runtime), time.monotonic()
+        requests, started, cpu = requests_sent(runtime), time.monotonic(), time.process_time()
         proc = scraper.in_own_process(url, seconds)
         lat = await anyio.to_thread.run_sync(scraper.result, proc, seconds + 60)
         current_after = churn.current_after[counted:]
-        polls_per_s = (requests_sent(runtime) - requests) / (time.monotonic() - started)
+        wall = time.monotonic() - started
+        polls_per_s = (requests_sent(runtime) - requests) / wall
+        cpu_share = (time.process_time() - cpu) / wall
+        own = []  # what serving costs the exporter itself, between its other work
+        for _ in range(10):
+            t = time.perf_counter()
+            runtime.exposition.render(gz=True, fresh=False)
+            own.append(time.perf_counter() - t)
+            await anyio.sleep(0.05)
         served, plain = await anyio.to_thread.run_sync(two_bodies, server.port)
         # Baselines, in a worker thread while the scheduler keeps polling.
         base = await anyio.to_thread.run_sync(baselines, plain)
@@ -109,11 +117,14 @@ async def measure(
         "healthz": scraper.percentiles(lat["healthz"]),
         "content_encoding": lat["content_encoding"],
         "body_bytes": lat["body_bytes"],
+        "render": scraper.percentiles(own),
         "staleness": scraper.percentiles(ages),
         "current_after": scraper.percentiles(current_after),
         "churn_passes": len(current_after),
         "churn_pass_s": statistics.median(churn.pass_seconds),
         "polls_per_s": polls_per_s,
+        "cpu_share": cpu_share,
+        "load_average": machine.load_average(),
         "baseline": base,
     }
     return figures, served, plain

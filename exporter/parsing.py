@@ -49,12 +49,30 @@ def load_json(raw: bytes | str, replace_surrogates: bool = True) -> Any:
         value = json.loads(text)
     except RecursionError:
         raise JsonTooDeep() from None
-    fix = replace_surrogates and may_hold_surrogates(text)
-    # Counting brackets is cheap; a walk is needed only when there are enough to nest too deep
-    # or when an escape may have made a lone surrogate.
-    if fix or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
-        value = _walk(value, 0, replace_surrogates)
+    # Decoded bytes hold no surrogate of their own ("replace"): only an escape can make one.
+    if replace_surrogates and may_hold_surrogates(raw):
+        return _walk(value, 0, True)  # raises JsonTooDeep on the way
+    # Counting brackets is cheap; the depth is measured only when there are enough of them.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+        raise JsonTooDeep()
     return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists and dicts deeper than `limit`: level by level, looking only
+    at containers (no copy, no recursion)."""
+    level = [value] if type(value) in (dict, list) else []
+    for _ in range(limit):
+        deeper = []
+        for container in level:
+            for item in container.values() if type(container) is dict else container:
+                kind = type(item)
+                if kind is dict or kind is list:
+                    deeper.append(item)
+        if not deeper:
+            return False
+        level = deeper
+    return True
 
 
 def may_hold_surrogates(text: str | bytes) -> bool:

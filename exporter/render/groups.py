@@ -19,11 +19,13 @@ from exporter.render.deflate import Block, block, combine, concat
 from exporter.render.jobs import JOB_FAMILIES, job_prefix
 from exporter.tracker import TargetState, TrackedJob
 
-# Jobs per group: a refresh of one group (~1 ms) is the longest a scrape waits on the
-# background refresh; more jobs per group would compress a little better.
+# Jobs per group: the unit of rendering (~1 ms a group); more jobs per group would compress a
+# little better and make each refresh longer.
 GROUP_SIZE = 32
 # Under steady change the served job part is assembled again at least this often.
 MAX_AGE = 0.5
+# The background refresh renders groups for about this long a loop turn.
+TURN = 0.005
 
 HEADER_BLOCKS = tuple(block(f.header()) for f in JOB_FAMILIES)
 
@@ -220,15 +222,18 @@ class JobSeries:
         return self.part
 
     async def refresh_in_background(self, period: float = 0.1) -> None:
-        """Keep the served job part current: dirty groups a group at a time, scrapes first;
-        the assembly in a worker thread, at least every MAX_AGE seconds while jobs change."""
+        """Keep the served job part current: dirty groups for up to TURN seconds a loop turn,
+        scrapes first; the assembly in a worker thread, at least every MAX_AGE seconds while
+        jobs change. A turn of several groups keeps up when polling keeps the loop busy (a
+        group a turn would wait behind every other task's turn)."""
         while True:
             deadline = time.monotonic() + MAX_AGE
             while self.dirty and time.monotonic() < deadline:
                 with anyio.move_on_after(0.25):  # a scrape is being served: let it finish
                     while self.scrapes > 0:
                         await anyio.sleep(0.001)
-                if self.dirty:
+                turn = time.monotonic() + TURN
+                while self.dirty and time.monotonic() < turn:
                     self._refresh_next()
                 await anyio.sleep(0)
             if self.part is None or self.part.version != self.version:
