@@ -128,6 +128,11 @@ def scrape_body(s: dict[str, Any]) -> list[str]:
                 ["`/metrics`, gzip", _lat(s["metrics"]), str(s["metrics"]["n"])],
                 ["`/healthz`", _lat(s["healthz"]), str(s["healthz"]["n"])],
                 [
+                    "the body itself: `Exposition.render(gz=True)` as the server calls it, on the loop",
+                    _lat(s["render"]),
+                    str(s["render"]["n"]),
+                ],
+                [
                     "age of the served body: since the oldest change it lacks (sampled every 20 ms)",
                     _lat(s["staleness"]),
                     str(s["staleness"]["n"]),
@@ -161,9 +166,23 @@ def scrape_body(s: dict[str, Any]) -> list[str]:
             ],
         ),
         "",
+        *_scrape_note(s),
         f"Served body checked: {s['body_bytes']:,} bytes of gzip read by Python's `gzip` module (CRC-32 and",
         f"size checked) to {served['plain_bytes']:,} bytes, parsed by prometheus-client's parser: {served['samples']:,}",
         f"samples, {served['per_job_samples']:,} per job, {served['families']} families each under one `# TYPE`.",
+    ]
+
+
+def _scrape_note(s: dict[str, Any]) -> list[str]:
+    m, h, own = s["metrics"], s["healthz"], s["render"]
+    if m["p99_ms"] <= SCRAPE_P99_MS:
+        return []
+    return [
+        f"Where a scrape's time goes: building the body takes {own['p50_ms']:.1f} ms (max {own['max_ms']:.0f} ms);",
+        f"`/healthz`, which builds nothing, waits {h['p99_ms']:.0f} ms at p99 against {m['p99_ms']:.0f} ms for",
+        "`/metrics`: the rest is waiting for the event loop (poll answers, changes, rendering take turns)",
+        "and for a CPU.",
+        "",
     ]
 
 

@@ -102,6 +102,12 @@ async def measure(
         wall = time.monotonic() - started
         polls_per_s = (requests_sent(runtime) - requests) / wall
         cpu_share = (time.process_time() - cpu) / wall
+        own = []  # what serving costs the exporter itself, between its other work
+        for _ in range(10):
+            t = time.perf_counter()
+            runtime.exposition.render(gz=True, fresh=False)
+            own.append(time.perf_counter() - t)
+            await anyio.sleep(0.05)
         served, plain = await anyio.to_thread.run_sync(two_bodies, server.port)
         # Baselines, in a worker thread while the scheduler keeps polling.
         base = await anyio.to_thread.run_sync(baselines, plain)
@@ -111,6 +117,7 @@ async def measure(
         "healthz": scraper.percentiles(lat["healthz"]),
         "content_encoding": lat["content_encoding"],
         "body_bytes": lat["body_bytes"],
+        "render": scraper.percentiles(own),
         "staleness": scraper.percentiles(ages),
         "current_after": scraper.percentiles(current_after),
         "churn_passes": len(current_after),

@@ -67,7 +67,8 @@ def test_willsuite_jobs_with_their_records_and_failures(tmp_path: Path) -> None:
 
 def test_aims360_batches_pages_discovers_and_reruns_failed_jobs(tmp_path: Path) -> None:
     with simulator(tmp_path, step_seconds=STEP) as sim:
-        ok = create_job(sim, "aims360", scenario="success")
+        # Another category than the failing job's, so the counts by job_type below are its alone.
+        ok = create_job(sim, "aims360", scenario="success", job_type="Exports/Inventory Export")
         bad = create_job(sim, "aims360", scenario="fail", job_type="Reports/Open Orders Report")
         # Purged before the exporter ever saw it (AIMS360 purges jobs about 30 days after creation).
         purged = "6f1d0a8e-0000-4000-8000-000000000000-20190101000000000"
@@ -229,7 +230,7 @@ def test_oxlin_queue_syncs_connections_channels_and_consent(tmp_path: Path) -> N
                 ], conn
             assert exp.value("asyncjob_job_error_info", job_id=partial, reason="partial") is None
             assert exp.value("asyncjob_job_error_info", job_id=unnamed, reason="auth_failed") == 1
-            assert exp.value("asyncjob_job_error_info", job_id=bad, reason="auth_failed") == 1
+            assert exp.value("asyncjob_job_error_info", job_id=bad, reason="auth_failed", cause="user") == 1
             assert exp.value("asyncjob_job_awaiting_user", job_id=bad) == 1
             assert exp.value("asyncjob_job_awaiting_user", job_id=ok) == 0
             assert (
@@ -270,8 +271,9 @@ def test_oxlin_queue_syncs_connections_channels_and_consent(tmp_path: Path) -> N
                 for name, labels, value in exp.samples()
                 if name == "asyncjob_queue_events_total" and labels.get("queue") == "20"
             }
-            # Each channel sends its own: 6 syncs over 2 channels; REDIRECT ends first, with
-            # success, in every sync but the lapsed consent's (9004); 9005's last never comes.
+            # Each channel sends its own: 6 syncs over 2 channels. In each, the channel the
+            # scenario does not play on succeeds after one step (for 9004, whose consent
+            # lapsed, that is EMBEDDED); 9005's last event never comes.
             assert events["SYNC_STARTED"] == 12
             assert events["SYNC_ALL_SUCCESS"] == 2 + 1 + 2 + 1 + 1 + 1
             assert events["AUTH_FAILED"] == 2
