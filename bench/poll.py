@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -109,6 +110,22 @@ async def create_jobs(url: str, n: int, batch: int = 5000) -> list[str]:
     return ids
 
 
+def process_cpu_seconds(url: str) -> float | None:
+    """CPU time (user + system) so far of the simulator process listening at `url`, found by its
+    command line; None where /proc cannot say."""
+    port = url.rsplit(":", 1)[-1]
+    wanted = f"--web.listen-address=127.0.0.1:{port}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or wanted not in (proc / "cmdline").read_bytes().split(b"\0"):
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
 async def first_full_poll(url: str, n_jobs: int, concurrency: int) -> dict[str, Any]:
     """One cycle of the real scheduler over n_jobs never polled before (placeholders, as static
     ids are at start), from a cold client; then a bare client's first pass over the same ids."""
@@ -122,12 +139,14 @@ async def first_full_poll(url: str, n_jobs: int, concurrency: int) -> dict[str, 
         for jid in ids:
             tracker.track(TARGET, placeholder(jid), "static")
         runner = TargetRunner(target, Basiq(target.config), TargetHttp(target))
+        sim_cpu = process_cpu_seconds(url)
         cpu, wall = time.process_time(), time.perf_counter()
         try:
             await Scheduler(tracker)._cycle(runner)
         finally:
             await runner.http.aclose()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        sim_after = process_cpu_seconds(url)
         state = tracker.targets[TARGET]
         polled = sum(t.polled for t in state.jobs.values())
         if polled != n_jobs or not state.up:
@@ -146,6 +165,10 @@ async def first_full_poll(url: str, n_jobs: int, concurrency: int) -> dict[str, 
         "ours_cpu_ms_per_poll": cpu / n_jobs * 1000,
         "bare_wall_s": bare_wall,
         "bare_cpu_ms_per_poll": bare_cpu / n_jobs * 1000,
+        # The server's side of the same cycle: what the wall time cannot go below on this machine.
+        "simulator_cpu_ms_per_poll": (sim_after - sim_cpu) / n_jobs * 1000
+        if sim_cpu is not None and sim_after is not None
+        else None,
     }
 
 

@@ -414,7 +414,17 @@ def _first_full_poll(f: dict[str, Any] | None) -> list[str]:
         "holds them as placeholders (as static ids at start); one `Scheduler._cycle` over all of them,",
         "from a cold client (token, connections), timed whole: requests, parsing, tracker, re-render.",
         f"Then a bare `httpx.AsyncClient` reads the same jobs once at the same concurrency ({f['concurrency']}).",
-        "Wall time is bound by the simulator's process on a shared machine; CPU is the client's own.",
+        "CPU is the client process's own; the wall time also waits for the simulator's process, and",
+        "for both to get a CPU on a machine shared with other work (see the load average above).",
+        *(
+            [
+                f"The simulator spent {f['simulator_cpu_ms_per_poll']:.3f} ms of CPU per answer in the same cycle;",
+                f"the client {f['ours_cpu_ms_per_poll']:.3f} ms: the cycle's floor on two free CPUs is about",
+                f"{max(f['simulator_cpu_ms_per_poll'], f['ours_cpu_ms_per_poll']) * f['jobs'] / 1000:.1f} s.",
+            ]
+            if f.get("simulator_cpu_ms_per_poll")
+            else []
+        ),
         "",
         *_table(
             ["", "wall", "CPU per poll"],
