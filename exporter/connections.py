@@ -120,6 +120,19 @@ def tls_handshake_deadline(seconds: float) -> Iterator[None]:
         del loop.create_server  # the class's method again
 
 
+def warn_if_past_open_files_limit(limits: ConnectionLimits) -> None:
+    """The cap keeps accepts from failing only if it sits below the open-files limit."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and limits.max_connections > soft - 64:
+        log.warning(
+            "--web.max-connections is not below the open-files limit: accepts may fail "
+            "(EMFILE) before the cap is reached",
+            extra={"max_connections": limits.max_connections, "open_files_limit": soft},
+        )
+
+
 def log_accept_errors_once_per_burst(loop: asyncio.AbstractEventLoop) -> None:
     """asyncio reports every failed accept (EMFILE, ENFILE, ENOBUFS, ENOMEM) with a traceback
     and retries a second later; one line per burst says the same."""

@@ -17,6 +17,7 @@ from exporter.connections import (
     guarded_h11,
     log_accept_errors_once_per_burst,
     tls_handshake_deadline,
+    warn_if_past_open_files_limit,
 )
 from exporter.model import STATUSES
 from exporter.pages import Pages
@@ -249,6 +250,7 @@ class Server:
         host, port = parse_listen_address(address)
         self.address = address
         limits = limits or ConnectionLimits()
+        warn_if_past_open_files_limit(limits)
         handshake_timeout = limits.header_timeout
 
         class _Quiet(uvicorn.Server):

@@ -141,6 +141,7 @@ def test_out_of_file_descriptors_accept_errors_are_one_line_and_metrics_come_bac
                 break
         time.sleep(3)  # three of asyncio's one-second accept retries, all failing
         text = log.read_text(errors="replace")
+        assert "is not below the open-files limit" in text  # said at start
         assert text.count("cannot accept connections") == 1, text[-3000:]
         assert "Traceback" not in text, text[-3000:]
         for s in held:

@@ -89,6 +89,15 @@ def test_the_issues_hostile_bodies_leave_the_process_alive_and_metrics_valid(tmp
             r = exp.api("POST", "/api/v1/targets/t/jobs", content=body, headers=as_json)
             assert r.status_code == status, (body[:40], r.status_code, r.text)
         assert exp.popen.poll() is None
-        families = list(text_string_to_metric_families(exp.metrics()))
-        job_ids = {s.labels.get("job_id") for f in families for s in f.samples}
-        assert {"ok-1", "ok-2"} <= job_ids
+        # A just-registered job's series are rendered in the background, within a moment.
+        wait_for(
+            lambda: (
+                {"ok-1", "ok-2"}
+                <= {
+                    s.labels.get("job_id")
+                    for f in text_string_to_metric_families(exp.metrics())
+                    for s in f.samples
+                }
+            ),
+            what="both jobs in /metrics",
+        )

@@ -67,7 +67,8 @@ def test_willsuite_jobs_with_their_records_and_failures(tmp_path: Path) -> None:
 
 def test_aims360_batches_pages_discovers_and_reruns_failed_jobs(tmp_path: Path) -> None:
     with simulator(tmp_path, step_seconds=STEP) as sim:
-        ok = create_job(sim, "aims360", scenario="success")
+        # Another category than the failing job's, so the counts by job_type below are its alone.
+        ok = create_job(sim, "aims360", scenario="success", job_type="Exports/Inventory Export")
         bad = create_job(sim, "aims360", scenario="fail", job_type="Reports/Open Orders Report")
         # Purged before the exporter ever saw it (AIMS360 purges jobs about 30 days after creation).
         purged = "6f1d0a8e-0000-4000-8000-000000000000-20190101000000000"
