@@ -238,7 +238,8 @@ async def _announce(server: Server, sim_url: str) -> None:
     print(
         f"\nasyncjob-exporter {__version__} demo is running (Ctrl-C to stop)\n"
         f"  metrics:     {base}/metrics\n"
-        f"  landing:     {base}/\n"
+        f"  targets:     {base}/\n"
+        f"  jobs:        {base}/jobs  (failed: {base}/jobs?status=failed, stuck: {base}/jobs?stuck=1)\n"
         f"  jobs (JSON): {base}/api/v1/jobs\n"
         f"  simulator:   {sim_url}/_sim/stats\n",
         flush=True,

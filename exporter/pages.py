@@ -159,12 +159,14 @@ class Pages:
         want_status = params.get("status") or None
         want_stuck = (params.get("stuck") or "").lower() in ("1", "true", "yes")
         want_awaiting = (params.get("awaiting_user") or "").lower() in ("1", "true", "yes")
-        problems = []
+        problems, status_code = [], 200
         if want_status is not None and want_status not in STATUSES:
             problems.append(f"status must be one of {', '.join(STATUSES)}")
+            status_code = 400
         targets = self.runtime.tracker.targets
         if want_target is not None and want_target not in targets:
             problems.append(f"no target is named {want_target}")
+            status_code = 404
         try:
             page = max(1, int(params.get("page") or 1))
         except ValueError:
@@ -198,9 +200,7 @@ class Pages:
         }
         return self._render(
             "jobs.html.j2",
-            status_code=404
-            if problems and want_target is not None and want_target not in targets
-            else (400 if problems else 200),
+            status_code=status_code,
             rows=shown,
             total=len(rows),
             page=page,

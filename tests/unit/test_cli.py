@@ -76,3 +76,23 @@ def test_a_registration_error_names_the_field_and_explains_in_error(tmp_path: Pa
     assert r.status_code == 422
     assert r.json()["field"] == "id"
     assert "configured queues" in r.json()["error"]
+
+
+def test_the_exporter_warns_at_start_when_no_target_is_configured(tmp_path: Path) -> None:
+    from tests.harness import Proc, free_port, start_cli, wait_for
+
+    config = tmp_path / "empty.yml"
+    config.write_text("global: {poll_interval: 1m}\n")
+    log = tmp_path / "exporter.log"
+    port = free_port()
+    proc = Proc(
+        start_cli([f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"], log), log, ""
+    )
+    try:
+        line = wait_for(
+            lambda: next((x for x in proc.output().splitlines() if "no targets configured" in x), None),
+            what="the warning about zero targets",
+        )
+        assert "level=warning" in line or '"level": "warning"' in line
+    finally:
+        proc.stop()
