@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from exporter import __version__
-from exporter.model import STATUSES
+from exporter.model import CAUSES, STATUSES
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -134,6 +134,16 @@ OPENAPI: dict[str, Any] = {
                     "source": {"type": "string", "enum": ["static", "discovered", "registered"]},
                     "awaiting_user": {"type": "boolean"},
                     "reason": {"type": ["string", "null"]},
+                    "cause": {
+                        "type": ["string", "null"],
+                        "enum": [*CAUSES, None],
+                        "description": "Who must act on a failed job: user, provider or unknown.",
+                    },
+                    "is_history": {
+                        "type": "boolean",
+                        "description": "First seen finished longer than `retention` before the exporter "
+                        "knew of it: not counted in the counters, no per-job series, never paged.",
+                    },
                     "message": {"type": ["string", "null"]},
                     "records": {"type": "object"},
                     "attempts": {"type": ["integer", "null"]},

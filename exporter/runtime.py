@@ -151,6 +151,10 @@ def job_document(target: str, t: TrackedJob) -> dict[str, Any]:
         "source": t.source,
         "awaiting_user": j.awaiting_user,
         "reason": j.reason,
+        "cause": None if t.cause is None else str(t.cause),
+        # First seen finished longer than `retention` before the exporter knew of it: not counted,
+        # no per-job series, never paged.
+        "is_history": t.is_history,
         "message": j.message,
         "records": {"total": j.records_total, "affected": j.records_affected, "failed": j.records_failed},
         "attempts": j.attempts,

@@ -404,3 +404,25 @@ def test_a_job_first_seen_finished_without_a_start_records_no_duration() -> None
     assert agg.finished[("", S)] == 2
     hist = agg.job_duration[("", "succeeded")]
     assert hist.count == 1 and hist.total == 10
+
+
+def test_the_api_says_who_must_act_and_what_is_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.runtime import job_document
+
+    tr = cause_tracker(monkeypatch, {})
+    now = 1_000_000.0
+    tr.apply(
+        "t",
+        PollResult(
+            jobs=[
+                Job("user", F, reason="invalid-credentials", updated=now - 5),
+                Job("old", F, reason="maintenance", updated=now - 86400),
+                Job("running", R),
+            ]
+        ),
+        now=now,
+    )
+    docs = {j: job_document("t", t) for j, t in tr.targets["t"].jobs.items()}
+    assert (docs["user"]["cause"], docs["user"]["is_history"]) == ("user", False)
+    assert (docs["old"]["cause"], docs["old"]["is_history"]) == ("provider", True)
+    assert (docs["running"]["cause"], docs["running"]["is_history"]) == (None, False)
