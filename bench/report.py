@@ -133,6 +133,11 @@ def scrape_body(s: dict[str, Any]) -> list[str]:
                     str(s["render"]["n"]),
                 ],
                 [
+                    "full collections of Python's cyclic GC (the whole process stops)",
+                    _lat(s["gc_full"]) if s["gc_full"]["n"] else "none",
+                    str(s["gc_full"]["n"]),
+                ],
+                [
                     "age of the served body: since the oldest change it lacks (sampled every 20 ms)",
                     _lat(s["staleness"]),
                     str(s["staleness"]["n"]),
