@@ -244,8 +244,9 @@ def fleet_body(f: dict[str, Any]) -> list[str]:
         "",
         "Time to page, from the moment the condition held at the provider (the failure; for stuck, the",
         f"last change plus `stuck_after` = {f['stuck_after_s']:g} s) to the notification at the receiver.",
-        f"The shipped `for:` durations are scaled by {f['for_scale']:.4g} (minutes become two-second spans),",
-        f"so the same path with the shipped rules takes the full `for` longer; polls every {f['poll_interval_s']:g} s.",
+        f"The shipped `for:` durations are scaled by {f['for_scale']:.4g} (minutes become two-second spans;",
+        "the exporter's own health alerts by 1/10, so the restart pages nobody), so the same path with",
+        f"the shipped rules takes the full `for` longer; polls every {f['poll_interval_s']:g} s.",
         "",
         *_table(["alert", "pages", "`for` (scaled)", "median / max", "past `for`: median / max"], rows),
     ]

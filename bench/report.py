@@ -133,6 +133,11 @@ def scrape_body(s: dict[str, Any]) -> list[str]:
                     str(s["render"]["n"]),
                 ],
                 [
+                    "full collections of Python's cyclic GC (the whole process stops)",
+                    _lat(s["gc_full"]) if s["gc_full"]["n"] else "none",
+                    str(s["gc_full"]["n"]),
+                ],
+                [
                     "age of the served body: since the oldest change it lacks (sampled every 20 ms)",
                     _lat(s["staleness"]),
                     str(s["staleness"]["n"]),
@@ -182,6 +187,15 @@ def _scrape_note(s: dict[str, Any]) -> list[str]:
         f"`/healthz`, which builds nothing, waits {h['p99_ms']:.0f} ms at p99 against {m['p99_ms']:.0f} ms for",
         "`/metrics`: the rest is waiting for the event loop (poll answers, changes, rendering take turns)",
         "and for a CPU.",
+        *(
+            [
+                f"Python's full GC collections ran {s['gc_full']['n']} times in the window, up to",
+                f"{s['gc_full']['max_ms']:.0f} ms each, the whole process stopped: they walk every tracked",
+                "object, so they grow with the number of jobs.",
+            ]
+            if s["gc_full"]["n"]
+            else []
+        ),
         "",
     ]
 

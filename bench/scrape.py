@@ -13,7 +13,8 @@ import gc
 import gzip
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -65,6 +66,28 @@ class Churn:
             await anyio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
+@contextmanager
+def full_collections() -> Iterator[list[float]]:
+    """Durations of the cyclic GC's full (generation 2) collections meanwhile: each one stops
+    the whole process, event loop included, for as long as it walks every tracked object."""
+    pauses: list[float] = []
+    started: list[float] = []
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            pauses.append(time.perf_counter() - started.pop())
+
+    gc.callbacks.append(callback)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(callback)
+
+
 def requests_sent(runtime: Runtime) -> int:
     return runtime.scheduler.http_stats().get(fleet.TARGET, (0, {}))[0]
 
@@ -96,8 +119,9 @@ async def measure(
         tg.start_soon(sample_staleness, runtime.exposition.jobs, ages)
         counted = len(churn.current_after)
         requests, started, cpu = requests_sent(runtime), time.monotonic(), time.process_time()
-        proc = scraper.in_own_process(url, seconds)
-        lat = await anyio.to_thread.run_sync(scraper.result, proc, seconds + 60)
+        with full_collections() as pauses:
+            proc = scraper.in_own_process(url, seconds)
+            lat = await anyio.to_thread.run_sync(scraper.result, proc, seconds + 60)
         current_after = churn.current_after[counted:]
         wall = time.monotonic() - started
         polls_per_s = (requests_sent(runtime) - requests) / wall
@@ -118,6 +142,7 @@ async def measure(
         "content_encoding": lat["content_encoding"],
         "body_bytes": lat["body_bytes"],
         "render": scraper.percentiles(own),
+        "gc_full": scraper.percentiles(pauses),
         "staleness": scraper.percentiles(ages),
         "current_after": scraper.percentiles(current_after),
         "churn_passes": len(current_after),

@@ -8,9 +8,9 @@ group with room, through dicts; dropping one does not look at the others.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import anyio
@@ -26,6 +26,8 @@ GROUP_SIZE = 32
 MAX_AGE = 0.5
 # The background refresh renders groups for about this long a loop turn.
 TURN = 0.005
+# Blocks of one family the assembly joins a loop turn (a few ms for the largest families).
+CHUNK = 32
 
 HEADER_BLOCKS = tuple(block(f.header()) for f in JOB_FAMILIES)
 
@@ -77,37 +79,58 @@ class JobPart:
     size: int
     at: float  # time.monotonic() of the snapshot it was assembled from
     current_at: float  # every change made before this moment (monotonic) is in the part
-    missing_since: float | None  # the oldest change left out (still dirty at the snapshot)
 
 
 class Assembler:
     """Joins the groups' blocks family by family; a family whose blocks are all unchanged
-    since the last assembly is reused whole (the common case: a poll moves a few families)."""
+    since the last assembly is reused whole (the common case: a poll moves a few families).
+
+    `steps` yields every CHUNK blocks so the background runs it on the event loop in short
+    turns. (In a worker thread each zlib call that lets go of the GIL waits up to the switch
+    interval to get it back from a busy loop: seconds for one assembly.)
+    """
 
     def __init__(self) -> None:
         self.columns: list[tuple[tuple[Block, ...], tuple[bytes, ...], int, int]] = []
-        self.lock = threading.Lock()  # the background assembly runs in a worker thread
+
+    def steps(
+        self, snapshot: list[tuple[Block, ...]], version: int, at: float, current_at: float
+    ) -> Generator[None, None, JobPart]:
+        crc = size = 0
+        parts: list[bytes] = []
+        columns = []
+        by_family = zip(*snapshot, strict=True) if snapshot else ((),) * len(HEADER_BLOCKS)
+        for i, (header, column) in enumerate(zip(HEADER_BLOCKS, by_family, strict=True)):
+            if i < len(self.columns) and self.columns[i][0] == column:
+                cached = self.columns[i]
+            else:
+                blocks = (header, *column)
+                data: list[bytes] = []
+                c_crc = c_size = 0
+                for k in range(0, len(blocks), CHUNK):
+                    d, chunk_crc, chunk_size = concat(blocks[k : k + CHUNK])
+                    data += d
+                    c_crc = combine(c_crc, chunk_crc, chunk_size)
+                    c_size += chunk_size
+                    yield
+                cached = (column, tuple(data), c_crc, c_size)
+            columns.append(cached)
+            parts += cached[1]
+            crc = combine(crc, cached[2], cached[3])
+            size += cached[3]
+        self.columns = columns
+        return JobPart(version, tuple(parts), crc, size, at, current_at)
 
     def assemble(
         self, snapshot: list[tuple[Block, ...]], version: int, at: float, current_at: float
     ) -> JobPart:
-        with self.lock:
-            crc = size = 0
-            parts: list[bytes] = []
-            columns = []
-            by_family = zip(*snapshot, strict=True) if snapshot else ((),) * len(HEADER_BLOCKS)
-            for i, (header, column) in enumerate(zip(HEADER_BLOCKS, by_family, strict=True)):
-                if i < len(self.columns) and self.columns[i][0] == column:
-                    cached = self.columns[i]
-                else:
-                    cached = (column, *concat((header, *column)))
-                columns.append(cached)
-                parts += cached[1]
-                crc = combine(crc, cached[2], cached[3])
-                size += cached[3]
-            self.columns = columns
-            missing = None if current_at >= at else current_at
-            return JobPart(version, tuple(parts), crc, size, at, current_at, missing)
+        steps = self.steps(snapshot, version, at, current_at)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                part: JobPart = done.value
+                return part
 
 
 class JobSeries:
@@ -128,7 +151,8 @@ class JobSeries:
         self.scrapes = 0  # scrapes being served; the background refresh waits for them
         self.assembler = Assembler()
         self.part: JobPart | None = None
-        self.changed_after_snapshot: float | None = None  # first change since the last snapshot
+        self.changed_after_snapshot: float | None = None  # oldest rendered change not assembled
+        self.assembling: float | None = None  # oldest change of the assembly under way
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
         name, job_id = state.config.name, tracked.job.id
@@ -171,22 +195,24 @@ class JobSeries:
         self.roomy[name].pop(group, None)
         group.blocks = None  # also tells the refresh queue it went
         self.version += 1
-        if self.changed_after_snapshot is None:
-            self.changed_after_snapshot = time.monotonic()
+        self._unassembled(time.monotonic())
 
     def _mark(self, group: Group) -> None:
         if not group.dirty:
             group.dirty = True
             group.dirty_since = time.monotonic()
             self.dirty.append(group)
-        if self.changed_after_snapshot is None:
-            self.changed_after_snapshot = time.monotonic()
 
     def _refresh_next(self) -> None:
         group = self.dirty.popleft()
         group.dirty = False
         if group.jobs and group.refresh():
             self.version += 1
+            self._unassembled(group.dirty_since)
+
+    def _unassembled(self, since: float) -> None:
+        if self.changed_after_snapshot is None or since < self.changed_after_snapshot:
+            self.changed_after_snapshot = since
 
     def refresh(self) -> None:
         """Render every dirty group now."""
@@ -196,6 +222,7 @@ class JobSeries:
     def _snapshot(self) -> tuple[list[tuple[Block, ...]], int, float, float]:
         blocks = [g.blocks for gs in self.groups.values() for g in gs if g.blocks is not None]
         now = time.monotonic()
+        self.assembling = self.changed_after_snapshot  # in the snapshot, not yet served
         self.changed_after_snapshot = None
         # Dirty groups wait in the order they changed: the oldest bounds what the part holds.
         return blocks, self.version, now, self.dirty[0].dirty_since if self.dirty else now
@@ -203,14 +230,17 @@ class JobSeries:
     def assemble(self) -> JobPart:
         """Assemble the job part now (on the caller's thread)."""
         self.part = self.assembler.assemble(*self._snapshot())
+        self.assembling = None
         return self.part
 
     def staleness(self) -> float:
         """Seconds since the oldest change the served part does not hold (0: it holds all)."""
-        part = self.part
-        if part is None:
+        if self.part is None:
             return 0.0
-        missing = [t for t in (part.missing_since, self.changed_after_snapshot) if t is not None]
+        # Changes still to render wait in the order they came; rendered ones that altered a
+        # block wait for the next assembly. (A refresh that alters nothing was no news.)
+        oldest_dirty = self.dirty[0].dirty_since if self.dirty else None
+        missing = [t for t in (oldest_dirty, self.changed_after_snapshot, self.assembling) if t is not None]
         return time.monotonic() - min(missing) if missing else 0.0
 
     def current(self, fresh: bool) -> JobPart:
@@ -223,7 +253,7 @@ class JobSeries:
 
     async def refresh_in_background(self, period: float = 0.1) -> None:
         """Keep the served job part current: dirty groups for up to TURN seconds a loop turn,
-        scrapes first; the assembly in a worker thread, at least every MAX_AGE seconds while
+        scrapes first; the assembly CHUNK blocks a turn, at least every MAX_AGE seconds while
         jobs change. A turn of several groups keeps up when polling keeps the loop busy (a
         group a turn would wait behind every other task's turn)."""
         while True:
@@ -237,7 +267,13 @@ class JobSeries:
                     self._refresh_next()
                 await anyio.sleep(0)
             if self.part is None or self.part.version != self.version:
-                snapshot = self._snapshot()
-                self.part = await anyio.to_thread.run_sync(self.assembler.assemble, *snapshot)
+                steps = self.assembler.steps(*self._snapshot())
+                while True:
+                    try:
+                        next(steps)
+                    except StopIteration as done:
+                        self.part, self.assembling = done.value, None
+                        break
+                    await anyio.sleep(0)
             if not self.dirty:
                 await anyio.sleep(period)

@@ -73,8 +73,8 @@ class Exposition:
         """The body; one gzip member when `gz`.
 
         `fresh=False` (the server, with the background refresh running) serves the job part
-        last assembled, at most about MAX_AGE old while jobs change; `fresh=True` renders and
-        assembles every change first.
+        last assembled (again at least every MAX_AGE seconds while jobs change, once their
+        groups are rendered); `fresh=True` renders and assembles every change first.
         """
         part = self.jobs.current(fresh)
         tail = self.scrape_time_text()
