@@ -34,14 +34,16 @@ def test_an_on_call_engineer_reads_a_failed_job_in_the_browser(tmp_path: Path) -
         targets = [t for t in demo_targets(sim.url, write_secrets(tmp_path)) if t["provider"] == "generic"]
         config = {"global": {"poll_interval": "0.5s", "stuck_after": "1h"}, "targets": targets}
         target = targets[0]["name"]
-        create_job(
-            sim, "generic", id=HOSTILE_ID, scenario="fail", error_detail=HOSTILE_MESSAGE, queue_seconds=1.5
-        )
         create_job(sim, "generic", scenario="stuck", queue_seconds=0.5)
         with exporter(tmp_path, config, extra=[f"--web.config.file={web}"], wait_ready=False) as exp:
             auth = (USER, PASSWORD)
             wait_for(
                 lambda: httpx.get(f"{exp.url}/", auth=auth, timeout=1).status_code == 200, what="exporter"
+            )
+            # Created once the exporter is up: the target lists active jobs only, so a job that
+            # failed before a slow start was never seen, and one seen first failed has no timeline.
+            create_job(
+                sim, "generic", id=HOSTILE_ID, scenario="fail", error_detail=HOSTILE_MESSAGE, queue_seconds=3
             )
             assert httpx.get(f"{exp.url}/", timeout=5).status_code == 401  # behind the web config
             wait_for(
