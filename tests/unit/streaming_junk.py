@@ -1,6 +1,8 @@
 """Run as `python -m tests.unit.streaming_junk`: 16 jobs whose answers stream 100 MB of chunked
 junk at once, polled with the default settings; prints the errors counted and the process's
-peak RSS as JSON. A process of its own, so that its peak RSS is this case's alone.
+peak RSS as JSON. A process of its own, so that its peak RSS is this case's alone; the junk
+server runs in a second one (`python -m tests.unit.streaming_junk serve`), so that neither its
+threads nor their share of the interpreter count against the client.
 
 The peak is the kernel's high-water mark of this process's memory map (VmHWM), not
 getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a test run
@@ -9,6 +11,8 @@ grown to 300 MiB would report 300 MiB before doing anything."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -57,12 +61,31 @@ def peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def main() -> None:
+def serve_junk() -> None:
+    """Serve junk, print the URL, stop when stdin closes."""
     with serve(junk) as (url, _):
+        print(url, flush=True)
+        sys.stdin.read()
+
+
+def main() -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.unit.streaming_junk", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdin is not None
+        url = server.stdout.readline().strip()
         result = anyio.run(poll, url)
+    finally:
+        if server.stdin is not None:
+            server.stdin.close()
+        server.wait(10)
     result["peak_rss_bytes"] = peak_rss_bytes()
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    main()
+    serve_junk() if sys.argv[1:] == ["serve"] else main()
