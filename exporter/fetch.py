@@ -15,7 +15,7 @@ import httpx
 from exporter import __version__
 from exporter.auth import AuthError, build_auth, rate_limited
 from exporter.config import ResolvedTarget
-from exporter.parsing import JsonTooDeep, load_json
+from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.transport import Http11Transport
 
 ERROR_REASONS = ("timeout", "connect", "http_4xx", "http_429", "http_5xx", "bad_body", "auth")
@@ -253,7 +253,7 @@ class TargetHttp:
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         if response.is_stream_consumed:  # read and decoded by httpx already (httpx.MockTransport)
             encoding, declared = "identity", str(len(response.content))
-        if encoding == "identity" and declared and declared.isdigit() and int(declared) > self._max_bytes:
+        if encoding == "identity" and declared and is_digits(declared) and int(declared) > self._max_bytes:
             raise PollError("bad_body", f"{where}: answer of {declared} bytes exceeds {self._max_bytes}")
         wbits = DECODINGS.get(encoding)
         if wbits is None and encoding != "identity":

@@ -20,6 +20,7 @@ def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
 _TARGET = {"name": "target", "in": "path", "required": True, "schema": {"type": "string"}}
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
+_UNAUTHORIZED = _resp("Missing or wrong API token (Authorization: Bearer, or X-Asyncjob-Token)", _ERROR)
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -43,7 +44,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "202": _resp("Tracked; the normalised job", {"$ref": "#/components/schemas/Job"}),
                     "400": _resp("The body is not JSON", _ERROR),
-                    "401": _resp("Missing or wrong bearer token", _ERROR),
+                    "401": _UNAUTHORIZED,
                     "404": _resp("Unknown target", _ERROR),
                     "409": _resp("The target tracks max_jobs_per_target jobs already", _ERROR),
                     "413": _resp("The body is larger than api.max_body_bytes", _ERROR),
@@ -76,7 +77,7 @@ OPENAPI: dict[str, Any] = {
                             },
                         },
                     ),
-                    "401": _resp("Missing or wrong bearer token", _ERROR),
+                    "401": _UNAUTHORIZED,
                     "404": _resp("Unknown target", _ERROR),
                     "422": _resp("Unknown status", _ERROR),
                 },
@@ -88,7 +89,7 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_TARGET, _JOB_ID],
                 "responses": {
                     "200": _resp("The job", {"$ref": "#/components/schemas/Job"}),
-                    "401": _resp("Missing or wrong bearer token", _ERROR),
+                    "401": _UNAUTHORIZED,
                     "404": _resp("Unknown target or job", _ERROR),
                 },
             },
@@ -97,7 +98,7 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_TARGET, _JOB_ID],
                 "responses": {
                     "204": _resp("No longer tracked"),
-                    "401": _resp("Missing or wrong bearer token", _ERROR),
+                    "401": _UNAUTHORIZED,
                     "404": _resp("Unknown target or job", _ERROR),
                 },
             },

@@ -106,6 +106,16 @@ def _walk(value: Any, depth: int, fix: bool) -> Any:
     return value
 
 
+def is_digits(text: str) -> bool:
+    """True for text `int()` reads as a plain count: ASCII digits only. `str.isdigit` also accepts
+    characters such as "²", which `int()` refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def _index(part: str) -> bool:
+    return is_digits(part[1:] if part.startswith("-") else part)
+
+
 def is_id_text(text: str) -> bool:
     """True for text usable as an id: no control character, no lone surrogate."""
     return _NOT_ID_TEXT.search(text) is None
@@ -179,7 +189,7 @@ def dig(obj: Any, path: str, default: Any = None) -> Any:
     for part in path.split("."):
         if isinstance(cur, Mapping):
             cur = cur.get(part, _MISSING)
-        elif isinstance(cur, list) and part.lstrip("-").isdigit():
+        elif isinstance(cur, list) and _index(part):
             i = int(part)
             cur = cur[i] if -len(cur) <= i < len(cur) else _MISSING
         else:
@@ -225,7 +235,7 @@ def lookup(obj: Any, path: str) -> tuple[bool, Any]:
             if part not in cur:
                 return False, None
             cur = cur[part]
-        elif isinstance(cur, list) and part.lstrip("-").isdigit():
+        elif isinstance(cur, list) and _index(part):
             i = int(part)
             if not -len(cur) <= i < len(cur):
                 return False, None

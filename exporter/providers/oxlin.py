@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from exporter.config import TargetConfig
 from exporter.fetch import NotFound, PollError
 from exporter.model import Cause, Channel, Connection, Job, Status
-from exporter.parsing import bounded_label, bounded_reason, parse_timestamp, text_id
+from exporter.parsing import bounded_label, bounded_reason, is_digits, parse_timestamp, text_id
 from exporter.providers.base import BadPayload, Http, PollResult, Provider, gather, segment
 
 JOB_TYPE = "synchronisation"
@@ -81,7 +81,7 @@ class EventKey:
     def of(cls, event: dict[str, Any]) -> EventKey:
         raw = text_id(event.get("id"))
         return cls(
-            parse_timestamp(event.get("creation_date")) or 0.0, int(raw) if raw and raw.isdigit() else None
+            parse_timestamp(event.get("creation_date")) or 0.0, int(raw) if raw and is_digits(raw) else None
         )
 
     def after(self, other: EventKey) -> bool:
@@ -99,7 +99,7 @@ class EventKey:
     @classmethod
     def parse(cls, text: str) -> EventKey:
         number, _, date = text.partition("@")
-        return cls(float(date or 0), int(number) if number.isdigit() else None)
+        return cls(float(date or 0), int(number) if is_digits(number) else None)
 
 
 def parse_connection(resource: Any) -> Connection:
@@ -345,7 +345,7 @@ class Oxlin(Provider):
         # Syncs tracked before a restart carry their connection and start in their id.
         for job_id in tracked:
             conn_id, _, start = job_id.rpartition(":")
-            if conn_id and start.isdigit() and conn_id not in self._open:
+            if conn_id and is_digits(start) and conn_id not in self._open:
                 self._open[conn_id] = OpenSync(job_id, float(start))
                 self._known.setdefault(conn_id, None)
 

@@ -149,6 +149,18 @@ def test_events_without_numeric_ids_are_ordered_by_date() -> None:
     assert read(p, [a, b]).queue_events == []
 
 
+def test_ids_of_digit_like_characters_are_ordered_by_date_not_refused() -> None:
+    # "²" passes str.isdigit() but int() refuses it: such ids order by date, like any other text.
+    p = oxlin()
+    a = {**event(1, "SYNC_STARTED", "RUNNING"), "id": "\u00b2"}
+    b = {**event(2, "SYNC_ALL_SUCCESS", "SUCCESS"), "id": "1\u00b2"}
+    assert len(read(p, [b, a]).queue_events) == 2
+    assert read(p, [a, b]).queue_events == []
+    restarted = oxlin()
+    restarted.restore_cursors({"20": "\u00b2@" + repr(float(T0 + 2))})
+    assert read(restarted, [a, b]).queue_events == []
+
+
 @pytest.mark.parametrize(
     ("last", "status", "reason", "awaiting"),
     [
@@ -261,6 +273,17 @@ async def test_a_sync_tracked_before_a_restart_is_ended_by_its_next_event() -> N
     assert [(j.id, j.status, j.started, j.finished) for j in result.jobs] == [
         (f"4242:{T0 + 1}", Status.SUCCEEDED, T0 + 1, T0 + 5)
     ]
+
+
+@pytest.mark.anyio
+async def test_a_tracked_id_whose_start_is_not_a_plain_number_is_left_alone() -> None:
+    api = FakeOxlin([], {"4242": resource("RUNNING")})
+    provider, http = provider_and_http(
+        api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
+    )
+    result = await provider.poll(http, ["4242:\u00b2"])
+    await http.aclose()
+    assert result.jobs == []
 
 
 # --- one sync across its channels ------------------------------------------------------------
