@@ -38,6 +38,8 @@ class TargetRunner:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     wake: anyio.Event = field(default_factory=anyio.Event)
     failures: int = 0
+    # Ids registered through the API since the last cycle: a wake-up polls these alone.
+    fresh: set[str] = field(default_factory=set)
 
 
 def next_delay(interval: float, failures: int, retry_after: float | None, rng: random.Random) -> float:
@@ -116,6 +118,7 @@ class Scheduler:
         self.tracker.track(target, job, "registered")
         runner = self.runners.get(target)
         if runner is not None:
+            runner.fresh.add(job.id)
             runner.wake.set()
 
     async def _sweeper(self) -> None:
@@ -134,19 +137,36 @@ class Scheduler:
                             self.tracker.track(name, placeholder(job_id), "static")
                 while True:
                     started = time.monotonic()
+                    runner.wake = anyio.Event()
+                    runner.fresh.clear()  # a full cycle polls them too
                     await self._cycle(runner)
                     stats = runner.http.stats
                     delay = next_delay(
                         runner.config.poll_interval, runner.failures, stats.retry_after, self._rng
                     )
-                    runner.wake = anyio.Event()
-                    with anyio.move_on_after(max(0.0, delay - (time.monotonic() - started))):
-                        await runner.wake.wait()
-                        # A registration woke us: give others a moment to arrive too.
-                        await anyio.sleep(min(1.0, runner.config.poll_interval))
+                    await self._until_due(runner, started + delay)
         finally:
             with anyio.CancelScope(shield=True):
                 await runner.http.aclose()
+
+    async def _until_due(self, runner: TargetRunner, due: float) -> None:
+        """Wait for the next full cycle. A registration wakes us first: after a moment for
+        others to arrive, the ids registered meanwhile are polled alone (not every job of the
+        target again), and the full cycle stays due when it was."""
+        while True:
+            with anyio.move_on_after(max(0.0, due - time.monotonic())):
+                await runner.wake.wait()
+            if not runner.wake.is_set():
+                return
+            await anyio.sleep(max(0.0, min(1.0, runner.config.poll_interval, due - time.monotonic())))
+            if time.monotonic() >= due:
+                return
+            runner.wake = anyio.Event()
+            pending = self.tracker.targets[runner.config.name].pending
+            fresh = [job_id for job_id in runner.fresh if job_id in pending]
+            runner.fresh.clear()
+            if fresh:
+                await self._cycle(runner, fresh)
 
     def _hand_over(self, name: str) -> None:
         """After a change of --total-shards, drop the static and discovered jobs restored from
@@ -170,14 +190,16 @@ class Scheduler:
             await anyio.lowlevel.checkpoint()
         self.tracker.apply(name, replace(result, jobs=slices[-1]), now)
 
-    async def _cycle(self, runner: TargetRunner) -> None:
+    async def _cycle(self, runner: TargetRunner, ids: list[str] | None = None) -> None:
         name = runner.config.name
         state = self.tracker.targets[name]
         stats = runner.http.stats
         stats.start_cycle()
         t0 = time.perf_counter()
         try:
-            result = await runner.provider.poll(runner.http, self.tracker.pollable(name))
+            result = await runner.provider.poll(
+                runner.http, self.tracker.pollable(name) if ids is None else ids
+            )
         except Exception:
             # A provider bug must not take the exporter down; it shows as a bad cycle.
             log.exception("provider failed", extra={"target": name})

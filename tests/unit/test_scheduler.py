@@ -97,3 +97,55 @@ async def test_a_failed_cycle_logs_the_host_the_reason_and_the_error(
     assert "Connection refused" in record.error  # type: ignore[attr-defined]
     assert tr.targets["t"].up is False
     await runner.http.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_registration_wakes_a_poll_of_the_new_ids_alone_and_the_full_cycle_stays_due() -> None:
+    """A wake-up polls what was registered since (batched), not every job of the target again:
+    under a stream of registrations a full cycle per wake-up grows with the target."""
+    import httpx
+
+    from exporter.config import build_settings
+    from exporter.fetch import TargetHttp
+    from exporter.providers import PROVIDERS
+    from exporter.scheduler import TargetRunner
+
+    s = build_settings(
+        {
+            "global": {"poll_interval": "3s"},
+            "targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}],
+        },
+        PROVIDERS,
+    )
+    rt = s.resolved(s.targets[0])
+    tr = tracker()
+    tr.set_target(rt)
+    for i in range(50):
+        tr.track("t", Job(f"old-{i}", Status.RUNNING), "static", now=1)
+    polled: list[list[str]] = []
+
+    class Recording(PROVIDERS["willsuite"]):  # type: ignore[misc,valid-type]
+        async def poll(self, http: object, tracked: list[str]) -> PollResult:
+            polled.append(sorted(tracked))
+            return PollResult()
+
+    runner = TargetRunner(
+        rt, Recording(rt.config), TargetHttp(rt, transport=httpx.MockTransport(lambda r: httpx.Response(500)))
+    )
+    scheduler = Scheduler(tr)
+    scheduler.runners["t"] = runner
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scheduler._run_target, runner)
+            while not polled:
+                await anyio.sleep(0.01)
+            assert len(polled[0]) == 50  # the first cycle: every job
+            scheduler.register("t", Job("new-1", Status.PENDING))
+            scheduler.register("t", Job("new-2", Status.PENDING))
+            while len(polled) < 2:
+                await anyio.sleep(0.01)
+            assert polled[1] == ["new-1", "new-2"]  # the wake-up: the new ids alone
+            while len(polled) < 3:
+                await anyio.sleep(0.01)
+            assert len(polled[2]) == 52  # the full cycle, when it was due
+            tg.cancel_scope.cancel()
