@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo
 
 from exporter.model import Status
 
-
 # Epoch values above this are milliseconds (year 2286 in seconds).
 _MS_THRESHOLD = 1e10
 
