@@ -14,8 +14,6 @@ from zoneinfo import ZoneInfo
 
 from exporter.model import Status
 
-_MISSING = object()
-
 # Epoch values above this are milliseconds (year 2286 in seconds).
 _MS_THRESHOLD = 1e10
 
@@ -179,24 +177,6 @@ def parse_number(value: Any) -> float | None:
 def parse_int(value: Any) -> int | None:
     n = parse_number(value)
     return None if n is None else int(n)
-
-
-def dig(obj: Any, path: str, default: Any = None) -> Any:
-    """Follow a dotted path (`progress.pct`, `data.0.id`) through dicts and lists."""
-    if not path:
-        return obj
-    cur = obj
-    for part in path.split("."):
-        if isinstance(cur, Mapping):
-            cur = cur.get(part, _MISSING)
-        elif isinstance(cur, list) and _index(part):
-            i = int(part)
-            cur = cur[i] if -len(cur) <= i < len(cur) else _MISSING
-        else:
-            return default
-        if cur is _MISSING:
-            return default
-    return cur
 
 
 def map_status(raw: Any, mapping: Mapping[str, Status]) -> tuple[Status, str]:

@@ -149,6 +149,15 @@ def _first_progress(job: Job, *fallback: float) -> float:
     return min(stamp, fallback[-1])
 
 
+def _runs_again(tracked: TrackedJob, old: Job, job: Job) -> bool:
+    """True when an answer after a seen outcome is a new run of the same id: back to queued or
+    running, or, once a rerun was asked, another outcome (a fast rerun may never be seen running).
+    A rerun's first answers may still show the old failure: those are not a new run."""
+    if tracked.seen_terminal_at is None:
+        return False
+    return not job.status.terminal or (tracked.reruns > 0 and job.status is not old.status)
+
+
 def _is_history(state: TargetState, tracked: TrackedJob, now: float) -> bool:
     """First seen already finished, longer than `retention` before the exporter knew of the job.
 
@@ -295,8 +304,11 @@ class Tracker:
         tracked.job = job
         if first_answer:
             tracked.is_history = _is_history(state, tracked, now)
-        elif tracked.is_history and not job.status.terminal:
-            tracked.is_history = False  # rerun under the same id: its outcome is news
+        elif _runs_again(tracked, old, job):
+            # A rerun under the same id brought it back: its outcome is news and counts too.
+            tracked.is_history = False
+            tracked.seen_terminal_at = None
+            tracked.counted = False
         _tally(state, tracked, 1)
         _resolve_cause(state, tracked)
         observe(tracked.history, old, job, now)
@@ -369,10 +381,6 @@ class Tracker:
     def _on_terminal(self, state: TargetState, tracked: TrackedJob, now: float) -> None:
         job = tracked.job
         if not job.status.terminal:
-            if tracked.seen_terminal_at is not None:
-                # A rerun under the same id brought it back: its next outcome counts too.
-                tracked.seen_terminal_at = None
-                tracked.counted = False
             return
         if tracked.seen_terminal_at is None:
             tracked.seen_terminal_at = now
@@ -413,8 +421,8 @@ class Tracker:
                 state.agg.reruns[(new or old).job.job_type or old.job.job_type] += 1
             if old_id == new_id:
                 if old is not None:
-                    # The rerun kept its id (AIMS360 may): the same job runs again (back to
-                    # queued, its next outcome counted as the first one was: _on_terminal).
+                    # The rerun kept its id (AIMS360 may): the same job runs again, its next
+                    # outcome counted as the first one was (_runs_again).
                     old.reruns += 1
                     self._changed(state, old)
                 continue

@@ -220,9 +220,6 @@ class Http11Transport(httpx.AsyncBaseTransport):
             self._ssl_context = httpx.create_ssl_context()
         return self._ssl_context
 
-    def idle_connections(self) -> int:
-        return sum(len(stack) for stack in self._idle.values())
-
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         scheme = url.scheme

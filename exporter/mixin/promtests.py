@@ -372,9 +372,4 @@ def rule_tests(cfg: Config, rule_file: str = "../asyncjob.rules.yml") -> dict[st
     return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": tests}
 
 
-def names_tested(cfg: Config) -> list[str]:
-    labels = selector_labels(cfg)
-    return [s.name for s in (make(cfg, labels) for make in SCENARIOS) if s is not None]
-
-
 __all__ = ["q", "rule_tests", "seconds", "selector_labels"]

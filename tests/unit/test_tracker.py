@@ -393,6 +393,23 @@ def test_a_rerun_that_keeps_its_id_is_tracked_again_and_each_outcome_counts_once
     assert "1" not in tr.targets["t"].tombstones
 
 
+def test_a_rerun_whose_first_answers_still_show_the_failure_counts_each_outcome_once() -> None:
+    tr = tracker()
+    tr.track("t", Job("1", R, created=0), "static", now=1)
+    # The rerun is asked; the service answers the same id, still failed (not re-queued yet).
+    failed = Job("1", F, created=0, finished=9, reason="failed")
+    rerun = Job("1", F, created=0, finished=9, reason="failed", attempts=1)
+    tr.apply("t", PollResult(jobs=[failed, rerun], replaced={"1": "1"}), now=10)
+    # Still failed, changed, before it is queued again: the same failure, not a new one.
+    tr.apply("t", PollResult(jobs=[Job("1", F, created=0, finished=9, reason="failed", updated=15)]), now=20)
+    # The new run went by between polls: its success is the next answer.
+    for now in (30, 40):
+        tr.apply("t", PollResult(jobs=[Job("1", S, created=0, finished=25)]), now=now)
+    agg = tr.targets["t"].agg
+    assert agg.finished[("", F)] == 1 and agg.finished[("", S)] == 1
+    assert sum(agg.failed.values()) == 1
+
+
 def test_a_job_first_seen_finished_without_a_start_records_no_duration() -> None:
     tr = tracker()
     # An Oxlin sync whose only event read was its last: when it began is unknown.

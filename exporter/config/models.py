@@ -1,24 +1,14 @@
-"""Configuration: pydantic models for the YAML file and ASYNCJOB_* variables; the only reader of both.
-
-Everything past this module receives typed, validated objects. Errors carry the key
-path (`targets[1].auth.client_secret_file`) so that a bad config is fixed in one go.
-"""
+"""The config models: the YAML file's keys and ASYNCJOB_* variables, and a target resolved against `global`."""
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import typing
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,128 +16,21 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     SkipValidation,
-    ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from exporter.config.registry import ProviderSpec, Registry, _registry
+from exporter.config.values import (
+    Duration,
+    PositiveDuration,
+    SecretEnv,
+    SecretFile,
+    did_you_mean,
+    without_credentials,
+)
 from exporter.model import Cause, Status
-from exporter.parsing import clean_text
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _without_credentials(url: str) -> str:
-    """`url`, refused when it holds user:password@: those would travel in clear and be printed
-    wherever the URL is (logs, check-config); the message does not repeat them."""
-    authority = url.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    if "@" in authority:
-        raise ValueError("must not hold credentials (user:password@host); put them in auth")
-    return url
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a Prometheus-style duration (`500ms`, `30s`, `5m`, `1h30m`) or a number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        pos, seconds = 0, 0.0
-        for m in _DURATION_PART.finditer(text):
-            if m.start() != pos:
-                break
-            seconds += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
-        if not text or pos != len(text):
-            try:
-                seconds = float(text)
-            except ValueError:
-                raise ValueError(f"{value!r} is not a duration such as 30s, 5m or 1h") from None
-    else:
-        raise ValueError("expected a duration such as 30s, 5m or 1h")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[Duration, Field(gt=0)]
-
-
-# Directory of the config file being validated: relative `*_file` paths are read from there, as
-# Prometheus reads the files its config names.
-_CONFIG_DIR: ContextVar[Path | None] = ContextVar("asyncjob_config_dir", default=None)
-
-
-def _readable_file(path: str) -> str:
-    base = _CONFIG_DIR.get()
-    if base is not None and not Path(path).is_absolute():
-        path = str(base / path)
-    p = Path(path)
-    try:
-        with p.open("rb"):
-            pass
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-    return path
-
-
-def _present_env(name: str) -> str:
-    if name not in os.environ:
-        raise ValueError(f"environment variable {name} is not set")
-    return name
-
-
-SecretFile = Annotated[str, AfterValidator(_readable_file)]
-SecretEnv = Annotated[str, AfterValidator(_present_env)]
-
-
-class ProviderSpec(Protocol):
-    """What validation needs of a provider class: its polling advice and its own key checks.
-
-    The registry (exporter.providers.PROVIDERS) is handed to `build_settings`, so this module
-    imports nothing above it.
-    """
-
-    @property
-    def advised_poll_interval(self) -> float | None: ...
-
-    @property
-    def advised_requests_per_second(self) -> float | None: ...
-
-    def check_target(self, target: TargetConfig) -> list[str]: ...
-
-
-Registry = Mapping[str, ProviderSpec]
-
-# The registry of the validation under way: pydantic gives field validators no arguments of ours.
-_REGISTRY: ContextVar[Registry | None] = ContextVar("asyncjob_provider_registry", default=None)
-
-
-@contextmanager
-def _validating_with(providers: Registry) -> Iterator[None]:
-    token = _REGISTRY.set(providers)
-    try:
-        yield
-    finally:
-        _REGISTRY.reset(token)
-
-
-def _registry() -> Registry:
-    providers = _REGISTRY.get()
-    if providers is None:
-        raise ValueError("no provider registry: validate through build_settings(data, PROVIDERS)")
-    return providers
-
-
-def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
-    """`; did you mean X?` when a choice is close to `word`, else ``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
 
 
 class _Strict(BaseModel):
@@ -197,7 +80,7 @@ class AuthConfig(_Strict):
     @field_validator("token_url")
     @classmethod
     def _token_url(cls, v: str | None) -> str | None:
-        return None if v is None else _without_credentials(v)
+        return None if v is None else without_credentials(v)
 
     @model_validator(mode="after")
     def _needs(self) -> AuthConfig:
@@ -368,7 +251,7 @@ class TargetConfig(_Strict):
     def _url(cls, v: str) -> str:
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("must be an http:// or https:// URL")
-        return _without_credentials(v).rstrip("/")
+        return without_credentials(v).rstrip("/")
 
     @field_validator("timezone")
     @classmethod
@@ -519,139 +402,3 @@ class ResolvedTarget(BaseModel):
             max_response_bytes=g.max_response_bytes,
             poll_interval_below_advice=bool(advised and interval < advised),
         )
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; `problems` lists `key.path: message` lines."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-def _loc(loc: tuple[int | str, ...], data: Any) -> str:
-    out = ""
-    node = data
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            item = node[part] if isinstance(node, list) and part < len(node) else None
-            name = item.get("name") if isinstance(item, dict) else None
-            if name and out.startswith("targets") and out.count("[") == 1:
-                out += f"(name={name})"
-            node = item
-        else:
-            key = part
-            out += ("." if out else "") + key
-            node = node.get(key) if isinstance(node, dict) else None
-    return out or "(top level)"
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The config model inside an annotation (`list[TargetConfig]`, `GenericFields | None`…)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
-    """The keys the model holding `loc`'s last key accepts: what a misspelt key may have meant."""
-    model: type[BaseModel] | None = Settings
-    for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
-            continue
-        field = next(
-            (f for name, f in model.model_fields.items() if part in (name, f.alias)),
-            None,
-        )
-        model = _model_of(field.annotation) if field is not None else None
-    if model is None:
-        return []
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
-def _env_paths() -> dict[tuple[str, ...], str]:
-    """Key path -> the ASYNCJOB_* variable that sets it (nested keys joined by __)."""
-    out = {}
-    for var in os.environ:
-        if var.upper().startswith(ENV_PREFIX):
-            out[tuple(var[len(ENV_PREFIX) :].lower().split("__"))] = var
-    return out
-
-
-def format_validation_error(err: ValidationError, data: Any) -> list[str]:
-    problems = []
-    env = _env_paths()
-    for e in err.errors(include_url=False, include_input=False):
-        loc = tuple(part for part in e["loc"] if not str(part).startswith(("function-", "tagged-union")))
-        loc = tuple("global" if part == "global_" else part for part in loc)
-        where = _loc(loc, data)
-        msg = e["msg"].removeprefix("Value error, ")
-        keys = tuple(str(part) for part in loc)
-        variable = next((env[keys[:n]] for n in range(len(keys), 0, -1) if keys[:n] in env), None)
-        if e["type"] == "extra_forbidden" and loc:
-            msg = "unknown key"
-            close = difflib.get_close_matches(str(loc[-1]), _keys_at(loc), n=1, cutoff=0.6)
-            if close and variable is not None and keys in env:
-                msg += f"; did you mean {variable[: -len(str(loc[-1]))]}{close[0].upper()}?"
-            elif close:
-                msg += f"; did you mean {close[0]}?"
-        if variable is not None:
-            # The value came from the environment: name the variable, not a key of the file.
-            where = variable if keys in env else f"{variable} ({where})"
-            msg += " (set in the environment)"
-        problems.append(f"{where}: {msg}")
-    return problems
-
-
-def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError([f"config.file: cannot read {path}: {e.strerror or e}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError([f"config.file:{where}: {problem}"]) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(["(top level): the config must be a mapping with global, targets, …"])
-    try:
-        return dict(clean_text(data, text))  # a "\ud800" escape makes a lone surrogate: replaced
-    except ValueError as e:
-        raise ConfigError([f"config.file: {e}"]) from None
-
-
-def build_settings(data: Mapping[str, Any], providers: Registry) -> Settings:
-    """Validate config data (plus ASYNCJOB_* variables) into Settings, or raise ConfigError.
-
-    `providers` is the registry of provider classes (exporter.providers.PROVIDERS): each
-    target's provider must be one of them, and checks its own keys.
-    """
-    try:
-        with _validating_with(providers):
-            settings = Settings(**dict(data))
-        settings._providers = providers
-        return settings
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, dict(data))) from None
-    except TypeError as e:
-        raise ConfigError([f"(top level): {e}"]) from None
-
-
-def load_settings(path: str | os.PathLike[str] | None, providers: Registry) -> Settings:
-    """Read and validate a config file; its relative `*_file` paths are read from its directory."""
-    data = load_yaml(path) if path else {}
-    token = _CONFIG_DIR.set(Path(path).resolve().parent if path else None)
-    try:
-        return build_settings(data, providers)
-    finally:
-        _CONFIG_DIR.reset(token)

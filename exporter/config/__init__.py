@@ -1,0 +1,69 @@
+"""Configuration: pydantic models for the YAML file and ASYNCJOB_* variables; the only reader of both.
+
+Everything past this package receives typed, validated objects. Errors carry the key
+path (`targets[1].auth.client_secret_file`) so that a bad config is fixed in one go.
+
+values: durations, URLs, secrets; registry: the providers a validation checks against;
+models: the file's keys; loading: YAML, variables, validation and its error messages.
+"""
+
+from exporter.config.loading import (
+    ConfigError,
+    build_settings,
+    format_validation_error,
+    load_settings,
+    load_yaml,
+)
+from exporter.config.models import (
+    DEFAULT_POLL_INTERVAL,
+    ENV_PREFIX,
+    INHERITED_KEYS,
+    ApiConfig,
+    AuthConfig,
+    AuthType,
+    GenericFields,
+    GenericSteps,
+    GlobalConfig,
+    ResolvedTarget,
+    Settings,
+    StatusMap,
+    TargetConfig,
+)
+from exporter.config.registry import ProviderSpec, Registry
+from exporter.config.values import (
+    Duration,
+    PositiveDuration,
+    SecretEnv,
+    SecretFile,
+    did_you_mean,
+    parse_duration,
+)
+
+__all__ = [
+    "DEFAULT_POLL_INTERVAL",
+    "ENV_PREFIX",
+    "INHERITED_KEYS",
+    "ApiConfig",
+    "AuthConfig",
+    "AuthType",
+    "ConfigError",
+    "Duration",
+    "GenericFields",
+    "GenericSteps",
+    "GlobalConfig",
+    "PositiveDuration",
+    "ProviderSpec",
+    "Registry",
+    "ResolvedTarget",
+    "SecretEnv",
+    "SecretFile",
+    "Settings",
+    "StatusMap",
+    "TargetConfig",
+    "build_settings",
+    "did_you_mean",
+    "format_validation_error",
+    "load_settings",
+    "load_yaml",
+    "parse_duration",
+]
