@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from exporter.simulator.lifecycle import SimJob
+from exporter.simulator.lifecycle import SimJob, provider_options
 
 if TYPE_CHECKING:
     from exporter.simulator.app import Simulator
@@ -67,10 +67,7 @@ def new_job(sim: Simulator, **spec: Any) -> SimJob:
     category = sim.rng.choice(CATEGORIES)
     spec.setdefault("job_type", "/".join(category))
     spec.setdefault("error_detail", "The report could not be generated: timeout reading the warehouse.")
-    extra = spec.setdefault("extra", {})
-    for key in OPTIONS:
-        if key in spec:
-            extra[key] = spec.pop(key)
+    extra = provider_options(spec, OPTIONS)
     extra.setdefault("row_id", int(sim.book.new_id()) + 50000)
     extra.setdefault("attempts", 0)
     # What a rerun of this job does when it fails.

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from exporter.simulator.lifecycle import SimJob
+from exporter.simulator.lifecycle import SimJob, provider_options
 
 if TYPE_CHECKING:
     from exporter.simulator.app import Simulator
@@ -48,10 +48,7 @@ def iso(ts: float) -> str:
 
 
 def new_job(sim: Simulator, **spec: Any) -> SimJob:
-    extra = spec.setdefault("extra", {})
-    for key in OPTIONS:
-        if key in spec:
-            extra[key] = spec.pop(key)
+    extra = provider_options(spec, OPTIONS)
     if extra.get("result_form", RESULT_FORM) not in ("array", "object"):
         raise ValueError("result_form must be array or object")
     spec.setdefault("id", sim.book.new_id())

@@ -121,6 +121,15 @@ class SimJob:
         return self.total_records, done, 0
 
 
+def provider_options(spec: dict[str, Any], options: tuple[str, ...]) -> dict[str, Any]:
+    """Move a provider's own options out of a job spec into its `extra`, and answer that `extra`."""
+    extra: dict[str, Any] = spec.setdefault("extra", {})
+    for key in options:
+        if key in spec:
+            extra[key] = spec.pop(key)
+    return extra
+
+
 class JobBook:
     """Every simulated job, by provider and id."""
 

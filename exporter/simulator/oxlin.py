@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from exporter.simulator.lifecycle import SimJob
+from exporter.simulator.lifecycle import SimJob, provider_options
 
 if TYPE_CHECKING:
     from exporter.simulator.app import Simulator
@@ -58,10 +58,7 @@ def new_job(sim: Simulator, **spec: Any) -> SimJob:
     spec.setdefault("job_type", "synchronisation")
     spec.setdefault("error_code", "AUTH_FAILED")
     connection = spec.pop("connection", None) or free_connection(sim)
-    extra = spec.setdefault("extra", {})
-    for key in OPTIONS:
-        if key in spec:
-            extra[key] = spec.pop(key)
+    extra = provider_options(spec, OPTIONS)
     channels = [str(c) for c in extra.get("channels") or (EMBEDDED, REDIRECT)]
     extra["channels"] = channels
     default = REDIRECT if spec.get("scenario") == "mfa" and REDIRECT in channels else channels[0]
