@@ -34,7 +34,7 @@ POLL_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 TOMBSTONE_SECONDS = 8 * 86400.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Histogram:
     buckets: tuple[float, ...]
     counts: list[int] = field(default_factory=list)
@@ -53,7 +53,7 @@ class Histogram:
                 self.counts[i] += 1
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__: one object less and ~100 bytes less per job
 class TrackedJob:
     """A job as the exporter knows it: the provider's last answer plus what was observed over time."""
 
