@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -353,7 +354,7 @@ class Tracker:
         previous_end: float | None = job.started if job.started is not None else job.created
         seen_before = old is not None
         for step in job.steps:
-            name = step.name
+            name = sys.intern(step.name)  # the key of three dicts of every job: one string for all
             if (
                 step.status in (Status.RUNNING, Status.SUCCEEDED, Status.FAILED)
                 and name not in tracked.step_started

@@ -61,6 +61,16 @@ def test_step_durations_are_measured_between_polls() -> None:
     assert hist.count == 1 and hist.total == 20
 
 
+def test_every_job_shares_one_string_per_step_name() -> None:
+    tr = tracker()
+    for jid in ("1", "2"):
+        # each answer parses its own copy of the name
+        own = (Step("step-" + jid[:0] + "upload", R),)
+        tr.track("t", Job(jid, R, created=90, started=90, steps=own), "static", now=100)
+    a, b = (tr.targets["t"].jobs[j].step_started for j in ("1", "2"))
+    assert next(iter(a)) is next(iter(b))
+
+
 def test_a_finished_job_is_counted_once_however_often_it_is_seen() -> None:
     tr = tracker()
     tr.track("t", Job("1", R, created=0), "static", now=1)
