@@ -21,7 +21,7 @@ from exporter.connections import (
 )
 from exporter.model import STATUSES
 from exporter.pages import Pages
-from exporter.parsing import JsonTooDeep, load_json
+from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.providers.base import BadPayload
 from exporter.render import CONTENT_TYPE
 from exporter.runtime import Runtime, WrongShard, job_document
@@ -127,7 +127,7 @@ def build_app(
             return _error(415, "the body must be application/json (or application/*+json)")
         limit = runtime.settings.api.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        if declared and is_digits(declared) and int(declared) > limit:
             return _error(413, f"body larger than {limit} bytes")
         raw = b""
         try:
@@ -225,7 +225,7 @@ def build_app(
 def parse_listen_address(address: str) -> tuple[str, int]:
     """`:10110`, `0.0.0.0:10110`, `127.0.0.1:0`, `[::1]:10110` → (host, port)."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    if not sep or not is_digits(port) or int(port) > 65535:
         raise ValueError(f"--web.listen-address {address!r}: expected [host]:port")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)

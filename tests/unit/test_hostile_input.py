@@ -452,3 +452,13 @@ def test_a_surrogate_past_the_boundary_costs_a_character_not_the_exposition() ->
     )
     runtime.tracker.track("t", bad, "registered")
     assert {"fine", "bad"} <= rendered_ids(runtime, "job_id")
+
+
+def test_a_listen_address_or_content_length_of_digit_like_characters_is_refused_not_crashed() -> None:
+    """str.isdigit accepts "²", which int() refuses."""
+    import pytest
+
+    from exporter.server import parse_listen_address
+
+    with pytest.raises(ValueError, match="expected"):
+        parse_listen_address(":1²")
