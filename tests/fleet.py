@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import yaml
 
+from exporter.simulator.demo import oxlin_auth
 from tests.harness import ROOT, Exporter, free_port, simulator, start_cli, wait_for, write_secrets
 from tests.realstack import (
     Binaries,
@@ -102,17 +103,6 @@ def _key(labels: dict[str, str]) -> tuple[str, str, str]:
 
 
 def config(sim_url: str, secrets: Path, state: Path) -> dict[str, Any]:
-    oxlin_auth = {
-        "type": "oauth2_password",
-        "token_url": f"{sim_url}/oxlin/token",
-        "token_body": "json",
-        "token_params": {"provider": "linxoConnect"},
-        "scope": "connections_sync connections_manage",
-        "client_id": "demo-client",
-        "client_secret_file": str(secrets / "client_secret"),
-        "username": "ops@example.com",
-        "password_file": str(secrets / "password"),
-    }
     return {
         "global": {
             "poll_interval": f"{POLL:g}s",
@@ -154,7 +144,7 @@ def config(sim_url: str, secrets: Path, state: Path) -> dict[str, Any]:
                 "name": OXLIN,
                 "provider": "oxlin",
                 "base_url": f"{sim_url}/oxlin",
-                "auth": oxlin_auth,
+                "auth": oxlin_auth(sim_url, secrets),
                 "queues": ["20"],
             },
         ],

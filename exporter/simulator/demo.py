@@ -13,6 +13,21 @@ from exporter.simulator.lifecycle import SCENARIOS
 WILLSUITE_JOBS = {s: str(uuid.uuid5(uuid.NAMESPACE_URL, f"asyncjob-demo/willsuite/{s}")) for s in SCENARIOS}
 
 
+def oxlin_auth(sim_url: str, secrets: Path) -> dict[str, Any]:
+    """The Oxlin user-token auth a client of the simulator uses, with the demo's secret files."""
+    return {
+        "type": "oauth2_password",
+        "token_url": f"{sim_url}/oxlin/token",
+        "token_body": "json",
+        "token_params": {"provider": "linxoConnect"},
+        "scope": "connections_sync connections_manage",
+        "client_id": "demo-client",
+        "client_secret_file": str(secrets / "client_secret"),
+        "username": "ops@example.com",
+        "password_file": str(secrets / "password"),
+    }
+
+
 def demo_targets(sim_url: str, secrets: Path) -> list[dict[str, Any]]:
     return [
         {
@@ -26,17 +41,7 @@ def demo_targets(sim_url: str, secrets: Path) -> list[dict[str, Any]]:
             "name": "oxlin-demo",
             "provider": "oxlin",
             "base_url": f"{sim_url}/oxlin",
-            "auth": {
-                "type": "oauth2_password",
-                "token_url": f"{sim_url}/oxlin/token",
-                "token_body": "json",
-                "token_params": {"provider": "linxoConnect"},
-                "scope": "connections_sync connections_manage",
-                "client_id": "demo-client",
-                "client_secret_file": str(secrets / "client_secret"),
-                "username": "ops@example.com",
-                "password_file": str(secrets / "password"),
-            },
+            "auth": oxlin_auth(sim_url, secrets),
             "queues": ["20"],
             "connections": ["4243"],
         },

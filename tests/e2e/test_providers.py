@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from exporter.simulator.demo import oxlin_auth
 from tests.harness import create_job, exporter, simulator, wait_for, write_secrets
 
 pytestmark = pytest.mark.e2e
@@ -173,17 +174,7 @@ def oxlin_target(sim_url: str, secrets: Path, **keys: Any) -> dict[str, Any]:
         "name": "oxlin-e2e",
         "provider": "oxlin",
         "base_url": f"{sim_url}/oxlin",
-        "auth": {
-            "type": "oauth2_password",
-            "token_url": f"{sim_url}/oxlin/token",
-            "token_body": "json",
-            "token_params": {"provider": "linxoConnect"},
-            "scope": "connections_sync connections_manage",
-            "client_id": "demo-client",
-            "client_secret_file": str(secrets / "client_secret"),
-            "username": "ops@example.com",
-            "password_file": str(secrets / "password"),
-        },
+        "auth": oxlin_auth(sim_url, secrets),
         **keys,
     }
 
