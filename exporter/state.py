@@ -26,6 +26,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from exporter import step_times
 from exporter.parsing import load_json, may_hold_surrogates
-from exporter.tracker import TargetState, TrackedJob, Tracker
+from exporter.tracker import TOMBSTONE_SECONDS, TargetState, TrackedJob, Tracker
 
 log = logging.getLogger("asyncjob.state")
 
@@ -83,6 +84,10 @@ _WRITES = (
     "INSERT OR REPLACE INTO cursors (target, name, value) "
     "SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)",
 )
+
+# Tombstones older than the tracker forgets them are deleted this often (with a batch).
+_PRUNE = "DELETE FROM tombstones WHERE at < ?"
+PRUNE_EVERY = 3600.0
 
 
 class StateError(Exception):
@@ -169,6 +174,8 @@ class Batch:
     cursors: dict[JobKey, str] = field(default_factory=dict)
     held: list[Callable[[], None]] = field(default_factory=list)
     upto: int = 0  # the last change number it holds
+    # Tombstones stamped before this are deleted with the batch (None: not this time).
+    prune_before: float | None = None
 
     def __len__(self) -> int:
         return len(self.jobs) + len(self.tombstones) + len(self.cursors)
@@ -195,6 +202,7 @@ class Store:
         self._unchanged: dict[int, TrackedJob] = {}
         self._restored: dict[str, list[TrackedJob]] = {}
         self._restored_tombstones: dict[str, dict[str, float]] = {}
+        self._pruned_at = 0.0  # so the first batch after start prunes
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
@@ -332,7 +340,9 @@ class Store:
     def restore(self, state: TargetState) -> list[TrackedJob]:
         """Jobs saved for `state`'s target; each is handed out once."""
         name = state.config.name
-        state.tombstones.update(self._restored_tombstones.pop(name, {}))
+        restored = self._restored_tombstones.pop(name, {})
+        # Oldest first, as the tracker keeps them (its sweep reads them so).
+        state.tombstones.update(sorted(restored.items(), key=lambda kv: kv[1]))
         jobs = self._restored.pop(name, [])
         self._unchanged.update((id(t), t) for t in jobs)
         return jobs
@@ -379,6 +389,13 @@ class Store:
                 self._pending.tombstones[key] = at
             self._changed()
 
+    def tombstone_renewed(self, state: TargetState, job_id: str) -> None:
+        at = state.tombstones.get(job_id)
+        if at is not None:
+            with self._lock:
+                self._pending.tombstones[(state.config.name, job_id)] = at
+                self._changed()
+
     @property
     def pending_writes(self) -> int:
         """Changes not committed yet: waiting, and in the transaction being written."""
@@ -391,10 +408,14 @@ class Store:
         with self._lock:
             batch, self._pending = self._pending, Batch(upto=self._changes)
             self._inflight = len(batch)
+        now = time.time()
+        if now - self._pruned_at >= PRUNE_EVERY:
+            # Forgotten tombstones leave the file too, else it grows with every job ever dropped.
+            batch.prune_before, self._pruned_at = now - TOMBSTONE_SECONDS, now
         return batch
 
     @staticmethod
-    def _statements(batch: Batch) -> Iterator[tuple[str, str]]:
+    def _statements(batch: Batch) -> Iterator[tuple[str, str | float]]:
         """The statements that write a batch, each with its rows as one JSON array; jobs are
         serialised ROWS_PER_STATEMENT at a time, as they are now (on the event loop, the only
         thread that changes them: a job changed since is in the next batch too)."""
@@ -410,6 +431,8 @@ class Store:
         for sql, rows in zip(_WRITES[1:], rest, strict=True):
             if rows:
                 yield sql, json.dumps(rows)
+        if batch.prune_before is not None:
+            yield _PRUNE, batch.prune_before
 
     def _begin(self) -> sqlite3.Connection:
         db = self._db

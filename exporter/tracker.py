@@ -34,6 +34,8 @@ POLL_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 # Ids dropped by retention are remembered this long, so discovery (Basiq lists 7 days of
 # jobs) does not bring a finished job back.
 TOMBSTONE_SECONDS = 8 * 86400.0
+# A tombstone of a job the provider still lists is renewed (and written) this often, not every poll.
+TOMBSTONE_RENEW_SECONDS = 86400.0
 
 
 @dataclass(slots=True)
@@ -208,6 +210,8 @@ class Listener(Protocol):
     def job_changed(self, target: TargetState, tracked: TrackedJob) -> None: ...
 
     def job_removed(self, target: TargetState, job_id: str) -> None: ...
+
+    def tombstone_renewed(self, target: TargetState, job_id: str) -> None: ...
 
 
 class CapReached(Exception):
@@ -411,9 +415,13 @@ class Tracker:
             if job.id in state.jobs:
                 self.update(state, job, now)
             elif job.id in state.tombstones:
-                # Still listed: remembered for as long as the provider keeps listing it.
-                del state.tombstones[job.id]
-                state.tombstones[job.id] = now
+                # Still listed: remembered for as long as the provider keeps listing it, across
+                # restarts too (the state store writes the renewal).
+                if now - state.tombstones[job.id] >= TOMBSTONE_RENEW_SECONDS:
+                    del state.tombstones[job.id]  # to the end: the dict stays oldest first
+                    state.tombstones[job.id] = now
+                    for listener in self.listeners:
+                        listener.tombstone_renewed(state, job.id)
             else:
                 with contextlib.suppress(CapReached):  # counted as dropped{reason="cap"}
                     self._add(state, job, "discovered", now)
@@ -476,8 +484,7 @@ class Tracker:
                 if tracked is not None and tracked.seen_terminal_at == at:
                     dropped += self.drop(name, job_id, "retention")
             old: list[str] = []
-            # Restored tombstones come in any order: one younger than those behind it holds
-            # them back, for at most TOMBSTONE_SECONDS more.
+            # Oldest first (restored ones are sorted as they come in, renewals move to the end).
             for job_id, at in state.tombstones.items():
                 if now - at <= TOMBSTONE_SECONDS:
                     break

@@ -21,7 +21,7 @@ from exporter.state import (
     tracked_from_dict,
     tracked_to_dict,
 )
-from exporter.tracker import Tracker
+from exporter.tracker import TOMBSTONE_SECONDS, Tracker
 
 
 class NoScheduler:
@@ -330,3 +330,45 @@ def test_bad_rows_are_skipped_and_named_and_good_ones_restored(
 
     Exposition(tracker, dict).render()
     store.close()
+
+
+def test_a_tombstone_the_provider_keeps_listing_is_renewed_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    tracker.track("t", Job("gone", Status.SUCCEEDED), "discovered", now=1)
+    tracker.drop("t", "gone", "deleted")
+    dropped_at = tracker.targets["t"].tombstones["gone"]
+    listed = dropped_at + TOMBSTONE_SECONDS - 3600  # the provider still lists it a week later
+    tracker.apply("t", PollResult(jobs=[Job("gone", Status.SUCCEEDED)]), now=listed)
+    tracker.apply("t", PollResult(jobs=[Job("gone", Status.SUCCEEDED)]), now=listed + 60)
+    assert tracker.targets["t"].tombstones == {"gone": listed}  # renewed once a day, not every poll
+    store.close()
+
+    tracker, store = tracker_with_store(path)
+    assert tracker.targets["t"].tombstones == {"gone": listed}
+    tracker.sweep(now=dropped_at + TOMBSTONE_SECONDS + 3600)  # 8 days after the drop, not the renewal
+    assert "gone" in tracker.targets["t"].tombstones
+    tracker.apply("t", PollResult(jobs=[Job("gone", Status.SUCCEEDED)]), now=listed + 120)
+    assert "gone" not in tracker.targets["t"].jobs
+    store.close()
+
+
+def test_forgotten_tombstones_leave_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    tracker.track("t", Job("recent", Status.SUCCEEDED), "discovered", now=1)
+    tracker.drop("t", "recent", "deleted")
+    store.close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("INSERT INTO tombstones (target, job_id, at) VALUES ('t', 'ancient', 1.0)")
+    db.close()
+
+    tracker, store = tracker_with_store(path)
+    assert list(tracker.targets["t"].tombstones) == ["ancient", "recent"]  # oldest first
+    tracker.track("t", Job("new", Status.RUNNING), "registered")  # any write: the batch prunes
+    store.close()
+    db = sqlite3.connect(path)
+    rows = {r[0] for r in db.execute("SELECT job_id FROM tombstones")}
+    db.close()
+    assert rows == {"recent"}

@@ -131,6 +131,9 @@ class Recorder:
     def job_removed(self, state: Any, job_id: str) -> None:
         self.removed.append(job_id)
 
+    def tombstone_renewed(self, state: Any, job_id: str) -> None:
+        pass
+
 
 def test_listeners_hear_of_changes_only() -> None:
     tr = tracker()
