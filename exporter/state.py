@@ -35,6 +35,7 @@ from typing import Any
 import anyio
 from pydantic import TypeAdapter, ValidationError
 
+from exporter import step_times
 from exporter.parsing import load_json, may_hold_surrogates
 from exporter.tracker import TOMBSTONE_SECONDS, TargetState, TrackedJob, Tracker
 
@@ -105,8 +106,31 @@ def tracked_to_json(t: TrackedJob) -> str:
         return text.encode("utf-8", "replace").decode()
 
 
+# Keys of a row written before the step times were one field (three dicts a job).
+_OLD_STEP_KEYS = ("step_started", "step_finished", "step_duration")
+
+
+def _migrated(text: str | bytes) -> str | bytes:
+    """A row as this release writes it: an older row's three step dicts become its step times
+    (any error in them is named under their old key)."""
+    old_form = b'"step_started"' in text if isinstance(text, bytes) else '"step_started"' in text
+    if not old_form:
+        return text
+    row = load_json(text)
+    if not isinstance(row, dict) or "step_times" in row:
+        return text
+    old = [row.pop(key, {}) for key in _OLD_STEP_KEYS]
+    for key, value in zip(_OLD_STEP_KEYS, old, strict=True):
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: not an object")
+    row["step_times"] = step_times.from_dicts(*old)
+    return json.dumps(row)
+
+
 def tracked_from_json(text: str | bytes) -> TrackedJob:
-    """A saved job, its every field checked against its type; ValueError names the first problem."""
+    """A saved job, its every field checked against its type; ValueError names the first problem.
+    Rows written by older releases are read too (`_migrated`)."""
+    text = _migrated(text)
     if may_hold_surrogates(text):  # a lone surrogate in free text is replaced, not the row lost
         text = json.dumps(load_json(text))
     try:
