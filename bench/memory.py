@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from bench import fleet, scraper, synthetic
-from exporter.history import HISTORY_MAX, observe
+from exporter.history import EMPTY, HISTORY_MAX, entries, observe
 from exporter.model import Status
 
 
@@ -41,39 +41,31 @@ def measure(n_jobs: int, seconds: float, settle: float, log: Callable[[str], Non
     }
 
 
-def _interned(s: str) -> bool:
-    return sys.intern(str(s.encode().decode())) is s
-
-
-def history_bytes(history: list[Any]) -> int:
-    """Bytes a job's history holds of its own: the list, its floats, and step names unless
-    interned (shared by every job); statuses are shared enum members."""
-    own = {
-        id(v): v
-        for v in history
-        if isinstance(v, float) or (isinstance(v, str) and not isinstance(v, Status) and not _interned(v))
-    }
-    return sys.getsizeof(history) + sum(sys.getsizeof(v) for v in own.values())
+def history_bytes(history: bytes) -> int:
+    """Bytes a job's history holds of its own: the packed bytes alone (the (step, status)
+    pairs its codes name are one table for the whole process)."""
+    return sys.getsizeof(history)
 
 
 def full_history_extra() -> dict[str, Any]:
     """What a full history (HISTORY_MAX transitions) holds beyond the one a job polled in this
     benchmark has (its first observation): added to the measured RSS growth per job."""
-    first: list[Any] = []
     job = synthetic.running_job(synthetic.job_id(0))
-    observe(first, None, job, synthetic.T0)
-    full: list[Any] = []
-    observe(full, None, job, synthetic.T0)
+    first = observe(EMPTY, None, job, synthetic.T0)
+    full = first
     n = 0
-    while len(full) < 3 * HISTORY_MAX:
+    while len(entries(full)) < HISTORY_MAX:
         n += 1
         name = synthetic.STEPS[n % len(synthetic.STEPS)].encode().decode()  # each poll parses its own
         step = replace(job.steps[1], name=name, status=(Status.RUNNING, Status.PENDING)[n % 2])
-        observe(full, job, replace(job, steps=(job.steps[0], step, job.steps[2])), synthetic.T0 + n)
+        full = observe(full, job, replace(job, steps=(job.steps[0], step, job.steps[2])), synthetic.T0 + n)
+    extra = history_bytes(full) - history_bytes(first)
+    added = len(entries(full)) - len(entries(first))
     return {
-        "entries_first": len(first) // 3,
-        "entries_full": len(full) // 3,
-        "extra_bytes": history_bytes(full) - history_bytes(first),
+        "entries_first": len(entries(first)),
+        "entries_full": len(entries(full)),
+        "extra_bytes": extra,
+        "bytes_per_transition": extra / added,
     }
 
 

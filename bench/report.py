@@ -336,8 +336,9 @@ def memory_body(mem: dict[str, Any]) -> list[str]:
         "",
         f"The jobs here stay at their first step, so each history holds {mem['history']['entries_first']}",
         f"transitions; a full one holds {mem['history']['entries_full']}. The summary adds what the",
-        f"difference holds ({mem['history']['extra_bytes']:,} B: the list's slots and a float per",
-        "transition, step names interned), measured with `exporter.history.observe` in this process.",
+        f"difference holds ({mem['history']['extra_bytes']:,} B: "
+        f"{mem['history']['bytes_per_transition']:.0f} B a transition, packed), measured with",
+        "`exporter.history.observe` in this process.",
         "",
         *_table(
             [

@@ -32,6 +32,9 @@ ACCEPT_ENCODING = "gzip, deflate"
 DECODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
 
 
+_CLOSED = httpx.ByteStream(b"")
+
+
 class _Where:
     """`GET host/path` for error messages, built only when one is raised (URL parsing is not free)."""
 
@@ -206,8 +209,18 @@ class TargetHttp:
         # A GET on a reused connection that fails before any byte of the answer is sent once
         # more by the transport (exporter.transport), never a POST.
         try:
-            async with self.client.stream(method, url, params=params, json=json_body) as response:
+            client = self.client
+            response = await client.send(
+                client.build_request(method, url, params=params, json=json_body), stream=True
+            )
+            try:
                 body = await self._answer(response, where)
+            finally:
+                await response.aclose()
+                # httpx's response and the stream bound to it refer to each other: a cycle only
+                # a pass of the cyclic GC frees. Undone, reference counting frees the request's
+                # objects at once, and GC passes stay short (exporter.runtime.QuietGC).
+                response.stream = _CLOSED
         except AuthError as e:
             raise PollError(e.reason, f"{where}: {e}", parse_retry_after(e.retry_after)) from None
         except httpx.TimeoutException as e:

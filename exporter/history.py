@@ -1,15 +1,19 @@
 """A job's transitions as the exporter observed them: status and step changes with their times.
 
-Kept on each TrackedJob (and so in the state file) as one flat list of plain values, three per
-transition (a list of tuples costs twice the memory), bounded per job: the first observation is
-kept, then the latest. Pages and the API read it as a timeline.
+Kept on each TrackedJob as packed bytes, 12 a transition: when it was seen (a double) and the
+code of its (step, status) pair in one table for the whole process. A job then holds one object
+of its own for its history instead of a list, its slots and a float a transition (42 bytes a
+transition). Bounded per job: the first observation is kept, then the latest. Pages and the API
+read it as a timeline, the state file as a flat list (`to_row`, `from_row`).
 """
 
 from __future__ import annotations
 
+import struct
 import sys
-from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import PlainSerializer, PlainValidator
 
 from exporter.model import Job, Status
 
@@ -17,36 +21,82 @@ from exporter.model import Job, Status
 HISTORY_MAX = 24
 AWAITING_USER = "awaiting_user"
 
-# One transition: (observed at, step name or "" for the job itself, status), stored flat.
+# One transition: (observed at, step name or "" for the job itself, status).
 Transition = tuple[float, str, str]
-History = list[float | str]
+
+_RECORD = struct.Struct("<dI")  # observed at, pair code
+_SIZE = _RECORD.size
+_BOUND = HISTORY_MAX * _SIZE
+
+# Every (step name, status) pair a transition of any job had, and its code: a few dozen in
+# practice (the providers' step names times five statuses), each stored once.
+_PAIRS: list[tuple[str, str]] = []
+_CODES: dict[tuple[str, str], int] = {}
+_STATUSES = {str(s): s for s in Status}
 
 
-def entries(history: Sequence[Any]) -> list[Transition]:
-    """The transitions of a flat history, oldest first."""
-    return [(history[i], history[i + 1], history[i + 2]) for i in range(0, len(history) - 2, 3)]
+def _code(step: str, status: str) -> int:
+    code = _CODES.get((step, status))
+    if code is None:
+        pair = (sys.intern(str(step)), _STATUSES.get(status) or sys.intern(str(status)))
+        code = _CODES[pair] = len(_PAIRS)
+        _PAIRS.append(pair)
+    return code
 
 
-def observe(history: History, old: Job | None, new: Job, now: float) -> None:
-    """Append what changed from `old` (None: first seen) to `new`, as observed at `now`."""
-    now = float(now)  # one float shared by this observation's entries
+def entries(history: bytes) -> list[Transition]:
+    """The transitions of a history, oldest first."""
+    return [(at, *_PAIRS[code]) for at, code in _RECORD.iter_unpack(history)]
+
+
+def observe(history: bytes, old: Job | None, new: Job, now: float) -> bytes:
+    """The history with what changed from `old` (None: first seen) to `new`, as observed at `now`."""
+    codes: list[int] = []
     if old is None or old.status != new.status or old.awaiting_user != new.awaiting_user:
-        _append(history, (now, "", AWAITING_USER if new.awaiting_user else new.status))
+        codes.append(_code("", AWAITING_USER if new.awaiting_user else new.status))
     before = {s.name: s.status for s in old.steps} if old is not None else {}
     for step in new.steps:
         was = before.get(step.name)
         if was != step.status and not (was is None and step.status is Status.PENDING):
-            # One string per step name for every job (each poll parses its own copy).
-            _append(history, (now, sys.intern(step.name), step.status))
+            codes.append(_code(step.name, step.status))
+    if not codes:
+        return history
+    return _bounded(history + b"".join(_RECORD.pack(now, code) for code in codes))
 
 
-def _append(history: History, entry: Transition) -> None:
-    if len(history) >= 3 * HISTORY_MAX:
-        del history[3:6]  # keep the first observation: when and how the job was first seen
-    history.extend(entry)
+def _bounded(history: bytes) -> bytes:
+    if len(history) <= _BOUND:
+        return history
+    # Keep the first observation (when and how the job was first seen), then the latest.
+    return history[:_SIZE] + history[len(history) - _BOUND + _SIZE :]
 
 
-def timeline(history: Sequence[Any], now: float) -> list[dict[str, Any]]:
+def to_row(history: bytes) -> list[float | str]:
+    """The state file's form: a flat list, three plain values a transition (as ever written)."""
+    return [value for entry in entries(history) for value in (entry[0], entry[1], str(entry[2]))]
+
+
+def from_row(row: Any) -> bytes:
+    """A history read back from the state file's flat list; ValueError names what is wrong."""
+    if not isinstance(row, list) or len(row) % 3:
+        raise ValueError("a flat list of (time, step, status) triples")
+    out = bytearray()
+    for i in range(0, len(row), 3):
+        at, step, status = row[i : i + 3]
+        if isinstance(at, bool) or not isinstance(at, int | float):
+            raise ValueError(f"[{i}]: {at!r} is not a time")
+        if not isinstance(step, str) or not isinstance(status, str):
+            raise ValueError(f"[{i + 1}]: step and status must be text")
+        out += _RECORD.pack(at, _code(step, status))
+    return _bounded(bytes(out))
+
+
+# What a TrackedJob holds; the state file reads and writes it as the flat list.
+History = Annotated[bytes, PlainValidator(from_row), PlainSerializer(to_row, return_type=list[float | str])]
+EMPTY: History = b""
+
+
+def timeline(history: bytes, now: float) -> list[dict[str, Any]]:
     """Each transition with how long its state lasted: until the next transition of the same job
     or step, or until now while it is still the current one (None once it is final)."""
     out: list[dict[str, Any]] = []
@@ -54,9 +104,9 @@ def timeline(history: Sequence[Any], now: float) -> list[dict[str, Any]]:
     for at, step, status in entries(history):
         previous = last.get(step)
         if previous is not None:
-            out[previous]["duration_seconds"] = max(0.0, float(at) - out[previous]["at"])
+            out[previous]["duration_seconds"] = max(0.0, at - out[previous]["at"])
         last[step] = len(out)
-        out.append({"at": float(at), "step": step or None, "status": str(status), "duration_seconds": None})
+        out.append({"at": at, "step": step or None, "status": str(status), "duration_seconds": None})
     for index in last.values():
         entry = out[index]
         if entry["status"] not in (Status.SUCCEEDED, Status.FAILED):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import anyio
@@ -32,23 +33,27 @@ class QuietGC:
     once a quarter of the long-lived objects are new) counts those replacements although
     reference counting frees the replaced ones at once. So every `every` seconds one collection
     runs over the objects made since the last tick only (the permanent generation is never
-    walked), which frees the cyclic garbage of polls and requests (tasks, exceptions), and the
-    survivors are moved to the permanent generation (`gc.freeze`, O(1)). Each pass thus walks
-    half a second of survivors, not the fleet.
+    walked), which frees the cyclic garbage made meanwhile, and the survivors are moved to the
+    permanent generation (`gc.freeze`, O(1)). Each pass thus walks half a second of survivors,
+    not the fleet.
 
     Garbage cannot pile up for ever: a frozen object freed by reference counting (a replaced
-    job, a dropped one: tracked jobs hold no reference cycles) leaves the permanent generation
-    at once, so only cyclic garbage frozen before it was found stays there, and it is counted.
-    Once the permanent generation has grown by `growth` since the last full pass, everything
-    is unfrozen and one full pass runs: the same bound CPython applies itself, counted over
-    survivors only. A steady fleet thus runs almost no full pass; a growing one runs one per
-    quarter of growth, as before.
+    job, a dropped one: tracked jobs hold no reference cycles, and a request's objects are
+    unlinked when it ends, exporter.fetch) leaves the permanent generation at once, so only
+    cyclic garbage frozen before it was found stays there, and it is counted. Once the
+    permanent generation stayed `growth` above its size after the last full pass for a whole
+    `window`, everything is unfrozen and one full pass runs. Its smallest size over the window
+    is what counts: a poll cycle holds its answers until it ends (tens of thousands of objects
+    at 10,000 jobs, freed at once), and that swing is no garbage. A steady fleet thus runs no
+    full pass; a growing one runs one per quarter of growth, at most one a window.
     """
 
-    def __init__(self, every: float = 0.5, growth: float = 0.25) -> None:
+    def __init__(self, every: float = 0.5, growth: float = 0.25, window: float = 60.0) -> None:
         self.every, self.growth = every, growth
         self.baseline = 0
         self.full_passes = 0
+        # The permanent generation's size at the last ticks, `window` seconds of them.
+        self.sizes: deque[int] = deque(maxlen=max(1, round(window / every)))
 
     def full(self) -> None:
         """One full pass over everything, then freeze what survived (start-up, restore, growth)."""
@@ -56,12 +61,15 @@ class QuietGC:
         gc.collect()
         gc.freeze()
         self.baseline = gc.get_freeze_count()
+        self.sizes.clear()
         self.full_passes += 1
 
     def tick(self) -> None:
         gc.collect()  # the unfrozen objects only: made since the last tick
         gc.freeze()
-        if gc.get_freeze_count() > self.baseline * (1 + self.growth):
+        sizes = self.sizes
+        sizes.append(gc.get_freeze_count())
+        if len(sizes) == sizes.maxlen and min(sizes) > self.baseline * (1 + self.growth):
             self.full()
 
     async def run(self) -> None:

@@ -26,6 +26,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,9 @@ from typing import Any
 import anyio
 from pydantic import TypeAdapter, ValidationError
 
+from exporter import step_times
 from exporter.parsing import load_json, may_hold_surrogates
-from exporter.tracker import TargetState, TrackedJob, Tracker
+from exporter.tracker import TOMBSTONE_SECONDS, TargetState, TrackedJob, Tracker
 
 log = logging.getLogger("asyncjob.state")
 
@@ -83,6 +85,10 @@ _WRITES = (
     "SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)",
 )
 
+# Tombstones older than the tracker forgets them are deleted this often (with a batch).
+_PRUNE = "DELETE FROM tombstones WHERE at < ?"
+PRUNE_EVERY = 3600.0
+
 
 class StateError(Exception):
     """The state file cannot be used at all (not SQLite, a newer schema)."""
@@ -100,8 +106,31 @@ def tracked_to_json(t: TrackedJob) -> str:
         return text.encode("utf-8", "replace").decode()
 
 
+# Keys of a row written before the step times were one field (three dicts a job).
+_OLD_STEP_KEYS = ("step_started", "step_finished", "step_duration")
+
+
+def _migrated(text: str | bytes) -> str | bytes:
+    """A row as this release writes it: an older row's three step dicts become its step times
+    (any error in them is named under their old key)."""
+    old_form = b'"step_started"' in text if isinstance(text, bytes) else '"step_started"' in text
+    if not old_form:
+        return text
+    row = load_json(text)
+    if not isinstance(row, dict) or "step_times" in row:
+        return text
+    old = [row.pop(key, {}) for key in _OLD_STEP_KEYS]
+    for key, value in zip(_OLD_STEP_KEYS, old, strict=True):
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: not an object")
+    row["step_times"] = step_times.from_dicts(*old)
+    return json.dumps(row)
+
+
 def tracked_from_json(text: str | bytes) -> TrackedJob:
-    """A saved job, its every field checked against its type; ValueError names the first problem."""
+    """A saved job, its every field checked against its type; ValueError names the first problem.
+    Rows written by older releases are read too (`_migrated`)."""
+    text = _migrated(text)
     if may_hold_surrogates(text):  # a lone surrogate in free text is replaced, not the row lost
         text = json.dumps(load_json(text))
     try:
@@ -145,6 +174,8 @@ class Batch:
     cursors: dict[JobKey, str] = field(default_factory=dict)
     held: list[Callable[[], None]] = field(default_factory=list)
     upto: int = 0  # the last change number it holds
+    # Tombstones stamped before this are deleted with the batch (None: not this time).
+    prune_before: float | None = None
 
     def __len__(self) -> int:
         return len(self.jobs) + len(self.tombstones) + len(self.cursors)
@@ -171,6 +202,7 @@ class Store:
         self._unchanged: dict[int, TrackedJob] = {}
         self._restored: dict[str, list[TrackedJob]] = {}
         self._restored_tombstones: dict[str, dict[str, float]] = {}
+        self._pruned_at = 0.0  # so the first batch after start prunes
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
@@ -308,7 +340,9 @@ class Store:
     def restore(self, state: TargetState) -> list[TrackedJob]:
         """Jobs saved for `state`'s target; each is handed out once."""
         name = state.config.name
-        state.tombstones.update(self._restored_tombstones.pop(name, {}))
+        restored = self._restored_tombstones.pop(name, {})
+        # Oldest first, as the tracker keeps them (its sweep reads them so).
+        state.tombstones.update(sorted(restored.items(), key=lambda kv: kv[1]))
         jobs = self._restored.pop(name, [])
         self._unchanged.update((id(t), t) for t in jobs)
         return jobs
@@ -355,6 +389,13 @@ class Store:
                 self._pending.tombstones[key] = at
             self._changed()
 
+    def tombstone_renewed(self, state: TargetState, job_id: str) -> None:
+        at = state.tombstones.get(job_id)
+        if at is not None:
+            with self._lock:
+                self._pending.tombstones[(state.config.name, job_id)] = at
+                self._changed()
+
     @property
     def pending_writes(self) -> int:
         """Changes not committed yet: waiting, and in the transaction being written."""
@@ -367,10 +408,14 @@ class Store:
         with self._lock:
             batch, self._pending = self._pending, Batch(upto=self._changes)
             self._inflight = len(batch)
+        now = time.time()
+        if now - self._pruned_at >= PRUNE_EVERY:
+            # Forgotten tombstones leave the file too, else it grows with every job ever dropped.
+            batch.prune_before, self._pruned_at = now - TOMBSTONE_SECONDS, now
         return batch
 
     @staticmethod
-    def _statements(batch: Batch) -> Iterator[tuple[str, str]]:
+    def _statements(batch: Batch) -> Iterator[tuple[str, str | float]]:
         """The statements that write a batch, each with its rows as one JSON array; jobs are
         serialised ROWS_PER_STATEMENT at a time, as they are now (on the event loop, the only
         thread that changes them: a job changed since is in the next batch too)."""
@@ -386,6 +431,8 @@ class Store:
         for sql, rows in zip(_WRITES[1:], rest, strict=True):
             if rows:
                 yield sql, json.dumps(rows)
+        if batch.prune_before is not None:
+            yield _PRUNE, batch.prune_before
 
     def _begin(self) -> sqlite3.Connection:
         db = self._db

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -18,10 +17,12 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Protocol
 
+from exporter import step_times
 from exporter.config import ResolvedTarget
-from exporter.history import History, observe
+from exporter.history import EMPTY, History, observe
 from exporter.model import Cause, Connection, Job, Status
 from exporter.providers.base import PollResult, Provider
+from exporter.step_times import StepTimes
 
 log = logging.getLogger("asyncjob.tracker")
 
@@ -33,6 +34,8 @@ POLL_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 # Ids dropped by retention are remembered this long, so discovery (Basiq lists 7 days of
 # jobs) does not bring a finished job back.
 TOMBSTONE_SECONDS = 8 * 86400.0
+# A tombstone of a job the provider still lists is renewed (and written) this often, not every poll.
+TOMBSTONE_RENEW_SECONDS = 86400.0
 
 
 @dataclass(slots=True)
@@ -65,9 +68,7 @@ class TrackedJob:
     source: str = "static"  # static | discovered | registered
     seen_terminal_at: float | None = None
     counted: bool = False
-    step_started: dict[str, float] = field(default_factory=dict)
-    step_finished: dict[str, float] = field(default_factory=dict)
-    step_duration: dict[str, float] = field(default_factory=dict)
+    step_times: StepTimes = step_times.NONE  # when each step started and finished (exporter.step_times)
     reruns: int = 0
     polled: bool = False  # False until a provider answer replaced the registration placeholder
     # First seen already finished, longer than `retention` before the exporter knew of it: not
@@ -75,7 +76,12 @@ class TrackedJob:
     is_history: bool = False
     # Who must act on the failure (cause_of), resolved whenever the job or the target's config changes.
     cause: Cause | None = None
-    history: History = field(default_factory=list)  # observed transitions, flat (exporter.history)
+    history: History = EMPTY  # observed transitions, packed (exporter.history)
+
+    @property
+    def step_duration(self) -> dict[str, float]:
+        """How long each step took, from the poll that saw it start to the one that saw it end."""
+        return step_times.durations(self.step_times)
 
 
 @dataclass
@@ -205,6 +211,8 @@ class Listener(Protocol):
 
     def job_removed(self, target: TargetState, job_id: str) -> None: ...
 
+    def tombstone_renewed(self, target: TargetState, job_id: str) -> None: ...
+
 
 class CapReached(Exception):
     """The target tracks max_jobs_per_target jobs already."""
@@ -276,7 +284,7 @@ class Tracker:
             tracked.is_history = _is_history(state, tracked, now)
         _tally(state, tracked, 1)
         _resolve_cause(state, tracked)
-        observe(tracked.history, None, job, now)
+        tracked.history = observe(tracked.history, None, job, now)
         self._prime(state, job)
         self._observe_steps(state, tracked, None, now)
         self._on_terminal(state, tracked, now)
@@ -312,7 +320,7 @@ class Tracker:
             tracked.counted = False
         _tally(state, tracked, 1)
         _resolve_cause(state, tracked)
-        observe(tracked.history, old, job, now)
+        tracked.history = observe(tracked.history, old, job, now)
         self._prime(state, job)
         # A placeholder (a static or registered id never polled yet) is not an observation.
         self._observe_steps(state, tracked, old if tracked.polled else None, now)
@@ -353,31 +361,30 @@ class Tracker:
         job = tracked.job
         previous_end: float | None = job.started if job.started is not None else job.created
         seen_before = old is not None
+        times = tracked.step_times
         for step in job.steps:
-            name = sys.intern(step.name)  # the key of three dicts of every job: one string for all
-            if (
-                step.status in (Status.RUNNING, Status.SUCCEEDED, Status.FAILED)
-                and name not in tracked.step_started
-            ):
+            started, finished, duration = was = step_times.get(times, step.name)
+            if step.status in (Status.RUNNING, Status.SUCCEEDED, Status.FAILED) and started is None:
                 start = previous_end if previous_end is not None else (now if seen_before else None)
                 if start is not None:
-                    tracked.step_started[name] = min(start, now)
-            if step.status.terminal and name not in tracked.step_finished:
+                    started = min(start, now)
+            if step.status.terminal and finished is None:
                 # A step already finished when the job was first seen has no observed end.
                 if seen_before:
-                    tracked.step_finished[name] = now
-                    start = tracked.step_started.get(name)
-                    if start is not None:
-                        duration = max(0.0, now - start)
-                        tracked.step_duration[name] = duration
-                        key = (job.job_type, name)
+                    finished = now
+                    if started is not None:
+                        duration = max(0.0, now - started)
+                        key = (job.job_type, step.name)
                         hist = state.agg.step_duration.get(key)
                         if hist is None:
                             hist = state.agg.step_duration[key] = Histogram(STEP_DURATION_BUCKETS)
                         self.hold(partial(hist.observe, duration))
                 else:
-                    tracked.step_finished[name] = job.updated or now
-            previous_end = tracked.step_finished.get(name)
+                    finished = job.updated or now
+            if (started, finished, duration) != was:
+                times = step_times.put(times, step.name, (started, finished, duration))
+            previous_end = finished
+        tracked.step_times = times
 
     def _on_terminal(self, state: TargetState, tracked: TrackedJob, now: float) -> None:
         job = tracked.job
@@ -408,9 +415,13 @@ class Tracker:
             if job.id in state.jobs:
                 self.update(state, job, now)
             elif job.id in state.tombstones:
-                # Still listed: remembered for as long as the provider keeps listing it.
-                del state.tombstones[job.id]
-                state.tombstones[job.id] = now
+                # Still listed: remembered for as long as the provider keeps listing it, across
+                # restarts too (the state store writes the renewal).
+                if now - state.tombstones[job.id] >= TOMBSTONE_RENEW_SECONDS:
+                    del state.tombstones[job.id]  # to the end: the dict stays oldest first
+                    state.tombstones[job.id] = now
+                    for listener in self.listeners:
+                        listener.tombstone_renewed(state, job.id)
             else:
                 with contextlib.suppress(CapReached):  # counted as dropped{reason="cap"}
                     self._add(state, job, "discovered", now)
@@ -473,8 +484,7 @@ class Tracker:
                 if tracked is not None and tracked.seen_terminal_at == at:
                     dropped += self.drop(name, job_id, "retention")
             old: list[str] = []
-            # Restored tombstones come in any order: one younger than those behind it holds
-            # them back, for at most TOMBSTONE_SECONDS more.
+            # Oldest first (restored ones are sorted as they come in, renewals move to the end).
             for job_id, at in state.tombstones.items():
                 if now - at <= TOMBSTONE_SECONDS:
                     break

@@ -31,6 +31,7 @@ from exporter.config.values import (
     without_credentials,
 )
 from exporter.model import Cause, Status
+from exporter.parsing import is_id_text
 
 
 class _Strict(BaseModel):
@@ -234,6 +235,17 @@ class TargetConfig(_Strict):
     def _ids_as_strings(cls, v: Any) -> Any:
         if isinstance(v, list):
             return [str(x) for x in v]
+        return v
+
+    @field_validator("jobs", "users", "queues", "connections")
+    @classmethod
+    def _usable_ids(cls, v: list[str]) -> list[str]:
+        # As the API refuses such an id (422): one that could never be polled, read or deleted.
+        for i, text in enumerate(v):
+            if not text.strip() or not is_id_text(text):
+                raise ValueError(
+                    f"item {i}: an id must not be blank nor hold a control character or a lone surrogate"
+                )
         return v
 
     @field_validator("provider")

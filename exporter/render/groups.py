@@ -197,6 +197,9 @@ class JobSeries:
         self.version += 1
         self._unassembled(time.monotonic())
 
+    def tombstone_renewed(self, state: TargetState, job_id: str) -> None:
+        return None  # a tombstoned job has no series
+
     def _mark(self, group: Group) -> None:
         if not group.dirty:
             group.dirty = True

@@ -200,3 +200,21 @@ def test_check_config_warns_about_zero_targets(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "warning: no targets configured" in r.stderr
+
+
+@pytest.mark.parametrize("bad", ["a\x07b", "line\nbreak", "   ", "nul\x00"])
+def test_a_static_id_that_could_never_be_polled_is_refused_naming_its_key(tmp_path: Path, bad: str) -> None:
+    # The same ids the API answers 422 to: held in the config they would be tracked, but could
+    # never be read or deleted through the API.
+    escaped = bad.encode("unicode_escape").decode().replace('"', '\\"')
+    f = tmp_path / "c.yml"
+    f.write_text(
+        "targets:\n  - name: a\n    provider: basiq\n    base_url: https://au-api.basiq.io\n"
+        f'    jobs: ["ok-1", "{escaped}"]\n'
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", str(f)], capture_output=True, text=True
+    )
+    assert r.returncode == 2, r.stdout
+    assert "targets[0](name=a).jobs" in r.stderr and "item 1" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
+
+import pytest
 
 from exporter.config import build_settings
-from exporter.history import HISTORY_MAX, entries, timeline
+from exporter.history import HISTORY_MAX, entries, from_row, timeline, to_row
 from exporter.model import Job, Status, Step, placeholder
 from exporter.providers import PROVIDERS
 from exporter.providers.base import PollResult
@@ -46,9 +49,9 @@ def test_status_and_step_changes_are_recorded_with_the_time_they_were_seen() -> 
 
 
 def test_the_timeline_gives_each_state_its_duration() -> None:
-    history: list[float | str] = [100.0, "", "pending", 110.0, "", "running"]
-    history += [110.0, "a", "running", 130.0, "a", "succeeded"]
-    rows = timeline(history, now=200.0)
+    row: list[float | str] = [100.0, "", "pending", 110.0, "", "running"]
+    row += [110.0, "a", "running", 130.0, "a", "succeeded"]
+    rows = timeline(from_row(row), now=200.0)
     assert [r["duration_seconds"] for r in rows] == [10.0, 90.0, 20.0, None]
     assert rows[2]["step"] == "a" and rows[0]["step"] is None
 
@@ -79,7 +82,23 @@ def test_the_history_survives_the_state_file_and_is_served_by_the_api() -> None:
     tr.track("t", job(R, ("a", R)), "discovered", now=10)
     tr.apply("t", PollResult(jobs=[job(S, ("a", S))]), now=20)
     tracked = tr.targets["t"].jobs["1"]
-    restored = tracked_from_dict(json.loads(json.dumps(tracked_to_dict(tracked))))
+    row = json.loads(json.dumps(tracked_to_dict(tracked)))
+    # The state file holds it as it always did: a flat list of plain values, readable.
+    assert row["history"] == [
+        10.0,
+        "",
+        "running",
+        10.0,
+        "a",
+        "running",
+        20.0,
+        "",
+        "succeeded",
+        20.0,
+        "a",
+        "succeeded",
+    ]
+    restored = tracked_from_dict(row)
     assert restored.history == tracked.history
     doc = job_document("t", restored)
     assert [(h["at"], h["step"], h["status"]) for h in doc["history"]] == [
@@ -89,3 +108,21 @@ def test_the_history_survives_the_state_file_and_is_served_by_the_api() -> None:
         (20.0, "a", "succeeded"),
     ]
     assert doc["history"][0]["duration_seconds"] == 10.0
+
+
+def test_a_full_history_costs_a_few_bytes_a_transition_and_no_object_of_its_own() -> None:
+    tr = tracker()
+    tr.track("t", job(P), "discovered", now=0)
+    for i in range(1, 200):
+        tr.apply("t", PollResult(jobs=[job(R if i % 2 else P, ("a", R if i % 2 else S))]), now=1e9 + i / 7)
+    history = tr.targets["t"].jobs["1"].history
+    assert len(entries(history)) == HISTORY_MAX
+    # One bytes object: no float, list slot or string a transition (a list cost 42 B each).
+    assert sys.getsizeof(history) <= 40 + 12 * HISTORY_MAX
+    assert entries(from_row(to_row(history))) == entries(history)  # times kept exactly
+
+
+def test_a_broken_history_in_the_state_file_is_named() -> None:
+    for row in ([1.0, "", "running", 2.0], [1.0, "", 3], ["x", "", "running"], {"at": 1.0}):
+        with pytest.raises(ValueError):
+            from_row(row)

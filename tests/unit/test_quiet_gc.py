@@ -1,5 +1,5 @@
 """QuietGC: survivors are frozen out of the automatic passes, and cyclic garbage frozen with
-them is still collected once the permanent generation has grown enough."""
+them is still collected once the permanent generation has stayed grown for a window."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class Node:
 
 @pytest.fixture
 def keeper() -> Iterator[QuietGC]:
-    k = QuietGC(growth=0.25)
+    k = QuietGC(growth=0.25, every=0.5, window=2.0)  # a window of 4 ticks
     k.full()
     yield k
     gc.unfreeze()
@@ -45,9 +45,24 @@ def test_frozen_cyclic_garbage_is_collected_once_it_grows(keeper: QuietGC) -> No
     junk = [Node() for _ in range(keeper.baseline // 2 + 1000)]
     gc.freeze()
     del junk
+    for _ in range(3):
+        keeper.tick()
+    assert keeper.full_passes == passes  # grown for less than the window: not yet
     keeper.tick()
     assert keeper.full_passes == passes + 1
     assert ref() is None
+
+
+def test_a_swing_within_the_window_runs_no_full_pass(keeper: QuietGC) -> None:
+    # A poll cycle's answers, held until it ends: live, then freed at once.
+    for _ in range(3):
+        answers = [[i] for i in range(keeper.baseline)]
+        keeper.tick()
+        keeper.tick()
+        assert gc.get_freeze_count() > keeper.baseline * 1.5
+        del answers
+        keeper.tick()
+    assert keeper.full_passes == 1
 
 
 def test_replaced_objects_leave_the_permanent_generation(keeper: QuietGC) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from exporter.config import build_settings
 from exporter.model import Job, Status, Step
 from exporter.providers import PROVIDERS
+from exporter.providers.base import PollResult
 from exporter.state import (
     SCHEMA_VERSION,
     StateError,
@@ -19,7 +21,7 @@ from exporter.state import (
     tracked_from_dict,
     tracked_to_dict,
 )
-from exporter.tracker import Tracker
+from exporter.tracker import TOMBSTONE_SECONDS, Tracker
 
 
 class NoScheduler:
@@ -51,6 +53,62 @@ def test_a_tracked_job_round_trips_whole() -> None:
     tracker.set_target(s.resolved(s.targets[0]))
     tracked = tracker.track("t", job, "registered", now=20)
     assert tracked_from_dict(tracked_to_dict(tracked)) == tracked
+
+
+# A row as the release before packed step times and histories wrote it (three step dicts).
+OLD_ROW = (
+    '{"job":{"id":"job-1","status":"running","raw_status":"","job_type":"","percent":null,"created":90.0,'
+    '"started":90.0,"finished":null,"updated":125.0,"steps":[{"name":"verify","status":"succeeded",'
+    '"raw_status":"","reason":null,"message":null,"awaiting_user":false},{"name":"accounts",'
+    '"status":"succeeded","raw_status":"","reason":null,"message":null,"awaiting_user":false},'
+    '{"name":"transactions","status":"running","raw_status":"","reason":null,"message":null,'
+    '"awaiting_user":false}],"records_total":null,"records_affected":null,"records_failed":null,'
+    '"attempts":null,"reason":null,"message":null,"cause":null,"awaiting_user":false,"extra":{}},'
+    '"provider":"basiq","first_seen":100.0,"last_progress":125.0,"source":"registered",'
+    '"seen_terminal_at":null,"counted":false,"step_started":{"verify":90.0,"accounts":95.0,'
+    '"transactions":130.0},"step_finished":{"verify":95.0,"accounts":130.0},"step_duration":'
+    '{"accounts":35.0},"reruns":0,"polled":true,"is_history":false,"cause":null,"history":[100.0,"",'
+    '"running",100.0,"verify","succeeded",110.0,"accounts","running",130.0,"accounts","succeeded",'
+    '130.0,"transactions","running"]}'
+)
+
+
+def test_a_row_written_by_the_previous_release_reads_as_the_same_observations(tmp_path: Path) -> None:
+    names = ("verify", "accounts", "transactions")
+
+    def seen(*statuses: Status, updated: float) -> Job:
+        steps = tuple(Step(n, st) for n, st in zip(names, statuses, strict=True))
+        return Job("job-1", Status.RUNNING, created=90, started=90, updated=updated, steps=steps)
+
+    R, P, S = Status.RUNNING, Status.PENDING, Status.SUCCEEDED
+    # What the old release saw before writing OLD_ROW, seen by this one.
+    tracker = Tracker()
+    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS)
+    tracker.set_target(s.resolved(s.targets[0]))
+    tracker.track("t", seen(S, P, P, updated=95), "registered", now=100)
+    tracker.apply("t", PollResult(jobs=[seen(S, R, P, updated=105)]), now=110)
+    tracker.apply("t", PollResult(jobs=[seen(S, S, R, updated=125)]), now=130)
+    expected = tracker.targets["t"].jobs["job-1"]
+
+    path = tmp_path / "state.db"
+    Store(str(path)).close()
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO jobs (target, job_id, data) VALUES ('t', 'job-1', ?)", (OLD_ROW,))
+    db.commit()
+    db.close()
+    again, store = tracker_with_store(path)
+    restored = again.targets["t"].jobs["job-1"]
+    assert restored == expected
+    assert restored.step_duration == {"accounts": 35.0}
+    # And it goes on as if never saved: the running step's start was kept.
+    again.apply("t", PollResult(jobs=[seen(S, S, S, updated=145)]), now=150)
+    assert restored.step_duration == {"accounts": 35.0, "transactions": 20.0}
+    store.close()
+    db = sqlite3.connect(path)
+    (row,) = db.execute("SELECT data FROM jobs").fetchone()
+    db.close()
+    assert '"step_started"' not in row  # written again in this release's form
+    assert json.loads(row)["step_times"]["transactions"] == [130.0, 150.0, 20.0]
 
 
 def test_jobs_marks_cursors_and_tombstones_survive_a_restart(tmp_path: Path) -> None:
@@ -272,3 +330,45 @@ def test_bad_rows_are_skipped_and_named_and_good_ones_restored(
 
     Exposition(tracker, dict).render()
     store.close()
+
+
+def test_a_tombstone_the_provider_keeps_listing_is_renewed_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    tracker.track("t", Job("gone", Status.SUCCEEDED), "discovered", now=1)
+    tracker.drop("t", "gone", "deleted")
+    dropped_at = tracker.targets["t"].tombstones["gone"]
+    listed = dropped_at + TOMBSTONE_SECONDS - 3600  # the provider still lists it a week later
+    tracker.apply("t", PollResult(jobs=[Job("gone", Status.SUCCEEDED)]), now=listed)
+    tracker.apply("t", PollResult(jobs=[Job("gone", Status.SUCCEEDED)]), now=listed + 60)
+    assert tracker.targets["t"].tombstones == {"gone": listed}  # renewed once a day, not every poll
+    store.close()
+
+    tracker, store = tracker_with_store(path)
+    assert tracker.targets["t"].tombstones == {"gone": listed}
+    tracker.sweep(now=dropped_at + TOMBSTONE_SECONDS + 3600)  # 8 days after the drop, not the renewal
+    assert "gone" in tracker.targets["t"].tombstones
+    tracker.apply("t", PollResult(jobs=[Job("gone", Status.SUCCEEDED)]), now=listed + 120)
+    assert "gone" not in tracker.targets["t"].jobs
+    store.close()
+
+
+def test_forgotten_tombstones_leave_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    tracker.track("t", Job("recent", Status.SUCCEEDED), "discovered", now=1)
+    tracker.drop("t", "recent", "deleted")
+    store.close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("INSERT INTO tombstones (target, job_id, at) VALUES ('t', 'ancient', 1.0)")
+    db.close()
+
+    tracker, store = tracker_with_store(path)
+    assert list(tracker.targets["t"].tombstones) == ["ancient", "recent"]  # oldest first
+    tracker.track("t", Job("new", Status.RUNNING), "registered")  # any write: the batch prunes
+    store.close()
+    db = sqlite3.connect(path)
+    rows = {r[0] for r in db.execute("SELECT job_id FROM tombstones")}
+    db.close()
+    assert rows == {"recent"}

@@ -3,6 +3,7 @@ as they should not: lengths, chunks, connections closed, garbage, answers that t
 
 from __future__ import annotations
 
+import gc
 import shutil
 import ssl
 import subprocess
@@ -239,3 +240,28 @@ async def test_tls_is_verified(certificate: Path) -> None:
             await http.get_json("/jobs/1")
         await http.aclose()
     assert e.value.reason == "connect" and "CERTIFICATE_VERIFY_FAILED" in str(e.value)
+
+
+@pytest.mark.anyio
+async def test_a_request_leaves_no_cyclic_garbage() -> None:
+    """Reference counting frees a request's objects when it ends: frozen while in flight
+    (exporter.runtime.QuietGC), cyclic garbage would stay until a full GC pass."""
+    with serve(answer_every_request) as (url, _):
+        http = target_http(url)
+        try:
+            await http.get_json("/jobs/warm")  # the connection and the client's lazy state
+            gc.collect()
+            gc.disable()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for i in range(5):
+                    assert (await http.get_json(f"/jobs/{i}"))["path"] == f"/jobs/{i}"
+                gc.collect()
+                left = [type(o).__name__ for o in gc.garbage]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+        finally:
+            await http.aclose()
+    assert left == []

@@ -1,0 +1,73 @@
+"""When each step of a job started and finished, and how long it took, as the tracker observed it
+(Basiq's steps carry no timestamps).
+
+One flat tuple a job, four values a step: (name, started, finished, duration), None where not
+known; the empty tuple (one for every job) while no step was timed. Three dicts a job cost 64
+bytes each even empty, ~200 with an entry. The state file reads and writes it as
+{name: [started, finished, duration]}.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any, cast
+
+from pydantic import PlainSerializer, PlainValidator
+
+Times = tuple[float | None, float | None, float | None]  # started, finished, duration
+UNKNOWN: Times = (None, None, None)
+_WIDTH = 4
+
+
+def get(times: tuple[Any, ...], name: str) -> Times:
+    """(started, finished, duration) of the step `name`, each None while not known."""
+    for i in range(0, len(times), _WIDTH):
+        if times[i] == name:
+            return cast(Times, times[i + 1 : i + _WIDTH])
+    return UNKNOWN
+
+
+def put(times: tuple[Any, ...], name: str, value: Times) -> tuple[Any, ...]:
+    """The step times with `name`'s set to `value` (one string per step name for every job)."""
+    for i in range(0, len(times), _WIDTH):
+        if times[i] == name:
+            return (*times[: i + 1], *value, *times[i + _WIDTH :])
+    return (*times, sys.intern(name), *value)
+
+
+def durations(times: tuple[Any, ...]) -> dict[str, float]:
+    """Each timed step's duration: seen running, then seen finished."""
+    return {times[i]: times[i + 3] for i in range(0, len(times), _WIDTH) if times[i + 3] is not None}
+
+
+def to_row(times: tuple[Any, ...]) -> dict[str, list[float | None]]:
+    return {times[i]: list(times[i + 1 : i + _WIDTH]) for i in range(0, len(times), _WIDTH)}
+
+
+def from_row(row: Any) -> tuple[Any, ...]:
+    """Step times read back from the state file; ValueError names what is wrong."""
+    if not isinstance(row, dict):
+        raise ValueError("an object of step name: [started, finished, duration]")
+    times: tuple[Any, ...] = ()
+    for name, value in row.items():
+        if not (isinstance(value, list) and len(value) == _WIDTH - 1) or not all(
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in value
+        ):
+            raise ValueError(f"{name}: {value!r} is not [started, finished, duration]")
+        times = put(times, name, cast(Times, tuple(None if v is None else float(v) for v in value)))
+    return times
+
+
+def from_dicts(started: dict[str, Any], finished: dict[str, Any], duration: dict[str, Any]) -> dict[str, Any]:
+    """The row of step times a state file written before them held as three dicts."""
+    names = {**dict.fromkeys(started), **dict.fromkeys(finished), **dict.fromkeys(duration)}
+    return {name: [started.get(name), finished.get(name), duration.get(name)] for name in names}
+
+
+# What a TrackedJob holds; the state file reads and writes it as the object of lists.
+StepTimes = Annotated[
+    tuple[Any, ...],
+    PlainValidator(from_row),
+    PlainSerializer(to_row, return_type=dict[str, list[float | None]]),
+]
+NONE: StepTimes = ()
