@@ -1,9 +1,14 @@
 """The connections the HTTP server keeps: a deadline for a request's headers, a cap on open
-connections, and accept errors (out of file descriptors) logged once per burst.
+connections, accept errors (out of file descriptors) logged once per burst, and direct answers.
 
 uvicorn's keep-alive timeout starts only after a first response and stops at the first byte
 of the next request, so a client that connects and sends nothing, or half a request line,
 was held for ever; enough of them exhaust the file descriptors and /metrics stops answering.
+
+A direct answer (exporter.server.direct_answers: /metrics and /healthz) is written in the loop
+turn that read the request. Through ASGI a request waits for several turns of a busy loop
+(a task is started, then routed, then the body sent), each behind every poll answer ready
+meanwhile; that wait, not the body, was most of a scrape's time while polling.
 """
 
 from __future__ import annotations
@@ -11,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
 log = logging.getLogger("asyncjob.server")
 
@@ -25,6 +30,12 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 512
 # Accept errors closer together than this are one burst: logged once.
 ACCEPT_BURST_GAP = 10.0
+
+Headers = list[tuple[bytes, bytes]]
+# (method, request target, headers with lower-case names) -> (status, headers, body), or None
+# when the request is for the ASGI app (another path, credentials not verified yet...).
+Direct = Callable[[bytes, bytes, Headers], tuple[int, Headers, bytes] | None]
+CLOSE = (b"connection", b"close")
 
 
 @dataclass(frozen=True)
@@ -35,12 +46,15 @@ class ConnectionLimits:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
-def guarded_h11(header_timeout: float, max_connections: int) -> type[H11Protocol]:
+def guarded_h11(
+    header_timeout: float, max_connections: int, direct: Direct | None = None
+) -> type[H11Protocol]:
     """An h11 protocol class for uvicorn's `http=` that closes a connection whose request
     headers are not complete `header_timeout` seconds after it opened (or after its previous
     response), or whose request body is not complete `header_timeout` seconds after its
     headers; and keeps at most `max_connections` open: past the cap, the connection that has
-    waited longest for its request to come in is closed to make room."""
+    waited longest for its request to come in is closed to make room. A GET or HEAD without a
+    body that `direct` answers is answered at once; every other request goes to the app."""
 
     reading: dict[GuardedH11, float] = {}  # connections waiting for a request -> since when
 
@@ -64,6 +78,61 @@ def guarded_h11(header_timeout: float, max_connections: int) -> type[H11Protocol
                     self._await(h11.SEND_BODY)
             elif state is not h11.IDLE:  # the whole request is in
                 self._stop()
+
+        def handle_events(self) -> None:
+            conn = self.conn
+            if direct is not None and conn.our_state is h11.IDLE and conn.their_state is h11.IDLE:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError:
+                    super().handle_events()  # h11 raises it again there, and uvicorn answers 400
+                    return
+                if event is h11.NEED_DATA:
+                    return
+                if isinstance(event, h11.Request) and self._answer(event):
+                    return
+
+                # Not ours: uvicorn reads the same event next.
+                def replay() -> Any:
+                    del conn.next_event
+                    return event
+
+                conn.next_event = replay  # type: ignore[method-assign]
+            super().handle_events()
+
+        def _answer(self, request: h11.Request) -> bool:
+            """Answer `request` now if `direct` does; False leaves it to the app."""
+            assert direct is not None
+            if request.method not in (b"GET", b"HEAD") or self.conn.they_are_waiting_for_100_continue:
+                return False
+            headers = list(request.headers)
+            for name, value in headers:
+                if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+                    return False
+            try:
+                answer = direct(request.method, request.target, headers)
+            except Exception:
+                log.exception("direct answer failed; the app answers instead")
+                return False
+            if answer is None:
+                return False
+            end = self.conn.next_event()  # no body: the request ends here
+            assert isinstance(end, h11.EndOfMessage), end
+            self._unset_keepalive_if_required()
+            status, extra, body = answer
+            out = self.server_state.default_headers + extra
+            if CLOSE in headers:
+                out.append(CLOSE)
+            send, write = self.conn.send, self.transport.write
+            write(send(h11.Response(status_code=status, headers=out, reason=STATUS_PHRASES[status])) or b"")
+            if request.method != b"HEAD":
+                write(send(h11.Data(data=body)) or b"")
+            write(send(h11.EndOfMessage()) or b"")
+            if self.conn.our_state is h11.MUST_CLOSE:
+                send(h11.ConnectionClosed())
+                self.transport.close()
+            self.on_response_complete()  # as the app's last send: keep-alive, pipelined requests
+            return True
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -5,15 +5,20 @@ from __future__ import annotations
 import hmac
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 from starlette.applications import Starlette
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exporter.connections import (
     ConnectionLimits,
+    Direct,
+    Headers,
     guarded_h11,
     log_accept_errors_once_per_burst,
     tls_handshake_deadline,
@@ -27,6 +32,7 @@ from exporter.render import CONTENT_TYPE
 from exporter.runtime import Runtime, WrongShard, job_document
 from exporter.state import StateUnwritable
 from exporter.tracker import CapReached
+from exporter.webconfig import BasicAuthMiddleware, ResponseHeadersMiddleware
 
 log = logging.getLogger("asyncjob.server")
 
@@ -46,6 +52,87 @@ def scrapes_first(app: ASGIApp, jobs: Any, telemetry_path: str = "/metrics") -> 
             jobs.scrapes -= 1
 
     return wrapped
+
+
+class ExporterApp:
+    """The exporter's ASGI app, and the answers the HTTP server gives without it (`direct`)."""
+
+    def __init__(self, app: ASGIApp, direct: Direct | None) -> None:
+        self.app = app
+        self.direct = direct
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def _first_route(routes: list[BaseRoute], path: str) -> BaseRoute | None:
+    scope = {"type": "http", "path": path, "root_path": "", "method": "GET"}
+    for route in routes:
+        if route.matches(scope)[0] is not Match.NONE:
+            return route
+    return None
+
+
+def direct_answers(
+    app: Starlette, runtime: Runtime, telemetry_path: str, metrics: Any, healthz: Any
+) -> Direct | None:
+    """/metrics (at `telemetry_path`) and /healthz, answered by the HTTP protocol in the loop
+    turn that read the request (exporter.connections) as the app answers them: the same
+    headers (http_server_config's included), the same body, basic auth when configured. A
+    scrape whose credentials were not verified yet (bcrypt) goes to the app, which verifies
+    and caches them. `metrics` and `healthz` are the app's handlers: a path is answered here
+    only where the app's routing leads to its handler. None when the app holds middleware of
+    another kind (its effect unknown)."""
+    stack = app.build_middleware_stack()
+    app.middleware_stack = stack  # built now, so the auth middleware's cache is the one read here
+    auth: BasicAuthMiddleware | None = None
+    extra: Headers = []
+    layer: Any = stack
+    while not isinstance(layer, Router):
+        if isinstance(layer, BasicAuthMiddleware):
+            auth = layer
+        elif isinstance(layer, ResponseHeadersMiddleware):
+            extra = layer.headers
+        elif not isinstance(layer, ServerErrorMiddleware | ExceptionMiddleware):
+            return None
+        layer = layer.app
+    metrics_route = _first_route(app.routes, telemetry_path)
+    health_route = _first_route(app.routes, "/healthz")
+    serve_metrics = isinstance(metrics_route, Route) and metrics_route.endpoint is metrics
+    serve_health = isinstance(health_route, Route) and health_route.endpoint is healthz
+    path_bytes = telemetry_path.encode()
+    health_headers = [
+        (b"content-length", b"3"),
+        (b"content-type", b"text/plain; charset=utf-8"),
+        *extra,
+    ]
+
+    def direct(method: bytes, target: bytes, headers: Headers) -> tuple[int, Headers, bytes] | None:
+        raw = target.partition(b"?")[0]
+        if b"%" in raw:
+            try:
+                raw = unquote(raw.decode("ascii")).encode()
+            except UnicodeError:
+                return None
+        if raw == path_bytes and serve_metrics:
+            if auth is not None:
+                credentials = b""
+                for name, value in headers:
+                    if name == b"authorization":
+                        credentials = value  # the last one, as the middleware reads them
+                if not auth.verified(credentials):
+                    return None
+            accept = next((v for n, v in headers if n == b"accept-encoding"), b"")
+            gz = b"gzip" in accept
+            body = runtime.exposition.render(gz=gz, fresh=False)
+            out = [(b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding")] if gz else []
+            out += [(b"content-length", b"%d" % len(body)), (b"content-type", CONTENT_TYPE.encode()), *extra]
+            return 200, out, body
+        if raw == b"/healthz" and serve_health:
+            return 200, list(health_headers), b"ok\n"
+        return None
+
+    return direct if serve_metrics or serve_health else None
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -219,7 +306,10 @@ def build_app(
         Route("/api/v1/targets/{target}/jobs/{job_id:path}", api(delete_job), methods=["DELETE"]),
     ]
     app = Starlette(routes=routes, middleware=middleware or [])
-    return scrapes_first(app, runtime.exposition.jobs, telemetry_path)
+    return ExporterApp(
+        scrapes_first(app, runtime.exposition.jobs, telemetry_path),
+        direct_answers(app, runtime, telemetry_path, metrics, healthz),
+    )
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -272,7 +362,7 @@ class Server:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=2,
-            http=guarded_h11(limits.header_timeout, limits.max_connections),
+            http=guarded_h11(limits.header_timeout, limits.max_connections, getattr(app, "direct", None)),
             **(ssl or {}),
         )
         self._server = _Quiet(config)

@@ -281,10 +281,16 @@ class BasicAuthMiddleware:
         # One thread: bcrypt holds a core while it runs; the other is left to the event loop.
         self._bcrypt = anyio.CapacityLimiter(1)
 
-    async def check(self, header: bytes) -> bool:
+    def verified(self, header: bytes) -> bool:
+        """Whether these credentials were checked already (no bcrypt: a cache look-up)."""
         digest = hashlib.sha256(header).digest()
         if digest in self._ok:
             self._ok.move_to_end(digest)
+            return True
+        return False
+
+    async def check(self, header: bytes) -> bool:
+        if self.verified(header):
             return True
         scheme, _, encoded = header.partition(b" ")
         if scheme.lower() != b"basic":
@@ -301,7 +307,7 @@ class BasicAuthMiddleware:
         )
         if not ok or hashed is None:
             return False
-        self._ok[digest] = None
+        self._ok[hashlib.sha256(header).digest()] = None
         if len(self._ok) > CACHE_SIZE:
             self._ok.popitem(last=False)
         return True

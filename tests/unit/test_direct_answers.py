@@ -1,0 +1,252 @@
+"""/metrics and /healthz answered by the HTTP protocol in the turn that read the request (no
+ASGI task), as the app answers them: headers, HEAD, gzip, the telemetry path, web config
+headers, basic auth (credentials the app verified first), keep-alive, pipelining."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import bcrypt
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from exporter.config import build_settings
+from exporter.providers import PROVIDERS
+from exporter.runtime import Runtime
+from exporter.server import ExporterApp, Server, build_app
+from exporter.webconfig import WebConfig
+
+PROMETHEUS = b"Accept-Encoding: gzip\r\nUser-Agent: Prometheus/2.53.0\r\n"
+
+
+def runtime() -> Runtime:
+    settings = build_settings(
+        {"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS
+    )
+    rt = Runtime(settings)
+    rt.tracker.set_target(settings.resolved(settings.targets[0]))
+    return rt
+
+
+@dataclass
+class Served:
+    port: int
+    app: ExporterApp
+    runtime: Runtime
+    asgi_paths: list[str] = field(default_factory=list)  # requests the ASGI app answered
+
+    async def connect(self) -> Conn:
+        return Conn(await anyio.connect_tcp("127.0.0.1", self.port))
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Conn:
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def send(self, *requests: bytes) -> None:
+        await self.stream.send(b"".join(requests))
+
+    async def answer(self, head_only: bool = False) -> Answer:
+        with anyio.fail_after(10):
+            while b"\r\n\r\n" not in self.buffer:
+                self.buffer += await self.stream.receive()
+            head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
+            length = 0 if head_only else int(headers.get("content-length", "0"))
+            while len(self.buffer) < length:
+                self.buffer += await self.stream.receive()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return Answer(int(lines[0].split(" ")[1]), headers, body)
+
+    async def closed(self) -> bool:
+        with anyio.fail_after(10):
+            try:
+                return await self.stream.receive() == b""
+            except anyio.EndOfStream:
+                return True
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def get(path: str, extra: bytes = b"", method: str = "GET") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode() + extra + b"\r\n"
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Any]:
+    async with anyio.create_task_group() as tg:
+
+        async def start(**kwargs: Any) -> Served:
+            rt = runtime()
+            app = build_app(rt, **kwargs)
+            assert isinstance(app, ExporterApp)
+            served = Served(0, app, rt)
+            inner = app.app
+
+            async def counting(scope: Scope, receive: Receive, send: Send) -> None:
+                served.asgi_paths.append(scope.get("path", ""))
+                await inner(scope, receive, send)
+
+            app.app = counting
+            server = Server(app, "127.0.0.1:0")
+            tg.start_soon(server.serve)
+            with anyio.fail_after(10):
+                while server.port == 0:
+                    await anyio.sleep(0.01)
+            served.port = server.port
+            return served
+
+        yield start
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_metrics_and_healthz_are_answered_without_the_app(serve: Any) -> None:
+    s = await serve()
+    c = await s.connect()
+    await c.send(get("/metrics", PROMETHEUS))
+    gz = await c.answer()
+    await c.send(get("/metrics?name[]=x"))
+    plain = await c.answer()
+    await c.send(get("/healthz"))
+    health = await c.answer()
+    await c.aclose()
+    assert s.asgi_paths == []
+    assert gz.status == plain.status == health.status == 200
+    assert gz.headers["content-encoding"] == "gzip"
+    assert gz.headers["vary"] == "Accept-Encoding"
+    assert (
+        gz.headers["content-type"]
+        == plain.headers["content-type"]
+        == "text/plain; version=0.0.4; charset=utf-8"
+    )
+    assert int(gz.headers["content-length"]) == len(gz.body)
+    assert "date" in gz.headers
+    assert b"asyncjob_exporter_build_info" in gzip.decompress(gz.body)
+    assert "content-encoding" not in plain.headers and "vary" not in plain.headers
+    assert b"asyncjob_exporter_build_info" in plain.body and b"process_" in plain.body
+    assert health.body == b"ok\n"
+    assert health.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+@pytest.mark.anyio
+async def test_direct_answers_carry_the_headers_the_app_sends(serve: Any) -> None:
+    # The same request answered directly, then by the app (a GET with a body goes to it).
+    s = await serve()
+    c = await s.connect()
+    answers = {}
+    for path in ("/metrics", "/%68ealthz"):
+        await c.send(get(path, PROMETHEUS))
+        answers[path, "direct"] = await c.answer()
+        await c.send(get(path, PROMETHEUS + b"Content-Length: 2\r\n")[:-2] + b"\r\nhi")
+        answers[path, "app"] = await c.answer()
+    await c.aclose()
+    assert s.asgi_paths == ["/metrics", "/healthz"]
+    for path in ("/metrics", "/%68ealthz"):
+        direct, app = answers[path, "direct"].headers, answers[path, "app"].headers
+        for h in (direct, app):
+            h.pop("date"), h.pop("content-length")
+        assert direct == app
+
+
+@pytest.mark.anyio
+async def test_head_is_answered_without_a_body(serve: Any) -> None:
+    s = await serve()
+    c = await s.connect()
+    await c.send(get("/metrics", PROMETHEUS, method="HEAD"), get("/healthz"))
+    head = await c.answer(head_only=True)
+    health = await c.answer()  # read right after the head: no body came between them
+    await c.aclose()
+    assert head.status == 200 and int(head.headers["content-length"]) > 0
+    assert health.body == b"ok\n"
+    assert s.asgi_paths == []
+
+
+@pytest.mark.anyio
+async def test_other_requests_still_go_to_the_app(serve: Any) -> None:
+    s = await serve(telemetry_path="/probe/metrics")
+    c = await s.connect()
+    await c.send(get("/probe/metrics"))
+    assert (await c.answer()).status == 200
+    await c.send(get("/metrics"))
+    assert (await c.answer()).status == 404
+    await c.send(get("/probe/metrics", method="POST"))
+    assert (await c.answer()).status == 405
+    await c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+    assert (await c.answer()).body == b"ok\n"
+    await c.aclose()
+    assert s.asgi_paths == ["/metrics", "/probe/metrics", "/healthz"]
+
+
+@pytest.mark.anyio
+async def test_disabled_exporter_metrics_stay_out_of_direct_answers(serve: Any) -> None:
+    s = await serve()
+    s.runtime.exposition.exporter_metrics = False  # --web.disable-exporter-metrics
+    c = await s.connect()
+    await c.send(get("/metrics"))
+    body = (await c.answer()).body
+    await c.aclose()
+    assert b"asyncjob_exporter_build_info" in body
+    assert b"process_" not in body and b"python_" not in body
+    assert s.asgi_paths == []
+
+
+@pytest.mark.anyio
+async def test_pipelined_requests_are_answered_in_order_and_close_is_honoured(serve: Any) -> None:
+    s = await serve()
+    c = await s.connect()
+    await c.send(get("/healthz"), get("/metrics"), get("/healthz", b"Connection: close\r\n"))
+    first, second, third = await c.answer(), await c.answer(), await c.answer()
+    assert first.body == third.body == b"ok\n"
+    assert b"asyncjob_exporter_build_info" in second.body
+    assert third.headers["connection"] == "close"
+    assert await c.closed()
+    assert s.asgi_paths == []
+
+
+def basic(user: str, password: str) -> bytes:
+    return b"Authorization: Basic " + base64.b64encode(f"{user}:{password}".encode()) + b"\r\n"
+
+
+@pytest.mark.anyio
+async def test_basic_auth_and_extra_headers_hold_on_direct_answers(serve: Any) -> None:
+    web = WebConfig(
+        users={"prom": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4))},
+        headers={"X-Frame-Options": "deny"},
+    )
+    s = await serve(middleware=web.middleware())
+    c = await s.connect()
+    await c.send(get("/metrics"))
+    missing = await c.answer()
+    await c.send(get("/metrics", basic("prom", "wrong")))
+    wrong = await c.answer()
+    await c.send(get("/metrics", basic("prom", "pw")))
+    first = await c.answer()  # verified by the app (bcrypt), then cached
+    await c.send(get("/metrics", basic("prom", "pw")), get("/healthz"))
+    cached, health = await c.answer(), await c.answer()
+    await c.aclose()
+    assert (missing.status, wrong.status, first.status, cached.status, health.status) == (
+        401,
+        401,
+        200,
+        200,
+        200,
+    )
+    assert s.asgi_paths == ["/metrics"] * 3  # the cached credentials and /healthz: answered directly
+    assert cached.headers["x-frame-options"] == health.headers["x-frame-options"] == "deny"
+    assert b"asyncjob_exporter_build_info" in cached.body
