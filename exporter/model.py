@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -46,6 +48,10 @@ class Step:
     awaiting_user: bool = False
 
 
+# Typed read-only (Mapping): one empty dict that every job without extras shares.
+NO_EXTRA: Mapping[str, str] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """A provider's job as last seen, normalised.
@@ -74,8 +80,9 @@ class Job:
     # provider's map of reasons decides, overridden by the target's `cause_map`.
     cause: Cause | None = None
     awaiting_user: bool = False
-    # Provider-specific follow-up: e.g. the AIMS360 rerun that replaced this job.
-    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Provider-specific follow-up: e.g. the AIMS360 rerun that replaced this job. Read-only: most
+    # jobs have none and share one empty mapping (a dict a job cost 64 bytes).
+    extra: Mapping[str, str] = field(default_factory=lambda: NO_EXTRA, compare=False, hash=False)
 
     @property
     def is_placeholder(self) -> bool:
@@ -106,6 +113,39 @@ class Job:
         if self.status is Status.SUCCEEDED:
             return 100.0
         return None
+
+
+# Steps as jobs of one kind have them at a time: a few combinations of names and statuses,
+# shared by every job in the same state instead of a tuple, its Steps and their strings a job.
+# Bounded: emptied when full (what jobs hold stays theirs).
+_SHARED_STEPS: dict[tuple[Step, ...], tuple[Step, ...]] = {}
+SHARED_STEPS_MAX = 4096
+
+
+def interned_step(
+    name: str,
+    status: Status,
+    raw_status: str = "",
+    reason: str | None = None,
+    message: str | None = None,
+    awaiting_user: bool = False,
+) -> Step:
+    """A Step whose name and raw status are the one string of their text in the process."""
+    return Step(sys.intern(name), status, sys.intern(raw_status), reason, message, awaiting_user)
+
+
+def shared_steps(steps: tuple[Step, ...]) -> tuple[Step, ...]:
+    """The one tuple equal to `steps` that other jobs hold (free text, a failure's message, is
+    not shared)."""
+    if not steps or any(s.message is not None for s in steps):
+        return steps
+    found = _SHARED_STEPS.get(steps)
+    if found is not None:
+        return found
+    if len(_SHARED_STEPS) >= SHARED_STEPS_MAX:
+        _SHARED_STEPS.clear()
+    _SHARED_STEPS[steps] = steps
+    return steps
 
 
 def placeholder(job_id: str) -> Job:

@@ -8,11 +8,12 @@ statement jobs `createdDate`/`updatedDate`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from exporter.fetch import NotFound, PollError
-from exporter.model import Cause, Job, Status, Step
+from exporter.model import Cause, Job, Status, Step, interned_step, shared_steps
 from exporter.parsing import bounded_reason, parse_timestamp
 from exporter.providers.base import BadPayload, Http, PollResult, Provider, fetch_each, gather
 
@@ -83,7 +84,7 @@ def parse_step(obj: Any) -> Step:
     items = results_of(obj.get("result"))
     awaiting = not status.terminal and any(item.get("type") == "mfa" for item in items)
     reason, message = error_of(items) if status is Status.FAILED else (None, None)
-    return Step(obj["title"], status, raw, reason, message, awaiting)
+    return interned_step(obj["title"], status, raw, reason, message, awaiting)
 
 
 def job_status(steps: Sequence[Step]) -> Status:
@@ -121,7 +122,7 @@ class Basiq(Provider):
         raw_steps = obj.get("steps") or []
         if not isinstance(raw_steps, list):
             raise BadPayload("steps")
-        steps = tuple(parse_step(s) for s in raw_steps)
+        steps = shared_steps(tuple(parse_step(s) for s in raw_steps))
         status = job_status(steps)
         # A top-level status, when the job carries one, is the job's own word.
         top = STEP_STATUS.get(str(obj.get("status") or "").lower())
@@ -130,13 +131,14 @@ class Basiq(Provider):
         failed = next((s for s in steps if s.status is Status.FAILED), None)
         created = stamp(obj, "created", "createdDate")
         updated = stamp(obj, "updated", "updatedDate")
-        raw = ",".join(f"{s.name}:{s.raw_status}" for s in steps)
+        # One string for every job with the same steps in the same states.
+        raw = sys.intern(",".join(f"{s.name}:{s.raw_status}" for s in steps))
         is_failed = status is Status.FAILED
         return Job(
             id=str(job_id),
             status=status,
             raw_status=raw,
-            job_type=str(obj.get("jobType") or ""),
+            job_type=sys.intern(str(obj.get("jobType") or "")),
             created=created,
             # Basiq starts a job as it is created, and its last update of a finished job is its end.
             started=created,

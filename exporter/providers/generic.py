@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from exporter.config import GenericFields, TargetConfig
 from exporter.fetch import NotFound, PollError
-from exporter.model import Job, Status, Step
+from exporter.model import Job, Status, Step, interned_step, shared_steps
 from exporter.parsing import (
     bounded_label,
     bounded_reason,
@@ -124,8 +124,8 @@ class Generic(Provider):
             if not found or name is None:
                 raise BadPayload(f"steps.name: path {spec.name!r} matches nothing in a step")
             status, raw = map_status(lookup(item, spec.status)[1], self.status_map)
-            steps.append(Step(bounded_label(name), status, raw))
-        return tuple(steps)
+            steps.append(interned_step(bounded_label(name), status, raw))
+        return shared_steps(tuple(steps))
 
     async def _listed(self, http: Http, result: PollResult) -> set[str]:
         """Jobs of the list URL; returns their ids."""

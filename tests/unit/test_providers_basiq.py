@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
+from exporter import model
 from exporter.config import build_settings
 from exporter.fetch import PollError, TargetHttp
-from exporter.model import Cause, Status
+from exporter.model import NO_EXTRA, Cause, Status, Step, shared_steps
 from exporter.parsing import parse_timestamp
 from exporter.providers import PROVIDERS
 from exporter.providers.basiq import Basiq
@@ -235,3 +236,25 @@ async def test_a_403_saying_the_token_expired_renews_it_once(tmp_path: Path) -> 
     assert e.value.reason == "auth"
     assert calls == {"token": 2, "job": 2}
     await http.aclose()
+
+
+def test_jobs_in_the_same_state_share_their_steps_and_labels() -> None:
+    # Each answer is parsed from its own text, as each poll does: nothing is shared by accident.
+    a, b = (basiq().parse_job({**fixture("basiq_job.json"), "id": i, "jobType": "connection"}) for i in "ab")
+    assert a.steps is b.steps and a.steps[0].name == "verify-credentials"
+    assert a.raw_status is b.raw_status and a.job_type is b.job_type
+    assert a.extra is b.extra is NO_EXTRA
+
+
+def test_a_failed_steps_free_text_stays_the_jobs_own() -> None:
+    a, b = (basiq().parse_job(fixture("basiq_job_failed_array.json")) for _ in range(2))
+    assert any(s.message for s in a.steps)
+    assert a.steps == b.steps and a.steps is not b.steps
+
+
+def test_the_shared_steps_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model, "SHARED_STEPS_MAX", 2)
+    monkeypatch.setattr(model, "_SHARED_STEPS", {})
+    for i in range(5):
+        assert shared_steps((Step(f"s{i}", Status.RUNNING),)) == (Step(f"s{i}", Status.RUNNING),)
+    assert len(model._SHARED_STEPS) <= 2
