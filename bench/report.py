@@ -114,8 +114,9 @@ def scrape_body(s: dict[str, Any]) -> list[str]:
         f"A `Runtime` in the benchmark's process polls {s['jobs']:,} running Basiq jobs of the simulator",
         f"(its own process) every {s['poll_interval_s']:g} s with its real scheduler",
         f"({s['polls_per_s']:,.0f} polls a second during the window). Every job also changes once a cycle:",
-        f"its progress is moved through `Tracker.update`, 200 jobs a loop turn ({s['churn_pass_s'] * 1000:.0f} ms",
-        "a pass), and the poll that follows answers the simulator's state, a change again. A scraper in a",
+        f"its progress is moved through `Tracker.update`, {s.get('churn_slice', 200)} jobs a loop turn (as many as the",
+        f"scheduler folds poll answers into the tracker a turn; {s['churn_pass_s'] * 1000:.0f} ms a pass), and the",
+        "poll that follows answers the simulator's state, a change again. A scraper in a",
         "third process (`bench/scraper.py`) asks for `/metrics` with Prometheus' headers (gzip) and",
         "`/healthz` in turn, ten pairs a second. Every client gets the same body: one gzip member.",
         f"During the window the exporter's process used {s.get('cpu_share', 0) * 100:.0f} % of a CPU; the load",
@@ -133,7 +134,7 @@ def scrape_body(s: dict[str, Any]) -> list[str]:
                     str(s["render"]["n"]),
                 ],
                 [
-                    "full collections of Python's cyclic GC (the whole process stops)",
+                    _gc_row(s),
                     _lat(s["gc_full"]) if s["gc_full"]["n"] else "none",
                     str(s["gc_full"]["n"]),
                 ],
@@ -178,6 +179,33 @@ def scrape_body(s: dict[str, Any]) -> list[str]:
     ]
 
 
+def _gc_row(s: dict[str, Any]) -> str:
+    if "gc_full_passes" not in s:
+        return "full collections of Python's cyclic GC (the whole process stops)"
+    return (
+        "generation-2 collections of Python's cyclic GC (the whole process stops): the exporter's, "
+        f"every {s['gc_tick_s']:g} s over what was made since, and {s['gc_full_passes']} full "
+        "pass(es) over every object"
+    )
+
+
+def _gc_note(s: dict[str, Any]) -> list[str]:
+    g = s["gc_full"]
+    if not g["n"]:
+        return []
+    if "gc_full_passes" not in s:
+        return [
+            f"Python's full GC collections ran {g['n']} times in the window, up to",
+            f"{g['max_ms']:.0f} ms each, the whole process stopped: they walk every tracked",
+            "object, so they grow with the number of jobs.",
+        ]
+    return [
+        f"Python's cyclic GC stopped the whole process {g['n']} times in the window, up to {g['max_ms']:.0f} ms:",
+        f"{s['gc_full_passes']} full pass(es) over every tracked object (they grow with the number of jobs),",
+        f"the rest the exporter's ticks every {s['gc_tick_s']:g} s over what was made since the last one.",
+    ]
+
+
 def _scrape_note(s: dict[str, Any]) -> list[str]:
     m, h, own = s["metrics"], s["healthz"], s["render"]
     if m["p99_ms"] <= SCRAPE_P99_MS:
@@ -187,15 +215,7 @@ def _scrape_note(s: dict[str, Any]) -> list[str]:
         f"`/healthz`, which builds nothing, waits {h['p99_ms']:.0f} ms at p99 against {m['p99_ms']:.0f} ms for",
         "`/metrics`: the rest is waiting for the event loop (poll answers, changes, rendering take turns)",
         "and for a CPU.",
-        *(
-            [
-                f"Python's full GC collections ran {s['gc_full']['n']} times in the window, up to",
-                f"{s['gc_full']['max_ms']:.0f} ms each, the whole process stopped: they walk every tracked",
-                "object, so they grow with the number of jobs.",
-            ]
-            if s["gc_full"]["n"]
-            else []
-        ),
+        *_gc_note(s),
         "",
     ]
 

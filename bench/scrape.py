@@ -1,6 +1,7 @@
 """Scrape under churn: a Runtime in this process polls N running Basiq jobs of the simulator (its
 own process) every 2 s with its real scheduler, while every job also changes once a cycle (its
-progress moved through `Tracker.update`, 200 jobs a loop turn, as answers arrive). A scraper in
+progress moved through `Tracker.update`, APPLY_SLICE jobs a loop turn, as the scheduler folds in
+poll answers). A scraper in
 a third process asks for /metrics (gzip) and /healthz meanwhile. Measured here, in the same run:
 how old the served body is (every change made before its moment is in it), how long after every
 job changed the served body holds all of it, and the baselines: prometheus-client's
@@ -28,9 +29,11 @@ from exporter.providers import PROVIDERS
 from exporter.render.groups import JobSeries
 from exporter.render.jobs import render_job
 from exporter.runtime import Runtime
+from exporter.scheduler import APPLY_SLICE
 from exporter.server import Server, build_app
 
-SLICE = 200  # jobs changed per loop turn
+# Jobs changed per loop turn: as many as the scheduler folds poll answers into the tracker.
+SLICE = APPLY_SLICE
 
 
 class Churn:
@@ -68,8 +71,9 @@ class Churn:
 
 @contextmanager
 def full_collections() -> Iterator[list[float]]:
-    """Durations of the cyclic GC's full (generation 2) collections meanwhile: each one stops
-    the whole process, event loop included, for as long as it walks every tracked object."""
+    """Durations of the cyclic GC's generation-2 collections meanwhile: each one stops the whole
+    process, event loop included, for as long as it walks the objects it collects (the
+    exporter's ticks: those made since the last one; a full pass: every tracked object)."""
     pauses: list[float] = []
     started: list[float] = []
 
@@ -119,9 +123,11 @@ async def measure(
         tg.start_soon(sample_staleness, runtime.exposition.jobs, ages)
         counted = len(churn.current_after)
         requests, started, cpu = requests_sent(runtime), time.monotonic(), time.process_time()
+        full_passes = runtime.gc.full_passes
         with full_collections() as pauses:
             proc = scraper.in_own_process(url, seconds)
             lat = await anyio.to_thread.run_sync(scraper.result, proc, seconds + 60)
+        full_passes = runtime.gc.full_passes - full_passes
         current_after = churn.current_after[counted:]
         window = ages[:]  # the window only: the baselines below hold the GIL for seconds
         wall = time.monotonic() - started
@@ -144,6 +150,9 @@ async def measure(
         "body_bytes": lat["body_bytes"],
         "render": scraper.percentiles(own),
         "gc_full": scraper.percentiles(pauses),
+        "gc_full_passes": full_passes,
+        "gc_tick_s": runtime.gc.every,
+        "churn_slice": SLICE,
         "staleness": scraper.percentiles(window),
         "current_after": scraper.percentiles(current_after),
         "churn_passes": len(current_after),

@@ -24,8 +24,8 @@ from exporter.tracker import TargetState, TrackedJob
 GROUP_SIZE = 32
 # Under steady change the served job part is assembled again at least this often.
 MAX_AGE = 0.5
-# The background refresh renders groups for about this long a loop turn.
-TURN = 0.005
+# The background refresh renders groups for about this long a loop turn (~0.7 ms a group).
+TURN = 0.002
 # Blocks of one family the assembly joins a loop turn (a few ms for the largest families).
 CHUNK = 32
 
