@@ -197,17 +197,21 @@ class Scraper:
         }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def measured(pid: int, port: int, n: int, concurrency: int, prefix: str) -> dict[str, Any]:
-    """`drive`, with the server's CPU per request and the machine's load beside it."""
-    before = cpu_seconds(pid)
+    """`drive`, with the server's CPU per request (and the part of it in the kernel) and the
+    machine's load beside it."""
+    user, system = cpu_seconds(pid)
     out = asyncio.run(drive(port, TARGET, n, concurrency, prefix))
-    out["server_cpu_us_per_request"] = (cpu_seconds(pid) - before) / n * 1e6
+    user_after, system_after = cpu_seconds(pid)
+    out["server_cpu_us_per_request"] = (user_after + system_after - user - system) / n * 1e6
+    out["server_system_cpu_us_per_request"] = (system_after - system) / n * 1e6
     out["load_average"] = load_average()
     return out
 

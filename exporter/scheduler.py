@@ -29,7 +29,7 @@ SWEEP_INTERVAL = 1.0
 # New ids polled per wake-up (about one a second): a burst of registrations is polled this many
 # a second, oldest first, not all at once (the provider and the front door keep their share);
 # the next full cycle polls whatever is left.
-FRESH_PER_WAKE = 256
+FRESH_PER_WAKE = 128
 # Answers folded into the tracker per turn of the event loop (~1-2 ms): a cycle's 10,000
 # answers at once would hold every scrape for a good part of a second, and a turn of 200
 # (~10 ms) made a scrape wait behind it, and behind the other turns of the same pass.
