@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import PlainSerializer, PlainValidator
 
 from exporter.model import Job, Status
+from exporter.parsing import parse_number
 
 # Entries kept per job: the first observation plus the latest HISTORY_MAX - 1.
 HISTORY_MAX = 24
@@ -83,8 +84,10 @@ def from_row(row: Any) -> bytes:
     out = bytearray()
     for i in range(0, len(row), 3):
         at, step, status = row[i : i + 3]
-        if isinstance(at, bool) or not isinstance(at, int | float):
-            raise ValueError(f"[{i}]: {at!r} is not a time")
+        # A finite double: an integer too large for one or NaN would not be written back as read.
+        at = parse_number(at) if isinstance(at, int | float) else None
+        if at is None:
+            raise ValueError(f"[{i}]: not a time (a finite number)")
         if not isinstance(step, str) or not isinstance(status, str):
             raise ValueError(f"[{i + 1}]: step and status must be text")
         out += _RECORD.pack(at, _code(step, status))

@@ -14,6 +14,8 @@ from typing import Annotated, Any, cast
 
 from pydantic import PlainSerializer, PlainValidator
 
+from exporter.parsing import parse_number
+
 Times = tuple[float | None, float | None, float | None]  # started, finished, duration
 UNKNOWN: Times = (None, None, None)
 _WIDTH = 4
@@ -50,11 +52,13 @@ def from_row(row: Any) -> tuple[Any, ...]:
         raise ValueError("an object of step name: [started, finished, duration]")
     times: tuple[Any, ...] = ()
     for name, value in row.items():
-        if not (isinstance(value, list) and len(value) == _WIDTH - 1) or not all(
-            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in value
-        ):
+        if not isinstance(value, list) or len(value) != _WIDTH - 1:
             raise ValueError(f"{name}: {value!r} is not [started, finished, duration]")
-        times = put(times, name, cast(Times, tuple(None if v is None else float(v) for v in value)))
+        # Finite doubles: an integer too large for one, or NaN, would not be written back as read.
+        read = [parse_number(v) if isinstance(v, int | float) else None for v in value]
+        if any(r is None and v is not None for r, v in zip(read, value, strict=True)):
+            raise ValueError(f"{name}: [started, finished, duration] must be finite numbers or null")
+        times = put(times, name, cast(Times, tuple(read)))
     return times
 
 
