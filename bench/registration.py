@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +45,18 @@ async def register(request):
 app = Starlette(routes=[Route("/api/v1/targets/{target}/jobs", register, methods=["POST"])])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None, access_log=False,
             lifespan="off", server_header=False)
+"""
+
+
+# With BENCH_PROFILE=FILE the exporter runs under cProfile, switched on (SIGUSR1) for the
+# measured registrations only and dumped to FILE (SIGUSR2): `python -m pstats FILE`.
+PROFILED = """
+import cProfile, signal, sys
+from exporter.__main__ import main
+profile, out = cProfile.Profile(), sys.argv.pop(1)
+signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
+signal.signal(signal.SIGUSR2, lambda *_: (profile.disable(), profile.dump_stats(out)))
+sys.exit(main())
 """
 
 
@@ -275,10 +288,10 @@ def run(
         (directory / "config.yml").write_text(yaml.safe_dump(config))
         port = unused_port()
         url = f"http://127.0.0.1:{port}"
+        profile = os.environ.get("BENCH_PROFILE")
         args = [
             *py,
-            "-m",
-            "exporter",
+            *(["-c", PROFILED, str(Path(profile).resolve())] if profile else ["-m", "exporter"]),
             f"--config.file={directory / 'config.yml'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--log.level=warn",
@@ -295,7 +308,11 @@ def run(
                 f"registration: {registrations:,} registrations at concurrency {concurrency}, /metrics scraped meanwhile"
             )
             with Scraper(port, scrape_every) as scraper:
+                if profile:
+                    os.kill(proc.pid, signal.SIGUSR1)
                 ours = measured(proc.pid, port, registrations, concurrency, "reg")
+                if profile:
+                    os.kill(proc.pid, signal.SIGUSR2)
             polled_during = poll_requests(url) - first
             state_bytes = sum(p.stat().st_size for p in directory.glob("state.db*"))
     return {

@@ -79,7 +79,7 @@ def guarded_h11(
             elif state is not h11.IDLE:  # the whole request is in
                 self._stop()
 
-        def handle_events(self) -> None:
+        def _direct_or_app(self) -> None:
             conn = self.conn
             if direct is not None and conn.our_state is h11.IDLE and conn.their_state is h11.IDLE:
                 try:
@@ -143,6 +143,12 @@ def guarded_h11(
             self._stop()
             super().connection_lost(exc)
 
+        def handle_events(self) -> None:
+            cycle = self.cycle
+            self._direct_or_app()
+            if self.cycle is not None and self.cycle is not cycle:  # a request came in
+                self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
+
         def _await(self, phase: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:
             self._stop()
             self._phase = phase
@@ -167,6 +173,45 @@ def guarded_h11(
                 self.transport.close()
 
     return GuardedH11
+
+
+class HeadWithBody:
+    """One response's view of its connection: the head (status line and headers, its first
+    write) is held until the body's first part and both go out in one send. A send on a
+    loopback or LAN socket costs more than the bytes it carries (the kernel delivers them and
+    wakes the reader); a small answer thus costs one, not two. A head whose body does not
+    follow within the same turn of the event loop (a streamed answer) goes out alone then."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        held = self._held
+        if held is None:
+            self._held = data
+            self._loop.call_soon(self._flush)
+            return
+        self._held = b""  # the head went out: later writes go straight through
+        if held:
+            data = held + data
+        self._transport.write(data)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, b""
+        if held and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 @contextmanager

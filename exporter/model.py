@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 
@@ -146,6 +146,18 @@ def shared_steps(steps: tuple[Step, ...]) -> tuple[Step, ...]:
         _SHARED_STEPS.clear()
     _SHARED_STEPS[steps] = steps
     return steps
+
+
+def shared(job: Job) -> Job:
+    """`job` holding the steps, labels and extras other jobs in the same state hold (a job read
+    back from the state file comes with copies of its own)."""
+    return replace(
+        job,
+        raw_status=sys.intern(job.raw_status),
+        job_type=sys.intern(job.job_type),
+        steps=shared_steps(job.steps),
+        extra=job.extra or NO_EXTRA,
+    )
 
 
 def placeholder(job_id: str) -> Job:

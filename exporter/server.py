@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.middleware.exceptions import ExceptionMiddleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -93,7 +96,7 @@ def direct_answers(
             auth = layer
         elif isinstance(layer, ResponseHeadersMiddleware):
             extra = layer.headers
-        elif not isinstance(layer, ServerErrorMiddleware | ExceptionMiddleware):
+        elif not isinstance(layer, ServerErrorMiddleware | ExceptionMiddleware | DirectRegistration):
             return None
         layer = layer.app
     metrics_route = _first_route(app.routes, telemetry_path)
@@ -147,6 +150,73 @@ def _error(status: int, message: str, **more: Any) -> JSONResponse:
     return JSONResponse({"error": message, **more}, status_code=status)
 
 
+UNAUTHORISED = "missing or wrong API token (Authorization: Bearer, or X-Asyncjob-Token)"
+REGISTER_PREFIX, REGISTER_SUFFIX = "/api/v1/targets/", "/jobs"
+_REGISTER_HEADERS = (b"x-asyncjob-token", b"authorization", b"content-type", b"content-length")
+# As Starlette's JSONResponse writes it.
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _headers(scope: Scope, names: tuple[bytes, ...]) -> dict[bytes, bytes | None]:
+    """The first value of each of `names` (lower case) in the request, None when absent."""
+    found: dict[bytes, bytes | None] = dict.fromkeys(names)
+    for name, value in scope["headers"]:
+        if name in found and found[name] is None:
+            found[name] = value
+    return found
+
+
+async def _send(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_json(
+    send: Send, status: int, document: Any, more: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    await _send(
+        send, status, _JSON.encode(document).encode(), ((b"content-type", b"application/json"), *more)
+    )
+
+
+class RegisterEndpoint:
+    """The register handler as a plain ASGI endpoint of a Starlette route."""
+
+    def __init__(self, register: Any) -> None:
+        self.register = register
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.register(scope, receive, send, scope["path_params"]["target"])
+
+
+class DirectRegistration:
+    """Registrations straight to their handler, the rest to the app (Starlette's router)."""
+
+    def __init__(self, app: ASGIApp, register: Any) -> None:
+        self.app, self.register = app, register
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+            and path.startswith(REGISTER_PREFIX)
+            and path.endswith(REGISTER_SUFFIX)
+        ):
+            target = path[len(REGISTER_PREFIX) : -len(REGISTER_SUFFIX)]
+            if target and "/" not in target:
+                await self.register(scope, receive, send, target)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(
     runtime: Runtime, middleware: Any = None, lifecycle: bool = False, telemetry_path: str = "/metrics"
 ) -> ASGIApp:
@@ -186,52 +256,66 @@ def build_app(
         return PlainTextResponse("config reloaded\n")
 
     def authorised(request: Request) -> bool:
+        return token_ok(request.headers.get("x-asyncjob-token"), request.headers.get("authorization", ""))
+
+    def token_ok(header: str | None, authorization: str) -> bool:
         token = runtime.settings.api.token()
         if token is None:
             return True
         secret = token.get_secret_value().encode()
         # X-Asyncjob-Token beside basic auth credentials, which take the Authorization header.
-        header = request.headers.get("x-asyncjob-token")
         if header is not None:
             return hmac.compare_digest(header.strip().encode(), secret)
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        scheme, _, given = authorization.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), secret)
 
     def api(handler: Any) -> Any:
         async def wrapped(request: Request) -> Response:
             if not authorised(request):
-                return _error(401, "missing or wrong API token (Authorization: Bearer, or X-Asyncjob-Token)")
+                return _error(401, UNAUTHORISED)
             response: Response = await handler(request)
             return response
 
         return wrapped
 
-    async def register(request: Request) -> Response:
-        target = request.path_params["target"]
+    async def register(scope: Scope, receive: Receive, send: Send, target: str) -> None:
+        """`POST /api/v1/targets/{target}/jobs`, straight on ASGI: the busiest route, which
+        Starlette's routing, request and response objects cost more than the work itself."""
+        wanted = _headers(scope, _REGISTER_HEADERS)
+        x_token, authorization = wanted[b"x-asyncjob-token"], wanted[b"authorization"]
+        if not token_ok(
+            None if x_token is None else x_token.decode("latin-1"), (authorization or b"").decode("latin-1")
+        ):
+            return await _send_json(send, 401, {"error": UNAUTHORISED})
         if target not in runtime.tracker.targets:
-            return _error(404, f"unknown target {target!r}")
-        if not is_json_media_type(request.headers.get("content-type")):
-            return _error(415, "the body must be application/json (or application/*+json)")
+            return await _send_json(send, 404, {"error": f"unknown target {target!r}"})
+        if not is_json_media_type((wanted[b"content-type"] or b"").decode("latin-1")):
+            return await _send_json(
+                send, 415, {"error": "the body must be application/json (or application/*+json)"}
+            )
         limit = runtime.settings.api.max_body_bytes
-        declared = request.headers.get("content-length")
+        declared = (wanted[b"content-length"] or b"").decode("latin-1")
         if declared and is_digits(declared) and int(declared) > limit:
-            return _error(413, f"body larger than {limit} bytes")
+            return await _send_json(send, 413, {"error": f"body larger than {limit} bytes"})
         raw = b""
-        try:
-            async for chunk in request.stream():
-                raw += chunk
-                if len(raw) > limit:
-                    return _error(413, f"body larger than {limit} bytes")
-        except ClientDisconnect:  # gone, or closed by the server for a body that came too slowly
-            return Response(status_code=400)
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                # gone, or closed by the server for a body that came too slowly
+                return await _send(send, 400, b"", ())
+            raw += message.get("body", b"")
+            if len(raw) > limit:
+                return await _send_json(send, 413, {"error": f"body larger than {limit} bytes"})
+            if not message.get("more_body", False):
+                break
         try:
             # Strict UTF-8 and no replacement of lone surrogates: an id holding one is refused
             # (422) rather than replaced, since replacing would make distinct ids collide.
             body = load_json(raw.decode("utf-8"), replace_surrogates=False)
         except JsonTooDeep as e:
-            return _error(422, f"body: {e}", field="body")
+            return await _send_json(send, 422, {"error": f"body: {e}", "field": "body"})
         except ValueError:
-            return _error(400, "body is not JSON (in UTF-8)")
+            return await _send_json(send, 400, {"error": "body is not JSON (in UTF-8)"})
         try:
             tracked = await runtime.register(target, body)
         except BadPayload as e:
@@ -241,17 +325,17 @@ def build_app(
                 "no usable job id in the body (missing, blank, or holding a control character "
                 "or a lone surrogate)"
             )
-            return _error(422, f"{field}: {why}", field=field)
+            return await _send_json(send, 422, {"error": f"{field}: {why}", "field": field})
         except WrongShard as e:
-            return _error(421, str(e), shard=e.shard)
+            return await _send_json(send, 421, {"error": str(e), "shard": e.shard})
         except CapReached as e:
-            return _error(409, str(e))
+            return await _send_json(send, 409, {"error": str(e)})
         except StateUnwritable as e:
             # Not acknowledged: the client retries. A job already tracked stays pending, written later.
-            refused = _error(503, f"registration cannot be made durable: {e}")
-            refused.headers["Retry-After"] = "5"
-            return refused
-        return JSONResponse(job_document(target, tracked), status_code=202)
+            return await _send_json(
+                send, 503, {"error": f"registration cannot be made durable: {e}"}, ((b"retry-after", b"5"),)
+            )
+        await _send_json(send, 202, job_document(target, tracked))
 
     async def list_jobs(request: Request) -> Response:
         want_target = request.query_params.get("target")
@@ -301,11 +385,14 @@ def build_app(
         Route("/-/reload", reload, methods=["POST"]),
         Route("/api/v1/openapi.json", openapi),
         Route("/api/v1/jobs", api(list_jobs)),
-        Route("/api/v1/targets/{target}/jobs", api(register), methods=["POST"]),
+        # Served by DirectRegistration; here for other methods (405) and a path under a root_path.
+        Route("/api/v1/targets/{target}/jobs", RegisterEndpoint(register), methods=["POST"]),
         Route("/api/v1/targets/{target}/jobs/{job_id:path}", api(get_job), methods=["GET"]),
         Route("/api/v1/targets/{target}/jobs/{job_id:path}", api(delete_job), methods=["DELETE"]),
     ]
-    app = Starlette(routes=routes, middleware=middleware or [])
+    # Inside the user's middleware (basic auth, response headers), before Starlette's routing.
+    direct = Middleware(DirectRegistration, register=register)
+    app = Starlette(routes=routes, middleware=[*(middleware or []), direct])
     return ExporterApp(
         scrapes_first(app, runtime.exposition.jobs, telemetry_path),
         direct_answers(app, runtime, telemetry_path, metrics, healthz),

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ import anyio
 from pydantic import TypeAdapter, ValidationError
 
 from exporter import step_times
+from exporter.model import shared
 from exporter.parsing import load_json, may_hold_surrogates
 from exporter.tracker import TOMBSTONE_SECONDS, TargetState, TrackedJob, Tracker
 
@@ -134,11 +136,15 @@ def tracked_from_json(text: str | bytes) -> TrackedJob:
     if may_hold_surrogates(text):  # a lone surrogate in free text is replaced, not the row lost
         text = json.dumps(load_json(text))
     try:
-        return _TRACKED.validate_json(text, strict=True)
+        tracked = _TRACKED.validate_json(text, strict=True)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "row"
         raise ValueError(f"{where}: {first['msg']}") from None
+    # Each row is read into strings of its own: share them as a job polled since start would.
+    tracked.job = shared(tracked.job)
+    tracked.provider, tracked.source = sys.intern(tracked.provider), sys.intern(tracked.source)
+    return tracked
 
 
 def tracked_to_dict(t: TrackedJob) -> dict[str, Any]:

@@ -110,6 +110,36 @@ def test_the_api_token_rides_beside_basic_credentials(tmp_path: Path) -> None:
     assert client.get("/metrics", auth=basic).status_code == 200
 
 
+def test_a_registration_passes_basic_auth_the_token_and_the_configured_response_headers(
+    tmp_path: Path,
+) -> None:
+    config = web(
+        tmp_path,
+        {
+            "basic_auth_users": {"prom": hashed(b"pw")},
+            "http_server_config": {"headers": {"X-Frame-Options": "deny"}},
+        },
+    )
+    client = TestClient(build_app(runtime(tmp_path, token="t0ken"), config.middleware()))
+    url, body, token = "/api/v1/targets/b/jobs", {"id": "job-1"}, {"X-Asyncjob-Token": "t0ken"}
+    r = client.post(url, json=body, headers=token)
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
+    r = client.post(url, json=body, auth=("prom", "wrong"), headers=token)
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
+    r = client.post(url, json=body, auth=("prom", "pw"))
+    assert r.status_code == 401 and "X-Asyncjob-Token" in r.json()["error"]
+    r = client.post(url, json=body, auth=("prom", "pw"), headers=token)
+    assert r.status_code == 202, r.text
+    assert r.json()["id"] == "job-1" and r.json()["target"] == "b"
+    assert r.headers["x-frame-options"] == "deny" and r.headers["content-type"] == "application/json"
+    # Unknown targets and other methods on the same path answer as before.
+    assert (
+        client.post("/api/v1/targets/nope/jobs", json=body, auth=("prom", "pw"), headers=token).status_code
+        == 404
+    )
+    assert client.get(url, auth=("prom", "pw"), headers=token).status_code == 405
+
+
 def test_a_bearer_token_still_works_without_basic_auth(tmp_path: Path) -> None:
     client = TestClient(build_app(runtime(tmp_path, token="t0ken")))
     assert client.get("/api/v1/jobs", headers={"Authorization": "bearer t0ken"}).status_code == 200

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from exporter.config import build_settings
-from exporter.model import Job, Status, Step
+from exporter.model import NO_EXTRA, Job, Status, Step
 from exporter.providers import PROVIDERS
 from exporter.providers.base import PollResult
 from exporter.state import (
@@ -109,6 +109,21 @@ def test_a_row_written_by_the_previous_release_reads_as_the_same_observations(tm
     db.close()
     assert '"step_started"' not in row  # written again in this release's form
     assert json.loads(row)["step_times"]["transactions"] == [130.0, 150.0, 20.0]
+
+
+def test_jobs_read_back_share_what_jobs_in_the_same_state_share() -> None:
+    tracker = Tracker()
+    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS)
+    tracker.set_target(s.resolved(s.targets[0]))
+    steps = (Step("verify", Status.SUCCEEDED, "success"), Step("accounts", Status.RUNNING, "in-progress"))
+    for job_id in ("1", "2"):
+        job = Job(job_id, Status.RUNNING, "verify:success,accounts:in-progress", "connection", steps=steps)
+        tracker.track("t", job, "static", now=1)
+    # Each row is read into strings of its own, as a restart does.
+    a, b = (tracked_from_dict(tracked_to_dict(t)) for t in tracker.targets["t"].jobs.values())
+    assert a.job.steps == steps and a.job.steps is b.job.steps
+    assert a.job.raw_status is b.job.raw_status and a.job.job_type is b.job.job_type
+    assert a.job.extra is NO_EXTRA and a.provider is b.provider and a.source is b.source
 
 
 def test_jobs_marks_cursors_and_tombstones_survive_a_restart(tmp_path: Path) -> None:
