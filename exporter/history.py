@@ -2,9 +2,8 @@
 
 Kept on each TrackedJob as packed bytes, 12 a transition: when it was seen (a double) and the
 code of its (step, status) pair in one table for the whole process (bounded: a pair past it is
-written into the job's history itself). A job then holds one object
-of its own for its history instead of a list, its slots and a float a transition (42 bytes a
-transition). Bounded per job: the first observation is kept, then the latest. Pages and the API
+written into the job's history itself). A job then holds one object of its own for its history
+instead of a list, its slots and a float a transition (42 bytes a transition). Bounded per job: the first observation is kept, then the latest. Pages and the API
 read it as a timeline, the state file as a flat list (`to_row`, `from_row`).
 """
 
