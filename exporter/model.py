@@ -117,9 +117,12 @@ class Job:
 
 # Steps as jobs of one kind have them at a time: a few combinations of names and statuses,
 # shared by every job in the same state instead of a tuple, its Steps and their strings a job.
-# Bounded: emptied when full (what jobs hold stays theirs).
+# Bounded: emptied when full (what jobs hold stays theirs), and in bytes too: only steps of the
+# usual size are shared (an answer's titles and steps have no bound but max_response_bytes).
 _SHARED_STEPS: dict[tuple[Step, ...], tuple[Step, ...]] = {}
 SHARED_STEPS_MAX = 4096
+SHARED_STEPS_LEN = 16  # steps in a shared tuple, at most
+SHARED_TEXT_MAX = 96  # characters of a shared step's name and raw status, at most
 
 
 def interned_step(
@@ -137,7 +140,9 @@ def interned_step(
 def shared_steps(steps: tuple[Step, ...]) -> tuple[Step, ...]:
     """The one tuple equal to `steps` that other jobs hold (free text, a failure's message, is
     not shared)."""
-    if not steps or any(s.message is not None for s in steps):
+    if not steps or len(steps) > SHARED_STEPS_LEN:
+        return steps
+    if any(s.message is not None or len(s.name) + len(s.raw_status) > SHARED_TEXT_MAX for s in steps):
         return steps
     found = _SHARED_STEPS.get(steps)
     if found is not None:

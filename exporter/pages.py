@@ -231,13 +231,14 @@ class Pages:
             runner.provider if runner is not None else PROVIDERS[state.config.provider](state.config.config)
         )
         link = provider.job_link(tracked.job.id)
+        durations = tracked.step_duration  # worked out from the step times: once, not once a step
         steps = [
             {
                 "name": s.name,
                 "status": str(s.status),
                 "reason": s.reason,
                 "message": s.message,
-                "duration": tracked.step_duration.get(s.name),
+                "duration": durations.get(s.name),
             }
             for s in tracked.job.steps
         ]

@@ -30,10 +30,10 @@ SWEEP_INTERVAL = 1.0
 # a second, oldest first, not all at once (the provider and the front door keep their share);
 # the next full cycle polls whatever is left.
 FRESH_PER_WAKE = 128
-# Answers folded into the tracker per turn of the event loop (~1-2 ms): a cycle's 10,000
+# Answers folded into the tracker per turn of the event loop (~2 ms): a cycle's 10,000
 # answers at once would hold every scrape for a good part of a second, and a turn of 200
-# (~10 ms) made a scrape wait behind it, and behind the other turns of the same pass.
-APPLY_SLICE = 50
+# (~5-10 ms) made a scrape wait behind it, and behind the other turns of the same pass.
+APPLY_SLICE = 100
 
 
 @dataclass

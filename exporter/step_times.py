@@ -14,25 +14,22 @@ from typing import Annotated, Any, cast
 
 from pydantic import PlainSerializer, PlainValidator
 
+from exporter.parsing import parse_number
+
 Times = tuple[float | None, float | None, float | None]  # started, finished, duration
 UNKNOWN: Times = (None, None, None)
 _WIDTH = 4
 
 
-def get(times: tuple[Any, ...], name: str) -> Times:
-    """(started, finished, duration) of the step `name`, each None while not known."""
-    for i in range(0, len(times), _WIDTH):
-        if times[i] == name:
-            return cast(Times, times[i + 1 : i + _WIDTH])
-    return UNKNOWN
+def by_name(times: tuple[Any, ...]) -> dict[str, Times]:
+    """Each step's (started, finished, duration) by name, in one pass: looking each step of an
+    answer up in the tuple would cost the square of its steps (an answer of thousands of steps)."""
+    return {times[i]: cast(Times, times[i + 1 : i + _WIDTH]) for i in range(0, len(times), _WIDTH)}
 
 
-def put(times: tuple[Any, ...], name: str, value: Times) -> tuple[Any, ...]:
-    """The step times with `name`'s set to `value` (one string per step name for every job)."""
-    for i in range(0, len(times), _WIDTH):
-        if times[i] == name:
-            return (*times[: i + 1], *value, *times[i + _WIDTH :])
-    return (*times, sys.intern(name), *value)
+def from_names(named: dict[str, Times]) -> tuple[Any, ...]:
+    """The flat tuple of `by_name`'s form (one string per step name for every job)."""
+    return tuple(v for name, value in named.items() for v in (sys.intern(name), *value))
 
 
 def durations(times: tuple[Any, ...]) -> dict[str, float]:
@@ -48,14 +45,16 @@ def from_row(row: Any) -> tuple[Any, ...]:
     """Step times read back from the state file; ValueError names what is wrong."""
     if not isinstance(row, dict):
         raise ValueError("an object of step name: [started, finished, duration]")
-    times: tuple[Any, ...] = ()
+    named: dict[str, Times] = {}
     for name, value in row.items():
-        if not (isinstance(value, list) and len(value) == _WIDTH - 1) or not all(
-            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in value
-        ):
+        if not isinstance(value, list) or len(value) != _WIDTH - 1:
             raise ValueError(f"{name}: {value!r} is not [started, finished, duration]")
-        times = put(times, name, cast(Times, tuple(None if v is None else float(v) for v in value)))
-    return times
+        # Finite doubles: an integer too large for one, or NaN, would not be written back as read.
+        read = [parse_number(v) if isinstance(v, int | float) else None for v in value]
+        if any(r is None and v is not None for r, v in zip(read, value, strict=True)):
+            raise ValueError(f"{name}: [started, finished, duration] must be finite numbers or null")
+        named[name] = cast(Times, tuple(read))
+    return from_names(named)
 
 
 def from_dicts(started: dict[str, Any], finished: dict[str, Any], duration: dict[str, Any]) -> dict[str, Any]:

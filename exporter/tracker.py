@@ -361,9 +361,10 @@ class Tracker:
         job = tracked.job
         previous_end: float | None = job.started if job.started is not None else job.created
         seen_before = old is not None
-        times = tracked.step_times
+        times = step_times.by_name(tracked.step_times)
+        changed = False
         for step in job.steps:
-            started, finished, duration = was = step_times.get(times, step.name)
+            started, finished, duration = was = times.get(step.name, step_times.UNKNOWN)
             if step.status in (Status.RUNNING, Status.SUCCEEDED, Status.FAILED) and started is None:
                 start = previous_end if previous_end is not None else (now if seen_before else None)
                 if start is not None:
@@ -382,9 +383,11 @@ class Tracker:
                 else:
                     finished = job.updated or now
             if (started, finished, duration) != was:
-                times = step_times.put(times, step.name, (started, finished, duration))
+                times[step.name] = (started, finished, duration)
+                changed = True
             previous_end = finished
-        tracked.step_times = times
+        if changed:
+            tracked.step_times = step_times.from_names(times)
 
     def _on_terminal(self, state: TargetState, tracked: TrackedJob, now: float) -> None:
         job = tracked.job

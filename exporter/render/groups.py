@@ -25,7 +25,7 @@ GROUP_SIZE = 32
 # Under steady change the served job part is assembled again at least this often.
 MAX_AGE = 0.5
 # The background refresh renders groups for about this long a loop turn (~0.7 ms a group).
-TURN = 0.002
+TURN = 0.003
 # Blocks of one family the assembly joins a loop turn (a few ms for the largest families).
 CHUNK = 32
 

@@ -126,3 +126,29 @@ def test_a_broken_history_in_the_state_file_is_named() -> None:
     for row in ([1.0, "", "running", 2.0], [1.0, "", 3], ["x", "", "running"], {"at": 1.0}):
         with pytest.raises(ValueError):
             from_row(row)
+
+
+def test_step_names_an_answer_makes_up_do_not_grow_the_process_for_ever() -> None:
+    # A provider answering a new step name at every poll, for ever (broken or hostile): the
+    # process-wide table of (step, status) pairs stays bounded, and each job keeps its names.
+    from exporter import history
+
+    names = [f"made-up-{i}-{'x' * (i % 7)}" for i in range(history.PAIRS_MAX + 500)]
+    names.append("a title far longer than any step name " * 300)
+    h, old = history.EMPTY, None
+    for i, name in enumerate(names):
+        new = job(R, (name, R))
+        h, old = history.observe(h, old, new, now=1000.0 + i), new
+        assert len(history._PAIRS) <= history.PAIRS_MAX
+    assert all(len(step) + len(status) <= history.NAME_MAX for step, status in history._PAIRS)
+    # The job's own history is as it would be with every pair in the table: first, then latest.
+    seen = entries(h)
+    assert len(seen) == HISTORY_MAX
+    assert seen[0] == (1000.0, "", R)
+    assert seen[1:] == [(1000.0 + i, name, R) for i, name in enumerate(names)][-(HISTORY_MAX - 1) :]
+    assert all(type(status) is Status for _, _, status in seen)
+    assert from_row(to_row(h)) == h and entries(from_row(to_row(h))) == seen
+    assert [r["step"] for r in timeline(h, now=1e9)][-2:] == names[-2:]
+    # A state file row naming more pairs than the table holds reads back whole too.
+    row: list[float | str] = [v for i, name in enumerate(names[:30]) for v in (float(i), name, "running")]
+    assert [step for _, step, _ in entries(from_row(row))] == [names[0], *names[7:30]]

@@ -174,3 +174,27 @@ def test_the_pages_do_not_ask_for_the_api_token(tmp_path: object) -> None:
     c = client(rt)
     assert c.get("/").status_code == 200 and c.get("/jobs").status_code == 200
     assert c.get("/api/v1/jobs").status_code == 401
+
+
+def test_a_jobs_page_and_document_work_out_its_step_durations_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Once per step, a job of thousands of steps (its answer has no other bound) cost the square.
+    from exporter import step_times
+    from exporter.runtime import job_document
+
+    rt = runtime()
+    names = [f"step-{i}" for i in range(50)]
+    rt.tracker.track(
+        "basiq",
+        Job("j", Status.RUNNING, created=1.0, steps=tuple(Step(n, Status.RUNNING) for n in names)),
+        "static",
+        now=1,
+    )
+    done = Job("j", Status.RUNNING, created=1.0, steps=tuple(Step(n, Status.SUCCEEDED) for n in names))
+    rt.tracker.apply("basiq", PollResult(jobs=[done]), now=4)
+    calls = []
+    real = step_times.durations
+    monkeypatch.setattr(step_times, "durations", lambda times: calls.append(1) or real(times))
+    doc = job_document("basiq", rt.tracker.targets["basiq"].jobs["j"])
+    assert [s["duration_seconds"] for s in doc["steps"]] == [3.0] + [0.0] * 49 and len(calls) == 1
+    page = client(rt).get("/jobs/basiq/j")
+    assert page.status_code == 200 and page.text.count("step-") >= 50 and len(calls) == 2

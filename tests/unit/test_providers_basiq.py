@@ -258,3 +258,17 @@ def test_the_shared_steps_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(5):
         assert shared_steps((Step(f"s{i}", Status.RUNNING),)) == (Step(f"s{i}", Status.RUNNING),)
     assert len(model._SHARED_STEPS) <= 2
+
+
+def test_the_shared_steps_hold_only_small_answers_steps() -> None:
+    # Bounded in count is not bounded in bytes: an answer's step titles have no length of their
+    # own (up to max_response_bytes), and the cache would keep 4,096 of them after their jobs.
+    long_title = {**fixture("basiq_job.json"), "steps": [{"title": "t" * 100_000, "status": "pending"}]}
+    many_steps = {
+        **fixture("basiq_job.json"),
+        "steps": [{"title": f"step-{i}", "status": "pending"} for i in range(1_000)],
+    }
+    for answer in (long_title, many_steps):
+        job = basiq().parse_job(answer)
+        assert len(job.steps) == len(answer["steps"]) and job.steps[0].name == answer["steps"][0]["title"]
+        assert job.steps not in model._SHARED_STEPS

@@ -3,12 +3,15 @@ answers folded into the tracker a slice at a time."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
+
 import anyio
 import anyio.lowlevel
 import pytest
 
 from exporter.model import Job, Status
-from exporter.providers.base import BadPayload, PollResult, gather
+from exporter.providers.base import PER_TURN, BadPayload, PollResult, gather
 from exporter.scheduler import APPLY_SLICE, Scheduler
 from tests.unit.test_tracker import tracker
 
@@ -23,7 +26,8 @@ async def test_gather_runs_a_fixed_pool_of_workers_over_every_item_once() -> Non
         running += 1
         peak = max(peak, running)
         tasks_during.append(len(anyio.get_running_tasks()))
-        await anyio.sleep(0)
+        for _ in range(4):  # an answer takes a few turns to come
+            await anyio.sleep(0)
         running -= 1
         if item == 7:
             raise BadPayload("seven")
@@ -199,3 +203,29 @@ async def test_a_burst_of_registrations_is_polled_a_bounded_batch_a_wake_up_olde
                 await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
     assert polled[1:] == [["new-0", "new-1", "new-2"], ["new-3", "new-4", "new-5"], ["new-6"]]
+
+
+@pytest.mark.anyio
+async def test_a_pool_takes_up_at_most_per_turn_items_a_turn_of_the_loop() -> None:
+    loop = asyncio.get_running_loop()
+    turn = 0
+    counting = True
+
+    def next_turn() -> None:  # runs once a turn of the loop
+        nonlocal turn
+        turn += 1
+        if counting:
+            loop.call_soon(next_turn)
+
+    started: Counter[int] = Counter()
+
+    async def fetch(item: int) -> int:
+        started[turn] += 1
+        await anyio.sleep(0)
+        return item
+
+    loop.call_soon(next_turn)
+    results = await gather(range(500), fetch, width=16)
+    counting = False
+    assert sorted(item for item, _ in results) == list(range(500))
+    assert max(started.values()) == PER_TURN  # 16 workers ready at once take up 8 items a turn

@@ -387,3 +387,41 @@ def test_forgotten_tombstones_leave_the_file(tmp_path: Path) -> None:
     rows = {r[0] for r in db.execute("SELECT job_id FROM tombstones")}
     db.close()
     assert rows == {"recent"}
+
+
+def test_a_time_no_double_can_hold_skips_its_row_not_the_restore(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    tracker.track("t", Job("good", Status.RUNNING, created=5), "registered", now=6)
+    store.close()
+    good = sqlite3.connect(path).execute("SELECT data FROM jobs WHERE job_id = 'good'").fetchone()[0]
+    huge = "1" + "0" * 400  # an integer, in JSON as in Python; past any double
+    assert '"history":[6.0,"","running"]' in good and '"step_times":{}' in good
+    tampered = {
+        "history-huge": good.replace('[6.0,"","running"]', f'[{huge},"","running"]'),
+        "history-nan": good.replace('[6.0,"","running"]', '[NaN,"","running"]'),
+        "history-inf": good.replace('[6.0,"","running"]', '[1e400,"","running"]'),
+        "steps-huge": good.replace('"step_times":{}', f'"step_times":{{"a":[{huge},null,null]}}'),
+        "steps-nan": good.replace('"step_times":{}', '"step_times":{"a":[1.0,NaN,null]}'),
+        "old-steps-huge": good.replace(
+            '"step_times":{}', f'"step_started":{{"a":{huge}}},"step_finished":{{}},"step_duration":{{}}'
+        ),
+    }
+    db = sqlite3.connect(path)
+    for job_id, data in tampered.items():
+        db.execute("INSERT INTO jobs VALUES ('t', ?, ?)", (job_id, data.replace('"good"', f'"{job_id}"')))
+    db.commit()
+    db.close()
+
+    caplog.set_level("WARNING", "asyncjob.state")
+    tracker, store = tracker_with_store(path)
+    assert set(tracker.targets["t"].jobs) == {"good"}
+    skipped = {
+        r.__dict__["key"]: r.__dict__["problem"] for r in caplog.records if "skipped" in r.getMessage()
+    }
+    assert set(skipped) == set(tampered)
+    assert all("history" in skipped[k] for k in tampered if k.startswith("history"))
+    assert all("step_times" in skipped[k] for k in tampered if "steps" in k)
+    store.close()

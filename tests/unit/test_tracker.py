@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -456,3 +457,36 @@ def test_the_api_says_who_must_act_and_what_is_history(monkeypatch: pytest.Monke
     assert (docs["user"]["cause"], docs["user"]["is_history"]) == ("user", False)
     assert (docs["old"]["cause"], docs["old"]["is_history"]) == ("provider", True)
     assert (docs["running"]["cause"], docs["running"]["is_history"]) == (None, False)
+
+
+def _lines_run(call: Any) -> int:
+    """Python lines executed by `call()`: a measure of work that does not depend on the machine."""
+    count = 0
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        count += event == "line"
+        return trace
+
+    before = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(before)
+    return count
+
+
+def test_an_answer_with_many_steps_costs_work_in_proportion_to_its_steps() -> None:
+    # An answer's steps have no bound but max_response_bytes (a Basiq job of thousands of steps is
+    # a few hundred KB): timing them must not look each step up in all the others.
+    def work(n: int) -> int:
+        tr = tracker()
+        tr.track("t", Job("1", R, created=1.0, steps=steps(*[R] * n)), "static", now=2)
+        answer = PollResult(jobs=[Job("1", R, created=1.0, steps=steps(*[S] * n))])
+        lines = _lines_run(lambda: tr.apply("t", answer, now=3))
+        # The first step ran from the job's creation; each next one is seen starting as it ends.
+        assert tr.targets["t"].jobs["1"].step_duration == {"s0": 2.0} | {f"s{i}": 0.0 for i in range(1, n)}
+        return lines
+
+    assert work(800) <= 2.5 * work(400)
