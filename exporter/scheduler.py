@@ -71,6 +71,8 @@ class Scheduler:
         self.store: Any = None  # exporter.state.Store, when a state file is configured
 
     def owns(self, target: str, job_id: str) -> bool:
+        if self.total_shards <= 1:
+            return True
         from exporter.sharding import shard_of
 
         return shard_of(target, job_id, self.total_shards) == self.shard
