@@ -53,10 +53,40 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None, acces
 # thread's stack each function was in (inclusive) and at the top of (leaf). Sampling, not
 # cProfile: cProfile's cost per Python call makes Python code look dearer than system calls.
 PROFILED = """
-import collections, json, signal, sys, threading, time
+import asyncio.events, collections, heapq, json, signal, sys, threading, time
 from exporter.__main__ import main
 out, main_id, stop = sys.argv.pop(1), threading.get_ident(), threading.Event()
 inclusive, leaf, total = collections.Counter(), collections.Counter(), [0]
+slowest, on = [], [False]  # the longest callbacks of the event loop meanwhile (ms, what)
+run = asyncio.events.Handle._run
+
+def timed(handle):
+    if not on[0]:
+        return run(handle)
+    t0 = time.perf_counter()
+    try:
+        return run(handle)
+    finally:
+        ms = (time.perf_counter() - t0) * 1000
+        if ms > 5 and (len(slowest) < 40 or ms > slowest[0][0]):
+            item = (ms, repr(handle)[:300])
+            heapq.heappush(slowest, item) if len(slowest) < 40 else heapq.heappushpop(slowest, item)
+
+asyncio.events.Handle._run = timed
+turns = []  # the longest turns of the loop meanwhile (ms, callbacks run)
+run_once = asyncio.base_events.BaseEventLoop._run_once
+
+def timed_turn(loop):
+    if not on[0]:
+        return run_once(loop)
+    n, t0 = len(loop._ready), time.perf_counter()
+    try:
+        return run_once(loop)
+    finally:
+        item = ((time.perf_counter() - t0) * 1000, n)
+        heapq.heappush(turns, item) if len(turns) < 40 else heapq.heappushpop(turns, item)
+
+asyncio.base_events.BaseEventLoop._run_once = timed_turn
 
 def name(code):
     return f"{code.co_filename.rsplit('/site-packages/', 1)[-1]}:{code.co_firstlineno}:{code.co_name}"
@@ -75,13 +105,16 @@ def sample():
         inclusive.update(seen)
 
 def start(*_):
+    on[0] = True
     sys.setswitchinterval(0.0002)
     threading.Thread(target=sample, daemon=True).start()
 
 def dump(*_):
     stop.set()
     with open(out, "w") as f:
-        json.dump({"samples": total[0], "inclusive": inclusive.most_common(300), "leaf": leaf.most_common(100)}, f)
+        json.dump({"samples": total[0], "inclusive": inclusive.most_common(300), "leaf": leaf.most_common(100),
+                   "slowest_callbacks_ms": sorted(slowest, reverse=True),
+                   "longest_turns_ms_and_ready_callbacks": sorted(turns, reverse=True)}, f)
 
 signal.signal(signal.SIGUSR1, start)
 signal.signal(signal.SIGUSR2, dump)
