@@ -158,6 +158,56 @@ async def test_a_registration_wakes_a_poll_of_the_new_ids_alone_and_the_full_cyc
 
 
 @pytest.mark.anyio
+async def test_a_burst_of_registrations_is_polled_a_bounded_batch_a_wake_up_oldest_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst must not turn into as many provider requests at once: each wake-up polls at most
+    FRESH_PER_WAKE new ids, the oldest first, the rest at the next wake-ups."""
+    import httpx
+
+    from exporter import scheduler as scheduler_module
+    from exporter.config import build_settings
+    from exporter.fetch import TargetHttp
+    from exporter.providers import PROVIDERS
+    from exporter.scheduler import TargetRunner
+
+    monkeypatch.setattr(scheduler_module, "FRESH_PER_WAKE", 3)
+    s = build_settings(
+        {
+            "global": {"poll_interval": "60s"},
+            "targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}],
+        },
+        PROVIDERS,
+    )
+    rt = s.resolved(s.targets[0])
+    tr = tracker()
+    tr.set_target(rt)
+    polled: list[list[str]] = []
+
+    class Recording(PROVIDERS["willsuite"]):  # type: ignore[misc,valid-type]
+        async def poll(self, http: object, tracked: list[str]) -> PollResult:
+            polled.append(list(tracked))
+            return PollResult()
+
+    runner = TargetRunner(
+        rt, Recording(rt.config), TargetHttp(rt, transport=httpx.MockTransport(lambda r: httpx.Response(500)))
+    )
+    scheduler = Scheduler(tr)
+    scheduler.runners["t"] = runner
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scheduler._run_target, runner)
+            while not polled:
+                await anyio.sleep(0.01)
+            for i in range(7):
+                scheduler.register("t", Job(f"new-{i}", Status.PENDING))
+            while len(polled) < 4:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert polled[1:] == [["new-0", "new-1", "new-2"], ["new-3", "new-4", "new-5"], ["new-6"]]
+
+
+@pytest.mark.anyio
 async def test_a_pool_takes_up_at_most_per_turn_items_a_turn_of_the_loop() -> None:
     loop = asyncio.get_running_loop()
     turn = 0
