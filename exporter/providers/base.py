@@ -184,7 +184,9 @@ async def gather(
             try:
                 results.append((item, await fn(item)))
             except (PollError, NotFound, BadPayload) as e:
-                results.append((item, e))
+                # Kept without its traceback: its frames hold `results`, which holds it (a
+                # cycle only a full GC pass would free, exporter.runtime.QuietGC).
+                results.append((item, e.with_traceback(None)))
 
     if isinstance(items, Sized):
         width = min(width, len(items))

@@ -4,12 +4,14 @@ answers folded into the tracker a slice at a time."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections import Counter
 
 import anyio
 import anyio.lowlevel
 import pytest
 
+from exporter.fetch import PollError
 from exporter.model import Job, Status
 from exporter.providers.base import PER_TURN, BadPayload, PollResult, gather
 from exporter.scheduler import APPLY_SLICE, Scheduler
@@ -229,3 +231,28 @@ async def test_a_pool_takes_up_at_most_per_turn_items_a_turn_of_the_loop() -> No
     counting = False
     assert sorted(item for item, _ in results) == list(range(500))
     assert max(started.values()) == PER_TURN  # 16 workers ready at once take up 8 items a turn
+
+
+@pytest.mark.anyio
+async def test_failed_items_leave_no_cyclic_garbage() -> None:
+    """A failure kept in the results must not hold the frames that hold the results: frozen
+    while a cycle runs (exporter.runtime.QuietGC), that cycle would wait for a full GC pass."""
+
+    async def fetch(item: int) -> int:
+        await anyio.sleep(0)
+        raise PollError("connect", f"{item}: refused")
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        results = await gather(range(20), fetch, width=4)
+        assert all(isinstance(outcome, PollError) for _, outcome in results)
+        del results
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
