@@ -136,7 +136,7 @@ class TargetHttp:
         self.bytes_in_flight = 0
         if transport is None:
             # Ours rather than httpcore's pool (docs/benchmarks.md: the pool's bookkeeping cost
-            # more than the request). Proxies from the environment still go through httpx's own.
+            # more than the request).
             transport = Http11Transport(max_keepalive=target.concurrency, keepalive_expiry=KEEPALIVE_EXPIRY)
         self.client = httpx.AsyncClient(
             auth=self.auth,
@@ -149,6 +149,41 @@ class TargetHttp:
             transport=transport,
             follow_redirects=False,
         )
+        # Requests skip httpx's client: its request building, redirect, cookie and hook steps
+        # cost more than the transport's exchange. (Given a transport, httpx mounts no proxy.)
+        self._transport = transport
+        self._headers = self.client.headers
+        self._extensions = {"timeout": httpx.Timeout(target.timeout).as_dict()}
+
+    async def _exchange(
+        self, method: str, url: str, params: Mapping[str, str] | None, json_body: Any
+    ) -> httpx.Response:
+        """client.send(client.build_request(…), stream=True) as this client uses it: no
+        redirect is followed, no cookie kept, no event hook set; the auth flow runs as in httpx."""
+        request = httpx.Request(
+            method, url, params=params, json=json_body, headers=self._headers, extensions=self._extensions
+        )
+        if self.auth is None:
+            response = await self._transport.handle_async_request(request)
+            response.request = request
+            return response
+        flow = self.auth.async_auth_flow(request)
+        try:
+            request = await flow.__anext__()
+            while True:
+                response = await self._transport.handle_async_request(request)
+                response.request = request
+                try:
+                    try:
+                        request = await flow.asend(response)
+                    except StopAsyncIteration:
+                        return response
+                    await response.aread()
+                except BaseException:
+                    await response.aclose()
+                    raise
+        finally:
+            await flow.aclose()
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -210,10 +245,7 @@ class TargetHttp:
         # A GET on a reused connection that fails before any byte of the answer is sent once
         # more by the transport (exporter.transport), never a POST.
         try:
-            client = self.client
-            response = await client.send(
-                client.build_request(method, url, params=params, json=json_body), stream=True
-            )
+            response = await self._exchange(method, url, params, json_body)
             try:
                 body = await self._answer(response, where)
             finally:
