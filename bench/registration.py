@@ -48,14 +48,76 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None, acces
 """
 
 
-# With BENCH_PROFILE=FILE the exporter runs under cProfile, switched on (SIGUSR1) for the
-# measured registrations only and dumped to FILE (SIGUSR2): `python -m pstats FILE`.
+# With BENCH_PROFILE=FILE the exporter runs under a sampling profiler, switched on (SIGUSR1)
+# for the measured registrations only, writing to FILE (SIGUSR2) how many samples of the main
+# thread's stack each function was in (inclusive) and at the top of (leaf). Sampling, not
+# cProfile: cProfile's cost per Python call makes Python code look dearer than system calls.
 PROFILED = """
-import cProfile, signal, sys
+import asyncio.events, collections, heapq, json, signal, sys, threading, time
 from exporter.__main__ import main
-profile, out = cProfile.Profile(), sys.argv.pop(1)
-signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
-signal.signal(signal.SIGUSR2, lambda *_: (profile.disable(), profile.dump_stats(out)))
+out, main_id, stop = sys.argv.pop(1), threading.get_ident(), threading.Event()
+inclusive, leaf, total = collections.Counter(), collections.Counter(), [0]
+slowest, on = [], [False]  # the longest callbacks of the event loop meanwhile (ms, what)
+run = asyncio.events.Handle._run
+
+def timed(handle):
+    if not on[0]:
+        return run(handle)
+    t0 = time.perf_counter()
+    try:
+        return run(handle)
+    finally:
+        ms = (time.perf_counter() - t0) * 1000
+        if ms > 5 and (len(slowest) < 40 or ms > slowest[0][0]):
+            item = (ms, repr(handle)[:300])
+            heapq.heappush(slowest, item) if len(slowest) < 40 else heapq.heappushpop(slowest, item)
+
+asyncio.events.Handle._run = timed
+turns = []  # the longest turns of the loop meanwhile (ms, callbacks run)
+run_once = asyncio.base_events.BaseEventLoop._run_once
+
+def timed_turn(loop):
+    if not on[0]:
+        return run_once(loop)
+    n, t0 = len(loop._ready), time.perf_counter()
+    try:
+        return run_once(loop)
+    finally:
+        item = ((time.perf_counter() - t0) * 1000, n)
+        heapq.heappush(turns, item) if len(turns) < 40 else heapq.heappushpop(turns, item)
+
+asyncio.base_events.BaseEventLoop._run_once = timed_turn
+
+def name(code):
+    return f"{code.co_filename.rsplit('/site-packages/', 1)[-1]}:{code.co_firstlineno}:{code.co_name}"
+
+def sample():
+    while not stop.wait(0.0005):
+        frame = sys._current_frames().get(main_id)
+        if frame is None:
+            continue
+        total[0] += 1
+        leaf[name(frame.f_code)] += 1
+        seen = set()
+        while frame is not None:
+            seen.add(name(frame.f_code))
+            frame = frame.f_back
+        inclusive.update(seen)
+
+def start(*_):
+    on[0] = True
+    sys.setswitchinterval(0.0002)
+    threading.Thread(target=sample, daemon=True).start()
+
+def dump(*_):
+    stop.set()
+    with open(out, "w") as f:
+        json.dump({"samples": total[0], "inclusive": inclusive.most_common(300), "leaf": leaf.most_common(100),
+                   "slowest_callbacks_ms": sorted(slowest, reverse=True),
+                   "longest_turns_ms_and_ready_callbacks": sorted(turns, reverse=True)}, f)
+
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, dump)
 sys.exit(main())
 """
 
@@ -168,17 +230,21 @@ class Scraper:
         }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def measured(pid: int, port: int, n: int, concurrency: int, prefix: str) -> dict[str, Any]:
-    """`drive`, with the server's CPU per request and the machine's load beside it."""
-    before = cpu_seconds(pid)
+    """`drive`, with the server's CPU per request (and the part of it in the kernel) and the
+    machine's load beside it."""
+    user, system = cpu_seconds(pid)
     out = asyncio.run(drive(port, TARGET, n, concurrency, prefix))
-    out["server_cpu_us_per_request"] = (cpu_seconds(pid) - before) / n * 1e6
+    user_after, system_after = cpu_seconds(pid)
+    out["server_cpu_us_per_request"] = (user_after + system_after - user - system) / n * 1e6
+    out["server_system_cpu_us_per_request"] = (system_after - system) / n * 1e6
     out["load_average"] = load_average()
     return out
 
@@ -237,13 +303,14 @@ async def create_sim_jobs(url: str, n: int) -> list[str]:
     return ids
 
 
-def poll_requests(url: str) -> float:
-    """Requests the exporter sent polling the N jobs (not the registered ones)."""
+def poll_requests(url: str, target: str = "polled") -> float:
+    """Requests the exporter sent polling a target's jobs: "polled" (the N jobs) or TARGET
+    (the registered ones, each polled once after it arrives)."""
     text = httpx.get(f"{url}/metrics", timeout=30).text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith('asyncjob_poll_requests_total{target="polled"')
+        if line.startswith(f'asyncjob_poll_requests_total{{target="{target}"')
     )
 
 
@@ -300,7 +367,7 @@ def run(
         with process(args, lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200) as proc:
             asyncio.run(drive(port, TARGET, min(1000, registrations), concurrency, "warm"))
             # Start as a poll cycle of every job starts, so the registrations meet it.
-            first = poll_requests(url)
+            first, first_registered = poll_requests(url), poll_requests(url, TARGET)
             deadline = time.monotonic() + poll_interval * 2
             while poll_requests(url) < first + min(100, n_jobs // 2) and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -314,11 +381,13 @@ def run(
                 if profile:
                     os.kill(proc.pid, signal.SIGUSR2)
             polled_during = poll_requests(url) - first
+            registered_polled_during = poll_requests(url, TARGET) - first_registered
             state_bytes = sum(p.stat().st_size for p in directory.glob("state.db*"))
     return {
         "jobs_polled": n_jobs,
         "poll_interval": poll_interval,
         "poll_requests_during": polled_during,
+        "registered_poll_requests_during": registered_polled_during,
         "bare": bare,
         "exporter": ours,
         "ratio": ours["per_second"] / bare["per_second"],

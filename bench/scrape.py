@@ -1,11 +1,11 @@
 """Scrape under churn: a Runtime in this process polls N running Basiq jobs of the simulator (its
 own process) every 2 s with its real scheduler, while every job also changes once a cycle (its
 progress moved through `Tracker.update`, APPLY_SLICE jobs a loop turn, as the scheduler folds in
-poll answers). A scraper in
-a third process asks for /metrics (gzip) and /healthz meanwhile. Measured here, in the same run:
-how old the served body is (every change made before its moment is in it), how long after every
-job changed the served body holds all of it, and the baselines: prometheus-client's
-`generate_latest` (+ its gzip) over the same samples, and gzip of the whole body at each scrape.
+poll answers). A scraper in a third process asks for /metrics (gzip) and /healthz meanwhile.
+Measured here, in the same run: how old the served body is (every change made before its moment
+is in it), how long after every job changed the served body holds all of it, and the baselines:
+prometheus-client's `generate_latest` (+ its gzip) over the same samples, and gzip of the whole
+body at each scrape.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ and every failure sorted into the bounded reasons of `asyncjob_poll_errors_total
 
 from __future__ import annotations
 
+import contextlib
 import time
 import zlib
 from collections.abc import Mapping
@@ -240,6 +241,10 @@ class TargetHttp:
         """The body of a 2xx answer; every other status raised as NotFound or PollError."""
         status = response.status_code
         if status == 404:
+            # Read whole, so the connection is kept for the next request (closed otherwise):
+            # a registered id the provider does not know is answered 404 on its first poll.
+            with contextlib.suppress(PollError, httpx.HTTPError):
+                await self._read_capped(response, where)
             raise NotFound(str(where))
         if status == 429 or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))

@@ -158,18 +158,19 @@ class Runtime:
         """Why the state file cannot be written now; None when it can (or there is none)."""
         return self.store.error if self.store is not None else None
 
-    async def register(self, target: str, body: Any) -> TrackedJob:
-        """Track a job from `{"id": …}` or the provider's own job answer, and return once the
-        registration is committed to the state file (when there is one). Raises KeyError for an
-        unknown target, BadPayload naming the field, WrongShard, CapReached, StateUnwritable."""
+    async def register(self, target: str, body: Any, source: str | None = None) -> TrackedJob:
+        """Track a job from `{"id": …}` or the provider's own job answer (parsed from the JSON
+        text `source`, when given), and return once the registration is committed to the state
+        file (when there is one). Raises KeyError for an unknown target, BadPayload naming the
+        field, WrongShard, CapReached, StateUnwritable."""
         if self.store is not None and self.store.error is not None:
             raise StateUnwritable(self.store.error)
-        tracked = self._track(target, body)
+        tracked = self._track(target, body, source)
         if self.store is not None:
             await self.store.committed()
         return tracked
 
-    def _track(self, target: str, body: Any) -> TrackedJob:
+    def _track(self, target: str, body: Any, source: str | None = None) -> TrackedJob:
         state = self.tracker.targets[target]
         provider = (
             self.scheduler.runners[target].provider
@@ -177,7 +178,9 @@ class Runtime:
             else PROVIDERS[state.config.provider](state.config.config)
         )
         job_id = provider.id_from_body(body)  # refuses ids holding control characters or lone surrogates
-        body = clean_text(body)  # the rest is free text: lone surrogates become U+FFFD
+        # The rest is free text: lone surrogates become U+FFFD (walked only when an escape in
+        # the source can have made one).
+        body = clean_text(body, source)
         if not self.scheduler.owns(target, job_id):
             from exporter.sharding import shard_of
 

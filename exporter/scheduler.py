@@ -4,6 +4,7 @@ fails, honour Retry-After, and hand each cycle's answers to the tracker."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -25,6 +26,10 @@ log = logging.getLogger("asyncjob.scheduler")
 
 MAX_BACKOFF = 600.0
 SWEEP_INTERVAL = 1.0
+# New ids polled per wake-up (about one a second): a burst of registrations is polled this many
+# a second, oldest first, not all at once (the provider and the front door keep their share);
+# the next full cycle polls whatever is left.
+FRESH_PER_WAKE = 128
 # Answers folded into the tracker per turn of the event loop (~2 ms): a cycle's 10,000
 # answers at once would hold every scrape for a good part of a second, and a turn of 200
 # (~5-10 ms) made a scrape wait behind it, and behind the other turns of the same pass.
@@ -39,8 +44,8 @@ class TargetRunner:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     wake: anyio.Event = field(default_factory=anyio.Event)
     failures: int = 0
-    # Ids registered through the API since the last cycle: a wake-up polls these alone.
-    fresh: set[str] = field(default_factory=set)
+    # Ids registered through the API since the last cycle, oldest first: a wake-up polls these alone.
+    fresh: dict[str, None] = field(default_factory=dict)
 
 
 def next_delay(interval: float, failures: int, retry_after: float | None, rng: random.Random) -> float:
@@ -66,6 +71,8 @@ class Scheduler:
         self.store: Any = None  # exporter.state.Store, when a state file is configured
 
     def owns(self, target: str, job_id: str) -> bool:
+        if self.total_shards <= 1:
+            return True
         from exporter.sharding import shard_of
 
         return shard_of(target, job_id, self.total_shards) == self.shard
@@ -119,7 +126,7 @@ class Scheduler:
         self.tracker.track(target, job, "registered")
         runner = self.runners.get(target)
         if runner is not None:
-            runner.fresh.add(job.id)
+            runner.fresh[job.id] = None
             runner.wake.set()
 
     async def _sweeper(self) -> None:
@@ -153,7 +160,8 @@ class Scheduler:
     async def _until_due(self, runner: TargetRunner, due: float) -> None:
         """Wait for the next full cycle. A registration wakes us first: after a moment for
         others to arrive, the ids registered meanwhile are polled alone (not every job of the
-        target again), and the full cycle stays due when it was."""
+        target again), FRESH_PER_WAKE at most, oldest first, and the full cycle stays due when
+        it was."""
         while True:
             with anyio.move_on_after(max(0.0, due - time.monotonic())):
                 await runner.wake.wait()
@@ -164,8 +172,12 @@ class Scheduler:
                 return
             runner.wake = anyio.Event()
             pending = self.tracker.targets[runner.config.name].pending
-            fresh = [job_id for job_id in runner.fresh if job_id in pending]
-            runner.fresh.clear()
+            batch = list(itertools.islice(runner.fresh, FRESH_PER_WAKE))
+            for job_id in batch:
+                del runner.fresh[job_id]
+            fresh = [job_id for job_id in batch if job_id in pending]
+            if runner.fresh:
+                runner.wake.set()  # the rest at the next wake-up
             if fresh:
                 await self._cycle(runner, fresh)
 

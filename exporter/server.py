@@ -311,13 +311,14 @@ def build_app(
         try:
             # Strict UTF-8 and no replacement of lone surrogates: an id holding one is refused
             # (422) rather than replaced, since replacing would make distinct ids collide.
-            body = load_json(raw.decode("utf-8"), replace_surrogates=False)
+            text = raw.decode("utf-8")
+            body = load_json(text, replace_surrogates=False)
         except JsonTooDeep as e:
             return await _send_json(send, 422, {"error": f"body: {e}", "field": "body"})
         except ValueError:
             return await _send_json(send, 400, {"error": "body is not JSON (in UTF-8)"})
         try:
-            tracked = await runtime.register(target, body)
+            tracked = await runtime.register(target, body, text)
         except BadPayload as e:
             # A provider names the field, optionally followed by ": why" (see BadPayload).
             field, _, why = (str(e) or "id").partition(": ")

@@ -3,12 +3,17 @@ answers folded into the tracker a slice at a time."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+from collections import Counter
+
 import anyio
 import anyio.lowlevel
 import pytest
 
+from exporter.fetch import PollError
 from exporter.model import Job, Status
-from exporter.providers.base import BadPayload, PollResult, gather
+from exporter.providers.base import PER_TURN, BadPayload, PollResult, gather
 from exporter.scheduler import APPLY_SLICE, Scheduler
 from tests.unit.test_tracker import tracker
 
@@ -23,7 +28,8 @@ async def test_gather_runs_a_fixed_pool_of_workers_over_every_item_once() -> Non
         running += 1
         peak = max(peak, running)
         tasks_during.append(len(anyio.get_running_tasks()))
-        await anyio.sleep(0)
+        for _ in range(4):  # an answer takes a few turns to come
+            await anyio.sleep(0)
         running -= 1
         if item == 7:
             raise BadPayload("seven")
@@ -149,3 +155,104 @@ async def test_a_registration_wakes_a_poll_of_the_new_ids_alone_and_the_full_cyc
                 await anyio.sleep(0.01)
             assert len(polled[2]) == 52  # the full cycle, when it was due
             tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_registrations_is_polled_a_bounded_batch_a_wake_up_oldest_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst must not turn into as many provider requests at once: each wake-up polls at most
+    FRESH_PER_WAKE new ids, the oldest first, the rest at the next wake-ups."""
+    import httpx
+
+    from exporter import scheduler as scheduler_module
+    from exporter.config import build_settings
+    from exporter.fetch import TargetHttp
+    from exporter.providers import PROVIDERS
+    from exporter.scheduler import TargetRunner
+
+    monkeypatch.setattr(scheduler_module, "FRESH_PER_WAKE", 3)
+    s = build_settings(
+        {
+            "global": {"poll_interval": "60s"},
+            "targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}],
+        },
+        PROVIDERS,
+    )
+    rt = s.resolved(s.targets[0])
+    tr = tracker()
+    tr.set_target(rt)
+    polled: list[list[str]] = []
+
+    class Recording(PROVIDERS["willsuite"]):  # type: ignore[misc,valid-type]
+        async def poll(self, http: object, tracked: list[str]) -> PollResult:
+            polled.append(list(tracked))
+            return PollResult()
+
+    runner = TargetRunner(
+        rt, Recording(rt.config), TargetHttp(rt, transport=httpx.MockTransport(lambda r: httpx.Response(500)))
+    )
+    scheduler = Scheduler(tr)
+    scheduler.runners["t"] = runner
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scheduler._run_target, runner)
+            while not polled:
+                await anyio.sleep(0.01)
+            for i in range(7):
+                scheduler.register("t", Job(f"new-{i}", Status.PENDING))
+            while len(polled) < 4:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert polled[1:] == [["new-0", "new-1", "new-2"], ["new-3", "new-4", "new-5"], ["new-6"]]
+
+
+@pytest.mark.anyio
+async def test_a_pool_takes_up_at_most_per_turn_items_a_turn_of_the_loop() -> None:
+    loop = asyncio.get_running_loop()
+    turn = 0
+    counting = True
+
+    def next_turn() -> None:  # runs once a turn of the loop
+        nonlocal turn
+        turn += 1
+        if counting:
+            loop.call_soon(next_turn)
+
+    started: Counter[int] = Counter()
+
+    async def fetch(item: int) -> int:
+        started[turn] += 1
+        await anyio.sleep(0)
+        return item
+
+    loop.call_soon(next_turn)
+    results = await gather(range(500), fetch, width=16)
+    counting = False
+    assert sorted(item for item, _ in results) == list(range(500))
+    assert max(started.values()) == PER_TURN  # 16 workers ready at once take up 8 items a turn
+
+
+@pytest.mark.anyio
+async def test_failed_items_leave_no_cyclic_garbage() -> None:
+    """A failure kept in the results must not hold the frames that hold the results: frozen
+    while a cycle runs (exporter.runtime.QuietGC), that cycle would wait for a full GC pass."""
+
+    async def fetch(item: int) -> int:
+        await anyio.sleep(0)
+        raise PollError("connect", f"{item}: refused")
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        results = await gather(range(20), fetch, width=4)
+        assert all(isinstance(outcome, PollError) for _, outcome in results)
+        del results
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []

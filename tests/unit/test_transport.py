@@ -265,3 +265,28 @@ async def test_a_request_leaves_no_cyclic_garbage() -> None:
         finally:
             await http.aclose()
     assert left == []
+
+
+@pytest.mark.anyio
+async def test_a_404_keeps_its_connection_for_the_next_request() -> None:
+    """A registered id the provider does not know is answered 404: its answer is read whole,
+    so the next poll reuses the connection instead of opening one."""
+    from exporter.fetch import NotFound
+
+    connections: list[int] = []
+
+    def not_found(n: int, peer: Peer) -> None:
+        while peer.read_request() is not None:
+            connections.append(n)
+            peer.answer(b'{"error": "no such job"}', status="404 Not Found")
+
+    with serve(not_found) as (url, seen):
+        http = target_http(url)
+        try:
+            for i in range(3):
+                with pytest.raises(NotFound):
+                    await http.get_json(f"/jobs/{i}")
+        finally:
+            await http.aclose()
+    assert paths(seen) == [b"/jobs/0", b"/jobs/1", b"/jobs/2"]
+    assert connections == [0, 0, 0]
