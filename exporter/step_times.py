@@ -21,15 +21,42 @@ UNKNOWN: Times = (None, None, None)
 _WIDTH = 4
 
 
-def by_name(times: tuple[Any, ...]) -> dict[str, Times]:
-    """Each step's (started, finished, duration) by name, in one pass: looking each step of an
-    answer up in the tuple would cost the square of its steps (an answer of thousands of steps)."""
-    return {times[i]: cast(Times, times[i + 1 : i + _WIDTH]) for i in range(0, len(times), _WIDTH)}
+# Steps of an answer looked up by scanning the tuple, at most: past them, an index by name (a
+# scan a step would cost the square of an answer's steps, which have no bound of their own).
+SCANS_MAX = 8
 
 
-def from_names(named: dict[str, Times]) -> tuple[Any, ...]:
-    """The flat tuple of `by_name`'s form (one string per step name for every job)."""
-    return tuple(v for name, value in named.items() for v in (sys.intern(name), *value))
+def index(times: tuple[Any, ...], lookups: int) -> dict[str, int] | None:
+    """Where each step's (started, finished, duration) starts in `times`, by name, for `lookups`
+    look-ups to come; None when scanning the tuple for each costs less."""
+    if lookups <= SCANS_MAX:
+        return None
+    return dict(zip(times[::_WIDTH], range(1, len(times), _WIDTH), strict=True))
+
+
+def get(times: tuple[Any, ...], where: dict[str, int] | None, name: str) -> Times:
+    """(started, finished, duration) of the step `name`, each None while not known."""
+    if where is None:
+        for i in range(0, len(times), _WIDTH):
+            if times[i] == name:
+                return cast(Times, times[i + 1 : i + _WIDTH])
+        return UNKNOWN
+    at = where.get(name)
+    return UNKNOWN if at is None else cast(Times, times[at : at + _WIDTH - 1])
+
+
+def updated(times: tuple[Any, ...], changes: dict[str, Times]) -> tuple[Any, ...]:
+    """The step times with `changes` made, in one copy; a new name goes last, as one string per
+    step name for every job."""
+    where = dict(zip(times[::_WIDTH], range(1, len(times), _WIDTH), strict=True))
+    out = list(times)
+    for name, value in changes.items():
+        i = where.get(name)
+        if i is None:
+            out += (sys.intern(name), *value)
+        else:
+            out[i : i + _WIDTH - 1] = value
+    return tuple(out)
 
 
 def durations(times: tuple[Any, ...]) -> dict[str, float]:
@@ -54,7 +81,7 @@ def from_row(row: Any) -> tuple[Any, ...]:
         if any(r is None and v is not None for r, v in zip(read, value, strict=True)):
             raise ValueError(f"{name}: [started, finished, duration] must be finite numbers or null")
         named[name] = cast(Times, tuple(read))
-    return from_names(named)
+    return updated((), named)
 
 
 def from_dicts(started: dict[str, Any], finished: dict[str, Any], duration: dict[str, Any]) -> dict[str, Any]:

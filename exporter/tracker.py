@@ -361,10 +361,12 @@ class Tracker:
         job = tracked.job
         previous_end: float | None = job.started if job.started is not None else job.created
         seen_before = old is not None
-        times = step_times.by_name(tracked.step_times)
-        changed = False
+        times = tracked.step_times
+        where = step_times.index(times, len(job.steps))
+        changes: dict[str, step_times.Times] = {}
         for step in job.steps:
-            started, finished, duration = was = times.get(step.name, step_times.UNKNOWN)
+            was = changes.get(step.name) or step_times.get(times, where, step.name)
+            started, finished, duration = was
             if step.status in (Status.RUNNING, Status.SUCCEEDED, Status.FAILED) and started is None:
                 start = previous_end if previous_end is not None else (now if seen_before else None)
                 if start is not None:
@@ -383,11 +385,10 @@ class Tracker:
                 else:
                     finished = job.updated or now
             if (started, finished, duration) != was:
-                times[step.name] = (started, finished, duration)
-                changed = True
+                changes[step.name] = (started, finished, duration)
             previous_end = finished
-        if changed:
-            tracked.step_times = step_times.from_names(times)
+        if changes:
+            tracked.step_times = step_times.updated(times, changes)
 
     def _on_terminal(self, state: TargetState, tracked: TrackedJob, now: float) -> None:
         job = tracked.job
