@@ -128,11 +128,17 @@ def test_a_broken_history_in_the_state_file_is_named() -> None:
             from_row(row)
 
 
-def test_step_names_an_answer_makes_up_do_not_grow_the_process_for_ever() -> None:
+def test_step_names_an_answer_makes_up_do_not_grow_the_process_for_ever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # A provider answering a new step name at every poll, for ever (broken or hostile): the
     # process-wide table of (step, status) pairs stays bounded, and each job keeps its names.
     from exporter import history
 
+    # On a copy of the table: the tests after this one start from the table they would have.
+    monkeypatch.setattr(history, "_PAIRS", list(history._PAIRS))
+    monkeypatch.setattr(history, "_CODES", dict(history._CODES))
+    monkeypatch.setattr(history, "_fixed_size", history._fixed_size)
     names = [f"made-up-{i}-{'x' * (i % 7)}" for i in range(history.PAIRS_MAX + 500)]
     names.append("a title far longer than any step name " * 300)
     h, old = history.EMPTY, None
