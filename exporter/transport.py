@@ -57,8 +57,11 @@ class _Connection:
     async def fill(self, timeout: float | None) -> bool:
         """Read more into the buffer; False at the end of the stream."""
         try:
-            with anyio.fail_after(timeout):
+            if timeout is None:  # the caller holds a deadline of its own (exporter.fetch)
                 data = await self.stream.receive(READ_SIZE)
+            else:
+                with anyio.fail_after(timeout):
+                    data = await self.stream.receive(READ_SIZE)
         except (anyio.EndOfStream, anyio.IncompleteRead):
             return False
         self.buffer += data
@@ -265,8 +268,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
     ) -> _Answer:
         """Send the request, read the answer's head. _NoAnswer when not a byte came back."""
         try:
-            with anyio.fail_after(write_timeout):
+            if write_timeout is None:
                 await conn.stream.send(data)
+            else:
+                with anyio.fail_after(write_timeout):
+                    await conn.stream.send(data)
         except TimeoutError:
             raise httpx.WriteTimeout("timed out sending the request") from None
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as e:
