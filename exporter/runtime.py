@@ -47,7 +47,8 @@ class QuietGC:
     `window`, everything is unfrozen and one full pass runs. Its smallest size over the window
     is what counts: a poll cycle holds its answers until it ends (tens of thousands of objects
     at 10,000 jobs, freed at once), and that swing is no garbage. A steady fleet thus runs no
-    full pass; a growing one runs one per quarter of growth, at most one a window.
+    full pass; a growing one runs one per quarter of growth, at most one a window. (A cycle
+    whose fetch outlasts the window, a slow provider's, can still set one off per cycle.)
     (`gc.get_freeze_count` walks the whole permanent generation: ~10 ms at 10,000 jobs, each
     tick; the heap's block count is kept per arena.)
     """
