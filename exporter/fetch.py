@@ -4,9 +4,10 @@ and every failure sorted into the bounded reasons of `asyncjob_poll_errors_total
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,35 @@ DECODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
 
 
 _CLOSED = httpx.ByteStream(b"")
+# A path of these characters, with no dot segment, is one httpx would neither encode nor
+# normalise: the base URL's parsed parts with that path are the URL httpx would parse.
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9_~/.-]*")
+
+
+def _url_maker(base_url: str) -> Callable[[str], httpx.URL | None] | None:
+    """A function from a path (after base_url) to the httpx.URL of base_url + path, or None
+    when the path is not plain. Parsing the whole URL is most of a request's building (~11 µs
+    a poll); the base is parsed once. None when this httpx keeps its parts otherwise."""
+    try:
+        base = httpx.URL(base_url)
+        parts = base._uri_reference
+        if parts.query is not None or parts.fragment is not None:
+            return None
+        prefix = parts.path
+
+        def make(path: str) -> httpx.URL | None:
+            if not _PLAIN_PATH.fullmatch(path) or "/." in path:
+                return None
+            url = httpx.URL.__new__(httpx.URL)
+            url._uri_reference = parts._replace(path=prefix + path)
+            return url
+
+        probe = "/jobs/a-1_b~2/c.json"
+        if make(probe) != httpx.URL(base_url + probe):
+            return None
+    except Exception:  # another httpx: parse every URL as before
+        return None
+    return make
 
 
 class _Where:
@@ -156,14 +186,18 @@ class TargetHttp:
         # Reads and writes run under request()'s deadline for the whole request, which ends
         # first: no timeout of their own (a cancel scope each, a third of a poll's overhead).
         self._extensions = {"timeout": httpx.Timeout(target.timeout, read=None, write=None).as_dict()}
+        self._make_url = _url_maker(self.base_url)
 
     async def _exchange(
         self, method: str, url: str, params: Mapping[str, str] | None, json_body: Any
     ) -> httpx.Response:
         """client.send(client.build_request(…), stream=True) as this client uses it: no
         redirect is followed, no cookie kept, no event hook set; the auth flow runs as in httpx."""
+        parsed: httpx.URL | str = url
+        if params is None and self._make_url is not None and url.startswith(self.base_url):
+            parsed = self._make_url(url[len(self.base_url) :]) or url
         request = httpx.Request(
-            method, url, params=params, json=json_body, headers=self._headers, extensions=self._extensions
+            method, parsed, params=params, json=json_body, headers=self._headers, extensions=self._extensions
         )
         if self.auth is None:
             response = await self._transport.handle_async_request(request)

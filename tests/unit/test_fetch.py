@@ -212,3 +212,26 @@ async def test_compressed_answers_are_read_and_a_bomb_is_refused_before_it_infla
     assert e.value.reason == "bad_body" and "exceeds 1000000 bytes" in str(e.value)
     assert peak < 10_000_000  # inflated no further than the cap
     await http.aclose()
+
+
+@pytest.mark.parametrize("base", ["https://x", "https://x:8443/v2", "https://x/v2/", "http://x/a/../b"])
+@pytest.mark.parametrize(
+    "path", ["/jobs/1", "/users/ab-c_d~e/jobs", "/a.b/c", "//a", "/x/./y", "/x/../y", "/%41", "/é d", "/q?x=1"]
+)
+@pytest.mark.anyio
+async def test_a_request_goes_to_the_url_httpx_parses(base: str, path: str) -> None:
+    """Plain paths are joined to the parsed base URL; the request reaches the same URL,
+    host header and request target as httpx parsing the whole URL would give."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": base}]}, PROVIDERS)
+    http = TargetHttp(s.resolved(s.targets[0]), transport=httpx.MockTransport(answer))
+    await http.get_json(path)
+    expected = httpx.Request("GET", http.url(path))
+    assert str(seen[0].url) == str(expected.url)
+    assert seen[0].url.raw_path == expected.url.raw_path
+    assert seen[0].headers["Host"] == expected.headers["Host"]
