@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections import Counter
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -105,10 +106,9 @@ async def test_a_failed_cycle_logs_the_host_the_reason_and_the_error(
     await runner.http.aclose()
 
 
-@pytest.mark.anyio
-async def test_a_registration_wakes_a_poll_of_the_new_ids_alone_and_the_full_cycle_stays_due() -> None:
-    """A wake-up polls what was registered since (batched), not every job of the target again:
-    under a stream of registrations a full cycle per wake-up grows with the target."""
+def recording_scheduler(interval: str, static: int = 0) -> tuple[Scheduler, Any, list[list[str]]]:
+    """A scheduler with one WillSuite target whose polls are recorded (the ids each asked for),
+    not sent; `static` running jobs tracked from the start."""
     import httpx
 
     from exporter.config import build_settings
@@ -118,7 +118,7 @@ async def test_a_registration_wakes_a_poll_of_the_new_ids_alone_and_the_full_cyc
 
     s = build_settings(
         {
-            "global": {"poll_interval": "3s"},
+            "global": {"poll_interval": interval},
             "targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}],
         },
         PROVIDERS,
@@ -126,62 +126,8 @@ async def test_a_registration_wakes_a_poll_of_the_new_ids_alone_and_the_full_cyc
     rt = s.resolved(s.targets[0])
     tr = tracker()
     tr.set_target(rt)
-    for i in range(50):
+    for i in range(static):
         tr.track("t", Job(f"old-{i}", Status.RUNNING), "static", now=1)
-    polled: list[list[str]] = []
-
-    class Recording(PROVIDERS["willsuite"]):  # type: ignore[misc,valid-type]
-        async def poll(self, http: object, tracked: list[str]) -> PollResult:
-            polled.append(sorted(tracked))
-            return PollResult()
-
-    runner = TargetRunner(
-        rt, Recording(rt.config), TargetHttp(rt, transport=httpx.MockTransport(lambda r: httpx.Response(500)))
-    )
-    scheduler = Scheduler(tr)
-    scheduler.runners["t"] = runner
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(scheduler._run_target, runner)
-            while not polled:
-                await anyio.sleep(0.01)
-            assert len(polled[0]) == 50  # the first cycle: every job
-            scheduler.register("t", Job("new-1", Status.PENDING))
-            scheduler.register("t", Job("new-2", Status.PENDING))
-            while len(polled) < 2:
-                await anyio.sleep(0.01)
-            assert polled[1] == ["new-1", "new-2"]  # the wake-up: the new ids alone
-            while len(polled) < 3:
-                await anyio.sleep(0.01)
-            assert len(polled[2]) == 52  # the full cycle, when it was due
-            tg.cancel_scope.cancel()
-
-
-@pytest.mark.anyio
-async def test_a_burst_of_registrations_is_polled_a_bounded_batch_a_wake_up_oldest_first(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A burst must not turn into as many provider requests at once: each wake-up polls at most
-    FRESH_PER_WAKE new ids, the oldest first, the rest at the next wake-ups."""
-    import httpx
-
-    from exporter import scheduler as scheduler_module
-    from exporter.config import build_settings
-    from exporter.fetch import TargetHttp
-    from exporter.providers import PROVIDERS
-    from exporter.scheduler import TargetRunner
-
-    monkeypatch.setattr(scheduler_module, "FRESH_PER_WAKE", 3)
-    s = build_settings(
-        {
-            "global": {"poll_interval": "60s"},
-            "targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}],
-        },
-        PROVIDERS,
-    )
-    rt = s.resolved(s.targets[0])
-    tr = tracker()
-    tr.set_target(rt)
     polled: list[list[str]] = []
 
     class Recording(PROVIDERS["willsuite"]):  # type: ignore[misc,valid-type]
@@ -194,6 +140,41 @@ async def test_a_burst_of_registrations_is_polled_a_bounded_batch_a_wake_up_olde
     )
     scheduler = Scheduler(tr)
     scheduler.runners["t"] = runner
+    return scheduler, runner, polled
+
+
+@pytest.mark.anyio
+async def test_a_registration_wakes_a_poll_of_the_new_ids_alone_and_the_full_cycle_stays_due() -> None:
+    """A wake-up polls what was registered since (batched), not every job of the target again:
+    under a stream of registrations a full cycle per wake-up grows with the target."""
+    scheduler, runner, polled = recording_scheduler("3s", static=50)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scheduler._run_target, runner)
+            while not polled:
+                await anyio.sleep(0.01)
+            assert len(polled[0]) == 50  # the first cycle: every job
+            scheduler.register("t", Job("new-1", Status.PENDING))
+            scheduler.register("t", Job("new-2", Status.PENDING))
+            while len(polled) < 2:
+                await anyio.sleep(0.01)
+            assert sorted(polled[1]) == ["new-1", "new-2"]  # the wake-up: the new ids alone
+            while len(polled) < 3:
+                await anyio.sleep(0.01)
+            assert len(polled[2]) == 52  # the full cycle, when it was due
+            tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_registrations_is_polled_a_bounded_batch_a_wake_up_oldest_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst must not turn into as many provider requests at once: each wake-up polls at most
+    FRESH_PER_WAKE new ids, the oldest first, the rest at the next wake-ups."""
+    from exporter import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "FRESH_PER_WAKE", 3)
+    scheduler, runner, polled = recording_scheduler("60s")
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(scheduler._run_target, runner)
