@@ -216,7 +216,8 @@ async def test_compressed_answers_are_read_and_a_bomb_is_refused_before_it_infla
 
 @pytest.mark.parametrize("base", ["https://x", "https://x:8443/v2", "https://x/v2/", "http://x/a/../b"])
 @pytest.mark.parametrize(
-    "path", ["/jobs/1", "/users/ab-c_d~e/jobs", "/a.b/c", "//a", "/x/./y", "/x/../y", "/%41", "/é d", "/q?x=1"]
+    "path",
+    ["/jobs/1", "/users/ab-c_d~e/jobs", "/a.b/c", "//a", "/x/./y", "/x/../y", "/%41", "/é d", "/q?x=1"],
 )
 @pytest.mark.anyio
 async def test_a_request_goes_to_the_url_httpx_parses(base: str, path: str) -> None:
