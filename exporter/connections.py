@@ -61,6 +61,7 @@ def guarded_h11(
     class GuardedH11(H11Protocol):
         _timer: asyncio.TimerHandle | None = None
         _phase: type[h11.IDLE] | type[h11.SEND_BODY] | None = None
+        _since = 0.0  # time.monotonic() the phase began
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -141,6 +142,7 @@ def guarded_h11(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop()
+            self._cancel_timer()
             super().connection_lost(exc)
 
         def handle_events(self) -> None:
@@ -149,28 +151,40 @@ def guarded_h11(
             if self.cycle is not None and self.cycle is not cycle:  # a request came in
                 self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
+        # One timer a connection, left running across requests: when it fires, it closes the
+        # connection if the phase it waits for began header_timeout ago, else it is set again
+        # for that phase's end (a timer set and cancelled per request cost more than the rest).
         def _await(self, phase: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:
-            self._stop()
+            reading.pop(self, None)  # to the end: the dict stays oldest first
             self._phase = phase
-            reading[self] = time.monotonic()
-            self._timer = self.loop.call_later(header_timeout, self._late)
+            reading[self] = self._since = time.monotonic()
+            if self._timer is None:
+                self._timer = self.loop.call_later(header_timeout, self._late)
 
         def _stop(self) -> None:
             reading.pop(self, None)
             self._phase = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
 
         def _late(self) -> None:
             self._timer = None
-            if self._phase is not None and self.conn.their_state is self._phase:
+            if self._phase is None:
+                return  # set again by the next _await
+            left = self._since + header_timeout - time.monotonic()
+            if left > 0:
+                self._timer = self.loop.call_later(left, self._late)
+            elif self.conn.their_state is self._phase:
                 self._close()
 
         def _close(self) -> None:
             self._stop()
+            self._cancel_timer()
             if not self.transport.is_closing():
                 self.transport.close()
+
+        def _cancel_timer(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     return GuardedH11
 

@@ -62,6 +62,29 @@ def test_half_a_second_request_on_a_kept_alive_connection_is_closed(tmp_path: Pa
         s.close()
 
 
+def test_a_connection_that_keeps_sending_requests_stays_open_then_idle_it_is_closed(tmp_path: Path) -> None:
+    """Each request starts the wait for the next one's headers afresh: requests 0.4 s apart
+    outlive a 1 s header timeout many times over; the connection is closed once they stop."""
+    with exporter(tmp_path, {"targets": []}, extra=["--web.read-header-timeout=1s"]) as exp:
+        s = connect(exp.url)
+        for _ in range(7):
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += (data := s.recv(4096))
+                assert data, "closed while requests keep coming"
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += (data := s.recv(4096))
+                assert data, "closed while requests keep coming"
+            assert head.startswith(b"HTTP/1.1 200")
+            time.sleep(0.4)
+        s.sendall(b"GET /heal")
+        assert closed_by_server(s)
+        s.close()
+
+
 def test_a_body_that_trickles_is_cut_after_the_same_time_without_a_traceback(tmp_path: Path) -> None:
     cfg = {"targets": [{"name": "t", "provider": "willsuite", "base_url": "http://127.0.0.1:9", "jobs": []}]}
     with exporter(tmp_path, cfg, extra=["--web.read-header-timeout=1s"], wait_ready=False) as exp:
