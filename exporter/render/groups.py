@@ -28,6 +28,10 @@ MAX_AGE = 0.5
 TURN = 0.003
 # Blocks of one family the assembly joins a loop turn (a few ms for the largest families).
 CHUNK = 32
+# A dirty group waits this long before the background refresh renders it, so that changes
+# arriving together (a burst of registrations filling a group, a poll cycle's answers) cost
+# one rendering of the group, not one each.
+SETTLE = 0.05
 
 HEADER_BLOCKS = tuple(block(f.header()) for f in JOB_FAMILIES)
 
@@ -255,8 +259,8 @@ class JobSeries:
         return self.part
 
     async def refresh_in_background(self, period: float = 0.1) -> None:
-        """Keep the served job part current: dirty groups for up to TURN seconds a loop turn,
-        scrapes first; the assembly CHUNK blocks a turn, at least every MAX_AGE seconds while
+        """Keep the served job part current: dirty groups, once dirty for SETTLE seconds, for up
+        to TURN seconds a loop turn, scrapes first; the assembly CHUNK blocks a turn, at least every MAX_AGE seconds while
         jobs change. A turn of several groups keeps up when polling keeps the loop busy (a
         group a turn would wait behind every other task's turn)."""
         while True:
@@ -265,8 +269,13 @@ class JobSeries:
                 with anyio.move_on_after(0.25):  # a scrape is being served: let it finish
                     while self.scrapes > 0:
                         await anyio.sleep(0.001)
-                turn = time.monotonic() + TURN
-                while self.dirty and time.monotonic() < turn:
+                wait = self.dirty[0].dirty_since + SETTLE - time.monotonic()
+                if wait > 0:
+                    await anyio.sleep(wait)
+                    continue
+                now = time.monotonic()
+                turn, settled = now + TURN, now - SETTLE
+                while self.dirty and self.dirty[0].dirty_since <= settled and time.monotonic() < turn:
                     self._refresh_next()
                 await anyio.sleep(0)
             if self.part is None or self.part.version != self.version:

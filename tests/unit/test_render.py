@@ -274,3 +274,39 @@ def test_failures_carry_their_cause_and_history_has_no_series() -> None:
     assert got[(failed, frozenset(base | {("reason", "invalid-credentials"), ("cause", "user")}))] == 1
     assert got[(failed, frozenset(base | {("reason", "odd"), ("cause", "provider")}))] == 1  # not 2
     assert got[("asyncjob_jobs", frozenset(base | {("status", "failed")}))] == 2
+
+
+@pytest.mark.anyio
+async def test_changes_arriving_together_cost_one_rendering_of_their_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst of registrations fills a group a job at a time: the background refresh waits
+    SETTLE after the group's first change, then renders it once with all of them."""
+    import anyio
+
+    from exporter.render import groups
+
+    tr, ex = setup()
+    ex.render(gz=True)
+    renders = 0
+    refresh = groups.Group.refresh
+
+    def counting(group: groups.Group) -> bool:
+        nonlocal renders
+        renders += 1
+        return refresh(group)
+
+    monkeypatch.setattr(groups.Group, "refresh", counting)
+    monkeypatch.setattr(groups, "SETTLE", 1.0)  # the burst below surely lands within it
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ex.jobs.refresh_in_background)
+        for i in range(GROUP_SIZE):  # one group's worth, a job a loop turn
+            tr.track("t", Job(f"r{i}", Status.PENDING), "registered")
+            await anyio.sleep(0)
+        with anyio.fail_after(5):
+            while ex.jobs.staleness() > 0 or ex.jobs.dirty:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert renders == 1
+    served = ex.render(gz=False, fresh=False)
+    assert all(f'job_id="r{i}"'.encode() in served for i in range(GROUP_SIZE))
