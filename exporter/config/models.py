@@ -31,7 +31,7 @@ from exporter.config.values import (
     without_credentials,
 )
 from exporter.model import Cause, Status
-from exporter.parsing import is_id_text
+from exporter.parsing import text_id
 
 
 class _Strict(BaseModel):
@@ -242,7 +242,7 @@ class TargetConfig(_Strict):
     def _usable_ids(cls, v: list[str]) -> list[str]:
         # As the API refuses such an id (422): one that could never be polled, read or deleted.
         for i, text in enumerate(v):
-            if not text.strip() or not is_id_text(text):
+            if text_id(text) is None:
                 raise ValueError(
                     f"item {i}: an id must not be blank nor hold a control character or a lone surrogate"
                 )
