@@ -1,11 +1,15 @@
-"""Helpers shared by tests that need outside programs or load the repo's generator scripts."""
+"""Helpers shared by tests that need outside programs, load the repo's generator scripts, or look
+for cyclic garbage."""
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -67,3 +71,22 @@ def require_chromium() -> str:
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI is set, so this check must run")
     pytest.skip(f"{message}; set CI=1 to make this a failure")
+
+
+@contextmanager
+def cyclic_garbage() -> Iterator[list[str]]:
+    """The type names of the cyclic garbage made inside the block, filled in as it ends: the
+    automatic GC is off meanwhile (nothing is collected unseen), then one collection saves what
+    only it would free."""
+    left: list[str] = []
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield left
+        gc.collect()
+        left.extend(type(o).__name__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

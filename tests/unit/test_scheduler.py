@@ -4,7 +4,6 @@ answers folded into the tracker a slice at a time."""
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections import Counter
 from typing import Any
 
@@ -16,6 +15,7 @@ from exporter.fetch import PollError
 from exporter.model import Job, Status
 from exporter.providers.base import PER_TURN, BadPayload, PollResult, gather
 from exporter.scheduler import APPLY_SLICE, Scheduler
+from tests.tools import cyclic_garbage
 from tests.unit.test_tracker import tracker
 
 
@@ -223,17 +223,8 @@ async def test_failed_items_leave_no_cyclic_garbage() -> None:
         await anyio.sleep(0)
         raise PollError("connect", f"{item}: refused")
 
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cyclic_garbage() as left:
         results = await gather(range(20), fetch, width=4)
         assert all(isinstance(outcome, PollError) for _, outcome in results)
         del results
-        gc.collect()
-        left = [type(o).__name__ for o in gc.garbage]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
     assert left == []

@@ -3,7 +3,6 @@ as they should not: lengths, chunks, connections closed, garbage, answers that t
 
 from __future__ import annotations
 
-import gc
 import shutil
 import ssl
 import subprocess
@@ -19,6 +18,7 @@ from exporter.config import build_settings
 from exporter.fetch import PollError, TargetHttp
 from exporter.providers import PROVIDERS
 from exporter.transport import Http11Transport
+from tests.tools import cyclic_garbage
 from tests.unit.loopback import Peer, serve
 
 
@@ -250,18 +250,9 @@ async def test_a_request_leaves_no_cyclic_garbage() -> None:
         http = target_http(url)
         try:
             await http.get_json("/jobs/warm")  # the connection and the client's lazy state
-            gc.collect()
-            gc.disable()
-            gc.set_debug(gc.DEBUG_SAVEALL)
-            try:
+            with cyclic_garbage() as left:
                 for i in range(5):
                     assert (await http.get_json(f"/jobs/{i}"))["path"] == f"/jobs/{i}"
-                gc.collect()
-                left = [type(o).__name__ for o in gc.garbage]
-            finally:
-                gc.set_debug(0)
-                gc.garbage.clear()
-                gc.enable()
         finally:
             await http.aclose()
     assert left == []
