@@ -17,6 +17,7 @@ import httpx
 from exporter import __version__
 from exporter.auth import AuthError, build_auth, rate_limited
 from exporter.config import ResolvedTarget
+from exporter.model import Job
 from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.transport import Http11Transport
 
@@ -164,6 +165,9 @@ class TargetHttp:
         self._max_bytes = target.max_response_bytes
         self.byte_budget = BUDGET_ANSWERS * target.max_response_bytes
         self.bytes_in_flight = 0
+        # Set by the scheduler for one cycle: where the answers of per-job requests go as they
+        # come (applied while the cycle goes on) instead of the cycle's result.
+        self.early: list[Job] | None = None
         if transport is None:
             # Ours rather than httpcore's pool (docs/benchmarks.md: the pool's bookkeeping cost
             # more than the request).

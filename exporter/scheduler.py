@@ -34,6 +34,10 @@ FRESH_PER_WAKE = 128
 # answers at once would hold every scrape for a good part of a second, and a turn of 200
 # (~5-10 ms) made a scrape wait behind it, and behind the other turns of the same pass.
 APPLY_SLICE = 100
+# Answers that came during a cycle are folded into the tracker this often, so that a long cycle
+# (10,000 jobs, a slow provider, a request waiting for its timeout) shows each answer within
+# about this long, not once its slowest request has ended.
+EARLY_EVERY = 0.1
 
 
 @dataclass
@@ -203,23 +207,46 @@ class Scheduler:
             await anyio.lowlevel.checkpoint()
         self.tracker.apply(name, replace(result, jobs=slices[-1]), now)
 
+    def _ours(self, name: str, jobs: list[Job]) -> list[Job]:
+        if self.total_shards <= 1:
+            return jobs
+        # Another shard's jobs are left to it, unless this replica accepted them already.
+        known = self.tracker.targets[name].jobs
+        return [j for j in jobs if j.id in known or self.owns(name, j.id)]
+
+    async def _apply_early(self, name: str, http: TargetHttp, done: anyio.Event, applied: list[int]) -> None:
+        """Fold the answers of the running cycle into the tracker every EARLY_EVERY seconds
+        until `done`; whatever comes after the last pass is applied with the cycle's result."""
+        while not done.is_set():
+            with anyio.move_on_after(EARLY_EVERY):
+                await done.wait()
+            jobs, http.early = http.early or [], []
+            if jobs:
+                applied[0] += len(jobs)
+                await self._apply(name, PollResult(jobs=self._ours(name, jobs)), time.time())
+
     async def _cycle(self, runner: TargetRunner, ids: list[str] | None = None) -> None:
         name = runner.config.name
         state = self.tracker.targets[name]
-        stats = runner.http.stats
+        http = runner.http
+        stats = http.stats
         stats.start_cycle()
         t0 = time.perf_counter()
-        try:
-            result = await runner.provider.poll(
-                runner.http, self.tracker.pollable(name) if ids is None else ids
-            )
-        except Exception:
-            # A provider bug must not take the exporter down; it shows as a bad cycle.
-            log.exception("provider failed", extra={"target": name})
-            result = PollResult(bad_payloads=["provider error"])
-        if self.total_shards > 1:
-            # Another shard's jobs are left to it, unless this replica accepted them already.
-            result.jobs = [j for j in result.jobs if j.id in state.jobs or self.owns(name, j.id)]
+        tracked = self.tracker.pollable(name) if ids is None else ids
+        http.early = []
+        done, applied = anyio.Event(), [0]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._apply_early, name, http, done, applied)
+            try:
+                result = await runner.provider.poll(http, tracked)
+            except Exception:
+                # A provider bug must not take the exporter down; it shows as a bad cycle.
+                log.exception("provider failed", extra={"target": name})
+                result = PollResult(bad_payloads=["provider error"])
+            finally:
+                done.set()  # the last pass runs to its end: no answer is half applied
+        late, http.early = http.early or [], None
+        result.jobs = self._ours(name, late + result.jobs)
         await self._apply(name, result, time.time())
         # No await between the last apply and this: the queue events' counter increments are
         # held until the commit that holds these cursors (kill -9 must not count them twice).
@@ -272,7 +299,7 @@ class Scheduler:
             "poll cycle",
             extra={
                 "target": name,
-                "jobs": len(result.jobs),
+                "jobs": applied[0] + len(result.jobs),
                 "gone": len(result.gone),
                 "seconds": round(time.perf_counter() - t0, 4),
             },

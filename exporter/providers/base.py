@@ -32,6 +32,9 @@ class Http(Protocol):
     """What a provider may ask of its target's HTTP client (exporter.fetch.TargetHttp)."""
 
     concurrency: int  # requests in flight at most
+    # Set by the scheduler for one cycle: fetch_each hands each answer to `early` (applied
+    # while the cycle goes on) when it is a list.
+    early: list[Job] | None
 
     async def get_json(self, path: str, params: dict[str, str] | None = None) -> Any: ...
 
@@ -199,13 +202,16 @@ async def gather(
 async def fetch_each(
     http: Http, ids: Iterable[str], path_for: Callable[[str], str], parse: Callable[[Any], Job]
 ) -> PollResult:
-    """The common case: one GET per job. 404 → gone; unreadable bodies count as bad_body."""
+    """The common case: one GET per job. 404 → gone; unreadable bodies count as bad_body.
+    Answers go to `http.early` instead when the scheduler set it (TargetHttp.early)."""
     result = PollResult()
 
     # Each answer is sorted as it comes, so no pass over every job follows the fetch.
     async def one(job_id: str) -> None:
         try:
-            result.jobs.append(parse(await http.get_json(path_for(job_id))))
+            job = parse(await http.get_json(path_for(job_id)))
+            early = http.early
+            (result.jobs if early is None else early).append(job)
         except NotFound:
             result.gone.append(job_id)
         except BadPayload as e:

@@ -228,3 +228,47 @@ async def test_failed_items_leave_no_cyclic_garbage() -> None:
         assert all(isinstance(outcome, PollError) for _, outcome in results)
         del results
     assert left == []
+
+
+@pytest.mark.anyio
+async def test_a_cycles_answers_reach_the_tracker_while_slower_ones_are_still_awaited() -> None:
+    """A job's answer is folded in as it comes, not when the cycle's slowest answer has come:
+    a provider that keeps one request waiting must not hold every other job's news."""
+    import httpx
+
+    from exporter.config import build_settings
+    from exporter.fetch import TargetHttp
+    from exporter.providers import PROVIDERS
+    from exporter.scheduler import TargetRunner
+
+    release = anyio.Event()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        job_id = request.url.path.rsplit("/", 1)[1]
+        if job_id == "slow":
+            await release.wait()
+        return httpx.Response(200, json={"id": job_id, "status": "completed", "type": "bulk"})
+
+    s = build_settings(
+        {"targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}]},
+        PROVIDERS,
+    )
+    rt = s.resolved(s.targets[0])
+    tr = tracker()
+    tr.set_target(rt)
+    for job_id in ("quick", "slow"):
+        tr.track("t", Job(job_id, Status.RUNNING), "static", now=1)
+    runner = TargetRunner(
+        rt, PROVIDERS["willsuite"](rt.config), TargetHttp(rt, transport=httpx.MockTransport(answer))
+    )
+    jobs = tr.targets["t"].jobs
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(Scheduler(tr)._cycle, runner)
+        with anyio.fail_after(5):
+            while jobs["quick"].job.status is not Status.SUCCEEDED:
+                await anyio.sleep(0.01)
+        assert jobs["slow"].job.status is Status.RUNNING  # its request is still out
+        release.set()
+    assert jobs["slow"].job.status is Status.SUCCEEDED
+    assert runner.http.early is None  # nothing left behind for the next cycle
+    await runner.http.aclose()
