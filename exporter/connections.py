@@ -6,7 +6,8 @@ of the next request, so a client that connects and sends nothing, or half a requ
 was held for ever; enough of them exhaust the file descriptors and /metrics stops answering.
 
 A direct answer (exporter.server.direct_answers: /metrics and /healthz) is written in the loop
-turn that read the request. Through ASGI a request waits for several turns of a busy loop
+turn that read the request; a registration (exporter.server.direct_registrations) is answered
+by a task of ours, through the app's own handler but without uvicorn's ASGI request cycle. Through ASGI a request waits for several turns of a busy loop
 (a task is started, then routed, then the body sent), each behind every poll answer ready
 meanwhile; that wait, not the body, was most of a scrape's time while polling.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,10 @@ Headers = list[tuple[bytes, bytes]]
 # (method, request target, headers with lower-case names) -> (status, headers, body), or None
 # when the request is for the ASGI app (another path, credentials not verified yet...).
 Direct = Callable[[bytes, bytes, Headers], tuple[int, Headers, bytes] | None]
+# (request target, headers) of a POST -> None when the app is to answer it, else the answer to
+# come for its body: registrations (exporter.server.direct_registrations).
+Answer = tuple[int, Headers, bytes]
+DirectPost = Callable[[bytes, Headers], Callable[[bytes], Awaitable[Answer]] | None]
 CLOSE = (b"connection", b"close")
 
 
@@ -47,14 +52,20 @@ class ConnectionLimits:
 
 
 def guarded_h11(
-    header_timeout: float, max_connections: int, direct: Direct | None = None
+    header_timeout: float,
+    max_connections: int,
+    direct: Direct | None = None,
+    direct_post: DirectPost | None = None,
 ) -> type[H11Protocol]:
     """An h11 protocol class for uvicorn's `http=` that closes a connection whose request
     headers are not complete `header_timeout` seconds after it opened (or after its previous
     response), or whose request body is not complete `header_timeout` seconds after its
     headers; and keeps at most `max_connections` open: past the cap, the connection that has
     waited longest for its request to come in is closed to make room. A GET or HEAD without a
-    body that `direct` answers is answered at once; every other request goes to the app."""
+    body that `direct` answers is answered at once. A POST that `direct_post` takes, whose
+    whole body came with it, is answered by a task of ours: no ASGI request cycle, scope or
+    middleware chain (most of a registration's cost besides its own work). Every other request
+    goes to the app."""
 
     reading: dict[GuardedH11, float] = {}  # connections waiting for a request -> since when
 
@@ -62,6 +73,8 @@ def guarded_h11(
         _timer: asyncio.TimerHandle | None = None
         _phase: type[h11.IDLE] | type[h11.SEND_BODY] | None = None
         _since = 0.0  # time.monotonic() the phase began
+        _posting = False  # a direct POST is being answered
+        _close_after = False  # the server shuts down: close once that answer is sent
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -90,7 +103,7 @@ def guarded_h11(
                     return
                 if event is h11.NEED_DATA:
                     return
-                if isinstance(event, h11.Request) and self._answer(event):
+                if isinstance(event, h11.Request) and (self._answer(event) or self._post(event)):
                     return
 
                 # Not ours: uvicorn reads the same event next.
@@ -120,20 +133,82 @@ def guarded_h11(
             end = self.conn.next_event()  # no body: the request ends here
             assert isinstance(end, h11.EndOfMessage), end
             self._unset_keepalive_if_required()
+            self._respond(request, answer)
+            return True
+
+        def _post(self, request: h11.Request) -> bool:
+            """Take a POST that `direct_post` answers and whose body is all here; False leaves
+            it to the app (nothing read but the request's head, which uvicorn reads again)."""
+            if direct_post is None or request.method != b"POST":
+                return False
+            conn = self.conn
+            if conn.they_are_waiting_for_100_continue:
+                return False
+            length = None
+            for name, value in request.headers:
+                if name == b"transfer-encoding":
+                    return False
+                if name == b"content-length":
+                    length = int(value)  # h11 checked it: digits, and one value
+            if length is None or len(conn.trailing_data[0]) < length:
+                return False  # a body still to come: the app reads it
+            try:
+                handler = direct_post(request.target, list(request.headers))
+            except Exception:
+                log.exception("direct answer failed; the app answers instead")
+                return False
+            if handler is None:
+                return False
+            body = b""
+            while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+                assert isinstance(event, h11.Data), event  # all here: never NEED_DATA
+                body += event.data
+            self._unset_keepalive_if_required()
+            self._posting = True
+            task = self.loop.create_task(self._answer_post(request, handler, body))
+            self.server_state.tasks.add(task)
+            task.add_done_callback(self.server_state.tasks.discard)
+            return True
+
+        async def _answer_post(
+            self, request: h11.Request, handler: Callable[[bytes], Awaitable[Answer]], body: bytes
+        ) -> None:
+            try:
+                answer = await handler(body)
+            except Exception:  # as the app's error middleware answers a bug
+                log.exception("exception in a direct answer")
+                answer = (500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error")
+            finally:
+                self._posting = False
+            if self.transport.is_closing():
+                return  # the client went away; the work is done (a registration: committed)
+            self._respond(request, answer)
+
+        def _respond(self, request: h11.Request, answer: Answer) -> None:
+            """Send `answer` to `request` in one write, then go on as uvicorn does after the
+            app's last send (keep-alive, a pipelined request, Connection: close)."""
             status, extra, body = answer
             out = self.server_state.default_headers + extra
-            if CLOSE in headers:
+            if self._close_after or CLOSE in request.headers:
                 out.append(CLOSE)
-            send, write = self.conn.send, self.transport.write
-            write(send(h11.Response(status_code=status, headers=out, reason=STATUS_PHRASES[status])) or b"")
+            send = self.conn.send
+            parts = [
+                send(h11.Response(status_code=status, headers=out, reason=STATUS_PHRASES[status])) or b""
+            ]
             if request.method != b"HEAD":
-                write(send(h11.Data(data=body)) or b"")
-            write(send(h11.EndOfMessage()) or b"")
+                parts.append(send(h11.Data(data=body)) or b"")
+            parts.append(send(h11.EndOfMessage()) or b"")
+            self.transport.write(b"".join(parts))
             if self.conn.our_state is h11.MUST_CLOSE:
                 send(h11.ConnectionClosed())
                 self.transport.close()
-            self.on_response_complete()  # as the app's last send: keep-alive, pipelined requests
-            return True
+            self.on_response_complete()
+
+        def shutdown(self) -> None:
+            if self._posting:  # answered first, then closed (uvicorn would close it now)
+                self._close_after = True
+                return
+            super().shutdown()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import unquote
 
@@ -16,11 +16,13 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route, Router
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exporter.connections import (
+    Answer,
     ConnectionLimits,
     Direct,
+    DirectPost,
     Headers,
     guarded_h11,
     log_accept_errors_once_per_burst,
@@ -58,11 +60,13 @@ def scrapes_first(app: ASGIApp, jobs: Any, telemetry_path: str = "/metrics") -> 
 
 
 class ExporterApp:
-    """The exporter's ASGI app, and the answers the HTTP server gives without it (`direct`)."""
+    """The exporter's ASGI app, and the answers the HTTP server gives without it (`direct`,
+    `direct_post`)."""
 
-    def __init__(self, app: ASGIApp, direct: Direct | None) -> None:
+    def __init__(self, app: ASGIApp, direct: Direct | None, direct_post: DirectPost | None = None) -> None:
         self.app = app
         self.direct = direct
+        self.direct_post = direct_post
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -76,6 +80,72 @@ def _first_route(routes: list[BaseRoute], path: str) -> BaseRoute | None:
     return None
 
 
+def _front_door(app: Starlette) -> tuple[BasicAuthMiddleware | None, Headers] | None:
+    """The app's basic auth and the headers it adds to every answer, for answers given without
+    it; None when it holds middleware of another kind (its effect unknown)."""
+    if app.middleware_stack is None:
+        app.middleware_stack = app.build_middleware_stack()  # now: the auth cache read is the app's
+    auth: BasicAuthMiddleware | None = None
+    extra: Headers = []
+    layer: Any = app.middleware_stack
+    while not isinstance(layer, Router):
+        if isinstance(layer, BasicAuthMiddleware):
+            auth = layer
+        elif isinstance(layer, ResponseHeadersMiddleware):
+            extra = layer.headers
+        elif not isinstance(layer, ServerErrorMiddleware | ExceptionMiddleware | DirectRegistration):
+            return None
+        layer = layer.app
+    return auth, extra
+
+
+def _verified(auth: BasicAuthMiddleware | None, headers: Headers) -> bool:
+    if auth is None:
+        return True
+    credentials = b""
+    for name, value in headers:
+        if name == b"authorization":
+            credentials = value  # the last one, as the middleware reads them
+    return auth.verified(credentials)
+
+
+def direct_registrations(app: Starlette, register: Any) -> DirectPost | None:
+    """`POST /api/v1/targets/{target}/jobs` answered by the HTTP protocol (exporter.connections)
+    through the same handler the app runs, with the app's basic auth (credentials it verified
+    already) and headers. A path with escapes, or credentials not verified yet, go to the app."""
+    front = _front_door(app)
+    if front is None:
+        return None
+    auth, extra = front
+    prefix, suffix = REGISTER_PREFIX.encode(), REGISTER_SUFFIX.encode()
+
+    def post(target: bytes, headers: Headers) -> Callable[[bytes], Awaitable[Answer]] | None:
+        path = target.partition(b"?")[0]
+        if not (path.startswith(prefix) and path.endswith(suffix)) or b"%" in path:
+            return None
+        name = path[len(prefix) : -len(suffix)]
+        if not name or b"/" in name or not _verified(auth, headers):
+            return None
+
+        async def answer(body: bytes) -> Answer:
+            sent: list[Message] = []
+
+            async def receive() -> Message:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message: Message) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "method": "POST", "path": path.decode("ascii"), "headers": headers}
+            await register(scope, receive, send, name.decode("ascii"))
+            start, *rest = sent
+            return start["status"], [*start["headers"], *extra], b"".join(m.get("body", b"") for m in rest)
+
+        return answer
+
+    return post
+
+
 def direct_answers(
     app: Starlette, runtime: Runtime, telemetry_path: str, metrics: Any, healthz: Any
 ) -> Direct | None:
@@ -86,19 +156,10 @@ def direct_answers(
     and caches them. `metrics` and `healthz` are the app's handlers: a path is answered here
     only where the app's routing leads to its handler. None when the app holds middleware of
     another kind (its effect unknown)."""
-    stack = app.build_middleware_stack()
-    app.middleware_stack = stack  # built now, so the auth middleware's cache is the one read here
-    auth: BasicAuthMiddleware | None = None
-    extra: Headers = []
-    layer: Any = stack
-    while not isinstance(layer, Router):
-        if isinstance(layer, BasicAuthMiddleware):
-            auth = layer
-        elif isinstance(layer, ResponseHeadersMiddleware):
-            extra = layer.headers
-        elif not isinstance(layer, ServerErrorMiddleware | ExceptionMiddleware | DirectRegistration):
-            return None
-        layer = layer.app
+    front = _front_door(app)
+    if front is None:
+        return None
+    auth, extra = front
     metrics_route = _first_route(app.routes, telemetry_path)
     health_route = _first_route(app.routes, "/healthz")
     serve_metrics = isinstance(metrics_route, Route) and metrics_route.endpoint is metrics
@@ -118,13 +179,8 @@ def direct_answers(
             except UnicodeError:
                 return None
         if raw == path_bytes and serve_metrics:
-            if auth is not None:
-                credentials = b""
-                for name, value in headers:
-                    if name == b"authorization":
-                        credentials = value  # the last one, as the middleware reads them
-                if not auth.verified(credentials):
-                    return None
+            if not _verified(auth, headers):
+                return None
             accept = next((v for n, v in headers if n == b"accept-encoding"), b"")
             gz = b"gzip" in accept
             body = runtime.exposition.render(gz=gz, fresh=False)
@@ -397,6 +453,7 @@ def build_app(
     return ExporterApp(
         scrapes_first(app, runtime.exposition.jobs, telemetry_path),
         direct_answers(app, runtime, telemetry_path, metrics, healthz),
+        direct_registrations(app, register),
     )
 
 
@@ -450,7 +507,12 @@ class Server:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=2,
-            http=guarded_h11(limits.header_timeout, limits.max_connections, getattr(app, "direct", None)),
+            http=guarded_h11(
+                limits.header_timeout,
+                limits.max_connections,
+                getattr(app, "direct", None),
+                getattr(app, "direct_post", None),
+            ),
             **(ssl or {}),
         )
         self._server = _Quiet(config)

@@ -1,11 +1,13 @@
 """/metrics and /healthz answered by the HTTP protocol in the turn that read the request (no
 ASGI task), as the app answers them: headers, HEAD, gzip, the telemetry path, web config
-headers, basic auth (credentials the app verified first), keep-alive, pipelining."""
+headers, basic auth (credentials the app verified first), keep-alive, pipelining; and
+registrations answered by the protocol through the app's handler, as the app answers them."""
 
 from __future__ import annotations
 
 import base64
 import gzip
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,3 +252,103 @@ async def test_basic_auth_and_extra_headers_hold_on_direct_answers(serve: Any) -
     assert s.asgi_paths == ["/metrics"] * 3  # the cached credentials and /healthz: answered directly
     assert cached.headers["x-frame-options"] == health.headers["x-frame-options"] == "deny"
     assert b"asyncjob_exporter_build_info" in cached.body
+
+
+def post(path: str, body: bytes, content_type: bytes = b"application/json", extra: bytes = b"") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode()
+        + b"Content-Type: "
+        + content_type
+        + f"\r\nContent-Length: {len(body)}\r\n".encode()
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+@pytest.mark.anyio
+async def test_registrations_are_answered_without_the_app_as_the_app_answers_them(serve: Any) -> None:
+    # Each request twice: straight (the protocol answers it) and with an escape in the path
+    # (/api/v1/targets/%74/jobs is target "t" too, which the protocol leaves to the app).
+    s = await serve()
+    c = await s.connect()
+    cases = [
+        (b'{"id": "job-1"}', b"application/json"),  # 202, then 202 again: already tracked
+        (b'{"id": "job-1"}', b"application/json"),
+        (b'{"id": "a\\ud800b"}', b"application/json"),  # 422 naming the field
+        (b"not json", b"application/json"),  # 400
+        (b"id=job-2", b"application/x-www-form-urlencoded"),  # 415
+    ]
+    answers = []
+    for body, content_type in cases:
+        pair = []
+        for path in ("/api/v1/targets/t/jobs", "/api/v1/targets/%74/jobs"):
+            await c.send(post(path, body, content_type))
+            pair.append(await c.answer())
+        answers.append(pair)
+    await c.send(post("/api/v1/targets/nope/jobs", b'{"id": "x"}'))
+    unknown = await c.answer()
+    await c.aclose()
+    assert s.asgi_paths == ["/api/v1/targets/t/jobs"] * len(cases)  # the escaped ones alone
+    assert [direct.status for direct, _ in answers] == [202, 202, 422, 400, 415]
+    assert unknown.status == 404
+    for direct, app in answers:
+        assert direct.status == app.status
+        for h in (direct.headers, app.headers):
+            h.pop("date"), h.pop("content-length")
+        assert direct.headers == app.headers
+        if direct.status != 202:  # a 202 holds the job's times
+            assert direct.body == app.body
+    assert b'"field":"id"' in answers[2][0].body
+    assert "job-1" in s.runtime.tracker.targets["t"].jobs
+
+
+@pytest.mark.anyio
+async def test_a_registration_whose_body_comes_later_goes_to_the_app(serve: Any) -> None:
+    s = await serve()
+    c = await s.connect()
+    request = post("/api/v1/targets/t/jobs", b'{"id": "late"}')
+    await c.send(request[:-4])
+    await anyio.sleep(0.05)
+    await c.send(request[-4:], get("/healthz"))
+    registered, health = await c.answer(), await c.answer()
+    await c.aclose()
+    assert (registered.status, health.body) == (202, b"ok\n")
+    assert s.asgi_paths == ["/api/v1/targets/t/jobs"]
+
+
+@pytest.mark.anyio
+async def test_pipelined_registrations_are_answered_in_order(serve: Any) -> None:
+    s = await serve()
+    c = await s.connect()
+    await c.send(
+        *(post("/api/v1/targets/t/jobs", f'{{"id": "p{i}"}}'.encode()) for i in range(5)), get("/healthz")
+    )
+    answers = [await c.answer() for _ in range(6)]
+    await c.aclose()
+    assert [a.status for a in answers] == [202] * 5 + [200]
+    assert [json.loads(a.body)["id"] for a in answers[:5]] == [f"p{i}" for i in range(5)]
+    assert s.asgi_paths == []
+
+
+@pytest.mark.anyio
+async def test_registrations_hold_basic_auth_and_extra_headers_without_the_app(serve: Any) -> None:
+    web = WebConfig(
+        users={"prom": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4))},
+        headers={"X-Frame-Options": "deny"},
+    )
+    s = await serve(middleware=web.middleware())
+    c = await s.connect()
+    await c.send(post("/api/v1/targets/t/jobs", b'{"id": "a"}'))
+    missing = await c.answer()
+    await c.send(post("/api/v1/targets/t/jobs", b'{"id": "a"}', extra=basic("prom", "pw")))
+    first = await c.answer()  # verified by the app (bcrypt), then cached
+    await c.send(post("/api/v1/targets/t/jobs", b'{"id": "b"}', extra=basic("prom", "pw")))
+    cached = await c.answer()
+    await c.send(post("/api/v1/targets/t/jobs", b'{"id": "c"}', extra=basic("prom", "wrong")))
+    wrong = await c.answer()
+    await c.aclose()
+    assert (missing.status, first.status, cached.status, wrong.status) == (401, 202, 202, 401)
+    assert s.asgi_paths == ["/api/v1/targets/t/jobs"] * 3  # all but the cached credentials
+    assert cached.headers["x-frame-options"] == "deny"
+    assert set(s.runtime.tracker.targets["t"].jobs) == {"a", "b"}
