@@ -150,6 +150,11 @@ class RateLimiter:
             await anyio.sleep(wait)
 
 
+# What TargetHttp.get_job_json answers when a job's answer is, byte for byte, the one the
+# tracker holds already: nothing to decode, parse or apply.
+SAME = None
+
+
 class TargetHttp:
     """The one AsyncClient of a target. Providers call get_json/post_json and see only JSON or errors."""
 
@@ -168,6 +173,11 @@ class TargetHttp:
         # Set by the scheduler for one cycle: where the answers of per-job requests go as they
         # come (applied while the cycle goes on) instead of the cycle's result.
         self.early: list[Job] | None = None
+        # Job id -> hash of the body of its last answer read whole (get_job_json), and whether
+        # the tracker holds a job's answer (set by the scheduler): an answer whose bytes did not
+        # change since is not decoded again. A job the tracker drops is forgotten here.
+        self.seen: dict[str, int] = {}
+        self.holds: Callable[[str], bool] | None = None
         if transport is None:
             # Ours rather than httpcore's pool (docs/benchmarks.md: the pool's bookkeeping cost
             # more than the request).
@@ -239,14 +249,23 @@ class TargetHttp:
     async def post_json(self, path: str, body: Any = None, params: Mapping[str, str] | None = None) -> Any:
         return await self.request("POST", path, params=params, json_body=body)
 
+    async def get_job_json(self, path: str, job_id: str) -> tuple[Any, int] | None:
+        """GET one job's own answer: (its JSON, the hash to keep in `seen` once it parsed), or
+        SAME when its bytes are those of the answer the tracker holds for `job_id` already (a
+        job that did not change: most of a large fleet, most of the time)."""
+        answer: tuple[Any, int] | None = await self.request("GET", path, same=job_id)
+        return answer
+
     async def request(
         self,
         method: str,
         path: str,
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
+        same: str | None = None,
     ) -> Any:
-        """Send one request; return parsed JSON (None for an empty 2xx body).
+        """Send one request; return parsed JSON (None for an empty 2xx body); with `same` (a job
+        id), what get_job_json returns.
 
         Raises NotFound on 404 and PollError for everything else that is not a 2xx.
         """
@@ -262,7 +281,7 @@ class TargetHttp:
                 # a deadline on the whole request.
                 try:
                     with anyio.fail_after(self.target.timeout):
-                        return await self._send(method, path, params, json_body)
+                        return await self._send(method, path, params, json_body, same)
                 except TimeoutError:
                     where = _Where(method, self.url(path))
                     raise PollError(
@@ -279,7 +298,14 @@ class TargetHttp:
             finally:
                 stats.durations.append(time.perf_counter() - started)
 
-    async def _send(self, method: str, path: str, params: Mapping[str, str] | None, json_body: Any) -> Any:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        json_body: Any,
+        same: str | None = None,
+    ) -> Any:
         url = self.url(path)
         where = _Where(method, url)
         # A GET on a reused connection that fails before any byte of the answer is sent once
@@ -300,6 +326,14 @@ class TargetHttp:
             raise PollError("timeout", f"{where}: {_cause(e)} after {self.target.timeout:g}s") from None
         except httpx.HTTPError as e:
             raise PollError("connect", f"{where}: {_cause(e)}") from None
+        if same is not None:
+            digest = hash(body)
+            if self.seen.get(same) == digest and self.holds is not None and self.holds(same):
+                return SAME
+            return self._decode(body, where), digest
+        return self._decode(body, where)
+
+    def _decode(self, body: bytes, where: _Where) -> Any:
         if not body.strip():
             return None
         try:

@@ -8,6 +8,7 @@ import itertools
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,7 +21,7 @@ from exporter.fetch import TargetHttp
 from exporter.model import Job, placeholder
 from exporter.providers import PROVIDERS, Provider
 from exporter.providers.base import PollResult
-from exporter.tracker import CapReached, Tracker
+from exporter.tracker import CapReached, TargetState, TrackedJob, Tracker
 
 log = logging.getLogger("asyncjob.scheduler")
 
@@ -73,6 +74,7 @@ class Scheduler:
         self.shard = shard
         self.total_shards = total_shards
         self.store: Any = None  # exporter.state.Store, when a state file is configured
+        tracker.listeners.append(self)  # to forget the answers of jobs it drops (TargetHttp.seen)
 
     def owns(self, target: str, job_id: str) -> bool:
         if self.total_shards <= 1:
@@ -113,6 +115,7 @@ class Scheduler:
             jobs = self.tracker.targets[name].jobs
             provider.restore_reruns({job_id: t.reruns for job_id, t in jobs.items() if t.reruns})
             new = TargetRunner(rt, provider, TargetHttp(rt))
+            new.http.holds = self._holds(name)
             self.runners[name] = new
             if rt.poll_interval_below_advice:
                 log.warning(
@@ -125,11 +128,36 @@ class Scheduler:
                 )
             self._tg.start_soon(self._run_target, new)
 
+    def _holds(self, name: str) -> Callable[[str], bool]:
+        """Whether the tracker holds a provider's answer for a job of target `name` (not a
+        placeholder, not an answer handed over through the API since)."""
+        targets = self.tracker.targets
+
+        def holds(job_id: str) -> bool:
+            state = targets.get(name)
+            tracked = state.jobs.get(job_id) if state is not None else None
+            return tracked is not None and tracked.polled
+
+        return holds
+
+    # Tracker listener: a job dropped is forgotten by its target's HTTP side.
+    def job_changed(self, target: TargetState, tracked: TrackedJob) -> None:
+        return None
+
+    def job_removed(self, target: TargetState, job_id: str) -> None:
+        runner = self.runners.get(target.config.name)
+        if runner is not None:
+            runner.http.seen.pop(job_id, None)
+
+    def tombstone_renewed(self, target: TargetState, job_id: str) -> None:
+        return None
+
     def register(self, target: str, job: Job) -> None:
         """Track a job handed over through the API and poll it soon."""
         self.tracker.track(target, job, "registered")
         runner = self.runners.get(target)
         if runner is not None:
+            runner.http.seen.pop(job.id, None)  # what it holds now came through the API
             runner.fresh[job.id] = None
             runner.wake.set()
 

@@ -40,6 +40,12 @@ class Http(Protocol):
 
     async def post_json(self, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any: ...
 
+    # A job's own answer and the hash to note in `seen` once it parsed; None when its bytes are
+    # those of the answer the tracker holds already.
+    async def get_job_json(self, path: str, job_id: str) -> tuple[Any, int] | None: ...
+
+    seen: dict[str, int]
+
 
 @dataclass
 class PollResult:
@@ -203,13 +209,18 @@ async def fetch_each(
     http: Http, ids: Iterable[str], path_for: Callable[[str], str], parse: Callable[[Any], Job]
 ) -> PollResult:
     """The common case: one GET per job. 404 → gone; unreadable bodies count as bad_body.
-    Answers go to `http.early` instead when the scheduler set it (TargetHttp.early)."""
+    Answers go to `http.early` instead when the scheduler set it (TargetHttp.early); an answer
+    whose bytes are those of the answer the tracker holds is left out (TargetHttp.seen)."""
     result = PollResult()
 
     # Each answer is sorted as it comes, so no pass over every job follows the fetch.
     async def one(job_id: str) -> None:
         try:
-            job = parse(await http.get_json(path_for(job_id)))
+            answer = await http.get_job_json(path_for(job_id), job_id)
+            if answer is None:
+                return  # the same bytes as the answer the tracker holds: nothing new
+            job = parse(answer[0])
+            http.seen[job_id] = answer[1]  # only once it parsed: a bad answer stays counted
             early = http.early
             (result.jobs if early is None else early).append(job)
         except NotFound:

@@ -272,3 +272,57 @@ async def test_a_cycles_answers_reach_the_tracker_while_slower_ones_are_still_aw
     assert jobs["slow"].job.status is Status.SUCCEEDED
     assert runner.http.early is None  # nothing left behind for the next cycle
     await runner.http.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_answer_the_tracker_holds_already_is_not_parsed_again() -> None:
+    """A job whose answer comes back byte for byte the same is neither decoded nor parsed nor
+    applied again; a changed answer is, and so is any answer after the job was dropped and
+    registered again (the tracker then holds a placeholder, not that answer)."""
+    import httpx
+
+    from exporter.config import build_settings
+    from exporter.fetch import TargetHttp
+    from exporter.providers import PROVIDERS
+    from exporter.scheduler import TargetRunner
+
+    status = {"j": "processing"}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        job_id = request.url.path.rsplit("/", 1)[1]
+        return httpx.Response(200, json={"id": job_id, "status": status[job_id], "type": "bulk"})
+
+    s = build_settings(
+        {"targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}]},
+        PROVIDERS,
+    )
+    rt = s.resolved(s.targets[0])
+    tr = tracker()
+    tr.set_target(rt)
+    parsed: list[str] = []
+
+    class Counting(PROVIDERS["willsuite"]):  # type: ignore[misc,valid-type]
+        def parse_job(self, obj: Any) -> Job:
+            parsed.append(obj["status"])
+            return super().parse_job(obj)  # type: ignore[no-any-return]
+
+    scheduler = Scheduler(tr)
+    runner = TargetRunner(rt, Counting(rt.config), TargetHttp(rt, transport=httpx.MockTransport(answer)))
+    runner.http.holds = scheduler._holds("t")
+    scheduler.runners["t"] = runner
+    scheduler.register("t", Job("j", Status.PENDING))
+    jobs = tr.targets["t"].jobs
+
+    await scheduler._cycle(runner)
+    await scheduler._cycle(runner)  # the same bytes: not parsed
+    assert parsed == ["processing"] and jobs["j"].job.status is Status.RUNNING
+    status["j"] = "completed"
+    await scheduler._cycle(runner, ["j"])
+    assert parsed == ["processing", "completed"] and jobs["j"].job.status is Status.SUCCEEDED
+
+    tr.drop("t", "j", "deleted")
+    assert "j" not in runner.http.seen
+    scheduler.register("t", Job("j", Status.PENDING))
+    await scheduler._cycle(runner, ["j"])  # the bytes it had before, but the tracker holds a placeholder
+    assert parsed == ["processing", "completed", "completed"] and jobs["j"].job.status is Status.SUCCEEDED
+    await runner.http.aclose()
