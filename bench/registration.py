@@ -347,6 +347,14 @@ def poll_requests(url: str, target: str = "polled") -> float:
     )
 
 
+def tracked_jobs(url: str) -> float:
+    """Jobs the exporter tracks now, every target (`asyncjob_jobs`)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("asyncjob_jobs{")
+    )
+
+
 def run(
     n_jobs: int = 10_000,
     poll_interval: float = 30.0,
@@ -416,12 +424,14 @@ def run(
                     os.kill(proc.pid, signal.SIGUSR2)
             polled_during = poll_requests(url) - first
             registered_polled_during = poll_requests(url, TARGET) - first_registered
+            tracked_after = tracked_jobs(url)
             state_bytes = sum(p.stat().st_size for p in directory.glob("state.db*"))
     return {
         "jobs_polled": n_jobs,
         "poll_interval": poll_interval,
         "poll_requests_during": polled_during,
         "registered_poll_requests_during": registered_polled_during,
+        "jobs_tracked_after": tracked_after,
         "bare": bare,
         "exporter": ours,
         "ratio": ours["per_second"] / bare["per_second"],

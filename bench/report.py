@@ -636,7 +636,9 @@ def registration_body(g: dict[str, Any]) -> list[str]:
         *_wrapped(", ".join(f"{n:,}" for n in ours["each_second"])),
         "```",
         "",
-        f"`/metrics` meanwhile: {_lat(g['metrics'])} over {g['metrics']['scrapes']} scrapes.",
+        f"`/metrics` meanwhile: {_lat(g['metrics'])} over {g['metrics']['scrapes']} scrapes, while the jobs",
+        f"tracked grew from about {g['jobs_polled'] + 1000:,} to {g.get('jobs_tracked_after', 0):,.0f} (each registration",
+        "is a job with its own series until its first poll), so the body grew with them.",
         f"State file after the run: {g['state_file_bytes'] / KIB / KIB:,.1f} MiB with its WAL.",
     ]
 
