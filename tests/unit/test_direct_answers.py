@@ -225,13 +225,15 @@ def basic(user: str, password: str) -> bytes:
     return b"Authorization: Basic " + base64.b64encode(f"{user}:{password}".encode()) + b"\r\n"
 
 
+# Basic auth for user "prom", password "pw", and one header added to every answer.
+PROM_PW_DENY = WebConfig(
+    users={"prom": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4))}, headers={"X-Frame-Options": "deny"}
+)
+
+
 @pytest.mark.anyio
 async def test_basic_auth_and_extra_headers_hold_on_direct_answers(serve: Any) -> None:
-    web = WebConfig(
-        users={"prom": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4))},
-        headers={"X-Frame-Options": "deny"},
-    )
-    s = await serve(middleware=web.middleware())
+    s = await serve(middleware=PROM_PW_DENY.middleware())
     c = await s.connect()
     await c.send(get("/metrics"))
     missing = await c.answer()
@@ -333,11 +335,7 @@ async def test_pipelined_registrations_are_answered_in_order(serve: Any) -> None
 
 @pytest.mark.anyio
 async def test_registrations_hold_basic_auth_and_extra_headers_without_the_app(serve: Any) -> None:
-    web = WebConfig(
-        users={"prom": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4))},
-        headers={"X-Frame-Options": "deny"},
-    )
-    s = await serve(middleware=web.middleware())
+    s = await serve(middleware=PROM_PW_DENY.middleware())
     c = await s.connect()
     await c.send(post("/api/v1/targets/t/jobs", b'{"id": "a"}'))
     missing = await c.answer()

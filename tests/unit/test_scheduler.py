@@ -19,6 +19,27 @@ from tests.tools import cyclic_garbage
 from tests.unit.test_tracker import tracker
 
 
+def willsuite_runner(handler: Any, provider: Any = None) -> tuple[Any, Any]:
+    """A tracker with one WillSuite target "t", and its runner, whose requests `handler` answers
+    (an httpx.MockTransport handler) and whose provider is `provider` (a WillSuite subclass)."""
+    import httpx
+
+    from exporter.config import build_settings
+    from exporter.fetch import TargetHttp
+    from exporter.providers import PROVIDERS
+    from exporter.scheduler import TargetRunner
+
+    s = build_settings(
+        {"targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}]},
+        PROVIDERS,
+    )
+    rt = s.resolved(s.targets[0])
+    tr = tracker()
+    tr.set_target(rt)
+    provider = (provider or PROVIDERS["willsuite"])(rt.config)
+    return tr, TargetRunner(rt, provider, TargetHttp(rt, transport=httpx.MockTransport(handler)))
+
+
 @pytest.mark.anyio
 async def test_gather_runs_a_fixed_pool_of_workers_over_every_item_once() -> None:
     running = peak = 0
@@ -78,25 +99,11 @@ async def test_a_failed_cycle_logs_the_host_the_reason_and_the_error(
 ) -> None:
     import httpx
 
-    from exporter.config import build_settings
-    from exporter.fetch import TargetHttp
-    from exporter.providers import PROVIDERS
-    from exporter.scheduler import TargetRunner
-
     def refused(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
-    s = build_settings(
-        {"targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}]},
-        PROVIDERS,
-    )
-    rt = s.resolved(s.targets[0])
-    tr = tracker()
-    tr.set_target(rt)
+    tr, runner = willsuite_runner(refused)
     tr.track("t", Job("1", Status.RUNNING), "static", now=1)
-    runner = TargetRunner(
-        rt, PROVIDERS["willsuite"](rt.config), TargetHttp(rt, transport=httpx.MockTransport(refused))
-    )
     with caplog.at_level("WARNING", logger="asyncjob.scheduler"):
         await Scheduler(tr)._cycle(runner)
     (record,) = [r for r in caplog.records if r.getMessage() == "poll cycle had errors"]
@@ -236,11 +243,6 @@ async def test_a_cycles_answers_reach_the_tracker_while_slower_ones_are_still_aw
     a provider that keeps one request waiting must not hold every other job's news."""
     import httpx
 
-    from exporter.config import build_settings
-    from exporter.fetch import TargetHttp
-    from exporter.providers import PROVIDERS
-    from exporter.scheduler import TargetRunner
-
     release = anyio.Event()
 
     async def answer(request: httpx.Request) -> httpx.Response:
@@ -249,18 +251,9 @@ async def test_a_cycles_answers_reach_the_tracker_while_slower_ones_are_still_aw
             await release.wait()
         return httpx.Response(200, json={"id": job_id, "status": "completed", "type": "bulk"})
 
-    s = build_settings(
-        {"targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}]},
-        PROVIDERS,
-    )
-    rt = s.resolved(s.targets[0])
-    tr = tracker()
-    tr.set_target(rt)
+    tr, runner = willsuite_runner(answer)
     for job_id in ("quick", "slow"):
         tr.track("t", Job(job_id, Status.RUNNING), "static", now=1)
-    runner = TargetRunner(
-        rt, PROVIDERS["willsuite"](rt.config), TargetHttp(rt, transport=httpx.MockTransport(answer))
-    )
     jobs = tr.targets["t"].jobs
     async with anyio.create_task_group() as tg:
         tg.start_soon(Scheduler(tr)._cycle, runner)
@@ -281,10 +274,7 @@ async def test_an_answer_the_tracker_holds_already_is_not_parsed_again() -> None
     registered again (the tracker then holds a placeholder, not that answer)."""
     import httpx
 
-    from exporter.config import build_settings
-    from exporter.fetch import TargetHttp
     from exporter.providers import PROVIDERS
-    from exporter.scheduler import TargetRunner
 
     status = {"j": "processing"}
 
@@ -292,13 +282,6 @@ async def test_an_answer_the_tracker_holds_already_is_not_parsed_again() -> None
         job_id = request.url.path.rsplit("/", 1)[1]
         return httpx.Response(200, json={"id": job_id, "status": status[job_id], "type": "bulk"})
 
-    s = build_settings(
-        {"targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}]},
-        PROVIDERS,
-    )
-    rt = s.resolved(s.targets[0])
-    tr = tracker()
-    tr.set_target(rt)
     parsed: list[str] = []
 
     class Counting(PROVIDERS["willsuite"]):  # type: ignore[misc,valid-type]
@@ -306,8 +289,8 @@ async def test_an_answer_the_tracker_holds_already_is_not_parsed_again() -> None
             parsed.append(obj["status"])
             return super().parse_job(obj)  # type: ignore[no-any-return]
 
+    tr, runner = willsuite_runner(answer, Counting)
     scheduler = Scheduler(tr)
-    runner = TargetRunner(rt, Counting(rt.config), TargetHttp(rt, transport=httpx.MockTransport(answer)))
     runner.http.holds = scheduler._holds("t")
     scheduler.runners["t"] = runner
     scheduler.register("t", Job("j", Status.PENDING))
