@@ -276,6 +276,10 @@ class Scheduler:
         late, http.early = http.early or [], None
         result.jobs = self._ours(name, late + result.jobs)
         await self._apply(name, result, time.time())
+        if ids is None and len(http.seen) > len(state.jobs):
+            # An answer read while its job was dropped (a DELETE meanwhile) left its hash behind.
+            for job_id in [j for j in http.seen if j not in state.jobs]:
+                del http.seen[job_id]
         # No await between the last apply and this: the queue events' counter increments are
         # held until the commit that holds these cursors (kill -9 must not count them twice).
         if self.store is not None:

@@ -309,3 +309,23 @@ async def test_an_answer_the_tracker_holds_already_is_not_parsed_again() -> None
     await scheduler._cycle(runner, ["j"])  # the bytes it had before, but the tracker holds a placeholder
     assert parsed == ["processing", "completed", "completed"] and jobs["j"].job.status is Status.SUCCEEDED
     await runner.http.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_hash_of_an_answer_read_while_its_job_was_dropped_does_not_stay() -> None:
+    import httpx
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        job_id = request.url.path.rsplit("/", 1)[1]
+        if job_id == "gone-meanwhile":
+            tr.drop("t", job_id, "deleted")  # a DELETE while its answer is on its way
+        return httpx.Response(200, json={"id": job_id, "status": "processing", "type": "bulk"})
+
+    tr, runner = willsuite_runner(answer)
+    scheduler = Scheduler(tr)
+    scheduler.runners["t"] = runner
+    for job_id in ("gone-meanwhile", "kept"):
+        tr.track("t", Job(job_id, Status.RUNNING), "static", now=1)
+    await scheduler._cycle(runner)
+    assert set(runner.http.seen) == {"kept"} and set(tr.targets["t"].jobs) == {"kept"}
+    await runner.http.aclose()
