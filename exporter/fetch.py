@@ -173,11 +173,12 @@ class TargetHttp:
         # Set by the scheduler for one cycle: where the answers of per-job requests go as they
         # come (applied while the cycle goes on) instead of the cycle's result.
         self.early: list[Job] | None = None
-        # Job id -> hash of the body of its last answer read whole (get_job_json), and whether
-        # the tracker holds a job's answer (set by the scheduler): an answer whose bytes did not
-        # change since is not decoded again. A job the tracker drops is forgotten here.
-        self.seen: dict[str, int] = {}
-        self.holds: Callable[[str], bool] | None = None
+        # Job id -> (hash of the body of its last answer read whole, the job parsed from it), and
+        # whether the tracker holds that job (set by the scheduler): an answer whose bytes did
+        # not change is not decoded again while the tracker still holds what they said. A job
+        # the tracker drops is forgotten here.
+        self.seen: dict[str, tuple[int, Job]] = {}
+        self.holds: Callable[[str, Job], bool] | None = None
         if transport is None:
             # Ours rather than httpcore's pool (docs/benchmarks.md: the pool's bookkeeping cost
             # more than the request).
@@ -328,7 +329,13 @@ class TargetHttp:
             raise PollError("connect", f"{where}: {_cause(e)}") from None
         if same is not None:
             digest = hash(body)
-            if self.seen.get(same) == digest and self.holds is not None and self.holds(same):
+            seen = self.seen.get(same)
+            if (
+                seen is not None
+                and seen[0] == digest
+                and self.holds is not None
+                and self.holds(same, seen[1])
+            ):
                 return SAME
             return self._decode(body, where), digest
         return self._decode(body, where)

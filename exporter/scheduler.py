@@ -128,15 +128,16 @@ class Scheduler:
                 )
             self._tg.start_soon(self._run_target, new)
 
-    def _holds(self, name: str) -> Callable[[str], bool]:
-        """Whether the tracker holds a provider's answer for a job of target `name` (not a
-        placeholder, not an answer handed over through the API since)."""
+    def _holds(self, name: str) -> Callable[[str, Job], bool]:
+        """Whether the tracker holds `job` (a provider's answer, equal if not the same object)
+        for that job of target `name`: not a placeholder, nor an answer that came since from
+        the provider's list or through the API."""
         targets = self.tracker.targets
 
-        def holds(job_id: str) -> bool:
+        def holds(job_id: str, job: Job) -> bool:
             state = targets.get(name)
             tracked = state.jobs.get(job_id) if state is not None else None
-            return tracked is not None and tracked.polled
+            return tracked is not None and tracked.polled and (tracked.job is job or tracked.job == job)
 
         return holds
 

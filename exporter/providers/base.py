@@ -44,7 +44,7 @@ class Http(Protocol):
     # those of the answer the tracker holds already.
     async def get_job_json(self, path: str, job_id: str) -> tuple[Any, int] | None: ...
 
-    seen: dict[str, int]
+    seen: dict[str, tuple[int, Job]]
 
 
 @dataclass
@@ -220,7 +220,7 @@ async def fetch_each(
             if answer is None:
                 return  # the same bytes as the answer the tracker holds: nothing new
             job = parse(answer[0])
-            http.seen[job_id] = answer[1]  # only once it parsed: a bad answer stays counted
+            http.seen[job_id] = (answer[1], job)  # only once it parsed: a bad answer stays counted
             early = http.early
             (result.jobs if early is None else early).append(job)
         except NotFound:

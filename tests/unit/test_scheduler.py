@@ -329,3 +329,62 @@ async def test_the_hash_of_an_answer_read_while_its_job_was_dropped_does_not_sta
     await scheduler._cycle(runner)
     assert set(runner.http.seen) == {"kept"} and set(tr.targets["t"].jobs) == {"kept"}
     await runner.http.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_unchanged_answer_is_applied_again_when_the_list_changed_the_job_since() -> None:
+    """A job of a generic target comes from the list or, when the list fails, its own path.
+    Its own answer, the same bytes as two cycles ago, must replace what the list said since."""
+    import json
+
+    import httpx
+
+    from exporter.config import build_settings
+    from exporter.fetch import TargetHttp
+    from exporter.providers import PROVIDERS
+    from exporter.scheduler import TargetRunner
+
+    own = json.dumps({"id": "x", "status": "running", "percent": 60}).encode()
+    listed: list[Any] = []  # empty: the list answers 503
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/jobs":
+            return httpx.Response(200, json=listed) if listed else httpx.Response(503)
+        return httpx.Response(200, content=own, headers={"content-type": "application/json"})
+
+    s = build_settings(
+        {
+            "targets": [
+                {
+                    "name": "t",
+                    "provider": "generic",
+                    "base_url": "https://api.example.com",
+                    "list_path": "/jobs",
+                    "job_path": "/jobs/{id}",
+                    "fields": {"percent": "percent"},
+                }
+            ]
+        },
+        PROVIDERS,
+    )
+    rt = s.resolved(s.targets[0])
+    tr = tracker()
+    tr.set_target(rt)
+    scheduler = Scheduler(tr)
+    runner = TargetRunner(
+        rt, PROVIDERS["generic"](rt.config), TargetHttp(rt, transport=httpx.MockTransport(answer))
+    )
+    runner.http.holds = scheduler._holds("t")
+    scheduler.runners["t"] = runner
+    scheduler.register("t", Job("x", Status.PENDING))
+    job = lambda: tr.targets["t"].jobs["x"].job  # noqa: E731
+
+    await scheduler._cycle(runner)  # the list is down: x is read from its own path
+    assert (job().status, job().percent) == (Status.RUNNING, 60)
+    listed.append({"id": "x", "status": "queued"})
+    await scheduler._cycle(runner)  # the list says otherwise (lagging behind)
+    assert job().status is not Status.RUNNING
+    listed.clear()
+    await scheduler._cycle(runner)  # down again: x's own answer, the bytes of the first cycle
+    assert (job().status, job().percent) == (Status.RUNNING, 60)
+    await runner.http.aclose()
