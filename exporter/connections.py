@@ -41,6 +41,8 @@ Direct = Callable[[bytes, bytes, Headers], tuple[int, Headers, bytes] | None]
 Answer = tuple[int, Headers, bytes]
 DirectPost = Callable[[bytes, Headers], Callable[[bytes], Awaitable[Answer]] | None]
 CLOSE = (b"connection", b"close")
+# Pipelined requests answered directly one from the other's call stack, at most.
+MAX_NESTED = 16
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ def guarded_h11(
         _since = 0.0  # time.monotonic() the phase began
         _posting = False  # a direct POST is being answered
         _close_after = False  # the server shuts down: close once that answer is sent
+        _nested = 0  # direct answers under way in this call stack (pipelined requests)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -95,7 +98,14 @@ def guarded_h11(
 
         def _direct_or_app(self) -> None:
             conn = self.conn
-            if direct is not None and conn.our_state is h11.IDLE and conn.their_state is h11.IDLE:
+            # Not while our writes are paused (a client that sends and does not read): the
+            # app's answers wait for the client to drain them, direct answers would pile up.
+            if (
+                direct is not None
+                and conn.our_state is h11.IDLE
+                and conn.their_state is h11.IDLE
+                and not self.flow.write_paused
+            ):
                 try:
                     event = conn.next_event()
                 except h11.RemoteProtocolError:
@@ -202,7 +212,16 @@ def guarded_h11(
             if self.conn.our_state is h11.MUST_CLOSE:
                 send(h11.ConnectionClosed())
                 self.transport.close()
-            self.on_response_complete()
+            if self._nested >= MAX_NESTED:
+                # Each pipelined request answered directly answers the next from in here: past
+                # a few, the rest go on from the loop, not deeper into the stack.
+                self.loop.call_soon(self.on_response_complete)
+                return
+            self._nested += 1
+            try:
+                self.on_response_complete()
+            finally:
+                self._nested -= 1
 
         def shutdown(self) -> None:
             if self._posting:  # answered first, then closed (uvicorn would close it now)
@@ -211,9 +230,11 @@ def guarded_h11(
             super().shutdown()
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                self._await(h11.IDLE)
+            super().on_response_complete()  # reads a pipelined request, if one came
+            if not self.transport.is_closing():
+                state = self.conn.their_state
+                if state is h11.IDLE or state is h11.SEND_BODY:  # a request, or its body, to come
+                    self._await(state)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop()

@@ -8,16 +8,19 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 import bcrypt
 import pytest
 from starlette.types import Receive, Scope, Send
 
 from exporter.config import build_settings
+from exporter.connections import ConnectionLimits
 from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
 from exporter.server import ExporterApp, Server, build_app
@@ -40,6 +43,7 @@ class Served:
     port: int
     app: ExporterApp
     runtime: Runtime
+    server: Any = None
     asgi_paths: list[str] = field(default_factory=list)  # requests the ASGI app answered
 
     async def connect(self) -> Conn:
@@ -93,7 +97,7 @@ def get(path: str, extra: bytes = b"", method: str = "GET") -> bytes:
 async def serve() -> AsyncIterator[Any]:
     async with anyio.create_task_group() as tg:
 
-        async def start(**kwargs: Any) -> Served:
+        async def start(limits: ConnectionLimits | None = None, **kwargs: Any) -> Served:
             rt = runtime()
             app = build_app(rt, **kwargs)
             assert isinstance(app, ExporterApp)
@@ -105,12 +109,12 @@ async def serve() -> AsyncIterator[Any]:
                 await inner(scope, receive, send)
 
             app.app = counting
-            server = Server(app, "127.0.0.1:0")
+            server = Server(app, "127.0.0.1:0", limits=limits)
             tg.start_soon(server.serve)
             with anyio.fail_after(10):
                 while server.port == 0:
                     await anyio.sleep(0.01)
-            served.port = server.port
+            served.port, served.server = server.port, server
             return served
 
         yield start
@@ -350,3 +354,48 @@ async def test_registrations_hold_basic_auth_and_extra_headers_without_the_app(s
     assert s.asgi_paths == ["/api/v1/targets/t/jobs"] * 3  # all but the cached credentials
     assert cached.headers["x-frame-options"] == "deny"
     assert set(s.runtime.tracker.targets["t"].jobs) == {"a", "b"}
+
+
+@pytest.mark.anyio
+async def test_a_thousand_pipelined_requests_are_all_answered(serve: Any) -> None:
+    # Each direct answer goes on to the next pipelined request: not by recursing for ever.
+    s = await serve()
+    c = await s.connect()
+    await c.send(get("/healthz") * 1000)
+    answers = [await c.answer() for _ in range(1000)]
+    await c.aclose()
+    assert all(a.body == b"ok\n" for a in answers)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "first", [get("/healthz"), post("/api/v1/targets/t/jobs", b'{"id": "a"}'), get("/readyz")]
+)
+async def test_a_body_that_never_comes_after_an_answer_is_timed_out(serve: Any, first: bytes) -> None:
+    s = await serve(limits=ConnectionLimits(header_timeout=0.3))
+    c = await s.connect()
+    head_only = b"POST /api/v1/targets/t/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n"
+    await c.send(first + head_only)
+    await c.answer()
+    started = anyio.current_time()
+    assert await c.closed()
+    assert anyio.current_time() - started < 3
+
+
+@pytest.mark.anyio
+async def test_scrapes_sent_without_reading_the_answers_do_not_pile_up_in_memory(serve: Any) -> None:
+    # The client sends scrapes and reads nothing: once the server's writes are paused, requests
+    # wait for the client as the app's answers do, instead of each adding a body to the buffer.
+    s = await serve()
+    stream = await anyio.connect_tcp("127.0.0.1", s.port)
+    stream.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sent = 0
+    with anyio.move_on_after(2):
+        for _ in range(400):
+            await stream.send(get("/metrics") * 100)
+            sent += 100
+            await anyio.sleep(0.005)
+    connections = list(s.server._server.server_state.connections)
+    buffered = max(c.transport.get_write_buffer_size() for c in connections)
+    await stream.aclose()
+    assert sent >= 100 and buffered < 4 * 1024 * 1024  # some scrapes' bodies, not one per request
