@@ -43,6 +43,9 @@ DirectPost = Callable[[bytes, Headers], Callable[[bytes], Awaitable[Answer]] | N
 CLOSE = (b"connection", b"close")
 # Pipelined requests answered directly one from the other's call stack, at most.
 MAX_NESTED = 16
+# Answers up to this size go out in one write with their head; a larger body is written as it
+# is (copying a scrape's megabytes behind its head cost more than the send it saved).
+JOIN_AT_MOST = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -195,20 +198,23 @@ def guarded_h11(
             self._respond(request, answer)
 
         def _respond(self, request: h11.Request, answer: Answer) -> None:
-            """Send `answer` to `request` in one write, then go on as uvicorn does after the
+            """Send `answer` to `request` (a small one in one write), then go on as uvicorn does after the
             app's last send (keep-alive, a pipelined request, Connection: close)."""
             status, extra, body = answer
             out = self.server_state.default_headers + extra
             if self._close_after or CLOSE in request.headers:
                 out.append(CLOSE)
-            send = self.conn.send
-            parts = [
-                send(h11.Response(status_code=status, headers=out, reason=STATUS_PHRASES[status])) or b""
-            ]
-            if request.method != b"HEAD":
-                parts.append(send(h11.Data(data=body)) or b"")
-            parts.append(send(h11.EndOfMessage()) or b"")
-            self.transport.write(b"".join(parts))
+            send, write = self.conn.send, self.transport.write
+            head = send(h11.Response(status_code=status, headers=out, reason=STATUS_PHRASES[status])) or b""
+            data = (send(h11.Data(data=body)) or b"") if request.method != b"HEAD" else b""
+            end = send(h11.EndOfMessage()) or b""
+            if len(data) <= JOIN_AT_MOST:
+                write(head + data + end)  # a small answer: one send, not two
+            else:  # a large body (a scrape) is written as it is, not copied behind its head
+                write(head)
+                write(data)
+                if end:
+                    write(end)
             if self.conn.our_state is h11.MUST_CLOSE:
                 send(h11.ConnectionClosed())
                 self.transport.close()
