@@ -117,14 +117,14 @@ def direct_registrations(app: Starlette, register: Any) -> DirectPost | None:
     if front is None:
         return None
     auth, extra = front
-    prefix, suffix = REGISTER_PREFIX.encode(), REGISTER_SUFFIX.encode()
 
     def post(target: bytes, headers: Headers) -> Callable[[bytes], Awaitable[Answer]] | None:
-        path = target.partition(b"?")[0]
-        if not (path.startswith(prefix) and path.endswith(suffix)) or b"%" in path:
+        raw = target.partition(b"?")[0]
+        if b"%" in raw:
             return None
-        name = path[len(prefix) : -len(suffix)]
-        if not name or b"/" in name or not _verified(auth, headers):
+        path = raw.decode("ascii")  # h11 takes visible ASCII alone in a request target
+        name = register_target(path)
+        if name is None or not _verified(auth, headers):
             return None
 
         async def answer(body: bytes) -> Answer:
@@ -136,8 +136,8 @@ def direct_registrations(app: Starlette, register: Any) -> DirectPost | None:
             async def send(message: Message) -> None:
                 sent.append(message)
 
-            scope = {"type": "http", "method": "POST", "path": path.decode("ascii"), "headers": headers}
-            await register(scope, receive, send, name.decode("ascii"))
+            scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+            await register(scope, receive, send, name)
             start, *rest = sent
             return start["status"], [*start["headers"], *extra], b"".join(m.get("body", b"") for m in rest)
 
@@ -251,6 +251,14 @@ class RegisterEndpoint:
         await self.register(scope, receive, send, scope["path_params"]["target"])
 
 
+def register_target(path: str) -> str | None:
+    """The target of a registration path, `/api/v1/targets/{target}/jobs`; None for another path."""
+    if not (path.startswith(REGISTER_PREFIX) and path.endswith(REGISTER_SUFFIX)):
+        return None
+    target = path[len(REGISTER_PREFIX) : -len(REGISTER_SUFFIX)]
+    return target if target and "/" not in target else None
+
+
 class DirectRegistration:
     """Registrations straight to their handler, the rest to the app (Starlette's router)."""
 
@@ -258,16 +266,9 @@ class DirectRegistration:
         self.app, self.register = app, register
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and not scope.get("root_path")
-            and path.startswith(REGISTER_PREFIX)
-            and path.endswith(REGISTER_SUFFIX)
-        ):
-            target = path[len(REGISTER_PREFIX) : -len(REGISTER_SUFFIX)]
-            if target and "/" not in target:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            target = register_target(scope.get("path", ""))
+            if target is not None:
                 await self.register(scope, receive, send, target)
                 return
         await self.app(scope, receive, send)

@@ -26,12 +26,15 @@ _WIDTH = 4
 SCANS_MAX = 8
 
 
-def index(times: tuple[Any, ...], lookups: int) -> dict[str, int] | None:
-    """Where each step's (started, finished, duration) starts in `times`, by name, for `lookups`
-    look-ups to come; None when scanning the tuple for each costs less."""
-    if lookups <= SCANS_MAX:
-        return None
+def _positions(times: tuple[Any, ...]) -> dict[str, int]:
+    """Where each step's (started, finished, duration) starts in `times`, by name."""
     return dict(zip(times[::_WIDTH], range(1, len(times), _WIDTH), strict=True))
+
+
+def index(times: tuple[Any, ...], lookups: int) -> dict[str, int] | None:
+    """`_positions` for `lookups` look-ups to come; None when scanning the tuple for each
+    costs less."""
+    return None if lookups <= SCANS_MAX else _positions(times)
 
 
 def get(times: tuple[Any, ...], where: dict[str, int] | None, name: str) -> Times:
@@ -48,7 +51,7 @@ def get(times: tuple[Any, ...], where: dict[str, int] | None, name: str) -> Time
 def updated(times: tuple[Any, ...], changes: dict[str, Times]) -> tuple[Any, ...]:
     """The step times with `changes` made, in one copy; a new name goes last, as one string per
     step name for every job."""
-    where = dict(zip(times[::_WIDTH], range(1, len(times), _WIDTH), strict=True))
+    where = _positions(times)
     out = list(times)
     for name, value in changes.items():
         i = where.get(name)
