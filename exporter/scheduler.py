@@ -158,7 +158,6 @@ class Scheduler:
         self.tracker.track(target, job, "registered")
         runner = self.runners.get(target)
         if runner is not None:
-            runner.http.seen.pop(job.id, None)  # what it holds now came through the API
             runner.fresh[job.id] = None
             runner.wake.set()
 
@@ -277,16 +276,16 @@ class Scheduler:
         late, http.early = http.early or [], None
         result.jobs = self._ours(name, late + result.jobs)
         await self._apply(name, result, time.time())
-        if ids is None and len(http.seen) > len(state.jobs):
-            # An answer read while its job was dropped (a DELETE meanwhile) left its hash behind.
-            for job_id in [j for j in http.seen if j not in state.jobs]:
-                del http.seen[job_id]
         # No await between the last apply and this: the queue events' counter increments are
         # held until the commit that holds these cursors (kill -9 must not count them twice).
         if self.store is not None:
             cursors = runner.provider.cursors()
             if cursors:
                 self.store.save_cursors(name, cursors)
+        if ids is None and len(http.seen) > len(state.jobs):
+            # An answer read while its job was dropped (a DELETE meanwhile) left its hash behind.
+            for job_id in [j for j in http.seen if j not in state.jobs]:
+                del http.seen[job_id]
         request_errors = stats.cycle_errors
         if result.bad_payloads:
             stats.errors["bad_body"] += len(result.bad_payloads)
