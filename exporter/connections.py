@@ -7,9 +7,10 @@ was held for ever; enough of them exhaust the file descriptors and /metrics stop
 
 A direct answer (exporter.server.direct_answers: /metrics and /healthz) is written in the loop
 turn that read the request; a registration (exporter.server.direct_registrations) is answered
-by a task of ours, through the app's own handler but without uvicorn's ASGI request cycle. Through ASGI a request waits for several turns of a busy loop
-(a task is started, then routed, then the body sent), each behind every poll answer ready
-meanwhile; that wait, not the body, was most of a scrape's time while polling.
+by a task of ours, through the app's own handler but without uvicorn's ASGI request cycle.
+Through ASGI a request waits for several turns of a busy loop (a task is started, then routed,
+then the body sent), each behind every poll answer ready meanwhile; that wait, not the body,
+was most of a scrape's time while polling.
 """
 
 from __future__ import annotations
@@ -198,8 +199,8 @@ def guarded_h11(
             self._respond(request, answer)
 
         def _respond(self, request: h11.Request, answer: Answer) -> None:
-            """Send `answer` to `request` (a small one in one write), then go on as uvicorn does after the
-            app's last send (keep-alive, a pipelined request, Connection: close)."""
+            """Send `answer` to `request` (a small one in one write), then go on as uvicorn does
+            after the app's last send (keep-alive, a pipelined request, Connection: close)."""
             status, extra, body = answer
             out = self.server_state.default_headers + extra
             if self._close_after or CLOSE in request.headers:

@@ -260,9 +260,9 @@ class JobSeries:
 
     async def refresh_in_background(self, period: float = 0.1) -> None:
         """Keep the served job part current: dirty groups, once dirty for SETTLE seconds, for up
-        to TURN seconds a loop turn, scrapes first; the assembly CHUNK blocks a turn, at least every MAX_AGE seconds while
-        jobs change. A turn of several groups keeps up when polling keeps the loop busy (a
-        group a turn would wait behind every other task's turn)."""
+        to TURN seconds a loop turn, scrapes first; the assembly CHUNK blocks a turn, at least
+        every MAX_AGE seconds while jobs change. A turn of several groups keeps up when polling
+        keeps the loop busy (a group a turn would wait behind every other task's turn)."""
         while True:
             deadline = time.monotonic() + MAX_AGE
             while self.dirty and time.monotonic() < deadline:
