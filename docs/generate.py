@@ -330,7 +330,14 @@ FRONT_DOOR = (
     "  reloads.",
     "- The API reads `application/json` and `application/*+json` bodies (any charset parameter; the",
     "  body is read as UTF-8) and answers 415 to anything else, so a cross-site form post registers",
-    "  nothing. Ids holding a control character or a lone surrogate are refused (422).",
+    "  nothing.",
+    "- Ids (registered, or listed under a target's `jobs`, `users`, `queues`, `connections`) are data,",
+    "  never paths: each travels to the provider as exactly one URL path segment (`/`, `?`, `#`, `%`",
+    "  and the dots of `.` and `..` escaped). Empty ids, `.`, `..`, ids holding a control character",
+    "  or a lone surrogate, and ids longer than 512 bytes of UTF-8 (`exporter.parsing.MAX_ID_BYTES`)",
+    "  are refused: 422 with `field: id` at registration, exit 2 naming the key in the config. An",
+    "  answer to a request about one job that is about another id is counted as",
+    '  `asyncjob_poll_errors_total{reason="id_mismatch"}` and never applied.',
 )
 
 # What `state_file` promises; in both documents.
@@ -383,7 +390,10 @@ LABELS: dict[str, str] = {
     "kind": "`total`, `affected` or `failed`",
     "reason": (
         "a bounded reason: the provider's error code or state (failed jobs), the class of a failed "
-        f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), or why a job stopped being tracked"
+        f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), or why a job stopped being tracked. "
+        "`id_mismatch` counts answers to a request about one job (or Oxlin connection) that were "
+        "about another id: they are never applied (list and batch answers, and an AIMS360 rerun's "
+        "new id, are what they are)"
     ),
     "cause": (
         "who must act on a failed job: `user` (the end user: wrong credentials, an expired MFA, a "

@@ -31,7 +31,7 @@ from exporter.config.values import (
     without_credentials,
 )
 from exporter.model import Cause, Status
-from exporter.parsing import text_id
+from exporter.parsing import text_id, why_not_id
 
 
 class _Strict(BaseModel):
@@ -240,12 +240,11 @@ class TargetConfig(_Strict):
     @field_validator("jobs", "users", "queues", "connections")
     @classmethod
     def _usable_ids(cls, v: list[str]) -> list[str]:
-        # As the API refuses such an id (422): one that could never be polled, read or deleted.
+        # As the API refuses such an id (422): one that could never be polled, read or deleted,
+        # or that would name another path than its own (`..`).
         for i, text in enumerate(v):
             if text_id(text) is None:
-                raise ValueError(
-                    f"item {i}: an id must not be blank nor hold a control character or a lone surrogate"
-                )
+                raise ValueError(f"item {i}: an id {why_not_id(text)}")
         return v
 
     @field_validator("provider")
