@@ -174,7 +174,7 @@ def test_a_registration_of_an_id_that_is_not_one_is_refused_naming_the_id_field(
     assert r.status_code == 422
     assert r.json()["field"] == "id" and r.json()["error"].startswith("id: must")
     assert rt.tracker.targets["t"].jobs == {}
-    with pytest.raises(BadPayload, match="^jobID: must"):
+    with pytest.raises(BadPayload, match=r"^jobID: must"):
         PROVIDERS["aims360"](settings.targets[0]).id_from_body({"jobID": bad or "  "})
 
 
