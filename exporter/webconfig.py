@@ -167,7 +167,7 @@ class LiveWebConfig:
         new = load_web_config(self.path)
         if (new.context is None) != (self.tls is None):
             raise WebConfigError("tls_server_config: turning TLS on or off needs a restart")
-        users = Users(new.users)  # the dummy hash is made here, not while applying
+        users = Users(new.users, self.users)  # the dummy hash is made here, not while applying
 
         def apply() -> None:
             self.users.replace(users)
@@ -187,15 +187,18 @@ class Users:
     against (of the highest configured cost). `generation` counts replacements: credentials
     verified before one are verified again."""
 
-    def __init__(self, hashes: dict[str, bytes]) -> None:
+    def __init__(self, hashes: dict[str, bytes], before: Users | None = None) -> None:
         self.hashes = dict(hashes)
         self.dummy = b""
         self.generation = 0
         if hashes:
-            import bcrypt
-
             cost = max(int(h.split(b"$")[2]) for h in hashes.values())
-            self.dummy = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=cost))
+            if before is not None and before.dummy and int(before.dummy.split(b"$")[2]) == cost:
+                self.dummy = before.dummy  # a reload at the same cost: no bcrypt on the event loop
+            else:
+                import bcrypt
+
+                self.dummy = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=cost))
 
     def replace(self, other: Users) -> None:
         self.hashes, self.dummy = other.hashes, other.dummy

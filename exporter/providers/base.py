@@ -149,7 +149,7 @@ def segment(job_id: str) -> str:
     registered id is user input). `/`, `?`, `#` and `%` are escaped; so are the dots of `.` and
     `..`, which quoting leaves alone and a URL's dot-segment removal would act on."""
     quoted = quote(job_id, safe="", errors="replace")
-    return quoted if quoted.strip(".") else quoted.replace(".", "%2E")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 T = TypeVar("T")

@@ -143,7 +143,7 @@ def test_dot_segments_empty_and_overlong_ids_are_not_ids() -> None:
     assert id_problem("é" * (MAX_ID_BYTES // 2 + 1))  # the limit is in bytes of UTF-8, not characters
     assert id_problem("é" * (MAX_ID_BYTES // 2)) is None and id_problem("x" * MAX_ID_BYTES) is None
     for fine in ("...", ".a", "a..", "..a", "0"):
-        assert text_id(fine) == fine
+        assert text_id(fine) == fine and segment(fine) == fine
     for refused in (".", "..", " .. ", "", "   ", "x" * (MAX_ID_BYTES + 1)):
         assert text_id(refused) is None
 
@@ -219,3 +219,17 @@ def test_id_mismatch_is_rendered_as_a_poll_error_reason() -> None:
     w = Text()
     render_http_stats(w, {"t": (3, {"id_mismatch": 2})})
     assert 'asyncjob_poll_errors_total{target="t",reason="id_mismatch"} 2' in w.bytes().decode()
+
+
+@pytest.mark.anyio
+async def test_an_oxlin_connection_answer_about_another_connection_is_counted_not_applied() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": "someone-else", "status": "FAILED", "channels": []})
+
+    s = build_settings({"targets": [target(provider="oxlin", connections=["c1"])]}, PROVIDERS)
+    resolved = s.resolved(s.targets[0])
+    http = TargetHttp(resolved, transport=httpx.MockTransport(answer))
+    result = await PROVIDERS["oxlin"](resolved.config).poll(http, [])
+    assert result.connections == [] and result.jobs == []
+    assert result.id_mismatches == ["connection c1: the answer is about connection someone-else"]
+    await http.aclose()
