@@ -51,7 +51,22 @@ PAGE = ("warning", "critical")
 WEEK_OLD = 6 * 86400.0  # inside Basiq's 7-day user lists
 
 BASIQ, AIMS, WILL, OXLIN = "basiq", "aims360", "willsuite", "oxlin"
+# A second WillSuite account, whose exports all fail at once: a mass outage of its own target.
+WILL_OUTAGE = "willsuite-exports"
 AIMS_REPORT, AIMS_IMPORT = "Reports/Open Orders Report", "Imports/Customer Import"
+WILL_EXPORT = "export"
+MASS_OUTAGE = 50  # jobs one provider fails within a minute
+
+PROVIDER_OF = {BASIQ: "basiq", AIMS: "aims360", WILL: "willsuite", WILL_OUTAGE: "willsuite", OXLIN: "oxlin"}
+
+# The pages not about one job: (alert, target, job type). With each Labelled job's `pages`, the
+# fleet's whole set of expected pages (expected_pages); nothing else may page.
+AGGREGATE_PAGES: tuple[tuple[str, str, str], ...] = (
+    # The one job type whose failures are the provider's, and many: the rate pages, once.
+    ("AsyncJobFailureRateHigh", AIMS, AIMS_IMPORT),
+    # The mass outage: fifty failed jobs, one page.
+    ("AsyncJobFailureRateHigh", WILL_OUTAGE, WILL_EXPORT),
+)
 
 
 @dataclass
@@ -141,6 +156,19 @@ def config(sim_url: str, secrets: Path, state: Path) -> dict[str, Any]:
                 "poll_interval": f"{POLL:g}s",  # below WillSuite's advice: honoured, with a warning
             },
             {
+                "name": WILL_OUTAGE,
+                "provider": "willsuite",
+                "base_url": f"{sim_url}/willsuite/engine/api",
+                "auth": {
+                    "type": "oauth2_client_credentials",
+                    "token_url": f"{sim_url}/willsuite/oauth/token/",
+                    "token_body": "json",
+                    "client_id": "demo-client",
+                    "client_secret_file": str(secrets / "client_secret"),
+                },
+                "poll_interval": f"{POLL:g}s",
+            },
+            {
                 "name": OXLIN,
                 "provider": "oxlin",
                 "base_url": f"{sim_url}/oxlin",
@@ -188,7 +216,7 @@ class Fleet:
         truth: Callable[[float], float] | None = None,
         register: bool = False,
     ) -> None:
-        provider = {BASIQ: "basiq", AIMS: "aims360", WILL: "willsuite", OXLIN: "oxlin"}[target]
+        provider = PROVIDER_OF[target]
         for _ in range(n):
             this = dict(spec)
             if target == OXLIN:
@@ -262,10 +290,13 @@ class Fleet:
             {**report, "scenario": "fail", "rerun_new_id": False, "rerun_scenario": "success"}, 1,
             finishes=(F, S), register=True,
         )  # fmt: skip
+        # A job the provider failed pages on its own only while its target's failure rate is low:
+        # AIMS360's Imports (below) break at the provider for the whole hour of the rate's window,
+        # so its failed jobs, of either type, page once, by AsyncJobFailureRateHigh.
         self.add(
             AIMS, "rerun, failed again", 2,
             {**report, "scenario": "fail", "rerun_new_id": False, "rerun_scenario": "fail"}, 1,
-            pages=("AsyncJobFailed",), finishes=(F, F), register=True,
+            finishes=(F, F), register=True,
         )  # fmt: skip
         self.add(
             AIMS, "stuck", 3, {**report, "scenario": "stuck"}, 1, pages=("AsyncJobStuck",), truth=stuck_at,
@@ -276,7 +307,7 @@ class Fleet:
         self.add(AIMS, "healthy", 3, {**imports, "scenario": "success"}, 1, finishes=(S,), register=True)
         self.add(
             AIMS, "provider failure", 6, {**imports, "scenario": "fail", "can_rerun": False}, 1,
-            pages=("AsyncJobFailed",), finishes=(F,), truth=fails_at, register=True,
+            finishes=(F,), register=True,
         )  # fmt: skip
 
         # WillSuite: registered ids.
@@ -329,12 +360,17 @@ class Fleet:
         )  # fmt: skip
         self.add(AIMS, "healthy", 5, {"job_type": AIMS_REPORT, "scenario": "success"}, 2, finishes=(S,),
                  register=True)  # fmt: skip
+        # A mass outage: WillSuite fails every export of a minute for its own reasons. One page, by
+        # AsyncJobFailureRateHigh (see AGGREGATE_PAGES); no job of it pages on its own.
+        self.add(
+            WILL_OUTAGE, "mass outage", MASS_OUTAGE, {"job_type": WILL_EXPORT, "scenario": "fail"}, 2,
+            finishes=(F,), register=True,
+        )  # fmt: skip
 
 
 def expected_pages(fleet: list[Labelled]) -> set[tuple[str, str, str]]:
     per_job = {(name, job.target, job.key) for job in fleet for name in job.pages}
-    # The one job type whose failures are the provider's, and many: the rate pages too.
-    return per_job | {("AsyncJobFailureRateHigh", AIMS, AIMS_IMPORT)}
+    return per_job | set(AGGREGATE_PAGES)
 
 
 def expected_infos(fleet: list[Labelled]) -> set[tuple[str, str, str]]:

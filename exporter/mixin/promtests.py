@@ -229,10 +229,14 @@ def failed_during_outage(cfg: Config, labels: dict[str, str]) -> Scenario | None
     for target, failures in (("t1", per_minute), ("t2", 0)):
         at = {**labels, "target": target}
         common = {**at, "job_type": "connection"}
-        series.append(_series("asyncjob_jobs_finished_total", {**common, "status": "failed"}, f"0+{failures}x{n}"))
+        series.append(
+            _series("asyncjob_jobs_finished_total", {**common, "status": "failed"}, f"0+{failures}x{n}")
+        )
         series.append(
             _series(
-                "asyncjob_jobs_finished_total", {**common, "status": "succeeded"}, f"0+{per_minute - failures}x{n}"
+                "asyncjob_jobs_finished_total",
+                {**common, "status": "succeeded"},
+                f"0+{per_minute - failures}x{n}",
             )
         )
         failed_labels = {**common, "reason": "connector-error", "cause": "provider"}

@@ -76,6 +76,9 @@ def job_status(row: dict[str, Any]) -> tuple[Status, str]:
     return status, raw
 
 
+WHOM = {"account": "accountCode", "user": "createdBy"}
+
+
 class Aims360(Provider):
     name = "aims360"
     # A background job fails on the service's side (a report, an import): nothing for an end user.
@@ -132,6 +135,8 @@ class Aims360(Provider):
             extra={
                 "canReRun": str(obj.get("canReRun") or ""),
                 "rerunUntil": str(parse_timestamp(obj.get("maximumDateTimeToExecuteJob")) or ""),
+                # Whom the job concerns: the ERP account, and the user who started it.
+                **{key: str(obj[field]) for key, field in WHOM.items() if obj.get(field)},
             },
         )
 

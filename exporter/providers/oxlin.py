@@ -281,6 +281,9 @@ class Oxlin(Provider):
             # A lapsed consent or a consent failure: the end user must renew it.
             cause=Cause.USER if failed and (lapsed or is_consent_failure(sync.failure or "")) else None,
             awaiting_user=status is not Status.SUCCEEDED and (user or lapsed),
+            # Whom the sync concerns: the end user's bank connection (and its name), for the
+            # application team to find that user.
+            extra={"connection": conn.id, **({"institution": conn.name} if conn.name else {})},
         )
 
     def _close(self, conn_id: str, at: float) -> None:

@@ -31,6 +31,7 @@ def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(tmp_path: Pat
         "rerun, then succeeded",
         "missed final event",
         "MFA expired",
+        "mass outage",
     } <= labels
     assert len(seen.fleet) >= 200
 
@@ -48,6 +49,14 @@ def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(tmp_path: Pat
     assert not missed, f"pages that should have fired and did not:\n{explain(missed)}\n{logs}"
     assert not wrong, f"pages for what no operator must act on:\n{explain(wrong)}\n{logs}"
     assert not seen.pending_pages, f"pages about to fire that should not:\n{explain(seen.pending_pages)}"
+
+    # The mass outage (one provider failing fifty jobs in a minute) paged once, by the failure rate.
+    outage = {(job.target, job.key) for job in seen.fleet if job.label == "mass outage"}
+    assert len(outage) == fleet.MASS_OUTAGE
+    about_outage = {
+        page for page in pages if page[1:] in outage or page[1:] == (fleet.WILL_OUTAGE, fleet.WILL_EXPORT)
+    }
+    assert about_outage == {("AsyncJobFailureRateHigh", fleet.WILL_OUTAGE, fleet.WILL_EXPORT)}
 
     # Outcomes were counted once across the kill -9, and week-old history not at all.
     assert seen.counted_before == seen.expected_counts(after_restart=False)
