@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from exporter.fetch import NotFound, PollError
@@ -94,15 +94,21 @@ _WHOM: dict[tuple[str, str], Mapping[str, str]] = {}
 WHOM_MAX = 4096
 
 
+def _links(obj: dict[str, Any]) -> Iterator[Any]:
+    links = obj.get("links")
+    if isinstance(links, dict):
+        yield links.get("source")
+    for step in obj.get("steps") or ():
+        if isinstance(step, dict):
+            yield from (
+                item.get("url") for item in results_of(step.get("result")) if item.get("type") == "link"
+            )
+
+
 def whom(obj: dict[str, Any]) -> Mapping[str, str]:
     """The end user and connection a job concerns, from its `links.source` (else a step's link):
     the application team's handle on a failure only that user can fix."""
-    links = obj.get("links")
-    urls = [links.get("source")] if isinstance(links, dict) else []
-    for step in obj.get("steps") or ():
-        if isinstance(step, dict):
-            urls += [item.get("url") for item in results_of(step.get("result")) if item.get("type") == "link"]
-    for url in urls:
+    for url in _links(obj):
         found = _SOURCE.search(url) if isinstance(url, str) else None
         if found is None:
             continue
