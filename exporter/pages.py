@@ -250,6 +250,7 @@ class Pages:
         want_status = params.get("status") or None
         want_stuck = (params.get("stuck") or "").lower() in ("1", "true", "yes")
         want_awaiting = (params.get("awaiting_user") or "").lower() in ("1", "true", "yes")
+        want_overdue = (params.get("overdue") or "").lower() in ("1", "true", "yes")
         problems, status_code = [], 200
         if want_status is not None and want_status not in STATUSES:
             problems.append(f"status must be one of {', '.join(STATUSES)}")
@@ -275,7 +276,10 @@ class Pages:
                         continue
                     if want_awaiting and not (t.job.awaiting_user and not t.job.status.terminal):
                         continue
-                    rows.append(JobRow(name, t, stuck, cause_of(t), is_overdue(state, t, now)))
+                    overdue = is_overdue(state, t, now)
+                    if want_overdue and not overdue:
+                        continue
+                    rows.append(JobRow(name, t, stuck, cause_of(t), overdue))
         # Failures and stuck jobs first, then the most recently moved.
         rows.sort(
             key=lambda r: (r.tracked.job.status is not Status.FAILED, not r.stuck, -r.tracked.last_progress)
@@ -288,6 +292,7 @@ class Pages:
             "status": want_status,
             "stuck": "1" if want_stuck else None,
             "awaiting_user": "1" if want_awaiting else None,
+            "overdue": "1" if want_overdue else None,
         }
         return self._render(
             "jobs.html.j2",

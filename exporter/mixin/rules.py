@@ -44,6 +44,13 @@ def job_page(cfg: Config) -> str:
     )
 
 
+def _jobs_list(cfg: Config) -> str:
+    """The target's list of jobs on the exporter that reported them (filters to append)."""
+    return (
+        f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}/jobs?target={{{{ $labels.target | urlquery }}}}"
+    )
+
+
 def _overview_link(cfg: Config) -> str:
     return (
         f"{cfg.grafana_url}/d/{cfg.overview_uid}/asyncjob-overview?var-job={{{{ $labels.job }}}}"
@@ -120,9 +127,8 @@ def job_count_alerts(cfg: Config, sel: str) -> list[Alert]:
             "Many asynchronous jobs of one target are stuck or overdue.",
             "{{ $value | humanize }} jobs on target {{ $labels.target }} are stuck or overdue "
             f"({cfg.many_stuck_jobs} or more page once, for the target; their own AsyncJobStuck and "
-            "AsyncJobOverdue are held back meanwhile). The list: "
-            f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}/jobs?target={{{{ $labels.target | urlquery }}}}"
-            "&stuck=1",
+            "AsyncJobOverdue are held back meanwhile). Stuck: "
+            f"{_jobs_list(cfg)}&stuck=1, overdue: {_jobs_list(cfg)}&overdue=1",
             per_job=False,
         ),
     ]

@@ -288,6 +288,9 @@ def test_an_overdue_job_says_so_and_points_to_the_overdue_runbook() -> None:
         "exports", Job("quick", Status.RUNNING, started=now - 60, updated=now), "registered", now=now
     )
     assert 'id="overdue"' not in job_page(rt, "exports", "quick")
+    # The list filters on it, as AsyncJobManyStuck's description links it.
+    only = client(rt).get("/jobs?target=exports&overdue=1").text
+    assert "1 job(s)" in only and ">slow<" in only and ">quick<" not in only
 
 
 def test_a_job_in_status_unknown_can_be_overdue_and_stuck_as_the_rules_say() -> None:
