@@ -11,6 +11,7 @@ queued to its new outcome.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -136,7 +137,8 @@ class Aims360(Provider):
                 "canReRun": str(obj.get("canReRun") or ""),
                 "rerunUntil": str(parse_timestamp(obj.get("maximumDateTimeToExecuteJob")) or ""),
                 # Whom the job concerns: the ERP account, and the user who started it.
-                **{key: str(obj[field]) for key, field in WHOM.items() if obj.get(field)},
+                # One string of each account and user in the process, not one a job.
+                **{key: sys.intern(str(obj[field])) for key, field in WHOM.items() if obj.get(field)},
             },
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -67,7 +68,9 @@ class WillSuite(Provider):
             records_failed=failures if (message or status.terminal) else None,
             reason=reason,
             message=message,
-            extra={"company": company} if (company := text_id(obj.get("company_id"))) else NO_EXTRA,
+            extra={"company": sys.intern(company)}
+            if (company := text_id(obj.get("company_id")))
+            else NO_EXTRA,
         )
 
     async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:

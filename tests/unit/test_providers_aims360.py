@@ -324,3 +324,9 @@ def test_aims360_and_willsuite_failures_are_the_providers() -> None:
     assert job.reason == "failed" and Aims360.causes[job.reason] is Cause.PROVIDER
     assert set(Aims360.causes) == set(Aims360.known_reasons)
     assert {WillSuite.causes[r] for r in WillSuite.known_reasons} == {Cause.PROVIDER}
+
+
+def test_a_job_names_the_account_and_the_user_who_started_it() -> None:
+    job = aims().parse_job(fixture_row())
+    assert (job.extra["account"], job.extra["user"]) == ("AZ022", "support@aims360.com")
+    assert job.extra["canReRun"] == "Yes"  # beside what the rerun reads

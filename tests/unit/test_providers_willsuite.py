@@ -139,3 +139,8 @@ async def test_poll_gets_each_job_and_a_404_is_gone() -> None:
     assert sorted(seen) == ["/engine/api/api-jobs/a", "/engine/api/api-jobs/gone"]
     assert [j.id for j in result.jobs] == ["a"]
     assert result.gone == ["gone"]
+
+
+def test_a_job_names_the_company_it_concerns() -> None:
+    job = willsuite().parse_job(fixture("willsuite_api_job.json"))
+    assert job.extra == {"company": "aff00be6-f734-4094-a8ae-62874485dac0"}
