@@ -219,10 +219,11 @@ class Pages:
         targets = []
         for name, state in sorted(self.runtime.tracker.targets.items()):
             by_status = {str(s): 0 for s in STATUSES}
-            stuck = awaiting = 0
+            stuck = overdue = awaiting = 0
             for t in state.jobs.values():
                 by_status[str(t.job.status)] += 1
                 stuck += is_stuck(state, t, now)
+                overdue += is_overdue(state, t, now)
                 awaiting += t.job.awaiting_user and not t.job.status.terminal
             targets.append(
                 {
@@ -238,6 +239,7 @@ class Pages:
                     "by_status": by_status,
                     "total": len(state.jobs),
                     "stuck": stuck,
+                    "overdue": overdue,
                     "awaiting": awaiting,
                 }
             )

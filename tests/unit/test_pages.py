@@ -283,6 +283,8 @@ def test_an_overdue_job_says_so_and_points_to_the_overdue_runbook() -> None:
     assert "#asyncjoboverdue" in page
     listing = client(rt).get("/jobs").text
     assert '<span class="flag flag-overdue">overdue</span>' in listing
+    row = re.search(r'<tr data-target="exports">(.*?)</tr>', client(rt).get("/").text, re.S)
+    assert row is not None and 'href="/jobs?target=exports&amp;overdue=1">1</a>' in row.group(1)
     # Within its max duration, a job is not overdue.
     rt.tracker.track(
         "exports", Job("quick", Status.RUNNING, started=now - 60, updated=now), "registered", now=now
