@@ -242,12 +242,12 @@ def failed_during_outage(cfg: Config, labels: dict[str, str]) -> Scenario | None
         failed_labels = {**common, "reason": "connector-error", "cause": "provider"}
         series.append(_series("asyncjob_jobs_failed_total", failed_labels, f"0+{failures}x{n}"))
         job = _job(at, "j1")
-        series.append(_series("asyncjob_job_status", {**job, "status": "failed"}, _constant(1, n)))
+        # Failed from the third minute on: by then t1's rate has held for a minute (increase()
+        # needs two samples), whatever `failed_for` is.
+        series.append(_series("asyncjob_job_status", {**job, "status": "failed"}, f"0x1 1x{n}"))
         error = {**job, "reason": "connector-error", "cause": "provider"}
-        series.append(_series("asyncjob_job_error_info", error, _constant(1, n)))
-    # Both failed jobs hold from the start; increase() needs two samples, so t1's rate holds
-    # from the second minute on, before t1's failed job has held for `failed_for` and paged.
-    return Scenario("AsyncJobFailed", 0, 1, series)
+        series.append(_series("asyncjob_job_error_info", error, f"0x1 1x{n}"))
+    return Scenario("AsyncJobFailed", 2 * MINUTE, 1, series)
 
 
 def records_failing(cfg: Config, labels: dict[str, str]) -> Scenario | None:

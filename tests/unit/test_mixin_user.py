@@ -29,6 +29,8 @@ USER_CONFIG = {
     "connection_sync_stale_seconds": 7200,
     "consent_expiry_warning_days": 3,
     "awaiting_user_for": "1h",
+    "failed_for": "0m",
+    "many_stuck_jobs": 4,
     "severity": {"AsyncJobStuck": "critical", "AsyncJobTargetDown": "warning"},
 }
 
