@@ -68,6 +68,5 @@ def test_a_real_secret_beside_an_example_silences_its_warning(tmp_path: Path) ->
 def test_the_readme_config_is_one_of_the_examples() -> None:
     readme = (REPO / "README.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
-    assert blocks, "the README shows a config"
     texts = {path.read_text() for path in EXAMPLES}
-    assert blocks[0] in texts
+    assert [b for b in blocks if "targets:" in b and b in texts], "the README shows an example config"
