@@ -69,13 +69,17 @@ def listen_address(text: str) -> str:
     """`[host]:port`; a bare port (`10140`) reads as `:10140`, as a port alone means to people."""
     from exporter.parsing import is_digits
 
-    text = text.strip()
-    if is_digits(text):
-        text = ":" + text
-    host, sep, port = text.rpartition(":")
+    address = text.strip()
+    if is_digits(address):
+        address = ":" + address
+    host, sep, port = address.rpartition(":")
     if not sep or not is_digits(port) or int(port) > 65535 or (host.startswith("[") != host.endswith("]")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not [host]:port (e.g. :10110 or 127.0.0.1:10110)")
-    return text
+        variable = "ASYNCJOB_WEB_LISTEN_ADDRESS"
+        where = f" (set in {variable})" if os.environ.get(variable) == text else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r}{where} is not [host]:port (e.g. :10110 or 127.0.0.1:10110)"
+        )
+    return address
 
 
 def external_url(text: str) -> str:

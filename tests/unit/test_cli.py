@@ -15,7 +15,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from exporter import commands
+from exporter import commands, logs
 from exporter.__main__ import SIMULATOR_STEP_SECONDS, main, parser
 from exporter.config import build_settings
 from exporter.model import Job, Status
@@ -206,6 +206,7 @@ def run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
 
     monkeypatch.setattr(commands, "run_demo", capture("demo"))
     monkeypatch.setattr(commands, "run_exporter", capture("exporter"))
+    monkeypatch.setattr(logs, "setup", lambda *args: None)  # pytest's log capture stays as it is
     assert main(argv) == 0
     return seen
 
@@ -243,7 +244,10 @@ def test_the_demo_is_handed_every_web_flag(monkeypatch: pytest.MonkeyPatch) -> N
     assert (web.limits.max_connections, shard, total_shards) == (9, 1, 2)
 
 
-def test_a_config_file_given_to_the_demo_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_config_file_given_to_the_demo_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "setup", lambda *args: None)
     assert main(["demo", "--config.file=c.yml"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
 
@@ -344,3 +348,18 @@ def test_the_exporter_warns_at_start_of_an_open_api_and_of_a_placeholder_secret(
     assert "level=warning" in open_api and "192.0.2.1:10110" in open_api
     assert "level=warning" in placeholder and "targets[0](name=b).auth.api_key_file" in placeholder
     assert "cannot listen on 192.0.2.1:10110" in lines[-1]
+
+
+def test_a_bad_listen_address_from_the_environment_names_the_variable() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "exporter", "demo"],
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+            "ASYNCJOB_WEB_LISTEN_ADDRESS": "everywhere",
+        },
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "'everywhere' (set in ASYNCJOB_WEB_LISTEN_ADDRESS) is not [host]:port" in r.stderr
