@@ -363,3 +363,14 @@ def test_a_bad_listen_address_from_the_environment_names_the_variable() -> None:
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "'everywhere' (set in ASYNCJOB_WEB_LISTEN_ADDRESS) is not [host]:port" in r.stderr
+
+
+def test_the_running_exporter_links_from_the_external_url_in_its_variable(tmp_path: Path) -> None:
+    from tests.harness import exporter
+
+    base = "https://jobs.example.com/asyncjob"
+    env = {"ASYNCJOB_WEB_EXTERNAL_URL": base + "/"}
+    with exporter(tmp_path, {"targets": []}, env=env) as exp:
+        page = exp.api("GET", "/").text
+        assert f'href="{base}/jobs"' in page and f'href="{base}/metrics"' in page
+        assert exp.api("GET", "/api/v1/openapi.json").json()["servers"] == [{"url": base}]

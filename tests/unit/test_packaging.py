@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
 from exporter.__main__ import parser
-from exporter.config import ConfigError, build_settings
+from exporter.config import ConfigError, build_settings, safety
 from exporter.providers import PROVIDERS
 from tests.harness import free_port, wait_for
 from tests.tools import require_tool
@@ -349,9 +349,11 @@ def test_example_exporter_config_is_valid(name: str, tmp_path: Path) -> None:
         (tmp_path / secret).write_text("x\n")
     data = yaml.safe_load(text.replace("/run/secrets/", f"{tmp_path}/"))
     try:
-        build_settings(data, PROVIDERS)
+        settings = build_settings(data, PROVIDERS)
     except ConfigError as e:
         pytest.fail(f"{name}:\n" + "\n".join(e.problems))
+    # Scraped from other hosts, so listening on every interface: the API needs its token.
+    assert safety.open_api(settings, ":10110") is None, name
 
 
 # --- Kubernetes ----------------------------------------------------------------------------
