@@ -145,6 +145,16 @@ def test_every_global_flag_means_the_same_before_or_after_each_subcommand(
     assert getattr(before, attribute) == getattr(after, attribute) == value
 
 
+@pytest.mark.parametrize(("flag", "attribute", "value"), GLOBAL_FLAGS, ids=lambda x: str(x).split("=")[0])
+def test_the_demo_reads_each_global_flag_from_its_asyncjob_variable(
+    flag: str, attribute: str, value: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, _, text = flag.partition("=")
+    variable = "ASYNCJOB_" + name.removeprefix("--").upper().replace(".", "_").replace("-", "_")
+    monkeypatch.setenv(variable, text or "true")
+    assert getattr(parser().parse_args(["demo"]), attribute) == value
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
 def test_a_global_flag_left_out_after_the_subcommand_keeps_its_value_from_before(command: list[str]) -> None:
     args = parser().parse_args(["--log.level=error", "--web.telemetry-path=/m", *command])
