@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -172,37 +171,6 @@ def test_each_subcommand_help_lists_every_global_flag(command: str) -> None:
     assert not missing, f"{command} --help does not list {missing}"
 
 
-@pytest.mark.parametrize(
-    ("argv", "env"),
-    [
-        (["--web.listen-address=127.0.0.1:{port}", "--web.telemetry-path=/m", "demo"], {}),
-        (["demo", "--web.listen-address=127.0.0.1:{port}", "--web.telemetry-path=/m"], {}),
-        (
-            ["demo"],
-            {"ASYNCJOB_WEB_LISTEN_ADDRESS": "127.0.0.1:{port}", "ASYNCJOB_WEB_TELEMETRY_PATH": "/m"},
-        ),
-    ],
-    ids=["flags-before", "flags-after", "environment"],
-)
-def test_the_demo_serves_where_the_global_flags_or_variables_say(
-    argv: list[str], env: dict[str, str], tmp_path: Path
-) -> None:
-    from tests.harness import Proc, free_port, start_cli, wait_for
-
-    port = free_port()
-    log = tmp_path / "demo.log"
-    url = f"http://127.0.0.1:{port}"
-    args = [a.format(port=port) for a in argv] + ["--simulator.trickle=0"]
-    proc = Proc(start_cli(args, log, {k: v.format(port=port) for k, v in env.items()}), log, url)
-    try:
-        wait_for(lambda: httpx.get(f"{url}/m", timeout=1).status_code == 200, what=f"demo on {url}/m")
-        assert "asyncjob_exporter_build_info" in httpx.get(f"{url}/m", timeout=5).text
-        assert httpx.get(f"{url}/metrics", timeout=5).status_code == 404
-        wait_for(lambda: f"metrics:     http://localhost:{port}/m" in proc.output(), what="the demo's links")
-    finally:
-        proc.stop()
-
-
 def run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """What `main` hands the demo or the exporter for `argv`, without starting either."""
     seen: dict[str, Any] = {}
@@ -335,31 +303,6 @@ def test_the_demo_prints_its_links_from_the_external_url() -> None:
     assert commands.link_base(commands.Web(listen="10.1.2.3:1"), 1, tls=True) == "https://10.1.2.3:1"
 
 
-# --- safe defaults: warnings at start --------------------------------------------------------
-
-
-def test_the_exporter_warns_at_start_of_an_open_api_and_of_a_placeholder_secret(tmp_path: Path) -> None:
-    from tests.harness import start_cli
-
-    (tmp_path / "key").write_text("example-basiq-api-key-replace-me\n")
-    config = tmp_path / "c.yml"
-    config.write_text(
-        "targets:\n  - {name: b, provider: basiq, base_url: https://au-api.basiq.io,\n"
-        "     auth: {type: basiq, api_key_file: key}}\n"
-    )
-    log = tmp_path / "exporter.log"
-    # TEST-NET-1 is no address of this host: the exporter says its warnings, then cannot bind and
-    # stops by itself, so no socket is ever opened.
-    popen = start_cli([f"--config.file={config}", "--web.listen-address=192.0.2.1:10110"], log)
-    assert popen.wait(30) == 1
-    lines = log.read_text().splitlines()
-    (open_api,) = [x for x in lines if "takes no token" in x]
-    (placeholder,) = [x for x in lines if "holds a placeholder" in x]
-    assert "level=warning" in open_api and "192.0.2.1:10110" in open_api
-    assert "level=warning" in placeholder and "targets[0](name=b).auth.api_key_file" in placeholder
-    assert "cannot listen on 192.0.2.1:10110" in lines[-1]
-
-
 def test_a_bad_listen_address_from_the_environment_names_the_variable() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "exporter", "demo"],
@@ -373,14 +316,3 @@ def test_a_bad_listen_address_from_the_environment_names_the_variable() -> None:
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "'everywhere' (set in ASYNCJOB_WEB_LISTEN_ADDRESS) is not [host]:port" in r.stderr
-
-
-def test_the_running_exporter_links_from_the_external_url_in_its_variable(tmp_path: Path) -> None:
-    from tests.harness import exporter
-
-    base = "https://jobs.example.com/asyncjob"
-    env = {"ASYNCJOB_WEB_EXTERNAL_URL": base + "/"}
-    with exporter(tmp_path, {"targets": []}, env=env) as exp:
-        page = exp.api("GET", "/").text
-        assert f'href="{base}/jobs"' in page and f'href="{base}/metrics"' in page
-        assert exp.api("GET", "/api/v1/openapi.json").json()["servers"] == [{"url": base}]

@@ -544,6 +544,7 @@ def test_the_readmes_container_line_builds_the_image_and_runs_a_demo_that_docker
     assert (args.command, args.listen) == ("demo", ":10110")  # 127.0.0.1 in a container opens nothing
 
 
+@pytest.mark.e2e
 def test_what_the_readme_says_make_demo_prints_is_what_the_demo_prints(tmp_path: Path) -> None:
     from tests.harness import Proc, start_cli
 
