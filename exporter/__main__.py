@@ -88,14 +88,16 @@ def external_url(text: str) -> str:
 
     url = text.strip().rstrip("/")
     parts = urlsplit(url)
+    variable = "ASYNCJOB_WEB_EXTERNAL_URL"
+    where = f" (set in {variable})" if os.environ.get(variable) == text else ""
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not an absolute http(s) URL, e.g. https://asyncjob.example.com"
+            f"{text!r}{where} is not an absolute http(s) URL, e.g. https://asyncjob.example.com"
         )
     if "@" in parts.netloc:
-        raise argparse.ArgumentTypeError("must not hold credentials (user:password@host)")
+        raise argparse.ArgumentTypeError(f"must not hold credentials (user:password@host){where}")
     if parts.query or parts.fragment:
-        raise argparse.ArgumentTypeError("must not hold a query or a fragment")
+        raise argparse.ArgumentTypeError(f"must not hold a query or a fragment{where}")
     return url
 
 

@@ -303,7 +303,16 @@ def test_the_demo_prints_its_links_from_the_external_url() -> None:
     assert commands.link_base(commands.Web(listen="10.1.2.3:1"), 1, tls=True) == "https://10.1.2.3:1"
 
 
-def test_a_bad_listen_address_from_the_environment_names_the_variable() -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("ASYNCJOB_WEB_LISTEN_ADDRESS", "everywhere", "is not [host]:port"),
+        ("ASYNCJOB_WEB_EXTERNAL_URL", "jobs.example.com", "is not an absolute http(s) URL"),
+    ],
+)
+def test_a_bad_web_flag_from_the_environment_names_the_variable(
+    variable: str, value: str, problem: str
+) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "exporter", "demo"],
         capture_output=True,
@@ -311,8 +320,8 @@ def test_a_bad_listen_address_from_the_environment_names_the_variable() -> None:
         env={
             "PATH": "/usr/bin:/bin",
             "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-            "ASYNCJOB_WEB_LISTEN_ADDRESS": "everywhere",
+            variable: value,
         },
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "'everywhere' (set in ASYNCJOB_WEB_LISTEN_ADDRESS) is not [host]:port" in r.stderr
+    assert f"{value!r} (set in {variable}) {problem}" in r.stderr, r.stderr
