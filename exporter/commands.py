@@ -133,18 +133,19 @@ def run_exporter(config_file: str | None, web: Web, shard: int, total_shards: in
         settings = load_settings(config_file, PROVIDERS)
     except ConfigError as e:
         return _refuse(config_file, e)
-    from exporter.webconfig import WebConfigError, load_web_config
+    from exporter.webconfig import LiveWebConfig, WebConfigError
 
     try:
-        web_config = load_web_config(web.config_file)
+        web_config = LiveWebConfig(web.config_file)
     except WebConfigError as e:
         print(f"--web.config.file: {e}", file=sys.stderr)
         return 2
-    runtime = Runtime(settings, config_file, shard, total_shards)
+    # SIGHUP and POST /-/reload read the web config again too, as exporter-toolkit would.
+    runtime = Runtime(settings, config_file, shard, total_shards, web_config if web.config_file else None)
     runtime.exposition.exporter_metrics = web.exporter_metrics
     if not settings.targets:
         log.warning(NO_TARGETS, extra={"config_file": config_file})
-    _warn_of_risks(settings, web, bool(web_config.users))
+    _warn_of_risks(settings, web, bool(web_config.users.hashes))
     log.info(
         "starting asyncjob-exporter",
         extra={
@@ -215,10 +216,10 @@ def run_demo(
     from exporter.server import parse_listen_address
     from exporter.simulator.app import Simulator
     from exporter.simulator.demo import seed_jobs
-    from exporter.webconfig import WebConfigError, load_web_config
+    from exporter.webconfig import LiveWebConfig, WebConfigError
 
     try:
-        web_config = load_web_config(web.config_file)
+        web_config = LiveWebConfig(web.config_file)
     except WebConfigError as e:
         print(f"--web.config.file: {e}", file=sys.stderr)
         return 2
@@ -236,9 +237,10 @@ def run_demo(
                     f"http://{'127.0.0.1' if sim_host in ('0.0.0.0', '') else sim_host}:{sim_server.port}"
                 )
                 settings = demo_settings(sim_url, Path(tmp))
-                runtime = Runtime(settings, None, shard, total_shards)
+                live = web_config if web.config_file else None
+                runtime = Runtime(settings, None, shard, total_shards, live)
                 runtime.exposition.exporter_metrics = web.exporter_metrics
-                _warn_of_risks(settings, web, bool(web_config.users))
+                _warn_of_risks(settings, web, bool(web_config.users.hashes))
                 seed_jobs(sim)
                 tg.start_soon(_trickle, sim, trickle)
                 app = _app(runtime, web, web_config.middleware())
