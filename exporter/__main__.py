@@ -44,6 +44,10 @@ SIMULATOR_STEP_SECONDS = 3.0
 LISTEN_ADDRESS = {None: ":10110", "demo": "127.0.0.1:10110", "simulate": "127.0.0.1:10111"}
 
 
+# First segments of the exporter's own paths, which an external URL's path may not start with.
+OWN_PATHS = {"jobs", "api", "metrics", "healthz", "readyz", "-"}
+
+
 def _env(flag: str, default: str | None) -> str | None:
     return os.environ.get("ASYNCJOB_" + flag.upper().replace(".", "_").replace("-", "_"), default)
 
@@ -98,6 +102,12 @@ def external_url(text: str) -> str:
         raise argparse.ArgumentTypeError(f"must not hold credentials (user:password@host){where}")
     if parts.query or parts.fragment:
         raise argparse.ArgumentTypeError(f"must not hold a query or a fragment{where}")
+    first = parts.path.strip("/").split("/")[0]
+    if first in OWN_PATHS:
+        # The exporter answers under the URL's path too: this one would hide its own /{first}.
+        raise argparse.ArgumentTypeError(
+            f"its path must not start with /{first}, a path of the exporter{where}"
+        )
     return url
 
 
@@ -133,7 +143,8 @@ def _add_global(p: argparse.ArgumentParser, top: bool) -> None:
         default=default(_env("web.external-url", None)),
         metavar="URL",
         help="the URL people reach the exporter at (a proxy, an ingress, a port-forward): the base "
-        "of every link it makes; it still serves at / (default: links relative to the host asked)",
+        "of every link it makes; a path in it is served too, beside / (default: links relative "
+        "to the host asked)",
     )
     g.add_argument(
         "--web.config.file",

@@ -101,13 +101,16 @@ async def _signals(runtime: Runtime | None, servers: list[Server], scope: anyio.
 
 
 def _app(runtime: Runtime, web: Web, middleware: Any) -> Any:
-    return build_app(
+    from exporter.external_url import serving
+
+    app = build_app(
         runtime,
         middleware,
         lifecycle=web.lifecycle,
         telemetry_path=web.telemetry_path,
         external_url=web.external_url,
     )
+    return serving(app, web.external_url)
 
 
 async def serve_exporter(

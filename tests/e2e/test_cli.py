@@ -69,3 +69,7 @@ def test_the_running_exporter_links_from_the_external_url_in_its_variable(tmp_pa
         page = exp.api("GET", "/").text
         assert f'href="{base}/jobs"' in page and f'href="{base}/metrics"' in page
         assert exp.api("GET", "/api/v1/openapi.json").json()["servers"] == [{"url": base}]
+        # A proxy that forwards the path as is reaches the same pages and metrics.
+        assert f'href="{base}/jobs"' in exp.api("GET", "/asyncjob/").text
+        assert "asyncjob_exporter_build_info" in exp.api("GET", "/asyncjob/metrics").text
+        assert "asyncjob_exporter_build_info" in exp.metrics()

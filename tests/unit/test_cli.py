@@ -286,6 +286,33 @@ def test_every_link_of_the_pages_starts_with_the_external_url() -> None:
     assert "/jobs/t/j-1" in {link for page in pages for link in links(plain.get(page).text)}
 
 
+def test_the_exporter_answers_under_the_external_urls_path_as_well_as_at_the_root() -> None:
+    from exporter.external_url import serving
+
+    rt = runtime()
+    rt.tracker.track("t", Job("j-1", Status.FAILED), "registered", now=1)
+    base = "https://jobs.example.com/asyncjob"
+    client = TestClient(serving(build_app(rt, external_url=base), base))
+    for path in ("/asyncjob", "/asyncjob/", "/asyncjob/jobs", "/asyncjob/jobs/t/j-1", "/jobs/t/j-1", "/"):
+        r = client.get(path)
+        assert r.status_code == 200 and f'href="{base}/jobs"' in r.text, path
+    assert "asyncjob_exporter_build_info" in client.get("/asyncjob/metrics").text
+    assert client.get("/asyncjob/api/v1/targets/t/jobs/j-1").json()["id"] == "j-1"
+    registered = client.post("/asyncjob/api/v1/targets/t/jobs", json={"id": "j-2"})
+    assert registered.status_code == 202, registered.text
+    assert client.get("/asyncjobs/jobs").status_code == 404  # a path that only starts alike
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/api/v1", "/metrics/x", "/healthz", "/-/reload"])
+def test_an_external_url_whose_path_would_hide_the_exporters_own_is_refused(path: str) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args([f"--web.external-url=https://jobs.example.com{path}"])
+    assert (
+        parser().parse_args(["--web.external-url=https://x/asyncjob-jobs"]).external_url
+        == "https://x/asyncjob-jobs"
+    )
+
+
 def test_the_api_description_names_the_external_url_as_its_server() -> None:
     base = "https://jobs.example.com/asyncjob"
     document = TestClient(build_app(runtime(), external_url=base)).get("/api/v1/openapi.json").json()
