@@ -287,10 +287,15 @@ class DirectRegistration:
 
 
 def build_app(
-    runtime: Runtime, middleware: Any = None, lifecycle: bool = False, telemetry_path: str = "/metrics"
+    runtime: Runtime,
+    middleware: Any = None,
+    lifecycle: bool = False,
+    telemetry_path: str = "/metrics",
+    external_url: str = "",
 ) -> ASGIApp:
     """The exporter's routes. `lifecycle` (--web.enable-lifecycle) turns on POST /-/reload;
-    `telemetry_path` (--web.telemetry-path) is where /metrics is served."""
+    `telemetry_path` (--web.telemetry-path) is where /metrics is served; `external_url`
+    (--web.external-url) is the base of the links the pages and the API document make."""
 
     async def metrics(request: Request) -> Response:
         gz = "gzip" in request.headers.get("accept-encoding", "")
@@ -451,12 +456,12 @@ def build_app(
         return Response(status_code=204)
 
     async def openapi(request: Request) -> Response:
-        from exporter.openapi import OPENAPI
+        from exporter.openapi import openapi_document
 
-        return JSONResponse(OPENAPI)
+        return JSONResponse(openapi_document(external_url))
 
     routes = [
-        *Pages(runtime, telemetry_path).routes(),
+        *Pages(runtime, telemetry_path, external_url).routes(),
         Route(telemetry_path, metrics),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

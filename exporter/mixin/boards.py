@@ -200,7 +200,8 @@ def _job_page_link(cfg: Config) -> list[dict[str, Any]]:
             "title": "Job page on the exporter",
             "tooltip": "The job's error text and the timeline of its transitions",
             "type": "link",
-            "url": f"{cfg.job_page_scheme}://${{instance}}/jobs/${{target}}/${{job_id:percentencode}}",
+            "url": f"{cfg.external_url or f'{cfg.job_page_scheme}://${{instance}}'}"
+            "/jobs/${target}/${job_id:percentencode}",
         }
     ]
 
