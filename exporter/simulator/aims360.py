@@ -51,7 +51,9 @@ BACKEND_HOST = "aims360-backend-1.invalid"
 NEXT_LINK_BACKEND = True
 RERUN_NEW_ID = False
 OPTIONS = ("rerun_scenario", "rerun_new_id", "can_rerun", "rerun_window", "queued_until")
-CLAUSE = re.compile(r"^\(?\s*(\w+)\s+eq\s+'((?:[^']|'')*)'\s*\)?$")
+# `field eq 'value'`, in parentheses or not; OData's keywords in any case, as the service takes them.
+CLAUSE = re.compile(r"^\(?\s*(\w+)\s+eq\s+'((?:[^']|'')*)'\s*\)?$", re.IGNORECASE)
+OR = re.compile(r"\s+or\s+", re.IGNORECASE)
 
 
 def dotnet(ts: float | None) -> str | None:
@@ -136,14 +138,26 @@ def row(job: SimJob, now: float | None = None) -> dict[str, Any]:
 
 
 def matcher(odata_filter: str) -> Any:
-    """A predicate for `field eq 'value' or …` (the subset the exporter sends); None if unsupported."""
+    """A predicate for `field eq 'value' or …` (the subset the exporter sends); None if unsupported.
+
+    Field names match whatever their case, as the service's do: its documentation filters on
+    `jobId` while its rows spell `jobID`, and both are answered alike. Values compare exactly.
+    """
+    text = odata_filter.strip()
+    while text.startswith("(") and text.endswith(")") and "(" not in text[1:-1]:
+        text = text[1:-1].strip()
     clauses = []
-    for part in re.split(r"\s+or\s+", odata_filter.strip()):
+    for part in OR.split(text):
         m = CLAUSE.match(part.strip())
         if m is None:
             return None
-        clauses.append((m.group(1), m.group(2).replace("''", "'")))
-    return lambda r: any(str(r.get(field)) == value for field, value in clauses)
+        clauses.append((m.group(1).lower(), m.group(2).replace("''", "'")))
+
+    def match(r: dict[str, Any]) -> bool:
+        fields = {key.lower(): value for key, value in r.items()}
+        return any(str(fields.get(field)) == value for field, value in clauses)
+
+    return match
 
 
 def odata_error(status: int, message: str) -> JSONResponse:

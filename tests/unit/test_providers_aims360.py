@@ -19,7 +19,8 @@ from exporter.tracker import Tracker
 from tests.unit.provider_http import fixture, provider_and_http, provider_for
 
 FIXTURE_ID = "d29fac30-650a-4ff2-b2b1-acab3c7472ea-20190607060819639"
-CLAUSE = re.compile(r"jobID eq '((?:[^']|'')*)'")
+# The documented spelling, exactly: AIMS360's Jobs guide filters on `jobId` (rows say `jobID`).
+CLAUSE = re.compile(r"\bjobId eq '((?:[^']|'')*)'")
 
 
 def aims(**keys: object) -> Aims360:
@@ -120,7 +121,7 @@ def test_batches_stay_under_the_filter_limit_and_cover_every_id() -> None:
     assert len(batches) > 1
     assert [i for b in batches for i in b] == ids
     for b in batches:
-        assert len(" or ".join(f"jobID eq '{i}'" for i in b)) <= MAX_FILTER_CHARS
+        assert len(" or ".join(f"jobId eq '{i}'" for i in b)) <= MAX_FILTER_CHARS
 
 
 class FakeOData:

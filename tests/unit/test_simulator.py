@@ -117,3 +117,29 @@ def test_aims360_next_links_name_a_backend_host() -> None:
         s.create("aims360", scenario="stuck")
     body = client(s).get("/aims360/jobsmanagement/odata/v1.0/backgroundjob").json()
     assert aims360.BACKEND_HOST in body["@odata.nextLink"]
+
+
+def test_aims360_filters_on_the_documented_jobid_as_on_the_rows_jobid() -> None:
+    row = {"jobID": "a'b", "jobStatus": "Queued"}
+    for odata_filter in (
+        "jobId eq 'a''b'",
+        "jobID eq 'a''b'",
+        "(JOBID EQ 'a''b')",
+        "jobId eq 'x' OR jobId eq 'a''b'",
+    ):
+        match = aims360.matcher(odata_filter)
+        assert match is not None and match(row), odata_filter
+    assert not aims360.matcher("jobId eq 'A''B'")(row)  # values compare exactly
+    assert aims360.matcher("jobId gt 'a'") is None
+
+
+def test_aims360_answers_the_exporters_filter_with_the_row() -> None:
+    s = sim()
+    job = s.create("aims360", scenario="success")
+    with TestClient(s.app()) as client:
+        r = client.get(
+            "/aims360/jobsmanagement/odata/v1.0/backgroundjob",
+            params={"$filter": f"jobId eq '{job.id}'"},
+            headers={"Authorization": f"Bearer {CREDENTIALS['bearer_token']}"},
+        )
+    assert r.status_code == 200 and [row["jobID"] for row in r.json()["value"]] == [job.id]
