@@ -21,7 +21,7 @@ from exporter.model import Job
 from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.transport import Http11Transport
 
-ERROR_REASONS = ("timeout", "connect", "http_4xx", "http_429", "http_5xx", "bad_body", "auth")
+ERROR_REASONS = ("timeout", "connect", "http_4xx", "http_429", "http_5xx", "bad_body", "auth", "not_found")
 USER_AGENT = f"asyncjob-exporter/{__version__}"
 MAX_RETRY_AFTER = 3600.0
 # An idle connection is closed before common servers close it on their side (uvicorn and
@@ -93,7 +93,8 @@ class PollError(Exception):
 
 
 class NotFound(Exception):
-    """The provider answered 404: the job (or queue) is gone."""
+    """The provider answered 404: the job is gone, or a configured source (a Basiq user, an
+    Oxlin queue, a list URL) is: the provider says which it was (PollResult.missing)."""
 
 
 @dataclass

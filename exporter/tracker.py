@@ -118,6 +118,8 @@ class TargetState:
     last_success: float | None = None
     last_error: str = ""
     last_error_reason: str = ""  # timeout, connect, http_4xx, …, bad_body: as asyncjob_poll_errors_total
+    # Configured sources answering 404 (`user ea3a81`, `queue 20`) -> since when, this process.
+    missing: dict[str, float] = field(default_factory=dict)
     poll_duration: Histogram = field(default_factory=lambda: Histogram(POLL_DURATION_BUCKETS))
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
+from exporter.fetch import NotFound
 from exporter.model import Cause, Job, Status
 from exporter.parsing import (
     bounded_label,
@@ -180,6 +181,10 @@ class Aims360(Provider):
         for (odata_filter, ids), outcome in await gather(queries, run):
             if isinstance(outcome, BadPayload):
                 result.bad_payloads.append(f"backgroundjob {odata_filter[:60]!r}: {outcome}")
+                continue
+            if isinstance(outcome, NotFound):
+                # The backgroundjob endpoint itself: a wrong base_url or a service moved.
+                result.missing.append("backgroundjob")
                 continue
             if not isinstance(outcome, list):
                 continue  # a request error, counted by the client

@@ -212,7 +212,10 @@ class Basiq(Provider):
                     seen.add(job.id)
             elif isinstance(outcome, BadPayload):
                 result.bad_payloads.append(f"user {user} job list: {outcome}")
-            elif isinstance(outcome, NotFound | PollError):
+            elif isinstance(outcome, NotFound):
+                # "Requested user does not exist": deleted, or a wrong id in the config.
+                result.missing.append(f"user {user}")
+            elif isinstance(outcome, PollError):
                 pass  # counted by the client; the user's jobs are polled one by one below
 
         rest = [job_id for job_id in tracked if job_id not in seen]

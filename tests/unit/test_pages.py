@@ -198,3 +198,13 @@ def test_a_jobs_page_and_document_work_out_its_step_durations_once(monkeypatch: 
     assert [s["duration_seconds"] for s in doc["steps"]] == [3.0] + [0.0] * 49 and len(calls) == 1
     page = client(rt).get("/jobs/basiq/j")
     assert page.status_code == 200 and page.text.count("step-") >= 50 and len(calls) == 2
+
+
+def test_the_landing_page_names_a_configured_source_that_answers_404() -> None:
+    rt = runtime()
+    rt.tracker.targets["basiq"].missing["user <b>ea3a81</b>"] = 1_700_000_000.0
+    page = client(rt).get("/").text
+    row = re.search(r'<tr data-target="basiq">(.*?)</tr>', page, re.S)
+    assert row is not None
+    assert "user &lt;b&gt;ea3a81&lt;/b&gt; answers 404" in row.group(1)
+    assert "not_found" in row.group(1)

@@ -325,3 +325,16 @@ def test_aims360_and_willsuite_failures_are_the_providers() -> None:
     assert job.reason == "failed" and Aims360.causes[job.reason] is Cause.PROVIDER
     assert set(Aims360.causes) == set(Aims360.known_reasons)
     assert {WillSuite.causes[r] for r in WillSuite.known_reasons} == {Cause.PROVIDER}
+
+
+@pytest.mark.anyio
+async def test_a_backgroundjob_endpoint_that_answers_404_is_a_missing_source_not_gone_jobs() -> None:
+    provider, http = provider_and_http(
+        lambda request: httpx.Response(404, json={"error": {"message": "Not found"}}),
+        provider="aims360",
+        discover_filter="jobStatus eq 'Queued'",
+    )
+    result = await provider.poll(http, ["a", "b"])
+    await http.aclose()
+    assert result.missing == ["backgroundjob", "backgroundjob"]  # the scheduler counts it once
+    assert result.gone == [] and result.jobs == []

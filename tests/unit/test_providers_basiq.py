@@ -17,7 +17,7 @@ from exporter.parsing import parse_timestamp
 from exporter.providers import PROVIDERS
 from exporter.providers.basiq import Basiq
 from tests.harness import ROOT
-from tests.unit.provider_http import fixture, provider_for
+from tests.unit.provider_http import fixture, provider_and_http, provider_for
 
 
 def basiq() -> Basiq:
@@ -176,7 +176,10 @@ def test_docs_providers_table_names_every_documented_code_and_its_cause() -> Non
     ["invalid-csv-row", "empty-file", "missing-required-field", "account-data-differs", "row-count-exceeded"],
 )
 def test_a_bad_uploaded_file_is_the_end_users(code: str) -> None:
-    body = {"id": "1", "steps": [{"title": "retrieve-statements", "status": "failed", "result": {"code": code}}]}
+    body = {
+        "id": "1",
+        "steps": [{"title": "retrieve-statements", "status": "failed", "result": {"code": code}}],
+    }
     job = basiq().parse_job(body)
     assert job.reason == code and Basiq.causes[code] is Cause.USER
 
@@ -379,3 +382,21 @@ def test_the_shared_steps_hold_only_small_answers_steps() -> None:
         job = basiq().parse_job(answer)
         assert len(job.steps) == len(answer["steps"]) and job.steps[0].name == answer["steps"][0]["title"]
         assert job.steps not in model._SHARED_STEPS
+
+
+@pytest.mark.anyio
+async def test_a_user_that_does_not_exist_is_a_missing_source_and_its_jobs_still_polled() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/users/ea3a81/jobs":
+            body = {"type": "list", "data": [{"type": "error", "code": "resource-not-found",
+                                              "detail": "Requested user does not exist."}]}  # fmt: skip
+            return httpx.Response(404, json=body)
+        return httpx.Response(
+            200, json={**fixture("basiq_job.json"), "id": request.url.path.rsplit("/", 1)[1]}
+        )
+
+    provider, http = provider_and_http(handler, provider="basiq", users=["ea3a81"])
+    result = await provider.poll(http, ["61723"])
+    await http.aclose()
+    assert result.missing == ["user ea3a81"]
+    assert [j.id for j in result.jobs] == ["61723"] and result.gone == []
