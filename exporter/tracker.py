@@ -21,6 +21,7 @@ from exporter import step_times
 from exporter.config import ResolvedTarget
 from exporter.history import EMPTY, History, observe
 from exporter.model import Cause, Connection, Job, Status
+from exporter.parsing import bounded_label
 from exporter.providers.base import PollResult, Provider
 from exporter.step_times import StepTimes
 
@@ -98,6 +99,11 @@ class Aggregates:
     step_duration: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (job_type, step)
     by_status: Counter[tuple[str, str]] = field(default_factory=Counter)  # tracked now: (job_type, status)
     queue_events: Counter[tuple[str, str]] = field(default_factory=Counter)  # (queue, event_type)
+    # Tracked now in a state no one documented (status unknown): (job_type, raw status label).
+    undocumented: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Raw status -> its label: the first UNDOCUMENTED_LABELS seen keep their own, later ones
+    # are "other" (a provider's free text must not grow the series without bound).
+    undocumented_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -184,10 +190,28 @@ def _resolve_cause(state: TargetState, tracked: TrackedJob) -> None:
     tracked.cause = cause_of(state, tracked.job) if tracked.job.status is Status.FAILED else None
 
 
+# Raw statuses of undocumented states a target labels by their own text, at most.
+UNDOCUMENTED_LABELS = 20
+
+
 def _tally(state: TargetState, tracked: TrackedJob, delta: int) -> None:
-    """The `asyncjob_jobs{status}` gauge: tracked jobs that are news (history is not shown)."""
-    if not tracked.is_history:
-        state.agg.by_status[(tracked.job.job_type, tracked.job.status)] += delta
+    """The `asyncjob_jobs{status}` gauge: tracked jobs that are news (history is not shown);
+    and, for those in a state no one documented, `asyncjob_jobs_undocumented{raw_status}`."""
+    if tracked.is_history:
+        return
+    job = tracked.job
+    agg = state.agg
+    agg.by_status[(job.job_type, job.status)] += delta
+    if job.status is Status.UNKNOWN and not job.is_placeholder:
+        names = agg.undocumented_labels
+        label = names.get(job.raw_status)
+        if label is None:
+            label = "other"  # not kept: the map stays bounded, and "other" stays "other"
+            if len(names) < UNDOCUMENTED_LABELS:
+                label = names[job.raw_status] = bounded_label(job.raw_status) or "other"
+        agg.undocumented[(job.job_type, label)] += delta
+        if not agg.undocumented[(job.job_type, label)]:
+            del agg.undocumented[(job.job_type, label)]
 
 
 def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float | None) -> None:

@@ -84,6 +84,15 @@ def render_aggregates(targets: Iterable[TargetState]) -> bytes:
         for jt in sorted(types):
             for st in STATUSES:
                 w.sample("asyncjob_jobs", _tl(s, jt, status=st), s.agg.by_status.get((jt, st), 0))
+    w.family(
+        "asyncjob_jobs_undocumented",
+        "Jobs tracked now in a state their provider does not document (status unknown), by the "
+        "provider's raw status (the first 20 a target sees; later ones are other).",
+        "gauge",
+    )
+    for s in ts:
+        for (jt, raw), n in sorted(s.agg.undocumented.items()):
+            w.sample("asyncjob_jobs_undocumented", _tl(s, jt, raw_status=raw), n)
     for name, help_, type_, of, names in AGGREGATE_FAMILIES:
         w.family(name, help_, type_)
         for s in ts:
