@@ -187,7 +187,10 @@ def _is_history(state: TargetState, tracked: TrackedJob, now: float) -> bool:
 
 
 def _resolve_cause(state: TargetState, tracked: TrackedJob) -> None:
-    tracked.cause = cause_of(state, tracked.job) if tracked.job.status is Status.FAILED else None
+    job = tracked.job
+    # A failed job's cause; also that of a job's refused records (their reason, e.g. record_errors).
+    records = job.reason is not None and bool(job.records_failed)
+    tracked.cause = cause_of(state, job) if job.status is Status.FAILED or records else None
 
 
 # Raw statuses of undocumented states a target labels by their own text, at most.
@@ -224,8 +227,10 @@ def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float | N
         hist = agg.job_duration[key] = Histogram(JOB_DURATION_BUCKETS)
     if duration is not None:
         hist.observe(duration)
-    if job.records_total is not None:
-        agg.records_processed[job.job_type] += job.records_total
+    # A failed job did not process its total: only the records it says went through.
+    processed = job.records_total if job.status is Status.SUCCEEDED else job.records_affected
+    if processed is not None:
+        agg.records_processed[job.job_type] += processed
     if job.records_failed is not None:
         agg.records_failed[job.job_type] += job.records_failed
 
