@@ -64,7 +64,7 @@ class Config:
 
     # AsyncJobSourceMissing: a configured source (a Basiq user, an Oxlin queue, a list URL) has
     # answered 404 for this long.
-    source_missing_for: str = "30m"
+    source_missing_for: str = "15m"
     # AsyncJobStateUndocumented (info): jobs in a state their provider does not document.
     state_undocumented_for: str = "5m"
 
