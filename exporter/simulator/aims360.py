@@ -14,7 +14,9 @@ Options (keys of `POST /_sim/jobs` with `"provider": "aims360"`):
 - `can_rerun: false`: a failed job says `canReRun: "No"` and refuses reruns;
 - `rerun_window`: seconds after the failure during which a rerun is allowed
   (`maximumDateTimeToExecuteJob`; default a day; null: no limit and the field is null);
-- `queued_until`: percent below which a running job still says `Queued` (default 50).
+- `queued_until`: percent below which a running job still says `Queued` (default 50);
+- `undocumented_status`: the `jobStatus` a running job says instead, one AIMS360 does not
+  document (e.g. `OnHold`): with `scenario: "stuck"`, a job held in a new state.
 """
 
 from __future__ import annotations
@@ -50,7 +52,14 @@ CATEGORIES = (
 BACKEND_HOST = "aims360-backend-1.invalid"
 NEXT_LINK_BACKEND = True
 RERUN_NEW_ID = False
-OPTIONS = ("rerun_scenario", "rerun_new_id", "can_rerun", "rerun_window", "queued_until")
+OPTIONS = (
+    "rerun_scenario",
+    "rerun_new_id",
+    "can_rerun",
+    "rerun_window",
+    "queued_until",
+    "undocumented_status",
+)
 # `field eq 'value'`, in parentheses or not; OData's keywords in any case, as the service takes them.
 CLAUSE = re.compile(r"^\(?\s*(\w+)\s+eq\s+'((?:[^']|'')*)'\s*\)?$", re.IGNORECASE)
 OR = re.compile(r"\s+or\s+", re.IGNORECASE)
@@ -106,6 +115,9 @@ def row(job: SimJob, now: float | None = None) -> dict[str, Any]:
     }[phase]
     if phase == "running" and percent < float(job.extra.get("queued_until", 50)):
         status, text = "Queued", "Job is queued."  # the service moves the status late
+    if phase == "running" and job.extra.get("undocumented_status"):
+        status = str(job.extra["undocumented_status"])
+        text = f"Job is {status}."
     created = float(job.extra.get("first_created", job.created))
     failed = phase == "failed"
     deadline = rerun_deadline(job, now) if failed and job.extra.get("can_rerun", True) else None
