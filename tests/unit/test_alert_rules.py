@@ -176,7 +176,10 @@ def test_no_operator_alert_counts_failures_the_end_user_must_fix() -> None:
             for line in alert["expr"].splitlines():
                 assert 'cause="user"' not in line or line.strip().startswith("unless"), name
     records = by_name["AsyncJobRecordsFailing"]["expr"]
-    assert 'unless on(job, instance, target, job_id) asyncjob_job_error_info{job=~"asyncjob.*", cause="user"}' in records
+    assert (
+        'unless on(job, instance, target, job_id) asyncjob_job_error_info{job=~"asyncjob.*", cause="user"}'
+        in records
+    )
 
 
 @pytest.mark.parametrize(
