@@ -210,7 +210,9 @@ class Oxlin(Provider):
         self._closed: dict[str, float] = {}
         self._known: dict[str, None] = dict.fromkeys(target.connections)  # connections to poll, in order
         # Connections whose last sync failed for their end user (AUTH_FAILED, a lapsed consent).
-        self._user_failed: set[str] = set()
+        # Kept as a flag per connection once marked, since the state file only adds and updates
+        # cursors: a mark cleared must be written as cleared.
+        self._user_failed: dict[str, bool] = {}
 
     @classmethod
     def check_target(cls, target: TargetConfig) -> list[str]:
@@ -225,7 +227,7 @@ class Oxlin(Provider):
     def cursors(self) -> dict[str, str]:
         out = {queue: key.text() for queue, key in self._cursors.items()}
         out.update({f"{CLOSED_PREFIX}{conn}": repr(at) for conn, at in self._closed.items()})
-        out.update({f"{USER_PREFIX}{conn}": "1" for conn in self._user_failed})
+        out.update({f"{USER_PREFIX}{conn}": "1" if on else "0" for conn, on in self._user_failed.items()})
         return out
 
     def restore_cursors(self, cursors: dict[str, str]) -> None:
@@ -233,8 +235,10 @@ class Oxlin(Provider):
             try:
                 if name.startswith(USER_PREFIX):
                     # Still polled after a restart, so that it keeps saying it awaits its user.
-                    self._user_failed.add(name.removeprefix(USER_PREFIX))
-                    self._known.setdefault(name.removeprefix(USER_PREFIX), None)
+                    conn = name.removeprefix(USER_PREFIX)
+                    self._user_failed[conn] = text == "1"
+                    if text == "1":
+                        self._known.setdefault(conn, None)
                 elif name.startswith(CLOSED_PREFIX):
                     self._closed[name.removeprefix(CLOSED_PREFIX)] = float(text)
                 else:
@@ -335,9 +339,10 @@ class Oxlin(Provider):
             # Remembered for the connection: until a sync of it succeeds, its staleness is the
             # end user's to fix, not an operator's.
             if failed and (user or consent or reason == "closed"):
-                self._user_failed.add(conn.id)
+                self._user_failed[conn.id] = True
             else:
-                self._user_failed.discard(conn.id)
+                if conn.id in self._user_failed:
+                    self._user_failed[conn.id] = False
         return job
 
     def _close(self, conn_id: str, at: float) -> None:
@@ -452,7 +457,8 @@ class Oxlin(Provider):
                     result.missing.append(f"connection {conn_id}")
                 else:
                     self._known.pop(conn_id, None)
-                self._user_failed.discard(conn_id)
+                if conn_id in self._user_failed:
+                    self._user_failed[conn_id] = False
                 sync = self._open.pop(conn_id, None)
                 if sync is not None:
                     result.gone.append(sync.id)
@@ -471,6 +477,6 @@ class Oxlin(Provider):
         """Whether only the connection's end user can make it synchronise again: its last sync
         failed for them (AUTH_FAILED, a lapsed consent on a channel it ran on, a consent or
         SCA failure), or every channel's consent has lapsed."""
-        if conn.id in self._user_failed:
+        if self._user_failed.get(conn.id):
             return True
         return bool(conn.channels) and lapsed(conn, now) == {c.id for c in conn.channels}

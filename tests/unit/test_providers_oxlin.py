@@ -564,6 +564,8 @@ async def test_a_connection_whose_last_sync_failed_for_its_user_awaits_that_user
     await http2.aclose()
     assert [j.status for j in done.jobs] == [Status.SUCCEEDED]
     assert done.connections and not any(c.awaiting_user for c in done.connections)
+    # The cleared mark is written as cleared (the state file only adds and updates cursors).
+    assert restarted.cursors()["user:4242"] == "0"
 
 
 @pytest.mark.anyio
