@@ -264,7 +264,9 @@ class Oxlin(Provider):
         if sync is None:
             if at <= self._closed.get(conn.id, float("-inf")):
                 return None  # about a sync already closed (by its connection's status)
-            if not (final or event_type.startswith("SYNC") or conn.status == "RUNNING"):
+            # A connection closed while idle is news about the connection, not a sync that failed.
+            starts = final and conn.status != "CLOSED"
+            if not (starts or event_type.startswith("SYNC") or conn.status == "RUNNING"):
                 return None  # news about the connection, not about a sync
             sync = OpenSync(f"{conn.id}:{int(at)}", at)
         if failed and sync.failure is None:

@@ -194,6 +194,11 @@ def test_news_about_an_idle_connection_starts_no_sync() -> None:
     assert result.jobs == [] and [c.id for c in result.connections] == ["4242"]
 
 
+def test_closing_an_idle_connection_starts_no_sync() -> None:
+    result = read(oxlin(), [event(1, "CONNECTION_UPDATED", "CLOSED")])
+    assert result.jobs == [] and [c.status for c in result.connections] == ["CLOSED"]
+
+
 def test_a_connection_without_id_is_bad() -> None:
     with pytest.raises(BadPayload, match="connection id"):
         parse_connection({"status": "SUCCESS"})
