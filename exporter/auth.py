@@ -26,7 +26,7 @@ DEFAULT_TOKEN_LIFETIME = 3600.0
 
 # How answers say "too many requests" when their status does not (Basiq's 403s).
 RATE_LIMIT_TEXT = re.compile(
-    rb"rate[ _-]?limit|too[ _-]many[ _-]requests|throttl|quota|limit[ _-]exceeded|overload",
+    rb"rate[ _-]?limit|too[ _-]many[ _-]requests|throttl|quota|overload",
     re.IGNORECASE,
 )
 # Basiq's 403 from `POST /token` for an account it disabled (its "HTTP errors per endpoint").
