@@ -109,14 +109,15 @@ def run_exporter(
         settings = load_settings(config_file, PROVIDERS)
     except ConfigError as e:
         return _refuse(config_file, e)
-    from exporter.webconfig import WebConfigError, load_web_config
+    from exporter.webconfig import LiveWebConfig, WebConfigError
 
     try:
-        web = load_web_config(web_config)
+        web = LiveWebConfig(web_config)
     except WebConfigError as e:
         print(f"--web.config.file: {e}", file=sys.stderr)
         return 2
-    runtime = Runtime(settings, config_file, shard, total_shards)
+    # SIGHUP and POST /-/reload read the web config again too, as exporter-toolkit would.
+    runtime = Runtime(settings, config_file, shard, total_shards, web if web_config else None)
     runtime.exposition.exporter_metrics = exporter_metrics
     if not settings.targets:
         log.warning(NO_TARGETS, extra={"config_file": config_file})

@@ -213,17 +213,14 @@ class Pages:
             now=now,
         )
 
-    def _find(self, state: TargetState, job_id: str) -> TrackedJob | None:
-        tracked = state.jobs.get(job_id)
-        if tracked is None:  # an id holding text that cannot travel in a URL was cleaned on the way
-            tracked = next((t for key, t in state.jobs.items() if _clean(key) == job_id), None)
-        return tracked
-
     async def job(self, request: Request) -> Response:
         now = time.time()
         target, job_id = request.path_params["target"], request.path_params["job_id"]
         state = self.runtime.tracker.targets.get(target)
-        tracked = self._find(state, job_id) if state is not None else None
+        # A look-up, never a walk over the jobs: an id holding a lone surrogate (which alone
+        # could not travel in a URL) is refused at registration and replaced in answers and
+        # state rows, so every tracked id is found under the text its link carries.
+        tracked = state.jobs.get(job_id) if state is not None else None
         if state is None or tracked is None:
             what = f"target {target}" if state is None else f"job {job_id} on target {target}"
             return self._render("missing.html.j2", status_code=404, what=what)

@@ -305,7 +305,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "timeseries",
             "Poll errors by reason",
             "Failed polls of the providers' APIs per second, by reason "
-            "(timeout, connect, http_4xx, http_429, http_5xx, bad_body, auth).",
+            "(timeout, connect, http_4xx, http_429, http_5xx, bad_body, auth, id_mismatch).",
             [
                 Query(
                     _sum_rate("target, reason", "asyncjob_poll_errors_total", s),
