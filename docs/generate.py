@@ -411,6 +411,10 @@ LABELS: dict[str, str] = {
         "failure) or `unknown`; see [Who must act](#who-must-act)"
     ),
     "connection_id": "the Oxlin connection id",
+    "source": "a configured source of jobs: `user <id>` (Basiq), `queue <id>` or `connection <id>` "
+    "(Oxlin), `backgroundjob` (AIMS360), `list <path>` (generic)",
+    "raw_status": "the provider's own status text of a state it does not document (the first 20 "
+    "a target sees; later ones are `other`)",
     "channel": "the Oxlin channel (`channel_definition_id`)",
     "queue": "the Oxlin queue id",
     "event_type": "the queue event's type (e.g. `SYNC_ALL_SUCCESS`, `AUTH_FAILED`)",
@@ -559,7 +563,10 @@ def sample_exposition() -> str:
         PollResult(jobs=[Job("4", Status.PENDING, "Queued", "import")], replaced={"3": "4"}),
         now + 120,
     )
+    # A job in a state the provider does not document, and a configured source answering 404.
+    tracker.track("example", Job("5", Status.UNKNOWN, "ON_HOLD", "connection"), "static", now + 120)
     state = tracker.targets["example"]
+    state.missing["user ea3a81"] = now + 60
     state.up, state.polled_once, state.last_success = True, True, now + 90
     state.poll_duration.observe(0.2)
     return exposition.render().decode()

@@ -21,6 +21,7 @@ from exporter import step_times
 from exporter.config import ResolvedTarget
 from exporter.history import EMPTY, History, observe
 from exporter.model import Cause, Connection, Job, Status
+from exporter.parsing import bounded_label
 from exporter.providers.base import PollResult, Provider
 from exporter.step_times import StepTimes
 
@@ -98,6 +99,11 @@ class Aggregates:
     step_duration: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (job_type, step)
     by_status: Counter[tuple[str, str]] = field(default_factory=Counter)  # tracked now: (job_type, status)
     queue_events: Counter[tuple[str, str]] = field(default_factory=Counter)  # (queue, event_type)
+    # Tracked now in a state no one documented (status unknown): (job_type, raw status label).
+    undocumented: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Raw status -> its label: the first UNDOCUMENTED_LABELS seen keep their own, later ones
+    # are "other" (a provider's free text must not grow the series without bound).
+    undocumented_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,6 +124,8 @@ class TargetState:
     last_success: float | None = None
     last_error: str = ""
     last_error_reason: str = ""  # timeout, connect, http_4xx, …, bad_body: as asyncjob_poll_errors_total
+    # Configured sources answering 404 (`user ea3a81`, `queue 20`) -> since when, this process.
+    missing: dict[str, float] = field(default_factory=dict)
     poll_duration: Histogram = field(default_factory=lambda: Histogram(POLL_DURATION_BUCKETS))
 
 
@@ -179,13 +187,34 @@ def _is_history(state: TargetState, tracked: TrackedJob, now: float) -> bool:
 
 
 def _resolve_cause(state: TargetState, tracked: TrackedJob) -> None:
-    tracked.cause = cause_of(state, tracked.job) if tracked.job.status is Status.FAILED else None
+    job = tracked.job
+    # A failed job's cause; also that of a job's refused records (their reason, e.g. record_errors).
+    records = job.reason is not None and bool(job.records_failed)
+    tracked.cause = cause_of(state, job) if job.status is Status.FAILED or records else None
+
+
+# Raw statuses of undocumented states a target labels by their own text, at most.
+UNDOCUMENTED_LABELS = 20
 
 
 def _tally(state: TargetState, tracked: TrackedJob, delta: int) -> None:
-    """The `asyncjob_jobs{status}` gauge: tracked jobs that are news (history is not shown)."""
-    if not tracked.is_history:
-        state.agg.by_status[(tracked.job.job_type, tracked.job.status)] += delta
+    """The `asyncjob_jobs{status}` gauge: tracked jobs that are news (history is not shown);
+    and, for those in a state no one documented, `asyncjob_jobs_undocumented{raw_status}`."""
+    if tracked.is_history:
+        return
+    job = tracked.job
+    agg = state.agg
+    agg.by_status[(job.job_type, job.status)] += delta
+    if job.status is Status.UNKNOWN and not job.is_placeholder:
+        names = agg.undocumented_labels
+        label = names.get(job.raw_status)
+        if label is None:
+            label = "other"  # not kept: the map stays bounded, and "other" stays "other"
+            if len(names) < UNDOCUMENTED_LABELS:
+                label = names[job.raw_status] = bounded_label(job.raw_status) or "other"
+        agg.undocumented[(job.job_type, label)] += delta
+        if not agg.undocumented[(job.job_type, label)]:
+            del agg.undocumented[(job.job_type, label)]
 
 
 def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float | None) -> None:
@@ -198,8 +227,10 @@ def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float | N
         hist = agg.job_duration[key] = Histogram(JOB_DURATION_BUCKETS)
     if duration is not None:
         hist.observe(duration)
-    if job.records_total is not None:
-        agg.records_processed[job.job_type] += job.records_total
+    # A failed job did not process its total: only the records it says went through.
+    processed = job.records_total if job.status is Status.SUCCEEDED else job.records_affected
+    if processed is not None:
+        agg.records_processed[job.job_type] += processed
     if job.records_failed is not None:
         agg.records_failed[job.job_type] += job.records_failed
 

@@ -310,3 +310,15 @@ async def test_changes_arriving_together_cost_one_rendering_of_their_group(
     assert renders == 1
     served = ex.render(gz=False, fresh=False)
     assert all(f'job_id="r{i}"'.encode() in served for i in range(GROUP_SIZE))
+
+
+def test_a_connection_only_its_user_can_fix_says_so() -> None:
+    from exporter.model import Connection
+
+    tr, ex = setup()
+    conns = [Connection("c1", "FAILED", awaiting_user=True), Connection("c2", "FAILED")]
+    tr.apply("t", PollResult(connections=conns), now=1)
+    got = samples(ex.render().decode())
+    awaiting = "asyncjob_connection_awaiting_user"
+    assert got[(awaiting, frozenset({("target", "t"), ("connection_id", "c1")}))] == 1
+    assert got[(awaiting, frozenset({("target", "t"), ("connection_id", "c2")}))] == 0
