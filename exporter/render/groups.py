@@ -8,6 +8,8 @@ group with room, through dicts; dropping one does not look at the others.
 
 from __future__ import annotations
 
+import heapq
+import logging
 import time
 from collections import deque
 from collections.abc import Generator
@@ -15,9 +17,12 @@ from dataclasses import dataclass
 
 import anyio
 
+from exporter.render.attention import due, effective_mode, needs_person
 from exporter.render.deflate import Block, block, combine, concat
 from exporter.render.jobs import JOB_FAMILIES, job_prefix
 from exporter.tracker import TargetState, TrackedJob
+
+log = logging.getLogger("asyncjob.render")
 
 # Jobs per group: the unit of rendering (~1 ms a group); more jobs per group would compress a
 # little better and make each refresh longer.
@@ -43,21 +48,25 @@ class Group:
     state, so memory per job is the tracker's own plus a share of compressed bytes.
     """
 
-    __slots__ = ("blocks", "dirty", "dirty_since", "jobs", "state")
+    __slots__ = ("blocks", "dirty", "dirty_since", "exceptions", "jobs", "state")
 
-    def __init__(self, state: TargetState) -> None:
+    def __init__(self, state: TargetState, exceptions: bool = False) -> None:
         self.state = state
         self.jobs: dict[str, TrackedJob] = {}
         self.blocks: tuple[Block, ...] | None = None  # None until first rendered
         self.dirty = False
         self.dirty_since = 0.0  # time.monotonic() of the first change not rendered yet
+        self.exceptions = exceptions  # only the jobs that need a person have series
 
     def refresh(self) -> bool:
         """Render the jobs again; a family whose bytes did not change keeps its block (so the
         assembly reuses that family's column). Returns whether any block changed."""
         parts: list[list[str]] = [[] for _ in JOB_FAMILIES]
         state = self.state
+        now = time.time()
         for tracked in self.jobs.values():
+            if self.exceptions and not needs_person(tracked, state.config, now):
+                continue
             prefix = job_prefix(state, tracked)
             for part, family in zip(parts, JOB_FAMILIES, strict=True):
                 part.append(family.lines(tracked, prefix))
@@ -157,11 +166,18 @@ class JobSeries:
         self.part: JobPart | None = None
         self.changed_after_snapshot: float | None = None  # oldest rendered change not assembled
         self.assembling: float | None = None  # oldest change of the assembly under way
+        self.modes: dict[str, str] = {}  # target -> all | exceptions | none, as last decided
+        # Quiet jobs of targets in `exceptions` mode, by when they become stuck or overdue: a job
+        # that stops moving gets no new answer to re-render it, so its group is marked then.
+        # One queued entry per job at most (`due_at`); a later deadline is looked at on waking.
+        self.due_queue: list[tuple[float, str, str]] = []
+        self.due_at: dict[tuple[str, str], float] = {}
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
         name, job_id = state.config.name, tracked.job.id
+        mode = self._mode(state)
         # History (first seen finished long ago) is not news: no series, so nothing pages for it.
-        if not state.config.config.per_job_metrics or tracked.is_history:
+        if mode == "none" or tracked.is_history:
             if job_id in self.where.get(name, {}):
                 self.job_removed(state, job_id)
             return
@@ -174,7 +190,7 @@ class JobSeries:
             if roomy:
                 group = roomy.popitem()[0]
             else:
-                group = Group(state)
+                group = Group(state, mode == "exceptions")
                 self.groups.setdefault(name, {})[group] = None
             where[job_id] = group
             group.jobs[job_id] = tracked
@@ -184,9 +200,12 @@ class JobSeries:
             group.jobs[job_id] = tracked
         group.state = state
         self._mark(group)
+        if group.exceptions:
+            self._watch(name, tracked, state, time.time())
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
         name = state.config.name
+        self.due_at.pop((name, job_id), None)
         group = self.where.get(name, {}).pop(job_id, None)
         if group is None:
             return
@@ -194,12 +213,72 @@ class JobSeries:
         if group.jobs:
             self.roomy[name][group] = None
             self._mark(group)
-            return
-        del self.groups[name][group]
-        self.roomy[name].pop(group, None)
-        group.blocks = None  # also tells the refresh queue it went
-        self.version += 1
-        self._unassembled(time.monotonic())
+        else:
+            del self.groups[name][group]
+            self.roomy[name].pop(group, None)
+            group.blocks = None  # also tells the refresh queue it went
+            self.version += 1
+            self._unassembled(time.monotonic())
+        self._mode(state)  # fewer jobs: `auto` may go back to every job's series
+
+    # --- per_job_series: which of a target's jobs have series ----------------------------
+    def _mode(self, state: TargetState) -> str:
+        """The target's mode now; on a change every group of the target is rendered again."""
+        name = state.config.name
+        old = self.modes.get(name)
+        new = effective_mode(state.config, len(state.jobs), old)
+        if new == old:
+            return new
+        self.modes[name] = new
+        if state.config.per_job_series == "auto" and (old is not None or new != "all"):
+            log.info(
+                "per-job series: %s",
+                "only the jobs that need a person" if new == "exceptions" else "every job",
+                extra={
+                    "target": name,
+                    "per_job_series": new,
+                    "jobs": len(state.jobs),
+                    "per_job_series_limit": state.config.per_job_series_limit,
+                },
+            )
+        exceptions, now = new == "exceptions", time.time()
+        for group in self.groups.get(name, {}):
+            group.exceptions = exceptions
+            self._mark(group)
+            if exceptions:
+                for tracked in group.jobs.values():
+                    self._watch(name, tracked, group.state, now)
+        return new
+
+    def _watch(self, name: str, tracked: TrackedJob, state: TargetState, now: float) -> None:
+        """Queue a quiet job to be looked at again when it becomes stuck or overdue."""
+        when = due(tracked, state.config)
+        if when is None or when <= now:
+            return  # finished, or due already: the refresh under way shows it
+        key = (name, tracked.job.id)
+        queued = self.due_at.get(key)
+        if queued is not None and queued <= when:
+            return  # an earlier look is queued: it queues the later one then
+        self.due_at[key] = when
+        heapq.heappush(self.due_queue, (when, name, tracked.job.id))
+
+    def wake_due(self, now: float) -> None:
+        """Mark the groups of jobs that became stuck or overdue by `now` (costs what is due)."""
+        queue = self.due_queue
+        while queue and queue[0][0] <= now:
+            when, name, job_id = heapq.heappop(queue)
+            key = (name, job_id)
+            if self.due_at.get(key) != when:
+                continue  # dropped, or queued again for another time
+            del self.due_at[key]
+            group = self.where.get(name, {}).get(job_id)
+            if group is None or not group.exceptions:
+                continue
+            tracked = group.jobs[job_id]
+            if needs_person(tracked, group.state.config, now):
+                self._mark(group)
+            else:
+                self._watch(name, tracked, group.state, now)  # it moved since: its new deadline
 
     def tombstone_renewed(self, state: TargetState, job_id: str) -> None:
         return None  # a tombstoned job has no series
@@ -253,6 +332,7 @@ class JobSeries:
     def current(self, fresh: bool) -> JobPart:
         """The job part to serve; `fresh`: every change rendered and assembled first."""
         if fresh or self.part is None:
+            self.wake_due(time.time())
             self.refresh()
             if self.part is None or self.part.version != self.version:
                 return self.assemble()
@@ -264,6 +344,7 @@ class JobSeries:
         every MAX_AGE seconds while jobs change. A turn of several groups keeps up when polling
         keeps the loop busy (a group a turn would wait behind every other task's turn)."""
         while True:
+            self.wake_due(time.time())
             deadline = time.monotonic() + MAX_AGE
             while self.dirty and time.monotonic() < deadline:
                 with anyio.move_on_after(0.25):  # a scrape is being served: let it finish
