@@ -16,9 +16,13 @@ from tests.realstack import require_binaries
 pytestmark = [pytest.mark.realstack, pytest.mark.e2e]
 
 
-def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(tmp_path: Path) -> None:
+@pytest.mark.parametrize("per_job_series", ["all", "exceptions"])
+def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(
+    tmp_path: Path, per_job_series: str
+) -> None:
+    """The same pages whether every job has per-job series or only those that need a person."""
     binaries = require_binaries()
-    seen = fleet.run(tmp_path, binaries)
+    seen = fleet.run(tmp_path, binaries, per_job_series=per_job_series)
     labels = {job.label for job in seen.fleet}
     assert {
         "healthy",
@@ -31,6 +35,7 @@ def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(tmp_path: Pat
         "rerun, then succeeded",
         "missed final event",
         "MFA expired",
+        "succeeded with failing records",
     } <= labels
     assert len(seen.fleet) >= 200
 
