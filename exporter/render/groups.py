@@ -48,25 +48,21 @@ class Group:
     state, so memory per job is the tracker's own plus a share of compressed bytes.
     """
 
-    __slots__ = ("blocks", "dirty", "dirty_since", "exceptions", "jobs", "state")
+    __slots__ = ("blocks", "dirty", "dirty_since", "jobs", "state")
 
-    def __init__(self, state: TargetState, exceptions: bool = False) -> None:
+    def __init__(self, state: TargetState) -> None:
         self.state = state
         self.jobs: dict[str, TrackedJob] = {}
         self.blocks: tuple[Block, ...] | None = None  # None until first rendered
         self.dirty = False
         self.dirty_since = 0.0  # time.monotonic() of the first change not rendered yet
-        self.exceptions = exceptions  # only the jobs that need a person have series
 
     def refresh(self) -> bool:
         """Render the jobs again; a family whose bytes did not change keeps its block (so the
         assembly reuses that family's column). Returns whether any block changed."""
         parts: list[list[str]] = [[] for _ in JOB_FAMILIES]
         state = self.state
-        now = time.time()
         for tracked in self.jobs.values():
-            if self.exceptions and not needs_person(tracked, state.config, now):
-                continue
             prefix = job_prefix(state, tracked)
             for part, family in zip(parts, JOB_FAMILIES, strict=True):
                 part.append(family.lines(tracked, prefix))
@@ -172,14 +168,28 @@ class JobSeries:
         # One queued entry per job at most (`due_at`); a later deadline is looked at on waking.
         self.due_queue: list[tuple[float, str, str]] = []
         self.due_at: dict[tuple[str, str], float] = {}
+        self.states: dict[str, TargetState] = {}  # target -> its state, for the queued jobs
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
+        self.states[state.config.name] = state
+        self._place(state, tracked, self._mode(state), time.time())
+
+    def _place(self, state: TargetState, tracked: TrackedJob, mode: str, now: float) -> None:
+        """Put the job in a group (its series are rendered) or take it out, as `mode` says.
+
+        In `exceptions` mode only the jobs that need a person are in groups, so the groups stay
+        full and compress as well as in `all`; a quiet job is queued for the moment it would
+        become stuck or overdue (a job only starts to need a person through a change or then).
+        """
         name, job_id = state.config.name, tracked.job.id
-        mode = self._mode(state)
         # History (first seen finished long ago) is not news: no series, so nothing pages for it.
-        if mode == "none" or tracked.is_history:
+        shown = mode != "none" and not tracked.is_history
+        if shown and mode == "exceptions" and not needs_person(tracked, state.config, now):
+            self._watch(name, tracked, state, now)
+            shown = False
+        if not shown:
             if job_id in self.where.get(name, {}):
-                self.job_removed(state, job_id)
+                self._take_out(name, job_id)
             return
         where = self.where.setdefault(name, {})
         group = where.get(job_id)
@@ -190,7 +200,7 @@ class JobSeries:
             if roomy:
                 group = roomy.popitem()[0]
             else:
-                group = Group(state, mode == "exceptions")
+                group = Group(state)
                 self.groups.setdefault(name, {})[group] = None
             where[job_id] = group
             group.jobs[job_id] = tracked
@@ -200,30 +210,30 @@ class JobSeries:
             group.jobs[job_id] = tracked
         group.state = state
         self._mark(group)
-        if group.exceptions:
-            self._watch(name, tracked, state, time.time())
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
         name = state.config.name
         self.due_at.pop((name, job_id), None)
-        group = self.where.get(name, {}).pop(job_id, None)
-        if group is None:
-            return
+        if job_id in self.where.get(name, {}):
+            self._take_out(name, job_id)
+        self._mode(state)  # fewer jobs: `auto` may go back to every job's series
+
+    def _take_out(self, name: str, job_id: str) -> None:
+        group = self.where[name].pop(job_id)
         del group.jobs[job_id]
         if group.jobs:
             self.roomy[name][group] = None
             self._mark(group)
-        else:
-            del self.groups[name][group]
-            self.roomy[name].pop(group, None)
-            group.blocks = None  # also tells the refresh queue it went
-            self.version += 1
-            self._unassembled(time.monotonic())
-        self._mode(state)  # fewer jobs: `auto` may go back to every job's series
+            return
+        del self.groups[name][group]
+        self.roomy[name].pop(group, None)
+        group.blocks = None  # also tells the refresh queue it went
+        self.version += 1
+        self._unassembled(time.monotonic())
 
     # --- per_job_series: which of a target's jobs have series ----------------------------
     def _mode(self, state: TargetState) -> str:
-        """The target's mode now; on a change every group of the target is rendered again."""
+        """The target's mode now; on a change every job of the target is placed again."""
         name = state.config.name
         old = self.modes.get(name)
         new = effective_mode(state.config, len(state.jobs), old)
@@ -241,20 +251,17 @@ class JobSeries:
                     "per_job_series_limit": state.config.per_job_series_limit,
                 },
             )
-        exceptions, now = new == "exceptions", time.time()
-        for group in self.groups.get(name, {}):
-            group.exceptions = exceptions
-            self._mark(group)
-            if exceptions:
-                for tracked in group.jobs.values():
-                    self._watch(name, tracked, group.state, now)
+        if old is not None:
+            now = time.time()
+            for tracked in list(state.jobs.values()):
+                self._place(state, tracked, new, now)
         return new
 
     def _watch(self, name: str, tracked: TrackedJob, state: TargetState, now: float) -> None:
         """Queue a quiet job to be looked at again when it becomes stuck or overdue."""
         when = due(tracked, state.config)
         if when is None or when <= now:
-            return  # finished, or due already: the refresh under way shows it
+            return
         key = (name, tracked.job.id)
         queued = self.due_at.get(key)
         if queued is not None and queued <= when:
@@ -263,7 +270,8 @@ class JobSeries:
         heapq.heappush(self.due_queue, (when, name, tracked.job.id))
 
     def wake_due(self, now: float) -> None:
-        """Mark the groups of jobs that became stuck or overdue by `now` (costs what is due)."""
+        """Give their series to the quiet jobs that became stuck or overdue by `now` (costs what
+        is due, not the number of jobs)."""
         queue = self.due_queue
         while queue and queue[0][0] <= now:
             when, name, job_id = heapq.heappop(queue)
@@ -271,14 +279,11 @@ class JobSeries:
             if self.due_at.get(key) != when:
                 continue  # dropped, or queued again for another time
             del self.due_at[key]
-            group = self.where.get(name, {}).get(job_id)
-            if group is None or not group.exceptions:
+            state = self.states.get(name)
+            tracked = state.jobs.get(job_id) if state is not None else None
+            if state is None or tracked is None or self.modes.get(name) != "exceptions":
                 continue
-            tracked = group.jobs[job_id]
-            if needs_person(tracked, group.state.config, now):
-                self._mark(group)
-            else:
-                self._watch(name, tracked, group.state, now)  # it moved since: its new deadline
+            self._place(state, tracked, "exceptions", now)  # shown now, or queued for its new deadline
 
     def tombstone_renewed(self, state: TargetState, job_id: str) -> None:
         return None  # a tombstoned job has no series
