@@ -201,3 +201,33 @@ def test_step_names_past_the_cap_count_as_other_logged_once(caplog: pytest.LogCa
     assert f"{other} 7" in body  # 9 steps finished, 2 under their own names
     capped = [r for r in caplog.records if "max_step_names" in r.getMessage()]
     assert len(capped) == 1
+
+
+def test_a_reload_that_changes_the_mode_places_every_job_again() -> None:
+    now = time.time()
+    tr, ex = setup(per_job_series="all")
+    a_fleet(tr, now)
+
+    def reload(mode: str) -> None:
+        s = build_settings(
+            {
+                "global": {"stuck_after": "10m", "max_duration": "1h", "retention": "1h"},
+                "targets": [
+                    {"name": "t", "provider": "basiq", "base_url": "https://x", "per_job_series": mode}
+                ],
+            },
+            PROVIDERS,
+        )
+        tr.set_target(s.resolved(s.targets[0]))
+
+    reload("none")
+    assert with_series(ex) == set()
+    reload("exceptions")
+    assert with_series(ex) == NEED_A_PERSON
+    reload("all")
+    assert with_series(ex) == EVERY_JOB
+    reload("exceptions")
+    assert ex.jobs.due_at  # the quiet jobs wait for their deadlines
+    tr.remove_target("t")
+    ex.jobs.wake_due(now + 86400)  # a removed target's quiet jobs are not brought back
+    assert with_series(ex) == set()
