@@ -24,15 +24,26 @@ def needs_person(tracked: TrackedJob, config: ResolvedTarget, now: float) -> boo
 
 
 def due(tracked: TrackedJob, config: ResolvedTarget) -> float | None:
-    """When an unfinished job becomes stuck or overdue, should nothing move before; None for a
-    finished job. The same sums as the shipped rules: no progress for `stuck_after`, running
-    (from its start, else its creation) longer than `max_duration`."""
+    """When an unfinished job's series are shown, should nothing move before: a lead ahead of the
+    moment it becomes stuck or overdue (the same sums as the shipped rules: no progress for
+    `stuck_after`, running from its start, else its creation, longer than `max_duration`); None
+    for a finished job."""
     job = tracked.job
     if job.status.terminal:
         return None
-    stuck = tracked.last_progress + config.stuck_after
+    stuck = tracked.last_progress + config.stuck_after - lead(config.stuck_after, config)
     start = job.started if job.started is not None else job.created
-    return stuck if start is None else min(stuck, start + config.max_duration)
+    if start is None:
+        return stuck
+    return min(stuck, start + config.max_duration - lead(config.max_duration, config))
+
+
+def lead(threshold: float, config: ResolvedTarget) -> float:
+    """How long before a threshold the job's series are shown: a poll interval (at most a tenth
+    of the threshold), so that Prometheus has scraped them when the threshold passes and the
+    rule's first evaluation after it sees the job, as it would in `all` mode. Earlier would
+    show jobs that move again in time, and hide them again: series made for nothing."""
+    return min(config.poll_interval, threshold / 10)
 
 
 def effective_mode(config: ResolvedTarget, jobs: int, current: str | None) -> str:
