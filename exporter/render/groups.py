@@ -163,9 +163,9 @@ class JobSeries:
         self.changed_after_snapshot: float | None = None  # oldest rendered change not assembled
         self.assembling: float | None = None  # oldest change of the assembly under way
         self.modes: dict[str, str] = {}  # target -> all | exceptions | none, as last decided
-        # Quiet jobs of targets in `exceptions` mode, by when they become stuck or overdue: a job
-        # that stops moving gets no new answer to re-render it, so its group is marked then.
-        # One queued entry per job at most (`due_at`); a later deadline is looked at on waking.
+        # Quiet jobs of targets in `exceptions` mode, by when they are about to become stuck or
+        # overdue: a job that stops moving gets no new answer to place it, so it is placed then.
+        # One live entry per job (`due_at`); a deadline moved later is queued again on waking.
         self.due_queue: list[tuple[float, str, str]] = []
         self.due_at: dict[tuple[str, str], float] = {}
         self.states: dict[str, TargetState] = {}  # target -> its state, for the queued jobs
