@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from exporter.config import build_settings
+from exporter.config import ConfigError, build_settings
 from exporter.model import Job, Status, Step
 from exporter.providers import PROVIDERS
 from exporter.render import Exposition
@@ -234,3 +234,21 @@ def test_a_reload_that_changes_the_mode_places_every_job_again() -> None:
     tr.remove_target("t")
     ex.jobs.wake_due(now + 86400)  # a removed target's quiet jobs are not brought back
     assert with_series(ex) == set()
+
+
+def test_per_job_metrics_that_contradicts_per_job_series_is_refused() -> None:
+    with pytest.raises(ConfigError, match="contradicts per_job_series"):
+        build_settings(
+            {
+                "targets": [
+                    {
+                        "name": "t",
+                        "provider": "basiq",
+                        "base_url": "https://x",
+                        "per_job_metrics": False,
+                        "per_job_series": "all",
+                    }
+                ]
+            },
+            PROVIDERS,
+        )
