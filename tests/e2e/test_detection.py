@@ -1,8 +1,9 @@
 """Precision and recall of the shipped alerts, end to end: a labelled fleet of ~230 jobs on every
 provider of the simulator, the exporter with a state file killed (-9) and restarted halfway, a real
 Prometheus with alerts/asyncjob.rules.yml and a real Alertmanager. The pages (alerts of severity
-warning or critical, firing) are exactly those the labels call for: every one, and no other.
-Nothing here is timed; bench/detection.py reports time to page from the same run."""
+warning or critical, firing) are exactly those the labels call for: every one, and no other, with
+every job's series (`per_job_series: all`) and with only the series of the jobs that need a person
+(`exceptions`). Nothing here is timed; bench/detection.py reports time to page from the same run."""
 
 from __future__ import annotations
 
