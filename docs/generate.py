@@ -670,7 +670,9 @@ CHOICES = [
     "the bucket, its value and when it was observed. An exemplar whose labels would pass "
     "OpenMetrics' 128 characters (a very long job id) is left out. Prometheus keeps exemplars "
     "when started with `--enable-feature=exemplar-storage`; the job dashboard's duration panels "
-    "show them and link each to `/jobs/{target}/{job_id}` on the exporter. Every other scraper "
+    "show them and link each to `/jobs/{target}/{job_id}` on the exporter (Grafana also takes an "
+    "exemplar's link from its Prometheus datasource: deploy/compose provisions "
+    "`exemplarTraceIdDestinations` for `job_id`). Every other scraper "
     "(no `Accept`, `*/*`, `text/plain`) gets the text format 0.0.4, as before. The per-job part "
     "is the same bytes in both formats and is compressed once for both.",
     "",
