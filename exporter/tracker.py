@@ -39,23 +39,35 @@ TOMBSTONE_SECONDS = 8 * 86400.0
 TOMBSTONE_RENEW_SECONDS = 86400.0
 
 
+# The job that last landed in a bucket: (job_id, value, when), served as an OpenMetrics exemplar.
+Exemplar = tuple[str, float, float]
+
+
 @dataclass(slots=True)
 class Histogram:
     buckets: tuple[float, ...]
     counts: list[int] = field(default_factory=list)
     total: float = 0.0
     count: int = 0
+    # Per bucket (and +Inf last), the last job whose value fell in it first; None: none yet.
+    exemplars: list[Exemplar | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.counts:
             self.counts = [0] * len(self.buckets)
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, job_id: str | None = None) -> None:
         self.total += value
         self.count += 1
+        own = len(self.buckets)
         for i, bound in enumerate(self.buckets):
             if value <= bound:
                 self.counts[i] += 1
+                own = min(own, i)
+        if job_id is not None:
+            if not self.exemplars:
+                self.exemplars = [None] * (len(self.buckets) + 1)
+            self.exemplars[own] = (job_id, value, time.time())
 
 
 @dataclass(slots=True)  # no __dict__: one object less and ~100 bytes less per job
@@ -127,6 +139,31 @@ class TargetState:
     # Configured sources answering 404 (`user ea3a81`, `queue 20`) -> since when, this process.
     missing: dict[str, float] = field(default_factory=dict)
     poll_duration: Histogram = field(default_factory=lambda: Histogram(POLL_DURATION_BUCKETS))
+    # Step names given a histogram of their own (at most max_step_names); the rest are "other".
+    step_names: set[str] = field(default_factory=set)
+    step_names_capped: bool = False  # a name past the cap was seen (and logged, once)
+
+
+# The step histograms' label for names past the target's max_step_names.
+OTHER_STEP = "other"
+
+
+def step_label(state: TargetState, name: str) -> str:
+    """`name` while the target has room for it in the step histograms, else "other": a provider
+    that makes up step names would grow them for ever (about 430 bytes of exposition a name)."""
+    names = state.step_names
+    if name in names:
+        return name
+    if len(names) < state.config.max_step_names:
+        names.add(name)
+        return name
+    if not state.step_names_capped:
+        state.step_names_capped = True
+        log.warning(
+            'step names past max_step_names are counted as step="other"',
+            extra={"target": state.config.name, "max_step_names": state.config.max_step_names, "step": name},
+        )
+    return OTHER_STEP
 
 
 def _first(*values: float | None) -> float:
@@ -226,7 +263,7 @@ def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float | N
     if hist is None:
         hist = agg.job_duration[key] = Histogram(JOB_DURATION_BUCKETS)
     if duration is not None:
-        hist.observe(duration)
+        hist.observe(duration, job.id)
     # A failed job did not process its total: only the records it says went through.
     processed = job.records_total if job.status is Status.SUCCEEDED else job.records_affected
     if processed is not None:
@@ -379,8 +416,9 @@ class Tracker:
             agg.records_processed[jt] += 0
             agg.records_failed[jt] += 0
         for step in job.steps:
-            if (jt, step.name) not in agg.step_duration:
-                agg.step_duration[(jt, step.name)] = Histogram(STEP_DURATION_BUCKETS)
+            key = (jt, step_label(state, step.name))
+            if key not in agg.step_duration:
+                agg.step_duration[key] = Histogram(STEP_DURATION_BUCKETS)
 
     def _observe_steps(self, state: TargetState, tracked: TrackedJob, old: Job | None, now: float) -> None:
         """Step timing from observations: Basiq's steps carry no timestamps.
@@ -408,11 +446,11 @@ class Tracker:
                     finished = now
                     if started is not None:
                         duration = max(0.0, now - started)
-                        key = (job.job_type, step.name)
+                        key = (job.job_type, step_label(state, step.name))
                         hist = state.agg.step_duration.get(key)
                         if hist is None:
                             hist = state.agg.step_duration[key] = Histogram(STEP_DURATION_BUCKETS)
-                        self.hold(partial(hist.observe, duration))
+                        self.hold(partial(hist.observe, duration, job.id))
                 else:
                     finished = job.updated or now
             if (started, finished, duration) != was:

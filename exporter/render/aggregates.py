@@ -73,9 +73,9 @@ AGGREGATE_FAMILIES: tuple[
 )
 
 
-def render_aggregates(targets: Iterable[TargetState]) -> bytes:
+def render_aggregates(targets: Iterable[TargetState], openmetrics: bool = False) -> bytes:
     ts = list(targets)
-    w = Text()
+    w = Text(openmetrics)
     w.family("asyncjob_jobs", "Jobs tracked now, by normalised status.", "gauge")
     for s in ts:
         # Job types with tracked jobs; a type whose jobs all went (or a registration
@@ -100,7 +100,7 @@ def render_aggregates(targets: Iterable[TargetState]) -> bytes:
                 parts = (key,) if isinstance(key, str) else key
                 job_type, more = parts[0], {n: str(v) for n, v in zip(names, parts[1:], strict=True)}
                 if isinstance(value, Histogram):
-                    w.histogram(name, _tl(s, job_type, **more), value)
+                    w.histogram(name, _tl(s, job_type, **more), value, s.config.name)
                 else:
                     w.sample(name, _tl(s, job_type, **more), value)
     _render_connections(w, ts)

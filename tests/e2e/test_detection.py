@@ -4,8 +4,9 @@ Prometheus with alerts/asyncjob.rules.yml and a real Alertmanager. The pages (al
 warning or critical, firing) are exactly those the labels call for: every one, and no other, with
 the providers' documented edges among them (a Basiq user that no longer exists, the token
 endpoint's two 403s, Oxlin connections closed or idle mid-sync, a lapsed consent on another
-channel, an AIMS360 state no one documented, Basiq's list without jobType).
-Nothing here is timed; bench/detection.py reports time to page from the same run."""
+channel, an AIMS360 state no one documented, Basiq's list without jobType); once with
+every job's series (`per_job_series: all`) and with only the series of the jobs that need a person
+(`exceptions`). Nothing here is timed; bench/detection.py reports time to page from the same run."""
 
 from __future__ import annotations
 
@@ -19,9 +20,13 @@ from tests.realstack import require_binaries
 pytestmark = [pytest.mark.realstack, pytest.mark.e2e]
 
 
-def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(tmp_path: Path) -> None:
+@pytest.mark.parametrize("per_job_series", ["all", "exceptions"])
+def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(
+    tmp_path: Path, per_job_series: str
+) -> None:
+    """The same pages whether every job has per-job series or only those that need a person."""
     binaries = require_binaries()
-    seen = fleet.run(tmp_path, binaries)
+    seen = fleet.run(tmp_path, binaries, per_job_series=per_job_series)
     labels = {job.label for job in seen.fleet}
     assert {
         "healthy",
@@ -38,6 +43,7 @@ def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(tmp_path: Pat
         "nothing to synchronise",
         "lapsed consent on another channel",
         "undocumented state",
+        "succeeded with failing records",
     } <= labels
     assert len(seen.fleet) >= 200
 

@@ -24,7 +24,12 @@ def setup(per_job: bool = True) -> tuple[Tracker, Exposition]:
     s = build_settings(
         {
             "targets": [
-                {"name": "t", "provider": "basiq", "base_url": "https://x", "per_job_metrics": per_job}
+                {
+                    "name": "t",
+                    "provider": "basiq",
+                    "base_url": "https://x",
+                    "per_job_series": "all" if per_job else "none",
+                }
             ]
         },
         PROVIDERS,
@@ -202,7 +207,7 @@ def stable(body: bytes) -> bytes:
     return b"\n".join(line for line in body.split(b"\n") if not line.startswith(moving))
 
 
-def test_per_job_metrics_off_keeps_only_aggregates() -> None:
+def test_per_job_series_none_keeps_only_aggregates() -> None:
     tr, ex = setup(per_job=False)
     tr.track("t", Job("1", Status.SUCCEEDED), "static")
     text = ex.render().decode()
