@@ -16,7 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import auth, changes, detection, machine, memory, pgdriver, poll, registration, report, scrape, series
+from bench import (
+    auth,
+    changes,
+    detection,
+    machine,
+    memory,
+    pgdriver,
+    poll,
+    registration,
+    report,
+    scrape,
+    series,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

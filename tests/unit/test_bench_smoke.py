@@ -6,7 +6,19 @@ from typing import Any
 
 import pytest
 
-from bench import auth, changes, detection, machine, memory, pgdriver, poll, registration, report, scrape, series
+from bench import (
+    auth,
+    changes,
+    detection,
+    machine,
+    memory,
+    pgdriver,
+    poll,
+    registration,
+    report,
+    scrape,
+    series,
+)
 
 
 def quiet(_: str) -> None:
