@@ -174,3 +174,11 @@ OPENAPI: dict[str, Any] = {
         }
     },
 }
+
+
+def openapi_document(external_url: str = "") -> dict[str, Any]:
+    """The description as served: its server is --web.external-url when set, so a client
+    generated from it calls the address people reach the exporter at."""
+    if not external_url:
+        return OPENAPI
+    return {**OPENAPI, "servers": [{"url": external_url}]}

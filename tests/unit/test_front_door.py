@@ -336,13 +336,13 @@ def live_runtime(config: Path, web_config: Any = None) -> Runtime:
 def test_an_empty_or_blank_token_file_is_refused_at_start_and_by_check_config(
     tmp_path: Path, content: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from exporter.commands import check_config, run_exporter
+    from exporter.commands import Web, check_config, run_exporter
 
     config = token_config(tmp_path, content)
     token = str(tmp_path / "token")
     assert check_config(str(config)) == 2
     assert f"api.token_file: {token} is empty or blank" in capsys.readouterr().err
-    assert run_exporter(str(config), "127.0.0.1:0", None, 0, 1) == 2
+    assert run_exporter(str(config), Web(listen="127.0.0.1:0"), 0, 1) == 2
     assert f"api.token_file: {token} is empty or blank" in capsys.readouterr().err
 
 

@@ -378,3 +378,13 @@ def test_a_job_page_names_whom_the_job_concerns_and_labels_the_provider_link_as_
     assert re.search(r"<dt>connection</dt><dd[^>]*>60612323-9c42-478a-8ff2-640445dbe64a</dd>", page)
     assert "<dt>provider API</dt>" in page and "at the provider" not in page
     assert "it asks for the target's credentials" in page
+
+
+def test_the_landing_page_names_a_configured_source_that_answers_404() -> None:
+    rt = runtime()
+    rt.tracker.targets["basiq"].missing["user <b>ea3a81</b>"] = 1_700_000_000.0
+    page = client(rt).get("/").text
+    row = re.search(r'<tr data-target="basiq">(.*?)</tr>', page, re.S)
+    assert row is not None
+    assert "user &lt;b&gt;ea3a81&lt;/b&gt; answers 404" in row.group(1)
+    assert "not_found" in row.group(1)
