@@ -36,18 +36,20 @@ def _job_link(cfg: Config) -> str:
     )
 
 
+def _exporter(cfg: Config) -> str:
+    """The exporter's pages: under its external URL when the mixin names it, else at the address
+    Prometheus scraped."""
+    return cfg.external_url or f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}"
+
+
 def job_page(cfg: Config) -> str:
-    """The job's page on the exporter that reported it: its error text and timeline. Under the
-    exporter's external URL when the mixin names it, else at the address Prometheus scraped."""
-    base = cfg.external_url or f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}"
-    return f"{base}/jobs/{{{{ $labels.target }}}}/{{{{ $labels.job_id | urlquery }}}}"
+    """The job's page on the exporter that reported it: its error text and timeline."""
+    return f"{_exporter(cfg)}/jobs/{{{{ $labels.target }}}}/{{{{ $labels.job_id | urlquery }}}}"
 
 
 def _jobs_list(cfg: Config) -> str:
     """The target's list of jobs on the exporter that reported them (filters to append)."""
-    return (
-        f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}/jobs?target={{{{ $labels.target | urlquery }}}}"
-    )
+    return f"{_exporter(cfg)}/jobs?target={{{{ $labels.target | urlquery }}}}"
 
 
 def _overview_link(cfg: Config) -> str:
