@@ -213,16 +213,21 @@ async def served(limits: ConnectionLimits) -> AsyncIterator[Server]:
         tg.cancel_scope.cancel()
 
 
-async def flood_connection(port: int, request: bytes, held: list[anyio.abc.SocketStream]) -> None:
-    """A connection that pipelines `request` and reads nothing, until cancelled."""
-    stream = await anyio.connect_tcp("127.0.0.1", port)
-    stream.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    held.append(stream)
+async def flood_connection(port: int, request: bytes, held: list[asyncio.StreamWriter]) -> None:
+    """A connection that pipelines `request` and reads nothing (a small receive buffer, set
+    before it connects, fills at once), until cancelled."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    held.append(writer)
     try:
         while True:
-            await stream.send(request * 10)
+            writer.write(request * 10)
+            await writer.drain()
             await anyio.sleep(0.01)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+    except OSError:
         pass  # closed to make room
 
 
@@ -240,16 +245,31 @@ async def test_a_scrape_with_good_credentials_gets_in_while_more_connections_tha
     async with served(limits) as server:
         port = server.port
         assert await status_of_one_request(port, get("/metrics", GOOD)) == 200  # verified, cached
-        held: list[anyio.abc.SocketStream] = []
-        with slow_bcrypt(monkeypatch, 0.2), anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                for _ in range(CAP + 8):
-                    tg.start_soon(flood_connection, port, flood, held)
-                await anyio.sleep(1)  # every slot held: requests queued for bcrypt, or answers unread
-                open_before = len(server._server.server_state.connections)
-                statuses = [await status_of_one_request(port, get("/metrics", GOOD)) for _ in range(5)]
-                tg.cancel_scope.cancel()
-        for stream in held:
-            await stream.aclose()
+        held: list[asyncio.StreamWriter] = []
+        try:
+            with slow_bcrypt(monkeypatch, 0.2), anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(CAP + 8):
+                        tg.start_soon(flood_connection, port, flood, held)
+                    await anyio.sleep(1)  # every slot held: requests queued for bcrypt, or answers unread
+                    open_before = len(server._server.server_state.connections)
+                    statuses = [await status_of_one_request(port, get("/metrics", GOOD)) for _ in range(5)]
+                    tg.cancel_scope.cancel()
+        finally:
+            for writer in held:
+                writer.close()
     assert open_before >= CAP  # the flood held every slot
     assert statuses == [200] * 5
+
+
+@pytest.mark.anyio
+async def test_a_client_that_reads_none_of_its_answers_is_closed_after_the_write_timeout() -> None:
+    limits = ConnectionLimits(header_timeout=60, max_connections=CAP, write_timeout=0.5)
+    async with served(limits) as server:
+        held: list[asyncio.StreamWriter] = []
+        try:
+            with anyio.fail_after(10):
+                await flood_connection(server.port, get("/metrics", GOOD), held)  # returns once closed
+        finally:
+            for writer in held:
+                writer.close()
