@@ -383,7 +383,8 @@ LABELS: dict[str, str] = {
     "kind": "`total`, `affected` or `failed`",
     "reason": (
         "a bounded reason: the provider's error code or state (failed jobs), the class of a failed "
-        f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), or why a job stopped being tracked"
+        f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), why a job stopped being tracked, "
+        "or why the exporter closed a connection"
     ),
     "cause": (
         "who must act on a failed job: `user` (the end user: wrong credentials, an expired MFA, a "

@@ -21,7 +21,7 @@ import pytest
 
 from exporter.config import build_settings
 from exporter.connections import ConnectionLimits, HeadWithBody
-from exporter.front_door import IDLE, NOT_AUTHENTICATED, NOT_READING, FrontDoor, WebCounts
+from exporter.front_door import IDLE, NOT_AUTHENTICATED, NOT_READING, WEB_COUNTS, FrontDoor, WebCounts
 from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
 from exporter.server import Server, build_app
@@ -242,6 +242,7 @@ async def test_a_scrape_with_good_credentials_gets_in_while_more_connections_tha
 ) -> None:
     # Timeouts far away: the cap, not a deadline, has to let the scrape in.
     limits = ConnectionLimits(header_timeout=60, max_connections=CAP, write_timeout=60)
+    closed_before = sum(WEB_COUNTS.closed.values())
     async with served(limits) as server:
         port = server.port
         assert await status_of_one_request(port, get("/metrics", GOOD)) == 200  # verified, cached
@@ -260,6 +261,21 @@ async def test_a_scrape_with_good_credentials_gets_in_while_more_connections_tha
                 writer.close()
     assert open_before >= CAP  # the flood held every slot
     assert statuses == [200] * 5
+    assert sum(WEB_COUNTS.closed.values()) > closed_before  # the flood's connections made room
+
+
+def test_the_connections_closed_and_refused_are_on_metrics() -> None:
+    from exporter.render.scrape import render_web_counts
+    from exporter.render.text import Text
+
+    counts = WebCounts(refused=3)
+    counts.closed[NOT_AUTHENTICATED] = 7
+    w = Text()
+    render_web_counts(w, counts)
+    text = w.bytes().decode()
+    assert "asyncjob_web_connections_refused_total 3\n" in text
+    assert 'asyncjob_web_connections_closed_total{reason="cap_not_authenticated"} 7\n' in text
+    assert 'asyncjob_web_connections_closed_total{reason="write_timeout"} 0\n' in text
 
 
 @pytest.mark.anyio
