@@ -323,6 +323,9 @@ def guarded_h11(
             if self._posting:  # answered first, then closed (uvicorn would close it now)
                 self._close_after = True
                 return
+            if not self._trusted:  # its request, if any, is dropped quietly (connection_lost)
+                self.transport.abort()
+                return
             super().shutdown()
 
         def on_response_complete(self) -> None:

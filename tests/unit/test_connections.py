@@ -289,3 +289,26 @@ async def test_a_client_that_reads_none_of_its_answers_is_closed_after_the_write
         finally:
             for writer in held:
                 writer.close()
+
+
+@pytest.mark.anyio
+async def test_shutting_down_during_a_flood_drops_the_requests_waiting_for_bcrypt_quietly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = ConnectionLimits(header_timeout=60, max_connections=CAP, write_timeout=60)
+    held: list[asyncio.StreamWriter] = []
+    try:
+        with slow_bcrypt(monkeypatch, 0.2), anyio.fail_after(30), caplog.at_level(logging.ERROR):
+            async with served(limits) as server, anyio.create_task_group() as tg:
+                for _ in range(CAP):
+                    tg.start_soon(flood_connection, server.port, get("/metrics", WRONG), held)
+                await anyio.sleep(1)  # each with a wrong password queued for bcrypt
+                server.stop()  # as on SIGTERM
+                with anyio.fail_after(10):
+                    while server._server.server_state.connections:
+                        await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+    finally:
+        for writer in held:
+            writer.close()
+    assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]
