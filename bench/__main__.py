@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import auth, changes, detection, machine, memory, poll, registration, report, scrape
+from bench import auth, changes, detection, lockout, machine, memory, poll, registration, report, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -52,6 +52,11 @@ BENCHMARKS: list[tuple[str, str, Callable[[Log], Any]]] = [
         lambda log: registration.run(log=log),
     ),
     ("auth", "authenticated scrapes during a wrong-password flood", lambda log: auth.run(log=log)),
+    (
+        "lockout",
+        "scrapes on new connections while more connections than the cap pipeline wrong passwords",
+        lambda log: lockout.run(log=log),
+    ),
 ]
 NAMES = tuple(name for name, _, _ in BENCHMARKS)
 
