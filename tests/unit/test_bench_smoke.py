@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench import auth, changes, detection, machine, memory, poll, registration, report, scrape
+from bench import auth, changes, detection, lockout, machine, memory, poll, registration, report, scrape
 
 
 def quiet(_: str) -> None:
@@ -90,3 +90,14 @@ def test_auth_scrapes_with_credentials_while_a_flood_is_refused() -> None:
     assert r["flood_answers"] > 0
     assert report.targets({"auth": r})[0]["what"].startswith("authenticated /metrics p99")
     assert "## Basic auth under a wrong-password flood" in "\n".join(auth.body(r))
+
+
+@pytest.mark.e2e
+def test_lockout_scrapes_on_new_connections_while_more_connections_than_the_cap_flood() -> None:
+    r = lockout.run(clients=24, max_connections=16, seconds=1.0, cost=4, every=0.1, log=quiet)
+    assert r["alone"]["n"] > 0 and r["flooded"]["n"] > 0 and r["flooded_missed"] == 0
+    assert r["flood_closed_by_server"] > 0 and r["cap_log_lines"] >= 1
+    assert report.targets({"lockout": r})[0]["what"].startswith(
+        "authenticated /metrics p99 on new connections"
+    )
+    assert "## The connection cap under a flood" in "\n".join(lockout.body(r))
