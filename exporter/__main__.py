@@ -159,7 +159,8 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=int(_env("web.max-connections", "512") or 512),
         metavar="N",
-        help="open connections at most; past it the one waiting longest for its headers is closed "
+        help="open connections at most, TLS handshakes included; past it one that has not "
+        "authenticated a request (else does not read its answers, else is idle) is closed "
         "(default: 512)",
     )
     p.add_argument(
