@@ -316,7 +316,7 @@ def test_tls_connections_the_server_closes_release_their_descriptors_at_once(
 
     from tests.harness import wait_for
 
-    extra = tls_exporter_extra(tmp_path, pki, "--web.read-header-timeout=1s")
+    extra = tls_exporter_extra(tmp_path, pki, "--web.read-header-timeout=3s")
     with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp, ExitStack() as stack:
         url = exp.url.replace("http://", "https://")
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -324,12 +324,14 @@ def test_tls_connections_the_server_closes_release_their_descriptors_at_once(
         pid = exp.popen.pid
         baseline = open_fds(pid)
         host, port = exp.url.removeprefix("http://").split(":")
+        peak = baseline
         for _ in range(40):
             raw = stack.enter_context(socket.create_connection((host, int(port)), timeout=10))
             stack.enter_context(ctx.wrap_socket(raw, server_hostname="127.0.0.1"))  # the handshake
-        assert open_fds(pid) >= baseline + 40
-        # Closed by the server after 1 s; given back well before asyncio's 30 s.
-        wait_for(lambda: open_fds(pid) <= baseline + 2, timeout=10, what="descriptors given back")
+            peak = max(peak, open_fds(pid))
+        assert peak >= baseline + 30  # most are open at once (the first may be closed already)
+        # Closed by the server after 3 s; given back well before asyncio's 30 s more.
+        wait_for(lambda: open_fds(pid) <= baseline + 2, timeout=15, what="descriptors given back")
 
 
 def test_connections_in_a_tls_handshake_count_against_the_cap(tmp_path: Path, pki: Path) -> None:
