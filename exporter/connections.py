@@ -1,6 +1,6 @@
-"""The connections the HTTP server keeps: a deadline for a request's headers, one for a client
-that reads none of its answers, a cap on open connections (exporter.front_door chooses which to
-close past it), accept errors (out of file descriptors) logged once per burst, and direct answers.
+"""The HTTP server's h11 protocol: a deadline for a request's headers, one for a client that
+reads none of its answers, its place under the cap on open connections (exporter.front_door
+chooses which to close past it), and direct answers.
 
 uvicorn's keep-alive timeout starts only after a first response and stops at the first byte
 of the next request, so a client that connects and sends nothing, or half a request line,
@@ -34,9 +34,6 @@ log = logging.getLogger("asyncjob.server")
 
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 512
-# Accept errors closer together than this are one burst: logged once.
-ACCEPT_BURST_GAP = 10.0
-
 Headers = list[tuple[bytes, bytes]]
 # (method, request target, headers with lower-case names) -> (status, headers, body), or None
 # when the request is for the ASGI app (another path, credentials not verified yet...).
@@ -429,43 +426,3 @@ class HeadWithBody:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
-
-
-def warn_if_past_open_files_limit(limits: ConnectionLimits) -> None:
-    """The cap keeps accepts from failing only if it sits below the open-files limit."""
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and limits.max_connections > soft - 64:
-        log.warning(
-            "--web.max-connections is not below the open-files limit: accepts may fail "
-            "(EMFILE) before the cap is reached",
-            extra={"max_connections": limits.max_connections, "open_files_limit": soft},
-        )
-
-
-def log_accept_errors_once_per_burst(loop: asyncio.AbstractEventLoop) -> None:
-    """asyncio reports every failed accept (EMFILE, ENFILE, ENOBUFS, ENOMEM) with a traceback
-    and retries a second later; one line per burst says the same."""
-    previous = loop.get_exception_handler()
-    last = [-ACCEPT_BURST_GAP - 1.0]
-    count = [0]
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
-            now = time.monotonic()
-            count[0] += 1
-            if now - last[0] > ACCEPT_BURST_GAP:
-                error = context.get("exception")
-                log.error(
-                    "cannot accept connections; retrying every second, logged once per burst",
-                    extra={"error": f"{type(error).__name__}: {error}", "accept_errors": count[0]},
-                )
-            last[0] = now
-            return
-        if previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)

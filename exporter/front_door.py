@@ -1,5 +1,6 @@
-"""Who gets a connection at --web.max-connections, and TLS done by the connection itself so that
-handshakes count against the cap and a closed TLS connection gives its descriptor back at once.
+"""Who gets a connection at --web.max-connections; TLS done by the connection itself so that
+handshakes count against the cap and a closed TLS connection gives its descriptor back at once;
+failed accepts (out of file descriptors) logged once per burst.
 
 A cap that closed only connections still waiting for headers was a lock: 520 clients pipelining
 wrong passwords (each with a request queued for bcrypt) or not reading their answers held every
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 
 log = logging.getLogger("asyncjob.server")
 
-# Refusals closer together than this are one burst: logged once.
+# Refusals (or failed accepts) closer together than this are one burst: logged once.
 BURST_GAP = 10.0
 
 Headers = Sequence[tuple[bytes, bytes]]  # a request's, names in lower case (as h11 gives them)
@@ -76,6 +77,44 @@ class Burst:
         now = time.monotonic()
         first, self.last = now - self.last > self.gap, now
         return first
+
+
+def warn_if_past_open_files_limit(max_connections: int) -> None:
+    """The cap keeps accepts from failing only if it sits below the open-files limit."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and max_connections > soft - 64:
+        log.warning(
+            "--web.max-connections is not below the open-files limit: accepts may fail "
+            "(EMFILE) before the cap is reached",
+            extra={"max_connections": max_connections, "open_files_limit": soft},
+        )
+
+
+def log_accept_errors_once_per_burst(loop: asyncio.AbstractEventLoop) -> None:
+    """asyncio reports every failed accept (EMFILE, ENFILE, ENOBUFS, ENOMEM) with a traceback
+    and retries a second later; one line per burst says the same."""
+    previous = loop.get_exception_handler()
+    burst = Burst()
+    count = [0]
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            count[0] += 1
+            if burst.first():
+                error = context.get("exception")
+                log.error(
+                    "cannot accept connections; retrying every second, logged once per burst",
+                    extra={"error": f"{type(error).__name__}: {error}", "accept_errors": count[0]},
+                )
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def everyone(headers: Headers) -> bool:

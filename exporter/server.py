@@ -25,10 +25,15 @@ from exporter.connections import (
     DirectPost,
     Headers,
     guarded_h11,
+)
+from exporter.front_door import (
+    FrontDoor,
+    TLSFronted,
+    Verified,
+    everyone,
     log_accept_errors_once_per_burst,
     warn_if_past_open_files_limit,
 )
-from exporter.front_door import FrontDoor, TLSFronted, Verified, everyone
 from exporter.model import STATUSES
 from exporter.pages import Pages
 from exporter.parsing import JsonTooDeep, is_digits, load_json
@@ -505,7 +510,7 @@ class Server:
         host, port = parse_listen_address(address)
         self.address = address
         limits = limits or ConnectionLimits()
-        warn_if_past_open_files_limit(limits)
+        warn_if_past_open_files_limit(limits.max_connections)
         self.door = FrontDoor(limits.max_connections, getattr(app, "verified", everyone))
 
         class _Quiet(uvicorn.Server):
