@@ -1,0 +1,619 @@
+"""Durable state of the cluster mode in PostgreSQL: each job's last snapshot, tombstones, cursors
+and quarantined jobs by virtual shard, written by group commit and fenced by the replica's leases.
+
+The surface is exporter.state.Store's, so the runtime can take either: a tracker listener whose
+changes wait in memory until the writer commits everything pending in one transaction and wakes
+whoever waits (`committed()`); a held counter increment runs only once the change behind it is
+committed. A transaction writes a statement per kind of change, its rows as arrays (`unnest`): a
+batch of ten thousand jobs costs the round trips of a batch of ten.
+
+Fencing: a change carries the generation its shard's lease had when the change was made. The
+transaction checks them (`leases.fenced`, which also holds the leases against a claim until the
+commit); the changes made under a lease that passed to another replica since are dropped and
+counted (`stale_writes`), and so are the counter increments held behind them: the new owner
+counts those jobs. A job of a shard this replica does not hold (a registration, which any replica
+takes; a listed job of another shard) is written for its owner: inserted when absent, never over
+the owner's snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import anyio
+import psycopg
+
+from exporter.cluster import schema
+from exporter.cluster.leases import Leases, fenced
+from exporter.sharding import shard_of
+from exporter.state import (
+    RETRY_FIRST,
+    RETRY_MAX,
+    StateUnwritable,
+    state_metrics_text,
+    tracked_from_json,
+    tracked_to_json,
+)
+from exporter.tracker import TOMBSTONE_SECONDS, Histogram, TargetState, TrackedJob, Tracker
+
+log = logging.getLogger("asyncjob.state")
+
+# A transaction (or a connection attempt) that takes longer is abandoned with its connection and
+# the batch retried on a new one: a server that stopped answering must not hold the writer.
+COMMIT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 3
+# Jobs serialised between two turns of the event loop, before the transaction begins.
+ROWS_PER_TURN = 500
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# As the tracker's (exporter.tracker on the state branch): the newest tombstones a target keeps in
+# memory, and how long a job the loop froze on is skipped.
+TOMBSTONES_IN_MEMORY = 4096
+QUARANTINE_SECONDS = 86400.0
+# Expired tombstones and quarantine rows are deleted with a batch this often, PRUNE_ROWS at most.
+PRUNE_EVERY, PRUNE_ROWS = 60.0, 5000
+SIZE_EVERY = 60.0  # how often the tables' size on disk is read (asyncjob_state_size_bytes)
+
+JobKey = tuple[str, str]  # (target, job id); (target, name) for a cursor
+V = TypeVar("V")
+
+_UPSERT = (
+    "INSERT INTO asyncjob.jobs (target, job_id, shard, data, written_by) "
+    "SELECT t, i, s, d, %s FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) AS r(t, i, s, d) "
+    "ON CONFLICT (target, job_id) DO UPDATE SET shard = excluded.shard, data = excluded.data, "
+    "written_by = excluded.written_by, seq = nextval('asyncjob.changes')"
+)
+# For the owner of a shard this replica does not hold: its snapshot, when it has one, wins.
+_INSERT_FOR_OWNER = _UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT (target, job_id) DO NOTHING"
+_DELETE = (
+    "DELETE FROM asyncjob.jobs j USING unnest(%s::text[], %s::text[]) AS r(t, i) "
+    "WHERE j.target = r.t AND j.job_id = r.i"
+)
+_TOMBSTONES = (
+    "INSERT INTO asyncjob.tombstones (target, job_id, shard, at) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[]) "
+    "ON CONFLICT (target, job_id) DO UPDATE SET shard = excluded.shard, at = excluded.at"
+)
+_CURSORS = (
+    "INSERT INTO asyncjob.cursors (target, name, shard, value) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) "
+    "ON CONFLICT (target, name) DO UPDATE SET shard = excluded.shard, value = excluded.value"
+)
+_PRUNE = (
+    "DELETE FROM asyncjob.tombstones WHERE (target, job_id) IN "
+    "(SELECT target, job_id FROM asyncjob.tombstones WHERE at < %s LIMIT %s)"
+)
+_PRUNE_QUARANTINE = "DELETE FROM asyncjob.quarantine WHERE at < %s"
+_SIZE = (
+    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'asyncjob' AND c.relkind = 'r'"
+)
+
+
+@dataclass(frozen=True)
+class Change(Generic[V]):
+    """A value to write, with its shard and the generation of that shard's lease when it was made
+    (None: this replica did not hold the shard)."""
+
+    value: V
+    shard: int
+    generation: int | None
+
+
+@dataclass
+class Batch:
+    """Changes taken for one transaction, and what waits on it."""
+
+    jobs: dict[JobKey, Change[TrackedJob | None]] = field(default_factory=dict)
+    tombstones: dict[JobKey, Change[float]] = field(default_factory=dict)
+    cursors: dict[JobKey, Change[str]] = field(default_factory=dict)
+    # Increments, each with the shard and generation of the change it is tied to (None: none).
+    held: list[tuple[Callable[[], None], Change[None] | None]] = field(default_factory=list)
+    upto: int = 0  # the last change number it holds
+    prune: bool = False
+
+    def __len__(self) -> int:
+        return len(self.jobs) + len(self.tombstones) + len(self.cursors)
+
+    def changes(self) -> Iterable[Change[Any]]:
+        yield from self.jobs.values()
+        yield from self.tombstones.values()
+        yield from self.cursors.values()
+        yield from (c for _, c in self.held if c is not None)
+
+    def generations(self) -> dict[int, int]:
+        """Each shard's newest generation among the changes: one made under an older one is stale."""
+        newest: dict[int, int] = {}
+        for c in self.changes():
+            if c.generation is not None and c.generation > newest.get(c.shard, -1):
+                newest[c.shard] = c.generation
+        return newest
+
+
+@dataclass(frozen=True)
+class ClusterJob:
+    """A job as its owner last committed it, for the pages of any replica."""
+
+    target: str
+    tracked: TrackedJob
+    shard: int
+    owner: str | None  # the replica holding the shard's lease now; None while nobody does
+    written_by: str
+
+
+def _histogram_text(name: str, help_: str, h: Histogram) -> str:
+    lines = [f"# HELP {name} {help_}\n# TYPE {name} histogram\n"]
+    lines += [f'{name}_bucket{{le="{b}"}} {n}\n' for b, n in zip(h.buckets, h.counts, strict=True)]
+    lines.append(f'{name}_bucket{{le="+Inf"}} {h.count}\n{name}_sum {h.total}\n{name}_count {h.count}\n')
+    return "".join(lines)
+
+
+class PostgresStore:
+    """One replica's state store. `leases` None: a lone replica that owns every shard (no fencing).
+    `open()` migrates the schema and loads what the replica holds; `run()` is the writer task."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        replica: str = "",
+        leases: Leases | None = None,
+        connect: Callable[[], Awaitable[psycopg.AsyncConnection]] | None = None,
+    ) -> None:
+        self.conninfo, self.replica, self.leases = conninfo, replica, leases
+        self.connect = connect or self._connect
+        self.shards = schema.DEFAULT_SHARDS  # the cluster's count, once open() read it
+        self._conn: psycopg.AsyncConnection | None = None  # the writer's
+        self._reader: psycopg.AsyncConnection | None = None
+        self._reading = anyio.Lock()
+        self._lock = threading.Lock()  # the watchdog's thread reads pending changes too
+        self._pending = Batch()
+        self._inflight = 0
+        self._changes = 0  # numbered changes so far
+        self._durable = 0  # every change up to this number is committed
+        self.write_errors = 0
+        self.stale_writes = 0  # changes dropped: made under a lease another replica holds since
+        self.error: str | None = None  # the current write error; None while writes succeed
+        self.commit_duration = Histogram(COMMIT_BUCKETS)
+        self._wake: anyio.Event | None = None
+        self._round: anyio.Event | None = None
+        self._pruned_at = 0.0  # so the first batch prunes
+        self._size, self._sized_at = 0, 0.0
+        # What load() read, until restore() hands it out; restored jobs' first notice is no change.
+        self._loaded: dict[str, list[TrackedJob]] = {}
+        self._loaded_tombstones: dict[str, dict[str, float]] = {}
+        self._quarantined: dict[str, dict[str, float]] = {}
+        self._unchanged: dict[int, TrackedJob] = {}
+        self._cursors: dict[JobKey, str] = {}
+        # Every tombstone of the held shards: the tracker asks without waiting (`buried`), and the
+        # database is a network away.
+        self._buried: dict[JobKey, float] = {}
+
+    # --- opening and reading -------------------------------------------------------------
+    async def _connect(self) -> psycopg.AsyncConnection:
+        # No prepared statements: they do not survive a transaction-pooling proxy.
+        return await psycopg.AsyncConnection.connect(
+            self.conninfo,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name=f"asyncjob-exporter {self.replica}".strip(),
+            prepare_threshold=None,
+        )
+
+    async def open(self, shards: int = schema.DEFAULT_SHARDS) -> None:
+        """Migrate the schema (raises schema.SchemaError for one too new) and, for a lone replica,
+        load every shard; a replica with leases loads the shards it gains (`load`)."""
+        async with await self.connect() as conn:
+            self.shards = await schema.migrate(conn, shards)
+        if self.leases is None:
+            await self.load(range(self.shards))
+
+    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        async with self._reading:
+            try:
+                if self._reader is None or self._reader.closed:
+                    self._reader = await self.connect()
+                    await self._reader.set_autocommit(True)
+                cur = await self._reader.execute(sql, params)
+                return await cur.fetchall()
+            except BaseException:
+                reader, self._reader = self._reader, None
+                if reader is not None:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(psycopg.Error, OSError):
+                        await reader.close()
+                raise
+
+    async def load(self, shards: Iterable[int]) -> int:
+        """Read the jobs, tombstones, cursors and quarantined jobs of `shards` (those a replica
+        just gained) for restore() to hand out; returns the jobs read. Unreadable rows are
+        skipped, named in the log. Raises psycopg.Error when the database cannot be read."""
+        wanted = sorted(set(shards))
+        rows = await self._read(
+            "SELECT target, job_id, data FROM asyncjob.jobs WHERE shard = ANY(%s)", (wanted,)
+        )
+        read = 0
+        for n, (target, job_id, data) in enumerate(rows):
+            if n % ROWS_PER_TURN == ROWS_PER_TURN - 1:
+                await anyio.lowlevel.checkpoint()
+            try:
+                tracked = tracked_from_json(data)
+                if tracked.job.id != job_id:
+                    raise ValueError(f"job.id: {tracked.job.id!r} differs from the row's key")
+            except ValueError as e:
+                log.warning(
+                    "unreadable job in the state database, skipped",
+                    extra={"target": target, "key": job_id, "problem": str(e)},
+                )
+                continue
+            self._loaded.setdefault(target, []).append(tracked)
+            read += 1
+        since = time.time() - TOMBSTONE_SECONDS
+        for target, job_id, at in await self._read(
+            "SELECT target, job_id, at FROM asyncjob.tombstones WHERE shard = ANY(%s) AND at >= %s",
+            (wanted, since),
+        ):
+            self._loaded_tombstones.setdefault(target, {})[job_id] = at
+            self._buried[(target, job_id)] = at
+        for target, name, value in await self._read(
+            "SELECT target, name, value FROM asyncjob.cursors WHERE shard = ANY(%s)", (wanted,)
+        ):
+            self._cursors[(target, name)] = value
+        for target, job_id, at in await self._read(
+            "SELECT target, job_id, at FROM asyncjob.quarantine WHERE shard = ANY(%s) AND at >= %s",
+            (wanted, time.time() - QUARANTINE_SECONDS),
+        ):
+            self._quarantined.setdefault(target, {})[job_id] = at
+        log.info("state restored", extra={"shards": len(wanted), "jobs": read})
+        return read
+
+    async def cluster_jobs(
+        self, target: str | None = None, after: JobKey | None = None, limit: int = 1000
+    ) -> list[ClusterJob]:
+        """Jobs of every replica, ordered by (target, id), `limit` after `after`: each as its owner
+        last committed it, with the replica that holds its shard now."""
+        rows = await self._read(
+            "SELECT j.target, j.job_id, j.data, j.shard, "
+            "CASE WHEN l.expires_at > now() THEN l.owner END, j.written_by "
+            "FROM asyncjob.jobs j LEFT JOIN asyncjob.leases l ON l.shard = j.shard "
+            "WHERE (%s::text IS NULL OR j.target = %s) AND (j.target, j.job_id) > (%s, %s) "
+            "ORDER BY j.target, j.job_id LIMIT %s",
+            (target, target, *(after or ("", "")), limit),
+        )
+        jobs = []
+        for t, _job_id, data, shard, owner, written_by in rows:
+            with contextlib.suppress(ValueError):  # unreadable: skipped, as load() does
+                jobs.append(ClusterJob(t, tracked_from_json(data), shard, owner, written_by))
+        return jobs
+
+    # --- wiring (what exporter.state.Store offers) -------------------------------------------
+    def attach(self, tracker: Tracker, scheduler: Any) -> None:
+        tracker.listeners.append(self)
+        tracker.restore = self.restore
+        tracker.hold = self.hold
+        scheduler.store = self
+
+    def restore(self, state: TargetState) -> list[TrackedJob]:
+        """Jobs loaded for `state`'s target, each handed out once; the newest of its tombstones go
+        to memory, oldest first (the rest are found by `buried`), and its quarantined jobs."""
+        name = state.config.name
+        loaded = self._loaded_tombstones.pop(name, {})
+        merged = sorted({**loaded, **state.tombstones}.items(), key=lambda kv: kv[1])
+        state.tombstones.clear()
+        state.tombstones.update(merged[-TOMBSTONES_IN_MEMORY:])
+        quarantined = getattr(state, "quarantined", None)  # a field of TargetState since the watchdog
+        if isinstance(quarantined, dict):
+            quarantined.update(self.quarantined(name))
+        jobs = self._loaded.pop(name, [])
+        self._unchanged.update((id(t), t) for t in jobs)
+        return jobs
+
+    def quarantined(self, target: str) -> dict[str, float]:
+        """Jobs of `target` loaded as quarantined (job id -> since), handed out once."""
+        return self._quarantined.pop(target, {})
+
+    def cursors(self, target: str) -> dict[str, str]:
+        return {name: v for (t, name), v in self._cursors.items() if t == target}
+
+    def buried(self, target: str, job_id: str) -> float | None:
+        """When the job was dropped, if this replica keeps its tombstone; None when it does not."""
+        at = self._buried.get((target, job_id))
+        return at if at is not None and at >= time.time() - TOMBSTONE_SECONDS else None
+
+    def quarantine(self, target: str, job_id: str, why: str) -> None:
+        """Record that the event loop froze on this job: from the watchdog's thread while the loop
+        is stuck, on a connection of its own. Not fenced: every replica should skip the job."""
+        with psycopg.connect(self.conninfo, connect_timeout=CONNECT_TIMEOUT) as conn:
+            conn.execute(
+                "INSERT INTO asyncjob.quarantine (target, job_id, shard, at, why) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (target, job_id) DO UPDATE SET at = excluded.at, why = excluded.why",
+                (target, job_id, shard_of(target, job_id, self.shards), time.time(), why),
+            )
+
+    # --- changes -------------------------------------------------------------------------
+    def _change(self, key: JobKey, value: V) -> Change[V]:
+        shard = shard_of(key[0], key[1], self.shards)
+        return Change(value, shard, 0 if self.leases is None else self.leases.generation(shard))
+
+    def _changed(self) -> None:
+        self._changes += 1
+        self._pending.upto = self._changes
+        if self._wake is not None:
+            self._wake.set()
+
+    def save_cursors(self, target: str, cursors: dict[str, str]) -> None:
+        with self._lock:
+            for name, value in cursors.items():
+                if self._cursors.get((target, name)) != value:
+                    self._cursors[(target, name)] = value
+                    self._pending.cursors[(target, name)] = self._change((target, name), value)
+                    self._changed()
+
+    def hold(self, apply: Callable[[], None], key: JobKey | None = None) -> None:
+        """Run `apply` (a counter increment) once every change made so far is committed; with the
+        `key` of the job it counts, only if that job's shard was still this replica's at the
+        commit (else the new owner counts it, and this replica must not count it too)."""
+        with self._lock:
+            self._pending.held.append((apply, None if key is None else self._change(key, None)))
+            self._changed()
+
+    def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
+        if self._unchanged and self._unchanged.pop(id(tracked), None) is tracked:
+            return  # handed back by restore: the database has it
+        key = (state.config.name, tracked.job.id)
+        with self._lock:
+            self._pending.jobs[key] = self._change(key, tracked)
+            self._changed()
+
+    def job_removed(self, state: TargetState, job_id: str) -> None:
+        key = (state.config.name, job_id)
+        with self._lock:
+            self._pending.jobs[key] = self._change(key, None)
+            at = state.tombstones.get(job_id)
+            if at is not None:
+                self._buried[key] = at
+                self._pending.tombstones[key] = self._change(key, at)
+            self._changed()
+
+    def tombstone_renewed(self, state: TargetState, job_id: str) -> None:
+        at = state.tombstones.get(job_id)
+        if at is not None:
+            key = (state.config.name, job_id)
+            with self._lock:
+                self._buried[key] = at
+                self._pending.tombstones[key] = self._change(key, at)
+                self._changed()
+
+    @property
+    def pending_writes(self) -> int:
+        """Changes not committed yet: waiting, and in the transaction being written."""
+        return len(self._pending) + self._inflight
+
+    # --- writing -------------------------------------------------------------------------
+    def _take(self) -> Batch:
+        self._unchanged.clear()  # restored jobs the tracker did not take in (a cap, a duplicate)
+        with self._lock:
+            batch, self._pending = self._pending, Batch(upto=self._changes)
+            self._inflight = len(batch)
+        if time.time() - self._pruned_at >= PRUNE_EVERY:
+            batch.prune, self._pruned_at = True, time.time()
+        return batch
+
+    async def _serialised(self, batch: Batch) -> dict[JobKey, str]:
+        """The jobs to write as JSON, made on the event loop (the only thread that changes them)
+        a few hundred at a time, before the transaction begins: no lease is held while it runs."""
+        rows: dict[JobKey, str] = {}
+        for n, (key, change) in enumerate(batch.jobs.items()):
+            if change.value is not None:
+                if n % ROWS_PER_TURN == ROWS_PER_TURN - 1:
+                    await anyio.lowlevel.checkpoint()
+                rows[key] = tracked_to_json(change.value)
+        return rows
+
+    def _statements(
+        self, batch: Batch, rows: dict[JobKey, str], fresh: Callable[[Change[Any]], bool]
+    ) -> tuple[list[tuple[str, tuple[Any, ...]]], int]:
+        """The statements that write the batch's fresh changes, and how many stale ones were left out."""
+        upserts: list[tuple[str, str, int, str]] = []
+        for_owner: list[tuple[str, str, int, str]] = []
+        deletes: list[JobKey] = []
+        stale = 0
+        for (t, i), c in batch.jobs.items():
+            if c.value is not None and c.generation is None:
+                for_owner.append((t, i, c.shard, rows[(t, i)]))
+            elif not fresh(c):
+                stale += 1
+            elif c.value is not None:
+                upserts.append((t, i, c.shard, rows[(t, i)]))
+            else:
+                deletes.append((t, i))
+        tombstones = [(t, i, c.shard, c.value) for (t, i), c in batch.tombstones.items() if fresh(c)]
+        cursors = [(t, n, c.shard, c.value) for (t, n), c in batch.cursors.items() if fresh(c)]
+        stale += len(batch.tombstones) - len(tombstones) + len(batch.cursors) - len(cursors)
+        out: list[tuple[str, tuple[Any, ...]]] = []
+        for sql, table in ((_UPSERT, upserts), (_INSERT_FOR_OWNER, for_owner)):
+            if table:
+                out.append((sql, (self.replica, *map(list, zip(*table, strict=True)))))
+        for sql, table2 in ((_TOMBSTONES, tombstones), (_CURSORS, cursors)):
+            if table2:
+                out.append((sql, tuple(map(list, zip(*table2, strict=True)))))
+        if deletes:
+            out.append((_DELETE, tuple(map(list, zip(*deletes, strict=True)))))
+        if batch.prune:
+            out.append((_PRUNE, (time.time() - TOMBSTONE_SECONDS, PRUNE_ROWS)))
+            out.append((_PRUNE_QUARANTINE, (time.time() - QUARANTINE_SECONDS,)))
+        return out, stale
+
+    async def _commit(self, batch: Batch) -> Callable[[Change[Any]], bool]:
+        """One transaction; returns which of its changes were fresh (committed)."""
+        if not len(batch) and not batch.held and not batch.prune:
+            return lambda c: True
+        rows = await self._serialised(batch)
+        started = time.perf_counter()
+        with anyio.fail_after(COMMIT_TIMEOUT):
+            if self._conn is None or self._conn.closed:
+                self._conn = await self.connect()
+            async with self._conn.transaction():
+                newest = batch.generations()
+                live = set(newest) if self.leases is None else await fenced(self._conn, self.replica, newest)
+
+                def fresh(c: Change[Any]) -> bool:
+                    return c.generation is not None and c.shard in live and newest[c.shard] == c.generation
+
+                statements, stale = self._statements(batch, rows, fresh)
+                for sql, params in statements:
+                    await self._conn.execute(sql, params)
+        self.commit_duration.observe(time.perf_counter() - started)
+        if stale:
+            self.stale_writes += stale
+            log.warning(
+                "stale state writes dropped: their shards are another replica's now", extra={"changes": stale}
+            )
+        return fresh
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+
+    def _put_back(self, batch: Batch) -> None:
+        """A failed batch waits again, under any newer change of the same keys."""
+        with self._lock:
+            p = self._pending
+            p.jobs, p.tombstones = {**batch.jobs, **p.jobs}, {**batch.tombstones, **p.tombstones}
+            p.cursors, p.held = {**batch.cursors, **p.cursors}, batch.held + p.held
+            p.prune = p.prune or batch.prune
+            self._inflight = 0
+
+    def _failed(self, e: Exception) -> None:
+        self.write_errors += 1
+        text = str(e).strip() or type(e).__name__
+        if text != self.error:
+            log.error(
+                "state database cannot be written; changes are kept and retried",
+                extra={"error": text, "pending": self.pending_writes},
+            )
+        self.error = text
+
+    def _done(self, batch: Batch, fresh: Callable[[Change[Any]], bool]) -> None:
+        with self._lock:
+            self._inflight = 0
+            self._durable = max(self._durable, batch.upto)
+        if self.error is not None:
+            log.info("state database written again", extra={"changes": len(batch)})
+            self.error = None
+        for apply, tied in batch.held:
+            if tied is None or fresh(tied):
+                apply()
+
+    async def _write_round(self) -> bool:
+        """Commit everything pending, then wake the waiters of this round: committed, or told why not."""
+        batch = self._take()
+        try:
+            fresh = await self._commit(batch)
+        except (psycopg.Error, OSError, TimeoutError) as e:
+            await self._drop_connection()  # the next attempt starts on a new connection
+            self._put_back(batch)
+            self._failed(e)
+            ok = False
+        except BaseException:  # cancelled: rolled back; the last flush writes it
+            await self._drop_connection()
+            self._put_back(batch)
+            raise
+        else:
+            self._done(batch, fresh)
+            ok = True
+        if self._round is not None:
+            self._round.set()
+        self._round = anyio.Event()
+        return ok
+
+    async def flush(self) -> int:
+        """Commit what is pending now; returns the changes written. Raises StateUnwritable with the
+        changes still pending."""
+        pending = len(self._pending)
+        if not await self._write_round():
+            raise StateUnwritable(self.error or "")
+        return pending
+
+    async def run(self) -> None:
+        """The writer: commit whatever is pending, many changes a transaction (all those made while
+        the event loop was busy elsewhere); while writes fail, retry with a growing pause. One last
+        commit on the way out."""
+        self._wake = anyio.Event()
+        self._round = self._round or anyio.Event()
+        retry = RETRY_FIRST
+        try:
+            while True:
+                if not len(self._pending) and not self._pending.held and self.error is None:
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                if await self._write_round():
+                    retry = RETRY_FIRST
+                    await self._measure_size()
+                    await anyio.sleep(0)  # let the waiters and new changes in
+                else:
+                    await anyio.sleep(retry)
+                    retry = min(RETRY_MAX, retry * 2)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+
+    async def _measure_size(self) -> None:
+        if time.monotonic() - self._sized_at < SIZE_EVERY:
+            return
+        self._sized_at = time.monotonic()
+        with contextlib.suppress(psycopg.Error, OSError):
+            self._size = int((await self._read(_SIZE, ()))[0][0])
+
+    async def committed(self) -> None:
+        """Return once every change made so far is committed; StateUnwritable when a write attempt
+        fails first."""
+        want = self._changes
+        while self._durable < want:
+            if self._round is None:
+                self._round = anyio.Event()
+            await self._round.wait()
+            if self._durable < want and self.error is not None:
+                raise StateUnwritable(self.error)
+
+    def size_bytes(self) -> int:
+        """The state's tables and indexes on the server's disk, as last measured."""
+        return self._size
+
+    def metrics_text(self) -> bytes:
+        return (
+            state_metrics_text(self.write_errors, self.pending_writes)
+            + (
+                "# HELP asyncjob_state_stale_writes_total Changes dropped because their shard's lease "
+                "passed to another replica before they were committed.\n"
+                "# TYPE asyncjob_state_stale_writes_total counter\n"
+                f"asyncjob_state_stale_writes_total {self.stale_writes}\n"
+                + _histogram_text(
+                    "asyncjob_state_commit_duration_seconds",
+                    "Time to commit a batch of state changes.",
+                    self.commit_duration,
+                )
+            ).encode()
+        )
+
+    async def close(self) -> None:
+        """Commit what is pending (within COMMIT_TIMEOUT) and close the connections; says what is lost."""
+        if len(self._pending) or self._pending.held:
+            with anyio.move_on_after(COMMIT_TIMEOUT), contextlib.suppress(StateUnwritable):
+                await self.flush()
+            if self.pending_writes:
+                log.error(
+                    "state database could not be written at exit; these changes are lost",
+                    extra={"error": self.error, "pending": self.pending_writes},
+                )
+        if self._round is not None:
+            self._round.set()
+        await self._drop_connection()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await reader.close()
