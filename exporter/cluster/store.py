@@ -11,16 +11,15 @@ Fencing: a change carries the generation its shard's lease had when the change w
 transaction checks them (`leases.fenced`, which also holds the leases against a claim until the
 commit); the changes made under a lease that passed to another replica since are dropped and
 counted (`stale_writes`), and so are the counter increments held behind them: the new owner
-counts those jobs. A job of a shard this replica does not hold (a registration, which any replica
-takes; a listed job of another shard) is written for its owner: inserted when absent, never over
-the owner's snapshot.
+counts those jobs. Of a shard this replica does not hold, only jobs are written (a registration,
+which any replica takes; a listed job of another shard), for the owner: inserted when absent,
+never over the owner's snapshot.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -170,7 +169,6 @@ class PostgresStore:
         self._conn: psycopg.AsyncConnection | None = None  # the writer's
         self._reader: psycopg.AsyncConnection | None = None
         self._reading = anyio.Lock()
-        self._lock = threading.Lock()  # the watchdog's thread reads pending changes too
         self._pending = Batch()
         self._inflight = 0
         self._changes = 0  # numbered changes so far
@@ -333,9 +331,10 @@ class PostgresStore:
             )
 
     # --- changes -------------------------------------------------------------------------
-    def _change(self, key: JobKey, value: V) -> Change[V]:
+    def _where(self, key: JobKey) -> tuple[int, int | None]:
+        """The key's shard, and the generation this replica holds it under (None: not held)."""
         shard = shard_of(key[0], key[1], self.shards)
-        return Change(value, shard, 0 if self.leases is None else self.leases.generation(shard))
+        return shard, 0 if self.leases is None else self.leases.generation(shard)
 
     def _changed(self) -> None:
         self._changes += 1
@@ -343,48 +342,74 @@ class PostgresStore:
         if self._wake is not None:
             self._wake.set()
 
+    # Of a shard this replica does not hold, only a job is written (for its owner): a removal, a
+    # tombstone, a cursor or an increment is not this replica's to make (it dropped the shard's
+    # jobs because it let the shard go, say), and is neither written nor counted as stale.
+
     def save_cursors(self, target: str, cursors: dict[str, str]) -> None:
-        with self._lock:
-            for name, value in cursors.items():
-                if self._cursors.get((target, name)) != value:
-                    self._cursors[(target, name)] = value
-                    self._pending.cursors[(target, name)] = self._change((target, name), value)
-                    self._changed()
+        for name, value in cursors.items():
+            key = (target, name)
+            shard, generation = self._where(key)
+            # PostgreSQL's text holds no NUL and no lone surrogate: such a value is kept, replaced.
+            value = value.encode("utf-8", "replace").decode().replace("\x00", "\ufffd")
+            if self._cursors.get(key) != value and generation is not None:
+                self._cursors[key] = value
+                self._pending.cursors[key] = Change(value, shard, generation)
+                self._changed()
 
     def hold(self, apply: Callable[[], None], key: JobKey | None = None) -> None:
         """Run `apply` (a counter increment) once every change made so far is committed; with the
-        `key` of the job it counts, only if that job's shard was still this replica's at the
-        commit (else the new owner counts it, and this replica must not count it too)."""
-        with self._lock:
-            self._pending.held.append((apply, None if key is None else self._change(key, None)))
-            self._changed()
+        `key` of the job it counts, only if that job's shard was this replica's, under the same
+        lease, when the commit was made (else the new owner counts the job: counting it here too
+        would count it twice)."""
+        tied: Change[None] | None = None
+        if key is not None:
+            shard, generation = self._where(key)
+            if generation is None:
+                return
+            tied = Change(None, shard, generation)
+        self._pending.held.append((apply, tied))
+        self._changed()
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
         if self._unchanged and self._unchanged.pop(id(tracked), None) is tracked:
             return  # handed back by restore: the database has it
         key = (state.config.name, tracked.job.id)
-        with self._lock:
-            self._pending.jobs[key] = self._change(key, tracked)
-            self._changed()
+        self._pending.jobs[key] = Change(tracked, *self._where(key))
+        self._changed()
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
         key = (state.config.name, job_id)
-        with self._lock:
-            self._pending.jobs[key] = self._change(key, None)
-            at = state.tombstones.get(job_id)
-            if at is not None:
-                self._buried[key] = at
-                self._pending.tombstones[key] = self._change(key, at)
-            self._changed()
-
-    def tombstone_renewed(self, state: TargetState, job_id: str) -> None:
+        shard, generation = self._where(key)
+        if generation is None:
+            return
+        self._pending.jobs[key] = Change(None, shard, generation)
         at = state.tombstones.get(job_id)
         if at is not None:
-            key = (state.config.name, job_id)
-            with self._lock:
-                self._buried[key] = at
-                self._pending.tombstones[key] = self._change(key, at)
-                self._changed()
+            self._buried[key] = at
+            self._pending.tombstones[key] = Change(at, shard, generation)
+        self._changed()
+
+    def tombstone_renewed(self, state: TargetState, job_id: str) -> None:
+        key = (state.config.name, job_id)
+        shard, generation = self._where(key)
+        at = state.tombstones.get(job_id)
+        if at is not None and generation is not None:
+            self._buried[key] = at
+            self._pending.tombstones[key] = Change(at, shard, generation)
+            self._changed()
+
+    def forget(self, shards: set[int]) -> None:
+        """Let go of what is kept in memory for shards this replica no longer holds (tombstones,
+        cursors, what was loaded and not handed out); their rows stay for the next owner."""
+
+        def ours(key: JobKey) -> bool:
+            return shard_of(key[0], key[1], self.shards) not in shards
+
+        self._buried = {k: at for k, at in self._buried.items() if ours(k)}
+        self._cursors = {k: v for k, v in self._cursors.items() if ours(k)}
+        for target, jobs in self._loaded.items():
+            jobs[:] = [t for t in jobs if ours((target, t.job.id))]
 
     @property
     def pending_writes(self) -> int:
@@ -394,9 +419,8 @@ class PostgresStore:
     # --- writing -------------------------------------------------------------------------
     def _take(self) -> Batch:
         self._unchanged.clear()  # restored jobs the tracker did not take in (a cap, a duplicate)
-        with self._lock:
-            batch, self._pending = self._pending, Batch(upto=self._changes)
-            self._inflight = len(batch)
+        batch, self._pending = self._pending, Batch(upto=self._changes)
+        self._inflight = len(batch)
         if time.time() - self._pruned_at >= PRUNE_EVERY:
             batch.prune, self._pruned_at = True, time.time()
         return batch
@@ -481,12 +505,11 @@ class PostgresStore:
 
     def _put_back(self, batch: Batch) -> None:
         """A failed batch waits again, under any newer change of the same keys."""
-        with self._lock:
-            p = self._pending
-            p.jobs, p.tombstones = {**batch.jobs, **p.jobs}, {**batch.tombstones, **p.tombstones}
-            p.cursors, p.held = {**batch.cursors, **p.cursors}, batch.held + p.held
-            p.prune = p.prune or batch.prune
-            self._inflight = 0
+        p = self._pending
+        p.jobs, p.tombstones = {**batch.jobs, **p.jobs}, {**batch.tombstones, **p.tombstones}
+        p.cursors, p.held = {**batch.cursors, **p.cursors}, batch.held + p.held
+        p.prune = p.prune or batch.prune
+        self._inflight = 0
 
     def _failed(self, e: Exception) -> None:
         self.write_errors += 1
@@ -499,9 +522,8 @@ class PostgresStore:
         self.error = text
 
     def _done(self, batch: Batch, fresh: Callable[[Change[Any]], bool]) -> None:
-        with self._lock:
-            self._inflight = 0
-            self._durable = max(self._durable, batch.upto)
+        self._inflight = 0
+        self._durable = max(self._durable, batch.upto)
         if self.error is not None:
             log.info("state database written again", extra={"changes": len(batch)})
             self.error = None
