@@ -22,24 +22,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import psycopg
 
 from exporter.cluster import schema
+from exporter.cluster.batch import ROWS_PER_TURN, Batch, Change, Fresh, JobKey
 from exporter.cluster.leases import Leases, fenced
+from exporter.group_commit import GroupCommit
 from exporter.sharding import shard_of
-from exporter.state import (
-    RETRY_FIRST,
-    RETRY_MAX,
-    StateUnwritable,
-    state_metrics_text,
-    tracked_from_json,
-    tracked_to_json,
-)
-from exporter.tracker import TOMBSTONE_SECONDS, Histogram, TargetState, TrackedJob, Tracker
+from exporter.state import StateUnwritable, state_metrics_text, tracked_from_json
+from exporter.tracker import TOMBSTONE_SECONDS, TargetState, TrackedJob, Tracker
 
 log = logging.getLogger("asyncjob.state")
 
@@ -47,91 +42,18 @@ log = logging.getLogger("asyncjob.state")
 # the batch retried on a new one: a server that stopped answering must not hold the writer.
 COMMIT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 3
-# Jobs serialised between two turns of the event loop, before the transaction begins.
-ROWS_PER_TURN = 500
-COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # As the tracker's (exporter.tracker on the state branch): the newest tombstones a target keeps in
 # memory, and how long a job the loop froze on is skipped.
 TOMBSTONES_IN_MEMORY = 4096
 QUARANTINE_SECONDS = 86400.0
-# Expired tombstones and quarantine rows are deleted with a batch this often, PRUNE_ROWS at most.
-PRUNE_EVERY, PRUNE_ROWS = 60.0, 5000
+# Expired tombstones and quarantine rows are deleted with a batch this often.
+PRUNE_EVERY = 60.0
 SIZE_EVERY = 60.0  # how often the tables' size on disk is read (asyncjob_state_size_bytes)
 
-JobKey = tuple[str, str]  # (target, job id); (target, name) for a cursor
-V = TypeVar("V")
-
-_UPSERT = (
-    "INSERT INTO asyncjob.jobs (target, job_id, shard, data, written_by) "
-    "SELECT t, i, s, d, %s FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) AS r(t, i, s, d) "
-    "ON CONFLICT (target, job_id) DO UPDATE SET shard = excluded.shard, data = excluded.data, "
-    "written_by = excluded.written_by, seq = nextval('asyncjob.changes')"
-)
-# For the owner of a shard this replica does not hold: its snapshot, when it has one, wins.
-_INSERT_FOR_OWNER = _UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT (target, job_id) DO NOTHING"
-_DELETE = (
-    "DELETE FROM asyncjob.jobs j USING unnest(%s::text[], %s::text[]) AS r(t, i) "
-    "WHERE j.target = r.t AND j.job_id = r.i"
-)
-_TOMBSTONES = (
-    "INSERT INTO asyncjob.tombstones (target, job_id, shard, at) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[]) "
-    "ON CONFLICT (target, job_id) DO UPDATE SET shard = excluded.shard, at = excluded.at"
-)
-_CURSORS = (
-    "INSERT INTO asyncjob.cursors (target, name, shard, value) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) "
-    "ON CONFLICT (target, name) DO UPDATE SET shard = excluded.shard, value = excluded.value"
-)
-_PRUNE = (
-    "DELETE FROM asyncjob.tombstones WHERE (target, job_id) IN "
-    "(SELECT target, job_id FROM asyncjob.tombstones WHERE at < %s LIMIT %s)"
-)
-_PRUNE_QUARANTINE = "DELETE FROM asyncjob.quarantine WHERE at < %s"
 _SIZE = (
     "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
     "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'asyncjob' AND c.relkind = 'r'"
 )
-
-
-@dataclass(frozen=True)
-class Change(Generic[V]):
-    """A value to write, with its shard and the generation of that shard's lease when it was made
-    (None: this replica did not hold the shard)."""
-
-    value: V
-    shard: int
-    generation: int | None
-
-
-@dataclass
-class Batch:
-    """Changes taken for one transaction, and what waits on it."""
-
-    jobs: dict[JobKey, Change[TrackedJob | None]] = field(default_factory=dict)
-    tombstones: dict[JobKey, Change[float]] = field(default_factory=dict)
-    cursors: dict[JobKey, Change[str]] = field(default_factory=dict)
-    # Increments, each with the shard and generation of the change it is tied to (None: none).
-    held: list[tuple[Callable[[], None], Change[None] | None]] = field(default_factory=list)
-    upto: int = 0  # the last change number it holds
-    prune: bool = False
-
-    def __len__(self) -> int:
-        return len(self.jobs) + len(self.tombstones) + len(self.cursors)
-
-    def changes(self) -> Iterable[Change[Any]]:
-        yield from self.jobs.values()
-        yield from self.tombstones.values()
-        yield from self.cursors.values()
-        yield from (c for _, c in self.held if c is not None)
-
-    def generations(self) -> dict[int, int]:
-        """Each shard's newest generation among the changes: one made under an older one is stale."""
-        newest: dict[int, int] = {}
-        for c in self.changes():
-            if c.generation is not None and c.generation > newest.get(c.shard, -1):
-                newest[c.shard] = c.generation
-        return newest
 
 
 @dataclass(frozen=True)
@@ -145,16 +67,11 @@ class ClusterJob:
     written_by: str
 
 
-def _histogram_text(name: str, help_: str, h: Histogram) -> str:
-    lines = [f"# HELP {name} {help_}\n# TYPE {name} histogram\n"]
-    lines += [f'{name}_bucket{{le="{b}"}} {n}\n' for b, n in zip(h.buckets, h.counts, strict=True)]
-    lines.append(f'{name}_bucket{{le="+Inf"}} {h.count}\n{name}_sum {h.total}\n{name}_count {h.count}\n')
-    return "".join(lines)
-
-
-class PostgresStore:
+class PostgresStore(GroupCommit):
     """One replica's state store. `leases` None: a lone replica that owns every shard (no fencing).
     `open()` migrates the schema and loads what the replica holds; `run()` is the writer task."""
+
+    where = "state database"
 
     def __init__(
         self,
@@ -163,6 +80,7 @@ class PostgresStore:
         leases: Leases | None = None,
         connect: Callable[[], Awaitable[psycopg.AsyncConnection]] | None = None,
     ) -> None:
+        super().__init__()
         self.conninfo, self.replica, self.leases = conninfo, replica, leases
         self.connect = connect or self._connect
         self.shards = schema.DEFAULT_SHARDS  # the cluster's count, once open() read it
@@ -171,14 +89,7 @@ class PostgresStore:
         self._reading = anyio.Lock()
         self._pending = Batch()
         self._inflight = 0
-        self._changes = 0  # numbered changes so far
-        self._durable = 0  # every change up to this number is committed
-        self.write_errors = 0
         self.stale_writes = 0  # changes dropped: made under a lease another replica holds since
-        self.error: str | None = None  # the current write error; None while writes succeed
-        self.commit_duration = Histogram(COMMIT_BUCKETS)
-        self._wake: anyio.Event | None = None
-        self._round: anyio.Event | None = None
         self._pruned_at = 0.0  # so the first batch prunes
         self._size, self._sized_at = 0, 0.0
         # What load() read, until restore() hands it out; restored jobs' first notice is no change.
@@ -336,12 +247,6 @@ class PostgresStore:
         shard = shard_of(key[0], key[1], self.shards)
         return shard, 0 if self.leases is None else self.leases.generation(shard)
 
-    def _changed(self) -> None:
-        self._changes += 1
-        self._pending.upto = self._changes
-        if self._wake is not None:
-            self._wake.set()
-
     # Of a shard this replica does not hold, only a job is written (for its owner): a removal, a
     # tombstone, a cursor or an increment is not this replica's to make (it dropped the shard's
     # jobs because it let the shard go, say), and is neither written nor counted as stale.
@@ -419,62 +324,19 @@ class PostgresStore:
     # --- writing -------------------------------------------------------------------------
     def _take(self) -> Batch:
         self._unchanged.clear()  # restored jobs the tracker did not take in (a cap, a duplicate)
-        batch, self._pending = self._pending, Batch(upto=self._changes)
+        batch, self._pending = self._pending, Batch()
+        batch.upto = self._changes  # every change so far is in it: they are made on this loop
         self._inflight = len(batch)
-        if time.time() - self._pruned_at >= PRUNE_EVERY:
-            batch.prune, self._pruned_at = True, time.time()
+        now = time.time()
+        if now - self._pruned_at >= PRUNE_EVERY:
+            batch.prune_before, self._pruned_at = (now - TOMBSTONE_SECONDS, now - QUARANTINE_SECONDS), now
         return batch
 
-    async def _serialised(self, batch: Batch) -> dict[JobKey, str]:
-        """The jobs to write as JSON, made on the event loop (the only thread that changes them)
-        a few hundred at a time, before the transaction begins: no lease is held while it runs."""
-        rows: dict[JobKey, str] = {}
-        for n, (key, change) in enumerate(batch.jobs.items()):
-            if change.value is not None:
-                if n % ROWS_PER_TURN == ROWS_PER_TURN - 1:
-                    await anyio.lowlevel.checkpoint()
-                rows[key] = tracked_to_json(change.value)
-        return rows
-
-    def _statements(
-        self, batch: Batch, rows: dict[JobKey, str], fresh: Callable[[Change[Any]], bool]
-    ) -> tuple[list[tuple[str, tuple[Any, ...]]], int]:
-        """The statements that write the batch's fresh changes, and how many stale ones were left out."""
-        upserts: list[tuple[str, str, int, str]] = []
-        for_owner: list[tuple[str, str, int, str]] = []
-        deletes: list[JobKey] = []
-        stale = 0
-        for (t, i), c in batch.jobs.items():
-            if c.value is not None and c.generation is None:
-                for_owner.append((t, i, c.shard, rows[(t, i)]))
-            elif not fresh(c):
-                stale += 1
-            elif c.value is not None:
-                upserts.append((t, i, c.shard, rows[(t, i)]))
-            else:
-                deletes.append((t, i))
-        tombstones = [(t, i, c.shard, c.value) for (t, i), c in batch.tombstones.items() if fresh(c)]
-        cursors = [(t, n, c.shard, c.value) for (t, n), c in batch.cursors.items() if fresh(c)]
-        stale += len(batch.tombstones) - len(tombstones) + len(batch.cursors) - len(cursors)
-        out: list[tuple[str, tuple[Any, ...]]] = []
-        for sql, table in ((_UPSERT, upserts), (_INSERT_FOR_OWNER, for_owner)):
-            if table:
-                out.append((sql, (self.replica, *map(list, zip(*table, strict=True)))))
-        for sql, table2 in ((_TOMBSTONES, tombstones), (_CURSORS, cursors)):
-            if table2:
-                out.append((sql, tuple(map(list, zip(*table2, strict=True)))))
-        if deletes:
-            out.append((_DELETE, tuple(map(list, zip(*deletes, strict=True)))))
-        if batch.prune:
-            out.append((_PRUNE, (time.time() - TOMBSTONE_SECONDS, PRUNE_ROWS)))
-            out.append((_PRUNE_QUARANTINE, (time.time() - QUARANTINE_SECONDS,)))
-        return out, stale
-
-    async def _commit(self, batch: Batch) -> Callable[[Change[Any]], bool]:
+    async def _commit(self, batch: Batch) -> Fresh:
         """One transaction; returns which of its changes were fresh (committed)."""
-        if not len(batch) and not batch.held and not batch.prune:
+        if not len(batch) and not batch.held and batch.prune_before is None:
             return lambda c: True
-        rows = await self._serialised(batch)
+        rows = await batch.serialised()
         started = time.perf_counter()
         with anyio.fail_after(COMMIT_TIMEOUT):
             if self._conn is None or self._conn.closed:
@@ -486,7 +348,7 @@ class PostgresStore:
                 def fresh(c: Change[Any]) -> bool:
                     return c.generation is not None and c.shard in live and newest[c.shard] == c.generation
 
-                statements, stale = self._statements(batch, rows, fresh)
+                statements, stale = batch.statements(rows, fresh, self.replica)
                 for sql, params in statements:
                     await self._conn.execute(sql, params)
         self.commit_duration.observe(time.perf_counter() - started)
@@ -505,31 +367,18 @@ class PostgresStore:
 
     def _put_back(self, batch: Batch) -> None:
         """A failed batch waits again, under any newer change of the same keys."""
-        p = self._pending
-        p.jobs, p.tombstones = {**batch.jobs, **p.jobs}, {**batch.tombstones, **p.tombstones}
-        p.cursors, p.held = {**batch.cursors, **p.cursors}, batch.held + p.held
-        p.prune = p.prune or batch.prune
+        self._pending = batch.put_back(self._pending)
         self._inflight = 0
 
-    def _failed(self, e: Exception) -> None:
-        self.write_errors += 1
-        text = str(e).strip() or type(e).__name__
-        if text != self.error:
-            log.error(
-                "state database cannot be written; changes are kept and retried",
-                extra={"error": text, "pending": self.pending_writes},
-            )
-        self.error = text
-
-    def _done(self, batch: Batch, fresh: Callable[[Change[Any]], bool]) -> None:
+    def _done(self, batch: Batch, fresh: Fresh) -> None:
         self._inflight = 0
-        self._durable = max(self._durable, batch.upto)
-        if self.error is not None:
-            log.info("state database written again", extra={"changes": len(batch)})
-            self.error = None
+        self._committed(batch.upto, len(batch))
         for apply, tied in batch.held:
             if tied is None or fresh(tied):
                 apply()
+
+    def _has_pending(self) -> bool:
+        return bool(len(self._pending) or self._pending.held)
 
     async def _write_round(self) -> bool:
         """Commit everything pending, then wake the waiters of this round: committed, or told why not."""
@@ -539,18 +388,16 @@ class PostgresStore:
         except (psycopg.Error, OSError, TimeoutError) as e:
             await self._drop_connection()  # the next attempt starts on a new connection
             self._put_back(batch)
-            self._failed(e)
+            self._failed(str(e).strip() or type(e).__name__, self.pending_writes)
             ok = False
-        except BaseException:  # cancelled: rolled back; the last flush writes it
+        except BaseException:  # cancelled: rolled back; the last round writes it
             await self._drop_connection()
             self._put_back(batch)
             raise
         else:
             self._done(batch, fresh)
             ok = True
-        if self._round is not None:
-            self._round.set()
-        self._round = anyio.Event()
+        self._round_ended()
         return ok
 
     async def flush(self) -> int:
@@ -561,46 +408,16 @@ class PostgresStore:
             raise StateUnwritable(self.error or "")
         return pending
 
-    async def run(self) -> None:
-        """The writer: commit whatever is pending, many changes a transaction (all those made while
-        the event loop was busy elsewhere); while writes fail, retry with a growing pause. One last
-        commit on the way out."""
-        self._wake = anyio.Event()
-        self._round = self._round or anyio.Event()
-        retry = RETRY_FIRST
-        try:
-            while True:
-                if not len(self._pending) and not self._pending.held and self.error is None:
-                    await self._wake.wait()
-                self._wake = anyio.Event()
-                if await self._write_round():
-                    retry = RETRY_FIRST
-                    await self._measure_size()
-                    await anyio.sleep(0)  # let the waiters and new changes in
-                else:
-                    await anyio.sleep(retry)
-                    retry = min(RETRY_MAX, retry * 2)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.close()
-
-    async def _measure_size(self) -> None:
+    async def _after_round(self) -> None:
+        """Now and then, the size of the tables (asyncjob_state_size_bytes)."""
         if time.monotonic() - self._sized_at < SIZE_EVERY:
             return
         self._sized_at = time.monotonic()
         with contextlib.suppress(psycopg.Error, OSError):
             self._size = int((await self._read(_SIZE, ()))[0][0])
 
-    async def committed(self) -> None:
-        """Return once every change made so far is committed; StateUnwritable when a write attempt
-        fails first."""
-        want = self._changes
-        while self._durable < want:
-            if self._round is None:
-                self._round = anyio.Event()
-            await self._round.wait()
-            if self._durable < want and self.error is not None:
-                raise StateUnwritable(self.error)
+    async def _last_round(self) -> None:
+        await self.close()
 
     def size_bytes(self) -> int:
         """The state's tables and indexes on the server's disk, as last measured."""
@@ -613,18 +430,13 @@ class PostgresStore:
                 "# HELP asyncjob_state_stale_writes_total Changes dropped because their shard's lease "
                 "passed to another replica before they were committed.\n"
                 "# TYPE asyncjob_state_stale_writes_total counter\n"
-                f"asyncjob_state_stale_writes_total {self.stale_writes}\n"
-                + _histogram_text(
-                    "asyncjob_state_commit_duration_seconds",
-                    "Time to commit a batch of state changes.",
-                    self.commit_duration,
-                )
+                f"asyncjob_state_stale_writes_total {self.stale_writes}\n" + self.commit_duration_text()
             ).encode()
         )
 
     async def close(self) -> None:
         """Commit what is pending (within COMMIT_TIMEOUT) and close the connections; says what is lost."""
-        if len(self._pending) or self._pending.held:
+        if self._has_pending():
             with anyio.move_on_after(COMMIT_TIMEOUT), contextlib.suppress(StateUnwritable):
                 await self.flush()
             if self.pending_writes:
@@ -632,8 +444,7 @@ class PostgresStore:
                     "state database could not be written at exit; these changes are lost",
                     extra={"error": self.error, "pending": self.pending_writes},
                 )
-        if self._round is not None:
-            self._round.set()
+        self._round_ended()
         await self._drop_connection()
         reader, self._reader = self._reader, None
         if reader is not None:
