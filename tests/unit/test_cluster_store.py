@@ -35,6 +35,7 @@ class NoScheduler:
     store = None
 
 
+# A server for the module, a database for each test: as the leases' tests have them.
 @pytest.fixture(scope="module")
 def server() -> Iterator[Postgres]:
     with postgres() as pg:
@@ -43,7 +44,6 @@ def server() -> Iterator[Postgres]:
 
 @pytest.fixture
 def dsn(server: Postgres) -> str:
-    """A database of its own for each test."""
     name = f"store{next(_databases)}"
     server.psql(f"CREATE DATABASE {name} OWNER asyncjob")
     return server.dsn.replace("/asyncjob?", f"/{name}?")
@@ -98,6 +98,13 @@ def leases(dsn: str, name: str) -> Leases:
     return Leases(connect=lambda: connect(dsn), replica=name, shards=SHARDS, ttl=TTL)
 
 
+async def shut(replicas: list[Leases], stores: list[PostgresStore]) -> None:
+    for r in replicas:
+        await r.leave()
+    for s in stores:
+        await s.close()
+
+
 async def until_committed(store: PostgresStore) -> None:
     """Wait through failed rounds until every change so far is committed."""
     with anyio.fail_after(30):
@@ -149,8 +156,7 @@ async def test_a_replica_that_gains_shards_loads_only_the_jobs_of_those_shards(d
     assert await other.load(more) == 40 - len(theirs)
     other.forget(more)
     assert tracking(other, "t").targets["t"].jobs == {}
-    for s in (store, other):
-        await s.close()
+    await shut([], [store, other])
 
 
 async def test_every_job_of_the_cluster_is_read_with_the_replica_that_owns_it(dsn: str) -> None:
@@ -170,9 +176,7 @@ async def test_every_job_of_the_cluster_is_read_with_the_replica_that_owns_it(ds
     assert [j.tracked.job.id for j in first + rest] == [j.tracked.job.id for j in jobs]
     await b.leave()
     assert {j.owner for j in await store_a.cluster_jobs() if j.written_by == "b"} == {None}
-    await a.leave()
-    for s in (store_a, store_b):
-        await s.close()
+    await shut([a], [store_a, store_b])
 
 
 async def test_a_quarantined_job_is_recorded_from_another_thread_and_read_by_every_replica(dsn: str) -> None:
@@ -180,8 +184,7 @@ async def test_a_quarantined_job_is_recorded_from_another_thread_and_read_by_eve
     await anyio.to_thread.run_sync(store.quarantine, "t", "job-9", "the loop froze")
     again = await opened(dsn, "r2")
     assert set(again.quarantined("t")) == {"job-9"}
-    for s in (store, again):
-        await s.close()
+    await shut([], [store, again])
 
 
 # --- group commit ------------------------------------------------------------------------
@@ -297,10 +300,7 @@ async def test_a_replica_paused_past_its_lease_commits_nothing_stale_and_counts_
     assert sorted(counted_a) == sorted(ids)
     assert await saved(dsn) == {i: (Status.FAILED, "a") for i in ids}
     assert "asyncjob_state_stale_writes_total 5" in store_b.metrics_text().decode()
-    for r in (a, b):
-        await r.leave()
-    for s in (store_a, store_b):
-        await s.close()
+    await shut([a, b], [store_a, store_b])
 
 
 async def test_a_job_of_a_shard_another_replica_holds_is_written_for_its_owner_not_over_it(dsn: str) -> None:
@@ -324,10 +324,7 @@ async def test_a_job_of_a_shard_another_replica_holds_is_written_for_its_owner_n
     assert store_b.pending_writes == 0
     await store_b.flush()
     assert store_b.stale_writes == 0 and set(await saved(dsn)) == {owned, registered}
-    for r in (a, b):
-        await r.leave()
-    for s in (store_a, store_b):
-        await s.close()
+    await shut([a, b], [store_a, store_b])
 
 
 # --- faults ------------------------------------------------------------------------------
