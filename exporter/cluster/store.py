@@ -121,13 +121,15 @@ class PostgresStore(GroupCommit):
             await self.load(range(self.shards))
 
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Rows of a query on the reading connection (opened again after a failure)."""
         async with self._reading:
             try:
-                if self._reader is None or self._reader.closed:
-                    self._reader = await self.connect()
-                    await self._reader.set_autocommit(True)
-                cur = await self._reader.execute(sql, params)
-                return await cur.fetchall()
+                with anyio.fail_after(COMMIT_TIMEOUT):
+                    if self._reader is None or self._reader.closed:
+                        self._reader = await self.connect()
+                        await self._reader.set_autocommit(True)
+                    cur = await self._reader.execute(sql, params)
+                    return await cur.fetchall()
             except BaseException:
                 reader, self._reader = self._reader, None
                 if reader is not None:
@@ -234,7 +236,8 @@ class PostgresStore(GroupCommit):
     def quarantine(self, target: str, job_id: str, why: str) -> None:
         """Record that the event loop froze on this job: from the watchdog's thread while the loop
         is stuck, on a connection of its own. Not fenced: every replica should skip the job."""
-        with psycopg.connect(self.conninfo, connect_timeout=CONNECT_TIMEOUT) as conn:
+        timeout = f"-c statement_timeout={int(COMMIT_TIMEOUT * 1000)}"  # the process ends after it
+        with psycopg.connect(self.conninfo, connect_timeout=CONNECT_TIMEOUT, options=timeout) as conn:
             conn.execute(
                 "INSERT INTO asyncjob.quarantine (target, job_id, shard, at, why) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (target, job_id) DO UPDATE SET at = excluded.at, why = excluded.why",
