@@ -125,20 +125,24 @@ class Batch:
 
     def statements(self, rows: dict[JobKey, str], fresh: Fresh, replica: str) -> tuple[list[Statement], int]:
         """The statements that write the fresh changes (`rows`: the jobs serialised), and how many
-        stale ones were left out. A job of a shard not held (no generation) goes to its owner."""
+        stale ones were left out. A job of a shard not held, or held no longer, goes to its owner."""
         upserts: list[tuple[Any, ...]] = []
         for_owner: list[tuple[Any, ...]] = []
         deletes: list[tuple[Any, ...]] = []
         stale = 0
         for (t, i), c in self.jobs.items():
-            if c.value is not None and c.generation is None:
-                for_owner.append((t, i, c.shard, rows[(t, i)]))
-            elif not fresh(c):
-                stale += 1
-            elif c.value is not None:
+            if c.value is None:
+                if fresh(c):
+                    deletes.append((t, i))
+                else:
+                    stale += 1
+            elif fresh(c):
                 upserts.append((t, i, c.shard, rows[(t, i)]))
             else:
-                deletes.append((t, i))
+                # Not over the owner's snapshot; but a registration acknowledged by this commit is
+                # kept when the owner has no row of it.
+                stale += c.generation is not None
+                for_owner.append((t, i, c.shard, rows[(t, i)]))
         tombstones = [(t, i, c.shard, c.value) for (t, i), c in self.tombstones.items() if fresh(c)]
         cursors = [(t, n, c.shard, c.value) for (t, n), c in self.cursors.items() if fresh(c)]
         stale += len(self.tombstones) - len(tombstones) + len(self.cursors) - len(cursors)

@@ -9,11 +9,11 @@ batch of ten thousand jobs costs the round trips of a batch of ten.
 
 Fencing: a change carries the generation its shard's lease had when the change was made. The
 transaction checks them (`leases.fenced`, which also holds the leases against a claim until the
-commit); the changes made under a lease that passed to another replica since are dropped and
-counted (`stale_writes`), and so are the counter increments held behind them: the new owner
-counts those jobs. Of a shard this replica does not hold, only jobs are written (a registration,
-which any replica takes; a listed job of another shard), for the owner: inserted when absent,
-never over the owner's snapshot.
+commit); the changes made under a lease that passed to another replica since are stale: counted
+(`stale_writes`) and not written, and the counter increments held behind them do not run (the new
+owner counts those jobs). Of a shard this replica does not hold, or held no longer, only jobs are
+written (a registration, which any replica takes and acknowledges; a listed job of another
+shard), for the owner: inserted when absent, never over the owner's snapshot.
 """
 
 from __future__ import annotations
@@ -117,6 +117,8 @@ class PostgresStore(GroupCommit):
         load every shard; a replica with leases loads the shards it gains (`load`)."""
         async with await self.connect() as conn:
             self.shards = await schema.migrate(conn, shards)
+        if self.leases is not None and self.leases.shards != self.shards:
+            raise ValueError(f"leases on {self.leases.shards} shards; the cluster has {self.shards}")
         if self.leases is None:
             await self.load(range(self.shards))
 

@@ -125,8 +125,8 @@ async def test_what_one_store_committed_another_restores_jobs_tombstones_and_cur
     for i in range(3):
         tracker.track("t", job(f"job-{i}"), "registered", now=20)
     tracker.drop("t", "job-0", "deleted")
-    store.save_cursors("t", {"queue": "42"})
-    assert await store.flush() == 5  # three jobs (one of them removed), a tombstone, a cursor
+    store.save_cursors("t", {"queue": "42", "odd": "a\x00b\ud800"})  # PostgreSQL's text holds neither
+    assert await store.flush() == 6  # three jobs (one of them removed), a tombstone, two cursors
     await store.close()
 
     again = await opened(dsn, "r2")
@@ -135,7 +135,7 @@ async def test_what_one_store_committed_another_restores_jobs_tombstones_and_cur
     assert state.jobs["job-1"] == tracker.targets["t"].jobs["job-1"]
     assert "job-0" in state.tombstones and again.buried("t", "job-0") is not None
     assert again.buried("t", "job-1") is None
-    assert again.cursors("t") == {"queue": "42"}
+    assert again.cursors("t") == {"queue": "42", "odd": "a\ufffdb?"}
     assert again.pending_writes == 0  # jobs handed back by restore are not changes
     await again.close()
 
@@ -272,17 +272,18 @@ async def test_a_replica_paused_past_its_lease_commits_nothing_stale_and_counts_
     store_a, store_b = await opened(dsn, "a", a), await opened(dsn, "b", b)
     await settle(a, b)
     paused = set(b.held())
-    ids = ids_in(paused, 5)
+    *ids, registered = ids_in(paused, 6)
     tracker_b = tracking(store_b, "t")
     for i in ids:
         tracker_b.track("t", job(i), "discovered", now=20)
     await store_b.flush()  # b's snapshot while it holds the shards
-    # b finishes the jobs, and is stopped (SIGSTOP) before its writer commits them.
+    # b finishes the jobs, takes a registration, and is stopped (SIGSTOP) before its writer runs.
     counted_b: list[str] = []
     state_b = tracker_b.targets["t"]
     for i in ids:
         tracker_b.update(state_b, job(i, Status.SUCCEEDED), now=30)
         store_b.hold(partial(counted_b.append, i), ("t", i))
+    tracker_b.track("t", job(registered), "registered", now=30)
     await anyio.sleep(TTL + 0.2)
     await settle(a, rounds=2)
     assert paused <= set(a.held())
@@ -296,10 +297,11 @@ async def test_a_replica_paused_past_its_lease_commits_nothing_stale_and_counts_
     await store_a.flush()
     # b wakes and its writer runs.
     await store_b.flush()
-    assert counted_b == [] and store_b.stale_writes == len(ids)
+    assert counted_b == [] and store_b.stale_writes == len(ids) + 1
     assert sorted(counted_a) == sorted(ids)
-    assert await saved(dsn) == {i: (Status.FAILED, "a") for i in ids}
-    assert "asyncjob_state_stale_writes_total 5" in store_b.metrics_text().decode()
+    # Nothing of b's over a's; b's acknowledged registration kept, a job the owner did not have.
+    assert await saved(dsn) == {**{i: (Status.FAILED, "a") for i in ids}, registered: (Status.RUNNING, "b")}
+    assert "asyncjob_state_stale_writes_total 6" in store_b.metrics_text().decode()
     await shut([a, b], [store_a, store_b])
 
 
