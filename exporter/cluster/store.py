@@ -41,6 +41,7 @@ log = logging.getLogger("asyncjob.state")
 # A transaction (or a connection attempt) that takes longer is abandoned with its connection and
 # the batch retried on a new one: a server that stopped answering must not hold the writer.
 COMMIT_TIMEOUT = 10.0
+LOAD_TIMEOUT = 120.0  # reading the jobs of the shards a replica gains (tens of thousands of rows)
 CONNECT_TIMEOUT = 3
 # As the tracker's (exporter.tracker on the state branch): the newest tombstones a target keeps in
 # memory, and how long a job the loop froze on is skipped.
@@ -122,11 +123,13 @@ class PostgresStore(GroupCommit):
         if self.leases is None:
             await self.load(range(self.shards))
 
-    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    async def _read(
+        self, sql: str, params: tuple[Any, ...], timeout: float = COMMIT_TIMEOUT
+    ) -> list[tuple[Any, ...]]:
         """Rows of a query on the reading connection (opened again after a failure)."""
         async with self._reading:
             try:
-                with anyio.fail_after(COMMIT_TIMEOUT):
+                with anyio.fail_after(timeout):
                     if self._reader is None or self._reader.closed:
                         self._reader = await self.connect()
                         await self._reader.set_autocommit(True)
@@ -142,10 +145,11 @@ class PostgresStore(GroupCommit):
     async def load(self, shards: Iterable[int]) -> int:
         """Read the jobs, tombstones, cursors and quarantined jobs of `shards` (those a replica
         just gained) for restore() to hand out; returns the jobs read. Unreadable rows are
-        skipped, named in the log. Raises psycopg.Error when the database cannot be read."""
+        skipped, named in the log. Raises psycopg.Error (or TimeoutError) when the database cannot
+        be read."""
         wanted = sorted(set(shards))
         rows = await self._read(
-            "SELECT target, job_id, data FROM asyncjob.jobs WHERE shard = ANY(%s)", (wanted,)
+            "SELECT target, job_id, data FROM asyncjob.jobs WHERE shard = ANY(%s)", (wanted,), LOAD_TIMEOUT
         )
         read = 0
         for n, (target, job_id, data) in enumerate(rows):
