@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Protocol
 
-from exporter import step_times
+from exporter import slos, step_times
 from exporter.config import ResolvedTarget
 from exporter.history import EMPTY, History, observe
 from exporter.model import Cause, Connection, Job, Status
@@ -77,6 +77,7 @@ class TrackedJob:
     # Who must act on the failure (cause_of), resolved whenever the job or the target's config changes.
     cause: Cause | None = None
     history: History = EMPTY  # observed transitions, packed (exporter.history)
+    slo_counted: tuple[str, ...] = ()  # the objectives that judged it already (exporter.slos)
 
     @property
     def step_duration(self) -> dict[str, float]:
@@ -98,6 +99,7 @@ class Aggregates:
     step_duration: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (job_type, step)
     by_status: Counter[tuple[str, str]] = field(default_factory=Counter)  # tracked now: (job_type, status)
     queue_events: Counter[tuple[str, str]] = field(default_factory=Counter)  # (queue, event_type)
+    slo: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (job_type, slo, result)
 
 
 @dataclass
@@ -318,6 +320,7 @@ class Tracker:
             tracked.is_history = False
             tracked.seen_terminal_at = None
             tracked.counted = False
+            tracked.slo_counted = ()
         _tally(state, tracked, 1)
         _resolve_cause(state, tracked)
         tracked.history = observe(tracked.history, old, job, now)
@@ -410,6 +413,9 @@ class Tracker:
         )
         cause = tracked.cause or Cause.UNKNOWN
         self.hold(partial(_count_finished, state.agg, job, cause, duration))
+        judged = slos.judge_finished(state.config.slos, tracked, now)
+        if judged:
+            self.hold(partial(slos.add, state.agg.slo, job.job_type, judged))
 
     def apply(self, name: str, result: PollResult, now: float | None = None) -> None:
         """Fold one poll cycle's answers into the target's state."""
@@ -495,7 +501,22 @@ class Tracker:
                 old.append(job_id)
             for job_id in old:
                 del state.tombstones[job_id]
+            if state.config.slos:
+                self._judge_overdue(state, now)
         return dropped
+
+    def _judge_overdue(self, state: TargetState, now: float) -> None:
+        """Unfinished jobs past an objective's latency count against it now, once (exporter.slos)."""
+        judged = []
+        for job_id in state.pending:
+            tracked = state.jobs[job_id]
+            if tracked.polled and not tracked.is_history:
+                found = slos.judge_overdue(state.config.slos, tracked, now)
+                if found:
+                    judged.append((tracked, found))
+        for tracked, found in judged:
+            self._changed(state, tracked)  # the mark goes to the state file before the count shows
+            self.hold(partial(slos.add, state.agg.slo, tracked.job.job_type, found))
 
     def _changed(self, state: TargetState, tracked: TrackedJob) -> None:
         job_id, at = tracked.job.id, tracked.seen_terminal_at
