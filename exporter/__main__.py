@@ -231,11 +231,19 @@ def parser() -> argparse.ArgumentParser:
         help="write alert rules, their promtool tests and dashboards for your setup",
         description="Write the alert rules, promtool tests of them and the Grafana dashboards "
         "from a mixin YAML (selector, Grafana URL, job page scheme, runbook base, thresholds, "
-        "severity per alert; docs/alerts.md lists the keys). Unset keys keep the shipped values. "
+        "severity per alert, job objectives; docs/alerts.md and docs/slos.md list the keys). Unset "
+        "keys keep the shipped values. With --config.file, its slos must be the mixin's. "
         "Check the output with: promtool test rules DIR/alerts/tests/generated.yml",
     )
     mixin.add_argument("--config", dest="mixin_config", metavar="FILE", default=None, help="mixin YAML")
     mixin.add_argument("--out", dest="out", metavar="DIR", required=True, help="directory to write into")
+    mixin.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="the exporter's config: its slos must agree with the mixin's",
+    )
     _add_common(mixin)
 
     check = sub.add_parser(
@@ -256,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     if args.command == "mixin":
-        return commands.write_mixin(args.mixin_config, args.out)
+        return commands.write_mixin(args.mixin_config, args.out, args.config_file)
     if args.command == "check-config":
         return commands.check_config(args.file)
     if args.command == "simulate":

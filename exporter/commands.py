@@ -45,12 +45,22 @@ def check_config(path: str) -> int:
     return 0
 
 
-def write_mixin(config_file: str | None, out: str) -> int:
-    """Rules, promtool tests and dashboards from a user's mixin YAML (defaults without one)."""
+def write_mixin(config_file: str | None, out: str, exporter_config: str | None = None) -> int:
+    """Rules, promtool tests and dashboards from a user's mixin YAML (defaults without one). With
+    the exporter's config too, the two `slos:` lists must agree."""
+    from exporter.config.slos import disagreements
     from exporter.mixin import files, user
 
     try:
         cfg = user.load(config_file) if config_file else user.config_from(None)
+        if exporter_config:
+            try:
+                settings = load_settings(exporter_config, PROVIDERS)
+            except ConfigError as e:
+                return _refuse(exporter_config, e)
+            problems = disagreements(cfg.slos, settings.slos)
+            if problems:
+                raise user.MixinConfigError(problems)
     except user.MixinConfigError as e:
         print(f"{config_file}: {len(e.problems)} problem(s)", file=sys.stderr)
         for p in e.problems:
