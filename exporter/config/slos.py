@@ -119,8 +119,12 @@ def disagreements(mixin: Iterable[SLO], exporter: Iterable[SLO]) -> list[str]:
     for name in ours.keys() & theirs.keys():
         a, b = ours[name].model_dump(), theirs[name].model_dump()
         problems += [
-            f"slos[{name}].{key}: {a[key]!r} here, {b[key]!r} in the exporter's config"
+            f"slos[{name}].{key}: {_shown(key, a[key])} here, {_shown(key, b[key])} in the exporter's config"
             for key in a
             if a[key] != b[key]
         ]
     return sorted(problems)
+
+
+def _shown(key: str, value: Any) -> str:
+    return f"{value:g}s" if key in ("latency", "window") else repr(value)

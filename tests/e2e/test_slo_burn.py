@@ -9,6 +9,7 @@ failures fires AsyncJobSLOBurnFast, which resolves once the jobs succeed again.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -131,6 +132,24 @@ def hold_quiet(prom: Prometheus, hook: Webhook, seconds: float) -> None:
         time.sleep(0.5)
 
 
+def check_dashboard(prom: Prometheus, path: Path) -> None:
+    """Every query of the objective's dashboard runs; its figures have data, and the failed jobs it
+    lists are the provider's, not the end users'."""
+    board = json.loads(path.read_text())
+    found: dict[str, list[dict[str, Any]]] = {}
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "1m")
+            expr = expr.replace('"$job"', '".+"').replace('"$instance"', '".+"')
+            assert "$" not in expr, expr
+            found.setdefault(panel["title"], []).extend(prom.vector(expr))
+    empty = sorted(title for title, series in found.items() if not series)
+    # No job took longer than the latency: those two tables stay empty.
+    assert empty == ["Succeeded later than 30s", "Unfinished past 30s"], empty
+    reasons = {series["metric"].get("reason") for series in found["Failed, not for the end user"]}
+    assert reasons == {"institution-not-available"}, reasons
+
+
 def judged(prom: Prometheus, result: str) -> float:
     found = prom.vector(f'sum(asyncjob_slo_jobs_total{{slo="refresh", result="{result}"}})')
     return float(found[0]["value"][1]) if found else 0.0
@@ -187,6 +206,8 @@ def test_a_provider_burst_pages_and_resolves_and_a_user_burst_pages_nobody(tmp_p
             assert fast["annotations"]["dashboard_url"].endswith(
                 "/d/asyncjob-slo-refresh/asyncjob-slo-refresh"
             )
+
+            check_dashboard(prom, tmp_path / "mixin-out" / slo_files.dashboard_path("refresh"))
 
             feeder.play = "success"
             wait_for(
