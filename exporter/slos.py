@@ -10,8 +10,10 @@ is the user's: left out of the SLI and counted beside it.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -84,6 +86,51 @@ def judge_overdue(slos: Iterable[SLO], tracked: TrackedJob, now: float) -> Judge
             if result is not None:
                 judged.append((slo.name, result))
     return _mark(tracked, judged)
+
+
+def next_deadline(slos: Iterable[SLO], tracked: TrackedJob) -> float | None:
+    """When the unfinished job passes the shortest latency of the objectives still to judge it."""
+    job = tracked.job
+    if job.status.terminal or not tracked.polled or tracked.is_history:
+        return None
+    latencies = [
+        slo.latency for slo in slos if slo.covers(job.job_type) and slo.name not in tracked.slo_counted
+    ]
+    return start_of(tracked) + min(latencies) if latencies else None
+
+
+@dataclass
+class Deadlines:
+    """The unfinished jobs of a target by the moment they pass their next latency: a heap read only
+    as far as now, so a sweep costs the jobs it judges, not the jobs tracked (a scan of 10,000
+    unfinished jobs against two objectives took 45 ms a sweep, once a second). A job whose
+    deadline moves (its first answer gave its creation) is pushed again; the old entry is
+    skipped when it comes up."""
+
+    heap: list[tuple[float, str]] = field(default_factory=list)
+    due: dict[str, float] = field(default_factory=dict)
+
+    def schedule(self, slos: Iterable[SLO], tracked: TrackedJob) -> None:
+        job_id, at = tracked.job.id, next_deadline(slos, tracked)
+        if at is None:
+            self.due.pop(job_id, None)
+        elif self.due.get(job_id) != at:
+            self.due[job_id] = at
+            heapq.heappush(self.heap, (at, job_id))
+
+    def forget(self, job_id: str) -> None:
+        self.due.pop(job_id, None)
+
+    def passed(self, now: float) -> list[str]:
+        """Ids whose deadline is past `now`, each handed out once per scheduling."""
+        out = []
+        heap, due = self.heap, self.due
+        while heap and heap[0][0] < now:
+            at, job_id = heapq.heappop(heap)
+            if due.get(job_id) == at:
+                del due[job_id]
+                out.append(job_id)
+        return out
 
 
 def add(counter: Counter[tuple[str, str, str]], job_type: str, judged: Judged) -> None:

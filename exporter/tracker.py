@@ -121,6 +121,7 @@ class TargetState:
     last_error: str = ""
     last_error_reason: str = ""  # timeout, connect, http_4xx, …, bad_body: as asyncjob_poll_errors_total
     poll_duration: Histogram = field(default_factory=lambda: Histogram(POLL_DURATION_BUCKETS))
+    slo_deadlines: slos.Deadlines = field(default_factory=slos.Deadlines)  # with slos only
 
 
 def _first(*values: float | None) -> float:
@@ -507,16 +508,18 @@ class Tracker:
 
     def _judge_overdue(self, state: TargetState, now: float) -> None:
         """Unfinished jobs past an objective's latency count against it now, once (exporter.slos)."""
-        judged = []
-        for job_id in state.pending:
-            tracked = state.jobs[job_id]
-            if tracked.polled and not tracked.is_history:
-                found = slos.judge_overdue(state.config.slos, tracked, now)
-                if found:
-                    judged.append((tracked, found))
-        for tracked, found in judged:
-            self._changed(state, tracked)  # the mark goes to the state file before the count shows
-            self.hold(partial(slos.add, state.agg.slo, tracked.job.job_type, found))
+        for job_id in state.slo_deadlines.passed(now):
+            tracked = state.jobs.get(job_id)
+            if tracked is None or job_id not in state.pending:
+                continue
+            found = slos.judge_overdue(state.config.slos, tracked, now)
+            if found:
+                # The mark goes to the state file before the count shows; the next objective's
+                # latency, if any, is scheduled.
+                self._changed(state, tracked)
+                self.hold(partial(slos.add, state.agg.slo, tracked.job.job_type, found))
+            else:
+                state.slo_deadlines.schedule(state.config.slos, tracked)
 
     def _changed(self, state: TargetState, tracked: TrackedJob) -> None:
         job_id, at = tracked.job.id, tracked.seen_terminal_at
@@ -527,10 +530,13 @@ class Tracker:
         if at is not None and state.queued.get(job_id) != at:
             state.queued[job_id] = at
             heapq.heappush(state.retention_queue, (at, job_id))
+        if state.config.slos:
+            state.slo_deadlines.schedule(state.config.slos, tracked)
         for listener in self.listeners:
             listener.job_changed(state, tracked)
 
     def _notify_removed(self, state: TargetState, job_id: str) -> None:
         state.pending.pop(job_id, None)
+        state.slo_deadlines.forget(job_id)
         for listener in self.listeners:
             listener.job_removed(state, job_id)

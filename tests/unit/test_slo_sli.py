@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import ConfigError, build_settings
-from exporter.model import Job, Status
+from exporter.model import Job, Status, placeholder
 from exporter.providers import PROVIDERS
 from exporter.providers.base import PollResult
 from exporter.render import Exposition
@@ -78,6 +78,39 @@ def test_a_job_still_running_past_its_latency_counts_bad_then_and_never_again() 
     tr.apply("t", PollResult(jobs=[job("hung", S, finished=500)]), now=500)
     assert counts(tr) == {("connection", "refresh", "bad"): 1}
     assert tr.targets["t"].jobs["hung"].slo_counted == ("refresh",)
+
+
+def test_each_objective_judges_an_unfinished_job_at_its_own_latency() -> None:
+    tr = tracker(SLO, {**SLO, "name": "quick", "latency": "1m"})
+    tr.track("t", job("slow", R), "static", now=10)
+    tr.sweep(now=61)
+    assert counts(tr) == {("connection", "quick", "bad"): 1}
+    tr.sweep(now=299)
+    assert counts(tr) == {("connection", "quick", "bad"): 1}
+    tr.sweep(now=301)
+    assert counts(tr) == {("connection", "quick", "bad"): 1, ("connection", "refresh", "bad"): 1}
+
+
+def test_the_latency_runs_from_the_creation_the_first_answer_gives() -> None:
+    tr = tracker()
+    tr.track("t", placeholder("late"), "registered", now=1000)
+    tr.sweep(now=1001)
+    assert counts(tr) == {}  # known by its id only: not judged
+    tr.apply("t", PollResult(jobs=[job("late", R)]), now=1002)  # created at 0
+    tr.sweep(now=1003)
+    assert counts(tr) == {("connection", "refresh", "bad"): 1}
+
+
+def test_a_sweep_reads_only_the_jobs_whose_latency_passed() -> None:
+    tr = tracker()
+    for i in range(1000):
+        tr.track("t", Job(str(i), R, job_type="connection", created=i), "static", now=1)
+    state = tr.targets["t"]
+    tr.sweep(now=400)
+    assert counts(tr) == {("connection", "refresh", "bad"): 100}  # created 0..99
+    assert len(state.slo_deadlines.due) == 900 and min(state.slo_deadlines.due.values()) == 400
+    tr.drop("t", "999", "deleted")
+    assert "999" not in state.slo_deadlines.due
 
 
 def test_a_job_waiting_for_its_end_user_when_the_latency_passes_is_the_users() -> None:
