@@ -14,6 +14,7 @@ import anyio
 
 from exporter import __version__
 from exporter.config import ConfigError, Settings, build_settings, load_settings
+from exporter.config.slos import duration
 from exporter.connections import ConnectionLimits
 from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
@@ -40,6 +41,10 @@ def check_config(path: str) -> int:
     print(f"{path}: OK ({len(settings.targets)} target(s))")
     for t in settings.resolved_targets():
         print(f"  {t.name}: {t.provider} {t.config.base_url}, every {t.poll_interval:g}s")
+    for slo in settings.slos:
+        jobs = f"{slo.job_type or 'all'} jobs of {slo.target or slo.target_regex}"
+        within, window = duration(slo.latency), duration(slo.window)
+        print(f"  slo {slo.name}: {slo.objective:g} of {jobs} within {within}, over {window}")
     if not settings.targets:
         print(f"{path}: warning: {NO_TARGETS}", file=sys.stderr)
     return 0

@@ -127,4 +127,13 @@ def disagreements(mixin: Iterable[SLO], exporter: Iterable[SLO]) -> list[str]:
 
 
 def _shown(key: str, value: Any) -> str:
-    return f"{value:g}s" if key in ("latency", "window") else repr(value)
+    return duration(value) if key in ("latency", "window") else repr(value)
+
+
+def duration(seconds: float) -> str:
+    """A Prometheus duration for whole seconds, in the largest unit that divides them (`28d`)."""
+    whole = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole and whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s" if whole == seconds else f"{seconds:g}s"

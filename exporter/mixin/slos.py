@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.config.slos import SLO
+from exporter.config.slos import duration as duration  # the rules' durations, for their tests and boards
 
 from . import queries as q
 from .config import Config
@@ -60,15 +61,6 @@ BURNS: tuple[tuple[str, tuple[BurnPair, ...]], ...] = (
     (FAST_ALERT, (BurnPair("1h", "5m", 0.02), BurnPair("6h", "30m", 0.05))),
     (SLOW_ALERT, (BurnPair("1d", "2h", 0.10), BurnPair("3d", "6h", 0.10))),
 )
-
-
-def duration(seconds: float) -> str:
-    """A Prometheus duration for whole seconds, in the largest unit that divides them."""
-    whole = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if whole % size == 0:
-            return f"{whole // size}{unit}"
-    return f"{whole}s"
 
 
 def window(cfg: Config, name: str) -> str:

@@ -211,7 +211,7 @@ def test_the_mixin_refuses_objectives_that_differ_from_the_exporters(
     args = ["mixin", "--config", str(mixin), "--out", str(tmp_path / "o"), "--config.file", str(exporter)]
     code = main(args)
     assert code == 2
-    assert "slos[basiq-refresh].latency: 300s here, 600s in the exporter's config" in capsys.readouterr().err
+    assert "slos[basiq-refresh].latency: 5m here, 10m in the exporter's config" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

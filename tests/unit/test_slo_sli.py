@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.commands import check_config
 from exporter.config import ConfigError, build_settings
 from exporter.model import Job, Status, placeholder
 from exporter.providers import PROVIDERS
@@ -220,6 +222,27 @@ def test_a_bad_objective_is_refused_with_its_key_path(slo: dict[str, Any], probl
     with pytest.raises(ConfigError) as e:
         settings(slo)
     assert problem in "\n".join(e.value.problems)
+
+
+def test_an_objective_added_by_a_reload_judges_the_jobs_already_tracked() -> None:
+    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS)
+    tr = Tracker()
+    tr.set_target(s.resolved(s.targets[0]))
+    tr.track("t", job("hung", R), "static", now=10)
+    tr.sweep(now=400)
+    assert counts(tr) == {}
+    with_slo = settings()
+    tr.set_target(with_slo.resolved(with_slo.targets[0]))
+    tr.sweep(now=401)
+    assert counts(tr) == {("connection", "refresh", "bad"): 1}
+
+
+def test_check_config_lists_the_objectives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "asyncjob.yml"
+    targets = [{"name": "t", "provider": "basiq", "base_url": "https://x", "jobs": ["1"]}]
+    path.write_text(yaml.safe_dump({"targets": targets, "slos": [SLO]}))
+    assert check_config(str(path)) == 0
+    assert "slo refresh: 0.99 of connection jobs of t within 5m, over 28d" in capsys.readouterr().out
 
 
 def test_two_objectives_of_one_name_are_refused() -> None:
