@@ -229,3 +229,13 @@ def test_the_mixin_accepts_objectives_that_agree_with_the_exporters(tmp_path: Pa
     ]
     assert main(args) == 0
     assert (out / slo_files.RULES_PATH).is_file()
+
+
+def test_a_case_the_window_changes_by_design_is_left_out() -> None:
+    # Over 7 days, half the budget's pace for three days spends 21 % of it: a ticket, rightly.
+    weekly = SLO.model_validate({**REFRESH, "window": "7d"})
+    by_name = {case.name: case for case in slo_tests.CASES}
+    assert not slo_tests.expected(weekly, by_name["0.5x burn"])
+    cfg = user.config_from({"slos": [{**REFRESH, "window": "7d"}]})
+    names = [t["name"] for t in yaml.safe_load(files.render(cfg)[slo_files.RULE_TESTS_PATH])["tests"]]
+    assert "basiq-refresh: 0.5x burn" not in names and "basiq-refresh: total outage" in names
