@@ -19,6 +19,7 @@ from exporter.mixin import files, slo_files, slos, user
 from tests.tools import require_tool
 from tests.unit.test_dashboards import DATASOURCE, PANELS_WITH_UNITS, SELECTOR, as_promql, walk
 
+REPO = Path(__file__).resolve().parents[2]
 SLOS = [
     {
         "name": "basiq-refresh",
@@ -148,3 +149,16 @@ def test_every_query_parses(tmp_path: Path, divisor: int) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "slo-dashboards", "rules": checks}]}))
     result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_exporter_metric_the_rules_and_dashboards_read_is_one_the_exporter_serves() -> None:
+    documented = set(
+        re.findall(r"^\| `(asyncjob_[a-z0-9_]+)` \|", (REPO / "docs/metrics.md").read_text(), re.M)
+    )
+    rules = yaml.safe_load(rendered()[slo_files.RULES_PATH])
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    exprs += [expr for _, _, expr in queries()]
+    for expr in exprs:
+        for metric, _ in SELECTOR.findall(expr):
+            if ":" not in metric and metric != "ALERTS":
+                assert metric in documented, metric
