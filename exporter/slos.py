@@ -44,11 +44,27 @@ def start_of(tracked: TrackedJob) -> float:
     return job.started if job.started is not None else tracked.first_seen
 
 
-def finished(slo: SLO, tracked: TrackedJob, now: float) -> Result:
+def end_of(tracked: TrackedJob) -> float | None:
+    """When a finished job ended: the provider's finished stamp, else its `updated` (a job changes
+    no more once it ends), else the poll that saw it end; None for a job first seen finished with
+    neither stamp, whose end is not known."""
     job = tracked.job
-    if job.status is Status.FAILED:
+    if job.finished is not None:
+        return job.finished
+    if job.updated is not None:
+        return job.updated
+    seen = tracked.seen_terminal_at
+    return seen if seen is not None and seen != tracked.first_seen else None
+
+
+def finished(slo: SLO, tracked: TrackedJob, now: float) -> Result | None:
+    """The judgement of a finished job; None for a success whose end is not known (no latency
+    can be told: it is left out rather than guessed)."""
+    if tracked.job.status is Status.FAILED:
         return Result.USER if tracked.cause is Cause.USER else Result.BAD
-    end = job.finished if job.finished is not None else (tracked.seen_terminal_at or now)
+    end = end_of(tracked)
+    if end is None:
+        return None
     return Result.GOOD if end - start_of(tracked) <= slo.latency else Result.BAD
 
 
@@ -68,12 +84,12 @@ def _mark(tracked: TrackedJob, judged: Judged) -> Judged:
 def judge_finished(slos: Iterable[SLO], tracked: TrackedJob, now: float) -> Judged:
     """The judgements of a job that just finished, for every objective that covers it and has
     not judged it yet; the job is marked judged for them (the mark is saved with the job)."""
-    job_type = tracked.job.job_type
-    judged = [
-        (slo.name, finished(slo, tracked, now))
-        for slo in slos
-        if slo.covers(job_type) and slo.name not in tracked.slo_counted
-    ]
+    judged: Judged = []
+    for slo in slos:
+        if slo.covers(tracked.job.job_type) and slo.name not in tracked.slo_counted:
+            result = finished(slo, tracked, now)
+            if result is not None:
+                judged.append((slo.name, result))
     return _mark(tracked, judged)
 
 

@@ -61,6 +61,17 @@ def test_a_job_that_succeeds_within_its_latency_is_good_and_a_late_one_bad() -> 
     assert counts(tr) == {("connection", "refresh", "good"): 1, ("connection", "refresh", "bad"): 1}
 
 
+def test_a_success_ends_at_its_finished_stamp_else_its_update_else_the_poll_that_saw_it() -> None:
+    tr = tracker()
+    tr.track("t", job("updated", S, updated=200), "discovered", now=400)  # first seen finished
+    tr.track("t", job("unknown", S), "discovered", now=400)  # ended when? not judged
+    tr.track("t", job("seen", R), "static", now=100)
+    tr.apply("t", PollResult(jobs=[job("seen", S)]), now=350)  # seen ending at 350: late
+    assert counts(tr) == {("connection", "refresh", "good"): 1, ("connection", "refresh", "bad"): 1}
+    assert tr.targets["t"].jobs["updated"].slo_counted == ("refresh",)
+    assert tr.targets["t"].jobs["unknown"].slo_counted == ()
+
+
 def test_failures_are_bad_unless_the_end_user_caused_them() -> None:
     tr = tracker()
     tr.track("t", job("p", F, finished=10, reason="connector-error"), "static", now=20)
