@@ -239,3 +239,18 @@ def test_a_case_the_window_changes_by_design_is_left_out() -> None:
     cfg = user.config_from({"slos": [{**REFRESH, "window": "7d"}]})
     names = [t["name"] for t in yaml.safe_load(files.render(cfg)[slo_files.RULE_TESTS_PATH])["tests"]]
     assert "basiq-refresh: 0.5x burn" not in names and "basiq-refresh: total outage" in names
+
+
+@pytest.mark.parametrize(
+    ("alert", "receiver"), [("AsyncJobSLOBurnFast", "pager"), ("AsyncJobSLOBurnSlow", "ops")]
+)
+def test_the_shipped_alertmanager_example_pages_the_fast_burn_and_tickets_the_slow(
+    alert: str, receiver: str
+) -> None:
+    amtool = require_tool("amtool")
+    labels = alerts(config())[alert]["labels"]
+    example = REPO / "alerts" / "alertmanager-inhibit.example.yml"
+    args = [amtool, "config", "routes", "test", f"--config.file={example}", f"alertname={alert}"]
+    result = subprocess.run(args + [f"{k}={v}" for k, v in labels.items()], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == [receiver]
