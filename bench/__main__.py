@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import auth, changes, detection, machine, memory, poll, registration, report, scrape
+from bench import auth, changes, detection, machine, memory, pgdriver, poll, registration, report, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -52,6 +52,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[Log], Any]]] = [
         lambda log: registration.run(log=log),
     ),
     ("auth", "authenticated scrapes during a wrong-password flood", lambda log: auth.run(log=log)),
+    ("pgdriver", "psycopg and asyncpg against one PostgreSQL", lambda log: pgdriver.run()),
 ]
 NAMES = tuple(name for name, _, _ in BENCHMARKS)
 

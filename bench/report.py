@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench import auth, detection
+from bench import auth, detection, pgdriver
 
 KIB = 1024
 
@@ -664,6 +664,7 @@ SECTIONS: list[Section] = [
     Section("fleet", detection.fleet_body, detection.fleet_targets),
     Section("registration", registration_body, registration_targets),
     Section("auth", auth.body, auth.targets),
+    Section("pgdriver", pgdriver.body, pgdriver.targets),
 ]
 
 

@@ -327,7 +327,11 @@ FRONT_DOOR = (
     "    the highest configured cost, so it takes as long as a known one.",
     "- `api.token_file`: `/api/v1` and `POST /-/reload` ask for `Authorization: Bearer <token>`.",
     "  With basic auth configured (it takes the `Authorization` header), send the token as",
-    "  `X-Asyncjob-Token: <token>` beside the basic credentials.",
+    "  `X-Asyncjob-Token: <token>` beside the basic credentials. An empty or blank file is refused",
+    "  at start (exit 2 naming the file), by `check-config` and at reload (the old token stays). The",
+    "  file is read at start and at reload, and again when it changes (its mtime, size or inode,",
+    "  looked at once a second at most), never at every request; found empty then (a rotation half",
+    "  written), the token read before is kept. An empty header never matches.",
     "- Connections: one whose request headers are not complete within `--web.read-header-timeout`",
     "  (default 10s) of opening or of its previous response, or whose body is not complete within",
     "  as long again after its headers, is closed (on a TLS port, so is one that has not finished",
@@ -335,10 +339,23 @@ FRONT_DOOR = (
     "  still in their TLS handshake are not counted); past it the one waiting longest for its",
     "  request is closed. Accept errors (out of file descriptors) are logged once per burst.",
     "- `POST /-/reload` is served only with `--web.enable-lifecycle` (as Prometheus); SIGHUP always",
-    "  reloads.",
+    "  reloads. Both read the config file and `--web.config.file` afresh, as exporter-toolkit reads",
+    "  its file: users (credentials verified before are checked again), response headers, and the",
+    "  TLS files and settings from the next handshake on. A problem in either file changes nothing",
+    "  (`asyncjob_config_last_reload_successful 0`); turning TLS on or off needs a restart.",
+    "  `/-/reload` answers 415 to the content types a browser posts cross-site without asking",
+    "  (`application/x-www-form-urlencoded`, `multipart/form-data`, `text/plain`) and 403 to a",
+    "  request a browser marks `Sec-Fetch-Site: cross-site` or `same-site`; `curl -X POST` reloads.",
     "- The API reads `application/json` and `application/*+json` bodies (any charset parameter; the",
     "  body is read as UTF-8) and answers 415 to anything else, so a cross-site form post registers",
-    "  nothing. Ids holding a control character or a lone surrogate are refused (422).",
+    "  nothing.",
+    "- Ids (registered, or listed under a target's `jobs`, `users`, `queues`, `connections`) are data,",
+    "  never paths: each travels to the provider as exactly one URL path segment (`/`, `?`, `#`, `%`",
+    "  and the dots of `.` and `..` escaped). Empty ids, `.`, `..`, ids holding a control character",
+    "  or a lone surrogate, and ids longer than 512 bytes of UTF-8 (`exporter.parsing.MAX_ID_BYTES`)",
+    "  are refused: 422 with `field: id` at registration, exit 2 naming the key in the config. An",
+    "  answer to a request about one job that is about another id is counted as",
+    '  `asyncjob_poll_errors_total{reason="id_mismatch"}` and never applied.',
 )
 
 # What `state_file` promises; in both documents.
@@ -391,7 +408,10 @@ LABELS: dict[str, str] = {
     "kind": "`total`, `affected` or `failed`",
     "reason": (
         "a bounded reason: the provider's error code or state (failed jobs), the class of a failed "
-        f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), or why a job stopped being tracked"
+        f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), or why a job stopped being tracked. "
+        "`id_mismatch` counts answers to a request about one job (or Oxlin connection) that were "
+        "about another id: they are never applied (list and batch answers, and an AIMS360 rerun's "
+        "new id, are what they are)"
     ),
     "cause": (
         "who must act on a failed job: `user` (the end user: wrong credentials, an expired MFA, a "

@@ -21,7 +21,8 @@ from exporter.model import Job
 from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.transport import Http11Transport
 
-ERROR_REASONS = ("timeout", "connect", "http_4xx", "http_429", "http_5xx", "bad_body", "auth")
+# id_mismatch: an answer to a request about one id that was about another (never applied).
+ERROR_REASONS = ("timeout", "connect", "http_4xx", "http_429", "http_5xx", "bad_body", "auth", "id_mismatch")
 USER_AGENT = f"asyncjob-exporter/{__version__}"
 MAX_RETRY_AFTER = 3600.0
 # An idle connection is closed before common servers close it on their side (uvicorn and

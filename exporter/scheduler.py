@@ -287,16 +287,22 @@ class Scheduler:
             for job_id in [j for j in http.seen if j not in state.jobs]:
                 del http.seen[job_id]
         request_errors = stats.cycle_errors
-        if result.bad_payloads:
-            stats.errors["bad_body"] += len(result.bad_payloads)
-            stats.cycle_errors += len(result.bad_payloads)
+        # Answers that arrived but cannot be applied, by reason: the first one names the cycle's error.
+        answer_errors = [
+            (reason, problems)
+            for reason, problems in (("bad_body", result.bad_payloads), ("id_mismatch", result.id_mismatches))
+            if problems
+        ]
+        for reason, problems in answer_errors:
+            stats.errors[reason] += len(problems)
+            stats.cycle_errors += len(problems)
             log.warning(
-                "unreadable provider answer",
+                "unreadable provider answer" if reason == "bad_body" else "answer about another id",
                 extra={
                     "target": name,
                     "host": runner.http.host,
-                    "reason": "bad_body",
-                    "error": "; ".join(result.bad_payloads[:5]),
+                    "reason": reason,
+                    "error": "; ".join(problems[:5]),
                 },
             )
         durations, stats.durations = stats.durations, []
@@ -311,8 +317,11 @@ class Scheduler:
             state.last_success = time.time()
             runner.failures = 0
         else:
-            state.last_error = stats.last_error if request_errors else result.bad_payloads[0]
-            state.last_error_reason = stats.last_reason if request_errors else "bad_body"
+            if request_errors:
+                state.last_error, state.last_error_reason = stats.last_error, stats.last_reason
+            else:
+                reason, problems = answer_errors[0]
+                state.last_error, state.last_error_reason = problems[0], reason
             # Back off only when nothing got through: a few failing jobs are not an outage.
             if stats.cycle_errors >= stats.cycle_requests:
                 runner.failures += 1
@@ -321,8 +330,8 @@ class Scheduler:
                 extra={
                     "target": name,
                     "host": runner.http.host,
-                    "reason": stats.last_reason if request_errors else "bad_body",
-                    "error": stats.last_error if request_errors else result.bad_payloads[0],
+                    "reason": state.last_error_reason,
+                    "error": state.last_error,
                     "errors": stats.cycle_errors,
                     "requests": stats.cycle_requests,
                 },

@@ -28,11 +28,13 @@ from exporter.config.values import (
     PositiveDuration,
     SecretEnv,
     SecretFile,
+    TokenFile,
     did_you_mean,
+    read_token,
     without_credentials,
 )
 from exporter.model import Cause, Status
-from exporter.parsing import text_id
+from exporter.parsing import text_id, why_not_id
 
 
 class _Strict(BaseModel):
@@ -241,12 +243,11 @@ class TargetConfig(_Strict):
     @field_validator("jobs", "users", "queues", "connections")
     @classmethod
     def _usable_ids(cls, v: list[str]) -> list[str]:
-        # As the API refuses such an id (422): one that could never be polled, read or deleted.
+        # As the API refuses such an id (422): one that could never be polled, read or deleted,
+        # or that would name another path than its own (`..`).
         for i, text in enumerate(v):
             if text_id(text) is None:
-                raise ValueError(
-                    f"item {i}: an id must not be blank nor hold a control character or a lone surrogate"
-                )
+                raise ValueError(f"item {i}: an id {why_not_id(text)}")
         return v
 
     @field_validator("provider")
@@ -286,13 +287,28 @@ class TargetConfig(_Strict):
 
 
 class ApiConfig(_Strict):
-    token_file: SecretFile | None = Field(None, description="Bearer token required on /api/v1 when set.")
+    token_file: SecretFile | None = Field(
+        None,
+        description="Bearer token required on /api/v1 and /-/reload when set. An empty or blank file "
+        "is refused. Read at start and reload, and again when the file changes.",
+    )
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    _token: TokenFile | None = PrivateAttr(None)
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_in_file(cls, v: str | None) -> str | None:
+        if v is not None:
+            read_token(v)  # an empty or blank file: refused naming it (start, check-config, reload)
+        return v
+
+    def model_post_init(self, context: Any) -> None:
+        if self.token_file:
+            self._token = TokenFile(self.token_file)
 
     def token(self) -> SecretStr | None:
-        if not self.token_file:
-            return None
-        return SecretStr(Path(self.token_file).read_text(encoding="utf-8").strip())
+        """The API token (never empty), as last read from `token_file`; None without one."""
+        return None if self._token is None else SecretStr(self._token.current())
 
 
 ENV_PREFIX = "ASYNCJOB_"

@@ -200,7 +200,8 @@ def _job_page_link(cfg: Config) -> list[dict[str, Any]]:
             "title": "Job page on the exporter",
             "tooltip": "The job's error text and the timeline of its transitions",
             "type": "link",
-            "url": f"{cfg.job_page_scheme}://${{instance}}/jobs/${{target}}/${{job_id:percentencode}}",
+            "url": f"{cfg.external_url or f'{cfg.job_page_scheme}://${{instance}}'}"
+            "/jobs/${target}/${job_id:percentencode}",
         }
     ]
 
@@ -305,7 +306,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "timeseries",
             "Poll errors by reason",
             "Failed polls of the providers' APIs per second, by reason "
-            "(timeout, connect, http_4xx, http_429, http_5xx, bad_body, auth).",
+            "(timeout, connect, http_4xx, http_429, http_5xx, bad_body, auth, id_mismatch).",
             [
                 Query(
                     _sum_rate("target, reason", "asyncjob_poll_errors_total", s),

@@ -23,8 +23,11 @@ class Config:
         "https://github.com/asyncjob-exporter/asyncjob-exporter/blob/main/docs/runbooks.md"
     )
     grafana_url: str = "http://localhost:3000"
-    # Scheme of the exporter's own job pages: alerts link to <scheme>://<instance>/jobs/<target>/<id>,
-    # the exporter that reported the job (a sidecar, a shard), as Prometheus scraped it.
+    # Where people open the exporter's job pages (the exporter's --web.external-url: an ingress,
+    # a proxy, a port-forward): alerts link to <external_url>/jobs/<target>/<id>. Unset, they link
+    # to <job_page_scheme>://<instance>/..., the address Prometheus scraped, which opens only
+    # where that address is reachable (not a pod IP or a compose service name from a laptop).
+    external_url: str | None = None
     job_page_scheme: str = "http"
     overview_uid: str = "asyncjob-overview"
     job_uid: str = "asyncjob-job"

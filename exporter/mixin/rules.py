@@ -37,11 +37,10 @@ def _job_link(cfg: Config) -> str:
 
 
 def job_page(cfg: Config) -> str:
-    """The job's page on the exporter that reported it: its error text and timeline."""
-    return (
-        f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}/jobs/{{{{ $labels.target }}}}/"
-        "{{ $labels.job_id | urlquery }}"
-    )
+    """The job's page on the exporter that reported it: its error text and timeline. Under the
+    exporter's external URL when the mixin names it, else at the address Prometheus scraped."""
+    base = cfg.external_url or f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}"
+    return f"{base}/jobs/{{{{ $labels.target }}}}/{{{{ $labels.job_id | urlquery }}}}"
 
 
 def _overview_link(cfg: Config) -> str:

@@ -22,10 +22,9 @@ SCRAPE = 'job=~"$job", instance=~"$instance"'
 
 
 def _job_links(cfg: Config) -> dict[str, Any]:
-    url = (
-        f"{cfg.job_page_scheme}://${{__data.fields.instance}}/jobs/${{__data.fields.target}}/"
-        "${__data.fields.job_id:percentencode}"
-    )
+    # As the alerts link a job: the exporter's external URL, else the address Prometheus scraped.
+    base = cfg.external_url or f"{cfg.job_page_scheme}://${{__data.fields.instance}}"
+    url = f"{base}/jobs/${{__data.fields.target}}/${{__data.fields.job_id:percentencode}}"
     return {"links": [{"title": "Job page on the exporter", "url": url, "targetBlank": True}]}
 
 

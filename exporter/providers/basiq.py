@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 from exporter.fetch import NotFound, PollError
 from exporter.model import Cause, Job, Status, Step, interned_step, shared_steps
-from exporter.parsing import bounded_reason, parse_timestamp
-from exporter.providers.base import BadPayload, Http, PollResult, Provider, fetch_each, gather
+from exporter.parsing import bounded_reason, parse_timestamp, text_id
+from exporter.providers.base import BadPayload, Http, PollResult, Provider, fetch_each, gather, segment
 
 STEP_STATUS = {
     "pending": Status.PENDING,
@@ -116,8 +116,8 @@ class Basiq(Provider):
     def parse_job(self, obj: Any) -> Job:
         if not isinstance(obj, dict):
             raise BadPayload("job is not an object")
-        job_id = obj.get("id")
-        if not isinstance(job_id, str | int) or isinstance(job_id, bool) or not str(job_id):
+        job_id = text_id(obj.get("id"))
+        if job_id is None:
             raise BadPayload("id")
         raw_steps = obj.get("steps") or []
         if not isinstance(raw_steps, list):
@@ -135,7 +135,7 @@ class Basiq(Provider):
         raw = sys.intern(",".join(f"{s.name}:{s.raw_status}" for s in steps))
         is_failed = status is Status.FAILED
         return Job(
-            id=str(job_id),
+            id=job_id,
             status=status,
             raw_status=raw,
             job_type=sys.intern(str(obj.get("jobType") or "")),
@@ -157,7 +157,7 @@ class Basiq(Provider):
         seen: set[str] = set()
 
         async def user_jobs(user: str) -> list[Any]:
-            body = await http.get_json(f"/users/{user}/jobs")
+            body = await http.get_json(f"/users/{segment(user)}/jobs")
             if not isinstance(body, dict) or not isinstance(body.get("data"), list):
                 raise BadPayload("data")
             return list(body["data"])
@@ -178,8 +178,9 @@ class Basiq(Provider):
                 pass  # counted by the client; the user's jobs are polled one by one below
 
         rest = [job_id for job_id in tracked if job_id not in seen]
-        direct = await fetch_each(http, rest, lambda job_id: f"/jobs/{job_id}", self.parse_job)
+        direct = await fetch_each(http, rest, lambda job_id: f"/jobs/{segment(job_id)}", self.parse_job)
         result.jobs.extend(direct.jobs)
         result.gone.extend(direct.gone)
         result.bad_payloads.extend(direct.bad_payloads)
+        result.id_mismatches.extend(direct.id_mismatches)
         return result

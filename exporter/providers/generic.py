@@ -168,6 +168,7 @@ class Generic(Provider):
             result.jobs.extend(direct.jobs)
             result.gone.extend(direct.gone)
             result.bad_payloads.extend(direct.bad_payloads)
+            result.id_mismatches.extend(direct.id_mismatches)
         elif listed:
             # Without a job URL, a job that left the list can no longer be seen.
             result.gone.extend(rest)

@@ -364,7 +364,9 @@ class Oxlin(Provider):
 
         now = time.time()
         for conn_id, got in await gather(list(self._known), connection):
-            if isinstance(got, Connection):
+            if isinstance(got, Connection) and got.id != conn_id:
+                result.id_mismatches.append(f"connection {conn_id}: the answer is about connection {got.id}")
+            elif isinstance(got, Connection):
                 result.connections.append(got)
                 closed = self.closed_by_connection(got, now)
                 if closed is not None:

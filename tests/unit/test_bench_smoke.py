@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench import auth, changes, detection, machine, memory, poll, registration, report, scrape
+from bench import auth, changes, detection, machine, memory, pgdriver, poll, registration, report, scrape
 
 
 def quiet(_: str) -> None:
@@ -90,3 +90,15 @@ def test_auth_scrapes_with_credentials_while_a_flood_is_refused() -> None:
     assert r["flood_answers"] > 0
     assert report.targets({"auth": r})[0]["what"].startswith("authenticated /metrics p99")
     assert "## Basic auth under a wrong-password flood" in "\n".join(auth.body(r))
+
+
+@pytest.mark.postgres
+def test_both_postgresql_drivers_write_through_a_real_server_and_are_reported() -> None:
+    results = pgdriver.run(rounds=3, batches=2)
+    for name in ("psycopg", "asyncpg"):
+        assert len(results[name]) == 2
+        for r in results[name]:
+            assert r["rows"] == 3 + 2 * pgdriver.ROWS
+            assert r["one"]["p50_ms"] > 0 and r["batch"]["p50_ms"] > 0 and r["cpu_s"] > 0
+    text = "\n".join(pgdriver.body(results))
+    assert "| psycopg 3" in text and "| asyncpg |" in text

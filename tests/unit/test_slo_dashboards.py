@@ -135,6 +135,15 @@ def test_exporter_series_match_job_and_instance_and_recorded_ones_are_recorded()
             assert re.search(r"rate\($", expr[: match.start()]), f"{name} / {title}"
 
 
+def test_the_bad_jobs_link_through_the_exporters_external_url_when_it_has_one() -> None:
+    cfg = user.config_from({"slos": SLOS, "external_url": "https://asyncjob.example.com"})
+    board = json.loads(files.render(cfg)[slo_files.dashboard_path("basiq-refresh")])
+    urls = {link["url"] for p in panels(board) for link in p["fieldConfig"]["defaults"].get("links", [])}
+    assert urls == {
+        "https://asyncjob.example.com/jobs/${__data.fields.target}/${__data.fields.job_id:percentencode}"
+    }
+
+
 @pytest.mark.parametrize("divisor", [1, 60])
 def test_every_query_parses(tmp_path: Path, divisor: int) -> None:
     promtool = require_tool("promtool")
