@@ -144,6 +144,7 @@ class Pages:
                     "last_success": state.last_success,
                     "last_error": state.last_error,
                     "last_error_reason": state.last_error_reason,
+                    "missing": sorted(state.missing.items()),
                     "poll_interval": state.config.poll_interval,
                     "stuck_after": state.config.stuck_after,
                     "by_status": by_status,

@@ -17,7 +17,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from exporter.config import ResolvedTarget, Settings
-from exporter.fetch import TargetHttp
+from exporter.fetch import RequestStats, TargetHttp
 from exporter.model import Job, placeholder
 from exporter.providers import PROVIDERS, Provider
 from exporter.providers.base import PollResult
@@ -253,6 +253,27 @@ class Scheduler:
                 applied[0] += len(jobs)
                 await self._apply(name, PollResult(jobs=self._ours(name, jobs)), time.time())
 
+    @staticmethod
+    def _note_missing(
+        name: str, state: TargetState, stats: RequestStats, missing: list[str], full: bool
+    ) -> None:
+        """Count and keep the configured sources that answered 404 in this cycle; a full cycle
+        also forgets those that answer again. A missing source does not make the target down:
+        its other sources and jobs are still polled."""
+        now = time.time()
+        for source in dict.fromkeys(missing):
+            stats.errors["not_found"] += 1
+            if source not in state.missing:
+                state.missing[source] = now
+                log.warning(
+                    "configured source answers 404: nothing of it is polled until it is back",
+                    extra={"target": name, "source": source, "reason": "not_found"},
+                )
+        if full:
+            for source in [s for s in state.missing if s not in missing]:
+                del state.missing[source]
+                log.info("configured source answers again", extra={"target": name, "source": source})
+
     async def _cycle(self, runner: TargetRunner, ids: list[str] | None = None) -> None:
         name = runner.config.name
         state = self.tracker.targets[name]
@@ -287,6 +308,7 @@ class Scheduler:
             for job_id in [j for j in http.seen if j not in state.jobs]:
                 del http.seen[job_id]
         request_errors = stats.cycle_errors
+        self._note_missing(name, state, stats, result.missing, full=ids is None)
         # Answers that arrived but cannot be applied, by reason: the first one names the cycle's error.
         answer_errors = [
             (reason, problems)

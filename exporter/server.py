@@ -33,7 +33,7 @@ from exporter.model import STATUSES
 from exporter.pages import Pages
 from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.providers.base import BadPayload
-from exporter.render import CONTENT_TYPE
+from exporter.render.formats import content_type, wants_openmetrics
 from exporter.runtime import Runtime, WrongShard, job_document
 from exporter.state import StateUnwritable
 from exporter.tracker import CapReached
@@ -179,9 +179,14 @@ def direct_answers(
                 return None
             accept = next((v for n, v in headers if n == b"accept-encoding"), b"")
             gz = b"gzip" in accept
-            body = runtime.exposition.render(gz=gz, fresh=False)
+            om = wants_openmetrics(next((v for n, v in headers if n == b"accept"), b"").decode("latin-1"))
+            body = runtime.exposition.render(gz=gz, fresh=False, openmetrics=om)
             out = [(b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding")] if gz else []
-            out += [(b"content-length", b"%d" % len(body)), (b"content-type", CONTENT_TYPE.encode()), *extra]
+            out += [
+                (b"content-length", b"%d" % len(body)),
+                (b"content-type", content_type(om).encode()),
+                *extra,
+            ]
             return 200, out, body
         if raw == b"/healthz" and serve_health:
             return 200, [*health_headers, *extra], b"ok\n"  # `extra` as read last (a reload)
@@ -299,9 +304,10 @@ def build_app(
 
     async def metrics(request: Request) -> Response:
         gz = "gzip" in request.headers.get("accept-encoding", "")
-        body = runtime.exposition.render(gz=gz, fresh=False)
+        om = wants_openmetrics(request.headers.get("accept", ""))
+        body = runtime.exposition.render(gz=gz, fresh=False, openmetrics=om)
         headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz else {}
-        return Response(body, media_type=CONTENT_TYPE, headers=headers)
+        return Response(body, media_type=content_type(om), headers=headers)
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")

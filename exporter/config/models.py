@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -35,6 +36,8 @@ from exporter.config.values import (
 )
 from exporter.model import Cause, Status
 from exporter.parsing import text_id, why_not_id
+
+log = logging.getLogger("asyncjob.config")
 
 
 class _Strict(BaseModel):
@@ -171,7 +174,16 @@ INHERITED_KEYS = (
     "retention",
     "max_jobs_per_target",
     "max_requests_per_second",
+    "per_job_series",
+    "per_job_series_limit",
+    "max_step_names",
 )
+
+# Which jobs have per-job series: every one, only those that need a person, none, or `auto`
+# (every one while the target's tracked jobs stay under per_job_series_limit).
+PerJobSeries = Literal["auto", "all", "exceptions", "none"]
+DEFAULT_PER_JOB_SERIES_LIMIT = 10000
+DEFAULT_MAX_STEP_NAMES = 64
 
 
 class GlobalConfig(_Strict):
@@ -195,6 +207,24 @@ class GlobalConfig(_Strict):
     max_response_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="A larger provider answer is refused (bad_body)."
     )
+    per_job_series: PerJobSeries = Field(
+        "auto",
+        description="Which jobs have per-job series: `all`; `exceptions` (only jobs that need a "
+        "person: failed, stuck, overdue, awaiting the user, failing records, status unknown); "
+        "`none`; `auto` (`all` under `per_job_series_limit` tracked jobs, `exceptions` above it, "
+        "`all` again under 80 % of it). Aggregates are the same in every mode: see "
+        "[cardinality](metrics.md#cardinality).",
+    )
+    per_job_series_limit: int = Field(
+        DEFAULT_PER_JOB_SERIES_LIMIT,
+        ge=1,
+        description="Tracked jobs of a target above which `auto` exports only the exceptions.",
+    )
+    max_step_names: int = Field(
+        DEFAULT_MAX_STEP_NAMES,
+        ge=1,
+        description='Step names per target in the step histograms; later names count as `step="other"`.',
+    )
 
 
 class TargetConfig(_Strict):
@@ -212,7 +242,12 @@ class TargetConfig(_Strict):
     retention: Duration | None = None
     max_jobs_per_target: int | None = Field(None, ge=1)
     max_requests_per_second: float | None = Field(None, gt=0)
-    per_job_metrics: bool = Field(True, description="False keeps only aggregates: far fewer series.")
+    per_job_series: PerJobSeries | None = None
+    per_job_series_limit: int | None = Field(None, ge=1)
+    max_step_names: int | None = Field(None, ge=1)
+    per_job_metrics: bool | None = Field(
+        None, description="Deprecated: `true` reads as `per_job_series: all`, `false` as `none`."
+    )
     cause_map: dict[str, Cause] = Field(
         default_factory=dict,
         description="Failure reason -> who must act (user|provider|unknown), over the provider's own map.",
@@ -277,6 +312,21 @@ class TargetConfig(_Strict):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r}") from None
         return v
+
+    @model_validator(mode="after")
+    def _per_job_metrics(self) -> TargetConfig:
+        if self.per_job_metrics is not None:
+            series = "all" if self.per_job_metrics else "none"
+            if self.per_job_series is not None and self.per_job_series != series:
+                raise ValueError(
+                    f"per_job_metrics: {str(self.per_job_metrics).lower()} contradicts "
+                    f"per_job_series: {self.per_job_series}; keep per_job_series only"
+                )
+            log.warning(
+                "per_job_metrics is deprecated: read as per_job_series",
+                extra={"target": self.name, "per_job_series": series},
+            )
+        return self
 
     @model_validator(mode="after")
     def _provider_keys(self) -> TargetConfig:
@@ -409,6 +459,9 @@ class ResolvedTarget(BaseModel):
     max_jobs: int
     max_requests_per_second: float | None
     max_response_bytes: int
+    per_job_series: PerJobSeries = "auto"
+    per_job_series_limit: int = DEFAULT_PER_JOB_SERIES_LIMIT
+    max_step_names: int = DEFAULT_MAX_STEP_NAMES
     poll_interval_below_advice: bool = False
     slos: tuple[SLO, ...] = ()  # the objectives covering this target's jobs
 
@@ -431,6 +484,9 @@ class ResolvedTarget(BaseModel):
         if interval is None:
             interval = advised or DEFAULT_POLL_INTERVAL
         rps = values["max_requests_per_second"] or pcls.advised_requests_per_second
+        series = values["per_job_series"]
+        if t.per_job_series is None and t.per_job_metrics is not None:
+            series = "all" if t.per_job_metrics else "none"  # the deprecated key, over `global`
         return cls(
             config=t,
             poll_interval=interval,
@@ -442,5 +498,8 @@ class ResolvedTarget(BaseModel):
             max_jobs=values["max_jobs_per_target"],
             max_requests_per_second=rps,
             max_response_bytes=g.max_response_bytes,
+            per_job_series=series,
+            per_job_series_limit=values["per_job_series_limit"],
+            max_step_names=values["max_step_names"],
             poll_interval_below_advice=bool(advised and interval < advised),
         )

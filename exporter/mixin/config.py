@@ -46,7 +46,8 @@ class Config:
     # (cause="user"): for the application team, never an operator page.
     user_failure_ratio: float = 0.25
 
-    # AsyncJobRecordsFailing: share of one job's records that failed.
+    # AsyncJobRecordsFailing: share of one job's records that failed (AsyncJobUserRecordsFailing,
+    # info, when the records are the application's or end user's data to fix).
     records_failed_ratio: float = 0.05
     records_failed_for: str = "5m"
 
@@ -66,7 +67,14 @@ class Config:
 
     tracking_cap_window: str = "15m"
 
-    # Oxlin: a connection that has not synchronised successfully for this long.
+    # AsyncJobSourceMissing: a configured source (a Basiq user, an Oxlin queue, a list URL) has
+    # answered 404 for this long.
+    source_missing_for: str = "15m"
+    # AsyncJobStateUndocumented (info): jobs in a state their provider does not document.
+    state_undocumented_for: str = "5m"
+
+    # Oxlin: a connection that has not synchronised successfully for this long (for the
+    # application team instead, AsyncJobUserConnectionSyncStale, when only its end user can act).
     connection_sync_stale_seconds: int = 36 * 3600
     connection_sync_stale_for: str = "15m"
     # Oxlin PSD2 channels: warn this many days before the consent lapses (and after).
@@ -83,12 +91,16 @@ class Config:
             "AsyncJobFailureRateHigh": "critical",
             "AsyncJobUserFailureRateHigh": "info",
             "AsyncJobRecordsFailing": "warning",
+            "AsyncJobUserRecordsFailing": "info",
             "AsyncJobStepSlow": "warning",
             "AsyncJobTargetDown": "critical",
             "AsyncJobPollingStale": "warning",
             "AsyncJobExporterDown": "critical",
             "AsyncJobTrackingCapReached": "warning",
+            "AsyncJobSourceMissing": "warning",
+            "AsyncJobStateUndocumented": "info",
             "AsyncJobConnectionSyncStale": "warning",
+            "AsyncJobUserConnectionSyncStale": "info",
             # The end user must renew the consent: for the application team, never a page.
             "AsyncJobConsentExpiring": "info",
             "AsyncJobAwaitingUser": "info",

@@ -61,6 +61,9 @@ class PollResult:
     reruns: int = 0
     # Answers that were JSON but not the provider's shape: counted as bad_body.
     bad_payloads: list[str] = field(default_factory=list)
+    # Configured sources that answered 404 (`user ea3a81`, `queue 20`): counted as not_found,
+    # named in the log and on the landing page (a 404 for one job is that job gone instead).
+    missing: list[str] = field(default_factory=list)
     # Answers to a request about one id that were about another: counted as id_mismatch, never
     # applied (a provider that echoes an escaped id would otherwise track a new job each cycle).
     id_mismatches: list[str] = field(default_factory=list)

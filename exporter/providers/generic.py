@@ -157,7 +157,9 @@ class Generic(Provider):
                 listed = True
             except BadPayload as e:
                 result.bad_payloads.append(str(e))
-            except (PollError, NotFound):
+            except NotFound:
+                result.missing.append(f"list {self.target.list_path}")
+            except PollError:
                 pass  # counted by the client
         rest = [job_id for job_id in tracked if job_id not in seen]
         job_path = self.target.job_path

@@ -227,3 +227,13 @@ def test_a_page_or_api_read_of_an_unknown_id_is_a_look_up_not_a_walk_over_every_
         # The API's reads and deletes alike.
         assert c.get(f"/api/v1/targets/basiq/jobs/{unknown}").status_code == 404
         assert c.delete(f"/api/v1/targets/basiq/jobs/{unknown}").status_code == 404
+
+
+def test_the_landing_page_names_a_configured_source_that_answers_404() -> None:
+    rt = runtime()
+    rt.tracker.targets["basiq"].missing["user <b>ea3a81</b>"] = 1_700_000_000.0
+    page = client(rt).get("/").text
+    row = re.search(r'<tr data-target="basiq">(.*?)</tr>', page, re.S)
+    assert row is not None
+    assert "user &lt;b&gt;ea3a81&lt;/b&gt; answers 404" in row.group(1)
+    assert "not_found" in row.group(1)
