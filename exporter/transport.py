@@ -39,8 +39,9 @@ MAX_LENGTH_DIGITS = 20
 Origin = tuple[str, str, int]
 
 # h11's grammar (RFC 9110/9112 as h11 reads it), byte for byte.
-_FIELD_CONTENT = rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*"
-_HEADER_FIELD = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*((?:" + _FIELD_CONTENT + rb")?)[ \t]*")
+_TOKEN = b"-!#$%&'*+.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_FOLD = (b" ", b"\t")
+_NOT_IN_VALUE = re.compile(rb"[\x00\r\n\x0b\x0c]")  # NUL and `\s` but space and tab
 _STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?")
 _CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
@@ -63,9 +64,11 @@ def _take_lines(buffer: bytearray) -> list[bytes] | None:
     if blank is None:
         return None
     end = blank.end()
-    lines = bytes(buffer[:end]).split(b"\n")[:-2]
+    text = bytes(buffer[:end])
     del buffer[:end]
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    if text.count(b"\n") == text.count(b"\r\n"):  # every line ends in CRLF: one split does
+        return text[:-4].split(b"\r\n")
+    return [line[:-1] if line.endswith(b"\r") else line for line in text.split(b"\n")[:-2]]
 
 
 @dataclass
@@ -79,30 +82,35 @@ class _Fields:
 
 
 def _fields(lines: list[bytes]) -> _Fields:
-    joined: list[bytes] = []
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):  # an obsolete line fold: joined to the line before
-            if not joined:
-                raise _refuse("continuation line at start of headers")
-            joined[-1] += b" " + line.lstrip(b" \t")
-        else:
-            joined.append(line)
     headers: list[tuple[bytes, bytes]] = []
     length_text: bytes | None = None
     chunked = close = False
-    for line in joined:
-        match = _HEADER_FIELD.fullmatch(line)
-        if match is None:
+    i, n = 0, len(lines)
+    while i < n:
+        line = lines[i]
+        i += 1
+        # An obsolete line fold (a line that begins with a space or a tab) continues the line
+        # before, as h11 joins it.
+        if line[:1] in _FOLD:
+            raise _refuse("continuation line at start of headers")
+        while i < n and lines[i][:1] in _FOLD:
+            line += b" " + lines[i].lstrip(b" \t")
+            i += 1
+        # h11's `token ":" OWS field-value OWS`, where a field value holds no NUL and no
+        # whitespace but spaces and tabs between its visible bytes.
+        name, colon, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if not colon or not name or name.translate(None, _TOKEN) or _NOT_IN_VALUE.search(value):
             raise _refuse(f"malformed header line {line[:40]!r}")
-        name, value = match.group(1, 2)
         lower = name.lower()
         if lower == b"content-length":
-            values = {v.strip() for v in value.split(b",")}
-            value = values.pop()
-            if values or not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
-                raise _refuse("malformed Content-Length")
-            if length_text is not None and value != length_text:
-                raise _refuse("conflicting Content-Length headers")
+            if not value.isdigit():  # "5, 5" is 5, as in h11
+                values = {v.strip() for v in value.split(b",")}
+                value = values.pop()
+                if values or not value.isdigit():
+                    raise _refuse("malformed Content-Length")
+            if len(value) > MAX_LENGTH_DIGITS or (length_text is not None and value != length_text):
+                raise _refuse("malformed or conflicting Content-Length")
             length_text = value
         elif lower == b"transfer-encoding":
             value = value.lower()
