@@ -111,6 +111,8 @@ ANSWERS: dict[str, Answer] = {
     "endless chunked body": endless(
         head("200 OK", "Transfer-Encoding: chunked"), b"10000\r\n" + b" " * 65536 + b"\r\n"
     ),
+    "endless interim answers": endless(b"", b"HTTP/1.1 100 Continue\r\n\r\n" * 2048),
+    "head without end": endless(b"HTTP/1.1 200 OK\r\nX-Long: ", b"a" * 65536),
     "endless 401": endless(head("401 Unauthorized", "Content-Type: application/json")),
     "endless 403": endless(head("403 Forbidden", "Content-Type: application/json")),
     "gzip bomb": gzip_bomb(300 << 20),

@@ -288,7 +288,7 @@ async def test_a_404_keeps_its_connection_for_the_next_request() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "extra",
-    [b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n{\"late\": true}", b"x", b"\r\n"],
+    [b'HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n{"late": true}', b"x", b"\r\n"],
     ids=["a whole answer", "a byte", "a blank line"],
 )
 async def test_bytes_that_arrive_on_an_idle_connection_close_it(extra: bytes) -> None:
