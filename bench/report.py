@@ -507,6 +507,17 @@ TRANSPORT = [
     "four providers documents it, and one connection per target would put every answer behind the",
     "slowest one.",
     "",
+    "### The parser held to h11, before and after",
+    "",
+    "Issue 20 made the parser accept exactly what h11 accepts (a chunk size of `-5` had looped for",
+    "ever without awaiting; `0x5`, `+5`, `HTTP/1.1 000` and a Content-Length of 4,301 digits were read).",
+    "`.venv/bin/python -m bench.poll --against 75bac70` measures the poll path above with this tree's",
+    "transport and with the one of 75bac70, rounds alternating in one process against one simulator",
+    "(2,000 jobs, concurrency 16, 9 rounds; 2026-12-06, load average 9.5 on 2 CPUs): 0.344 ms of CPU",
+    "per job poll against 0.336 ms before (1.03x; rounds spread 0.32-0.41 and 0.29-0.42 ms). A",
+    "typical head (status line and four headers) takes about 8 µs to take off the buffer and parse,",
+    "against 4 µs for the lax parser (timeit, same machine).",
+    "",
 ]
 
 
