@@ -261,6 +261,8 @@ class Raising(httpx.AsyncByteStream):
 ERRORS: list[BaseException] = [
     ValueError("Exceeds the limit (4300 digits) for integer string conversion"),
     UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+    UnicodeError("label too long"),
+    LookupError("unknown encoding: x-hostile"),
     h11.RemoteProtocolError("illegal status line"),
     h11.LocalProtocolError("illegal header"),
     httpx.RemoteProtocolError("malformed"),
