@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpx
 
 # Idle connections older than this are closed rather than reused.
@@ -33,6 +34,8 @@ DEFAULT_KEEPALIVE_EXPIRY = 4.0
 MAX_HEAD_BYTES = 64 * 1024
 READ_SIZE = 65536
 IDEMPOTENT = frozenset({"GET", "HEAD"})
+# Chunks read between two turns of the event loop at most.
+CHUNKS_PER_TURN = 64
 # h11 reads no Content-Length of more digits (10^20 bytes is past any answer).
 MAX_LENGTH_DIGITS = 20
 
@@ -279,7 +282,13 @@ class _Body(httpx.AsyncByteStream):
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         conn = self.conn
+        chunks = 0
         while True:
+            chunks += 1
+            if chunks % CHUNKS_PER_TURN == 0:
+                # A read of 64 KiB of one-byte chunks is ~10,000 chunks, ~30 ms of parsing: let
+                # the event loop (scrapes, other polls) turn in between.
+                await anyio.lowlevel.checkpoint()
             header = _CHUNK_HEADER.fullmatch(await conn.line(self.timeout))
             if header is None:
                 raise _refuse("malformed chunk header")
@@ -393,6 +402,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 answer = _parse_head(await conn.lines(read_timeout), method)
                 if answer is not None:
                     return answer
+                await anyio.lowlevel.checkpoint()  # interim answers may come thousands to a read
         except TimeoutError:
             raise httpx.ReadTimeout("timed out waiting for the answer") from None
         except (OSError, anyio.BrokenResourceError) as e:

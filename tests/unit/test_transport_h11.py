@@ -305,3 +305,27 @@ async def test_bytes_after_an_answer_keep_its_connection_from_being_reused(extra
     assert (await agree(Arrival([answer], False, "GET")))[-1] is True  # the same answer alone is kept
     outcome = await agree(Arrival([answer + extra], False, "GET"))
     assert outcome[0] == "answer" and outcome[-1] is False
+
+
+@pytest.mark.anyio
+async def test_a_read_of_thousands_of_tiny_chunks_lets_the_event_loop_turn() -> None:
+    """64 KiB of one-byte chunks (~10,000 of them) arrive in one read: the event loop turns
+    while they are parsed, so scrapes and other polls are not held for the whole read."""
+    body = b"1\r\nx\r\n" * 10_000
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n"
+    pieces = [answer[i : i + READ_SIZE] for i in range(0, len(answer), READ_SIZE)]
+    turns = 0
+    done = anyio.Event()
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while not done.is_set():
+            await anyio.lowlevel.checkpoint()
+            turns += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(count_turns)
+        outcome = await ours(pieces, True, "GET")
+        done.set()
+    assert outcome[0] == "answer" and outcome[4] == b"x" * 10_000
+    assert turns > 10_000 // 64 // 2  # without the turns: one per read (2 reads)
