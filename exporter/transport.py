@@ -114,6 +114,8 @@ def _fields(lines: list[bytes]) -> _Fields:
                     raise _refuse("malformed Content-Length")
             if len(value) > MAX_LENGTH_DIGITS or (length_text is not None and value != length_text):
                 raise _refuse("malformed or conflicting Content-Length")
+            if length_text is not None:
+                continue  # a repeat of the same length: kept once, as h11 keeps it
             length_text = value
         elif lower == b"transfer-encoding":
             value = value.lower()

@@ -270,6 +270,9 @@ async def agree(arrival: Arrival) -> Outcome:
 @example(
     arrival=Arrival([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n\r\n"], False, "GET")
 )
+@example(
+    arrival=Arrival([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2, 2\r\n\r\n{}"], False, "GET")
+)
 async def test_every_answer_reads_as_h11_reads_it(arrival: Arrival) -> None:
     outcome = await agree(arrival)
     event(outcome[0] if outcome[0] != "answer" else f"answer, reusable: {outcome[-1]}")
