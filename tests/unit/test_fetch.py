@@ -161,7 +161,7 @@ async def test_connect_errors_name_the_host_and_the_cause() -> None:
 def test_idle_connections_are_closed_before_common_servers_close_them() -> None:
     http = real_http("http://127.0.0.1:1")
     assert KEEPALIVE_EXPIRY < 5  # uvicorn's and Node's keep-alive timeout
-    assert http.client._transport.keepalive_expiry == KEEPALIVE_EXPIRY  # type: ignore[attr-defined]
+    assert http._transport.keepalive_expiry == KEEPALIVE_EXPIRY  # type: ignore[attr-defined]
 
 
 def test_answers_streaming_junk_at_once_share_one_byte_budget_and_rss_stays_bounded() -> None:

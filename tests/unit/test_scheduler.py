@@ -138,7 +138,7 @@ def recording_scheduler(interval: str, static: int = 0) -> tuple[Scheduler, Any,
     polled: list[list[str]] = []
 
     class Recording(PROVIDERS["willsuite"]):  # type: ignore[misc,valid-type]
-        async def poll(self, http: object, tracked: list[str]) -> PollResult:
+        async def poll(self, http: object, tracked: list[str], ledger: object = None) -> PollResult:
             polled.append(list(tracked))
             return PollResult()
 
@@ -263,7 +263,7 @@ async def test_a_cycles_answers_reach_the_tracker_while_slower_ones_are_still_aw
         assert jobs["slow"].job.status is Status.RUNNING  # its request is still out
         release.set()
     assert jobs["slow"].job.status is Status.SUCCEEDED
-    assert runner.http.early is None  # nothing left behind for the next cycle
+    assert runner.ledger.early is None  # nothing left behind for the next cycle
     await runner.http.aclose()
 
 
@@ -291,7 +291,7 @@ async def test_an_answer_the_tracker_holds_already_is_not_parsed_again() -> None
 
     tr, runner = willsuite_runner(answer, Counting)
     scheduler = Scheduler(tr)
-    runner.http.holds = scheduler._holds("t")
+    runner.ledger.holds = scheduler._holds("t")
     scheduler.runners["t"] = runner
     scheduler.register("t", Job("j", Status.PENDING))
     jobs = tr.targets["t"].jobs
@@ -304,7 +304,7 @@ async def test_an_answer_the_tracker_holds_already_is_not_parsed_again() -> None
     assert parsed == ["processing", "completed"] and jobs["j"].job.status is Status.SUCCEEDED
 
     tr.drop("t", "j", "deleted")
-    assert "j" not in runner.http.seen
+    assert "j" not in runner.ledger.last
     scheduler.register("t", Job("j", Status.PENDING))
     await scheduler._cycle(runner, ["j"])  # the bytes it had before, but the tracker holds a placeholder
     assert parsed == ["processing", "completed", "completed"] and jobs["j"].job.status is Status.SUCCEEDED
@@ -327,7 +327,7 @@ async def test_the_hash_of_an_answer_read_while_its_job_was_dropped_does_not_sta
     for job_id in ("gone-meanwhile", "kept"):
         tr.track("t", Job(job_id, Status.RUNNING), "static", now=1)
     await scheduler._cycle(runner)
-    assert set(runner.http.seen) == {"kept"} and set(tr.targets["t"].jobs) == {"kept"}
+    assert set(runner.ledger.last) == {"kept"} and set(tr.targets["t"].jobs) == {"kept"}
     await runner.http.aclose()
 
 
@@ -374,7 +374,7 @@ async def test_an_unchanged_answer_is_applied_again_when_the_list_changed_the_jo
     runner = TargetRunner(
         rt, PROVIDERS["generic"](rt.config), TargetHttp(rt, transport=httpx.MockTransport(answer))
     )
-    runner.http.holds = scheduler._holds("t")
+    runner.ledger.holds = scheduler._holds("t")
     scheduler.runners["t"] = runner
     scheduler.register("t", Job("x", Status.PENDING))
     job = lambda: tr.targets["t"].jobs["x"].job  # noqa: E731
