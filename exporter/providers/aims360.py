@@ -169,7 +169,9 @@ class Aims360(Provider):
         base = urlsplit(self.target.base_url)
         return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, ""))
 
-    async def poll(self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None) -> PollResult:
+    async def poll(
+        self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None
+    ) -> PollResult:
         result = PollResult()
         wanted = set(tracked)
         # Each query: its filter and the tracked ids it asks for (none for discovery).

@@ -39,7 +39,9 @@ class Http(Protocol):
     async def post_json(self, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any: ...
 
     # (JSON, fingerprint of the answer's bytes), or UNCHANGED when known(fingerprint).
-    async def get_json_if_new(self, path: str, known: Callable[[int], bool]) -> tuple[Any, int] | Unchanged: ...
+    async def get_json_if_new(
+        self, path: str, known: Callable[[int], bool]
+    ) -> tuple[Any, int] | Unchanged: ...
 
 
 class AnswerLedger:
@@ -64,7 +66,12 @@ class AnswerLedger:
     def known(self, job_id: str, fingerprint: int) -> bool:
         """Whether an answer about `job_id` of this fingerprint says what the tracker holds."""
         last = self.last.get(job_id)
-        return last is not None and last[0] == fingerprint and self.holds is not None and self.holds(job_id, last[1])
+        return (
+            last is not None
+            and last[0] == fingerprint
+            and self.holds is not None
+            and self.holds(job_id, last[1])
+        )
 
     def forget(self, job_id: str) -> None:
         self.last.pop(job_id, None)
@@ -143,7 +150,9 @@ class Provider:
     def static_ids(self) -> list[str]:
         return list(self.target.jobs)
 
-    async def poll(self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None) -> PollResult:
+    async def poll(
+        self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None
+    ) -> PollResult:
         """Fetch the unfinished `tracked` jobs and anything discovery finds. `ledger` (the
         scheduler's) goes to fetch_each, for the jobs read one request each."""
         raise NotImplementedError

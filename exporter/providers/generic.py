@@ -147,7 +147,9 @@ class Generic(Provider):
             result.jobs.append(job)
         return seen
 
-    async def poll(self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None) -> PollResult:
+    async def poll(
+        self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None
+    ) -> PollResult:
         result = PollResult()
         seen: set[str] = set()
         listed = False

@@ -413,7 +413,9 @@ class Oxlin(Provider):
         if cursor is not None:
             self._cursors[queue] = cursor
 
-    async def poll(self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None) -> PollResult:
+    async def poll(
+        self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None
+    ) -> PollResult:
         result = PollResult()
         # Syncs tracked before a restart carry their connection and start in their id.
         for job_id in tracked:

@@ -90,7 +90,9 @@ class WillSuite(Provider):
             else NO_EXTRA,
         )
 
-    async def poll(self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None) -> PollResult:
+    async def poll(
+        self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None
+    ) -> PollResult:
         return await fetch_each(
             http, tracked, lambda job_id: f"/api-jobs/{segment(job_id)}", self.parse_job, ledger
         )
