@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import auth, changes, detection, machine, memory, poll, registration, report, scrape
+from bench import auth, changes, detection, jobrate, machine, memory, poll, registration, report, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -52,6 +52,12 @@ BENCHMARKS: list[tuple[str, str, Callable[[Log], Any]]] = [
         lambda log: registration.run(log=log),
     ),
     ("auth", "authenticated scrapes during a wrong-password flood", lambda log: auth.run(log=log)),
+    (
+        # The longest by far: 12 minutes and the drain (BENCH_SOAK_SECONDS, BENCH_SOAK_WARMUP).
+        "soak",
+        "50 registrations a second through the CLI for 10 minutes after 2 of warm-up",
+        lambda log: jobrate.run(log=log),
+    ),
 ]
 NAMES = tuple(name for name, _, _ in BENCHMARKS)
 
