@@ -21,6 +21,7 @@ from exporter.render import Exposition
 from exporter.scheduler import Scheduler
 from exporter.state import StateUnwritable, state_metrics_text
 from exporter.tracker import TrackedJob, Tracker
+from exporter.watchdog import Watchdog
 
 log = logging.getLogger("asyncjob.runtime")
 
@@ -109,13 +110,29 @@ class Runtime:
 
     def _reload_text(self) -> bytes:
         return (
-            "# HELP asyncjob_config_last_reload_successful Whether the last config reload succeeded.\n"
-            "# TYPE asyncjob_config_last_reload_successful gauge\n"
-            f"asyncjob_config_last_reload_successful {1 if self.last_reload_ok else 0}\n"
-            "# HELP asyncjob_config_last_reload_success_timestamp_seconds When the config was last loaded.\n"
-            "# TYPE asyncjob_config_last_reload_success_timestamp_seconds gauge\n"
-            f"asyncjob_config_last_reload_success_timestamp_seconds {self.last_reload_at:.3f}\n"
-        ).encode() + (self.store.metrics_text() if self.store is not None else state_metrics_text(0, 0))
+            (
+                "# HELP asyncjob_config_last_reload_successful Whether the last config reload succeeded.\n"
+                "# TYPE asyncjob_config_last_reload_successful gauge\n"
+                f"asyncjob_config_last_reload_successful {1 if self.last_reload_ok else 0}\n"
+                "# HELP asyncjob_config_last_reload_success_timestamp_seconds When the config was last loaded.\n"
+                "# TYPE asyncjob_config_last_reload_success_timestamp_seconds gauge\n"
+                f"asyncjob_config_last_reload_success_timestamp_seconds {self.last_reload_at:.3f}\n"
+            ).encode()
+            + (self.store.metrics_text() if self.store is not None else state_metrics_text(0, 0))
+            + (self._quarantine_text())
+        )
+
+    def _quarantine_text(self) -> bytes:
+        now = time.time()
+        lines = [
+            "# HELP asyncjob_jobs_quarantined Jobs skipped because the event loop froze while they "
+            "were polled (exporter.watchdog).",
+            "# TYPE asyncjob_jobs_quarantined gauge",
+        ]
+        for name, state in self.tracker.targets.items():
+            held = sum(1 for job_id in list(state.quarantined) if state.in_quarantine(job_id, now))
+            lines.append(f'asyncjob_jobs_quarantined{{target="{name}"}} {held}')
+        return ("\n".join(lines) + "\n").encode()
 
     def open_state(self) -> None:
         """Open the state file (when configured) and restore what it holds."""
@@ -127,7 +144,11 @@ class Runtime:
         self.store.attach(self.tracker, self.scheduler)
 
     async def run(self) -> None:
+        watchdog = Watchdog(
+            self.settings.watchdog_timeout, self.store.quarantine if self.store is not None else None
+        )
         async with anyio.create_task_group() as tg:
+            tg.start_soon(watchdog.run)
             tg.start_soon(self.gc.run)  # after open_state: the restored jobs are frozen at once
             tg.start_soon(self.exposition.jobs.refresh_in_background)
             if self.store is not None:

@@ -229,6 +229,9 @@ class Scheduler:
         the result (reruns, gone jobs, connections, queue events) follows the answers, as in
         one apply."""
         jobs = result.jobs
+        state = self.tracker.targets[name]
+        if state.quarantined:  # an answer about a quarantined job is not read either (a list's)
+            jobs = [job for job in jobs if not state.in_quarantine(job.id, now)]
         slices = [jobs[i : i + APPLY_SLICE] for i in range(0, len(jobs), APPLY_SLICE)] or [[]]
         for part in slices[:-1]:
             self.tracker.apply(name, PollResult(jobs=part), now)
@@ -261,6 +264,9 @@ class Scheduler:
         stats.start_cycle()
         t0 = time.perf_counter()
         tracked = self.tracker.pollable(name) if ids is None else ids
+        if state.quarantined:
+            now = time.time()
+            tracked = [job_id for job_id in tracked if not state.in_quarantine(job_id, now)]
         http.early = []
         done, applied = anyio.Event(), [0]
         async with anyio.create_task_group() as tg:

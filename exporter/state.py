@@ -44,7 +44,14 @@ from pydantic import TypeAdapter, ValidationError
 from exporter import step_times
 from exporter.model import shared
 from exporter.parsing import load_json, may_hold_surrogates
-from exporter.tracker import TOMBSTONE_SECONDS, TOMBSTONES_IN_MEMORY, TargetState, TrackedJob, Tracker
+from exporter.tracker import (
+    QUARANTINE_SECONDS,
+    TOMBSTONE_SECONDS,
+    TOMBSTONES_IN_MEMORY,
+    TargetState,
+    TrackedJob,
+    Tracker,
+)
 
 log = logging.getLogger("asyncjob.state")
 
@@ -74,6 +81,13 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # Expired tombstones are found by age, not by a walk over every row.
     "CREATE INDEX tombstones_by_age ON tombstones (at);",
+    # Jobs the event loop froze on (exporter.watchdog), written by the watchdog's thread.
+    """
+    CREATE TABLE quarantine (
+        target TEXT NOT NULL, job_id TEXT NOT NULL, at REAL NOT NULL, why TEXT NOT NULL,
+        PRIMARY KEY (target, job_id)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -97,6 +111,7 @@ _WRITES = (
 _PRUNE = "DELETE FROM tombstones WHERE rowid IN (SELECT rowid FROM tombstones WHERE at < ? LIMIT ?)"
 PRUNE_EVERY = 60.0
 PRUNE_ROWS = 5000
+_PRUNE_QUARANTINE = "DELETE FROM quarantine WHERE at < ?"
 _BURIED = "SELECT at FROM tombstones WHERE target = ? AND job_id = ? AND at >= ?"
 _NEWEST_TOMBSTONES = "SELECT job_id, at FROM tombstones WHERE target = ? ORDER BY at DESC LIMIT ?"
 # Free pages kept for reuse, as a share of the file; past it, up to VACUUM_PAGES a round are
@@ -226,6 +241,7 @@ class Store:
         # is not a change. Held by reference, so no new job can reuse an id of theirs.
         self._unchanged: dict[int, TrackedJob] = {}
         self._restored: dict[str, list[TrackedJob]] = {}
+        self._quarantined: dict[str, dict[str, float]] = {}  # target -> job id -> since
         self._writing: Batch | None = None  # the batch being committed
         self._reader: sqlite3.Connection | None = None  # reads while the file cannot be written
         self._pruned_at = 0.0  # so the first batch after start prunes
@@ -284,7 +300,12 @@ class Store:
                 extra={"path": self.path, "bytes": size},
             )
             return
-        db.execute("VACUUM")  # with the auto_vacuum set above (a no-op on a new file)
+        try:
+            db.execute("VACUUM")  # with the auto_vacuum set above (a no-op on a new file)
+        except sqlite3.OperationalError as e:  # busy (another process has it open): next start
+            log.info(
+                "state file not rebuilt with auto_vacuum", extra={"path": self.path, "error": _describe(e)}
+            )
 
     def _read_only(self) -> sqlite3.Connection | None:
         """A connection that only reads, for a file on a read-only mount; None when there is no file."""
@@ -360,6 +381,17 @@ class Store:
                 self._cursors[(target_b.decode(), key_b.decode())] = bytes(value).decode()
             except ValueError as e:
                 skip(target_b, key_b, str(e), "cursor")
+        if "quarantine" in tables:
+            since = time.time() - QUARANTINE_SECONDS
+            for target, job_id, at in db.execute(
+                "SELECT target, job_id, at FROM quarantine WHERE at >= ?", (since,)
+            ):
+                if isinstance(target, str) and isinstance(job_id, str) and isinstance(at, int | float):
+                    self._quarantined.setdefault(target, {})[job_id] = float(at)
+                    log.warning(
+                        "job quarantined: the event loop froze while it was polled; it is skipped",
+                        extra={"target": target, "job_id": job_id, "until": round(at + QUARANTINE_SECONDS)},
+                    )
         count = sum(len(v) for v in self._restored.values())
         log.info("state restored", extra={"path": self.path, "jobs": count, "skipped": bad})
 
@@ -384,6 +416,7 @@ class Store:
                         newest.append((key_b, float(at)))
         # Oldest first, as the tracker keeps them (its sweep reads them so).
         state.tombstones.update(reversed(newest))
+        state.quarantined.update(self._quarantined.pop(name, {}))
         jobs = self._restored.pop(name, [])
         self._unchanged.update((id(t), t) for t in jobs)
         return jobs
@@ -395,6 +428,18 @@ class Store:
         if self._reader is None:
             self._reader = self._read_only()
         return self._reader
+
+    def quarantine(self, target: str, job_id: str, why: str) -> None:
+        """Record that the event loop froze on this job, from the watchdog's thread while the loop
+        is stuck: on a connection of its own, committed before the process ends."""
+        db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+        try:
+            db.execute(
+                "INSERT OR REPLACE INTO quarantine (target, job_id, at, why) VALUES (?, ?, ?, ?)",
+                (target, job_id, time.time(), why),
+            )
+        finally:
+            db.close()
 
     def buried(self, target: str, job_id: str) -> float | None:
         """When the job was dropped, if its tombstone is kept (a point query: one per id that is
@@ -507,6 +552,7 @@ class Store:
                 yield sql, rows
         if batch.prune_before is not None:
             yield _PRUNE, (batch.prune_before, PRUNE_ROWS)
+            yield _PRUNE_QUARANTINE, (time.time() - QUARANTINE_SECONDS,)
 
     @staticmethod
     def _write(db: sqlite3.Connection, sql: str, rows: Rows) -> int:

@@ -23,6 +23,7 @@ from exporter.history import EMPTY, History, observe
 from exporter.model import Cause, Connection, Job, Status
 from exporter.providers.base import PollResult, Provider
 from exporter.step_times import StepTimes
+from exporter.watchdog import freeze, frozen_on
 
 log = logging.getLogger("asyncjob.tracker")
 
@@ -39,6 +40,11 @@ TOMBSTONE_SECONDS = 8 * 86400.0
 # id appears again; with state in memory only, an older one is forgotten, and a job listed again
 # after that is first seen finished longer than `retention` ago: history, not counted again.
 TOMBSTONES_IN_MEMORY = 4096
+# A job that was being polled when the event loop froze (exporter.watchdog) is neither polled
+# nor read for this long from the freeze, by this process or any other sharing the state file.
+QUARANTINE_SECONDS = 86400.0
+# Tests only (exporter.watchdog.FREEZE_ENV): the answer for this job id blocks the event loop.
+_FREEZE_ON = frozen_on()
 # A tombstone of a job the provider still lists is renewed (and written) this often, not every poll.
 TOMBSTONE_RENEW_SECONDS = 86400.0
 
@@ -112,6 +118,7 @@ class TargetState:
     agg: Aggregates = field(default_factory=Aggregates)
     connections: dict[str, Connection] = field(default_factory=dict)
     tombstones: dict[str, float] = field(default_factory=dict)  # the newest, oldest first
+    quarantined: dict[str, float] = field(default_factory=dict)  # job id -> when the loop froze on it
     # Indexes kept up to date on every change, so that neither the scheduler nor the sweep
     # walks every job: the unfinished jobs (in the order they came), and a heap of
     # (seen finished at, id) with the stamp each finished job has in it.
@@ -129,6 +136,16 @@ class TargetState:
     def discovers(self) -> bool:
         """Whether the target finds jobs itself (a list, a queue), which can list a job it dropped."""
         return _provider(self).discovers(self.config.config)
+
+    def in_quarantine(self, job_id: str, now: float) -> bool:
+        """Whether the job is skipped: the loop froze on it less than QUARANTINE_SECONDS ago."""
+        since = self.quarantined.get(job_id)
+        if since is None:
+            return False
+        if now - since < QUARANTINE_SECONDS:
+            return True
+        del self.quarantined[job_id]  # served its time: polled again
+        return False
 
     def bury(self, job_id: str, at: float) -> None:
         """Remember a dropped id (or renew its tombstone); past TOMBSTONES_IN_MEMORY the oldest
@@ -438,6 +455,8 @@ class Tracker:
         now = now if now is not None else time.time()
         state = self.targets[name]
         for job in result.jobs:
+            if _FREEZE_ON is not None and job.id == _FREEZE_ON:
+                freeze()
             if job.id in state.jobs:
                 self.update(state, job, now)
             elif (at := state.tombstones.get(job.id)) is not None or (

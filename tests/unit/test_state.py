@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import anyio
@@ -557,4 +558,19 @@ def test_the_size_of_the_state_file_is_exported(tmp_path: Path) -> None:
     store.flush()
     on_disk = path.stat().st_size + Path(f"{path}-wal").stat().st_size
     assert f"\nasyncjob_state_size_bytes {on_disk}\n".encode() in store.metrics_text()
+    store.close()
+
+
+def test_a_job_quarantined_by_the_watchdog_is_restored_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    tracker.track("t", Job("poisoned", Status.RUNNING), "registered")
+    store.flush()
+    store.quarantine("t", "poisoned", "the event loop did not turn for 30 s")  # its own connection
+    store.close()
+
+    tracker, store = tracker_with_store(path)
+    state = tracker.targets["t"]
+    assert set(state.quarantined) == {"poisoned"} and "poisoned" in state.jobs
+    assert state.in_quarantine("poisoned", time.time())
     store.close()
