@@ -215,3 +215,69 @@ def _soak(
             for s in samples
         ],
     }
+
+
+def capacity(n: int = 20_000) -> dict[str, float]:
+    """What a job costs the exporter on disk and in memory, measured in this process on Basiq-like
+    jobs (36-character ids, three steps): a finished job's row in the state file (it stays
+    there for `retention`), a tombstone in memory (at most TOMBSTONES_IN_MEMORY a target), and
+    a tombstone row in the file (a target that discovers jobs, for TOMBSTONE_SECONDS)."""
+    import sqlite3
+    import tracemalloc
+    from dataclasses import replace
+
+    from bench import synthetic
+    from exporter.config import build_settings
+    from exporter.model import Status, Step
+    from exporter.providers import PROVIDERS
+    from exporter.state import Store
+    from exporter.tracker import TOMBSTONES_IN_MEMORY, TargetState, Tracker
+
+    def file_bytes(path: Path) -> int:
+        db = sqlite3.connect(path)
+        used = (
+            db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+        )
+        size = int(used * db.execute("PRAGMA page_size").fetchone()[0])
+        db.close()
+        return size
+
+    tmp = Path(tempfile.mkdtemp(prefix="asyncjob-capacity-"))
+    target = {"name": "cap", "provider": "basiq", "base_url": "https://x", "users": ["u"]}
+    settings = build_settings({"global": {"max_jobs_per_target": n}, "targets": [target]}, PROVIDERS)
+    tracker = Tracker()
+    store = Store(str(tmp / "state.db"))
+    store.attach(tracker, synthetic)  # any object takes the scheduler's `store` attribute
+    tracker.set_target(settings.resolved(settings.targets[0]))
+    store.flush()
+    empty = file_bytes(tmp / "state.db")
+    done = tuple(Step(s, Status.SUCCEEDED, "success") for s in synthetic.STEPS)
+    for i in range(n):
+        running = synthetic.running_job(synthetic.job_id(i))
+        tracker.track("cap", running, "registered", now=synthetic.T0 + 1)
+        finished = replace(
+            running, status=Status.SUCCEEDED, steps=done, percent=100.0, updated=synthetic.T0 + 4
+        )
+        tracker.update(tracker.targets["cap"], finished, now=synthetic.T0 + 5)
+    store.flush()
+    with_jobs = file_bytes(tmp / "state.db")
+    for i in range(n):
+        tracker.drop("cap", synthetic.job_id(i), "retention")
+    store.flush()
+    with_tombstones = file_bytes(tmp / "state.db")
+    store.close()
+
+    state = TargetState(settings.resolved(settings.targets[0]))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(n):  # the id, its stamp and the entry: the tombstone is all that holds them
+        state.tombstones[synthetic.job_id(n + i)] = time.time()
+    in_memory = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return {
+        "jobs": n,
+        "finished_job_row_bytes": (with_jobs - empty) / n,
+        "tombstone_row_bytes": (with_tombstones - empty) / n,
+        "tombstone_memory_bytes": in_memory / n,
+        "tombstones_in_memory_max": TOMBSTONES_IN_MEMORY,
+    }

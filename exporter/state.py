@@ -60,6 +60,10 @@ RETRY_FIRST, RETRY_MAX = 0.25, 2.0
 # How often the WAL is copied into the file (in a worker thread).
 CHECKPOINT_INTERVAL = 1.0
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# A WAL past this is copied in with the writer held off (it waits; the event loop does not):
+# under a steady stream of commits a checkpoint beside the writer never sees the WAL's end, so
+# the WAL is never started again from its beginning and grows for ever.
+WAL_RESTART_BYTES = 4 * 1024 * 1024
 # Jobs serialised and written per statement; the event loop serves others between statements.
 ROWS_PER_STATEMENT = 500
 
@@ -236,6 +240,7 @@ class Store:
         self._round: anyio.Event | None = None
         self._cursors: dict[JobKey, str] = {}
         self._uncheckpointed = 0
+        self._writer_turn = anyio.Lock()  # a write round, or a checkpoint that needs the WAL still
         self._checkpointer: sqlite3.Connection | None = None
         # Restored jobs, as they are in the file: their first notice (the tracker taking them in)
         # is not a change. Held by reference, so no new job can reuse an id of theirs.
@@ -712,7 +717,9 @@ class Store:
                     if not len(self._pending) and not self._pending.held and self.error is None:
                         await self._wake.wait()
                     self._wake = anyio.Event()
-                    if await self._write_round():
+                    async with self._writer_turn:
+                        ok = await self._write_round()
+                    if ok:
                         retry = RETRY_FIRST
                         await anyio.sleep(0)  # let the waiters and new changes in
                     else:
@@ -733,7 +740,17 @@ class Store:
             await anyio.sleep(CHECKPOINT_INTERVAL)
             if self._uncheckpointed:
                 self._uncheckpointed = 0
-                await anyio.to_thread.run_sync(self._checkpoint)
+                if self._wal_bytes() < WAL_RESTART_BYTES:
+                    await anyio.to_thread.run_sync(self._checkpoint)
+                    continue
+                async with self._writer_turn:  # all of it copied: the next commit starts it again
+                    await anyio.to_thread.run_sync(self._checkpoint)
+
+    def _wal_bytes(self) -> int:
+        try:
+            return Path(self.path + "-wal").stat().st_size
+        except OSError:
+            return 0
 
     def _checkpoint(self) -> None:
         try:

@@ -574,3 +574,30 @@ def test_a_job_quarantined_by_the_watchdog_is_restored_quarantined(tmp_path: Pat
     assert set(state.quarantined) == {"poisoned"} and "poisoned" in state.jobs
     assert state.in_quarantine("poisoned", time.time())
     store.close()
+
+
+def test_the_wal_starts_again_from_its_beginning_under_a_steady_stream_of_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("exporter.state.CHECKPOINT_INTERVAL", 0.01)
+    monkeypatch.setattr("exporter.state.WAL_RESTART_BYTES", 256 * 1024)
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    written = 0
+
+    async def main() -> None:
+        nonlocal written
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.run)
+            for i in range(1500):  # a commit every turn: never a quiet moment for a checkpoint
+                tracker.track(
+                    "t", Job(f"j{i % 200}", Status.RUNNING, message="x" * 2000, percent=i), "registered"
+                )
+                await store.committed()
+                written += 2000
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    wal = Path(f"{path}-wal").stat().st_size
+    store.close()
+    assert written > 2_000_000 and wal < 2 * 1024 * 1024, wal  # 7 MiB and growing when it never starts again
