@@ -99,8 +99,15 @@ class Watchdog:
 
     def _watch(self) -> None:
         every = min(1.0, self.timeout / 4)
+        checked = time.monotonic()
         while not self._stop.wait(every):
-            still = time.monotonic() - self._beat
+            now = time.monotonic()
+            if now - checked > every + self.timeout / 2:
+                # This thread did not run either: the whole process was stopped (SIGSTOP, a
+                # paused container), not the loop. The loop gets a whole period again.
+                self._beat = now
+            checked = now
+            still = now - self._beat
             if still > self.timeout:
                 self.frozen(still)
                 return
