@@ -22,6 +22,7 @@ from exporter.providers.base import BadPayload
 from exporter.render import Exposition
 from exporter.scheduler import Scheduler
 from exporter.state import StateUnwritable, state_metrics_text
+from exporter.store import StateStore
 from exporter.tracker import TrackedJob, Tracker
 from exporter.watchdog import Watchdog
 
@@ -130,7 +131,7 @@ class Runtime:
         self.exposition = Exposition(self.tracker, self.scheduler.http_stats, self._reload_text)
         self.last_reload_ok = True
         self.last_reload_at = time.time()
-        self.store: Any = None
+        self.store: StateStore | None = None
         self.gc = QuietGC()
 
     def _reload_text(self) -> bytes:
@@ -165,8 +166,9 @@ class Runtime:
             return
         from exporter.state import Store
 
-        self.store = Store(self.settings.state_file)
-        self.store.attach(self.tracker, self.scheduler)
+        store = Store(self.settings.state_file)
+        store.attach(self.tracker, self.scheduler)
+        self.store = store
 
     async def run(self) -> None:
         watchdog = Watchdog(

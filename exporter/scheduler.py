@@ -10,7 +10,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -21,6 +20,7 @@ from exporter.fetch import TargetHttp
 from exporter.model import Job, placeholder
 from exporter.providers import PROVIDERS, Provider
 from exporter.providers.base import PollResult
+from exporter.store import StateStore
 from exporter.tracker import CapReached, TargetState, TrackedJob, Tracker
 
 log = logging.getLogger("asyncjob.scheduler")
@@ -73,7 +73,7 @@ class Scheduler:
         self._rng = random.Random()
         self.shard = shard
         self.total_shards = total_shards
-        self.store: Any = None  # exporter.state.Store, when a state file is configured
+        self.store: StateStore | None = None  # when a state file is configured
         tracker.listeners.append(self)  # to forget the answers of jobs it drops (TargetHttp.seen)
 
     def owns(self, target: str, job_id: str) -> bool:

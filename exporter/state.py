@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 from pydantic import TypeAdapter, ValidationError
@@ -52,6 +52,9 @@ from exporter.tracker import (
     TrackedJob,
     Tracker,
 )
+
+if TYPE_CHECKING:
+    from exporter.scheduler import Scheduler
 
 log = logging.getLogger("asyncjob.state")
 
@@ -401,7 +404,7 @@ class Store:
         log.info("state restored", extra={"path": self.path, "jobs": count, "skipped": bad})
 
     # --- wiring ----------------------------------------------------------------------
-    def attach(self, tracker: Tracker, scheduler: Any) -> None:
+    def attach(self, tracker: Tracker, scheduler: Scheduler) -> None:
         tracker.listeners.append(self)
         tracker.restore = self.restore
         tracker.hold = self.hold
