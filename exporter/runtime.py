@@ -29,12 +29,25 @@ from exporter.watchdog import Watchdog
 log = logging.getLogger("asyncjob.runtime")
 
 
+# glibc's mallopt parameters: a fixed mmap threshold (glibc raises it after each large free, up
+# to 32 MiB, so that bodies and answers of a few hundred KiB end up in the heap and pin it), and
+# two arenas (one per thread that ever allocated, up to eight a CPU, each keeping its own holes).
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
+MMAP_THRESHOLD = 128 * 1024
+ARENA_MAX = 2
+
+
 def _heap_trim() -> Callable[[], object] | None:
-    """glibc's malloc_trim(0), or None where the C library has none (musl)."""
+    """glibc's malloc_trim(0), or None where the C library has none (musl). Sets the mmap
+    threshold and the arena count first (see above)."""
     try:
-        trim = ctypes.CDLL(None).malloc_trim
+        libc = ctypes.CDLL(None)
+        trim, mallopt = libc.malloc_trim, libc.mallopt
     except (OSError, AttributeError):
         return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    mallopt(_M_ARENA_MAX, ARENA_MAX)
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     return lambda: trim(0)
