@@ -1,7 +1,7 @@
 # asyncjob-exporter: a wheel built in one stage, installed into a slim runtime with no build tools.
 #
 #   docker build -t asyncjob-exporter .
-#   docker run --rm -p 10110:10110 asyncjob-exporter demo
+#   docker run --rm -p 10110:10110 asyncjob-exporter --web.listen-address=:10110 demo
 #   docker run --rm -p 10110:10110 \
 #     -v "$PWD/asyncjob.yml:/etc/asyncjob-exporter/config.yml:ro" \
 #     -v "$PWD/secrets:/run/secrets:ro" asyncjob-exporter

@@ -2,24 +2,32 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+RUNTIME = $(VENV)/.runtime
 STAMP   = $(VENV)/.installed
 
 .PHONY: demo test test-fast lint format bench soak generate clean help
 
 help:
-	@echo "make demo      set up and run the demo (simulator + exporter, no config, no network)"
+	@echo "make demo      set up and run the demo (simulator + exporter, no config, no network) on 127.0.0.1:10110"
 	@echo "make test      set up, lint, and run every test (installs Prometheus/Alertmanager from Debian if missing)"
 	@echo "make lint      ruff and mypy"
 	@echo "make bench     benchmarks, results in docs/benchmarks.md"
 	@echo "make soak      a bounded soak run with faults (about 5 minutes)"
-	@echo "make generate  regenerate alert rules, dashboards, reference docs and Kubernetes rules"
+	@echo "make generate  regenerate alert rules, dashboards, reference docs, Kubernetes rules and the compose stack's"
 
-$(STAMP): pyproject.toml
+# The exporter and its runtime dependencies alone: all the demo needs (seconds, not the test
+# toolchain's minutes and hundreds of MB).
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@touch $(RUNTIME)
+
+# Plus the test toolchain (pytest, ruff, mypy, playwright, ...).
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/asyncjob-exporter demo
 
 test: $(STAMP) lint
@@ -48,6 +56,7 @@ generate: $(STAMP)
 	$(BIN)/python dashboards/generate.py
 	@if [ -f docs/generate.py ]; then $(BIN)/python docs/generate.py; fi
 	@if [ -f deploy/kubernetes/generate.py ]; then $(BIN)/python deploy/kubernetes/generate.py; fi
+	$(BIN)/asyncjob-exporter mixin --config deploy/compose/mixin.yml --out deploy/compose/monitoring
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

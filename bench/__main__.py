@@ -16,7 +16,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import auth, changes, detection, jobrate, machine, memory, poll, registration, report, scrape
+from bench import (
+    auth,
+    changes,
+    detection,
+    jobrate,
+    machine,
+    memory,
+    pgdriver,
+    poll,
+    registration,
+    report,
+    scrape,
+    series,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -37,14 +50,20 @@ def _detection(log: Log) -> list[dict[str, Any]]:
 # (name, what it does, run): in the order they run.
 BENCHMARKS: list[tuple[str, str, Callable[[Log], Any]]] = [
     ("scrape", "10,000 jobs polled and changing, scraped", lambda log: scrape.run(log=log)),
+    (
+        "series",
+        "series and scrape size of 10,000 jobs in each per_job_series mode",
+        lambda log: series.run(log=log),
+    ),
     ("changes", "cost per change at 1,000 and 100,000 jobs", lambda log: changes.run()),
     ("memory", "1,000, 10,000 and 50,000 jobs polled by the CLI", lambda log: memory.run(log=log)),
     ("poll", "2,000 jobs against the simulator", lambda log: poll.run(n_jobs=2000, rounds=3)),
     ("detection", "failures to /metrics", _detection),
     (
         "fleet",
-        "a labelled fleet through Prometheus and Alertmanager: precision, recall, time to page",
-        lambda log: detection.fleet(log=log),
+        "a labelled fleet through Prometheus and Alertmanager, every job's series and the exceptions' only: "
+        "precision, recall, time to page",
+        lambda log: detection.fleet_in_both_modes(log=log),
     ),
     (
         "registration",
@@ -58,6 +77,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[Log], Any]]] = [
         "50 registrations a second through the CLI for 10 minutes after 2 of warm-up",
         lambda log: jobrate.run(log=log),
     ),
+    ("pgdriver", "psycopg and asyncpg against one PostgreSQL", lambda log: pgdriver.run()),
 ]
 NAMES = tuple(name for name, _, _ in BENCHMARKS)
 

@@ -41,6 +41,9 @@ def config(
         "global": {
             "poll_interval": f"{poll_interval:g}s",
             "max_jobs_per_target": max(len(ids), 1) + 100,
+            # Every job's series, the heaviest body, at every size (`auto` would serve only the
+            # exceptions above 10,000 jobs: bench/series.py measures that).
+            "per_job_series": "all",
         },
         "targets": [
             {

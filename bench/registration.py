@@ -389,6 +389,7 @@ def run(
             "global": {
                 "poll_interval": f"{poll_interval:g}s",
                 "max_jobs_per_target": 1_000_000,
+                "per_job_series": "all",  # every job's series, as before `auto` (bench/series.py)
             },
             "state_file": str(directory / "state.db") if state_file else "",
             "targets": [{"name": "polled", **basiq, "jobs": ids}, {"name": TARGET, **basiq}],

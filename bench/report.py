@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench import auth, detection
+from bench import auth, detection, pgdriver, series
 
 KIB = 1024
 
@@ -174,7 +174,8 @@ def scrape_body(s: dict[str, Any]) -> list[str]:
         "",
         *_scrape_note(s),
         f"Served body checked: {s['body_bytes']:,} bytes of gzip read by Python's `gzip` module (CRC-32 and",
-        f"size checked) to {served['plain_bytes']:,} bytes, parsed by prometheus-client's parser: {served['samples']:,}",
+        f"size checked) to {served['plain_bytes']:,} bytes of {served.get('format', 'text 0.0.4')} (what Prometheus' "
+        f"Accept header gets), parsed by prometheus-client's parser of that format: {served['samples']:,}",
         f"samples, {served['per_job_samples']:,} per job, {served['families']} families each under one `# TYPE`.",
     ]
 
@@ -724,6 +725,7 @@ def soak_body(s: dict[str, Any]) -> list[str]:
 
 SECTIONS: list[Section] = [
     Section("scrape", scrape_body, scrape_targets),
+    Section("series", series.body, series.targets),
     Section("changes", changes_body, changes_targets),
     Section("memory", memory_body, memory_targets),
     Section("poll", poll_body, poll_targets),
@@ -732,6 +734,7 @@ SECTIONS: list[Section] = [
     Section("registration", registration_body, registration_targets),
     Section("auth", auth.body, auth.targets),
     Section("soak", soak_body, soak_targets),
+    Section("pgdriver", pgdriver.body, pgdriver.targets),
 ]
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import fleet, machine, scraper, synthetic
@@ -209,20 +210,24 @@ def baselines(plain: bytes, reps: int = 3) -> dict[str, Any]:
 
 
 def validate(served: bytes, n_jobs: int, per_job: int) -> dict[str, Any]:
-    """The gzip body read by Python's gzip module (CRC and size checked) and the strict parser;
-    every job's series present, each family under one # TYPE."""
+    """The gzip body read by Python's gzip module (CRC and size checked) and the strict parser of
+    its format (OpenMetrics, as Prometheus' headers get it); every job's series present, each
+    family under one # TYPE."""
     text = gzip.decompress(served).decode()
     types = synthetic.type_lines(text)
     if len(types) != len(set(types)):
         raise AssertionError("a metric family appears twice: families are not contiguous")
     total = per_job_samples = 0
-    for family in text_string_to_metric_families(text):
+    openmetrics = text.endswith("# EOF\n")
+    parse = openmetrics_families if openmetrics else text_string_to_metric_families
+    for family in parse(text):
         for s in family.samples:
             total += 1
             per_job_samples += "job_id" in s.labels
     if per_job_samples < n_jobs * per_job:
         raise AssertionError(f"{per_job_samples} per-job samples served, expected {n_jobs} x {per_job}")
     return {
+        "format": "OpenMetrics 1.0.0" if openmetrics else "text 0.0.4",
         "plain_bytes": len(text),
         "samples": total,
         "per_job_samples": per_job_samples,

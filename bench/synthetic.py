@@ -38,7 +38,7 @@ def settings(max_jobs: int, per_job_metrics: bool = True, base_url: str | None =
                     "name": TARGET,
                     "provider": "basiq",
                     "base_url": base_url or f"http://127.0.0.1:{unused_port()}",
-                    "per_job_metrics": per_job_metrics,
+                    "per_job_series": "all" if per_job_metrics else "none",
                 }
             ],
         },

@@ -319,7 +319,11 @@ FRONT_DOOR = (
     "    the highest configured cost, so it takes as long as a known one.",
     "- `api.token_file`: `/api/v1` and `POST /-/reload` ask for `Authorization: Bearer <token>`.",
     "  With basic auth configured (it takes the `Authorization` header), send the token as",
-    "  `X-Asyncjob-Token: <token>` beside the basic credentials.",
+    "  `X-Asyncjob-Token: <token>` beside the basic credentials. An empty or blank file is refused",
+    "  at start (exit 2 naming the file), by `check-config` and at reload (the old token stays). The",
+    "  file is read at start and at reload, and again when it changes (its mtime, size or inode,",
+    "  looked at once a second at most), never at every request; found empty then (a rotation half",
+    "  written), the token read before is kept. An empty header never matches.",
     "- Connections: one whose request headers are not complete within `--web.read-header-timeout`",
     "  (default 10s) of opening or of its previous response, or whose body is not complete within",
     "  as long again after its headers, is closed (on a TLS port, so is one that has not finished",
@@ -327,10 +331,23 @@ FRONT_DOOR = (
     "  still in their TLS handshake are not counted); past it the one waiting longest for its",
     "  request is closed. Accept errors (out of file descriptors) are logged once per burst.",
     "- `POST /-/reload` is served only with `--web.enable-lifecycle` (as Prometheus); SIGHUP always",
-    "  reloads.",
+    "  reloads. Both read the config file and `--web.config.file` afresh, as exporter-toolkit reads",
+    "  its file: users (credentials verified before are checked again), response headers, and the",
+    "  TLS files and settings from the next handshake on. A problem in either file changes nothing",
+    "  (`asyncjob_config_last_reload_successful 0`); turning TLS on or off needs a restart.",
+    "  `/-/reload` answers 415 to the content types a browser posts cross-site without asking",
+    "  (`application/x-www-form-urlencoded`, `multipart/form-data`, `text/plain`) and 403 to a",
+    "  request a browser marks `Sec-Fetch-Site: cross-site` or `same-site`; `curl -X POST` reloads.",
     "- The API reads `application/json` and `application/*+json` bodies (any charset parameter; the",
     "  body is read as UTF-8) and answers 415 to anything else, so a cross-site form post registers",
-    "  nothing. Ids holding a control character or a lone surrogate are refused (422).",
+    "  nothing.",
+    "- Ids (registered, or listed under a target's `jobs`, `users`, `queues`, `connections`) are data,",
+    "  never paths: each travels to the provider as exactly one URL path segment (`/`, `?`, `#`, `%`",
+    "  and the dots of `.` and `..` escaped). Empty ids, `.`, `..`, ids holding a control character",
+    "  or a lone surrogate, and ids longer than 512 bytes of UTF-8 (`exporter.parsing.MAX_ID_BYTES`)",
+    "  are refused: 422 with `field: id` at registration, exit 2 naming the key in the config. An",
+    "  answer to a request about one job that is about another id is counted as",
+    '  `asyncjob_poll_errors_total{reason="id_mismatch"}` and never applied.',
 )
 
 # What `state_file` promises; in both documents.
@@ -414,11 +431,17 @@ LABELS: dict[str, str] = {
     "provider": "`basiq`, `oxlin`, `willsuite`, `aims360` or `generic`",
     "job_type": "the provider's job type (Basiq `jobType`, AIMS360 category, …); empty when unknown",
     "status": "a state: the normalised job status, or the Oxlin connection status",
-    "step": "the step's name as the provider gives it (e.g. Basiq `verify-credentials`)",
+    "step": (
+        "the step's name as the provider gives it (e.g. Basiq `verify-credentials`); in the step "
+        "histograms, `other` for names past the target's `max_step_names`: see [Step names](#step-names)"
+    ),
     "kind": "`total`, `affected` or `failed`",
     "reason": (
         "a bounded reason: the provider's error code or state (failed jobs), the class of a failed "
-        f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), or why a job stopped being tracked"
+        f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), or why a job stopped being tracked. "
+        "`id_mismatch` counts answers to a request about one job (or Oxlin connection) that were "
+        "about another id: they are never applied (list and batch answers, and an AIMS360 rerun's "
+        "new id, are what they are)"
     ),
     "cause": (
         "who must act on a failed job: `user` (the end user: wrong credentials, an expired MFA, a "
@@ -426,6 +449,10 @@ LABELS: dict[str, str] = {
         "failure) or `unknown`; see [Who must act](#who-must-act)"
     ),
     "connection_id": "the Oxlin connection id",
+    "source": "a configured source of jobs: `user <id>` (Basiq), `queue <id>` or `connection <id>` "
+    "(Oxlin), `backgroundjob` (AIMS360), `list <path>` (generic)",
+    "raw_status": "the provider's own status text of a state it does not document (the first 20 "
+    "a target sees; later ones are `other`)",
     "channel": "the Oxlin channel (`channel_definition_id`)",
     "queue": "the Oxlin queue id",
     "event_type": "the queue event's type (e.g. `SYNC_ALL_SUCCESS`, `AUTH_FAILED`)",
@@ -574,7 +601,10 @@ def sample_exposition() -> str:
         PollResult(jobs=[Job("4", Status.PENDING, "Queued", "import")], replaced={"3": "4"}),
         now + 120,
     )
+    # A job in a state the provider does not document, and a configured source answering 404.
+    tracker.track("example", Job("5", Status.UNKNOWN, "ON_HOLD", "connection"), "static", now + 120)
     state = tracker.targets["example"]
+    state.missing["user ea3a81"] = now + 60
     state.up, state.polled_once, state.last_success = True, True, now + 90
     state.poll_duration.observe(0.2)
     return exposition.render().decode()
@@ -607,8 +637,9 @@ SECTION_TITLES = {
     "jobs": (
         "Per job",
         "One set of series per tracked job, labelled `target` and `job_id`. Rendered when the "
-        "job changes; dropped `retention` after the job ends. A target with "
-        "`per_job_metrics: false` has none of these.",
+        "job changes; dropped `retention` after the job ends. The target's `per_job_series` says "
+        "which jobs have them (every one, only those that need a person, or none): see "
+        "[Cardinality](#cardinality).",
     ),
     "aggregates": (
         "Aggregates",
@@ -629,6 +660,84 @@ SECTION_TITLES = {
 # How the exporter decides what a failure or a finish means: choices a reader of the numbers
 # must know, kept beside the tables they explain.
 CHOICES = [
+    "## Cardinality",
+    "",
+    "What a Prometheus behind the exporter stores is mostly per-job series. Measured on the demo "
+    "(`asyncjob-exporter demo`, every provider of the simulator), one tracked job costs:",
+    "",
+    "| provider | series per job | what moves it |",
+    "|---|---|---|",
+    "| `basiq` | 24-35 | 5 per step (a state set), plus the step's duration once it ended: four steps, about 30 |",
+    "| `willsuite` | 11-15 | the records (total, affected, failed) once known |",
+    "| `aims360` | 11-13 | attempts and percent |",
+    "| `oxlin` | 10-12 | one sync of a connection; the connection's and channels' own series are per connection |",
+    "| `generic` | 13-16 and more | the fields and steps configured |",
+    "",
+    "Every mode serves the same aggregates, histograms and counters (per target and job type: a "
+    "few hundred series whatever the number of jobs). `per_job_series` (in `global` or per "
+    "target) says which jobs also have per-job series:",
+    "",
+    "- `all`: every tracked job, from its first answer until `retention` after it ended.",
+    "- `exceptions`: only the jobs that need a person, while they do: failed (until `retention` "
+    "drops them), stuck (no progress for `stuck_after`), overdue (running longer than "
+    "`max_duration`), waiting for their end user, with failed records, or in a status no map "
+    "knows (`unknown`). The exporter decides stuck and overdue itself, with the thresholds it "
+    "exports (`asyncjob_target_stuck_threshold_seconds`, `asyncjob_target_max_duration_seconds`), "
+    "and a job that goes quiet gets its series a poll interval (at most a tenth of the "
+    "threshold) before it becomes stuck or overdue, without waiting for a new answer, so the "
+    "rule's first evaluation past the threshold sees it: every shipped alert fires as in `all` (tests/e2e/test_detection.py "
+    "runs the labelled fleet in both modes and asserts the same pages), the overview's panels of "
+    "stuck, overdue, failed and waiting jobs show the same jobs. What is not there: a healthy "
+    "job's series, so the job dashboard shows a job only while it needs a person; the exporter's "
+    "own job pages (`/jobs`, `/jobs/{target}/{id}`) and the API show every job in every mode.",
+    "- `none`: no per-job series; the aggregates, the job pages and the API remain.",
+    "- `auto` (the default): `all` while the target tracks at most `per_job_series_limit` jobs "
+    "(10,000), `exceptions` above it, `all` again once it tracks fewer than 80 % of the limit; "
+    "each switch is logged (`per-job series: ...`, with the target and its job count).",
+    "",
+    "`per_job_metrics: true|false`, the key `per_job_series` replaces, is still read as "
+    "`all|none`, with a deprecation line in the log.",
+    "",
+    "On a fleet where 95 % of the jobs need nobody, `exceptions` serves about a twentieth of the "
+    "series of `all` (docs/benchmarks.md: 10,000 Basiq jobs, 305,980 series and 1.7 MiB a scrape "
+    "in `all`, 15,980 series and 106 KiB in `exceptions`). What to choose:",
+    "",
+    "| tracked jobs | choose | series (Basiq-sized jobs, 5 % needing a person) |",
+    "|---|---|---|",
+    "| 1,000 | `all` (what `auto` does) | about 30,000: any Prometheus holds them |",
+    "| 50,000 | `exceptions` (what `auto` does above 10,000 a target) | about 75,000 instead of 1.5 million |",
+    "| 1,000,000 | `exceptions`, the jobs spread over replicas (`--shard`/`--total-shards` or "
+    "`state_url`) | about 1.5 million over all replicas instead of 30 million; `none` where even "
+    "the exceptions are too many (a provider-wide outage fails every job at once) |",
+    "",
+    "## Step names",
+    "",
+    "Step names come from the providers' answers, and each name a target sees adds a histogram of "
+    "its own per job type (`asyncjob_step_duration_seconds`, about 430 bytes of exposition a name). "
+    "A provider that makes names up would grow it for ever, so a target keeps at most "
+    '`max_step_names` names (64 unless set): later names are counted as `step="other"`, and '
+    "the first such name is logged once (`step names past max_step_names are counted as "
+    'step="other"`, with the target and the name). A job\'s own series '
+    "(`asyncjob_job_step_status`, `asyncjob_job_step_duration_seconds`) keep the provider's "
+    "names: they go with the job.",
+    "",
+    "## OpenMetrics and exemplars",
+    "",
+    "A scraper whose `Accept` header prefers OpenMetrics (Prometheus asks for it first on every "
+    "scrape) gets `application/openmetrics-text; version=1.0.0`: counters named by their family "
+    "(`# TYPE asyncjob_jobs_finished counter`, samples still `asyncjob_jobs_finished_total`), no "
+    "`_created` series (Prometheus would store each as a series of its own), `# EOF` at the end, "
+    "and exemplars on the buckets of `asyncjob_job_duration_seconds` and "
+    "`asyncjob_step_duration_seconds`: the `job_id` and `target` of the last job that landed in "
+    "the bucket, its value and when it was observed. An exemplar whose labels would pass "
+    "OpenMetrics' 128 characters (a very long job id) is left out. Prometheus keeps exemplars "
+    "when started with `--enable-feature=exemplar-storage`; the job dashboard's duration panels "
+    "show them and link each to `/jobs/{target}/{job_id}` on the exporter (Grafana also takes an "
+    "exemplar's link from its Prometheus datasource: deploy/compose provisions "
+    "`exemplarTraceIdDestinations` for `job_id`). Every other scraper "
+    "(no `Accept`, `*/*`, `text/plain`) gets the text format 0.0.4, as before. The per-job part "
+    "is the same bytes in both formats and is compressed once for both.",
+    "",
     "## Progress",
     "",
     "`asyncjob_job_last_progress_timestamp_seconds` starts at the provider's own stamp: on the "

@@ -25,7 +25,12 @@ DEFAULT_TOKEN_LIFETIME = 3600.0
 
 
 # How answers say "too many requests" when their status does not (Basiq's 403s).
-RATE_LIMIT_TEXT = re.compile(rb"rate[ _-]?limit|too[ _-]many[ _-]requests|throttl", re.IGNORECASE)
+RATE_LIMIT_TEXT = re.compile(
+    rb"rate[ _-]?limit|too[ _-]many[ _-]requests|throttl|quota|overload",
+    re.IGNORECASE,
+)
+# Basiq's 403 from `POST /token` for an account it disabled (its "HTTP errors per endpoint").
+ACCOUNT_DISABLED = re.compile(rb"account[^.]{0,40}disabled", re.IGNORECASE)
 
 
 def rate_limited(body: bytes) -> bool:
@@ -97,7 +102,10 @@ class TokenAuth(httpx.Auth):
         if status != 200:
             reason = "http_429" if self._overloaded(response) else "http_5xx" if status >= 500 else "auth"
             retry_after = response.headers.get("Retry-After") if reason != "auth" else None
-            raise AuthError(f"token endpoint answered HTTP {status}", reason, retry_after)
+            why = " (rate limited)" if reason == "http_429" else ""
+            if reason == "auth" and ACCOUNT_DISABLED.search(response.content):
+                why = " (the account is disabled)"
+            raise AuthError(f"token endpoint answered HTTP {status}{why}", reason, retry_after)
         try:
             body = response.json()
             token = body["access_token"]
@@ -164,8 +172,12 @@ class BasiqAuth(TokenAuth):
         return response.status_code == 403 and "expired" in response.text.lower()
 
     def _overloaded(self, response: httpx.Response) -> bool:
-        # Basiq's token endpoint answers 403 past its 1,500 calls per 5 minutes, whatever the body.
-        return response.status_code in (403, 429)
+        # Basiq's token endpoint answers 403 past its 1,500 calls per 5 minutes ("Invalid
+        # request", its error guide says), and 403 "Your account has been disabled" to an
+        # account only Basiq's support can enable again: that one is bad credentials, not load.
+        if response.status_code == 403:
+            return ACCOUNT_DISABLED.search(response.content) is None or rate_limited(response.content)
+        return response.status_code == 429
 
 
 class OAuth2Auth(TokenAuth):

@@ -7,13 +7,14 @@ import os
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from exporter import __version__
-from exporter.config import ConfigError, Settings, build_settings, load_settings
+from exporter.config import ConfigError, Settings, build_settings, load_settings, safety
 from exporter.connections import ConnectionLimits
 from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
@@ -24,6 +25,20 @@ log = logging.getLogger("asyncjob")
 NO_TARGETS = "no targets configured: the exporter polls nothing (add targets: see examples/)"
 
 
+@dataclass(frozen=True)
+class Web:
+    """What the web flags say; the exporter and the demo read them alike."""
+
+    listen: str
+    config_file: str | None = None  # --web.config.file
+    telemetry_path: str = "/metrics"
+    lifecycle: bool = False
+    exporter_metrics: bool = True
+    # --web.external-url: the base of every link made ("" = links relative to the host asked).
+    external_url: str = ""
+    limits: ConnectionLimits | None = None
+
+
 def _refuse(path: str | None, e: ConfigError) -> int:
     """Print every problem of a config with its key path; the exit code of a bad config."""
     print(f"{path}: {len(e.problems)} problem(s)", file=sys.stderr)
@@ -32,16 +47,27 @@ def _refuse(path: str | None, e: ConfigError) -> int:
     return 2
 
 
-def check_config(path: str) -> int:
+def check_config(path: str, listen: str = ":10110", web_config: str | None = None) -> int:
+    """Exit 0 for a config the exporter can run, with a warning line for each risk it leaves
+    (served on `listen`, behind `web_config`'s basic auth when it sets users); 2 otherwise."""
     try:
         settings = load_settings(path, PROVIDERS)
     except ConfigError as e:
         return _refuse(path, e)
+    from exporter.webconfig import WebConfigError, load_web_config
+
+    try:
+        web = load_web_config(web_config)
+    except WebConfigError as e:
+        print(f"--web.config.file: {e}", file=sys.stderr)
+        return 2
     print(f"{path}: OK ({len(settings.targets)} target(s))")
     for t in settings.resolved_targets():
         print(f"  {t.name}: {t.provider} {t.config.base_url}, every {t.poll_interval:g}s")
     if not settings.targets:
         print(f"{path}: warning: {NO_TARGETS}", file=sys.stderr)
+    for warning in safety.warnings(settings, listen, basic_auth=bool(web.users)):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -74,17 +100,23 @@ async def _signals(runtime: Runtime | None, servers: list[Server], scope: anyio.
             return
 
 
+def _app(runtime: Runtime, web: Web, middleware: Any) -> Any:
+    from exporter.external_url import serving
+
+    app = build_app(
+        runtime,
+        middleware,
+        lifecycle=web.lifecycle,
+        telemetry_path=web.telemetry_path,
+        external_url=web.external_url,
+    )
+    return serving(app, web.external_url)
+
+
 async def serve_exporter(
-    runtime: Runtime,
-    address: str,
-    ssl: dict[str, Any] | None = None,
-    middleware: Any = None,
-    lifecycle: bool = False,
-    telemetry_path: str = "/metrics",
-    limits: ConnectionLimits | None = None,
+    runtime: Runtime, web: Web, ssl: dict[str, Any] | None = None, middleware: Any = None
 ) -> None:
-    app = build_app(runtime, middleware, lifecycle=lifecycle, telemetry_path=telemetry_path)
-    server = Server(app, address, ssl, limits)
+    server = Server(_app(runtime, web, middleware), web.listen, ssl, web.limits)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_signals, runtime, [server], tg.cancel_scope)
         tg.start_soon(runtime.run)
@@ -94,37 +126,34 @@ async def serve_exporter(
         runtime.store.close()
 
 
-def run_exporter(
-    config_file: str | None,
-    address: str,
-    web_config: str | None,
-    shard: int,
-    total_shards: int,
-    lifecycle: bool = False,
-    telemetry_path: str = "/metrics",
-    exporter_metrics: bool = True,
-    limits: ConnectionLimits | None = None,
-) -> int:
+def _warn_of_risks(settings: Settings, web: Web, basic_auth: bool) -> None:
+    for warning in safety.warnings(settings, web.listen, basic_auth):
+        log.warning(warning, extra={"address": web.listen})
+
+
+def run_exporter(config_file: str | None, web: Web, shard: int, total_shards: int) -> int:
     try:
         settings = load_settings(config_file, PROVIDERS)
     except ConfigError as e:
         return _refuse(config_file, e)
-    from exporter.webconfig import WebConfigError, load_web_config
+    from exporter.webconfig import LiveWebConfig, WebConfigError
 
     try:
-        web = load_web_config(web_config)
+        web_config = LiveWebConfig(web.config_file)
     except WebConfigError as e:
         print(f"--web.config.file: {e}", file=sys.stderr)
         return 2
-    runtime = Runtime(settings, config_file, shard, total_shards)
-    runtime.exposition.exporter_metrics = exporter_metrics
+    # SIGHUP and POST /-/reload read the web config again too, as exporter-toolkit would.
+    runtime = Runtime(settings, config_file, shard, total_shards, web_config if web.config_file else None)
+    runtime.exposition.exporter_metrics = web.exporter_metrics
     if not settings.targets:
         log.warning(NO_TARGETS, extra={"config_file": config_file})
+    _warn_of_risks(settings, web, bool(web_config.users.hashes))
     log.info(
         "starting asyncjob-exporter",
         extra={
             "version": __version__,
-            "address": address,
+            "address": web.listen,
             "targets": len(settings.targets),
             "shard": shard,
             "total_shards": total_shards,
@@ -135,9 +164,7 @@ def run_exporter(
     except Exception as e:  # a broken state file must say so, not trace back
         print(f"state_file: {e}", file=sys.stderr)
         return 2
-    return _run(
-        serve_exporter, runtime, address, web.ssl, web.middleware(), lifecycle, telemetry_path, limits
-    )
+    return _run(serve_exporter, runtime, web, web_config.ssl, web_config.middleware())
 
 
 def run_simulate(address: str, step_seconds: float, trickle: float, seed: int | None) -> int:
@@ -185,11 +212,20 @@ def demo_settings(sim_url: str, secrets_dir: Path) -> Settings:
     )
 
 
-def run_demo(address: str, sim_address: str, step_seconds: float, trickle: float) -> int:
+def run_demo(
+    web: Web, sim_address: str, step_seconds: float, trickle: float, shard: int = 0, total_shards: int = 1
+) -> int:
+    """The simulator and the exporter against it, served as the web flags say."""
     from exporter.server import parse_listen_address
     from exporter.simulator.app import Simulator
     from exporter.simulator.demo import seed_jobs
+    from exporter.webconfig import LiveWebConfig, WebConfigError
 
+    try:
+        web_config = LiveWebConfig(web.config_file)
+    except WebConfigError as e:
+        print(f"--web.config.file: {e}", file=sys.stderr)
+        return 2
     sim = Simulator(step_seconds=step_seconds)
     sim_server = Server(sim.app(), sim_address)
     sim_host, _ = parse_listen_address(sim_address)
@@ -204,13 +240,17 @@ def run_demo(address: str, sim_address: str, step_seconds: float, trickle: float
                     f"http://{'127.0.0.1' if sim_host in ('0.0.0.0', '') else sim_host}:{sim_server.port}"
                 )
                 settings = demo_settings(sim_url, Path(tmp))
-                runtime = Runtime(settings)
+                live = web_config if web.config_file else None
+                runtime = Runtime(settings, None, shard, total_shards, live)
+                runtime.exposition.exporter_metrics = web.exporter_metrics
+                _warn_of_risks(settings, web, bool(web_config.users.hashes))
                 seed_jobs(sim)
                 tg.start_soon(_trickle, sim, trickle)
-                server = Server(build_app(runtime), address)
+                app = _app(runtime, web, web_config.middleware())
+                server = Server(app, web.listen, web_config.ssl, web.limits)
                 tg.start_soon(_signals, runtime, [server, sim_server], tg.cancel_scope)
                 tg.start_soon(runtime.run)
-                tg.start_soon(_announce, server, sim_url)
+                tg.start_soon(_announce, server, web, bool(web_config.ssl), sim_url)
                 await server.serve()
                 sim_server.stop()
                 tg.cancel_scope.cancel()
@@ -231,13 +271,25 @@ def _run(fn: Any, *args: Any) -> int:
     return code
 
 
-async def _announce(server: Server, sim_url: str) -> None:
+def link_base(web: Web, port: int, tls: bool = False) -> str:
+    """Where people open the exporter: --web.external-url, else this host at the port bound."""
+    if web.external_url:
+        return web.external_url
+    host = web.listen.rpartition(":")[0].strip("[]")
+    if safety.is_loopback(web.listen) or host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+async def _announce(server: Server, web: Web, tls: bool, sim_url: str) -> None:
     while server.port == 0:
         await anyio.sleep(0.01)
-    base = f"http://localhost:{server.port}"
+    base = link_base(web, server.port, tls)
     print(
         f"\nasyncjob-exporter {__version__} demo is running (Ctrl-C to stop)\n"
-        f"  metrics:     {base}/metrics\n"
+        f"  metrics:     {base}{web.telemetry_path}\n"
         f"  targets:     {base}/\n"
         f"  jobs:        {base}/jobs  (failed: {base}/jobs?status=failed, stuck: {base}/jobs?stuck=1)\n"
         f"  jobs (JSON): {base}/api/v1/jobs\n"

@@ -21,7 +21,19 @@ from exporter.model import Job
 from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.transport import Http11Transport
 
-ERROR_REASONS = ("timeout", "connect", "http_4xx", "http_429", "http_5xx", "bad_body", "auth")
+# id_mismatch: an answer to a request about one id that was about another (never applied);
+# not_found: a configured source (not a job) that answers 404.
+ERROR_REASONS = (
+    "timeout",
+    "connect",
+    "http_4xx",
+    "http_429",
+    "http_5xx",
+    "bad_body",
+    "auth",
+    "not_found",
+    "id_mismatch",
+)
 USER_AGENT = f"asyncjob-exporter/{__version__}"
 MAX_RETRY_AFTER = 3600.0
 # An idle connection is closed before common servers close it on their side (uvicorn and
@@ -93,7 +105,8 @@ class PollError(Exception):
 
 
 class NotFound(Exception):
-    """The provider answered 404: the job (or queue) is gone."""
+    """The provider answered 404: the job is gone, or a configured source (a Basiq user, an
+    Oxlin queue, a list URL) is: the provider says which it was (PollResult.missing)."""
 
 
 @dataclass

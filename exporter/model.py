@@ -190,3 +190,6 @@ class Connection:
     name: str = ""
     last_success: float | None = None
     channels: tuple[Channel, ...] = ()
+    # Only its end user can make it synchronise again (its last sync failed for them, or every
+    # consent lapsed): its staleness pages no operator.
+    awaiting_user: bool = False

@@ -51,8 +51,9 @@ OPENAPI: dict[str, Any] = {
                     "415": _resp("The body is not application/json (or application/*+json)", _ERROR),
                     "421": _resp("The job belongs to another shard (named in `shard`)", _ERROR),
                     "422": _resp(
-                        "No usable job id (missing, blank, or holding a control character or a lone "
-                        "surrogate), or JSON nested too deep; `field` names the field",
+                        "No usable job id (missing, blank, `.` or `..`, longer than 512 bytes of "
+                        "UTF-8, or holding a control character or a lone surrogate), or JSON nested "
+                        "too deep; `field` names the field",
                         _ERROR,
                     ),
                 },
@@ -173,3 +174,11 @@ OPENAPI: dict[str, Any] = {
         }
     },
 }
+
+
+def openapi_document(external_url: str = "") -> dict[str, Any]:
+    """The description as served: its server is --web.external-url when set, so a client
+    generated from it calls the address people reach the exporter at."""
+    if not external_url:
+        return OPENAPI
+    return {**OPENAPI, "servers": [{"url": external_url}]}

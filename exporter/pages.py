@@ -60,7 +60,7 @@ def _duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def _environment() -> jinja2.Environment:
+def _environment(external_url: str = "") -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,  # every {{ value }} is escaped; nothing in the templates is marked safe
@@ -73,6 +73,8 @@ def _environment() -> jinja2.Environment:
     env.filters["duration"] = _duration
     env.filters["clean"] = _clean
     env.globals["version"] = __version__
+    # Every link starts with it: --web.external-url, or "" for links relative to the host asked.
+    env.globals["base"] = external_url.rstrip("/")
     env.globals["query"] = lambda **kw: urlencode(
         {k: _clean(v) for k, v in kw.items() if v not in (None, "")}
     )
@@ -102,10 +104,10 @@ class JobRow:
 
 
 class Pages:
-    def __init__(self, runtime: Runtime, telemetry_path: str = "/metrics") -> None:
+    def __init__(self, runtime: Runtime, telemetry_path: str = "/metrics", external_url: str = "") -> None:
         self.runtime = runtime
         self.telemetry_path = telemetry_path
-        self.env = _environment()
+        self.env = _environment(external_url)
 
     def _render(self, name: str, status_code: int = 200, **context: Any) -> Response:
         html = self.env.get_template(name).render(telemetry_path=self.telemetry_path, **context)
@@ -142,6 +144,7 @@ class Pages:
                     "last_success": state.last_success,
                     "last_error": state.last_error,
                     "last_error_reason": state.last_error_reason,
+                    "missing": sorted(state.missing.items()),
                     "poll_interval": state.config.poll_interval,
                     "stuck_after": state.config.stuck_after,
                     "by_status": by_status,
@@ -212,17 +215,14 @@ class Pages:
             now=now,
         )
 
-    def _find(self, state: TargetState, job_id: str) -> TrackedJob | None:
-        tracked = state.jobs.get(job_id)
-        if tracked is None:  # an id holding text that cannot travel in a URL was cleaned on the way
-            tracked = next((t for key, t in state.jobs.items() if _clean(key) == job_id), None)
-        return tracked
-
     async def job(self, request: Request) -> Response:
         now = time.time()
         target, job_id = request.path_params["target"], request.path_params["job_id"]
         state = self.runtime.tracker.targets.get(target)
-        tracked = self._find(state, job_id) if state is not None else None
+        # A look-up, never a walk over the jobs: an id holding a lone surrogate (which alone
+        # could not travel in a URL) is refused at registration and replaced in answers and
+        # state rows, so every tracked id is found under the text its link carries.
+        tracked = state.jobs.get(job_id) if state is not None else None
         if state is None or tracked is None:
             what = f"target {target}" if state is None else f"job {job_id} on target {target}"
             return self._render("missing.html.j2", status_code=404, what=what)

@@ -27,6 +27,9 @@ _SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 # C0 and C1 control characters and lone surrogates: an id holding one cannot be told apart
 # in a URL, a log line or a label once it is escaped or replaced.
 _NOT_ID_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# The longest id accepted, in bytes of UTF-8: an id is a label value, a URL path segment and a
+# row key. Unbounded, one registration of a 200,000-character id took /metrics to 1.66 MB.
+MAX_ID_BYTES = 512
 
 
 class JsonTooDeep(ValueError):
@@ -119,6 +122,25 @@ def is_id_text(text: str) -> bool:
     return _NOT_ID_TEXT.search(text) is None
 
 
+def id_problem(text: str) -> str | None:
+    """Why `text` (stripped already) cannot be an id; None when it can.
+
+    An id is data that travels as one URL path segment (exporter.providers.base.segment): `.`
+    and `..` are refused because a URL's dot segments are removed on the way (RFC 3986 §5.2.4),
+    so no quoting could keep them one segment of their own at every server and proxy.
+    """
+    if not text:
+        return "must not be empty"
+    if text[0] == "." and text in (".", ".."):
+        return "must not be . or .. (a path segment of its own)"
+    if not is_id_text(text):
+        return "must not hold a control character or a lone surrogate"
+    # Four bytes a character at most: shorter text needs no encoding to be measured.
+    if len(text) > MAX_ID_BYTES // 4 and len(text.encode("utf-8")) > MAX_ID_BYTES:
+        return f"must be at most {MAX_ID_BYTES} bytes of UTF-8"
+    return None
+
+
 def parse_timestamp(value: Any, tz: tzinfo = UTC) -> float | None:
     """Unix seconds from ISO 8601 (with or without zone), `YYYY-MM-DD HH:MM:SS`, or epoch s/ms.
 
@@ -195,11 +217,19 @@ def bounded_reason(value: Any, limit: int = 64) -> str | None:
 
 
 def text_id(value: Any) -> str | None:
-    """An identifier as providers send it (string or integer) → its text; None when absent or blank."""
+    """An identifier as providers send it (string or integer) → its text; None when absent,
+    blank or not usable as an id (`id_problem`)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
     text = str(value).strip()
-    return text if text and is_id_text(text) else None
+    return text if id_problem(text) is None else None
+
+
+def why_not_id(value: Any) -> str:
+    """Why `value` is not an id, for a message: `text_id(value)` is None."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return "must be a string or an integer"
+    return id_problem(str(value).strip()) or "is not an id"
 
 
 def lookup(obj: Any, path: str) -> tuple[bool, Any]:

@@ -9,7 +9,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -133,12 +133,26 @@ class WrongShard(Exception):
         self.shard = shard
 
 
+class Rereadable(Protocol):
+    """A file read again at each reload besides the config (exporter.webconfig.LiveWebConfig)."""
+
+    def read(self) -> Callable[[], None]:
+        """Read it afresh; return what applies it. ValueError names a problem."""
+        ...
+
+
 class Runtime:
     def __init__(
-        self, settings: Settings, config_file: str | None = None, shard: int = 0, total_shards: int = 1
+        self,
+        settings: Settings,
+        config_file: str | None = None,
+        shard: int = 0,
+        total_shards: int = 1,
+        web_config: Rereadable | None = None,
     ) -> None:
         self.settings = settings
         self.config_file = config_file
+        self.web_config = web_config
         self.tracker = Tracker()
         self.scheduler = Scheduler(self.tracker, shard, total_shards)
         self.exposition = Exposition(self.tracker, self.scheduler.http_stats, self._reload_text)
@@ -196,19 +210,34 @@ class Runtime:
             await self.scheduler.run(self.settings)
 
     def reload(self) -> list[str]:
-        """Re-read the config file; on a problem keep the running config and return the problems."""
-        if not self.config_file:
+        """Re-read the config file and the web config file; on a problem in either keep both
+        running configs (the API token with them) and return the problems."""
+        if not self.config_file and self.web_config is None:
             return ["no --config.file to reload"]
-        try:
-            new = load_settings(self.config_file, PROVIDERS)
-        except ConfigError as e:
+        problems: list[str] = []
+        new = self.settings
+        if self.config_file:
+            try:
+                new = load_settings(self.config_file, PROVIDERS)
+            except ConfigError as e:
+                problems += e.problems
+        apply_web: Callable[[], None] | None = None
+        if self.web_config is not None:
+            try:
+                apply_web = self.web_config.read()
+            except ValueError as e:
+                problems.append(f"--web.config.file: {e}")
+        if problems:
             self.last_reload_ok = False
             log.error(
-                "config reload failed; keeping the running config", extra={"problems": "; ".join(e.problems)}
+                "config reload failed; keeping the running config", extra={"problems": "; ".join(problems)}
             )
-            return e.problems
-        self.settings = new
-        self.scheduler.apply(new)
+            return problems
+        if new is not self.settings:
+            self.settings = new
+            self.scheduler.apply(new)
+        if apply_web is not None:
+            apply_web()
         self.last_reload_ok = True
         self.last_reload_at = time.time()
         log.info("config reloaded", extra={"targets": len(new.targets)})

@@ -16,7 +16,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from exporter.config import ResolvedTarget, Settings
-from exporter.fetch import TargetHttp
+from exporter.fetch import RequestStats, TargetHttp
 from exporter.model import Job, placeholder
 from exporter.providers import PROVIDERS, Provider
 from exporter.providers.base import PollResult
@@ -256,6 +256,27 @@ class Scheduler:
                 applied[0] += len(jobs)
                 await self._apply(name, PollResult(jobs=self._ours(name, jobs)), time.time())
 
+    @staticmethod
+    def _note_missing(
+        name: str, state: TargetState, stats: RequestStats, missing: list[str], full: bool
+    ) -> None:
+        """Count and keep the configured sources that answered 404 in this cycle; a full cycle
+        also forgets those that answer again. A missing source does not make the target down:
+        its other sources and jobs are still polled."""
+        now = time.time()
+        for source in dict.fromkeys(missing):
+            stats.errors["not_found"] += 1
+            if source not in state.missing:
+                state.missing[source] = now
+                log.warning(
+                    "configured source answers 404: nothing of it is polled until it is back",
+                    extra={"target": name, "source": source, "reason": "not_found"},
+                )
+        if full:
+            for source in [s for s in state.missing if s not in missing]:
+                del state.missing[source]
+                log.info("configured source answers again", extra={"target": name, "source": source})
+
     async def _cycle(self, runner: TargetRunner, ids: list[str] | None = None) -> None:
         name = runner.config.name
         state = self.tracker.targets[name]
@@ -293,16 +314,23 @@ class Scheduler:
             for job_id in [j for j in http.seen if j not in state.jobs]:
                 del http.seen[job_id]
         request_errors = stats.cycle_errors
-        if result.bad_payloads:
-            stats.errors["bad_body"] += len(result.bad_payloads)
-            stats.cycle_errors += len(result.bad_payloads)
+        self._note_missing(name, state, stats, result.missing, full=ids is None)
+        # Answers that arrived but cannot be applied, by reason: the first one names the cycle's error.
+        answer_errors = [
+            (reason, problems)
+            for reason, problems in (("bad_body", result.bad_payloads), ("id_mismatch", result.id_mismatches))
+            if problems
+        ]
+        for reason, problems in answer_errors:
+            stats.errors[reason] += len(problems)
+            stats.cycle_errors += len(problems)
             log.warning(
-                "unreadable provider answer",
+                "unreadable provider answer" if reason == "bad_body" else "answer about another id",
                 extra={
                     "target": name,
                     "host": runner.http.host,
-                    "reason": "bad_body",
-                    "error": "; ".join(result.bad_payloads[:5]),
+                    "reason": reason,
+                    "error": "; ".join(problems[:5]),
                 },
             )
         durations, stats.durations = stats.durations, []
@@ -317,8 +345,11 @@ class Scheduler:
             state.last_success = time.time()
             runner.failures = 0
         else:
-            state.last_error = stats.last_error if request_errors else result.bad_payloads[0]
-            state.last_error_reason = stats.last_reason if request_errors else "bad_body"
+            if request_errors:
+                state.last_error, state.last_error_reason = stats.last_error, stats.last_reason
+            else:
+                reason, problems = answer_errors[0]
+                state.last_error, state.last_error_reason = problems[0], reason
             # Back off only when nothing got through: a few failing jobs are not an outage.
             if stats.cycle_errors >= stats.cycle_requests:
                 runner.failures += 1
@@ -327,8 +358,8 @@ class Scheduler:
                 extra={
                     "target": name,
                     "host": runner.http.host,
-                    "reason": stats.last_reason if request_errors else "bad_body",
-                    "error": stats.last_error if request_errors else result.bad_payloads[0],
+                    "reason": state.last_error_reason,
+                    "error": state.last_error,
                     "errors": stats.cycle_errors,
                     "requests": stats.cycle_requests,
                 },

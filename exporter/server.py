@@ -33,7 +33,7 @@ from exporter.model import STATUSES
 from exporter.pages import Pages
 from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.providers.base import BadPayload
-from exporter.render import CONTENT_TYPE
+from exporter.render.formats import content_type, wants_openmetrics
 from exporter.runtime import Runtime, WrongShard, job_document
 from exporter.state import StateUnwritable
 from exporter.tracker import CapReached
@@ -165,11 +165,7 @@ def direct_answers(
     serve_metrics = isinstance(metrics_route, Route) and metrics_route.endpoint is metrics
     serve_health = isinstance(health_route, Route) and health_route.endpoint is healthz
     path_bytes = telemetry_path.encode()
-    health_headers = [
-        (b"content-length", b"3"),
-        (b"content-type", b"text/plain; charset=utf-8"),
-        *extra,
-    ]
+    health_headers = [(b"content-length", b"3"), (b"content-type", b"text/plain; charset=utf-8")]
 
     def direct(method: bytes, target: bytes, headers: Headers) -> tuple[int, Headers, bytes] | None:
         raw = target.partition(b"?")[0]
@@ -183,12 +179,17 @@ def direct_answers(
                 return None
             accept = next((v for n, v in headers if n == b"accept-encoding"), b"")
             gz = b"gzip" in accept
-            body = runtime.exposition.render(gz=gz, fresh=False)
+            om = wants_openmetrics(next((v for n, v in headers if n == b"accept"), b"").decode("latin-1"))
+            body = runtime.exposition.render(gz=gz, fresh=False, openmetrics=om)
             out = [(b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding")] if gz else []
-            out += [(b"content-length", b"%d" % len(body)), (b"content-type", CONTENT_TYPE.encode()), *extra]
+            out += [
+                (b"content-length", b"%d" % len(body)),
+                (b"content-type", content_type(om).encode()),
+                *extra,
+            ]
             return 200, out, body
         if raw == b"/healthz" and serve_health:
-            return 200, list(health_headers), b"ok\n"
+            return 200, [*health_headers, *extra], b"ok\n"  # `extra` as read last (a reload)
         return None
 
     return direct if serve_metrics or serve_health else None
@@ -200,6 +201,22 @@ def is_json_media_type(content_type: str | None) -> bool:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     kind, _, subtype = media.partition("/")
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+# The content types a browser posts cross-site without asking first (a CORS "simple request").
+FORM_MEDIA_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+
+
+def cross_site(headers: Any) -> Response | None:
+    """The refusal of a POST a browser may have sent from another site (a form, or a fetch
+    without preflight); None for any other. Without an API token nothing else would stop it."""
+    media = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if media in FORM_MEDIA_TYPES:
+        return _error(415, f"{media} is not read here: send no body, or application/json")
+    # Browsers say where a request comes from; curl, Prometheus' tooling and scripts say nothing.
+    if headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
+        return _error(403, "a request from another site is refused")
+    return None
 
 
 def _error(status: int, message: str, **more: Any) -> JSONResponse:
@@ -275,16 +292,22 @@ class DirectRegistration:
 
 
 def build_app(
-    runtime: Runtime, middleware: Any = None, lifecycle: bool = False, telemetry_path: str = "/metrics"
+    runtime: Runtime,
+    middleware: Any = None,
+    lifecycle: bool = False,
+    telemetry_path: str = "/metrics",
+    external_url: str = "",
 ) -> ASGIApp:
     """The exporter's routes. `lifecycle` (--web.enable-lifecycle) turns on POST /-/reload;
-    `telemetry_path` (--web.telemetry-path) is where /metrics is served."""
+    `telemetry_path` (--web.telemetry-path) is where /metrics is served; `external_url`
+    (--web.external-url) is the base of the links the pages and the API document make."""
 
     async def metrics(request: Request) -> Response:
         gz = "gzip" in request.headers.get("accept-encoding", "")
-        body = runtime.exposition.render(gz=gz, fresh=False)
+        om = wants_openmetrics(request.headers.get("accept", ""))
+        body = runtime.exposition.render(gz=gz, fresh=False, openmetrics=om)
         headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gz else {}
-        return Response(body, media_type=CONTENT_TYPE, headers=headers)
+        return Response(body, media_type=content_type(om), headers=headers)
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -305,6 +328,9 @@ def build_app(
         # As Prometheus: a config reload over HTTP is an opt-in, and it is an API call.
         if not lifecycle:
             return PlainTextResponse("Lifecycle API is not enabled.\n", status_code=403)
+        refused = cross_site(request.headers)
+        if refused is not None:
+            return refused
         if not authorised(request):
             return _error(401, "missing or wrong API token")
         problems = runtime.reload()
@@ -322,9 +348,14 @@ def build_app(
         secret = token.get_secret_value().encode()
         # X-Asyncjob-Token beside basic auth credentials, which take the Authorization header.
         if header is not None:
-            return hmac.compare_digest(header.strip().encode(), secret)
-        scheme, _, given = authorization.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), secret)
+            given = header.strip()
+        else:
+            scheme, _, given = authorization.partition(" ")
+            if scheme.lower() != "bearer":
+                return False
+            given = given.strip()
+        # An empty token never matches, whatever the file held (config refuses an empty one).
+        return bool(given) and bool(secret) and hmac.compare_digest(given.encode(), secret)
 
     def api(handler: Any) -> Any:
         async def wrapped(request: Request) -> Response:
@@ -431,12 +462,12 @@ def build_app(
         return Response(status_code=204)
 
     async def openapi(request: Request) -> Response:
-        from exporter.openapi import OPENAPI
+        from exporter.openapi import openapi_document
 
-        return JSONResponse(OPENAPI)
+        return JSONResponse(openapi_document(external_url))
 
     routes = [
-        *Pages(runtime, telemetry_path).routes(),
+        *Pages(runtime, telemetry_path, external_url).routes(),
         Route(telemetry_path, metrics),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

@@ -21,6 +21,7 @@ from exporter import step_times
 from exporter.config import ResolvedTarget
 from exporter.history import EMPTY, History, observe
 from exporter.model import Cause, Connection, Job, Status
+from exporter.parsing import bounded_label
 from exporter.providers.base import PollResult, Provider
 from exporter.step_times import StepTimes
 from exporter.watchdog import freeze, frozen_on
@@ -49,23 +50,35 @@ _FREEZE_ON = frozen_on()
 TOMBSTONE_RENEW_SECONDS = 86400.0
 
 
+# The job that last landed in a bucket: (job_id, value, when), served as an OpenMetrics exemplar.
+Exemplar = tuple[str, float, float]
+
+
 @dataclass(slots=True)
 class Histogram:
     buckets: tuple[float, ...]
     counts: list[int] = field(default_factory=list)
     total: float = 0.0
     count: int = 0
+    # Per bucket (and +Inf last), the last job whose value fell in it first; None: none yet.
+    exemplars: list[Exemplar | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.counts:
             self.counts = [0] * len(self.buckets)
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, job_id: str | None = None) -> None:
         self.total += value
         self.count += 1
+        own = len(self.buckets)
         for i, bound in enumerate(self.buckets):
             if value <= bound:
                 self.counts[i] += 1
+                own = min(own, i)
+        if job_id is not None:
+            if not self.exemplars:
+                self.exemplars = [None] * (len(self.buckets) + 1)
+            self.exemplars[own] = (job_id, value, time.time())
 
 
 @dataclass(slots=True)  # no __dict__: one object less and ~100 bytes less per job
@@ -109,6 +122,11 @@ class Aggregates:
     step_duration: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (job_type, step)
     by_status: Counter[tuple[str, str]] = field(default_factory=Counter)  # tracked now: (job_type, status)
     queue_events: Counter[tuple[str, str]] = field(default_factory=Counter)  # (queue, event_type)
+    # Tracked now in a state no one documented (status unknown): (job_type, raw status label).
+    undocumented: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Raw status -> its label: the first UNDOCUMENTED_LABELS seen keep their own, later ones
+    # are "other" (a provider's free text must not grow the series without bound).
+    undocumented_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,7 +148,12 @@ class TargetState:
     last_success: float | None = None
     last_error: str = ""
     last_error_reason: str = ""  # timeout, connect, http_4xx, …, bad_body: as asyncjob_poll_errors_total
+    # Configured sources answering 404 (`user ea3a81`, `queue 20`) -> since when, this process.
+    missing: dict[str, float] = field(default_factory=dict)
     poll_duration: Histogram = field(default_factory=lambda: Histogram(POLL_DURATION_BUCKETS))
+    # Step names given a histogram of their own (at most max_step_names); the rest are "other".
+    step_names: set[str] = field(default_factory=set)
+    step_names_capped: bool = False  # a name past the cap was seen (and logged, once)
 
     @property
     def discovers(self) -> bool:
@@ -155,6 +178,28 @@ class TargetState:
         tombstones[job_id] = at
         if len(tombstones) > TOMBSTONES_IN_MEMORY:
             del tombstones[next(iter(tombstones))]
+
+
+# The step histograms' label for names past the target's max_step_names.
+OTHER_STEP = "other"
+
+
+def step_label(state: TargetState, name: str) -> str:
+    """`name` while the target has room for it in the step histograms, else "other": a provider
+    that makes up step names would grow them for ever (about 430 bytes of exposition a name)."""
+    names = state.step_names
+    if name in names:
+        return name
+    if len(names) < state.config.max_step_names:
+        names.add(name)
+        return name
+    if not state.step_names_capped:
+        state.step_names_capped = True
+        log.warning(
+            'step names past max_step_names are counted as step="other"',
+            extra={"target": state.config.name, "max_step_names": state.config.max_step_names, "step": name},
+        )
+    return OTHER_STEP
 
 
 def _first(*values: float | None) -> float:
@@ -215,13 +260,34 @@ def _is_history(state: TargetState, tracked: TrackedJob, now: float) -> bool:
 
 
 def _resolve_cause(state: TargetState, tracked: TrackedJob) -> None:
-    tracked.cause = cause_of(state, tracked.job) if tracked.job.status is Status.FAILED else None
+    job = tracked.job
+    # A failed job's cause; also that of a job's refused records (their reason, e.g. record_errors).
+    records = job.reason is not None and bool(job.records_failed)
+    tracked.cause = cause_of(state, job) if job.status is Status.FAILED or records else None
+
+
+# Raw statuses of undocumented states a target labels by their own text, at most.
+UNDOCUMENTED_LABELS = 20
 
 
 def _tally(state: TargetState, tracked: TrackedJob, delta: int) -> None:
-    """The `asyncjob_jobs{status}` gauge: tracked jobs that are news (history is not shown)."""
-    if not tracked.is_history:
-        state.agg.by_status[(tracked.job.job_type, tracked.job.status)] += delta
+    """The `asyncjob_jobs{status}` gauge: tracked jobs that are news (history is not shown);
+    and, for those in a state no one documented, `asyncjob_jobs_undocumented{raw_status}`."""
+    if tracked.is_history:
+        return
+    job = tracked.job
+    agg = state.agg
+    agg.by_status[(job.job_type, job.status)] += delta
+    if job.status is Status.UNKNOWN and not job.is_placeholder:
+        names = agg.undocumented_labels
+        label = names.get(job.raw_status)
+        if label is None:
+            label = "other"  # not kept: the map stays bounded, and "other" stays "other"
+            if len(names) < UNDOCUMENTED_LABELS:
+                label = names[job.raw_status] = bounded_label(job.raw_status) or "other"
+        agg.undocumented[(job.job_type, label)] += delta
+        if not agg.undocumented[(job.job_type, label)]:
+            del agg.undocumented[(job.job_type, label)]
 
 
 def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float | None) -> None:
@@ -233,9 +299,11 @@ def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float | N
     if hist is None:
         hist = agg.job_duration[key] = Histogram(JOB_DURATION_BUCKETS)
     if duration is not None:
-        hist.observe(duration)
-    if job.records_total is not None:
-        agg.records_processed[job.job_type] += job.records_total
+        hist.observe(duration, job.id)
+    # A failed job did not process its total: only the records it says went through.
+    processed = job.records_total if job.status is Status.SUCCEEDED else job.records_affected
+    if processed is not None:
+        agg.records_processed[job.job_type] += processed
     if job.records_failed is not None:
         agg.records_failed[job.job_type] += job.records_failed
 
@@ -387,8 +455,9 @@ class Tracker:
             agg.records_processed[jt] += 0
             agg.records_failed[jt] += 0
         for step in job.steps:
-            if (jt, step.name) not in agg.step_duration:
-                agg.step_duration[(jt, step.name)] = Histogram(STEP_DURATION_BUCKETS)
+            key = (jt, step_label(state, step.name))
+            if key not in agg.step_duration:
+                agg.step_duration[key] = Histogram(STEP_DURATION_BUCKETS)
 
     def _observe_steps(self, state: TargetState, tracked: TrackedJob, old: Job | None, now: float) -> None:
         """Step timing from observations: Basiq's steps carry no timestamps.
@@ -416,11 +485,11 @@ class Tracker:
                     finished = now
                     if started is not None:
                         duration = max(0.0, now - started)
-                        key = (job.job_type, step.name)
+                        key = (job.job_type, step_label(state, step.name))
                         hist = state.agg.step_duration.get(key)
                         if hist is None:
                             hist = state.agg.step_duration[key] = Histogram(STEP_DURATION_BUCKETS)
-                        self.hold(partial(hist.observe, duration))
+                        self.hold(partial(hist.observe, duration, job.id))
                 else:
                     finished = job.updated or now
             if (started, finished, duration) != was:

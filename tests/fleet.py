@@ -3,9 +3,12 @@ file, across one `kill -9`), a real Prometheus evaluating the shipped rules and 
 
 Every job carries the label a person would give it (healthy, a provider's failure, the end user's
 failure, stuck, waiting for the end user, week-old history, a multi-channel sync, a rerun, a missed
-final event) and so the pages it must raise: a page is an alert of severity warning or critical,
-firing. tests/e2e/test_detection.py asserts the pages are exactly those; bench/detection.py reports
-precision, recall and time to page from the same run.
+final event, a closed or idle connection, a lapsed consent on another channel, a state no one
+documented) and so the pages it must raise: a page is an alert of severity warning or critical,
+firing. Beside the jobs, targets and sources page too: a Basiq user that no longer exists, and two
+Basiq targets refused by the token endpoint (a disabled account; its rate limit). Every expected
+page is in one place: expected_pages(). tests/e2e/test_detection.py asserts the pages are exactly
+those; bench/detection.py reports precision, recall and time to page from the same run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import httpx
 import yaml
 
+from exporter.simulator import basiq as sim_basiq
 from exporter.simulator.demo import oxlin_auth
 from tests.harness import ROOT, Exporter, free_port, simulator, start_cli, wait_for, write_secrets
 from tests.realstack import (
@@ -52,6 +56,33 @@ WEEK_OLD = 6 * 86400.0  # inside Basiq's 7-day user lists
 
 BASIQ, AIMS, WILL, OXLIN = "basiq", "aims360", "willsuite", "oxlin"
 AIMS_REPORT, AIMS_IMPORT = "Reports/Open Orders Report", "Imports/Customer Import"
+# Basiq targets the token endpoint refuses with each of its 403s, and a user that does not exist.
+BASIQ_DISABLED, BASIQ_THROTTLED = "basiq-disabled", "basiq-throttled"
+GONE_USER = "0d9e7c"
+
+# The pages that are not about one job of the fleet: (alertname, target, job_type or source).
+# With the jobs' own `pages`, the whole of what must page (expected_pages): one list, one place.
+PAGES_BEYOND_JOBS = {
+    # The one job type whose failures are the provider's, and many: the rate pages too.
+    ("AsyncJobFailureRateHigh", AIMS, AIMS_IMPORT),
+    # Basiq answers 404 "Requested user does not exist" for a configured user.
+    ("AsyncJobSourceMissing", BASIQ, f"user {GONE_USER}"),
+    # POST /token answers 403 "Your account has been disabled" (auth) / "Invalid request" (its
+    # rate limit, backed off from): neither target can poll.
+    ("AsyncJobTargetDown", BASIQ_DISABLED, ""),
+    ("AsyncJobTargetDown", BASIQ_THROTTLED, ""),
+}
+# Info alerts (never pages) not about one job: for the application team, or for whoever maps states.
+INFOS_BEYOND_JOBS = {
+    # Statement jobs fail mostly for wrong passwords; a third of the Oxlin syncs for the user
+    # (AUTH_FAILED, a closed connection).
+    ("AsyncJobUserFailureRateHigh", BASIQ, "statement"),
+    ("AsyncJobUserFailureRateHigh", OXLIN, "synchronisation"),
+    # AIMS360 jobs held in a state it does not document.
+    ("AsyncJobStateUndocumented", AIMS, AIMS_REPORT),
+}
+# The poll errors each refused target must count (and the other must not).
+REFUSALS = {BASIQ_DISABLED: "auth", BASIQ_THROTTLED: "http_429"}
 
 
 @dataclass
@@ -84,6 +115,7 @@ class Run:
     restart_seconds: float
     truths: dict[tuple[str, str, str], float] = field(default_factory=dict)
     for_seconds: dict[str, float] = field(default_factory=dict)
+    poll_errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (target, reason), at the end
 
     def expected_counts(self, after_restart: bool) -> Counter[tuple[str, str]]:
         out: Counter[tuple[str, str]] = Counter()
@@ -99,16 +131,18 @@ def _key(labels: dict[str, str]) -> tuple[str, str, str]:
     if "job_id" in labels:
         job = labels["job_id"]
         return labels["alertname"], target, job.rpartition(":")[0] if target == OXLIN else job
-    return labels["alertname"], target, labels.get("job_type", labels.get("connection_id", ""))
+    rest = labels.get("job_type", labels.get("connection_id", labels.get("source", "")))
+    return labels["alertname"], target, rest
 
 
-def config(sim_url: str, secrets: Path, state: Path) -> dict[str, Any]:
+def config(sim_url: str, secrets: Path, state: Path, per_job_series: str = "all") -> dict[str, Any]:
     return {
         "global": {
             "poll_interval": f"{POLL:g}s",
             "stuck_after": f"{STUCK_AFTER:g}s",
             "max_duration": "1h",
             "retention": "1h",
+            "per_job_series": per_job_series,
         },
         "state_file": str(state),
         "targets": [
@@ -117,8 +151,19 @@ def config(sim_url: str, secrets: Path, state: Path) -> dict[str, Any]:
                 "provider": "basiq",
                 "base_url": f"{sim_url}/basiq",
                 "auth": {"type": "basiq", "api_key_file": str(secrets / "basiq_api_key")},
-                "users": ["ea3a81", "b71f02"],  # discovery: a week of each user's jobs
+                # Discovery: a week of each user's jobs; the third user no longer exists.
+                "users": ["ea3a81", "b71f02", GONE_USER],
             },
+            *(
+                {
+                    "name": name,
+                    "provider": "basiq",
+                    "base_url": f"{sim_url}/basiq",
+                    "auth": {"type": "basiq", "api_key_file": str(secrets / name)},
+                    "users": ["ea3a81"],
+                }
+                for name in (BASIQ_DISABLED, BASIQ_THROTTLED)
+            ),
             {
                 "name": AIMS,
                 "provider": "aims360",
@@ -304,6 +349,22 @@ class Fleet:
         self.add(
             OXLIN, "stuck", 1, {**sync, "scenario": "stuck"}, 1, pages=("AsyncJobStuck",), truth=stuck_at
         )
+        # The connection is closed (by its user) or left idle as the sync runs: no final event.
+        self.add(OXLIN, "connection closed", 2, {**sync, "scenario": "success", "end_status": "CLOSED"}, 1,
+                 finishes=(F,))  # fmt: skip
+        self.add(OXLIN, "nothing to synchronise", 2, {**sync, "scenario": "success", "end_status": "NONE"}, 1,
+                 finishes=(S,))  # fmt: skip
+        # The scraping channel fails on its own while the PSD2 channel's consent lapsed: an operator's.
+        self.add(
+            OXLIN, "lapsed consent on another channel", 2,
+            {**sync, "scenario": "fail", "error_code": "SYNC_FAILED", "channels": ["8700"], "lapsed_channel": "8701"},
+            1, pages=("AsyncJobFailed",), finishes=(F,), truth=fails_at,
+        )  # fmt: skip
+        # AIMS360 jobs held in a state it does not document: stuck all the same.
+        self.add(
+            AIMS, "undocumented state", 2, {**report, "scenario": "stuck", "undocumented_status": "OnHold"}, 1,
+            pages=("AsyncJobStuck",), truth=stuck_at, register=True,
+        )  # fmt: skip
 
     def wave_two(self) -> None:
         F, S = "failed", "succeeded"
@@ -329,22 +390,31 @@ class Fleet:
         )  # fmt: skip
         self.add(AIMS, "healthy", 5, {"job_type": AIMS_REPORT, "scenario": "success"}, 2, finishes=(S,),
                  register=True)  # fmt: skip
+        # Succeeded, but a tenth of its records failed: a page, though nothing about the job is
+        # failed, stuck or waiting (in `exceptions` mode its series stay for their records). After
+        # the restart: its alert has a `for`, which the restart's gap of scrapes would start again.
+        self.add(
+            WILL, "succeeded with failing records", 2, {"job_type": "import", "scenario": "partial"}, 2,
+            pages=("AsyncJobRecordsFailing",), finishes=(S,), truth=lambda c: c + 3 * STEP, register=True,
+        )  # fmt: skip
 
 
 def expected_pages(fleet: list[Labelled]) -> set[tuple[str, str, str]]:
     per_job = {(name, job.target, job.key) for job in fleet for name in job.pages}
-    # The one job type whose failures are the provider's, and many: the rate pages too.
-    return per_job | {("AsyncJobFailureRateHigh", AIMS, AIMS_IMPORT)}
+    return per_job | PAGES_BEYOND_JOBS
 
 
 def expected_infos(fleet: list[Labelled]) -> set[tuple[str, str, str]]:
     per_job = {(name, job.target, job.key) for job in fleet for name in job.infos}
-    # Statement jobs fail mostly for wrong passwords; a third of the Oxlin syncs for AUTH_FAILED.
-    rates = {
-        ("AsyncJobUserFailureRateHigh", BASIQ, "statement"),
-        ("AsyncJobUserFailureRateHigh", OXLIN, "synchronisation"),
-    }
-    return per_job | rates
+    return per_job | INFOS_BEYOND_JOBS
+
+
+def poll_errors(exp: Exporter) -> Counter[tuple[str, str]]:
+    out: Counter[tuple[str, str]] = Counter()
+    for name, labels, value in exp.samples():
+        if name == "asyncjob_poll_errors_total":
+            out[(labels["target"], labels["reason"])] += int(value)
+    return +out
 
 
 def fleet_rules() -> str:
@@ -437,13 +507,17 @@ def _seen(hook: Webhook, pages: bool) -> dict[tuple[str, str, str], float]:
 
 
 @contextmanager
-def stack(tmp: Path, binaries: Binaries) -> Iterator[tuple[Any, Webhook, Prometheus, Restartable]]:
+def stack(
+    tmp: Path, binaries: Binaries, per_job_series: str = "all"
+) -> Iterator[tuple[Any, Webhook, Prometheus, Restartable]]:
     secrets = write_secrets(tmp)
+    (secrets / BASIQ_DISABLED).write_text(sim_basiq.DISABLED_KEY + "\n")
+    (secrets / BASIQ_THROTTLED).write_text(sim_basiq.THROTTLED_KEY + "\n")
     with ExitStack() as es:
         sim = es.enter_context(simulator(tmp, step_seconds=STEP))
         hook = es.enter_context(webhook(tmp))
         am = es.enter_context(alertmanager(tmp, binaries, hook.url))
-        exporter = Restartable(tmp, config(sim.url, secrets, tmp / "state.db"))
+        exporter = Restartable(tmp, config(sim.url, secrets, tmp / "state.db", per_job_series))
         es.callback(exporter.stop)
         exporter.start()
         instance = exporter.url.removeprefix("http://")
@@ -458,11 +532,17 @@ def stack(tmp: Path, binaries: Binaries) -> Iterator[tuple[Any, Webhook, Prometh
 
 
 def run(
-    tmp: Path, binaries: Binaries, budget: float = 85.0, log: Callable[[str], None] = lambda m: None
+    tmp: Path,
+    binaries: Binaries,
+    budget: float = 85.0,
+    log: Callable[[str], None] = lambda m: None,
+    per_job_series: str = "all",
 ) -> Run:
     """The fleet, wave one, a `kill -9` and a restart on the same state file, wave two; returns once
-    every expected page fired (or the budget is spent) and a grace of evaluations passed."""
-    with stack(tmp, binaries) as (sim, hook, prom, exporter):
+    every expected page fired (or the budget is spent) and a grace of evaluations passed.
+    `per_job_series` is the exporter's mode (`exceptions`: only the jobs that need a person have
+    per-job series; the pages must be the same)."""
+    with stack(tmp, binaries, per_job_series) as (sim, hook, prom, exporter):
         deadline = time.monotonic() + budget
 
         def left() -> float:
@@ -520,4 +600,5 @@ def run(
             restart_seconds=restart,
             truths=truths,
             for_seconds=for_seconds,
+            poll_errors=poll_errors(exporter.proc),  # type: ignore[arg-type]
         )

@@ -226,6 +226,20 @@ class Prometheus(Proc):
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
 
+    def exemplars(self, expr: str, seconds: float = 600.0) -> list[dict[str, Any]]:
+        """The /api/v1/query_exemplars answer for `expr` over the last `seconds`: one entry per
+        series, {seriesLabels, exemplars: [{labels, value, timestamp}]}."""
+        now = time.time()
+        r = httpx.get(
+            f"{self.url}/api/v1/query_exemplars",
+            params={"query": expr, "start": now - seconds, "end": now + 1},
+            timeout=10,
+        )
+        answer = r.json()
+        assert answer["status"] == "success", f"exemplars of {expr}: {answer}"
+        data: list[dict[str, Any]] = answer["data"]
+        return data
+
     def label_values(self, label: str, selector: str) -> list[str]:
         r = httpx.get(f"{self.url}/api/v1/label/{label}/values", params={"match[]": selector}, timeout=10)
         answer = r.json()
@@ -288,6 +302,8 @@ def prometheus(
             f"--web.listen-address=127.0.0.1:{port}",
             # Firing alerts are sent again every second (default 1m): one lost send costs a second.
             "--rules.alert.resend-delay=1s",
+            # Keeps the exemplars of OpenMetrics scrapes (/api/v1/query_exemplars).
+            "--enable-feature=exemplar-storage",
         ],
         log,
     )

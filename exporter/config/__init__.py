@@ -4,7 +4,8 @@ Everything past this package receives typed, validated objects. Errors carry the
 path (`targets[1].auth.client_secret_file`) so that a bad config is fixed in one go.
 
 values: durations, URLs, secrets; registry: the providers a validation checks against;
-models: the file's keys; loading: YAML, variables, validation and its error messages.
+models: the file's keys; loading: YAML, variables, validation and its error messages;
+safety: what a valid config still leaves unsafe (warnings).
 """
 
 from exporter.config.loading import (
@@ -24,6 +25,7 @@ from exporter.config.models import (
     GenericFields,
     GenericSteps,
     GlobalConfig,
+    PerJobSeries,
     ResolvedTarget,
     Settings,
     StatusMap,
@@ -51,6 +53,7 @@ __all__ = [
     "GenericFields",
     "GenericSteps",
     "GlobalConfig",
+    "PerJobSeries",
     "PositiveDuration",
     "ProviderSpec",
     "Registry",

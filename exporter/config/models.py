@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -27,11 +28,15 @@ from exporter.config.values import (
     PositiveDuration,
     SecretEnv,
     SecretFile,
+    TokenFile,
     did_you_mean,
+    read_token,
     without_credentials,
 )
 from exporter.model import Cause, Status
-from exporter.parsing import text_id
+from exporter.parsing import text_id, why_not_id
+
+log = logging.getLogger("asyncjob.config")
 
 
 class _Strict(BaseModel):
@@ -168,7 +173,16 @@ INHERITED_KEYS = (
     "retention",
     "max_jobs_per_target",
     "max_requests_per_second",
+    "per_job_series",
+    "per_job_series_limit",
+    "max_step_names",
 )
+
+# Which jobs have per-job series: every one, only those that need a person, none, or `auto`
+# (every one while the target's tracked jobs stay under per_job_series_limit).
+PerJobSeries = Literal["auto", "all", "exceptions", "none"]
+DEFAULT_PER_JOB_SERIES_LIMIT = 10000
+DEFAULT_MAX_STEP_NAMES = 64
 
 
 class GlobalConfig(_Strict):
@@ -192,6 +206,24 @@ class GlobalConfig(_Strict):
     max_response_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="A larger provider answer is refused (bad_body)."
     )
+    per_job_series: PerJobSeries = Field(
+        "auto",
+        description="Which jobs have per-job series: `all`; `exceptions` (only jobs that need a "
+        "person: failed, stuck, overdue, awaiting the user, failing records, status unknown); "
+        "`none`; `auto` (`all` under `per_job_series_limit` tracked jobs, `exceptions` above it, "
+        "`all` again under 80 % of it). Aggregates are the same in every mode: see "
+        "[cardinality](metrics.md#cardinality).",
+    )
+    per_job_series_limit: int = Field(
+        DEFAULT_PER_JOB_SERIES_LIMIT,
+        ge=1,
+        description="Tracked jobs of a target above which `auto` exports only the exceptions.",
+    )
+    max_step_names: int = Field(
+        DEFAULT_MAX_STEP_NAMES,
+        ge=1,
+        description='Step names per target in the step histograms; later names count as `step="other"`.',
+    )
 
 
 class TargetConfig(_Strict):
@@ -209,7 +241,12 @@ class TargetConfig(_Strict):
     retention: Duration | None = None
     max_jobs_per_target: int | None = Field(None, ge=1)
     max_requests_per_second: float | None = Field(None, gt=0)
-    per_job_metrics: bool = Field(True, description="False keeps only aggregates: far fewer series.")
+    per_job_series: PerJobSeries | None = None
+    per_job_series_limit: int | None = Field(None, ge=1)
+    max_step_names: int | None = Field(None, ge=1)
+    per_job_metrics: bool | None = Field(
+        None, description="Deprecated: `true` reads as `per_job_series: all`, `false` as `none`."
+    )
     cause_map: dict[str, Cause] = Field(
         default_factory=dict,
         description="Failure reason -> who must act (user|provider|unknown), over the provider's own map.",
@@ -240,12 +277,11 @@ class TargetConfig(_Strict):
     @field_validator("jobs", "users", "queues", "connections")
     @classmethod
     def _usable_ids(cls, v: list[str]) -> list[str]:
-        # As the API refuses such an id (422): one that could never be polled, read or deleted.
+        # As the API refuses such an id (422): one that could never be polled, read or deleted,
+        # or that would name another path than its own (`..`).
         for i, text in enumerate(v):
             if text_id(text) is None:
-                raise ValueError(
-                    f"item {i}: an id must not be blank nor hold a control character or a lone surrogate"
-                )
+                raise ValueError(f"item {i}: an id {why_not_id(text)}")
         return v
 
     @field_validator("provider")
@@ -277,6 +313,21 @@ class TargetConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _per_job_metrics(self) -> TargetConfig:
+        if self.per_job_metrics is not None:
+            series = "all" if self.per_job_metrics else "none"
+            if self.per_job_series is not None and self.per_job_series != series:
+                raise ValueError(
+                    f"per_job_metrics: {str(self.per_job_metrics).lower()} contradicts "
+                    f"per_job_series: {self.per_job_series}; keep per_job_series only"
+                )
+            log.warning(
+                "per_job_metrics is deprecated: read as per_job_series",
+                extra={"target": self.name, "per_job_series": series},
+            )
+        return self
+
+    @model_validator(mode="after")
     def _provider_keys(self) -> TargetConfig:
         problems = _registry()[self.provider].check_target(self)
         if problems:
@@ -285,13 +336,28 @@ class TargetConfig(_Strict):
 
 
 class ApiConfig(_Strict):
-    token_file: SecretFile | None = Field(None, description="Bearer token required on /api/v1 when set.")
+    token_file: SecretFile | None = Field(
+        None,
+        description="Bearer token required on /api/v1 and /-/reload when set. An empty or blank file "
+        "is refused. Read at start and reload, and again when the file changes.",
+    )
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    _token: TokenFile | None = PrivateAttr(None)
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_in_file(cls, v: str | None) -> str | None:
+        if v is not None:
+            read_token(v)  # an empty or blank file: refused naming it (start, check-config, reload)
+        return v
+
+    def model_post_init(self, context: Any) -> None:
+        if self.token_file:
+            self._token = TokenFile(self.token_file)
 
     def token(self) -> SecretStr | None:
-        if not self.token_file:
-            return None
-        return SecretStr(Path(self.token_file).read_text(encoding="utf-8").strip())
+        """The API token (never empty), as last read from `token_file`; None without one."""
+        return None if self._token is None else SecretStr(self._token.current())
 
 
 ENV_PREFIX = "ASYNCJOB_"
@@ -385,6 +451,9 @@ class ResolvedTarget(BaseModel):
     max_jobs: int
     max_requests_per_second: float | None
     max_response_bytes: int
+    per_job_series: PerJobSeries = "auto"
+    per_job_series_limit: int = DEFAULT_PER_JOB_SERIES_LIMIT
+    max_step_names: int = DEFAULT_MAX_STEP_NAMES
     poll_interval_below_advice: bool = False
 
     @property
@@ -406,6 +475,9 @@ class ResolvedTarget(BaseModel):
         if interval is None:
             interval = advised or DEFAULT_POLL_INTERVAL
         rps = values["max_requests_per_second"] or pcls.advised_requests_per_second
+        series = values["per_job_series"]
+        if t.per_job_series is None and t.per_job_metrics is not None:
+            series = "all" if t.per_job_metrics else "none"  # the deprecated key, over `global`
         return cls(
             config=t,
             poll_interval=interval,
@@ -417,5 +489,8 @@ class ResolvedTarget(BaseModel):
             max_jobs=values["max_jobs_per_target"],
             max_requests_per_second=rps,
             max_response_bytes=g.max_response_bytes,
+            per_job_series=series,
+            per_job_series_limit=values["per_job_series_limit"],
+            max_step_names=values["max_step_names"],
             poll_interval_below_advice=bool(advised and interval < advised),
         )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
+import time
 import typing
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
@@ -91,3 +94,57 @@ def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     """`; did you mean X?` when a choice is close to `word`, else ``."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+# How often (seconds) at most an API token file is looked at for a change: a stat, not a read.
+TOKEN_CHECK_EVERY = 1.0
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def read_token(path: str) -> str:
+    """The token in `path`, surrounding blanks stripped; ValueError naming the file when it is
+    empty or blank (an empty token would match an empty header) or cannot be read."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not token:
+        raise ValueError(f"{path} is empty or blank: a token is required (an empty one would let anyone in)")
+    return token
+
+
+class TokenFile:
+    """A token read from its file once, and again only when the file changed (its mtime, size or
+    inode, looked at no more than every TOKEN_CHECK_EVERY seconds): never a read per request.
+    A file found empty, blank or unreadable (a rotation half written, a file being replaced)
+    keeps the token read before, so that window never opens the door."""
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._clock = clock
+        self._stamp = _stamp(path)
+        self.value = read_token(path)  # ValueError: refused at load, start and reload alike
+        self._next_check = clock() + TOKEN_CHECK_EVERY
+
+    def current(self) -> str:
+        now = self._clock()
+        if now >= self._next_check:
+            self._next_check = now + TOKEN_CHECK_EVERY
+            stamp = _stamp(self.path)
+            if stamp is not None and stamp != self._stamp:
+                try:
+                    self.value = read_token(self.path)
+                    self._stamp = stamp
+                except ValueError as e:
+                    # Looked at again next time: the rotation may finish meanwhile.
+                    logging.getLogger("asyncjob.config").warning(
+                        "API token file unusable; the token read before is kept", extra={"error": str(e)}
+                    )
+        return self.value

@@ -29,6 +29,7 @@ class Query:
     instant: bool = False
     table: bool = False
     heatmap: bool = False
+    exemplar: bool = False  # show the histogram's exemplars (OpenMetrics scrapes carry them)
 
 
 @dataclass
@@ -61,6 +62,8 @@ def _target(query: Query, ref: str) -> dict[str, Any]:
         target |= {"instant": True, "range": False}
     else:
         target |= {"instant": False, "range": True}
+    if query.exemplar:
+        target["exemplar"] = True
     if query.table:
         target["format"] = "table"
     elif query.heatmap:
@@ -200,9 +203,25 @@ def _job_page_link(cfg: Config) -> list[dict[str, Any]]:
             "title": "Job page on the exporter",
             "tooltip": "The job's error text and the timeline of its transitions",
             "type": "link",
-            "url": f"{cfg.job_page_scheme}://${{instance}}/jobs/${{target}}/${{job_id:percentencode}}",
+            "url": f"{cfg.external_url or f'{cfg.job_page_scheme}://${{instance}}'}"
+            "/jobs/${target}/${job_id:percentencode}",
         }
     ]
+
+
+def _exemplar_links(cfg: Config) -> dict[str, Any]:
+    """Field links of a panel with exemplars: an exemplar's `target` and `job_id` lead to that
+    job's page on the exporter (the dashboard's instance)."""
+    return {
+        "links": [
+            {
+                "targetBlank": True,
+                "title": "Page of the exemplar's job",
+                "url": f"{cfg.job_page_scheme}://${{instance}}/jobs/${{__data.fields.target}}/"
+                "${__data.fields.job_id:percentencode}",
+            }
+        ]
+    }
 
 
 def _dashboard(
@@ -305,7 +324,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "timeseries",
             "Poll errors by reason",
             "Failed polls of the providers' APIs per second, by reason "
-            "(timeout, connect, http_4xx, http_429, http_5xx, bad_body, auth).",
+            "(timeout, connect, http_4xx, http_429, http_5xx, bad_body, auth, id_mismatch).",
             [
                 Query(
                     _sum_rate("target, reason", "asyncjob_poll_errors_total", s),
@@ -563,6 +582,9 @@ def overview(cfg: Config) -> dict[str, Any]:
 def job(cfg: Config) -> dict[str, Any]:
     s, j = TARGETS, ONE_JOB
 
+    def duration_p95(metric: str, by: str) -> str:
+        return f"histogram_quantile(0.95, sum by ({by}, le) (rate({q.series(metric, s)}[{RATE}])))"
+
     def stat_name(expr: str, legend: str) -> Query:
         return Query(expr, legend, instant=True)
 
@@ -723,6 +745,30 @@ def job(cfg: Config) -> dict[str, Any]:
             [Query(q.series("asyncjob_job_records", j), "{{kind}}")],
             unit="short",
             width=24,
+        ),
+        Panel(
+            "timeseries",
+            "Job duration on the target (p95)",
+            "p95 of finished jobs' duration on the job's target, by type; the dots are exemplars, "
+            "jobs that landed in a bucket, each linked to its page.",
+            [
+                Query(
+                    duration_p95("asyncjob_job_duration_seconds_bucket", "job_type"),
+                    "{{job_type}}",
+                    exemplar=True,
+                )
+            ],
+            unit="s",
+            field_config=_exemplar_links(cfg),
+        ),
+        Panel(
+            "timeseries",
+            "Step duration on the target (p95)",
+            "p95 of finished steps' duration on the job's target, by step; the dots are exemplars, "
+            "jobs whose step landed in a bucket, each linked to its page.",
+            [Query(duration_p95("asyncjob_step_duration_seconds_bucket", "step"), "{{step}}", exemplar=True)],
+            unit="s",
+            field_config=_exemplar_links(cfg),
         ),
     ]
     return _dashboard(

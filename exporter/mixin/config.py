@@ -21,8 +21,11 @@ class Config:
         "https://github.com/asyncjob-exporter/asyncjob-exporter/blob/main/docs/runbooks.md"
     )
     grafana_url: str = "http://localhost:3000"
-    # Scheme of the exporter's own job pages: alerts link to <scheme>://<instance>/jobs/<target>/<id>,
-    # the exporter that reported the job (a sidecar, a shard), as Prometheus scraped it.
+    # Where people open the exporter's job pages (the exporter's --web.external-url: an ingress,
+    # a proxy, a port-forward): alerts link to <external_url>/jobs/<target>/<id>. Unset, they link
+    # to <job_page_scheme>://<instance>/..., the address Prometheus scraped, which opens only
+    # where that address is reachable (not a pod IP or a compose service name from a laptop).
+    external_url: str | None = None
     job_page_scheme: str = "http"
     overview_uid: str = "asyncjob-overview"
     job_uid: str = "asyncjob-job"
@@ -41,7 +44,8 @@ class Config:
     # (cause="user"): for the application team, never an operator page.
     user_failure_ratio: float = 0.25
 
-    # AsyncJobRecordsFailing: share of one job's records that failed.
+    # AsyncJobRecordsFailing: share of one job's records that failed (AsyncJobUserRecordsFailing,
+    # info, when the records are the application's or end user's data to fix).
     records_failed_ratio: float = 0.05
     records_failed_for: str = "5m"
 
@@ -61,7 +65,14 @@ class Config:
 
     tracking_cap_window: str = "15m"
 
-    # Oxlin: a connection that has not synchronised successfully for this long.
+    # AsyncJobSourceMissing: a configured source (a Basiq user, an Oxlin queue, a list URL) has
+    # answered 404 for this long.
+    source_missing_for: str = "15m"
+    # AsyncJobStateUndocumented (info): jobs in a state their provider does not document.
+    state_undocumented_for: str = "5m"
+
+    # Oxlin: a connection that has not synchronised successfully for this long (for the
+    # application team instead, AsyncJobUserConnectionSyncStale, when only its end user can act).
     connection_sync_stale_seconds: int = 36 * 3600
     connection_sync_stale_for: str = "15m"
     # Oxlin PSD2 channels: warn this many days before the consent lapses (and after).
@@ -78,12 +89,16 @@ class Config:
             "AsyncJobFailureRateHigh": "critical",
             "AsyncJobUserFailureRateHigh": "info",
             "AsyncJobRecordsFailing": "warning",
+            "AsyncJobUserRecordsFailing": "info",
             "AsyncJobStepSlow": "warning",
             "AsyncJobTargetDown": "critical",
             "AsyncJobPollingStale": "warning",
             "AsyncJobExporterDown": "critical",
             "AsyncJobTrackingCapReached": "warning",
+            "AsyncJobSourceMissing": "warning",
+            "AsyncJobStateUndocumented": "info",
             "AsyncJobConnectionSyncStale": "warning",
+            "AsyncJobUserConnectionSyncStale": "info",
             # The end user must renew the consent: for the application team, never a page.
             "AsyncJobConsentExpiring": "info",
             "AsyncJobAwaitingUser": "info",

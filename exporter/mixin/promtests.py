@@ -121,7 +121,8 @@ def stuck(cfg: Config, labels: dict[str, str]) -> Scenario:
     threshold, n = 600, _minutes(cfg, 3600)
     series = [_series("asyncjob_target_stuck_threshold_seconds", labels, _constant(threshold, n))]
     series.append(_series("asyncjob_target_max_duration_seconds", labels, _constant(10**9, n)))
-    for job_id, progress_at in (("j1", 0), ("j2", 300)):  # j2 moved 5 minutes later
+    # j2 moved 5 minutes later; j3 is in a state no one documented, stuck as much as j1.
+    for job_id, progress_at, status in (("j1", 0, "running"), ("j2", 300, "running"), ("j3", 0, "unknown")):
         series.append(
             _series(
                 "asyncjob_job_last_progress_timestamp_seconds",
@@ -129,25 +130,25 @@ def stuck(cfg: Config, labels: dict[str, str]) -> Scenario:
                 _constant(progress_at, n),
             )
         )
-        series.append(_series("asyncjob_job_status", _job(labels, job_id, status="running"), _constant(1, n)))
+        series.append(_series("asyncjob_job_status", _job(labels, job_id, status=status), _constant(1, n)))
         series.append(_series("asyncjob_job_awaiting_user", _job(labels, job_id), _constant(0, n)))
-    return Scenario("AsyncJobStuck", threshold + MINUTE, 1, series)
+    return Scenario("AsyncJobStuck", threshold + MINUTE, 2, series)
 
 
 def overdue(cfg: Config, labels: dict[str, str]) -> Scenario:
     threshold, n = 1800, _minutes(cfg, 3600)
     series = [_series("asyncjob_target_max_duration_seconds", labels, _constant(threshold, n))]
     series.append(_series("asyncjob_target_stuck_threshold_seconds", labels, _constant(10**9, n)))
-    for job_id, started in (("j1", 0), ("j2", 600)):
+    for job_id, started, status in (("j1", 0, "running"), ("j2", 600, "running"), ("j3", 0, "unknown")):
         series.append(
             _series("asyncjob_job_started_timestamp_seconds", _job(labels, job_id), _constant(started, n))
         )
         series.append(
             _series("asyncjob_job_last_progress_timestamp_seconds", _job(labels, job_id), _constant(0, n))
         )
-        series.append(_series("asyncjob_job_status", _job(labels, job_id, status="running"), _constant(1, n)))
+        series.append(_series("asyncjob_job_status", _job(labels, job_id, status=status), _constant(1, n)))
         series.append(_series("asyncjob_job_awaiting_user", _job(labels, job_id), _constant(0, n)))
-    return Scenario("AsyncJobOverdue", threshold + MINUTE, 1, series)
+    return Scenario("AsyncJobOverdue", threshold + MINUTE, 2, series)
 
 
 def failed(cfg: Config, labels: dict[str, str]) -> Scenario:
@@ -162,14 +163,20 @@ def failed(cfg: Config, labels: dict[str, str]) -> Scenario:
     return Scenario("AsyncJobFailed", 0, 1, series)
 
 
-def records_failing(cfg: Config, labels: dict[str, str]) -> Scenario | None:
+def _records_failing(cfg: Config, labels: dict[str, str], name: str) -> Scenario | None:
+    # j1's records fail for a cause an operator owns, j3's for the application's data
+    # (cause="user"): each fires one of the two alerts. j2 stays just under the threshold.
     total, n = 10000, _minutes(cfg)
     above = math.floor(cfg.records_failed_ratio * total) + 1
     below = math.ceil(cfg.records_failed_ratio * total) - 1
     if above > total:
         return None
     series = []
-    for job_id, failed_records in (("j1", above), ("j2", below)):
+    for job_id, failed_records, cause in (
+        ("j1", above, "provider"),
+        ("j2", below, "provider"),
+        ("j3", above, "user"),
+    ):
         if failed_records < 0:
             continue
         series.append(
@@ -178,7 +185,17 @@ def records_failing(cfg: Config, labels: dict[str, str]) -> Scenario | None:
         series.append(
             _series("asyncjob_job_records", _job(labels, job_id, kind="failed"), _constant(failed_records, n))
         )
-    return Scenario("AsyncJobRecordsFailing", 0, 1, series)
+        error = _job(labels, job_id, reason="record_errors", cause=cause)
+        series.append(_series("asyncjob_job_error_info", error, _constant(1, n)))
+    return Scenario(name, 0, 1, series)
+
+
+def records_failing(cfg: Config, labels: dict[str, str]) -> Scenario | None:
+    return _records_failing(cfg, labels, "AsyncJobRecordsFailing")
+
+
+def user_records_failing(cfg: Config, labels: dict[str, str]) -> Scenario | None:
+    return _records_failing(cfg, labels, "AsyncJobUserRecordsFailing")
 
 
 def awaiting_user(cfg: Config, labels: dict[str, str]) -> Scenario:
@@ -308,15 +325,47 @@ def tracking_cap_reached(cfg: Config, labels: dict[str, str]) -> Scenario:
     return Scenario("AsyncJobTrackingCapReached", MINUTE, 1, series)
 
 
-def connection_sync_stale(cfg: Config, labels: dict[str, str]) -> Scenario:
+def _connection_sync_stale(cfg: Config, labels: dict[str, str], name: str) -> Scenario:
+    # c1 is stale for an operator, c3 for its end user (its last sync failed for them); c2
+    # synchronised later, c4 is closed.
     stale = cfg.connection_sync_stale_seconds
     n = _minutes(cfg, stale + 3600)
     series = []
-    for connection, last in (("c1", 0), ("c2", 1800)):
+    for connection, last, waiting, status in (
+        ("c1", 0, 0, "FAILED"),
+        ("c2", 1800, 0, "SUCCESS"),
+        ("c3", 0, 1, "FAILED"),
+        ("c4", 0, 0, "CLOSED"),
+    ):
         conn = {**labels, "connection_id": connection}
         series.append(_series("asyncjob_connection_last_success_timestamp_seconds", conn, _constant(last, n)))
-        series.append(_series("asyncjob_connection_status", {**conn, "status": "SUCCESS"}, _constant(1, n)))
-    return Scenario("AsyncJobConnectionSyncStale", stale + MINUTE, 1, series)
+        series.append(_series("asyncjob_connection_status", {**conn, "status": status}, _constant(1, n)))
+        series.append(_series("asyncjob_connection_awaiting_user", conn, _constant(waiting, n)))
+    return Scenario(name, stale + MINUTE, 1, series)
+
+
+def connection_sync_stale(cfg: Config, labels: dict[str, str]) -> Scenario:
+    return _connection_sync_stale(cfg, labels, "AsyncJobConnectionSyncStale")
+
+
+def user_connection_sync_stale(cfg: Config, labels: dict[str, str]) -> Scenario:
+    return _connection_sync_stale(cfg, labels, "AsyncJobUserConnectionSyncStale")
+
+
+def source_missing(cfg: Config, labels: dict[str, str]) -> Scenario:
+    n = _minutes(cfg)
+    source = {**labels, "source": "user ea3a81"}
+    series = [_series("asyncjob_source_missing_since_timestamp_seconds", source, _constant(0, n))]
+    return Scenario("AsyncJobSourceMissing", 0, 1, series)
+
+
+def state_undocumented(cfg: Config, labels: dict[str, str]) -> Scenario:
+    n = _minutes(cfg)
+    series = []
+    for raw, jobs in (("ON_HOLD", 2), ("PAUSED", 0)):
+        common = {**labels, "job_type": "connection", "raw_status": raw}
+        series.append(_series("asyncjob_jobs_undocumented", common, _constant(jobs, n)))
+    return Scenario("AsyncJobStateUndocumented", 0, 1, series)
 
 
 def consent_expiring(cfg: Config, labels: dict[str, str]) -> Scenario:
@@ -336,6 +385,7 @@ SCENARIOS: tuple[Callable[[Config, dict[str, str]], Scenario | None], ...] = (
     stuck,
     overdue,
     records_failing,
+    user_records_failing,
     awaiting_user,
     failure_rate_high,
     user_failure_rate_high,
@@ -344,7 +394,10 @@ SCENARIOS: tuple[Callable[[Config, dict[str, str]], Scenario | None], ...] = (
     polling_stale,
     exporter_down,
     tracking_cap_reached,
+    source_missing,
+    state_undocumented,
     connection_sync_stale,
+    user_connection_sync_stale,
     consent_expiring,
 )
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from .config import Config
 
-# Recording rules, named level:metric:operations. "active" = pending or running, and not
-# waiting for the end user (a job waiting for an MFA code or a consent is nobody's fault).
+# Recording rules, named level:metric:operations. "active" = pending, running or in a state no one
+# documented (unknown: it may never end), and not waiting for the end user (a job waiting for an
+# MFA code or a consent is nobody's fault).
 SECONDS_SINCE_PROGRESS = "target_job_id:asyncjob_job_seconds_since_progress:active"
 RUNTIME = "target_job_id:asyncjob_job_runtime_seconds:active"
 RECORDS_FAILED_RATIO = "target_job_id:asyncjob_job_records_failed:ratio"
@@ -39,7 +40,7 @@ def series(metric: str, selector: str, *matchers: str) -> str:
     return f"{metric}{{{', '.join(parts)}}}"
 
 
-UNFINISHED = 'status=~"pending|running"'
+UNFINISHED = 'status=~"pending|running|unknown"'
 # Failures the end user must fix (cause="user") page no operator.
 NOT_USER = 'cause!="user"'
 USER = 'cause="user"'
@@ -120,8 +121,12 @@ def failed_jobs(cfg: Config, selector: str, operator_only: bool = True) -> str:
     )
 
 
-def records_failing(cfg: Config, selector: str) -> str:
-    return f"{series(RECORDS_FAILED_RATIO, selector)} > {cfg.records_failed_ratio:g}"
+def records_failing(cfg: Config, selector: str, for_user: bool = False) -> str:
+    """Jobs failing on many records; the records' cause (asyncjob_job_error_info of reason
+    record_errors) decides whose: the application's data (cause="user") pages no operator."""
+    users = series("asyncjob_job_error_info", selector, USER)
+    join = "and" if for_user else "unless"
+    return f"{series(RECORDS_FAILED_RATIO, selector)} > {cfg.records_failed_ratio:g}\n  {join} {cfg.on_job} {users}"
 
 
 def failure_rate_high(cfg: Config, selector: str) -> str:
@@ -201,11 +206,25 @@ def seconds_since_connection_sync(cfg: Config, selector: str) -> str:
     return f"time() - {series('asyncjob_connection_last_success_timestamp_seconds', selector)}"
 
 
-def connection_sync_stale(cfg: Config, selector: str) -> str:
+def connection_sync_stale(cfg: Config, selector: str, for_user: bool = False) -> str:
+    """Connections without a successful sync for too long; those only their end user can make
+    synchronise again (asyncjob_connection_awaiting_user) go to the application team instead."""
+    on = f"on({', '.join((*cfg.target_labels, 'connection_id'))})"
+    waiting = series("asyncjob_connection_awaiting_user", selector)
+    join = "and" if for_user else "unless"
     return (
         f"({seconds_since_connection_sync(cfg, selector)}) > {cfg.connection_sync_stale_seconds}\n"
-        f"{_unless_closed(cfg, selector)}"
+        f"{_unless_closed(cfg, selector)}\n{join} {on} ({waiting} == 1)"
     )
+
+
+def source_missing(cfg: Config, selector: str) -> str:
+    """Seconds a configured source has answered 404 (in the exporter's current run)."""
+    return f"time() - {series('asyncjob_source_missing_since_timestamp_seconds', selector)}"
+
+
+def state_undocumented(cfg: Config, selector: str) -> str:
+    return f"{series('asyncjob_jobs_undocumented', selector)} > 0"
 
 
 def seconds_until_consent_expiry(cfg: Config, selector: str) -> str:

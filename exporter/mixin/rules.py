@@ -37,11 +37,10 @@ def _job_link(cfg: Config) -> str:
 
 
 def job_page(cfg: Config) -> str:
-    """The job's page on the exporter that reported it: its error text and timeline."""
-    return (
-        f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}/jobs/{{{{ $labels.target }}}}/"
-        "{{ $labels.job_id | urlquery }}"
-    )
+    """The job's page on the exporter that reported it: its error text and timeline. Under the
+    exporter's external URL when the mixin names it, else at the address Prometheus scraped."""
+    base = cfg.external_url or f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}"
+    return f"{base}/jobs/{{{{ $labels.target }}}}/{{{{ $labels.job_id | urlquery }}}}"
 
 
 def _overview_link(cfg: Config) -> str:
@@ -93,6 +92,17 @@ def job_alerts(cfg: Config, sel: str) -> list[Alert]:
             f"{{{{ $value | humanizePercentage }}}} of the records of {JOB} failed "
             f"(threshold {cfg.records_failed_ratio:.0%}).",
             per_job=True,
+        ),
+        Alert(
+            "AsyncJobUserRecordsFailing",
+            q.records_failing(cfg, sel, for_user=True),
+            cfg.records_failed_for,
+            "An asynchronous job is refusing many records of the application's data.",
+            f"{{{{ $value | humanizePercentage }}}} of the records of {JOB} failed "
+            f"(threshold {cfg.records_failed_ratio:.0%}) for reasons in the data sent (e.g. a case "
+            "that does not exist): for the application team, not an operator.",
+            per_job=True,
+            for_end_user=True,
         ),
         Alert(
             "AsyncJobAwaitingUser",
@@ -150,6 +160,17 @@ def aggregate_alerts(cfg: Config, sel: str) -> list[Alert]:
             f"{cfg.tracking_cap_window} because it already tracks max_jobs_per_target jobs.",
             per_job=False,
         ),
+        Alert(
+            "AsyncJobStateUndocumented",
+            q.state_undocumented(cfg, sel),
+            cfg.state_undocumented_for,
+            "Asynchronous jobs are in a state their provider does not document.",
+            "{{ $value | humanize }} {{ $labels.job_type }} jobs on target {{ $labels.target }} are "
+            'in state "{{ $labels.raw_status }}", which the exporter does not know: they count as '
+            "unknown and are polled until they end. Map it (a generic target's status_map) or "
+            "report it.",
+            per_job=False,
+        ),
     ]
 
 
@@ -162,6 +183,16 @@ def target_alerts(cfg: Config, sel: str) -> list[Alert]:
             "The exporter cannot poll a target's API.",
             "The exporter on {{ $labels.instance }} has failed to poll target {{ $labels.target }} "
             f"for more than {cfg.target_down_for} (asyncjob_target_up is {{{{ $value }}}}).",
+            per_job=False,
+        ),
+        Alert(
+            "AsyncJobSourceMissing",
+            q.source_missing(cfg, sel),
+            cfg.source_missing_for,
+            "A configured source of jobs no longer exists at the provider.",
+            "Target {{ $labels.target }}'s {{ $labels.source }} has answered 404 for "
+            "{{ $value | humanizeDuration }}: deleted at the provider, or a wrong id in the config. "
+            "Nothing of it is monitored until it answers again.",
             per_job=False,
         ),
         Alert(
@@ -197,6 +228,17 @@ def oxlin_alerts(cfg: Config, sel: str) -> list[Alert]:
             "Connection {{ $labels.connection_id }} on target {{ $labels.target }} last "
             "synchronised successfully {{ $value | humanizeDuration }} ago.",
             per_job=False,
+        ),
+        Alert(
+            "AsyncJobUserConnectionSyncStale",
+            q.connection_sync_stale(cfg, sel, for_user=True),
+            cfg.connection_sync_stale_for,
+            "A bank connection has not synchronised for too long, and only its end user can fix it.",
+            "Connection {{ $labels.connection_id }} on target {{ $labels.target }} last "
+            "synchronised successfully {{ $value | humanizeDuration }} ago; its last sync failed "
+            "for its end user (credentials, consent): for the application team, not an operator.",
+            per_job=False,
+            for_end_user=True,
         ),
         Alert(
             "AsyncJobConsentExpiring",

@@ -3,7 +3,7 @@
 
     exporter_selector: 'job="billing-asyncjob"'
     grafana_url: https://grafana.example.com
-    job_page_scheme: https
+    external_url: https://asyncjob.example.com
     runbook_base_url: https://wiki.example.com/asyncjob
     failure_ratio: 0.1
     severity: {AsyncJobStuck: critical}
@@ -40,6 +40,11 @@ def _suggest(word: str, choices: typing.Iterable[str]) -> str:
 
 
 def _value(name: str, default: Any, raw: Any, problems: list[str]) -> Any:
+    if name == "external_url":
+        if not isinstance(raw, str) or not raw.startswith(("http://", "https://")) or raw.endswith("://"):
+            problems.append(f"{name}: expected an http(s) URL, e.g. https://asyncjob.example.com")
+            return default
+        return raw.rstrip("/")
     if isinstance(default, bool) or default is None:
         return raw
     if name == "severity":

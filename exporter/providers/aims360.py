@@ -1,5 +1,6 @@
-"""AIMS360 background jobs through OData: tracked ids batched into `jobID eq … or …` filters,
-discovery by a configured `$filter`, `@odata.nextLink` paging, and optional reruns of failed jobs.
+"""AIMS360 background jobs through OData: tracked ids batched into `jobId eq … or …` filters (its
+documentation's spelling; rows spell the field `jobID`), discovery by a configured `$filter`,
+`@odata.nextLink` paging, and optional reruns of failed jobs.
 
 The service's next links name a backend host (`apieast1…` for a call to `apieast…`): a link is
 requested as its path and query on the configured base URL's host, so the token never leaves
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from exporter.config import TargetConfig
+from exporter.fetch import NotFound
 from exporter.model import Cause, Job, Status
 from exporter.parsing import (
     bounded_label,
@@ -31,6 +33,8 @@ from exporter.providers.base import BadPayload, Http, PollResult, Provider, gath
 
 JOBS_PATH = "/jobsmanagement/odata/v1.0/backgroundjob"
 RERUN_PATH = "/jobsmanagement/v1.0/backgroundjob/{id}/rerun"
+# The filter's field as AIMS360's Jobs documentation writes it: `$filter=jobId eq '…'`.
+FILTER_FIELD = "jobId"
 
 STATUS = {
     "queued": Status.PENDING,
@@ -51,11 +55,11 @@ def quoted(value: str) -> str:
 
 
 def id_batches(ids: Sequence[str], limit: int = MAX_FILTER_CHARS) -> list[list[str]]:
-    """`ids` split so that each batch's `jobID eq 'a' or jobID eq 'b' …` stays within `limit` chars."""
+    """`ids` split so that each batch's `jobId eq 'a' or jobId eq 'b' …` stays within `limit` chars."""
     batches: list[list[str]] = []
     size = 0
     for job_id in ids:
-        clause = len(f"jobID eq {quoted(job_id)}")
+        clause = len(f"{FILTER_FIELD} eq {quoted(job_id)}")
         if batches and size + len(" or ") + clause <= limit:
             batches[-1].append(job_id)
             size += len(" or ") + clause
@@ -170,7 +174,7 @@ class Aims360(Provider):
         # Each query: its filter and the tracked ids it asks for (none for discovery).
         queries: list[tuple[str, frozenset[str]]] = []
         for batch in id_batches(tracked):
-            queries.append((" or ".join(f"jobID eq {quoted(i)}" for i in batch), frozenset(batch)))
+            queries.append((" or ".join(f"{FILTER_FIELD} eq {quoted(i)}" for i in batch), frozenset(batch)))
         if self.target.discover_filter:
             queries.append((self.target.discover_filter, frozenset()))
 
@@ -183,6 +187,10 @@ class Aims360(Provider):
         for (odata_filter, ids), outcome in await gather(queries, run):
             if isinstance(outcome, BadPayload):
                 result.bad_payloads.append(f"backgroundjob {odata_filter[:60]!r}: {outcome}")
+                continue
+            if isinstance(outcome, NotFound):
+                # The backgroundjob endpoint itself: a wrong base_url or a service moved.
+                result.missing.append("backgroundjob")
                 continue
             if not isinstance(outcome, list):
                 continue  # a request error, counted by the client

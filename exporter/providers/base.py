@@ -17,7 +17,7 @@ import anyio
 from exporter.config import INHERITED_KEYS
 from exporter.fetch import NotFound, PollError
 from exporter.model import Cause, Connection, Job
-from exporter.parsing import text_id
+from exporter.parsing import text_id, why_not_id
 
 if TYPE_CHECKING:
     from exporter.config import TargetConfig
@@ -61,6 +61,12 @@ class PollResult:
     reruns: int = 0
     # Answers that were JSON but not the provider's shape: counted as bad_body.
     bad_payloads: list[str] = field(default_factory=list)
+    # Configured sources that answered 404 (`user ea3a81`, `queue 20`): counted as not_found,
+    # named in the log and on the landing page (a 404 for one job is that job gone instead).
+    missing: list[str] = field(default_factory=list)
+    # Answers to a request about one id that were about another: counted as id_mismatch, never
+    # applied (a provider that echoes an escaped id would otherwise track a new job each cycle).
+    id_mismatches: list[str] = field(default_factory=list)
 
 
 class BadPayload(ValueError):
@@ -123,12 +129,16 @@ class Provider:
 
     def id_from_body(self, body: Any) -> str:
         """The job id in a registration body: `{"id": …}` or the provider's own job answer."""
+        problem = None
         if isinstance(body, dict):
             for key in self.id_keys:
-                value = text_id(body.get(key))
+                raw = body.get(key)
+                value = text_id(raw)
                 if value is not None:
                     return value
-        raise BadPayload(" or ".join(self.id_keys))
+                if raw is not None and problem is None:
+                    problem = f"{key}: {why_not_id(raw)}"
+        raise BadPayload(problem or " or ".join(self.id_keys))
 
     # State that must survive restarts (e.g. Oxlin queue cursors), as plain strings.
     def cursors(self) -> dict[str, str]:
@@ -144,8 +154,11 @@ class Provider:
 
 
 def segment(job_id: str) -> str:
-    """A job id made safe as one URL path segment (a registered id is user input)."""
-    return quote(job_id, safe="", errors="replace")
+    """An id made one URL path segment, whatever it holds: ids are data, never paths (a
+    registered id is user input). `/`, `?`, `#` and `%` are escaped; so are the dots of `.` and
+    `..`, which quoting leaves alone and a URL's dot-segment removal would act on."""
+    quoted = quote(job_id, safe="", errors="replace")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 T = TypeVar("T")
@@ -214,7 +227,8 @@ async def gather(
 async def fetch_each(
     http: Http, ids: Iterable[str], path_for: Callable[[str], str], parse: Callable[[Any], Job]
 ) -> PollResult:
-    """The common case: one GET per job. 404 → gone; unreadable bodies count as bad_body.
+    """The common case: one GET per job. 404 → gone; unreadable bodies count as bad_body, and an
+    answer about another id as id_mismatch.
     Answers go to `http.early` instead when the scheduler set it (TargetHttp.early); an answer
     whose bytes are those of the answer the tracker holds is left out (TargetHttp.seen)."""
     result = PollResult()
@@ -226,6 +240,9 @@ async def fetch_each(
             if answer is None:
                 return  # the same bytes as the answer the tracker holds: nothing new
             job = parse(answer[0])
+            if job.id != job_id:
+                result.id_mismatches.append(f"job {job_id}: the answer is about job {job.id}")
+                return
             http.seen[job_id] = (answer[1], job)  # only once it parsed: a bad answer stays counted
             early = http.early
             (result.jobs if early is None else early).append(job)

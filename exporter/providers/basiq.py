@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 from exporter.config import TargetConfig
 from exporter.fetch import NotFound, PollError
 from exporter.model import Cause, Job, Status, Step, interned_step, shared_steps
-from exporter.parsing import bounded_reason, parse_timestamp
-from exporter.providers.base import BadPayload, Http, PollResult, Provider, fetch_each, gather
+from exporter.parsing import bounded_reason, parse_timestamp, text_id
+from exporter.providers.base import BadPayload, Http, PollResult, Provider, fetch_each, gather, segment
 
 STEP_STATUS = {
     "pending": Status.PENDING,
@@ -40,6 +40,17 @@ CAUSES: Mapping[str, Cause] = {
     "invalid-connection": USER,
     "bank-statement-invalid": USER,
     "bank-statement-not-supported": USER,
+    # The uploaded statement or CSV file, or the data sent with it (getUserJobs' result codes):
+    # the end user who uploaded it, or the application that sent it, must fix and send again.
+    "institution-not-found": USER,
+    "missing-required-field": USER,
+    "missing-required-field-value": USER,
+    "invalid-field-value": USER,
+    "invalid-csv-row": USER,
+    "row-count-exceeded": USER,
+    "account-data-differs": USER,
+    "empty-file": USER,
+    "txn-after-last-updated-date": USER,
     # Basiq, its connectors or the institution.
     "institution-disabled": PROVIDER,
     "institution-not-available": PROVIDER,
@@ -52,6 +63,8 @@ CAUSES: Mapping[str, Cause] = {
     "job-timed-out": PROVIDER,
     "internal-server-error": PROVIDER,
     "bank-statement-parsing-error": PROVIDER,
+    # A statement of a product Basiq's parser does not know yet: Basiq must add it.
+    "bank-statement-new-product": PROVIDER,
     # unknown-error says nobody knows: it stays unknown.
 }
 
@@ -103,6 +116,31 @@ def job_status(steps: Sequence[Step]) -> Status:
     return Status.UNKNOWN
 
 
+# What a job is, read from its steps when it does not say (the user-jobs list has no `jobType`):
+# the step that only statement or report jobs have, else a connection's steps or source link.
+TYPE_STEPS = {"retrieve-statements": "statement", "create-report": "report"}
+CONNECTION_STEPS = frozenset({"verify-credentials", "retrieve-accounts", "retrieve-transactions", MFA_STEP})
+
+
+def job_type_of(obj: dict[str, Any], steps: Sequence[Step]) -> str:
+    """`jobType` when the job carries it, else what its steps and links say (connection,
+    statement, report), else empty."""
+    declared = obj.get("jobType")
+    if declared:
+        return str(declared)
+    for step in steps:
+        kind = TYPE_STEPS.get(step.name)
+        if kind is not None:
+            return kind
+    links = obj.get("links")
+    source = links.get("source") if isinstance(links, dict) else None
+    if isinstance(source, str) and "/connections/" in source:
+        return "connection"
+    if steps and all(step.name in CONNECTION_STEPS for step in steps) and len(steps) > 1:
+        return "connection"
+    return ""
+
+
 def stamp(obj: dict[str, Any], *keys: str) -> float | None:
     return next((ts for key in keys if (ts := parse_timestamp(obj.get(key))) is not None), None)
 
@@ -122,8 +160,8 @@ class Basiq(Provider):
     def parse_job(self, obj: Any) -> Job:
         if not isinstance(obj, dict):
             raise BadPayload("job is not an object")
-        job_id = obj.get("id")
-        if not isinstance(job_id, str | int) or isinstance(job_id, bool) or not str(job_id):
+        job_id = text_id(obj.get("id"))
+        if job_id is None:
             raise BadPayload("id")
         raw_steps = obj.get("steps") or []
         if not isinstance(raw_steps, list):
@@ -141,10 +179,10 @@ class Basiq(Provider):
         raw = sys.intern(",".join(f"{s.name}:{s.raw_status}" for s in steps))
         is_failed = status is Status.FAILED
         return Job(
-            id=str(job_id),
+            id=job_id,
             status=status,
             raw_status=raw,
-            job_type=sys.intern(str(obj.get("jobType") or "")),
+            job_type=sys.intern(job_type_of(obj, steps)),
             created=created,
             # Basiq starts a job as it is created, and its last update of a finished job is its end.
             started=created,
@@ -163,7 +201,7 @@ class Basiq(Provider):
         seen: set[str] = set()
 
         async def user_jobs(user: str) -> list[Any]:
-            body = await http.get_json(f"/users/{user}/jobs")
+            body = await http.get_json(f"/users/{segment(user)}/jobs")
             if not isinstance(body, dict) or not isinstance(body.get("data"), list):
                 raise BadPayload("data")
             return list(body["data"])
@@ -180,12 +218,16 @@ class Basiq(Provider):
                     seen.add(job.id)
             elif isinstance(outcome, BadPayload):
                 result.bad_payloads.append(f"user {user} job list: {outcome}")
-            elif isinstance(outcome, NotFound | PollError):
+            elif isinstance(outcome, NotFound):
+                # "Requested user does not exist": deleted, or a wrong id in the config.
+                result.missing.append(f"user {user}")
+            elif isinstance(outcome, PollError):
                 pass  # counted by the client; the user's jobs are polled one by one below
 
         rest = [job_id for job_id in tracked if job_id not in seen]
-        direct = await fetch_each(http, rest, lambda job_id: f"/jobs/{job_id}", self.parse_job)
+        direct = await fetch_each(http, rest, lambda job_id: f"/jobs/{segment(job_id)}", self.parse_job)
         result.jobs.extend(direct.jobs)
         result.gone.extend(direct.gone)
         result.bad_payloads.extend(direct.bad_payloads)
+        result.id_mismatches.extend(direct.id_mismatches)
         return result

@@ -161,7 +161,9 @@ class Generic(Provider):
                 listed = True
             except BadPayload as e:
                 result.bad_payloads.append(str(e))
-            except (PollError, NotFound):
+            except NotFound:
+                result.missing.append(f"list {self.target.list_path}")
+            except PollError:
                 pass  # counted by the client
         rest = [job_id for job_id in tracked if job_id not in seen]
         job_path = self.target.job_path
@@ -172,6 +174,7 @@ class Generic(Provider):
             result.jobs.extend(direct.jobs)
             result.gone.extend(direct.gone)
             result.bad_payloads.extend(direct.bad_payloads)
+            result.id_mismatches.extend(direct.id_mismatches)
         elif listed:
             # Without a job URL, a job that left the list can no longer be seen.
             result.gone.extend(rest)

@@ -30,16 +30,33 @@ from exporter.providers.base import BadPayload, Http, PollResult, Provider, gath
 
 JOB_TYPE = "synchronisation"
 SUCCESS_EVENTS = frozenset({"SYNC_ALL_SUCCESS", "PARTIAL_SUCCESS", "SYNC_PARTIAL_SUCCESS"})
-FINAL_STATUSES = frozenset({"SUCCESS", "PARTIAL_SUCCESS", "FAILED"})
+# Every connection status Oxlin documents, by what it says of a sync: RUNNING runs one; SUCCESS,
+# PARTIAL_SUCCESS and FAILED end it with their outcome; CLOSED (the connection was closed) ends
+# it failed; NONE (no synchronisation under way or on record) ends it as its channels say.
+FINAL_STATUSES = frozenset({"SUCCESS", "PARTIAL_SUCCESS", "FAILED", "CLOSED", "NONE"})
+# Statuses that end a sync whatever the channels' end dates say: nothing will run on them.
+IDLE_STATUSES = frozenset({"CLOSED", "NONE"})
+
 # Keys an object holding a queue's events may use.
 EVENT_LISTS = ("events", "data", "items", "results", "value")
 # Cursor names that hold the end of a connection's last closed sync, not a queue's position.
 CLOSED_PREFIX = "closed:"
+# Cursor names that mark a connection whose last sync failed for its end user.
+USER_PREFIX = "user:"
 
 # Who must act on a failed sync. AUTH_FAILED is documented as the channel's authentication
 # failing: the end user's credentials. A bare FAILED status says nothing of its cause.
-CAUSES: Mapping[str, Cause] = {"auth_failed": Cause.USER}
+CAUSES: Mapping[str, Cause] = {"auth_failed": Cause.USER, "closed": Cause.USER}
 RUNNING, SUCCEEDED, PARTIAL, FAILED = "running", "succeeded", "partial", "failed"
+# A channel's statuses that end its part of a sync, and how: EMPTY (nothing to synchronise on
+# it) ended well; CLOSED and FAILED did not. RUNNING and NONE have no outcome of their own.
+CHANNEL_ENDS = {
+    "SUCCESS": SUCCEEDED,
+    "PARTIAL_SUCCESS": PARTIAL,
+    "EMPTY": SUCCEEDED,
+    "FAILED": FAILED,
+    "CLOSED": FAILED,
+}
 
 
 def is_failure(event_type: str) -> bool:
@@ -134,9 +151,16 @@ def parse_connection(resource: Any) -> Connection:
     )
 
 
-def consent_expired(conn: Connection, now: float) -> bool:
-    """A PSD2 channel whose consent lapsed: only the end user can renew it (SCA)."""
-    return any(c.expires is not None and c.expires <= now for c in conn.channels)
+def lapsed(conn: Connection, now: float) -> set[str]:
+    """The channels whose PSD2 consent lapsed: only the end user can renew it (SCA)."""
+    return {c.id for c in conn.channels if c.expires is not None and c.expires <= now}
+
+
+def consent_expired(conn: Connection, now: float, channels: set[str] | None = None) -> bool:
+    """Whether a consent lapsed on one of `channels` (every channel of `conn` when None): a
+    scraping channel and a PSD2 channel are separate, and one's consent says nothing of the other."""
+    gone = lapsed(conn, now)
+    return bool(gone if channels is None else gone & channels)
 
 
 @dataclass
@@ -153,8 +177,17 @@ class OpenSync:
     # (and its reason: AUTH_FAILED is the end user's) before the connection's status closes it.
     final_seen: bool = False
 
+    def ran_on(self, conn: Connection, state: str | None = None) -> set[str]:
+        """The channels this sync ran on (those in `state` when given); every channel of the
+        connection when no event or resource named one."""
+        if not self.channels:
+            return {c.id for c in conn.channels}
+        return {ch for ch, st in self.channels.items() if state is None or st == state}
+
     def outcome(self, conn: Connection, event_type: str = "") -> tuple[Status, str | None]:
         """(status, reason) of the sync once it has ended."""
+        if self.failure is None and conn.status == "CLOSED":
+            return Status.FAILED, "closed"
         if self.failure is not None or FAILED in self.channels.values() or conn.status == "FAILED":
             return Status.FAILED, bounded_reason(self.failure or "failed")
         partial = (
@@ -172,7 +205,7 @@ class Oxlin(Provider):
         return True  # every sync is found in a queue or a connection's answer
 
     causes: ClassVar[Mapping[str, Cause]] = CAUSES
-    known_reasons = ("auth_failed", "failed")
+    known_reasons = ("auth_failed", "closed", "failed")
 
     def __init__(self, target: TargetConfig) -> None:
         super().__init__(target)
@@ -181,6 +214,10 @@ class Oxlin(Provider):
         # connection id -> when its last sync ended: later-read events up to then are about it.
         self._closed: dict[str, float] = {}
         self._known: dict[str, None] = dict.fromkeys(target.connections)  # connections to poll, in order
+        # Connections whose last sync failed for their end user (AUTH_FAILED, a lapsed consent).
+        # Kept as a flag per connection once marked, since the state file only adds and updates
+        # cursors: a mark cleared must be written as cleared.
+        self._user_failed: dict[str, bool] = {}
 
     @classmethod
     def check_target(cls, target: TargetConfig) -> list[str]:
@@ -195,12 +232,19 @@ class Oxlin(Provider):
     def cursors(self) -> dict[str, str]:
         out = {queue: key.text() for queue, key in self._cursors.items()}
         out.update({f"{CLOSED_PREFIX}{conn}": repr(at) for conn, at in self._closed.items()})
+        out.update({f"{USER_PREFIX}{conn}": "1" if on else "0" for conn, on in self._user_failed.items()})
         return out
 
     def restore_cursors(self, cursors: dict[str, str]) -> None:
         for name, text in cursors.items():
             try:
-                if name.startswith(CLOSED_PREFIX):
+                if name.startswith(USER_PREFIX):
+                    # Still polled after a restart, so that it keeps saying it awaits its user.
+                    conn = name.removeprefix(USER_PREFIX)
+                    self._user_failed[conn] = text == "1"
+                    if text == "1":
+                        self._known.setdefault(conn, None)
+                elif name.startswith(CLOSED_PREFIX):
                     self._closed[name.removeprefix(CLOSED_PREFIX)] = float(text)
                 else:
                     self._cursors[name] = EventKey.parse(text)
@@ -219,13 +263,15 @@ class Oxlin(Provider):
         at = parse_timestamp(event.get("creation_date")) or now
         channel = text_id(event.get("channel_definition_id"))
         failed = is_failure(event_type)
-        final = failed or event_type in SUCCESS_EVENTS or conn.status == "FAILED"
+        final = failed or event_type in SUCCESS_EVENTS or conn.status in ("FAILED", "CLOSED")
         sync = self._open.get(conn.id)
         first = sync is None
         if sync is None:
             if at <= self._closed.get(conn.id, float("-inf")):
                 return None  # about a sync already closed (by its connection's status)
-            if not (final or event_type.startswith("SYNC") or conn.status == "RUNNING"):
+            # A connection closed while idle is news about the connection, not a sync that failed.
+            starts = final and conn.status != "CLOSED"
+            if not (starts or event_type.startswith("SYNC") or conn.status == "RUNNING"):
                 return None  # news about the connection, not about a sync
             sync = OpenSync(f"{conn.id}:{int(at)}", at)
         if failed and sync.failure is None:
@@ -245,6 +291,8 @@ class Oxlin(Provider):
         else:
             # No channel named: the resource tells whether any channel still runs.
             ended = final and not any(ch.status == "RUNNING" for ch in conn.channels)
+        # A closed connection ends every channel's part at once: none will send its final event.
+        ended = ended or conn.status == "CLOSED"
         if ended:
             if first:
                 sync.started = None  # first seen at its end: when it began is unknown
@@ -269,10 +317,17 @@ class Oxlin(Provider):
         at: float,
         now: float,
     ) -> Job:
-        lapsed = consent_expired(conn, now)
         failed = status is Status.FAILED
         user = sync.failure == "AUTH_FAILED" or is_consent_failure(sync.failure or "")
-        return Job(
+        # Judged by the channels the sync ran on: its failed ones once failed, else its running
+        # ones; a lapsed consent on another channel says nothing of this sync.
+        if failed:
+            on = sync.ran_on(conn, FAILED) or {c.id for c in conn.channels if c.status == "FAILED"}
+            on = on or sync.ran_on(conn)
+        else:
+            on = sync.ran_on(conn, RUNNING) if sync.channels else sync.ran_on(conn)
+        consent = consent_expired(conn, now, on)
+        job = Job(
             id=sync.id,
             status=status,
             raw_status=raw,
@@ -284,9 +339,18 @@ class Oxlin(Provider):
             reason=reason,
             message=f"{conn.name or conn.id}: {sync.failure or raw} ({conn.status})" if failed else None,
             # A lapsed consent or a consent failure: the end user must renew it.
-            cause=Cause.USER if failed and (lapsed or is_consent_failure(sync.failure or "")) else None,
-            awaiting_user=status is not Status.SUCCEEDED and (user or lapsed),
+            cause=Cause.USER if failed and (user or consent) else None,
+            awaiting_user=status is not Status.SUCCEEDED and (user or consent),
         )
+        if status.terminal:
+            # Remembered for the connection: until a sync of it succeeds, its staleness is the
+            # end user's to fix, not an operator's.
+            if failed and (user or consent or reason == "closed"):
+                self._user_failed[conn.id] = True
+            else:
+                if conn.id in self._user_failed:
+                    self._user_failed[conn.id] = False
+        return job
 
     def _close(self, conn_id: str, at: float) -> None:
         self._open.pop(conn_id, None)
@@ -300,16 +364,22 @@ class Oxlin(Provider):
             return None
         started = [c for c in conn.channels if c.id in sync.channels] or list(conn.channels)
         ends = [c.last_end for c in started]
-        if not ends or any(end is None or end < sync.started for end in ends):
+        idle = conn.status in IDLE_STATUSES
+        if idle:
+            # Closed, or nothing under way: no channel will end it with a fresh end date.
+            if any(c.status == "RUNNING" for c in conn.channels):
+                return None
+        elif not ends or any(end is None or end < sync.started for end in ends):
             return None
         if not sync.final_seen:
             sync.final_seen = True
             return None
         for c in started:
             if sync.channels.get(c.id, RUNNING) == RUNNING:
-                sync.channels[c.id] = FAILED if c.status == "FAILED" else SUCCEEDED
+                sync.channels[c.id] = CHANNEL_ENDS.get(c.status, SUCCEEDED)
         status, reason = sync.outcome(conn)
-        at = max(end for end in ends if end is not None)
+        fresh = [end for end in ends if end is not None and end >= sync.started]
+        at = max(fresh) if fresh else now
         job = self._job(sync, conn, status, reason, conn.status, at, now)
         self._close(conn.id, at)
         return job
@@ -361,6 +431,8 @@ class Oxlin(Provider):
         for queue, outcome in sorted(await gather(self.target.queues, read), key=lambda p: p[0]):
             if isinstance(outcome, BadPayload):
                 result.bad_payloads.append(f"queue {queue}: {outcome}")
+            elif isinstance(outcome, NotFound):
+                result.missing.append(f"queue {queue}")
             elif isinstance(outcome, list):
                 self.read_events(queue, outcome, result, jobs)
 
@@ -369,26 +441,33 @@ class Oxlin(Provider):
 
         now = time.time()
         for conn_id, got in await gather(list(self._known), connection):
-            if isinstance(got, Connection):
+            if isinstance(got, Connection) and got.id != conn_id:
+                result.id_mismatches.append(f"connection {conn_id}: the answer is about connection {got.id}")
+            elif isinstance(got, Connection):
                 result.connections.append(got)
                 closed = self.closed_by_connection(got, now)
                 if closed is not None:
                     jobs[closed.id] = closed
                     continue
                 sync = self._open.get(got.id)
-                # A lapsed consent stops a running sync until the end user renews it.
+                # A lapsed consent on a channel the sync runs on stops it until the end user
+                # renews it.
                 job = sync.job if sync is not None else None
                 if (
                     sync is not None
                     and job is not None
                     and not job.awaiting_user
-                    and consent_expired(got, now)
+                    and consent_expired(got, now, sync.ran_on(got, RUNNING) if sync.channels else None)
                 ):
                     sync.job = replace(job, awaiting_user=True)
                     jobs[sync.id] = sync.job
             elif isinstance(got, NotFound):
-                if conn_id not in self.target.connections:
+                if conn_id in self.target.connections:
+                    result.missing.append(f"connection {conn_id}")
+                else:
                     self._known.pop(conn_id, None)
+                if conn_id in self._user_failed:
+                    self._user_failed[conn_id] = False
                 sync = self._open.pop(conn_id, None)
                 if sync is not None:
                     result.gone.append(sync.id)
@@ -397,4 +476,16 @@ class Oxlin(Provider):
             elif isinstance(got, PollError):
                 pass  # counted by the client
         result.jobs.extend(jobs.values())
+        result.connections = [
+            replace(c, awaiting_user=self.awaits_user(c, now)) if self.awaits_user(c, now) else c
+            for c in result.connections
+        ]
         return result
+
+    def awaits_user(self, conn: Connection, now: float) -> bool:
+        """Whether only the connection's end user can make it synchronise again: its last sync
+        failed for them (AUTH_FAILED, a lapsed consent on a channel it ran on, a consent or
+        SCA failure), or every channel's consent has lapsed."""
+        if self._user_failed.get(conn.id):
+            return True
+        return bool(conn.channels) and lapsed(conn, now) == {c.id for c in conn.channels}

@@ -1,4 +1,10 @@
-"""WillSuite API jobs: `GET /api-jobs/{id}`, one request per tracked job (no discovery)."""
+"""WillSuite API jobs: `GET /api-jobs/{id}`, one request per tracked job (no discovery).
+
+A job with `end_time` set is finished whatever its status says (WillSuite's docs: stop polling
+then): failed when its status says so or no record of it went through, else succeeded. Records
+refused in `message` ("Case ID: … failed with the following errors") are the integrating
+application's data: reason `record_errors`, the end user's side (the application team's).
+"""
 
 from __future__ import annotations
 
@@ -31,8 +37,9 @@ class WillSuite(Provider):
     # WillSuite asks clients to poll no more often than every 5-10 minutes.
     advised_poll_interval: ClassVar[float | None] = 300.0
     config_keys: ClassVar[frozenset[str]] = frozenset({"jobs", "timezone"})
-    # A failed API job, or records the engine refused: the service's to explain, not an end user's.
-    causes: ClassVar[Mapping[str, Cause]] = {"failed": Cause.PROVIDER, "record_errors": Cause.PROVIDER}
+    # A failed API job is the service's to explain; records it refused ("Case does not exist or
+    # record already updated.") are the data the application sent: its team's to fix.
+    causes: ClassVar[Mapping[str, Cause]] = {"failed": Cause.PROVIDER, "record_errors": Cause.USER}
     known_reasons = ("failed", "record_errors")
 
     def parse_job(self, obj: Any) -> Job:
@@ -49,9 +56,19 @@ class WillSuite(Provider):
         message = obj.get("message")
         message = str(message) if message else None
         failures = failed_records(message)
+        total = parse_int(obj.get("total_records"))
+        affected = parse_int(obj.get("effected_records"))
+        ended = parse_timestamp(obj.get("end_time"), tz)
+        if ended is not None and not status.terminal:
+            # Ended whatever the status says: failed only when no record went through.
+            none_through = bool(total) and (affected == 0 or failures >= (total or 0))
+            status = Status.FAILED if none_through else Status.SUCCEEDED
         reason = None
         if status is Status.FAILED:
             reason = "record_errors" if failures else "failed"
+        elif failures:
+            # A finished job whose records were refused: its records' reason and cause.
+            reason = "record_errors"
         return Job(
             id=job_id,
             status=status,
@@ -59,10 +76,10 @@ class WillSuite(Provider):
             job_type=bounded_label(obj.get("type")),
             created=parse_timestamp(obj.get("created_at")),
             started=parse_timestamp(obj.get("start_time"), tz),
-            finished=parse_timestamp(obj.get("end_time"), tz) if status.terminal else None,
+            finished=ended if status.terminal else None,
             updated=parse_timestamp(obj.get("updated_at")),
-            records_total=parse_int(obj.get("total_records")),
-            records_affected=parse_int(obj.get("effected_records")),
+            records_total=total,
+            records_affected=affected,
             # A finished job without a message had no failed record.
             records_failed=failures if (message or status.terminal) else None,
             reason=reason,

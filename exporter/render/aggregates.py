@@ -73,9 +73,9 @@ AGGREGATE_FAMILIES: tuple[
 )
 
 
-def render_aggregates(targets: Iterable[TargetState]) -> bytes:
+def render_aggregates(targets: Iterable[TargetState], openmetrics: bool = False) -> bytes:
     ts = list(targets)
-    w = Text()
+    w = Text(openmetrics)
     w.family("asyncjob_jobs", "Jobs tracked now, by normalised status.", "gauge")
     for s in ts:
         # Job types with tracked jobs; a type whose jobs all went (or a registration
@@ -84,6 +84,15 @@ def render_aggregates(targets: Iterable[TargetState]) -> bytes:
         for jt in sorted(types):
             for st in STATUSES:
                 w.sample("asyncjob_jobs", _tl(s, jt, status=st), s.agg.by_status.get((jt, st), 0))
+    w.family(
+        "asyncjob_jobs_undocumented",
+        "Jobs tracked now in a state their provider does not document (status unknown), by the "
+        "provider's raw status (the first 20 a target sees; later ones are other).",
+        "gauge",
+    )
+    for s in ts:
+        for (jt, raw), n in sorted(s.agg.undocumented.items()):
+            w.sample("asyncjob_jobs_undocumented", _tl(s, jt, raw_status=raw), n)
     for name, help_, type_, of, names in AGGREGATE_FAMILIES:
         w.family(name, help_, type_)
         for s in ts:
@@ -91,7 +100,7 @@ def render_aggregates(targets: Iterable[TargetState]) -> bytes:
                 parts = (key,) if isinstance(key, str) else key
                 job_type, more = parts[0], {n: str(v) for n, v in zip(names, parts[1:], strict=True)}
                 if isinstance(value, Histogram):
-                    w.histogram(name, _tl(s, job_type, **more), value)
+                    w.histogram(name, _tl(s, job_type, **more), value, s.config.name)
                 else:
                     w.sample(name, _tl(s, job_type, **more), value)
     _render_connections(w, ts)
@@ -108,6 +117,19 @@ def _render_connections(w: Text, ts: list[TargetState]) -> None:
             known = c.status if c.status in conn_statuses else None
             for st in conn_statuses:
                 w.sample("asyncjob_connection_status", f'{lbl},status="{st}"', 1 if st == known else 0)
+    w.family(
+        "asyncjob_connection_awaiting_user",
+        "1 while only the end user can make the connection synchronise again (its last sync "
+        "failed for them, or its consents lapsed).",
+        "gauge",
+    )
+    for s in ts:
+        for cid, c in sorted(s.connections.items()):
+            w.sample(
+                "asyncjob_connection_awaiting_user",
+                labels(target=s.config.name, connection_id=cid),
+                1 if c.awaiting_user else 0,
+            )
     w.family(
         "asyncjob_connection_last_success_timestamp_seconds",
         "Last successful synchronisation of the connection.",
@@ -201,6 +223,19 @@ def _render_targets(w: Text, ts: list[TargetState]) -> None:
         "End of the last poll cycle without errors.",
         lambda s: s.last_success,
     )
+    w.family(
+        "asyncjob_source_missing_since_timestamp_seconds",
+        "A configured source (a Basiq user, an Oxlin queue or connection, a list URL) answering "
+        "404 since then (in this process): nothing of it is polled until it answers again.",
+        "gauge",
+    )
+    for s in ts:
+        for source, since in sorted(s.missing.items()):
+            w.sample(
+                "asyncjob_source_missing_since_timestamp_seconds",
+                labels(target=s.config.name, source=source),
+                since,
+            )
     w.family("asyncjob_poll_duration_seconds", "Duration of HTTP requests to the target's API.", "histogram")
     for s in ts:
         w.histogram("asyncjob_poll_duration_seconds", labels(target=s.config.name), s.poll_duration)

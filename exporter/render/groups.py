@@ -8,6 +8,8 @@ group with room, through dicts; dropping one does not look at the others.
 
 from __future__ import annotations
 
+import heapq
+import logging
 import time
 from collections import deque
 from collections.abc import Generator
@@ -15,9 +17,12 @@ from dataclasses import dataclass
 
 import anyio
 
+from exporter.render.attention import due, effective_mode, needs_person
 from exporter.render.deflate import Block, block, combine, concat
 from exporter.render.jobs import JOB_FAMILIES, job_prefix
 from exporter.tracker import TargetState, TrackedJob
+
+log = logging.getLogger("asyncjob.render")
 
 # Jobs per group: the unit of rendering (~1 ms a group); more jobs per group would compress a
 # little better and make each refresh longer.
@@ -157,13 +162,34 @@ class JobSeries:
         self.part: JobPart | None = None
         self.changed_after_snapshot: float | None = None  # oldest rendered change not assembled
         self.assembling: float | None = None  # oldest change of the assembly under way
+        self.modes: dict[str, str] = {}  # target -> all | exceptions | none, as last decided
+        # Quiet jobs of targets in `exceptions` mode, by when they are about to become stuck or
+        # overdue: a job that stops moving gets no new answer to place it, so it is placed then.
+        # One live entry per job (`due_at`); a deadline moved later is queued again on waking.
+        self.due_queue: list[tuple[float, str, str]] = []
+        self.due_at: dict[tuple[str, str], float] = {}
+        self.states: dict[str, TargetState] = {}  # target -> its state, for the queued jobs
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
+        self.states[state.config.name] = state
+        self._place(state, tracked, self._mode(state), time.time())
+
+    def _place(self, state: TargetState, tracked: TrackedJob, mode: str, now: float) -> None:
+        """Put the job in a group (its series are rendered) or take it out, as `mode` says.
+
+        In `exceptions` mode only the jobs that need a person are in groups, so the groups stay
+        full and compress as well as in `all`; a quiet job is queued for the moment it would
+        become stuck or overdue (a job only starts to need a person through a change or then).
+        """
         name, job_id = state.config.name, tracked.job.id
         # History (first seen finished long ago) is not news: no series, so nothing pages for it.
-        if not state.config.config.per_job_metrics or tracked.is_history:
+        shown = mode != "none" and not tracked.is_history
+        if shown and mode == "exceptions" and not needs_person(tracked, state.config, now):
+            self._watch(name, tracked, state, now)
+            shown = False
+        if not shown:
             if job_id in self.where.get(name, {}):
-                self.job_removed(state, job_id)
+                self._take_out(name, job_id)
             return
         where = self.where.setdefault(name, {})
         group = where.get(job_id)
@@ -187,9 +213,13 @@ class JobSeries:
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
         name = state.config.name
-        group = self.where.get(name, {}).pop(job_id, None)
-        if group is None:
-            return
+        self.due_at.pop((name, job_id), None)
+        if job_id in self.where.get(name, {}):
+            self._take_out(name, job_id)
+        self._mode(state)  # fewer jobs: `auto` may go back to every job's series
+
+    def _take_out(self, name: str, job_id: str) -> None:
+        group = self.where[name].pop(job_id)
         del group.jobs[job_id]
         if group.jobs:
             self.roomy[name][group] = None
@@ -200,6 +230,60 @@ class JobSeries:
         group.blocks = None  # also tells the refresh queue it went
         self.version += 1
         self._unassembled(time.monotonic())
+
+    # --- per_job_series: which of a target's jobs have series ----------------------------
+    def _mode(self, state: TargetState) -> str:
+        """The target's mode now; on a change every job of the target is placed again."""
+        name = state.config.name
+        old = self.modes.get(name)
+        new = effective_mode(state.config, len(state.jobs), old)
+        if new == old:
+            return new
+        self.modes[name] = new
+        if state.config.per_job_series == "auto" and (old is not None or new != "all"):
+            log.info(
+                "per-job series: %s",
+                "only the jobs that need a person" if new == "exceptions" else "every job",
+                extra={
+                    "target": name,
+                    "per_job_series": new,
+                    "jobs": len(state.jobs),
+                    "per_job_series_limit": state.config.per_job_series_limit,
+                },
+            )
+        if old is not None:
+            now = time.time()
+            for tracked in list(state.jobs.values()):
+                self._place(state, tracked, new, now)
+        return new
+
+    def _watch(self, name: str, tracked: TrackedJob, state: TargetState, now: float) -> None:
+        """Queue a quiet job to be looked at again when it becomes stuck or overdue."""
+        when = due(tracked, state.config)
+        if when is None or when <= now:
+            return
+        key = (name, tracked.job.id)
+        queued = self.due_at.get(key)
+        if queued is not None and queued <= when:
+            return  # an earlier look is queued: it queues the later one then
+        self.due_at[key] = when
+        heapq.heappush(self.due_queue, (when, name, tracked.job.id))
+
+    def wake_due(self, now: float) -> None:
+        """Give their series to the quiet jobs that became stuck or overdue by `now` (costs what
+        is due, not the number of jobs)."""
+        queue = self.due_queue
+        while queue and queue[0][0] <= now:
+            when, name, job_id = heapq.heappop(queue)
+            key = (name, job_id)
+            if self.due_at.get(key) != when:
+                continue  # dropped, or queued again for another time
+            del self.due_at[key]
+            state = self.states.get(name)
+            tracked = state.jobs.get(job_id) if state is not None else None
+            if state is None or tracked is None or self.modes.get(name) != "exceptions":
+                continue
+            self._place(state, tracked, "exceptions", now)  # shown now, or queued for its new deadline
 
     def tombstone_renewed(self, state: TargetState, job_id: str) -> None:
         return None  # a tombstoned job has no series
@@ -253,6 +337,7 @@ class JobSeries:
     def current(self, fresh: bool) -> JobPart:
         """The job part to serve; `fresh`: every change rendered and assembled first."""
         if fresh or self.part is None:
+            self.wake_due(time.time())
             self.refresh()
             if self.part is None or self.part.version != self.version:
                 return self.assemble()
@@ -264,6 +349,7 @@ class JobSeries:
         every MAX_AGE seconds while jobs change. A turn of several groups keeps up when polling
         keeps the loop busy (a group a turn would wait behind every other task's turn)."""
         while True:
+            self.wake_due(time.time())
             deadline = time.monotonic() + MAX_AGE
             while self.dirty and time.monotonic() < deadline:
                 with anyio.move_on_after(0.25):  # a scrape is being served: let it finish

@@ -32,7 +32,8 @@ def _info(t: TrackedJob, p: str) -> str:
 
 
 def _error_info(t: TrackedJob, p: str) -> str:
-    if t.job.status is not Status.FAILED:
+    # A failed job's error; or the reason and cause of the records a job refused.
+    if t.job.status is not Status.FAILED and t.cause is None:
         return ""
     reason, cause = escape(t.job.reason or "unknown"), t.cause or "unknown"
     return f'asyncjob_job_error_info{{{p},reason="{reason}",cause="{cause}"}} 1\n'
@@ -108,8 +109,8 @@ JOB_FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "asyncjob_job_error_info",
-        "A failed job's bounded error reason (provider's code or state) and who must act: "
-        "user, provider, unknown.",
+        "A failed job's bounded error reason (provider's code or state), or that of the records a "
+        "job refused, and who must act: user, provider, unknown.",
         "gauge",
         _error_info,
     ),

@@ -1,7 +1,8 @@
 """A scrape, top to bottom: the job part assembled in the background from the per-job groups
 (groups.py), then the families rendered at scrape time (aggregates.py) and prometheus-client's
 process metrics, compressed as the last block of one gzip member (deflate.py). Every client gets
-the same body; one that does not accept gzip gets it decompressed.
+the same job part, in text 0.0.4 or OpenMetrics alike (formats.py); one that does not accept
+gzip gets the body decompressed.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from exporter import __version__
 from exporter.render.aggregates import render_aggregates, render_dropped, render_http_stats
 from exporter.render.deflate import gzip_member, inflate
+from exporter.render.formats import EOF, openmetrics_counters
 from exporter.render.groups import JobSeries
 from exporter.render.text import Text, labels
 from exporter.tracker import Tracker
@@ -55,9 +58,9 @@ class Exposition:
         # False (--web.disable-exporter-metrics) leaves out process_* and python_*.
         self.exporter_metrics = True
 
-    def scrape_time_text(self) -> bytes:
+    def scrape_time_text(self, openmetrics: bool = False) -> bytes:
         ts = list(self.tracker.targets.values())
-        w = Text()
+        w = Text(openmetrics)
         render_http_stats(w, self._http_stats())
         render_dropped(w, ts)
         w.family("asyncjob_exporter_build_info", "The exporter's version.", "gauge")
@@ -66,18 +69,27 @@ class Exposition:
             "asyncjob_exporter_tasks", "Tasks on the exporter's event loop (flat when healthy).", "gauge"
         )
         w.out.append(f"asyncjob_exporter_tasks {_task_count()}\n")
-        process = generate_latest(PROCESS_REGISTRY) if self.exporter_metrics else b""
-        return render_aggregates(ts) + w.bytes() + self._extra() + process
+        if not openmetrics:
+            process = generate_latest(PROCESS_REGISTRY) if self.exporter_metrics else b""
+            return render_aggregates(ts) + w.bytes() + self._extra() + process
+        process = (
+            openmetrics_exposition.generate_latest(PROCESS_REGISTRY).removesuffix(EOF)  # type: ignore[no-untyped-call]
+            if self.exporter_metrics
+            else b""
+        )
+        extra = openmetrics_counters(self._extra())
+        return render_aggregates(ts, openmetrics=True) + w.bytes() + extra + process + EOF
 
-    def render(self, gz: bool = False, fresh: bool = True) -> bytes:
-        """The body; one gzip member when `gz`.
+    def render(self, gz: bool = False, fresh: bool = True, openmetrics: bool = False) -> bytes:
+        """The body; one gzip member when `gz`; OpenMetrics 1.0.0 when `openmetrics` (the same
+        job part, the families of scrape time written for it, exemplars, `# EOF`), else text 0.0.4.
 
         `fresh=False` (the server, with the background refresh running) serves the job part
         last assembled (again at least every MAX_AGE seconds while jobs change, once their
         groups are rendered); `fresh=True` renders and assembles every change first.
         """
         part = self.jobs.current(fresh)
-        tail = self.scrape_time_text()
+        tail = self.scrape_time_text(openmetrics)
         if gz:
             return gzip_member(part.parts, part.crc, part.size, tail)
         return inflate(part.parts) + tail

@@ -14,7 +14,9 @@ Options (keys of `POST /_sim/jobs` with `"provider": "aims360"`):
 - `can_rerun: false`: a failed job says `canReRun: "No"` and refuses reruns;
 - `rerun_window`: seconds after the failure during which a rerun is allowed
   (`maximumDateTimeToExecuteJob`; default a day; null: no limit and the field is null);
-- `queued_until`: percent below which a running job still says `Queued` (default 50).
+- `queued_until`: percent below which a running job still says `Queued` (default 50);
+- `undocumented_status`: the `jobStatus` a running job says instead, one AIMS360 does not
+  document (e.g. `OnHold`): with `scenario: "stuck"`, a job held in a new state.
 """
 
 from __future__ import annotations
@@ -50,8 +52,17 @@ CATEGORIES = (
 BACKEND_HOST = "aims360-backend-1.invalid"
 NEXT_LINK_BACKEND = True
 RERUN_NEW_ID = False
-OPTIONS = ("rerun_scenario", "rerun_new_id", "can_rerun", "rerun_window", "queued_until")
-CLAUSE = re.compile(r"^\(?\s*(\w+)\s+eq\s+'((?:[^']|'')*)'\s*\)?$")
+OPTIONS = (
+    "rerun_scenario",
+    "rerun_new_id",
+    "can_rerun",
+    "rerun_window",
+    "queued_until",
+    "undocumented_status",
+)
+# `field eq 'value'`, in parentheses or not; OData's keywords in any case, as the service takes them.
+CLAUSE = re.compile(r"^\(?\s*(\w+)\s+eq\s+'((?:[^']|'')*)'\s*\)?$", re.IGNORECASE)
+OR = re.compile(r"\s+or\s+", re.IGNORECASE)
 
 
 def dotnet(ts: float | None) -> str | None:
@@ -104,6 +115,9 @@ def row(job: SimJob, now: float | None = None) -> dict[str, Any]:
     }[phase]
     if phase == "running" and percent < float(job.extra.get("queued_until", 50)):
         status, text = "Queued", "Job is queued."  # the service moves the status late
+    if phase == "running" and job.extra.get("undocumented_status"):
+        status = str(job.extra["undocumented_status"])
+        text = f"Job is {status}."
     created = float(job.extra.get("first_created", job.created))
     failed = phase == "failed"
     deadline = rerun_deadline(job, now) if failed and job.extra.get("can_rerun", True) else None
@@ -136,14 +150,26 @@ def row(job: SimJob, now: float | None = None) -> dict[str, Any]:
 
 
 def matcher(odata_filter: str) -> Any:
-    """A predicate for `field eq 'value' or …` (the subset the exporter sends); None if unsupported."""
+    """A predicate for `field eq 'value' or …` (the subset the exporter sends); None if unsupported.
+
+    Field names match whatever their case, as the service's do: its documentation filters on
+    `jobId` while its rows spell `jobID`, and both are answered alike. Values compare exactly.
+    """
+    text = odata_filter.strip()
+    while text.startswith("(") and text.endswith(")") and "(" not in text[1:-1]:
+        text = text[1:-1].strip()
     clauses = []
-    for part in re.split(r"\s+or\s+", odata_filter.strip()):
+    for part in OR.split(text):
         m = CLAUSE.match(part.strip())
         if m is None:
             return None
-        clauses.append((m.group(1), m.group(2).replace("''", "'")))
-    return lambda r: any(str(r.get(field)) == value for field, value in clauses)
+        clauses.append((m.group(1).lower(), m.group(2).replace("''", "'")))
+
+    def match(r: dict[str, Any]) -> bool:
+        fields = {key.lower(): value for key, value in r.items()}
+        return any(str(fields.get(field)) == value for field, value in clauses)
+
+    return match
 
 
 def odata_error(status: int, message: str) -> JSONResponse:

@@ -14,6 +14,12 @@ the shared ones, e.g. `age` to create a job days ago, as the 7-day user lists ho
   stamps are `createdDate`/`updatedDate`.
 - `top_status: true`: the job also carries a top-level `status` (the step vocabulary).
 - `error_code`, `fail_step`, `owner` (the user whose list holds the job) as for every provider.
+
+As Basiq documents them: `GET /users/{id}/jobs` lists jobs without `jobType` (its schema has
+none; `GET /jobs/{id}` has it) and answers 404 "Requested user does not exist." for a user it
+does not know (USERS and the owners of jobs exist); `POST /token` answers 403 "Your account has
+been disabled. Please contact Basiq support." to DISABLED_KEY and 403 "Invalid request" (its
+rate limit, as if the IP had spent its 1,500 calls) to THROTTLED_KEY.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ TOKEN_LIMIT = 1500  # per 5 minutes per IP, as Basiq documents
 USERS = ("ea3a81", "b71f02")
 LIST_DAYS = 7  # a user's job list holds the jobs of the last 7 days
 OPTIONS = ("result_form", "mfa_expiry", "top_status")
+# API keys the token endpoint refuses with each of its two 403s (the demo's key is CREDENTIALS').
+DISABLED_KEY = "ZGlzYWJsZWQtYWNjb3VudDpzZWNyZXQ="
+THROTTLED_KEY = "dGhyb3R0bGVkLWlwOnNlY3JldA=="
 RESULT_FORM = "array"
 
 
@@ -152,7 +161,19 @@ def job_body(job: SimJob, now: float | None = None) -> dict[str, Any]:
     if job.extra.get("top_status"):
         body["status"] = overall([s for s, _ in states])
     body["steps"] = steps
-    body["links"] = {"self": f"/jobs/{job.id}", "source": f"/users/{job.owner}/connections/8fce3b"}
+    # Only connection jobs name their source (Basiq's JobsLinks schema).
+    body["links"] = {"self": f"/jobs/{job.id}"}
+    if job.job_type == "connection":
+        body["links"]["source"] = f"/users/{job.owner}/connections/8fce3b"
+    return body
+
+
+def listed_body(job: SimJob, now: float | None = None) -> dict[str, Any]:
+    """A job as `GET /users/{id}/jobs` lists it: no `jobType` (the documented list has none),
+    with its institution."""
+    body = job_body(job, now)
+    del body["jobType"]
+    body["institution"] = {"type": "institution", "id": "AU00000", "links": {"self": "/institutions/AU00000"}}
     return body
 
 
@@ -172,9 +193,14 @@ def routes(sim: Simulator) -> list[Route]:
     async def token(request: Request) -> Response:
         now = time.time()
         token_calls[:] = [t for t in token_calls if now - t < 300] + [now]
-        if len(token_calls) > TOKEN_LIMIT:
-            return error(403, "forbidden-access", "Forbidden Access", "Rate limit of the token endpoint")
-        if request.headers.get("authorization") != f"Basic {CREDENTIALS['basiq_api_key']}":
+        key = request.headers.get("authorization", "")
+        if len(token_calls) > TOKEN_LIMIT or key == f"Basic {THROTTLED_KEY}":
+            # Basiq's error guide: 403 "Invalid request" past 1,500 calls per 5 minutes per IP.
+            return error(403, "forbidden-access", "Forbidden Access", "Invalid request")
+        if key == f"Basic {DISABLED_KEY}":
+            detail = "Your account has been disabled. Please contact Basiq support."
+            return error(403, "forbidden-access", "Forbidden Access", detail)
+        if key != f"Basic {CREDENTIALS['basiq_api_key']}":
             return error(401, "unauthorized-access", "Unauthorized Access", "Invalid API key")
         if request.headers.get("basiq-version") != "3.0":
             return error(400, "parameter-not-valid", "Parameter not valid", "basiq-version must be 3.0")
@@ -196,11 +222,15 @@ def routes(sim: Simulator) -> list[Route]:
         if (denied := authorised(request)) is not None:
             return denied
         user = request.path_params["user_id"]
-        jobs = [
-            job_body(j)
-            for j in sim.book.of(NAME)
-            if j.owner == user and time.time() - j.created < LIST_DAYS * 86400
-        ]
+        owned = [j for j in sim.book.of(NAME) if j.owner == user]
+        if user not in USERS and not owned:
+            return error(
+                404,
+                "resource-not-found",
+                "Requested resource is not found.",
+                "Requested user does not exist.",
+            )
+        jobs = [listed_body(j) for j in owned if time.time() - j.created < LIST_DAYS * 86400]
         return JSONResponse({"type": "list", "data": jobs, "links": {"self": f"/users/{user}/jobs"}})
 
     return [

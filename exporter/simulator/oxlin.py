@@ -21,7 +21,12 @@ Options (keys of `POST /_sim/jobs` with `"provider": "oxlin"`):
   status tells the sync ended);
 - `channel_field: false`: events without the top-level `channel_definition_id` (only the
   resource's `channels[]` tell which channels run);
-- `error_code`: the failure event (default AUTH_FAILED: the end user's credentials).
+- `error_code`: the failure event (default AUTH_FAILED: the end user's credentials);
+- `end_status: "CLOSED" | "NONE"`: the sync sends no final event; once it would have ended, the
+  connection is CLOSED (its channels too: closed by its user) or NONE (nothing under way, its
+  channels EMPTY: nothing to synchronise);
+- `lapsed_channel`: a REDIRECT channel that takes no part in the sync, listed in the resource
+  with a lapsed PSD2 consent (the sync runs on the other channels: list them in `channels`).
 """
 
 from __future__ import annotations
@@ -45,7 +50,16 @@ POOL = ("4242", "4243", "4244", "4245", "4246", "4247")
 EMBEDDED, REDIRECT = "8700", "8701"
 CONSENT_DAYS = 90
 QUEUE_LENGTH = 100  # events a queue answer holds at most, the newest
-OPTIONS = ("channels", "scenario_channel", "missed_final", "channel_field", "per_channel")
+OPTIONS = (
+    "channels",
+    "scenario_channel",
+    "missed_final",
+    "channel_field",
+    "per_channel",
+    "end_status",
+    "lapsed_channel",
+)
+END_STATUSES = {"CLOSED": "CLOSED", "NONE": "EMPTY"}  # the connection's status -> its channels'
 # Whether channels other than the scenario's run (and send events) on their own by default;
 # when not, they end with the scenario's channel and only its events are sent.
 PER_CHANNEL = True
@@ -65,6 +79,8 @@ def new_job(sim: Simulator, **spec: Any) -> SimJob:
     extra["scenario_channel"] = str(extra.get("scenario_channel") or default)
     if extra["scenario_channel"] not in channels:
         raise ValueError("scenario_channel must be one of channels")
+    if extra.get("end_status") not in (None, *END_STATUSES):
+        raise ValueError(f"end_status must be one of {', '.join(END_STATUSES)}")
     extra["connection"] = str(connection)
     extra.setdefault("name", f"WBX Test Bank {connection}")
     return SimJob(provider=NAME, **spec)
@@ -119,7 +135,27 @@ def connection_at(job: SimJob, at: float) -> dict[str, Any]:
             body["expires"] = int(expires)
         channels.append(body)
     statuses = set(ends.values())
-    if "RUNNING" in statuses:
+    ended = job.finished_at(at)
+    if job.extra.get("end_status") and ended is not None:
+        # Closed, or left with nothing under way, where the sync would have ended.
+        for body in channels:
+            body["status"] = END_STATUSES[job.extra["end_status"]]
+            body["last_success_date"] = body["last_end_date"] = int(previous)
+        statuses = {job.extra["end_status"]}
+    lapsed_channel = job.extra.get("lapsed_channel")
+    if lapsed_channel:
+        channels.append(
+            {
+                "channel_definition_id": str(lapsed_channel),
+                "status": "FAILED",
+                "last_success_date": int(previous - 86400),
+                "last_end_date": int(previous),
+                "expires": int(job.created - 86400),
+            }
+        )
+    if statuses & set(END_STATUSES):
+        status = next(iter(statuses))
+    elif "RUNNING" in statuses:
         status = "RUNNING"
     elif "FAILED" in statuses:
         status = "FAILED"
@@ -158,7 +194,7 @@ def job_events(job: SimJob, now: float) -> list[tuple[float, str, str]]:
     finished = job.finished_at(now)
     boundaries = [start + i * per for i in range(1, min(index, len(job.steps) - 1) + 1)]
     events += [(at, "SYNC_RUNNING", main) for at in boundaries if finished is None or at < finished]
-    if finished is not None and not job.extra.get("missed_final"):
+    if finished is not None and not job.extra.get("missed_final") and not job.extra.get("end_status"):
         events.append((finished, "SYNC_ALL_SUCCESS" if phase == "succeeded" else job.error_code, main))
     return events
 

@@ -1,8 +1,12 @@
 """Precision and recall of the shipped alerts, end to end: a labelled fleet of ~230 jobs on every
 provider of the simulator, the exporter with a state file killed (-9) and restarted halfway, a real
 Prometheus with alerts/asyncjob.rules.yml and a real Alertmanager. The pages (alerts of severity
-warning or critical, firing) are exactly those the labels call for: every one, and no other.
-Nothing here is timed; bench/detection.py reports time to page from the same run."""
+warning or critical, firing) are exactly those the labels call for: every one, and no other, with
+the providers' documented edges among them (a Basiq user that no longer exists, the token
+endpoint's two 403s, Oxlin connections closed or idle mid-sync, a lapsed consent on another
+channel, an AIMS360 state no one documented, Basiq's list without jobType); once with
+every job's series (`per_job_series: all`) and with only the series of the jobs that need a person
+(`exceptions`). Nothing here is timed; bench/detection.py reports time to page from the same run."""
 
 from __future__ import annotations
 
@@ -16,9 +20,13 @@ from tests.realstack import require_binaries
 pytestmark = [pytest.mark.realstack, pytest.mark.e2e]
 
 
-def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(tmp_path: Path) -> None:
+@pytest.mark.parametrize("per_job_series", ["all", "exceptions"])
+def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(
+    tmp_path: Path, per_job_series: str
+) -> None:
+    """The same pages whether every job has per-job series or only those that need a person."""
     binaries = require_binaries()
-    seen = fleet.run(tmp_path, binaries)
+    seen = fleet.run(tmp_path, binaries, per_job_series=per_job_series)
     labels = {job.label for job in seen.fleet}
     assert {
         "healthy",
@@ -31,6 +39,11 @@ def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(tmp_path: Pat
         "rerun, then succeeded",
         "missed final event",
         "MFA expired",
+        "connection closed",
+        "nothing to synchronise",
+        "lapsed consent on another channel",
+        "undocumented state",
+        "succeeded with failing records",
     } <= labels
     assert len(seen.fleet) >= 200
 
@@ -52,6 +65,14 @@ def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(tmp_path: Pat
     # Outcomes were counted once across the kill -9, and week-old history not at all.
     assert seen.counted_before == seen.expected_counts(after_restart=False)
     assert seen.counted_after == seen.expected_counts(after_restart=True)
+
+    # Basiq's token endpoint: a disabled account is bad credentials, its rate limit a rate limit.
+    for target, reason in fleet.REFUSALS.items():
+        other = "http_429" if reason == "auth" else "auth"
+        assert seen.poll_errors[(target, reason)] > 0, (target, seen.poll_errors)
+        assert seen.poll_errors[(target, other)] == 0, (target, seen.poll_errors)
+    # A Basiq user that does not exist is counted as such, and takes nothing else down.
+    assert seen.poll_errors[(fleet.BASIQ, "not_found")] > 0
 
     # What only the end user can fix reached the application team's alerts, not an operator's.
     infos = set(seen.infos)

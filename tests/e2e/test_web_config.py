@@ -292,3 +292,75 @@ def test_a_tls_client_that_never_says_hello_is_closed_after_the_header_timeout(
 
             with contextlib.suppress(ConnectionResetError):  # closed by a reset: closed all the same
                 assert s.recv(1) == b""
+
+
+def test_sighup_reads_the_web_config_afresh_a_removed_user_gets_401_and_a_new_certificate_serves(
+    tmp_path: Path, pki: Path
+) -> None:
+    import signal
+
+    from tests.harness import wait_for
+
+    # A second server certificate from the same CA, told apart by its subject.
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "rotated.key", "-out", "rotated.csr",
+        "-subj", "/CN=rotated", cwd=pki,
+    )  # fmt: skip
+    (pki / "rotated.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl(
+        "x509", "-req", "-in", "rotated.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "rotated.crt", "-days", "2", "-extfile", "rotated.ext", cwd=pki,
+    )  # fmt: skip
+    users = {
+        "alice": bcrypt.hashpw(b"a-pass", bcrypt.gensalt(rounds=4)).decode(),
+        "bob": bcrypt.hashpw(b"b-pass", bcrypt.gensalt(rounds=4)).decode(),
+    }
+
+    def write(cert: str, names: list[str]) -> None:
+        data = {
+            "tls_server_config": {
+                "cert_file": str(pki / f"{cert}.crt"),
+                "key_file": str(pki / f"{cert}.key"),
+            },
+            "basic_auth_users": {name: users[name] for name in names},
+        }
+        (tmp_path / "web.yml").write_text(yaml.safe_dump(data))
+
+    def served_subject(url: str, ctx: ssl.SSLContext) -> str:
+        import socket
+
+        host, port = url.removeprefix("https://").split(":")
+        with (
+            socket.create_connection((host, int(port)), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as s,
+        ):
+            cert = s.getpeercert()
+        return dict(pair[0] for pair in cert["subject"])["commonName"]
+
+    write("server", ["alice", "bob"])
+    extra = [f"--web.config.file={tmp_path / 'web.yml'}"]
+    with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp:
+        url = exp.url.replace("http://", "https://")
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        wait_for(lambda: httpx.get(f"{url}/healthz", verify=ctx, timeout=2).status_code == 200, what="TLS up")
+        with httpx.Client(verify=ctx, timeout=5) as bob:  # one connection, kept open across the reload
+            assert bob.get(f"{url}/metrics", auth=("bob", "b-pass")).status_code == 200
+            assert served_subject(url, ctx) == "server"
+
+            write("rotated", ["alice"])
+            exp.popen.send_signal(signal.SIGHUP)
+            wait_for(lambda: "config reloaded" in exp.output(), what="the reload")
+            assert bob.get(f"{url}/metrics", auth=("bob", "b-pass")).status_code == 401
+        assert httpx.get(f"{url}/metrics", verify=ctx, auth=("bob", "b-pass"), timeout=5).status_code == 401
+        assert httpx.get(f"{url}/metrics", verify=ctx, auth=("alice", "a-pass"), timeout=5).status_code == 200
+        assert served_subject(url, ctx) == "rotated"
+
+        # A web config that does not load changes nothing: alice still gets in.
+        (tmp_path / "web.yml").write_text("basic_auth_users:\n  alice: plaintext\n")
+        exp.popen.send_signal(signal.SIGHUP)
+        wait_for(lambda: "config reload failed" in exp.output(), what="the failed reload")
+        assert httpx.get(f"{url}/metrics", verify=ctx, auth=("alice", "a-pass"), timeout=5).status_code == 200
+        assert (
+            "asyncjob_config_last_reload_successful 0"
+            in httpx.get(f"{url}/metrics", verify=ctx, auth=("alice", "a-pass"), timeout=5).text
+        )

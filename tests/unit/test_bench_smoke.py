@@ -6,7 +6,19 @@ from typing import Any
 
 import pytest
 
-from bench import auth, changes, detection, machine, memory, poll, registration, report, scrape
+from bench import (
+    auth,
+    changes,
+    detection,
+    machine,
+    memory,
+    pgdriver,
+    poll,
+    registration,
+    report,
+    scrape,
+    series,
+)
 
 
 def quiet(_: str) -> None:
@@ -21,6 +33,7 @@ def results() -> dict[str, Any]:
         "scrape": scrape.run(n_jobs=60, seconds=1.0, log=quiet),
         "changes": changes.run(sizes=(100, 400), reps=1),
         "memory": memory.run(sizes=(20, 60), seconds=1.0, settle=0.0, log=quiet),
+        "series": series.run(n=200, log=quiet),
     }
 
 
@@ -30,6 +43,15 @@ def test_scrape_serves_one_gzip_member_with_every_job_while_polling(results: dic
     assert s["served"]["per_job_samples"] >= 60 * s["series_per_job"]
     assert s["metrics"]["n"] > 0 and s["healthz"]["n"] > 0
     assert s["baseline"]["generate_latest_ms"] > 0
+    assert s["served"]["format"] == "OpenMetrics 1.0.0"  # what Prometheus' Accept header gets
+
+
+def test_series_counts_each_mode_of_the_same_fleet(results: dict[str, Any]) -> None:
+    modes = results["series"]["modes"]
+    assert modes["all"]["jobs_with_series"] == 200
+    assert modes["exceptions"]["jobs_with_series"] == 10  # the 5 % that need a person
+    assert modes["none"]["jobs_with_series"] == 0
+    assert modes["all"]["series"] > modes["exceptions"]["series"] > modes["none"]["series"]
 
 
 def test_changes_are_timed_at_both_sizes(results: dict[str, Any]) -> None:
@@ -49,7 +71,7 @@ def test_the_report_names_the_command_and_has_a_row_per_target(results: dict[str
     text = report.render(results, ".venv/bin/python -m bench")
     assert "`.venv/bin/python -m bench`" in text
     assert f"{results['machine']['nproc']} CPUs" in text
-    assert len(report.targets(results)) == 4 + 3 + 1  # scrape, changes, memory at 60 jobs
+    assert len(report.targets(results)) == 4 + 1 + 3 + 1  # scrape, series, changes, memory at 60 jobs
 
 
 @pytest.mark.e2e
@@ -106,3 +128,15 @@ def test_the_soak_registers_through_the_cli_and_counts_every_acknowledged_job_on
         cost["finished_job_row_bytes"] > cost["tombstone_row_bytes"] > 0
         and cost["tombstone_memory_bytes"] > 0
     )
+
+
+@pytest.mark.postgres
+def test_both_postgresql_drivers_write_through_a_real_server_and_are_reported() -> None:
+    results = pgdriver.run(rounds=3, batches=2)
+    for name in ("psycopg", "asyncpg"):
+        assert len(results[name]) == 2
+        for r in results[name]:
+            assert r["rows"] == 3 + 2 * pgdriver.ROWS
+            assert r["one"]["p50_ms"] > 0 and r["batch"]["p50_ms"] > 0 and r["cpu_s"] > 0
+    text = "\n".join(pgdriver.body(results))
+    assert "| psycopg 3" in text and "| asyncpg |" in text

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, build_settings, load_settings, parse_duration
+from exporter.config import ConfigError, build_settings, load_settings, parse_duration, safety
 from exporter.providers import PROVIDERS
 
 
@@ -218,3 +218,91 @@ def test_a_static_id_that_could_never_be_polled_is_refused_naming_its_key(tmp_pa
     assert r.returncode == 2, r.stdout
     assert "targets[0](name=a).jobs" in r.stderr and "item 1" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# --- what a valid config still leaves unsafe (exporter.config.safety) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "loopback"),
+    [
+        ("127.0.0.1:10110", True),
+        ("127.1.2.3:10110", True),
+        ("[::1]:10110", True),
+        ("localhost:10110", True),
+        (":10110", False),
+        ("0.0.0.0:10110", False),
+        ("[::]:10110", False),
+        ("10.0.0.5:10110", False),
+        ("exporter.internal:10110", False),
+    ],
+)
+def test_only_a_loopback_address_is_reachable_from_this_host_alone(address: str, loopback: bool) -> None:
+    assert safety.is_loopback(address) is loopback
+
+
+def test_an_api_without_a_token_on_every_interface_is_a_named_risk(tmp_path: Path) -> None:
+    settings = build_settings({"targets": [target()]}, PROVIDERS)
+    risk = safety.open_api(settings, ":10110")
+    assert risk is not None and "takes no token" in risk and ":10110" in risk and "api.token_file" in risk
+    assert safety.open_api(settings, "127.0.0.1:10110") is None
+    assert safety.open_api(settings, ":10110", basic_auth=True) is None
+    token = tmp_path / "token"
+    token.write_text("s3cr3t\n")
+    guarded = build_settings({"api": {"token_file": str(token)}, "targets": [target()]}, PROVIDERS)
+    assert safety.open_api(guarded, ":10110") is None
+
+
+def test_placeholder_secrets_are_named_by_key_path_from_files_and_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "key").write_text("example-basiq-api-key-replace-me\n")
+    (tmp_path / "token").write_text("example-api-token-replace-me\n")
+    monkeypatch.setenv("BEARER", "CHANGEME")
+    settings = build_settings(
+        {
+            "api": {"token_file": str(tmp_path / "token")},
+            "targets": [
+                target(auth={"type": "basiq", "api_key_file": str(tmp_path / "key")}),
+                target(name="g", auth={"type": "bearer", "token_env": "BEARER"}),
+            ],
+        },
+        PROVIDERS,
+    )
+    assert safety.placeholder_secrets(settings) == [
+        f"api.token_file: {tmp_path / 'token'} holds a placeholder, not a secret",
+        f"targets[0](name=b).auth.api_key_file: {tmp_path / 'key'} holds a placeholder, not a secret",
+        "targets[1](name=g).auth.token_env: BEARER holds a placeholder, not a secret",
+    ]
+    (tmp_path / "key").write_text("f00dfeed0123456789\n")
+    monkeypatch.setenv("BEARER", "0123456789abcdef")
+    assert safety.placeholder_secrets(settings) == [
+        f"api.token_file: {tmp_path / 'token'} holds a placeholder, not a secret"
+    ]
+
+
+def test_check_config_warns_of_an_open_api_unless_it_listens_on_loopback(tmp_path: Path) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text(f"targets: [{target(jobs=[1])}]\n".replace("'", '"'))
+    everywhere = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", str(f)], capture_output=True, text=True
+    )
+    assert everywhere.returncode == 0, everywhere.stderr
+    assert "warning: the API takes no token and listens on :10110" in everywhere.stderr
+    loopback = subprocess.run(
+        [sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:10110", "check-config", str(f)],
+        capture_output=True,
+        text=True,
+    )
+    assert loopback.returncode == 0 and "warning" not in loopback.stderr, loopback.stderr
+
+
+def test_check_config_reads_the_config_file_flag_when_no_file_is_given(tmp_path: Path) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text("targets:\n  - {name: a, provider: nobody, base_url: https://x}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", f"--config.file={f}"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "targets[0](name=a).provider" in r.stderr, r.stderr

@@ -227,3 +227,19 @@ def test_every_query_parses(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": checks}]}))
     result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_job_dashboards_duration_panels_show_exemplars_linked_to_the_job_page() -> None:
+    board = dashboards()["asyncjob-job"]
+    with_exemplars = [p for p in board["panels"] if any(t.get("exemplar") for t in p.get("targets", []))]
+    histograms = {
+        re.search(r"asyncjob_\w+_duration_seconds_bucket", t["expr"]).group(0)  # type: ignore[union-attr]
+        for p in with_exemplars
+        for t in p["targets"]
+    }
+    assert histograms == {"asyncjob_job_duration_seconds_bucket", "asyncjob_step_duration_seconds_bucket"}
+    for panel in with_exemplars:
+        urls = [link["url"] for link in panel["fieldConfig"]["defaults"]["links"]]
+        assert urls == [
+            "http://${instance}/jobs/${__data.fields.target}/${__data.fields.job_id:percentencode}"
+        ], panel["title"]

@@ -302,3 +302,188 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         capture_output=True,
     )
     return d / "c.pem", d / "k.pem"
+
+
+# --- the API token file ----------------------------------------------------------------------
+
+
+def token_config(tmp_path: Path, token: str) -> Path:
+    (tmp_path / "token").write_text(token)
+    config = tmp_path / "config.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "targets": [{"name": "b", "provider": "basiq", "base_url": "https://x"}],
+                "api": {"token_file": str(tmp_path / "token")},
+            }
+        )
+    )
+    return config
+
+
+def live_runtime(config: Path, web_config: Any = None) -> Runtime:
+    from exporter.config import load_settings
+
+    settings = load_settings(str(config), PROVIDERS)
+    rt = Runtime(settings, str(config), web_config=web_config)
+    for t in settings.targets:
+        rt.tracker.set_target(settings.resolved(t))
+    rt.scheduler.apply = lambda settings: None  # type: ignore[method-assign]  # not running here
+    return rt
+
+
+@pytest.mark.parametrize("content", ["", "\n", "  \t\n "])
+def test_an_empty_or_blank_token_file_is_refused_at_start_and_by_check_config(
+    tmp_path: Path, content: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exporter.commands import Web, check_config, run_exporter
+
+    config = token_config(tmp_path, content)
+    token = str(tmp_path / "token")
+    assert check_config(str(config)) == 2
+    assert f"api.token_file: {token} is empty or blank" in capsys.readouterr().err
+    assert run_exporter(str(config), Web(listen="127.0.0.1:0"), 0, 1) == 2
+    assert f"api.token_file: {token} is empty or blank" in capsys.readouterr().err
+
+
+def test_a_reload_that_finds_the_token_file_emptied_fails_and_the_old_token_stays(tmp_path: Path) -> None:
+    config = token_config(tmp_path, "t0ken\n")
+    rt = live_runtime(config)
+    client = TestClient(build_app(rt, lifecycle=True))
+    bearer = {"Authorization": "Bearer t0ken"}
+    (tmp_path / "token").write_text("   \n")
+    r = client.post("/-/reload", headers=bearer)
+    assert r.status_code == 400 and "is empty or blank" in r.json()["problems"][0]
+    assert client.get("/api/v1/jobs", headers=bearer).status_code == 200
+    assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer "}).status_code == 401
+    assert client.get("/api/v1/jobs", headers={"X-Asyncjob-Token": ""}).status_code == 401
+    (tmp_path / "token").write_text("n3w\n")
+    assert client.post("/-/reload", headers=bearer).status_code == 200
+    assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer n3w"}).status_code == 200
+    assert client.get("/api/v1/jobs", headers=bearer).status_code == 401
+
+
+def test_the_token_is_read_once_and_again_only_when_its_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from exporter.config import values
+
+    monkeypatch.setattr(values, "TOKEN_CHECK_EVERY", 0.0)  # look at the file at every request
+    reads: list[str] = []
+    real = values.read_token
+
+    def counting(path: str) -> str:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(values, "read_token", counting)
+    config = token_config(tmp_path, "t0ken\n")
+    rt = live_runtime(config)
+    reads.clear()
+    client = TestClient(build_app(rt))
+    for _ in range(5):
+        assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer t0ken"}).status_code == 200
+    assert reads == []  # no read per request
+
+    token = tmp_path / "token"
+    before = token.stat()
+    token.write_text("n3wtk\n")  # as long as before, and its times put back: not seen as a change
+    os.utime(token, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer t0ken"}).status_code == 200
+    assert reads == []
+    os.utime(token, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer n3wtk"}).status_code == 200
+    assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer t0ken"}).status_code == 401
+    assert len(reads) == 1
+    # A rotation caught half written (the file empty): the token read before stays, and an
+    # empty header is no token.
+    token.write_text("")
+    for headers in ({"X-Asyncjob-Token": ""}, {"Authorization": "Bearer"}, {"Authorization": "Bearer  "}):
+        assert client.get("/api/v1/jobs", headers=headers).status_code == 401
+    assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer n3wtk"}).status_code == 200
+
+
+# --- POST /-/reload from another site --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        ({"Content-Type": "multipart/form-data; boundary=x"}, 415),
+        ({"Content-Type": "text/plain;charset=UTF-8"}, 415),
+        ({"Content-Type": "TEXT/PLAIN"}, 415),
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Sec-Fetch-Site": "same-site"}, 403),
+        ({}, 200),  # curl -X POST, as Prometheus' docs show
+        ({"Content-Type": "application/json"}, 200),
+        ({"Sec-Fetch-Site": "same-origin"}, 200),
+    ],
+)
+def test_reload_without_a_token_refuses_what_a_browser_posts_from_another_site(
+    tmp_path: Path, headers: dict[str, str], status: int
+) -> None:
+    client = TestClient(build_app(runtime(tmp_path), lifecycle=True))
+    assert client.post("/-/reload", headers=headers, content=b"a=1").status_code == status
+
+
+# --- the web config, read again at a reload --------------------------------------------------
+
+
+def test_a_reload_reads_the_web_config_afresh_users_and_headers(tmp_path: Path) -> None:
+    from exporter.webconfig import LiveWebConfig
+
+    path = tmp_path / "web.yml"
+    both = {"alice": hashed(b"a"), "bob": hashed(b"b")}
+    path.write_text(yaml.safe_dump({"basic_auth_users": both}))
+    live = LiveWebConfig(str(path))
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({"targets": []}))
+    rt = live_runtime(config, live)
+    client = TestClient(build_app(rt, live.middleware(), lifecycle=True))
+    assert client.get("/metrics", auth=("bob", "b")).status_code == 200  # verified: cached now
+    assert "x-frame-options" not in client.get("/healthz").headers
+
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "basic_auth_users": {"alice": both["alice"]},
+                "http_server_config": {"headers": {"X-Frame-Options": "deny"}},
+            }
+        )
+    )
+    assert client.post("/-/reload", auth=("alice", "a")).status_code == 200
+    assert client.get("/metrics", auth=("bob", "b")).status_code == 401  # the cache was not trusted
+    assert client.get("/metrics", auth=("alice", "a")).status_code == 200
+    assert client.get("/healthz").headers["x-frame-options"] == "deny"
+
+    # A web config with a problem changes nothing, the config file's part neither.
+    path.write_text(yaml.safe_dump({"basic_auth_users": {"alice": "plaintext"}}))
+    config.write_text(
+        yaml.safe_dump({"targets": [{"name": "n", "provider": "basiq", "base_url": "https://x"}]})
+    )
+    r = client.post("/-/reload", auth=("alice", "a"))
+    assert r.status_code == 400 and r.json()["problems"] == [
+        "--web.config.file: basic_auth_users.alice: expected a bcrypt hash ($2a$, $2b$ or $2y$)"
+    ]
+    assert client.get("/metrics", auth=("alice", "a")).status_code == 200
+    assert rt.settings.targets == [] and not rt.last_reload_ok
+
+    # Removing every user opens the door, as a web config without basic_auth_users does.
+    path.write_text(yaml.safe_dump({}))
+    assert client.post("/-/reload", auth=("alice", "a")).status_code == 200
+    assert client.get("/metrics").status_code == 200
+
+
+def test_turning_tls_on_at_a_reload_is_refused(tmp_path: Path, self_signed: tuple[Path, Path]) -> None:
+    from exporter.webconfig import LiveWebConfig
+
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({}))
+    live = LiveWebConfig(str(path))
+    cert, key = self_signed
+    path.write_text(yaml.safe_dump({"tls_server_config": {"cert_file": str(cert), "key_file": str(key)}}))
+    with pytest.raises(WebConfigError, match=r"^tls_server_config: turning TLS on or off needs a restart"):
+        live.read()

@@ -158,3 +158,30 @@ def test_the_documented_mixin_example_is_valid() -> None:
     (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
     cfg = user_module().config_from(yaml.safe_load(block))
     assert cfg.severity["AsyncJobStuck"] == "critical" and "namespace" in cfg.target_labels
+
+
+def test_the_external_url_is_the_base_of_job_url_and_of_the_dashboards_job_page_link() -> None:
+    from exporter.mixin import files, rules
+
+    cfg = user_module().config_from({"external_url": "https://asyncjob.example.com/"})
+    groups = rules.rule_groups(cfg)["groups"]
+    job_urls = {
+        r["annotations"]["job_url"]
+        for g in groups
+        for r in g["rules"]
+        if "job_url" in r.get("annotations", {})
+    }
+    assert job_urls == {
+        "https://asyncjob.example.com/jobs/{{ $labels.target }}/{{ $labels.job_id | urlquery }}"
+    }
+    board = files.dashboards(cfg)["job"]
+    assert [link["url"] for link in board["links"] if link["type"] == "link"] == [
+        "https://asyncjob.example.com/jobs/${target}/${job_id:percentencode}"
+    ]
+
+
+@pytest.mark.parametrize("bad", ["asyncjob.example.com", "ftp://x", "https://", 3])
+def test_an_external_url_that_is_no_http_url_is_named(bad: object) -> None:
+    with pytest.raises(user_module().MixinConfigError) as e:
+        user_module().config_from({"external_url": bad})
+    assert e.value.problems == ["external_url: expected an http(s) URL, e.g. https://asyncjob.example.com"]

@@ -4,9 +4,11 @@ manifests, and the wheel, built, installed into a fresh venv and run."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,7 +24,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
-from exporter.config import ConfigError, build_settings
+from exporter.__main__ import parser
+from exporter.config import ConfigError, build_settings, safety
 from exporter.providers import PROVIDERS
 from tests.harness import free_port, wait_for
 from tests.tools import require_tool
@@ -198,11 +201,33 @@ def test_compose_bind_mounts_point_at_files_in_the_repository() -> None:
                 assert (COMPOSE / source).exists(), f"{name}: {source} does not exist"
 
 
+def compose_exporter_args(exporter_args: str | None) -> argparse.Namespace:
+    """The exporter's arguments in the compose stack, as its CLI reads them, with EXPORTER_ARGS."""
+    command = compose()["services"]["exporter"]["command"]
+    assert command.endswith(" ${EXPORTER_ARGS:-demo}"), command
+    return parser().parse_args(
+        shlex.split(command.replace("${EXPORTER_ARGS:-demo}", exporter_args or "demo"))
+    )
+
+
 def test_compose_exporter_runs_the_demo_unless_told_otherwise() -> None:
     exporter = compose()["services"]["exporter"]
-    assert exporter["command"] == "${EXPORTER_ARGS:-demo}"
+    assert compose_exporter_args(None).command == "demo"
+    real = compose_exporter_args("--config.file=/etc/asyncjob-exporter/config.yml")
+    assert (real.command, real.config_file) == (None, "/etc/asyncjob-exporter/config.yml")
     assert exporter["build"]["dockerfile"] == "Dockerfile"
     assert (COMPOSE / exporter["build"]["context"] / "Dockerfile").resolve() == DOCKERFILE
+
+
+@pytest.mark.parametrize("exporter_args", [None, "--config.file=/etc/asyncjob-exporter/config.yml"])
+def test_compose_exporter_listens_where_prometheus_reaches_it_and_links_to_the_published_port(
+    exporter_args: str | None,
+) -> None:
+    # Prometheus scrapes it from another container: the demo's default, 127.0.0.1, would not do.
+    args = compose_exporter_args(exporter_args)
+    assert args.listen == ":10110"
+    published = {p.split(":")[1]: p.split(":")[0] for p in compose()["services"]["exporter"]["ports"]}
+    assert args.external_url == f"http://localhost:{published['10110']}"
 
 
 def test_compose_images_are_pinned() -> None:
@@ -221,9 +246,46 @@ def mounted_path(service: str, container_path: str) -> Path:
     raise AssertionError(f"{service} does not mount {container_path}")
 
 
+COMPOSE_MONITORING = COMPOSE / "monitoring"
+
+
+def mixin_files(mixin: Path) -> dict[str, str]:
+    from exporter.mixin import files, user
+
+    return files.render(user.load(mixin))
+
+
+def job_urls_replaced(groups: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
+    """`groups` with every job_url under `base` instead of the scraped instance."""
+    out = yaml.safe_load(yaml.safe_dump(groups))
+    for group in out:
+        for rule in group["rules"]:
+            annotations = rule.get("annotations", {})
+            if "job_url" in annotations:
+                annotations["job_url"] = annotations["job_url"].replace("http://{{ $labels.instance }}", base)
+    return out
+
+
+def test_compose_monitoring_is_what_the_mixin_command_writes_from_its_mixin_yml() -> None:
+    for relative, text in mixin_files(COMPOSE / "mixin.yml").items():
+        assert (COMPOSE_MONITORING / relative).read_text() == text, "run: make generate"
+
+
+def test_compose_rules_are_the_repositorys_with_job_url_at_the_exporters_external_url() -> None:
+    ours = yaml.safe_load((COMPOSE_MONITORING / "alerts" / "asyncjob.rules.yml").read_text())["groups"]
+    external_url = compose_exporter_args(None).external_url
+    assert ours == job_urls_replaced(yaml.safe_load(RULES.read_text())["groups"], external_url)
+    job_urls = [
+        r["annotations"]["job_url"] for g in ours for r in g["rules"] if "job_url" in r.get("annotations", {})
+    ]
+    assert job_urls and all(u.startswith(f"{external_url}/jobs/") for u in job_urls)
+
+
 def test_compose_prometheus_loads_the_repository_rules_and_scrapes_job_asyncjob() -> None:
     prom = yaml.safe_load((COMPOSE / "prometheus.yml").read_text())
-    assert [mounted_path("prometheus", p) for p in prom["rule_files"]] == [RULES]
+    assert [mounted_path("prometheus", p) for p in prom["rule_files"]] == [
+        COMPOSE_MONITORING / "alerts" / "asyncjob.rules.yml"
+    ]
     jobs = {sc["job_name"]: sc for sc in prom["scrape_configs"]}
     assert "asyncjob" in jobs and alert_job_selector().match("asyncjob")
     assert jobs["asyncjob"]["static_configs"][0]["targets"] == ["exporter:10110"]
@@ -264,7 +326,7 @@ def test_compose_grafana_provisions_the_datasource_and_the_dashboards() -> None:
     ]
     provider = yaml.safe_load((prov / "dashboards" / "asyncjob.yml").read_text())["providers"][0]
     dashboards = mounted_path("grafana", provider["options"]["path"])
-    assert dashboards == REPO / "dashboards"
+    assert dashboards == COMPOSE_MONITORING / "dashboards"
     assert sorted(dashboards.glob("*.json")), "no dashboard to provision"
     assert mounted_path("grafana", "/etc/grafana/provisioning") == prov.resolve()
 
@@ -287,9 +349,11 @@ def test_example_exporter_config_is_valid(name: str, tmp_path: Path) -> None:
         (tmp_path / secret).write_text("x\n")
     data = yaml.safe_load(text.replace("/run/secrets/", f"{tmp_path}/"))
     try:
-        build_settings(data, PROVIDERS)
+        settings = build_settings(data, PROVIDERS)
     except ConfigError as e:
         pytest.fail(f"{name}:\n" + "\n".join(e.problems))
+    # Scraped from other hosts, so listening on every interface: the API needs its token.
+    assert safety.open_api(settings, ":10110") is None, name
 
 
 # --- Kubernetes ----------------------------------------------------------------------------
@@ -326,10 +390,31 @@ def test_prometheusrule_is_what_the_generator_writes() -> None:
     assert gen.OUTPUT.read_text() == gen.render(), "run: python deploy/kubernetes/generate.py"
 
 
-def test_prometheusrule_carries_every_group_of_the_rules_file() -> None:
+def test_prometheusrule_carries_every_group_of_the_rules_file_with_job_url_at_the_external_url() -> None:
     rule = yaml.safe_load((KUBERNETES / "rules" / "prometheusrule.yaml").read_text())
     assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
-    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+    external_url = yaml.safe_load((KUBERNETES / "mixin.yml").read_text())["external_url"]
+    assert rule["spec"]["groups"] == job_urls_replaced(
+        yaml.safe_load(RULES.read_text())["groups"], external_url
+    )
+
+
+def exporter_container(directory: str) -> dict[str, Any]:
+    (workload,) = of_kind(manifests(directory), "Deployment") + of_kind(manifests(directory), "StatefulSet")
+    (container,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if "asyncjob" in c["image"]]
+    return container
+
+
+@pytest.mark.parametrize("directory", ["sidecar", "central"])
+def test_exporters_in_kubernetes_link_where_the_alerts_link(directory: str) -> None:
+    container = exporter_container(directory)
+    words = shlex.split(" ".join(container.get("args", [])))
+    external_url = yaml.safe_load((KUBERNETES / "mixin.yml").read_text())["external_url"]
+    assert f"--web.external-url={external_url}" in words
+    # The port-forward the address stands for, documented where people read it.
+    port = external_url.rpartition(":")[2]
+    assert "kubectl port-forward" in (KUBERNETES / "README.md").read_text()
+    assert port == str(container["ports"][0]["containerPort"])
 
 
 @pytest.mark.parametrize("directory", ["sidecar", "central"])
@@ -426,6 +511,90 @@ def test_kustomization_builds(directory: str) -> None:
     assert result.returncode == 0, result.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(result.stdout) if d)
     assert "PrometheusRule" in kinds and "ConfigMap" in kinds
+
+
+# --- the README's first screen ------------------------------------------------------------
+
+README = REPO / "README.md"
+
+
+def readme_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), re.S)
+
+
+def test_the_readme_opens_with_make_demo_and_make_test() -> None:
+    text = README.read_text()
+    first = readme_blocks("sh")[0]
+    assert text.index(first) < 200
+    assert [line.split()[:2] for line in first.splitlines()[:2]] == [["make", "demo"], ["make", "test"]]
+
+
+def test_the_readmes_scrape_config_names_a_job_the_shipped_rules_select() -> None:
+    (scrape,) = [yaml.safe_load(b) for b in readme_blocks("yaml") if "scrape_configs:" in b]
+    (job,) = scrape["scrape_configs"]
+    assert alert_job_selector().match(job["job_name"]), job["job_name"]
+    assert job["static_configs"][0]["targets"] == ["localhost:10110"]
+
+
+def test_the_readmes_container_line_builds_the_image_and_runs_a_demo_that_docker_can_publish() -> None:
+    text = README.read_text()
+    assert "`docker build -t asyncjob-exporter .`" in text
+    (run,) = re.findall(r"`docker run --rm -p 10110:10110 asyncjob-exporter ([^`]*)`", text)
+    args = parser().parse_args(shlex.split(run))
+    assert (args.command, args.listen) == ("demo", ":10110")  # 127.0.0.1 in a container opens nothing
+
+
+@pytest.mark.e2e
+def test_what_the_readme_says_make_demo_prints_is_what_the_demo_prints(tmp_path: Path) -> None:
+    from tests.harness import Proc, start_cli
+
+    (printed,) = [b for b in readme_blocks("text") if "demo is running" in b]
+    port = free_port()
+    log = tmp_path / "demo.log"
+    proc = Proc(
+        start_cli(["demo", f"--web.listen-address=127.0.0.1:{port}", "--simulator.trickle=0"], log), log, ""
+    )
+    try:
+        wait_for(lambda: "simulator:" in proc.output(), what="the demo's links")
+    finally:
+        proc.stop()
+
+    def label(line: str) -> str:
+        found = re.match(r"\s*(.+?):\s+http", line)
+        return found.group(1) if found else ""
+
+    shown = {label(line): line for line in proc.output().splitlines() if label(line)}
+    for line in printed.splitlines()[1:]:
+        url = re.search(r"http://\S+", line)
+        assert url is not None and label(line) in shown, line
+        expected, seen = url.group(0).replace(":10110", f":{port}"), shown[label(line)]
+        if "<port>" in expected:
+            assert re.search(re.escape(expected).replace("<port>", r"\d+"), seen), seen
+        else:
+            assert expected in seen, seen
+    assert printed.splitlines()[0].replace("0.1.0", __version__) in proc.output()
+
+
+# --- make demo: the runtime alone ----------------------------------------------------------
+
+
+def make_dry_run(target: str, tmp_path: Path) -> list[str]:
+    make = require_tool("make")
+    venv_dir = tmp_path / "venv"  # absent: make shows every step from a clean clone
+    r = subprocess.run(
+        [make, "-n", target, f"VENV={venv_dir}"], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    return [line for line in r.stdout.splitlines() if "pip install" in line]
+
+
+def test_make_demo_installs_the_exporter_without_the_test_toolchain(tmp_path: Path) -> None:
+    installs = make_dry_run("demo", tmp_path)
+    assert len(installs) == 1 and installs[0].endswith(" -e .") and "[test]" not in installs[0]
+
+
+def test_make_test_still_installs_the_test_toolchain(tmp_path: Path) -> None:
+    installs = make_dry_run("test", tmp_path)
+    assert any(line.endswith("-e '.[test]'") for line in installs), installs
 
 
 # --- the wheel -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -17,7 +18,6 @@ from exporter.server import build_app
 
 HOSTILE_ID = "<script>alert(1)</script>\"'&x"
 HOSTILE_MESSAGE = "</td><script>alert('pwned')</script><img src=x onerror=alert(2)> \"quoted\" 'single'"
-SURROGATE_ID = "bad\ud800id"
 
 
 def runtime(tmp_path: object = None, token: str | None = None) -> Runtime:
@@ -91,8 +91,14 @@ def test_hostile_ids_and_messages_are_escaped_on_every_page() -> None:
 
 
 def test_an_id_holding_a_lone_surrogate_renders_and_links_to_its_page() -> None:
+    from exporter.parsing import load_json
+
     rt = runtime()
-    rt.tracker.track("basiq", failed_job(SURROGATE_ID, message="m\udfffm"), "registered")
+    # As such an id arrives: escaped in a provider's answer, and replaced as the answer is read.
+    answer = load_json(b'{"id": "bad\\ud800id", "steps": [{"title": "x", "status": "failed"}]}')
+    job = PROVIDERS["basiq"](rt.settings.targets[0]).parse_job(answer)
+    assert job.id == "bad\ufffdid"
+    rt.tracker.track("basiq", failed_job(job.id, message="m\udfffm"), "discovered")
     c = client(rt)
     listing = c.get("/jobs")
     assert listing.status_code == 200
@@ -198,3 +204,36 @@ def test_a_jobs_page_and_document_work_out_its_step_durations_once(monkeypatch: 
     assert [s["duration_seconds"] for s in doc["steps"]] == [3.0] + [0.0] * 49 and len(calls) == 1
     page = client(rt).get("/jobs/basiq/j")
     assert page.status_code == 200 and page.text.count("step-") >= 50 and len(calls) == 2
+
+
+class Unwalkable(dict[str, Any]):
+    """A target's jobs that fail any walk over them: only look-ups are allowed."""
+
+    def _walk(self, *args: object) -> Any:
+        raise AssertionError("walked every job")
+
+    __iter__ = items = values = keys = _walk  # type: ignore[assignment]
+
+
+def test_a_page_or_api_read_of_an_unknown_id_is_a_look_up_not_a_walk_over_every_job() -> None:
+    rt = runtime()
+    rt.tracker.track("basiq", failed_job("known"), "registered")
+    state = rt.tracker.targets["basiq"]
+    state.jobs = Unwalkable(state.jobs)
+    c = client(rt)
+    assert c.get("/jobs/basiq/known").status_code == 200
+    for unknown in ("unknown", "bad%EF%BF%BDid", "a/b"):
+        assert c.get(f"/jobs/basiq/{unknown}").status_code == 404
+        # The API's reads and deletes alike.
+        assert c.get(f"/api/v1/targets/basiq/jobs/{unknown}").status_code == 404
+        assert c.delete(f"/api/v1/targets/basiq/jobs/{unknown}").status_code == 404
+
+
+def test_the_landing_page_names_a_configured_source_that_answers_404() -> None:
+    rt = runtime()
+    rt.tracker.targets["basiq"].missing["user <b>ea3a81</b>"] = 1_700_000_000.0
+    page = client(rt).get("/").text
+    row = re.search(r'<tr data-target="basiq">(.*?)</tr>', page, re.S)
+    assert row is not None
+    assert "user &lt;b&gt;ea3a81&lt;/b&gt; answers 404" in row.group(1)
+    assert "not_found" in row.group(1)

@@ -19,7 +19,8 @@ from exporter.tracker import Tracker
 from tests.unit.provider_http import fixture, provider_and_http, provider_for
 
 FIXTURE_ID = "d29fac30-650a-4ff2-b2b1-acab3c7472ea-20190607060819639"
-CLAUSE = re.compile(r"jobID eq '((?:[^']|'')*)'")
+# The documented spelling, exactly: AIMS360's Jobs guide filters on `jobId` (rows say `jobID`).
+CLAUSE = re.compile(r"\bjobId eq '((?:[^']|'')*)'")
 
 
 def aims(**keys: object) -> Aims360:
@@ -120,7 +121,7 @@ def test_batches_stay_under_the_filter_limit_and_cover_every_id() -> None:
     assert len(batches) > 1
     assert [i for b in batches for i in b] == ids
     for b in batches:
-        assert len(" or ".join(f"jobID eq '{i}'" for i in b)) <= MAX_FILTER_CHARS
+        assert len(" or ".join(f"jobId eq '{i}'" for i in b)) <= MAX_FILTER_CHARS
 
 
 class FakeOData:
@@ -323,4 +324,19 @@ def test_aims360_and_willsuite_failures_are_the_providers() -> None:
     job = aims().parse_job(failed_row("a"))
     assert job.reason == "failed" and Aims360.causes[job.reason] is Cause.PROVIDER
     assert set(Aims360.causes) == set(Aims360.known_reasons)
-    assert {WillSuite.causes[r] for r in WillSuite.known_reasons} == {Cause.PROVIDER}
+    assert WillSuite.causes["failed"] is Cause.PROVIDER
+    # Records WillSuite refused are the data the application sent: its team's, not an operator's.
+    assert WillSuite.causes["record_errors"] is Cause.USER
+
+
+@pytest.mark.anyio
+async def test_a_backgroundjob_endpoint_that_answers_404_is_a_missing_source_not_gone_jobs() -> None:
+    provider, http = provider_and_http(
+        lambda request: httpx.Response(404, json={"error": {"message": "Not found"}}),
+        provider="aims360",
+        discover_filter="jobStatus eq 'Queued'",
+    )
+    result = await provider.poll(http, ["a", "b"])
+    await http.aclose()
+    assert result.missing == ["backgroundjob", "backgroundjob"]  # the scheduler counts it once
+    assert result.gone == [] and result.jobs == []

@@ -16,7 +16,8 @@ from exporter.model import NO_EXTRA, Cause, Status, Step, shared_steps
 from exporter.parsing import parse_timestamp
 from exporter.providers import PROVIDERS
 from exporter.providers.basiq import Basiq
-from tests.unit.provider_http import fixture, provider_for
+from tests.harness import ROOT
+from tests.unit.provider_http import fixture, provider_and_http, provider_for
 
 
 def basiq() -> Basiq:
@@ -141,6 +142,71 @@ def test_institution_connector_maintenance_and_timeouts_are_the_providers(code: 
     assert Basiq.causes[code] is Cause.PROVIDER
 
 
+def documented_result_codes() -> list[str]:
+    """The `result.code` list of getUserJobs, read from Basiq's published schema (a fixture)."""
+    schema = fixture("basiq_user_jobs_schema.json")["schema"]
+    step = schema["properties"]["data"]["items"]["properties"]["steps"]["items"]
+    codes: list[str] = step["properties"]["result"]["properties"]["code"]["enum"]
+    return [code for code in codes if code != "success"]
+
+
+def test_every_failure_code_basiq_documents_has_a_cause() -> None:
+    codes = documented_result_codes()
+    assert len(codes) >= 20 and "row-count-exceeded" in codes
+    # unknown-error says nobody knows: the one documented code left unknown, on purpose.
+    missing = [code for code in codes if code not in Basiq.causes and code != "unknown-error"]
+    assert not missing, f"Basiq failure codes without a cause: {missing}"
+    assert set(codes) <= set(Basiq.known_reasons)
+
+
+def test_docs_providers_table_names_every_documented_code_and_its_cause() -> None:
+    text = (ROOT / "docs" / "providers.md").read_text()
+    basiq = text.split("### Basiq", 1)[1].split("###", 1)[0]
+    rows = [line for line in basiq.splitlines() if line.startswith("| `")]
+    for code in [*documented_result_codes(), *Basiq.causes]:
+        row = next((r for r in rows if f"`{code}`" in r.split("|")[1]), None)
+        assert row is not None, f"docs/providers.md has no row for Basiq's {code}"
+        cause = row.split("|")[2].strip()
+        want = Basiq.causes[code].value if code in Basiq.causes else "unknown"
+        assert cause == want, f"docs/providers.md gives {code} the cause {cause}, the code {want}"
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["invalid-csv-row", "empty-file", "missing-required-field", "account-data-differs", "row-count-exceeded"],
+)
+def test_a_bad_uploaded_file_is_the_end_users(code: str) -> None:
+    body = {
+        "id": "1",
+        "steps": [{"title": "retrieve-statements", "status": "failed", "result": {"code": code}}],
+    }
+    job = basiq().parse_job(body)
+    assert job.reason == code and Basiq.causes[code] is Cause.USER
+
+
+def test_a_listed_job_without_job_type_is_typed_by_its_steps_and_links() -> None:
+    listed = fixture("basiq_user_jobs.json")["data"]
+    # Basiq's documented list has no jobType: connection, statement and report jobs must not merge.
+    assert all("jobType" not in job for job in listed)
+    types = [basiq().parse_job(job).job_type for job in listed]
+    assert types == ["connection", "statement", "connection"]
+    report = {"id": "r", "steps": [{"title": "create-report", "status": "in-progress"}]}
+    assert basiq().parse_job(report).job_type == "report"
+    # The job's own word wins when it has one.
+    assert basiq().parse_job({**listed[1], "jobType": "statement"}).job_type == "statement"
+    assert basiq().parse_job({"id": "x", "steps": []}).job_type == ""
+
+
+def test_a_listed_statement_failure_reads_its_details_and_cause() -> None:
+    job = basiq().parse_job(fixture("basiq_user_jobs.json")["data"][1])
+    assert (job.status, job.reason, job.message) == (
+        Status.FAILED,
+        "invalid-csv-row",
+        "Row 12 has 3 columns, 5 expected.",
+    )
+    assert Basiq.causes["invalid-csv-row"] is Cause.USER
+
+
 def test_every_documented_code_is_known_and_unknown_error_stays_unknown() -> None:
     assert set(Basiq.causes) | {"unknown-error"} == set(Basiq.known_reasons)
     assert "unknown-error" not in Basiq.causes
@@ -187,6 +253,50 @@ async def test_a_403_from_the_token_endpoint_is_a_rate_limit_to_back_off_from(tm
     assert e.value.reason == "http_429" and e.value.retry_after == 120
     assert http.stats.errors["http_429"] == 1 and http.stats.errors["auth"] == 0
     assert http.stats.retry_after == 120
+    await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_403_invalid_request_from_the_token_endpoint_is_its_rate_limit(tmp_path: Path) -> None:
+    # Basiq's error guide: 403 "Invalid request" when an IP asked for too many tokens in 5 minutes.
+    http = make_http(lambda request: basiq_error(403, "Invalid request"), tmp_path)
+    with pytest.raises(PollError) as e:
+        await http.get_json("/jobs/1")
+    assert e.value.reason == "http_429"
+    assert "rate limited" in str(e.value)
+    await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_disabled_account_on_the_token_endpoint_is_auth_not_a_rate_limit(tmp_path: Path) -> None:
+    calls = {"token": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["token"] += 1
+        return basiq_error(403, "Your account has been disabled. Please contact Basiq support.")
+
+    http = make_http(handler, tmp_path)
+    with pytest.raises(PollError) as e:
+        await http.get_json("/jobs/1")
+    assert e.value.reason == "auth" and e.value.retry_after is None
+    assert "account is disabled" in str(e.value)
+    assert http.stats.errors["auth"] == 1 and http.stats.errors["http_429"] == 0
+    assert http.stats.retry_after is None
+    await http.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("detail", ["Quota exceeded for this application", "Server overloaded, retry later"])
+async def test_a_403_on_any_endpoint_that_speaks_of_load_is_a_rate_limit(tmp_path: Path, detail: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        return basiq_error(403, detail)
+
+    http = make_http(handler, tmp_path)
+    with pytest.raises(PollError) as e:
+        await http.get_json("/users/u/jobs")
+    assert e.value.reason == "http_429"
     await http.aclose()
 
 
@@ -272,3 +382,21 @@ def test_the_shared_steps_hold_only_small_answers_steps() -> None:
         job = basiq().parse_job(answer)
         assert len(job.steps) == len(answer["steps"]) and job.steps[0].name == answer["steps"][0]["title"]
         assert job.steps not in model._SHARED_STEPS
+
+
+@pytest.mark.anyio
+async def test_a_user_that_does_not_exist_is_a_missing_source_and_its_jobs_still_polled() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/users/ea3a81/jobs":
+            body = {"type": "list", "data": [{"type": "error", "code": "resource-not-found",
+                                              "detail": "Requested user does not exist."}]}  # fmt: skip
+            return httpx.Response(404, json=body)
+        return httpx.Response(
+            200, json={**fixture("basiq_job.json"), "id": request.url.path.rsplit("/", 1)[1]}
+        )
+
+    provider, http = provider_and_http(handler, provider="basiq", users=["ea3a81"])
+    result = await provider.poll(http, ["61723"])
+    await http.aclose()
+    assert result.missing == ["user ea3a81"]
+    assert [j.id for j in result.jobs] == ["61723"] and result.gone == []

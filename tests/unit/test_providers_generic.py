@@ -217,3 +217,17 @@ async def test_with_only_a_list_a_job_that_left_it_is_gone() -> None:
     await http.aclose()
     assert [j.id for j in result.jobs] == ["a"]
     assert result.gone == ["old"]
+
+
+@pytest.mark.anyio
+async def test_a_list_url_that_answers_404_is_a_missing_source_not_a_gone_job() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/exports":
+            return httpx.Response(404, json={"error": "no such route"})
+        return httpx.Response(200, json=body(id="a", state="working"))
+
+    provider, http = provider_and_http(handler, **target(**EXPORTS))
+    result = await provider.poll(http, ["a"])
+    await http.aclose()
+    assert result.missing == ["list /v1/exports?state=active"]
+    assert [j.id for j in result.jobs] == ["a"] and result.gone == []

@@ -194,6 +194,11 @@ def test_news_about_an_idle_connection_starts_no_sync() -> None:
     assert result.jobs == [] and [c.id for c in result.connections] == ["4242"]
 
 
+def test_closing_an_idle_connection_starts_no_sync() -> None:
+    result = read(oxlin(), [event(1, "CONNECTION_UPDATED", "CLOSED")])
+    assert result.jobs == [] and [c.status for c in result.connections] == ["CLOSED"]
+
+
 def test_a_connection_without_id_is_bad() -> None:
     with pytest.raises(BadPayload, match="connection id"):
         parse_connection({"status": "SUCCESS"})
@@ -340,15 +345,45 @@ def test_events_that_name_no_channel_are_read_through_the_resource() -> None:
     assert [(j.id, j.status) for j in read(p, events[3:]).jobs] == [(SYNC, Status.SUCCEEDED)]
 
 
-def test_a_lapsed_consent_makes_a_failed_sync_the_end_users() -> None:
-    events = two_channels()
-    last = json.loads(json.dumps(events[4]))
+def failed_on_embedded(lapsed_on: int) -> dict[str, Any]:
+    """The EMBEDDED channel's SYNC_FAILED, with the consent of channel `lapsed_on` lapsed and
+    the other's valid."""
+    last: dict[str, Any] = json.loads(json.dumps(two_channels()[4]))
     last["event_type"] = "SYNC_FAILED"
     last["resource"]["status"] = "FAILED"
-    last["resource"]["channels"][1]["expires"] = T0 - 86400
-    [job] = read(oxlin(), [*events[:4], last]).jobs
+    last["resource"]["channels"][0]["status"] = "FAILED"
+    for i, channel in enumerate(last["resource"]["channels"]):
+        channel["expires"] = T0 - 86400 if i == lapsed_on else 4_000_000_000
+    return last
+
+
+def test_a_lapsed_consent_on_the_failed_channel_makes_the_failure_the_end_users() -> None:
+    [job] = read(oxlin(), [*two_channels()[:4], failed_on_embedded(lapsed_on=0)]).jobs
     assert job.status is Status.FAILED and job.reason == "sync_failed"
-    assert job.cause is not None and job.cause.value == "user"
+    assert job.cause is Cause.USER
+
+
+def test_a_lapsed_consent_on_another_channel_hides_no_failure() -> None:
+    # The PSD2 channel's consent lapsed; the scraping channel failed on its own: an operator's.
+    [job] = read(oxlin(), [*two_channels()[:4], failed_on_embedded(lapsed_on=1)]).jobs
+    assert (job.status, job.reason, job.cause, job.awaiting_user) == (
+        Status.FAILED,
+        "sync_failed",
+        None,
+        False,
+    )
+
+
+def test_a_running_sync_waits_for_the_user_only_on_a_channel_it_runs_on() -> None:
+    events = json.loads(json.dumps(two_channels()[:4]))  # REDIRECT ended, EMBEDDED runs
+    for e in events:
+        e["resource"]["channels"][1]["expires"] = T0 - 86400  # the ended REDIRECT's consent
+    [job] = read(oxlin(), events).jobs
+    assert job.status is Status.RUNNING and not job.awaiting_user
+    for e in events:
+        e["resource"]["channels"][0]["expires"] = T0 - 86400  # now the running channel's too
+    [job] = read(oxlin(), events).jobs
+    assert job.status is Status.RUNNING and job.awaiting_user
 
 
 def connection(status: str, embedded_end: int, redirect_end: int = T0 + 4) -> dict[str, Any]:
@@ -454,3 +489,119 @@ def test_a_cursor_by_date_survives_a_restart_to_the_second() -> None:
     restarted = oxlin()
     restarted.restore_cursors(json.loads(json.dumps(p.cursors())))
     assert read(restarted, [a, b]).queue_events == [("20", "SYNC_RUNNING")]
+
+
+# --- every documented state ends a sync ------------------------------------------------------
+
+
+def idle(status: str, channel_status: str) -> dict[str, Any]:
+    """The connection's resource once nothing runs on it: CLOSED or NONE, its channels' end
+    dates left by the previous sync (no fresh end closes the sync)."""
+    body = connection(status, T0 - 3600, T0 - 3600)
+    for channel in body["channels"]:
+        channel["status"] = channel_status
+    return body
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "channel_status", "outcome", "reason"),
+    [
+        ("CLOSED", "CLOSED", Status.FAILED, "closed"),
+        ("NONE", "EMPTY", Status.SUCCEEDED, None),
+        ("NONE", "NONE", Status.SUCCEEDED, None),
+    ],
+)
+async def test_a_closed_or_idle_connection_ends_its_open_sync(
+    status: str, channel_status: str, outcome: Status, reason: str | None
+) -> None:
+    api = FakeOxlin(two_channels()[:1], {"4242": idle(status, channel_status)})
+    provider, http = provider_and_http(
+        api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
+    )
+    first = await provider.poll(http, [])
+    assert [j.status for j in first.jobs] == [Status.RUNNING]  # one more read of the queue first
+    result = await provider.poll(http, [])
+    await http.aclose()
+    assert [(j.id, j.status, j.reason) for j in result.jobs] == [(SYNC, outcome, reason)]
+    if reason == "closed":
+        # Closing a connection is its user's (or the application's) doing, not an operator's.
+        assert Oxlin.causes["closed"] is Cause.USER
+
+
+def test_an_event_showing_the_connection_closed_ends_the_sync() -> None:
+    closed = json.loads(json.dumps(two_channels()[3]))
+    closed["event_type"] = "CONNECTION_UPDATED"
+    closed["resource"]["status"] = "CLOSED"
+    for channel in closed["resource"]["channels"]:
+        channel["status"] = "CLOSED"
+    [job] = read(oxlin(), [*two_channels()[:3], closed]).jobs
+    assert (job.status, job.reason) == (Status.FAILED, "closed")
+
+
+@pytest.mark.anyio
+async def test_a_connection_whose_last_sync_failed_for_its_user_awaits_that_user() -> None:
+    events = two_channels()
+    failed = json.loads(json.dumps(events[4]))
+    failed["event_type"] = "AUTH_FAILED"
+    failed["resource"]["status"] = "FAILED"
+    api = FakeOxlin([*events[:4], failed], {"4242": connection("FAILED", T0 + 9, T0 + 4)})
+    provider, http = provider_and_http(
+        api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
+    )
+    result = await provider.poll(http, [])
+    assert result.connections and all(c.awaiting_user for c in result.connections)
+    # It survives a restart, through the cursors the state file keeps.
+    restarted, http2 = provider_and_http(
+        api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
+    )
+    restarted.restore_cursors(json.loads(json.dumps(provider.cursors())))
+    again = await restarted.poll(http2, [])
+    assert again.connections and all(c.awaiting_user for c in again.connections)
+    # The next sync succeeds: the connection is an operator's concern again.
+    later = [
+        {**e, "id": str(10 + i), "creation_date": e["creation_date"] + 100} for i, e in enumerate(events)
+    ]
+    api.queue = later
+    api.connections["4242"] = connection("SUCCESS", T0 + 109, T0 + 104)
+    done = await restarted.poll(http2, [])
+    await http.aclose()
+    await http2.aclose()
+    assert [j.status for j in done.jobs] == [Status.SUCCEEDED]
+    assert done.connections and not any(c.awaiting_user for c in done.connections)
+    # The cleared mark is written as cleared (the state file only adds and updates cursors).
+    assert restarted.cursors()["user:4242"] == "0"
+
+
+@pytest.mark.anyio
+async def test_a_provider_failure_leaves_the_connection_to_operators() -> None:
+    events = two_channels()
+    failed = json.loads(json.dumps(events[4]))
+    failed["event_type"] = "SYNC_FAILED"
+    failed["resource"]["status"] = "FAILED"
+    body = connection("FAILED", T0 + 9, T0 + 4)
+    body["channels"][1]["expires"] = 4_000_000_000
+    failed["resource"]["channels"][1]["expires"] = 4_000_000_000
+    api = FakeOxlin([*events[:4], failed], {"4242": body})
+    provider, http = provider_and_http(
+        api, provider="oxlin", base_url="https://api.example.com/v2.1", queues=["20"]
+    )
+    result = await provider.poll(http, [])
+    await http.aclose()
+    assert result.connections and not any(c.awaiting_user for c in result.connections)
+
+
+@pytest.mark.anyio
+async def test_a_configured_queue_or_connection_that_answers_404_is_a_missing_source() -> None:
+    api = FakeOxlin([], {"4243": resource("SUCCESS", conn="4243")})
+    provider, http = provider_and_http(
+        api,
+        provider="oxlin",
+        base_url="https://api.example.com/v2.1",
+        queues=["20", "21"],
+        connections=["4243", "9999"],
+    )
+    result = await provider.poll(http, [])
+    await http.aclose()
+    assert sorted(result.missing) == ["connection 9999", "queue 21"]
+    assert [c.id for c in result.connections] == ["4243"]

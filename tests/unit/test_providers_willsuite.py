@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from exporter.model import Status
+from exporter.model import Cause, Status
 from exporter.parsing import parse_timestamp
 from exporter.providers.base import BadPayload
 from exporter.providers.willsuite import WillSuite, failed_records
@@ -29,7 +29,8 @@ def test_fixture_is_read_into_the_normalised_job() -> None:
     assert job.created == 1708510891.0
     assert job.updated == 1708510895.0
     assert (job.records_total, job.records_affected, job.records_failed) == (773, 770, 2)
-    assert job.reason is None
+    # Completed, with two records refused for the data sent: their reason, the application's.
+    assert job.reason == "record_errors" and WillSuite.causes["record_errors"] is Cause.USER
     assert job.message is not None and job.message.count("Case ID:") == 2
     assert job.effective_percent() == 100.0
 
@@ -139,3 +140,73 @@ async def test_poll_gets_each_job_and_a_404_is_gone() -> None:
     assert sorted(seen) == ["/engine/api/api-jobs/a", "/engine/api/api-jobs/gone"]
     assert [j.id for j in result.jobs] == ["a"]
     assert result.gone == ["gone"]
+
+
+@pytest.mark.parametrize(
+    ("status", "affected", "outcome", "reason"),
+    [
+        ("processing", 770, Status.SUCCEEDED, "record_errors"),
+        ("pending", 770, Status.SUCCEEDED, "record_errors"),
+        ("something-new", 770, Status.SUCCEEDED, "record_errors"),
+        ("processing", 0, Status.FAILED, "record_errors"),
+        ("failed", 770, Status.FAILED, "record_errors"),
+    ],
+)
+def test_a_job_with_an_end_time_is_finished_whatever_its_status_says(
+    status: str, affected: int, outcome: Status, reason: str
+) -> None:
+    job = willsuite().parse_job(
+        {**fixture("willsuite_api_job.json"), "status": status, "effected_records": affected}
+    )
+    assert (job.status, job.reason) == (outcome, reason)
+    assert job.finished == 1708510895.0
+    assert job.raw_status == status
+
+
+def test_a_job_ended_with_no_record_failure_and_none_through_has_failed() -> None:
+    body = {**fixture("willsuite_api_job.json"), "status": "processing", "message": "", "effected_records": 0}
+    job = willsuite().parse_job(body)
+    assert (job.status, job.reason) == (Status.FAILED, "failed")
+    assert WillSuite.causes["failed"] is Cause.PROVIDER
+
+
+def test_a_failed_jobs_total_records_are_not_counted_as_processed() -> None:
+    from exporter.model import Job
+    from exporter.providers.base import PollResult
+    from tests.unit.test_tracker import tracker
+
+    tr = tracker()
+    tr.track("t", Job("a", Status.RUNNING), "static", now=100)
+    tr.track("t", Job("b", Status.RUNNING), "static", now=100)
+    done = [
+        Job("a", Status.FAILED, records_total=773, records_affected=0, records_failed=773, reason="failed"),
+        Job("b", Status.SUCCEEDED, records_total=100, records_affected=98, records_failed=2),
+    ]
+    tr.apply("t", PollResult(jobs=done), now=200)
+    assert tr.targets["t"].agg.records_processed[""] == 100
+    assert tr.targets["t"].agg.records_failed[""] == 775
+
+
+def test_refused_records_of_a_completed_job_carry_their_cause_in_error_info() -> None:
+    from exporter.config import build_settings
+    from exporter.providers import PROVIDERS
+    from exporter.providers.base import PollResult
+    from exporter.render.jobs import JOB_FAMILIES
+    from exporter.tracker import Tracker
+
+    s = build_settings(
+        {"targets": [{"name": "t", "provider": "willsuite", "base_url": "https://x"}]}, PROVIDERS
+    )
+    tr = Tracker()
+    tr.set_target(s.resolved(s.targets[0]))
+    job = willsuite().parse_job(fixture("willsuite_api_job.json"))
+    tr.track("t", job, "static", now=100)
+    tr.apply("t", PollResult(jobs=[job]), now=200)
+    tracked = tr.targets["t"].jobs[job.id]
+    (error_info,) = [f for f in JOB_FAMILIES if f.name == "asyncjob_job_error_info"]
+    assert job.status is Status.SUCCEEDED
+    assert error_info.lines(tracked, 'target="t",job_id="x"') == (
+        'asyncjob_job_error_info{target="t",job_id="x",reason="record_errors",cause="user"} 1\n'
+    )
+    # Nothing failed: the failure counters stay where they were.
+    assert not any(tr.targets["t"].agg.failed.values())

@@ -24,7 +24,12 @@ def setup(per_job: bool = True) -> tuple[Tracker, Exposition]:
     s = build_settings(
         {
             "targets": [
-                {"name": "t", "provider": "basiq", "base_url": "https://x", "per_job_metrics": per_job}
+                {
+                    "name": "t",
+                    "provider": "basiq",
+                    "base_url": "https://x",
+                    "per_job_series": "all" if per_job else "none",
+                }
             ]
         },
         PROVIDERS,
@@ -202,7 +207,7 @@ def stable(body: bytes) -> bytes:
     return b"\n".join(line for line in body.split(b"\n") if not line.startswith(moving))
 
 
-def test_per_job_metrics_off_keeps_only_aggregates() -> None:
+def test_per_job_series_none_keeps_only_aggregates() -> None:
     tr, ex = setup(per_job=False)
     tr.track("t", Job("1", Status.SUCCEEDED), "static")
     text = ex.render().decode()
@@ -310,3 +315,15 @@ async def test_changes_arriving_together_cost_one_rendering_of_their_group(
     assert renders == 1
     served = ex.render(gz=False, fresh=False)
     assert all(f'job_id="r{i}"'.encode() in served for i in range(GROUP_SIZE))
+
+
+def test_a_connection_only_its_user_can_fix_says_so() -> None:
+    from exporter.model import Connection
+
+    tr, ex = setup()
+    conns = [Connection("c1", "FAILED", awaiting_user=True), Connection("c2", "FAILED")]
+    tr.apply("t", PollResult(connections=conns), now=1)
+    got = samples(ex.render().decode())
+    awaiting = "asyncjob_connection_awaiting_user"
+    assert got[(awaiting, frozenset({("target", "t"), ("connection_id", "c1")}))] == 1
+    assert got[(awaiting, frozenset({("target", "t"), ("connection_id", "c2")}))] == 0

@@ -418,4 +418,70 @@ async def test_a_quarantined_job_is_neither_polled_nor_read_until_its_quarantine
     state.quarantined["poisoned"] = time.time() - QUARANTINE_SECONDS  # served its time
     await scheduler._cycle(runner)
     assert asked[1:] == ["poisoned"] and not state.quarantined
+
+
+def basiq_runner(handler: Any, users: list[str]) -> tuple[Any, Any]:
+    """A tracker with one Basiq target "b" discovering through `users`, and its runner."""
+    import httpx
+
+    from exporter.config import build_settings
+    from exporter.fetch import TargetHttp
+    from exporter.providers import PROVIDERS
+    from exporter.scheduler import TargetRunner
+
+    s = build_settings(
+        {
+            "targets": [
+                {"name": "b", "provider": "basiq", "base_url": "https://au-api.basiq.io", "users": users}
+            ]
+        },
+        PROVIDERS,
+    )
+    rt = s.resolved(s.targets[0])
+    tr = tracker()
+    tr.set_target(rt)
+    provider = PROVIDERS["basiq"](rt.config)
+    return tr, TargetRunner(rt, provider, TargetHttp(rt, transport=httpx.MockTransport(handler)))
+
+
+@pytest.mark.anyio
+async def test_a_configured_source_that_answers_404_is_counted_named_and_forgotten_once_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import httpx
+
+    from exporter.render.aggregates import render_aggregates, render_http_stats
+    from exporter.render.text import Text
+
+    gone = {"ea3a81"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        user = request.url.path.split("/")[2]
+        if user in gone:
+            body = {"type": "list", "data": [{"type": "error", "code": "resource-not-found",
+                                              "detail": "Requested user does not exist."}]}  # fmt: skip
+            return httpx.Response(404, json=body)
+        return httpx.Response(200, json={"type": "list", "data": []})
+
+    tr, runner = basiq_runner(handler, ["ea3a81", "b71f02"])
+    scheduler = Scheduler(tr)
+    scheduler.runners["b"] = runner
+    with caplog.at_level("WARNING", logger="asyncjob.scheduler"):
+        await scheduler._cycle(runner)
+        await scheduler._cycle(runner)
+    state = tr.targets["b"]
+    assert list(state.missing) == ["user ea3a81"]
+    assert runner.http.stats.errors["not_found"] == 2  # one a cycle
+    # The other user is still read: a missing source does not make the target down.
+    assert state.up is True
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("configured source answers 404")]
+    assert record.source == "user ea3a81"  # type: ignore[attr-defined]
+    w = Text()
+    render_http_stats(w, scheduler.http_stats())
+    text = render_aggregates([state]).decode() + w.bytes().decode()
+    assert 'asyncjob_source_missing_since_timestamp_seconds{target="b",source="user ea3a81"}' in text
+    assert 'asyncjob_poll_errors_total{target="b",reason="not_found"} 2' in text
+    gone.clear()
+    await scheduler._cycle(runner)
+    assert state.missing == {}
     await runner.http.aclose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from starlette.testclient import TestClient
 
 from exporter.simulator import aims360, basiq, oxlin
@@ -117,3 +118,105 @@ def test_aims360_next_links_name_a_backend_host() -> None:
         s.create("aims360", scenario="stuck")
     body = client(s).get("/aims360/jobsmanagement/odata/v1.0/backgroundjob").json()
     assert aims360.BACKEND_HOST in body["@odata.nextLink"]
+
+
+def test_aims360_filters_on_the_documented_jobid_as_on_the_rows_jobid() -> None:
+    row = {"jobID": "a'b", "jobStatus": "Queued"}
+    for odata_filter in (
+        "jobId eq 'a''b'",
+        "jobID eq 'a''b'",
+        "(JOBID EQ 'a''b')",
+        "jobId eq 'x' OR jobId eq 'a''b'",
+    ):
+        match = aims360.matcher(odata_filter)
+        assert match is not None and match(row), odata_filter
+    assert not aims360.matcher("jobId eq 'A''B'")(row)  # values compare exactly
+    assert aims360.matcher("jobId gt 'a'") is None
+
+
+def test_aims360_answers_the_exporters_filter_with_the_row() -> None:
+    s = sim()
+    job = s.create("aims360", scenario="success")
+    with TestClient(s.app()) as client:
+        r = client.get(
+            "/aims360/jobsmanagement/odata/v1.0/backgroundjob",
+            params={"$filter": f"jobId eq '{job.id}'"},
+            headers={"Authorization": f"Bearer {CREDENTIALS['bearer_token']}"},
+        )
+    assert r.status_code == 200 and [row["jobID"] for row in r.json()["value"]] == [job.id]
+
+
+# --- the providers' documented edges ---------------------------------------------------------
+
+
+def basiq_token(s: Simulator, key: str) -> Any:
+    return TestClient(s.app()).post(
+        "/basiq/token",
+        headers={"Authorization": f"Basic {key}", "basiq-version": "3.0"},
+        data={"scope": "SERVER_ACCESS"},
+    )
+
+
+def test_basiq_token_endpoint_plays_its_two_403s() -> None:
+    s = sim()
+    throttled = basiq_token(s, basiq.THROTTLED_KEY)
+    disabled = basiq_token(s, basiq.DISABLED_KEY)
+    assert throttled.status_code == disabled.status_code == 403
+    assert throttled.json()["data"][0]["detail"] == "Invalid request"
+    assert disabled.json()["data"][0]["detail"].startswith("Your account has been disabled.")
+    assert basiq_token(s, CREDENTIALS["basiq_api_key"]).status_code == 200
+
+
+def test_basiq_user_list_has_no_job_type_and_an_unknown_user_is_404() -> None:
+    s = sim()
+    s.create("basiq", scenario="success", owner="ea3a81", job_type="statement")
+    s.create("basiq", scenario="success", owner="ea3a81")
+    token = basiq_token(s, CREDENTIALS["basiq_api_key"]).json()["access_token"]
+    http = TestClient(s.app(), headers={"Authorization": f"Bearer {token}"})
+    listed = http.get("/basiq/users/ea3a81/jobs").json()["data"]
+    assert len(listed) == 2 and all("jobType" not in job for job in listed)
+    # The exporter tells them apart all the same.
+    from exporter.providers.basiq import Basiq
+    from tests.unit.provider_http import provider_for
+
+    provider = provider_for(provider="basiq")
+    assert isinstance(provider, Basiq)
+    assert sorted(provider.parse_job(job).job_type for job in listed) == ["connection", "statement"]
+    gone = http.get("/basiq/users/0d9e7c/jobs")
+    assert gone.status_code == 404 and gone.json()["data"][0]["detail"] == "Requested user does not exist."
+    assert http.get("/basiq/users/b71f02/jobs").json()["data"] == []  # a known user without jobs
+
+
+@pytest.mark.parametrize(("end_status", "channel_status"), [("CLOSED", "CLOSED"), ("NONE", "EMPTY")])
+def test_oxlin_a_sync_can_end_on_a_closed_or_idle_connection_without_a_final_event(
+    end_status: str, channel_status: str
+) -> None:
+    s = sim()
+    job = s.create("oxlin", scenario="success", connection="9010", end_status=end_status)
+    events = events_of(s, "9010", job.created + 100)
+    assert ("SYNC_ALL_SUCCESS", "8700", "SUCCESS") not in events
+    running = oxlin.connection_at(job, job.created + 15)
+    assert running["status"] == "RUNNING"
+    conn = oxlin.connection_at(job, job.created + 100)
+    assert conn["status"] == end_status
+    assert {ch["status"] for ch in conn["channels"]} == {channel_status}
+
+
+def test_oxlin_a_channel_with_a_lapsed_consent_can_sit_out_a_sync() -> None:
+    s = sim()
+    job = s.create(
+        "oxlin", scenario="fail", error_code="SYNC_FAILED", connection="9011", channels=["8700"],
+        lapsed_channel="8701",
+    )  # fmt: skip
+    assert events_of(s, "9011", job.created + 100)[-1] == ("SYNC_FAILED", "8700", "FAILED")
+    channels = {
+        ch["channel_definition_id"]: ch for ch in oxlin.connection_at(job, job.created + 100)["channels"]
+    }
+    assert channels["8701"]["expires"] < job.created and "expires" not in channels["8700"]
+
+
+def test_aims360_a_job_can_be_held_in_a_state_no_one_documented() -> None:
+    s = sim()
+    job = s.create("aims360", scenario="stuck", undocumented_status="OnHold")
+    assert aims360.row(job, job.created + 100)["jobStatus"] == "OnHold"
+    assert aims360.row(job, job.created - 1)["jobStatus"] == "Queued"

@@ -518,3 +518,33 @@ def test_a_dropped_job_out_of_memory_is_looked_up_before_it_is_tracked_again(
     tr.apply("t", PollResult(jobs=[Job("old", S, finished=0), Job("other", S, finished=0)]), now=2)
     assert set(tr.targets["t"].jobs) == {"other"}
     assert tr.targets["t"].agg.finished[("", S)] == finished + 1  # "other"'s finish only
+
+
+def test_jobs_in_an_undocumented_state_are_counted_by_their_raw_status_while_they_are_in_it() -> None:
+    from exporter.render.aggregates import render_aggregates
+
+    tr = tracker()
+    U = Status.UNKNOWN
+    for i in range(3):
+        tr.track("t", Job(f"u{i}", U, "ON_HOLD", "connection"), "static", now=100)
+    tr.track("t", Job("p", U, "paused", "report"), "static", now=100)
+    agg = tr.targets["t"].agg
+    assert agg.undocumented == {("connection", "ON_HOLD"): 3, ("report", "paused"): 1}
+    tr.apply("t", PollResult(jobs=[Job("u0", S, "success", "connection")]), now=200)
+    tr.apply("t", PollResult(jobs=[Job("p", R, "in-progress", "report")]), now=200)
+    assert agg.undocumented == {("connection", "ON_HOLD"): 2}
+    text = render_aggregates([tr.targets["t"]]).decode()
+    assert 'asyncjob_jobs_undocumented{target="t",job_type="connection",raw_status="ON_HOLD"} 2' in text
+    assert 'raw_status="paused"' not in text
+
+
+def test_undocumented_raw_statuses_past_the_first_twenty_are_other() -> None:
+    from exporter.tracker import UNDOCUMENTED_LABELS
+
+    tr = tracker()
+    for i in range(UNDOCUMENTED_LABELS + 5):
+        tr.track("t", Job(f"u{i}", Status.UNKNOWN, f"state-{i}"), "static", now=100)
+    agg = tr.targets["t"].agg
+    assert len(agg.undocumented) == UNDOCUMENTED_LABELS + 1
+    assert agg.undocumented[("", "other")] == 5
+    assert len(agg.undocumented_labels) == UNDOCUMENTED_LABELS

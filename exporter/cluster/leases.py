@@ -1,0 +1,252 @@
+"""Membership and leases: which live replica works which virtual shards.
+
+Every replica writes a heartbeat; a replica is live while its heartbeat is younger than the
+lease TTL. Each virtual shard prefers one live replica, by rendezvous hashing of (replica,
+shard): every replica computes the same preference from the same member list, each holds about
+1/N of the shards, and a replica that joins or leaves moves only the shards that prefer it.
+
+A replica claims the free or lapsed shards that prefer it, and hands back (releases) those that
+now prefer another live replica. Each claim raises the shard's generation: a fencing token that
+every write checks (`fenced`), so a replica that was paused past its lease and then woke cannot
+commit work for a shard another replica holds since.
+
+Time: lease expiry is PostgreSQL's clock (`now()` at renewal). A replica's own deadline for a
+lease is measured on its monotonic clock from when the renewal was sent, less a margin, so it
+stops working a shard before the database can hand it to anyone else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+import psycopg
+
+log = logging.getLogger("asyncjob.cluster")
+
+DEFAULT_LEASE_TTL = 15.0
+# Renewals per TTL: a lease survives two failed renewals in a row.
+RENEWALS_PER_TTL = 3
+# The share of the TTL a replica keeps in hand: it stops working a shard this long before the
+# database could give the shard to another replica (clock rates drift; a round takes time).
+SAFETY = 0.2
+
+
+def preference(replica: str, shard: int) -> int:
+    """The rendezvous weight of `replica` for `shard`: the highest weight wins the shard."""
+    digest = hashlib.blake2b(f"{replica}\x00{shard}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def preferred_owners(members: list[str], shards: int) -> dict[int, str]:
+    """Each shard's preferred replica among `members` (none when there are no members)."""
+    if not members:
+        return {}
+    return {s: max(members, key=lambda m: preference(m, s)) for s in range(shards)}
+
+
+@dataclass
+class Counters:
+    renew_errors: int = 0
+    takeovers: int = 0  # shards claimed after another replica's lease lapsed
+    handovers: int = 0  # shards released because another live replica is now preferred
+
+
+@dataclass
+class Leases:
+    """One replica's view: its membership, the shards it holds and until when it may work them.
+
+    `connect` opens a new connection (autocommit off) when the last one failed; `on_lost` is
+    awaited with shards the replica stops working before they are released, so their pending
+    writes can be committed first (it must not block for long: the lease is still running)."""
+
+    connect: Callable[[], Awaitable[psycopg.AsyncConnection]]
+    replica: str
+    shards: int
+    address: str = ""
+    ttl: float = DEFAULT_LEASE_TTL
+    on_gained: Callable[[set[int]], Awaitable[None]] | None = None
+    on_lost: Callable[[set[int]], Awaitable[None]] | None = None
+    clock: Callable[[], float] = time.monotonic
+    counters: Counters = field(default_factory=Counters)
+    members: list[str] = field(default_factory=list)
+    _held: dict[int, int] = field(default_factory=dict)  # shard -> generation
+    _valid_until: float = 0.0
+    # Until then, lapsed leases of other replicas are not claimed (see `round`).
+    _patient_until: float = 0.0
+    _failing: bool = False
+    _conn: psycopg.AsyncConnection | None = None
+
+    # --- what the rest of the replica asks -------------------------------------------------
+    def valid(self) -> bool:
+        return self.clock() < self._valid_until
+
+    def held(self) -> dict[int, int]:
+        """Shards this replica may work now, with their generations (none once lapsed)."""
+        return dict(self._held) if self.valid() else {}
+
+    def holds(self, shard: int) -> bool:
+        return shard in self._held and self.valid()
+
+    # --- the loop -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Renew, balance and heartbeat every TTL/3 until cancelled; then hand everything back."""
+        try:
+            while True:
+                await self.round()
+                await anyio.sleep(self.ttl / RENEWALS_PER_TTL)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.leave()
+
+    async def round(self) -> None:
+        """One renewal: heartbeat, renew what is held, release what prefers another replica,
+        claim what prefers this one. A failure is counted; the leases run out at their deadline."""
+        sent = self.clock()
+        try:
+            conn = await self._connection()
+            async with conn.transaction():
+                members = await self._heartbeat(conn)
+                renewed = await self._renew(conn)
+            self._valid_until = sent + self.ttl * (1 - SAFETY)
+            if self._failing:
+                # Back after the database (or the way to it) failed: every other replica that
+                # lived through it sees its heartbeat and leases lapsed, as this one did. Each gets
+                # one TTL to renew its own before any of them counts as dead and is taken from.
+                self._failing, self._patient_until = False, sent + self.ttl
+            lost = set(self._held) - set(renewed)
+            self._held = renewed
+            if lost:
+                log.warning("cluster leases lost to another replica", extra={"shards": len(lost)})
+                await self._lose(lost)
+            self.members = members
+            wanted = {s for s, m in preferred_owners(members, self.shards).items() if m == self.replica}
+            await self._release(conn, set(self._held) - wanted)
+            await self._claim(conn, wanted - set(self._held), sent)
+        except (psycopg.Error, OSError) as e:
+            self.counters.renew_errors += 1
+            self._failing = True
+            log.warning(
+                "cluster lease renewal failed; shards are worked until their deadline",
+                extra={"error": str(e).strip(), "shards": len(self._held), "valid": self.valid()},
+            )
+            await self._drop_connection()
+            if not self.valid() and self._held:
+                lapsed, self._held = set(self._held), {}
+                await self._lose(lapsed)
+
+    async def leave(self) -> None:
+        """Release every lease and the membership, so others take over at once, not after a TTL."""
+        held, self._held, self._valid_until = set(self._held), {}, 0.0
+        if held:
+            await self._lose(held)
+        try:
+            conn = await self._connection()
+            async with conn.transaction():
+                await conn.execute(
+                    "UPDATE asyncjob.leases SET owner = NULL, expires_at = '-infinity' WHERE owner = %s",
+                    (self.replica,),
+                )
+                await conn.execute("DELETE FROM asyncjob.members WHERE replica = %s", (self.replica,))
+        except (psycopg.Error, OSError) as e:
+            log.warning("cluster leases not released; they lapse after the TTL", extra={"error": str(e)})
+        finally:
+            await self._drop_connection()
+
+    # --- steps ------------------------------------------------------------------------------
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            self._conn = await self.connect()
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+
+    async def _heartbeat(self, conn: psycopg.AsyncConnection) -> list[str]:
+        await conn.execute(
+            "INSERT INTO asyncjob.members (replica, address, heartbeat_at) VALUES (%s, %s, now()) "
+            "ON CONFLICT (replica) DO UPDATE SET heartbeat_at = now(), address = excluded.address",
+            (self.replica, self.address),
+        )
+        cur = await conn.execute(
+            "SELECT replica FROM asyncjob.members WHERE heartbeat_at > now() - make_interval(secs => %s) "
+            "ORDER BY replica",
+            (self.ttl,),
+        )
+        return [str(r[0]) for r in await cur.fetchall()]
+
+    async def _renew(self, conn: psycopg.AsyncConnection) -> dict[int, int]:
+        """Extend every lease this replica holds, lapsed ones too when nobody claimed them since
+        (a database outage that every replica sat out): the generation proves nobody did."""
+        cur = await conn.execute(
+            "UPDATE asyncjob.leases SET expires_at = now() + make_interval(secs => %s) "
+            "WHERE owner = %s RETURNING shard, generation",
+            (self.ttl, self.replica),
+        )
+        return {int(s): int(g) for s, g in await cur.fetchall()}
+
+    async def _release(self, conn: psycopg.AsyncConnection, shards: set[int]) -> None:
+        if not shards:
+            return
+        # Stop working them first (and commit what is pending), then let them go.
+        for s in shards:
+            self._held.pop(s, None)
+        await self._lose(shards)
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE asyncjob.leases SET owner = NULL, expires_at = '-infinity' "
+                "WHERE owner = %s AND shard = ANY(%s)",
+                (self.replica, sorted(shards)),
+            )
+        self.counters.handovers += len(shards)
+        log.info("cluster shards handed over", extra={"shards": len(shards)})
+
+    async def _claim(self, conn: psycopg.AsyncConnection, shards: set[int], sent: float) -> None:
+        if not shards:
+            return
+        async with conn.transaction():
+            cur = await conn.execute(
+                "WITH free AS ("
+                "  SELECT shard, owner FROM asyncjob.leases"
+                "  WHERE shard = ANY(%s) AND (owner IS NULL OR (%s AND expires_at < now())) FOR UPDATE"
+                ") UPDATE asyncjob.leases l SET owner = %s, generation = l.generation + 1,"
+                "  expires_at = now() + make_interval(secs => %s)"
+                " FROM free WHERE l.shard = free.shard RETURNING l.shard, l.generation, free.owner",
+                (sorted(shards), self.clock() >= self._patient_until, self.replica, self.ttl),
+            )
+            claimed = await cur.fetchall()
+        gained = {int(s) for s, _, _ in claimed}
+        self.counters.takeovers += sum(
+            1 for _, _, prev in claimed if prev is not None and prev != self.replica
+        )
+        self._held.update({int(s): int(g) for s, g, _ in claimed})
+        # The claim was sent after `sent`: its leases end no earlier than the renewed ones.
+        self._valid_until = max(self._valid_until, sent + self.ttl * (1 - SAFETY))
+        if gained and self.on_gained is not None:
+            await self.on_gained(gained)
+
+    async def _lose(self, shards: set[int]) -> None:
+        if self.on_lost is not None:
+            await self.on_lost(shards)
+
+
+async def fenced(conn: psycopg.AsyncConnection, replica: str, generations: dict[int, int]) -> set[int]:
+    """Inside a write transaction: the shards of `generations` this replica still holds with that
+    very generation and an unexpired lease, locked against a claim until the transaction ends.
+    Writes for any other shard are stale (another replica holds it since) and must be dropped."""
+    if not generations:
+        return set()
+    cur = await conn.execute(
+        "SELECT shard, generation FROM asyncjob.leases "
+        "WHERE owner = %s AND shard = ANY(%s) AND expires_at > now() FOR SHARE",
+        (replica, sorted(generations)),
+    )
+    return {int(s) for s, g in await cur.fetchall() if generations.get(int(s)) == int(g)}
