@@ -21,6 +21,7 @@ from bench import (
     changes,
     detection,
     jobrate,
+    lockout,
     machine,
     memory,
     pgdriver,
@@ -78,6 +79,11 @@ BENCHMARKS: list[tuple[str, str, Callable[[Log], Any]]] = [
         lambda log: jobrate.run(log=log),
     ),
     ("pgdriver", "psycopg and asyncpg against one PostgreSQL", lambda log: pgdriver.run()),
+    (
+        "lockout",
+        "scrapes on new connections while more connections than the cap pipeline wrong passwords",
+        lambda log: lockout.run(log=log),
+    ),
 ]
 NAMES = tuple(name for name, _, _ in BENCHMARKS)
 

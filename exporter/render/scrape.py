@@ -20,6 +20,7 @@ from prometheus_client import (
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from exporter import __version__
+from exporter.front_door import WEB_COUNTS, WebCounts
 from exporter.render.aggregates import render_aggregates, render_dropped, render_http_stats
 from exporter.render.deflate import gzip_member, inflate
 from exporter.render.formats import EOF, openmetrics_counters
@@ -32,6 +33,23 @@ PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=PROCESS_REGISTRY)
 PlatformCollector(registry=PROCESS_REGISTRY)
 GCCollector(registry=PROCESS_REGISTRY)
+
+
+def render_web_counts(w: Text, counts: WebCounts = WEB_COUNTS) -> None:
+    w.family(
+        "asyncjob_web_connections_refused_total",
+        "New connections refused at --web.max-connections: every open one had authenticated and was being answered.",
+        "counter",
+    )
+    w.out.append(f"asyncjob_web_connections_refused_total {counts.refused}\n")
+    w.family(
+        "asyncjob_web_connections_closed_total",
+        "Connections the exporter closed before its client did, by reason: to make room at the cap "
+        "(cap_not_authenticated, cap_not_reading, cap_idle), header_timeout, write_timeout.",
+        "counter",
+    )
+    for reason, n in counts.closed.items():
+        w.sample("asyncjob_web_connections_closed_total", labels(reason=reason), n)
 
 
 def _task_count() -> int:
@@ -69,6 +87,7 @@ class Exposition:
             "asyncjob_exporter_tasks", "Tasks on the exporter's event loop (flat when healthy).", "gauge"
         )
         w.out.append(f"asyncjob_exporter_tasks {_task_count()}\n")
+        render_web_counts(w)
         if not openmetrics:
             process = generate_latest(PROCESS_REGISTRY) if self.exporter_metrics else b""
             return render_aggregates(ts) + w.bytes() + self._extra() + process
