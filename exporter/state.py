@@ -21,7 +21,11 @@ docs/benchmarks.md). Checkpoints, which fsync, run on their own connection in a 
 Size: a job dropped leaves a tombstone row only where something can list it again (a target
 that discovers jobs), for TOMBSTONE_SECONDS; rows past it are deleted a few thousand at a time,
 and the space they held is reused (`auto_vacuum=INCREMENTAL`, the surplus given back to the
-file system). The WAL is copied in every second and cut back to WAL_SIZE_LIMIT.
+file system). The WAL is copied in every second; past WAL_RESTART_BYTES with the writer held
+off, so that it starts again from its beginning instead of growing.
+
+Also kept: the jobs the event loop froze on (exporter.watchdog), written by the watchdog's
+thread on a connection of its own and restored as the tracker's quarantine.
 """
 
 from __future__ import annotations
