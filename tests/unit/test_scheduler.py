@@ -485,3 +485,33 @@ async def test_a_configured_source_that_answers_404_is_counted_named_and_forgott
     await scheduler._cycle(runner)
     assert state.missing == {}
     await runner.http.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_targets_ledger_asks_the_tracker_whether_it_holds_an_answer() -> None:
+    """The runner Scheduler.apply starts keeps its answers in a ledger of its own, whose
+    unchanged answers count as known only while the tracker holds the job they said."""
+    from exporter.config import build_settings
+    from exporter.providers import PROVIDERS
+
+    s = build_settings(
+        {"targets": [{"name": "t", "provider": "willsuite", "base_url": "http://127.0.0.1:1"}]},
+        PROVIDERS,
+    )
+    tr = tracker()
+    scheduler = Scheduler(tr)
+    answer = Job("j", Status.RUNNING)
+    async with anyio.create_task_group() as tg:
+        scheduler._tg = tg
+        scheduler.apply(s)
+        ledger = scheduler.runners["t"].ledger
+        tg.cancel_scope.cancel()  # nothing is polled: the wiring alone is under test
+    ledger.last["j"] = (hash(b"answer"), answer)
+    assert not ledger.known("j", hash(b"answer"))  # not tracked
+    tr.track("t", Job("j", Status.PENDING), "registered", now=1)
+    assert not ledger.known("j", hash(b"answer"))  # tracked as registered, not as that answer
+    tr.apply("t", PollResult(jobs=[answer]), now=2)
+    assert ledger.known("j", hash(b"answer"))
+    assert not ledger.known("j", hash(b"another answer"))
+    tr.drop("t", "j", "deleted")
+    assert "j" not in ledger.last  # forgotten with the job
