@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from exporter import catalogue
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.history import timeline
 from exporter.model import Job, placeholder
@@ -123,13 +124,10 @@ class Runtime:
         self.gc = QuietGC()
 
     def _reload_text(self) -> bytes:
+        ok, at = catalogue.CONFIG_RELOAD_SUCCESSFUL, catalogue.CONFIG_RELOAD_SUCCESS_TIMESTAMP
         return (
-            "# HELP asyncjob_config_last_reload_successful Whether the last config reload succeeded.\n"
-            "# TYPE asyncjob_config_last_reload_successful gauge\n"
-            f"asyncjob_config_last_reload_successful {1 if self.last_reload_ok else 0}\n"
-            "# HELP asyncjob_config_last_reload_success_timestamp_seconds When the config was last loaded.\n"
-            "# TYPE asyncjob_config_last_reload_success_timestamp_seconds gauge\n"
-            f"asyncjob_config_last_reload_success_timestamp_seconds {self.last_reload_at:.3f}\n"
+            f"{ok.header_text}{ok.name} {1 if self.last_reload_ok else 0}\n"
+            f"{at.header_text}{at.name} {self.last_reload_at:.3f}\n"
         ).encode() + (self.store.metrics_text() if self.store is not None else state_metrics_text(0, 0))
 
     def open_state(self) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 from pydantic import TypeAdapter, ValidationError
 
-from exporter import step_times
+from exporter import catalogue, step_times
 from exporter.model import shared
 from exporter.parsing import load_json, may_hold_surrogates
 from exporter.tracker import TOMBSTONE_SECONDS, TargetState, TrackedJob, Tracker
@@ -641,12 +641,7 @@ class Store:
 
 
 def state_metrics_text(write_errors: int, pending: int) -> bytes:
+    errors, waiting = catalogue.STATE_WRITE_ERRORS, catalogue.STATE_PENDING_WRITES
     return (
-        "# HELP asyncjob_state_write_errors_total Failed attempts to write the state file "
-        "(each retried; nothing is dropped).\n"
-        "# TYPE asyncjob_state_write_errors_total counter\n"
-        f"asyncjob_state_write_errors_total {write_errors}\n"
-        "# HELP asyncjob_state_pending_writes Changes not yet committed to the state file.\n"
-        "# TYPE asyncjob_state_pending_writes gauge\n"
-        f"asyncjob_state_pending_writes {pending}\n"
+        f"{errors.header_text}{errors.name} {write_errors}\n{waiting.header_text}{waiting.name} {pending}\n"
     ).encode()

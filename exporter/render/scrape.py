@@ -19,7 +19,7 @@ from prometheus_client import (
 )
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
-from exporter import __version__
+from exporter import __version__, catalogue
 from exporter.render.aggregates import render_aggregates, render_dropped, render_http_stats
 from exporter.render.deflate import gzip_member, inflate
 from exporter.render.formats import EOF, openmetrics_counters
@@ -63,12 +63,10 @@ class Exposition:
         w = Text(openmetrics)
         render_http_stats(w, self._http_stats())
         render_dropped(w, ts)
-        w.family("asyncjob_exporter_build_info", "The exporter's version.", "gauge")
-        w.sample("asyncjob_exporter_build_info", labels(version=__version__), 1)
-        w.family(
-            "asyncjob_exporter_tasks", "Tasks on the exporter's event loop (flat when healthy).", "gauge"
-        )
-        w.out.append(f"asyncjob_exporter_tasks {_task_count()}\n")
+        w.family(catalogue.BUILD_INFO)
+        w.sample(catalogue.BUILD_INFO.name, labels(version=__version__), 1)
+        w.family(catalogue.EXPORTER_TASKS)
+        w.out.append(f"{catalogue.EXPORTER_TASKS.name} {_task_count()}\n")
         if not openmetrics:
             process = generate_latest(PROCESS_REGISTRY) if self.exporter_metrics else b""
             return render_aggregates(ts) + w.bytes() + self._extra() + process
