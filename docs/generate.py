@@ -24,6 +24,7 @@ from pydantic_core import PydanticUndefined
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from exporter import catalogue  # noqa: E402
 from exporter import config as cfg  # noqa: E402
 from exporter.config import models  # noqa: E402
 from exporter.fetch import ERROR_REASONS  # noqa: E402
@@ -31,7 +32,6 @@ from exporter.model import Channel, Connection, Job, Status, Step  # noqa: E402
 from exporter.providers import PROVIDERS  # noqa: E402
 from exporter.providers.base import COMMON_KEYS, PollResult  # noqa: E402
 from exporter.render import Exposition  # noqa: E402
-from exporter.render.jobs import JOB_FAMILIES  # noqa: E402
 from exporter.runtime import Runtime  # noqa: E402
 from exporter.tracker import Tracker  # noqa: E402
 
@@ -589,7 +589,7 @@ def collect_families() -> list[MetricFamily]:
 
 
 def section_of(family: MetricFamily) -> str:
-    if family.name in {f.name for f in JOB_FAMILIES}:
+    if family.name in {f.name for f in catalogue.PER_JOB}:
         return "jobs"
     if {"connection_id", "queue"} & set(family.labels):
         return "connections"
