@@ -20,6 +20,7 @@ from bench import (
     auth,
     changes,
     detection,
+    lockout,
     machine,
     memory,
     pgdriver,
@@ -71,6 +72,11 @@ BENCHMARKS: list[tuple[str, str, Callable[[Log], Any]]] = [
     ),
     ("auth", "authenticated scrapes during a wrong-password flood", lambda log: auth.run(log=log)),
     ("pgdriver", "psycopg and asyncpg against one PostgreSQL", lambda log: pgdriver.run()),
+    (
+        "lockout",
+        "scrapes on new connections while more connections than the cap pipeline wrong passwords",
+        lambda log: lockout.run(log=log),
+    ),
 ]
 NAMES = tuple(name for name, _, _ in BENCHMARKS)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench import auth, detection, pgdriver, series
+from bench import auth, detection, lockout, pgdriver, series
 
 KIB = 1024
 
@@ -667,6 +667,7 @@ SECTIONS: list[Section] = [
     Section("registration", registration_body, registration_targets),
     Section("auth", auth.body, auth.targets),
     Section("pgdriver", pgdriver.body, pgdriver.targets),
+    Section("lockout", lockout.body, lockout.targets),
 ]
 
 

@@ -327,9 +327,18 @@ FRONT_DOOR = (
     "- Connections: one whose request headers are not complete within `--web.read-header-timeout`",
     "  (default 10s) of opening or of its previous response, or whose body is not complete within",
     "  as long again after its headers, is closed (on a TLS port, so is one that has not finished",
-    "  its handshake by then). At most `--web.max-connections` (default 512) are open (connections",
-    "  still in their TLS handshake are not counted); past it the one waiting longest for its",
-    "  request is closed. Accept errors (out of file descriptors) are logged once per burst.",
+    "  its handshake by then), and so is one whose client reads none of its answers for 10s. At",
+    "  most `--web.max-connections` (default 512) are open, TLS handshakes included; past it the",
+    "  exporter closes, in this order, the oldest connection that has not authenticated a request",
+    "  (with basic auth: sent credentials already verified; without it: sent any request), the one",
+    "  that has left its answers unread longest, the authenticated one idle longest; a new",
+    "  connection is refused only when every other one has authenticated and is being answered.",
+    "  Reaching the cap is logged at warn once per burst and counted",
+    "  (`asyncjob_web_connections_closed_total`, `asyncjob_web_connections_refused_total`). A",
+    "  request still waiting for its answer when a connection that never authenticated goes (a",
+    "  wrong password queued for bcrypt) is dropped. A TLS connection the exporter closes gives",
+    "  its descriptor back at once (close_notify is sent; the client's is not waited for). Accept",
+    "  errors (out of file descriptors) are logged once per burst.",
     "- `POST /-/reload` is served only with `--web.enable-lifecycle` (as Prometheus); SIGHUP always",
     "  reloads. Both read the config file and `--web.config.file` afresh, as exporter-toolkit reads",
     "  its file: users (credentials verified before are checked again), response headers, and the",
@@ -403,7 +412,7 @@ LABELS: dict[str, str] = {
     "kind": "`total`, `affected` or `failed`",
     "reason": (
         "a bounded reason: the provider's error code or state (failed jobs), the class of a failed "
-        f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), or why a job stopped being tracked. "
+        f"request ({', '.join(f'`{r}`' for r in ERROR_REASONS)}), why a job stopped being tracked, or why the exporter closed a connection. "
         "`id_mismatch` counts answers to a request about one job (or Oxlin connection) that were "
         "about another id: they are never applied (list and batch answers, and an AIMS360 rerun's "
         "new id, are what they are)"

@@ -189,7 +189,8 @@ def _add_global(p: argparse.ArgumentParser, top: bool) -> None:
         type=int,
         default=default(_env("web.max-connections", "512")),
         metavar="N",
-        help="open connections at most; past it the one waiting longest for its headers is closed "
+        help="open connections at most, TLS handshakes included; past it one that has not "
+        "authenticated a request (else does not read its answers, else is idle) is closed "
         "(default: 512)",
     )
     g.add_argument(

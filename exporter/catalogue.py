@@ -290,10 +290,22 @@ JOBS_DROPPED = Family(
     (*TARGET, "reason"),
 )
 
-# The exporter itself: its build, its event loop, its config and its state file.
+# The exporter itself: its build, its event loop, its web server, its config and its state file.
 BUILD_INFO = Family("asyncjob_exporter_build_info", "gauge", "The exporter's version.", ("version",))
 EXPORTER_TASKS = Family(
     "asyncjob_exporter_tasks", "gauge", "Tasks on the exporter's event loop (flat when healthy)."
+)
+WEB_CONNECTIONS_REFUSED = Family(
+    "asyncjob_web_connections_refused_total",
+    "counter",
+    "New connections refused at --web.max-connections: every open one had authenticated and was being answered.",
+)
+WEB_CONNECTIONS_CLOSED = Family(
+    "asyncjob_web_connections_closed_total",
+    "counter",
+    "Connections the exporter closed before its client did, by reason: to make room at the cap "
+    "(cap_not_authenticated, cap_not_reading, cap_idle), header_timeout, write_timeout.",
+    ("reason",),
 )
 CONFIG_RELOAD_SUCCESSFUL = Family(
     "asyncjob_config_last_reload_successful", "gauge", "Whether the last config reload succeeded."
@@ -343,6 +355,8 @@ CATALOGUE: tuple[Family, ...] = (
     JOBS_DROPPED,
     BUILD_INFO,
     EXPORTER_TASKS,
+    WEB_CONNECTIONS_REFUSED,
+    WEB_CONNECTIONS_CLOSED,
     CONFIG_RELOAD_SUCCESSFUL,
     CONFIG_RELOAD_SUCCESS_TIMESTAMP,
     STATE_WRITE_ERRORS,

@@ -1,5 +1,6 @@
-"""The connections the HTTP server keeps: a deadline for a request's headers, a cap on open
-connections, accept errors (out of file descriptors) logged once per burst, and direct answers.
+"""The HTTP server's h11 protocol: a deadline for a request's headers, one for a client that
+reads none of its answers, its place under the cap on open connections (exporter.front_door
+chooses which to close past it), and direct answers.
 
 uvicorn's keep-alive timeout starts only after a first response and stops at the first byte
 of the next request, so a client that connects and sends nothing, or half a request line,
@@ -18,21 +19,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import h11
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
+
+from exporter.front_door import WEB_COUNTS, FrontDoor
+from exporter.front_door import Headers as RequestHeaders
 
 log = logging.getLogger("asyncjob.server")
 
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 512
-# Accept errors closer together than this are one burst: logged once.
-ACCEPT_BURST_GAP = 10.0
-
 Headers = list[tuple[bytes, bytes]]
 # (method, request target, headers with lower-case names) -> (status, headers, body), or None
 # when the request is for the ASGI app (another path, credentials not verified yet...).
@@ -51,29 +52,60 @@ JOIN_AT_MOST = 64 * 1024
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """--web.read-header-timeout and --web.max-connections."""
+    """--web.read-header-timeout and --web.max-connections; and how long a client may read
+    none of its answers (its writes paused) before it is closed."""
 
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    write_timeout: float = DEFAULT_HEADER_TIMEOUT
+
+
+class AppCall:
+    """The app as one connection calls it: a call still under way when the connection goes is
+    cancelled if the connection never authenticated (a wrong password waiting for bcrypt is not
+    checked for a client that is gone, nor for one closed to make room)."""
+
+    __slots__ = ("abandoned", "app", "task")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.task: asyncio.Task[Any] | None = None
+        self.abandoned = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.task = asyncio.current_task()
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self.abandoned:
+                raise
+        finally:
+            self.task = None
+
+    def abandon(self) -> None:
+        if self.task is not None:
+            self.abandoned = True
+            self.task.cancel()
 
 
 def guarded_h11(
-    header_timeout: float,
-    max_connections: int,
+    limits: ConnectionLimits,
+    door: FrontDoor,
     direct: Direct | None = None,
     direct_post: DirectPost | None = None,
 ) -> type[H11Protocol]:
     """An h11 protocol class for uvicorn's `http=` that closes a connection whose request
     headers are not complete `header_timeout` seconds after it opened (or after its previous
-    response), or whose request body is not complete `header_timeout` seconds after its
-    headers; and keeps at most `max_connections` open: past the cap, the connection that has
-    waited longest for its request to come in is closed to make room. A GET or HEAD without a
+    response), whose request body is not complete `header_timeout` seconds after its headers,
+    or whose client reads none of its answers for `write_timeout`; and counts itself in `door`,
+    which closes connections past the cap (exporter.front_door). A GET or HEAD without a
     body that `direct` answers is answered at once. A POST that `direct_post` takes, whose
     whole body came with it, is answered by a task of ours: no ASGI request cycle, scope or
     middleware chain (most of a registration's cost besides its own work). Every other request
     goes to the app."""
 
-    reading: dict[GuardedH11, float] = {}  # connections waiting for a request -> since when
+    header_timeout, write_timeout = limits.header_timeout, limits.write_timeout
+    verified = door.verified
 
     class GuardedH11(H11Protocol):
         _timer: asyncio.TimerHandle | None = None
@@ -82,14 +114,66 @@ def guarded_h11(
         _posting = False  # a direct POST is being answered
         _close_after = False  # the server shuts down: close once that answer is sent
         _nested = 0  # direct answers under way in this call stack (pipelined requests)
+        _arrived = 0.0  # time.monotonic() it was counted in
+        _trusted = False  # a request of it carried credentials the front door verified
+        _paused_since = 0.0  # time.monotonic() our writes were paused (the client not reading)
+        _write_timer: asyncio.TimerHandle | None = None
+        _calls: AppCall
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._calls = AppCall(self.app)
+            self.app = self._calls
+            self._arrived = time.monotonic()
             self._await(h11.IDLE)
-            if len(self.connections) > max_connections:
-                oldest = min((c for c in reading if c is not self), key=reading.__getitem__, default=self)
-                log.debug("connection cap reached; closing the one waiting longest for its request")
-                oldest._close()
+            if not door.enter(self):
+                transport.abort()
+
+        # --- as the door sees it (exporter.front_door.Seat) ---
+
+        def cap_rank(self) -> tuple[int, float] | None:
+            if not self._trusted:
+                return 0, self._arrived
+            if self._paused_since:
+                return 1, self._paused_since
+            if self._phase is not None:  # idle between requests, or a body to come
+                return 2, self._since
+            return None
+
+        def close_for_room(self) -> None:
+            self._stop()
+            self._cancel_timer()
+            if self._trusted and not self._paused_since:
+                self.transport.close()  # idle: nothing of ours is lost
+            else:
+                self.transport.abort()
+
+        def _trust(self, headers: RequestHeaders) -> None:
+            if not self._trusted and verified(headers):
+                self._trusted = True
+
+        # --- a client that reads none of its answers ---
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._paused_since = time.monotonic()
+            if self._write_timer is None:
+                self._write_timer = self.loop.call_later(write_timeout, self._write_late)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._paused_since = 0.0
+
+        def _write_late(self) -> None:
+            self._write_timer = None
+            if not self._paused_since:
+                return  # resumed meanwhile
+            left = self._paused_since + write_timeout - time.monotonic()
+            if left > 0:
+                self._write_timer = self.loop.call_later(left, self._write_late)
+                return
+            WEB_COUNTS.closed["write_timeout"] += 1
+            self.transport.abort()  # what it holds cannot be delivered
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -117,8 +201,10 @@ def guarded_h11(
                     return
                 if event is h11.NEED_DATA:
                     return
-                if isinstance(event, h11.Request) and (self._answer(event) or self._post(event)):
-                    return
+                if isinstance(event, h11.Request):
+                    self._trust(event.headers)
+                    if self._answer(event) or self._post(event):
+                        return
 
                 # Not ours: uvicorn reads the same event next.
                 def replay() -> Any:
@@ -234,9 +320,14 @@ def guarded_h11(
             if self._posting:  # answered first, then closed (uvicorn would close it now)
                 self._close_after = True
                 return
+            if not self._trusted:  # its request, if any, is dropped quietly (connection_lost)
+                self.transport.abort()
+                return
             super().shutdown()
 
         def on_response_complete(self) -> None:
+            if not self._trusted and self.headers is not None:
+                self._trust(self.headers)  # verified by the app meanwhile (bcrypt)
             super().on_response_complete()  # reads a pipelined request, if one came
             if not self.transport.is_closing():
                 state = self.conn.their_state
@@ -246,26 +337,31 @@ def guarded_h11(
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop()
             self._cancel_timer()
+            door.leave(self)
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
             super().connection_lost(exc)
+            if not self._trusted:
+                self._calls.abandon()
 
         def handle_events(self) -> None:
             cycle = self.cycle
             self._direct_or_app()
             if self.cycle is not None and self.cycle is not cycle:  # a request came in
                 self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
+                self._trust(self.headers)
 
         # One timer a connection, left running across requests: when it fires, it closes the
         # connection if the phase it waits for began header_timeout ago, else it is set again
         # for that phase's end (a timer set and cancelled per request cost more than the rest).
         def _await(self, phase: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:
-            reading.pop(self, None)  # to the end: the dict stays oldest first
             self._phase = phase
-            reading[self] = self._since = time.monotonic()
+            self._since = time.monotonic()
             if self._timer is None:
                 self._timer = self.loop.call_later(header_timeout, self._late)
 
         def _stop(self) -> None:
-            reading.pop(self, None)
             self._phase = None
 
         def _late(self) -> None:
@@ -276,6 +372,7 @@ def guarded_h11(
             if left > 0:
                 self._timer = self.loop.call_later(left, self._late)
             elif self.conn.their_state is self._phase:
+                WEB_COUNTS.closed["header_timeout"] += 1
                 self._close()
 
         def _close(self) -> None:
@@ -329,63 +426,3 @@ class HeadWithBody:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
-
-
-@contextmanager
-def tls_handshake_deadline(seconds: float) -> Iterator[None]:
-    """TLS servers created meanwhile on the running loop give a handshake `seconds` (asyncio's
-    default is 60 s, and uvicorn does not pass one): a client that connects to the TLS port and
-    sends nothing is closed as soon as one that sends no request headers."""
-    loop = asyncio.get_running_loop()
-    create_server = loop.create_server
-
-    async def with_deadline(*args: Any, **kwargs: Any) -> asyncio.Server:
-        if kwargs.get("ssl") is not None:
-            kwargs.setdefault("ssl_handshake_timeout", seconds)
-        return await create_server(*args, **kwargs)
-
-    loop.create_server = with_deadline  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del loop.create_server  # the class's method again
-
-
-def warn_if_past_open_files_limit(limits: ConnectionLimits) -> None:
-    """The cap keeps accepts from failing only if it sits below the open-files limit."""
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and limits.max_connections > soft - 64:
-        log.warning(
-            "--web.max-connections is not below the open-files limit: accepts may fail "
-            "(EMFILE) before the cap is reached",
-            extra={"max_connections": limits.max_connections, "open_files_limit": soft},
-        )
-
-
-def log_accept_errors_once_per_burst(loop: asyncio.AbstractEventLoop) -> None:
-    """asyncio reports every failed accept (EMFILE, ENFILE, ENOBUFS, ENOMEM) with a traceback
-    and retries a second later; one line per burst says the same."""
-    previous = loop.get_exception_handler()
-    last = [-ACCEPT_BURST_GAP - 1.0]
-    count = [0]
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
-            now = time.monotonic()
-            count[0] += 1
-            if now - last[0] > ACCEPT_BURST_GAP:
-                error = context.get("exception")
-                log.error(
-                    "cannot accept connections; retrying every second, logged once per burst",
-                    extra={"error": f"{type(error).__name__}: {error}", "accept_errors": count[0]},
-                )
-            last[0] = now
-            return
-        if previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -25,8 +25,13 @@ from exporter.connections import (
     DirectPost,
     Headers,
     guarded_h11,
+)
+from exporter.front_door import (
+    FrontDoor,
+    TLSFronted,
+    Verified,
+    everyone,
     log_accept_errors_once_per_burst,
-    tls_handshake_deadline,
     warn_if_past_open_files_limit,
 )
 from exporter.model import STATUSES
@@ -60,13 +65,21 @@ def scrapes_first(app: ASGIApp, jobs: Any, telemetry_path: str = "/metrics") -> 
 
 
 class ExporterApp:
-    """The exporter's ASGI app, and the answers the HTTP server gives without it (`direct`,
-    `direct_post`)."""
+    """The exporter's ASGI app, the answers the HTTP server gives without it (`direct`,
+    `direct_post`), and whether a request's credentials are verified (`verified`: the
+    connection cap keeps connections that sent some, exporter.front_door)."""
 
-    def __init__(self, app: ASGIApp, direct: Direct | None, direct_post: DirectPost | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        direct: Direct | None,
+        direct_post: DirectPost | None = None,
+        verified: Verified = everyone,
+    ) -> None:
         self.app = app
         self.direct = direct
         self.direct_post = direct_post
+        self.verified = verified
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -99,7 +112,7 @@ def _front_door(app: Starlette) -> tuple[BasicAuthMiddleware | None, Headers] | 
     return auth, extra
 
 
-def _verified(auth: BasicAuthMiddleware | None, headers: Headers) -> bool:
+def _verified(auth: BasicAuthMiddleware | None, headers: Sequence[tuple[bytes, bytes]]) -> bool:
     if auth is None:
         return True
     credentials = b""
@@ -107,6 +120,16 @@ def _verified(auth: BasicAuthMiddleware | None, headers: Headers) -> bool:
         if name == b"authorization":
             credentials = value  # the last one, as the middleware reads them
     return auth.verified(credentials)
+
+
+def credentials_check(app: Starlette) -> Verified:
+    """Whether a request's credentials were verified by the app's basic auth (its cache: no
+    bcrypt); every request when there is none (or middleware of another kind)."""
+    front = _front_door(app)
+    auth = front[0] if front is not None else None
+    if auth is None:
+        return everyone
+    return lambda headers: _verified(auth, headers)
 
 
 def direct_registrations(app: Starlette, register: Any) -> DirectPost | None:
@@ -486,6 +509,7 @@ def build_app(
         scrapes_first(app, runtime.exposition.jobs, telemetry_path),
         direct_answers(app, runtime, telemetry_path, metrics, healthz),
         direct_registrations(app, register),
+        credentials_check(app),
     )
 
 
@@ -517,18 +541,14 @@ class Server:
         host, port = parse_listen_address(address)
         self.address = address
         limits = limits or ConnectionLimits()
-        warn_if_past_open_files_limit(limits)
-        handshake_timeout = limits.header_timeout
+        warn_if_past_open_files_limit(limits.max_connections)
+        self.door = FrontDoor(limits.max_connections, getattr(app, "verified", everyone))
 
         class _Quiet(uvicorn.Server):
             def capture_signals(self) -> Any:  # the exporter handles SIGTERM/SIGINT/SIGHUP
                 from contextlib import nullcontext
 
                 return nullcontext()
-
-            async def startup(self, sockets: Any = None) -> None:
-                with tls_handshake_deadline(handshake_timeout):
-                    await super().startup(sockets)
 
         config = uvicorn.Config(
             app,
@@ -540,13 +560,18 @@ class Server:
             server_header=False,
             timeout_graceful_shutdown=2,
             http=guarded_h11(
-                limits.header_timeout,
-                limits.max_connections,
-                getattr(app, "direct", None),
-                getattr(app, "direct_post", None),
+                limits, self.door, getattr(app, "direct", None), getattr(app, "direct_post", None)
             ),
             **(ssl or {}),
         )
+        config.load()
+        if config.ssl is not None:
+            # The protocol does TLS, not the listener: handshakes count against the cap, and a
+            # closed connection's descriptor is released at once (exporter.front_door).
+            config.http_protocol_class = TLSFronted(  # type: ignore[assignment]
+                config.http_protocol_class, config.ssl, self.door, limits.header_timeout, limits.write_timeout
+            )
+            config.ssl = None
         self._server = _Quiet(config)
 
     @property

@@ -20,6 +20,7 @@ from prometheus_client import (
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from exporter import __version__, catalogue
+from exporter.front_door import WEB_COUNTS, WebCounts
 from exporter.render.aggregates import render_aggregates, render_dropped, render_http_stats
 from exporter.render.deflate import gzip_member, inflate
 from exporter.render.formats import EOF, openmetrics_counters
@@ -32,6 +33,14 @@ PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=PROCESS_REGISTRY)
 PlatformCollector(registry=PROCESS_REGISTRY)
 GCCollector(registry=PROCESS_REGISTRY)
+
+
+def render_web_counts(w: Text, counts: WebCounts = WEB_COUNTS) -> None:
+    w.family(catalogue.WEB_CONNECTIONS_REFUSED)
+    w.out.append(f"{catalogue.WEB_CONNECTIONS_REFUSED.name} {counts.refused}\n")
+    w.family(catalogue.WEB_CONNECTIONS_CLOSED)
+    for reason, n in counts.closed.items():
+        w.sample(catalogue.WEB_CONNECTIONS_CLOSED.name, labels(reason=reason), n)
 
 
 def _task_count() -> int:
@@ -67,6 +76,7 @@ class Exposition:
         w.sample(catalogue.BUILD_INFO.name, labels(version=__version__), 1)
         w.family(catalogue.EXPORTER_TASKS)
         w.out.append(f"{catalogue.EXPORTER_TASKS.name} {_task_count()}\n")
+        render_web_counts(w)
         if not openmetrics:
             process = generate_latest(PROCESS_REGISTRY) if self.exporter_metrics else b""
             return render_aggregates(ts) + w.bytes() + self._extra() + process

@@ -10,6 +10,7 @@ from bench import (
     auth,
     changes,
     detection,
+    lockout,
     machine,
     memory,
     pgdriver,
@@ -124,3 +125,14 @@ def test_both_postgresql_drivers_write_through_a_real_server_and_are_reported() 
             assert r["one"]["p50_ms"] > 0 and r["batch"]["p50_ms"] > 0 and r["cpu_s"] > 0
     text = "\n".join(pgdriver.body(results))
     assert "| psycopg 3" in text and "| asyncpg |" in text
+
+
+@pytest.mark.e2e
+def test_lockout_scrapes_on_new_connections_while_more_connections_than_the_cap_flood() -> None:
+    r = lockout.run(clients=24, max_connections=16, seconds=1.0, cost=4, every=0.1, log=quiet)
+    assert r["alone"]["n"] > 0 and r["flooded"]["n"] > 0 and r["flooded_missed"] == 0
+    assert r["flood_closed_by_server"] > 0 and r["cap_log_lines"] >= 1
+    assert report.targets({"lockout": r})[0]["what"].startswith(
+        "authenticated /metrics p99 on new connections"
+    )
+    assert "## The connection cap under a flood" in "\n".join(lockout.body(r))
