@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 from exporter import catalogue  # noqa: E402
 from exporter import config as cfg  # noqa: E402
 from exporter.config import models  # noqa: E402
+from exporter.config.slos import SLO  # noqa: E402
 from exporter.fetch import ERROR_REASONS  # noqa: E402
 from exporter.model import Channel, Connection, Job, Status, Step  # noqa: E402
 from exporter.providers import PROVIDERS  # noqa: E402
@@ -51,6 +52,13 @@ SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (
     ("targets[].fields", cfg.GenericFields, ""),
     ("targets[].steps", cfg.GenericSteps, ""),
     ("api", cfg.ApiConfig, "The job registration API under `/api/v1`."),
+    (
+        "slos[]",
+        SLO,
+        "Job objectives (docs/slos.md): each job they cover is judged once in "
+        "`asyncjob_slo_jobs_total`. The mixin config takes the same list to write the SLO rules, "
+        "alerts and dashboards.",
+    ),
 )
 
 # Descriptions of fields whose models carry none; a `description=` on the Field in
@@ -436,11 +444,23 @@ LABELS: dict[str, str] = {
     "minor": "Python's minor version",
     "patchlevel": "Python's patch level",
     "generation": "the garbage collector's generation (prometheus-client's `python_gc_*`)",
+    "slo": "the `name` of a job objective in `slos:` (docs/slos.md)",
+    "result": "how a job counts for its objective: `good`, `bad` or `user` (outside the SLI)",
 }
 
 # Labels that name a thing (never a fixed set of values). The values of the other labels of a
 # state set (a gauge with a series for every state) are listed.
-IDENTITY_LABELS = {"target", "job_id", "job_type", "step", "connection_id", "channel", "queue", "provider"}
+IDENTITY_LABELS = {
+    "target",
+    "job_id",
+    "job_type",
+    "step",
+    "connection_id",
+    "channel",
+    "queue",
+    "provider",
+    "slo",
+}
 
 
 @dataclass
@@ -495,6 +515,8 @@ def sample_exposition() -> str:
         name="example", provider="basiq", base_url="https://api.example.com", auth=cfg.AuthConfig()
     )
     resolved = cfg.ResolvedTarget.build(cfg.GlobalConfig(), target, PROVIDERS["basiq"])
+    slo = SLO(name="imports", target="example", job_type="import", objective=0.99, latency=300)
+    resolved = resolved.model_copy(update={"slos": (slo,)})
     tracker = Tracker()
     stats = {"example": (3, {"timeout": 1})}
     exposition = Exposition(tracker, lambda: stats)
@@ -754,6 +776,26 @@ CHOICES = [
     "AsyncJobFailed and AsyncJobFailureRateHigh count provider and unknown causes only; "
     "AsyncJobUserFailureRateHigh (severity `info`) watches the end users' share, for the "
     'application team (alerts/alertmanager-inhibit.example.yml routes `cause="user"` there).',
+    "",
+    "## Job objectives",
+    "",
+    "`asyncjob_slo_jobs_total{target, job_type, slo, result}` is the SLI of each objective in "
+    "`slos:` (docs/slos.md). Each job an objective covers is judged once for it: `good` when it "
+    "succeeded within the objective's `latency` (from the job's creation), `bad` when it failed "
+    "for any cause but its end user, succeeded later, or is still unfinished once the latency has "
+    "passed (judged then: a provider that hangs burns budget at once, not when the job ends), "
+    '`user` when the end user caused the failure (`cause="user"`) or was still being waited for '
+    "when the latency passed. The error ratio is `bad / (good + bad)`; `user` stays out of it and "
+    "is shown beside it.",
+    "",
+    "Why a counter of judgements rather than a duration histogram with the latency as a bucket: "
+    "a histogram only learns of a job when it ends, so a hung provider would burn no budget until "
+    "its jobs finished; it could not tell the end user's failures from the provider's without a "
+    "label that multiplies every bucket; and each objective's latency would have to be a bucket "
+    "bound of every job type. One counter with three results a job type stays three series per "
+    "objective, has no per-job label, and reads directly as good and bad events in the rules. The "
+    "judgement marks are kept in the state file with the job, so a job is counted once per "
+    "objective across restarts, as the other counted-once families are.",
     "",
 ]
 

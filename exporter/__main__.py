@@ -298,8 +298,9 @@ def parser() -> argparse.ArgumentParser:
         help="write alert rules, their promtool tests and dashboards for your setup",
         description="Write the alert rules, promtool tests of them and the Grafana dashboards "
         "from a mixin YAML (selector, Grafana URL, the exporter's external URL, runbook base, "
-        "thresholds, severity per alert; docs/alerts.md lists the keys). Unset keys keep the "
-        "shipped values. Check the output with: promtool test rules DIR/alerts/tests/generated.yml",
+        "thresholds, severity per alert, job objectives; docs/alerts.md and docs/slos.md list the "
+        "keys). Unset keys keep the shipped values. With --config.file, its slos must be the "
+        "mixin's. Check the output with: promtool test rules DIR/alerts/tests/generated.yml",
     )
     mixin.add_argument("--config", dest="mixin_config", metavar="FILE", default=None, help="mixin YAML")
     mixin.add_argument("--out", dest="out", metavar="DIR", required=True, help="directory to write into")
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     listen = args.listen or LISTEN_ADDRESS.get(args.command, LISTEN_ADDRESS[None])
     if args.command == "mixin":
-        return commands.write_mixin(args.mixin_config, args.out)
+        return commands.write_mixin(args.mixin_config, args.out, args.config_file)
     if args.command == "check-config":
         path = args.file or args.config_file
         if not path:

@@ -15,6 +15,7 @@ import anyio
 
 from exporter import __version__
 from exporter.config import ConfigError, Settings, build_settings, load_settings, safety
+from exporter.config.slos import duration
 from exporter.connections import ConnectionLimits
 from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
@@ -64,6 +65,10 @@ def check_config(path: str, listen: str = ":10110", web_config: str | None = Non
     print(f"{path}: OK ({len(settings.targets)} target(s))")
     for t in settings.resolved_targets():
         print(f"  {t.name}: {t.provider} {t.config.base_url}, every {t.poll_interval:g}s")
+    for slo in settings.slos:
+        jobs = f"{slo.job_type or 'all'} jobs of {slo.target or slo.target_regex}"
+        within, window = duration(slo.latency), duration(slo.window)
+        print(f"  slo {slo.name}: {slo.objective:g} of {jobs} within {within}, over {window}")
     if not settings.targets:
         print(f"{path}: warning: {NO_TARGETS}", file=sys.stderr)
     for warning in safety.warnings(settings, listen, basic_auth=bool(web.users)):
@@ -71,12 +76,22 @@ def check_config(path: str, listen: str = ":10110", web_config: str | None = Non
     return 0
 
 
-def write_mixin(config_file: str | None, out: str) -> int:
-    """Rules, promtool tests and dashboards from a user's mixin YAML (defaults without one)."""
+def write_mixin(config_file: str | None, out: str, exporter_config: str | None = None) -> int:
+    """Rules, promtool tests and dashboards from a user's mixin YAML (defaults without one). With
+    the exporter's config too, the two `slos:` lists must agree."""
+    from exporter.config.slos import disagreements
     from exporter.mixin import files, user
 
     try:
         cfg = user.load(config_file) if config_file else user.config_from(None)
+        if exporter_config:
+            try:
+                settings = load_settings(exporter_config, PROVIDERS)
+            except ConfigError as e:
+                return _refuse(exporter_config, e)
+            problems = disagreements(cfg.slos, settings.slos)
+            if problems:
+                raise user.MixinConfigError(problems)
     except user.MixinConfigError as e:
         print(f"{config_file}: {len(e.problems)} problem(s)", file=sys.stderr)
         for p in e.problems:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Protocol
 
-from exporter import step_times
+from exporter import slos, step_times
 from exporter.config import ResolvedTarget
 from exporter.history import EMPTY, History, observe
 from exporter.model import Cause, Connection, Job, Status
@@ -90,6 +90,7 @@ class TrackedJob:
     # Who must act on the failure (cause_of), resolved whenever the job or the target's config changes.
     cause: Cause | None = None
     history: History = EMPTY  # observed transitions, packed (exporter.history)
+    slo_counted: tuple[str, ...] = ()  # the objectives that judged it already (exporter.slos)
 
     @property
     def step_duration(self) -> dict[str, float]:
@@ -116,6 +117,7 @@ class Aggregates:
     # Raw status -> its label: the first UNDOCUMENTED_LABELS seen keep their own, later ones
     # are "other" (a provider's free text must not grow the series without bound).
     undocumented_labels: dict[str, str] = field(default_factory=dict)
+    slo: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (job_type, slo, result)
 
 
 @dataclass
@@ -139,6 +141,7 @@ class TargetState:
     # Configured sources answering 404 (`user ea3a81`, `queue 20`) -> since when, this process.
     missing: dict[str, float] = field(default_factory=dict)
     poll_duration: Histogram = field(default_factory=lambda: Histogram(POLL_DURATION_BUCKETS))
+    slo_deadlines: slos.Deadlines = field(default_factory=slos.Deadlines)  # with slos only
     # Step names given a histogram of their own (at most max_step_names); the rest are "other".
     step_names: set[str] = field(default_factory=set)
     step_names_capped: bool = False  # a name past the cap was seen (and logged, once)
@@ -386,6 +389,7 @@ class Tracker:
             tracked.is_history = False
             tracked.seen_terminal_at = None
             tracked.counted = False
+            tracked.slo_counted = ()
         _tally(state, tracked, 1)
         _resolve_cause(state, tracked)
         tracked.history = observe(tracked.history, old, job, now)
@@ -479,6 +483,9 @@ class Tracker:
         )
         cause = tracked.cause or Cause.UNKNOWN
         self.hold(partial(_count_finished, state.agg, job, cause, duration))
+        judged = slos.judge_finished(state.config.slos, tracked, now)
+        if judged:
+            self.hold(partial(slos.add, state.agg.slo, job.job_type, judged))
 
     def apply(self, name: str, result: PollResult, now: float | None = None) -> None:
         """Fold one poll cycle's answers into the target's state."""
@@ -564,7 +571,24 @@ class Tracker:
                 old.append(job_id)
             for job_id in old:
                 del state.tombstones[job_id]
+            if state.config.slos:
+                self._judge_overdue(state, now)
         return dropped
+
+    def _judge_overdue(self, state: TargetState, now: float) -> None:
+        """Unfinished jobs past an objective's latency count against it now, once (exporter.slos)."""
+        for job_id in state.slo_deadlines.passed(now):
+            tracked = state.jobs.get(job_id)
+            if tracked is None or job_id not in state.pending:
+                continue
+            found = slos.judge_overdue(state.config.slos, tracked, now)
+            if found:
+                # The mark goes to the state file before the count shows; the next objective's
+                # latency, if any, is scheduled.
+                self._changed(state, tracked)
+                self.hold(partial(slos.add, state.agg.slo, tracked.job.job_type, found))
+            else:
+                state.slo_deadlines.schedule(state.config.slos, tracked)
 
     def _changed(self, state: TargetState, tracked: TrackedJob) -> None:
         job_id, at = tracked.job.id, tracked.seen_terminal_at
@@ -575,10 +599,13 @@ class Tracker:
         if at is not None and state.queued.get(job_id) != at:
             state.queued[job_id] = at
             heapq.heappush(state.retention_queue, (at, job_id))
+        if state.config.slos:
+            state.slo_deadlines.schedule(state.config.slos, tracked)
         for listener in self.listeners:
             listener.job_changed(state, tracked)
 
     def _notify_removed(self, state: TargetState, job_id: str) -> None:
         state.pending.pop(job_id, None)
+        state.slo_deadlines.forget(job_id)
         for listener in self.listeners:
             listener.job_removed(state, job_id)

@@ -93,6 +93,10 @@ class Leases:
     def holds(self, shard: int) -> bool:
         return shard in self._held and self.valid()
 
+    def generation(self, shard: int) -> int | None:
+        """The generation this replica may work `shard` under now; None when it may not."""
+        return self._held.get(shard) if self.valid() else None
+
     # --- the loop -----------------------------------------------------------------------
     async def run(self) -> None:
         """Renew, balance and heartbeat every TTL/3 until cancelled; then hand everything back."""

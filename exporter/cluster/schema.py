@@ -44,6 +44,48 @@ MIGRATIONS: tuple[Migration, ...] = (
             expires_at timestamptz NOT NULL DEFAULT '-infinity'
         );
         CREATE INDEX leases_owner ON asyncjob.leases (owner);
+        -- Numbers every write of a job, so a replica can read what changed since it last looked.
+        CREATE SEQUENCE asyncjob.changes;
+        -- A job's last committed snapshot (exporter.state.tracked_to_json), by its virtual shard,
+        -- with the replica that wrote it.
+        CREATE TABLE asyncjob.jobs (
+            target text NOT NULL,
+            job_id text NOT NULL,
+            shard integer NOT NULL,
+            data text NOT NULL,
+            written_by text NOT NULL,
+            seq bigint NOT NULL DEFAULT nextval('asyncjob.changes'),
+            PRIMARY KEY (target, job_id)
+        );
+        CREATE INDEX jobs_shard ON asyncjob.jobs (shard);
+        CREATE INDEX jobs_seq ON asyncjob.jobs (seq);
+        CREATE TABLE asyncjob.tombstones (
+            target text NOT NULL,
+            job_id text NOT NULL,
+            shard integer NOT NULL,
+            at double precision NOT NULL,
+            PRIMARY KEY (target, job_id)
+        );
+        CREATE INDEX tombstones_shard ON asyncjob.tombstones (shard, at);
+        CREATE INDEX tombstones_by_age ON asyncjob.tombstones (at);
+        -- A discovery source's position (an Oxlin queue), by the shard of (target, name).
+        CREATE TABLE asyncjob.cursors (
+            target text NOT NULL,
+            name text NOT NULL,
+            shard integer NOT NULL,
+            value text NOT NULL,
+            PRIMARY KEY (target, name)
+        );
+        CREATE INDEX cursors_shard ON asyncjob.cursors (shard);
+        -- Jobs an event loop froze on: skipped by every replica for a while.
+        CREATE TABLE asyncjob.quarantine (
+            target text NOT NULL,
+            job_id text NOT NULL,
+            shard integer NOT NULL,
+            at double precision NOT NULL,
+            why text NOT NULL,
+            PRIMARY KEY (target, job_id)
+        );
         """,
         compatible_from=1,
     ),

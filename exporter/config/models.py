@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from exporter.config.registry import ProviderSpec, Registry, _registry
+from exporter.config.slos import SLO, unique_names
 from exporter.config.values import (
     Duration,
     PositiveDuration,
@@ -400,6 +401,10 @@ class Settings(BaseSettings):
     )
     api: ApiConfig = Field(default_factory=ApiConfig)
     targets: list[TargetConfig] = Field(default_factory=list)
+    slos: list[SLO] = Field(
+        default_factory=list,
+        description="Job objectives counted in `asyncjob_slo_jobs_total`: see [slos[]](#slos).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -419,10 +424,18 @@ class Settings(BaseSettings):
             if t.name in seen:
                 raise ValueError(f"targets: duplicate target name {t.name!r}")
             seen.add(t.name)
+        problems = unique_names(self.slos)
+        for i, slo in enumerate(self.slos):
+            if not any(slo.covers_target(t.name) for t in self.targets):
+                problems.append(f"slos[{i}]: no target matches {slo.target_matcher}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def resolved(self, target: TargetConfig) -> ResolvedTarget:
-        return ResolvedTarget.build(self.global_, target, self._providers[target.provider])
+        resolved = ResolvedTarget.build(self.global_, target, self._providers[target.provider])
+        slos = tuple(slo for slo in self.slos if slo.covers_target(target.name))
+        return resolved.model_copy(update={"slos": slos}) if slos else resolved
 
     def resolved_targets(self) -> list[ResolvedTarget]:
         return [self.resolved(t) for t in self.targets]
@@ -450,6 +463,7 @@ class ResolvedTarget(BaseModel):
     per_job_series_limit: int = DEFAULT_PER_JOB_SERIES_LIMIT
     max_step_names: int = DEFAULT_MAX_STEP_NAMES
     poll_interval_below_advice: bool = False
+    slos: tuple[SLO, ...] = ()  # the objectives covering this target's jobs
 
     @property
     def name(self) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exporter.config.slos import SLO
+
 
 @dataclass(frozen=True)
 class Config:
@@ -102,8 +104,17 @@ class Config:
             # The end user must renew the consent: for the application team, never a page.
             "AsyncJobConsentExpiring": "info",
             "AsyncJobAwaitingUser": "info",
+            # Job objectives (slos): the fast burn pages, the slow one is a ticket.
+            "AsyncJobSLOBurnFast": "critical",
+            "AsyncJobSLOBurnSlow": "warning",
         }
     )
+
+    # Job objectives, the exporter config's `slos:` list (docs/slos.md): with any, `mixin` writes
+    # their rules, tests and a dashboard each. None: the files above, unchanged.
+    slos: tuple[SLO, ...] = ()
+    # Divides every SLO window (alert windows and objectives' own), for tests and demonstrations.
+    slo_windows_divisor: int = 1
 
     @property
     def on_target(self) -> str:

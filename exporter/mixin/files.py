@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import boards, promtests, rules
+from . import boards, promtests, rules, slo_files
 from .config import CONFIG, Config
 
 RULES_PATH = "alerts/asyncjob.rules.yml"
@@ -41,6 +41,7 @@ def render(cfg: Config = CONFIG) -> dict[str, str]:
     files[RULE_TESTS_PATH] = TESTS_HEADER + rules.dump_yaml(promtests.rule_tests(cfg))
     for key, board in dashboards(cfg).items():
         files[DASHBOARD_PATHS[key]] = json.dumps(board, indent=2, ensure_ascii=False) + "\n"
+    files.update(slo_files.render(cfg))  # none without slos
     return files
 
 

@@ -20,7 +20,9 @@ from typing import Any
 
 import yaml
 
-from . import promtests, rules
+from exporter.config.slos import parse_slos
+
+from . import promtests, rules, slos
 from .config import CONFIG, Config
 
 SEVERITIES = ("critical", "warning", "info")
@@ -47,6 +49,8 @@ def _value(name: str, default: Any, raw: Any, problems: list[str]) -> Any:
         return raw.rstrip("/")
     if isinstance(default, bool) or default is None:
         return raw
+    if name == "slos":
+        return parse_slos(raw, problems)
     if name == "severity":
         if not isinstance(raw, Mapping):
             problems.append(f"severity: expected a mapping of alert name to {'|'.join(SEVERITIES)}")
@@ -120,6 +124,7 @@ def config_from(data: Mapping[str, Any] | None) -> Config:
             # reading recorded series would no longer match the selector.
             extra = tuple(name for name in selected if name not in cfg.target_labels)
             cfg = dataclasses.replace(cfg, target_labels=(*cfg.target_labels, *extra))
+        problems.extend(slos.problems(cfg))
         missing = set(rules.alert_names(cfg)) - set(cfg.severity)
         problems.extend(f"severity.{name}: missing" for name in sorted(missing))
     if problems:

@@ -10,6 +10,7 @@ from exporter import catalogue as c
 from exporter.catalogue import Family
 from exporter.fetch import ERROR_REASONS
 from exporter.model import STATUSES
+from exporter.render.slos import render_slos
 from exporter.render.text import Text, labels
 from exporter.tracker import Aggregates, Histogram, TargetState
 
@@ -57,6 +58,7 @@ def render_aggregates(targets: Iterable[TargetState], openmetrics: bool = False)
                     w.histogram(name, _tl(s, job_type, **more), value, s.config.name)
                 else:
                     w.sample(name, _tl(s, job_type, **more), value)
+    render_slos(w, ts)
     _render_connections(w, ts)
     _render_targets(w, ts)
     return w.bytes()
