@@ -18,6 +18,7 @@ import yaml
 
 from exporter import catalogue
 from exporter.config import build_settings
+from exporter.mixin import files, user
 from exporter.providers import PROVIDERS
 from exporter.render.jobs import JOB_FAMILIES
 from exporter.render.scrape import PROCESS_REGISTRY
@@ -37,6 +38,7 @@ RULE_FILES = sorted(
 RULE_TESTS = sorted(
     [*(REPO / "alerts" / "tests").glob("*.yml"), *(REPO / "deploy" / "compose").rglob("alerts/tests/*.yml")]
 )
+SLO_EXAMPLE = REPO / "examples" / "mixin" / "slos.yml"
 DASHBOARDS = sorted(
     [*(REPO / "dashboards").glob("*.json"), *(REPO / "deploy" / "compose" / "monitoring").rglob("*.json")]
 )
@@ -167,43 +169,51 @@ def grafana_to_promql(expr: str) -> str:
     return re.sub(r"\$\{?\w+\}?", ".+", expr.replace("$__rate_interval", "5m"))
 
 
-def rule_groups(path: Path) -> list[dict[str, Any]]:
-    document = yaml.safe_load(path.read_text())
-    groups: list[dict[str, Any]] = (document.get("spec") or document)["groups"]
-    return groups
+def shipped_and_example_slo_files() -> dict[str, str]:
+    """The mixin's files as committed (and copied for the compose stack and Kubernetes), and
+    those the example objectives (examples/mixin/slos.yml) add."""
+    texts = {
+        path.relative_to(REPO).as_posix(): path.read_text()
+        for path in [*RULE_FILES, *RULE_TESTS, *DASHBOARDS]
+    }
+    slo_config = user.config_from(yaml.safe_load(SLO_EXAMPLE.read_text()))
+    generated = files.render(slo_config)
+    texts.update({f"{SLO_EXAMPLE.name} -> {name}": text for name, text in generated.items() if "slo" in name})
+    return texts
 
 
-def rules() -> Iterator[tuple[str, dict[str, Any]]]:
-    for path in RULE_FILES:
-        for group in rule_groups(path):
+def rules(texts: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for where, text in texts.items():
+        document = yaml.safe_load(text) if not where.endswith(".json") else {}
+        for group in (document.get("spec") or document).get("groups", []):
             for rule in group["rules"]:
-                yield path.relative_to(REPO).as_posix(), rule
+                yield where, rule
 
 
-def recorded() -> set[str]:
-    return {rule["record"] for _, rule in rules() if "record" in rule}
-
-
-def expressions() -> Iterator[tuple[str, str]]:
+def expressions(texts: dict[str, str]) -> Iterator[tuple[str, str]]:
     """(where, PromQL) for every rule, every series a rule test feeds, and every dashboard query
     and query variable."""
-    for where, rule in rules():
+    for where, rule in rules(texts):
         yield f"{where}: {rule.get('alert') or rule.get('record')}", rule["expr"]
-    for path in RULE_TESTS:
-        for test in yaml.safe_load(path.read_text()).get("tests", []):
+    for where, text in texts.items():
+        if where.endswith(".json"):
+            continue
+        for test in yaml.safe_load(text).get("tests", []):
             for series in test.get("input_series", []):
-                yield path.relative_to(REPO).as_posix(), series["series"]
-    for path in DASHBOARDS:
-        board = json.loads(path.read_text())
+                yield where, series["series"]
+    for where, text in texts.items():
+        if not where.endswith(".json"):
+            continue
+        board = json.loads(text)
         for panel in board.get("panels", []):
             for target in panel.get("targets", []):
-                yield f"{path.name}: {panel['title']}", grafana_to_promql(target["expr"])
+                yield f"{where}: {panel['title']}", grafana_to_promql(target["expr"])
         for variable in board.get("templating", {}).get("list", []):
             query = variable.get("query")
             if variable["type"] == "query" and isinstance(query, dict):
                 match = re.fullmatch(r"label_values\((.*), \w+\)", query["query"])
-                assert match, f"{path.name}: variable {variable['name']}"
-                yield f"{path.name}: variable {variable['name']}", grafana_to_promql(match[1])
+                assert match, f"{where}: variable {variable['name']}"
+                yield f"{where}: variable {variable['name']}", grafana_to_promql(match[1])
 
 
 def unknown_metrics(expr: str, known_records: set[str]) -> list[str]:
@@ -218,13 +228,18 @@ def unknown_metrics(expr: str, known_records: set[str]) -> list[str]:
 
 
 def test_the_mixin_files_are_all_found() -> None:
+    texts = shipped_and_example_slo_files()
     assert len(RULE_FILES) >= 3 and RULE_TESTS and len(DASHBOARDS) >= 2
-    assert sum(1 for _ in expressions()) > 100
+    assert sum(1 for where in texts if "slos.yml ->" in where) >= 4  # rules, tests, two dashboards
+    assert sum(1 for _ in expressions(texts)) > 100
 
 
 def test_every_metric_the_rules_dashboards_and_rule_tests_read_is_served_or_recorded() -> None:
-    known = recorded()
-    wrong = {where: unknown for where, expr in expressions() if (unknown := unknown_metrics(expr, known))}
+    texts = shipped_and_example_slo_files()
+    recorded = {rule["record"] for _, rule in rules(texts) if "record" in rule}
+    wrong = {
+        where: unknown for where, expr in expressions(texts) if (unknown := unknown_metrics(expr, recorded))
+    }
     assert wrong == {}
 
 
