@@ -158,12 +158,12 @@ def overdue_silences_stuck(cfg: Config, labels: dict[str, str]) -> Scenario:
     """A job both stuck and overdue pages once, as overdue."""
     stuck_after, max_duration, n = 600, 1800, _minutes(cfg, 3600)
     series = [
-        _series("asyncjob_target_stuck_threshold_seconds", labels, _constant(stuck_after, n)),
-        _series("asyncjob_target_max_duration_seconds", labels, _constant(max_duration, n)),
-        _series("asyncjob_job_started_timestamp_seconds", _job(labels, "j1"), _constant(0, n)),
-        _series("asyncjob_job_last_progress_timestamp_seconds", _job(labels, "j1"), _constant(0, n)),
-        _series("asyncjob_job_status", _job(labels, "j1", status="running"), _constant(1, n)),
-        _series("asyncjob_job_awaiting_user", _job(labels, "j1"), _constant(0, n)),
+        _series(catalogue.TARGET_STUCK_THRESHOLD.name, labels, _constant(stuck_after, n)),
+        _series(catalogue.TARGET_MAX_DURATION.name, labels, _constant(max_duration, n)),
+        _series(catalogue.JOB_STARTED.name, _job(labels, "j1"), _constant(0, n)),
+        _series(catalogue.JOB_LAST_PROGRESS.name, _job(labels, "j1"), _constant(0, n)),
+        _series(catalogue.JOB_STATUS.name, _job(labels, "j1", status="running"), _constant(1, n)),
+        _series(catalogue.JOB_AWAITING_USER.name, _job(labels, "j1"), _constant(0, n)),
     ]
     return Scenario("AsyncJobOverdue", max_duration + MINUTE, 1, series, others={"AsyncJobStuck": 0})
 
@@ -177,15 +177,15 @@ def many_stuck(cfg: Config, labels: dict[str, str]) -> Scenario | None:
     series = []
     for target, count in (("t1", cfg.many_stuck_jobs), ("t2", cfg.many_stuck_jobs - 1)):
         at = {**labels, "target": target}
-        series.append(_series("asyncjob_target_stuck_threshold_seconds", at, _constant(threshold, n)))
-        series.append(_series("asyncjob_target_max_duration_seconds", at, _constant(10**9, n)))
+        series.append(_series(catalogue.TARGET_STUCK_THRESHOLD.name, at, _constant(threshold, n)))
+        series.append(_series(catalogue.TARGET_MAX_DURATION.name, at, _constant(10**9, n)))
         for i in range(count):
             job = _job(at, f"j{i}")
-            series.append(_series("asyncjob_job_last_progress_timestamp_seconds", job, _constant(0, n)))
+            series.append(_series(catalogue.JOB_LAST_PROGRESS.name, job, _constant(0, n)))
             # Half of them in a state the provider does not document: they count too.
             status = "unknown" if i % 2 else "running"
-            series.append(_series("asyncjob_job_status", {**job, "status": status}, _constant(1, n)))
-            series.append(_series("asyncjob_job_awaiting_user", job, _constant(0, n)))
+            series.append(_series(catalogue.JOB_STATUS.name, {**job, "status": status}, _constant(1, n)))
+            series.append(_series(catalogue.JOB_AWAITING_USER.name, job, _constant(0, n)))
     others = {"AsyncJobStuck": cfg.many_stuck_jobs - 1}
     if seconds(cfg.stuck_for) > seconds(cfg.many_stuck_for):
         others = {}  # the per-job alerts would not have fired yet at the target's firing time
@@ -234,23 +234,23 @@ def failed_during_outage(cfg: Config, labels: dict[str, str]) -> Scenario | None
         at = {**labels, "target": target}
         common = {**at, "job_type": "connection"}
         series.append(
-            _series("asyncjob_jobs_finished_total", {**common, "status": "failed"}, f"0+{failures}x{n}")
+            _series(catalogue.JOBS_FINISHED.name, {**common, "status": "failed"}, f"0+{failures}x{n}")
         )
         series.append(
             _series(
-                "asyncjob_jobs_finished_total",
+                catalogue.JOBS_FINISHED.name,
                 {**common, "status": "succeeded"},
                 f"0+{per_minute - failures}x{n}",
             )
         )
         failed_labels = {**common, "reason": "connector-error", "cause": "provider"}
-        series.append(_series("asyncjob_jobs_failed_total", failed_labels, f"0+{failures}x{n}"))
+        series.append(_series(catalogue.JOBS_FAILED.name, failed_labels, f"0+{failures}x{n}"))
         job = _job(at, "j1")
         # Failed from the third minute on: by then t1's rate has held for a minute (increase()
         # needs two samples), whatever `failed_for` is.
-        series.append(_series("asyncjob_job_status", {**job, "status": "failed"}, f"0x1 1x{n}"))
+        series.append(_series(catalogue.JOB_STATUS.name, {**job, "status": "failed"}, f"0x1 1x{n}"))
         error = {**job, "reason": "connector-error", "cause": "provider"}
-        series.append(_series("asyncjob_job_error_info", error, f"0x1 1x{n}"))
+        series.append(_series(catalogue.JOB_ERROR_INFO.name, error, f"0x1 1x{n}"))
     return Scenario("AsyncJobFailed", 2 * MINUTE, 1, series)
 
 

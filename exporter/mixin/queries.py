@@ -163,7 +163,7 @@ def failed_paged(cfg: Config, selector: str) -> str:
     """Failed jobs that page one by one: those the end user must fix never do, and those the
     provider failed are held back while their target's failure rate is high (that alert pages
     once for the outage; the jobs stay listed on the pages)."""
-    provider = series("asyncjob_job_error_info", selector, 'cause="provider"')
+    provider = series(catalogue.JOB_ERROR_INFO.name, selector, 'cause="provider"')
     return (
         f"(\n{failed_jobs(cfg, selector)}\n)\nunless {cfg.on_job}\n"
         f"  ({provider}\n  and {cfg.on_target}\n  ({failure_rate_high(cfg, selector)}))"
