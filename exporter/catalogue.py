@@ -299,7 +299,8 @@ JOBS_DROPPED = Family(
     (*TARGET, "reason"),
 )
 
-# The exporter itself: its build, its event loop, its web server, its config and its state file.
+# The exporter itself: its build, its event loop, its web server, its config, its state file and
+# the jobs its watchdog quarantined.
 BUILD_INFO = Family("asyncjob_exporter_build_info", "gauge", "The exporter's version.", ("version",))
 EXPORTER_TASKS = Family(
     "asyncjob_exporter_tasks", "gauge", "Tasks on the exporter's event loop (flat when healthy)."
@@ -329,6 +330,17 @@ STATE_WRITE_ERRORS = Family(
 )
 STATE_PENDING_WRITES = Family(
     "asyncjob_state_pending_writes", "gauge", "Changes not yet committed to the state file."
+)
+STATE_SIZE = Family(
+    "asyncjob_state_size_bytes",
+    "gauge",
+    "Bytes the state file and its WAL take on disk (0 with state in memory only).",
+)
+JOBS_QUARANTINED = Family(
+    "asyncjob_jobs_quarantined",
+    "gauge",
+    "Jobs skipped because the event loop froze while they were polled (exporter.watchdog).",
+    TARGET,
 )
 
 # Written by the PostgreSQL state store (exporter/cluster/store.py) beside the state file's two
@@ -384,6 +396,8 @@ CATALOGUE: tuple[Family, ...] = (
     CONFIG_RELOAD_SUCCESS_TIMESTAMP,
     STATE_WRITE_ERRORS,
     STATE_PENDING_WRITES,
+    STATE_SIZE,
+    JOBS_QUARANTINED,
 )
 
 BY_NAME: dict[str, Family] = {family.name: family for family in (*CATALOGUE, *NOT_YET_SERVED)}
