@@ -211,6 +211,7 @@ class PostgresStore(GroupCommit):
         tracker.listeners.append(self)
         tracker.restore = self.restore
         tracker.hold = self.hold
+        tracker.buried = self.buried
         scheduler.store = self
 
     def restore(self, state: TargetState) -> list[TrackedJob]:
@@ -435,7 +436,7 @@ class PostgresStore(GroupCommit):
 
     def metrics_text(self) -> bytes:
         return (
-            state_metrics_text(self.write_errors, self.pending_writes)
+            state_metrics_text(self.write_errors, self.pending_writes, self.size_bytes())
             + (
                 f"{STATE_STALE_WRITES.header_text}{STATE_STALE_WRITES.name} {self.stale_writes}\n"
                 + self.commit_duration_text()

@@ -66,6 +66,8 @@ class Exposition:
         self._extra = extra
         # False (--web.disable-exporter-metrics) leaves out process_* and python_*.
         self.exporter_metrics = True
+        # What the front door refused and closed: the process's own, or a test's.
+        self.web_counts: WebCounts = WEB_COUNTS
 
     def scrape_time_text(self, openmetrics: bool = False) -> bytes:
         ts = list(self.tracker.targets.values())
@@ -76,7 +78,7 @@ class Exposition:
         w.sample(catalogue.BUILD_INFO.name, labels(version=__version__), 1)
         w.family(catalogue.EXPORTER_TASKS)
         w.out.append(f"{catalogue.EXPORTER_TASKS.name} {_task_count()}\n")
-        render_web_counts(w)
+        render_web_counts(w, self.web_counts)
         if not openmetrics:
             process = generate_latest(PROCESS_REGISTRY) if self.exporter_metrics else b""
             return render_aggregates(ts) + w.bytes() + self._extra() + process
