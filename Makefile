@@ -32,9 +32,9 @@ demo: $(RUNTIME)
 
 # Line coverage of exporter/, measured in the pytest process only (the CLI and simulator the e2e
 # tests start as subprocesses are not measured). The floor is the figure measured when it was set,
-# rounded down: 88.6% (6795 of 7672 statements) without the e2e tests on 2026-12-06, so 87. Raise
+# rounded down: 89.9% (8253 of 9182 statements) without the e2e tests on 2026-12-06, so 88. Raise
 # it as coverage grows; a change that needs it lowered needs tests instead.
-COVERAGE = --cov=exporter --cov-report=term:skip-covered --cov-fail-under=87
+COVERAGE = --cov=exporter --cov-report=term:skip-covered --cov-fail-under=88
 
 test: $(STAMP) lint
 	scripts/install-test-deps
