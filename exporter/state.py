@@ -225,7 +225,8 @@ class Batch:
     jobs: dict[JobKey, TrackedJob | None] = field(default_factory=dict)
     tombstones: dict[JobKey, float] = field(default_factory=dict)
     cursors: dict[JobKey, str] = field(default_factory=dict)
-    history: dict[JobKey, job_history.Row] = field(default_factory=dict)
+    # Jobs retention dropped, for the history: (the job, when), serialised as they are written.
+    history: dict[JobKey, tuple[TrackedJob, float]] = field(default_factory=dict)
     held: list[Callable[[], None]] = field(default_factory=list)
     upto: int = 0  # the last change number it holds
     # Tombstones stamped before this are deleted with the batch (None: not this time).
@@ -491,7 +492,7 @@ class Store:
             return
         key = (state.config.name, tracked.job.id)
         with self._lock:
-            self._pending.history[key] = history_row(state.config.name, tracked, time.time())
+            self._pending.history[key] = (tracked, time.time())
             self._changed()
 
     def retired(self, target: str, job_id: str) -> Retired | None:
@@ -501,7 +502,7 @@ class Store:
             if got is None and self._writing is not None:
                 got = self._writing.history.get(key)
         if got is not None:
-            return _retired(job_history.Found(target, got[6], got[8]))
+            return Retired(target, *got)
         try:
             db = self._reading()
             found = job_history.find(db, target, job_id) if db is not None else None
@@ -612,8 +613,12 @@ class Store:
         for sql, rows in zip(_WRITES[1:], rest, strict=True):
             if rows:
                 yield sql, rows
-        if batch.history:
-            yield job_history.KEEP, list(batch.history.values())
+        kept = list(batch.history.items())
+        for i in range(0, len(kept), ROWS_PER_STATEMENT):
+            yield (
+                job_history.KEEP,
+                [history_row(t, tr, at) for (t, _), (tr, at) in kept[i : i + ROWS_PER_STATEMENT]],
+            )
         if batch.history or batch.prune_before is not None:
             yield from job_history.prune_statements(db, self.bounds, time.time())
         if batch.prune_before is not None:
