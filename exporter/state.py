@@ -904,9 +904,13 @@ class MemoryHistory:
         if self.bounds.period <= 0:
             return
         now = time.time()
-        self._db.execute("BEGIN")
-        self._db.execute(job_history.KEEP, history_row(state.config.name, tracked, now))
-        job_history.prune(self._db, self.bounds, now)
+        self._db.execute("BEGIN")  # one transaction: kept and pruned, or neither
+        try:
+            self._db.execute(job_history.KEEP, history_row(state.config.name, tracked, now))
+            job_history.prune(self._db, self.bounds, now)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
         self._db.execute("COMMIT")
 
     def retired(self, target: str, job_id: str) -> Retired | None:
