@@ -343,9 +343,16 @@ class Pages:
         retired_total = 0
         if not problems and not (want_stuck or want_awaiting or want_overdue):
             query = Query(
-                want_target, want_id, want_status, want_cause, want_reason, since, until,
-                (history_page - 1) * PAGE_SIZE, PAGE_SIZE,
-            )  # fmt: skip
+                target=want_target,
+                id_prefix=want_id,
+                status=want_status,
+                cause=want_cause,
+                reason=want_reason,
+                since=since,
+                until=until,
+                offset=(history_page - 1) * PAGE_SIZE,
+                limit=PAGE_SIZE,
+            )
             retired, retired_total = self.runtime.history.search(query)
         history_pages = max(1, -(-retired_total // PAGE_SIZE))
         filters = {
