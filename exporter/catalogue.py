@@ -299,8 +299,8 @@ JOBS_DROPPED = Family(
     (*TARGET, "reason"),
 )
 
-# The exporter itself: its build, its event loop, its web server, its config, its state file and
-# the jobs its watchdog quarantined.
+# The exporter itself: its build, its event loop, its web server, its config, its state file, the
+# jobs its watchdog quarantined and the history of finished jobs.
 BUILD_INFO = Family("asyncjob_exporter_build_info", "gauge", "The exporter's version.", ("version",))
 EXPORTER_TASKS = Family(
     "asyncjob_exporter_tasks", "gauge", "Tasks on the exporter's event loop (flat when healthy)."
@@ -336,6 +336,13 @@ STATE_SIZE = Family(
     "gauge",
     "Bytes the state file and its WAL take on disk (0 with state in memory only).",
 )
+HISTORY_JOBS = Family(
+    "asyncjob_history_jobs",
+    "gauge",
+    "Finished jobs kept in the history after retention dropped their series (their pages and API "
+    "answers stay readable).",
+)
+HISTORY_BYTES = Family("asyncjob_history_bytes", "gauge", "Bytes of job data the history keeps.")
 JOBS_QUARANTINED = Family(
     "asyncjob_jobs_quarantined",
     "gauge",
@@ -398,6 +405,8 @@ CATALOGUE: tuple[Family, ...] = (
     STATE_PENDING_WRITES,
     STATE_SIZE,
     JOBS_QUARANTINED,
+    HISTORY_JOBS,
+    HISTORY_BYTES,
 )
 
 BY_NAME: dict[str, Family] = {family.name: family for family in (*CATALOGUE, *NOT_YET_SERVED)}

@@ -16,14 +16,15 @@ import anyio
 from exporter import catalogue
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.history import timeline
+from exporter.job_history import Bounds
 from exporter.model import Job, placeholder
 from exporter.parsing import clean_text
 from exporter.providers import PROVIDERS
 from exporter.providers.base import BadPayload
 from exporter.render import Exposition
 from exporter.scheduler import Scheduler
-from exporter.state import StateUnwritable, state_metrics_text
-from exporter.store import StateStore
+from exporter.state import MemoryHistory, StateUnwritable, state_metrics_text
+from exporter.store import JobHistory, Retired, StateStore
 from exporter.tracker import TrackedJob, Tracker
 from exporter.watchdog import Watchdog
 
@@ -161,6 +162,14 @@ class Runtime:
         self.last_reload_at = time.time()
         self.store: StateStore | None = None
         self.gc = QuietGC()
+        # Finished jobs past retention: in memory until a state file takes them (open_state).
+        self.history: JobHistory = MemoryHistory()
+        self.tracker.retire = self.history.keep
+        self._apply_history_bounds()
+
+    def _apply_history_bounds(self) -> None:
+        g = self.settings.global_
+        self.history.bounds = Bounds(g.history, g.history_max_jobs, g.history_max_bytes)
 
     def _reload_text(self) -> bytes:
         ok, at = catalogue.CONFIG_RELOAD_SUCCESSFUL, catalogue.CONFIG_RELOAD_SUCCESS_TIMESTAMP
@@ -171,6 +180,7 @@ class Runtime:
             ).encode()
             + (self.store.metrics_text() if self.store is not None else state_metrics_text(0, 0))
             + (self._quarantine_text())
+            + self.history.history_metrics_text()
         )
 
     def _quarantine_text(self) -> bytes:
@@ -189,7 +199,8 @@ class Runtime:
 
         store = Store(self.settings.state_file)
         store.attach(self.tracker, self.scheduler)
-        self.store = store
+        self.store = self.history = store
+        self._apply_history_bounds()
 
     async def run(self) -> None:
         watchdog = Watchdog(
@@ -229,6 +240,7 @@ class Runtime:
             return problems
         if new is not self.settings:
             self.settings = new
+            self._apply_history_bounds()
             self.scheduler.apply(new)
         if apply_web is not None:
             apply_web()
@@ -326,3 +338,9 @@ def job_document(target: str, t: TrackedJob) -> dict[str, Any]:
             for s in j.steps
         ],
     }
+
+
+def retired_document(r: Retired) -> dict[str, Any]:
+    """The API's view of a job kept in the history: as when it was tracked, and when retention
+    dropped its series."""
+    return {**job_document(r.target, r.tracked), "from_history": True, "dropped_at": r.dropped_at}
