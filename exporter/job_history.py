@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from exporter import catalogue
+
 # The table, its size kept by triggers (read at every scrape and prune, never counted by a walk).
 SCHEMA = """
 CREATE TABLE history (
@@ -175,12 +177,5 @@ def prune(db: sqlite3.Connection, bounds: Bounds, now: float) -> int:
 
 
 def metrics_text(rows: int, held: int) -> bytes:
-    return (
-        "# HELP asyncjob_history_jobs Finished jobs kept in the history after retention dropped "
-        "their series (their pages and API answers stay readable).\n"
-        "# TYPE asyncjob_history_jobs gauge\n"
-        f"asyncjob_history_jobs {rows}\n"
-        "# HELP asyncjob_history_bytes Bytes of job data the history keeps.\n"
-        "# TYPE asyncjob_history_bytes gauge\n"
-        f"asyncjob_history_bytes {held}\n"
-    ).encode()
+    jobs, size = catalogue.HISTORY_JOBS, catalogue.HISTORY_BYTES
+    return f"{jobs.header_text}{jobs.name} {rows}\n{size.header_text}{size.name} {held}\n".encode()

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from exporter import catalogue
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.history import timeline
 from exporter.job_history import Bounds
@@ -171,14 +172,11 @@ class Runtime:
         self.history.bounds = Bounds(g.history, g.history_max_jobs, g.history_max_bytes)
 
     def _reload_text(self) -> bytes:
+        ok, at = catalogue.CONFIG_RELOAD_SUCCESSFUL, catalogue.CONFIG_RELOAD_SUCCESS_TIMESTAMP
         return (
             (
-                "# HELP asyncjob_config_last_reload_successful Whether the last config reload succeeded.\n"
-                "# TYPE asyncjob_config_last_reload_successful gauge\n"
-                f"asyncjob_config_last_reload_successful {1 if self.last_reload_ok else 0}\n"
-                "# HELP asyncjob_config_last_reload_success_timestamp_seconds When the config was last loaded.\n"
-                "# TYPE asyncjob_config_last_reload_success_timestamp_seconds gauge\n"
-                f"asyncjob_config_last_reload_success_timestamp_seconds {self.last_reload_at:.3f}\n"
+                f"{ok.header_text}{ok.name} {1 if self.last_reload_ok else 0}\n"
+                f"{at.header_text}{at.name} {self.last_reload_at:.3f}\n"
             ).encode()
             + (self.store.metrics_text() if self.store is not None else state_metrics_text(0, 0))
             + (self._quarantine_text())
@@ -186,16 +184,12 @@ class Runtime:
         )
 
     def _quarantine_text(self) -> bytes:
-        now = time.time()
-        lines = [
-            "# HELP asyncjob_jobs_quarantined Jobs skipped because the event loop froze while they "
-            "were polled (exporter.watchdog).",
-            "# TYPE asyncjob_jobs_quarantined gauge",
-        ]
+        now, name_ = time.time(), catalogue.JOBS_QUARANTINED.name
+        lines = [catalogue.JOBS_QUARANTINED.header_text]
         for name, state in self.tracker.targets.items():
             held = sum(1 for job_id in list(state.quarantined) if state.in_quarantine(job_id, now))
-            lines.append(f'asyncjob_jobs_quarantined{{target="{name}"}} {held}')
-        return ("\n".join(lines) + "\n").encode()
+            lines.append(f'{name_}{{target="{name}"}} {held}\n')
+        return "".join(lines).encode()
 
     def open_state(self) -> None:
         """Open the state file (when configured) and restore what it holds."""

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import anyio
 from pydantic import TypeAdapter, ValidationError
 
-from exporter import job_history, step_times
+from exporter import catalogue, job_history, step_times
 from exporter.model import shared
 from exporter.parsing import load_json, may_hold_surrogates
 from exporter.store import Retired
@@ -926,16 +926,9 @@ class MemoryHistory:
 
 
 def state_metrics_text(write_errors: int, pending: int, size: int = 0) -> bytes:
+    errors, waiting, disk = catalogue.STATE_WRITE_ERRORS, catalogue.STATE_PENDING_WRITES, catalogue.STATE_SIZE
     return (
-        "# HELP asyncjob_state_write_errors_total Failed attempts to write the state file "
-        "(each retried; nothing is dropped).\n"
-        "# TYPE asyncjob_state_write_errors_total counter\n"
-        f"asyncjob_state_write_errors_total {write_errors}\n"
-        "# HELP asyncjob_state_pending_writes Changes not yet committed to the state file.\n"
-        "# TYPE asyncjob_state_pending_writes gauge\n"
-        f"asyncjob_state_pending_writes {pending}\n"
-        "# HELP asyncjob_state_size_bytes Bytes the state file and its WAL take on disk "
-        "(0 with state in memory only).\n"
-        "# TYPE asyncjob_state_size_bytes gauge\n"
-        f"asyncjob_state_size_bytes {size}\n"
+        f"{errors.header_text}{errors.name} {write_errors}\n"
+        f"{waiting.header_text}{waiting.name} {pending}\n"
+        f"{disk.header_text}{disk.name} {size}\n"
     ).encode()
