@@ -39,7 +39,7 @@ from exporter.pages import Pages
 from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.providers.base import BadPayload
 from exporter.render.formats import content_type, wants_openmetrics
-from exporter.runtime import Runtime, WrongShard, job_document
+from exporter.runtime import Runtime, WrongShard, job_document, retired_document
 from exporter.state import StateUnwritable
 from exporter.tracker import CapReached
 from exporter.webconfig import BasicAuthMiddleware, ResponseHeadersMiddleware
@@ -473,6 +473,10 @@ def build_app(
             return _error(404, f"unknown target {target!r}")
         tracked = state.jobs.get(job_id)
         if tracked is None:
+            # Dropped at retention: answered from the history while it keeps the job.
+            retired = runtime.history.retired(target, job_id)
+            if retired is not None:
+                return JSONResponse(retired_document(retired))
             return _error(404, f"job {job_id!r} is not tracked by target {target!r}")
         return JSONResponse(job_document(target, tracked))
 
