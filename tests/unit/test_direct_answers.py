@@ -20,10 +20,11 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from exporter.config import build_settings
-from exporter.connections import ConnectionLimits
+from exporter.httpserver.protocol import ConnectionLimits
+from exporter.httpserver.server import Server
 from exporter.providers import PROVIDERS
+from exporter.routes import ExporterApp, build_app
 from exporter.runtime import Runtime
-from exporter.server import ExporterApp, Server, build_app
 from exporter.webconfig import WebConfig
 
 PROMETHEUS = b"Accept-Encoding: gzip\r\nUser-Agent: Prometheus/2.53.0\r\n"
