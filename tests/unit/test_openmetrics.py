@@ -191,7 +191,9 @@ async def test_metrics_answers_the_format_asked_for_on_both_paths(accept: str, m
     headers = {"accept": accept, "accept-encoding": "gzip"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://x") as client:
         via_app = await client.get("/metrics", headers=headers)
-    answer = app.fast_path.answer_now(b"GET", b"/metrics", [(k.encode(), v.encode()) for k, v in headers.items()])
+    answer = app.fast_path.answer_now(
+        b"GET", b"/metrics", [(k.encode(), v.encode()) for k, v in headers.items()]
+    )
     assert answer is not None
     status, direct_headers, direct_body = answer
     assert status == via_app.status_code == 200
