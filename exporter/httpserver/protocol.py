@@ -113,9 +113,9 @@ class GuardedH11(H11Protocol):
     _timer: asyncio.TimerHandle | None = None
     _phase: type[h11.IDLE] | type[h11.SEND_BODY] | None = None
     _since = 0.0  # time.monotonic() the phase began
-    _posting = False  # a direct POST is being answered
+    _posting = False  # a registration taken by the fast path is being answered
     _close_after = False  # the server shuts down: close once that answer is sent
-    _nested = 0  # direct answers under way in this call stack (pipelined requests)
+    _nested = 0  # fast-path answers under way in this call stack (pipelined requests)
     _arrived = 0.0  # time.monotonic() it was counted in
     _trusted = False  # a request of it carried credentials the front door verified
     _paused_since = 0.0  # time.monotonic() our writes were paused (the client not reading)
@@ -193,7 +193,7 @@ class GuardedH11(H11Protocol):
         elif state is not h11.IDLE:  # the whole request is in
             self._stop()
 
-    def _direct_or_app(self) -> None:
+    def _fast_or_app(self) -> None:
         conn = self.conn
         # Not while our writes are paused (a client that sends and does not read): the
         # app's answers wait for the client to drain them, direct answers would pile up.
@@ -213,7 +213,7 @@ class GuardedH11(H11Protocol):
                 return
             if isinstance(event, h11.Request):
                 self._trust(event.headers)
-                if self._answer(fast, event) or self._post(fast, event):
+                if self._answer_now(fast, event) or self._take_registration(fast, event):
                     return
 
             # Not ours: uvicorn reads the same event next.
@@ -224,7 +224,7 @@ class GuardedH11(H11Protocol):
             conn.next_event = replay  # type: ignore[method-assign]
         super().handle_events()
 
-    def _answer(self, fast: FastAnswers, request: h11.Request) -> bool:
+    def _answer_now(self, fast: FastAnswers, request: h11.Request) -> bool:
         """Answer `request` now if `fast` does; False leaves it to the app."""
         if request.method not in (b"GET", b"HEAD") or self.conn.they_are_waiting_for_100_continue:
             return False
@@ -245,7 +245,7 @@ class GuardedH11(H11Protocol):
         self._respond(request, answer)
         return True
 
-    def _post(self, fast: FastAnswers, request: h11.Request) -> bool:
+    def _take_registration(self, fast: FastAnswers, request: h11.Request) -> bool:
         """Take a registration that `fast` answers and whose body is all here; False leaves
         it to the app (nothing read but the request's head, which uvicorn reads again)."""
         if request.method != b"POST":
@@ -359,7 +359,7 @@ class GuardedH11(H11Protocol):
 
     def handle_events(self) -> None:
         cycle = self.cycle
-        self._direct_or_app()
+        self._fast_or_app()
         if self.cycle is not None and self.cycle is not cycle:  # a request came in
             self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
             self._trust(self.headers)
