@@ -274,8 +274,10 @@ def fleet_body(f: dict[str, Any]) -> list[str]:
         f"killed with SIGKILL and started again on the same state file ({f['restart_s']:.1f} s without it).",
         "A page is an alert of severity warning or critical, firing; each label says which pages a",
         "job must raise (a provider's failure: AsyncJobFailed; stuck: AsyncJobStuck; the AIMS360 category",
-        "failing at the provider: AsyncJobFailureRateHigh; a WillSuite import that succeeded with a tenth",
-        "of its records failed: AsyncJobRecordsFailing) and every other job none.",
+        "failing at the provider, and a mass outage of fifty WillSuite exports: AsyncJobFailureRateHigh",
+        "once each, their jobs' own failures held back) and every other job none (a WillSuite import",
+        "that succeeded with a tenth of its records refused raises AsyncJobUserRecordsFailing, an info",
+        "alert for the application team).",
         "",
         f"- Pages: {f['pages']} fired, {f['expected_pages']} expected, {f['true_pages']} both:"
         f" precision {f['precision']:.3f}, recall {f['recall']:.3f}.",

@@ -1,7 +1,11 @@
 """Poll: client-side CPU per job poll (request, parse, normalise, track, re-render) against a bare
 httpx GET + json.loads loop, both at the same concurrency against the same simulator subprocess;
 and the first full poll of a large fleet (the scheduler's own cycle, cold: token, connections)
-beside a bare client's first pass over the same jobs."""
+beside a bare client's first pass over the same jobs.
+
+`python -m bench.poll --against REV` instead measures the same poll path with this tree's
+transport and with exporter/transport.py as it was at git revision REV, rounds alternating,
+in one process against one simulator: a change to the transport, before and after."""
 
 from __future__ import annotations
 
@@ -10,8 +14,12 @@ import importlib.util
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +34,7 @@ from exporter.providers.basiq import Basiq
 from exporter.render import Exposition
 from exporter.scheduler import Scheduler, TargetRunner, placeholder
 from exporter.tracker import Tracker
+from exporter.transport import Http11Transport
 
 TARGET = "basiq-bench"
 FULL_POLL_JOBS = 10_000  # the issue's fleet: its first full poll within 6 s
@@ -257,3 +266,72 @@ def run(
             result["first_full_poll"] = anyio.run(first_full_poll, url, full_poll_jobs, concurrency)
     result["sniffio"] = sniffio_check()
     return result
+
+
+def transport_at(revision: str) -> Callable[[], httpx.AsyncBaseTransport]:
+    """A maker of exporter/transport.py's Http11Transport as it was at git `revision`."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(
+        ["git", "show", f"{revision}:exporter/transport.py"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    module = types.ModuleType(f"transport_at_{revision}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, f"{revision}:exporter/transport.py", "exec"), module.__dict__)
+    made: Callable[[], httpx.AsyncBaseTransport] = module.Http11Transport
+    return made
+
+
+async def compare_transports(
+    url: str,
+    makers: dict[str, Callable[[], httpx.AsyncBaseTransport]],
+    n_jobs: int,
+    rounds: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    """CPU per poll of the exporter's poll path with each transport, rounds alternating."""
+    ids = [str(j["id"]) for j in simulated.create_jobs(url, n_jobs, scenario="stuck", fail_step=1)]
+    with tempfile.TemporaryDirectory() as tmp:
+        target = resolved(url, simulated.api_key_file(Path(tmp)), concurrency)
+        https = {name: TargetHttp(target, transport=make()) for name, make in makers.items()}
+        cpu: dict[str, list[float]] = {name: [] for name in makers}
+        try:
+            for http in https.values():
+                await ours(target, http, ids[: min(len(ids), 100)])  # token fetched, connections opened
+            for _ in range(rounds):
+                for name, http in https.items():
+                    cpu[name].append((await ours(target, http, ids))[0] / n_jobs * 1000)
+        finally:
+            for http in https.values():
+                await http.aclose()
+    return {
+        "jobs": n_jobs,
+        "rounds": rounds,
+        "concurrency": concurrency,
+        "cpu_ms_per_poll": {name: statistics.median(values) for name, values in cpu.items()},
+        "all_rounds_cpu_ms": cpu,
+    }
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.poll", description=__doc__)
+    p.add_argument(
+        "--against", required=True, help="git revision whose exporter/transport.py to compare with"
+    )
+    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--concurrency", type=int, default=16)
+    args = p.parse_args()
+    makers = {"this tree": Http11Transport, args.against: transport_at(args.against)}
+    with simulated.simulator(step_seconds=600.0) as url:
+        result = anyio.run(compare_transports, url, makers, args.jobs, args.rounds, args.concurrency)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,8 @@
 """httpx.Auth flows for every auth type: static bearer/basic, Basiq's token, OAuth2 token grants.
 
-Token flows fetch a token through the same client, cache it under a lock until shortly
-before it expires (one token per target, never one per job: Basiq allows 1,500 token
+Token flows fetch a token through the same client, read every answer they look into through
+the reader they are given (the target's size cap and byte budget), cache the token under a
+lock until shortly before it expires (one token per target, never one per job: Basiq allows 1,500 token
 calls per 5 minutes), and renew it once when the API answers 401 (or Basiq's 403
 "Token has expired"). A token endpoint that refuses for load (429, Basiq's 403, a 403 that
 speaks of a rate limit) is a rate limit to back off from, not bad credentials.
@@ -10,14 +11,19 @@ speaks of a rate limit) is a rate limit to back off from, not bad credentials.
 from __future__ import annotations
 
 import base64
+import math
 import re
 import time
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 
 import anyio
 import httpx
 
 from exporter.config import AuthConfig
+from exporter.parsing import load_json
+
+# Reads an answer's body, bounded (exporter.fetch.TargetHttp.read_body).
+BodyReader = Callable[[httpx.Response], Awaitable[bytes]]
 
 # Renew this long before the provider's expiry, so a token never dies mid-poll.
 EXPIRY_MARGIN = 60.0
@@ -77,9 +83,10 @@ class BasicAuth(httpx.Auth):
 class TokenAuth(httpx.Auth):
     """Base of the token-exchanging flows; subclasses say how to ask for a token."""
 
-    def __init__(self, config: AuthConfig, base_url: str) -> None:
+    def __init__(self, config: AuthConfig, base_url: str, read: BodyReader) -> None:
         self._config = config
         self._base_url = base_url
+        self._read = read
         self._token: str | None = None
         self._expires_at = 0.0
         self._lock = anyio.Lock()
@@ -87,36 +94,35 @@ class TokenAuth(httpx.Auth):
     def token_request(self) -> httpx.Request:
         raise NotImplementedError
 
-    def _expired(self, response: httpx.Response) -> bool:
+    def _expired(self, response: httpx.Response, body: bytes) -> bool:
         return response.status_code == 401
 
     def _valid(self) -> bool:
         return self._token is not None and time.monotonic() < self._expires_at
 
-    def _overloaded(self, response: httpx.Response) -> bool:
+    def _overloaded(self, response: httpx.Response, body: bytes) -> bool:
         """A token refusal that means "too many requests", not "bad credentials"."""
-        return response.status_code == 429 or (response.status_code == 403 and rate_limited(response.content))
+        return response.status_code == 429 or (response.status_code == 403 and rate_limited(body))
 
-    def _store(self, response: httpx.Response) -> None:
+    def _store(self, response: httpx.Response, body: bytes) -> None:
         status = response.status_code
         if status != 200:
-            reason = "http_429" if self._overloaded(response) else "http_5xx" if status >= 500 else "auth"
+            reason = (
+                "http_429" if self._overloaded(response, body) else "http_5xx" if status >= 500 else "auth"
+            )
             retry_after = response.headers.get("Retry-After") if reason != "auth" else None
             why = " (rate limited)" if reason == "http_429" else ""
-            if reason == "auth" and ACCOUNT_DISABLED.search(response.content):
+            if reason == "auth" and ACCOUNT_DISABLED.search(body):
                 why = " (the account is disabled)"
             raise AuthError(f"token endpoint answered HTTP {status}{why}", reason, retry_after)
         try:
-            body = response.json()
-            token = body["access_token"]
-        except (ValueError, KeyError, TypeError):
+            answer = load_json(body)
+            token = answer["access_token"]
+        except (ValueError, KeyError, TypeError, IndexError):
             raise AuthError("token endpoint answered without an access_token") from None
         if not isinstance(token, str) or not token:
             raise AuthError("token endpoint answered an empty access_token")
-        try:
-            lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
-        except (TypeError, ValueError):
-            lifetime = DEFAULT_TOKEN_LIFETIME
+        lifetime = _lifetime(answer.get("expires_in"))
         self._token = token
         self._expires_at = time.monotonic() + max(lifetime - EXPIRY_MARGIN, lifetime / 2)
 
@@ -130,14 +136,12 @@ class TokenAuth(httpx.Auth):
                 async with self._lock:
                     if not self._valid():
                         token_response = yield self.token_request()
-                        await token_response.aread()
-                        self._store(token_response)
+                        self._store(token_response, await self._read(token_response))
                     token = self._token
             request.headers["Authorization"] = f"Bearer {token}"
             response = yield request
             if attempt == 0 and response.status_code in (401, 403):
-                await response.aread()
-                if not self._expired(response):
+                if not self._expired(response, await self._read(response)):
                     return
                 async with self._lock:
                     if self._token == token:
@@ -165,26 +169,26 @@ class BasiqAuth(TokenAuth):
             data={"scope": self._config.scope or "SERVER_ACCESS"},
         )
 
-    def _expired(self, response: httpx.Response) -> bool:
+    def _expired(self, response: httpx.Response, body: bytes) -> bool:
         if response.status_code == 401:
             return True
         # Basiq answers an expired token with 403 "Token has expired"; other 403s are real.
-        return response.status_code == 403 and "expired" in response.text.lower()
+        return response.status_code == 403 and b"expired" in body.lower()
 
-    def _overloaded(self, response: httpx.Response) -> bool:
+    def _overloaded(self, response: httpx.Response, body: bytes) -> bool:
         # Basiq's token endpoint answers 403 past its 1,500 calls per 5 minutes ("Invalid
         # request", its error guide says), and 403 "Your account has been disabled" to an
         # account only Basiq's support can enable again: that one is bad credentials, not load.
         if response.status_code == 403:
-            return ACCOUNT_DISABLED.search(response.content) is None or rate_limited(response.content)
+            return ACCOUNT_DISABLED.search(body) is None or rate_limited(body)
         return response.status_code == 429
 
 
 class OAuth2Auth(TokenAuth):
     """OAuth2 client-credentials or password grant, with a form or JSON body (Oxlin, WillSuite: JSON)."""
 
-    def __init__(self, config: AuthConfig, base_url: str) -> None:
-        super().__init__(config, base_url)
+    def __init__(self, config: AuthConfig, base_url: str, read: BodyReader) -> None:
+        super().__init__(config, base_url, read)
         self._grant = "password" if config.type == "oauth2_password" else "client_credentials"
 
     def token_request(self) -> httpx.Request:
@@ -208,7 +212,17 @@ class OAuth2Auth(TokenAuth):
         return httpx.Request("POST", url, data=body, headers={"Accept": "application/json"})
 
 
-def build_auth(config: AuthConfig, base_url: str) -> httpx.Auth | None:
+def _lifetime(expires_in: object) -> float:
+    """A token's lifetime in seconds from `expires_in`: a number of seconds, finite and above
+    zero, or the default (a NaN or negative lifetime would ask for a token at every request)."""
+    try:
+        lifetime = float(expires_in or DEFAULT_TOKEN_LIFETIME)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return DEFAULT_TOKEN_LIFETIME
+    return lifetime if math.isfinite(lifetime) and lifetime > 0 else DEFAULT_TOKEN_LIFETIME
+
+
+def build_auth(config: AuthConfig, base_url: str, read: BodyReader) -> httpx.Auth | None:
     match config.type:
         case "none":
             return None
@@ -217,7 +231,7 @@ def build_auth(config: AuthConfig, base_url: str) -> httpx.Auth | None:
         case "basic":
             return BasicAuth(config)
         case "basiq":
-            return BasiqAuth(config, base_url)
+            return BasiqAuth(config, base_url, read)
         case "oauth2_client_credentials" | "oauth2_password":
-            return OAuth2Auth(config, base_url)
+            return OAuth2Auth(config, base_url, read)
     raise ValueError(f"unknown auth type {config.type}")

@@ -19,7 +19,7 @@ from exporter.auth import AuthError, build_auth, rate_limited
 from exporter.config import ResolvedTarget
 from exporter.model import Job
 from exporter.parsing import JsonTooDeep, is_digits, load_json
-from exporter.transport import Http11Transport
+from exporter.transport import MAX_LENGTH_DIGITS, Http11Transport
 
 # id_mismatch: an answer to a request about one id that was about another (never applied);
 # not_found: a configured source (not a job) that answers 404.
@@ -176,7 +176,7 @@ class TargetHttp:
         self.base_url = target.config.base_url
         self.host = httpx.URL(self.base_url).netloc.decode("ascii", "replace")
         self.stats = RequestStats()
-        self.auth = build_auth(target.config.auth, self.base_url)
+        self.auth = build_auth(target.config.auth, self.base_url, self.read_body)
         self.concurrency = target.concurrency
         self._limiter = anyio.CapacityLimiter(target.concurrency)
         self._budget = RateLimiter(target.max_requests_per_second) if target.max_requests_per_second else None
@@ -238,14 +238,15 @@ class TargetHttp:
                 response = await self._transport.handle_async_request(request)
                 response.request = request
                 try:
-                    try:
-                        request = await flow.asend(response)
-                    except StopAsyncIteration:
-                        return response
-                    await response.aread()
+                    request = await flow.asend(response)
+                except StopAsyncIteration:
+                    return response
                 except BaseException:
                     await response.aclose()
                     raise
+                # Read by the flow if it needed the body (through read_body: bounded), or not
+                # at all: closing keeps the connection only if it was read whole.
+                await response.aclose()
         finally:
             await flow.aclose()
 
@@ -340,6 +341,12 @@ class TargetHttp:
             raise PollError("timeout", f"{where}: {_cause(e)} after {self.target.timeout:g}s") from None
         except httpx.HTTPError as e:
             raise PollError("connect", f"{where}: {_cause(e)}") from None
+        except (PollError, NotFound):
+            raise
+        except Exception as e:
+            # Whatever else reading one answer raised (a library's surprise, a bug): that
+            # answer's error, never the cycle's, which would leave the target's other jobs unread.
+            raise PollError("connect", f"{where}: {_cause(e)}") from None
         if same is not None:
             digest = hash(body)
             seen = self.seen.get(same)
@@ -362,6 +369,8 @@ class TargetHttp:
             raise PollError("bad_body", f"{where}: {e}") from None
         except ValueError:
             raise PollError("bad_body", f"{where}: answer is not JSON") from None
+        except Exception as e:  # RecursionError, MemoryError…: this answer's, as above
+            raise PollError("bad_body", f"{where}: {_cause(e)}") from None
 
     async def _answer(self, response: httpx.Response, where: _Where) -> bytes:
         """The body of a 2xx answer; every other status raised as NotFound or PollError."""
@@ -387,6 +396,15 @@ class TargetHttp:
             raise PollError("http_4xx", f"{where}: unexpected redirect HTTP {status}")
         return await self._read_capped(response, where)
 
+    async def read_body(self, response: httpx.Response) -> bytes:
+        """The body of an answer the auth flow looks into (a token, a 401/403), read as job
+        answers are: capped, within the byte budget, inflated no further than the cap. Kept on
+        the response (as httpx's own `aread` keeps it), so a later read answers the same bytes."""
+        request = response.request
+        body = await self._read_capped(response, _Where(request.method, str(request.url)))
+        response._content = body
+        return body
+
     async def _read_capped(self, response: httpx.Response, where: _Where) -> bytes:
         """The body, decoded, refused past max_response_bytes or past the target's byte budget.
 
@@ -397,7 +415,12 @@ class TargetHttp:
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         if response.is_stream_consumed:  # read and decoded by httpx already (httpx.MockTransport)
             encoding, declared = "identity", str(len(response.content))
-        if encoding == "identity" and declared and is_digits(declared) and int(declared) > self._max_bytes:
+        if (
+            encoding == "identity"
+            and declared
+            and is_digits(declared)
+            and (len(declared) > MAX_LENGTH_DIGITS or int(declared) > self._max_bytes)
+        ):
             raise PollError("bad_body", f"{where}: answer of {declared} bytes exceeds {self._max_bytes}")
         wbits = DECODINGS.get(encoding)
         if wbits is None and encoding != "identity":

@@ -87,11 +87,18 @@ def entries(history: bytes) -> list[Transition]:
     return [_entry(history, i) for i in _starts(history)]
 
 
+def _state(job: Job) -> str:
+    """The job's own entry in its timeline: a finished job is finished, even if its provider still
+    says its end user must act (an Oxlin sync that failed for want of the user's consent)."""
+    return AWAITING_USER if job.awaiting_user and not job.status.terminal else job.status
+
+
 def observe(history: bytes, old: Job | None, new: Job, now: float) -> bytes:
     """The history with what changed from `old` (None: first seen) to `new`, as observed at `now`."""
     records: list[bytes] = []
-    if old is None or old.status != new.status or old.awaiting_user != new.awaiting_user:
-        records.append(_record(now, "", AWAITING_USER if new.awaiting_user else new.status))
+    state = _state(new)
+    if old is None or _state(old) != state:
+        records.append(_record(now, "", state))
     before = {s.name: s.status for s in old.steps} if old is not None else {}
     for step in new.steps:
         was = before.get(step.name)

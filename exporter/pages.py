@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from exporter import __version__
 from exporter.history import timeline
-from exporter.model import STATUSES, Status
+from exporter.model import STATUSES, Job, Status
 from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
 from exporter.tracker import TargetState, TrackedJob
@@ -95,12 +95,103 @@ def is_stuck(state: TargetState, tracked: TrackedJob, now: float) -> bool:
     return now - tracked.last_progress > state.config.stuck_after
 
 
+def runtime_of(tracked: TrackedJob, now: float) -> float | None:
+    """How long an unfinished job has run, from its start, else its creation (as the rules)."""
+    job = tracked.job
+    since = job.started if job.started is not None else job.created
+    return None if since is None or job.status.terminal else max(0.0, now - since)
+
+
+def is_overdue(state: TargetState, tracked: TrackedJob, now: float) -> bool:
+    """As AsyncJobOverdue: unfinished, not waiting for its end user, running for longer than
+    max_duration."""
+    ran = runtime_of(tracked, now)
+    return ran is not None and not tracked.job.awaiting_user and ran > state.config.max_duration
+
+
+# What a provider tells about whom a job concerns (Job.extra keys), in the words of the page.
+PARTIES = (
+    ("user", "end user"),
+    ("connection", "connection"),
+    ("account", "account"),
+    ("company", "company"),
+    ("institution", "institution"),
+)
+
+
+def parties(job: Job) -> list[tuple[str, str]]:
+    """(what, id) of the end user, connection or account a job concerns, as its provider gives them."""
+    return [(name, job.extra[key]) for key, name in PARTIES if job.extra.get(key)]
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """What the page tells a reader to do, and the runbook section that says more."""
+
+    alert: str  # the section of the runbooks: the alert that fires (or would) for this job
+    advice: str
+
+
+def next_step(job: Job, cause: str | None, stuck: bool, overdue: bool, ran: float | None) -> NextStep | None:
+    if job.status is Status.FAILED:
+        if cause == "user":
+            return NextStep(
+                "AsyncJobUserFailureRateHigh",
+                "Only the end user can fix this (credentials, a one-time code, a consent): tell the "
+                "application team, with the end user or connection below.",
+            )
+        if cause == "provider":
+            return NextStep(
+                "AsyncJobFailed",
+                "The provider or the institution failed: retry later. If many jobs of the target "
+                "fail, check the provider's status page.",
+            )
+        return NextStep(
+            "AsyncJobFailed", "Read the message: the runbook lists the likely causes per provider."
+        )
+    if job.status.terminal:
+        return None
+    if job.awaiting_user:
+        return NextStep(
+            "AsyncJobAwaitingUser", "Waiting for the end user: no operator action, unless it waits for days."
+        )
+    if overdue:
+        return NextStep(
+            "AsyncJobOverdue",
+            f"Running for {_duration(ran)}, longer than the target's max duration: is it moving at all, "
+            "and are the target's other jobs as slow?",
+        )
+    if stuck:
+        return NextStep(
+            "AsyncJobStuck",
+            "No progress for longer than the target allows: check the target is polled, then the "
+            "job at the provider.",
+        )
+    return None
+
+
+def settled(entries: list[dict[str, Any]], job: Job) -> list[dict[str, Any]]:
+    """A finished job's timeline ends: no state of it lasts until now (a history written before a
+    failed job's last state was recorded as failed could say "awaiting user", growing)."""
+    if not job.status.terminal:
+        return entries
+    for entry in entries:
+        if entry["duration_seconds"] is not None and entry is _last_of(entries, entry["step"]):
+            entry["duration_seconds"] = None
+    return entries
+
+
+def _last_of(entries: list[dict[str, Any]], step: str | None) -> dict[str, Any] | None:
+    return next((e for e in reversed(entries) if e["step"] == step), None)
+
+
 @dataclass
 class JobRow:
     target: str
     tracked: TrackedJob
     stuck: bool
     cause: str | None
+    overdue: bool = False
 
 
 class Pages:
@@ -130,10 +221,11 @@ class Pages:
         targets = []
         for name, state in sorted(self.runtime.tracker.targets.items()):
             by_status = {str(s): 0 for s in STATUSES}
-            stuck = awaiting = 0
+            stuck = overdue = awaiting = 0
             for t in state.jobs.values():
                 by_status[str(t.job.status)] += 1
                 stuck += is_stuck(state, t, now)
+                overdue += is_overdue(state, t, now)
                 awaiting += t.job.awaiting_user and not t.job.status.terminal
             targets.append(
                 {
@@ -150,6 +242,7 @@ class Pages:
                     "by_status": by_status,
                     "total": len(state.jobs),
                     "stuck": stuck,
+                    "overdue": overdue,
                     "awaiting": awaiting,
                 }
             )
@@ -162,6 +255,7 @@ class Pages:
         want_status = params.get("status") or None
         want_stuck = (params.get("stuck") or "").lower() in ("1", "true", "yes")
         want_awaiting = (params.get("awaiting_user") or "").lower() in ("1", "true", "yes")
+        want_overdue = (params.get("overdue") or "").lower() in ("1", "true", "yes")
         problems, status_code = [], 200
         if want_status is not None and want_status not in STATUSES:
             problems.append(f"status must be one of {', '.join(STATUSES)}")
@@ -187,7 +281,10 @@ class Pages:
                         continue
                     if want_awaiting and not (t.job.awaiting_user and not t.job.status.terminal):
                         continue
-                    rows.append(JobRow(name, t, stuck, cause_of(t)))
+                    overdue = is_overdue(state, t, now)
+                    if want_overdue and not overdue:
+                        continue
+                    rows.append(JobRow(name, t, stuck, cause_of(t), overdue))
         # Failures and stuck jobs first, then the most recently moved.
         rows.sort(
             key=lambda r: (r.tracked.job.status is not Status.FAILED, not r.stuck, -r.tracked.last_progress)
@@ -200,6 +297,7 @@ class Pages:
             "status": want_status,
             "stuck": "1" if want_stuck else None,
             "awaiting_user": "1" if want_awaiting else None,
+            "overdue": "1" if want_overdue else None,
         }
         return self._render(
             "jobs.html.j2",
@@ -242,17 +340,27 @@ class Pages:
             }
             for s in tracked.job.steps
         ]
+        cause = cause_of(tracked)
+        stuck, overdue = is_stuck(state, tracked, now), is_overdue(state, tracked, now)
+        ran = runtime_of(tracked, now)
+        step = next_step(tracked.job, cause, stuck, overdue, ran)
+        runbook = self.runtime.settings.runbook_base_url
         return self._render(
             "job.html.j2",
             target=target,
             state=state,
             t=tracked,
             job=tracked.job,
-            cause=cause_of(tracked),
-            stuck=is_stuck(state, tracked, now),
+            cause=cause,
+            stuck=stuck,
+            overdue=overdue,
+            ran=ran,
+            parties=parties(tracked.job),
+            next_step=step,
+            runbook_url=f"{runbook}#{step.alert.lower()}" if step is not None else runbook,
             percent=tracked.job.effective_percent(),
             steps=steps,
-            timeline=timeline(tracked.history, now),
+            timeline=settled(timeline(tracked.history, now), tracked.job),
             link=link,
             now=now,
         )

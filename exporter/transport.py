@@ -1,6 +1,13 @@
-"""HTTP/1.1 under httpx: connections kept per origin over anyio streams, answers read straight
-from the socket. httpx stays the client (auth flows, timeouts, decoding); this replaces
-httpcore's pool, whose bookkeeping costs more per request than the request itself.
+"""HTTP/1.1 under httpx: connections kept per origin over anyio streams, and answers read
+straight from the socket by a parser that accepts exactly what h11 accepts. httpx stays the
+client (auth flows, timeouts, decoding); this replaces httpcore's pool, whose bookkeeping costs
+more per request than the request itself (docs/benchmarks.md).
+
+The grammar is h11's (`h11/_abnf.py`, `_readers.py`, `_headers.py`), held to it by a
+differential test (tests/unit/test_transport_h11.py): what h11 refuses is a
+RemoteProtocolError here, and nothing an answer says can make a read loop without awaiting.
+A connection goes back to the pool only when its answer was read whole, may be kept alive, and
+not a byte follows it; an idle one with anything to read is closed, never reused.
 
 A GET or HEAD on a reused connection that fails before any byte of the answer (the server
 closed it while it sat idle) is sent once more on a fresh connection; other methods never are.
@@ -8,6 +15,7 @@ closed it while it sat idle) is sent once more on a fresh connection; other meth
 
 from __future__ import annotations
 
+import re
 import select
 import ssl
 import time
@@ -16,16 +24,145 @@ from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpx
 
 # Idle connections older than this are closed rather than reused.
 DEFAULT_KEEPALIVE_EXPIRY = 4.0
+# Bytes buffered while a head, a chunk header or the trailers are incomplete (h11's
+# max_incomplete_event_size); past it the answer is refused.
 MAX_HEAD_BYTES = 64 * 1024
-MAX_LINE_BYTES = 4096
 READ_SIZE = 65536
 IDEMPOTENT = frozenset({"GET", "HEAD"})
+# Chunks read between two turns of the event loop at most.
+CHUNKS_PER_TURN = 64
+# h11 reads no Content-Length of more digits (10^20 bytes is past any answer).
+MAX_LENGTH_DIGITS = 20
 
 Origin = tuple[str, str, int]
+
+# h11's grammar (RFC 9110/9112 as h11 reads it), byte for byte.
+_TOKEN = b"-!#$%&'*+.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_FOLD = (b" ", b"\t")
+_NOT_IN_VALUE = re.compile(rb"[\x00\r\n\x0b\x0c]")  # NUL and `\s` but space and tab
+_STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?")
+_CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+def _refuse(message: str) -> httpx.RemoteProtocolError:
+    return httpx.RemoteProtocolError(message)
+
+
+def _take_lines(buffer: bytearray) -> list[bytes] | None:
+    """The lines up to the first blank line, taken off the front of `buffer`; None while that
+    blank line has not come. As h11: a line ends at LF, a CR before it is dropped."""
+    if buffer[:1] == b"\n":
+        del buffer[:1]
+        return []
+    if buffer[:2] == b"\r\n":
+        del buffer[:2]
+        return []
+    blank = _BLANK_LINE.search(buffer)
+    if blank is None:
+        return None
+    end = blank.end()
+    text = bytes(buffer[:end])
+    del buffer[:end]
+    if text.count(b"\n") == text.count(b"\r\n"):  # every line ends in CRLF: one split does
+        return text[:-4].split(b"\r\n")
+    return [line[:-1] if line.endswith(b"\r") else line for line in text.split(b"\n")[:-2]]
+
+
+@dataclass
+class _Fields:
+    """A block of header fields, validated as h11 validates them."""
+
+    headers: list[tuple[bytes, bytes]]
+    length: int | None  # Content-Length
+    chunked: bool  # Transfer-Encoding: chunked (the only coding h11 reads)
+    close: bool  # Connection: close
+
+
+def _fields(lines: list[bytes]) -> _Fields:
+    headers: list[tuple[bytes, bytes]] = []
+    length_text: bytes | None = None
+    chunked = close = False
+    i, n = 0, len(lines)
+    while i < n:
+        line = lines[i]
+        i += 1
+        # An obsolete line fold (a line that begins with a space or a tab) continues the line
+        # before, as h11 joins it.
+        if line[:1] in _FOLD:
+            raise _refuse("continuation line at start of headers")
+        while i < n and lines[i][:1] in _FOLD:
+            line += b" " + lines[i].lstrip(b" \t")
+            i += 1
+        # h11's `token ":" OWS field-value OWS`, where a field value holds no NUL and no
+        # whitespace but spaces and tabs between its visible bytes.
+        name, colon, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if not colon or not name or name.translate(None, _TOKEN) or _NOT_IN_VALUE.search(value):
+            raise _refuse(f"malformed header line {line[:40]!r}")
+        lower = name.lower()
+        if lower == b"content-length":
+            if not value.isdigit():  # "5, 5" is 5, as in h11
+                values = {v.strip() for v in value.split(b",")}
+                value = values.pop()
+                if values or not value.isdigit():
+                    raise _refuse("malformed Content-Length")
+            if len(value) > MAX_LENGTH_DIGITS or (length_text is not None and value != length_text):
+                raise _refuse("malformed or conflicting Content-Length")
+            if length_text is not None:
+                continue  # a repeat of the same length: kept once, as h11 keeps it
+            length_text = value
+        elif lower == b"transfer-encoding":
+            value = value.lower()
+            if chunked or value != b"chunked":
+                raise _refuse(f"Transfer-Encoding {value[:20]!r} not supported")
+            chunked = True
+        elif lower == b"connection":
+            close = close or b"close" in [v.strip() for v in value.lower().split(b",")]
+        headers.append((name, value))
+    return _Fields(headers, None if length_text is None else int(length_text), chunked, close)
+
+
+@dataclass
+class _Answer:
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    length: int | None  # None: chunked or until close
+    chunked: bool
+    keep_alive: bool
+
+
+def _parse_head(lines: list[bytes], method: str) -> _Answer | None:
+    """The answer a head says, None for an interim one (1xx): the real one follows."""
+    if not lines:
+        raise _refuse("no status line")
+    status_line = _STATUS_LINE.fullmatch(lines[0])
+    if status_line is None:
+        raise _refuse(f"malformed status line {lines[0][:40]!r}")
+    version, code, reason = status_line.group(1, 2, 3)
+    status = int(code)
+    if status < 100 or status == 101:  # 101: no upgrade was asked for
+        raise _refuse(f"status {status} is no answer to a request")
+    fields = _fields(lines[1:])
+    if status < 200:
+        return None
+    keep_alive = not fields.close and version >= b"1.1"
+    length = fields.length
+    if method == "HEAD" or status in (204, 304):
+        length, chunked = 0, False
+    elif fields.chunked:
+        length, chunked = None, True
+    else:
+        chunked = False
+        if length is None:
+            keep_alive = False  # the body ends where the connection does
+    return _Answer(status, reason or b"", fields.headers, length, chunked, keep_alive)
 
 
 class _NoAnswer(Exception):
@@ -67,54 +204,31 @@ class _Connection:
         self.buffer += data
         return True
 
+    async def more(self, timeout: float | None) -> None:
+        """Read more, in the middle of an answer: its end is a protocol error."""
+        if not await self.fill(timeout):
+            raise _refuse("peer closed connection in the middle of the answer")
+
+    async def lines(self, timeout: float | None) -> list[bytes]:
+        """The lines up to the next blank line (a head or trailers), however they arrive."""
+        while (lines := _take_lines(self.buffer)) is None:
+            if len(self.buffer) > MAX_HEAD_BYTES:
+                raise _refuse("answer head too large")
+            await self.more(timeout)
+        return lines
+
+    async def line(self, timeout: float | None) -> bytes:
+        """The next line with its CRLF (a chunk header: h11 ends it at CRLF only)."""
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            if len(self.buffer) > MAX_HEAD_BYTES:
+                raise _refuse("chunk header too long")
+            await self.more(timeout)
+        line = bytes(self.buffer[: end + 2])
+        del self.buffer[: end + 2]
+        return line
+
     async def close(self) -> None:
         await anyio.aclose_forcefully(self.stream)
-
-
-@dataclass
-class _Answer:
-    status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    length: int | None  # None: chunked or until close
-    chunked: bool
-    keep_alive: bool
-
-
-def _parse_head(head: bytes, method: str) -> _Answer:
-    lines = head.split(b"\r\n")
-    version, _, rest = lines[0].partition(b" ")
-    code, _, reason = rest.partition(b" ")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-        raise httpx.RemoteProtocolError(f"malformed status line {lines[0][:40]!r}")
-    status = int(code)
-    headers: list[tuple[bytes, bytes]] = []
-    length: int | None = None
-    chunked = False
-    connection = b""
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or b" " in name:
-            raise httpx.RemoteProtocolError(f"malformed header line {line[:40]!r}")
-        value = value.strip()
-        headers.append((name, value))
-        lower = name.lower()
-        if lower == b"content-length":
-            if not value.isdigit() or (length is not None and length != int(value)):
-                raise httpx.RemoteProtocolError("malformed Content-Length")
-            length = int(value)
-        elif lower == b"transfer-encoding":
-            chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
-        elif lower == b"connection":
-            connection = value.lower()
-    keep_alive = b"close" not in connection if version == b"HTTP/1.1" else b"keep-alive" in connection
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        length, chunked = 0, False
-    elif chunked:
-        length = None
-    elif length is None:
-        keep_alive = False  # the body ends where the connection does
-    return _Answer(status, reason, headers, length, chunked, keep_alive)
 
 
 @dataclass
@@ -131,66 +245,67 @@ class _Body(httpx.AsyncByteStream):
     closed: bool = field(default=False)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        conn, answer = self.conn, self.answer
+        answer = self.answer
         try:
             if answer.chunked:
                 async for piece in self._chunks():
                     yield piece
             elif answer.length is not None:
-                left = answer.length
-                while left:
-                    if not conn.buffer and not await conn.fill(self.timeout):
-                        raise httpx.RemoteProtocolError("peer closed connection before the body ended")
-                    piece = _take_bytes(conn.buffer, left)
-                    left -= len(piece)
+                async for piece in self._exactly(answer.length):
                     yield piece
             else:
-                while True:
-                    if conn.buffer:
-                        piece = bytes(conn.buffer)
-                        conn.buffer.clear()
-                        yield piece
-                    if not await conn.fill(self.timeout):
-                        break
+                async for piece in self._until_close():
+                    yield piece
         except (OSError, anyio.BrokenResourceError) as e:
             raise httpx.ReadError(_describe(e)) from None
         except TimeoutError:
             raise httpx.ReadTimeout("timed out reading the answer") from None
         self.done = True
 
-    async def _line(self) -> bytes:
+    async def _exactly(self, size: int) -> AsyncIterator[bytes]:
+        """`size` bytes (> 0 each time round: every pass takes a byte or awaits one)."""
+        conn = self.conn
+        while size:
+            if not conn.buffer:
+                await conn.more(self.timeout)
+            piece = _take_bytes(conn.buffer, size)
+            size -= len(piece)
+            yield piece
+
+    async def _until_close(self) -> AsyncIterator[bytes]:
         conn = self.conn
         while True:
-            end = conn.buffer.find(b"\r\n")
-            if end >= 0:
-                line = bytes(conn.buffer[:end])
-                del conn.buffer[: end + 2]
-                return line
-            if len(conn.buffer) > MAX_LINE_BYTES:
-                raise httpx.RemoteProtocolError("chunk size line too long")
+            if conn.buffer:
+                piece = bytes(conn.buffer)
+                conn.buffer.clear()
+                yield piece
             if not await conn.fill(self.timeout):
-                raise httpx.RemoteProtocolError("peer closed connection before the body ended")
+                return
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         conn = self.conn
+        chunks = 0
         while True:
-            size_text = (await self._line()).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise httpx.RemoteProtocolError(f"malformed chunk size {size_text[:20]!r}") from None
+            chunks += 1
+            if chunks % CHUNKS_PER_TURN == 0:
+                # A read of 64 KiB of one-byte chunks is ~10,000 chunks, ~30 ms of parsing: let
+                # the event loop (scrapes, other polls) turn in between.
+                await anyio.lowlevel.checkpoint()
+            header = _CHUNK_HEADER.fullmatch(await conn.line(self.timeout))
+            if header is None:
+                raise _refuse("malformed chunk header")
+            size = int(header[1], 16)
             if size == 0:
-                while await self._line():  # trailers, up to the empty line
-                    pass
+                _fields(await conn.lines(self.timeout))  # the trailers, validated and dropped
                 return
-            while size:
-                if not conn.buffer and not await conn.fill(self.timeout):
-                    raise httpx.RemoteProtocolError("peer closed connection before the body ended")
-                piece = _take_bytes(conn.buffer, size)
-                size -= len(piece)
+            async for piece in self._exactly(size):
                 yield piece
-            if await self._line():
-                raise httpx.RemoteProtocolError("chunk not followed by CRLF")
+            for byte in b"\r\n":  # byte by byte: a wrong one is refused without waiting for more
+                if not conn.buffer:
+                    await conn.more(self.timeout)
+                if conn.buffer[0] != byte:
+                    raise _refuse("chunk not followed by CRLF")
+                del conn.buffer[:1]
 
     async def aclose(self) -> None:
         if self.closed:
@@ -282,20 +397,14 @@ class Http11Transport(httpx.AsyncBaseTransport):
         buffer = conn.buffer
         try:
             while True:
-                end = buffer.find(b"\r\n\r\n")
-                if end >= 0:
-                    head = bytes(buffer[:end])
-                    del buffer[: end + 4]
-                    answer = _parse_head(head, method)
-                    if 100 <= answer.status < 200:
-                        continue  # an interim answer (100 Continue): the real one follows
+                if not buffer and not await conn.fill(read_timeout):
+                    raise _NoAnswer
+                if buffer[0] < 0x21:  # as h11: no status line begins so
+                    raise _refuse("answer does not begin with a status line")
+                answer = _parse_head(await conn.lines(read_timeout), method)
+                if answer is not None:
                     return answer
-                if len(buffer) > MAX_HEAD_BYTES:
-                    raise httpx.RemoteProtocolError("answer head too large")
-                if not await conn.fill(read_timeout):
-                    if not buffer:
-                        raise _NoAnswer
-                    raise httpx.RemoteProtocolError("peer closed connection in the middle of the answer head")
+                await anyio.lowlevel.checkpoint()  # interim answers may come thousands to a read
         except TimeoutError:
             raise httpx.ReadTimeout("timed out waiting for the answer") from None
         except (OSError, anyio.BrokenResourceError) as e:

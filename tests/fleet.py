@@ -6,8 +6,9 @@ failure, stuck, waiting for the end user, week-old history, a multi-channel sync
 final event, a closed or idle connection, a lapsed consent on another channel, a state no one
 documented) and so the pages it must raise: a page is an alert of severity warning or critical,
 firing. Beside the jobs, targets and sources page too: a Basiq user that no longer exists, and two
-Basiq targets refused by the token endpoint (a disabled account; its rate limit). Every expected
-page is in one place: expected_pages(). tests/e2e/test_detection.py asserts the pages are exactly
+Basiq targets refused by the token endpoint (a disabled account; its rate limit), and a mass outage
+(a WillSuite account failing fifty exports within a minute) that pages once, by its failure rate.
+Every expected page is in one place: expected_pages(). tests/e2e/test_detection.py asserts the pages are exactly
 those; bench/detection.py reports precision, recall and time to page from the same run.
 """
 
@@ -55,7 +56,14 @@ PAGE = ("warning", "critical")
 WEEK_OLD = 6 * 86400.0  # inside Basiq's 7-day user lists
 
 BASIQ, AIMS, WILL, OXLIN = "basiq", "aims360", "willsuite", "oxlin"
+# A second WillSuite account, whose exports all fail at once: a mass outage of its own target.
+WILL_OUTAGE = "willsuite-exports"
 AIMS_REPORT, AIMS_IMPORT = "Reports/Open Orders Report", "Imports/Customer Import"
+WILL_EXPORT = "export"
+MASS_OUTAGE = 50  # jobs one provider fails within a minute
+
+PROVIDER_OF = {BASIQ: "basiq", AIMS: "aims360", WILL: "willsuite", WILL_OUTAGE: "willsuite", OXLIN: "oxlin"}
+
 # Basiq targets the token endpoint refuses with each of its 403s, and a user that does not exist.
 BASIQ_DISABLED, BASIQ_THROTTLED = "basiq-disabled", "basiq-throttled"
 GONE_USER = "0d9e7c"
@@ -63,8 +71,11 @@ GONE_USER = "0d9e7c"
 # The pages that are not about one job of the fleet: (alertname, target, job_type or source).
 # With the jobs' own `pages`, the whole of what must page (expected_pages): one list, one place.
 PAGES_BEYOND_JOBS = {
-    # The one job type whose failures are the provider's, and many: the rate pages too.
+    # The one job type whose failures are the provider's, and many: the rate pages, once (its
+    # failed jobs, held back while it fires, do not).
     ("AsyncJobFailureRateHigh", AIMS, AIMS_IMPORT),
+    # The mass outage: fifty failed exports, one page.
+    ("AsyncJobFailureRateHigh", WILL_OUTAGE, WILL_EXPORT),
     # Basiq answers 404 "Requested user does not exist" for a configured user.
     ("AsyncJobSourceMissing", BASIQ, f"user {GONE_USER}"),
     # POST /token answers 403 "Your account has been disabled" (auth) / "Invalid request" (its
@@ -186,6 +197,19 @@ def config(sim_url: str, secrets: Path, state: Path, per_job_series: str = "all"
                 "poll_interval": f"{POLL:g}s",  # below WillSuite's advice: honoured, with a warning
             },
             {
+                "name": WILL_OUTAGE,
+                "provider": "willsuite",
+                "base_url": f"{sim_url}/willsuite/engine/api",
+                "auth": {
+                    "type": "oauth2_client_credentials",
+                    "token_url": f"{sim_url}/willsuite/oauth/token/",
+                    "token_body": "json",
+                    "client_id": "demo-client",
+                    "client_secret_file": str(secrets / "client_secret"),
+                },
+                "poll_interval": f"{POLL:g}s",
+            },
+            {
                 "name": OXLIN,
                 "provider": "oxlin",
                 "base_url": f"{sim_url}/oxlin",
@@ -233,7 +257,7 @@ class Fleet:
         truth: Callable[[float], float] | None = None,
         register: bool = False,
     ) -> None:
-        provider = {BASIQ: "basiq", AIMS: "aims360", WILL: "willsuite", OXLIN: "oxlin"}[target]
+        provider = PROVIDER_OF[target]
         for _ in range(n):
             this = dict(spec)
             if target == OXLIN:
@@ -307,10 +331,13 @@ class Fleet:
             {**report, "scenario": "fail", "rerun_new_id": False, "rerun_scenario": "success"}, 1,
             finishes=(F, S), register=True,
         )  # fmt: skip
+        # A job the provider failed pages on its own only while its target's failure rate is low:
+        # AIMS360's Imports (below) break at the provider for the whole hour of the rate's window,
+        # so its failed jobs, of either type, page once, by AsyncJobFailureRateHigh.
         self.add(
             AIMS, "rerun, failed again", 2,
             {**report, "scenario": "fail", "rerun_new_id": False, "rerun_scenario": "fail"}, 1,
-            pages=("AsyncJobFailed",), finishes=(F, F), register=True,
+            finishes=(F, F), register=True,
         )  # fmt: skip
         self.add(
             AIMS, "stuck", 3, {**report, "scenario": "stuck"}, 1, pages=("AsyncJobStuck",), truth=stuck_at,
@@ -321,7 +348,7 @@ class Fleet:
         self.add(AIMS, "healthy", 3, {**imports, "scenario": "success"}, 1, finishes=(S,), register=True)
         self.add(
             AIMS, "provider failure", 6, {**imports, "scenario": "fail", "can_rerun": False}, 1,
-            pages=("AsyncJobFailed",), finishes=(F,), truth=fails_at, register=True,
+            finishes=(F,), register=True,
         )  # fmt: skip
 
         # WillSuite: registered ids.
@@ -390,12 +417,20 @@ class Fleet:
         )  # fmt: skip
         self.add(AIMS, "healthy", 5, {"job_type": AIMS_REPORT, "scenario": "success"}, 2, finishes=(S,),
                  register=True)  # fmt: skip
-        # Succeeded, but a tenth of its records failed: a page, though nothing about the job is
-        # failed, stuck or waiting (in `exceptions` mode its series stay for their records). After
-        # the restart: its alert has a `for`, which the restart's gap of scrapes would start again.
+        # A mass outage: WillSuite fails every export of a minute for its own reasons. One page, by
+        # AsyncJobFailureRateHigh (see PAGES_BEYOND_JOBS); no job of it pages on its own.
+        self.add(
+            WILL_OUTAGE, "mass outage", MASS_OUTAGE, {"job_type": WILL_EXPORT, "scenario": "fail"}, 2,
+            finishes=(F,), register=True,
+        )  # fmt: skip
+        # Succeeded, but a tenth of its records failed: an alert, though nothing about the job is
+        # failed, stuck or waiting (in `exceptions` mode its series stay for their records). The
+        # records WillSuite refused are the application's data (cause="user"): its team's info
+        # alert, not an operator's page. After the restart: its alert has a `for`, which the
+        # restart's gap of scrapes would start again.
         self.add(
             WILL, "succeeded with failing records", 2, {"job_type": "import", "scenario": "partial"}, 2,
-            pages=("AsyncJobRecordsFailing",), finishes=(S,), truth=lambda c: c + 3 * STEP, register=True,
+            infos=("AsyncJobUserRecordsFailing",), finishes=(S,), register=True,
         )  # fmt: skip
 
 

@@ -362,6 +362,9 @@ class ApiConfig(_Strict):
 
 
 ENV_PREFIX = "ASYNCJOB_"
+# The runbooks shipped in docs/, as the mixin's `runbook_base_url` (exporter/mixin/config.py) links
+# them from every alert.
+DEFAULT_RUNBOOK_BASE_URL = "https://github.com/asyncjob-exporter/asyncjob-exporter/blob/main/docs/runbooks.md"
 
 
 class _GlobalEnv(PydanticBaseSettingsSource):
@@ -401,10 +404,21 @@ class Settings(BaseSettings):
     )
     api: ApiConfig = Field(default_factory=ApiConfig)
     targets: list[TargetConfig] = Field(default_factory=list)
+    runbook_base_url: str = Field(
+        DEFAULT_RUNBOOK_BASE_URL,
+        pattern=r"^https?://\S+$",
+        description="Where the job pages link each job's runbook section: `<base>#<alert name in "
+        "lower case>`, as the mixin's `runbook_base_url`. Default: the runbooks shipped in docs/.",
+    )
     slos: list[SLO] = Field(
         default_factory=list,
         description="Job objectives counted in `asyncjob_slo_jobs_total`: see [slos[]](#slos).",
     )
+
+    @field_validator("runbook_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, v: str) -> str:
+        return v.rstrip("/")
 
     @classmethod
     def settings_customise_sources(

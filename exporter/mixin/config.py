@@ -36,6 +36,15 @@ class Config:
     # out a single late poll.
     stuck_for: str = "5m"
     overdue_for: str = "5m"
+    # AsyncJobManyStuck: this many of one target's jobs stuck or overdue page once, for the
+    # target; the per-job AsyncJobStuck / AsyncJobOverdue are held back meanwhile (the jobs
+    # stay listed on the exporter's pages).
+    many_stuck_jobs: int = 10
+    many_stuck_for: str = "5m"
+
+    # AsyncJobFailed: long enough for a mass failure to show in AsyncJobFailureRateHigh's
+    # ratio, which then holds back the per-job pages of the provider's failures.
+    failed_for: str = "2m"
 
     # AsyncJobFailureRateHigh: share of finished jobs that failed, per target and job_type.
     failure_ratio: float = 0.25
@@ -88,6 +97,7 @@ class Config:
             "AsyncJobFailed": "warning",
             "AsyncJobStuck": "warning",
             "AsyncJobOverdue": "warning",
+            "AsyncJobManyStuck": "critical",
             "AsyncJobFailureRateHigh": "critical",
             "AsyncJobUserFailureRateHigh": "info",
             "AsyncJobRecordsFailing": "warning",

@@ -98,8 +98,17 @@ class Scenario:
     """Input series under which alert `name` first holds at `onset` seconds (its expression is
     true from that evaluation on); `count` alerts fire once its `for` has passed."""
 
-    def __init__(self, name: str, onset: float, count: int, series: list[dict[str, str]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        onset: float,
+        count: int,
+        series: list[dict[str, str]],
+        others: dict[str, int] | None = None,
+    ) -> None:
         self.name, self.onset, self.count, self.series = name, onset, count, series
+        # Other alerts firing (or held back: 0) at the same time, with their counts.
+        self.others = others or {}
 
 
 def _minutes(cfg: Config, extra: float = 0) -> int:
@@ -109,7 +118,13 @@ def _minutes(cfg: Config, extra: float = 0) -> int:
 
 def _alerts(cfg: Config) -> dict[str, rules.Alert]:
     sel = cfg.exporter_selector
-    groups = (rules.job_alerts, rules.aggregate_alerts, rules.target_alerts, rules.oxlin_alerts)
+    groups = (
+        rules.job_alerts,
+        rules.job_count_alerts,
+        rules.aggregate_alerts,
+        rules.target_alerts,
+        rules.oxlin_alerts,
+    )
     return {a.name: a for group in groups for a in group(cfg, sel)}
 
 
@@ -133,6 +148,44 @@ def stuck(cfg: Config, labels: dict[str, str]) -> Scenario:
         series.append(_series("asyncjob_job_status", _job(labels, job_id, status=status), _constant(1, n)))
         series.append(_series("asyncjob_job_awaiting_user", _job(labels, job_id), _constant(0, n)))
     return Scenario("AsyncJobStuck", threshold + MINUTE, 2, series)
+
+
+def overdue_silences_stuck(cfg: Config, labels: dict[str, str]) -> Scenario:
+    """A job both stuck and overdue pages once, as overdue."""
+    stuck_after, max_duration, n = 600, 1800, _minutes(cfg, 3600)
+    series = [
+        _series("asyncjob_target_stuck_threshold_seconds", labels, _constant(stuck_after, n)),
+        _series("asyncjob_target_max_duration_seconds", labels, _constant(max_duration, n)),
+        _series("asyncjob_job_started_timestamp_seconds", _job(labels, "j1"), _constant(0, n)),
+        _series("asyncjob_job_last_progress_timestamp_seconds", _job(labels, "j1"), _constant(0, n)),
+        _series("asyncjob_job_status", _job(labels, "j1", status="running"), _constant(1, n)),
+        _series("asyncjob_job_awaiting_user", _job(labels, "j1"), _constant(0, n)),
+    ]
+    return Scenario("AsyncJobOverdue", max_duration + MINUTE, 1, series, others={"AsyncJobStuck": 0})
+
+
+def many_stuck(cfg: Config, labels: dict[str, str]) -> Scenario | None:
+    """`many_stuck_jobs` stuck jobs on t1 page once for t1, none for its jobs; one fewer on t2
+    page one by one."""
+    if "AsyncJobManyStuck" not in _alerts(cfg) or cfg.many_stuck_jobs < 2:
+        return None
+    threshold, n = 600, _minutes(cfg, 3600)
+    series = []
+    for target, count in (("t1", cfg.many_stuck_jobs), ("t2", cfg.many_stuck_jobs - 1)):
+        at = {**labels, "target": target}
+        series.append(_series("asyncjob_target_stuck_threshold_seconds", at, _constant(threshold, n)))
+        series.append(_series("asyncjob_target_max_duration_seconds", at, _constant(10**9, n)))
+        for i in range(count):
+            job = _job(at, f"j{i}")
+            series.append(_series("asyncjob_job_last_progress_timestamp_seconds", job, _constant(0, n)))
+            # Half of them in a state the provider does not document: they count too.
+            status = "unknown" if i % 2 else "running"
+            series.append(_series("asyncjob_job_status", {**job, "status": status}, _constant(1, n)))
+            series.append(_series("asyncjob_job_awaiting_user", job, _constant(0, n)))
+    others = {"AsyncJobStuck": cfg.many_stuck_jobs - 1}
+    if seconds(cfg.stuck_for) > seconds(cfg.many_stuck_for):
+        others = {}  # the per-job alerts would not have fired yet at the target's firing time
+    return Scenario("AsyncJobManyStuck", threshold + MINUTE, 1, series, others=others)
 
 
 def overdue(cfg: Config, labels: dict[str, str]) -> Scenario:
@@ -161,6 +214,40 @@ def failed(cfg: Config, labels: dict[str, str]) -> Scenario:
         )
         series.append(_series("asyncjob_job_error_info", {**error, "cause": cause}, _constant(1, n)))
     return Scenario("AsyncJobFailed", 0, 1, series)
+
+
+def failed_during_outage(cfg: Config, labels: dict[str, str]) -> Scenario | None:
+    """While t1's failure rate is high, its jobs the provider failed page no more one by one;
+    those of t2, whose rate is low, still do."""
+    if "AsyncJobFailureRateHigh" not in _alerts(cfg):
+        return None
+    n = _minutes(cfg, seconds(cfg.failure_window))
+    per_minute = max(100, cfg.failure_min_finished)
+    if cfg.failure_ratio >= 1:
+        return None
+    series = []
+    for target, failures in (("t1", per_minute), ("t2", 0)):
+        at = {**labels, "target": target}
+        common = {**at, "job_type": "connection"}
+        series.append(
+            _series("asyncjob_jobs_finished_total", {**common, "status": "failed"}, f"0+{failures}x{n}")
+        )
+        series.append(
+            _series(
+                "asyncjob_jobs_finished_total",
+                {**common, "status": "succeeded"},
+                f"0+{per_minute - failures}x{n}",
+            )
+        )
+        failed_labels = {**common, "reason": "connector-error", "cause": "provider"}
+        series.append(_series("asyncjob_jobs_failed_total", failed_labels, f"0+{failures}x{n}"))
+        job = _job(at, "j1")
+        # Failed from the third minute on: by then t1's rate has held for a minute (increase()
+        # needs two samples), whatever `failed_for` is.
+        series.append(_series("asyncjob_job_status", {**job, "status": "failed"}, f"0x1 1x{n}"))
+        error = {**job, "reason": "connector-error", "cause": "provider"}
+        series.append(_series("asyncjob_job_error_info", error, f"0x1 1x{n}"))
+    return Scenario("AsyncJobFailed", 2 * MINUTE, 1, series)
 
 
 def _records_failing(cfg: Config, labels: dict[str, str], name: str) -> Scenario | None:
@@ -382,8 +469,11 @@ def consent_expiring(cfg: Config, labels: dict[str, str]) -> Scenario:
 
 SCENARIOS: tuple[Callable[[Config, dict[str, str]], Scenario | None], ...] = (
     failed,
+    failed_during_outage,
     stuck,
     overdue,
+    overdue_silences_stuck,
+    many_stuck,
     records_failing,
     user_records_failing,
     awaiting_user,
@@ -421,6 +511,9 @@ def rule_tests(cfg: Config, rule_file: str = "../asyncjob.rules.yml") -> dict[st
         # Firing: a minute past the onset and the `for`, rounded up to an evaluation.
         fire = (math.ceil((scenario.onset + hold) / MINUTE) + 1) * MINUTE
         checks.append(_firing(scenario.name, severity, fire, scenario.count))
+        for other, count in scenario.others.items():
+            if other in alerts:
+                checks.append(_firing(other, cfg.severity[other], fire, count))
         tests.append({"interval": "1m", "input_series": scenario.series, "promql_expr_test": checks})
     return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": tests}
 

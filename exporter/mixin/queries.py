@@ -108,6 +108,27 @@ def overdue(cfg: Config, selector: str) -> str:
     return f"{series(RUNTIME, selector)}\n  > {cfg.on_target} group_left() {threshold}"
 
 
+def stuck_not_overdue(cfg: Config, selector: str) -> str:
+    """Stuck jobs that are not also overdue: an overdue job pages once, as overdue."""
+    return f"({stuck(cfg, selector)})\nunless {cfg.on_job}\n({overdue(cfg, selector)})"
+
+
+def stuck_or_overdue_jobs(cfg: Config, selector: str) -> str:
+    """Every job stuck or overdue, once each (a job both is counted once)."""
+    return f"({stuck(cfg, selector)})\nor {cfg.on_job}\n({overdue(cfg, selector)})"
+
+
+def many_stuck(cfg: Config, selector: str) -> str:
+    """Targets with at least `many_stuck_jobs` jobs stuck or overdue: one alert for the target."""
+    by = ", ".join(cfg.target_labels)
+    return f"count by ({by}) (\n{stuck_or_overdue_jobs(cfg, selector)}\n) >= {cfg.many_stuck_jobs}"
+
+
+def unless_many_stuck(cfg: Config, selector: str) -> str:
+    """The clause that holds back a per-job stuck or overdue alert while its target's is firing."""
+    return f"unless {cfg.on_target}\n({many_stuck(cfg, selector)})"
+
+
 def failed_jobs(cfg: Config, selector: str, operator_only: bool = True) -> str:
     """Failed jobs with their reason and cause; `operator_only` leaves out those the end user
     must fix (a wrong password, an expired MFA): they page no operator."""
@@ -136,6 +157,17 @@ def failure_rate_high(cfg: Config, selector: str) -> str:
     return (
         f"sum by ({by}) ({series(failure_ratio(cfg), selector, NOT_USER)}) > {cfg.failure_ratio:g}\n"
         f"and on({by}) sum by ({by}) ({finished}) >= {cfg.failure_min_finished}"
+    )
+
+
+def failed_paged(cfg: Config, selector: str) -> str:
+    """Failed jobs that page one by one: those the end user must fix never do, and those the
+    provider failed are held back while their target's failure rate is high (that alert pages
+    once for the outage; the jobs stay listed on the pages)."""
+    provider = series("asyncjob_job_error_info", selector, 'cause="provider"')
+    return (
+        f"(\n{failed_jobs(cfg, selector)}\n)\nunless {cfg.on_job}\n"
+        f"  ({provider}\n  and {cfg.on_target}\n  ({failure_rate_high(cfg, selector)}))"
     )
 
 

@@ -36,11 +36,20 @@ def _job_link(cfg: Config) -> str:
     )
 
 
+def _exporter(cfg: Config) -> str:
+    """The exporter's pages: under its external URL when the mixin names it, else at the address
+    Prometheus scraped."""
+    return cfg.external_url or f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}"
+
+
 def job_page(cfg: Config) -> str:
-    """The job's page on the exporter that reported it: its error text and timeline. Under the
-    exporter's external URL when the mixin names it, else at the address Prometheus scraped."""
-    base = cfg.external_url or f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}"
-    return f"{base}/jobs/{{{{ $labels.target }}}}/{{{{ $labels.job_id | urlquery }}}}"
+    """The job's page on the exporter that reported it: its error text and timeline."""
+    return f"{_exporter(cfg)}/jobs/{{{{ $labels.target }}}}/{{{{ $labels.job_id | urlquery }}}}"
+
+
+def _jobs_list(cfg: Config) -> str:
+    """The target's list of jobs on the exporter that reported them (filters to append)."""
+    return f"{_exporter(cfg)}/jobs?target={{{{ $labels.target | urlquery }}}}"
 
 
 def _overview_link(cfg: Config) -> str:
@@ -57,18 +66,21 @@ def job_alerts(cfg: Config, sel: str) -> list[Alert]:
     return [
         Alert(
             "AsyncJobFailed",
-            q.failed_jobs(cfg, sel),
-            "0m",
+            q.failed_paged(cfg, sel),
+            cfg.failed_for,
             "An asynchronous job failed, and not for its end user.",
             f"The provider reports {JOB} as failed"
             "{{ with $labels.reason }} with reason {{ . }}{{ end }}"
-            "{{ with $labels.cause }} (cause: {{ . }}){{ end }}. "
-            "GET /api/v1/targets/{{ $labels.target }}/jobs/{{ $labels.job_id }} gives its message.",
+            "{{ with $labels.cause }} (cause: {{ . }}"
+            '{{ if eq . "provider" }}: the provider or the institution failed, retry later'
+            '{{ else if eq . "unknown" }}: nobody knows who must act; read the message{{ end }})'
+            "{{ end }}. Its message and timeline: "
+            f"{job_page(cfg)}",
             per_job=True,
         ),
         Alert(
             "AsyncJobStuck",
-            q.stuck(cfg, sel),
+            f"{q.stuck_not_overdue(cfg, sel)}\n{q.unless_many_stuck(cfg, sel)}",
             cfg.stuck_for,
             "An asynchronous job has made no progress for longer than its target allows.",
             f"The {JOB} has made no progress for {{{{ $value | humanizeDuration }}}}, "
@@ -77,7 +89,7 @@ def job_alerts(cfg: Config, sel: str) -> list[Alert]:
         ),
         Alert(
             "AsyncJobOverdue",
-            q.overdue(cfg, sel),
+            f"{q.overdue(cfg, sel)}\n{q.unless_many_stuck(cfg, sel)}",
             cfg.overdue_for,
             "An asynchronous job has been running for longer than its target's maximum duration.",
             f"The {JOB} has been running for {{{{ $value | humanizeDuration }}}}, "
@@ -113,6 +125,23 @@ def job_alerts(cfg: Config, sel: str) -> list[Alert]:
             "or a consent) for {{ $value | humanizeDuration }}; no operator action is needed.",
             per_job=True,
             for_end_user=True,
+        ),
+    ]
+
+
+def job_count_alerts(cfg: Config, sel: str) -> list[Alert]:
+    """Target-level alerts counted from the per-job records (so in the same group as those)."""
+    return [
+        Alert(
+            "AsyncJobManyStuck",
+            q.many_stuck(cfg, sel),
+            cfg.many_stuck_for,
+            "Many asynchronous jobs of one target are stuck or overdue.",
+            "{{ $value | humanize }} jobs on target {{ $labels.target }} are stuck or overdue "
+            f"({cfg.many_stuck_jobs} or more page once, for the target; their own AsyncJobStuck and "
+            "AsyncJobOverdue are held back meanwhile). Stuck: "
+            f"{_jobs_list(cfg)}&stuck=1, overdue: {_jobs_list(cfg)}&overdue=1",
+            per_job=False,
         ),
     ]
 
@@ -285,6 +314,7 @@ def rule_groups(cfg: Config) -> dict[str, Any]:
         _recording(q.RUNTIME, q.runtime_source(cfg, sel)),
         _recording(q.RECORDS_FAILED_RATIO, q.records_failed_ratio_source(cfg, sel)),
         *(_alerting(cfg, alert) for alert in job_alerts(cfg, sel)),
+        *(_alerting(cfg, alert) for alert in job_count_alerts(cfg, sel)),
     ]
     aggregates = [
         _recording(q.finished_increase(cfg), q.finished_increase_source(cfg, sel)),
@@ -305,7 +335,12 @@ def rule_groups(cfg: Config) -> dict[str, Any]:
 
 def alert_names(cfg: Config) -> list[str]:
     sel = cfg.exporter_selector
-    alerts = [*job_alerts(cfg, sel), *aggregate_alerts(cfg, sel), *target_alerts(cfg, sel)]
+    alerts = [
+        *job_alerts(cfg, sel),
+        *job_count_alerts(cfg, sel),
+        *aggregate_alerts(cfg, sel),
+        *target_alerts(cfg, sel),
+    ]
     return [alert.name for alert in (*alerts, *oxlin_alerts(cfg, sel))]
 
 

@@ -12,6 +12,7 @@ queued to its new outcome.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -80,6 +81,9 @@ def job_status(row: dict[str, Any]) -> tuple[Status, str]:
     return status, raw
 
 
+WHOM = {"account": "accountCode", "user": "createdBy"}
+
+
 class Aims360(Provider):
     name = "aims360"
     # A background job fails on the service's side (a report, an import): nothing for an end user.
@@ -136,6 +140,9 @@ class Aims360(Provider):
             extra={
                 "canReRun": str(obj.get("canReRun") or ""),
                 "rerunUntil": str(parse_timestamp(obj.get("maximumDateTimeToExecuteJob")) or ""),
+                # Whom the job concerns: the ERP account, and the user who started it.
+                # One string of each account and user in the process, not one a job.
+                **{key: sys.intern(str(obj[field])) for key, field in WHOM.items() if obj.get(field)},
             },
         )
 

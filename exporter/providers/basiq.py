@@ -8,12 +8,13 @@ statement jobs `createdDate`/`updatedDate`.
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from exporter.fetch import NotFound, PollError
-from exporter.model import Cause, Job, Status, Step, interned_step, shared_steps
+from exporter.model import NO_EXTRA, Cause, Job, Status, Step, interned_step, shared_steps
 from exporter.parsing import bounded_reason, parse_timestamp, text_id
 from exporter.providers.base import BadPayload, Http, PollResult, Provider, fetch_each, gather, segment
 
@@ -98,6 +99,42 @@ def parse_step(obj: Any) -> Step:
     awaiting = not status.terminal and any(item.get("type") == "mfa" for item in items)
     reason, message = error_of(items) if status is Status.FAILED else (None, None)
     return interned_step(obj["title"], status, raw, reason, message, awaiting)
+
+
+_SOURCE = re.compile(r"/users/([^/?#]+)(?:/connections/([^/?#]+))?")
+# Jobs of one connection share one mapping of whom they concern (bounded, emptied when full).
+_WHOM: dict[tuple[str, str], Mapping[str, str]] = {}
+WHOM_MAX = 4096
+
+
+def _links(obj: dict[str, Any]) -> Iterator[Any]:
+    links = obj.get("links")
+    if isinstance(links, dict):
+        yield links.get("source")
+    for step in obj.get("steps") or ():
+        if isinstance(step, dict):
+            yield from (
+                item.get("url") for item in results_of(step.get("result")) if item.get("type") == "link"
+            )
+
+
+def whom(obj: dict[str, Any]) -> Mapping[str, str]:
+    """The end user and connection a job concerns, from its `links.source` (else a step's link):
+    the application team's handle on a failure only that user can fix."""
+    for url in _links(obj):
+        found = _SOURCE.search(url) if isinstance(url, str) else None
+        if found is None:
+            continue
+        key = (found.group(1), found.group(2) or "")
+        mapping = _WHOM.get(key)
+        if mapping is None:
+            if len(_WHOM) >= WHOM_MAX:
+                _WHOM.clear()
+            mapping = _WHOM[key] = {"user": sys.intern(key[0])} | (
+                {"connection": sys.intern(key[1])} if key[1] else {}
+            )
+        return mapping
+    return NO_EXTRA
 
 
 def job_status(steps: Sequence[Step]) -> Status:
@@ -188,6 +225,7 @@ class Basiq(Provider):
             # A challenge that failed (expired, or wrong codes) waits on the end user whatever its code.
             cause=Cause.USER if is_failed and failed is not None and failed.name == MFA_STEP else None,
             awaiting_user=not status.terminal and any(s.awaiting_user for s in steps),
+            extra=whom(obj),
         )
 
     async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:

@@ -336,6 +336,9 @@ class Oxlin(Provider):
             # A lapsed consent or a consent failure: the end user must renew it.
             cause=Cause.USER if failed and (user or consent) else None,
             awaiting_user=status is not Status.SUCCEEDED and (user or consent),
+            # Whom the sync concerns: the end user's bank connection (and its name), for the
+            # application team to find that user.
+            extra={"connection": conn.id, **({"institution": conn.name} if conn.name else {})},
         )
         if status.terminal:
             # Remembered for the connection: until a sync of it succeeds, its staleness is the

@@ -9,10 +9,11 @@ application's data: reason `record_errors`, the end user's side (the application
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from exporter.model import Cause, Job, Status
+from exporter.model import NO_EXTRA, Cause, Job, Status
 from exporter.parsing import bounded_label, map_status, parse_int, parse_timestamp, text_id, time_zone
 from exporter.providers.base import BadPayload, Http, PollResult, Provider, fetch_each, segment
 
@@ -84,6 +85,9 @@ class WillSuite(Provider):
             records_failed=failures if (message or status.terminal) else None,
             reason=reason,
             message=message,
+            extra={"company": sys.intern(company)}
+            if (company := text_id(obj.get("company_id")))
+            else NO_EXTRA,
         )
 
     async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:

@@ -4,7 +4,8 @@ Prometheus with alerts/asyncjob.rules.yml and a real Alertmanager. The pages (al
 warning or critical, firing) are exactly those the labels call for: every one, and no other, with
 the providers' documented edges among them (a Basiq user that no longer exists, the token
 endpoint's two 403s, Oxlin connections closed or idle mid-sync, a lapsed consent on another
-channel, an AIMS360 state no one documented, Basiq's list without jobType); once with
+channel, an AIMS360 state no one documented, Basiq's list without jobType) and a mass outage
+(fifty failed exports on one WillSuite account, one page); once with
 every job's series (`per_job_series: all`) and with only the series of the jobs that need a person
 (`exceptions`). Nothing here is timed; bench/detection.py reports time to page from the same run."""
 
@@ -44,6 +45,7 @@ def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(
         "lapsed consent on another channel",
         "undocumented state",
         "succeeded with failing records",
+        "mass outage",
     } <= labels
     assert len(seen.fleet) >= 200
 
@@ -61,6 +63,14 @@ def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(
     assert not missed, f"pages that should have fired and did not:\n{explain(missed)}\n{logs}"
     assert not wrong, f"pages for what no operator must act on:\n{explain(wrong)}\n{logs}"
     assert not seen.pending_pages, f"pages about to fire that should not:\n{explain(seen.pending_pages)}"
+
+    # The mass outage (one provider failing fifty jobs in a minute) paged once, by the failure rate.
+    outage = {(job.target, job.key) for job in seen.fleet if job.label == "mass outage"}
+    assert len(outage) == fleet.MASS_OUTAGE
+    about_outage = {
+        page for page in pages if page[1:] in outage or page[1:] == (fleet.WILL_OUTAGE, fleet.WILL_EXPORT)
+    }
+    assert about_outage == {("AsyncJobFailureRateHigh", fleet.WILL_OUTAGE, fleet.WILL_EXPORT)}
 
     # Outcomes were counted once across the kill -9, and week-old history not at all.
     assert seen.counted_before == seen.expected_counts(after_restart=False)

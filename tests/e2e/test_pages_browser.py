@@ -1,6 +1,6 @@
 """The job pages in a real browser (Debian's chromium driven by Playwright): the real CLI against
 the simulator, behind basic auth from --web.config.file, with hostile ids and messages that
-must show as text and never run."""
+must show as text and never run, and what to do next: the runbook section, the overdue mark."""
 
 from __future__ import annotations
 
@@ -32,9 +32,14 @@ def test_an_on_call_engineer_reads_a_failed_job_in_the_browser(tmp_path: Path) -
     web.write_text(f"basic_auth_users:\n  {USER}: {hashed}\n")
     with simulator(tmp_path, step_seconds=0.5) as sim:
         targets = [t for t in demo_targets(sim.url, write_secrets(tmp_path)) if t["provider"] == "generic"]
-        config = {"global": {"poll_interval": "0.5s", "stuck_after": "1h"}, "targets": targets}
+        # max_duration 2s: the job that never ends is overdue within seconds (and never stuck).
+        config = {
+            "global": {"poll_interval": "0.5s", "stuck_after": "1h", "max_duration": "2s"},
+            "runbook_base_url": "https://wiki.example.com/asyncjob",
+            "targets": targets,
+        }
         target = targets[0]["name"]
-        create_job(sim, "generic", scenario="stuck", queue_seconds=0.5)
+        endless = create_job(sim, "generic", scenario="stuck", queue_seconds=0.5)
         with exporter(tmp_path, config, extra=[f"--web.config.file={web}"], wait_ready=False) as exp:
             auth = (USER, PASSWORD)
             wait_for(
@@ -95,6 +100,13 @@ def test_an_on_call_engineer_reads_a_failed_job_in_the_browser(tmp_path: Path) -
                         link.get_attribute("href")
                         == f"{sim.url}/generic/v1/exports/{quote(HOSTILE_ID, safe='')}"
                     )
+                    # Labelled as the provider's API (it wants the target's credentials), not a console.
+                    assert job.locator("dt", has_text="provider API").count() == 1
+                    # What to do next, and the runbook section that says more, under the configured base.
+                    assert page.locator("#next-step").is_visible()
+                    runbook = page.locator("#runbook")
+                    assert runbook.get_attribute("href") == "https://wiki.example.com/asyncjob#asyncjobfailed"
+                    assert runbook.inner_text() == "Runbook: AsyncJobFailed"
                     # Nothing a provider or a registration sent ran, or became markup.
                     assert (
                         page.locator("script").count() == 0 and page.locator("main img, main b").count() == 0
@@ -103,6 +115,16 @@ def test_an_on_call_engineer_reads_a_failed_job_in_the_browser(tmp_path: Path) -
                     page.goto(f"{exp.url}/jobs?stuck=1")
                     page.wait_for_load_state()
                     assert page.locator("#jobs tbody tr").count() == 0  # stuck_after is an hour
+
+                    # The job that never ends: overdue, on its page and in the list.
+                    page.goto(f"{exp.url}/jobs/{target}/{quote(endless, safe='')}")
+                    overdue = page.locator("#overdue")
+                    assert overdue.is_visible() and overdue.inner_text().startswith("overdue: running for")
+                    runbook_href = page.locator("#runbook").get_attribute("href")
+                    assert runbook_href == "https://wiki.example.com/asyncjob#asyncjoboverdue"
+                    page.goto(f"{exp.url}/jobs?target={target}&status=running")
+                    row = page.locator("#jobs tbody tr", has_text=endless)
+                    assert row.locator(".flag-overdue").inner_text() == "overdue"
                 finally:
                     context.close()
             assert dialogs == []

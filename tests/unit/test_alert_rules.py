@@ -85,6 +85,7 @@ def test_the_alerts_asked_for_are_all_there() -> None:
         "AsyncJobFailed",
         "AsyncJobStuck",
         "AsyncJobOverdue",
+        "AsyncJobManyStuck",
         "AsyncJobFailureRateHigh",
         "AsyncJobUserFailureRateHigh",
         "AsyncJobRecordsFailing",
@@ -270,6 +271,8 @@ def test_alertmanager_example_silences_per_job_alerts_while_a_target_is_down() -
     config = yaml.safe_load(INHIBIT_EXAMPLE.read_text())
     generator = load_generator()
     per_job = {alert.name for alert in generator.rules.job_alerts(generator.CONFIG, "")}
+    # The target-level alert counted from the same jobs' records looks as stale.
+    per_job |= {alert.name for alert in generator.rules.job_count_alerts(generator.CONFIG, "")}
     silenced: set[str] = set()
     for rule in config["inhibit_rules"]:
         assert set(rule["equal"]) >= {"target", "instance"}
@@ -288,3 +291,65 @@ def _alertnames(matchers: list[str]) -> set[str]:
         assert match, matcher
         names |= set(match.group(2).split("|"))
     return names
+
+
+def _alert(name: str) -> dict[str, Any]:
+    (found,) = (rule for rule in alerts() if rule["alert"] == name)
+    return found
+
+
+def test_an_overdue_job_is_not_also_paged_as_stuck() -> None:
+    stuck = _alert("AsyncJobStuck")["expr"]
+    overdue = _alert("AsyncJobOverdue")["expr"]
+    assert "unless on(job, instance, target, job_id)\n(target_job_id:asyncjob_job_runtime_seconds" in stuck
+    # Overdue is held back only by its target's AsyncJobManyStuck, never by stuck.
+    assert "seconds_since_progress" not in overdue.split("\nunless on(job, instance, target)\n")[0]
+
+
+def test_stuck_and_overdue_cover_jobs_in_status_unknown() -> None:
+    for group in rule_groups():
+        for rule in group["rules"]:
+            if rule.get("record", "").endswith(":active"):
+                assert 'status=~"pending|running|unknown"' in rule["expr"], rule["record"]
+
+
+def test_many_stuck_jobs_of_one_target_page_once_and_hold_back_their_own_alerts() -> None:
+    many = _alert("AsyncJobManyStuck")
+    assert many["expr"].rstrip().endswith(">= 10")
+    assert "count by (job, instance, target)" in many["expr"]
+    assert many["labels"]["severity"] == "critical"
+    for name in ("AsyncJobStuck", "AsyncJobOverdue"):
+        assert "unless on(job, instance, target)\n(count by (job, instance, target)" in _alert(name)["expr"]
+    # The rule lives in the group of the records it counts: never a step behind them.
+    (jobs,) = (g for g in rule_groups() if any(r.get("alert") == "AsyncJobStuck" for r in g["rules"]))
+    assert "AsyncJobManyStuck" in [r.get("alert") for r in jobs["rules"]]
+
+
+def test_the_many_stuck_threshold_is_a_mixin_setting() -> None:
+    from exporter.mixin import rules, user
+
+    cfg = user.config_from({"many_stuck_jobs": 25})
+    text = rules.dump_yaml(rules.rule_groups(cfg))
+    assert ">= 25" in text and ">= 10" not in text
+    with pytest.raises(user.MixinConfigError, match="many_stuck_jobs"):
+        user.config_from({"many_stuck_jobs": "lots"})
+
+
+def test_a_provider_failure_pages_per_job_only_while_the_targets_failure_rate_is_low() -> None:
+    failed = _alert("AsyncJobFailed")["expr"]
+    held_back = failed.split("\nunless on(job, instance, target, job_id)\n", 1)[1]
+    assert 'asyncjob_job_error_info{job=~"asyncjob.*", cause="provider"}' in held_back
+    assert "and on(job, instance, target)" in held_back
+    assert "asyncjob_jobs_failure_ratio" in held_back and 'cause!="user"' in held_back
+    # A `for` gives a mass failure the time to show in the ratio before any job of it pages.
+    assert _alert("AsyncJobFailed")["for"] == "2m"
+
+
+def test_a_failed_jobs_notification_says_what_happened_from_its_labels() -> None:
+    annotations = _alert("AsyncJobFailed")["annotations"]
+    description = annotations["description"]
+    for label in ("$labels.reason", "$labels.cause", "$labels.job_id", "$labels.target"):
+        assert label in description
+    # It sends the reader to the job's page (message and timeline), not to an API that needs a token.
+    assert annotations["job_url"] in description
+    assert "/api/v1" not in description

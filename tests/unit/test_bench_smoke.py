@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 from bench import (
@@ -19,6 +20,7 @@ from bench import (
     report,
     scrape,
     series,
+    simulated,
 )
 
 
@@ -83,6 +85,21 @@ def test_poll_compares_the_exporter_with_a_bare_client_against_the_simulator() -
     assert first["jobs"] == 250 and first["ours_wall_s"] > 0 and first["bare_wall_s"] > 0
     assert any(row["what"].startswith("first full poll of 250 jobs") for row in report.poll_targets(r))
     assert r["sniffio"]["installed"]
+
+
+@pytest.mark.e2e
+def test_poll_compares_this_transport_with_one_of_another_revision() -> None:
+    """`python -m bench.poll --against REV`: the same poll path over two transports, one of them
+    exporter/transport.py as git holds it at REV (here HEAD), every job read by both."""
+    from exporter.transport import Http11Transport
+
+    makers = {"this tree": Http11Transport, "HEAD": poll.transport_at("HEAD")}
+    assert makers["HEAD"] is not Http11Transport
+    with simulated.simulator(step_seconds=600.0) as url:
+        r = anyio.run(poll.compare_transports, url, makers, 30, 1, 4)
+    assert set(r["cpu_ms_per_poll"]) == {"this tree", "HEAD"} and all(
+        v > 0 for v in r["cpu_ms_per_poll"].values()
+    )
 
 
 @pytest.mark.e2e

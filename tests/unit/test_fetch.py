@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import tracemalloc
@@ -12,12 +14,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import h11
 import httpx
 import pytest
 
 from exporter.config import build_settings
 from exporter.fetch import KEEPALIVE_EXPIRY, NotFound, PollError, TargetHttp, parse_retry_after
 from exporter.providers import PROVIDERS
+from exporter.providers.basiq import Basiq
+from tests.hostile import ANSWERS, Answer, Hostile, json_answer, watchdog
 from tests.unit.loopback import Peer, serve
 
 
@@ -236,3 +242,107 @@ async def test_a_request_goes_to_the_url_httpx_parses(base: str, path: str) -> N
     assert str(seen[0].url) == str(expected.url)
     assert seen[0].url.raw_path == expected.url.raw_path
     assert seen[0].headers["Host"] == expected.headers["Host"]
+
+
+class Raising(httpx.AsyncByteStream):
+    """A body that breaks off with `error` after its first bytes."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'{"type": "job", "id": '
+        raise self.error
+
+
+# Every kind of exception reading or parsing one answer has raised or could raise: libraries'
+# own (httpx, h11, anyio, zlib, ssl, json), the interpreter's (int() past 4,300 digits,
+# recursion, memory), and a bug's.
+ERRORS: list[BaseException] = [
+    ValueError("Exceeds the limit (4300 digits) for integer string conversion"),
+    UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+    UnicodeError("label too long"),
+    LookupError("unknown encoding: x-hostile"),
+    h11.RemoteProtocolError("illegal status line"),
+    h11.LocalProtocolError("illegal header"),
+    httpx.RemoteProtocolError("malformed"),
+    httpx.ReadError("reset"),
+    httpx.DecodingError("bad gzip"),
+    OSError(104, "Connection reset by peer"),
+    anyio.BrokenResourceError(),
+    anyio.EndOfStream(),
+    anyio.ClosedResourceError(),
+    ssl.SSLError("bad record mac"),
+    zlib.error("invalid stored block lengths"),
+    json.JSONDecodeError("Expecting value", "", 0),
+    RuntimeError("a bug"),
+    RecursionError(),
+    MemoryError(),
+    KeyError("x"),
+    TypeError("x"),
+    AttributeError("x"),
+    IndexError("x"),
+    OverflowError("x"),
+    AssertionError("x"),
+    NotImplementedError(),
+]
+
+
+@pytest.mark.anyio
+async def test_any_error_reading_one_answer_is_that_jobs_error_and_the_others_are_read() -> None:
+    """Each exception, raised before the answer and in the middle of its body, costs its one job
+    a `connect` or `bad_body`; every other job of the target is read in the same cycle."""
+    cases = [(error, when) for error in ERRORS for when in ("before the answer", "in the body")]
+
+    class Throwing(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            job_id = request.url.path.rsplit("/", 1)[1]
+            if job_id.startswith("bad-"):
+                error, when = cases[int(job_id[4:])]
+                if when == "before the answer":
+                    raise error
+                return httpx.Response(200, stream=Raising(error))
+            return httpx.Response(200, json={"type": "job", "id": job_id, "steps": []})
+
+    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS)
+    target = s.resolved(s.targets[0])
+    http = TargetHttp(target, transport=Throwing())
+    good = [f"good-{i}" for i in range(20)]
+    bad = [f"bad-{i}" for i in range(len(cases))]
+    ids = [job_id for pair in itertools.zip_longest(bad, good) for job_id in pair if job_id is not None]
+    result = await Basiq(target.config).poll(http, ids)
+    await http.aclose()
+    assert sorted(job.id for job in result.jobs) == sorted(good)
+    errors = {reason: n for reason, n in http.stats.errors.items() if n}
+    assert set(errors) <= {"connect", "bad_body"} and sum(errors.values()) == len(cases)
+
+
+@pytest.mark.anyio
+async def test_every_hostile_answer_costs_its_job_alone_within_the_deadline() -> None:
+    """The hostile provider's whole catalogue, one answer per job, beside healthy jobs on the
+    same target and connections: every healthy job is read in the same cycle, every hostile one
+    is counted, and the cycle ends (a watchdog fails the test otherwise)."""
+    names = sorted(ANSWERS)
+    answers: dict[str, Answer] = {f"/jobs/bad-{i}": ANSWERS[name] for i, name in enumerate(names)}
+    good = [f"good-{i}" for i in range(30)]
+    for job_id in good:
+        answers[f"/jobs/{job_id}"] = json_answer(
+            json.dumps({"type": "job", "id": job_id, "steps": []}).encode()
+        )
+    bad = [f"bad-{i}" for i in range(len(names))]
+    with Hostile(answers) as server:
+        s = build_settings(
+            {
+                "global": {"max_response_bytes": 1 << 20, "timeout": "2s", "concurrency": 4},
+                "targets": [{"name": "t", "provider": "basiq", "base_url": server.url}],
+            },
+            PROVIDERS,
+        )
+        target = s.resolved(s.targets[0])
+        http = TargetHttp(target)
+        with watchdog(60):
+            result = await Basiq(target.config).poll(http, bad + good)
+        await http.aclose()
+    assert sorted(job.id for job in result.jobs) == sorted(good)
+    # Extra bytes after a body leave that body ({}) to be read: not a Basiq job.
+    assert sum(http.stats.errors.values()) + len(result.bad_payloads) == len(names)

@@ -29,6 +29,8 @@ USER_CONFIG = {
     "connection_sync_stale_seconds": 7200,
     "consent_expiry_warning_days": 3,
     "awaiting_user_for": "1h",
+    "failed_for": "0m",
+    "many_stuck_jobs": 4,
     "severity": {"AsyncJobStuck": "critical", "AsyncJobTargetDown": "warning"},
 }
 
@@ -174,6 +176,14 @@ def test_the_external_url_is_the_base_of_job_url_and_of_the_dashboards_job_page_
     assert job_urls == {
         "https://asyncjob.example.com/jobs/{{ $labels.target }}/{{ $labels.job_id | urlquery }}"
     }
+    # The links in the descriptions too: a failed job's page, a target's stuck and overdue jobs.
+    texts = [text for g in groups for r in g["rules"] for text in r.get("annotations", {}).values()]
+    assert not [text for text in texts if "$labels.instance }}/jobs" in text]
+    (many,) = [r for g in groups for r in g["rules"] if r.get("alert") == "AsyncJobManyStuck"]
+    assert (
+        "https://asyncjob.example.com/jobs?target={{ $labels.target | urlquery }}&overdue=1"
+        in (many["annotations"]["description"])
+    )
     board = files.dashboards(cfg)["job"]
     assert [link["url"] for link in board["links"] if link["type"] == "link"] == [
         "https://asyncjob.example.com/jobs/${target}/${job_id:percentencode}"

@@ -256,13 +256,14 @@ def mixin_files(mixin: Path) -> dict[str, str]:
 
 
 def job_urls_replaced(groups: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
-    """`groups` with every job_url under `base` instead of the scraped instance."""
+    """`groups` with every link to the exporter's pages (job_url, and those in the descriptions:
+    a failed job's page, a target's stuck jobs) under `base` instead of the scraped instance."""
     out = yaml.safe_load(yaml.safe_dump(groups))
     for group in out:
         for rule in group["rules"]:
             annotations = rule.get("annotations", {})
-            if "job_url" in annotations:
-                annotations["job_url"] = annotations["job_url"].replace("http://{{ $labels.instance }}", base)
+            for key, text in annotations.items():
+                annotations[key] = text.replace("http://{{ $labels.instance }}/jobs", f"{base}/jobs")
     return out
 
 

@@ -229,6 +229,157 @@ def test_a_page_or_api_read_of_an_unknown_id_is_a_look_up_not_a_walk_over_every_
         assert c.delete(f"/api/v1/targets/basiq/jobs/{unknown}").status_code == 404
 
 
+def job_page(rt: Runtime, target: str, job_id: str) -> str:
+    page = client(rt).get(f"/jobs/{target}/{job_id}")
+    assert page.status_code == 200
+    return page.text
+
+
+def test_a_job_page_links_its_runbook_section_under_the_configured_base() -> None:
+    rt = runtime()
+    rt.tracker.track("basiq", failed_job("f1", message="bank down"), "discovered")
+    page = job_page(rt, "basiq", "f1")
+    # failed_job's reason is the end user's (invalid-credentials): the user-failure section.
+    assert (
+        'id="runbook" href="https://github.com/asyncjob-exporter/asyncjob-exporter/blob/main/docs/'
+        'runbooks.md#asyncjobuserfailureratehigh"' in page
+    )
+    data: dict[str, object] = {
+        "runbook_base_url": "https://wiki.example.com/asyncjob/",
+        "targets": [
+            {"name": "exports", "provider": "generic", "base_url": "https://x.example", "job_path": "/j/{id}"}
+        ],
+    }
+    settings = build_settings(data, PROVIDERS)
+    other = Runtime(settings)
+    other.tracker.set_target(settings.resolved(settings.targets[0]))
+    other.tracker.track("exports", Job("x", Status.FAILED, "error", reason="quota"), "registered")
+    page = job_page(other, "exports", "x")
+    assert 'id="runbook" href="https://wiki.example.com/asyncjob#asyncjobfailed"' in page
+    assert "Next step." in page
+
+
+def test_the_runbook_base_must_be_a_web_address() -> None:
+    from exporter.config import ConfigError
+    from exporter.config.models import DEFAULT_RUNBOOK_BASE_URL
+    from exporter.mixin.config import CONFIG
+
+    assert CONFIG.runbook_base_url == DEFAULT_RUNBOOK_BASE_URL  # the same runbooks as the alerts'
+    with pytest.raises((ConfigError, ValueError), match="runbook_base_url"):
+        build_settings({"runbook_base_url": "javascript:alert(1)"}, PROVIDERS)
+
+
+def test_an_overdue_job_says_so_and_points_to_the_overdue_runbook() -> None:
+    import time
+
+    rt = runtime()  # max_duration: the default 6h
+    now = time.time()
+    started = now - 7 * 3600
+    rt.tracker.track(
+        "exports", Job("slow", Status.RUNNING, started=started, updated=now), "registered", now=now
+    )
+    page = job_page(rt, "exports", "slow")
+    assert re.search(r'id="overdue">overdue: running for 7h00m, over 6h00m<', page)
+    assert "#asyncjoboverdue" in page
+    listing = client(rt).get("/jobs").text
+    assert '<span class="flag flag-overdue">overdue</span>' in listing
+    row = re.search(r'<tr data-target="exports">(.*?)</tr>', client(rt).get("/").text, re.S)
+    assert row is not None and 'href="/jobs?target=exports&amp;overdue=1">1</a>' in row.group(1)
+    # Within its max duration, a job is not overdue.
+    rt.tracker.track(
+        "exports", Job("quick", Status.RUNNING, started=now - 60, updated=now), "registered", now=now
+    )
+    assert 'id="overdue"' not in job_page(rt, "exports", "quick")
+    # The list filters on it, as AsyncJobManyStuck's description links it.
+    only = client(rt).get("/jobs?target=exports&overdue=1").text
+    assert "1 job(s)" in only and ">slow<" in only and ">quick<" not in only
+
+
+def test_a_job_in_status_unknown_can_be_overdue_and_stuck_as_the_rules_say() -> None:
+    rt = runtime()
+    rt.tracker.track("exports", Job("u", Status.UNKNOWN, "weird", started=1.0), "registered", now=1.0)
+    page = job_page(rt, "exports", "u")
+    assert 'id="overdue"' in page and "stuck: no progress" in page
+    assert "#asyncjoboverdue" in page  # overdue pages; stuck is held back for the same job
+
+
+def test_a_finished_job_shows_no_stuck_threshold() -> None:
+    rt = runtime()
+    rt.tracker.track("exports", Job("done", Status.SUCCEEDED, "done", finished=5.0), "registered", now=5.0)
+    page = job_page(rt, "exports", "done")
+    assert "stuck after" not in page and 'id="overdue"' not in page and "running for" not in page
+    rt.tracker.track("exports", Job("run", Status.RUNNING, "working"), "registered")
+    assert "stuck after 10m00s" in job_page(rt, "exports", "run")
+
+
+def test_a_queued_text_is_a_message_not_an_error() -> None:
+    rt = runtime()
+    rt.tracker.track("exports", Job("q", Status.PENDING, "Queued", message="Job is queued."), "registered")
+    rt.tracker.track("exports", failed_job("f", message="Report failed."), "registered")
+    c = client(rt)
+    for page in (job_page(rt, "exports", "q"), c.get("/jobs").text):
+        assert (
+            '<span class="message">Job is queued.</span>' in page
+            or '<div class="message">Job is queued.</div>' in page
+        )
+        assert not re.search(r'class="error">Job is queued', page)
+        # A failed job's text is still the error it is.
+        assert re.search(r'class="error">Report failed\.', page) or "Report failed" not in page
+    assert re.search(r'class="error">Report failed\.', c.get("/jobs").text)
+
+
+def test_a_sync_that_failed_for_its_end_user_ends_its_timeline_failed_not_awaiting() -> None:
+    # As Oxlin reports it: the sync waits for the user's re-authentication, then fails for want of it
+    # (AUTH_FAILED), still flagged as the user's to act on.
+    rt = runtime()
+    waiting = Job(
+        "4242:100", Status.RUNNING, "SYNC_STARTED", awaiting_user=True, extra={"connection": "4242"}
+    )
+    rt.tracker.track("exports", waiting, "registered", now=100.0)
+    failed = Job(
+        "4242:100", Status.FAILED, "AUTH_FAILED", reason="auth_failed", finished=160.0,
+        awaiting_user=True, extra={"connection": "4242"},
+    )  # fmt: skip
+    rt.tracker.apply("exports", PollResult(jobs=[failed]), now=160.0)
+    page = job_page(rt, "exports", "4242:100")
+    timeline = re.search(r'<table id="timeline">(.*?)</table>', page, re.S)
+    assert timeline is not None
+    rows = re.findall(r"<tr><td>(.*?)</tr>", timeline.group(1), re.S)
+    assert "awaiting user" in rows[0] and "1m00s" in rows[0]  # waited from 100 to 160
+    assert "failed" in rows[-1] and rows[-1].endswith('<td class="num">—</td>')
+    assert "awaiting the end user" not in page  # no flag on a finished job
+
+
+def test_a_finished_jobs_timeline_never_grows_even_from_an_older_history() -> None:
+    from exporter.history import from_row
+
+    rt = runtime()
+    rt.tracker.track(
+        "exports", Job("old", Status.FAILED, "AUTH_FAILED", finished=160.0), "registered", now=160.0
+    )
+    tracked = rt.tracker.targets["exports"].jobs["old"]
+    # Written before a failed job's last state was recorded as failed: it ends "awaiting user".
+    tracked.history = from_row([100.0, "", "running", 160.0, "", "awaiting_user", 160.0, "export", "running"])
+    rows = re.findall(r"<tr><td>(.*?)</tr>", job_page(rt, "exports", "old"), re.S)
+    assert rows[0].endswith('<td class="num">1m00s</td>')
+    assert all(row.endswith('<td class="num">—</td>') for row in rows[1:]), rows
+
+
+def test_a_job_page_names_whom_the_job_concerns_and_labels_the_provider_link_as_an_api() -> None:
+    import json
+    from pathlib import Path
+
+    rt = runtime()
+    answer = json.loads((Path(__file__).parents[1] / "fixtures" / "basiq_job_failed_array.json").read_text())
+    job = PROVIDERS["basiq"](rt.settings.targets[0]).parse_job(answer)
+    rt.tracker.track("basiq", job, "discovered")
+    page = job_page(rt, "basiq", job.id)
+    assert re.search(r"<dt>end user</dt><dd[^>]*>b2afc9cd-0f3c-41f0-9e19-d18482abc9fc</dd>", page)
+    assert re.search(r"<dt>connection</dt><dd[^>]*>60612323-9c42-478a-8ff2-640445dbe64a</dd>", page)
+    assert "<dt>provider API</dt>" in page and "at the provider" not in page
+    assert "it asks for the target's credentials" in page
+
+
 def test_the_landing_page_names_a_configured_source_that_answers_404() -> None:
     rt = runtime()
     rt.tracker.targets["basiq"].missing["user <b>ea3a81</b>"] = 1_700_000_000.0

@@ -329,6 +329,12 @@ def test_aims360_and_willsuite_failures_are_the_providers() -> None:
     assert WillSuite.causes["record_errors"] is Cause.USER
 
 
+def test_a_job_names_the_account_and_the_user_who_started_it() -> None:
+    job = aims().parse_job(fixture_row())
+    assert (job.extra["account"], job.extra["user"]) == ("AZ022", "support@aims360.com")
+    assert job.extra["canReRun"] == "Yes"  # beside what the rerun reads
+
+
 @pytest.mark.anyio
 async def test_a_backgroundjob_endpoint_that_answers_404_is_a_missing_source_not_gone_jobs() -> None:
     provider, http = provider_and_http(

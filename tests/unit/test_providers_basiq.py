@@ -353,7 +353,20 @@ def test_jobs_in_the_same_state_share_their_steps_and_labels() -> None:
     a, b = (basiq().parse_job({**fixture("basiq_job.json"), "id": i, "jobType": "connection"}) for i in "ab")
     assert a.steps is b.steps and a.steps[0].name == "verify-credentials"
     assert a.raw_status is b.raw_status and a.job_type is b.job_type
-    assert a.extra is b.extra is NO_EXTRA
+    # Whom they concern (links.source) is one mapping for every job of the same connection.
+    assert a.extra is b.extra and a.extra == {"user": "ea3a81", "connection": "8fce3b"}
+    assert basiq().parse_job({"id": "c", "steps": []}).extra is NO_EXTRA
+
+
+def test_a_job_names_its_end_user_and_connection_from_its_links() -> None:
+    job = basiq().parse_job(fixture("basiq_job_failed_array.json"))
+    assert job.extra == {
+        "user": "b2afc9cd-0f3c-41f0-9e19-d18482abc9fc",
+        "connection": "60612323-9c42-478a-8ff2-640445dbe64a",
+    }
+    # A statement job without a source still names them in its first step's link.
+    statement = basiq().parse_job(fixture("basiq_statement_job.json"))
+    assert statement.extra == {"user": "ea3a81", "connection": "7a1b22"}
 
 
 def test_a_failed_steps_free_text_stays_the_jobs_own() -> None:

@@ -491,6 +491,11 @@ def test_a_cursor_by_date_survives_a_restart_to_the_second() -> None:
     assert read(restarted, [a, b]).queue_events == [("20", "SYNC_RUNNING")]
 
 
+def test_a_sync_names_the_connection_and_institution_it_concerns() -> None:
+    [job] = read(oxlin(), fixture("oxlin_queue_event.json")).jobs
+    assert job.extra == {"connection": "4242", "institution": "WBX Test Bank"}
+
+
 # --- every documented state ends a sync ------------------------------------------------------
 
 

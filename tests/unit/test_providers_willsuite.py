@@ -142,6 +142,11 @@ async def test_poll_gets_each_job_and_a_404_is_gone() -> None:
     assert result.gone == ["gone"]
 
 
+def test_a_job_names_the_company_it_concerns() -> None:
+    job = willsuite().parse_job(fixture("willsuite_api_job.json"))
+    assert job.extra == {"company": "aff00be6-f734-4094-a8ae-62874485dac0"}
+
+
 @pytest.mark.parametrize(
     ("status", "affected", "outcome", "reason"),
     [

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -18,6 +19,7 @@ from exporter.config import build_settings
 from exporter.fetch import PollError, TargetHttp
 from exporter.providers import PROVIDERS
 from exporter.transport import Http11Transport
+from tests.hostile import ANSWERS, Hostile, json_answer, late, watchdog
 from tests.tools import cyclic_garbage
 from tests.unit.loopback import Peer, serve
 
@@ -281,3 +283,46 @@ async def test_a_404_keeps_its_connection_for_the_next_request() -> None:
             await http.aclose()
     assert paths(seen) == [b"/jobs/0", b"/jobs/1", b"/jobs/2"]
     assert connections == [0, 0, 0]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "extra",
+    [b'HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n{"late": true}', b"x", b"\r\n"],
+    ids=["a whole answer", "a byte", "a blank line"],
+)
+async def test_bytes_that_arrive_on_an_idle_connection_close_it(extra: bytes) -> None:
+    """Bytes no request asked for, sent after an answer while its connection waits in the pool,
+    are never read as the next request's answer: that connection is closed, the next request
+    goes on a fresh one."""
+    first = json_answer(b'{"n": 1}')
+    with Hostile({"/jobs/1": late(first, 0.05, extra), "/jobs/2": json_answer(b'{"n": 2}')}) as server:
+        http = target_http(server.url)
+        assert await http.get_json("/jobs/1") == {"n": 1}
+        await anyio.sleep(0.3)  # the late bytes arrive while the connection is idle
+        assert await http.get_json("/jobs/2") == {"n": 2}
+        await http.aclose()
+    assert server.connections == 2
+
+
+@pytest.mark.anyio
+async def test_bytes_after_an_answer_in_the_same_read_close_its_connection() -> None:
+    doubled = json_answer(b'{"n": 1}') + json_answer(b'{"n": "smuggled"}')
+    with Hostile({"/jobs/1": doubled, "/jobs/2": json_answer(b'{"n": 2}')}) as server:
+        http = target_http(server.url)
+        assert await http.get_json("/jobs/1") == {"n": 1}
+        assert await http.get_json("/jobs/2") == {"n": 2}
+        await http.aclose()
+    assert server.connections == 2
+
+
+@pytest.mark.anyio
+async def test_a_chunk_size_of_minus_5_ends_in_an_error_not_a_frozen_loop() -> None:
+    """It was read as -5 and looped for ever without awaiting: no deadline fired, /metrics and
+    /healthz stopped answering, SIGTERM was ignored. The watchdog fails the test if it hangs."""
+    with Hostile({"/jobs/1": ANSWERS["chunk size -5"]}) as server:
+        http = target_http(server.url, timeout="5s")
+        with watchdog(20), pytest.raises(PollError) as e:
+            await http.get_json("/jobs/1")
+        await http.aclose()
+    assert e.value.reason == "connect" and "chunk header" in str(e.value)
