@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import subprocess
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from exporter import __version__
 from exporter.config import build_settings
+from exporter.httpserver.front_door import WEB_COUNTS
 from exporter.model import Job, Status, Step
 from exporter.providers import PROVIDERS
 from exporter.render import Exposition
@@ -27,6 +29,18 @@ from tests.tools import require_tool
 # (rendered by the code of the commit before, and reviewed: process metrics left out).
 GOLDEN_TEXT = Path(__file__).parent.parent / "fixtures" / "exposition-0.0.4.txt"
 LONG_ID = "x" * 120  # job_id + target with their names: past OpenMetrics' 128 characters
+
+
+@pytest.fixture(autouse=True)
+def no_connection_closed_yet() -> Iterator[None]:
+    """The golden exposition holds the process' connection counts at zero, whichever tests
+    closed connections before in the same process."""
+    refused, closed = WEB_COUNTS.refused, dict(WEB_COUNTS.closed)
+    WEB_COUNTS.refused = 0
+    WEB_COUNTS.closed.update(dict.fromkeys(closed, 0))
+    yield
+    WEB_COUNTS.refused = refused
+    WEB_COUNTS.closed.update(closed)
 
 
 def a_scraped_fleet() -> Exposition:
