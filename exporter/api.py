@@ -26,9 +26,10 @@ _REGISTER_HEADERS = (b"x-asyncjob-token", b"authorization", b"content-type", b"c
 _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _JSON_TYPE = (b"content-type", b"application/json")
 _TEXT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
-_GZIPPED = [(b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding")]
-_OK = b"ok\n"
-_HEALTHY = [(b"content-length", b"3"), _TEXT_TYPE]
+_GZIPPED = ((b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding"))
+# One answer for every /healthz: its headers are never changed (the app and the HTTP server
+# add theirs to a list of their own).
+_HEALTHY = HttpAnswer(200, [(b"content-length", b"3"), _TEXT_TYPE], b"ok\n")
 
 
 def json_answer(status: int, document: Any, *more: tuple[bytes, bytes]) -> HttpAnswer:
@@ -114,12 +115,11 @@ class Api:
         gz = accept_encoding is not None and b"gzip" in accept_encoding
         om = accept is not None and wants_openmetrics(accept.decode("latin-1"))
         body = self.runtime.exposition.render(gz=gz, fresh=False, openmetrics=om)
-        out = _GZIPPED.copy() if gz else []
-        out += [(b"content-length", b"%d" % len(body)), (b"content-type", content_type(om).encode())]
-        return HttpAnswer(200, out, body)
+        length, media = (b"content-length", b"%d" % len(body)), (b"content-type", content_type(om).encode())
+        return HttpAnswer(200, [*_GZIPPED, length, media] if gz else [length, media], body)
 
     def healthz(self) -> HttpAnswer:
-        return HttpAnswer(200, _HEALTHY.copy(), _OK)
+        return _HEALTHY
 
     def readyz(self) -> HttpAnswer:
         runtime = self.runtime

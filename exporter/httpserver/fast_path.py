@@ -25,7 +25,8 @@ from exporter.webconfig import BasicAuthMiddleware, ResponseHeadersMiddleware
 
 
 class FastPath:
-    """What the protocol answers itself, the app's way: the same handler, headers and auth.
+    """What the protocol answers itself, the app's way: the same handler, headers and auth
+    (the protocol adds `extra`, the headers the app's middleware adds to every answer).
     A request whose credentials the app has not verified yet (bcrypt), or a path with escapes
     for a registration, goes to the app, which verifies and caches them."""
 
@@ -50,15 +51,10 @@ class FastPath:
             except UnicodeError:
                 return None
         if raw == self.metrics_path:
-            if not verified(self.auth, headers):
-                return None
-            answer = self.api.metrics(headers)
-        elif raw == b"/healthz" and self.health:
-            answer = self.api.healthz()
-        else:
-            return None
-        answer.headers.extend(self.extra)
-        return answer
+            return self.api.metrics(headers) if verified(self.auth, headers) else None
+        if raw == b"/healthz" and self.health:
+            return self.api.healthz()
+        return None
 
     def registration(self, target: bytes, headers: Headers) -> str | None:
         """The target of a POST this answers (`/api/v1/targets/{target}/jobs`); None when the
@@ -73,9 +69,7 @@ class FastPath:
 
     async def register(self, target: str, headers: Headers, body: bytes) -> HttpAnswer:
         """A registration taken by `registration`, its whole body here."""
-        answer = await self.api.register(target, headers, body)
-        answer.headers.extend(self.extra)
-        return answer
+        return await self.api.register(target, headers, body)
 
 
 def fast_path(

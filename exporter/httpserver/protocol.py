@@ -52,7 +52,10 @@ class ConnectionLimits:
 
 
 class FastAnswers(Protocol):
-    """The answers the protocol gives without the app (exporter.httpserver.fast_path.FastPath)."""
+    """The answers the protocol gives without the app (exporter.httpserver.fast_path.FastPath),
+    and the headers the app adds to every answer (`extra`, as read last: a reload)."""
+
+    extra: Headers
 
     def answer_now(self, method: bytes, target: bytes, headers: Headers) -> HttpAnswer | None:
         """The answer to a GET or HEAD without a body; None when the app is to give it."""
@@ -62,6 +65,10 @@ class FastAnswers(Protocol):
 
     async def register(self, target: str, headers: Headers, body: bytes) -> HttpAnswer:
         """The answer to a registration `registration` took, its whole body here."""
+
+
+# As the app's error middleware answers a bug.
+BUG = HttpAnswer(500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error")
 
 
 def protocol_factory(
@@ -242,7 +249,7 @@ class GuardedH11(H11Protocol):
         end = self.conn.next_event()  # no body: the request ends here
         assert isinstance(end, h11.EndOfMessage), end
         self._unset_keepalive_if_required()
-        self._respond(request, answer)
+        self._respond(request, answer, fast.extra)
         return True
 
     def _take_registration(self, fast: FastAnswers, request: h11.Request) -> bool:
@@ -283,24 +290,24 @@ class GuardedH11(H11Protocol):
     async def _register(
         self, fast: FastAnswers, request: h11.Request, target: str, headers: Headers, body: bytes
     ) -> None:
+        extra: Headers | tuple[()] = fast.extra
         try:
             answer = await fast.register(target, headers, body)
         except Exception:  # as the app's error middleware answers a bug
             log.exception("exception in a direct answer")
-            answer = HttpAnswer(
-                500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error"
-            )
+            answer, extra = BUG, ()
         finally:
             self._posting = False
         if self.transport.is_closing():
             return  # the client went away; the work is done (a registration: committed)
-        self._respond(request, answer)
+        self._respond(request, answer, extra)
 
-    def _respond(self, request: h11.Request, answer: HttpAnswer) -> None:
-        """Send `answer` to `request` (a small one in one write), then go on as uvicorn does
-        after the app's last send (keep-alive, a pipelined request, Connection: close)."""
-        status, extra, body = answer
-        out = self.server_state.default_headers + extra
+    def _respond(self, request: h11.Request, answer: HttpAnswer, extra: Headers | tuple[()]) -> None:
+        """Send `answer` to `request` with the `extra` headers the app adds to every answer (a
+        small one in one write), then go on as uvicorn does after the app's last send
+        (keep-alive, a pipelined request, Connection: close)."""
+        status, headers, body = answer
+        out = [*self.server_state.default_headers, *headers, *extra]
         if self._close_after or CLOSE in request.headers:
             out.append(CLOSE)
         send, write = self.conn.send, self.transport.write
