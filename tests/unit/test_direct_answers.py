@@ -348,6 +348,27 @@ async def test_the_protocol_and_the_app_run_the_same_handlers(serve: Any, monkey
 
 
 @pytest.mark.anyio
+async def test_a_handler_that_fails_on_the_fast_path_answers_500_and_the_connection_serves_on(
+    serve: Any, monkeypatch: Any
+) -> None:
+    async def broken(self: Api, target: str, raw: bytes) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Api, "registered", broken)
+    s = await serve()
+    c = await s.connect()
+    await c.send(post("/api/v1/targets/t/jobs", b'{"id": "job-1"}'))
+    failed = await c.answer()
+    await c.send(get("/healthz"))
+    health = await c.answer()
+    await c.aclose()
+    assert s.asgi_paths == []
+    assert (failed.status, failed.body) == (500, b"Internal Server Error")
+    assert failed.headers["content-type"] == "text/plain; charset=utf-8"
+    assert (health.status, health.body) == (200, b"ok\n")
+
+
+@pytest.mark.anyio
 async def test_a_registration_whose_body_comes_later_goes_to_the_app(serve: Any) -> None:
     s = await serve()
     c = await s.connect()
