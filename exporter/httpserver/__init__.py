@@ -1,6 +1,7 @@
-"""The HTTP server: uvicorn with our h11 protocol (protocol), the cap on open connections and TLS
-done by the connection (front_door), the answers it gives without the ASGI app (fast_path), and
-the server itself (server). `HttpAnswer` is what a handler of exporter.api gives either side."""
+"""The HTTP server: uvicorn with our h11 protocol (protocol), a small answer in one send
+(head_with_body), the cap on open connections and TLS done by the connection (front_door), the
+answers it gives without the ASGI app (fast_path), and the server itself (server). `HttpAnswer`
+is what a handler of exporter.api gives either side."""
 
 from __future__ import annotations
 

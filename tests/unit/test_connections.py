@@ -28,7 +28,8 @@ from exporter.httpserver.front_door import (
     FrontDoor,
     WebCounts,
 )
-from exporter.httpserver.protocol import ConnectionLimits, HeadWithBody
+from exporter.httpserver.head_with_body import HeadWithBody
+from exporter.httpserver.protocol import ConnectionLimits
 from exporter.httpserver.server import Server
 from exporter.providers import PROVIDERS
 from exporter.routes import build_app
