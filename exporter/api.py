@@ -13,7 +13,7 @@ from exporter.model import STATUSES
 from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.providers.base import BadPayload
 from exporter.render.formats import content_type, wants_openmetrics
-from exporter.runtime import Runtime, WrongShard, job_document
+from exporter.runtime import Runtime, WrongShard, job_document, retired_document
 from exporter.state import StateUnwritable
 from exporter.tracker import CapReached
 
@@ -253,6 +253,10 @@ class Api:
             return error(404, f"unknown target {target!r}")
         tracked = state.jobs.get(job_id)
         if tracked is None:
+            # Dropped at retention: answered from the history while it keeps the job.
+            retired = self.runtime.history.retired(target, job_id)
+            if retired is not None:
+                return json_answer(200, retired_document(retired))
             return error(404, f"job {job_id!r} is not tracked by target {target!r}")
         return json_answer(200, job_document(target, tracked))
 

@@ -7,6 +7,8 @@ so a rule and the panel that reads its output cannot drift apart.
 
 from __future__ import annotations
 
+from exporter import catalogue
+
 from .config import Config
 
 # Recording rules, named level:metric:operations. "active" = pending, running or in a state no one
@@ -47,39 +49,36 @@ USER = 'cause="user"'
 
 
 def _active(cfg: Config, selector: str) -> str:
-    unfinished = series("asyncjob_job_status", selector, UNFINISHED)
-    waiting = series("asyncjob_job_awaiting_user", selector)
+    unfinished = series(catalogue.JOB_STATUS.name, selector, UNFINISHED)
+    waiting = series(catalogue.JOB_AWAITING_USER.name, selector)
     return f"  and {cfg.on_job} ({unfinished} == 1)\n  unless {cfg.on_job} ({waiting} == 1)"
 
 
 def seconds_since_progress_source(cfg: Config, selector: str) -> str:
-    return (
-        f"(time() - {series('asyncjob_job_last_progress_timestamp_seconds', selector)})\n"
-        f"{_active(cfg, selector)}"
-    )
+    return f"(time() - {series(catalogue.JOB_LAST_PROGRESS.name, selector)})\n{_active(cfg, selector)}"
 
 
 def runtime_source(cfg: Config, selector: str) -> str:
-    started = series("asyncjob_job_started_timestamp_seconds", selector)
-    created = series("asyncjob_job_created_timestamp_seconds", selector)
+    started = series(catalogue.JOB_STARTED.name, selector)
+    created = series(catalogue.JOB_CREATED.name, selector)
     return f"(time() - ({started} or {cfg.on_job} {created}))\n{_active(cfg, selector)}"
 
 
 def records_failed_ratio_source(cfg: Config, selector: str) -> str:
-    failed = series("asyncjob_job_records", selector, 'kind="failed"')
-    total = series("asyncjob_job_records", selector, 'kind="total"')
+    failed = series(catalogue.JOB_RECORDS.name, selector, 'kind="failed"')
+    total = series(catalogue.JOB_RECORDS.name, selector, 'kind="total"')
     return f"{failed}\n  / {cfg.on_job} ({total} > 0)"
 
 
 def finished_increase_source(cfg: Config, selector: str) -> str:
     by = ", ".join((*cfg.target_labels, "job_type", "status"))
-    counter = series("asyncjob_jobs_finished_total", selector)
+    counter = series(catalogue.JOBS_FINISHED.name, selector)
     return f"sum by ({by}) (increase({counter}[{cfg.failure_window}]))"
 
 
 def failed_increase_source(cfg: Config, selector: str) -> str:
     by = ", ".join((*cfg.target_labels, "job_type", "cause"))
-    counter = series("asyncjob_jobs_failed_total", selector)
+    counter = series(catalogue.JOBS_FAILED.name, selector)
     return f"sum by ({by}) (increase({counter}[{cfg.failure_window}]))"
 
 
@@ -94,17 +93,17 @@ def failure_ratio_source(cfg: Config, selector: str) -> str:
 
 def step_p95_source(cfg: Config, selector: str) -> str:
     by = ", ".join((*cfg.target_labels, "job_type", "step", "le"))
-    buckets = series("asyncjob_step_duration_seconds_bucket", selector)
+    buckets = series(catalogue.STEP_DURATION.bucket, selector)
     return f"histogram_quantile(0.95, sum by ({by}) (rate({buckets}[{cfg.step_window}])))"
 
 
 def stuck(cfg: Config, selector: str) -> str:
-    threshold = series("asyncjob_target_stuck_threshold_seconds", selector)
+    threshold = series(catalogue.TARGET_STUCK_THRESHOLD.name, selector)
     return f"{series(SECONDS_SINCE_PROGRESS, selector)}\n  > {cfg.on_target} group_left() {threshold}"
 
 
 def overdue(cfg: Config, selector: str) -> str:
-    threshold = series("asyncjob_target_max_duration_seconds", selector)
+    threshold = series(catalogue.TARGET_MAX_DURATION.name, selector)
     return f"{series(RUNTIME, selector)}\n  > {cfg.on_target} group_left() {threshold}"
 
 
@@ -132,9 +131,9 @@ def unless_many_stuck(cfg: Config, selector: str) -> str:
 def failed_jobs(cfg: Config, selector: str, operator_only: bool = True) -> str:
     """Failed jobs with their reason and cause; `operator_only` leaves out those the end user
     must fix (a wrong password, an expired MFA): they page no operator."""
-    failed = "({} == 1)".format(series("asyncjob_job_status", selector, 'status="failed"'))
-    error = series("asyncjob_job_error_info", selector, *((NOT_USER,) if operator_only else ()))
-    every_error = series("asyncjob_job_error_info", selector)
+    failed = "({} == 1)".format(series(catalogue.JOB_STATUS.name, selector, 'status="failed"'))
+    error = series(catalogue.JOB_ERROR_INFO.name, selector, *((NOT_USER,) if operator_only else ()))
+    every_error = series(catalogue.JOB_ERROR_INFO.name, selector)
     # Reason and cause join in where the exporter knows them; a failed job without them still counts.
     return (
         f"{failed}\n  * {cfg.on_job} group_left(reason, cause) {error}\n"
@@ -145,7 +144,7 @@ def failed_jobs(cfg: Config, selector: str, operator_only: bool = True) -> str:
 def records_failing(cfg: Config, selector: str, for_user: bool = False) -> str:
     """Jobs failing on many records; the records' cause (asyncjob_job_error_info of reason
     record_errors) decides whose: the application's data (cause="user") pages no operator."""
-    users = series("asyncjob_job_error_info", selector, USER)
+    users = series(catalogue.JOB_ERROR_INFO.name, selector, USER)
     join = "and" if for_user else "unless"
     return f"{series(RECORDS_FAILED_RATIO, selector)} > {cfg.records_failed_ratio:g}\n  {join} {cfg.on_job} {users}"
 
@@ -164,7 +163,7 @@ def failed_paged(cfg: Config, selector: str) -> str:
     """Failed jobs that page one by one: those the end user must fix never do, and those the
     provider failed are held back while their target's failure rate is high (that alert pages
     once for the outage; the jobs stay listed on the pages)."""
-    provider = series("asyncjob_job_error_info", selector, 'cause="provider"')
+    provider = series(catalogue.JOB_ERROR_INFO.name, selector, 'cause="provider"')
     return (
         f"(\n{failed_jobs(cfg, selector)}\n)\nunless {cfg.on_job}\n"
         f"  ({provider}\n  and {cfg.on_target}\n  ({failure_rate_high(cfg, selector)}))"
@@ -202,15 +201,15 @@ def step_slow(cfg: Config, selector: str) -> str:
 
 
 def target_down(cfg: Config, selector: str) -> str:
-    return f"{series('asyncjob_target_up', selector)} == 0"
+    return f"{series(catalogue.TARGET_UP.name, selector)} == 0"
 
 
 def seconds_since_successful_poll(cfg: Config, selector: str) -> str:
-    return f"time() - {series('asyncjob_last_successful_poll_timestamp_seconds', selector)}"
+    return f"time() - {series(catalogue.LAST_SUCCESSFUL_POLL.name, selector)}"
 
 
 def polling_stale(cfg: Config, selector: str) -> str:
-    interval = series("asyncjob_target_poll_interval_seconds", selector)
+    interval = series(catalogue.TARGET_POLL_INTERVAL.name, selector)
     return (
         f"{seconds_since_successful_poll(cfg, selector)}\n"
         f"  > {cfg.on_target} ({cfg.polling_stale_intervals} * {interval})"
@@ -224,25 +223,25 @@ def exporter_down(cfg: Config, selector: str) -> str:
 
 def tracking_cap_reached(cfg: Config, selector: str) -> str:
     by = ", ".join(cfg.target_labels)
-    dropped = series("asyncjob_jobs_dropped_total", selector, 'reason="cap"')
+    dropped = series(catalogue.JOBS_DROPPED.name, selector, 'reason="cap"')
     return f"sum by ({by}) (increase({dropped}[{cfg.tracking_cap_window}])) > 0"
 
 
 def _unless_closed(cfg: Config, selector: str) -> str:
-    closed = series("asyncjob_connection_status", selector, 'status=~"(?i)closed"')
+    closed = series(catalogue.CONNECTION_STATUS.name, selector, 'status=~"(?i)closed"')
     on = f"on({', '.join((*cfg.target_labels, 'connection_id'))})"
     return f"unless {on} ({closed} == 1)"
 
 
 def seconds_since_connection_sync(cfg: Config, selector: str) -> str:
-    return f"time() - {series('asyncjob_connection_last_success_timestamp_seconds', selector)}"
+    return f"time() - {series(catalogue.CONNECTION_LAST_SUCCESS.name, selector)}"
 
 
 def connection_sync_stale(cfg: Config, selector: str, for_user: bool = False) -> str:
     """Connections without a successful sync for too long; those only their end user can make
     synchronise again (asyncjob_connection_awaiting_user) go to the application team instead."""
     on = f"on({', '.join((*cfg.target_labels, 'connection_id'))})"
-    waiting = series("asyncjob_connection_awaiting_user", selector)
+    waiting = series(catalogue.CONNECTION_AWAITING_USER.name, selector)
     join = "and" if for_user else "unless"
     return (
         f"({seconds_since_connection_sync(cfg, selector)}) > {cfg.connection_sync_stale_seconds}\n"
@@ -252,15 +251,15 @@ def connection_sync_stale(cfg: Config, selector: str, for_user: bool = False) ->
 
 def source_missing(cfg: Config, selector: str) -> str:
     """Seconds a configured source has answered 404 (in the exporter's current run)."""
-    return f"time() - {series('asyncjob_source_missing_since_timestamp_seconds', selector)}"
+    return f"time() - {series(catalogue.SOURCE_MISSING_SINCE.name, selector)}"
 
 
 def state_undocumented(cfg: Config, selector: str) -> str:
-    return f"{series('asyncjob_jobs_undocumented', selector)} > 0"
+    return f"{series(catalogue.JOBS_UNDOCUMENTED.name, selector)} > 0"
 
 
 def seconds_until_consent_expiry(cfg: Config, selector: str) -> str:
-    return f"{series('asyncjob_channel_consent_expiry_timestamp_seconds', selector)} - time()"
+    return f"{series(catalogue.CHANNEL_CONSENT_EXPIRY.name, selector)} - time()"
 
 
 def consent_expiring(cfg: Config, selector: str) -> str:
@@ -272,10 +271,10 @@ def consent_expiring(cfg: Config, selector: str) -> str:
 
 
 def awaiting_user(cfg: Config, selector: str) -> str:
-    waiting = series("asyncjob_job_awaiting_user", selector)
-    unfinished = series("asyncjob_job_status", selector, UNFINISHED)
+    waiting = series(catalogue.JOB_AWAITING_USER.name, selector)
+    unfinished = series(catalogue.JOB_STATUS.name, selector, UNFINISHED)
     return (
-        f"(time() - {series('asyncjob_job_last_progress_timestamp_seconds', selector)})\n"
+        f"(time() - {series(catalogue.JOB_LAST_PROGRESS.name, selector)})\n"
         f"  and {cfg.on_job} ({waiting} == 1)\n"
         f"  and {cfg.on_job} ({unfinished} == 1)"
     )

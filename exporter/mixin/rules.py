@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from exporter import catalogue
+
 from . import queries as q
 from .config import Config
 
@@ -211,7 +213,7 @@ def target_alerts(cfg: Config, sel: str) -> list[Alert]:
             cfg.target_down_for,
             "The exporter cannot poll a target's API.",
             "The exporter on {{ $labels.instance }} has failed to poll target {{ $labels.target }} "
-            f"for more than {cfg.target_down_for} (asyncjob_target_up is {{{{ $value }}}}).",
+            f"for more than {cfg.target_down_for} ({catalogue.TARGET_UP.name} is {{{{ $value }}}}).",
             per_job=False,
         ),
         Alert(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import subprocess
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from exporter import __version__
 from exporter.config import build_settings
-from exporter.httpserver.front_door import WEB_COUNTS
+from exporter.httpserver.front_door import WebCounts
 from exporter.model import Job, Status, Step
 from exporter.providers import PROVIDERS
 from exporter.render import Exposition
@@ -31,18 +30,6 @@ GOLDEN_TEXT = Path(__file__).parent.parent / "fixtures" / "exposition-0.0.4.txt"
 LONG_ID = "x" * 120  # job_id + target with their names: past OpenMetrics' 128 characters
 
 
-@pytest.fixture(autouse=True)
-def no_connection_closed_yet() -> Iterator[None]:
-    """The golden exposition holds the process' connection counts at zero, whichever tests
-    closed connections before in the same process."""
-    refused, closed = WEB_COUNTS.refused, dict(WEB_COUNTS.closed)
-    WEB_COUNTS.refused = 0
-    WEB_COUNTS.closed.update(dict.fromkeys(closed, 0))
-    yield
-    WEB_COUNTS.refused = refused
-    WEB_COUNTS.closed.update(closed)
-
-
 def a_scraped_fleet() -> Exposition:
     """Jobs that fill every family, at fixed times: the same bytes at every run."""
     settings = build_settings(
@@ -51,6 +38,7 @@ def a_scraped_fleet() -> Exposition:
     tracker = Tracker()
     exposition = Exposition(tracker, lambda: {"t": (3, {"http_5xx": 1})})
     exposition.exporter_metrics = False
+    exposition.web_counts = WebCounts()  # not what the tests before it left in the process's own
     tracker.set_target(settings.resolved(settings.targets[0]))
     now = 1_700_000_000.0
     steps = (Step("verify-credentials", Status.RUNNING), Step("retrieve-accounts", Status.PENDING))
