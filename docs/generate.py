@@ -303,7 +303,7 @@ def configuration_md() -> str:
     return "\n".join(lines)
 
 
-# Who may reach what, and how it is checked (exporter/webconfig.py, exporter/server.py).
+# Who may reach what, and how it is checked (exporter/webconfig.py, exporter/api.py).
 FRONT_DOOR = (
     "## The front door (`--web.config.file`, `api.token_file`)",
     "",

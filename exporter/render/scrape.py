@@ -20,7 +20,7 @@ from prometheus_client import (
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from exporter import __version__, catalogue
-from exporter.front_door import WEB_COUNTS, WebCounts
+from exporter.httpserver.front_door import WEB_COUNTS, WebCounts
 from exporter.render.aggregates import render_aggregates, render_dropped, render_http_stats
 from exporter.render.deflate import gzip_member, inflate
 from exporter.render.formats import EOF, openmetrics_counters

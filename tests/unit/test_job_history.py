@@ -16,8 +16,8 @@ from exporter.history import timeline
 from exporter.job_history import Bounds, Query
 from exporter.model import Cause, Job, Status, Step
 from exporter.providers import PROVIDERS
+from exporter.routes import build_app
 from exporter.runtime import Runtime
-from exporter.server import build_app
 from exporter.state import SCHEMA_VERSION, MemoryHistory, Store
 from exporter.store import JobHistory
 from exporter.tracker import Tracker
