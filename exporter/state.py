@@ -55,11 +55,10 @@ from exporter.tracker import (
     TOMBSTONES_IN_MEMORY,
     TargetState,
     TrackedJob,
-    Tracker,
 )
 
 if TYPE_CHECKING:
-    from exporter.scheduler import Scheduler
+    pass
 
 log = logging.getLogger("asyncjob.state")
 
@@ -413,15 +412,7 @@ class Store:
         count = sum(len(v) for v in self._restored.values())
         log.info("state restored", extra={"path": self.path, "jobs": count, "skipped": bad})
 
-    # --- wiring ----------------------------------------------------------------------
-    def attach(self, tracker: Tracker, scheduler: Scheduler) -> None:
-        tracker.listeners.append(self)
-        tracker.restore = self.restore
-        tracker.hold = self.hold
-        tracker.buried = self.buried
-        tracker.retire = self.keep
-        scheduler.store = self
-
+    # --- what the tracker asks (exporter.runtime.connect_store hands it over) -----------------
     def restore(self, state: TargetState) -> list[TrackedJob]:
         """Jobs saved for `state`'s target, each handed out once; its newest tombstones go to
         memory (the rest are looked up when their id appears: `buried`)."""
