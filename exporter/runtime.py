@@ -13,6 +13,7 @@ from exporter import catalogue
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.history import timeline
 from exporter.job_history import Bounds
+from exporter.memory_history import MemoryHistory
 from exporter.model import Job, placeholder
 from exporter.parsing import clean_text
 from exporter.providers import PROVIDERS
@@ -20,7 +21,7 @@ from exporter.providers.base import BadPayload
 from exporter.quiet_gc import QuietGC
 from exporter.render import Exposition
 from exporter.scheduler import Scheduler
-from exporter.state import MemoryHistory, StateUnwritable, state_metrics_text
+from exporter.state import StateUnwritable, state_metrics_text
 from exporter.store import JobHistory, Retired, StateStore
 from exporter.tracker import TrackedJob, Tracker
 from exporter.watchdog import Watchdog

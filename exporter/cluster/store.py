@@ -34,7 +34,8 @@ from exporter.cluster.batch import ROWS_PER_TURN, Batch, Change, Fresh, JobKey
 from exporter.cluster.leases import Leases, fenced
 from exporter.group_commit import GroupCommit
 from exporter.sharding import shard_of
-from exporter.state import StateUnwritable, state_metrics_text, tracked_from_json
+from exporter.state import StateUnwritable, state_metrics_text
+from exporter.state_file import tracked_from_json
 from exporter.tracker import TOMBSTONE_SECONDS, TargetState, TrackedJob
 
 log = logging.getLogger("asyncjob.state")
