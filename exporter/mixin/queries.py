@@ -49,7 +49,8 @@ USER = 'cause="user"'
 def _active(cfg: Config, selector: str) -> str:
     unfinished = series("asyncjob_job_status", selector, UNFINISHED)
     waiting = series("asyncjob_job_awaiting_user", selector)
-    return f"  and {cfg.on_job} ({unfinished} == 1)\n  unless {cfg.on_job} ({waiting} == 1)"
+    on = cfg.on_job_in_replica
+    return f"  and {on} ({unfinished} == 1)\n  unless {on} ({waiting} == 1)"
 
 
 def seconds_since_progress_source(cfg: Config, selector: str) -> str:
@@ -62,13 +63,13 @@ def seconds_since_progress_source(cfg: Config, selector: str) -> str:
 def runtime_source(cfg: Config, selector: str) -> str:
     started = series("asyncjob_job_started_timestamp_seconds", selector)
     created = series("asyncjob_job_created_timestamp_seconds", selector)
-    return f"(time() - ({started} or {cfg.on_job} {created}))\n{_active(cfg, selector)}"
+    return f"(time() - ({started} or {cfg.on_job_in_replica} {created}))\n{_active(cfg, selector)}"
 
 
 def records_failed_ratio_source(cfg: Config, selector: str) -> str:
     failed = series("asyncjob_job_records", selector, 'kind="failed"')
     total = series("asyncjob_job_records", selector, 'kind="total"')
-    return f"{failed}\n  / {cfg.on_job} ({total} > 0)"
+    return f"{failed}\n  / {cfg.on_job_in_replica} ({total} > 0)"
 
 
 def finished_increase_source(cfg: Config, selector: str) -> str:
@@ -98,14 +99,20 @@ def step_p95_source(cfg: Config, selector: str) -> str:
     return f"histogram_quantile(0.95, sum by ({by}) (rate({buckets}[{cfg.step_window}])))"
 
 
+def _over_threshold(cfg: Config, value: str, threshold: str) -> str:
+    """A job's value over its target's threshold; every replica exports the threshold and any
+    may export the job: both sides lose the replica labels before they meet."""
+    return f"{cfg.merged(value)}\n  > {cfg.on_target} group_left() {cfg.merged(threshold)}"
+
+
 def stuck(cfg: Config, selector: str) -> str:
     threshold = series("asyncjob_target_stuck_threshold_seconds", selector)
-    return f"{series(SECONDS_SINCE_PROGRESS, selector)}\n  > {cfg.on_target} group_left() {threshold}"
+    return _over_threshold(cfg, series(SECONDS_SINCE_PROGRESS, selector), threshold)
 
 
 def overdue(cfg: Config, selector: str) -> str:
     threshold = series("asyncjob_target_max_duration_seconds", selector)
-    return f"{series(RUNTIME, selector)}\n  > {cfg.on_target} group_left() {threshold}"
+    return _over_threshold(cfg, series(RUNTIME, selector), threshold)
 
 
 def stuck_not_overdue(cfg: Config, selector: str) -> str:
@@ -120,7 +127,7 @@ def stuck_or_overdue_jobs(cfg: Config, selector: str) -> str:
 
 def many_stuck(cfg: Config, selector: str) -> str:
     """Targets with at least `many_stuck_jobs` jobs stuck or overdue: one alert for the target."""
-    by = ", ".join(cfg.target_labels)
+    by = ", ".join(cfg.target_keys)
     return f"count by ({by}) (\n{stuck_or_overdue_jobs(cfg, selector)}\n) >= {cfg.many_stuck_jobs}"
 
 
@@ -132,9 +139,9 @@ def unless_many_stuck(cfg: Config, selector: str) -> str:
 def failed_jobs(cfg: Config, selector: str, operator_only: bool = True) -> str:
     """Failed jobs with their reason and cause; `operator_only` leaves out those the end user
     must fix (a wrong password, an expired MFA): they page no operator."""
-    failed = "({} == 1)".format(series("asyncjob_job_status", selector, 'status="failed"'))
-    error = series("asyncjob_job_error_info", selector, *((NOT_USER,) if operator_only else ()))
-    every_error = series("asyncjob_job_error_info", selector)
+    failed = cfg.merged("{} == 1".format(series("asyncjob_job_status", selector, 'status="failed"')))
+    error = cfg.merged(series("asyncjob_job_error_info", selector, *((NOT_USER,) if operator_only else ())))
+    every_error = cfg.merged(series("asyncjob_job_error_info", selector))
     # Reason and cause join in where the exporter knows them; a failed job without them still counts.
     return (
         f"{failed}\n  * {cfg.on_job} group_left(reason, cause) {error}\n"
@@ -145,9 +152,10 @@ def failed_jobs(cfg: Config, selector: str, operator_only: bool = True) -> str:
 def records_failing(cfg: Config, selector: str, for_user: bool = False) -> str:
     """Jobs failing on many records; the records' cause (asyncjob_job_error_info of reason
     record_errors) decides whose: the application's data (cause="user") pages no operator."""
-    users = series("asyncjob_job_error_info", selector, USER)
+    users = cfg.merged(series("asyncjob_job_error_info", selector, USER))
     join = "and" if for_user else "unless"
-    return f"{series(RECORDS_FAILED_RATIO, selector)} > {cfg.records_failed_ratio:g}\n  {join} {cfg.on_job} {users}"
+    ratio = cfg.merged(series(RECORDS_FAILED_RATIO, selector))
+    return f"{ratio} > {cfg.records_failed_ratio:g}\n  {join} {cfg.on_job} {users}"
 
 
 def failure_rate_high(cfg: Config, selector: str) -> str:
@@ -164,10 +172,11 @@ def failed_paged(cfg: Config, selector: str) -> str:
     """Failed jobs that page one by one: those the end user must fix never do, and those the
     provider failed are held back while their target's failure rate is high (that alert pages
     once for the outage; the jobs stay listed on the pages)."""
-    provider = series("asyncjob_job_error_info", selector, 'cause="provider"')
+    provider = cfg.merged(series("asyncjob_job_error_info", selector, 'cause="provider"'))
+    rate_high = cfg.merged(failure_rate_high(cfg, selector))
     return (
         f"(\n{failed_jobs(cfg, selector)}\n)\nunless {cfg.on_job}\n"
-        f"  ({provider}\n  and {cfg.on_target}\n  ({failure_rate_high(cfg, selector)}))"
+        f"  ({provider}\n  and {cfg.on_target}\n  {rate_high})"
     )
 
 
@@ -202,7 +211,11 @@ def step_slow(cfg: Config, selector: str) -> str:
 
 
 def target_down(cfg: Config, selector: str) -> str:
-    return f"{series('asyncjob_target_up', selector)} == 0"
+    """A target some replica cannot poll: one alert for the target, whichever replica fails."""
+    up = series("asyncjob_target_up", selector)
+    if not cfg.replica_labels:
+        return f"{up} == 0"
+    return f"min without({', '.join(cfg.replica_labels)}) ({up}) == 0"
 
 
 def seconds_since_successful_poll(cfg: Config, selector: str) -> str:
@@ -210,11 +223,9 @@ def seconds_since_successful_poll(cfg: Config, selector: str) -> str:
 
 
 def polling_stale(cfg: Config, selector: str) -> str:
-    interval = series("asyncjob_target_poll_interval_seconds", selector)
-    return (
-        f"{seconds_since_successful_poll(cfg, selector)}\n"
-        f"  > {cfg.on_target} ({cfg.polling_stale_intervals} * {interval})"
-    )
+    interval = cfg.merged(series("asyncjob_target_poll_interval_seconds", selector))
+    since = cfg.merged(seconds_since_successful_poll(cfg, selector))
+    return f"{since}\n  > {cfg.on_target} ({cfg.polling_stale_intervals} * {interval})"
 
 
 def exporter_down(cfg: Config, selector: str) -> str:
@@ -252,7 +263,7 @@ def connection_sync_stale(cfg: Config, selector: str, for_user: bool = False) ->
 
 def source_missing(cfg: Config, selector: str) -> str:
     """Seconds a configured source has answered 404 (in the exporter's current run)."""
-    return f"time() - {series('asyncjob_source_missing_since_timestamp_seconds', selector)}"
+    return cfg.merged(f"time() - {series('asyncjob_source_missing_since_timestamp_seconds', selector)}")
 
 
 def state_undocumented(cfg: Config, selector: str) -> str:
@@ -272,10 +283,7 @@ def consent_expiring(cfg: Config, selector: str) -> str:
 
 
 def awaiting_user(cfg: Config, selector: str) -> str:
-    waiting = series("asyncjob_job_awaiting_user", selector)
-    unfinished = series("asyncjob_job_status", selector, UNFINISHED)
-    return (
-        f"(time() - {series('asyncjob_job_last_progress_timestamp_seconds', selector)})\n"
-        f"  and {cfg.on_job} ({waiting} == 1)\n"
-        f"  and {cfg.on_job} ({unfinished} == 1)"
-    )
+    waiting = cfg.merged(f"{series('asyncjob_job_awaiting_user', selector)} == 1")
+    unfinished = cfg.merged(f"{series('asyncjob_job_status', selector, UNFINISHED)} == 1")
+    since = cfg.merged(f"time() - {series('asyncjob_job_last_progress_timestamp_seconds', selector)}")
+    return f"{since}\n  and {cfg.on_job} {waiting}\n  and {cfg.on_job} {unfinished}"
