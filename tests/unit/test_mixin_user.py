@@ -68,7 +68,7 @@ def test_the_users_values_reach_the_rules_and_dashboards(tmp_path: Path) -> None
     assert "https://grafana.example.com/d/" in alerts["AsyncJobFailed"]["annotations"]["dashboard_url"]
     assert "> 0.5" in alerts["AsyncJobFailureRateHigh"]["expr"]
     job_url = alerts["AsyncJobStuck"]["annotations"]["job_url"]
-    assert job_url.startswith("https://{{ $labels.instance }}/jobs/{{ $labels.target }}/")
+    assert job_url.startswith("https://{{ with printf `{__name__=~") and "$labels.namespace" in job_url
     board = json.loads((out / "dashboards/asyncjob-job.json").read_text())
     links = [link["url"] for link in board["links"] if link["type"] == "link"]
     assert links == ["https://${instance}/jobs/${target}/${job_id:percentencode}"]
