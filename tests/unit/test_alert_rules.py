@@ -306,7 +306,10 @@ def _alert(name: str) -> dict[str, Any]:
 def test_an_overdue_job_is_not_also_paged_as_stuck() -> None:
     stuck = _alert("AsyncJobStuck")["expr"]
     overdue = _alert("AsyncJobOverdue")["expr"]
-    assert "unless on(job, target, job_id)\n(max without(instance, pod) (target_job_id:asyncjob_job_runtime_seconds" in stuck
+    assert (
+        "unless on(job, target, job_id)\n(max without(instance, pod) (target_job_id:asyncjob_job_runtime_seconds"
+        in stuck
+    )
     # Overdue is held back only by its target's AsyncJobManyStuck, never by stuck.
     assert "seconds_since_progress" not in overdue.split("\nunless on(job, target)\n")[0]
 
