@@ -33,9 +33,11 @@ class Config:
     )
     grafana_url: str = "http://localhost:3000"
     # Where people open the exporter's job pages (the exporter's --web.external-url: an ingress,
-    # a proxy, a port-forward): alerts link to <external_url>/jobs/<target>/<id>. Unset, they link
-    # to <job_page_scheme>://<instance>/..., the address Prometheus scraped, which opens only
-    # where that address is reachable (not a pod IP or a compose service name from a laptop).
+    # a proxy, a port-forward; with replicas, their Service): alerts link to
+    # <external_url>/jobs/<target>/<id>. Unset, they link to <job_page_scheme>://<instance>/...,
+    # the address Prometheus scraped (for alerts without the replica labels, that of the replica
+    # exporting the job when the alert is rendered), which opens only where that address is
+    # reachable (not a pod IP or a compose service name from a laptop).
     external_url: str | None = None
     job_page_scheme: str = "http"
     overview_uid: str = "asyncjob-overview"
