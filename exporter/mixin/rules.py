@@ -51,7 +51,8 @@ def _exporting_instance(cfg: Config, job: bool) -> str:
     """The instance that exports the job (or the target) when Prometheus renders the alert: the
     alert itself carries no replica label, so the annotation asks for it."""
     names = (*cfg.target_keys, *(("job_id",) if job else ()))
-    metric = "asyncjob_job_.+" if job else "asyncjob_.+"
+    # A job's own series (a dozen), or a threshold every replica polling the target exports.
+    metric = "asyncjob_job_.+" if job else "asyncjob_target_stuck_threshold_seconds"
     selector = ", ".join((f'__name__=~"{metric}"', *(f"{name}=%q" for name in names)))
     args = " ".join(f"$labels.{name}" for name in names)
     return (
