@@ -20,6 +20,7 @@ from bench import (
     auth,
     changes,
     detection,
+    jobrate,
     lockout,
     machine,
     memory,
@@ -71,6 +72,12 @@ BENCHMARKS: list[tuple[str, str, Callable[[Log], Any]]] = [
         lambda log: registration.run(log=log),
     ),
     ("auth", "authenticated scrapes during a wrong-password flood", lambda log: auth.run(log=log)),
+    (
+        # The longest by far: 12 minutes and the drain (BENCH_SOAK_SECONDS, BENCH_SOAK_WARMUP).
+        "soak",
+        "50 registrations a second through the CLI for 10 minutes after 2 of warm-up",
+        lambda log: jobrate.run(log=log),
+    ),
     ("pgdriver", "psycopg and asyncpg against one PostgreSQL", lambda log: pgdriver.run()),
     (
         "lockout",

@@ -670,6 +670,73 @@ def _wrapped(text: str, width: int = 96) -> list[str]:
     return [*lines, line] if line else lines
 
 
+# --- soak at a steady job rate --------------------------------------------------------------
+
+SOAK_RSS_MAX_BYTES = 1024 * KIB  # growth over the measured span
+
+
+def soak_targets(s: dict[str, Any]) -> list[Row]:
+    growth = s["rss_growth_bytes"]
+    minutes = s["measured_s"] / 60
+    return [
+        row(
+            f"RSS growth over {minutes:.0f} min at {s['rate']:g} jobs/s ({s['finished_during_span']:,.0f} jobs finished)",
+            f"{growth / KIB / KIB:+.2f} MiB",
+            f"{s['rss_first_bytes'] / KIB / KIB:.1f} MiB at the start of the span",
+            "",
+            "< 1 MiB",
+            growth < SOAK_RSS_MAX_BYTES,
+        ),
+        row(
+            "jobs acknowledged vs. counted once, after the soak",
+            f"{s['acknowledged']:,} / {s['counted']:,.0f}",
+            "",
+            "",
+            "equal",
+            s["acknowledged"] == s["counted"] and s["refused"] == 0,
+        ),
+    ]
+
+
+def soak_body(s: dict[str, Any]) -> list[str]:
+    mib = KIB * KIB
+    return [
+        "## Soak at a steady job rate",
+        "",
+        f"`bench/jobrate.py`: Basiq jobs of the simulator that run ~3 s and succeed, {s['rate']:g} a second,",
+        "each registered through the real CLI's API (`POST /api/v1/targets/…/jobs`), polled every",
+        f"{s['poll_interval']} with `retention: {s['retention']}` and a state file; {s['warmup_s']:g} s of warm-up,",
+        f"then {s['measured_s'] / 60:.1f} min measured (RSS from /proc every 5 s, growth from the fitted",
+        "line). `BENCH_SOAK_SECONDS` and `BENCH_SOAK_WARMUP` make it longer or shorter.",
+        "",
+        *_table(
+            ["measure", "start of span", "end of span", "growth (fitted)", "max"],
+            [
+                [
+                    "RSS",
+                    f"{s['rss_first_bytes'] / mib:.1f} MiB",
+                    f"{s['rss_last_bytes'] / mib:.1f} MiB",
+                    f"{s['rss_growth_bytes'] / mib:+.2f} MiB",
+                    f"{s['rss_max_bytes'] / mib:.1f} MiB",
+                ],
+                [
+                    "state file + WAL",
+                    f"{s['state_first_bytes'] / mib:.2f} MiB",
+                    f"{s['state_last_bytes'] / mib:.2f} MiB",
+                    f"{s['state_growth_bytes'] / mib:+.2f} MiB",
+                    f"{s['state_max_bytes'] / mib:.2f} MiB",
+                ],
+            ],
+        ),
+        "",
+        f"Open files {s['fds'][0]:.0f}-{s['fds'][1]:.0f}; tracked jobs {s['tracked'][0]:,.0f}-{s['tracked'][1]:,.0f};",
+        f"{s['finished_during_span']:,.0f} jobs finished in the span; poll errors {s['poll_errors']:.0f} of",
+        f"{s['poll_requests']:,.0f} requests; registrations acknowledged {s['acknowledged']:,}, refused {s['refused']},",
+        f"counted {s['counted']:,.0f} (each acknowledged job once); the registrations fell at most",
+        f"{s['registration_lag_max_s']:.1f} s behind their schedule.",
+    ]
+
+
 SECTIONS: list[Section] = [
     Section("scrape", scrape_body, scrape_targets),
     Section("series", series.body, series.targets),
@@ -680,6 +747,7 @@ SECTIONS: list[Section] = [
     Section("fleet", detection.fleet_body, detection.fleet_targets),
     Section("registration", registration_body, registration_targets),
     Section("auth", auth.body, auth.targets),
+    Section("soak", soak_body, soak_targets),
     Section("pgdriver", pgdriver.body, pgdriver.targets),
     Section("lockout", lockout.body, lockout.targets),
 ]

@@ -10,7 +10,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -21,6 +20,7 @@ from exporter.fetch import RequestStats, TargetHttp
 from exporter.model import Job, placeholder
 from exporter.providers import PROVIDERS, Provider
 from exporter.providers.base import PollResult
+from exporter.store import StateStore
 from exporter.tracker import CapReached, TargetState, TrackedJob, Tracker
 
 log = logging.getLogger("asyncjob.scheduler")
@@ -73,7 +73,7 @@ class Scheduler:
         self._rng = random.Random()
         self.shard = shard
         self.total_shards = total_shards
-        self.store: Any = None  # exporter.state.Store, when a state file is configured
+        self.store: StateStore | None = None  # when a state file is configured
         tracker.listeners.append(self)  # to forget the answers of jobs it drops (TargetHttp.seen)
 
     def owns(self, target: str, job_id: str) -> bool:
@@ -229,6 +229,9 @@ class Scheduler:
         the result (reruns, gone jobs, connections, queue events) follows the answers, as in
         one apply."""
         jobs = result.jobs
+        state = self.tracker.targets[name]
+        if state.quarantined:  # an answer about a quarantined job is not read either (a list's)
+            jobs = [job for job in jobs if not state.in_quarantine(job.id, now)]
         slices = [jobs[i : i + APPLY_SLICE] for i in range(0, len(jobs), APPLY_SLICE)] or [[]]
         for part in slices[:-1]:
             self.tracker.apply(name, PollResult(jobs=part), now)
@@ -282,6 +285,9 @@ class Scheduler:
         stats.start_cycle()
         t0 = time.perf_counter()
         tracked = self.tracker.pollable(name) if ids is None else ids
+        if state.quarantined:
+            now = time.time()
+            tracked = [job_id for job_id in tracked if not state.in_quarantine(job_id, now)]
         http.early = []
         done, applied = anyio.Event(), [0]
         async with anyio.create_task_group() as tg:

@@ -17,6 +17,15 @@ Where the work runs: a commit is a WAL append into the page cache (tens of micro
 a batch), made on the event loop; handing it to a worker thread costs two thread switches a
 round, which on a busy machine took longer than the commit itself (5-150 ms each, measured:
 docs/benchmarks.md). Checkpoints, which fsync, run on their own connection in a worker thread.
+
+Size: a job dropped leaves a tombstone row only where something can list it again (a target
+that discovers jobs), for TOMBSTONE_SECONDS; rows past it are deleted a few thousand at a time,
+and the space they held is reused (`auto_vacuum=INCREMENTAL`, the surplus given back to the
+file system). The WAL is copied in every second; past WAL_RESTART_BYTES with the writer held
+off, so that it starts again from its beginning instead of growing.
+
+Also kept: the jobs the event loop froze on (exporter.watchdog), written by the watchdog's
+thread on a connection of its own and restored as the tracker's quarantine.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 from pydantic import TypeAdapter, ValidationError
@@ -39,7 +48,17 @@ from pydantic import TypeAdapter, ValidationError
 from exporter import step_times
 from exporter.model import shared
 from exporter.parsing import load_json, may_hold_surrogates
-from exporter.tracker import TOMBSTONE_SECONDS, TargetState, TrackedJob, Tracker
+from exporter.tracker import (
+    QUARANTINE_SECONDS,
+    TOMBSTONE_SECONDS,
+    TOMBSTONES_IN_MEMORY,
+    TargetState,
+    TrackedJob,
+    Tracker,
+)
+
+if TYPE_CHECKING:
+    from exporter.scheduler import Scheduler
 
 log = logging.getLogger("asyncjob.state")
 
@@ -48,6 +67,10 @@ RETRY_FIRST, RETRY_MAX = 0.25, 2.0
 # How often the WAL is copied into the file (in a worker thread).
 CHECKPOINT_INTERVAL = 1.0
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# A WAL past this is copied in with the writer held off (it waits; the event loop does not):
+# under a steady stream of commits a checkpoint beside the writer never sees the WAL's end, so
+# the WAL is never started again from its beginning and grows for ever.
+WAL_RESTART_BYTES = 4 * 1024 * 1024
 # Jobs serialised and written per statement; the event loop serves others between statements.
 ROWS_PER_STATEMENT = 500
 
@@ -64,6 +87,15 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE tombstones (
         target TEXT NOT NULL, job_id TEXT NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY (target, job_id)
+    );
+    """,
+    # Expired tombstones are found by age, not by a walk over every row.
+    "CREATE INDEX tombstones_by_age ON tombstones (at);",
+    # Jobs the event loop froze on (exporter.watchdog), written by the watchdog's thread.
+    """
+    CREATE TABLE quarantine (
+        target TEXT NOT NULL, job_id TEXT NOT NULL, at REAL NOT NULL, why TEXT NOT NULL,
         PRIMARY KEY (target, job_id)
     );
     """,
@@ -85,9 +117,21 @@ _WRITES = (
     "INSERT OR REPLACE INTO cursors (target, name, value) VALUES (?, ?, ?)",
 )
 
-# Tombstones older than the tracker forgets them are deleted this often (with a batch).
-_PRUNE = "DELETE FROM tombstones WHERE at < ?"
-PRUNE_EVERY = 3600.0
+# Tombstones older than the tracker forgets them are deleted this often (with a batch), at most
+# PRUNE_ROWS a time: a day's backlog at 50 jobs a second is millions of rows, not one statement.
+_PRUNE = "DELETE FROM tombstones WHERE rowid IN (SELECT rowid FROM tombstones WHERE at < ? LIMIT ?)"
+PRUNE_EVERY = 60.0
+PRUNE_ROWS = 5000
+_PRUNE_QUARANTINE = "DELETE FROM quarantine WHERE at < ?"
+_BURIED = "SELECT at FROM tombstones WHERE target = ? AND job_id = ? AND at >= ?"
+_NEWEST_TOMBSTONES = "SELECT job_id, at FROM tombstones WHERE target = ? ORDER BY at DESC LIMIT ?"
+# Free pages kept for reuse, as a share of the file; past it, up to VACUUM_PAGES a round are
+# given back to the file system (`PRAGMA incremental_vacuum`, on the writer's connection).
+FREE_SHARE = 0.25
+VACUUM_PAGES = 2048
+# A file made before auto_vacuum was set is rebuilt with it at start (VACUUM) up to this size;
+# a larger one reuses its free pages and is left as it is (a VACUUM of gigabytes takes minutes).
+VACUUM_AT_START_MAX = 64 * 1024 * 1024
 
 
 class StateError(Exception):
@@ -167,6 +211,8 @@ def _describe(e: sqlite3.Error) -> str:
 
 
 JobKey = tuple[str, str]
+# A statement's parameters: many rows (executemany) or one.
+Rows: TypeAlias = list[tuple[Any, ...]] | tuple[Any, ...]
 
 
 @dataclass
@@ -180,6 +226,7 @@ class Batch:
     upto: int = 0  # the last change number it holds
     # Tombstones stamped before this are deleted with the batch (None: not this time).
     prune_before: float | None = None
+    pruned: int = 0  # tombstone rows the prune deleted
 
     def __len__(self) -> int:
         return len(self.jobs) + len(self.tombstones) + len(self.cursors)
@@ -200,12 +247,15 @@ class Store:
         self._round: anyio.Event | None = None
         self._cursors: dict[JobKey, str] = {}
         self._uncheckpointed = 0
+        self._writer_turn = anyio.Lock()  # a write round, or a checkpoint that needs the WAL still
         self._checkpointer: sqlite3.Connection | None = None
         # Restored jobs, as they are in the file: their first notice (the tracker taking them in)
         # is not a change. Held by reference, so no new job can reuse an id of theirs.
         self._unchanged: dict[int, TrackedJob] = {}
         self._restored: dict[str, list[TrackedJob]] = {}
-        self._restored_tombstones: dict[str, dict[str, float]] = {}
+        self._quarantined: dict[str, dict[str, float]] = {}  # target -> job id -> since
+        self._writing: Batch | None = None  # the batch being committed
+        self._reader: sqlite3.Connection | None = None  # reads while the file cannot be written
         self._pruned_at = 0.0  # so the first batch after start prunes
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -235,6 +285,8 @@ class Store:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
+            # Before anything is written: a new file reuses freed pages and can give them back.
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL: a commit survives the process dying (kill -9), not power loss.
             db.execute("PRAGMA synchronous=NORMAL")
@@ -243,10 +295,29 @@ class Store:
             # After a busy spell the WAL is cut back to this size once it is copied in.
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self._migrate(db)
+            self._vacuum_at_start(db)
         except BaseException:
             db.close()
             raise
         return db
+
+    def _vacuum_at_start(self, db: sqlite3.Connection) -> None:
+        """A file written before auto_vacuum was set: rebuilt with it when it is small enough."""
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 0:
+            return
+        size = db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+        if size > VACUUM_AT_START_MAX:
+            log.info(
+                "state file made without auto_vacuum: its free pages are reused, never given back",
+                extra={"path": self.path, "bytes": size},
+            )
+            return
+        try:
+            db.execute("VACUUM")  # with the auto_vacuum set above (a no-op on a new file)
+        except sqlite3.OperationalError as e:  # busy (another process has it open): next start
+            log.info(
+                "state file not rebuilt with auto_vacuum", extra={"path": self.path, "error": _describe(e)}
+            )
 
     def _read_only(self) -> sqlite3.Connection | None:
         """A connection that only reads, for a file on a read-only mount; None when there is no file."""
@@ -315,15 +386,6 @@ class Store:
                 skip(target, job_id, f"job.id: {tracked.job.id!r} differs from the row's key")
                 continue
             self._restored.setdefault(target, []).append(tracked)
-        for target_b, key_b, at in db.execute(
-            "SELECT CAST(target AS BLOB), CAST(job_id AS BLOB), at FROM tombstones"
-        ):
-            try:
-                if not isinstance(at, int | float):
-                    raise ValueError(f"at: {at!r} is not a time")
-                self._restored_tombstones.setdefault(target_b.decode(), {})[key_b.decode()] = float(at)
-            except ValueError as e:
-                skip(target_b, key_b, str(e), "tombstone")
         for target_b, key_b, value in db.execute(
             "SELECT CAST(target AS BLOB), CAST(name AS BLOB), CAST(value AS BLOB) FROM cursors"
         ):
@@ -331,25 +393,87 @@ class Store:
                 self._cursors[(target_b.decode(), key_b.decode())] = bytes(value).decode()
             except ValueError as e:
                 skip(target_b, key_b, str(e), "cursor")
+        if "quarantine" in tables:
+            since = time.time() - QUARANTINE_SECONDS
+            for target, job_id, at in db.execute(
+                "SELECT target, job_id, at FROM quarantine WHERE at >= ?", (since,)
+            ):
+                if isinstance(target, str) and isinstance(job_id, str) and isinstance(at, int | float):
+                    self._quarantined.setdefault(target, {})[job_id] = float(at)
+                    log.warning(
+                        "job quarantined: the event loop froze while it was polled; it is skipped",
+                        extra={"target": target, "job_id": job_id, "until": round(at + QUARANTINE_SECONDS)},
+                    )
         count = sum(len(v) for v in self._restored.values())
         log.info("state restored", extra={"path": self.path, "jobs": count, "skipped": bad})
 
     # --- wiring ----------------------------------------------------------------------
-    def attach(self, tracker: Tracker, scheduler: Any) -> None:
+    def attach(self, tracker: Tracker, scheduler: Scheduler) -> None:
         tracker.listeners.append(self)
         tracker.restore = self.restore
         tracker.hold = self.hold
+        tracker.buried = self.buried
         scheduler.store = self
 
     def restore(self, state: TargetState) -> list[TrackedJob]:
-        """Jobs saved for `state`'s target; each is handed out once."""
+        """Jobs saved for `state`'s target, each handed out once; its newest tombstones go to
+        memory (the rest are looked up when their id appears: `buried`)."""
         name = state.config.name
-        restored = self._restored_tombstones.pop(name, {})
+        newest: list[tuple[str, float]] = []
+        with contextlib.suppress(sqlite3.Error):  # unreadable: looked up one by one instead
+            db = self._reading()
+            if db is not None:
+                for key_b, at in db.execute(_NEWEST_TOMBSTONES, (name, TOMBSTONES_IN_MEMORY)):
+                    if isinstance(key_b, str) and isinstance(at, int | float):
+                        newest.append((key_b, float(at)))
         # Oldest first, as the tracker keeps them (its sweep reads them so).
-        state.tombstones.update(sorted(restored.items(), key=lambda kv: kv[1]))
+        state.tombstones.update(reversed(newest))
+        state.quarantined.update(self._quarantined.pop(name, {}))
         jobs = self._restored.pop(name, [])
         self._unchanged.update((id(t), t) for t in jobs)
         return jobs
+
+    def _reading(self) -> sqlite3.Connection | None:
+        """A connection to read with: the writer's, else (the file cannot be written) a reader."""
+        if self._db is not None:
+            return self._db
+        if self._reader is None:
+            self._reader = self._read_only()
+        return self._reader
+
+    def quarantine(self, target: str, job_id: str, why: str) -> None:
+        """Record that the event loop froze on this job, from the watchdog's thread while the loop
+        is stuck: on a connection of its own, committed before the process ends."""
+        db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+        try:
+            db.execute(
+                "INSERT OR REPLACE INTO quarantine (target, job_id, at, why) VALUES (?, ?, ?, ?)",
+                (target, job_id, time.time(), why),
+            )
+        finally:
+            db.close()
+
+    def buried(self, target: str, job_id: str) -> float | None:
+        """When the job was dropped, if its tombstone is kept (a point query: one per id that is
+        listed again and not in memory); None when it is not."""
+        key = (target, job_id)
+        with self._lock:
+            at = self._pending.tombstones.get(key)
+            if at is None and self._writing is not None:
+                at = self._writing.tombstones.get(key)
+        if at is not None:
+            return at
+        try:
+            db = self._reading()
+            row = (
+                db.execute(_BURIED, (target, job_id, time.time() - TOMBSTONE_SECONDS)).fetchone()
+                if db
+                else None
+            )
+        except sqlite3.Error as e:  # not remembered then: a job listed again is history, not counted
+            log.debug("tombstone look-up failed", extra={"path": self.path, "error": _describe(e)})
+            return None
+        return float(row[0]) if row is not None and isinstance(row[0], int | float) else None
 
     def cursors(self, target: str) -> dict[str, str]:
         return {name: v for (t, name), v in self._cursors.items() if t == target}
@@ -386,16 +510,17 @@ class Store:
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
         key = (state.config.name, job_id)
+        # Only a target that lists jobs can bring a dropped one back after a restart.
+        at = state.tombstones.get(job_id) if state.discovers else None
         with self._lock:
             self._pending.jobs[key] = None
-            at = state.tombstones.get(job_id)
             if at is not None:
                 self._pending.tombstones[key] = at
             self._changed()
 
     def tombstone_renewed(self, state: TargetState, job_id: str) -> None:
         at = state.tombstones.get(job_id)
-        if at is not None:
+        if at is not None and state.discovers:
             with self._lock:
                 self._pending.tombstones[(state.config.name, job_id)] = at
                 self._changed()
@@ -412,6 +537,7 @@ class Store:
         with self._lock:
             batch, self._pending = self._pending, Batch(upto=self._changes)
             self._inflight = len(batch)
+            self._writing = batch
         now = time.time()
         if now - self._pruned_at >= PRUNE_EVERY:
             # Forgotten tombstones leave the file too, else it grows with every job ever dropped.
@@ -419,7 +545,7 @@ class Store:
         return batch
 
     @staticmethod
-    def _statements(batch: Batch) -> Iterator[tuple[str, list[tuple[Any, ...]] | float]]:
+    def _statements(batch: Batch) -> Iterator[tuple[str, Rows]]:
         """The statements that write a batch, each with its rows (executemany: a row costs
         less bound as parameters than folded into one JSON array that SQLite parses again); jobs
         are serialised ROWS_PER_STATEMENT at a time, as they are now (on the event loop, the
@@ -437,14 +563,31 @@ class Store:
             if rows:
                 yield sql, rows
         if batch.prune_before is not None:
-            yield _PRUNE, batch.prune_before
+            yield _PRUNE, (batch.prune_before, PRUNE_ROWS)
+            yield _PRUNE_QUARANTINE, (time.time() - QUARANTINE_SECONDS,)
 
     @staticmethod
-    def _write(db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]] | float) -> None:
-        if isinstance(rows, list):
-            db.executemany(sql, rows)
-        else:
-            db.execute(sql, (rows,))
+    def _write(db: sqlite3.Connection, sql: str, rows: Rows) -> int:
+        """Run one statement; the rows it changed."""
+        cursor = db.executemany(sql, rows) if isinstance(rows, list) else db.execute(sql, rows)
+        return cursor.rowcount
+
+    def _after_prune(self, db: sqlite3.Connection, batch: Batch) -> None:
+        """After a commit that pruned: the rest of a backlog at the next batch, and free pages past
+        FREE_SHARE of the file given back (after the commit: the pragma runs in a transaction of
+        its own)."""
+        if batch.prune_before is None:
+            return
+        if batch.pruned >= PRUNE_ROWS:
+            self._pruned_at = 0.0
+        try:
+            free = db.execute("PRAGMA freelist_count").fetchone()[0]
+            pages = db.execute("PRAGMA page_count").fetchone()[0]
+            if free > max(VACUUM_PAGES, pages * FREE_SHARE):
+                n = min(VACUUM_PAGES, free - int(pages * FREE_SHARE))
+                db.executescript(f"PRAGMA incremental_vacuum({n});")
+        except sqlite3.Error as e:  # committed already; the pages are given back another time
+            log.debug("state vacuum failed", extra={"path": self.path, "error": _describe(e)})
 
     def _begin(self) -> sqlite3.Connection:
         db = self._db
@@ -473,8 +616,10 @@ class Store:
         try:
             db = self._begin()
             for sql, rows in self._statements(batch):
-                self._write(db, sql, rows)
+                changed = self._write(db, sql, rows)
+                batch.pruned += changed if sql is _PRUNE else 0
             db.execute("COMMIT")
+            self._after_prune(db, batch)
         except sqlite3.Error:
             self._abort(drop=True)
             raise
@@ -487,8 +632,10 @@ class Store:
             for n, (sql, rows) in enumerate(self._statements(batch)):
                 if n:
                     await anyio.lowlevel.checkpoint()
-                self._write(db, sql, rows)
+                changed = self._write(db, sql, rows)
+                batch.pruned += changed if sql is _PRUNE else 0
             db.execute("COMMIT")
+            self._after_prune(db, batch)
         except BaseException as e:
             self._abort(drop=isinstance(e, sqlite3.Error))
             raise
@@ -502,6 +649,7 @@ class Store:
             p.cursors = {**batch.cursors, **p.cursors}
             p.held = batch.held + p.held
             self._inflight = 0
+            self._writing = None
 
     def _failed(self, e: sqlite3.Error, pending: int) -> None:
         self.write_errors += 1
@@ -516,6 +664,7 @@ class Store:
     def _done(self, batch: Batch) -> None:
         with self._lock:
             self._inflight = 0
+            self._writing = None
             self._durable = max(self._durable, batch.upto)
         if self.error is not None:
             log.info("state file written again", extra={"path": self.path, "changes": len(batch)})
@@ -575,7 +724,9 @@ class Store:
                     if not len(self._pending) and not self._pending.held and self.error is None:
                         await self._wake.wait()
                     self._wake = anyio.Event()
-                    if await self._write_round():
+                    async with self._writer_turn:
+                        ok = await self._write_round()
+                    if ok:
                         retry = RETRY_FIRST
                         await anyio.sleep(0)  # let the waiters and new changes in
                     else:
@@ -596,7 +747,17 @@ class Store:
             await anyio.sleep(CHECKPOINT_INTERVAL)
             if self._uncheckpointed:
                 self._uncheckpointed = 0
-                await anyio.to_thread.run_sync(self._checkpoint)
+                if self._wal_bytes() < WAL_RESTART_BYTES:
+                    await anyio.to_thread.run_sync(self._checkpoint)
+                    continue
+                async with self._writer_turn:  # all of it copied: the next commit starts it again
+                    await anyio.to_thread.run_sync(self._checkpoint)
+
+    def _wal_bytes(self) -> int:
+        try:
+            return Path(self.path + "-wal").stat().st_size
+        except OSError:
+            return 0
 
     def _checkpoint(self) -> None:
         try:
@@ -621,13 +782,24 @@ class Store:
             if self._durable < want and self.error is not None:
                 raise StateUnwritable(self.error)
 
+    def size_bytes(self) -> int:
+        """The state file and its WAL, as they take space on disk now."""
+        total = 0
+        for path in (self.path, self.path + "-wal"):
+            with contextlib.suppress(OSError):
+                total += Path(path).stat().st_size
+        return total
+
     def metrics_text(self) -> bytes:
-        return state_metrics_text(self.write_errors, self.pending_writes)
+        return state_metrics_text(self.write_errors, self.pending_writes, self.size_bytes())
 
     def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         try:
             self.flush()
         except sqlite3.Error as e:
@@ -640,7 +812,7 @@ class Store:
             self._db = None
 
 
-def state_metrics_text(write_errors: int, pending: int) -> bytes:
+def state_metrics_text(write_errors: int, pending: int, size: int = 0) -> bytes:
     return (
         "# HELP asyncjob_state_write_errors_total Failed attempts to write the state file "
         "(each retried; nothing is dropped).\n"
@@ -649,4 +821,8 @@ def state_metrics_text(write_errors: int, pending: int) -> bytes:
         "# HELP asyncjob_state_pending_writes Changes not yet committed to the state file.\n"
         "# TYPE asyncjob_state_pending_writes gauge\n"
         f"asyncjob_state_pending_writes {pending}\n"
+        "# HELP asyncjob_state_size_bytes Bytes the state file and its WAL take on disk "
+        "(0 with state in memory only).\n"
+        "# TYPE asyncjob_state_size_bytes gauge\n"
+        f"asyncjob_state_size_bytes {size}\n"
     ).encode()

@@ -24,6 +24,7 @@ from exporter.model import Cause, Connection, Job, Status
 from exporter.parsing import bounded_label
 from exporter.providers.base import PollResult, Provider
 from exporter.step_times import StepTimes
+from exporter.watchdog import freeze, frozen_on
 
 log = logging.getLogger("asyncjob.tracker")
 
@@ -35,6 +36,16 @@ POLL_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 # Ids dropped by retention are remembered this long, so discovery (Basiq lists 7 days of
 # jobs) does not bring a finished job back.
 TOMBSTONE_SECONDS = 8 * 86400.0
+# Tombstones a target keeps in memory, the newest (~160 B each: at most ~0.6 MiB a target). A
+# target that finds jobs itself keeps every one in the state file too, looked up there when its
+# id appears again; with state in memory only, an older one is forgotten, and a job listed again
+# after that is first seen finished longer than `retention` ago: history, not counted again.
+TOMBSTONES_IN_MEMORY = 4096
+# A job that was being polled when the event loop froze (exporter.watchdog) is neither polled
+# nor read for this long from the freeze, by this process or any other sharing the state file.
+QUARANTINE_SECONDS = 86400.0
+# Tests only (exporter.watchdog.FREEZE_ENV): the answer for this job id blocks the event loop.
+_FREEZE_ON = frozen_on()
 # A tombstone of a job the provider still lists is renewed (and written) this often, not every poll.
 TOMBSTONE_RENEW_SECONDS = 86400.0
 
@@ -126,7 +137,8 @@ class TargetState:
     jobs: dict[str, TrackedJob] = field(default_factory=dict)
     agg: Aggregates = field(default_factory=Aggregates)
     connections: dict[str, Connection] = field(default_factory=dict)
-    tombstones: dict[str, float] = field(default_factory=dict)  # oldest first
+    tombstones: dict[str, float] = field(default_factory=dict)  # the newest, oldest first
+    quarantined: dict[str, float] = field(default_factory=dict)  # job id -> when the loop froze on it
     # Indexes kept up to date on every change, so that neither the scheduler nor the sweep
     # walks every job: the unfinished jobs (in the order they came), and a heap of
     # (seen finished at, id) with the stamp each finished job has in it.
@@ -145,6 +157,30 @@ class TargetState:
     # Step names given a histogram of their own (at most max_step_names); the rest are "other".
     step_names: set[str] = field(default_factory=set)
     step_names_capped: bool = False  # a name past the cap was seen (and logged, once)
+
+    @property
+    def discovers(self) -> bool:
+        """Whether the target finds jobs itself (a list, a queue), which can list a job it dropped."""
+        return _provider(self).discovers(self.config.config)
+
+    def in_quarantine(self, job_id: str, now: float) -> bool:
+        """Whether the job is skipped: the loop froze on it less than QUARANTINE_SECONDS ago."""
+        since = self.quarantined.get(job_id)
+        if since is None:
+            return False
+        if now - since < QUARANTINE_SECONDS:
+            return True
+        del self.quarantined[job_id]  # served its time: polled again
+        return False
+
+    def bury(self, job_id: str, at: float) -> None:
+        """Remember a dropped id (or renew its tombstone); past TOMBSTONES_IN_MEMORY the oldest
+        leaves memory."""
+        tombstones = self.tombstones
+        tombstones.pop(job_id, None)  # to the end: the dict stays oldest first
+        tombstones[job_id] = at
+        if len(tombstones) > TOMBSTONES_IN_MEMORY:
+            del tombstones[next(iter(tombstones))]
 
 
 # The step histograms' label for names past the target's max_step_names.
@@ -298,6 +334,9 @@ class Tracker:
         # Applies a counter increment whose counted-once mark was just set. The state store
         # holds it back until the mark is committed (else kill -9 could count it twice).
         self.hold: Callable[[Callable[[], None]], None] = lambda apply: apply()
+        # When (target, id) was dropped, for a tombstone no longer in memory (the state store
+        # looks it up in its file); None: not remembered.
+        self.buried: Callable[[str, str], float | None] = lambda target, job_id: None
 
     # --- targets -----------------------------------------------------------------------
     def set_target(self, config: ResolvedTarget) -> TargetState:
@@ -492,14 +531,17 @@ class Tracker:
         now = now if now is not None else time.time()
         state = self.targets[name]
         for job in result.jobs:
+            if _FREEZE_ON is not None and job.id == _FREEZE_ON:
+                freeze()
             if job.id in state.jobs:
                 self.update(state, job, now)
-            elif job.id in state.tombstones:
+            elif (at := state.tombstones.get(job.id)) is not None or (
+                at := self.buried(name, job.id)
+            ) is not None:
                 # Still listed: remembered for as long as the provider keeps listing it, across
                 # restarts too (the state store writes the renewal).
-                if now - state.tombstones[job.id] >= TOMBSTONE_RENEW_SECONDS:
-                    del state.tombstones[job.id]  # to the end: the dict stays oldest first
-                    state.tombstones[job.id] = now
+                if now - at >= TOMBSTONE_RENEW_SECONDS:
+                    state.bury(job.id, now)
                     for listener in self.listeners:
                         listener.tombstone_renewed(state, job.id)
             else:
@@ -541,8 +583,7 @@ class Tracker:
         state.agg.dropped[reason] += 1
         # Remembered so discovery does not bring the job back; "deleted" is an API DELETE.
         if reason in ("retention", "gone", "rerun", "deleted"):
-            state.tombstones.pop(job_id, None)  # to the end: the dict stays oldest first
-            state.tombstones[job_id] = time.time()
+            state.bury(job_id, time.time())
         self._notify_removed(state, job_id)
         return True
 

@@ -5,6 +5,7 @@ free port of 127.0.0.1, with fsync and synchronous_commit on as in production.""
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import pwd
 import shutil
@@ -209,3 +210,14 @@ def postgres() -> Iterator[Postgres]:
     finally:
         pg.stop(immediate=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+_databases = itertools.count()
+
+
+def new_database(pg: Postgres) -> str:
+    """A database of its own on `pg`, owned by the `asyncjob` user; its DSN. The tests of one
+    module share a server and each gets a fresh database (created in a few milliseconds)."""
+    name = f"test{next(_databases)}"
+    pg.psql(f"CREATE DATABASE {name} OWNER asyncjob")
+    return pg.dsn.replace("/asyncjob?", f"/{name}?")

@@ -210,6 +210,7 @@ class PostgresStore(GroupCommit):
         tracker.listeners.append(self)
         tracker.restore = self.restore
         tracker.hold = self.hold
+        tracker.buried = self.buried
         scheduler.store = self
 
     def restore(self, state: TargetState) -> list[TrackedJob]:
@@ -434,7 +435,7 @@ class PostgresStore(GroupCommit):
 
     def metrics_text(self) -> bytes:
         return (
-            state_metrics_text(self.write_errors, self.pending_writes)
+            state_metrics_text(self.write_errors, self.pending_writes, self.size_bytes())
             + (
                 "# HELP asyncjob_state_stale_writes_total Changes dropped because their shard's lease "
                 "passed to another replica before they were committed.\n"

@@ -403,6 +403,11 @@ class Settings(BaseSettings):
         "A 202 to a registration means it is in this file: see [the state file](#the-state-file-state_file).",
     )
     api: ApiConfig = Field(default_factory=ApiConfig)
+    watchdog_timeout: Duration = Field(
+        30.0,
+        description="The event loop not turning for this long ends the process (exit 70) after logging "
+        "the target and job it was busy with, which is then quarantined: skipped for a day. 0 = off.",
+    )
     targets: list[TargetConfig] = Field(default_factory=list)
     runbook_base_url: str = Field(
         DEFAULT_RUNBOOK_BASE_URL,

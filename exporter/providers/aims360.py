@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
+from exporter.config import TargetConfig
 from exporter.fetch import NotFound
 from exporter.model import Cause, Job, Status
 from exporter.parsing import (
@@ -90,8 +91,13 @@ class Aims360(Provider):
     causes: ClassVar[Mapping[str, Cause]] = {"failed": Cause.PROVIDER}
     known_reasons = ("failed",)
     config_keys: ClassVar[frozenset[str]] = frozenset({"jobs", "discover_filter", "auto_rerun", "max_reruns"})
+
     # A backgroundjob row (jobID), a rerun answer (jobId), or {"id": …}.
     id_keys: ClassVar[tuple[str, ...]] = ("jobID", "jobId", "id")
+
+    @classmethod
+    def discovers(cls, target: TargetConfig) -> bool:
+        return bool(target.discover_filter)
 
     def __init__(self, target: Any) -> None:
         super().__init__(target)

@@ -110,6 +110,12 @@ class Provider:
     def static_ids(self) -> list[str]:
         return list(self.target.jobs)
 
+    @classmethod
+    def discovers(cls, target: TargetConfig) -> bool:
+        """Whether the target finds jobs itself (a list, a queue), so that a finished job it
+        dropped can be listed again: its tombstone is then kept in the state file."""
+        return False
+
     async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:
         """Fetch the unfinished `tracked` jobs and anything discovery finds."""
         raise NotImplementedError

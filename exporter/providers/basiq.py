@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+from exporter.config import TargetConfig
 from exporter.fetch import NotFound, PollError
 from exporter.model import NO_EXTRA, Cause, Job, Status, Step, interned_step, shared_steps
 from exporter.parsing import bounded_reason, parse_timestamp, text_id
@@ -185,8 +186,13 @@ class Basiq(Provider):
     name = "basiq"
     job_path = "/jobs/{id}"
     config_keys: ClassVar[frozenset[str]] = frozenset({"jobs", "users"})
+
     causes: ClassVar[Mapping[str, Cause]] = CAUSES
     known_reasons = (*CAUSES, UNKNOWN_ERROR)
+
+    @classmethod
+    def discovers(cls, target: TargetConfig) -> bool:
+        return bool(target.users)
 
     def parse_job(self, obj: Any) -> Job:
         if not isinstance(obj, dict):

@@ -35,6 +35,10 @@ class Generic(Provider):
         {"jobs", "job_path", "list_path", "items", "fields", "steps", "status_map", "timezone"}
     )
 
+    @classmethod
+    def discovers(cls, target: TargetConfig) -> bool:
+        return bool(target.list_path)
+
     def __init__(self, target: TargetConfig) -> None:
         super().__init__(target)
         self.fields = target.fields or GenericFields()

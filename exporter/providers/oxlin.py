@@ -199,6 +199,11 @@ class OpenSync:
 class Oxlin(Provider):
     name = "oxlin"
     config_keys: ClassVar[frozenset[str]] = frozenset({"queues", "connections"})
+
+    @classmethod
+    def discovers(cls, target: TargetConfig) -> bool:
+        return True  # every sync is found in a queue or a connection's answer
+
     causes: ClassVar[Mapping[str, Cause]] = CAUSES
     known_reasons = ("auth_failed", "closed", "failed")
 

@@ -75,6 +75,8 @@ class Exposition:
         self._extra = extra
         # False (--web.disable-exporter-metrics) leaves out process_* and python_*.
         self.exporter_metrics = True
+        # What the front door refused and closed: the process's own, or a test's.
+        self.web_counts: WebCounts = WEB_COUNTS
 
     def scrape_time_text(self, openmetrics: bool = False) -> bytes:
         ts = list(self.tracker.targets.values())
@@ -87,7 +89,7 @@ class Exposition:
             "asyncjob_exporter_tasks", "Tasks on the exporter's event loop (flat when healthy).", "gauge"
         )
         w.out.append(f"asyncjob_exporter_tasks {_task_count()}\n")
-        render_web_counts(w)
+        render_web_counts(w, self.web_counts)
         if not openmetrics:
             process = generate_latest(PROCESS_REGISTRY) if self.exporter_metrics else b""
             return render_aggregates(ts) + w.bytes() + self._extra() + process

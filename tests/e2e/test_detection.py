@@ -4,7 +4,8 @@ Prometheus with alerts/asyncjob.rules.yml and a real Alertmanager. The pages (al
 warning or critical, firing) are exactly those the labels call for: every one, and no other, with
 the providers' documented edges among them (a Basiq user that no longer exists, the token
 endpoint's two 403s, Oxlin connections closed or idle mid-sync, a lapsed consent on another
-channel, an AIMS360 state no one documented, Basiq's list without jobType) and a mass outage
+channel, an AIMS360 state no one documented, Basiq's list without jobType, an export API's
+succeeded job with 12 % of its rows rejected) and a mass outage
 (fifty failed exports on one WillSuite account, one page); once with
 every job's series (`per_job_series: all`) and with only the series of the jobs that need a person
 (`exceptions`). Nothing here is timed; bench/detection.py reports time to page from the same run."""
@@ -63,6 +64,16 @@ def test_a_labelled_fleet_pages_exactly_where_an_operator_must_act(
     assert not missed, f"pages that should have fired and did not:\n{explain(missed)}\n{logs}"
     assert not wrong, f"pages for what no operator must act on:\n{explain(wrong)}\n{logs}"
     assert not seen.pending_pages, f"pages about to fire that should not:\n{explain(seen.pending_pages)}"
+
+    # A success with failing records pages an operator when the records are not the end user's
+    # (the generic export API's rejected rows), and only the application team when they are
+    # (WillSuite's refused cases, an info alert: asserted with the infos below).
+    failing = {(job.target, job.key) for job in seen.fleet if job.label == "succeeded with failing records"}
+    records_pages = {page for page in pages if page[0] == "AsyncJobRecordsFailing"}
+    assert records_pages == {
+        ("AsyncJobRecordsFailing", fleet.GENERIC, key) for t, key in failing if t == fleet.GENERIC
+    }
+    assert records_pages, "no job of the fleet proves AsyncJobRecordsFailing"
 
     # The mass outage (one provider failing fifty jobs in a minute) paged once, by the failure rate.
     outage = {(job.target, job.key) for job in seen.fleet if job.label == "mass outage"}

@@ -18,8 +18,19 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
-from tests.harness import Exporter, exporter, simulator, wait_for, write_secrets
+from exporter.watchdog import EXIT_CODE, FREEZE_ENV
+from tests.harness import (
+    Exporter,
+    create_job,
+    exporter,
+    free_port,
+    simulator,
+    start_cli,
+    wait_for,
+    write_secrets,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -247,3 +258,67 @@ def test_a_full_disk_refuses_registrations_loses_none_and_writes_all_when_freed(
         with exporter(tmp_path, cfg) as exp:
             lost = set(acknowledged) - set(tracked(exp))
             assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged registrations lost"
+
+
+# --- counted once after a restart, tombstones, and a job that freezes the event loop -------
+
+
+def test_a_finished_dropped_job_listed_again_after_a_restart_is_not_tracked_or_counted(
+    tmp_path: Path,
+) -> None:
+    with simulator(tmp_path, step_seconds=0.5) as sim:
+        secrets = write_secrets(tmp_path)
+        cfg = state_config(sim.url, secrets, tmp_path / "state.db")
+        cfg["global"]["retention"] = "1s"
+        cfg["targets"][0]["users"] = ["lister"]  # its job list shows the job for days
+        with exporter(tmp_path, cfg) as exp:
+            job_id = create_job(sim, "basiq", scenario="success", owner="lister")  # seen running
+            wait_for(lambda: finished_total(exp) == 1, what="the job finished and counted")
+            wait_for(lambda: job_id not in tracked(exp), what="the job dropped after its retention")
+            assert (exp.value("asyncjob_state_size_bytes") or 0) > 0
+        with exporter(tmp_path, cfg) as exp:
+            polls = exp.value("asyncjob_poll_requests_total", target="basiq") or 0
+            wait_for(
+                lambda: (exp.value("asyncjob_poll_requests_total", target="basiq") or 0) > polls + 3,
+                what="the job list read a few times",
+            )
+            assert job_id not in tracked(exp)
+            assert finished_total(exp) == 0
+
+
+def test_a_job_that_freezes_the_event_loop_ends_the_process_and_is_quarantined_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    with simulator(tmp_path, step_seconds=0.1) as sim:
+        secrets = write_secrets(tmp_path)
+        cfg = state_config(sim.url, secrets, tmp_path / "state.db")
+        poisoned, healthy = sim_jobs(sim.url, 2, "success")
+        # The test hook blocks the loop on this job's answer, in every lifetime of the exporter.
+        env = {FREEZE_ENV: poisoned, "ASYNCJOB_WATCHDOG_TIMEOUT": "2s"}
+        config = tmp_path / "config.yml"
+        config.write_text(yaml.safe_dump(cfg))
+        port = free_port()
+        log = tmp_path / "frozen.log"
+        popen = start_cli([f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"], log, env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, what="ready")
+            assert httpx.post(f"{url}/api/v1/targets/basiq/jobs", json={"id": poisoned}).status_code == 202
+            code = popen.wait(60)  # the watchdog's 2 s after the first poll
+        finally:
+            if popen.poll() is None:
+                popen.kill()
+                popen.wait(5)
+        output = log.read_text()
+        assert code == EXIT_CODE, output
+        (line,) = [x for x in output.splitlines() if "event loop frozen" in x]
+        assert f"job_id={poisoned}" in line and "target=basiq" in line and "freeze()" in line  # the stack
+
+        with exporter(tmp_path, cfg, env=env) as exp:
+            assert exp.value("asyncjob_jobs_quarantined", target="basiq") == 1
+            assert "quarantined" in exp.api("GET", f"/jobs/basiq/{poisoned}").text
+            assert register(exp, healthy) == 202
+            wait_for(lambda: tracked(exp).get(healthy) == "succeeded", what="the other job polled")
+            time.sleep(3)  # past the watchdog's timeout: the loop still turns
+            assert exp.popen.poll() is None and exp.value("asyncjob_jobs_quarantined", target="basiq") == 1
+            assert tracked(exp)[poisoned] == "pending"  # never polled

@@ -132,6 +132,22 @@ def test_auth_scrapes_with_credentials_while_a_flood_is_refused() -> None:
     assert "## Basic auth under a wrong-password flood" in "\n".join(auth.body(r))
 
 
+@pytest.mark.e2e
+def test_the_soak_registers_through_the_cli_and_counts_every_acknowledged_job_once() -> None:
+    from bench import jobrate
+
+    r = jobrate.run(seconds=6.0, warmup=2.0, rate=10.0, log=quiet)
+    assert r["acknowledged"] > 0 and r["counted"] == r["acknowledged"] and r["refused"] == 0
+    assert r["state_last_bytes"] > 0 and r["fds"][0] > 0 and len(r["samples"]) >= 2
+    assert report.targets({"soak": r})[0]["what"].startswith("RSS growth over")
+    assert "## Soak at a steady job rate" in "\n".join(report.soak_body(r))
+    cost = jobrate.capacity(n=200)
+    assert (
+        cost["finished_job_row_bytes"] > cost["tombstone_row_bytes"] > 0
+        and cost["tombstone_memory_bytes"] > 0
+    )
+
+
 @pytest.mark.postgres
 def test_both_postgresql_drivers_write_through_a_real_server_and_are_reported() -> None:
     results = pgdriver.run(rounds=3, batches=2)

@@ -3,36 +3,18 @@ replica that was paused past its lease, and a database outage that every replica
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-
 import anyio
 import psycopg
 import pytest
 
 from exporter.cluster import schema
 from exporter.cluster.leases import Leases, fenced, preferred_owners
-from tests.postgres import Postgres, postgres
+from tests.postgres import Postgres
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 SHARDS = 64
 TTL = 1.5
-_databases = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    with postgres() as pg:
-        yield pg
-
-
-@pytest.fixture
-def dsn(server: Postgres) -> str:
-    """A database of its own for each test."""
-    name = f"leases{next(_databases)}"
-    server.psql(f"CREATE DATABASE {name} OWNER asyncjob")
-    return server.dsn.replace("/asyncjob?", f"/{name}?")
 
 
 async def connect(dsn: str) -> psycopg.AsyncConnection:
@@ -202,7 +184,7 @@ async def test_a_replica_paused_past_its_lease_cannot_commit_stale_work(dsn: str
 
 
 async def test_a_database_outage_stops_the_work_at_the_deadline_and_resumes_without_takeover(
-    server: Postgres, dsn: str
+    postgres_server: Postgres, dsn: str
 ) -> None:
     await migrated(dsn)
     ttl = 6.0  # stopping the server takes a moment: the first failed round is well within it
@@ -216,7 +198,7 @@ async def test_a_database_outage_stops_the_work_at_the_deadline_and_resumes_with
             lost[name].update(shards)
 
         r.on_lost = on_lost
-    server.stop(immediate=True)  # as a crash: no shutdown checkpoint to wait for
+    postgres_server.stop(immediate=True)  # as a crash: no shutdown checkpoint to wait for
     try:
         await settle([a, b], rounds=1)
         assert a.counters.renew_errors == 1 and a.held()  # still within its lease: keeps working
@@ -225,7 +207,7 @@ async def test_a_database_outage_stops_the_work_at_the_deadline_and_resumes_with
         await settle([a, b], rounds=1)
         assert lost["a"] | lost["b"] == set(range(SHARDS))
     finally:
-        server.start()
+        postgres_server.start()
     await settle([a, b], rounds=2)
     assert {**a.held(), **b.held()} == generations  # same owners, same generations
     assert a.counters.takeovers == b.counters.takeovers == 0

@@ -5,7 +5,6 @@ server stopped or a connection cut mid-transaction with nothing acknowledged los
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -22,31 +21,16 @@ from exporter.providers import PROVIDERS
 from exporter.sharding import shard_of
 from exporter.state import StateUnwritable, tracked_from_json
 from exporter.tracker import Tracker
-from tests.postgres import Postgres, postgres
+from tests.postgres import Postgres
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 SHARDS = 16
 TTL = 1.5
-_databases = itertools.count()
 
 
 class NoScheduler:
     store = None
-
-
-# A server for the module, a database for each test: as the leases' tests have them.
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    with postgres() as pg:
-        yield pg
-
-
-@pytest.fixture
-def dsn(server: Postgres) -> str:
-    name = f"store{next(_databases)}"
-    server.psql(f"CREATE DATABASE {name} OWNER asyncjob")
-    return server.dsn.replace("/asyncjob?", f"/{name}?")
 
 
 async def connect(dsn: str) -> psycopg.AsyncConnection:
@@ -333,7 +317,7 @@ async def test_a_job_of_a_shard_another_replica_holds_is_written_for_its_owner_n
 
 
 async def test_while_postgres_is_stopped_writes_wait_and_are_committed_once_it_is_back(
-    server: Postgres, dsn: str
+    postgres_server: Postgres, dsn: str
 ) -> None:
     store = await opened(dsn)
     tracker = tracking(store, "t")
@@ -342,7 +326,7 @@ async def test_while_postgres_is_stopped_writes_wait_and_are_committed_once_it_i
         tg.start_soon(store.run)
         tracker.track("t", job("job-1"), "registered", now=20)
         await store.committed()
-        server.stop(immediate=True)  # as a crash: what was committed must be there after recovery
+        postgres_server.stop(immediate=True)  # as a crash: what was committed must be there after recovery
         try:
             tracker.track("t", job("job-2", Status.SUCCEEDED), "registered", now=30)
             store.hold(partial(counted.append, "job-2"), ("t", "job-2"))
@@ -355,14 +339,16 @@ async def test_while_postgres_is_stopped_writes_wait_and_are_committed_once_it_i
             assert store.write_errors - errors < 8
             assert "asyncjob_state_pending_writes 1" in store.metrics_text().decode()
         finally:
-            server.start()
+            postgres_server.start()
         await until_committed(store)
         assert store.error is None and store.pending_writes == 0 and counted == ["job-2"]
         tg.cancel_scope.cancel()
     assert set(await saved(dsn)) == {"job-1", "job-2"}
 
 
-async def test_a_connection_cut_mid_transaction_retries_the_batch(server: Postgres, dsn: str) -> None:
+async def test_a_connection_cut_mid_transaction_retries_the_batch(
+    postgres_server: Postgres, dsn: str
+) -> None:
     store = await opened(dsn, "cut")
     tracker = tracking(store, "t")
     tracker.track("t", job("job-1"), "registered", now=20)
@@ -381,9 +367,9 @@ async def test_a_connection_cut_mid_transaction_retries_the_batch(server: Postgr
     async with anyio.create_task_group() as tg:
         tg.start_soon(store.run)
         with anyio.fail_after(10):
-            while not server.psql(f"SELECT pid {waiting}"):
+            while not postgres_server.psql(f"SELECT pid {waiting}"):
                 await anyio.sleep(0.05)
-        assert server.psql(f"SELECT pg_terminate_backend(pid) {waiting}") == "t"
+        assert postgres_server.psql(f"SELECT pg_terminate_backend(pid) {waiting}") == "t"
         await locker.rollback()
         await until_committed(store)
         tg.cancel_scope.cancel()

@@ -14,6 +14,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from exporter import __version__
 from exporter.config import build_settings
+from exporter.front_door import WebCounts
 from exporter.model import Job, Status, Step
 from exporter.providers import PROVIDERS
 from exporter.render import Exposition
@@ -37,6 +38,7 @@ def a_scraped_fleet() -> Exposition:
     tracker = Tracker()
     exposition = Exposition(tracker, lambda: {"t": (3, {"http_5xx": 1})})
     exposition.exporter_metrics = False
+    exposition.web_counts = WebCounts()  # not what the tests before it left in the process's own
     tracker.set_target(settings.resolved(settings.targets[0]))
     now = 1_700_000_000.0
     steps = (Step("verify-credentials", Status.RUNNING), Step("retrieve-accounts", Status.PENDING))

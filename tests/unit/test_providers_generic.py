@@ -15,6 +15,8 @@ from exporter.parsing import parse_timestamp
 from exporter.providers import PROVIDERS
 from exporter.providers.base import BadPayload
 from exporter.providers.generic import Generic
+from exporter.simulator import generic as sim_generic
+from exporter.simulator.app import Simulator
 from tests.unit.provider_http import provider_and_http, provider_for, target
 
 FIELDS = {
@@ -231,3 +233,19 @@ async def test_a_list_url_that_answers_404_is_a_missing_source_not_a_gone_job() 
     await http.aclose()
     assert result.missing == ["list /v1/exports?state=active"]
     assert [j.id for j in result.jobs] == ["a"] and result.gone == []
+
+
+def test_the_simulators_export_with_rejected_rows_is_a_success_failing_records_of_no_one_elses() -> None:
+    """The fleet's operator page for failing records stands on this: the simulator's generic API
+    answers a `partial` export as done with its rejected rows, read through the field map, with no
+    reason and so no cause that would hand the records to the end user (WillSuite's do)."""
+    sim = Simulator(step_seconds=1, seed=7)
+    sim.app()
+    job = sim.create("generic", scenario="partial", total_records=5000, failed_records=600)
+    running = generic().parse_job(sim_generic.job_body(job, job.created + 1.5))
+    assert running.status is Status.RUNNING and running.records_failed == 0
+    done = generic().parse_job(sim_generic.job_body(job, job.created + 4))
+    assert done.status is Status.SUCCEEDED
+    assert (done.records_total, done.records_affected, done.records_failed) == (5000, 4400, 600)
+    assert done.reason is None and done.cause is None
+    assert not Generic.causes

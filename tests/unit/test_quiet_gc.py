@@ -74,3 +74,26 @@ def test_replaced_objects_leave_the_permanent_generation(keeper: QuietGC) -> Non
     assert gc.get_freeze_count() <= frozen - 10_000
     keeper.tick()
     assert keeper.full_passes == 1
+
+
+def test_the_c_heap_gives_back_its_free_pages_now_and_then() -> None:
+    import anyio
+
+    keeper = QuietGC(every=0.01, trim_every=0.05)
+    trims: list[int] = []
+    ticks = [0]
+    tick = keeper.tick
+
+    def counted() -> None:
+        ticks[0] += 1
+        tick()
+
+    keeper.tick = counted  # type: ignore[method-assign]
+    keeper._trim = lambda: trims.append(ticks[0])
+
+    async def main() -> None:
+        with anyio.move_on_after(0.5):
+            await keeper.run()
+
+    anyio.run(main)
+    assert trims and len(trims) < ticks[0]  # every trim_every, not every tick

@@ -4,6 +4,7 @@ answers folded into the tracker a slice at a time."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -388,6 +389,35 @@ async def test_an_unchanged_answer_is_applied_again_when_the_list_changed_the_jo
     await scheduler._cycle(runner)  # down again: x's own answer, the bytes of the first cycle
     assert (job().status, job().percent) == (Status.RUNNING, 60)
     await runner.http.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_quarantined_job_is_neither_polled_nor_read_until_its_quarantine_ends() -> None:
+    import httpx
+
+    from exporter.tracker import QUARANTINE_SECONDS
+
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        job_id = request.url.path.rsplit("/", 1)[-1]
+        asked.append(job_id)
+        return httpx.Response(200, json={"id": job_id, "status": "completed"})
+
+    tr, runner = willsuite_runner(answer)
+    for job_id in ("poisoned", "healthy"):
+        tr.track("t", Job(job_id, Status.RUNNING), "static", now=1)
+    state = tr.targets["t"]
+    state.quarantined["poisoned"] = time.time()  # as restored from the state file
+    scheduler = Scheduler(tr)
+    await scheduler._cycle(runner)
+    assert asked == ["healthy"]
+    # An answer about it from elsewhere (a list) is not read either.
+    await scheduler._apply("t", PollResult(jobs=[Job("poisoned", Status.SUCCEEDED)]), time.time())
+    assert state.jobs["poisoned"].job.status is Status.RUNNING
+    state.quarantined["poisoned"] = time.time() - QUARANTINE_SECONDS  # served its time
+    await scheduler._cycle(runner)
+    assert asked[1:] == ["poisoned"] and not state.quarantined
 
 
 def basiq_runner(handler: Any, users: list[str]) -> tuple[Any, Any]:

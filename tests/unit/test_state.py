@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import anyio
@@ -28,8 +29,16 @@ class NoScheduler:
     store = None
 
 
-def tracker_with_store(path: Path) -> tuple[Tracker, Store]:
-    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS)
+def tracker_with_store(path: Path, lists: bool = False) -> tuple[Tracker, Store]:
+    """A Basiq target "t" whose jobs are in the state file at `path`; with `lists`, a target that
+    lists its users' jobs too (only such a target keeps tombstones in the file)."""
+    target = {
+        "name": "t",
+        "provider": "basiq",
+        "base_url": "https://x",
+        **({"users": ["u"]} if lists else {}),
+    }
+    s = build_settings({"targets": [target]}, PROVIDERS)
     tracker = Tracker()
     store = Store(str(path))
     store.attach(tracker, NoScheduler())
@@ -128,7 +137,7 @@ def test_jobs_read_back_share_what_jobs_in_the_same_state_share() -> None:
 
 def test_jobs_marks_cursors_and_tombstones_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    tracker, store = tracker_with_store(path)
+    tracker, store = tracker_with_store(path, lists=True)
     tracker.track("t", Job("done", Status.SUCCEEDED), "static", now=1)
     tracker.track("t", Job("run", Status.RUNNING, updated=5), "registered", now=6)
     tracker.track("t", Job("old", Status.SUCCEEDED), "discovered", now=1)
@@ -136,7 +145,7 @@ def test_jobs_marks_cursors_and_tombstones_survive_a_restart(tmp_path: Path) -> 
     store.save_cursors("t", {"queue-20": "41@1528112097"})
     store.close()
 
-    tracker, store = tracker_with_store(path)
+    tracker, store = tracker_with_store(path, lists=True)
     jobs = tracker.targets["t"].jobs
     assert set(jobs) == {"done", "run"}
     assert jobs["done"].counted and jobs["run"].last_progress == 5 and jobs["run"].source == "registered"
@@ -349,7 +358,7 @@ def test_bad_rows_are_skipped_and_named_and_good_ones_restored(
 
 def test_a_tombstone_the_provider_keeps_listing_is_renewed_across_restarts(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    tracker, store = tracker_with_store(path)
+    tracker, store = tracker_with_store(path, lists=True)
     tracker.track("t", Job("gone", Status.SUCCEEDED), "discovered", now=1)
     tracker.drop("t", "gone", "deleted")
     dropped_at = tracker.targets["t"].tombstones["gone"]
@@ -359,7 +368,7 @@ def test_a_tombstone_the_provider_keeps_listing_is_renewed_across_restarts(tmp_p
     assert tracker.targets["t"].tombstones == {"gone": listed}  # renewed once a day, not every poll
     store.close()
 
-    tracker, store = tracker_with_store(path)
+    tracker, store = tracker_with_store(path, lists=True)
     assert tracker.targets["t"].tombstones == {"gone": listed}
     tracker.sweep(now=dropped_at + TOMBSTONE_SECONDS + 3600)  # 8 days after the drop, not the renewal
     assert "gone" in tracker.targets["t"].tombstones
@@ -370,7 +379,7 @@ def test_a_tombstone_the_provider_keeps_listing_is_renewed_across_restarts(tmp_p
 
 def test_forgotten_tombstones_leave_the_file(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    tracker, store = tracker_with_store(path)
+    tracker, store = tracker_with_store(path, lists=True)
     tracker.track("t", Job("recent", Status.SUCCEEDED), "discovered", now=1)
     tracker.drop("t", "recent", "deleted")
     store.close()
@@ -379,7 +388,7 @@ def test_forgotten_tombstones_leave_the_file(tmp_path: Path) -> None:
         db.execute("INSERT INTO tombstones (target, job_id, at) VALUES ('t', 'ancient', 1.0)")
     db.close()
 
-    tracker, store = tracker_with_store(path)
+    tracker, store = tracker_with_store(path, lists=True)
     assert list(tracker.targets["t"].tombstones) == ["ancient", "recent"]  # oldest first
     tracker.track("t", Job("new", Status.RUNNING), "registered")  # any write: the batch prunes
     store.close()
@@ -425,3 +434,170 @@ def test_a_time_no_double_can_hold_skips_its_row_not_the_restore(
     assert all("history" in skipped[k] for k in tampered if k.startswith("history"))
     assert all("step_times" in skipped[k] for k in tampered if "steps" in k)
     store.close()
+
+
+def tombstone_rows(path: Path) -> dict[str, float]:
+    db = sqlite3.connect(path)
+    rows = {str(r[0]): float(r[1]) for r in db.execute("SELECT job_id, at FROM tombstones")}
+    db.close()
+    return rows
+
+
+def test_a_target_that_lists_no_jobs_keeps_no_tombstone_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    tracker.track("t", Job("done", Status.SUCCEEDED), "registered", now=1)
+    tracker.drop("t", "done", "retention")
+    store.close()
+    assert tombstone_rows(path) == {}  # nothing can list it again: a restart forgets it
+
+
+def test_a_finished_dropped_job_listed_again_after_a_restart_is_not_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Memory keeps the newest tombstone only: the older one is found in the file.
+    monkeypatch.setattr("exporter.tracker.TOMBSTONES_IN_MEMORY", 1)
+    monkeypatch.setattr("exporter.state.TOMBSTONES_IN_MEMORY", 1)
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path, lists=True)
+    for job_id in ("first", "second"):
+        tracker.apply("t", PollResult(jobs=[Job(job_id, Status.SUCCEEDED)]))
+        tracker.drop("t", job_id, "retention")
+    assert list(tracker.targets["t"].tombstones) == ["second"]
+    store.close()
+
+    tracker, store = tracker_with_store(path, lists=True)
+    assert list(tracker.targets["t"].tombstones) == ["second"]
+    # No finished stamp: without the tombstone it would be news again, and counted.
+    tracker.apply("t", PollResult(jobs=[Job("first", Status.SUCCEEDED), Job("second", Status.SUCCEEDED)]))
+    assert tracker.targets["t"].jobs == {}
+    assert sum(tracker.targets["t"].agg.finished.values()) == 0
+    store.close()
+
+
+def test_a_tombstone_waiting_for_its_commit_is_found_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("exporter.tracker.TOMBSTONES_IN_MEMORY", 1)
+    tracker, store = tracker_with_store(tmp_path / "state.db", lists=True)
+    for job_id in ("first", "second"):
+        tracker.apply("t", PollResult(jobs=[Job(job_id, Status.SUCCEEDED)]))
+        tracker.drop("t", job_id, "retention")
+    assert store.pending_writes  # not committed yet
+    tracker.apply("t", PollResult(jobs=[Job("first", Status.SUCCEEDED)]))
+    assert tracker.targets["t"].jobs == {}
+    store.close()
+
+
+def test_tombstones_past_their_horizon_leave_the_file_a_bounded_number_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("exporter.state.PRUNE_ROWS", 10)
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path, lists=True)
+    store.close()
+    db = sqlite3.connect(path)
+    with db:
+        db.executemany("INSERT INTO tombstones VALUES ('t', ?, 1.0)", [(f"a{i}",) for i in range(25)])
+    db.close()
+    tracker, store = tracker_with_store(path, lists=True)
+    for i in range(3):
+        tracker.track("t", Job(f"n{i}", Status.RUNNING), "registered")
+        assert store.flush()
+        assert len(tombstone_rows(path)) == max(0, 15 - 10 * i)
+    store.close()
+
+
+def test_the_file_reuses_and_gives_back_the_space_of_pruned_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("exporter.state.VACUUM_PAGES", 16)
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path, lists=True)
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    with db:
+        db.executemany("INSERT INTO tombstones VALUES ('t', ?, 1.0)", [(f"{i:040d}",) for i in range(4000)])
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.close()
+    tracker, store = tracker_with_store(path, lists=True)
+    tracker.track("t", Job("n", Status.RUNNING), "registered")
+    store.flush()
+    store.close()
+    db = sqlite3.connect(path)
+    free, now = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("freelist_count", "page_count"))
+    db.close()
+    assert tombstone_rows(path) == {}
+    assert now <= pages - 16  # a round's worth given back (VACUUM_PAGES); the rest reused or next time
+    assert free > 0
+
+
+def test_a_file_made_without_auto_vacuum_is_rebuilt_with_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    tracker.track("t", Job("kept", Status.RUNNING), "registered")
+    store.close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA auto_vacuum=NONE")
+    db.execute("VACUUM")
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    db.close()
+    tracker, store = tracker_with_store(path)
+    assert set(tracker.targets["t"].jobs) == {"kept"}
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    db.close()
+
+
+def test_the_size_of_the_state_file_is_exported(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    tracker.track("t", Job("j", Status.RUNNING), "registered")
+    store.flush()
+    on_disk = path.stat().st_size + Path(f"{path}-wal").stat().st_size
+    assert f"\nasyncjob_state_size_bytes {on_disk}\n".encode() in store.metrics_text()
+    store.close()
+
+
+def test_a_job_quarantined_by_the_watchdog_is_restored_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    tracker.track("t", Job("poisoned", Status.RUNNING), "registered")
+    store.flush()
+    store.quarantine("t", "poisoned", "the event loop did not turn for 30 s")  # its own connection
+    store.close()
+
+    tracker, store = tracker_with_store(path)
+    state = tracker.targets["t"]
+    assert set(state.quarantined) == {"poisoned"} and "poisoned" in state.jobs
+    assert state.in_quarantine("poisoned", time.time())
+    store.close()
+
+
+def test_the_wal_starts_again_from_its_beginning_under_a_steady_stream_of_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("exporter.state.CHECKPOINT_INTERVAL", 0.01)
+    monkeypatch.setattr("exporter.state.WAL_RESTART_BYTES", 256 * 1024)
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    written = 0
+
+    async def main() -> None:
+        nonlocal written
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.run)
+            for i in range(1500):  # a commit every turn: never a quiet moment for a checkpoint
+                tracker.track(
+                    "t", Job(f"j{i % 200}", Status.RUNNING, message="x" * 2000, percent=i), "registered"
+                )
+                await store.committed()
+                written += 2000
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    wal = Path(f"{path}-wal").stat().st_size
+    store.close()
+    assert written > 2_000_000 and wal < 2 * 1024 * 1024, wal  # 7 MiB and growing when it never starts again

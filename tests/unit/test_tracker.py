@@ -492,6 +492,34 @@ def test_an_answer_with_many_steps_costs_work_in_proportion_to_its_steps() -> No
     assert work(800) <= 2.5 * work(400)
 
 
+def test_tombstones_in_memory_are_bounded_to_the_newest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("exporter.tracker.TOMBSTONES_IN_MEMORY", 100)
+    tr = tracker(retention="1s")
+    for i in range(1000):
+        tr.track("t", Job(f"j{i}", S, finished=0), "discovered", now=1)
+        tr.drop("t", f"j{i}", "retention")
+    tombstones = tr.targets["t"].tombstones
+    assert list(tombstones) == [f"j{i}" for i in range(900, 1000)]  # the newest, oldest first
+
+
+def test_a_dropped_job_out_of_memory_is_looked_up_before_it_is_tracked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("exporter.tracker.TOMBSTONES_IN_MEMORY", 1)
+    tr = tracker()
+    kept: dict[str, float] = {}
+    tr.buried = lambda target, job_id: kept.get(job_id)
+    for job_id in ("old", "new"):
+        tr.track("t", Job(job_id, S, finished=0), "discovered", now=1)
+        tr.drop("t", job_id, "retention")
+        kept[job_id] = tr.targets["t"].tombstones[job_id]
+    assert "old" not in tr.targets["t"].tombstones
+    finished = tr.targets["t"].agg.finished[("", S)]
+    tr.apply("t", PollResult(jobs=[Job("old", S, finished=0), Job("other", S, finished=0)]), now=2)
+    assert set(tr.targets["t"].jobs) == {"other"}
+    assert tr.targets["t"].agg.finished[("", S)] == finished + 1  # "other"'s finish only
+
+
 def test_jobs_in_an_undocumented_state_are_counted_by_their_raw_status_while_they_are_in_it() -> None:
     from exporter.render.aggregates import render_aggregates
 

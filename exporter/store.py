@@ -1,0 +1,47 @@
+"""What the runtime, tracker and scheduler ask of a state store; `exporter.state.Store` (SQLite)
+is the one there is. A store is a tracker listener: every change reaches it, and it commits them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from exporter.tracker import Listener, TargetState, TrackedJob
+
+
+class StateStore(Listener, Protocol):
+    # Why changes cannot be committed now (served as /readyz 503); None while they can.
+    error: str | None
+
+    # --- what the last run left -----------------------------------------------------------
+    def restore(self, state: TargetState) -> list[TrackedJob]:
+        """The target's saved jobs (each handed out once); fills its tombstones and quarantine."""
+        ...
+
+    def cursors(self, target: str) -> dict[str, str]: ...
+
+    def buried(self, target: str, job_id: str) -> float | None:
+        """When a dropped job's tombstone was set, looked up when its id appears again."""
+        ...
+
+    # --- changes and their commit -----------------------------------------------------------
+    def save_cursors(self, target: str, cursors: dict[str, str]) -> None: ...
+
+    def hold(self, apply: Callable[[], None]) -> None:
+        """Run `apply` once every change made so far is committed."""
+        ...
+
+    async def committed(self) -> None:
+        """Return once every change made so far is committed; StateUnwritable otherwise."""
+        ...
+
+    def quarantine(self, target: str, job_id: str, why: str) -> None:
+        """Record, from any thread, that the event loop froze on this job."""
+        ...
+
+    # --- health and life --------------------------------------------------------------------
+    def metrics_text(self) -> bytes: ...
+
+    async def run(self) -> None: ...
+
+    def close(self) -> None: ...
