@@ -9,7 +9,7 @@ STAMP   = $(VENV)/.installed
 
 help:
 	@echo "make demo      set up and run the demo (simulator + exporter, no config, no network) on 127.0.0.1:10110"
-	@echo "make test      set up, lint, and run every test (installs Prometheus/Alertmanager from Debian if missing)"
+	@echo "make test      set up, lint, and run every test with line coverage of exporter/ (installs Prometheus/Alertmanager from Debian if missing)"
 	@echo "make lint      ruff and mypy"
 	@echo "make bench     benchmarks, results in docs/benchmarks.md"
 	@echo "make soak      a bounded soak run with faults (about 5 minutes)"
@@ -30,9 +30,15 @@ $(STAMP): $(RUNTIME)
 demo: $(RUNTIME)
 	$(BIN)/asyncjob-exporter demo
 
+# Line coverage of exporter/, measured in the pytest process only (the CLI and simulator the e2e
+# tests start as subprocesses are not measured). The floor is the figure measured when it was set,
+# rounded down: 89.9% (8253 of 9182 statements) without the e2e tests on 2026-12-06, so 88. Raise
+# it as coverage grows; a change that needs it lowered needs tests instead.
+COVERAGE = --cov=exporter --cov-report=term:skip-covered --cov-fail-under=88
+
 test: $(STAMP) lint
 	scripts/install-test-deps
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider $(COVERAGE)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m "not e2e"
@@ -59,4 +65,4 @@ generate: $(STAMP)
 	$(BIN)/asyncjob-exporter mixin --config deploy/compose/mixin.yml --out deploy/compose/monitoring
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

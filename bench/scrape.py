@@ -26,12 +26,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import fleet, machine, scraper, synthetic
 from exporter.config import build_settings
+from exporter.httpserver.server import Server
 from exporter.providers import PROVIDERS
 from exporter.render.groups import JobSeries
 from exporter.render.jobs import render_job
+from exporter.routes import build_app
 from exporter.runtime import Runtime
 from exporter.scheduler import APPLY_SLICE
-from exporter.server import Server, build_app
 
 # Jobs changed per loop turn: as many as the scheduler folds poll answers into the tracker.
 SLICE = APPLY_SLICE

@@ -24,6 +24,7 @@ from pydantic_core import PydanticUndefined
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from exporter import catalogue  # noqa: E402
 from exporter import config as cfg  # noqa: E402
 from exporter.config import models  # noqa: E402
 from exporter.config.slos import SLO  # noqa: E402
@@ -32,7 +33,6 @@ from exporter.model import Channel, Connection, Job, Status, Step  # noqa: E402
 from exporter.providers import PROVIDERS  # noqa: E402
 from exporter.providers.base import COMMON_KEYS, PollResult  # noqa: E402
 from exporter.render import Exposition  # noqa: E402
-from exporter.render.jobs import JOB_FAMILIES  # noqa: E402
 from exporter.runtime import Runtime  # noqa: E402
 from exporter.tracker import Tracker  # noqa: E402
 
@@ -56,7 +56,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (
         "slos[]",
         SLO,
         "Job objectives (docs/slos.md): each job they cover is judged once in "
-        "`asyncjob_slo_jobs_total`. The mixin config takes the same list to write the SLO rules, "
+        f"`{catalogue.SLO_JOBS.name}`. The mixin config takes the same list to write the SLO rules, "
         "alerts and dashboards.",
     ),
 )
@@ -303,7 +303,7 @@ def configuration_md() -> str:
     return "\n".join(lines)
 
 
-# Who may reach what, and how it is checked (exporter/webconfig.py, exporter/server.py).
+# Who may reach what, and how it is checked (exporter/webconfig.py, exporter/api.py).
 FRONT_DOOR = (
     "## The front door (`--web.config.file`, `api.token_file`)",
     "",
@@ -342,7 +342,7 @@ FRONT_DOOR = (
     "  that has left its answers unread longest, the authenticated one idle longest; a new",
     "  connection is refused only when every other one has authenticated and is being answered.",
     "  Reaching the cap is logged at warn once per burst and counted",
-    "  (`asyncjob_web_connections_closed_total`, `asyncjob_web_connections_refused_total`). A",
+    f"  (`{catalogue.WEB_CONNECTIONS_CLOSED.name}`, `{catalogue.WEB_CONNECTIONS_REFUSED.name}`). A",
     "  request still waiting for its answer when a connection that never authenticated goes (a",
     "  wrong password queued for bcrypt) is dropped. A TLS connection the exporter closes gives",
     "  its descriptor back at once (close_notify is sent; the client's is not waited for). Accept",
@@ -351,7 +351,7 @@ FRONT_DOOR = (
     "  reloads. Both read the config file and `--web.config.file` afresh, as exporter-toolkit reads",
     "  its file: users (credentials verified before are checked again), response headers, and the",
     "  TLS files and settings from the next handshake on. A problem in either file changes nothing",
-    "  (`asyncjob_config_last_reload_successful 0`); turning TLS on or off needs a restart.",
+    f"  (`{catalogue.CONFIG_RELOAD_SUCCESSFUL.name} 0`); turning TLS on or off needs a restart.",
     "  `/-/reload` answers 415 to the content types a browser posts cross-site without asking",
     "  (`application/x-www-form-urlencoded`, `multipart/form-data`, `text/plain`) and 403 to a",
     "  request a browser marks `Sec-Fetch-Site: cross-site` or `same-site`; `curl -X POST` reloads.",
@@ -364,7 +364,7 @@ FRONT_DOOR = (
     "  or a lone surrogate, and ids longer than 512 bytes of UTF-8 (`exporter.parsing.MAX_ID_BYTES`)",
     "  are refused: 422 with `field: id` at registration, exit 2 naming the key in the config. An",
     "  answer to a request about one job that is about another id is counted as",
-    '  `asyncjob_poll_errors_total{reason="id_mismatch"}` and never applied.',
+    f'  `{catalogue.POLL_ERRORS.name}{{reason="id_mismatch"}}` and never applied.',
 )
 
 # What `state_file` promises; in both documents.
@@ -378,8 +378,8 @@ STATE_FILE = (
     "- **A 202 means committed.** `POST /api/v1/targets/{target}/jobs` answers 202 only once the",
     "  registration is in the file; 503 (with `Retry-After`) when it cannot be made durable.",
     "- **Counted once, even across `kill -9`.** A finished job's increment of",
-    "  `asyncjob_jobs_finished_total` (and of the failed, duration and records families, step",
-    "  durations, and `asyncjob_queue_events_total` behind a queue cursor) shows on `/metrics` only",
+    f"  `{catalogue.JOBS_FINISHED.name}` (and of the failed, duration and records families, step",
+    f"  durations, and `{catalogue.QUEUE_EVENTS.name}` behind a queue cursor) shows on `/metrics` only",
     "  once the mark that stops it being counted again is committed.",
     "- **What it survives.** `synchronous=NORMAL`: a commit has passed through the kernel before",
     "  anyone hears of it, so it survives the process dying in any way (`kill -9`, OOM kill, a",
@@ -388,8 +388,8 @@ STATE_FILE = (
     "  node must keep it.",
     "- **Write failures are loud and lossless.** A failed write (read-only mount, full disk) keeps",
     "  its changes pending and is retried (every 0.25 s, backing off to 2 s); the SQLite error is",
-    "  logged once per change of error; `asyncjob_state_write_errors_total` counts attempts that",
-    "  failed, `asyncjob_state_pending_writes` shows what waits; `/readyz` and registrations",
+    f"  logged once per change of error; `{catalogue.STATE_WRITE_ERRORS.name}` counts attempts that",
+    f"  failed, `{catalogue.STATE_PENDING_WRITES.name}` shows what waits; `/readyz` and registrations",
     "  answer 503 until a write succeeds, and everything pending is then written. A file that",
     "  cannot be written at start is read (when it can be), served, and written once it can be.",
     "- **Tombstones.** A job dropped as gone, retained or deleted is remembered for 8 days, so",
@@ -403,15 +403,22 @@ STATE_FILE = (
     "- **A file that stays its size.** Free pages are reused, and past a quarter of the file",
     "  given back (`auto_vacuum=INCREMENTAL`; a file made by an older release is rebuilt with it",
     "  at start when under 64 MiB). The WAL is copied in every second, and past 4 MiB with the",
-    "  writer held off, so that it starts again from its beginning. `asyncjob_state_size_bytes`",
+    f"  writer held off, so that it starts again from its beginning. `{catalogue.STATE_SIZE.name}`",
     "  is the file and its WAL.",
     "- **A job that freezes the exporter is quarantined.** Should a bug block the event loop, a",
     "  watchdog thread notices it has not turned for `watchdog_timeout` (30 s), logs the target",
     "  and job being polled with the stack, records the job in the file and exits 70. Every",
     "  process that starts on the file skips the job for a day (neither polled nor read; counted",
-    "  by `asyncjob_jobs_quarantined`, flagged on its page), then polls it again. With state in",
+    f"  by `{catalogue.JOBS_QUARANTINED.name}`, flagged on its page), then polls it again. With state in",
     "  memory only the job is named in the log and nothing is kept: a static or listed job is",
     "  polled again after the restart.",
+    "- **History outlives retention.** A finished job that `retention` drops leaves its per-job",
+    "  series, but its page, timeline, message and cause stay readable at `/jobs/{target}/{id}`,",
+    "  in the API and in the /jobs search (id prefix, status, cause, reason, finished between)",
+    "  for `history` (7 days; 0 = off). The row is written in the transaction that drops the job;",
+    "  past `history`, `history_max_jobs` (100,000) or `history_max_bytes` (128 MiB of job data)",
+    f"  the oldest dropped go first. `{catalogue.HISTORY_JOBS.name}` and `{catalogue.HISTORY_BYTES.name}` show its",
+    "  size. With state in memory only, the same bounded table is kept in memory.",
     "- **A bad row is skipped, named.** A row that does not read back as a job (tampered JSON,",
     "  a field of the wrong type, text that is not Unicode) is skipped with its target and key",
     "  in the log; the other rows are restored.",
@@ -475,7 +482,7 @@ LABELS: dict[str, str] = {
     "channel": "the Oxlin channel (`channel_definition_id`)",
     "queue": "the Oxlin queue id",
     "event_type": "the queue event's type (e.g. `SYNC_ALL_SUCCESS`, `AUTH_FAILED`)",
-    "version": "the exporter's version (`asyncjob_exporter_build_info`), or Python's (`python_info`)",
+    "version": f"the exporter's version (`{catalogue.BUILD_INFO.name}`), or Python's (`python_info`)",
     "implementation": "the Python implementation (prometheus-client's `python_info`)",
     "major": "Python's major version",
     "minor": "Python's minor version",
@@ -657,7 +664,7 @@ def collect_families() -> list[MetricFamily]:
 
 
 def section_of(family: MetricFamily) -> str:
-    if family.name in {f.name for f in JOB_FAMILIES}:
+    if family.name in {f.name for f in catalogue.PER_JOB}:
         return "jobs"
     if {"connection_id", "queue"} & set(family.labels):
         return "connections"
@@ -715,7 +722,7 @@ CHOICES = [
     "drops them), stuck (no progress for `stuck_after`), overdue (running longer than "
     "`max_duration`), waiting for their end user, with failed records, or in a status no map "
     "knows (`unknown`). The exporter decides stuck and overdue itself, with the thresholds it "
-    "exports (`asyncjob_target_stuck_threshold_seconds`, `asyncjob_target_max_duration_seconds`), "
+    f"exports (`{catalogue.TARGET_STUCK_THRESHOLD.name}`, `{catalogue.TARGET_MAX_DURATION.name}`), "
     "and a job that goes quiet gets its series a poll interval (at most a tenth of the "
     "threshold) before it becomes stuck or overdue, without waiting for a new answer, so the "
     "rule's first evaluation past the threshold sees it: every shipped alert fires as in `all` (tests/e2e/test_detection.py "
@@ -746,22 +753,22 @@ CHOICES = [
     "## Step names",
     "",
     "Step names come from the providers' answers, and each name a target sees adds a histogram of "
-    "its own per job type (`asyncjob_step_duration_seconds`, about 430 bytes of exposition a name). "
+    f"its own per job type (`{catalogue.STEP_DURATION.name}`, about 430 bytes of exposition a name). "
     "A provider that makes names up would grow it for ever, so a target keeps at most "
     '`max_step_names` names (64 unless set): later names are counted as `step="other"`, and '
     "the first such name is logged once (`step names past max_step_names are counted as "
     'step="other"`, with the target and the name). A job\'s own series '
-    "(`asyncjob_job_step_status`, `asyncjob_job_step_duration_seconds`) keep the provider's "
+    f"(`{catalogue.JOB_STEP_STATUS.name}`, `{catalogue.JOB_STEP_DURATION.name}`) keep the provider's "
     "names: they go with the job.",
     "",
     "## OpenMetrics and exemplars",
     "",
     "A scraper whose `Accept` header prefers OpenMetrics (Prometheus asks for it first on every "
     "scrape) gets `application/openmetrics-text; version=1.0.0`: counters named by their family "
-    "(`# TYPE asyncjob_jobs_finished counter`, samples still `asyncjob_jobs_finished_total`), no "
+    f"(`# TYPE {catalogue.JOBS_FINISHED.name.removesuffix('_total')} counter`, samples still `{catalogue.JOBS_FINISHED.name}`), no "
     "`_created` series (Prometheus would store each as a series of its own), `# EOF` at the end, "
-    "and exemplars on the buckets of `asyncjob_job_duration_seconds` and "
-    "`asyncjob_step_duration_seconds`: the `job_id` and `target` of the last job that landed in "
+    f"and exemplars on the buckets of `{catalogue.JOB_DURATION.name}` and "
+    f"`{catalogue.STEP_DURATION.name}`: the `job_id` and `target` of the last job that landed in "
     "the bucket, its value and when it was observed. An exemplar whose labels would pass "
     "OpenMetrics' 128 characters (a very long job id) is left out. Prometheus keeps exemplars "
     "when started with `--enable-feature=exemplar-storage`; the job dashboard's duration panels "
@@ -773,7 +780,7 @@ CHOICES = [
     "",
     "## Progress",
     "",
-    "`asyncjob_job_last_progress_timestamp_seconds` starts at the provider's own stamp: on the "
+    f"`{catalogue.JOB_LAST_PROGRESS.name}` starts at the provider's own stamp: on the "
     "first answer for a job (discovered, configured or registered) it is the provider's `updated`, "
     "else its `created`, never later than now; only when the provider gives neither is it the "
     "moment the exporter learnt of the job. A job registered an hour after it last moved is an "
@@ -793,8 +800,8 @@ CHOICES = [
     "`retention` has passed, and its id stays remembered so discovery does not bring it back), "
     "but:",
     "",
-    "- it is not counted: not in `asyncjob_jobs_finished_total`, `asyncjob_jobs_failed_total`, "
-    "`asyncjob_job_duration_seconds`, the records counters, nor in `asyncjob_jobs`;",
+    f"- it is not counted: not in `{catalogue.JOBS_FINISHED.name}`, `{catalogue.JOBS_FAILED.name}`, "
+    f"`{catalogue.JOB_DURATION.name}`, the records counters, nor in `{catalogue.JOBS.name}`;",
     "- it has no per-job series, so no alert fires for it and no panel shows it as current;",
     "- the decision is kept in the state file: after a restart (even a `kill -9`) it is still "
     "history, and a job counted before the restart is not counted again;",
@@ -803,8 +810,8 @@ CHOICES = [
     "",
     "## Who must act",
     "",
-    "Every failed job has a bounded `cause` beside its `reason`, on `asyncjob_job_error_info` and "
-    "`asyncjob_jobs_failed_total`. It is, in this order: the target's `cause_map` entry for the "
+    f"Every failed job has a bounded `cause` beside its `reason`, on `{catalogue.JOB_ERROR_INFO.name}` and "
+    f"`{catalogue.JOBS_FAILED.name}`. It is, in this order: the target's `cause_map` entry for the "
     "reason; else what the provider's answer itself says (an MFA that expired, a lapsed consent); "
     "else the provider's map of its documented reasons (docs/providers.md); else `unknown`. The "
     "failed counters exist at zero for every documented reason, under its cause.",
@@ -816,7 +823,7 @@ CHOICES = [
     "",
     "## Job objectives",
     "",
-    "`asyncjob_slo_jobs_total{target, job_type, slo, result}` is the SLI of each objective in "
+    f"`{catalogue.SLO_JOBS.name}{{target, job_type, slo, result}}` is the SLI of each objective in "
     "`slos:` (docs/slos.md). Each job an objective covers is judged once for it: `good` when it "
     "succeeded within the objective's `latency` (from the job's creation), `bad` when it failed "
     "for any cause but its end user, succeeded later, or is still unfinished once the latency has "

@@ -332,7 +332,7 @@ def _web_problem(args: argparse.Namespace) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from exporter import commands, logs
-    from exporter.connections import ConnectionLimits
+    from exporter.httpserver.protocol import ConnectionLimits
 
     logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     listen = args.listen or LISTEN_ADDRESS.get(args.command, LISTEN_ADDRESS[None])

@@ -16,10 +16,11 @@ import anyio
 from exporter import __version__
 from exporter.config import ConfigError, Settings, build_settings, load_settings, safety
 from exporter.config.slos import duration
-from exporter.connections import ConnectionLimits
+from exporter.httpserver.protocol import ConnectionLimits
+from exporter.httpserver.server import ListenError, Server
 from exporter.providers import PROVIDERS
+from exporter.routes import build_app
 from exporter.runtime import Runtime
-from exporter.server import ListenError, Server, build_app
 
 log = logging.getLogger("asyncjob")
 
@@ -231,7 +232,7 @@ def run_demo(
     web: Web, sim_address: str, step_seconds: float, trickle: float, shard: int = 0, total_shards: int = 1
 ) -> int:
     """The simulator and the exporter against it, served as the web flags say."""
-    from exporter.server import parse_listen_address
+    from exporter.httpserver.server import parse_listen_address
     from exporter.simulator.app import Simulator
     from exporter.simulator.demo import seed_jobs
     from exporter.webconfig import LiveWebConfig, WebConfigError

@@ -1,9 +1,10 @@
-"""One target's HTTP side: a reused client, auth, concurrency limit, request budget, size cap,
+"""One target's HTTP client: reused connections, auth, concurrency limit, request budget, size cap,
 and every failure sorted into the bounded reasons of `asyncjob_poll_errors_total`."""
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import re
 import time
 import zlib
@@ -17,7 +18,6 @@ import httpx
 from exporter import __version__
 from exporter.auth import AuthError, build_auth, rate_limited
 from exporter.config import ResolvedTarget
-from exporter.model import Job
 from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.transport import MAX_LENGTH_DIGITS, Http11Transport
 
@@ -163,13 +163,20 @@ class RateLimiter:
             await anyio.sleep(wait)
 
 
-# What TargetHttp.get_job_json answers when a job's answer is, byte for byte, the one the
-# tracker holds already: nothing to decode, parse or apply.
-SAME = None
+class Unchanged(enum.Enum):
+    """What TargetHttp.get_json_if_new answers when its caller has what the answer's bytes say."""
+
+    UNCHANGED = "unchanged"
+
+
+# The answer was, byte for byte, one its caller has read already: nothing to decode, parse or apply.
+UNCHANGED = Unchanged.UNCHANGED
 
 
 class TargetHttp:
-    """The one AsyncClient of a target. Providers call get_json/post_json and see only JSON or errors."""
+    """A target's HTTP client: one transport (its connections), auth, limits and request stats.
+    Providers call get_json/post_json/get_json_if_new and see only JSON or errors; it keeps
+    nothing of what the answers say."""
 
     def __init__(self, target: ResolvedTarget, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.target = target
@@ -183,34 +190,23 @@ class TargetHttp:
         self._max_bytes = target.max_response_bytes
         self.byte_budget = BUDGET_ANSWERS * target.max_response_bytes
         self.bytes_in_flight = 0
-        # Set by the scheduler for one cycle: where the answers of per-job requests go as they
-        # come (applied while the cycle goes on) instead of the cycle's result.
-        self.early: list[Job] | None = None
-        # Job id -> (hash of the body of its last answer read whole, the job parsed from it), and
-        # whether the tracker holds that job (set by the scheduler): an answer whose bytes did
-        # not change is not decoded again while the tracker still holds what they said. A job
-        # the tracker drops is forgotten here.
-        self.seen: dict[str, tuple[int, Job]] = {}
-        self.holds: Callable[[str, Job], bool] | None = None
         if transport is None:
             # Ours rather than httpcore's pool (docs/benchmarks.md: the pool's bookkeeping cost
             # more than the request).
             transport = Http11Transport(max_keepalive=target.concurrency, keepalive_expiry=KEEPALIVE_EXPIRY)
-        self.client = httpx.AsyncClient(
-            auth=self.auth,
-            timeout=httpx.Timeout(target.timeout),
-            headers={
+        # Requests go straight to the transport, with no httpx.AsyncClient: its request
+        # building, redirect, cookie and hook steps cost more than the transport's exchange, and
+        # none is wanted (no redirect is followed, no cookie kept). The headers are those such a
+        # client would send, in its order.
+        self._transport = transport
+        self._headers = httpx.Headers(
+            {
+                "Connection": "keep-alive",
                 "User-Agent": USER_AGENT,
                 "Accept": "application/json",
                 "Accept-Encoding": ACCEPT_ENCODING,
-            },
-            transport=transport,
-            follow_redirects=False,
+            }
         )
-        # Requests skip httpx's client: its request building, redirect, cookie and hook steps
-        # cost more than the transport's exchange. (Given a transport, httpx mounts no proxy.)
-        self._transport = transport
-        self._headers = self.client.headers
         # Reads and writes run under request()'s deadline for the whole request, which ends
         # first: no timeout of their own (a cancel scope each, a third of a poll's overhead).
         self._extensions = {"timeout": httpx.Timeout(target.timeout, read=None, write=None).as_dict()}
@@ -219,8 +215,8 @@ class TargetHttp:
     async def _exchange(
         self, method: str, url: str, params: Mapping[str, str] | None, json_body: Any
     ) -> httpx.Response:
-        """client.send(client.build_request(…), stream=True) as this client uses it: no
-        redirect is followed, no cookie kept, no event hook set; the auth flow runs as in httpx."""
+        """httpx's AsyncClient.send(build_request(…), stream=True) as this client would use it:
+        no redirect is followed, no cookie kept, no event hook set; the auth flow runs as in httpx."""
         parsed: httpx.URL | str = url
         if params is None and self._make_url is not None and url.startswith(self.base_url):
             parsed = self._make_url(url[len(self.base_url) :]) or url
@@ -251,7 +247,7 @@ class TargetHttp:
             await flow.aclose()
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self._transport.aclose()
 
     def url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
@@ -264,11 +260,11 @@ class TargetHttp:
     async def post_json(self, path: str, body: Any = None, params: Mapping[str, str] | None = None) -> Any:
         return await self.request("POST", path, params=params, json_body=body)
 
-    async def get_job_json(self, path: str, job_id: str) -> tuple[Any, int] | None:
-        """GET one job's own answer: (its JSON, the hash to keep in `seen` once it parsed), or
-        SAME when its bytes are those of the answer the tracker holds for `job_id` already (a
-        job that did not change: most of a large fleet, most of the time)."""
-        answer: tuple[Any, int] | None = await self.request("GET", path, same=job_id)
+    async def get_json_if_new(self, path: str, known: Callable[[int], bool]) -> tuple[Any, int] | Unchanged:
+        """GET: (its JSON, the fingerprint of the answer's bytes), or UNCHANGED, without decoding
+        them, when `known(fingerprint)` says the caller has what those bytes say already (a job
+        that did not change: most of a large fleet, most of the time)."""
+        answer: tuple[Any, int] | Unchanged = await self.request("GET", path, known=known)
         return answer
 
     async def request(
@@ -277,10 +273,10 @@ class TargetHttp:
         path: str,
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
-        same: str | None = None,
+        known: Callable[[int], bool] | None = None,
     ) -> Any:
-        """Send one request; return parsed JSON (None for an empty 2xx body); with `same` (a job
-        id), what get_job_json returns.
+        """Send one request; return parsed JSON (None for an empty 2xx body); with `known`, what
+        get_json_if_new returns.
 
         Raises NotFound on 404 and PollError for everything else that is not a 2xx.
         """
@@ -296,7 +292,7 @@ class TargetHttp:
                 # a deadline on the whole request.
                 try:
                     with anyio.fail_after(self.target.timeout):
-                        return await self._send(method, path, params, json_body, same)
+                        return await self._send(method, path, params, json_body, known)
                 except TimeoutError:
                     where = _Where(method, self.url(path))
                     raise PollError(
@@ -319,7 +315,7 @@ class TargetHttp:
         path: str,
         params: Mapping[str, str] | None,
         json_body: Any,
-        same: str | None = None,
+        known: Callable[[int], bool] | None = None,
     ) -> Any:
         url = self.url(path)
         where = _Where(method, url)
@@ -347,17 +343,11 @@ class TargetHttp:
             # Whatever else reading one answer raised (a library's surprise, a bug): that
             # answer's error, never the cycle's, which would leave the target's other jobs unread.
             raise PollError("connect", f"{where}: {_cause(e)}") from None
-        if same is not None:
-            digest = hash(body)
-            seen = self.seen.get(same)
-            if (
-                seen is not None
-                and seen[0] == digest
-                and self.holds is not None
-                and self.holds(same, seen[1])
-            ):
-                return SAME
-            return self._decode(body, where), digest
+        if known is not None:
+            fingerprint = hash(body)
+            if known(fingerprint):
+                return UNCHANGED
+            return self._decode(body, where), fingerprint
         return self._decode(body, where)
 
     def _decode(self, body: bytes, where: _Where) -> Any:

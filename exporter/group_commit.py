@@ -14,6 +14,7 @@ import logging
 
 import anyio
 
+from exporter.catalogue import STATE_COMMIT_DURATION
 from exporter.render.text import fmt
 
 # Defined with the SQLite store, which came first (the runtime answers 503 on StateUnwritable);
@@ -120,8 +121,8 @@ class GroupCommit:
 
     def commit_duration_text(self) -> str:
         """asyncjob_state_commit_duration_seconds in the text format."""
-        name, h = "asyncjob_state_commit_duration_seconds", self.commit_duration
-        lines = [f"# HELP {name} Time to commit a batch of state changes.\n# TYPE {name} histogram\n"]
+        name, h = STATE_COMMIT_DURATION.name, self.commit_duration
+        lines = [STATE_COMMIT_DURATION.header_text]
         lines += [f'{name}_bucket{{le="{fmt(b)}"}} {n}\n' for b, n in zip(h.buckets, h.counts, strict=True)]
         lines.append(
             f'{name}_bucket{{le="+Inf"}} {h.count}\n{name}_sum {fmt(h.total)}\n{name}_count {h.count}\n'

@@ -86,7 +86,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/v1/targets/{target}/jobs/{job_id}": {
             "get": {
-                "summary": "One tracked job",
+                "summary": "One tracked job, or one retention dropped that the history still keeps",
                 "parameters": [_TARGET, _JOB_ID],
                 "responses": {
                     "200": _resp("The job", {"$ref": "#/components/schemas/Job"}),
@@ -145,6 +145,15 @@ OPENAPI: dict[str, Any] = {
                         "type": "boolean",
                         "description": "First seen finished longer than `retention` before the exporter "
                         "knew of it: not counted in the counters, no per-job series, never paged.",
+                    },
+                    "from_history": {
+                        "type": "boolean",
+                        "description": "Present (true) on a finished job `retention` dropped, answered "
+                        "from the history (config `history`): its per-job series are gone.",
+                    },
+                    "dropped_at": {
+                        "type": "number",
+                        "description": "With `from_history`: when retention dropped the job (Unix seconds).",
                     },
                     "message": {"type": ["string", "null"]},
                     "records": {"type": "object"},

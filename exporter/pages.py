@@ -7,6 +7,8 @@ The pages sit behind the web config (TLS, basic auth) as /metrics does, not behi
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -22,12 +24,15 @@ from starlette.routing import Route
 
 from exporter import __version__
 from exporter.history import timeline
-from exporter.model import STATUSES, Job, Status
+from exporter.job_history import Query
+from exporter.model import STATUSES, Cause, Job, Status
 from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
+from exporter.store import Retired
 from exporter.tracker import TargetState, TrackedJob
 
 PAGE_SIZE = 50
+CAUSES = [str(c) for c in Cause]
 _SURROGATE = re.compile("[\ud800-\udfff]")
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -79,6 +84,29 @@ def _environment(external_url: str = "") -> jinja2.Environment:
         {k: _clean(v) for k, v in kw.items() if v not in (None, "")}
     )
     return env
+
+
+def _page_number(text: str | None) -> int:
+    try:
+        return max(1, int(text or 1))
+    except ValueError:
+        return 1
+
+
+def _moment(text: str | None, problems: list[str]) -> float | None:
+    """A time filter: an ISO 8601 date or time (UTC unless it says otherwise), or Unix seconds."""
+    if not text:
+        return None
+    with contextlib.suppress(ValueError):
+        seconds = float(text)
+        if math.isfinite(seconds):
+            return seconds
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        problems.append(f"{text!r} is not a time: give an ISO 8601 time (UTC) or Unix seconds")
+        return None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
 def cause_of(tracked: TrackedJob) -> str | None:
@@ -253,6 +281,9 @@ class Pages:
         params = request.query_params
         want_target = params.get("target") or None
         want_status = params.get("status") or None
+        want_id = params.get("id") or ""
+        want_cause = params.get("cause") or None
+        want_reason = params.get("reason") or None
         want_stuck = (params.get("stuck") or "").lower() in ("1", "true", "yes")
         want_awaiting = (params.get("awaiting_user") or "").lower() in ("1", "true", "yes")
         want_overdue = (params.get("overdue") or "").lower() in ("1", "true", "yes")
@@ -260,31 +291,46 @@ class Pages:
         if want_status is not None and want_status not in STATUSES:
             problems.append(f"status must be one of {', '.join(STATUSES)}")
             status_code = 400
+        if want_cause is not None and want_cause not in CAUSES:
+            problems.append(f"cause must be one of {', '.join(CAUSES)}")
+            status_code = 400
+        since, until = _moment(params.get("since"), problems), _moment(params.get("until"), problems)
+        if problems:
+            status_code = 400
         targets = self.runtime.tracker.targets
         if want_target is not None and want_target not in targets:
             problems.append(f"no target is named {want_target}")
             status_code = 404
-        try:
-            page = max(1, int(params.get("page") or 1))
-        except ValueError:
-            page = 1
+        page, history_page = _page_number(params.get("page")), _page_number(params.get("history_page"))
         rows: list[JobRow] = []
         if not problems:
             for name, state in sorted(targets.items()):
                 if want_target is not None and name != want_target:
                     continue
                 for t in state.jobs.values():
-                    if want_status is not None and t.job.status != want_status:
+                    j = t.job
+                    if want_status is not None and j.status != want_status:
                         continue
+                    if want_id and not j.id.startswith(want_id):
+                        continue
+                    cause = cause_of(t)
+                    if want_cause is not None and cause != want_cause:
+                        continue
+                    if want_reason is not None and j.reason != want_reason:
+                        continue
+                    if since is not None or until is not None:
+                        ended = j.finished or t.seen_terminal_at
+                        if ended is None or not (since or 0) <= ended < (until or float("inf")):
+                            continue
                     stuck = is_stuck(state, t, now)
                     if want_stuck and not stuck:
                         continue
-                    if want_awaiting and not (t.job.awaiting_user and not t.job.status.terminal):
+                    if want_awaiting and not (j.awaiting_user and not j.status.terminal):
                         continue
                     overdue = is_overdue(state, t, now)
                     if want_overdue and not overdue:
                         continue
-                    rows.append(JobRow(name, t, stuck, cause_of(t), overdue))
+                    rows.append(JobRow(name, t, stuck, cause, overdue))
         # Failures and stuck jobs first, then the most recently moved.
         rows.sort(
             key=lambda r: (r.tracked.job.status is not Status.FAILED, not r.stuck, -r.tracked.last_progress)
@@ -292,9 +338,31 @@ class Pages:
         pages = max(1, -(-len(rows) // PAGE_SIZE))
         page = min(page, pages)
         shown = rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        # Finished jobs retention dropped, searched in the store (never stuck, overdue or waiting).
+        retired: list[Retired] = []
+        retired_total = 0
+        if not problems and not (want_stuck or want_awaiting or want_overdue):
+            query = Query(
+                target=want_target,
+                id_prefix=want_id,
+                status=want_status,
+                cause=want_cause,
+                reason=want_reason,
+                since=since,
+                until=until,
+                offset=(history_page - 1) * PAGE_SIZE,
+                limit=PAGE_SIZE,
+            )
+            retired, retired_total = self.runtime.history.search(query)
+        history_pages = max(1, -(-retired_total // PAGE_SIZE))
         filters = {
             "target": want_target,
             "status": want_status,
+            "id": want_id or None,
+            "cause": want_cause,
+            "reason": want_reason,
+            "since": params.get("since") or None,
+            "until": params.get("until") or None,
             "stuck": "1" if want_stuck else None,
             "awaiting_user": "1" if want_awaiting else None,
             "overdue": "1" if want_overdue else None,
@@ -306,10 +374,16 @@ class Pages:
             total=len(rows),
             page=page,
             pages=pages,
+            retired=retired,
+            retired_total=retired_total,
+            history_page=history_page,
+            history_pages=history_pages,
+            history_period=self.runtime.history.bounds.period,
             filters=filters,
             problems=problems,
             target_names=sorted(targets),
             statuses=[str(s) for s in STATUSES],
+            causes=CAUSES,
             now=now,
         )
 
@@ -321,6 +395,11 @@ class Pages:
         # could not travel in a URL) is refused at registration and replaced in answers and
         # state rows, so every tracked id is found under the text its link carries.
         tracked = state.jobs.get(job_id) if state is not None else None
+        retired = None
+        if state is not None and tracked is None:
+            # Dropped at retention: shown from the history while it keeps the job.
+            retired = self.runtime.history.retired(target, job_id)
+            tracked = retired.tracked if retired is not None else None
         if state is None or tracked is None:
             what = f"target {target}" if state is None else f"job {job_id} on target {target}"
             return self._render("missing.html.j2", status_code=404, what=what)
@@ -341,7 +420,8 @@ class Pages:
             for s in tracked.job.steps
         ]
         cause = cause_of(tracked)
-        stuck, overdue = is_stuck(state, tracked, now), is_overdue(state, tracked, now)
+        stuck = retired is None and is_stuck(state, tracked, now)
+        overdue = retired is None and is_overdue(state, tracked, now)
         ran = runtime_of(tracked, now)
         step = next_step(tracked.job, cause, stuck, overdue, ran)
         runbook = self.runtime.settings.runbook_base_url
@@ -362,5 +442,7 @@ class Pages:
             steps=steps,
             timeline=settled(timeline(tracked.history, now), tracked.job),
             link=link,
+            retired=retired,
+            retention=state.config.retention,
             now=now,
         )

@@ -13,16 +13,18 @@ from typing import Any, Protocol
 
 import anyio
 
+from exporter import catalogue
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.history import timeline
+from exporter.job_history import Bounds
 from exporter.model import Job, placeholder
 from exporter.parsing import clean_text
 from exporter.providers import PROVIDERS
 from exporter.providers.base import BadPayload
 from exporter.render import Exposition
 from exporter.scheduler import Scheduler
-from exporter.state import StateUnwritable, state_metrics_text
-from exporter.store import StateStore
+from exporter.state import MemoryHistory, StateUnwritable, state_metrics_text
+from exporter.store import JobHistory, Retired, StateStore
 from exporter.tracker import TrackedJob, Tracker
 from exporter.watchdog import Watchdog
 
@@ -160,32 +162,34 @@ class Runtime:
         self.last_reload_at = time.time()
         self.store: StateStore | None = None
         self.gc = QuietGC()
+        # Finished jobs past retention: in memory until a state file takes them (open_state).
+        self.history: JobHistory = MemoryHistory()
+        self.tracker.retire = self.history.keep
+        self._apply_history_bounds()
+
+    def _apply_history_bounds(self) -> None:
+        g = self.settings.global_
+        self.history.bounds = Bounds(g.history, g.history_max_jobs, g.history_max_bytes)
 
     def _reload_text(self) -> bytes:
+        ok, at = catalogue.CONFIG_RELOAD_SUCCESSFUL, catalogue.CONFIG_RELOAD_SUCCESS_TIMESTAMP
         return (
             (
-                "# HELP asyncjob_config_last_reload_successful Whether the last config reload succeeded.\n"
-                "# TYPE asyncjob_config_last_reload_successful gauge\n"
-                f"asyncjob_config_last_reload_successful {1 if self.last_reload_ok else 0}\n"
-                "# HELP asyncjob_config_last_reload_success_timestamp_seconds When the config was last loaded.\n"
-                "# TYPE asyncjob_config_last_reload_success_timestamp_seconds gauge\n"
-                f"asyncjob_config_last_reload_success_timestamp_seconds {self.last_reload_at:.3f}\n"
+                f"{ok.header_text}{ok.name} {1 if self.last_reload_ok else 0}\n"
+                f"{at.header_text}{at.name} {self.last_reload_at:.3f}\n"
             ).encode()
             + (self.store.metrics_text() if self.store is not None else state_metrics_text(0, 0))
             + (self._quarantine_text())
+            + self.history.history_metrics_text()
         )
 
     def _quarantine_text(self) -> bytes:
-        now = time.time()
-        lines = [
-            "# HELP asyncjob_jobs_quarantined Jobs skipped because the event loop froze while they "
-            "were polled (exporter.watchdog).",
-            "# TYPE asyncjob_jobs_quarantined gauge",
-        ]
+        now, name_ = time.time(), catalogue.JOBS_QUARANTINED.name
+        lines = [catalogue.JOBS_QUARANTINED.header_text]
         for name, state in self.tracker.targets.items():
             held = sum(1 for job_id in list(state.quarantined) if state.in_quarantine(job_id, now))
-            lines.append(f'asyncjob_jobs_quarantined{{target="{name}"}} {held}')
-        return ("\n".join(lines) + "\n").encode()
+            lines.append(f'{name_}{{target="{name}"}} {held}\n')
+        return "".join(lines).encode()
 
     def open_state(self) -> None:
         """Open the state file (when configured) and restore what it holds."""
@@ -195,7 +199,8 @@ class Runtime:
 
         store = Store(self.settings.state_file)
         store.attach(self.tracker, self.scheduler)
-        self.store = store
+        self.store = self.history = store
+        self._apply_history_bounds()
 
     async def run(self) -> None:
         watchdog = Watchdog(
@@ -235,6 +240,7 @@ class Runtime:
             return problems
         if new is not self.settings:
             self.settings = new
+            self._apply_history_bounds()
             self.scheduler.apply(new)
         if apply_web is not None:
             apply_web()
@@ -332,3 +338,9 @@ def job_document(target: str, t: TrackedJob) -> dict[str, Any]:
             for s in j.steps
         ],
     }
+
+
+def retired_document(r: Retired) -> dict[str, Any]:
+    """The API's view of a job kept in the history: as when it was tracked, and when retention
+    dropped its series."""
+    return {**job_document(r.target, r.tracked), "from_history": True, "dropped_at": r.dropped_at}

@@ -19,7 +19,7 @@ from exporter.config import ResolvedTarget, Settings
 from exporter.fetch import RequestStats, TargetHttp
 from exporter.model import Job, placeholder
 from exporter.providers import PROVIDERS, Provider
-from exporter.providers.base import PollResult
+from exporter.providers.base import AnswerLedger, PollResult
 from exporter.store import StateStore
 from exporter.tracker import CapReached, TargetState, TrackedJob, Tracker
 
@@ -46,6 +46,9 @@ class TargetRunner:
     config: ResolvedTarget
     provider: Provider
     http: TargetHttp
+    # Its answers between a poll and the tracker: fingerprints of unchanged answers, answers
+    # to apply while the cycle goes on.
+    ledger: AnswerLedger = field(default_factory=AnswerLedger)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     wake: anyio.Event = field(default_factory=anyio.Event)
     failures: int = 0
@@ -74,7 +77,7 @@ class Scheduler:
         self.shard = shard
         self.total_shards = total_shards
         self.store: StateStore | None = None  # when a state file is configured
-        tracker.listeners.append(self)  # to forget the answers of jobs it drops (TargetHttp.seen)
+        tracker.listeners.append(self)  # to forget the answers of jobs it drops (AnswerLedger.last)
 
     def owns(self, target: str, job_id: str) -> bool:
         if self.total_shards <= 1:
@@ -114,8 +117,7 @@ class Scheduler:
                 provider.restore_cursors(self.store.cursors(name))
             jobs = self.tracker.targets[name].jobs
             provider.restore_reruns({job_id: t.reruns for job_id, t in jobs.items() if t.reruns})
-            new = TargetRunner(rt, provider, TargetHttp(rt))
-            new.http.holds = self._holds(name)
+            new = TargetRunner(rt, provider, TargetHttp(rt), AnswerLedger(self._holds(name)))
             self.runners[name] = new
             if rt.poll_interval_below_advice:
                 log.warning(
@@ -141,14 +143,14 @@ class Scheduler:
 
         return holds
 
-    # Tracker listener: a job dropped is forgotten by its target's HTTP side.
+    # Tracker listener: a job dropped is forgotten by its target's ledger.
     def job_changed(self, target: TargetState, tracked: TrackedJob) -> None:
         return None
 
     def job_removed(self, target: TargetState, job_id: str) -> None:
         runner = self.runners.get(target.config.name)
         if runner is not None:
-            runner.http.seen.pop(job_id, None)
+            runner.ledger.forget(job_id)
 
     def tombstone_renewed(self, target: TargetState, job_id: str) -> None:
         return None
@@ -245,13 +247,15 @@ class Scheduler:
         known = self.tracker.targets[name].jobs
         return [j for j in jobs if j.id in known or self.owns(name, j.id)]
 
-    async def _apply_early(self, name: str, http: TargetHttp, done: anyio.Event, applied: list[int]) -> None:
+    async def _apply_early(
+        self, name: str, ledger: AnswerLedger, done: anyio.Event, applied: list[int]
+    ) -> None:
         """Fold the answers of the running cycle into the tracker every EARLY_EVERY seconds
         until `done`; whatever comes after the last pass is applied with the cycle's result."""
         while not done.is_set():
             with anyio.move_on_after(EARLY_EVERY):
                 await done.wait()
-            jobs, http.early = http.early or [], []
+            jobs = ledger.take_early()
             if jobs:
                 applied[0] += len(jobs)
                 await self._apply(name, PollResult(jobs=self._ours(name, jobs)), time.time())
@@ -288,19 +292,20 @@ class Scheduler:
         if state.quarantined:
             now = time.time()
             tracked = [job_id for job_id in tracked if not state.in_quarantine(job_id, now)]
-        http.early = []
+        ledger = runner.ledger
+        ledger.early = []
         done, applied = anyio.Event(), [0]
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._apply_early, name, http, done, applied)
+            tg.start_soon(self._apply_early, name, ledger, done, applied)
             try:
-                result = await runner.provider.poll(http, tracked)
+                result = await runner.provider.poll(http, tracked, ledger)
             except Exception:
                 # A provider bug must not take the exporter down; it shows as a bad cycle.
                 log.exception("provider failed", extra={"target": name})
                 result = PollResult(bad_payloads=["provider error"])
             finally:
                 done.set()  # the last pass runs to its end: no answer is half applied
-        late, http.early = http.early or [], None
+        late = ledger.end_cycle()
         result.jobs = self._ours(name, late + result.jobs)
         await self._apply(name, result, time.time())
         # No await between the last apply and this: the queue events' counter increments are
@@ -309,10 +314,10 @@ class Scheduler:
             cursors = runner.provider.cursors()
             if cursors:
                 self.store.save_cursors(name, cursors)
-        if ids is None and len(http.seen) > len(state.jobs):
-            # An answer read while its job was dropped (a DELETE meanwhile) left its hash behind.
-            for job_id in [j for j in http.seen if j not in state.jobs]:
-                del http.seen[job_id]
+        if ids is None and len(ledger.last) > len(state.jobs):
+            # An answer read while its job was dropped (a DELETE meanwhile) left its fingerprint behind.
+            for job_id in [j for j in ledger.last if j not in state.jobs]:
+                del ledger.last[job_id]
         request_errors = stats.cycle_errors
         self._note_missing(name, state, stats, result.missing, full=ids is None)
         # Answers that arrived but cannot be applied, by reason: the first one names the cycle's error.

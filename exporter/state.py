@@ -45,9 +45,10 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import anyio
 from pydantic import TypeAdapter, ValidationError
 
-from exporter import step_times
+from exporter import catalogue, job_history, step_times
 from exporter.model import shared
 from exporter.parsing import load_json, may_hold_surrogates
+from exporter.store import Retired
 from exporter.tracker import (
     QUARANTINE_SECONDS,
     TOMBSTONE_SECONDS,
@@ -99,6 +100,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (target, job_id)
     );
     """,
+    # Finished jobs kept after retention dropped them (exporter.job_history).
+    job_history.SCHEMA,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -222,6 +225,8 @@ class Batch:
     jobs: dict[JobKey, TrackedJob | None] = field(default_factory=dict)
     tombstones: dict[JobKey, float] = field(default_factory=dict)
     cursors: dict[JobKey, str] = field(default_factory=dict)
+    # Jobs retention dropped, for the history: (the job, when), serialised as they are written.
+    history: dict[JobKey, tuple[TrackedJob, float]] = field(default_factory=dict)
     held: list[Callable[[], None]] = field(default_factory=list)
     upto: int = 0  # the last change number it holds
     # Tombstones stamped before this are deleted with the batch (None: not this time).
@@ -229,7 +234,7 @@ class Batch:
     pruned: int = 0  # tombstone rows the prune deleted
 
     def __len__(self) -> int:
-        return len(self.jobs) + len(self.tombstones) + len(self.cursors)
+        return len(self.jobs) + len(self.tombstones) + len(self.cursors) + len(self.history)
 
 
 class Store:
@@ -257,6 +262,7 @@ class Store:
         self._writing: Batch | None = None  # the batch being committed
         self._reader: sqlite3.Connection | None = None  # reads while the file cannot be written
         self._pruned_at = 0.0  # so the first batch after start prunes
+        self.bounds = job_history.Bounds()
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
@@ -413,6 +419,7 @@ class Store:
         tracker.restore = self.restore
         tracker.hold = self.hold
         tracker.buried = self.buried
+        tracker.retire = self.keep
         scheduler.store = self
 
     def restore(self, state: TargetState) -> list[TrackedJob]:
@@ -477,6 +484,51 @@ class Store:
 
     def cursors(self, target: str) -> dict[str, str]:
         return {name: v for (t, name), v in self._cursors.items() if t == target}
+
+    # --- history ---------------------------------------------------------------------
+    def keep(self, state: TargetState, tracked: TrackedJob) -> None:
+        """Keep a job retention drops, written with the change that drops it (one transaction)."""
+        if self.bounds.period <= 0:
+            return
+        key = (state.config.name, tracked.job.id)
+        with self._lock:
+            self._pending.history[key] = (tracked, time.time())
+            self._changed()
+
+    def retired(self, target: str, job_id: str) -> Retired | None:
+        key = (target, job_id)
+        with self._lock:
+            got = self._pending.history.get(key)
+            if got is None and self._writing is not None:
+                got = self._writing.history.get(key)
+        if got is not None:
+            return Retired(target, *got)
+        try:
+            db = self._reading()
+            found = job_history.find(db, target, job_id) if db is not None else None
+        except sqlite3.Error as e:
+            log.debug("history look-up failed", extra={"path": self.path, "error": _describe(e)})
+            return None
+        return _retired(found) if found is not None else None
+
+    def search(self, query: job_history.Query) -> tuple[list[Retired], int]:
+        try:
+            db = self._reading()
+            if db is None:
+                return [], 0
+            found, total = job_history.search(db, query)
+        except sqlite3.Error as e:
+            log.debug("history search failed", extra={"path": self.path, "error": _describe(e)})
+            return [], 0
+        return [r for r in map(_retired, found) if r is not None], total
+
+    def history_metrics_text(self) -> bytes:
+        try:
+            db = self._reading()
+            rows, held = job_history.size(db) if db is not None else (0, 0)
+        except sqlite3.Error:  # a file from before the history: nothing kept yet
+            rows, held = 0, 0
+        return job_history.metrics_text(rows, held)
 
     # --- changes -----------------------------------------------------------------------
     def _changed(self) -> None:
@@ -544,8 +596,7 @@ class Store:
             batch.prune_before, self._pruned_at = now - TOMBSTONE_SECONDS, now
         return batch
 
-    @staticmethod
-    def _statements(batch: Batch) -> Iterator[tuple[str, Rows]]:
+    def _statements(self, db: sqlite3.Connection, batch: Batch) -> Iterator[tuple[str, Rows]]:
         """The statements that write a batch, each with its rows (executemany: a row costs
         less bound as parameters than folded into one JSON array that SQLite parses again); jobs
         are serialised ROWS_PER_STATEMENT at a time, as they are now (on the event loop, the
@@ -562,6 +613,14 @@ class Store:
         for sql, rows in zip(_WRITES[1:], rest, strict=True):
             if rows:
                 yield sql, rows
+        kept = list(batch.history.items())
+        for i in range(0, len(kept), ROWS_PER_STATEMENT):
+            yield (
+                job_history.KEEP,
+                [history_row(t, tr, at) for (t, _), (tr, at) in kept[i : i + ROWS_PER_STATEMENT]],
+            )
+        if batch.history or batch.prune_before is not None:
+            yield from job_history.prune_statements(db, self.bounds, time.time())
         if batch.prune_before is not None:
             yield _PRUNE, (batch.prune_before, PRUNE_ROWS)
             yield _PRUNE_QUARANTINE, (time.time() - QUARANTINE_SECONDS,)
@@ -615,7 +674,7 @@ class Store:
         """One transaction, in the calling thread."""
         try:
             db = self._begin()
-            for sql, rows in self._statements(batch):
+            for sql, rows in self._statements(db, batch):
                 changed = self._write(db, sql, rows)
                 batch.pruned += changed if sql is _PRUNE else 0
             db.execute("COMMIT")
@@ -629,7 +688,7 @@ class Store:
         poll cycle that changed thousands of jobs does not hold a scrape up while it is written."""
         try:
             db = self._begin()
-            for n, (sql, rows) in enumerate(self._statements(batch)):
+            for n, (sql, rows) in enumerate(self._statements(db, batch)):
                 if n:
                     await anyio.lowlevel.checkpoint()
                 changed = self._write(db, sql, rows)
@@ -647,6 +706,7 @@ class Store:
             p.jobs = {**batch.jobs, **p.jobs}
             p.tombstones = {**batch.tombstones, **p.tombstones}
             p.cursors = {**batch.cursors, **p.cursors}
+            p.history = {**batch.history, **p.history}
             p.held = batch.held + p.held
             self._inflight = 0
             self._writing = None
@@ -812,17 +872,63 @@ class Store:
             self._db = None
 
 
+def history_row(target: str, tracked: TrackedJob, now: float) -> job_history.Row:
+    job = tracked.job
+    finished = job.finished or tracked.seen_terminal_at or now
+    cause = "" if tracked.cause is None else str(tracked.cause)
+    return job_history.row(
+        target, job.id, str(job.status), job.reason or "", cause, finished, now, tracked_to_json(tracked)
+    )
+
+
+def _retired(found: job_history.Found) -> Retired | None:
+    try:
+        return Retired(found.target, tracked_from_json(found.data), found.dropped_at)
+    except ValueError as e:
+        log.warning(
+            "unreadable job in the history, skipped", extra={"target": found.target, "problem": str(e)}
+        )
+        return None
+
+
+class MemoryHistory:
+    """The history of a process without a state file: the same table in an SQLite database in
+    memory, bounded alike (lost at exit, as the jobs are)."""
+
+    def __init__(self) -> None:
+        self.bounds = job_history.Bounds()
+        self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        self._db.executescript(job_history.SCHEMA)
+
+    def keep(self, state: TargetState, tracked: TrackedJob) -> None:
+        if self.bounds.period <= 0:
+            return
+        now = time.time()
+        self._db.execute("BEGIN")  # one transaction: kept and pruned, or neither
+        try:
+            self._db.execute(job_history.KEEP, history_row(state.config.name, tracked, now))
+            job_history.prune(self._db, self.bounds, now)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def retired(self, target: str, job_id: str) -> Retired | None:
+        found = job_history.find(self._db, target, job_id)
+        return _retired(found) if found is not None else None
+
+    def search(self, query: job_history.Query) -> tuple[list[Retired], int]:
+        found, total = job_history.search(self._db, query)
+        return [r for r in map(_retired, found) if r is not None], total
+
+    def history_metrics_text(self) -> bytes:
+        return job_history.metrics_text(*job_history.size(self._db))
+
+
 def state_metrics_text(write_errors: int, pending: int, size: int = 0) -> bytes:
+    errors, waiting, disk = catalogue.STATE_WRITE_ERRORS, catalogue.STATE_PENDING_WRITES, catalogue.STATE_SIZE
     return (
-        "# HELP asyncjob_state_write_errors_total Failed attempts to write the state file "
-        "(each retried; nothing is dropped).\n"
-        "# TYPE asyncjob_state_write_errors_total counter\n"
-        f"asyncjob_state_write_errors_total {write_errors}\n"
-        "# HELP asyncjob_state_pending_writes Changes not yet committed to the state file.\n"
-        "# TYPE asyncjob_state_pending_writes gauge\n"
-        f"asyncjob_state_pending_writes {pending}\n"
-        "# HELP asyncjob_state_size_bytes Bytes the state file and its WAL take on disk "
-        "(0 with state in memory only).\n"
-        "# TYPE asyncjob_state_size_bytes gauge\n"
-        f"asyncjob_state_size_bytes {size}\n"
+        f"{errors.header_text}{errors.name} {write_errors}\n"
+        f"{waiting.header_text}{waiting.name} {pending}\n"
+        f"{disk.header_text}{disk.name} {size}\n"
     ).encode()

@@ -4,8 +4,10 @@ is the one there is. A store is a tracker listener: every change reaches it, and
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
+from exporter.job_history import Bounds, Query
 from exporter.tracker import Listener, TargetState, TrackedJob
 
 
@@ -45,3 +47,31 @@ class StateStore(Listener, Protocol):
     async def run(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Retired:
+    """A finished job that left the live series at `retention`, as the history keeps it."""
+
+    target: str
+    tracked: TrackedJob
+    dropped_at: float
+
+
+class JobHistory(Protocol):
+    """Where finished jobs go when retention drops them (exporter.job_history): the state file's
+    `history` table, or a bounded store in memory."""
+
+    bounds: Bounds
+
+    def keep(self, state: TargetState, tracked: TrackedJob) -> None:
+        """Keep a job retention just dropped (with the change that drops it, where there is one)."""
+        ...
+
+    def retired(self, target: str, job_id: str) -> Retired | None: ...
+
+    def search(self, query: Query) -> tuple[list[Retired], int]:
+        """One page of the jobs `query` matches, newest dropped first, and how many match."""
+        ...
+
+    def history_metrics_text(self) -> bytes: ...

@@ -337,6 +337,9 @@ class Tracker:
         # When (target, id) was dropped, for a tombstone no longer in memory (the state store
         # looks it up in its file); None: not remembered.
         self.buried: Callable[[str, str], float | None] = lambda target, job_id: None
+        # Takes a finished job retention drops into the history (exporter.job_history), before
+        # the job's removal is told: the state store writes both in one transaction.
+        self.retire: Callable[[TargetState, TrackedJob], None] = lambda state, tracked: None
 
     # --- targets -----------------------------------------------------------------------
     def set_target(self, config: ResolvedTarget) -> TargetState:
@@ -584,6 +587,8 @@ class Tracker:
         # Remembered so discovery does not bring the job back; "deleted" is an API DELETE.
         if reason in ("retention", "gone", "rerun", "deleted"):
             state.bury(job_id, time.time())
+        if reason == "retention":
+            self.retire(state, tracked)
         self._notify_removed(state, job_id)
         return True
 

@@ -28,6 +28,7 @@ from typing import Any
 import anyio
 import psycopg
 
+from exporter.catalogue import STATE_STALE_WRITES
 from exporter.cluster import schema
 from exporter.cluster.batch import ROWS_PER_TURN, Batch, Change, Fresh, JobKey
 from exporter.cluster.leases import Leases, fenced
@@ -437,10 +438,8 @@ class PostgresStore(GroupCommit):
         return (
             state_metrics_text(self.write_errors, self.pending_writes, self.size_bytes())
             + (
-                "# HELP asyncjob_state_stale_writes_total Changes dropped because their shard's lease "
-                "passed to another replica before they were committed.\n"
-                "# TYPE asyncjob_state_stale_writes_total counter\n"
-                f"asyncjob_state_stale_writes_total {self.stale_writes}\n" + self.commit_duration_text()
+                f"{STATE_STALE_WRITES.header_text}{STATE_STALE_WRITES.name} {self.stale_writes}\n"
+                + self.commit_duration_text()
             ).encode()
         )
 

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from exporter import job_history
 from exporter.config.registry import ProviderSpec, Registry, _registry
 from exporter.config.slos import SLO, unique_names
 from exporter.config.values import (
@@ -224,6 +225,22 @@ class GlobalConfig(_Strict):
         DEFAULT_MAX_STEP_NAMES,
         ge=1,
         description='Step names per target in the step histograms; later names count as `step="other"`.',
+    )
+    history: Duration = Field(
+        job_history.DEFAULT_PERIOD,
+        description="How long a finished job's page, timeline, message and cause stay readable (on "
+        "/jobs and the API) after `retention` dropped its series. Kept in the state file (in memory "
+        "without one); 0 = off.",
+    )
+    history_max_jobs: int = Field(
+        job_history.DEFAULT_MAX_JOBS,
+        ge=1,
+        description="Jobs the history keeps at most; the oldest dropped go first.",
+    )
+    history_max_bytes: int = Field(
+        job_history.DEFAULT_MAX_BYTES,
+        ge=1024,
+        description="Bytes of job data the history keeps at most; the oldest dropped go first.",
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter import catalogue
+
 from . import queries as q
 from .config import Config
 
@@ -147,7 +149,7 @@ def _query_variable(
 
 
 def _variables(cfg: Config, *, one_job: bool) -> list[dict[str, Any]]:
-    up = q.series("asyncjob_target_up", cfg.exporter_selector)
+    up = q.series(catalogue.TARGET_UP.name, cfg.exporter_selector)
     variables = [
         {
             "current": {},
@@ -164,28 +166,31 @@ def _variables(cfg: Config, *, one_job: bool) -> list[dict[str, Any]]:
             "type": "datasource",
         },
         _query_variable("job", f"label_values({up}, job)"),
-        _query_variable("instance", 'label_values(asyncjob_target_up{job=~"$job"}, instance)'),
+        _query_variable("instance", f'label_values({catalogue.TARGET_UP.name}{{job=~"$job"}}, instance)'),
         _query_variable(
-            "target", 'label_values(asyncjob_target_up{job=~"$job", instance=~"$instance"}, target)'
+            "target",
+            f'label_values({catalogue.TARGET_UP.name}{{job=~"$job", instance=~"$instance"}}, target)',
         ),
     ]
     if one_job:
         variables.append(
             _query_variable(
-                "job_type", f"label_values(asyncjob_job_info{{{TARGETS}}}, job_type)", all_value=".*"
+                "job_type", f"label_values({catalogue.JOB_INFO.name}{{{TARGETS}}}, job_type)", all_value=".*"
             )
         )
         variables.append(
             _query_variable(
                 "job_id",
-                f'label_values(asyncjob_job_info{{{TARGETS}, job_type=~"$job_type"}}, job_id)',
+                f'label_values({catalogue.JOB_INFO.name}{{{TARGETS}, job_type=~"$job_type"}}, job_id)',
                 multi=False,
                 all_value=None,
             )
         )
     else:
         variables.append(
-            _query_variable("job_type", f"label_values(asyncjob_jobs{{{TARGETS}}}, job_type)", all_value=".*")
+            _query_variable(
+                "job_type", f"label_values({catalogue.JOBS.name}{{{TARGETS}}}, job_type)", all_value=".*"
+            )
         )
     return variables
 
@@ -304,7 +309,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "stat",
             "Targets up",
             "1 while the exporter's last poll of the target's API succeeded.",
-            [Query(q.series("asyncjob_target_up", s), "{{target}}", instant=True)],
+            [Query(q.series(catalogue.TARGET_UP.name, s), "{{target}}", instant=True)],
             unit="none",
             width=6,
             field_config=_up_down(),
@@ -315,7 +320,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "Seconds since the exporter last polled each target successfully, and its poll interval.",
             [
                 Query(q.seconds_since_successful_poll(cfg, s), "{{target}}"),
-                Query(q.series("asyncjob_target_poll_interval_seconds", s), "{{target}} poll interval"),
+                Query(q.series(catalogue.TARGET_POLL_INTERVAL.name, s), "{{target}} poll interval"),
             ],
             unit="s",
             width=6,
@@ -327,7 +332,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "(timeout, connect, http_4xx, http_429, http_5xx, bad_body, auth, id_mismatch).",
             [
                 Query(
-                    _sum_rate("target, reason", "asyncjob_poll_errors_total", s),
+                    _sum_rate("target, reason", catalogue.POLL_ERRORS.name, s),
                     "{{target}} {{reason}}",
                 )
             ],
@@ -340,12 +345,12 @@ def overview(cfg: Config) -> dict[str, Any]:
             "Requests the exporter sends to each provider, and how long the slowest 5% take.",
             [
                 Query(
-                    _sum_rate("target", "asyncjob_poll_requests_total", s),
+                    _sum_rate("target", catalogue.POLL_REQUESTS.name, s),
                     "{{target}} requests/s",
                 ),
                 Query(
                     f"histogram_quantile(0.95, sum by (target, le) "
-                    f"(rate({q.series('asyncjob_poll_duration_seconds_bucket', s)}[{RATE}])))",
+                    f"(rate({q.series(catalogue.POLL_DURATION.bucket, s)}[{RATE}])))",
                     "{{target}} p95 seconds",
                 ),
             ],
@@ -357,7 +362,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "timeseries",
             "Jobs by status",
             "Jobs the exporter tracks now, by normalised status.",
-            [Query(f"sum by (status) ({q.series('asyncjob_jobs', a)})", "{{status}}")],
+            [Query(f"sum by (status) ({q.series(catalogue.JOBS.name, a)})", "{{status}}")],
             unit="short",
             width=8,
             field_config=_stacked(),
@@ -368,7 +373,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "Jobs reaching a terminal status per second, by job type and status.",
             [
                 Query(
-                    _sum_rate("job_type, status", "asyncjob_jobs_finished_total", a),
+                    _sum_rate("job_type, status", catalogue.JOBS_FINISHED.name, a),
                     "{{job_type}} {{status}}",
                 )
             ],
@@ -391,8 +396,8 @@ def overview(cfg: Config) -> dict[str, Any]:
             "Job duration p50 / p95",
             "How long jobs take from creation to their terminal status, by job type.",
             [
-                Query(quantile(0.5, "asyncjob_job_duration_seconds_bucket", "job_type"), "p50 {{job_type}}"),
-                Query(quantile(0.95, "asyncjob_job_duration_seconds_bucket", "job_type"), "p95 {{job_type}}"),
+                Query(quantile(0.5, catalogue.JOB_DURATION.bucket, "job_type"), "p50 {{job_type}}"),
+                Query(quantile(0.95, catalogue.JOB_DURATION.bucket, "job_type"), "p95 {{job_type}}"),
             ],
             unit="s",
             width=8,
@@ -403,7 +408,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "Jobs that failed, by the provider's error code or state, and who must act.",
             [
                 Query(
-                    _sum_rate("job_type, reason, cause", "asyncjob_jobs_failed_total", a, "increase"),
+                    _sum_rate("job_type, reason, cause", catalogue.JOBS_FAILED.name, a, "increase"),
                     "{{job_type}} {{reason}} ({{cause}})",
                 )
             ],
@@ -416,9 +421,9 @@ def overview(cfg: Config) -> dict[str, Any]:
             "Share of the records processed by jobs that failed (WillSuite cases, generic records).",
             [
                 Query(
-                    _sum_rate("target, job_type", "asyncjob_records_failed_total", a)
+                    _sum_rate("target, job_type", catalogue.RECORDS_FAILED.name, a)
                     + "\n/ "
-                    + _sum_rate("target, job_type", "asyncjob_records_processed_total", a),
+                    + _sum_rate("target, job_type", catalogue.RECORDS_PROCESSED.name, a),
                     "{{target}} {{job_type}}",
                 )
             ],
@@ -433,7 +438,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "consent: no operator is paged), the provider, or unknown.",
             [
                 Query(
-                    _sum_rate("cause", "asyncjob_jobs_failed_total", a, "increase"),
+                    _sum_rate("cause", catalogue.JOBS_FAILED.name, a, "increase"),
                     "{{cause}}",
                 )
             ],
@@ -447,9 +452,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "consent flow that fails often shows here first).",
             [
                 Query(
-                    _sum_rate(
-                        "target, job_type, reason", "asyncjob_jobs_failed_total", a, "increase", q.USER
-                    ),
+                    _sum_rate("target, job_type, reason", catalogue.JOBS_FAILED.name, a, "increase", q.USER),
                     "{{target}} {{job_type}} {{reason}}",
                 )
             ],
@@ -462,7 +465,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "Distribution of step durations across all tracked jobs.",
             [
                 Query(
-                    _sum_rate("le", "asyncjob_step_duration_seconds_bucket", a),
+                    _sum_rate("le", catalogue.STEP_DURATION.bucket, a),
                     "{{le}}",
                     heatmap=True,
                 )
@@ -530,7 +533,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "Oxlin connections by their current status.",
             [
                 Query(
-                    f"count by (target, status) ({q.series('asyncjob_connection_status', s)} == 1)",
+                    f"count by (target, status) ({q.series(catalogue.CONNECTION_STATUS.name, s)} == 1)",
                     "{{target}} {{status}}",
                 )
             ],
@@ -544,7 +547,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             "Events read from the Oxlin queues per second, by event type.",
             [
                 Query(
-                    _sum_rate("target, event_type", "asyncjob_queue_events_total", s),
+                    _sum_rate("target, event_type", catalogue.QUEUE_EVENTS.name, s),
                     "{{target}} {{event_type}}",
                 )
             ],
@@ -598,7 +601,7 @@ def job(cfg: Config) -> dict[str, Any]:
             "stat",
             "Status",
             "The job's current normalised status.",
-            [stat_name(f"{q.series('asyncjob_job_status', j)} == 1", "{{status}}")],
+            [stat_name(f"{q.series(catalogue.JOB_STATUS.name, j)} == 1", "{{status}}")],
             unit="none",
             width=4,
             height=4,
@@ -608,7 +611,7 @@ def job(cfg: Config) -> dict[str, Any]:
             "stat",
             "Provider and type",
             "The provider and job type the job was read as.",
-            [stat_name(q.series("asyncjob_job_info", j), "{{provider}} {{job_type}}")],
+            [stat_name(q.series(catalogue.JOB_INFO.name, j), "{{provider}} {{job_type}}")],
             unit="none",
             width=4,
             height=4,
@@ -618,7 +621,7 @@ def job(cfg: Config) -> dict[str, Any]:
             "gauge",
             "Percent completed",
             "The provider's percentage, else the share of finished steps.",
-            [Query(q.series("asyncjob_job_percent_completed", j), "{{job_id}}", instant=True)],
+            [Query(q.series(catalogue.JOB_PERCENT_COMPLETED.name, j), "{{job_id}}", instant=True)],
             unit="percent",
             width=4,
             height=4,
@@ -629,7 +632,7 @@ def job(cfg: Config) -> dict[str, Any]:
             "Error reason",
             "The provider's error code or state for a failed job; its free-text message is served by "
             "GET /api/v1/targets/{target}/jobs/{id}.",
-            [stat_name(q.series("asyncjob_job_error_info", j), "{{reason}}")],
+            [stat_name(q.series(catalogue.JOB_ERROR_INFO.name, j), "{{reason}}")],
             unit="none",
             width=4,
             height=4,
@@ -639,7 +642,7 @@ def job(cfg: Config) -> dict[str, Any]:
             "stat",
             "Waiting for the end user",
             "1 while the job waits for an MFA code, a re-authentication or a consent.",
-            [Query(q.series("asyncjob_job_awaiting_user", j), "{{job_id}}", instant=True)],
+            [Query(q.series(catalogue.JOB_AWAITING_USER.name, j), "{{job_id}}", instant=True)],
             unit="none",
             width=4,
             height=4,
@@ -651,7 +654,7 @@ def job(cfg: Config) -> dict[str, Any]:
             "stat",
             "Attempts",
             "How many times the provider ran the job (reruns included).",
-            [Query(q.series("asyncjob_job_attempts", j), "{{job_id}}", instant=True)],
+            [Query(q.series(catalogue.JOB_ATTEMPTS.name, j), "{{job_id}}", instant=True)],
             unit="none",
             width=4,
             height=4,
@@ -661,19 +664,15 @@ def job(cfg: Config) -> dict[str, Any]:
             "Timestamps",
             "When the job was created, started, finished and last moved.",
             [
+                Query(f"{q.series(catalogue.JOB_CREATED.name, j)} * 1000", "created", instant=True),
+                Query(f"{q.series(catalogue.JOB_STARTED.name, j)} * 1000", "started", instant=True),
                 Query(
-                    f"{q.series('asyncjob_job_created_timestamp_seconds', j)} * 1000", "created", instant=True
-                ),
-                Query(
-                    f"{q.series('asyncjob_job_started_timestamp_seconds', j)} * 1000", "started", instant=True
-                ),
-                Query(
-                    f"{q.series('asyncjob_job_finished_timestamp_seconds', j)} * 1000",
+                    f"{q.series(catalogue.JOB_FINISHED.name, j)} * 1000",
                     "finished",
                     instant=True,
                 ),
                 Query(
-                    f"{q.series('asyncjob_job_last_progress_timestamp_seconds', j)} * 1000",
+                    f"{q.series(catalogue.JOB_LAST_PROGRESS.name, j)} * 1000",
                     "last progress",
                     instant=True,
                 ),
@@ -690,14 +689,14 @@ def job(cfg: Config) -> dict[str, Any]:
             "state-timeline",
             "Status over time",
             "The job's normalised status through time.",
-            [Query(f"{q.series('asyncjob_job_status', j)} == 1", "{{status}}")],
+            [Query(f"{q.series(catalogue.JOB_STATUS.name, j)} == 1", "{{status}}")],
             unit="none",
         ),
         Panel(
             "timeseries",
             "Percent completed over time",
             "The job's completion through time.",
-            [Query(q.series("asyncjob_job_percent_completed", j), "percent")],
+            [Query(q.series(catalogue.JOB_PERCENT_COMPLETED.name, j), "percent")],
             unit="percent",
             field_config={"min": 0, "max": 100},
         ),
@@ -705,14 +704,14 @@ def job(cfg: Config) -> dict[str, Any]:
             "state-timeline",
             "Steps over time",
             "Each step's status through time.",
-            [Query(f"{q.series('asyncjob_job_step_status', j)} == 1", "{{step}}: {{status}}")],
+            [Query(f"{q.series(catalogue.JOB_STEP_STATUS.name, j)} == 1", "{{step}}: {{status}}")],
             unit="none",
         ),
         Panel(
             "bargauge",
             "Step durations",
             "How long each step took, or has taken so far.",
-            [Query(q.series("asyncjob_job_step_duration_seconds", j), "{{step}}", instant=True)],
+            [Query(q.series(catalogue.JOB_STEP_DURATION.name, j), "{{step}}", instant=True)],
             unit="s",
         ),
         Panel(
@@ -721,10 +720,10 @@ def job(cfg: Config) -> dict[str, Any]:
             "Seconds since the job last moved, against the target's stuck threshold.",
             [
                 Query(
-                    f"time() - {q.series('asyncjob_job_last_progress_timestamp_seconds', j)}",
+                    f"time() - {q.series(catalogue.JOB_LAST_PROGRESS.name, j)}",
                     "since progress",
                 ),
-                Query(q.series("asyncjob_target_stuck_threshold_seconds", s), "stuck threshold"),
+                Query(q.series(catalogue.TARGET_STUCK_THRESHOLD.name, s), "stuck threshold"),
             ],
             unit="s",
         ),
@@ -734,7 +733,7 @@ def job(cfg: Config) -> dict[str, Any]:
             "Seconds since the job started (else was created), against the target's max duration.",
             [
                 Query(q.series(q.RUNTIME, j), "runtime"),
-                Query(q.series("asyncjob_target_max_duration_seconds", s), "max duration"),
+                Query(q.series(catalogue.TARGET_MAX_DURATION.name, s), "max duration"),
             ],
             unit="s",
         ),
@@ -742,7 +741,7 @@ def job(cfg: Config) -> dict[str, Any]:
             "timeseries",
             "Records",
             "The job's records: total, affected and failed.",
-            [Query(q.series("asyncjob_job_records", j), "{{kind}}")],
+            [Query(q.series(catalogue.JOB_RECORDS.name, j), "{{kind}}")],
             unit="short",
             width=24,
         ),
@@ -753,7 +752,7 @@ def job(cfg: Config) -> dict[str, Any]:
             "jobs that landed in a bucket, each linked to its page.",
             [
                 Query(
-                    duration_p95("asyncjob_job_duration_seconds_bucket", "job_type"),
+                    duration_p95(catalogue.JOB_DURATION.bucket, "job_type"),
                     "{{job_type}}",
                     exemplar=True,
                 )
@@ -766,7 +765,7 @@ def job(cfg: Config) -> dict[str, Any]:
             "Step duration on the target (p95)",
             "p95 of finished steps' duration on the job's target, by step; the dots are exemplars, "
             "jobs whose step landed in a bucket, each linked to its page.",
-            [Query(duration_p95("asyncjob_step_duration_seconds_bucket", "step"), "{{step}}", exemplar=True)],
+            [Query(duration_p95(catalogue.STEP_DURATION.bucket, "step"), "{{step}}", exemplar=True)],
             unit="s",
             field_config=_exemplar_links(cfg),
         ),

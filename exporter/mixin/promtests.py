@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from exporter import catalogue
+
 from . import queries as q
 from . import rules
 from .config import Config
@@ -134,19 +136,21 @@ def _job(labels: dict[str, str], job_id: str, **more: str) -> dict[str, str]:
 
 def stuck(cfg: Config, labels: dict[str, str]) -> Scenario:
     threshold, n = 600, _minutes(cfg, 3600)
-    series = [_series("asyncjob_target_stuck_threshold_seconds", labels, _constant(threshold, n))]
-    series.append(_series("asyncjob_target_max_duration_seconds", labels, _constant(10**9, n)))
+    series = [_series(catalogue.TARGET_STUCK_THRESHOLD.name, labels, _constant(threshold, n))]
+    series.append(_series(catalogue.TARGET_MAX_DURATION.name, labels, _constant(10**9, n)))
     # j2 moved 5 minutes later; j3 is in a state no one documented, stuck as much as j1.
     for job_id, progress_at, status in (("j1", 0, "running"), ("j2", 300, "running"), ("j3", 0, "unknown")):
         series.append(
             _series(
-                "asyncjob_job_last_progress_timestamp_seconds",
+                catalogue.JOB_LAST_PROGRESS.name,
                 _job(labels, job_id),
                 _constant(progress_at, n),
             )
         )
-        series.append(_series("asyncjob_job_status", _job(labels, job_id, status=status), _constant(1, n)))
-        series.append(_series("asyncjob_job_awaiting_user", _job(labels, job_id), _constant(0, n)))
+        series.append(
+            _series(catalogue.JOB_STATUS.name, _job(labels, job_id, status=status), _constant(1, n))
+        )
+        series.append(_series(catalogue.JOB_AWAITING_USER.name, _job(labels, job_id), _constant(0, n)))
     return Scenario("AsyncJobStuck", threshold + MINUTE, 2, series)
 
 
@@ -154,12 +158,12 @@ def overdue_silences_stuck(cfg: Config, labels: dict[str, str]) -> Scenario:
     """A job both stuck and overdue pages once, as overdue."""
     stuck_after, max_duration, n = 600, 1800, _minutes(cfg, 3600)
     series = [
-        _series("asyncjob_target_stuck_threshold_seconds", labels, _constant(stuck_after, n)),
-        _series("asyncjob_target_max_duration_seconds", labels, _constant(max_duration, n)),
-        _series("asyncjob_job_started_timestamp_seconds", _job(labels, "j1"), _constant(0, n)),
-        _series("asyncjob_job_last_progress_timestamp_seconds", _job(labels, "j1"), _constant(0, n)),
-        _series("asyncjob_job_status", _job(labels, "j1", status="running"), _constant(1, n)),
-        _series("asyncjob_job_awaiting_user", _job(labels, "j1"), _constant(0, n)),
+        _series(catalogue.TARGET_STUCK_THRESHOLD.name, labels, _constant(stuck_after, n)),
+        _series(catalogue.TARGET_MAX_DURATION.name, labels, _constant(max_duration, n)),
+        _series(catalogue.JOB_STARTED.name, _job(labels, "j1"), _constant(0, n)),
+        _series(catalogue.JOB_LAST_PROGRESS.name, _job(labels, "j1"), _constant(0, n)),
+        _series(catalogue.JOB_STATUS.name, _job(labels, "j1", status="running"), _constant(1, n)),
+        _series(catalogue.JOB_AWAITING_USER.name, _job(labels, "j1"), _constant(0, n)),
     ]
     return Scenario("AsyncJobOverdue", max_duration + MINUTE, 1, series, others={"AsyncJobStuck": 0})
 
@@ -173,15 +177,15 @@ def many_stuck(cfg: Config, labels: dict[str, str]) -> Scenario | None:
     series = []
     for target, count in (("t1", cfg.many_stuck_jobs), ("t2", cfg.many_stuck_jobs - 1)):
         at = {**labels, "target": target}
-        series.append(_series("asyncjob_target_stuck_threshold_seconds", at, _constant(threshold, n)))
-        series.append(_series("asyncjob_target_max_duration_seconds", at, _constant(10**9, n)))
+        series.append(_series(catalogue.TARGET_STUCK_THRESHOLD.name, at, _constant(threshold, n)))
+        series.append(_series(catalogue.TARGET_MAX_DURATION.name, at, _constant(10**9, n)))
         for i in range(count):
             job = _job(at, f"j{i}")
-            series.append(_series("asyncjob_job_last_progress_timestamp_seconds", job, _constant(0, n)))
+            series.append(_series(catalogue.JOB_LAST_PROGRESS.name, job, _constant(0, n)))
             # Half of them in a state the provider does not document: they count too.
             status = "unknown" if i % 2 else "running"
-            series.append(_series("asyncjob_job_status", {**job, "status": status}, _constant(1, n)))
-            series.append(_series("asyncjob_job_awaiting_user", job, _constant(0, n)))
+            series.append(_series(catalogue.JOB_STATUS.name, {**job, "status": status}, _constant(1, n)))
+            series.append(_series(catalogue.JOB_AWAITING_USER.name, job, _constant(0, n)))
     others = {"AsyncJobStuck": cfg.many_stuck_jobs - 1}
     if seconds(cfg.stuck_for) > seconds(cfg.many_stuck_for):
         others = {}  # the per-job alerts would not have fired yet at the target's firing time
@@ -190,17 +194,15 @@ def many_stuck(cfg: Config, labels: dict[str, str]) -> Scenario | None:
 
 def overdue(cfg: Config, labels: dict[str, str]) -> Scenario:
     threshold, n = 1800, _minutes(cfg, 3600)
-    series = [_series("asyncjob_target_max_duration_seconds", labels, _constant(threshold, n))]
-    series.append(_series("asyncjob_target_stuck_threshold_seconds", labels, _constant(10**9, n)))
+    series = [_series(catalogue.TARGET_MAX_DURATION.name, labels, _constant(threshold, n))]
+    series.append(_series(catalogue.TARGET_STUCK_THRESHOLD.name, labels, _constant(10**9, n)))
     for job_id, started, status in (("j1", 0, "running"), ("j2", 600, "running"), ("j3", 0, "unknown")):
+        series.append(_series(catalogue.JOB_STARTED.name, _job(labels, job_id), _constant(started, n)))
+        series.append(_series(catalogue.JOB_LAST_PROGRESS.name, _job(labels, job_id), _constant(0, n)))
         series.append(
-            _series("asyncjob_job_started_timestamp_seconds", _job(labels, job_id), _constant(started, n))
+            _series(catalogue.JOB_STATUS.name, _job(labels, job_id, status=status), _constant(1, n))
         )
-        series.append(
-            _series("asyncjob_job_last_progress_timestamp_seconds", _job(labels, job_id), _constant(0, n))
-        )
-        series.append(_series("asyncjob_job_status", _job(labels, job_id, status=status), _constant(1, n)))
-        series.append(_series("asyncjob_job_awaiting_user", _job(labels, job_id), _constant(0, n)))
+        series.append(_series(catalogue.JOB_AWAITING_USER.name, _job(labels, job_id), _constant(0, n)))
     return Scenario("AsyncJobOverdue", threshold + MINUTE, 2, series)
 
 
@@ -208,11 +210,13 @@ def failed(cfg: Config, labels: dict[str, str]) -> Scenario:
     n = _minutes(cfg)
     series = []
     for job_id, cause in (("j1", "provider"), ("j2", "user")):  # the end user's failure pages nobody
-        series.append(_series("asyncjob_job_status", _job(labels, job_id, status="failed"), _constant(1, n)))
+        series.append(
+            _series(catalogue.JOB_STATUS.name, _job(labels, job_id, status="failed"), _constant(1, n))
+        )
         error = _job(
             labels, job_id, reason="connector-error" if cause == "provider" else "invalid-credentials"
         )
-        series.append(_series("asyncjob_job_error_info", {**error, "cause": cause}, _constant(1, n)))
+        series.append(_series(catalogue.JOB_ERROR_INFO.name, {**error, "cause": cause}, _constant(1, n)))
     return Scenario("AsyncJobFailed", 0, 1, series)
 
 
@@ -230,23 +234,23 @@ def failed_during_outage(cfg: Config, labels: dict[str, str]) -> Scenario | None
         at = {**labels, "target": target}
         common = {**at, "job_type": "connection"}
         series.append(
-            _series("asyncjob_jobs_finished_total", {**common, "status": "failed"}, f"0+{failures}x{n}")
+            _series(catalogue.JOBS_FINISHED.name, {**common, "status": "failed"}, f"0+{failures}x{n}")
         )
         series.append(
             _series(
-                "asyncjob_jobs_finished_total",
+                catalogue.JOBS_FINISHED.name,
                 {**common, "status": "succeeded"},
                 f"0+{per_minute - failures}x{n}",
             )
         )
         failed_labels = {**common, "reason": "connector-error", "cause": "provider"}
-        series.append(_series("asyncjob_jobs_failed_total", failed_labels, f"0+{failures}x{n}"))
+        series.append(_series(catalogue.JOBS_FAILED.name, failed_labels, f"0+{failures}x{n}"))
         job = _job(at, "j1")
         # Failed from the third minute on: by then t1's rate has held for a minute (increase()
         # needs two samples), whatever `failed_for` is.
-        series.append(_series("asyncjob_job_status", {**job, "status": "failed"}, f"0x1 1x{n}"))
+        series.append(_series(catalogue.JOB_STATUS.name, {**job, "status": "failed"}, f"0x1 1x{n}"))
         error = {**job, "reason": "connector-error", "cause": "provider"}
-        series.append(_series("asyncjob_job_error_info", error, f"0x1 1x{n}"))
+        series.append(_series(catalogue.JOB_ERROR_INFO.name, error, f"0x1 1x{n}"))
     return Scenario("AsyncJobFailed", 2 * MINUTE, 1, series)
 
 
@@ -267,13 +271,15 @@ def _records_failing(cfg: Config, labels: dict[str, str], name: str) -> Scenario
         if failed_records < 0:
             continue
         series.append(
-            _series("asyncjob_job_records", _job(labels, job_id, kind="total"), _constant(total, n))
+            _series(catalogue.JOB_RECORDS.name, _job(labels, job_id, kind="total"), _constant(total, n))
         )
         series.append(
-            _series("asyncjob_job_records", _job(labels, job_id, kind="failed"), _constant(failed_records, n))
+            _series(
+                catalogue.JOB_RECORDS.name, _job(labels, job_id, kind="failed"), _constant(failed_records, n)
+            )
         )
         error = _job(labels, job_id, reason="record_errors", cause=cause)
-        series.append(_series("asyncjob_job_error_info", error, _constant(1, n)))
+        series.append(_series(catalogue.JOB_ERROR_INFO.name, error, _constant(1, n)))
     return Scenario(name, 0, 1, series)
 
 
@@ -289,11 +295,11 @@ def awaiting_user(cfg: Config, labels: dict[str, str]) -> Scenario:
     n = _minutes(cfg)
     series = []
     for job_id, waiting in (("j1", 1), ("j2", 0)):
+        series.append(_series(catalogue.JOB_LAST_PROGRESS.name, _job(labels, job_id), _constant(0, n)))
         series.append(
-            _series("asyncjob_job_last_progress_timestamp_seconds", _job(labels, job_id), _constant(0, n))
+            _series(catalogue.JOB_STATUS.name, _job(labels, job_id, status="running"), _constant(1, n))
         )
-        series.append(_series("asyncjob_job_status", _job(labels, job_id, status="running"), _constant(1, n)))
-        series.append(_series("asyncjob_job_awaiting_user", _job(labels, job_id), _constant(waiting, n)))
+        series.append(_series(catalogue.JOB_AWAITING_USER.name, _job(labels, job_id), _constant(waiting, n)))
     return Scenario("AsyncJobAwaitingUser", 0, 1, series)
 
 
@@ -314,15 +320,13 @@ def _failure_rate(
             continue
         common = {**labels, "job_type": job_type}
         series.append(
-            _series("asyncjob_jobs_finished_total", {**common, "status": "failed"}, f"0+{failures}x{n}")
+            _series(catalogue.JOBS_FINISHED.name, {**common, "status": "failed"}, f"0+{failures}x{n}")
         )
         ok = per_minute - failures
-        series.append(
-            _series("asyncjob_jobs_finished_total", {**common, "status": "succeeded"}, f"0+{ok}x{n}")
-        )
+        series.append(_series(catalogue.JOBS_FINISHED.name, {**common, "status": "succeeded"}, f"0+{ok}x{n}"))
         reason = "invalid-credentials" if cause == "user" else "connector-error"
         failed_labels = {**common, "reason": reason, "cause": cause}
-        series.append(_series("asyncjob_jobs_failed_total", failed_labels, f"0+{failures}x{n}"))
+        series.append(_series(catalogue.JOBS_FAILED.name, failed_labels, f"0+{failures}x{n}"))
     # increase() needs two samples: the ratio holds from the second minute on.
     return Scenario(name, MINUTE, 1, series)
 
@@ -356,17 +360,13 @@ def step_slow(cfg: Config, labels: dict[str, str]) -> Scenario | None:
         count += 1
         for le, per_minute in _bucket_counts(bounds[0], bounds[1]).items():
             bucket = {**labels, "job_type": "connection", "step": step, "le": le}
-            series.append(
-                _series("asyncjob_step_duration_seconds_bucket", bucket, f"0+{per_minute * 10:g}x{n}")
-            )
+            series.append(_series(catalogue.STEP_DURATION.bucket, bucket, f"0+{per_minute * 10:g}x{n}"))
         # The same step, in another job type, just under the threshold: p95 below it.
         lower = [b for b in STEP_BUCKETS if b < threshold]
         if len(lower) >= 2:
             for le, per_minute in _bucket_counts(lower[-2], lower[-1]).items():
                 bucket = {**labels, "job_type": "quick", "step": step, "le": le}
-                series.append(
-                    _series("asyncjob_step_duration_seconds_bucket", bucket, f"0+{per_minute * 10:g}x{n}")
-                )
+                series.append(_series(catalogue.STEP_DURATION.bucket, bucket, f"0+{per_minute * 10:g}x{n}"))
     if not count:
         return None
     return Scenario("AsyncJobStepSlow", MINUTE, count, series)
@@ -376,8 +376,8 @@ def target_down(cfg: Config, labels: dict[str, str]) -> Scenario:
     n = _minutes(cfg)
     other = {**labels, "target": "t2"}
     series = [
-        _series("asyncjob_target_up", labels, _constant(0, n)),
-        _series("asyncjob_target_up", other, _constant(1, n)),
+        _series(catalogue.TARGET_UP.name, labels, _constant(0, n)),
+        _series(catalogue.TARGET_UP.name, other, _constant(1, n)),
     ]
     return Scenario("AsyncJobTargetDown", 0, 1, series)
 
@@ -388,10 +388,10 @@ def polling_stale(cfg: Config, labels: dict[str, str]) -> Scenario:
     n = _minutes(cfg, stale)
     other = {**labels, "target": "t2"}
     series = [
-        _series("asyncjob_last_successful_poll_timestamp_seconds", labels, _constant(0, n)),
-        _series("asyncjob_target_poll_interval_seconds", labels, _constant(interval, n)),
-        _series("asyncjob_last_successful_poll_timestamp_seconds", other, f"0+{MINUTE}x{n}"),
-        _series("asyncjob_target_poll_interval_seconds", other, _constant(interval, n)),
+        _series(catalogue.LAST_SUCCESSFUL_POLL.name, labels, _constant(0, n)),
+        _series(catalogue.TARGET_POLL_INTERVAL.name, labels, _constant(interval, n)),
+        _series(catalogue.LAST_SUCCESSFUL_POLL.name, other, f"0+{MINUTE}x{n}"),
+        _series(catalogue.TARGET_POLL_INTERVAL.name, other, _constant(interval, n)),
     ]
     return Scenario("AsyncJobPollingStale", stale + MINUTE, 1, series)
 
@@ -406,8 +406,8 @@ def tracking_cap_reached(cfg: Config, labels: dict[str, str]) -> Scenario:
     n = _minutes(cfg, seconds(cfg.tracking_cap_window))
     other = {**labels, "target": "t2"}
     series = [
-        _series("asyncjob_jobs_dropped_total", {**labels, "reason": "cap"}, f"0+1x{n}"),
-        _series("asyncjob_jobs_dropped_total", {**other, "reason": "cap"}, _constant(0, n)),
+        _series(catalogue.JOBS_DROPPED.name, {**labels, "reason": "cap"}, f"0+1x{n}"),
+        _series(catalogue.JOBS_DROPPED.name, {**other, "reason": "cap"}, _constant(0, n)),
     ]
     return Scenario("AsyncJobTrackingCapReached", MINUTE, 1, series)
 
@@ -425,9 +425,9 @@ def _connection_sync_stale(cfg: Config, labels: dict[str, str], name: str) -> Sc
         ("c4", 0, 0, "CLOSED"),
     ):
         conn = {**labels, "connection_id": connection}
-        series.append(_series("asyncjob_connection_last_success_timestamp_seconds", conn, _constant(last, n)))
-        series.append(_series("asyncjob_connection_status", {**conn, "status": status}, _constant(1, n)))
-        series.append(_series("asyncjob_connection_awaiting_user", conn, _constant(waiting, n)))
+        series.append(_series(catalogue.CONNECTION_LAST_SUCCESS.name, conn, _constant(last, n)))
+        series.append(_series(catalogue.CONNECTION_STATUS.name, {**conn, "status": status}, _constant(1, n)))
+        series.append(_series(catalogue.CONNECTION_AWAITING_USER.name, conn, _constant(waiting, n)))
     return Scenario(name, stale + MINUTE, 1, series)
 
 
@@ -442,7 +442,7 @@ def user_connection_sync_stale(cfg: Config, labels: dict[str, str]) -> Scenario:
 def source_missing(cfg: Config, labels: dict[str, str]) -> Scenario:
     n = _minutes(cfg)
     source = {**labels, "source": "user ea3a81"}
-    series = [_series("asyncjob_source_missing_since_timestamp_seconds", source, _constant(0, n))]
+    series = [_series(catalogue.SOURCE_MISSING_SINCE.name, source, _constant(0, n))]
     return Scenario("AsyncJobSourceMissing", 0, 1, series)
 
 
@@ -451,7 +451,7 @@ def state_undocumented(cfg: Config, labels: dict[str, str]) -> Scenario:
     series = []
     for raw, jobs in (("ON_HOLD", 2), ("PAUSED", 0)):
         common = {**labels, "job_type": "connection", "raw_status": raw}
-        series.append(_series("asyncjob_jobs_undocumented", common, _constant(jobs, n)))
+        series.append(_series(catalogue.JOBS_UNDOCUMENTED.name, common, _constant(jobs, n)))
     return Scenario("AsyncJobStateUndocumented", 0, 1, series)
 
 
@@ -461,9 +461,7 @@ def consent_expiring(cfg: Config, labels: dict[str, str]) -> Scenario:
     series = []
     for connection, expires in (("c1", warning + 1800), ("c2", warning + 10**6)):
         conn = {**labels, "connection_id": connection, "channel": "REDIRECT"}
-        series.append(
-            _series("asyncjob_channel_consent_expiry_timestamp_seconds", conn, _constant(expires, n))
-        )
+        series.append(_series(catalogue.CHANNEL_CONSENT_EXPIRY.name, conn, _constant(expires, n)))
     return Scenario("AsyncJobConsentExpiring", 1800 + MINUTE, 1, series)
 
 
@@ -556,7 +554,7 @@ def _handover_checks(
         # The job was exported by no replica at that evaluation: keep_firing_for held the page.
         checks.append(
             {
-                "expr": f'count(asyncjob_job_status{{job_id="{job_id}"}}) or vector(0)',
+                "expr": f'count({catalogue.JOB_STATUS.name}{{job_id="{job_id}"}}) or vector(0)',
                 "eval_time": f"{gap}s",
                 "exp_samples": [{"labels": "{}", "value": 0}],
             }
@@ -589,13 +587,13 @@ def handover_tests(cfg: Config, labels: dict[str, str]) -> list[dict[str, Any]]:
         series = []
         for replica in (first, second):
             series.append(
-                _series("asyncjob_target_stuck_threshold_seconds", replica, _constant(threshold, total))
+                _series(catalogue.TARGET_STUCK_THRESHOLD.name, replica, _constant(threshold, total))
             )
-            series.append(_series("asyncjob_target_max_duration_seconds", replica, _constant(10**9, total)))
+            series.append(_series(catalogue.TARGET_MAX_DURATION.name, replica, _constant(10**9, total)))
         for metric, extra, value in (
-            ("asyncjob_job_last_progress_timestamp_seconds", {}, 0.0),
-            ("asyncjob_job_status", {"status": "running"}, 1.0),
-            ("asyncjob_job_awaiting_user", {}, 0.0),
+            (catalogue.JOB_LAST_PROGRESS.name, {}, 0.0),
+            (catalogue.JOB_STATUS.name, {"status": "running"}, 1.0),
+            (catalogue.JOB_AWAITING_USER.name, {}, 0.0),
         ):
             values = _handed_over(value, last, resume, total)
             for replica, values_on in zip((first, second), values, strict=True):
@@ -611,8 +609,8 @@ def handover_tests(cfg: Config, labels: dict[str, str]) -> list[dict[str, Any]]:
         last, resume, total = _steps(handover), _steps(handover - 2 * MINUTE), _steps(end)
         series = []
         for metric, extra in (
-            ("asyncjob_job_status", {"status": "failed"}),
-            ("asyncjob_job_error_info", {"reason": "connector-error", "cause": "provider"}),
+            (catalogue.JOB_STATUS.name, {"status": "failed"}),
+            (catalogue.JOB_ERROR_INFO.name, {"reason": "connector-error", "cause": "provider"}),
         ):
             values = _handed_over(1, last, resume, total)
             for replica, values_on in zip((first, second), values, strict=True):

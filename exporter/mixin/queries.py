@@ -7,6 +7,8 @@ so a rule and the panel that reads its output cannot drift apart.
 
 from __future__ import annotations
 
+from exporter import catalogue
+
 from .config import Config
 
 # Recording rules, named level:metric:operations. "active" = pending, running or in a state no one
@@ -47,40 +49,37 @@ USER = 'cause="user"'
 
 
 def _active(cfg: Config, selector: str) -> str:
-    unfinished = series("asyncjob_job_status", selector, UNFINISHED)
-    waiting = series("asyncjob_job_awaiting_user", selector)
+    unfinished = series(catalogue.JOB_STATUS.name, selector, UNFINISHED)
+    waiting = series(catalogue.JOB_AWAITING_USER.name, selector)
     on = cfg.on_job_in_replica
     return f"  and {on} ({unfinished} == 1)\n  unless {on} ({waiting} == 1)"
 
 
 def seconds_since_progress_source(cfg: Config, selector: str) -> str:
-    return (
-        f"(time() - {series('asyncjob_job_last_progress_timestamp_seconds', selector)})\n"
-        f"{_active(cfg, selector)}"
-    )
+    return f"(time() - {series(catalogue.JOB_LAST_PROGRESS.name, selector)})\n{_active(cfg, selector)}"
 
 
 def runtime_source(cfg: Config, selector: str) -> str:
-    started = series("asyncjob_job_started_timestamp_seconds", selector)
-    created = series("asyncjob_job_created_timestamp_seconds", selector)
+    started = series(catalogue.JOB_STARTED.name, selector)
+    created = series(catalogue.JOB_CREATED.name, selector)
     return f"(time() - ({started} or {cfg.on_job_in_replica} {created}))\n{_active(cfg, selector)}"
 
 
 def records_failed_ratio_source(cfg: Config, selector: str) -> str:
-    failed = series("asyncjob_job_records", selector, 'kind="failed"')
-    total = series("asyncjob_job_records", selector, 'kind="total"')
+    failed = series(catalogue.JOB_RECORDS.name, selector, 'kind="failed"')
+    total = series(catalogue.JOB_RECORDS.name, selector, 'kind="total"')
     return f"{failed}\n  / {cfg.on_job_in_replica} ({total} > 0)"
 
 
 def finished_increase_source(cfg: Config, selector: str) -> str:
     by = ", ".join((*cfg.target_labels, "job_type", "status"))
-    counter = series("asyncjob_jobs_finished_total", selector)
+    counter = series(catalogue.JOBS_FINISHED.name, selector)
     return f"sum by ({by}) (increase({counter}[{cfg.failure_window}]))"
 
 
 def failed_increase_source(cfg: Config, selector: str) -> str:
     by = ", ".join((*cfg.target_labels, "job_type", "cause"))
-    counter = series("asyncjob_jobs_failed_total", selector)
+    counter = series(catalogue.JOBS_FAILED.name, selector)
     return f"sum by ({by}) (increase({counter}[{cfg.failure_window}]))"
 
 
@@ -95,7 +94,7 @@ def failure_ratio_source(cfg: Config, selector: str) -> str:
 
 def step_p95_source(cfg: Config, selector: str) -> str:
     by = ", ".join((*cfg.target_labels, "job_type", "step", "le"))
-    buckets = series("asyncjob_step_duration_seconds_bucket", selector)
+    buckets = series(catalogue.STEP_DURATION.bucket, selector)
     return f"histogram_quantile(0.95, sum by ({by}) (rate({buckets}[{cfg.step_window}])))"
 
 
@@ -106,12 +105,12 @@ def _over_threshold(cfg: Config, value: str, threshold: str) -> str:
 
 
 def stuck(cfg: Config, selector: str) -> str:
-    threshold = series("asyncjob_target_stuck_threshold_seconds", selector)
+    threshold = series(catalogue.TARGET_STUCK_THRESHOLD.name, selector)
     return _over_threshold(cfg, series(SECONDS_SINCE_PROGRESS, selector), threshold)
 
 
 def overdue(cfg: Config, selector: str) -> str:
-    threshold = series("asyncjob_target_max_duration_seconds", selector)
+    threshold = series(catalogue.TARGET_MAX_DURATION.name, selector)
     return _over_threshold(cfg, series(RUNTIME, selector), threshold)
 
 
@@ -139,9 +138,11 @@ def unless_many_stuck(cfg: Config, selector: str) -> str:
 def failed_jobs(cfg: Config, selector: str, operator_only: bool = True) -> str:
     """Failed jobs with their reason and cause; `operator_only` leaves out those the end user
     must fix (a wrong password, an expired MFA): they page no operator."""
-    failed = cfg.merged("{} == 1".format(series("asyncjob_job_status", selector, 'status="failed"')))
-    error = cfg.merged(series("asyncjob_job_error_info", selector, *((NOT_USER,) if operator_only else ())))
-    every_error = cfg.merged(series("asyncjob_job_error_info", selector))
+    failed = cfg.merged("{} == 1".format(series(catalogue.JOB_STATUS.name, selector, 'status="failed"')))
+    error = cfg.merged(
+        series(catalogue.JOB_ERROR_INFO.name, selector, *((NOT_USER,) if operator_only else ()))
+    )
+    every_error = cfg.merged(series(catalogue.JOB_ERROR_INFO.name, selector))
     # Reason and cause join in where the exporter knows them; a failed job without them still counts.
     return (
         f"{failed}\n  * {cfg.on_job} group_left(reason, cause) {error}\n"
@@ -152,7 +153,7 @@ def failed_jobs(cfg: Config, selector: str, operator_only: bool = True) -> str:
 def records_failing(cfg: Config, selector: str, for_user: bool = False) -> str:
     """Jobs failing on many records; the records' cause (asyncjob_job_error_info of reason
     record_errors) decides whose: the application's data (cause="user") pages no operator."""
-    users = cfg.merged(series("asyncjob_job_error_info", selector, USER))
+    users = cfg.merged(series(catalogue.JOB_ERROR_INFO.name, selector, USER))
     join = "and" if for_user else "unless"
     ratio = cfg.merged(series(RECORDS_FAILED_RATIO, selector))
     return f"{ratio} > {cfg.records_failed_ratio:g}\n  {join} {cfg.on_job} {users}"
@@ -172,7 +173,7 @@ def failed_paged(cfg: Config, selector: str) -> str:
     """Failed jobs that page one by one: those the end user must fix never do, and those the
     provider failed are held back while their target's failure rate is high (that alert pages
     once for the outage; the jobs stay listed on the pages)."""
-    provider = cfg.merged(series("asyncjob_job_error_info", selector, 'cause="provider"'))
+    provider = cfg.merged(series(catalogue.JOB_ERROR_INFO.name, selector, 'cause="provider"'))
     rate_high = cfg.merged(failure_rate_high(cfg, selector))
     return (
         f"(\n{failed_jobs(cfg, selector)}\n)\nunless {cfg.on_job}\n"
@@ -212,18 +213,18 @@ def step_slow(cfg: Config, selector: str) -> str:
 
 def target_down(cfg: Config, selector: str) -> str:
     """A target some replica cannot poll: one alert for the target, whichever replica fails."""
-    up = series("asyncjob_target_up", selector)
+    up = series(catalogue.TARGET_UP.name, selector)
     if not cfg.replica_labels:
         return f"{up} == 0"
     return f"min without({', '.join(cfg.replica_labels)}) ({up}) == 0"
 
 
 def seconds_since_successful_poll(cfg: Config, selector: str) -> str:
-    return f"time() - {series('asyncjob_last_successful_poll_timestamp_seconds', selector)}"
+    return f"time() - {series(catalogue.LAST_SUCCESSFUL_POLL.name, selector)}"
 
 
 def polling_stale(cfg: Config, selector: str) -> str:
-    interval = cfg.merged(series("asyncjob_target_poll_interval_seconds", selector))
+    interval = cfg.merged(series(catalogue.TARGET_POLL_INTERVAL.name, selector))
     since = cfg.merged(seconds_since_successful_poll(cfg, selector))
     return f"{since}\n  > {cfg.on_target} ({cfg.polling_stale_intervals} * {interval})"
 
@@ -235,25 +236,25 @@ def exporter_down(cfg: Config, selector: str) -> str:
 
 def tracking_cap_reached(cfg: Config, selector: str) -> str:
     by = ", ".join(cfg.target_labels)
-    dropped = series("asyncjob_jobs_dropped_total", selector, 'reason="cap"')
+    dropped = series(catalogue.JOBS_DROPPED.name, selector, 'reason="cap"')
     return f"sum by ({by}) (increase({dropped}[{cfg.tracking_cap_window}])) > 0"
 
 
 def _unless_closed(cfg: Config, selector: str) -> str:
-    closed = series("asyncjob_connection_status", selector, 'status=~"(?i)closed"')
+    closed = series(catalogue.CONNECTION_STATUS.name, selector, 'status=~"(?i)closed"')
     on = f"on({', '.join((*cfg.target_labels, 'connection_id'))})"
     return f"unless {on} ({closed} == 1)"
 
 
 def seconds_since_connection_sync(cfg: Config, selector: str) -> str:
-    return f"time() - {series('asyncjob_connection_last_success_timestamp_seconds', selector)}"
+    return f"time() - {series(catalogue.CONNECTION_LAST_SUCCESS.name, selector)}"
 
 
 def connection_sync_stale(cfg: Config, selector: str, for_user: bool = False) -> str:
     """Connections without a successful sync for too long; those only their end user can make
     synchronise again (asyncjob_connection_awaiting_user) go to the application team instead."""
     on = f"on({', '.join((*cfg.target_labels, 'connection_id'))})"
-    waiting = series("asyncjob_connection_awaiting_user", selector)
+    waiting = series(catalogue.CONNECTION_AWAITING_USER.name, selector)
     join = "and" if for_user else "unless"
     return (
         f"({seconds_since_connection_sync(cfg, selector)}) > {cfg.connection_sync_stale_seconds}\n"
@@ -263,15 +264,15 @@ def connection_sync_stale(cfg: Config, selector: str, for_user: bool = False) ->
 
 def source_missing(cfg: Config, selector: str) -> str:
     """Seconds a configured source has answered 404 (in the exporter's current run)."""
-    return cfg.merged(f"time() - {series('asyncjob_source_missing_since_timestamp_seconds', selector)}")
+    return cfg.merged(f"time() - {series(catalogue.SOURCE_MISSING_SINCE.name, selector)}")
 
 
 def state_undocumented(cfg: Config, selector: str) -> str:
-    return f"{series('asyncjob_jobs_undocumented', selector)} > 0"
+    return f"{series(catalogue.JOBS_UNDOCUMENTED.name, selector)} > 0"
 
 
 def seconds_until_consent_expiry(cfg: Config, selector: str) -> str:
-    return f"{series('asyncjob_channel_consent_expiry_timestamp_seconds', selector)} - time()"
+    return f"{series(catalogue.CHANNEL_CONSENT_EXPIRY.name, selector)} - time()"
 
 
 def consent_expiring(cfg: Config, selector: str) -> str:
@@ -283,7 +284,7 @@ def consent_expiring(cfg: Config, selector: str) -> str:
 
 
 def awaiting_user(cfg: Config, selector: str) -> str:
-    waiting = cfg.merged(f"{series('asyncjob_job_awaiting_user', selector)} == 1")
-    unfinished = cfg.merged(f"{series('asyncjob_job_status', selector, UNFINISHED)} == 1")
-    since = cfg.merged(f"time() - {series('asyncjob_job_last_progress_timestamp_seconds', selector)}")
+    waiting = cfg.merged(f"{series(catalogue.JOB_AWAITING_USER.name, selector)} == 1")
+    unfinished = cfg.merged(f"{series(catalogue.JOB_STATUS.name, selector, UNFINISHED)} == 1")
+    since = cfg.merged(f"time() - {series(catalogue.JOB_LAST_PROGRESS.name, selector)}")
     return f"{since}\n  and {cfg.on_job} {waiting}\n  and {cfg.on_job} {unfinished}"

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from exporter import catalogue
+
 from . import queries as q
 from .config import Config
 
@@ -52,7 +54,7 @@ def _exporting_instance(cfg: Config, job: bool) -> str:
     alert itself carries no replica label, so the annotation asks for it."""
     names = (*cfg.target_keys, *(("job_id",) if job else ()))
     # A job's own series (a dozen), or a threshold every replica polling the target exports.
-    metric = "asyncjob_job_.+" if job else "asyncjob_target_stuck_threshold_seconds"
+    metric = "asyncjob_job_.+" if job else catalogue.TARGET_STUCK_THRESHOLD.name
     selector = ", ".join((f'__name__=~"{metric}"', *(f"{name}=%q" for name in names)))
     args = " ".join(f"$labels.{name}" for name in names)
     return (
@@ -256,7 +258,7 @@ def target_alerts(cfg: Config, sel: str) -> list[Alert]:
             "The exporter cannot poll a target's API.",
             "The exporter{{ with $labels.instance }} on {{ . }}{{ end }} has failed to poll target "
             "{{ $labels.target }} "
-            f"for more than {cfg.target_down_for} (asyncjob_target_up is {{{{ $value }}}}).",
+            f"for more than {cfg.target_down_for} ({catalogue.TARGET_UP.name} is {{{{ $value }}}}).",
             per_job=False,
             merged=True,
         ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from exporter import catalogue
 from exporter.config.slos import SLO
 
 from . import queries as q
@@ -30,7 +31,7 @@ def _job_links(cfg: Config) -> dict[str, Any]:
 
 def _of_slo(cfg: Config, slo: SLO, query: str) -> str:
     """`query` (per job) kept to the jobs the objective covers: its targets and job type."""
-    info = q.series("asyncjob_job_info", f"{SCRAPE}, {slo.target_matcher}", *_job_type(slo))
+    info = q.series(catalogue.JOB_INFO.name, f"{SCRAPE}, {slo.target_matcher}", *_job_type(slo))
     return f"({query})\n  and {cfg.on_job} {info}"
 
 
@@ -43,11 +44,11 @@ def bad_jobs(cfg: Config, slo: SLO) -> tuple[str, str, str]:
     latency (seconds so far)."""
     sel = f"{SCRAPE}, {slo.target_matcher}"
     latency = f"{slo.latency:g}"
-    created = q.series("asyncjob_job_created_timestamp_seconds", sel)
-    finished = q.series("asyncjob_job_finished_timestamp_seconds", sel)
-    succeeded = q.series("asyncjob_job_status", sel, 'status="succeeded"')
-    unfinished = q.series("asyncjob_job_status", sel, q.UNFINISHED)
-    waiting = q.series("asyncjob_job_awaiting_user", sel)
+    created = q.series(catalogue.JOB_CREATED.name, sel)
+    finished = q.series(catalogue.JOB_FINISHED.name, sel)
+    succeeded = q.series(catalogue.JOB_STATUS.name, sel, 'status="succeeded"')
+    unfinished = q.series(catalogue.JOB_STATUS.name, sel, q.UNFINISHED)
+    waiting = q.series(catalogue.JOB_AWAITING_USER.name, sel)
     failed = q.failed_jobs(cfg, sel)
     late = (
         f"({finished} - {cfg.on_job_in_replica} {created}) > {latency}\n  and {cfg.on_job} ({succeeded} == 1)"

@@ -14,13 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from exporter import catalogue
 from exporter.config.slos import SLO
 from exporter.config.slos import duration as duration  # the rules' durations, for their tests and boards
 
 from . import queries as q
 from .config import Config
 
-COUNTER = "asyncjob_slo_jobs_total"
+COUNTER = catalogue.SLO_JOBS.name
 GOOD_OR_BAD = 'result=~"good|bad"'
 BAD = 'result="bad"'
 

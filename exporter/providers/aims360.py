@@ -30,7 +30,7 @@ from exporter.parsing import (
     parse_timestamp,
     text_id,
 )
-from exporter.providers.base import BadPayload, Http, PollResult, Provider, gather, segment
+from exporter.providers.base import AnswerLedger, BadPayload, Http, PollResult, Provider, gather, segment
 
 JOBS_PATH = "/jobsmanagement/odata/v1.0/backgroundjob"
 RERUN_PATH = "/jobsmanagement/v1.0/backgroundjob/{id}/rerun"
@@ -175,7 +175,9 @@ class Aims360(Provider):
         base = urlsplit(self.target.base_url)
         return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, ""))
 
-    async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:
+    async def poll(
+        self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None
+    ) -> PollResult:
         result = PollResult()
         wanted = set(tracked)
         # Each query: its filter and the tracked ids it asks for (none for discovery).

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from urllib.parse import quote
 
 import anyio
 
 from exporter.config import INHERITED_KEYS
-from exporter.fetch import NotFound, PollError
+from exporter.fetch import UNCHANGED, NotFound, PollError, Unchanged
 from exporter.model import Cause, Connection, Job
 from exporter.parsing import text_id, why_not_id
 
@@ -29,22 +30,61 @@ COMMON_KEYS = frozenset(
 
 
 class Http(Protocol):
-    """What a provider may ask of its target's HTTP client (exporter.fetch.TargetHttp)."""
+    """What a provider may ask of its target's HTTP client (exporter.fetch.TargetHttp): requests."""
 
     concurrency: int  # requests in flight at most
-    # Set by the scheduler for one cycle: fetch_each hands each answer to `early` (applied
-    # while the cycle goes on) when it is a list.
-    early: list[Job] | None
 
     async def get_json(self, path: str, params: dict[str, str] | None = None) -> Any: ...
 
     async def post_json(self, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any: ...
 
-    # A job's own answer and the hash to note in `seen` once it parsed; None when its bytes are
-    # those of the answer the tracker holds already.
-    async def get_job_json(self, path: str, job_id: str) -> tuple[Any, int] | None: ...
+    # (JSON, fingerprint of the answer's bytes), or UNCHANGED when known(fingerprint).
+    async def get_json_if_new(
+        self, path: str, known: Callable[[int], bool]
+    ) -> tuple[Any, int] | Unchanged: ...
 
-    seen: dict[str, tuple[int, Job]]
+
+class AnswerLedger:
+    """What the scheduler keeps of one target's answers between a poll and the tracker, handed
+    to each poll (Provider.poll, fetch_each):
+
+    - `last`: job id -> (fingerprint of the bytes of its last own answer that parsed, the job
+      parsed from it). An answer with the same bytes is not decoded again while `holds` says the
+      tracker still holds that job (not a placeholder, nor what the provider's list or the API
+      said since). A job the tracker drops is forgotten (`forget`).
+    - `early`: during a cycle, the jobs parsed so far, which the scheduler applies as they come
+      instead of with the cycle's result; None outside a cycle (answers then go to the result).
+    """
+
+    __slots__ = ("early", "holds", "last")
+
+    def __init__(self, holds: Callable[[str, Job], bool] | None = None) -> None:
+        self.last: dict[str, tuple[int, Job]] = {}
+        self.holds = holds
+        self.early: list[Job] | None = None
+
+    def known(self, job_id: str, fingerprint: int) -> bool:
+        """Whether an answer about `job_id` of this fingerprint says what the tracker holds."""
+        last = self.last.get(job_id)
+        return (
+            last is not None
+            and last[0] == fingerprint
+            and self.holds is not None
+            and self.holds(job_id, last[1])
+        )
+
+    def forget(self, job_id: str) -> None:
+        self.last.pop(job_id, None)
+
+    def take_early(self) -> list[Job]:
+        """The jobs parsed since the last call; those parsed later are kept for the next."""
+        jobs, self.early = self.early or [], []
+        return jobs
+
+    def end_cycle(self) -> list[Job]:
+        """The jobs parsed since the last take_early; later ones go to the poll's result."""
+        jobs, self.early = self.early or [], None
+        return jobs
 
 
 @dataclass
@@ -116,8 +156,11 @@ class Provider:
         dropped can be listed again: its tombstone is then kept in the state file."""
         return False
 
-    async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:
-        """Fetch the unfinished `tracked` jobs and anything discovery finds."""
+    async def poll(
+        self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None
+    ) -> PollResult:
+        """Fetch the unfinished `tracked` jobs and anything discovery finds. `ledger` (the
+        scheduler's) goes to fetch_each, for the jobs read one request each."""
         raise NotImplementedError
 
     def parse_job(self, obj: Any) -> Job:
@@ -225,26 +268,33 @@ async def gather(
 
 
 async def fetch_each(
-    http: Http, ids: Iterable[str], path_for: Callable[[str], str], parse: Callable[[Any], Job]
+    http: Http,
+    ids: Iterable[str],
+    path_for: Callable[[str], str],
+    parse: Callable[[Any], Job],
+    ledger: AnswerLedger | None = None,
 ) -> PollResult:
     """The common case: one GET per job. 404 → gone; unreadable bodies count as bad_body, and an
     answer about another id as id_mismatch.
-    Answers go to `http.early` instead when the scheduler set it (TargetHttp.early); an answer
-    whose bytes are those of the answer the tracker holds is left out (TargetHttp.seen)."""
+    With the scheduler's `ledger`, an answer whose bytes are those of the answer the tracker
+    holds is left out, and answers go to `ledger.early` during a cycle (AnswerLedger)."""
     result = PollResult()
+    if ledger is None:
+        ledger = AnswerLedger()  # nothing known, nothing early: every answer to the result
+    known = ledger.known
 
     # Each answer is sorted as it comes, so no pass over every job follows the fetch.
     async def one(job_id: str) -> None:
         try:
-            answer = await http.get_job_json(path_for(job_id), job_id)
-            if answer is None:
+            answer = await http.get_json_if_new(path_for(job_id), partial(known, job_id))
+            if answer is UNCHANGED:
                 return  # the same bytes as the answer the tracker holds: nothing new
             job = parse(answer[0])
             if job.id != job_id:
                 result.id_mismatches.append(f"job {job_id}: the answer is about job {job.id}")
                 return
-            http.seen[job_id] = (answer[1], job)  # only once it parsed: a bad answer stays counted
-            early = http.early
+            ledger.last[job_id] = (answer[1], job)  # only once it parsed: a bad answer stays counted
+            early = ledger.early
             (result.jobs if early is None else early).append(job)
         except NotFound:
             result.gone.append(job_id)

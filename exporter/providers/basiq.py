@@ -17,7 +17,16 @@ from exporter.config import TargetConfig
 from exporter.fetch import NotFound, PollError
 from exporter.model import NO_EXTRA, Cause, Job, Status, Step, interned_step, shared_steps
 from exporter.parsing import bounded_reason, parse_timestamp, text_id
-from exporter.providers.base import BadPayload, Http, PollResult, Provider, fetch_each, gather, segment
+from exporter.providers.base import (
+    AnswerLedger,
+    BadPayload,
+    Http,
+    PollResult,
+    Provider,
+    fetch_each,
+    gather,
+    segment,
+)
 
 STEP_STATUS = {
     "pending": Status.PENDING,
@@ -234,7 +243,9 @@ class Basiq(Provider):
             extra=whom(obj),
         )
 
-    async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:
+    async def poll(
+        self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None
+    ) -> PollResult:
         result = PollResult()
         seen: set[str] = set()
 
@@ -263,7 +274,9 @@ class Basiq(Provider):
                 pass  # counted by the client; the user's jobs are polled one by one below
 
         rest = [job_id for job_id in tracked if job_id not in seen]
-        direct = await fetch_each(http, rest, lambda job_id: f"/jobs/{segment(job_id)}", self.parse_job)
+        direct = await fetch_each(
+            http, rest, lambda job_id: f"/jobs/{segment(job_id)}", self.parse_job, ledger
+        )
         result.jobs.extend(direct.jobs)
         result.gone.extend(direct.gone)
         result.bad_payloads.extend(direct.bad_payloads)

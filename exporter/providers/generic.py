@@ -21,7 +21,7 @@ from exporter.parsing import (
     text_id,
     time_zone,
 )
-from exporter.providers.base import BadPayload, Http, PollResult, Provider, fetch_each, segment
+from exporter.providers.base import AnswerLedger, BadPayload, Http, PollResult, Provider, fetch_each, segment
 
 log = logging.getLogger("asyncjob.providers.generic")
 
@@ -151,7 +151,9 @@ class Generic(Provider):
             result.jobs.append(job)
         return seen
 
-    async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:
+    async def poll(
+        self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None
+    ) -> PollResult:
         result = PollResult()
         seen: set[str] = set()
         listed = False
@@ -169,7 +171,7 @@ class Generic(Provider):
         job_path = self.target.job_path
         if job_path:
             direct = await fetch_each(
-                http, rest, lambda job_id: job_path.replace("{id}", segment(job_id)), self.parse_job
+                http, rest, lambda job_id: job_path.replace("{id}", segment(job_id)), self.parse_job, ledger
             )
             result.jobs.extend(direct.jobs)
             result.gone.extend(direct.gone)

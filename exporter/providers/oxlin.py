@@ -26,7 +26,7 @@ from exporter.config import TargetConfig
 from exporter.fetch import NotFound, PollError
 from exporter.model import Cause, Channel, Connection, Job, Status
 from exporter.parsing import bounded_label, bounded_reason, is_digits, parse_timestamp, text_id
-from exporter.providers.base import BadPayload, Http, PollResult, Provider, gather, segment
+from exporter.providers.base import AnswerLedger, BadPayload, Http, PollResult, Provider, gather, segment
 
 JOB_TYPE = "synchronisation"
 SUCCESS_EVENTS = frozenset({"SYNC_ALL_SUCCESS", "PARTIAL_SUCCESS", "SYNC_PARTIAL_SUCCESS"})
@@ -418,7 +418,9 @@ class Oxlin(Provider):
         if cursor is not None:
             self._cursors[queue] = cursor
 
-    async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:
+    async def poll(
+        self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None
+    ) -> PollResult:
         result = PollResult()
         # Syncs tracked before a restart carry their connection and start in their id.
         for job_id in tracked:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from exporter.model import NO_EXTRA, Cause, Job, Status
 from exporter.parsing import bounded_label, map_status, parse_int, parse_timestamp, text_id, time_zone
-from exporter.providers.base import BadPayload, Http, PollResult, Provider, fetch_each, segment
+from exporter.providers.base import AnswerLedger, BadPayload, Http, PollResult, Provider, fetch_each, segment
 
 STATUS = {
     "pending": Status.PENDING,
@@ -90,5 +90,9 @@ class WillSuite(Provider):
             else NO_EXTRA,
         )
 
-    async def poll(self, http: Http, tracked: Sequence[str]) -> PollResult:
-        return await fetch_each(http, tracked, lambda job_id: f"/api-jobs/{segment(job_id)}", self.parse_job)
+    async def poll(
+        self, http: Http, tracked: Sequence[str], ledger: AnswerLedger | None = None
+    ) -> PollResult:
+        return await fetch_each(
+            http, tracked, lambda job_id: f"/api-jobs/{segment(job_id)}", self.parse_job, ledger
+        )

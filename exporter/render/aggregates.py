@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from exporter import catalogue as c
+from exporter.catalogue import Family
 from exporter.fetch import ERROR_REASONS
 from exporter.model import STATUSES
 from exporter.render.slos import render_slos
@@ -17,85 +19,37 @@ def _tl(state: TargetState, job_type: str, **more: str) -> str:
     return labels(target=state.config.name, job_type=job_type, **more)
 
 
-# Counters and histograms per target and job type: (name, help, type, where in the target's
-# Aggregates, the labels of the key's parts after the job type).
-AGGREGATE_FAMILIES: tuple[
-    tuple[str, str, str, Callable[[Aggregates], Mapping[Any, Any]], tuple[str, ...]], ...
-] = (
-    (
-        "asyncjob_jobs_finished_total",
-        "Jobs seen finishing, each counted once, by final status.",
-        "counter",
-        lambda a: a.finished,
-        ("status",),
-    ),
-    (
-        "asyncjob_jobs_failed_total",
-        "Failed jobs by bounded reason and who must act (user, provider, unknown), each counted once.",
-        "counter",
-        lambda a: a.failed,
-        ("reason", "cause"),
-    ),
-    (
-        "asyncjob_job_duration_seconds",
-        "Duration of finished jobs, start (else creation) to end.",
-        "histogram",
-        lambda a: a.job_duration,
-        ("status",),
-    ),
-    (
-        "asyncjob_step_duration_seconds",
-        "Observed duration of finished steps (resolution: one poll).",
-        "histogram",
-        lambda a: a.step_duration,
-        ("step",),
-    ),
-    (
-        "asyncjob_records_processed_total",
-        "Records of finished jobs (total), each job counted once.",
-        "counter",
-        lambda a: a.records_processed,
-        (),
-    ),
-    (
-        "asyncjob_records_failed_total",
-        "Failed records of finished jobs, each job counted once.",
-        "counter",
-        lambda a: a.records_failed,
-        (),
-    ),
-    (
-        "asyncjob_job_reruns_total",
-        "Reruns of failed jobs started by the exporter.",
-        "counter",
-        lambda a: a.reruns,
-        (),
-    ),
+# Counters and histograms per target and job type: (family, where in the target's Aggregates);
+# the keys' parts after the job type are the family's labels after `target` and `job_type`.
+AGGREGATE_FAMILIES: tuple[tuple[Family, Callable[[Aggregates], Mapping[Any, Any]]], ...] = (
+    (c.JOBS_FINISHED, lambda a: a.finished),
+    (c.JOBS_FAILED, lambda a: a.failed),
+    (c.JOB_DURATION, lambda a: a.job_duration),
+    (c.STEP_DURATION, lambda a: a.step_duration),
+    (c.RECORDS_PROCESSED, lambda a: a.records_processed),
+    (c.RECORDS_FAILED, lambda a: a.records_failed),
+    (c.JOB_RERUNS, lambda a: a.reruns),
 )
 
 
 def render_aggregates(targets: Iterable[TargetState], openmetrics: bool = False) -> bytes:
     ts = list(targets)
     w = Text(openmetrics)
-    w.family("asyncjob_jobs", "Jobs tracked now, by normalised status.", "gauge")
+    w.family(c.JOBS)
     for s in ts:
         # Job types with tracked jobs; a type whose jobs all went (or a registration
         # placeholder's empty type) leaves no rows of zeros behind.
         types = {jt for (jt, _), n in s.agg.by_status.items() if n} or {""}
         for jt in sorted(types):
             for st in STATUSES:
-                w.sample("asyncjob_jobs", _tl(s, jt, status=st), s.agg.by_status.get((jt, st), 0))
-    w.family(
-        "asyncjob_jobs_undocumented",
-        "Jobs tracked now in a state their provider does not document (status unknown), by the "
-        "provider's raw status (the first 20 a target sees; later ones are other).",
-        "gauge",
-    )
+                w.sample(c.JOBS.name, _tl(s, jt, status=st), s.agg.by_status.get((jt, st), 0))
+    w.family(c.JOBS_UNDOCUMENTED)
     for s in ts:
         for (jt, raw), n in sorted(s.agg.undocumented.items()):
-            w.sample("asyncjob_jobs_undocumented", _tl(s, jt, raw_status=raw), n)
-    for name, help_, type_, of, names in AGGREGATE_FAMILIES:
-        w.family(name, help_, type_)
+            w.sample(c.JOBS_UNDOCUMENTED.name, _tl(s, jt, raw_status=raw), n)
+    for family, of in AGGREGATE_FAMILIES:
+        name, names = family.name, family.labels[2:]
+        w.family(family)
         for s in ts:
             for key, value in sorted(of(s.agg).items()):
                 parts = (key,) if isinstance(key, str) else key
@@ -112,159 +66,97 @@ def render_aggregates(targets: Iterable[TargetState], openmetrics: bool = False)
 
 def _render_connections(w: Text, ts: list[TargetState]) -> None:
     conn_statuses = ("RUNNING", "SUCCESS", "PARTIAL_SUCCESS", "FAILED", "CLOSED", "NONE")
-    w.family("asyncjob_connection_status", "Oxlin connection status as a state set.", "gauge")
+    w.family(c.CONNECTION_STATUS)
     for s in ts:
-        for cid, c in sorted(s.connections.items()):
+        for cid, conn in sorted(s.connections.items()):
             lbl = labels(target=s.config.name, connection_id=cid)
-            known = c.status if c.status in conn_statuses else None
+            known = conn.status if conn.status in conn_statuses else None
             for st in conn_statuses:
-                w.sample("asyncjob_connection_status", f'{lbl},status="{st}"', 1 if st == known else 0)
-    w.family(
-        "asyncjob_connection_awaiting_user",
-        "1 while only the end user can make the connection synchronise again (its last sync "
-        "failed for them, or its consents lapsed).",
-        "gauge",
-    )
+                w.sample(c.CONNECTION_STATUS.name, f'{lbl},status="{st}"', 1 if st == known else 0)
+    w.family(c.CONNECTION_AWAITING_USER)
     for s in ts:
-        for cid, c in sorted(s.connections.items()):
+        for cid, conn in sorted(s.connections.items()):
             w.sample(
-                "asyncjob_connection_awaiting_user",
+                c.CONNECTION_AWAITING_USER.name,
                 labels(target=s.config.name, connection_id=cid),
-                1 if c.awaiting_user else 0,
+                1 if conn.awaiting_user else 0,
             )
-    w.family(
-        "asyncjob_connection_last_success_timestamp_seconds",
-        "Last successful synchronisation of the connection.",
-        "gauge",
-    )
+    w.family(c.CONNECTION_LAST_SUCCESS)
     for s in ts:
-        for cid, c in sorted(s.connections.items()):
-            if c.last_success is not None:
+        for cid, conn in sorted(s.connections.items()):
+            if conn.last_success is not None:
                 w.sample(
-                    "asyncjob_connection_last_success_timestamp_seconds",
+                    c.CONNECTION_LAST_SUCCESS.name,
                     labels(target=s.config.name, connection_id=cid),
-                    c.last_success,
+                    conn.last_success,
                 )
-    w.family(
-        "asyncjob_channel_last_success_timestamp_seconds",
-        "Last successful sync of a connection's channel.",
-        "gauge",
-    )
+    w.family(c.CHANNEL_LAST_SUCCESS)
     for s in ts:
-        for cid, c in sorted(s.connections.items()):
-            for ch in c.channels:
+        for cid, conn in sorted(s.connections.items()):
+            for ch in conn.channels:
                 if ch.last_success is not None:
                     w.sample(
-                        "asyncjob_channel_last_success_timestamp_seconds",
+                        c.CHANNEL_LAST_SUCCESS.name,
                         labels(target=s.config.name, connection_id=cid, channel=ch.id),
                         ch.last_success,
                     )
-    w.family(
-        "asyncjob_channel_consent_expiry_timestamp_seconds",
-        "When a PSD2 channel's consent expires and needs the end user (SCA).",
-        "gauge",
-    )
+    w.family(c.CHANNEL_CONSENT_EXPIRY)
     for s in ts:
-        for cid, c in sorted(s.connections.items()):
-            for ch in c.channels:
+        for cid, conn in sorted(s.connections.items()):
+            for ch in conn.channels:
                 if ch.expires is not None:
                     w.sample(
-                        "asyncjob_channel_consent_expiry_timestamp_seconds",
+                        c.CHANNEL_CONSENT_EXPIRY.name,
                         labels(target=s.config.name, connection_id=cid, channel=ch.id),
                         ch.expires,
                     )
-    w.family("asyncjob_queue_events_total", "Queue events read, each once, by event type.", "counter")
+    w.family(c.QUEUE_EVENTS)
     for s in ts:
         for (queue, et), v in sorted(s.agg.queue_events.items()):
-            w.sample(
-                "asyncjob_queue_events_total", labels(target=s.config.name, queue=queue, event_type=et), v
-            )
+            w.sample(c.QUEUE_EVENTS.name, labels(target=s.config.name, queue=queue, event_type=et), v)
 
 
 def _render_targets(w: Text, ts: list[TargetState]) -> None:
-    def per_target(name: str, help_: str, value: Callable[[TargetState], float | None]) -> None:
-        w.family(name, help_, "gauge")
+    def per_target(family: Family, value: Callable[[TargetState], float | None]) -> None:
+        w.family(family)
         for s in ts:
             v = value(s)
             if v is not None:
-                w.sample(name, labels(target=s.config.name), v)
+                w.sample(family.name, labels(target=s.config.name), v)
 
-    per_target(
-        "asyncjob_target_up",
-        "1 when the target's last poll cycle had no failed request.",
-        lambda s: 1 if s.up else 0,
-    )
-    w.family("asyncjob_target_info", "Configured target and its provider.", "gauge")
+    per_target(c.TARGET_UP, lambda s: 1 if s.up else 0)
+    w.family(c.TARGET_INFO)
     for s in ts:
-        w.sample("asyncjob_target_info", labels(target=s.config.name, provider=s.config.provider), 1)
-    per_target(
-        "asyncjob_target_poll_interval_seconds",
-        "How often the exporter polls the target, on its own schedule.",
-        lambda s: s.config.poll_interval,
-    )
-    per_target(
-        "asyncjob_target_stuck_threshold_seconds",
-        "No progress for this long means stuck (stuck_after).",
-        lambda s: s.config.stuck_after,
-    )
-    per_target(
-        "asyncjob_target_max_duration_seconds",
-        "Running longer than this means overdue (max_duration).",
-        lambda s: s.config.max_duration,
-    )
-    per_target(
-        "asyncjob_target_max_jobs", "Cap of tracked jobs (max_jobs_per_target).", lambda s: s.config.max_jobs
-    )
-    per_target(
-        "asyncjob_target_retention_seconds",
-        "How long finished jobs keep their series.",
-        lambda s: s.config.retention,
-    )
-    per_target(
-        "asyncjob_last_successful_poll_timestamp_seconds",
-        "End of the last poll cycle without errors.",
-        lambda s: s.last_success,
-    )
-    w.family(
-        "asyncjob_source_missing_since_timestamp_seconds",
-        "A configured source (a Basiq user, an Oxlin queue or connection, a list URL) answering "
-        "404 since then (in this process): nothing of it is polled until it answers again.",
-        "gauge",
-    )
+        w.sample(c.TARGET_INFO.name, labels(target=s.config.name, provider=s.config.provider), 1)
+    per_target(c.TARGET_POLL_INTERVAL, lambda s: s.config.poll_interval)
+    per_target(c.TARGET_STUCK_THRESHOLD, lambda s: s.config.stuck_after)
+    per_target(c.TARGET_MAX_DURATION, lambda s: s.config.max_duration)
+    per_target(c.TARGET_MAX_JOBS, lambda s: s.config.max_jobs)
+    per_target(c.TARGET_RETENTION, lambda s: s.config.retention)
+    per_target(c.LAST_SUCCESSFUL_POLL, lambda s: s.last_success)
+    w.family(c.SOURCE_MISSING_SINCE)
     for s in ts:
         for source, since in sorted(s.missing.items()):
-            w.sample(
-                "asyncjob_source_missing_since_timestamp_seconds",
-                labels(target=s.config.name, source=source),
-                since,
-            )
-    w.family("asyncjob_poll_duration_seconds", "Duration of HTTP requests to the target's API.", "histogram")
+            w.sample(c.SOURCE_MISSING_SINCE.name, labels(target=s.config.name, source=source), since)
+    w.family(c.POLL_DURATION)
     for s in ts:
-        w.histogram("asyncjob_poll_duration_seconds", labels(target=s.config.name), s.poll_duration)
+        w.histogram(c.POLL_DURATION.name, labels(target=s.config.name), s.poll_duration)
 
 
 def render_http_stats(w: Text, stats: dict[str, tuple[int, dict[str, int]]]) -> None:
-    w.family("asyncjob_poll_requests_total", "HTTP requests sent to the target's API.", "counter")
+    w.family(c.POLL_REQUESTS)
     for name, (requests, _) in sorted(stats.items()):
-        w.sample("asyncjob_poll_requests_total", labels(target=name), requests)
-    w.family(
-        "asyncjob_poll_errors_total", "Failed requests to the target's API by bounded reason.", "counter"
-    )
+        w.sample(c.POLL_REQUESTS.name, labels(target=name), requests)
+    w.family(c.POLL_ERRORS)
     for name, (_, errors) in sorted(stats.items()):
         for reason in ERROR_REASONS:
-            w.sample("asyncjob_poll_errors_total", labels(target=name, reason=reason), errors.get(reason, 0))
+            w.sample(c.POLL_ERRORS.name, labels(target=name, reason=reason), errors.get(reason, 0))
 
 
 def render_dropped(w: Text, ts: list[TargetState]) -> None:
-    w.family(
-        "asyncjob_jobs_dropped_total",
-        "Jobs no longer tracked, by reason (retention, gone, cap, deleted, rerun, resharded).",
-        "counter",
-    )
+    w.family(c.JOBS_DROPPED)
     for s in ts:
         for reason in sorted(set(s.agg.dropped) | {"cap", "gone", "retention"}):
             w.sample(
-                "asyncjob_jobs_dropped_total",
-                labels(target=s.config.name, reason=reason),
-                s.agg.dropped.get(reason, 0),
+                c.JOBS_DROPPED.name, labels(target=s.config.name, reason=reason), s.agg.dropped.get(reason, 0)
             )

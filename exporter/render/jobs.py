@@ -1,16 +1,17 @@
-"""The per-job families: one flat list of (name, help, type, lines(job)), each series
-carrying the `target`/`job_id` prefix; rendered when a job changes, never at scrape time."""
+"""The per-job families: one flat list of (catalogue family, lines(job)), each series carrying
+the `target`/`job_id` prefix; rendered when a job changes, never at scrape time."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from exporter import catalogue
 from exporter.model import STATUSES, Status
 from exporter.render.text import escape, fmt
 from exporter.tracker import TargetState, TrackedJob
 
-# Each family: (name, help, type, fn(tracked, prefix) -> text lines). `prefix` is the
+# Each family: (catalogue family, fn(tracked, prefix) -> text lines). `prefix` is the
 # `target="…",job_id="…"` part every per-job series carries.
 
 Lines = Callable[[TrackedJob, str], str]
@@ -18,17 +19,45 @@ Lines = Callable[[TrackedJob, str], str]
 
 @dataclass(frozen=True)
 class Family:
-    name: str
-    help: str
-    type: str
+    """A catalogue family and how a job's series of it are written."""
+
+    family: catalogue.Family
     lines: Lines
 
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+    @property
+    def help(self) -> str:
+        return self.family.help
+
+    @property
+    def type(self) -> str:
+        return self.family.type
+
     def header(self) -> bytes:
-        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.type}\n".encode()
+        return self.family.header
+
+
+# The names the lines below start with, looked up once rather than at every job's render.
+_INFO = catalogue.JOB_INFO.name
+_ERROR_INFO = catalogue.JOB_ERROR_INFO.name
+_STATUS = catalogue.JOB_STATUS.name
+_PERCENT = catalogue.JOB_PERCENT_COMPLETED.name
+_CREATED = catalogue.JOB_CREATED.name
+_STARTED = catalogue.JOB_STARTED.name
+_FINISHED = catalogue.JOB_FINISHED.name
+_LAST_PROGRESS = catalogue.JOB_LAST_PROGRESS.name
+_STEP_STATUS = catalogue.JOB_STEP_STATUS.name
+_STEP_DURATION = catalogue.JOB_STEP_DURATION.name
+_RECORDS = catalogue.JOB_RECORDS.name
+_ATTEMPTS = catalogue.JOB_ATTEMPTS.name
+_AWAITING_USER = catalogue.JOB_AWAITING_USER.name
 
 
 def _info(t: TrackedJob, p: str) -> str:
-    return f'asyncjob_job_info{{{p},provider="{escape(t.provider)}",job_type="{escape(t.job.job_type)}"}} 1\n'
+    return f'{_INFO}{{{p},provider="{escape(t.provider)}",job_type="{escape(t.job.job_type)}"}} 1\n'
 
 
 def _error_info(t: TrackedJob, p: str) -> str:
@@ -36,7 +65,7 @@ def _error_info(t: TrackedJob, p: str) -> str:
     if t.job.status is not Status.FAILED and t.cause is None:
         return ""
     reason, cause = escape(t.job.reason or "unknown"), t.cause or "unknown"
-    return f'asyncjob_job_error_info{{{p},reason="{reason}",cause="{cause}"}} 1\n'
+    return f'{_ERROR_INFO}{{{p},reason="{reason}",cause="{cause}"}} 1\n'
 
 
 # A state set's lines after the series' own labels, for each current status: the series
@@ -49,12 +78,12 @@ def _state_set(head: str, cur: Status) -> str:
 
 
 def _status(t: TrackedJob, p: str) -> str:
-    return _state_set(f"asyncjob_job_status{{{p}", t.job.status)
+    return _state_set(f"{_STATUS}{{{p}", t.job.status)
 
 
 def _percent(t: TrackedJob, p: str) -> str:
     v = t.job.effective_percent()
-    return "" if v is None else f"asyncjob_job_percent_completed{{{p}}} {fmt(v)}\n"
+    return "" if v is None else f"{_PERCENT}{{{p}}} {fmt(v)}\n"
 
 
 def _stamp(name: str, get: Callable[[TrackedJob], float | None]) -> Lines:
@@ -67,15 +96,13 @@ def _stamp(name: str, get: Callable[[TrackedJob], float | None]) -> Lines:
 
 def _step_status(t: TrackedJob, p: str) -> str:
     return "".join(
-        _state_set(f'asyncjob_job_step_status{{{p},step="{escape(step.name)}"', step.status)
-        for step in t.job.steps
+        _state_set(f'{_STEP_STATUS}{{{p},step="{escape(step.name)}"', step.status) for step in t.job.steps
     )
 
 
 def _step_duration(t: TrackedJob, p: str) -> str:
     return "".join(
-        f'asyncjob_job_step_duration_seconds{{{p},step="{escape(name)}"}} {fmt(v)}\n'
-        for name, v in t.step_duration.items()
+        f'{_STEP_DURATION}{{{p},step="{escape(name)}"}} {fmt(v)}\n' for name, v in t.step_duration.items()
     )
 
 
@@ -88,88 +115,37 @@ def _records(t: TrackedJob, p: str) -> str:
         ("failed", j.records_failed),
     ):
         if v is not None:
-            out.append(f'asyncjob_job_records{{{p},kind="{kind}"}} {v}\n')
+            out.append(f'{_RECORDS}{{{p},kind="{kind}"}} {v}\n')
     return "".join(out)
 
 
 def _attempts(t: TrackedJob, p: str) -> str:
-    return "" if t.job.attempts is None else f"asyncjob_job_attempts{{{p}}} {t.job.attempts}\n"
+    return "" if t.job.attempts is None else f"{_ATTEMPTS}{{{p}}} {t.job.attempts}\n"
 
 
 def _awaiting(t: TrackedJob, p: str) -> str:
-    return f"asyncjob_job_awaiting_user{{{p}}} {1 if t.job.awaiting_user else 0}\n"
+    return f"{_AWAITING_USER}{{{p}}} {1 if t.job.awaiting_user else 0}\n"
 
 
 JOB_FAMILIES: tuple[Family, ...] = (
+    Family(catalogue.JOB_INFO, _info),
+    Family(catalogue.JOB_ERROR_INFO, _error_info),
+    Family(catalogue.JOB_STATUS, _status),
+    Family(catalogue.JOB_PERCENT_COMPLETED, _percent),
+    Family(catalogue.JOB_CREATED, _stamp(_CREATED, lambda t: t.job.created)),
+    Family(catalogue.JOB_STARTED, _stamp(_STARTED, lambda t: t.job.started)),
     Family(
-        "asyncjob_job_info",
-        "Tracked job, with its provider and type. Polled on the exporter's own schedule.",
-        "gauge",
-        _info,
-    ),
-    Family(
-        "asyncjob_job_error_info",
-        "A failed job's bounded error reason (provider's code or state), or that of the records a "
-        "job refused, and who must act: user, provider, unknown.",
-        "gauge",
-        _error_info,
-    ),
-    Family(
-        "asyncjob_job_status",
-        "Normalised job status as a state set: 1 for the current status.",
-        "gauge",
-        _status,
-    ),
-    Family(
-        "asyncjob_job_percent_completed",
-        "Completion 0-100: the provider's, else the share of finished steps.",
-        "gauge",
-        _percent,
-    ),
-    Family(
-        "asyncjob_job_created_timestamp_seconds",
-        "When the provider created the job.",
-        "gauge",
-        _stamp("asyncjob_job_created_timestamp_seconds", lambda t: t.job.created),
-    ),
-    Family(
-        "asyncjob_job_started_timestamp_seconds",
-        "When the job started, when known.",
-        "gauge",
-        _stamp("asyncjob_job_started_timestamp_seconds", lambda t: t.job.started),
-    ),
-    Family(
-        "asyncjob_job_finished_timestamp_seconds",
-        "When the job finished, when known.",
-        "gauge",
+        catalogue.JOB_FINISHED,
         _stamp(
-            "asyncjob_job_finished_timestamp_seconds",
-            lambda t: (t.job.finished or t.seen_terminal_at) if t.job.status.terminal else None,
+            _FINISHED, lambda t: (t.job.finished or t.seen_terminal_at) if t.job.status.terminal else None
         ),
     ),
-    Family(
-        "asyncjob_job_last_progress_timestamp_seconds",
-        "Last time anything about the job moved (status, step, percent, records, provider's update time).",
-        "gauge",
-        _stamp("asyncjob_job_last_progress_timestamp_seconds", lambda t: t.last_progress),
-    ),
-    Family(
-        "asyncjob_job_step_status", "Each step's normalised status as a state set.", "gauge", _step_status
-    ),
-    Family(
-        "asyncjob_job_step_duration_seconds",
-        "Observed step duration; resolution is one poll interval when the provider gives no step times.",
-        "gauge",
-        _step_duration,
-    ),
-    Family("asyncjob_job_records", "Records of the job by kind: total, affected, failed.", "gauge", _records),
-    Family("asyncjob_job_attempts", "Attempts the provider reports for the job.", "gauge", _attempts),
-    Family(
-        "asyncjob_job_awaiting_user",
-        "1 while the job waits for its end user (MFA, consent, re-authentication): not stuck.",
-        "gauge",
-        _awaiting,
-    ),
+    Family(catalogue.JOB_LAST_PROGRESS, _stamp(_LAST_PROGRESS, lambda t: t.last_progress)),
+    Family(catalogue.JOB_STEP_STATUS, _step_status),
+    Family(catalogue.JOB_STEP_DURATION, _step_duration),
+    Family(catalogue.JOB_RECORDS, _records),
+    Family(catalogue.JOB_ATTEMPTS, _attempts),
+    Family(catalogue.JOB_AWAITING_USER, _awaiting),
 )
 
 

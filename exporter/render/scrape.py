@@ -19,8 +19,8 @@ from prometheus_client import (
 )
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
-from exporter import __version__
-from exporter.front_door import WEB_COUNTS, WebCounts
+from exporter import __version__, catalogue
+from exporter.httpserver.front_door import WEB_COUNTS, WebCounts
 from exporter.render.aggregates import render_aggregates, render_dropped, render_http_stats
 from exporter.render.deflate import gzip_member, inflate
 from exporter.render.formats import EOF, openmetrics_counters
@@ -36,20 +36,11 @@ GCCollector(registry=PROCESS_REGISTRY)
 
 
 def render_web_counts(w: Text, counts: WebCounts = WEB_COUNTS) -> None:
-    w.family(
-        "asyncjob_web_connections_refused_total",
-        "New connections refused at --web.max-connections: every open one had authenticated and was being answered.",
-        "counter",
-    )
-    w.out.append(f"asyncjob_web_connections_refused_total {counts.refused}\n")
-    w.family(
-        "asyncjob_web_connections_closed_total",
-        "Connections the exporter closed before its client did, by reason: to make room at the cap "
-        "(cap_not_authenticated, cap_not_reading, cap_idle), header_timeout, write_timeout.",
-        "counter",
-    )
+    w.family(catalogue.WEB_CONNECTIONS_REFUSED)
+    w.out.append(f"{catalogue.WEB_CONNECTIONS_REFUSED.name} {counts.refused}\n")
+    w.family(catalogue.WEB_CONNECTIONS_CLOSED)
     for reason, n in counts.closed.items():
-        w.sample("asyncjob_web_connections_closed_total", labels(reason=reason), n)
+        w.sample(catalogue.WEB_CONNECTIONS_CLOSED.name, labels(reason=reason), n)
 
 
 def _task_count() -> int:
@@ -83,12 +74,10 @@ class Exposition:
         w = Text(openmetrics)
         render_http_stats(w, self._http_stats())
         render_dropped(w, ts)
-        w.family("asyncjob_exporter_build_info", "The exporter's version.", "gauge")
-        w.sample("asyncjob_exporter_build_info", labels(version=__version__), 1)
-        w.family(
-            "asyncjob_exporter_tasks", "Tasks on the exporter's event loop (flat when healthy).", "gauge"
-        )
-        w.out.append(f"asyncjob_exporter_tasks {_task_count()}\n")
+        w.family(catalogue.BUILD_INFO)
+        w.sample(catalogue.BUILD_INFO.name, labels(version=__version__), 1)
+        w.family(catalogue.EXPORTER_TASKS)
+        w.out.append(f"{catalogue.EXPORTER_TASKS.name} {_task_count()}\n")
         render_web_counts(w, self.web_counts)
         if not openmetrics:
             process = generate_latest(PROCESS_REGISTRY) if self.exporter_metrics else b""

@@ -6,20 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from exporter.catalogue import SLO_JOBS
 from exporter.render.text import Text, labels
 from exporter.slos import RESULTS
 from exporter.tracker import TargetState
 
-NAME = "asyncjob_slo_jobs_total"
-HELP = (
-    "Jobs judged once for each objective of slos: result good (succeeded within its latency), "
-    "bad (failed not for its end user, succeeded late, or unfinished past the latency) or user "
-    "(the end user's failure or wait: outside the SLI)."
-)
-
 
 def render_slos(w: Text, targets: Iterable[TargetState]) -> None:
-    w.family(NAME, HELP, "counter")
+    w.family(SLO_JOBS)
     for s in targets:
         if not s.config.slos:
             continue
@@ -31,4 +25,4 @@ def render_slos(w: Text, targets: Iterable[TargetState]) -> None:
             for job_type in sorted(types):
                 for result in RESULTS:
                     lbl = labels(target=s.config.name, job_type=job_type, slo=slo.name, result=str(result))
-                    w.sample(NAME, lbl, counted.get((job_type, slo.name, str(result)), 0))
+                    w.sample(SLO_JOBS.name, lbl, counted.get((job_type, slo.name, str(result)), 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from exporter.catalogue import Family
 from exporter.tracker import Exemplar, Histogram
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -41,10 +42,12 @@ class Text:
         self.out: list[str] = []
         self.openmetrics = openmetrics
 
-    def family(self, name: str, help_: str, type_: str) -> None:
-        if self.openmetrics and type_ == "counter":
-            name = name.removesuffix("_total")
-        self.out.append(f"# HELP {name} {help_}\n# TYPE {name} {type_}\n")
+    def family(self, family: Family) -> None:
+        if self.openmetrics and family.type == "counter":
+            name = family.name.removesuffix("_total")
+            self.out.append(f"# HELP {name} {family.help}\n# TYPE {name} {family.type}\n")
+        else:
+            self.out.append(family.header_text)
 
     def sample(self, name: str, lbl: str, value: float) -> None:
         self.out.append(f"{name}{{{lbl}}} {fmt(value)}\n")

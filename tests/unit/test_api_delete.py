@@ -11,8 +11,8 @@ from exporter.config import build_settings
 from exporter.model import Job, Status
 from exporter.providers import PROVIDERS
 from exporter.providers.base import PollResult
+from exporter.routes import build_app
 from exporter.runtime import Runtime
-from exporter.server import build_app
 from exporter.state import Store
 from exporter.tracker import TOMBSTONE_SECONDS
 

@@ -1,5 +1,5 @@
 """HeadWithBody: a response's head and the first part of its body go out in one send. The
-connection cap: which connection is closed past it (exporter.front_door), and a scrape with good
+connection cap: which connection is closed past it (exporter.httpserver.front_door), and a scrape with good
 credentials that gets in while more connections than the cap pipeline wrong passwords or read
 nothing, against the real server on 127.0.0.1."""
 
@@ -20,11 +20,20 @@ import bcrypt
 import pytest
 
 from exporter.config import build_settings
-from exporter.connections import ConnectionLimits, HeadWithBody
-from exporter.front_door import IDLE, NOT_AUTHENTICATED, NOT_READING, WEB_COUNTS, FrontDoor, WebCounts
+from exporter.httpserver.front_door import (
+    IDLE,
+    NOT_AUTHENTICATED,
+    NOT_READING,
+    WEB_COUNTS,
+    FrontDoor,
+    WebCounts,
+)
+from exporter.httpserver.head_with_body import HeadWithBody
+from exporter.httpserver.protocol import ConnectionLimits
+from exporter.httpserver.server import Server
 from exporter.providers import PROVIDERS
+from exporter.routes import build_app
 from exporter.runtime import Runtime
-from exporter.server import Server, build_app
 from exporter.webconfig import WebConfig
 
 

@@ -19,11 +19,13 @@ import bcrypt
 import pytest
 from starlette.types import Receive, Scope, Send
 
+from exporter.api import Api
 from exporter.config import build_settings
-from exporter.connections import ConnectionLimits
+from exporter.httpserver.protocol import ConnectionLimits
+from exporter.httpserver.server import Server
 from exporter.providers import PROVIDERS
+from exporter.routes import ExporterApp, build_app
 from exporter.runtime import Runtime
-from exporter.server import ExporterApp, Server, build_app
 from exporter.webconfig import WebConfig
 
 PROMETHEUS = b"Accept-Encoding: gzip\r\nUser-Agent: Prometheus/2.53.0\r\n"
@@ -307,6 +309,63 @@ async def test_registrations_are_answered_without_the_app_as_the_app_answers_the
             assert direct.body == app.body
     assert b'"field":"id"' in answers[2][0].body
     assert "job-1" in s.runtime.tracker.targets["t"].jobs
+
+
+@pytest.mark.anyio
+async def test_the_protocol_and_the_app_run_the_same_handlers(serve: Any, monkeypatch: Any) -> None:
+    """The fast path is no second implementation: answered by the protocol or by the app,
+    /metrics, /healthz and a registration run exporter.api's handlers."""
+    ran: list[str] = []
+
+    def spy(name: str) -> Any:
+        original = getattr(Api, name)
+
+        def sync(self: Api, *args: Any) -> Any:
+            ran.append(name)
+            return original(self, *args)
+
+        async def awaited(self: Api, *args: Any) -> Any:
+            ran.append(name)
+            return await original(self, *args)
+
+        return awaited if name == "registered" else sync
+
+    for name in ("metrics", "healthz", "registration_refused", "registered"):
+        monkeypatch.setattr(Api, name, spy(name))
+    s = await serve()
+    c = await s.connect()
+    for path in ("/metrics", "/healthz"):
+        await c.send(get(path))  # the protocol answers it
+        assert (await c.answer()).status == 200
+        await c.send(get(path, b"Content-Length: 1\r\n") + b"x")  # a body: the app answers it
+        assert (await c.answer()).status == 200
+    for path in ("/api/v1/targets/t/jobs", "/api/v1/targets/%74/jobs"):  # escaped: the app's
+        await c.send(post(path, b'{"id": "job-1"}'))
+        assert (await c.answer()).status == 202
+    await c.aclose()
+    assert s.asgi_paths == ["/metrics", "/healthz", "/api/v1/targets/t/jobs"]
+    assert ran == ["metrics"] * 2 + ["healthz"] * 2 + ["registration_refused", "registered"] * 2
+
+
+@pytest.mark.anyio
+async def test_a_handler_that_fails_on_the_fast_path_answers_500_and_the_connection_serves_on(
+    serve: Any, monkeypatch: Any
+) -> None:
+    async def broken(self: Api, target: str, raw: bytes) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Api, "registered", broken)
+    s = await serve()
+    c = await s.connect()
+    await c.send(post("/api/v1/targets/t/jobs", b'{"id": "job-1"}'))
+    failed = await c.answer()
+    await c.send(get("/healthz"))
+    health = await c.answer()
+    await c.aclose()
+    assert s.asgi_paths == []
+    assert (failed.status, failed.body) == (500, b"Internal Server Error")
+    assert failed.headers["content-type"] == "text/plain; charset=utf-8"
+    assert (health.status, health.body) == (200, b"ok\n")
 
 
 @pytest.mark.anyio

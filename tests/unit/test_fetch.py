@@ -19,9 +19,12 @@ import h11
 import httpx
 import pytest
 
+from exporter import __version__
 from exporter.config import build_settings
-from exporter.fetch import KEEPALIVE_EXPIRY, NotFound, PollError, TargetHttp, parse_retry_after
+from exporter.fetch import KEEPALIVE_EXPIRY, UNCHANGED, NotFound, PollError, TargetHttp, parse_retry_after
+from exporter.model import Job, Status
 from exporter.providers import PROVIDERS
+from exporter.providers.base import AnswerLedger, fetch_each
 from exporter.providers.basiq import Basiq
 from tests.hostile import ANSWERS, Answer, Hostile, json_answer, watchdog
 from tests.unit.loopback import Peer, serve
@@ -144,6 +147,78 @@ async def test_a_post_is_never_sent_twice() -> None:
     assert "POST 127.0.0.1:" in str(e.value) and "/jobs/1/rerun" in str(e.value)
 
 
+def answer_each(n: int, peer: Peer) -> None:
+    while peer.read_request() is not None:
+        peer.answer(b'{"n": %d}' % n)
+
+
+@pytest.mark.anyio
+async def test_requests_carry_the_targets_headers_in_order() -> None:
+    """The headers an httpx.AsyncClient made with them would send, in its order: the client
+    sends them itself, without one."""
+    with serve(answer_each) as (url, seen):
+        http = real_http(url)
+        await http.get_json("/jobs/1")
+        await http.aclose()
+    port = url.rsplit(":", 1)[1]
+    assert seen == [
+        b"GET /jobs/1 HTTP/1.1\r\n"
+        + f"Host: 127.0.0.1:{port}\r\n".encode()
+        + b"Connection: keep-alive\r\n"
+        + f"User-Agent: asyncjob-exporter/{__version__}\r\n".encode()
+        + b"Accept: application/json\r\n"
+        + b"Accept-Encoding: gzip, deflate\r\n\r\n"
+    ]
+
+
+@pytest.mark.anyio
+async def test_what_a_poll_knows_of_its_answers_is_its_ledgers_not_the_clients() -> None:
+    """One client, two ledgers: an answer is left undecoded for the ledger that knows its bytes
+    (and whose tracker holds the job parsed from them), and read whole for the other."""
+    answers = {"a": b'{"id": "a", "status": "processing"}'}
+    parsed: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=answers[request.url.path.rsplit("/", 1)[1]])
+
+    def parse(obj: Any) -> Job:
+        parsed.append(obj["status"])
+        return Job(obj["id"], Status.RUNNING)
+
+    http = make_http(handler)
+    holding = AnswerLedger(holds=lambda job_id, job: True)
+    other = AnswerLedger(holds=lambda job_id, job: True)
+    path = lambda job_id: f"/jobs/{job_id}"  # noqa: E731
+    first = await fetch_each(http, ["a"], path, parse, holding)
+    assert [j.id for j in first.jobs] == ["a"] and set(holding.last) == {"a"}
+    again = await fetch_each(http, ["a"], path, parse, holding)
+    assert again.jobs == [] and parsed == ["processing"]  # the same bytes: not decoded
+    elsewhere = await fetch_each(http, ["a"], path, parse, other)
+    assert [j.id for j in elsewhere.jobs] == ["a"] and parsed == ["processing", "processing"]
+    answers["a"] = b'{"id": "a", "status": "completed"}'
+    changed = await fetch_each(http, ["a"], path, parse, holding)
+    assert [j.id for j in changed.jobs] == ["a"] and parsed[-1] == "completed"
+    # Without a ledger nothing is known: every answer is read.
+    assert [j.id for j in (await fetch_each(http, ["a"], path, parse)).jobs] == ["a"]
+    assert len(parsed) == 4
+    await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_unchanged_answer_is_the_unchanged_sentinel_and_nothing_else() -> None:
+    """get_json_if_new tells a known answer apart from an answer of `null` or an empty body."""
+    http = make_http(lambda request: httpx.Response(200, content=b""))
+    fingerprints: list[int] = []
+
+    def known(fingerprint: int) -> bool:
+        fingerprints.append(fingerprint)
+        return len(fingerprints) > 1
+
+    assert await http.get_json_if_new("/jobs/1", known) == (None, hash(b""))
+    assert await http.get_json_if_new("/jobs/1", known) is UNCHANGED
+    await http.aclose()
+
+
 @pytest.mark.anyio
 async def test_connect_errors_name_the_host_and_the_cause() -> None:
     with socket.create_server(("127.0.0.1", 0)) as s:
@@ -161,7 +236,7 @@ async def test_connect_errors_name_the_host_and_the_cause() -> None:
 def test_idle_connections_are_closed_before_common_servers_close_them() -> None:
     http = real_http("http://127.0.0.1:1")
     assert KEEPALIVE_EXPIRY < 5  # uvicorn's and Node's keep-alive timeout
-    assert http.client._transport.keepalive_expiry == KEEPALIVE_EXPIRY  # type: ignore[attr-defined]
+    assert http._transport.keepalive_expiry == KEEPALIVE_EXPIRY  # type: ignore[attr-defined]
 
 
 def test_answers_streaming_junk_at_once_share_one_byte_budget_and_rss_stays_bounded() -> None:

@@ -14,8 +14,8 @@ from starlette.testclient import TestClient
 
 from exporter.config import build_settings
 from exporter.providers import PROVIDERS
+from exporter.routes import build_app
 from exporter.runtime import Runtime
-from exporter.server import build_app
 from exporter.webconfig import BasicAuthMiddleware, WebConfig, WebConfigError, load_web_config
 
 

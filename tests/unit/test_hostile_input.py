@@ -22,8 +22,8 @@ from starlette.testclient import TestClient
 from exporter.config import build_settings
 from exporter.parsing import MAX_JSON_DEPTH, JsonTooDeep, clean_text, load_json, parse_number, text_id
 from exporter.providers import PROVIDERS
+from exporter.routes import build_app
 from exporter.runtime import Runtime
-from exporter.server import build_app
 from tests.unit.provider_http import fixture, provider_and_http
 
 # --- hostile JSON ---------------------------------------------------------------------------
@@ -458,7 +458,7 @@ def test_a_listen_address_or_content_length_of_digit_like_characters_is_refused_
     """str.isdigit accepts "²", which int() refuses."""
     import pytest
 
-    from exporter.server import parse_listen_address
+    from exporter.httpserver.server import parse_listen_address
 
     with pytest.raises(ValueError, match="expected"):
         parse_listen_address(":1²")

@@ -163,8 +163,8 @@ def test_a_config_naming_an_id_that_is_not_one_is_refused_naming_the_key(bad: st
 def test_a_registration_of_an_id_that_is_not_one_is_refused_naming_the_id_field(bad: str) -> None:
     from starlette.testclient import TestClient
 
+    from exporter.routes import build_app
     from exporter.runtime import Runtime
-    from exporter.server import build_app
 
     settings = build_settings({"targets": [target(provider="basiq")]}, PROVIDERS)
     rt = Runtime(settings)

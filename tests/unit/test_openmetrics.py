@@ -14,13 +14,13 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from exporter import __version__
 from exporter.config import build_settings
-from exporter.front_door import WebCounts
+from exporter.httpserver.front_door import WebCounts
 from exporter.model import Job, Status, Step
 from exporter.providers import PROVIDERS
 from exporter.render import Exposition
 from exporter.render.formats import EOF, wants_openmetrics
+from exporter.routes import ExporterApp, build_app
 from exporter.runtime import Runtime
-from exporter.server import ExporterApp, build_app
 from exporter.tracker import Tracker
 from tests.tools import require_tool
 
@@ -189,11 +189,13 @@ async def test_metrics_answers_the_format_asked_for_on_both_paths(accept: str, m
     rt = Runtime(settings)
     rt.tracker.set_target(settings.resolved(settings.targets[0]))
     app = build_app(rt)
-    assert isinstance(app, ExporterApp) and app.direct is not None
+    assert isinstance(app, ExporterApp) and app.fast_path is not None
     headers = {"accept": accept, "accept-encoding": "gzip"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://x") as client:
         via_app = await client.get("/metrics", headers=headers)
-    answer = app.direct(b"GET", b"/metrics", [(k.encode(), v.encode()) for k, v in headers.items()])
+    answer = app.fast_path.answer_now(
+        b"GET", b"/metrics", [(k.encode(), v.encode()) for k, v in headers.items()]
+    )
     assert answer is not None
     status, direct_headers, direct_body = answer
     assert status == via_app.status_code == 200

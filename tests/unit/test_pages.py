@@ -13,8 +13,8 @@ from exporter.model import Job, Status, Step
 from exporter.pages import PAGE_SIZE
 from exporter.providers import PROVIDERS
 from exporter.providers.base import PollResult
+from exporter.routes import build_app
 from exporter.runtime import Runtime
-from exporter.server import build_app
 
 HOSTILE_ID = "<script>alert(1)</script>\"'&x"
 HOSTILE_MESSAGE = "</td><script>alert('pwned')</script><img src=x onerror=alert(2)> \"quoted\" 'single'"

@@ -17,8 +17,8 @@ from starlette.testclient import TestClient
 from exporter.config import ConfigError, build_settings
 from exporter.model import Job, Status, Step
 from exporter.providers import PROVIDERS
+from exporter.routes import build_app
 from exporter.runtime import Runtime
-from exporter.server import build_app
 
 KEYS = [
     "global",

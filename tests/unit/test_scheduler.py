@@ -139,7 +139,7 @@ def recording_scheduler(interval: str, static: int = 0) -> tuple[Scheduler, Any,
     polled: list[list[str]] = []
 
     class Recording(PROVIDERS["willsuite"]):  # type: ignore[misc,valid-type]
-        async def poll(self, http: object, tracked: list[str]) -> PollResult:
+        async def poll(self, http: object, tracked: list[str], ledger: object = None) -> PollResult:
             polled.append(list(tracked))
             return PollResult()
 
@@ -264,7 +264,7 @@ async def test_a_cycles_answers_reach_the_tracker_while_slower_ones_are_still_aw
         assert jobs["slow"].job.status is Status.RUNNING  # its request is still out
         release.set()
     assert jobs["slow"].job.status is Status.SUCCEEDED
-    assert runner.http.early is None  # nothing left behind for the next cycle
+    assert runner.ledger.early is None  # nothing left behind for the next cycle
     await runner.http.aclose()
 
 
@@ -292,7 +292,7 @@ async def test_an_answer_the_tracker_holds_already_is_not_parsed_again() -> None
 
     tr, runner = willsuite_runner(answer, Counting)
     scheduler = Scheduler(tr)
-    runner.http.holds = scheduler._holds("t")
+    runner.ledger.holds = scheduler._holds("t")
     scheduler.runners["t"] = runner
     scheduler.register("t", Job("j", Status.PENDING))
     jobs = tr.targets["t"].jobs
@@ -305,7 +305,7 @@ async def test_an_answer_the_tracker_holds_already_is_not_parsed_again() -> None
     assert parsed == ["processing", "completed"] and jobs["j"].job.status is Status.SUCCEEDED
 
     tr.drop("t", "j", "deleted")
-    assert "j" not in runner.http.seen
+    assert "j" not in runner.ledger.last
     scheduler.register("t", Job("j", Status.PENDING))
     await scheduler._cycle(runner, ["j"])  # the bytes it had before, but the tracker holds a placeholder
     assert parsed == ["processing", "completed", "completed"] and jobs["j"].job.status is Status.SUCCEEDED
@@ -328,7 +328,7 @@ async def test_the_hash_of_an_answer_read_while_its_job_was_dropped_does_not_sta
     for job_id in ("gone-meanwhile", "kept"):
         tr.track("t", Job(job_id, Status.RUNNING), "static", now=1)
     await scheduler._cycle(runner)
-    assert set(runner.http.seen) == {"kept"} and set(tr.targets["t"].jobs) == {"kept"}
+    assert set(runner.ledger.last) == {"kept"} and set(tr.targets["t"].jobs) == {"kept"}
     await runner.http.aclose()
 
 
@@ -375,7 +375,7 @@ async def test_an_unchanged_answer_is_applied_again_when_the_list_changed_the_jo
     runner = TargetRunner(
         rt, PROVIDERS["generic"](rt.config), TargetHttp(rt, transport=httpx.MockTransport(answer))
     )
-    runner.http.holds = scheduler._holds("t")
+    runner.ledger.holds = scheduler._holds("t")
     scheduler.runners["t"] = runner
     scheduler.register("t", Job("x", Status.PENDING))
     job = lambda: tr.targets["t"].jobs["x"].job  # noqa: E731
@@ -485,3 +485,33 @@ async def test_a_configured_source_that_answers_404_is_counted_named_and_forgott
     await scheduler._cycle(runner)
     assert state.missing == {}
     await runner.http.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_targets_ledger_asks_the_tracker_whether_it_holds_an_answer() -> None:
+    """The runner Scheduler.apply starts keeps its answers in a ledger of its own, whose
+    unchanged answers count as known only while the tracker holds the job they said."""
+    from exporter.config import build_settings
+    from exporter.providers import PROVIDERS
+
+    s = build_settings(
+        {"targets": [{"name": "t", "provider": "willsuite", "base_url": "http://127.0.0.1:1"}]},
+        PROVIDERS,
+    )
+    tr = tracker()
+    scheduler = Scheduler(tr)
+    answer = Job("j", Status.RUNNING)
+    async with anyio.create_task_group() as tg:
+        scheduler._tg = tg
+        scheduler.apply(s)
+        ledger = scheduler.runners["t"].ledger
+        tg.cancel_scope.cancel()  # nothing is polled: the wiring alone is under test
+    ledger.last["j"] = (hash(b"answer"), answer)
+    assert not ledger.known("j", hash(b"answer"))  # not tracked
+    tr.track("t", Job("j", Status.PENDING), "registered", now=1)
+    assert not ledger.known("j", hash(b"answer"))  # tracked as registered, not as that answer
+    tr.apply("t", PollResult(jobs=[answer]), now=2)
+    assert ledger.known("j", hash(b"answer"))
+    assert not ledger.known("j", hash(b"another answer"))
+    tr.drop("t", "j", "deleted")
+    assert "j" not in ledger.last  # forgotten with the job

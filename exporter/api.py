@@ -1,0 +1,275 @@
+"""The exporter's answers as plain handlers, (target, headers, body) → HttpAnswer: /metrics, the
+probes, /-/reload and the job API. The Starlette routes (exporter.routes) and the HTTP server's
+fast path (exporter.httpserver.fast_path) are thin adapters over them, so both run this code."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from exporter.httpserver import Headers, HttpAnswer
+from exporter.model import STATUSES
+from exporter.parsing import JsonTooDeep, is_digits, load_json
+from exporter.providers.base import BadPayload
+from exporter.render.formats import content_type, wants_openmetrics
+from exporter.runtime import Runtime, WrongShard, job_document, retired_document
+from exporter.state import StateUnwritable
+from exporter.tracker import CapReached
+
+UNAUTHORISED = "missing or wrong API token (Authorization: Bearer, or X-Asyncjob-Token)"
+REGISTER_PREFIX, REGISTER_SUFFIX = "/api/v1/targets/", "/jobs"
+# The content types a browser posts cross-site without asking first (a CORS "simple request").
+FORM_MEDIA_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+_REGISTER_HEADERS = (b"x-asyncjob-token", b"authorization", b"content-type", b"content-length")
+# As Starlette's JSONResponse writes it.
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_JSON_TYPE = (b"content-type", b"application/json")
+_TEXT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
+_GZIPPED = ((b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding"))
+# One answer for every /healthz: its headers are never changed (the app and the HTTP server
+# add theirs to a list of their own).
+_HEALTHY = HttpAnswer(200, [(b"content-length", b"3"), _TEXT_TYPE], b"ok\n")
+
+
+def json_answer(status: int, document: Any, *more: tuple[bytes, bytes]) -> HttpAnswer:
+    body = _JSON.encode(document).encode()
+    return HttpAnswer(status, [(b"content-length", b"%d" % len(body)), _JSON_TYPE, *more], body)
+
+
+def error(status: int, message: str, **more: Any) -> HttpAnswer:
+    return json_answer(status, {"error": message, **more})
+
+
+def text_answer(status: int, text: str) -> HttpAnswer:
+    body = text.encode()
+    return HttpAnswer(status, [(b"content-length", b"%d" % len(body)), _TEXT_TYPE], body)
+
+
+def first(headers: Headers, name: bytes) -> str:
+    """The first value of header `name` (lower case) as Starlette reads it; "" when absent."""
+    for n, value in headers:
+        if n == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _wanted(headers: Headers, names: tuple[bytes, ...]) -> dict[bytes, bytes | None]:
+    """The first value of each of `names` (lower case), None when absent: one pass for all."""
+    found: dict[bytes, bytes | None] = dict.fromkeys(names)
+    for name, value in headers:
+        if name in found and found[name] is None:
+            found[name] = value
+    return found
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """`application/json` or `application/*+json`, any parameters: what the API reads. A form
+    post (which a browser sends cross-site without asking) is neither."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def cross_site(headers: Headers) -> HttpAnswer | None:
+    """The refusal of a POST a browser may have sent from another site (a form, or a fetch
+    without preflight); None for any other. Without an API token nothing else would stop it."""
+    media = first(headers, b"content-type").split(";", 1)[0].strip().lower()
+    if media in FORM_MEDIA_TYPES:
+        return error(415, f"{media} is not read here: send no body, or application/json")
+    # Browsers say where a request comes from; curl, Prometheus' tooling and scripts say nothing.
+    if first(headers, b"sec-fetch-site").lower() in ("cross-site", "same-site"):
+        return error(403, "a request from another site is refused")
+    return None
+
+
+def register_target(path: str) -> str | None:
+    """The target of a registration path, `/api/v1/targets/{target}/jobs`; None for another path."""
+    if not (path.startswith(REGISTER_PREFIX) and path.endswith(REGISTER_SUFFIX)):
+        return None
+    target = path[len(REGISTER_PREFIX) : -len(REGISTER_SUFFIX)]
+    return target if target and "/" not in target else None
+
+
+class Api:
+    """The handlers, over one runtime. `lifecycle` (--web.enable-lifecycle) turns on /-/reload;
+    `external_url` (--web.external-url) is the base of the OpenAPI document's links."""
+
+    def __init__(self, runtime: Runtime, lifecycle: bool = False, external_url: str = "") -> None:
+        self.runtime = runtime
+        self.lifecycle = lifecycle
+        self.external_url = external_url
+
+    # --- for Prometheus and the orchestrator ---
+
+    def metrics(self, headers: Headers) -> HttpAnswer:
+        """The exposition, gzipped when asked, OpenMetrics when preferred."""
+        accept_encoding: bytes | None = None
+        accept: bytes | None = None
+        for name, value in headers:  # the first of each, as Starlette reads them
+            if name == b"accept-encoding":
+                if accept_encoding is None:
+                    accept_encoding = value
+            elif name == b"accept" and accept is None:
+                accept = value
+        gz = accept_encoding is not None and b"gzip" in accept_encoding
+        om = accept is not None and wants_openmetrics(accept.decode("latin-1"))
+        body = self.runtime.exposition.render(gz=gz, fresh=False, openmetrics=om)
+        length, media = (b"content-length", b"%d" % len(body)), (b"content-type", content_type(om).encode())
+        return HttpAnswer(200, [*_GZIPPED, length, media] if gz else [length, media], body)
+
+    def healthz(self) -> HttpAnswer:
+        return _HEALTHY
+
+    def readyz(self) -> HttpAnswer:
+        runtime = self.runtime
+        if runtime.state_error is not None:
+            return text_answer(503, f"state file cannot be written: {runtime.state_error}\n")
+        waiting = [n for n, s in runtime.tracker.targets.items() if not s.polled_once]
+        if waiting:
+            return text_answer(503, f"waiting for first poll of: {', '.join(sorted(waiting))}\n")
+        return text_answer(200, "ready\n")
+
+    def reload(self, headers: Headers) -> HttpAnswer:
+        # As Prometheus: a config reload over HTTP is an opt-in, and it is an API call.
+        if not self.lifecycle:
+            return text_answer(403, "Lifecycle API is not enabled.\n")
+        refused = cross_site(headers)
+        if refused is not None:
+            return refused
+        if not self.authorised(headers):
+            return error(401, "missing or wrong API token")
+        problems = self.runtime.reload()
+        if problems:
+            return error(400, "config reload failed; the running config is kept", problems=problems)
+        return text_answer(200, "config reloaded\n")
+
+    # --- the API token ---
+
+    def authorised(self, headers: Headers) -> bool:
+        wanted = _wanted(headers, _REGISTER_HEADERS[:2])
+        return self.token_ok(wanted[b"x-asyncjob-token"], wanted[b"authorization"] or b"")
+
+    def token_ok(self, header: bytes | None, authorization: bytes) -> bool:
+        token = self.runtime.settings.api.token()
+        if token is None:
+            return True
+        secret = token.get_secret_value().encode()
+        # X-Asyncjob-Token beside basic auth credentials, which take the Authorization header.
+        if header is not None:
+            given = header.decode("latin-1").strip()
+        else:
+            scheme, _, given = authorization.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer":
+                return False
+            given = given.strip()
+        # An empty token never matches, whatever the file held (config refuses an empty one).
+        return bool(given) and bool(secret) and hmac.compare_digest(given.encode(), secret)
+
+    # --- POST /api/v1/targets/{target}/jobs: the busiest route ---
+
+    async def register(self, target: str, headers: Headers, body: bytes) -> HttpAnswer:
+        """A registration whose whole body is here (the fast path's)."""
+        refused = self.registration_refused(target, headers)
+        if refused is not None:
+            return refused
+        if len(body) > self.runtime.settings.api.max_body_bytes:
+            return self.body_too_large()
+        return await self.registered(target, body)
+
+    def registration_refused(self, target: str, headers: Headers) -> HttpAnswer | None:
+        """The refusal a registration's head earns before its body is read; None for none."""
+        wanted = _wanted(headers, _REGISTER_HEADERS)
+        if not self.token_ok(wanted[b"x-asyncjob-token"], wanted[b"authorization"] or b""):
+            return error(401, UNAUTHORISED)
+        if target not in self.runtime.tracker.targets:
+            return error(404, f"unknown target {target!r}")
+        if not is_json_media_type((wanted[b"content-type"] or b"").decode("latin-1")):
+            return error(415, "the body must be application/json (or application/*+json)")
+        declared = (wanted[b"content-length"] or b"").decode("latin-1")
+        if declared and is_digits(declared) and int(declared) > self.runtime.settings.api.max_body_bytes:
+            return self.body_too_large()
+        return None
+
+    def body_too_large(self) -> HttpAnswer:
+        return error(413, f"body larger than {self.runtime.settings.api.max_body_bytes} bytes")
+
+    async def registered(self, target: str, raw: bytes) -> HttpAnswer:
+        """The answer to a registration whose head was accepted, once its body is read."""
+        try:
+            # Strict UTF-8 and no replacement of lone surrogates: an id holding one is refused
+            # (422) rather than replaced, since replacing would make distinct ids collide.
+            text = raw.decode("utf-8")
+            body = load_json(text, replace_surrogates=False)
+        except JsonTooDeep as e:
+            return error(422, f"body: {e}", field="body")
+        except ValueError:
+            return error(400, "body is not JSON (in UTF-8)")
+        try:
+            tracked = await self.runtime.register(target, body, text)
+        except BadPayload as e:
+            # A provider names the field, optionally followed by ": why" (see BadPayload).
+            field, _, why = (str(e) or "id").partition(": ")
+            why = why or (
+                "no usable job id in the body (missing, blank, or holding a control character "
+                "or a lone surrogate)"
+            )
+            return error(422, f"{field}: {why}", field=field)
+        except WrongShard as e:
+            return error(421, str(e), shard=e.shard)
+        except CapReached as e:
+            return error(409, str(e))
+        except StateUnwritable as e:
+            # Not acknowledged: the client retries. A job already tracked stays pending, written later.
+            document = {"error": f"registration cannot be made durable: {e}"}
+            return json_answer(503, document, (b"retry-after", b"5"))
+        return json_answer(202, job_document(target, tracked))
+
+    # --- the rest of the job API ---
+
+    def list_jobs(self, headers: Headers, target: str | None, status: str | None) -> HttpAnswer:
+        if not self.authorised(headers):
+            return error(401, UNAUTHORISED)
+        if status and status not in STATUSES:
+            return error(422, f"status: must be one of {', '.join(STATUSES)}", field="status")
+        targets = self.runtime.tracker.targets
+        if target and target not in targets:
+            return error(404, f"unknown target {target!r}")
+        out = []
+        for name, state in sorted(targets.items()):
+            if target and name != target:
+                continue
+            for t in state.jobs.values():
+                if status and t.job.status != status:
+                    continue
+                out.append(job_document(name, t))
+        return json_answer(200, {"jobs": out, "count": len(out)})
+
+    def get_job(self, headers: Headers, target: str, job_id: str) -> HttpAnswer:
+        if not self.authorised(headers):
+            return error(401, UNAUTHORISED)
+        state = self.runtime.tracker.targets.get(target)
+        if state is None:
+            return error(404, f"unknown target {target!r}")
+        tracked = state.jobs.get(job_id)
+        if tracked is None:
+            # Dropped at retention: answered from the history while it keeps the job.
+            retired = self.runtime.history.retired(target, job_id)
+            if retired is not None:
+                return json_answer(200, retired_document(retired))
+            return error(404, f"job {job_id!r} is not tracked by target {target!r}")
+        return json_answer(200, job_document(target, tracked))
+
+    def delete_job(self, headers: Headers, target: str, job_id: str) -> HttpAnswer:
+        if not self.authorised(headers):
+            return error(401, UNAUTHORISED)
+        if target not in self.runtime.tracker.targets:
+            return error(404, f"unknown target {target!r}")
+        if not self.runtime.tracker.drop(target, job_id, "deleted"):
+            return error(404, f"job {job_id!r} is not tracked by target {target!r}")
+        return HttpAnswer(204, [], b"")
+
+    def openapi(self) -> HttpAnswer:
+        from exporter.openapi import openapi_document
+
+        return json_answer(200, openapi_document(self.external_url))
