@@ -11,8 +11,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.harness import Proc, free_port, wait_for
+from tests.harness import Exporter, Proc, exporter, free_port, simulator, wait_for, write_secrets
 
 CI_INSTALLS = ".ci/run installs them with apt-get (make test runs scripts/install-test-deps)"
 
@@ -311,3 +311,49 @@ def prometheus(
     with _running(proc, "/-/ready", "prometheus") as p:
         assert isinstance(p, Prometheus)
         yield p
+
+
+@dataclass
+class Watched:
+    """The simulator, the exporter under test, and a real Prometheus scraping it (as `job`), with a
+    real Alertmanager sending every notification to a webhook in the test."""
+
+    sim: Proc
+    exp: Exporter
+    hook: Webhook
+    prom: Prometheus
+    instance: str  # host:port, as Prometheus labels the exporter
+    deadline: float  # time.monotonic() by which the test must be done
+
+    def left(self) -> float:
+        """Seconds of the test's budget still to spend (at least one, for a last look)."""
+        return max(1.0, self.deadline - time.monotonic())
+
+
+@contextmanager
+def watched_exporter(
+    tmp: Path,
+    config: Callable[[str, Path], dict[str, Any]],
+    job: str,
+    step_seconds: float,
+    budget: float,
+) -> Iterator[Watched]:
+    """The whole stack on 127.0.0.1: `config(simulator_url, secrets_dir)` is the exporter's config.
+    Returns once Prometheus scrapes the exporter; rules are the test's to load."""
+    binaries = require_binaries()
+    secrets = write_secrets(tmp)
+    deadline = time.monotonic() + budget
+    with ExitStack() as stack:
+        sim = stack.enter_context(simulator(tmp, step_seconds=step_seconds))
+        hook = stack.enter_context(webhook(tmp))
+        am = stack.enter_context(alertmanager(tmp, binaries, hook.url))
+        exp = stack.enter_context(exporter(tmp, config(sim.url, secrets)))
+        instance = exp.url.removeprefix("http://")
+        prom = stack.enter_context(prometheus(tmp, binaries, instance, am.url, job))
+        watched = Watched(sim, exp, hook, prom, instance, deadline)
+        wait_for(
+            lambda: prom.vector(f'up{{job="{job}", instance="{instance}"}} == 1'),
+            timeout=watched.left(),
+            what="Prometheus scraping the exporter",
+        )
+        yield watched

@@ -12,9 +12,7 @@ import importlib.util
 import json
 import re
 import sys
-import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -22,15 +20,12 @@ from typing import Any
 
 import pytest
 
-from tests.harness import ROOT, create_job, exporter, simulator, wait_for, write_secrets
+from tests.harness import ROOT, create_job, wait_for
 from tests.realstack import (
     Prometheus,
     Webhook,
-    alertmanager,
-    prometheus,
-    require_binaries,
     rules_with_short_for,
-    webhook,
+    watched_exporter,
 )
 
 pytestmark = [pytest.mark.realstack, pytest.mark.e2e]
@@ -139,27 +134,9 @@ def stack_output(tmp: Path, hook: Webhook | None) -> str:
 
 
 def test_failed_and_stuck_jobs_page_and_every_dashboard_query_returns_data(tmp_path: Path) -> None:
-    binaries = require_binaries()
-    secrets = write_secrets(tmp_path)
-    deadline = time.monotonic() + BUDGET
-
-    def left() -> float:
-        return max(1.0, deadline - time.monotonic())
-
-    hook: Webhook | None = None
-    with ExitStack() as stack:
+    with watched_exporter(tmp_path, basiq_config, SCRAPE_JOB, STEP, BUDGET) as w:
+        sim, exp, hook, prom, instance, left = w.sim, w.exp, w.hook, w.prom, w.instance, w.left
         try:
-            sim = stack.enter_context(simulator(tmp_path, step_seconds=STEP))
-            hook = stack.enter_context(webhook(tmp_path))
-            am = stack.enter_context(alertmanager(tmp_path, binaries, hook.url))
-            exp = stack.enter_context(exporter(tmp_path, basiq_config(sim.url, secrets)))
-            instance = exp.url.removeprefix("http://")
-            prom = stack.enter_context(prometheus(tmp_path, binaries, instance, am.url, SCRAPE_JOB))
-            wait_for(
-                lambda: prom.vector(f'up{{job="{SCRAPE_JOB}", instance="{instance}"}} == 1'),
-                timeout=left(),
-                what="Prometheus scraping the exporter",
-            )
             # The rules start once the exporter is scraped, as on a Prometheus that has been running:
             # Prometheus first scrapes a static target up to 5s after it starts, and the shortened
             # AsyncJobExporterDown (absent(up) for 5s) would page for that gap.

@@ -23,8 +23,8 @@ import yaml
 
 from exporter.__main__ import main
 from exporter.mixin import slo_files
-from tests.harness import Exporter, Proc, exporter, simulator, wait_for, write_secrets
-from tests.realstack import Prometheus, Webhook, alertmanager, prometheus, require_binaries, webhook
+from tests.harness import Exporter, Proc, wait_for
+from tests.realstack import Prometheus, Webhook, watched_exporter
 
 pytestmark = [pytest.mark.realstack, pytest.mark.e2e]
 
@@ -154,27 +154,9 @@ def judged(prom: Prometheus, result: str) -> float:
 
 
 def test_a_provider_burst_pages_and_resolves_and_a_user_burst_pages_nobody(tmp_path: Path) -> None:
-    binaries = require_binaries()
-    secrets = write_secrets(tmp_path)
-    deadline = time.monotonic() + BUDGET
-
-    def left() -> float:
-        return max(1.0, deadline - time.monotonic())
-
-    hook: Webhook | None = None
-    with ExitStack() as stack:
+    with watched_exporter(tmp_path, exporter_config, SCRAPE_JOB, STEP, BUDGET) as w, ExitStack() as stack:
+        sim, exp, hook, prom, left = w.sim, w.exp, w.hook, w.prom, w.left
         try:
-            sim = stack.enter_context(simulator(tmp_path, step_seconds=STEP))
-            hook = stack.enter_context(webhook(tmp_path))
-            am = stack.enter_context(alertmanager(tmp_path, binaries, hook.url))
-            exp = stack.enter_context(exporter(tmp_path, exporter_config(sim.url, secrets)))
-            instance = exp.url.removeprefix("http://")
-            prom = stack.enter_context(prometheus(tmp_path, binaries, instance, am.url, SCRAPE_JOB))
-            wait_for(
-                lambda: prom.vector(f'up{{job="{SCRAPE_JOB}", instance="{instance}"}} == 1'),
-                timeout=left(),
-                what="Prometheus scraping the exporter",
-            )
             prom.load_rules(slo_rules(tmp_path, exp), timeout=left())
             feeder = stack.enter_context(Feeder(sim, exp).running())
 
