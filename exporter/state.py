@@ -46,7 +46,7 @@ import anyio
 from pydantic import TypeAdapter, ValidationError
 
 from exporter import catalogue, job_history, step_times
-from exporter.model import shared
+from exporter.model import interned
 from exporter.parsing import load_json, may_hold_surrogates
 from exporter.store import Retired
 from exporter.tracker import (
@@ -187,7 +187,7 @@ def tracked_from_json(text: str | bytes) -> TrackedJob:
         where = ".".join(str(p) for p in first["loc"]) or "row"
         raise ValueError(f"{where}: {first['msg']}") from None
     # Each row is read into strings of its own: share them as a job polled since start would.
-    tracked.job = shared(tracked.job)
+    tracked.job = interned(tracked.job)
     tracked.provider, tracked.source = sys.intern(tracked.provider), sys.intern(tracked.source)
     return tracked
 
@@ -417,7 +417,7 @@ class Store:
     def attach(self, tracker: Tracker, scheduler: Scheduler) -> None:
         tracker.listeners.append(self)
         tracker.restore = self.restore
-        tracker.hold = self.hold
+        tracker.after_commit = self.after_commit
         tracker.buried = self.buried
         tracker.retire = self.keep
         scheduler.store = self
@@ -545,7 +545,7 @@ class Store:
                     self._pending.cursors[(target, name)] = value
                     self._changed()
 
-    def hold(self, apply: Callable[[], None]) -> None:
+    def after_commit(self, apply: Callable[[], None]) -> None:
         """Run `apply` (a counter increment) once every change made so far is committed: the
         increment behind a counted-once mark or a queue cursor is never seen before the mark is
         durable, so a kill -9 cannot make the next lifetime count it again."""
