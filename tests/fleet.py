@@ -28,7 +28,7 @@ import httpx
 import yaml
 
 from exporter.simulator import basiq as sim_basiq
-from exporter.simulator.demo import oxlin_auth
+from exporter.simulator.demo import exports_target, oxlin_auth
 from tests.harness import ROOT, Exporter, free_port, simulator, start_cli, wait_for, write_secrets
 from tests.realstack import (
     Binaries,
@@ -225,37 +225,9 @@ def config(sim_url: str, secrets: Path, state: Path, per_job_series: str = "all"
                 "auth": oxlin_auth(sim_url, secrets),
                 "queues": ["20"],
             },
-            {
-                # An export API read through a field map (SPEC §4): its rejected rows are its own
-                # (no error code, no cause of the end user), so an operator's.
-                "name": GENERIC,
-                "provider": "generic",
-                "base_url": f"{sim_url}/generic",
-                "auth": {"type": "bearer", "token_file": str(secrets / "bearer_token")},
-                "job_path": "/v1/exports/{id}",
-                "list_path": "/v1/exports?state=active",
-                "items": "data",
-                "fields": {
-                    "id": "id",
-                    "status": "state",
-                    "type": "kind",
-                    "created": "created_at",
-                    "started": "started_at",
-                    "finished": "finished_at",
-                    "updated": "updated_at",
-                    "message": "error.message",
-                    "reason": "error.code",
-                    "records_total": "progress.rows.total",
-                    "records_affected": "progress.rows.written",
-                    "records_failed": "progress.rows.rejected",
-                },
-                "status_map": {
-                    "queued": "pending",
-                    "working": "running",
-                    "done": "succeeded",
-                    "error": "failed",
-                },
-            },
+            # An export API read through a field map (SPEC §4): its rejected rows are its own
+            # (no error code, no cause of the end user), so an operator's.
+            exports_target(sim_url, secrets, GENERIC),
         ],
     }
 

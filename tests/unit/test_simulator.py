@@ -10,7 +10,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from exporter.simulator import aims360, basiq, oxlin
-from exporter.simulator.app import CREDENTIALS, Simulator
+from exporter.simulator.app import Simulator
+from exporter.simulator.serving import CREDENTIALS
 
 
 def sim() -> Simulator:
