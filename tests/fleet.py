@@ -28,7 +28,7 @@ import httpx
 import yaml
 
 from exporter.simulator import basiq as sim_basiq
-from exporter.simulator.demo import exports_target, oxlin_auth
+from exporter.simulator.demo import exports_target, oxlin_auth, willsuite_auth
 from tests.harness import ROOT, Exporter, free_port, simulator, start_cli, wait_for, write_secrets
 from tests.realstack import (
     Binaries,
@@ -196,26 +196,14 @@ def config(sim_url: str, secrets: Path, state: Path, per_job_series: str = "all"
                 "name": WILL,
                 "provider": "willsuite",
                 "base_url": f"{sim_url}/willsuite/engine/api",
-                "auth": {
-                    "type": "oauth2_client_credentials",
-                    "token_url": f"{sim_url}/willsuite/oauth/token/",
-                    "token_body": "json",
-                    "client_id": "demo-client",
-                    "client_secret_file": str(secrets / "client_secret"),
-                },
+                "auth": willsuite_auth(sim_url, secrets),
                 "poll_interval": f"{POLL:g}s",  # below WillSuite's advice: honoured, with a warning
             },
             {
                 "name": WILL_OUTAGE,
                 "provider": "willsuite",
                 "base_url": f"{sim_url}/willsuite/engine/api",
-                "auth": {
-                    "type": "oauth2_client_credentials",
-                    "token_url": f"{sim_url}/willsuite/oauth/token/",
-                    "token_body": "json",
-                    "client_id": "demo-client",
-                    "client_secret_file": str(secrets / "client_secret"),
-                },
+                "auth": willsuite_auth(sim_url, secrets),
                 "poll_interval": f"{POLL:g}s",
             },
             {

@@ -28,6 +28,17 @@ def oxlin_auth(sim_url: str, secrets: Path) -> dict[str, Any]:
     }
 
 
+def willsuite_auth(sim_url: str, secrets: Path) -> dict[str, Any]:
+    """The WillSuite client-credentials auth a client of the simulator uses, with the demo's secret files."""
+    return {
+        "type": "oauth2_client_credentials",
+        "token_url": f"{sim_url}/willsuite/oauth/token/",
+        "token_body": "json",
+        "client_id": "demo-client",
+        "client_secret_file": str(secrets / "client_secret"),
+    }
+
+
 # How the simulated export API (exporter.simulator.generic) is read through a generic target's
 # field map: what each documented job field is called in its answers.
 EXPORT_FIELDS = {
@@ -84,13 +95,7 @@ def demo_targets(sim_url: str, secrets: Path) -> list[dict[str, Any]]:
             "name": "willsuite-demo",
             "provider": "willsuite",
             "base_url": f"{sim_url}/willsuite/engine/api",
-            "auth": {
-                "type": "oauth2_client_credentials",
-                "token_url": f"{sim_url}/willsuite/oauth/token/",
-                "token_body": "json",
-                "client_id": "demo-client",
-                "client_secret_file": str(secrets / "client_secret"),
-            },
+            "auth": willsuite_auth(sim_url, secrets),
             # Far below WillSuite's advised 5 minutes so the demo moves; the exporter warns once.
             "poll_interval": "5s",
             "timezone": "Europe/London",

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.simulator.demo import exports_target, oxlin_auth
+from exporter.simulator.demo import exports_target, oxlin_auth, willsuite_auth
 from tests.harness import create_job, exporter, simulator, wait_for, write_secrets
 
 pytestmark = pytest.mark.e2e
@@ -34,13 +34,7 @@ def test_willsuite_jobs_with_their_records_and_failures(tmp_path: Path) -> None:
             "name": "willsuite-e2e",
             "provider": "willsuite",
             "base_url": f"{sim.url}/willsuite/engine/api",
-            "auth": {
-                "type": "oauth2_client_credentials",
-                "token_url": f"{sim.url}/willsuite/oauth/token/",
-                "token_body": "json",
-                "client_id": "demo-client",
-                "client_secret_file": str(secrets / "client_secret"),
-            },
+            "auth": willsuite_auth(sim.url, secrets),
             # Far below WillSuite's advice, on purpose: honoured, with a warning.
             "poll_interval": f"{POLL}s",
             "timezone": "Europe/London",
