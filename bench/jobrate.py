@@ -238,6 +238,7 @@ def capacity(n: int = 20_000) -> dict[str, float]:
     from exporter.job_history import Bounds
     from exporter.model import Status, Step
     from exporter.providers import PROVIDERS
+    from exporter.runtime import connect_store
     from exporter.state import Store
     from exporter.tracker import TOMBSTONES_IN_MEMORY, TargetState, Tracker
 
@@ -255,7 +256,7 @@ def capacity(n: int = 20_000) -> dict[str, float]:
     settings = build_settings({"global": {"max_jobs_per_target": n}, "targets": [target]}, PROVIDERS)
     tracker = Tracker()
     store = Store(str(tmp / "state.db"))
-    store.attach(tracker, synthetic)  # any object takes the scheduler's `store` attribute
+    connect_store(store, tracker, synthetic, history=store)  # any object with a `store` attribute will do
     store.bounds = Bounds(period=0)  # the tombstones alone: the history is measured by its own gauges
     tracker.set_target(settings.resolved(settings.targets[0]))
     store.flush()

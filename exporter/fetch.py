@@ -317,7 +317,7 @@ class TargetHttp:
                 await response.aclose()
                 # httpx's response and the stream bound to it refer to each other: a cycle only
                 # a pass of the cyclic GC frees. Undone, reference counting frees the request's
-                # objects at once, and GC passes stay short (exporter.runtime.QuietGC).
+                # objects at once, and GC passes stay short (exporter.quiet_gc.QuietGC).
                 response.stream = _CLOSED
         except AuthError as e:
             raise PollError(e.reason, f"{where}: {e}", parse_retry_after(e.retry_after)) from None

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
-import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -17,13 +13,15 @@ from exporter import catalogue
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.history import timeline
 from exporter.job_history import Bounds
+from exporter.memory_history import MemoryHistory
 from exporter.model import Job, placeholder
 from exporter.parsing import clean_text
 from exporter.providers import PROVIDERS
 from exporter.providers.base import BadPayload
+from exporter.quiet_gc import QuietGC
 from exporter.render import Exposition
 from exporter.scheduler import Scheduler
-from exporter.state import MemoryHistory, StateUnwritable, state_metrics_text
+from exporter.state import StateUnwritable, state_metrics_text
 from exporter.store import JobHistory, Retired, StateStore
 from exporter.tracker import TrackedJob, Tracker
 from exporter.watchdog import Watchdog
@@ -31,102 +29,27 @@ from exporter.watchdog import Watchdog
 log = logging.getLogger("asyncjob.runtime")
 
 
-# glibc's mallopt parameters: a fixed mmap threshold (glibc raises it after each large free, up
-# to 32 MiB, so that bodies and answers of a few hundred KiB end up in the heap and pin it), and
-# two arenas (one per thread that ever allocated, up to eight a CPU, each keeping its own holes).
-_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
-MMAP_THRESHOLD = 128 * 1024
-ARENA_MAX = 2
+class KeepsCursors(Protocol):
+    """The scheduler's side of a state store: it restores and saves its providers' cursors there."""
+
+    store: StateStore | None
 
 
-def _heap_trim() -> Callable[[], object] | None:
-    """glibc's malloc_trim(0), or None where the C library has none (musl). Sets the mmap
-    threshold and the arena count first (see above)."""
-    try:
-        libc = ctypes.CDLL(None)
-        trim, mallopt = libc.malloc_trim, libc.mallopt
-    except (OSError, AttributeError):
-        return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    mallopt(_M_ARENA_MAX, ARENA_MAX)
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return lambda: trim(0)
-
-
-class QuietGC:
-    """Keeps the cyclic GC's full passes off the scrape path.
-
-    A full (generation 2) pass walks every tracked object and stops the whole process: with
-    10,000 jobs changing every cycle CPython ran 13 of them in 20 s, 89-113 ms each (~300 ms at
-    50,000 jobs), because every change replaces a job's objects and its own rule (a full pass
-    once a quarter of the long-lived objects are new) counts those replacements although
-    reference counting frees the replaced ones at once. So every `every` seconds one collection
-    runs over the objects made since the last tick only (the permanent generation is never
-    walked), which frees the cyclic garbage made meanwhile, and the survivors are moved to the
-    permanent generation (`gc.freeze`, O(1)). Each pass thus walks a tenth of a second of
-    survivors, not the fleet: with 10,000 jobs changing every 2 s, half a second of them took
-    15-25 ms of CPU, a tenth 3-5 ms.
-
-    Garbage cannot pile up for ever: a frozen object freed by reference counting (a replaced
-    job, a dropped one: tracked jobs hold no reference cycles, and a request's objects are
-    unlinked when it ends, exporter.fetch) is freed at once, so only cyclic garbage frozen
-    before it was found stays, and it is counted. Once the heap (`sys.getallocatedblocks`: it
-    holds that garbage) stayed `growth` above its size after the last full pass for a whole
-    `window`, everything is unfrozen and one full pass runs. Its smallest size over the window
-    is what counts: a poll cycle holds its answers until it ends (tens of thousands of objects
-    at 10,000 jobs, freed at once), and that swing is no garbage. A steady fleet thus runs no
-    full pass; a growing one runs one per quarter of growth, at most one a window. (A cycle
-    whose fetch outlasts the window, a slow provider's, can still set one off per cycle.)
-    (`gc.get_freeze_count` walks the whole permanent generation: ~10 ms at 10,000 jobs, each
-    tick; the heap's block count is kept per arena.)
-    """
-
-    def __init__(
-        self, every: float = 0.1, growth: float = 0.25, window: float = 60.0, trim_every: float = 30.0
-    ) -> None:
-        self.every, self.growth = every, growth
-        # The C heap gives back the pages it holds free this often (malloc_trim, in a worker
-        # thread). Freed answers, bodies and rows larger than pymalloc's 512 B leave holes that
-        # glibc keeps: at 50 jobs a second its free space grew 0.9 to 2.0 MiB in two minutes,
-        # RSS with it, while Python's blocks and SQLite's memory stayed flat (bench/jobrate.py).
-        self.trim_every = trim_every
-        self._trim = _heap_trim()
-        self.baseline = 0
-        self.full_passes = 0
-        # The heap's size (in blocks) at the last ticks, `window` seconds of them.
-        self.sizes: deque[int] = deque(maxlen=max(1, round(window / every)))
-
-    def full(self) -> None:
-        """One full pass over everything, then freeze what survived (start-up, restore, growth)."""
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
-        self.baseline = sys.getallocatedblocks()
-        self.sizes.clear()
-        self.full_passes += 1
-
-    def tick(self) -> None:
-        gc.collect()  # the unfrozen objects only: made since the last tick
-        gc.freeze()
-        sizes = self.sizes
-        sizes.append(sys.getallocatedblocks())
-        if len(sizes) == sizes.maxlen and min(sizes) > self.baseline * (1 + self.growth):
-            self.full()
-
-    async def run(self) -> None:
-        self.full()
-        trimmed = time.monotonic()
-        try:
-            while True:
-                await anyio.sleep(self.every)
-                self.tick()
-                if self._trim is not None and time.monotonic() - trimmed >= self.trim_every:
-                    trimmed = time.monotonic()
-                    await anyio.to_thread.run_sync(self._trim)
-        finally:
-            gc.unfreeze()  # the process goes on without this keeper: its objects are collectable again
+def connect_store(
+    store: StateStore, tracker: Tracker, scheduler: KeepsCursors, history: JobHistory | None = None
+) -> None:
+    """Hand the tracker and the scheduler the state store: the store hears every change and
+    commits it; the tracker takes a target's jobs from the last run (`restore`), holds a counted
+    increment until its mark is committed (`hold`) and looks an old tombstone up (`buried`);
+    the scheduler keeps its cursors there. A `history` (the SQLite store is one) takes the jobs
+    retention drops, in the transaction that drops them."""
+    tracker.listeners.append(store)
+    tracker.restore = store.restore
+    tracker.after_commit = store.after_commit
+    tracker.buried = store.buried
+    if history is not None:
+        tracker.retire = history.keep
+    scheduler.store = store
 
 
 class WrongShard(Exception):
@@ -198,7 +121,7 @@ class Runtime:
         from exporter.state import Store
 
         store = Store(self.settings.state_file)
-        store.attach(self.tracker, self.scheduler)
+        connect_store(store, self.tracker, self.scheduler, history=store)
         self.store = self.history = store
         self._apply_history_bounds()
 

@@ -26,28 +26,47 @@ off, so that it starts again from its beginning instead of growing.
 
 Also kept: the jobs the event loop froze on (exporter.watchdog), written by the watchdog's
 thread on a connection of its own and restored as the tracker's quarantine.
+
+The file's schema, how it is opened and read, and the encoding of its rows are in
+exporter.state_file; this module is the writer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import anyio
-from pydantic import TypeAdapter, ValidationError
 
-from exporter import catalogue, job_history, step_times
-from exporter.model import interned
-from exporter.parsing import load_json, may_hold_surrogates
+from exporter import catalogue, job_history
+from exporter.memory_history import MemoryHistory
+from exporter.state_file import (
+    BURIED,
+    MIGRATIONS,
+    NEWEST_TOMBSTONES,
+    PRUNE,
+    PRUNE_QUARANTINE,
+    SCHEMA_VERSION,
+    WRITES,
+    StateError,
+    describe,
+    history_row,
+    load,
+    open_read_only,
+    open_writable,
+    retired_from,
+    tracked_from_dict,
+    tracked_from_json,
+    tracked_to_dict,
+    tracked_to_json,
+)
 from exporter.store import Retired
 from exporter.tracker import (
     QUARANTINE_SECONDS,
@@ -55,11 +74,21 @@ from exporter.tracker import (
     TOMBSTONES_IN_MEMORY,
     TargetState,
     TrackedJob,
-    Tracker,
 )
 
-if TYPE_CHECKING:
-    from exporter.scheduler import Scheduler
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "MemoryHistory",
+    "StateError",
+    "StateUnwritable",
+    "Store",
+    "state_metrics_text",
+    "tracked_from_dict",
+    "tracked_from_json",
+    "tracked_to_dict",
+    "tracked_to_json",
+]
 
 log = logging.getLogger("asyncjob.state")
 
@@ -67,150 +96,27 @@ log = logging.getLogger("asyncjob.state")
 RETRY_FIRST, RETRY_MAX = 0.25, 2.0
 # How often the WAL is copied into the file (in a worker thread).
 CHECKPOINT_INTERVAL = 1.0
-WAL_SIZE_LIMIT = 64 * 1024 * 1024
 # A WAL past this is copied in with the writer held off (it waits; the event loop does not):
 # under a steady stream of commits a checkpoint beside the writer never sees the WAL's end, so
 # the WAL is never started again from its beginning and grows for ever.
 WAL_RESTART_BYTES = 4 * 1024 * 1024
 # Jobs serialised and written per statement; the event loop serves others between statements.
 ROWS_PER_STATEMENT = 500
-
-# Each entry migrates the schema from version i to i+1.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE jobs (
-        target TEXT NOT NULL, job_id TEXT NOT NULL, data TEXT NOT NULL,
-        PRIMARY KEY (target, job_id)
-    );
-    CREATE TABLE cursors (
-        target TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
-        PRIMARY KEY (target, name)
-    );
-    CREATE TABLE tombstones (
-        target TEXT NOT NULL, job_id TEXT NOT NULL, at REAL NOT NULL,
-        PRIMARY KEY (target, job_id)
-    );
-    """,
-    # Expired tombstones are found by age, not by a walk over every row.
-    "CREATE INDEX tombstones_by_age ON tombstones (at);",
-    # Jobs the event loop froze on (exporter.watchdog), written by the watchdog's thread.
-    """
-    CREATE TABLE quarantine (
-        target TEXT NOT NULL, job_id TEXT NOT NULL, at REAL NOT NULL, why TEXT NOT NULL,
-        PRIMARY KEY (target, job_id)
-    );
-    """,
-    # Finished jobs kept after retention dropped them (exporter.job_history).
-    job_history.SCHEMA,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
 # Errors that mean "cannot write here now" (a read-only mount, a full disk, an I/O error),
 # as opposed to a file that is not a state file at all.
 _UNWRITABLE = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_PERM")
-
-_TRACKED = TypeAdapter(TrackedJob)
-
-# A batch's rows go to SQLite as one JSON array per statement: one step each, not one a row.
-_WRITES = (
-    "INSERT INTO jobs (target, job_id, data) VALUES (?, ?, ?) "
-    "ON CONFLICT(target, job_id) DO UPDATE SET data = excluded.data",
-    "DELETE FROM jobs WHERE target = ? AND job_id = ?",
-    "INSERT OR REPLACE INTO tombstones (target, job_id, at) VALUES (?, ?, ?)",
-    "INSERT OR REPLACE INTO cursors (target, name, value) VALUES (?, ?, ?)",
-)
-
 # Tombstones older than the tracker forgets them are deleted this often (with a batch), at most
 # PRUNE_ROWS a time: a day's backlog at 50 jobs a second is millions of rows, not one statement.
-_PRUNE = "DELETE FROM tombstones WHERE rowid IN (SELECT rowid FROM tombstones WHERE at < ? LIMIT ?)"
 PRUNE_EVERY = 60.0
 PRUNE_ROWS = 5000
-_PRUNE_QUARANTINE = "DELETE FROM quarantine WHERE at < ?"
-_BURIED = "SELECT at FROM tombstones WHERE target = ? AND job_id = ? AND at >= ?"
-_NEWEST_TOMBSTONES = "SELECT job_id, at FROM tombstones WHERE target = ? ORDER BY at DESC LIMIT ?"
 # Free pages kept for reuse, as a share of the file; past it, up to VACUUM_PAGES a round are
 # given back to the file system (`PRAGMA incremental_vacuum`, on the writer's connection).
 FREE_SHARE = 0.25
 VACUUM_PAGES = 2048
-# A file made before auto_vacuum was set is rebuilt with it at start (VACUUM) up to this size;
-# a larger one reuses its free pages and is left as it is (a VACUUM of gigabytes takes minutes).
-VACUUM_AT_START_MAX = 64 * 1024 * 1024
-
-
-class StateError(Exception):
-    """The state file cannot be used at all (not SQLite, a newer schema)."""
 
 
 class StateUnwritable(Exception):
     """A change could not be committed: the state file cannot be written now."""
-
-
-def tracked_to_json(t: TrackedJob) -> str:
-    try:
-        return _TRACKED.dump_json(t).decode()
-    except ValueError:  # text that is not valid Unicode (a lone surrogate): kept, replaced
-        text = json.dumps(_TRACKED.dump_python(t, mode="python", round_trip=True), ensure_ascii=False)
-        return text.encode("utf-8", "replace").decode()
-
-
-# Keys of a row written before the step times were one field (three dicts a job).
-_OLD_STEP_KEYS = ("step_started", "step_finished", "step_duration")
-
-
-def _migrated(text: str | bytes) -> str | bytes:
-    """A row as this release writes it: an older row's three step dicts become its step times
-    (any error in them is named under their old key)."""
-    old_form = b'"step_started"' in text if isinstance(text, bytes) else '"step_started"' in text
-    if not old_form:
-        return text
-    row = load_json(text)
-    if not isinstance(row, dict) or "step_times" in row:
-        return text
-    old = [row.pop(key, {}) for key in _OLD_STEP_KEYS]
-    for key, value in zip(_OLD_STEP_KEYS, old, strict=True):
-        if not isinstance(value, dict):
-            raise ValueError(f"{key}: not an object")
-    row["step_times"] = step_times.from_dicts(*old)
-    return json.dumps(row)
-
-
-def tracked_from_json(text: str | bytes) -> TrackedJob:
-    """A saved job, its every field checked against its type; ValueError names the first problem.
-    Rows written by older releases are read too (`_migrated`)."""
-    text = _migrated(text)
-    if may_hold_surrogates(text):  # a lone surrogate in free text is replaced, not the row lost
-        text = json.dumps(load_json(text))
-    try:
-        tracked = _TRACKED.validate_json(text, strict=True)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "row"
-        raise ValueError(f"{where}: {first['msg']}") from None
-    # Each row is read into strings of its own: share them as a job polled since start would.
-    tracked.job = interned(tracked.job)
-    tracked.provider, tracked.source = sys.intern(tracked.provider), sys.intern(tracked.source)
-    return tracked
-
-
-def tracked_to_dict(t: TrackedJob) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(tracked_to_json(t))
-    return data
-
-
-def tracked_from_dict(data: dict[str, Any]) -> TrackedJob:
-    return tracked_from_json(json.dumps(data))
-
-
-def _printable(raw: bytes | str) -> str:
-    """A key from the file as log text, whatever bytes it holds."""
-    if isinstance(raw, str):
-        return raw.encode("utf-8", "backslashreplace").decode()
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def _describe(e: sqlite3.Error) -> str:
-    name = getattr(e, "sqlite_errorname", "")
-    return f"{e} ({name})" if name else str(e)
 
 
 JobKey = tuple[str, str]
@@ -265,7 +171,7 @@ class Store:
         self.bounds = job_history.Bounds()
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._connect()
+            self._db = open_writable(self.path)
             reader = self._db
         except (sqlite3.Error, OSError) as e:
             if isinstance(e, sqlite3.Error) and not self._unwritable(e):
@@ -274,9 +180,14 @@ class Store:
             self._failed(e if isinstance(e, sqlite3.Error) else sqlite3.OperationalError(str(e)), 0)
             reader = None
         try:
-            reader = reader or self._read_only()
+            reader = reader or open_read_only(self.path)
             if reader is not None:
-                self._load(reader)
+                saved = load(reader, path)
+                self._restored, self._cursors, self._quarantined = (
+                    saved.jobs,
+                    saved.cursors,
+                    saved.quarantined,
+                )
         except sqlite3.DatabaseError as e:
             raise StateError(f"{path}: {e}") from None
         finally:
@@ -288,140 +199,7 @@ class Store:
     def _unwritable(e: sqlite3.Error) -> bool:
         return str(getattr(e, "sqlite_errorname", "")).startswith(_UNWRITABLE)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        try:
-            # Before anything is written: a new file reuses freed pages and can give them back.
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL: a commit survives the process dying (kill -9), not power loss.
-            db.execute("PRAGMA synchronous=NORMAL")
-            # Checkpoints (which fsync) run on another connection, in a worker thread.
-            db.execute("PRAGMA wal_autocheckpoint=0")
-            # After a busy spell the WAL is cut back to this size once it is copied in.
-            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            self._migrate(db)
-            self._vacuum_at_start(db)
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    def _vacuum_at_start(self, db: sqlite3.Connection) -> None:
-        """A file written before auto_vacuum was set: rebuilt with it when it is small enough."""
-        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 0:
-            return
-        size = db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
-        if size > VACUUM_AT_START_MAX:
-            log.info(
-                "state file made without auto_vacuum: its free pages are reused, never given back",
-                extra={"path": self.path, "bytes": size},
-            )
-            return
-        try:
-            db.execute("VACUUM")  # with the auto_vacuum set above (a no-op on a new file)
-        except sqlite3.OperationalError as e:  # busy (another process has it open): next start
-            log.info(
-                "state file not rebuilt with auto_vacuum", extra={"path": self.path, "error": _describe(e)}
-            )
-
-    def _read_only(self) -> sqlite3.Connection | None:
-        """A connection that only reads, for a file on a read-only mount; None when there is no file."""
-        if not Path(self.path).exists():
-            return None
-        uri = Path(self.path).resolve().as_uri()
-        for query in ("?mode=ro", "?mode=ro&immutable=1"):  # immutable: no -shm can be made
-            try:
-                db = sqlite3.connect(uri + query, uri=True, check_same_thread=False)
-                self._check_version(db)
-                return db
-            except sqlite3.OperationalError:
-                continue
-        return None
-
-    def _check_version(self, db: sqlite3.Connection) -> int:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "meta" not in tables:
-            return 0
-        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        version = int(row[0]) if row else 0
-        if version > SCHEMA_VERSION:
-            raise StateError(f"schema version {version} is newer than this exporter knows ({SCHEMA_VERSION})")
-        return version
-
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        version = self._check_version(db)
-        if version == SCHEMA_VERSION:
-            return
-        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for i in range(version, SCHEMA_VERSION):
-            db.executescript("BEGIN;" + MIGRATIONS[i] + "COMMIT;")
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (str(i + 1),),
-            )
-            log.info("state schema migrated", extra={"version": i + 1, "path": self.path})
-
-    def _load(self, db: sqlite3.Connection) -> None:
-        """Read every row; a row that does not read back as what it should be is skipped, named."""
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "jobs" not in tables:
-            return
-        bad = 0
-
-        def skip(target: bytes | str, key: bytes | str, problem: str, what: str = "job") -> None:
-            nonlocal bad
-            bad += 1
-            log.warning(
-                f"unreadable {what} in state file, skipped",
-                extra={"target": _printable(target), "key": _printable(key), "problem": problem},
-            )
-
-        # As bytes: text that is not UTF-8 must not stop the reading of the rows after it.
-        for target_b, key_b, data in db.execute(
-            "SELECT CAST(target AS BLOB), CAST(job_id AS BLOB), CAST(data AS BLOB) FROM jobs"
-        ):
-            try:
-                target, job_id = target_b.decode(), key_b.decode()
-                tracked = tracked_from_json(data)
-            except ValueError as e:  # UnicodeDecodeError is one
-                skip(target_b, key_b, str(e))
-                continue
-            if tracked.job.id != job_id:
-                skip(target, job_id, f"job.id: {tracked.job.id!r} differs from the row's key")
-                continue
-            self._restored.setdefault(target, []).append(tracked)
-        for target_b, key_b, value in db.execute(
-            "SELECT CAST(target AS BLOB), CAST(name AS BLOB), CAST(value AS BLOB) FROM cursors"
-        ):
-            try:
-                self._cursors[(target_b.decode(), key_b.decode())] = bytes(value).decode()
-            except ValueError as e:
-                skip(target_b, key_b, str(e), "cursor")
-        if "quarantine" in tables:
-            since = time.time() - QUARANTINE_SECONDS
-            for target, job_id, at in db.execute(
-                "SELECT target, job_id, at FROM quarantine WHERE at >= ?", (since,)
-            ):
-                if isinstance(target, str) and isinstance(job_id, str) and isinstance(at, int | float):
-                    self._quarantined.setdefault(target, {})[job_id] = float(at)
-                    log.warning(
-                        "job quarantined: the event loop froze while it was polled; it is skipped",
-                        extra={"target": target, "job_id": job_id, "until": round(at + QUARANTINE_SECONDS)},
-                    )
-        count = sum(len(v) for v in self._restored.values())
-        log.info("state restored", extra={"path": self.path, "jobs": count, "skipped": bad})
-
-    # --- wiring ----------------------------------------------------------------------
-    def attach(self, tracker: Tracker, scheduler: Scheduler) -> None:
-        tracker.listeners.append(self)
-        tracker.restore = self.restore
-        tracker.after_commit = self.after_commit
-        tracker.buried = self.buried
-        tracker.retire = self.keep
-        scheduler.store = self
-
+    # --- what the tracker asks (exporter.runtime.connect_store hands it over) -----------------
     def restore(self, state: TargetState) -> list[TrackedJob]:
         """Jobs saved for `state`'s target, each handed out once; its newest tombstones go to
         memory (the rest are looked up when their id appears: `buried`)."""
@@ -430,7 +208,7 @@ class Store:
         with contextlib.suppress(sqlite3.Error):  # unreadable: looked up one by one instead
             db = self._reading()
             if db is not None:
-                for key_b, at in db.execute(_NEWEST_TOMBSTONES, (name, TOMBSTONES_IN_MEMORY)):
+                for key_b, at in db.execute(NEWEST_TOMBSTONES, (name, TOMBSTONES_IN_MEMORY)):
                     if isinstance(key_b, str) and isinstance(at, int | float):
                         newest.append((key_b, float(at)))
         # Oldest first, as the tracker keeps them (its sweep reads them so).
@@ -445,7 +223,7 @@ class Store:
         if self._db is not None:
             return self._db
         if self._reader is None:
-            self._reader = self._read_only()
+            self._reader = open_read_only(self.path)
         return self._reader
 
     def quarantine(self, target: str, job_id: str, why: str) -> None:
@@ -473,12 +251,12 @@ class Store:
         try:
             db = self._reading()
             row = (
-                db.execute(_BURIED, (target, job_id, time.time() - TOMBSTONE_SECONDS)).fetchone()
+                db.execute(BURIED, (target, job_id, time.time() - TOMBSTONE_SECONDS)).fetchone()
                 if db
                 else None
             )
         except sqlite3.Error as e:  # not remembered then: a job listed again is history, not counted
-            log.debug("tombstone look-up failed", extra={"path": self.path, "error": _describe(e)})
+            log.debug("tombstone look-up failed", extra={"path": self.path, "error": describe(e)})
             return None
         return float(row[0]) if row is not None and isinstance(row[0], int | float) else None
 
@@ -507,9 +285,9 @@ class Store:
             db = self._reading()
             found = job_history.find(db, target, job_id) if db is not None else None
         except sqlite3.Error as e:
-            log.debug("history look-up failed", extra={"path": self.path, "error": _describe(e)})
+            log.debug("history look-up failed", extra={"path": self.path, "error": describe(e)})
             return None
-        return _retired(found) if found is not None else None
+        return retired_from(found) if found is not None else None
 
     def search(self, query: job_history.Query) -> tuple[list[Retired], int]:
         try:
@@ -518,9 +296,9 @@ class Store:
                 return [], 0
             found, total = job_history.search(db, query)
         except sqlite3.Error as e:
-            log.debug("history search failed", extra={"path": self.path, "error": _describe(e)})
+            log.debug("history search failed", extra={"path": self.path, "error": describe(e)})
             return [], 0
-        return [r for r in map(_retired, found) if r is not None], total
+        return [r for r in map(retired_from, found) if r is not None], total
 
     def history_metrics_text(self) -> bytes:
         try:
@@ -604,13 +382,13 @@ class Store:
         upserts = [(key, tr) for key, tr in batch.jobs.items() if tr is not None]
         for i in range(0, len(upserts), ROWS_PER_STATEMENT):
             part = upserts[i : i + ROWS_PER_STATEMENT]
-            yield _WRITES[0], [(t, j, tracked_to_json(tr)) for (t, j), tr in part]
+            yield WRITES[0], [(t, j, tracked_to_json(tr)) for (t, j), tr in part]
         rest: tuple[list[tuple[Any, ...]], ...] = (
             [key for key, tr in batch.jobs.items() if tr is None],
             [(t, j, at) for (t, j), at in batch.tombstones.items()],
             [(t, n, v) for (t, n), v in batch.cursors.items()],
         )
-        for sql, rows in zip(_WRITES[1:], rest, strict=True):
+        for sql, rows in zip(WRITES[1:], rest, strict=True):
             if rows:
                 yield sql, rows
         kept = list(batch.history.items())
@@ -622,8 +400,8 @@ class Store:
         if batch.history or batch.prune_before is not None:
             yield from job_history.prune_statements(db, self.bounds, time.time())
         if batch.prune_before is not None:
-            yield _PRUNE, (batch.prune_before, PRUNE_ROWS)
-            yield _PRUNE_QUARANTINE, (time.time() - QUARANTINE_SECONDS,)
+            yield PRUNE, (batch.prune_before, PRUNE_ROWS)
+            yield PRUNE_QUARANTINE, (time.time() - QUARANTINE_SECONDS,)
 
     @staticmethod
     def _write(db: sqlite3.Connection, sql: str, rows: Rows) -> int:
@@ -646,12 +424,12 @@ class Store:
                 n = min(VACUUM_PAGES, free - int(pages * FREE_SHARE))
                 db.executescript(f"PRAGMA incremental_vacuum({n});")
         except sqlite3.Error as e:  # committed already; the pages are given back another time
-            log.debug("state vacuum failed", extra={"path": self.path, "error": _describe(e)})
+            log.debug("state vacuum failed", extra={"path": self.path, "error": describe(e)})
 
     def _begin(self) -> sqlite3.Connection:
         db = self._db
         if db is None:
-            db = self._db = self._connect()
+            db = self._db = open_writable(self.path)
         db.execute("BEGIN IMMEDIATE")
         return db
 
@@ -676,7 +454,7 @@ class Store:
             db = self._begin()
             for sql, rows in self._statements(db, batch):
                 changed = self._write(db, sql, rows)
-                batch.pruned += changed if sql is _PRUNE else 0
+                batch.pruned += changed if sql is PRUNE else 0
             db.execute("COMMIT")
             self._after_prune(db, batch)
         except sqlite3.Error:
@@ -692,7 +470,7 @@ class Store:
                 if n:
                     await anyio.lowlevel.checkpoint()
                 changed = self._write(db, sql, rows)
-                batch.pruned += changed if sql is _PRUNE else 0
+                batch.pruned += changed if sql is PRUNE else 0
             db.execute("COMMIT")
             self._after_prune(db, batch)
         except BaseException as e:
@@ -713,7 +491,7 @@ class Store:
 
     def _failed(self, e: sqlite3.Error, pending: int) -> None:
         self.write_errors += 1
-        text = _describe(e)
+        text = describe(e)
         if text != self.error:
             log.error(
                 "state file cannot be written; changes are kept and retried",
@@ -825,7 +603,7 @@ class Store:
                 self._checkpointer = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as e:  # the WAL keeps the data; the next checkpoint tries again
-            log.debug("state checkpoint failed", extra={"path": self.path, "error": _describe(e)})
+            log.debug("state checkpoint failed", extra={"path": self.path, "error": describe(e)})
             if self._checkpointer is not None:
                 self._checkpointer.close()
                 self._checkpointer = None
@@ -865,64 +643,11 @@ class Store:
         except sqlite3.Error as e:
             log.error(
                 "state file could not be written at exit; these changes are lost",
-                extra={"path": self.path, "error": _describe(e), "pending": self.pending_writes},
+                extra={"path": self.path, "error": describe(e), "pending": self.pending_writes},
             )
         if self._db is not None:
             self._db.close()
             self._db = None
-
-
-def history_row(target: str, tracked: TrackedJob, now: float) -> job_history.Row:
-    job = tracked.job
-    finished = job.finished or tracked.seen_terminal_at or now
-    cause = "" if tracked.cause is None else str(tracked.cause)
-    return job_history.row(
-        target, job.id, str(job.status), job.reason or "", cause, finished, now, tracked_to_json(tracked)
-    )
-
-
-def _retired(found: job_history.Found) -> Retired | None:
-    try:
-        return Retired(found.target, tracked_from_json(found.data), found.dropped_at)
-    except ValueError as e:
-        log.warning(
-            "unreadable job in the history, skipped", extra={"target": found.target, "problem": str(e)}
-        )
-        return None
-
-
-class MemoryHistory:
-    """The history of a process without a state file: the same table in an SQLite database in
-    memory, bounded alike (lost at exit, as the jobs are)."""
-
-    def __init__(self) -> None:
-        self.bounds = job_history.Bounds()
-        self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-        self._db.executescript(job_history.SCHEMA)
-
-    def keep(self, state: TargetState, tracked: TrackedJob) -> None:
-        if self.bounds.period <= 0:
-            return
-        now = time.time()
-        self._db.execute("BEGIN")  # one transaction: kept and pruned, or neither
-        try:
-            self._db.execute(job_history.KEEP, history_row(state.config.name, tracked, now))
-            job_history.prune(self._db, self.bounds, now)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-    def retired(self, target: str, job_id: str) -> Retired | None:
-        found = job_history.find(self._db, target, job_id)
-        return _retired(found) if found is not None else None
-
-    def search(self, query: job_history.Query) -> tuple[list[Retired], int]:
-        found, total = job_history.search(self._db, query)
-        return [r for r in map(_retired, found) if r is not None], total
-
-    def history_metrics_text(self) -> bytes:
-        return job_history.metrics_text(*job_history.size(self._db))
 
 
 def state_metrics_text(write_errors: int, pending: int, size: int = 0) -> bytes:

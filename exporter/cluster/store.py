@@ -34,8 +34,9 @@ from exporter.cluster.batch import ROWS_PER_TURN, Batch, Change, Fresh, JobKey
 from exporter.cluster.leases import Leases, fenced
 from exporter.group_commit import GroupCommit
 from exporter.sharding import shard_of
-from exporter.state import StateUnwritable, state_metrics_text, tracked_from_json
-from exporter.tracker import TOMBSTONE_SECONDS, TargetState, TrackedJob, Tracker
+from exporter.state import StateUnwritable, state_metrics_text
+from exporter.state_file import tracked_from_json
+from exporter.tracker import TOMBSTONE_SECONDS, TargetState, TrackedJob
 
 log = logging.getLogger("asyncjob.state")
 
@@ -206,14 +207,7 @@ class PostgresStore(GroupCommit):
                 jobs.append(ClusterJob(t, tracked_from_json(data), shard, owner, written_by))
         return jobs
 
-    # --- wiring (what exporter.state.Store offers) -------------------------------------------
-    def attach(self, tracker: Tracker, scheduler: Any) -> None:
-        tracker.listeners.append(self)
-        tracker.restore = self.restore
-        tracker.after_commit = self.after_commit
-        tracker.buried = self.buried
-        scheduler.store = self
-
+    # --- what the tracker asks (exporter.runtime.connect_store hands it over) -----------------
     def restore(self, state: TargetState) -> list[TrackedJob]:
         """Jobs loaded for `state`'s target, each handed out once; the newest of its tombstones go
         to memory, oldest first (the rest are found by `buried`), and its quarantined jobs."""

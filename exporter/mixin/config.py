@@ -18,15 +18,26 @@ class Config:
     exporter_selector: str = 'job=~"asyncjob.*"'
     # The labels that identify one exporter target across all its series.
     target_labels: tuple[str, ...] = ("job", "instance", "target")
+    # The labels that name the exporter process rather than what it watches: replicas taking
+    # over each other's jobs (a restart on another pod, --shard resharding, a cluster's lease
+    # moving) export the same job under another instance and pod. Per-job and per-target alerts
+    # aggregate them away on both sides of every join, so a job moving between replicas stays
+    # one alert, with its activeAt, and two replicas exporting the same threshold match once.
+    replica_labels: tuple[str, ...] = ("instance", "pod")
+    # keep_firing_for of the per-job alerts: a firing page rides out the gap while its job moves
+    # to another replica. At least lease_ttl (15s) + 2 poll intervals + 2 scrape intervals.
+    handover_grace: str = "2m"
 
     runbook_base_url: str = (
         "https://github.com/asyncjob-exporter/asyncjob-exporter/blob/main/docs/runbooks.md"
     )
     grafana_url: str = "http://localhost:3000"
     # Where people open the exporter's job pages (the exporter's --web.external-url: an ingress,
-    # a proxy, a port-forward): alerts link to <external_url>/jobs/<target>/<id>. Unset, they link
-    # to <job_page_scheme>://<instance>/..., the address Prometheus scraped, which opens only
-    # where that address is reachable (not a pod IP or a compose service name from a laptop).
+    # a proxy, a port-forward; with replicas, their Service): alerts link to
+    # <external_url>/jobs/<target>/<id>. Unset, they link to <job_page_scheme>://<instance>/...,
+    # the address Prometheus scraped (for alerts without the replica labels, that of the replica
+    # exporting the job when the alert is rendered), which opens only where that address is
+    # reachable (not a pod IP or a compose service name from a laptop).
     external_url: str | None = None
     job_page_scheme: str = "http"
     overview_uid: str = "asyncjob-overview"
@@ -127,14 +138,33 @@ class Config:
     slo_windows_divisor: int = 1
 
     @property
+    def target_keys(self) -> tuple[str, ...]:
+        """The labels of a target whichever replica exports it: `target_labels` without the
+        replica labels."""
+        return tuple(name for name in self.target_labels if name not in self.replica_labels)
+
+    @property
     def on_target(self) -> str:
         """The vector-matching clause that joins a series to its target's threshold metrics."""
-        return f"on({', '.join(self.target_labels)})"
+        return f"on({', '.join(self.target_keys)})"
 
     @property
     def on_job(self) -> str:
         """The vector-matching clause that joins two series of the same tracked job."""
+        return f"on({', '.join((*self.target_keys, 'job_id'))})"
+
+    @property
+    def on_job_in_replica(self) -> str:
+        """Joins two series of one job as one replica exports them (the recording rules: one
+        replica's series stay together, whatever another exports meanwhile)."""
         return f"on({', '.join((*self.target_labels, 'job_id'))})"
+
+    def merged(self, expr: str) -> str:
+        """`expr` with the replica labels aggregated away: one series per job (or target)
+        however many replicas export it, the same labels whichever does."""
+        if not self.replica_labels:
+            return expr
+        return f"max without({', '.join(self.replica_labels)}) ({expr})"
 
 
 CONFIG = Config()

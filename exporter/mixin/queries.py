@@ -51,7 +51,8 @@ USER = 'cause="user"'
 def _active(cfg: Config, selector: str) -> str:
     unfinished = series(catalogue.JOB_STATUS.name, selector, UNFINISHED)
     waiting = series(catalogue.JOB_AWAITING_USER.name, selector)
-    return f"  and {cfg.on_job} ({unfinished} == 1)\n  unless {cfg.on_job} ({waiting} == 1)"
+    on = cfg.on_job_in_replica
+    return f"  and {on} ({unfinished} == 1)\n  unless {on} ({waiting} == 1)"
 
 
 def seconds_since_progress_source(cfg: Config, selector: str) -> str:
@@ -61,13 +62,13 @@ def seconds_since_progress_source(cfg: Config, selector: str) -> str:
 def runtime_source(cfg: Config, selector: str) -> str:
     started = series(catalogue.JOB_STARTED.name, selector)
     created = series(catalogue.JOB_CREATED.name, selector)
-    return f"(time() - ({started} or {cfg.on_job} {created}))\n{_active(cfg, selector)}"
+    return f"(time() - ({started} or {cfg.on_job_in_replica} {created}))\n{_active(cfg, selector)}"
 
 
 def records_failed_ratio_source(cfg: Config, selector: str) -> str:
     failed = series(catalogue.JOB_RECORDS.name, selector, 'kind="failed"')
     total = series(catalogue.JOB_RECORDS.name, selector, 'kind="total"')
-    return f"{failed}\n  / {cfg.on_job} ({total} > 0)"
+    return f"{failed}\n  / {cfg.on_job_in_replica} ({total} > 0)"
 
 
 def finished_increase_source(cfg: Config, selector: str) -> str:
@@ -97,14 +98,20 @@ def step_p95_source(cfg: Config, selector: str) -> str:
     return f"histogram_quantile(0.95, sum by ({by}) (rate({buckets}[{cfg.step_window}])))"
 
 
+def _over_threshold(cfg: Config, value: str, threshold: str) -> str:
+    """A job's value over its target's threshold; every replica exports the threshold and any
+    may export the job: both sides lose the replica labels before they meet."""
+    return f"{cfg.merged(value)}\n  > {cfg.on_target} group_left() {cfg.merged(threshold)}"
+
+
 def stuck(cfg: Config, selector: str) -> str:
     threshold = series(catalogue.TARGET_STUCK_THRESHOLD.name, selector)
-    return f"{series(SECONDS_SINCE_PROGRESS, selector)}\n  > {cfg.on_target} group_left() {threshold}"
+    return _over_threshold(cfg, series(SECONDS_SINCE_PROGRESS, selector), threshold)
 
 
 def overdue(cfg: Config, selector: str) -> str:
     threshold = series(catalogue.TARGET_MAX_DURATION.name, selector)
-    return f"{series(RUNTIME, selector)}\n  > {cfg.on_target} group_left() {threshold}"
+    return _over_threshold(cfg, series(RUNTIME, selector), threshold)
 
 
 def stuck_not_overdue(cfg: Config, selector: str) -> str:
@@ -119,7 +126,7 @@ def stuck_or_overdue_jobs(cfg: Config, selector: str) -> str:
 
 def many_stuck(cfg: Config, selector: str) -> str:
     """Targets with at least `many_stuck_jobs` jobs stuck or overdue: one alert for the target."""
-    by = ", ".join(cfg.target_labels)
+    by = ", ".join(cfg.target_keys)
     return f"count by ({by}) (\n{stuck_or_overdue_jobs(cfg, selector)}\n) >= {cfg.many_stuck_jobs}"
 
 
@@ -131,9 +138,11 @@ def unless_many_stuck(cfg: Config, selector: str) -> str:
 def failed_jobs(cfg: Config, selector: str, operator_only: bool = True) -> str:
     """Failed jobs with their reason and cause; `operator_only` leaves out those the end user
     must fix (a wrong password, an expired MFA): they page no operator."""
-    failed = "({} == 1)".format(series(catalogue.JOB_STATUS.name, selector, 'status="failed"'))
-    error = series(catalogue.JOB_ERROR_INFO.name, selector, *((NOT_USER,) if operator_only else ()))
-    every_error = series(catalogue.JOB_ERROR_INFO.name, selector)
+    failed = cfg.merged("{} == 1".format(series(catalogue.JOB_STATUS.name, selector, 'status="failed"')))
+    error = cfg.merged(
+        series(catalogue.JOB_ERROR_INFO.name, selector, *((NOT_USER,) if operator_only else ()))
+    )
+    every_error = cfg.merged(series(catalogue.JOB_ERROR_INFO.name, selector))
     # Reason and cause join in where the exporter knows them; a failed job without them still counts.
     return (
         f"{failed}\n  * {cfg.on_job} group_left(reason, cause) {error}\n"
@@ -144,9 +153,10 @@ def failed_jobs(cfg: Config, selector: str, operator_only: bool = True) -> str:
 def records_failing(cfg: Config, selector: str, for_user: bool = False) -> str:
     """Jobs failing on many records; the records' cause (asyncjob_job_error_info of reason
     record_errors) decides whose: the application's data (cause="user") pages no operator."""
-    users = series(catalogue.JOB_ERROR_INFO.name, selector, USER)
+    users = cfg.merged(series(catalogue.JOB_ERROR_INFO.name, selector, USER))
     join = "and" if for_user else "unless"
-    return f"{series(RECORDS_FAILED_RATIO, selector)} > {cfg.records_failed_ratio:g}\n  {join} {cfg.on_job} {users}"
+    ratio = cfg.merged(series(RECORDS_FAILED_RATIO, selector))
+    return f"{ratio} > {cfg.records_failed_ratio:g}\n  {join} {cfg.on_job} {users}"
 
 
 def failure_rate_high(cfg: Config, selector: str) -> str:
@@ -163,10 +173,11 @@ def failed_paged(cfg: Config, selector: str) -> str:
     """Failed jobs that page one by one: those the end user must fix never do, and those the
     provider failed are held back while their target's failure rate is high (that alert pages
     once for the outage; the jobs stay listed on the pages)."""
-    provider = series(catalogue.JOB_ERROR_INFO.name, selector, 'cause="provider"')
+    provider = cfg.merged(series(catalogue.JOB_ERROR_INFO.name, selector, 'cause="provider"'))
+    rate_high = cfg.merged(failure_rate_high(cfg, selector))
     return (
         f"(\n{failed_jobs(cfg, selector)}\n)\nunless {cfg.on_job}\n"
-        f"  ({provider}\n  and {cfg.on_target}\n  ({failure_rate_high(cfg, selector)}))"
+        f"  ({provider}\n  and {cfg.on_target}\n  {rate_high})"
     )
 
 
@@ -201,7 +212,11 @@ def step_slow(cfg: Config, selector: str) -> str:
 
 
 def target_down(cfg: Config, selector: str) -> str:
-    return f"{series(catalogue.TARGET_UP.name, selector)} == 0"
+    """A target some replica cannot poll: one alert for the target, whichever replica fails."""
+    up = series(catalogue.TARGET_UP.name, selector)
+    if not cfg.replica_labels:
+        return f"{up} == 0"
+    return f"min without({', '.join(cfg.replica_labels)}) ({up}) == 0"
 
 
 def seconds_since_successful_poll(cfg: Config, selector: str) -> str:
@@ -209,11 +224,9 @@ def seconds_since_successful_poll(cfg: Config, selector: str) -> str:
 
 
 def polling_stale(cfg: Config, selector: str) -> str:
-    interval = series(catalogue.TARGET_POLL_INTERVAL.name, selector)
-    return (
-        f"{seconds_since_successful_poll(cfg, selector)}\n"
-        f"  > {cfg.on_target} ({cfg.polling_stale_intervals} * {interval})"
-    )
+    interval = cfg.merged(series(catalogue.TARGET_POLL_INTERVAL.name, selector))
+    since = cfg.merged(seconds_since_successful_poll(cfg, selector))
+    return f"{since}\n  > {cfg.on_target} ({cfg.polling_stale_intervals} * {interval})"
 
 
 def exporter_down(cfg: Config, selector: str) -> str:
@@ -251,7 +264,7 @@ def connection_sync_stale(cfg: Config, selector: str, for_user: bool = False) ->
 
 def source_missing(cfg: Config, selector: str) -> str:
     """Seconds a configured source has answered 404 (in the exporter's current run)."""
-    return f"time() - {series(catalogue.SOURCE_MISSING_SINCE.name, selector)}"
+    return cfg.merged(f"time() - {series(catalogue.SOURCE_MISSING_SINCE.name, selector)}")
 
 
 def state_undocumented(cfg: Config, selector: str) -> str:
@@ -271,10 +284,7 @@ def consent_expiring(cfg: Config, selector: str) -> str:
 
 
 def awaiting_user(cfg: Config, selector: str) -> str:
-    waiting = series(catalogue.JOB_AWAITING_USER.name, selector)
-    unfinished = series(catalogue.JOB_STATUS.name, selector, UNFINISHED)
-    return (
-        f"(time() - {series(catalogue.JOB_LAST_PROGRESS.name, selector)})\n"
-        f"  and {cfg.on_job} ({waiting} == 1)\n"
-        f"  and {cfg.on_job} ({unfinished} == 1)"
-    )
+    waiting = cfg.merged(f"{series(catalogue.JOB_AWAITING_USER.name, selector)} == 1")
+    unfinished = cfg.merged(f"{series(catalogue.JOB_STATUS.name, selector, UNFINISHED)} == 1")
+    since = cfg.merged(f"time() - {series(catalogue.JOB_LAST_PROGRESS.name, selector)}")
+    return f"{since}\n  and {cfg.on_job} {waiting}\n  and {cfg.on_job} {unfinished}"

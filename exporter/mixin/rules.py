@@ -28,20 +28,50 @@ class Alert:
     # Only the end user can act (a one-time code, a consent): labelled cause="user", so
     # Alertmanager can route it to the application team rather than an operator.
     for_end_user: bool = False
+    # Its expression aggregates the replica labels away (Config.replica_labels).
+    merged: bool = False
+    # A job's page: keep_firing_for rides out the job moving to another replica.
+    handover: bool = False
+
+
+def _instance_param(cfg: Config, merged: bool = True) -> str:
+    # Alerts that aggregate the replicas away link to every instance (Grafana's All).
+    if merged and "instance" in cfg.replica_labels:
+        return ""
+    return "&var-instance={{ $labels.instance }}"
 
 
 def _job_link(cfg: Config) -> str:
     return (
         f"{cfg.grafana_url}/d/{cfg.job_uid}/asyncjob-job?var-job={{{{ $labels.job }}}}"
-        "&var-instance={{ $labels.instance }}&var-target={{ $labels.target }}"
+        f"{_instance_param(cfg)}&var-target={{{{ $labels.target }}}}"
         "&var-job_id={{ $labels.job_id }}"
     )
 
 
-def _exporter(cfg: Config) -> str:
+def _exporting_instance(cfg: Config, job: bool) -> str:
+    """The instance that exports the job (or the target) when Prometheus renders the alert: the
+    alert itself carries no replica label, so the annotation asks for it."""
+    names = (*cfg.target_keys, *(("job_id",) if job else ()))
+    # A job's own series (a dozen), or a threshold every replica polling the target exports.
+    metric = "asyncjob_job_.+" if job else catalogue.TARGET_STUCK_THRESHOLD.name
+    selector = ", ".join((f'__name__=~"{metric}"', *(f"{name}=%q" for name in names)))
+    args = " ".join(f"$labels.{name}" for name in names)
+    return (
+        f"{{{{ with printf `{{{selector}}}` {args} | query }}}}"
+        '{{ . | first | label "instance" }}{{ end }}'
+    )
+
+
+def _exporter(cfg: Config, job: bool = True) -> str:
     """The exporter's pages: under its external URL when the mixin names it, else at the address
-    Prometheus scraped."""
-    return cfg.external_url or f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}"
+    Prometheus scraped (for alerts without the instance label, that of a replica exporting the
+    job now, looked up when the alert is rendered)."""
+    if cfg.external_url:
+        return cfg.external_url
+    if "instance" in cfg.replica_labels:
+        return f"{cfg.job_page_scheme}://{_exporting_instance(cfg, job)}"
+    return f"{cfg.job_page_scheme}://{{{{ $labels.instance }}}}"
 
 
 def job_page(cfg: Config) -> str:
@@ -51,13 +81,13 @@ def job_page(cfg: Config) -> str:
 
 def _jobs_list(cfg: Config) -> str:
     """The target's list of jobs on the exporter that reported them (filters to append)."""
-    return f"{_exporter(cfg)}/jobs?target={{{{ $labels.target | urlquery }}}}"
+    return f"{_exporter(cfg, job=False)}/jobs?target={{{{ $labels.target | urlquery }}}}"
 
 
-def _overview_link(cfg: Config) -> str:
+def _overview_link(cfg: Config, merged: bool) -> str:
     return (
         f"{cfg.grafana_url}/d/{cfg.overview_uid}/asyncjob-overview?var-job={{{{ $labels.job }}}}"
-        "&var-instance={{ $labels.instance }}&var-target={{ $labels.target }}"
+        f"{_instance_param(cfg, merged)}&var-target={{{{ $labels.target }}}}"
     )
 
 
@@ -79,6 +109,8 @@ def job_alerts(cfg: Config, sel: str) -> list[Alert]:
             "{{ end }}. Its message and timeline: "
             f"{job_page(cfg)}",
             per_job=True,
+            merged=True,
+            handover=True,
         ),
         Alert(
             "AsyncJobStuck",
@@ -88,6 +120,8 @@ def job_alerts(cfg: Config, sel: str) -> list[Alert]:
             f"The {JOB} has made no progress for {{{{ $value | humanizeDuration }}}}, "
             "longer than the target's stuck threshold.",
             per_job=True,
+            merged=True,
+            handover=True,
         ),
         Alert(
             "AsyncJobOverdue",
@@ -97,6 +131,8 @@ def job_alerts(cfg: Config, sel: str) -> list[Alert]:
             f"The {JOB} has been running for {{{{ $value | humanizeDuration }}}}, "
             "longer than the target's max duration.",
             per_job=True,
+            merged=True,
+            handover=True,
         ),
         Alert(
             "AsyncJobRecordsFailing",
@@ -106,6 +142,8 @@ def job_alerts(cfg: Config, sel: str) -> list[Alert]:
             f"{{{{ $value | humanizePercentage }}}} of the records of {JOB} failed "
             f"(threshold {cfg.records_failed_ratio:.0%}).",
             per_job=True,
+            merged=True,
+            handover=True,
         ),
         Alert(
             "AsyncJobUserRecordsFailing",
@@ -116,6 +154,8 @@ def job_alerts(cfg: Config, sel: str) -> list[Alert]:
             f"(threshold {cfg.records_failed_ratio:.0%}) for reasons in the data sent (e.g. a case "
             "that does not exist): for the application team, not an operator.",
             per_job=True,
+            merged=True,
+            handover=True,
             for_end_user=True,
         ),
         Alert(
@@ -126,6 +166,8 @@ def job_alerts(cfg: Config, sel: str) -> list[Alert]:
             f"The {JOB} has been waiting for the end user (a one-time code, a re-authentication "
             "or a consent) for {{ $value | humanizeDuration }}; no operator action is needed.",
             per_job=True,
+            merged=True,
+            handover=True,
             for_end_user=True,
         ),
     ]
@@ -144,6 +186,8 @@ def job_count_alerts(cfg: Config, sel: str) -> list[Alert]:
             "AsyncJobOverdue are held back meanwhile). Stuck: "
             f"{_jobs_list(cfg)}&stuck=1, overdue: {_jobs_list(cfg)}&overdue=1",
             per_job=False,
+            merged=True,
+            handover=True,
         ),
     ]
 
@@ -212,9 +256,11 @@ def target_alerts(cfg: Config, sel: str) -> list[Alert]:
             q.target_down(cfg, sel),
             cfg.target_down_for,
             "The exporter cannot poll a target's API.",
-            "The exporter on {{ $labels.instance }} has failed to poll target {{ $labels.target }} "
+            "The exporter{{ with $labels.instance }} on {{ . }}{{ end }} has failed to poll target "
+            "{{ $labels.target }} "
             f"for more than {cfg.target_down_for} ({catalogue.TARGET_UP.name} is {{{{ $value }}}}).",
             per_job=False,
+            merged=True,
         ),
         Alert(
             "AsyncJobSourceMissing",
@@ -225,16 +271,19 @@ def target_alerts(cfg: Config, sel: str) -> list[Alert]:
             "{{ $value | humanizeDuration }}: deleted at the provider, or a wrong id in the config. "
             "Nothing of it is monitored until it answers again.",
             per_job=False,
+            merged=True,
         ),
         Alert(
             "AsyncJobPollingStale",
             q.polling_stale(cfg, sel),
             cfg.polling_stale_for,
             "A target has not been polled successfully for several poll intervals.",
-            "The exporter on {{ $labels.instance }} last polled target {{ $labels.target }} "
+            "The exporter{{ with $labels.instance }} on {{ . }}{{ end }} last polled target "
+            "{{ $labels.target }} "
             "successfully {{ $value | humanizeDuration }} ago, more than "
             f"{cfg.polling_stale_intervals} of its poll intervals.",
             per_job=False,
+            merged=True,
         ),
         Alert(
             "AsyncJobExporterDown",
@@ -294,6 +343,8 @@ def _alerting(cfg: Config, alert: Alert) -> dict[str, Any]:
     rule: dict[str, Any] = {"alert": alert.name, "expr": alert.expr}
     if alert.duration != "0m":
         rule["for"] = alert.duration
+    if alert.handover and cfg.replica_labels:
+        rule["keep_firing_for"] = cfg.handover_grace
     rule["labels"] = {"severity": cfg.severity[alert.name]}
     if alert.for_end_user:
         rule["labels"]["cause"] = "user"
@@ -301,7 +352,7 @@ def _alerting(cfg: Config, alert: Alert) -> dict[str, Any]:
         "summary": alert.summary,
         "description": alert.description,
         "runbook_url": f"{cfg.runbook_base_url}#{alert.name.lower()}",
-        "dashboard_url": _job_link(cfg) if alert.per_job else _overview_link(cfg),
+        "dashboard_url": _job_link(cfg) if alert.per_job else _overview_link(cfg, alert.merged),
     }
     if alert.per_job:
         rule["annotations"]["job_url"] = job_page(cfg)

@@ -50,7 +50,9 @@ def bad_jobs(cfg: Config, slo: SLO) -> tuple[str, str, str]:
     unfinished = q.series(catalogue.JOB_STATUS.name, sel, q.UNFINISHED)
     waiting = q.series(catalogue.JOB_AWAITING_USER.name, sel)
     failed = q.failed_jobs(cfg, sel)
-    late = f"({finished} - {cfg.on_job} {created}) > {latency}\n  and {cfg.on_job} ({succeeded} == 1)"
+    late = (
+        f"({finished} - {cfg.on_job_in_replica} {created}) > {latency}\n  and {cfg.on_job} ({succeeded} == 1)"
+    )
     overdue = (
         f"(time() - {created}) > {latency}\n  and {cfg.on_job} ({unfinished} == 1)\n"
         f"  unless {cfg.on_job} ({waiting} == 1)"

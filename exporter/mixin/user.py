@@ -87,7 +87,7 @@ def _value(name: str, default: Any, raw: Any, problems: list[str]) -> Any:
     if not isinstance(raw, str) or not raw:
         problems.append(f"{name}: expected text")
         return default
-    if name.endswith(("_for", "_window")):
+    if name.endswith(("_for", "_window")) or name == "handover_grace":
         try:
             promtests.seconds(raw)
         except ValueError as e:

@@ -268,7 +268,7 @@ async def gather(
                 results.append((item, await fn(item)))
             except (PollError, NotFound, BadPayload) as e:
                 # Kept without its traceback: its frames hold `results`, which holds it (a
-                # cycle only a full GC pass would free, exporter.runtime.QuietGC).
+                # cycle only a full GC pass would free, exporter.quiet_gc.QuietGC).
                 results.append((item, e.with_traceback(None)))
 
     if isinstance(items, Sized):

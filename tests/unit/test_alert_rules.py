@@ -114,7 +114,10 @@ def test_every_alert_has_a_severity_and_the_annotations(alert: dict[str, Any]) -
     # An alert about one job links to its page on the exporter that reported it.
     assert set(annotations) == ANNOTATIONS | ({"job_url"} if per_job else set())
     if per_job:
-        assert annotations["job_url"].startswith("http://{{ $labels.instance }}/jobs/{{ $labels.target }}/")
+        # The alert names no replica: the link goes to the instance exporting the job when the
+        # alert is rendered.
+        assert annotations["job_url"].startswith("http://{{ with printf `{__name__=~")
+        assert annotations["job_url"].endswith("/jobs/{{ $labels.target }}/{{ $labels.job_id | urlquery }}")
     assert "{{" not in annotations["summary"], "the summary is a static sentence"
     assert "{{" in annotations["description"], "the description names what fired"
     anchor = annotations["runbook_url"].rsplit("#", 1)[1]
@@ -159,7 +162,7 @@ def test_no_operator_alert_counts_failures_the_end_user_must_fix() -> None:
     failed = by_name["AsyncJobFailed"]["expr"]
     assert 'asyncjob_job_error_info{job=~"asyncjob.*", cause!="user"}' in failed
     # The fallback for a failed job without error_info never brings a user-caused one back.
-    assert "unless on(job, instance, target, job_id) asyncjob_job_error_info" in failed
+    assert "unless on(job, target, job_id) max without(instance, pod) (asyncjob_job_error_info" in failed
     rate = by_name["AsyncJobFailureRateHigh"]["expr"]
     assert 'cause!="user"' in rate and "asyncjob_jobs_failure_ratio" in rate
     (ratio,) = (
@@ -178,7 +181,7 @@ def test_no_operator_alert_counts_failures_the_end_user_must_fix() -> None:
                 assert 'cause="user"' not in line or line.strip().startswith("unless"), name
     records = by_name["AsyncJobRecordsFailing"]["expr"]
     assert (
-        'unless on(job, instance, target, job_id) asyncjob_job_error_info{job=~"asyncjob.*", cause="user"}'
+        'unless on(job, target, job_id) max without(instance, pod) (asyncjob_job_error_info{job=~"asyncjob.*", cause="user"})'
         in records
     )
 
@@ -243,7 +246,9 @@ def test_every_rule_reads_only_the_exporters_series() -> None:
 def test_thresholds_are_joined_on_the_target() -> None:
     for rule in alerts():
         for metric in re.findall(r"asyncjob_target_[a-z_]+_seconds", rule["expr"]):
-            assert "on(job, instance, target)" in rule["expr"], (rule["alert"], metric)
+            assert "on(job, target)" in rule["expr"], (rule["alert"], metric)
+            # Every replica exports the thresholds: they meet the jobs without the replica labels.
+            assert f"max without(instance, pod) ({metric}" in rule["expr"], (rule["alert"], metric)
 
 
 def test_recording_rules_follow_level_metric_operations() -> None:
@@ -301,9 +306,12 @@ def _alert(name: str) -> dict[str, Any]:
 def test_an_overdue_job_is_not_also_paged_as_stuck() -> None:
     stuck = _alert("AsyncJobStuck")["expr"]
     overdue = _alert("AsyncJobOverdue")["expr"]
-    assert "unless on(job, instance, target, job_id)\n(target_job_id:asyncjob_job_runtime_seconds" in stuck
+    assert (
+        "unless on(job, target, job_id)\n(max without(instance, pod) (target_job_id:asyncjob_job_runtime_seconds"
+        in stuck
+    )
     # Overdue is held back only by its target's AsyncJobManyStuck, never by stuck.
-    assert "seconds_since_progress" not in overdue.split("\nunless on(job, instance, target)\n")[0]
+    assert "seconds_since_progress" not in overdue.split("\nunless on(job, target)\n")[0]
 
 
 def test_stuck_and_overdue_cover_jobs_in_status_unknown() -> None:
@@ -316,10 +324,10 @@ def test_stuck_and_overdue_cover_jobs_in_status_unknown() -> None:
 def test_many_stuck_jobs_of_one_target_page_once_and_hold_back_their_own_alerts() -> None:
     many = _alert("AsyncJobManyStuck")
     assert many["expr"].rstrip().endswith(">= 10")
-    assert "count by (job, instance, target)" in many["expr"]
+    assert "count by (job, target)" in many["expr"]
     assert many["labels"]["severity"] == "critical"
     for name in ("AsyncJobStuck", "AsyncJobOverdue"):
-        assert "unless on(job, instance, target)\n(count by (job, instance, target)" in _alert(name)["expr"]
+        assert "unless on(job, target)\n(count by (job, target)" in _alert(name)["expr"]
     # The rule lives in the group of the records it counts: never a step behind them.
     (jobs,) = (g for g in rule_groups() if any(r.get("alert") == "AsyncJobStuck" for r in g["rules"]))
     assert "AsyncJobManyStuck" in [r.get("alert") for r in jobs["rules"]]
@@ -337,9 +345,9 @@ def test_the_many_stuck_threshold_is_a_mixin_setting() -> None:
 
 def test_a_provider_failure_pages_per_job_only_while_the_targets_failure_rate_is_low() -> None:
     failed = _alert("AsyncJobFailed")["expr"]
-    held_back = failed.split("\nunless on(job, instance, target, job_id)\n", 1)[1]
+    held_back = failed.split("\nunless on(job, target, job_id)\n", 1)[1]
     assert 'asyncjob_job_error_info{job=~"asyncjob.*", cause="provider"}' in held_back
-    assert "and on(job, instance, target)" in held_back
+    assert "and on(job, target)" in held_back
     assert "asyncjob_jobs_failure_ratio" in held_back and 'cause!="user"' in held_back
     # A `for` gives a mass failure the time to show in the ratio before any job of it pages.
     assert _alert("AsyncJobFailed")["for"] == "2m"

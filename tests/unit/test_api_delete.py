@@ -12,7 +12,7 @@ from exporter.model import Job, Status
 from exporter.providers import PROVIDERS
 from exporter.providers.base import PollResult
 from exporter.routes import build_app
-from exporter.runtime import Runtime
+from exporter.runtime import Runtime, connect_store
 from exporter.state import Store
 from exporter.tracker import TOMBSTONE_SECONDS
 
@@ -26,7 +26,7 @@ def started(state_file: Path | None = None) -> tuple[Runtime, TestClient, Store 
     store = None
     if state_file is not None:
         store = Store(str(state_file))
-        store.attach(runtime.tracker, runtime.scheduler)
+        connect_store(store, runtime.tracker, runtime.scheduler, history=store)
     runtime.tracker.set_target(SETTINGS.resolved(SETTINGS.targets[0]))
     return runtime, TestClient(build_app(runtime)), store
 

@@ -18,6 +18,7 @@ from exporter.cluster.store import PostgresStore
 from exporter.config import build_settings
 from exporter.model import Job, Status
 from exporter.providers import PROVIDERS
+from exporter.runtime import connect_store
 from exporter.sharding import shard_of
 from exporter.state import StateUnwritable, tracked_from_json
 from exporter.tracker import Tracker
@@ -49,7 +50,7 @@ def tracking(store: PostgresStore, *targets: str) -> Tracker:
         {"targets": [{"name": t, "provider": "basiq", "base_url": "https://x"} for t in targets]}, PROVIDERS
     )
     tracker = Tracker()
-    store.attach(tracker, NoScheduler())
+    connect_store(store, tracker, NoScheduler())
     for t in s.targets:
         tracker.set_target(s.resolved(t))
     return tracker

@@ -23,7 +23,7 @@ from exporter.config import build_settings
 from exporter.parsing import MAX_JSON_DEPTH, JsonTooDeep, clean_text, load_json, parse_number, text_id
 from exporter.providers import PROVIDERS
 from exporter.routes import build_app
-from exporter.runtime import Runtime
+from exporter.runtime import Runtime, connect_store
 from tests.unit.provider_http import fixture, provider_and_http
 
 # --- hostile JSON ---------------------------------------------------------------------------
@@ -419,7 +419,7 @@ def test_a_lone_surrogate_in_a_state_row_is_replaced_and_the_job_rendered(tmp_pa
     path = str(tmp_path / "state.db")
     runtime = Runtime(settings_)
     store = Store(path)
-    store.attach(runtime.tracker, runtime.scheduler)
+    connect_store(store, runtime.tracker, runtime.scheduler, history=store)
     runtime.tracker.set_target(settings_.resolved(settings_.targets[0]))
     runtime.tracker.track("t", Job("row", Status.RUNNING, job_type="connection"), "registered")
     store.close()
@@ -431,7 +431,7 @@ def test_a_lone_surrogate_in_a_state_row_is_replaced_and_the_job_rendered(tmp_pa
 
     runtime = Runtime(settings_)
     store = Store(path)
-    store.attach(runtime.tracker, runtime.scheduler)
+    connect_store(store, runtime.tracker, runtime.scheduler, history=store)
     runtime.tracker.set_target(settings_.resolved(settings_.targets[0]))
     assert runtime.tracker.targets["t"].jobs["row"].job.job_type == "conn\ufffd"
     assert "row" in rendered_ids(runtime, "job_id")

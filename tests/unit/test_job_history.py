@@ -17,7 +17,7 @@ from exporter.job_history import Bounds, Query
 from exporter.model import Cause, Job, Status, Step
 from exporter.providers import PROVIDERS
 from exporter.routes import build_app
-from exporter.runtime import Runtime
+from exporter.runtime import Runtime, connect_store
 from exporter.state import SCHEMA_VERSION, MemoryHistory, Store
 from exporter.store import JobHistory
 from exporter.tracker import Tracker
@@ -49,7 +49,7 @@ def tracker_on(history: JobHistory | None, path: Path | None = None) -> tuple[Tr
     store = None
     if path is not None:
         store = Store(str(path))
-        store.attach(tracker, NoScheduler())
+        connect_store(store, tracker, NoScheduler(), history=store)
     elif history is not None:
         tracker.retire = history.keep
     tracker.set_target(s.resolved(s.targets[0]))

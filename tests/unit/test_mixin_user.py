@@ -68,7 +68,7 @@ def test_the_users_values_reach_the_rules_and_dashboards(tmp_path: Path) -> None
     assert "https://grafana.example.com/d/" in alerts["AsyncJobFailed"]["annotations"]["dashboard_url"]
     assert "> 0.5" in alerts["AsyncJobFailureRateHigh"]["expr"]
     job_url = alerts["AsyncJobStuck"]["annotations"]["job_url"]
-    assert job_url.startswith("https://{{ $labels.instance }}/jobs/{{ $labels.target }}/")
+    assert job_url.startswith("https://{{ with printf `{__name__=~") and "$labels.namespace" in job_url
     board = json.loads((out / "dashboards/asyncjob-job.json").read_text())
     links = [link["url"] for link in board["links"] if link["type"] == "link"]
     assert links == ["https://${instance}/jobs/${target}/${job_id:percentencode}"]
@@ -195,3 +195,53 @@ def test_an_external_url_that_is_no_http_url_is_named(bad: object) -> None:
     with pytest.raises(user_module().MixinConfigError) as e:
         user_module().config_from({"external_url": bad})
     assert e.value.problems == ["external_url: expected an http(s) URL, e.g. https://asyncjob.example.com"]
+
+
+def _job_rules(cfg: object) -> dict[str, dict[str, object]]:
+    from exporter.mixin import rules
+
+    groups = rules.rule_groups(cfg)["groups"]
+    return {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
+
+
+def test_per_job_alerts_name_no_replica_and_ride_out_a_handover() -> None:
+    cfg = user_module().config_from(
+        {"replica_labels": ["instance", "pod", "replica"], "handover_grace": "90s"}
+    )
+    alerts = _job_rules(cfg)
+    for name in ("AsyncJobStuck", "AsyncJobFailed", "AsyncJobManyStuck"):
+        assert alerts[name]["keep_firing_for"] == "90s", name
+        assert "max without(instance, pod, replica) (" in alerts[name]["expr"], name
+        # Every join matches without them (a failure rate, within one replica, is merged whole).
+        assert "instance" not in alerts[name]["expr"].split("unless on(job, target, job_id)\n  (")[0].replace(
+            "without(instance", ""
+        ), name
+    # A page about the exporter process itself names it, and does not outlive it.
+    assert "keep_firing_for" not in alerts["AsyncJobExporterDown"]
+    with pytest.raises(user_module().MixinConfigError, match="handover_grace"):
+        user_module().config_from({"handover_grace": "a while"})
+
+
+def test_without_replica_labels_the_alerts_are_per_instance_as_before() -> None:
+    cfg = user_module().config_from({"replica_labels": []})
+    alerts = _job_rules(cfg)
+    stuck = alerts["AsyncJobStuck"]
+    assert "keep_firing_for" not in stuck and "max without" not in stuck["expr"]
+    assert "on(job, instance, target, job_id)" in stuck["expr"]
+    assert stuck["annotations"]["job_url"].startswith("http://{{ $labels.instance }}/jobs/")
+    assert "&var-instance={{ $labels.instance }}" in stuck["annotations"]["dashboard_url"]
+
+
+def test_the_generated_handover_tests_pass_for_other_replica_labels(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    from exporter.mixin import files
+
+    cfg = user_module().config_from({**USER_CONFIG, "replica_labels": ["instance", "namespace"]})
+    out = tmp_path / "out"
+    generator().write(out, cfg)
+    tests = out / files.RULE_TESTS_PATH
+    assert "exporter-b:10110" in tests.read_text()
+    run = subprocess.run(
+        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, cwd=tests.parent
+    )
+    assert run.returncode == 0, run.stdout + run.stderr

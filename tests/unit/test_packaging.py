@@ -257,12 +257,18 @@ def mixin_files(mixin: Path) -> dict[str, str]:
 
 def job_urls_replaced(groups: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
     """`groups` with every link to the exporter's pages (job_url, and those in the descriptions:
-    a failed job's page, a target's stuck jobs) under `base` instead of the scraped instance."""
+    a failed job's page, a target's stuck jobs) under `base` instead of the scraped instance (or,
+    for alerts that name no replica, the instance exporting the job, looked up at rendering)."""
     out = yaml.safe_load(yaml.safe_dump(groups))
+    exporting = re.compile(
+        r'http://\{\{ with printf `[^`]*`[^|]*\| query \}\}\{\{ \. \| first \| label "instance" \}\}'
+        r"\{\{ end \}\}/jobs"
+    )
     for group in out:
         for rule in group["rules"]:
             annotations = rule.get("annotations", {})
             for key, text in annotations.items():
+                text = exporting.sub(lambda _: f"{base}/jobs", text)
                 annotations[key] = text.replace("http://{{ $labels.instance }}/jobs", f"{base}/jobs")
     return out
 

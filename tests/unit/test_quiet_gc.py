@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from exporter.runtime import QuietGC
+from exporter.quiet_gc import QuietGC
 
 
 class Node:

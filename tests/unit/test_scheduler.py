@@ -225,7 +225,7 @@ async def test_a_pool_takes_up_at_most_per_turn_items_a_turn_of_the_loop() -> No
 @pytest.mark.anyio
 async def test_failed_items_leave_no_cyclic_garbage() -> None:
     """A failure kept in the results must not hold the frames that hold the results: frozen
-    while a cycle runs (exporter.runtime.QuietGC), that cycle would wait for a full GC pass."""
+    while a cycle runs (exporter.quiet_gc.QuietGC), that cycle would wait for a full GC pass."""
 
     async def fetch(item: int) -> int:
         await anyio.sleep(0)

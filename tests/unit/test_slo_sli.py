@@ -16,6 +16,7 @@ from exporter.model import Job, Status, placeholder
 from exporter.providers import PROVIDERS
 from exporter.providers.base import PollResult
 from exporter.render import Exposition
+from exporter.runtime import connect_store
 from exporter.state import Store
 from exporter.tracker import Tracker
 
@@ -40,7 +41,7 @@ def tracker(*slos: dict[str, Any], store: Store | None = None) -> Tracker:
     s = settings(*slos)
     tr = Tracker()
     if store is not None:
-        store.attach(tr, type("NoScheduler", (), {"store": None})())
+        connect_store(store, tr, type("NoScheduler", (), {"store": None})(), history=store)
     for t in s.targets:
         tr.set_target(s.resolved(t))
     return tr

@@ -14,6 +14,7 @@ from exporter.config import build_settings
 from exporter.model import NO_EXTRA, Job, Status, Step
 from exporter.providers import PROVIDERS
 from exporter.providers.base import PollResult
+from exporter.runtime import connect_store
 from exporter.state import (
     SCHEMA_VERSION,
     StateError,
@@ -41,7 +42,7 @@ def tracker_with_store(path: Path, lists: bool = False) -> tuple[Tracker, Store]
     s = build_settings({"targets": [target]}, PROVIDERS)
     tracker = Tracker()
     store = Store(str(path))
-    store.attach(tracker, NoScheduler())
+    connect_store(store, tracker, NoScheduler(), history=store)
     tracker.set_target(s.resolved(s.targets[0]))
     return tracker, store
 

@@ -247,7 +247,7 @@ async def test_tls_is_verified(certificate: Path) -> None:
 @pytest.mark.anyio
 async def test_a_request_leaves_no_cyclic_garbage() -> None:
     """Reference counting frees a request's objects when it ends: frozen while in flight
-    (exporter.runtime.QuietGC), cyclic garbage would stay until a full GC pass."""
+    (exporter.quiet_gc.QuietGC), cyclic garbage would stay until a full GC pass."""
     with serve(answer_every_request) as (url, _):
         http = target_http(url)
         try:
