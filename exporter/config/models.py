@@ -487,7 +487,7 @@ class ResolvedTarget(BaseModel):
 
     config: Annotated[TargetConfig, SkipValidation]  # validated already, with the registry
     # The target's provider class, so that what it knows (causes, reasons) needs no registry.
-    provider_class: Annotated[ProviderSpec, SkipValidation]
+    provider_class: Annotated[ProviderSpec, SkipValidation, Field(repr=False)]
     poll_interval: float
     timeout: float
     concurrency: int
