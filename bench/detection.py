@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
 import statistics
 import tempfile
 import time
@@ -122,22 +121,6 @@ PRECISION_MIN = RECALL_MIN = 1.0
 BEYOND_FOR_MAX_S = 6.0
 
 
-def _binaries() -> Any:
-    from tests.realstack import Binaries
-
-    found = {
-        "prometheus": shutil.which("prometheus"),
-        "alertmanager": shutil.which("prometheus-alertmanager") or shutil.which("alertmanager"),
-        "promtool": shutil.which("promtool"),
-    }
-    missing = sorted(name for name, path in found.items() if path is None)
-    if missing:
-        raise RuntimeError(
-            f"{', '.join(missing)} not on PATH (Debian: apt-get install prometheus prometheus-alertmanager)"
-        )
-    return Binaries(**{name: str(path) for name, path in found.items()})
-
-
 def fleet_in_both_modes(log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """The labelled fleet with every job's series, and again with only the exceptions'."""
     out = fleet(log)
@@ -149,9 +132,12 @@ def fleet(log: Callable[[str], None] = lambda m: None, per_job_series: str = "al
     """tests/fleet.py's labelled fleet, once: which pages fired against which should have, and
     how long after the condition became true at the provider each page reached the receiver."""
     from tests import fleet as labelled
+    from tests.realstack import find_binaries
 
     with tempfile.TemporaryDirectory() as tmp_name:
-        seen = labelled.run(Path(tmp_name), _binaries(), budget=120.0, log=log, per_job_series=per_job_series)
+        seen = labelled.run(
+            Path(tmp_name), find_binaries(), budget=120.0, log=log, per_job_series=per_job_series
+        )
     fired, wanted = set(seen.pages), seen.expected_pages
     hits = fired & wanted
     to_page: dict[str, list[float]] = {}

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from bench.synthetic import unused_port
-from exporter.simulator.app import CREDENTIALS
+from exporter.simulator.serving import CREDENTIALS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -213,8 +213,8 @@ async def _trickle(sim: Any, every: float) -> None:
 
 def demo_settings(sim_url: str, secrets_dir: Path) -> Settings:
     """The built-in config of the demo: one target per simulated provider."""
-    from exporter.simulator.app import CREDENTIALS
     from exporter.simulator.demo import demo_targets
+    from exporter.simulator.serving import CREDENTIALS
 
     for key, value in CREDENTIALS.items():
         (secrets_dir / key).write_text(value + "\n", encoding="utf-8")

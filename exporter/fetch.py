@@ -19,21 +19,9 @@ from exporter import __version__
 from exporter.auth import AuthError, build_auth, rate_limited
 from exporter.config import ResolvedTarget
 from exporter.parsing import JsonTooDeep, is_digits, load_json
+from exporter.poll_errors import ERROR_REASONS
 from exporter.transport import MAX_LENGTH_DIGITS, Http11Transport
 
-# id_mismatch: an answer to a request about one id that was about another (never applied);
-# not_found: a configured source (not a job) that answers 404.
-ERROR_REASONS = (
-    "timeout",
-    "connect",
-    "http_4xx",
-    "http_429",
-    "http_5xx",
-    "bad_body",
-    "auth",
-    "not_found",
-    "id_mismatch",
-)
 USER_AGENT = f"asyncjob-exporter/{__version__}"
 MAX_RETRY_AFTER = 3600.0
 # An idle connection is closed before common servers close it on their side (uvicorn and

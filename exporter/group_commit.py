@@ -15,12 +15,12 @@ import logging
 import anyio
 
 from exporter.catalogue import STATE_COMMIT_DURATION
+from exporter.histogram import Histogram
 from exporter.render.text import fmt
 
 # Defined with the SQLite store, which came first (the runtime answers 503 on StateUnwritable);
 # they belong here once that store is built on this class too.
 from exporter.state import RETRY_FIRST, RETRY_MAX, StateUnwritable
-from exporter.tracker import Histogram
 
 log = logging.getLogger("asyncjob.state")
 

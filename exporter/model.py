@@ -153,7 +153,7 @@ def shared_steps(steps: tuple[Step, ...]) -> tuple[Step, ...]:
     return steps
 
 
-def shared(job: Job) -> Job:
+def interned(job: Job) -> Job:
     """`job` holding the steps, labels and extras other jobs in the same state hold (a job read
     back from the state file comes with copies of its own)."""
     return replace(

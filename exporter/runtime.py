@@ -45,7 +45,7 @@ def connect_store(
     retention drops, in the transaction that drops them."""
     tracker.listeners.append(store)
     tracker.restore = store.restore
-    tracker.hold = store.hold
+    tracker.after_commit = store.after_commit
     tracker.buried = store.buried
     if history is not None:
         tracker.retire = history.keep

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from exporter import job_history, step_times
-from exporter.model import shared
+from exporter.model import interned
 from exporter.parsing import load_json, may_hold_surrogates
 from exporter.store import Retired
 from exporter.tracker import QUARANTINE_SECONDS, TrackedJob
@@ -124,7 +124,7 @@ def tracked_from_json(text: str | bytes) -> TrackedJob:
         where = ".".join(str(p) for p in first["loc"]) or "row"
         raise ValueError(f"{where}: {first['msg']}") from None
     # Each row is read into strings of its own: share them as a job polled since start would.
-    tracked.job = shared(tracked.job)
+    tracked.job = interned(tracked.job)
     tracked.provider, tracked.source = sys.intern(tracked.provider), sys.intern(tracked.source)
     return tracked
 

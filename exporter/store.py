@@ -29,7 +29,7 @@ class StateStore(Listener, Protocol):
     # --- changes and their commit -----------------------------------------------------------
     def save_cursors(self, target: str, cursors: dict[str, str]) -> None: ...
 
-    def hold(self, apply: Callable[[], None]) -> None:
+    def after_commit(self, apply: Callable[[], None]) -> None:
         """Run `apply` once every change made so far is committed."""
         ...
 

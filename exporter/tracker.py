@@ -19,10 +19,11 @@ from typing import Protocol
 
 from exporter import slos, step_times
 from exporter.config import ResolvedTarget
+from exporter.histogram import Histogram
 from exporter.history import EMPTY, History, observe
 from exporter.model import Cause, Connection, Job, Status
 from exporter.parsing import bounded_label
-from exporter.providers.base import PollResult, Provider
+from exporter.providers.base import PollResult
 from exporter.step_times import StepTimes
 from exporter.watchdog import freeze, frozen_on
 
@@ -48,37 +49,6 @@ QUARANTINE_SECONDS = 86400.0
 _FREEZE_ON = frozen_on()
 # A tombstone of a job the provider still lists is renewed (and written) this often, not every poll.
 TOMBSTONE_RENEW_SECONDS = 86400.0
-
-
-# The job that last landed in a bucket: (job_id, value, when), served as an OpenMetrics exemplar.
-Exemplar = tuple[str, float, float]
-
-
-@dataclass(slots=True)
-class Histogram:
-    buckets: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-    # Per bucket (and +Inf last), the last job whose value fell in it first; None: none yet.
-    exemplars: list[Exemplar | None] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.counts:
-            self.counts = [0] * len(self.buckets)
-
-    def observe(self, value: float, job_id: str | None = None) -> None:
-        self.total += value
-        self.count += 1
-        own = len(self.buckets)
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-                own = min(own, i)
-        if job_id is not None:
-            if not self.exemplars:
-                self.exemplars = [None] * (len(self.buckets) + 1)
-            self.exemplars[own] = (job_id, value, time.time())
 
 
 @dataclass(slots=True)  # no __dict__: one object less and ~100 bytes less per job
@@ -161,7 +131,7 @@ class TargetState:
     @property
     def discovers(self) -> bool:
         """Whether the target finds jobs itself (a list, a queue), which can list a job it dropped."""
-        return _provider(self).discovers(self.config.config)
+        return self.config.discovers
 
     def in_quarantine(self, job_id: str, now: float) -> bool:
         """Whether the job is skipped: the loop froze on it less than QUARANTINE_SECONDS ago."""
@@ -209,12 +179,6 @@ def _first(*values: float | None) -> float:
     return next(v for v in values if v is not None)
 
 
-def _provider(state: TargetState) -> type[Provider]:
-    from exporter.providers import PROVIDERS
-
-    return PROVIDERS[state.config.provider]
-
-
 def cause_of(state: TargetState, job: Job) -> Cause:
     """Who must act on the failed `job`: the target's `cause_map` for its reason, else what the
     answer itself said, else the provider's map of its documented reasons, else unknown."""
@@ -224,13 +188,13 @@ def cause_of(state: TargetState, job: Job) -> Cause:
         return override
     if job.cause is not None:
         return job.cause
-    return _provider(state).causes.get(reason, Cause.UNKNOWN)
+    return state.config.causes.get(reason, Cause.UNKNOWN)
 
 
 def reason_cause(state: TargetState, reason: str) -> Cause:
     """The cause a reason gets when the answer says nothing itself (for counters made at zero)."""
     override = state.config.config.cause_map.get(reason)
-    return override if override is not None else _provider(state).causes.get(reason, Cause.UNKNOWN)
+    return override if override is not None else state.config.causes.get(reason, Cause.UNKNOWN)
 
 
 def _first_progress(job: Job, *fallback: float) -> float:
@@ -333,7 +297,7 @@ class Tracker:
         self.restore: Callable[[TargetState], list[TrackedJob]] = lambda state: []
         # Applies a counter increment whose counted-once mark was just set. The state store
         # holds it back until the mark is committed (else kill -9 could count it twice).
-        self.hold: Callable[[Callable[[], None]], None] = lambda apply: apply()
+        self.after_commit: Callable[[Callable[[], None]], None] = lambda apply: apply()
         # When (target, id) was dropped, for a tombstone no longer in memory (the state store
         # looks it up in its file); None: not remembered.
         self.buried: Callable[[str, str], float | None] = lambda target, job_id: None
@@ -456,7 +420,7 @@ class Tracker:
             for final in (Status.SUCCEEDED, Status.FAILED):
                 agg.finished[(jt, final)] += 0
                 agg.job_duration.setdefault((jt, str(final)), Histogram(JOB_DURATION_BUCKETS))
-            for reason in (*_provider(state).known_reasons, "unknown"):
+            for reason in (*state.config.known_reasons, "unknown"):
                 agg.failed[(jt, reason, reason_cause(state, reason))] += 0
         if job.records_total is not None and jt not in agg.records_processed:
             agg.records_processed[jt] += 0
@@ -496,7 +460,7 @@ class Tracker:
                         hist = state.agg.step_duration.get(key)
                         if hist is None:
                             hist = state.agg.step_duration[key] = Histogram(STEP_DURATION_BUCKETS)
-                        self.hold(partial(hist.observe, duration, job.id))
+                        self.after_commit(partial(hist.observe, duration, job.id))
                 else:
                     finished = job.updated or now
             if (started, finished, duration) != was:
@@ -524,10 +488,10 @@ class Tracker:
             None if start is None and first_sight else max(0.0, end - _first(start, tracked.first_seen))
         )
         cause = tracked.cause or Cause.UNKNOWN
-        self.hold(partial(_count_finished, state.agg, job, cause, duration))
+        self.after_commit(partial(_count_finished, state.agg, job, cause, duration))
         judged = slos.judge_finished(state.config.slos, tracked, now)
         if judged:
-            self.hold(partial(slos.add, state.agg.slo, job.job_type, judged))
+            self.after_commit(partial(slos.add, state.agg.slo, job.job_type, judged))
 
     def apply(self, name: str, result: PollResult, now: float | None = None) -> None:
         """Fold one poll cycle's answers into the target's state."""
@@ -575,7 +539,7 @@ class Tracker:
             state.connections[conn.id] = conn
         if result.queue_events:
             # Visible once the queue cursors saved after this cycle are committed.
-            self.hold(partial(state.agg.queue_events.update, result.queue_events))
+            self.after_commit(partial(state.agg.queue_events.update, result.queue_events))
 
     def drop(self, name: str, job_id: str, reason: str) -> bool:
         state = self.targets.get(name)
@@ -632,7 +596,7 @@ class Tracker:
                 # The mark goes to the state file before the count shows; the next objective's
                 # latency, if any, is scheduled.
                 self._changed(state, tracked)
-                self.hold(partial(slos.add, state.agg.slo, tracked.job.job_type, found))
+                self.after_commit(partial(slos.add, state.agg.slo, tracked.job.job_type, found))
             else:
                 state.slo_deadlines.schedule(state.config.slos, tracked)
 

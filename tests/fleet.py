@@ -28,7 +28,7 @@ import httpx
 import yaml
 
 from exporter.simulator import basiq as sim_basiq
-from exporter.simulator.demo import oxlin_auth
+from exporter.simulator.demo import exports_target, oxlin_auth, willsuite_auth
 from tests.harness import ROOT, Exporter, free_port, simulator, start_cli, wait_for, write_secrets
 from tests.realstack import (
     Binaries,
@@ -196,26 +196,14 @@ def config(sim_url: str, secrets: Path, state: Path, per_job_series: str = "all"
                 "name": WILL,
                 "provider": "willsuite",
                 "base_url": f"{sim_url}/willsuite/engine/api",
-                "auth": {
-                    "type": "oauth2_client_credentials",
-                    "token_url": f"{sim_url}/willsuite/oauth/token/",
-                    "token_body": "json",
-                    "client_id": "demo-client",
-                    "client_secret_file": str(secrets / "client_secret"),
-                },
+                "auth": willsuite_auth(sim_url, secrets),
                 "poll_interval": f"{POLL:g}s",  # below WillSuite's advice: honoured, with a warning
             },
             {
                 "name": WILL_OUTAGE,
                 "provider": "willsuite",
                 "base_url": f"{sim_url}/willsuite/engine/api",
-                "auth": {
-                    "type": "oauth2_client_credentials",
-                    "token_url": f"{sim_url}/willsuite/oauth/token/",
-                    "token_body": "json",
-                    "client_id": "demo-client",
-                    "client_secret_file": str(secrets / "client_secret"),
-                },
+                "auth": willsuite_auth(sim_url, secrets),
                 "poll_interval": f"{POLL:g}s",
             },
             {
@@ -225,37 +213,9 @@ def config(sim_url: str, secrets: Path, state: Path, per_job_series: str = "all"
                 "auth": oxlin_auth(sim_url, secrets),
                 "queues": ["20"],
             },
-            {
-                # An export API read through a field map (SPEC §4): its rejected rows are its own
-                # (no error code, no cause of the end user), so an operator's.
-                "name": GENERIC,
-                "provider": "generic",
-                "base_url": f"{sim_url}/generic",
-                "auth": {"type": "bearer", "token_file": str(secrets / "bearer_token")},
-                "job_path": "/v1/exports/{id}",
-                "list_path": "/v1/exports?state=active",
-                "items": "data",
-                "fields": {
-                    "id": "id",
-                    "status": "state",
-                    "type": "kind",
-                    "created": "created_at",
-                    "started": "started_at",
-                    "finished": "finished_at",
-                    "updated": "updated_at",
-                    "message": "error.message",
-                    "reason": "error.code",
-                    "records_total": "progress.rows.total",
-                    "records_affected": "progress.rows.written",
-                    "records_failed": "progress.rows.rejected",
-                },
-                "status_map": {
-                    "queued": "pending",
-                    "working": "running",
-                    "done": "succeeded",
-                    "error": "failed",
-                },
-            },
+            # An export API read through a field map (SPEC §4): its rejected rows are its own
+            # (no error code, no cause of the end user), so an operator's.
+            exports_target(sim_url, secrets, GENERIC),
         ],
     }
 

@@ -19,7 +19,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.simulator.app import CREDENTIALS
+from exporter.simulator.serving import CREDENTIALS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -267,7 +267,7 @@ class PostgresStore(GroupCommit):
                 self._pending.cursors[key] = Change(value, shard, generation)
                 self._changed()
 
-    def hold(self, apply: Callable[[], None], key: JobKey | None = None) -> None:
+    def after_commit(self, apply: Callable[[], None], key: JobKey | None = None) -> None:
         """Run `apply` (a counter increment) once every change made so far is committed; with the
         `key` of the job it counts, only if that job's shard was this replica's, under the same
         lease, when the commit was made (else the new owner counts the job: counting it here too

@@ -486,6 +486,8 @@ class ResolvedTarget(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     config: Annotated[TargetConfig, SkipValidation]  # validated already, with the registry
+    # The target's provider class, so that what it knows (causes, reasons) needs no registry.
+    provider_class: Annotated[ProviderSpec, SkipValidation, Field(repr=False)]
     poll_interval: float
     timeout: float
     concurrency: int
@@ -509,6 +511,21 @@ class ResolvedTarget(BaseModel):
     def provider(self) -> str:
         return self.config.provider
 
+    @property
+    def causes(self) -> Mapping[str, Cause]:
+        """Who must act on each failure reason the provider documents."""
+        return self.provider_class.causes
+
+    @property
+    def known_reasons(self) -> tuple[str, ...]:
+        """The failure reasons the provider documents: their counters exist at 0."""
+        return self.provider_class.known_reasons
+
+    @property
+    def discovers(self) -> bool:
+        """Whether the target finds jobs itself (a list, a queue), which can list a job it dropped."""
+        return self.provider_class.discovers(self.config)
+
     @classmethod
     def build(cls, g: GlobalConfig, t: TargetConfig, pcls: ProviderSpec) -> ResolvedTarget:
         values: dict[str, Any] = {}
@@ -525,6 +542,7 @@ class ResolvedTarget(BaseModel):
             series = "all" if t.per_job_metrics else "none"  # the deprecated key, over `global`
         return cls(
             config=t,
+            provider_class=pcls,
             poll_interval=interval,
             timeout=values["timeout"],
             concurrency=values["concurrency"],

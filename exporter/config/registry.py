@@ -10,10 +10,12 @@ from typing import Protocol
 
 if typing.TYPE_CHECKING:
     from exporter.config.models import TargetConfig
+    from exporter.model import Cause
 
 
 class ProviderSpec(Protocol):
-    """What validation needs of a provider class: its polling advice and its own key checks.
+    """What the config needs of a provider class: its polling advice, its own key checks, and
+    what a resolved target carries to the tracker (causes, documented reasons, discovery).
 
     The registry (exporter.providers.PROVIDERS) is handed to `build_settings`, so this module
     imports nothing above it.
@@ -25,7 +27,17 @@ class ProviderSpec(Protocol):
     @property
     def advised_requests_per_second(self) -> float | None: ...
 
+    # Who must act on each documented failure reason, and the reasons counted at zero from the
+    # start: a resolved target carries them to the tracker.
+    @property
+    def causes(self) -> Mapping[str, Cause]: ...
+
+    @property
+    def known_reasons(self) -> tuple[str, ...]: ...
+
     def check_target(self, target: TargetConfig) -> list[str]: ...
+
+    def discovers(self, target: TargetConfig) -> bool: ...
 
 
 Registry = Mapping[str, ProviderSpec]

@@ -30,7 +30,16 @@ from exporter.parsing import (
     parse_timestamp,
     text_id,
 )
-from exporter.providers.base import AnswerLedger, BadPayload, Http, PollResult, Provider, gather, segment
+from exporter.providers.base import (
+    AnswerLedger,
+    BadPayload,
+    Http,
+    PollResult,
+    Provider,
+    gather,
+    parse_listed,
+    segment,
+)
 
 JOBS_PATH = "/jobsmanagement/odata/v1.0/backgroundjob"
 RERUN_PATH = "/jobsmanagement/v1.0/backgroundjob/{id}/rerun"
@@ -204,12 +213,7 @@ class Aims360(Provider):
             if not isinstance(outcome, list):
                 continue  # a request error, counted by the client
             answered |= ids
-            for row in outcome:
-                try:
-                    job = self.parse_job(row)
-                except BadPayload as e:
-                    result.bad_payloads.append(f"backgroundjob row: {e}")
-                    continue
+            for job in parse_listed(self.parse_job, outcome, "backgroundjob row", result):
                 if job.id in seen or job.id in self._replaced:
                     continue
                 seen.add(job.id)

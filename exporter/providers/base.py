@@ -7,7 +7,7 @@ tracked ids (batching, discovery) and how to read the answers into `Job`s.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Sized
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
@@ -111,6 +111,18 @@ class PollResult:
 
 class BadPayload(ValueError):
     """A provider answer that parses as JSON but not as the provider's job shape."""
+
+
+def parse_listed(
+    parse: Callable[[Any], Job], items: Iterable[Any], where: str, result: PollResult
+) -> Iterator[Job]:
+    """Each item of a list answer read into a Job; one that is not a job is told in the result's
+    bad_payloads as `where: why` and skipped, the rest of the list still read."""
+    for item in items:
+        try:
+            yield parse(item)
+        except BadPayload as e:
+            result.bad_payloads.append(f"{where}: {e}")
 
 
 class Provider:

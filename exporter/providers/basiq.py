@@ -25,6 +25,7 @@ from exporter.providers.base import (
     Provider,
     fetch_each,
     gather,
+    parse_listed,
     segment,
 )
 
@@ -257,12 +258,7 @@ class Basiq(Provider):
 
         for user, outcome in await gather(self.target.users, user_jobs):
             if isinstance(outcome, list):
-                for obj in outcome:
-                    try:
-                        job = self.parse_job(obj)
-                    except BadPayload as e:
-                        result.bad_payloads.append(f"user {user} job list: {e}")
-                        continue
+                for job in parse_listed(self.parse_job, outcome, f"user {user} job list", result):
                     result.jobs.append(job)
                     seen.add(job.id)
             elif isinstance(outcome, BadPayload):

@@ -21,7 +21,16 @@ from exporter.parsing import (
     text_id,
     time_zone,
 )
-from exporter.providers.base import AnswerLedger, BadPayload, Http, PollResult, Provider, fetch_each, segment
+from exporter.providers.base import (
+    AnswerLedger,
+    BadPayload,
+    Http,
+    PollResult,
+    Provider,
+    fetch_each,
+    parse_listed,
+    segment,
+)
 
 log = logging.getLogger("asyncjob.providers.generic")
 
@@ -141,12 +150,7 @@ class Generic(Provider):
         if not found or not isinstance(items, list):
             what = f"items: path {items_path!r}" if items_path else "list_path: the answer"
             raise BadPayload(f"{what} is not a list of jobs")
-        for obj in items:
-            try:
-                job = self.parse_job(obj)
-            except BadPayload as e:
-                result.bad_payloads.append(f"job list: {e}")
-                continue
+        for job in parse_listed(self.parse_job, items, "job list", result):
             seen.add(job.id)
             result.jobs.append(job)
         return seen

@@ -8,11 +8,12 @@ from typing import Any
 
 from exporter import catalogue as c
 from exporter.catalogue import Family
-from exporter.fetch import ERROR_REASONS
+from exporter.histogram import Histogram
 from exporter.model import STATUSES
+from exporter.poll_errors import ERROR_REASONS
 from exporter.render.slos import render_slos
 from exporter.render.text import Text, labels
-from exporter.tracker import Aggregates, Histogram, TargetState
+from exporter.tracker import Aggregates, TargetState
 
 
 def _tl(state: TargetState, job_type: str, **more: str) -> str:

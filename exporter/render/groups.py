@@ -153,8 +153,8 @@ class JobSeries:
 
     def __init__(self) -> None:
         self.groups: dict[str, dict[Group, None]] = {}  # target -> its groups, in order
-        self.roomy: dict[str, dict[Group, None]] = {}  # target -> its groups with room
-        self.where: dict[str, dict[str, Group]] = {}  # target -> job_id -> its group
+        self.with_room: dict[str, dict[Group, None]] = {}  # target -> its groups with room
+        self.group_of: dict[str, dict[str, Group]] = {}  # target -> job_id -> its group
         self.dirty: deque[Group] = deque()
         self.version = 0  # bumped whenever a group's blocks changed or a group went
         self.scrapes = 0  # scrapes being served; the background refresh waits for them
@@ -188,24 +188,24 @@ class JobSeries:
             self._watch(name, tracked, state, now)
             shown = False
         if not shown:
-            if job_id in self.where.get(name, {}):
+            if job_id in self.group_of.get(name, {}):
                 self._take_out(name, job_id)
             return
-        where = self.where.setdefault(name, {})
-        group = where.get(job_id)
+        group_of = self.group_of.setdefault(name, {})
+        group = group_of.get(job_id)
         if group is None:
-            roomy = self.roomy.setdefault(name, {})
+            with_room = self.with_room.setdefault(name, {})
             # popitem takes the last entry for good; `del` would leave a hole that later
             # look-ups from the front walk over.
-            if roomy:
-                group = roomy.popitem()[0]
+            if with_room:
+                group = with_room.popitem()[0]
             else:
                 group = Group(state)
                 self.groups.setdefault(name, {})[group] = None
-            where[job_id] = group
+            group_of[job_id] = group
             group.jobs[job_id] = tracked
             if len(group.jobs) < GROUP_SIZE:
-                roomy[group] = None
+                with_room[group] = None
         else:
             group.jobs[job_id] = tracked
         group.state = state
@@ -214,19 +214,19 @@ class JobSeries:
     def job_removed(self, state: TargetState, job_id: str) -> None:
         name = state.config.name
         self.due_at.pop((name, job_id), None)
-        if job_id in self.where.get(name, {}):
+        if job_id in self.group_of.get(name, {}):
             self._take_out(name, job_id)
         self._mode(state)  # fewer jobs: `auto` may go back to every job's series
 
     def _take_out(self, name: str, job_id: str) -> None:
-        group = self.where[name].pop(job_id)
+        group = self.group_of[name].pop(job_id)
         del group.jobs[job_id]
         if group.jobs:
-            self.roomy[name][group] = None
+            self.with_room[name][group] = None
             self._mark(group)
             return
         del self.groups[name][group]
-        self.roomy[name].pop(group, None)
+        self.with_room[name].pop(group, None)
         group.blocks = None  # also tells the refresh queue it went
         self.version += 1
         self._unassembled(time.monotonic())

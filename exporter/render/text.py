@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from exporter.catalogue import Family
-from exporter.tracker import Exemplar, Histogram
+from exporter.histogram import Exemplar, Histogram
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

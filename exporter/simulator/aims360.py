@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from exporter.simulator.lifecycle import SimJob, provider_options
+from exporter.simulator.serving import CREDENTIALS, guarded
 
 if TYPE_CHECKING:
     from exporter.simulator.app import Simulator
@@ -177,7 +178,6 @@ def odata_error(status: int, message: str) -> JSONResponse:
 
 
 def routes(sim: Simulator) -> list[Route]:
-    from exporter.simulator.app import CREDENTIALS, guarded
 
     def authorised(request: Request) -> bool:
         return request.headers.get("authorization") == f"Bearer {CREDENTIALS['bearer_token']}"

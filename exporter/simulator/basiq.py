@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from exporter.simulator.lifecycle import SimJob, provider_options
+from exporter.simulator.serving import CREDENTIALS, guarded
 
 if TYPE_CHECKING:
     from exporter.simulator.app import Simulator
@@ -178,7 +179,6 @@ def listed_body(job: SimJob, now: float | None = None) -> dict[str, Any]:
 
 
 def routes(sim: Simulator) -> list[Route]:
-    from exporter.simulator.app import CREDENTIALS, guarded
 
     token_calls: list[float] = []
 

@@ -28,6 +28,52 @@ def oxlin_auth(sim_url: str, secrets: Path) -> dict[str, Any]:
     }
 
 
+def willsuite_auth(sim_url: str, secrets: Path) -> dict[str, Any]:
+    """The WillSuite client-credentials auth a client of the simulator uses, with the demo's secret files."""
+    return {
+        "type": "oauth2_client_credentials",
+        "token_url": f"{sim_url}/willsuite/oauth/token/",
+        "token_body": "json",
+        "client_id": "demo-client",
+        "client_secret_file": str(secrets / "client_secret"),
+    }
+
+
+# How the simulated export API (exporter.simulator.generic) is read through a generic target's
+# field map: what each documented job field is called in its answers.
+EXPORT_FIELDS = {
+    "id": "id",
+    "status": "state",
+    "percent": "progress.pct",
+    "type": "kind",
+    "created": "created_at",
+    "started": "started_at",
+    "finished": "finished_at",
+    "updated": "updated_at",
+    "message": "error.message",
+    "reason": "error.code",
+    "records_total": "progress.rows.total",
+    "records_affected": "progress.rows.written",
+    "records_failed": "progress.rows.rejected",
+}
+EXPORT_STATUS_MAP = {"queued": "pending", "working": "running", "done": "succeeded", "error": "failed"}
+
+
+def exports_target(sim_url: str, secrets: Path, name: str = "exports-demo") -> dict[str, Any]:
+    """A generic target reading the simulated export API, finding its jobs in the active list."""
+    return {
+        "name": name,
+        "provider": "generic",
+        "base_url": f"{sim_url}/generic",
+        "auth": {"type": "bearer", "token_file": str(secrets / "bearer_token")},
+        "job_path": "/v1/exports/{id}",
+        "list_path": "/v1/exports?state=active",
+        "items": "data",
+        "fields": EXPORT_FIELDS,
+        "status_map": EXPORT_STATUS_MAP,
+    }
+
+
 def demo_targets(sim_url: str, secrets: Path) -> list[dict[str, Any]]:
     return [
         {
@@ -49,13 +95,7 @@ def demo_targets(sim_url: str, secrets: Path) -> list[dict[str, Any]]:
             "name": "willsuite-demo",
             "provider": "willsuite",
             "base_url": f"{sim_url}/willsuite/engine/api",
-            "auth": {
-                "type": "oauth2_client_credentials",
-                "token_url": f"{sim_url}/willsuite/oauth/token/",
-                "token_body": "json",
-                "client_id": "demo-client",
-                "client_secret_file": str(secrets / "client_secret"),
-            },
+            "auth": willsuite_auth(sim_url, secrets),
             # Far below WillSuite's advised 5 minutes so the demo moves; the exporter warns once.
             "poll_interval": "5s",
             "timezone": "Europe/London",
@@ -69,31 +109,7 @@ def demo_targets(sim_url: str, secrets: Path) -> list[dict[str, Any]]:
             "discover_filter": "jobStatus eq 'Queued' or jobStatus eq 'Inprogress'",
             "auto_rerun": True,
         },
-        {
-            "name": "exports-demo",
-            "provider": "generic",
-            "base_url": f"{sim_url}/generic",
-            "auth": {"type": "bearer", "token_file": str(secrets / "bearer_token")},
-            "job_path": "/v1/exports/{id}",
-            "list_path": "/v1/exports?state=active",
-            "items": "data",
-            "fields": {
-                "id": "id",
-                "status": "state",
-                "percent": "progress.pct",
-                "type": "kind",
-                "created": "created_at",
-                "started": "started_at",
-                "finished": "finished_at",
-                "updated": "updated_at",
-                "message": "error.message",
-                "reason": "error.code",
-                "records_total": "progress.rows.total",
-                "records_affected": "progress.rows.written",
-                "records_failed": "progress.rows.rejected",
-            },
-            "status_map": {"queued": "pending", "working": "running", "done": "succeeded", "error": "failed"},
-        },
+        exports_target(sim_url, secrets),
     ]
 
 

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from exporter.simulator.lifecycle import SimJob
+from exporter.simulator.serving import CREDENTIALS, guarded
 
 if TYPE_CHECKING:
     from exporter.simulator.app import Simulator
@@ -63,7 +64,6 @@ def job_body(job: SimJob, now: float | None = None) -> dict[str, Any]:
 
 
 def routes(sim: Simulator) -> list[Route]:
-    from exporter.simulator.app import CREDENTIALS, guarded
 
     def denied(request: Request) -> Response | None:
         if request.headers.get("authorization") == f"Bearer {CREDENTIALS['bearer_token']}":

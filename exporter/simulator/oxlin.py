@@ -39,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from exporter.simulator.lifecycle import SimJob, provider_options
+from exporter.simulator.serving import CREDENTIALS, guarded
 
 if TYPE_CHECKING:
     from exporter.simulator.app import Simulator
@@ -231,7 +232,6 @@ def latest(sim: Simulator, connection: str) -> SimJob | None:
 
 
 def routes(sim: Simulator) -> list[Route]:
-    from exporter.simulator.app import CREDENTIALS, guarded
 
     def denied(request: Request) -> Response | None:
         if sim.tokens.check(request) == "ok":

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from exporter.simulator.lifecycle import SimJob
+from exporter.simulator.serving import CREDENTIALS, guarded
 
 if TYPE_CHECKING:
     from exporter.simulator.app import Simulator
@@ -85,7 +86,6 @@ def job_body(job: SimJob, now: float | None = None) -> dict[str, Any]:
 
 
 def routes(sim: Simulator) -> list[Route]:
-    from exporter.simulator.app import CREDENTIALS, guarded
 
     def denied() -> Response:
         return JSONResponse({"message": "Unauthenticated."}, status_code=401)

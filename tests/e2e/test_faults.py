@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.simulator.app import CREDENTIALS
+from exporter.simulator.serving import CREDENTIALS
 from tests.harness import Proc, create_job, exporter, simulator, wait_for, write_secrets
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.simulator.demo import oxlin_auth
+from exporter.simulator.demo import exports_target, oxlin_auth, willsuite_auth
 from tests.harness import create_job, exporter, simulator, wait_for, write_secrets
 
 pytestmark = pytest.mark.e2e
@@ -34,13 +34,7 @@ def test_willsuite_jobs_with_their_records_and_failures(tmp_path: Path) -> None:
             "name": "willsuite-e2e",
             "provider": "willsuite",
             "base_url": f"{sim.url}/willsuite/engine/api",
-            "auth": {
-                "type": "oauth2_client_credentials",
-                "token_url": f"{sim.url}/willsuite/oauth/token/",
-                "token_body": "json",
-                "client_id": "demo-client",
-                "client_secret_file": str(secrets / "client_secret"),
-            },
+            "auth": willsuite_auth(sim.url, secrets),
             # Far below WillSuite's advice, on purpose: honoured, with a warning.
             "poll_interval": f"{POLL}s",
             "timezone": "Europe/London",
@@ -124,29 +118,7 @@ def test_a_generic_json_api_is_mapped_by_config(tmp_path: Path) -> None:
         bad = create_job(sim, "generic", scenario="fail", queue_seconds=3)
         waiting = create_job(sim, "generic", scenario="mfa")
         secrets = write_secrets(tmp_path)
-        target = {
-            "name": "exports",
-            "provider": "generic",
-            "base_url": f"{sim.url}/generic",
-            "auth": {"type": "bearer", "token_file": str(secrets / "bearer_token")},
-            "job_path": "/v1/exports/{id}",
-            "list_path": "/v1/exports?state=active",
-            "items": "data",
-            "fields": {
-                "id": "id",
-                "status": "state",
-                "percent": "progress.pct",
-                "type": "kind",
-                "created": "created_at",
-                "started": "started_at",
-                "finished": "finished_at",
-                "message": "error.message",
-                "reason": "error.code",
-                "records_total": "progress.rows.total",
-                "records_failed": "progress.rows.rejected",
-            },
-            "status_map": {"queued": "pending", "working": "running", "done": "succeeded", "error": "failed"},
-        }
+        target = exports_target(sim.url, secrets, "exports")
         # No static ids: the list URL finds every job while it is active.
         with exporter(tmp_path, config(target)) as exp:
             wait_for(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,3 +38,23 @@ def provider_and_http(
 def provider_for(**keys: Any) -> Provider:
     settings = build_settings({"targets": [target(**keys)]}, PROVIDERS)
     return PROVIDERS[settings.targets[0].provider](settings.targets[0])
+
+
+def basiq_http(handler: Callable[[httpx.Request], httpx.Response], tmp_path: Path) -> TargetHttp:
+    """A Basiq target's HTTP client, its API key in a file under `tmp_path`, answering through `handler`."""
+    key = tmp_path / "key"
+    key.write_text("abc==")
+    s = build_settings(
+        {
+            "targets": [
+                {
+                    "name": "b",
+                    "provider": "basiq",
+                    "base_url": "https://x",
+                    "auth": {"type": "basiq", "api_key_file": str(key)},
+                }
+            ]
+        },
+        PROVIDERS,
+    )
+    return TargetHttp(s.resolved(s.targets[0]), transport=httpx.MockTransport(handler))

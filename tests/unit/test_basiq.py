@@ -10,12 +10,13 @@ import httpx
 import pytest
 
 from exporter.config import build_settings
-from exporter.fetch import PollError, TargetHttp
+from exporter.fetch import PollError
 from exporter.model import Status
 from exporter.providers import PROVIDERS
 from exporter.providers.base import BadPayload
 from exporter.providers.basiq import Basiq
 from tests.conftest import FIXTURES
+from tests.unit.provider_http import basiq_http
 
 
 def provider(**kw: Any) -> Basiq:
@@ -93,25 +94,6 @@ def test_bodies_of_another_shape_are_refused(body: Any) -> None:
         provider().parse_job(body)
 
 
-def make_http(handler: Any, tmp_path: Path) -> TargetHttp:
-    key = tmp_path / "key"
-    key.write_text("abc==")
-    s = build_settings(
-        {
-            "targets": [
-                {
-                    "name": "b",
-                    "provider": "basiq",
-                    "base_url": "https://x",
-                    "auth": {"type": "basiq", "api_key_file": str(key)},
-                }
-            ]
-        },
-        PROVIDERS,
-    )
-    return TargetHttp(s.resolved(s.targets[0]), transport=httpx.MockTransport(handler))
-
-
 @pytest.mark.anyio
 async def test_one_token_serves_many_requests_and_is_renewed_once_when_expired(tmp_path: Path) -> None:
     tokens: list[httpx.Request] = []
@@ -130,7 +112,7 @@ async def test_one_token_serves_many_requests_and_is_renewed_once_when_expired(t
             )
         return httpx.Response(200, json={"id": request.url.path.rsplit("/", 1)[1], "steps": []})
 
-    http = make_http(handler, tmp_path)
+    http = basiq_http(handler, tmp_path)
     for i in range(5):
         await http.get_json(f"/jobs/{i}")
     assert len(tokens) == 1
@@ -154,7 +136,7 @@ async def test_a_real_403_is_an_auth_error_not_a_renewal_loop(tmp_path: Path) ->
             return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
         return httpx.Response(403, json={"detail": "Forbidden"})
 
-    http = make_http(handler, tmp_path)
+    http = basiq_http(handler, tmp_path)
     with pytest.raises(PollError) as e:
         await http.get_json("/jobs/1")
     assert e.value.reason == "auth" and calls["token"] == 1

@@ -241,8 +241,8 @@ async def test_a_held_increment_runs_only_once_its_job_is_committed(dsn: str) ->
     tracker = tracking(store, "t")
     counted: list[str] = []
     tracker.track("t", job("job-1", Status.SUCCEEDED), "registered", now=20)
-    store.hold(partial(counted.append, "job-1"), ("t", "job-1"))
-    store.hold(partial(counted.append, "queue"))  # the one-argument form of the SQLite store
+    store.after_commit(partial(counted.append, "job-1"), ("t", "job-1"))
+    store.after_commit(partial(counted.append, "queue"))  # the one-argument form of the SQLite store
     assert counted == []
     await store.flush()
     assert counted == ["job-1", "queue"]
@@ -267,7 +267,7 @@ async def test_a_replica_paused_past_its_lease_commits_nothing_stale_and_counts_
     state_b = tracker_b.targets["t"]
     for i in ids:
         tracker_b.update(state_b, job(i, Status.SUCCEEDED), now=30)
-        store_b.hold(partial(counted_b.append, i), ("t", i))
+        store_b.after_commit(partial(counted_b.append, i), ("t", i))
     tracker_b.track("t", job(registered), "registered", now=30)
     await anyio.sleep(TTL + 0.2)
     await settle(a, rounds=2)
@@ -278,7 +278,7 @@ async def test_a_replica_paused_past_its_lease_commits_nothing_stale_and_counts_
     counted_a: list[str] = []
     for i in ids:
         tracker_a.update(tracker_a.targets["t"], job(i, Status.FAILED), now=40)
-        store_a.hold(partial(counted_a.append, i), ("t", i))
+        store_a.after_commit(partial(counted_a.append, i), ("t", i))
     await store_a.flush()
     # b wakes and its writer runs.
     await store_b.flush()
@@ -330,7 +330,7 @@ async def test_while_postgres_is_stopped_writes_wait_and_are_committed_once_it_i
         postgres_server.stop(immediate=True)  # as a crash: what was committed must be there after recovery
         try:
             tracker.track("t", job("job-2", Status.SUCCEEDED), "registered", now=30)
-            store.hold(partial(counted.append, "job-2"), ("t", "job-2"))
+            store.after_commit(partial(counted.append, "job-2"), ("t", "job-2"))
             with pytest.raises(StateUnwritable):
                 await store.committed()
             assert store.error is not None and store.pending_writes == 1 and counted == []
@@ -361,7 +361,7 @@ async def test_a_connection_cut_mid_transaction_retries_the_batch(
     tracker.update(state, job("job-1", Status.SUCCEEDED), now=30)
     tracker.track("t", job("job-2"), "registered", now=30)
     counted: list[str] = []
-    store.hold(partial(counted.append, "job-1"), ("t", "job-1"))
+    store.after_commit(partial(counted.append, "job-1"), ("t", "job-1"))
     waiting = (
         "FROM pg_stat_activity WHERE application_name = 'asyncjob-exporter cut' AND wait_event_type = 'Lock'"
     )

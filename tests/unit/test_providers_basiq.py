@@ -10,14 +10,12 @@ import httpx
 import pytest
 
 from exporter import model
-from exporter.config import build_settings
-from exporter.fetch import PollError, TargetHttp
+from exporter.fetch import PollError
 from exporter.model import NO_EXTRA, Cause, Status, Step, shared_steps
 from exporter.parsing import parse_timestamp
-from exporter.providers import PROVIDERS
 from exporter.providers.basiq import Basiq
 from tests.harness import ROOT
-from tests.unit.provider_http import fixture, provider_and_http, provider_for
+from tests.unit.provider_http import basiq_http, fixture, provider_and_http, provider_for
 
 
 def basiq() -> Basiq:
@@ -217,25 +215,6 @@ def test_every_documented_code_is_known_and_unknown_error_stays_unknown() -> Non
 # --- 403s: rate limits, expired tokens, refusals --------------------------------------------
 
 
-def make_http(handler: Any, tmp_path: Path) -> TargetHttp:
-    key = tmp_path / "key"
-    key.write_text("abc==")
-    s = build_settings(
-        {
-            "targets": [
-                {
-                    "name": "b",
-                    "provider": "basiq",
-                    "base_url": "https://x",
-                    "auth": {"type": "basiq", "api_key_file": str(key)},
-                }
-            ]
-        },
-        PROVIDERS,
-    )
-    return TargetHttp(s.resolved(s.targets[0]), transport=httpx.MockTransport(handler))
-
-
 def basiq_error(status: int, detail: str, headers: dict[str, str] | None = None) -> httpx.Response:
     body = {"type": "list", "data": [{"type": "error", "code": "forbidden-access", "detail": detail}]}
     return httpx.Response(status, json=body, headers=headers)
@@ -247,7 +226,7 @@ async def test_a_403_from_the_token_endpoint_is_a_rate_limit_to_back_off_from(tm
         assert request.url.path == "/token"
         return basiq_error(403, "Forbidden Access", {"Retry-After": "120"})
 
-    http = make_http(handler, tmp_path)
+    http = basiq_http(handler, tmp_path)
     with pytest.raises(PollError) as e:
         await http.get_json("/jobs/1")
     assert e.value.reason == "http_429" and e.value.retry_after == 120
@@ -259,7 +238,7 @@ async def test_a_403_from_the_token_endpoint_is_a_rate_limit_to_back_off_from(tm
 @pytest.mark.anyio
 async def test_a_403_invalid_request_from_the_token_endpoint_is_its_rate_limit(tmp_path: Path) -> None:
     # Basiq's error guide: 403 "Invalid request" when an IP asked for too many tokens in 5 minutes.
-    http = make_http(lambda request: basiq_error(403, "Invalid request"), tmp_path)
+    http = basiq_http(lambda request: basiq_error(403, "Invalid request"), tmp_path)
     with pytest.raises(PollError) as e:
         await http.get_json("/jobs/1")
     assert e.value.reason == "http_429"
@@ -275,7 +254,7 @@ async def test_a_disabled_account_on_the_token_endpoint_is_auth_not_a_rate_limit
         calls["token"] += 1
         return basiq_error(403, "Your account has been disabled. Please contact Basiq support.")
 
-    http = make_http(handler, tmp_path)
+    http = basiq_http(handler, tmp_path)
     with pytest.raises(PollError) as e:
         await http.get_json("/jobs/1")
     assert e.value.reason == "auth" and e.value.retry_after is None
@@ -293,7 +272,7 @@ async def test_a_403_on_any_endpoint_that_speaks_of_load_is_a_rate_limit(tmp_pat
             return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
         return basiq_error(403, detail)
 
-    http = make_http(handler, tmp_path)
+    http = basiq_http(handler, tmp_path)
     with pytest.raises(PollError) as e:
         await http.get_json("/users/u/jobs")
     assert e.value.reason == "http_429"
@@ -302,7 +281,7 @@ async def test_a_403_on_any_endpoint_that_speaks_of_load_is_a_rate_limit(tmp_pat
 
 @pytest.mark.anyio
 async def test_a_401_from_the_token_endpoint_is_bad_credentials(tmp_path: Path) -> None:
-    http = make_http(lambda request: basiq_error(401, "Invalid API key"), tmp_path)
+    http = basiq_http(lambda request: basiq_error(401, "Invalid API key"), tmp_path)
     with pytest.raises(PollError) as e:
         await http.get_json("/jobs/1")
     assert e.value.reason == "auth"
@@ -320,7 +299,7 @@ async def test_a_403_that_speaks_of_a_rate_limit_backs_off_without_renewing(tmp_
         calls["job"] += 1
         return basiq_error(403, "Rate limit exceeded, slow down")
 
-    http = make_http(handler, tmp_path)
+    http = basiq_http(handler, tmp_path)
     with pytest.raises(PollError) as e:
         await http.get_json("/jobs/1")
     assert e.value.reason == "http_429"
@@ -340,7 +319,7 @@ async def test_a_403_saying_the_token_expired_renews_it_once(tmp_path: Path) -> 
         calls["job"] += 1
         return basiq_error(403, "Token has expired")  # even the new one: no loop
 
-    http = make_http(handler, tmp_path)
+    http = basiq_http(handler, tmp_path)
     with pytest.raises(PollError) as e:
         await http.get_json("/jobs/1")
     assert e.value.reason == "auth"

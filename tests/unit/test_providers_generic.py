@@ -17,25 +17,11 @@ from exporter.providers.base import BadPayload
 from exporter.providers.generic import Generic
 from exporter.simulator import generic as sim_generic
 from exporter.simulator.app import Simulator
+from exporter.simulator.demo import EXPORT_FIELDS, EXPORT_STATUS_MAP
 from tests.unit.provider_http import provider_and_http, provider_for, target
 
-FIELDS = {
-    "id": "id",
-    "status": "state",
-    "percent": "progress.pct",
-    "type": "kind",
-    "created": "created_at",
-    "started": "started_at",
-    "finished": "finished_at",
-    "updated": "updated_at",
-    "message": "error.message",
-    "reason": "error.code",
-    "records_total": "progress.rows.total",
-    "records_affected": "progress.rows.written",
-    "records_failed": "progress.rows.rejected",
-    "attempts": "attempts",
-}
-STATUS_MAP = {"queued": "pending", "working": "running", "done": "succeeded", "error": "failed"}
+FIELDS = {**EXPORT_FIELDS, "attempts": "attempts"}
+STATUS_MAP = EXPORT_STATUS_MAP
 EXPORTS = {
     "provider": "generic",
     "job_path": "/v1/exports/{id}",

@@ -10,7 +10,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from exporter.simulator import aims360, basiq, oxlin
-from exporter.simulator.app import CREDENTIALS, Simulator
+from exporter.simulator.app import Simulator
+from exporter.simulator.serving import CREDENTIALS
 
 
 def sim() -> Simulator:
@@ -220,3 +221,24 @@ def test_aims360_a_job_can_be_held_in_a_state_no_one_documented() -> None:
     job = s.create("aims360", scenario="stuck", undocumented_status="OnHold")
     assert aims360.row(job, job.created + 100)["jobStatus"] == "OnHold"
     assert aims360.row(job, job.created - 1)["jobStatus"] == "Queued"
+
+
+def test_no_provider_simulator_imports_the_server_at_run_time() -> None:
+    """What a provider's routes share with the server is in exporter.simulator.serving: the
+    server's module is named by a provider's only for types, so neither imports the other."""
+    import ast
+    import inspect
+
+    from exporter.simulator.providers import MODULES
+
+    for name, module in MODULES.items():
+        tree = ast.parse(inspect.getsource(module))
+        typing_only = {
+            id(node)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+            for node in ast.walk(block)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "exporter.simulator.app":
+                assert id(node) in typing_only, f"{name} imports exporter.simulator.app at run time"

@@ -342,6 +342,24 @@ def test_the_cause_is_the_targets_map_then_the_answer_then_the_providers_map(
     assert jobs["r"].cause is None
 
 
+def test_the_causes_and_reasons_come_with_the_target_not_from_the_registry() -> None:
+    from exporter.model import Cause
+    from exporter.providers.basiq import Basiq
+
+    class Unlisted(Basiq):  # in no registry: only the resolved target knows it
+        causes = {"own-code": Cause.USER}
+        known_reasons = ("own-code",)
+
+    s = build_settings({"targets": [{"name": "t", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS)
+    tr = Tracker()
+    tr.set_target(s.resolved(s.targets[0]).model_copy(update={"provider_class": Unlisted}))
+    tr.apply("t", PollResult(jobs=[Job("1", F, job_type="c", reason="own-code")]), now=1)
+    assert tr.targets["t"].jobs["1"].cause is Cause.USER
+    failed = tr.targets["t"].agg.failed
+    assert failed[("c", "own-code", Cause.USER)] == 1
+    assert ("c", "invalid-credentials", Cause.USER) not in failed  # Basiq's own, not this target's
+
+
 def test_counters_start_at_zero_for_each_known_reason_under_its_cause(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
