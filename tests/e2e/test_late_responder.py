@@ -126,8 +126,10 @@ def test_the_job_url_of_a_page_opened_after_retention_still_shows_the_failure(tm
                 timeout=left(),
                 what="its per-job series dropped at retention",
             )
-            assert not prom.vector(f'asyncjob_job_status{{job_id="{job_id}"}}'), (
-                "Prometheus still has the job's series after retention"
+            wait_for(
+                lambda: not prom.vector(f'{{__name__=~"asyncjob_job_.+", job_id="{job_id}"}}'),
+                timeout=left(),
+                what="Prometheus seeing the job's series gone",
             )
             wait_for(
                 lambda: alerts_for(hook, "resolved", job_id),
