@@ -368,3 +368,14 @@ def watched_exporter(
             what="Prometheus scraping the exporter",
         )
         yield watched
+
+
+def stack_output(tmp: Path, hook: Webhook | None) -> str:
+    """The tails of the processes' logs under `tmp` and the notifications received, for a failure."""
+    parts = [
+        f"--- {log.name} (tail) ---\n{log.read_text(errors='replace')[-3000:]}"
+        for log in sorted(tmp.glob("*.log"))
+    ]
+    if hook is not None:
+        parts.append(f"--- notifications ---\n{hook.summary()}")
+    return "\n".join(parts)

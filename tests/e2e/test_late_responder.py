@@ -6,8 +6,6 @@ the failure with the provider's message and cause."""
 from __future__ import annotations
 
 import html
-import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.test_real_stack import stack_output
-from tests.harness import ROOT, create_job, exporter, simulator, wait_for, write_secrets
-from tests.realstack import (
-    Webhook,
-    alertmanager,
-    prometheus,
-    require_binaries,
-    rules_with_short_for,
-    webhook,
-)
+from tests.harness import ROOT, create_job, wait_for
+from tests.realstack import Webhook, rules_with_short_for, stack_output, watched_exporter
 
 pytestmark = [pytest.mark.realstack, pytest.mark.e2e]
 
@@ -77,27 +67,12 @@ def alerts_for(hook: Webhook, status: str, job_id: str) -> list[dict[str, Any]]:
 
 
 def test_the_job_url_of_a_page_opened_after_retention_still_shows_the_failure(tmp_path: Path) -> None:
-    binaries = require_binaries()
-    secrets = write_secrets(tmp_path)
-    deadline = time.monotonic() + BUDGET
+    def with_state(sim_url: str, secrets: Path) -> dict[str, Any]:
+        return config(sim_url, secrets, tmp_path / "state.db")
 
-    def left() -> float:
-        return max(1.0, deadline - time.monotonic())
-
-    hook: Webhook | None = None
-    with ExitStack() as stack:
+    with watched_exporter(tmp_path, with_state, SCRAPE_JOB, 0.5, BUDGET) as w:
+        sim, exp, hook, prom, left = w.sim, w.exp, w.hook, w.prom, w.left
         try:
-            sim = stack.enter_context(simulator(tmp_path, step_seconds=0.5))
-            hook = stack.enter_context(webhook(tmp_path))
-            am = stack.enter_context(alertmanager(tmp_path, binaries, hook.url))
-            exp = stack.enter_context(exporter(tmp_path, config(sim.url, secrets, tmp_path / "state.db")))
-            instance = exp.url.removeprefix("http://")
-            prom = stack.enter_context(prometheus(tmp_path, binaries, instance, am.url, SCRAPE_JOB))
-            wait_for(
-                lambda: prom.vector(f'up{{job="{SCRAPE_JOB}", instance="{instance}"}} == 1'),
-                timeout=left(),
-                what="Prometheus scraping the exporter",
-            )
             prom.load_rules(shortened_rules(), timeout=left())
 
             job_id = create_job(

@@ -25,6 +25,7 @@ from tests.realstack import (
     Prometheus,
     Webhook,
     rules_with_short_for,
+    stack_output,
     watched_exporter,
 )
 
@@ -121,16 +122,6 @@ def substitute(expr: str, variables: dict[str, str]) -> str:
         expr = expr.replace(f"${{{name}}}", variables[name]).replace(f"${name}", variables[name])
     assert "$" not in expr, f"a Grafana variable the test does not know: {expr}"
     return expr
-
-
-def stack_output(tmp: Path, hook: Webhook | None) -> str:
-    parts = [
-        f"--- {log.name} (tail) ---\n{log.read_text(errors='replace')[-3000:]}"
-        for log in sorted(tmp.glob("*.log"))
-    ]
-    if hook is not None:
-        parts.append(f"--- notifications ---\n{hook.summary()}")
-    return "\n".join(parts)
 
 
 def test_failed_and_stuck_jobs_page_and_every_dashboard_query_returns_data(tmp_path: Path) -> None:
