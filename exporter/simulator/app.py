@@ -4,9 +4,10 @@ this one (credentials, tokens, `guarded`) in exporter.simulator.serving."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 from starlette.applications import Starlette
@@ -15,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from exporter.simulator.lifecycle import SCENARIOS, JobBook, SimJob
-from exporter.simulator.serving import Fault, Tokens
+from exporter.simulator.serving import JOB_REQUESTS_KEPT, Fault, JobRequest, Tokens
 
 
 class Simulator:
@@ -24,6 +25,7 @@ class Simulator:
         self.tokens = Tokens(ttl=token_ttl)
         self.step_seconds = step_seconds
         self.requests: Counter[str] = Counter()
+        self.job_requests: deque[JobRequest] = deque(maxlen=JOB_REQUESTS_KEPT)
         self.faults: list[Fault] = []
         self.rng = random.Random(seed)
         self.providers: dict[str, Any] = {}
@@ -105,6 +107,19 @@ class Simulator:
                 }
             )
 
+        async def job_requests(request: Request) -> Response:
+            """Requests about jobs (`?job_id=` one of them), oldest first: who asked, and when."""
+            job_id = request.query_params.get("job_id")
+            return JSONResponse(
+                {
+                    "requests": [
+                        dataclasses.asdict(r)
+                        for r in list(self.job_requests)
+                        if job_id is None or r.job_id == job_id
+                    ]
+                }
+            )
+
         async def faults(request: Request) -> Response:
             if request.method == "DELETE":
                 self.faults.clear()
@@ -124,6 +139,7 @@ class Simulator:
         return [
             Route("/_sim/jobs", create, methods=["POST"]),
             Route("/_sim/stats", stats),
+            Route("/_sim/requests", job_requests),
             Route("/_sim/faults", faults, methods=["POST", "DELETE"]),
             Route("/_sim/tokens/expire", expire, methods=["POST"]),
         ]

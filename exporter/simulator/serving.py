@@ -3,9 +3,10 @@ tokens it issues, and `guarded`, which counts each request and applies any injec
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -87,10 +88,32 @@ class Tokens:
             self.issued[token] = 0.0
 
 
+# Requests about one job the simulator remembers (`GET /_sim/requests`), the newest.
+JOB_REQUESTS_KEPT = 200_000
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A request about one job: when, on which route, and who sent it. `client` tells clients
+    apart by their credential (each process holds its own token from the token endpoint; a
+    fingerprint, not the token), so a test can see which of several replicas polled a job."""
+
+    at: float
+    key: str
+    job_id: str
+    client: str
+
+
+def client_of(request: Request) -> str:
+    credential = request.headers.get("authorization", "")
+    return hashlib.sha256(credential.encode()).hexdigest()[:12] if credential else ""
+
+
 class Served(Protocol):
     """What a guarded route needs of the simulator (exporter.simulator.app.Simulator)."""
 
     requests: Counter[str]
+    job_requests: deque[JobRequest]
     tokens: Tokens
 
     def fault_for(self, provider: str, route: str, job_id: str | None) -> Fault | None: ...
@@ -103,7 +126,10 @@ def guarded(
 
     async def wrapped(request: Request) -> Response:
         sim.requests[key] += 1
-        fault = sim.fault_for(provider, key, request.path_params.get("job_id"))
+        job_id = request.path_params.get("job_id")
+        if job_id is not None:
+            sim.job_requests.append(JobRequest(time.time(), key, job_id, client_of(request)))
+        fault = sim.fault_for(provider, key, job_id)
         if fault is None:
             response: Response = await handler(request)
             return response

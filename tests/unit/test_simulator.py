@@ -242,3 +242,28 @@ def test_no_provider_simulator_imports_the_server_at_run_time() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "exporter.simulator.app":
                 assert id(node) in typing_only, f"{name} imports exporter.simulator.app at run time"
+
+
+def test_the_request_log_tells_the_clients_polling_a_job_apart_by_their_token() -> None:
+    s = Simulator(step_seconds=10, seed=7)
+    client = TestClient(s.app())
+    key = {"Authorization": f"Basic {CREDENTIALS['basiq_api_key']}", "basiq-version": "3.0"}
+    tokens = [
+        client.post("/basiq/token", headers=key, data={"scope": "SERVER_ACCESS"}).json()["access_token"]
+        for _ in range(2)
+    ]
+    job = s.create("basiq")
+    other = s.create("basiq")
+    for token in (tokens[0], tokens[1], tokens[0]):
+        assert (
+            client.get(f"/basiq/jobs/{job.id}", headers={"Authorization": f"Bearer {token}"}).status_code
+            == 200
+        )
+    client.get(f"/basiq/jobs/{other.id}", headers={"Authorization": f"Bearer {tokens[1]}"})
+
+    log = client.get("/_sim/requests", params={"job_id": job.id}).json()["requests"]
+    assert [r["key"] for r in log] == ["basiq.job"] * 3
+    clients = [r["client"] for r in log]
+    assert clients[0] == clients[2] != clients[1]
+    assert all(tokens[0] not in c and tokens[1] not in c for c in clients)  # a fingerprint, not the token
+    assert len(client.get("/_sim/requests").json()["requests"]) == 4  # tokens are no job's requests
