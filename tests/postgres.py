@@ -117,8 +117,8 @@ class Postgres:
                 self.proc.wait()
         self.proc = None
 
-    def psql(self, sql: str) -> str:
-        """Run SQL as the superuser over the socket; its output, unaligned."""
+    def psql(self, sql: str, database: str = "asyncjob") -> str:
+        """Run SQL as the superuser over the socket, in `database`; its output, unaligned."""
         out = subprocess.run(
             [
                 str(self.bin / "psql"),
@@ -127,7 +127,7 @@ class Postgres:
                 "-p",
                 str(self.port),
                 "-d",
-                "asyncjob",
+                database,
                 "-At",
                 "-v",
                 "ON_ERROR_STOP=1",

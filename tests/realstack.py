@@ -284,10 +284,11 @@ class Prometheus(Proc):
 
 @contextmanager
 def prometheus(
-    tmp: Path, binaries: Binaries, scrape: str, alertmanager_url: str, job: str = "asyncjob"
+    tmp: Path, binaries: Binaries, scrape: str | list[str], alertmanager_url: str, job: str = "asyncjob"
 ) -> Iterator[Prometheus]:
-    """Prometheus scraping `scrape` (host:port) as `job` and evaluating rules every second, sending
-    alerts to the Alertmanager at `alertmanager_url`. It starts without rules: `load_rules` adds them."""
+    """Prometheus scraping `scrape` (host:port, or several: the replicas of a cluster) as `job` and
+    evaluating rules every second, sending alerts to the Alertmanager at `alertmanager_url`. It
+    starts without rules: `load_rules` adds them."""
     home = tmp / "prometheus"
     home.mkdir()
     rules = home / "rules.yml"
@@ -298,7 +299,12 @@ def prometheus(
         "alerting": {
             "alertmanagers": [{"static_configs": [{"targets": [alertmanager_url.removeprefix("http://")]}]}]
         },
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [scrape]}]}],
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "static_configs": [{"targets": [scrape] if isinstance(scrape, str) else scrape}],
+            }
+        ],
     }
     path = home / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
