@@ -13,6 +13,12 @@ commit work for a shard another replica holds since.
 Time: lease expiry is PostgreSQL's clock (`now()` at renewal). A replica's own deadline for a
 lease is measured on its monotonic clock from when the renewal was sent, less a margin, so it
 stops working a shard before the database can hand it to anyone else.
+
+Locks: a transaction on the leases (a renewal, a claim, a fenced write) locks their rows until it
+ends, and a replica paused in the middle of one (SIGSTOP, a GC pause, a starved loop) would hold
+them for as long as it sleeps. So each such transaction asks the server to end it once it sits idle
+for a renewal period (`stalls_end`), and a claim skips the rows another transaction holds (taken
+at a later round) rather than wait for them: no replica's round waits on a sleeping one.
 """
 
 from __future__ import annotations
@@ -120,6 +126,7 @@ class Leases:
         try:
             conn = await self._connection()
             async with conn.transaction():
+                await stalls_end(conn, self.ttl)
                 members = await self._heartbeat(conn)
                 renewed = await self._renew(conn)
             self._valid_until = sent + self.ttl * (1 - SAFETY)
@@ -210,6 +217,7 @@ class Leases:
             self._held.pop(s, None)
         await self._lose(shards)
         async with conn.transaction():
+            await stalls_end(conn, self.ttl)
             await conn.execute(
                 "UPDATE asyncjob.leases SET owner = NULL, expires_at = '-infinity' "
                 "WHERE owner = %s AND shard = ANY(%s)",
@@ -222,10 +230,15 @@ class Leases:
         if not shards:
             return
         async with conn.transaction():
+            await stalls_end(conn, self.ttl)
+            # SKIP LOCKED: a row another transaction holds (a replica paused inside a write) is
+            # claimed at a later round, once the server has ended that transaction; waiting for it
+            # here would stop this replica's renewals too.
             cur = await conn.execute(
                 "WITH free AS ("
                 "  SELECT shard, owner FROM asyncjob.leases"
-                "  WHERE shard = ANY(%s) AND (owner IS NULL OR (%s AND expires_at < now())) FOR UPDATE"
+                "  WHERE shard = ANY(%s) AND (owner IS NULL OR (%s AND expires_at < now()))"
+                "  FOR UPDATE SKIP LOCKED"
                 ") UPDATE asyncjob.leases l SET owner = %s, generation = l.generation + 1,"
                 "  expires_at = now() + make_interval(secs => %s)"
                 " FROM free WHERE l.shard = free.shard RETURNING l.shard, l.generation, free.owner",
@@ -247,12 +260,26 @@ class Leases:
             await self.on_lost(shards)
 
 
-async def fenced(conn: psycopg.AsyncConnection, replica: str, generations: dict[int, int]) -> set[int]:
+async def stalls_end(conn: psycopg.AsyncConnection, ttl: float) -> None:
+    """Inside a transaction on the leases: the server ends it (and the connection) once it sits
+    idle for a renewal period, releasing its locks: a replica paused inside it holds up no other
+    replica's claim for longer. Transaction-scoped, so it holds behind a transaction-pooling proxy."""
+    await conn.execute(
+        "SELECT set_config('idle_in_transaction_session_timeout', %s, true)",
+        (str(max(1, round(ttl / RENEWALS_PER_TTL * 1000))),),
+    )
+
+
+async def fenced(
+    conn: psycopg.AsyncConnection, replica: str, generations: dict[int, int], ttl: float = DEFAULT_LEASE_TTL
+) -> set[int]:
     """Inside a write transaction: the shards of `generations` this replica still holds with that
-    very generation and an unexpired lease, locked against a claim until the transaction ends.
-    Writes for any other shard are stale (another replica holds it since) and must be dropped."""
+    very generation and an unexpired lease, locked against a claim until the transaction ends (or
+    the server ends it, idle for a renewal period of `ttl`: see `stalls_end`). Writes for any other
+    shard are stale (another replica holds it since) and must be dropped."""
     if not generations:
         return set()
+    await stalls_end(conn, ttl)
     cur = await conn.execute(
         "SELECT shard, generation FROM asyncjob.leases "
         "WHERE owner = %s AND shard = ANY(%s) AND expires_at > now() FOR SHARE",

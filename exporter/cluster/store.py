@@ -377,7 +377,11 @@ class PostgresStore(GroupCommit):
                 self._conn = await self.connect()
             async with self._conn.transaction():
                 newest = batch.generations()
-                live = set(newest) if self.leases is None else await fenced(self._conn, self.replica, newest)
+                live = (
+                    set(newest)
+                    if self.leases is None
+                    else await fenced(self._conn, self.replica, newest, self.leases.ttl)
+                )
 
                 def fresh(c: Change[Any]) -> bool:
                     return c.generation is not None and c.shard in live and newest[c.shard] == c.generation

@@ -183,6 +183,30 @@ async def test_a_replica_paused_past_its_lease_cannot_commit_stale_work(dsn: str
         await r.leave()
 
 
+async def test_a_replica_paused_inside_a_write_holds_up_no_other_replicas_round(dsn: str) -> None:
+    await migrated(dsn)
+    a, b = replica(dsn, "a"), replica(dsn, "b")
+    await settle([a, b])
+    own = set(b.held())
+    # a is paused (SIGSTOP) in the middle of a write: its fencing holds its leases' rows locked.
+    async with await connect(dsn) as paused:
+        await paused.execute("BEGIN")
+        assert await fenced(paused, "a", a.held(), TTL) == set(a.held())
+        await anyio.sleep(TTL + 0.2)  # a's heartbeat and leases lapse meanwhile
+        # b's rounds go on: it renews its own leases, and claims a's once the server has ended a's
+        # transaction (idle for a renewal period), not after a wakes.
+        for _ in range(4):
+            with anyio.fail_after(TTL / 2):
+                await b.round()
+            assert own <= set(b.held())
+            await anyio.sleep(TTL / 3)
+        assert set(b.held()) == set(range(SHARDS))
+        # a wakes: its transaction is gone, and nothing it wrote in it lands.
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            await paused.execute("COMMIT")
+    await b.leave()
+
+
 async def test_a_database_outage_stops_the_work_at_the_deadline_and_resumes_without_takeover(
     postgres_server: Postgres, dsn: str
 ) -> None:
