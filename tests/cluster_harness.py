@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import yaml
 
 from tests.harness import Exporter, Proc, free_port, simulator, start_cli, wait_for, write_secrets
@@ -89,7 +90,7 @@ class Replica(Exporter):
 @dataclass
 class Cluster:
     pg: Postgres
-    database: str  # the cluster's database on `pg`
+    url: str  # state_url: the cluster's database on `pg`, with no password
     sim: Proc
     config: Path  # the one YAML every replica reads
     timing: Timing
@@ -217,7 +218,7 @@ class Cluster:
         return [(r["at"], r["job_id"], r["client"]) for r in answer["requests"] if r["key"] == "basiq.job"]
 
     def sql(self, query: str) -> str:
-        return self.pg.psql(query, database=self.database)
+        return self.pg.psql(query, database=self.url.rsplit("/", 1)[1])
 
     def rows(self, job_ids: set[str]) -> dict[str, tuple[str, str]]:
         """The jobs' rows in the state database: job id -> (written_by, status)."""
@@ -231,6 +232,23 @@ class Cluster:
             job_id, written_by, status = line.split("|")
             rows[job_id] = (written_by, status)
         return rows
+
+    @contextmanager
+    def writes_held(self) -> Iterator[None]:
+        """Every replica's job writes wait while the block runs (a lock on the jobs' table): a
+        replica's write transaction is caught in its middle, after its fencing took its leases."""
+        with psycopg.connect(self.url, password=self.pg.password_file.read_text().strip()) as conn:
+            conn.execute("LOCK TABLE asyncjob.jobs IN SHARE MODE")
+            yield
+            conn.rollback()
+
+    def writing(self, replica: Replica) -> bool:
+        """Whether `replica` is inside a write transaction, waiting for the jobs' table."""
+        count = self.sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            f"AND application_name = 'asyncjob-exporter {replica.name}'"
+        )
+        return count != "0"
 
     def owners(self) -> dict[int, str]:
         """Each virtual shard's lease holder now (shards with no valid lease left out)."""
@@ -256,7 +274,7 @@ def cluster(tmp: Path, pg: Postgres, replicas: int = 3, timing: Timing | None = 
         config.write_text(
             yaml.safe_dump(replica_config(sim.url, secrets, url, password_file, timing), sort_keys=False)
         )
-        c = Cluster(pg, url.rsplit("/", 1)[1], sim, config, timing, tmp)
+        c = Cluster(pg, url, sim, config, timing, tmp)
         stack.enter_context(c.stack)
         started = [c.start() for _ in range(replicas)]
         try:
