@@ -41,6 +41,10 @@ RENEWALS_PER_TTL = 3
 # The share of the TTL a replica keeps in hand: it stops working a shard this long before the
 # database could give the shard to another replica (clock rates drift; a round takes time).
 SAFETY = 0.2
+# A round due when another member's heartbeat lapses runs this long after (the two clocks differ
+# by the round trip), and never sooner than MIN_PAUSE after the last.
+LAPSE_MARGIN = 0.1
+MIN_PAUSE = 0.05
 
 
 def preference(replica: str, shard: int) -> int:
@@ -87,6 +91,8 @@ class Leases:
     _patient_until: float = 0.0
     _failing: bool = False
     _conn: psycopg.AsyncConnection | None = None
+    # When (this replica's clock) the next other live member's heartbeat lapses.
+    _next_lapse: float = float("inf")
 
     # --- what the rest of the replica asks -------------------------------------------------
     def valid(self) -> bool:
@@ -103,6 +109,13 @@ class Leases:
         """The generation this replica may work `shard` under now; None when it may not."""
         return self._held.get(shard) if self.valid() else None
 
+    def pause(self) -> float:
+        """Seconds to the next round: a renewal period, or less when another member's heartbeat
+        lapses sooner. A replica that died has its shards claimed as soon as its leases lapse
+        (they lapse with its heartbeat), not up to a renewal period later."""
+        period = self.ttl / RENEWALS_PER_TTL
+        return max(MIN_PAUSE, min(period, self._next_lapse + LAPSE_MARGIN - self.clock()))
+
     @property
     def failing(self) -> bool:
         """The last round did not reach the database."""
@@ -114,7 +127,7 @@ class Leases:
         try:
             while True:
                 await self.round()
-                await anyio.sleep(self.ttl / RENEWALS_PER_TTL)
+                await anyio.sleep(self.pause())
         finally:
             with anyio.CancelScope(shield=True):
                 await self.leave()
@@ -123,11 +136,12 @@ class Leases:
         """One renewal: heartbeat, renew what is held, release what prefers another replica,
         claim what prefers this one. A failure is counted; the leases run out at their deadline."""
         sent = self.clock()
+        self._next_lapse = float("inf")
         try:
             conn = await self._connection()
             async with conn.transaction():
                 await stalls_end(conn, self.ttl)
-                members = await self._heartbeat(conn)
+                members = await self._heartbeat(conn, sent)
                 renewed = await self._renew(conn)
             self._valid_until = sent + self.ttl * (1 - SAFETY)
             if self._failing:
@@ -186,18 +200,22 @@ class Leases:
             with contextlib.suppress(psycopg.Error, OSError):
                 await conn.close()
 
-    async def _heartbeat(self, conn: psycopg.AsyncConnection) -> list[str]:
+    async def _heartbeat(self, conn: psycopg.AsyncConnection, sent: float) -> list[str]:
+        """Beat; the live members, and when the next other one's heartbeat lapses (`pause`)."""
         await conn.execute(
             "INSERT INTO asyncjob.members (replica, address, heartbeat_at) VALUES (%s, %s, now()) "
             "ON CONFLICT (replica) DO UPDATE SET heartbeat_at = now(), address = excluded.address",
             (self.replica, self.address),
         )
         cur = await conn.execute(
-            "SELECT replica FROM asyncjob.members WHERE heartbeat_at > now() - make_interval(secs => %s) "
-            "ORDER BY replica",
-            (self.ttl,),
+            "SELECT replica, extract(epoch FROM heartbeat_at + make_interval(secs => %s) - now())::float8 "
+            "FROM asyncjob.members WHERE heartbeat_at > now() - make_interval(secs => %s) ORDER BY replica",
+            (self.ttl, self.ttl),
         )
-        return [str(r[0]) for r in await cur.fetchall()]
+        rows = [(str(r), float(left)) for r, left in await cur.fetchall()]
+        # now() is when the transaction began, after `sent`: a lapse is never seen late.
+        self._next_lapse = sent + min((left for r, left in rows if r != self.replica), default=float("inf"))
+        return [r for r, _ in rows]
 
     async def _renew(self, conn: psycopg.AsyncConnection) -> dict[int, int]:
         """Extend every lease this replica holds, lapsed ones too when nobody claimed them since

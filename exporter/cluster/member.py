@@ -156,7 +156,7 @@ class Member:
                     self.reachable = not self.leases.failing
                     if self.reachable:
                         await self._follow(set(self.leases.held()))
-                    await anyio.sleep(self.leases.ttl / RENEWALS_PER_TTL)
+                    await anyio.sleep(self.leases.pause())
         finally:
             with anyio.CancelScope(shield=True):
                 await self.leases.leave()

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from exporter.cluster import schema
-from exporter.cluster.leases import Leases, fenced, preferred_owners
+from exporter.cluster.leases import LAPSE_MARGIN, Leases, fenced, preferred_owners
 from tests.postgres import Postgres
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -138,6 +138,29 @@ async def test_a_dead_replicas_shards_are_taken_over_once_its_leases_lapse(dsn: 
     await settle([a], rounds=2)
     assert set(a.held()) == set(range(SHARDS))
     assert a.counters.takeovers == len(b_shards)
+    await a.leave()
+
+
+async def test_the_round_after_a_dead_replicas_heartbeat_lapses_comes_at_once_and_claims_its_shards(
+    dsn: str,
+) -> None:
+    await migrated(dsn)
+    a, b = replica(dsn, "a"), replica(dsn, "b")
+    await settle([a, b])
+    assert a.pause() == pytest.approx(TTL / 3)  # both beat every TTL/3: no lapse due sooner
+    b_shards = set(b.held())
+    await b._drop_connection()  # b dies right after its round
+    await anyio.sleep(0.8 * TTL)
+    await a.round()
+    # b's heartbeat (and with it its leases) lapses in about 0.2 TTL: the next round is then,
+    # not a renewal period (TTL/3) later.
+    assert a.pause() <= 0.2 * TTL + LAPSE_MARGIN < TTL / 3
+    assert not set(a.held()) & b_shards
+    await anyio.sleep(a.pause())
+    await a.round()
+    assert set(a.held()) == set(range(SHARDS))
+    assert a.counters.takeovers == len(b_shards)
+    assert a.pause() == pytest.approx(TTL / 3, abs=0.05)  # nobody else left to wait for
     await a.leave()
 
 
