@@ -29,7 +29,7 @@ class Timing:
     """The cluster's clocks, short so that a takeover happens within seconds."""
 
     lease_ttl: float = 4.0
-    poll: float = 0.5
+    poll: float = 1.0
 
     @property
     def renewal(self) -> float:
