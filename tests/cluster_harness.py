@@ -52,6 +52,7 @@ def replica_config(
                 # Each replica takes its own token from the token endpoint: the simulator tells the
                 # replicas' requests apart by it (GET /_sim/requests).
                 "auth": {"type": "basiq", "api_key_file": str(secrets / "basiq_api_key")},
+                "per_job_series": "all",  # every job's series, whatever their number
                 # Stated here, so the test does not lean on Basiq's own map of its codes.
                 "cause_map": {"invalid-credentials": "user", "institution-not-available": "provider"},
             }

@@ -207,13 +207,15 @@ def test_a_replica_paused_inside_a_write_past_its_lease_lands_no_stale_write_and
     try:
         # Three steps of 4 s: running when the replica is paused, finished while it sleeps.
         work = c.create(45, scenario="success", step_seconds=4.0)
-        register_all(c, work, replicas)
-        wait_for(lambda: c.exported_once(set(work)), timeout=20, what="the jobs exported")
+        # And jobs that never end: polled throughout, they move to the others and back.
+        stuck = c.create(30, scenario="stuck")
+        register_all(c, work + stuck, replicas)
+        wait_for(lambda: c.exported_once(set(work) | set(stuck)), timeout=20, what="the jobs exported")
         by_job = c.exporters()
         victim = max(replicas, key=lambda r: sum(1 for j in work if by_job[j] == [r]))
         survivors = [r for r in replicas if r is not victim]
         victim_jobs = victim.job_ids() & set(work)
-        assert victim_jobs
+        assert victim_jobs and victim.job_ids() & set(stuck)
         assert c.finished() == 0, "jobs finished before the pause: lengthen them"
 
         # Paused (SIGSTOP) in the middle of a write transaction: after its fencing locked its
@@ -241,6 +243,7 @@ def test_a_replica_paused_inside_a_write_past_its_lease_lands_no_stale_write_and
             assert takers <= {r.name for r in survivors}, takers
         finally:
             victim.popen.send_signal(signal.SIGCONT)
+            continued_at = time.time()
 
         # It wakes, finds its leases gone, lets its jobs go and is handed its share back.
         wait_for(
@@ -250,7 +253,9 @@ def test_a_replica_paused_inside_a_write_past_its_lease_lands_no_stale_write_and
         )
         c.wait_settled(replicas, timeout=settle_time(timing) + 10)
         wait_for(
-            lambda: c.exported_once(set(work)), timeout=settle_time(timing), what="every job exported once"
+            lambda: c.exported_once(set(work) | set(stuck)),
+            timeout=settle_time(timing),
+            what="every job exported once",
         )
         wait_for(lambda: c.finished() >= len(work), timeout=30, what="every job counted")
         time.sleep(3 * timing.poll)
@@ -263,7 +268,17 @@ def test_a_replica_paused_inside_a_write_past_its_lease_lands_no_stale_write_and
         assert {written_by for written_by, _ in rows.values()} <= {r.name for r in survivors}, rows
         # Each job counted once, over the three; each exported by one replica.
         assert c.finished() == len(work), [r.total("asyncjob_jobs_finished_total") for r in replicas]
-        assert c.exported_once(set(work))
+        assert c.exported_once(set(work) | set(stuck))
+        # From its waking on, each job is polled by one replica, then (handed back) by the next:
+        # never by two in turn, as a replica polling what it no longer holds would.
+        clients: dict[str, list[str]] = {}
+        for at, job_id, client in c.polls():
+            if at > continued_at and job_id in stuck:
+                seen = clients.setdefault(job_id, [])
+                if not seen or seen[-1] != client:
+                    seen.append(client)
+        assert all(len(turns) <= 2 for turns in clients.values()), clients
+        assert len(clients) == len(stuck)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{c.output()}") from None
 
@@ -297,6 +312,8 @@ def test_postgresql_stopped_leaves_every_replica_serving_what_it_held_and_loses_
                 for r in replicas:
                     # Still serving, still exporting what it held, not ready, taking no registration.
                     assert r.job_ids() == held[r.name], f"{r.name} changed what it exports while down"
+                    for page in ("/", "/jobs"):
+                        assert httpx.get(f"{r.url}{page}", timeout=5).status_code == 200, page
                     assert r.total("asyncjob_cluster_state_reachable") == 0
                     assert httpx.get(f"{r.url}/readyz", timeout=5).status_code == 503
                     assert r.register(refused[replicas.index(r)]) == 503
