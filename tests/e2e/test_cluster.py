@@ -4,9 +4,10 @@ of the CLI reading one YAML (tests/cluster_harness.py), with a short lease TTL.
 Every job is exported by exactly one replica and the shards are shared out; a replica killed with
 `kill -9` has its jobs polled by the others within a lease TTL and two polls, loses no acknowledged
 registration and counts no job twice, and no job is polled by two replicas after the handover; a
-replica paused past its lease (SIGSTOP) lands no stale write when continued; PostgreSQL stopped for
-two TTLs leaves every replica serving what it held; a job's page in a real Prometheus and
-Alertmanager keeps firing, the same alert, while its job moves to another replica.
+replica paused past its lease (SIGSTOP) inside a write lands no stale write when continued; a
+replica replaced in a rolling update hands its jobs over at once; PostgreSQL stopped for two TTLs
+leaves every replica serving what it held; a job's page in a real Prometheus and Alertmanager keeps
+firing, the same alert, while its job moves to another replica.
 """
 
 from __future__ import annotations
@@ -279,6 +280,54 @@ def test_a_replica_paused_inside_a_write_past_its_lease_lands_no_stale_write_and
                     seen.append(client)
         assert all(len(turns) <= 2 for turns in clients.values()), clients
         assert len(clients) == len(stuck)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{c.output()}") from None
+
+
+def test_a_replica_replaced_in_a_rolling_update_hands_its_jobs_over_at_once_and_nothing_is_counted_twice(
+    three: Cluster,
+) -> None:
+    c, timing = three, three.timing
+    replicas = c.live()
+    try:
+        work = c.create(30, scenario="success", step_seconds=4.0)
+        stuck = c.create(30, scenario="stuck")
+        everyone = set(work) | set(stuck)
+        register_all(c, work + stuck, replicas)
+        wait_for(lambda: c.exported_once(everyone), timeout=20, what="the jobs exported")
+        leaving = max(replicas, key=lambda r: len(r.job_ids() & set(stuck)))
+        left_jobs = leaving.job_ids() & set(stuck)
+        assert left_jobs
+        clients = {client for _, j, client in c.polls() if j in left_jobs}
+        assert len(clients) == 1
+
+        assert c.finished() == 0, "jobs finished before the replica left: lengthen them"
+        # Stopped as an orchestrator does (SIGTERM): it hands its leases back as it goes, so the
+        # others poll its jobs well within a lease TTL, not once the leases lapse.
+        left_at = time.time()
+        assert leaving.stop() == 0, leaving.output()[-3000:]
+        retaken = wait_for(
+            lambda: (
+                (first := first_polls_after(c, left_jobs, left_at, clients)).keys() == left_jobs and first
+            ),
+            timeout=settle_time(timing),
+            what="the leaving replica's jobs polled by the others",
+        )
+        handed_over_in = max(retaken.values()) - left_at
+        print(f"SIGTERM to the last of its {len(left_jobs)} jobs polled by the others: {handed_over_in:.2f}s")
+        # Its replacement joins and is handed its share.
+        joined = c.start()
+        c.wait_ready([joined])
+        c.wait_settled(timeout=settle_time(timing) + 10)
+        wait_for(
+            lambda: c.exported_once(everyone), timeout=settle_time(timing), what="every job exported once"
+        )
+        assert joined.job_ids() & everyone
+        wait_for(lambda: c.finished() >= len(work), timeout=30, what="every job counted")
+        time.sleep(3 * timing.poll)
+        # Each counted once, by the replicas running now (none had finished when it left).
+        assert c.finished() == len(work)
+        assert handed_over_in < timing.lease_ttl, f"handed over in {handed_over_in:.2f}s"
     except AssertionError as e:
         raise AssertionError(f"{e}\n{c.output()}") from None
 
