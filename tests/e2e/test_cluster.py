@@ -6,7 +6,8 @@ Every job is exported by exactly one replica and the shards are shared out; a re
 registration and counts no job twice, and no job is polled by two replicas after the handover; a
 replica paused past its lease (SIGSTOP) inside a write lands no stale write when continued; a
 replica replaced in a rolling update hands its jobs over at once; PostgreSQL stopped for two TTLs
-leaves every replica serving what it held; a job's page in a real Prometheus and Alertmanager keeps
+leaves every replica serving what it held, and connections cut again and again lose nothing
+acknowledged and count nothing twice; a job's page in a real Prometheus and Alertmanager keeps
 firing, the same alert, while its job moves to another replica.
 """
 
@@ -388,6 +389,67 @@ def test_postgresql_stopped_leaves_every_replica_serving_what_it_held_and_loses_
         time.sleep(3 * timing.poll)
         assert c.finished() == len(work)
         assert all(r.register(stuck[0]) == 202 for r in replicas)  # registrations taken again
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{c.output()}") from None
+
+
+def test_connections_cut_again_and_again_lose_no_acknowledged_registration_and_count_nothing_twice(
+    three: Cluster,
+) -> None:
+    c, timing = three, three.timing
+    replicas = c.live()
+    try:
+        # Jobs that finish while the connections are cut (three steps of 1.5 s), registered as
+        # the cuts go on; a registration refused meanwhile (503) is not acknowledged.
+        work = c.create(45, scenario="success", step_seconds=1.5)
+        acknowledged: list[str] = []
+        cutting = threading.Event()
+        cuts = [0]
+
+        def cut() -> None:
+            # What a PostgreSQL failover or a restarted proxy does to every replica at once.
+            while not cutting.is_set():
+                killed = c.pg.psql(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name LIKE 'asyncjob-exporter %'",
+                    database=c.url.rsplit("/", 1)[1],
+                )
+                cuts[0] += int(killed or 0)
+                time.sleep(0.7)
+
+        thread = threading.Thread(target=cut)
+        thread.start()
+        try:
+            for n, job_id in enumerate(work):
+                if replicas[n % 3].register(job_id) == 202:
+                    acknowledged.append(job_id)
+                time.sleep(0.1)
+            time.sleep(2 * timing.lease_ttl)  # cuts while the jobs finish
+        finally:
+            cutting.set()
+            thread.join(30)
+        assert cuts[0] > 10, cuts
+        assert acknowledged, "no registration got through"
+
+        wait_for(
+            lambda: c.exported_once(set(acknowledged)),
+            timeout=settle_time(timing),
+            what="every acknowledged job exported once",
+        )
+        # A registration refused with a 503 may still have been taken (its commit was cut, then
+        # tried again): the jobs tracked are the acknowledged ones and perhaps more, each once.
+        tracked = set(c.exporters()) & set(work)
+        assert tracked >= set(acknowledged)
+        wait_for(lambda: c.finished() >= len(tracked), timeout=30, what="every tracked job counted")
+        time.sleep(3 * timing.poll)
+        assert set(c.exporters()) & set(work) == tracked
+        assert c.exported_once(tracked)
+        assert c.finished() == len(tracked)
+        c.wait_settled(replicas, timeout=settle_time(timing))
+        print(
+            f"{cuts[0]} connections cut; {len(acknowledged)} of {len(work)} registrations acknowledged, "
+            f"{len(tracked)} tracked"
+        )
     except AssertionError as e:
         raise AssertionError(f"{e}\n{c.output()}") from None
 
