@@ -138,11 +138,7 @@ class Leases:
         sent = self.clock()
         self._next_lapse = float("inf")
         try:
-            conn = await self._connection()
-            async with conn.transaction():
-                await stalls_end(conn, self.ttl)
-                members = await self._heartbeat(conn, sent)
-                renewed = await self._renew(conn)
+            conn, members, renewed = await self._beat(sent)
             self._valid_until = sent + self.ttl * (1 - SAFETY)
             if self._failing:
                 # Back after the database (or the way to it) failed: every other replica that
@@ -169,6 +165,27 @@ class Leases:
             if not self.valid() and self._held:
                 lapsed, self._held = set(self._held), {}
                 await self._lose(lapsed)
+
+    async def _beat(self, sent: float) -> tuple[psycopg.AsyncConnection, list[str], dict[int, int]]:
+        """Heartbeat and renewal, one transaction. A kept connection found cut (the server
+        restarted, a proxy or a failover dropped it) is replaced at once and the transaction
+        run again: a connection cut between two rounds costs no round, and the replica does not
+        count as unable to reach the database for a renewal period."""
+        kept = self._conn is not None and not self._conn.closed
+        conn = await self._connection()
+        try:
+            return (conn, *await self._beat_on(conn, sent))
+        except psycopg.OperationalError:
+            if not (kept and conn.broken):
+                raise
+        await self._drop_connection()
+        conn = await self._connection()
+        return (conn, *await self._beat_on(conn, sent))
+
+    async def _beat_on(self, conn: psycopg.AsyncConnection, sent: float) -> tuple[list[str], dict[int, int]]:
+        async with conn.transaction():
+            await stalls_end(conn, self.ttl)
+            return await self._heartbeat(conn, sent), await self._renew(conn)
 
     async def leave(self) -> None:
         """Release every lease and the membership, so others take over at once, not after a TTL."""

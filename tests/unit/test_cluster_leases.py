@@ -164,6 +164,22 @@ async def test_the_round_after_a_dead_replicas_heartbeat_lapses_comes_at_once_an
     await a.leave()
 
 
+async def test_a_connection_cut_between_two_rounds_costs_no_round(dsn: str) -> None:
+    await migrated(dsn)
+    a = replica(dsn, "a")
+    await a.round()
+    held = a.held()
+    assert a._conn is not None
+    async with await connect(dsn) as admin:
+        # What a failover or a restarted proxy does to a kept connection.
+        await admin.execute("SELECT pg_terminate_backend(%s)", (a._conn.info.backend_pid,))
+        await admin.commit()
+    await a.round()
+    assert a.counters.renew_errors == 0 and not a.failing
+    assert a.held() == held
+    await a.leave()
+
+
 async def test_a_replica_stops_working_a_shard_before_the_database_could_give_it_away(dsn: str) -> None:
     await migrated(dsn)
     a = replica(dsn, "a")
