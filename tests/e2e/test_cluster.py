@@ -81,6 +81,9 @@ def test_every_job_is_exported_by_exactly_one_replica_and_each_holds_a_third_of_
     by_job = c.exporters()
     assert set(by_job) == wanted
     assert all(len(exporting) == 1 for exporting in by_job.values())
+    # The replica exporting a job is the one holding its shard's lease.
+    for job_id, (exporting,) in by_job.items():
+        assert exporting.name == owners[shard_of(TARGET, job_id, SHARDS)], job_id
     # Each replica exports jobs, the jobs of the shards it holds, and polls only those.
     for r in replicas:
         assert r.job_ids(), failing(c, f"{r.name} exports no job")
