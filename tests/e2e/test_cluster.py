@@ -126,6 +126,8 @@ def test_a_replica_killed_has_its_jobs_polled_again_by_the_others_and_nothing_is
         victim_jobs = victim.job_ids()
         assert victim_jobs & set(running), "the victim works none of the running jobs"
         counted_before = c.finished(survivors)
+        victim_shards = int(victim.total("asyncjob_cluster_shards_held"))
+        assert all(r.total("asyncjob_cluster_takeovers_total") == 0 for r in replicas)
         assert c.finished() == len(early)
 
         # Registrations keep coming to every replica while one is killed.
@@ -199,6 +201,8 @@ def test_a_replica_killed_has_its_jobs_polled_again_by_the_others_and_nothing_is
         twice = {job_id: cs for job_id, cs in clients.items() if len(cs) > 1}
         assert not twice, twice
         assert not (set().union(*clients.values()) & victim_clients)
+        # Its shards were taken over, each once, as the survivors count them.
+        assert sum(r.total("asyncjob_cluster_takeovers_total") for r in survivors) == victim_shards
         assert delay <= bound, f"kill -9 to every job of the victim polled again took {delay:.2f}s"
     except AssertionError as e:
         raise AssertionError(f"{e}\n{c.output()}") from None
@@ -318,6 +322,8 @@ def test_a_replica_replaced_in_a_rolling_update_hands_its_jobs_over_at_once_and_
             what="the leaving replica's jobs polled by the others",
         )
         handed_over_in = max(retaken.values()) - left_at
+        # Handed back, not taken over once lapsed.
+        assert all(r.total("asyncjob_cluster_takeovers_total") == 0 for r in c.live())
         print(f"SIGTERM to the last of its {len(left_jobs)} jobs polled by the others: {handed_over_in:.2f}s")
         # Its replacement joins and is handed its share.
         joined = c.start()
