@@ -45,6 +45,9 @@ SAFETY = 0.2
 # by the round trip), and never sooner than MIN_PAUSE after the last.
 LAPSE_MARGIN = 0.1
 MIN_PAUSE = 0.05
+# A transaction on the leases idle this long at least is a stalled replica's (`stalls_end`): a
+# busy loop (a scrape of a large exposition between two statements) takes a good deal less.
+STALL_FLOOR = 1.0
 
 
 def preference(replica: str, shard: int) -> int:
@@ -301,7 +304,7 @@ async def stalls_end(conn: psycopg.AsyncConnection, ttl: float) -> None:
     replica's claim for longer. Transaction-scoped, so it holds behind a transaction-pooling proxy."""
     await conn.execute(
         "SELECT set_config('idle_in_transaction_session_timeout', %s, true)",
-        (str(max(1, round(ttl / RENEWALS_PER_TTL * 1000))),),
+        (str(round(max(STALL_FLOOR, ttl / RENEWALS_PER_TTL) * 1000)),),
     )
 
 
