@@ -115,8 +115,8 @@ def test_a_replica_killed_has_its_jobs_polled_again_by_the_others_and_nothing_is
         early = c.create(30, scenario="success", step_seconds=0.2)
         register_all(c, early, replicas)
         wait_for(lambda: c.finished() == len(early), timeout=20, what="the early jobs counted")
-        # Jobs that run across the kill and finish after it (three steps of 6 s).
-        running = c.create(45, scenario="success", step_seconds=6.0)
+        # Jobs that run across the kill and finish after it (three steps of 5 s).
+        running = c.create(45, scenario="success", step_seconds=5.0)
         register_all(c, running, replicas)
         wait_for(lambda: c.exported_once(set(running)), timeout=20, what="the running jobs exported")
 
@@ -433,7 +433,7 @@ def test_connections_cut_again_and_again_lose_no_acknowledged_registration_and_c
                 if replicas[n % 3].register(job_id) == 202:
                     acknowledged.append(job_id)
                 time.sleep(0.1)
-            time.sleep(2 * timing.lease_ttl)  # cuts while the jobs finish
+            time.sleep(timing.lease_ttl)  # cuts while the jobs finish
         finally:
             cutting.set()
             thread.join(30)
