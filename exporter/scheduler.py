@@ -92,6 +92,7 @@ class Scheduler:
         self.total_shards = total_shards
         self.store: StateStore | None = None  # when a state file is configured
         self.cluster: Sharing | None = None  # when replicas share a state database
+        self.replicas = 1  # live replicas sharing each target's concurrency and request rate
         tracker.listeners.append(self)  # to forget the answers of jobs it drops (AnswerLedger.last)
 
     def owns(self, target: str, job_id: str) -> bool:
@@ -137,6 +138,7 @@ class Scheduler:
             jobs = self.tracker.targets[name].jobs
             provider.restore_reruns({job_id: t.reruns for job_id, t in jobs.items() if t.reruns})
             new = TargetRunner(rt, provider, TargetHttp(rt), AnswerLedger(self._holds(name)))
+            new.http.share(self.replicas)
             self.runners[name] = new
             if rt.poll_interval_below_advice:
                 log.warning(
@@ -185,6 +187,14 @@ class Scheduler:
         if runner is not None:
             runner.fresh[job_id] = None
             runner.wake.set()
+
+    def share_budgets(self, replicas: int) -> None:
+        """The cluster has `replicas` live members: each target's limits are split among them."""
+        if replicas != self.replicas:
+            self.replicas = replicas
+            for runner in self.runners.values():
+                runner.http.share(replicas)
+            log.info("provider limits shared among the live replicas", extra={"replicas": replicas})
 
     def taken_in(self, target: str, cursors: dict[str, str]) -> None:
         """Shards of the cluster were just taken in: their sources' cursors, and the configured

@@ -65,6 +65,8 @@ class Wakeable(Protocol):
 
     def poll_soon(self, target: str, job_id: str) -> None: ...
 
+    def share_budgets(self, replicas: int) -> None: ...
+
     def taken_in(self, target: str, cursors: dict[str, str]) -> None:
         """Shards were taken in: restore the target's cursors, track its configured jobs there."""
         ...
@@ -152,14 +154,19 @@ class Member:
                 tg.start_soon(self._listen)
                 tg.start_soon(self._catch_up_loop)
                 while True:
-                    await self.leases.round()
-                    self.reachable = not self.leases.failing
-                    if self.reachable:
-                        await self._follow(set(self.leases.held()))
+                    await self.step()
                     await anyio.sleep(self.leases.ttl / RENEWALS_PER_TTL)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.leases.leave()
+
+    async def step(self) -> None:
+        """One lease round, and the tracker brought in line with what it left held."""
+        await self.leases.round()
+        self.reachable = not self.leases.failing
+        if self.reachable:
+            self.scheduler.share_budgets(len(self.leases.members))
+            await self._follow(set(self.leases.held()))
 
     # --- following the leases ------------------------------------------------------------
     async def _follow(self, held: set[int]) -> None:
