@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from exporter.transport import MAX_HEAD_BYTES, READ_SIZE, Http11Transport, Origin, _Connection
+from exporter.http11 import MAX_HEAD_BYTES, READ_SIZE, HttpConnection
+from exporter.transport import Http11Transport, Origin
 from tests.hostile import watchdog
 
 URL = "http://origin.test/jobs/1"
@@ -61,8 +62,8 @@ class Scripted(Http11Transport):
         super().__init__()
         self.stream = stream
 
-    async def _connect(self, origin: Origin, timeout: float | None, request: httpx.Request) -> _Connection:
-        return _Connection(self.stream)
+    async def _connect(self, origin: Origin, timeout: float | None, request: httpx.Request) -> HttpConnection:
+        return HttpConnection(self.stream)
 
 
 Outcome = tuple[Any, ...]
