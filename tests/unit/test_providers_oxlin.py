@@ -10,7 +10,8 @@ import pytest
 
 from exporter.model import Cause, Channel, Connection, Status
 from exporter.providers.base import BadPayload, PollResult
-from exporter.providers.oxlin import Oxlin, events_of, parse_connection
+from exporter.providers.oxlin import Oxlin
+from exporter.providers.oxlin_wire import events_of, parse_connection
 from tests.unit.provider_http import fixture, provider_and_http, provider_for
 
 T0 = 1_700_000_000
