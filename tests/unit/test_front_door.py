@@ -12,11 +12,12 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
+from exporter.basic_auth import BasicAuthMiddleware
 from exporter.config import build_settings
 from exporter.providers import PROVIDERS
 from exporter.routes import build_app
 from exporter.runtime import Runtime
-from exporter.webconfig import BasicAuthMiddleware, WebConfig, WebConfigError, load_web_config
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 
 def runtime(tmp_path: Path, token: str | None = None) -> Runtime:
@@ -433,7 +434,7 @@ def test_reload_without_a_token_refuses_what_a_browser_posts_from_another_site(
 
 
 def test_a_reload_reads_the_web_config_afresh_users_and_headers(tmp_path: Path) -> None:
-    from exporter.webconfig import LiveWebConfig
+    from exporter.webconfig_reload import LiveWebConfig
 
     path = tmp_path / "web.yml"
     both = {"alice": hashed(b"a"), "bob": hashed(b"b")}
@@ -478,7 +479,7 @@ def test_a_reload_reads_the_web_config_afresh_users_and_headers(tmp_path: Path) 
 
 
 def test_turning_tls_on_at_a_reload_is_refused(tmp_path: Path, self_signed: tuple[Path, Path]) -> None:
-    from exporter.webconfig import LiveWebConfig
+    from exporter.webconfig_reload import LiveWebConfig
 
     path = tmp_path / "web.yml"
     path.write_text(yaml.safe_dump({}))
