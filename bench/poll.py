@@ -29,10 +29,11 @@ import httpx
 from bench import profiles, simulated
 from exporter.config import ResolvedTarget, build_settings
 from exporter.fetch import TargetHttp
+from exporter.model import placeholder
 from exporter.providers import PROVIDERS
 from exporter.providers.basiq import Basiq
 from exporter.render import Exposition
-from exporter.scheduler import Scheduler, TargetRunner, placeholder
+from exporter.scheduler import Scheduler, TargetRunner
 from exporter.tracker import Tracker
 from exporter.transport import Http11Transport
 

@@ -6,6 +6,7 @@ import shutil
 import ssl
 import subprocess
 from pathlib import Path
+from typing import cast
 
 import bcrypt
 import httpx
@@ -335,7 +336,10 @@ def test_sighup_reads_the_web_config_afresh_a_removed_user_gets_401_and_a_new_ce
             ctx.wrap_socket(raw, server_hostname=host) as s,
         ):
             cert = s.getpeercert()
-        return dict(pair[0] for pair in cert["subject"])["commonName"]
+        assert cert is not None
+        # typeshed gives every field of the certificate the union of them all; subject is RDNs.
+        subject = cast("tuple[tuple[tuple[str, str], ...], ...]", cert["subject"])
+        return dict(pair[0] for pair in subject)["commonName"]
 
     write("server", ["alice", "bob"])
     extra = [f"--web.config.file={tmp_path / 'web.yml'}"]

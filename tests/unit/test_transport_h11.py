@@ -175,7 +175,7 @@ endings = mostly([b"\r\n"], [b"\n", b"\r", b"\r\r\n"], st.just(b"\r\n"))
 def header_blocks(draw: st.DrawFn, framing: list[tuple[bytes, bytes]] = []) -> bytes:  # noqa: B006
     fields = [(draw(names), draw(values)) for _ in range(draw(st.integers(0, 3)))] + framing
     fields = draw(st.permutations(fields))
-    lines = []
+    lines: list[bytes] = []
     for name, value in fields:
         if lines and draw(st.integers(0, 19)) == 0:
             lines.append(draw(st.sampled_from([b" ", b"\t", b"  "])) + value)  # an obsolete fold
