@@ -28,6 +28,7 @@ from bench.flood import (
     host_port,
     main,
     paced,
+    wrong_password,
 )
 from bench.scraper import PROMETHEUS_HEADERS, Connection, latency_cell, percentiles
 
@@ -36,9 +37,7 @@ from bench.scraper import PROMETHEUS_HEADERS, Connection, latency_cell, percenti
 
 async def _flood_client(host: str, port: int, deadline: float, latencies: list[float], i: int) -> None:
     reader, writer = await asyncio.open_connection(host, port)
-    request = (
-        f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nAuthorization: {basic(USER, f'wrong-{i}')}\r\n\r\n"
-    ).encode()
+    request = wrong_password(host, i)
     try:
         while time.monotonic() < deadline:
             t = time.perf_counter()

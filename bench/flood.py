@@ -41,6 +41,12 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+def wrong_password(host: str, i: int) -> bytes:
+    """A GET /metrics as the flood's client `i` sends it: USER with a wrong password of its own."""
+    authorization = basic(USER, f"wrong-{i}")
+    return f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nAuthorization: {authorization}\r\n\r\n".encode()
+
+
 def host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or 80

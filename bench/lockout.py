@@ -29,6 +29,7 @@ from bench.flood import (
     host_port,
     main,
     paced,
+    wrong_password,
 )
 from bench.scraper import latency_cell, percentiles
 
@@ -40,9 +41,7 @@ SCRAPE_P99_MS = 50.0  # a scrape on a new connection, good cached credentials, d
 
 
 async def _flood_client(host: str, port: int, deadline: float, counts: dict[str, int], i: int) -> None:
-    request = (
-        f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nAuthorization: {basic(USER, f'wrong-{i}')}\r\n\r\n"
-    ).encode()
+    request = wrong_password(host, i)
     while time.monotonic() < deadline:
         try:
             _, writer = await asyncio.open_connection(host, port)
