@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import subprocess
 from pathlib import Path
@@ -14,71 +13,30 @@ import pytest
 import yaml
 
 from tests.harness import exporter
+from tests.tools import openssl, self_signed
 
 pytestmark = pytest.mark.e2e
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+def signed_by_ca(directory: Path, name: str, extension: str) -> None:
+    """`name`.crt and `name`.key in `directory`, signed by its ca.crt, of subject /CN=`name`."""
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+        "-subj", f"/CN={name}", cwd=directory,
+    )  # fmt: skip
+    (directory / f"{name}.ext").write_text(extension + "\n")
+    openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=directory,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not shutil.which("openssl"):
-        pytest.fail("openssl is needed to make test certificates")
     d = tmp_path_factory.mktemp("pki")
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-        cwd=d,
-    )
-    for name, ext in (
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            f"/CN={name}",
-            cwd=d,
-        )
-        (d / f"{name}.ext").write_text(ext + "\n")
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.crt",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            cwd=d,
-        )
+    self_signed(d, "/CN=test-ca", cert="ca.crt", key="ca.key")
+    signed_by_ca(d, "server", "subjectAltName=IP:127.0.0.1,DNS:localhost")
+    signed_by_ca(d, "client", "extendedKeyUsage=clientAuth")
     return d
 
 
@@ -303,15 +261,7 @@ def test_sighup_reads_the_web_config_afresh_a_removed_user_gets_401_and_a_new_ce
     from tests.harness import wait_for
 
     # A second server certificate from the same CA, told apart by its subject.
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "rotated.key", "-out", "rotated.csr",
-        "-subj", "/CN=rotated", cwd=pki,
-    )  # fmt: skip
-    (pki / "rotated.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(
-        "x509", "-req", "-in", "rotated.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "rotated.crt", "-days", "2", "-extfile", "rotated.ext", cwd=pki,
-    )  # fmt: skip
+    signed_by_ca(pki, "rotated", "subjectAltName=IP:127.0.0.1,DNS:localhost")
     users = {
         "alice": bcrypt.hashpw(b"a-pass", bcrypt.gensalt(rounds=4)).decode(),
         "bob": bcrypt.hashpw(b"b-pass", bcrypt.gensalt(rounds=4)).decode(),

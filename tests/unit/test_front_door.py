@@ -18,6 +18,7 @@ from exporter.providers import PROVIDERS
 from exporter.routes import build_app
 from exporter.runtime import Runtime
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
+from tests import tools
 
 
 def runtime(tmp_path: Path, token: str | None = None) -> Runtime:
@@ -292,17 +293,7 @@ def test_http_server_config_headers_are_sent_and_http2_refused(tmp_path: Path) -
 
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    import subprocess
-
-    d = tmp_path_factory.mktemp("tls")
-    args = "req -x509 -newkey rsa:2048 -nodes -keyout k.pem -out c.pem -days 1 -subj /CN=x"
-    subprocess.run(
-        ["openssl", *args.split(" ")],
-        cwd=d,
-        check=True,
-        capture_output=True,
-    )
-    return d / "c.pem", d / "k.pem"
+    return tools.self_signed(tmp_path_factory.mktemp("tls"), "/CN=x")
 
 
 # --- the API token file ----------------------------------------------------------------------
