@@ -53,6 +53,12 @@ SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (
     ("targets[].steps", cfg.GenericSteps, ""),
     ("api", cfg.ApiConfig, "The job registration API under `/api/v1`."),
     (
+        "cluster",
+        cfg.ClusterConfig,
+        "Replicas sharing a PostgreSQL database (`state_url`) split the jobs by leases on virtual "
+        "shards: see docs/ha.md.",
+    ),
+    (
         "slos[]",
         SLO,
         "Job objectives (docs/slos.md): each job they cover is judged once in "

@@ -361,7 +361,46 @@ STATE_STALE_WRITES = Family(
 STATE_COMMIT_DURATION = Family(
     "asyncjob_state_commit_duration_seconds", "histogram", "Time to commit a batch of state changes."
 )
-NOT_YET_SERVED: tuple[Family, ...] = (STATE_STALE_WRITES, STATE_COMMIT_DURATION)
+# The cluster mode's own (exporter.cluster.member): served only with state_url.
+CLUSTER_REPLICAS = Family(
+    "asyncjob_cluster_replicas", "gauge", "Live replicas of the cluster, as this replica last saw them."
+)
+CLUSTER_SHARDS = Family(
+    "asyncjob_cluster_shards", "gauge", "Virtual shards the cluster's work is split into."
+)
+CLUSTER_SHARDS_HELD = Family(
+    "asyncjob_cluster_shards_held", "gauge", "Virtual shards this replica holds a valid lease on."
+)
+CLUSTER_LEASE_RENEW_ERRORS = Family(
+    "asyncjob_cluster_lease_renew_errors_total",
+    "counter",
+    "Lease renewals that failed to reach the state database.",
+)
+CLUSTER_TAKEOVERS = Family(
+    "asyncjob_cluster_takeovers_total",
+    "counter",
+    "Virtual shards claimed after another replica's lease lapsed.",
+)
+CLUSTER_HANDOVERS = Family(
+    "asyncjob_cluster_handovers_total",
+    "counter",
+    "Virtual shards handed back because another live replica is now preferred for them.",
+)
+CLUSTER_STATE_REACHABLE = Family(
+    "asyncjob_cluster_state_reachable",
+    "gauge",
+    "1 when this replica's last lease renewal reached the state database, else 0.",
+)
+CLUSTER: tuple[Family, ...] = (
+    CLUSTER_REPLICAS,
+    CLUSTER_SHARDS,
+    CLUSTER_SHARDS_HELD,
+    CLUSTER_LEASE_RENEW_ERRORS,
+    CLUSTER_TAKEOVERS,
+    CLUSTER_HANDOVERS,
+    CLUSTER_STATE_REACHABLE,
+)
+NOT_YET_SERVED: tuple[Family, ...] = (STATE_STALE_WRITES, STATE_COMMIT_DURATION, *CLUSTER)
 
 # Every family, in the order /metrics serves them.
 CATALOGUE: tuple[Family, ...] = (

@@ -323,7 +323,7 @@ class Store:
                     self._pending.cursors[(target, name)] = value
                     self._changed()
 
-    def after_commit(self, apply: Callable[[], None]) -> None:
+    def after_commit(self, apply: Callable[[], None], key: tuple[str, str] | None = None) -> None:
         """Run `apply` (a counter increment) once every change made so far is committed: the
         increment behind a counted-once mark or a queue cursor is never seen before the mark is
         durable, so a kill -9 cannot make the next lifetime count it again."""

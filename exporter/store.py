@@ -3,7 +3,7 @@ is the one there is. A store is a tracker listener: every change reaches it, and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,8 +29,9 @@ class StateStore(Listener, Protocol):
     # --- changes and their commit -----------------------------------------------------------
     def save_cursors(self, target: str, cursors: dict[str, str]) -> None: ...
 
-    def after_commit(self, apply: Callable[[], None]) -> None:
-        """Run `apply` once every change made so far is committed."""
+    def after_commit(self, apply: Callable[[], None], key: tuple[str, str] | None = None) -> None:
+        """Run `apply` once every change made so far is committed (`key`: the job it counts, whose
+        shard must still be this replica's then; one process's store ignores it)."""
         ...
 
     async def committed(self) -> None:
@@ -46,7 +47,9 @@ class StateStore(Listener, Protocol):
 
     async def run(self) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> Awaitable[None] | None:
+        """Commit what is pending, within bounds, and let go of the files or connections."""
+        ...
 
 
 @dataclass(frozen=True)
