@@ -51,9 +51,7 @@ def tracking(store: PostgresStore, *targets: str) -> Tracker:
         {"targets": [{"name": t, "provider": "basiq", "base_url": "https://x"} for t in targets]}, PROVIDERS
     )
     tracker = Tracker()
-    # PostgresStore.close is a coroutine and StateStore.close is not: the store interface has yet
-    # to say which; connect_store calls neither.
-    connect_store(store, tracker, NoScheduler())  # type: ignore[arg-type]
+    connect_store(store, tracker, NoScheduler())
     for t in s.targets:
         tracker.set_target(s.resolved(t))
     return tracker
