@@ -165,4 +165,4 @@ def body(a: dict[str, Any]) -> list[str]:
 
 
 if __name__ == "__main__":
-    main(_flood, run)
+    main("bench.auth", __doc__ or "", _flood, run)

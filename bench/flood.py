@@ -3,15 +3,16 @@ time; bench.lockout: more connections than the cap): the real CLI behind a web c
 bcrypt user, a flood of raw asyncio connections in a process of its own, and a scraper with the
 right credentials paced in a thread beside it.
 
-A bench module `m` passes its flood to `main`, so that `python -m bench.m flood URL SECONDS
-CLIENTS` runs it and prints its tally as one JSON line, which `Flood.result` reads back."""
+A bench module `m` hands its flood and its run to `main`: `python -m bench.m flood URL SECONDS
+CLIENTS` runs the flood and prints its tally as one JSON line, which `Flood.result` reads back;
+`python -m bench.m` runs the whole benchmark; `--help` says so."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -100,11 +101,26 @@ class Flood:
 
 
 def main(
-    run_flood: Callable[[str, float, int], Coroutine[Any, Any, Any]], run: Callable[[], dict[str, Any]]
+    module: str,
+    description: str,
+    run_flood: Callable[[str, float, int], Coroutine[Any, Any, Any]],
+    run: Callable[[], dict[str, Any]],
 ) -> None:
-    """A bench module's command line: its flood (the `flood` subcommand), else its whole run."""
-    if len(sys.argv) == 5 and sys.argv[1] == "flood":
-        print(json.dumps(asyncio.run(run_flood(sys.argv[2], float(sys.argv[3]), int(sys.argv[4])))))
+    """`python -m module`: the whole run, its results as JSON; `python -m module flood URL
+    SECONDS CLIENTS`: the flood process alone, its tally as one JSON line."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command")
+    flood = commands.add_parser("flood", help="the flood process alone (the run starts it)")
+    flood.add_argument("url", help="the exporter's URL, e.g. http://127.0.0.1:9999")
+    flood.add_argument("seconds", type=float, help="how long it floods")
+    flood.add_argument("clients", type=int, help="how many connections flood at once")
+    args = parser.parse_args()
+    if args.command == "flood":
+        print(json.dumps(asyncio.run(run_flood(args.url, args.seconds, args.clients))))
     else:
         print(json.dumps(run(), indent=2))
 

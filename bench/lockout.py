@@ -168,4 +168,4 @@ def body(r: dict[str, Any]) -> list[str]:
 
 
 if __name__ == "__main__":
-    main(_flood, run)
+    main("bench.lockout", __doc__ or "", _flood, run)
