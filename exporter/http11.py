@@ -8,9 +8,9 @@ RemoteProtocolError here, and nothing an answer says can make a read loop withou
 A body read whole, on an answer that may be kept alive, with not a byte after it, hands its
 connection back through `Body.release`; any other is closed.
 
-The path of an answer: `exchange()` sends the request and reads the head (`read_lines`,
-`parse_head`, which checks the fields with `parse_fields`); the `Body` it goes into reads the
-rest by Content-Length, by chunks or until the connection closes.
+The path of an answer: `exchange()` sends the request and reads the head (`read_lines`, then
+`parse_head`, which checks the header fields); the `Body` it goes into reads the rest by
+Content-Length, by chunks or until the connection closes.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ _CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 
 
-def refuse(message: str) -> httpx.RemoteProtocolError:
+def _refuse(message: str) -> httpx.RemoteProtocolError:
     return httpx.RemoteProtocolError(message)
 
 
@@ -51,7 +51,7 @@ class NoAnswer(Exception):
     """The connection ended before any byte of the answer."""
 
 
-def take_lines(buffer: bytearray) -> list[bytes] | None:
+def _take_lines(buffer: bytearray) -> list[bytes] | None:
     """The lines up to the first blank line, taken off the front of `buffer`; None while that
     blank line has not come. As h11: a line ends at LF, a CR before it is dropped."""
     if buffer[:1] == b"\n":
@@ -71,7 +71,7 @@ def take_lines(buffer: bytearray) -> list[bytes] | None:
     return [line[:-1] if line.endswith(b"\r") else line for line in text.split(b"\n")[:-2]]
 
 
-def take_bytes(buffer: bytearray, limit: int) -> bytes:
+def _take_bytes(buffer: bytearray, limit: int) -> bytes:
     """Up to `limit` bytes off the front of `buffer` (one copy when it all goes)."""
     if len(buffer) <= limit:
         piece = bytes(buffer)
@@ -83,7 +83,7 @@ def take_bytes(buffer: bytearray, limit: int) -> bytes:
 
 
 @dataclass
-class Fields:
+class _Fields:
     """A block of header fields, validated as h11 validates them."""
 
     headers: list[tuple[bytes, bytes]]
@@ -92,7 +92,7 @@ class Fields:
     close: bool  # Connection: close
 
 
-def parse_fields(lines: list[bytes]) -> Fields:
+def _parse_fields(lines: list[bytes]) -> _Fields:
     headers: list[tuple[bytes, bytes]] = []
     length_text: bytes | None = None
     chunked = close = False
@@ -103,7 +103,7 @@ def parse_fields(lines: list[bytes]) -> Fields:
         # An obsolete line fold (a line that begins with a space or a tab) continues the line
         # before, as h11 joins it.
         if line[:1] in _FOLD:
-            raise refuse("continuation line at start of headers")
+            raise _refuse("continuation line at start of headers")
         while i < n and lines[i][:1] in _FOLD:
             line += b" " + lines[i].lstrip(b" \t")
             i += 1
@@ -112,28 +112,28 @@ def parse_fields(lines: list[bytes]) -> Fields:
         name, colon, value = line.partition(b":")
         value = value.strip(b" \t")
         if not colon or not name or name.translate(None, _TOKEN) or _NOT_IN_VALUE.search(value):
-            raise refuse(f"malformed header line {line[:40]!r}")
+            raise _refuse(f"malformed header line {line[:40]!r}")
         lower = name.lower()
         if lower == b"content-length":
             if not value.isdigit():  # "5, 5" is 5, as in h11
                 values = {v.strip() for v in value.split(b",")}
                 value = values.pop()
                 if values or not value.isdigit():
-                    raise refuse("malformed Content-Length")
+                    raise _refuse("malformed Content-Length")
             if len(value) > MAX_LENGTH_DIGITS or (length_text is not None and value != length_text):
-                raise refuse("malformed or conflicting Content-Length")
+                raise _refuse("malformed or conflicting Content-Length")
             if length_text is not None:
                 continue  # a repeat of the same length: kept once, as h11 keeps it
             length_text = value
         elif lower == b"transfer-encoding":
             value = value.lower()
             if chunked or value != b"chunked":
-                raise refuse(f"Transfer-Encoding {value[:20]!r} not supported")
+                raise _refuse(f"Transfer-Encoding {value[:20]!r} not supported")
             chunked = True
         elif lower == b"connection":
             close = close or b"close" in [v.strip() for v in value.lower().split(b",")]
         headers.append((name, value))
-    return Fields(headers, None if length_text is None else int(length_text), chunked, close)
+    return _Fields(headers, None if length_text is None else int(length_text), chunked, close)
 
 
 @dataclass
@@ -151,15 +151,15 @@ class AnswerHead:
 def parse_head(lines: list[bytes], method: str) -> AnswerHead | None:
     """The answer a head says, None for an interim one (1xx): the real one follows."""
     if not lines:
-        raise refuse("no status line")
+        raise _refuse("no status line")
     status_line = _STATUS_LINE.fullmatch(lines[0])
     if status_line is None:
-        raise refuse(f"malformed status line {lines[0][:40]!r}")
+        raise _refuse(f"malformed status line {lines[0][:40]!r}")
     version, code, reason = status_line.group(1, 2, 3)
     status = int(code)
     if status < 100 or status == 101:  # 101: no upgrade was asked for
-        raise refuse(f"status {status} is no answer to a request")
-    fields = parse_fields(lines[1:])
+        raise _refuse(f"status {status} is no answer to a request")
+    fields = _parse_fields(lines[1:])
     if status < 200:
         return None
     keep_alive = not fields.close and version >= b"1.1"
@@ -216,13 +216,13 @@ class HttpConnection:
     async def more(self, timeout: float | None) -> None:
         """Read more, in the middle of an answer: its end is a protocol error."""
         if not await self.fill(timeout):
-            raise refuse("peer closed connection in the middle of the answer")
+            raise _refuse("peer closed connection in the middle of the answer")
 
     async def read_lines(self, timeout: float | None) -> list[bytes]:
         """The lines up to the next blank line (a head or trailers), however they arrive."""
-        while (lines := take_lines(self.buffer)) is None:
+        while (lines := _take_lines(self.buffer)) is None:
             if len(self.buffer) > MAX_HEAD_BYTES:
-                raise refuse("answer head too large")
+                raise _refuse("answer head too large")
             await self.more(timeout)
         return lines
 
@@ -230,7 +230,7 @@ class HttpConnection:
         """The next line with its CRLF (a chunk header: h11 ends it at CRLF only)."""
         while (end := self.buffer.find(b"\r\n")) < 0:
             if len(self.buffer) > MAX_HEAD_BYTES:
-                raise refuse("chunk header too long")
+                raise _refuse("chunk header too long")
             await self.more(timeout)
         line = bytes(self.buffer[: end + 2])
         del self.buffer[: end + 2]
@@ -267,7 +267,7 @@ async def exchange(
             if not buffer and not await conn.fill(read_timeout):
                 raise NoAnswer
             if buffer[0] < 0x21:  # as h11: no status line begins so
-                raise refuse("answer does not begin with a status line")
+                raise _refuse("answer does not begin with a status line")
             answer = parse_head(await conn.read_lines(read_timeout), method)
             if answer is not None:
                 return answer
@@ -317,7 +317,7 @@ class Body(httpx.AsyncByteStream):
         while size:
             if not conn.buffer:
                 await conn.more(self.timeout)
-            piece = take_bytes(conn.buffer, size)
+            piece = _take_bytes(conn.buffer, size)
             size -= len(piece)
             yield piece
 
@@ -342,10 +342,10 @@ class Body(httpx.AsyncByteStream):
                 await anyio.lowlevel.checkpoint()
             header = _CHUNK_HEADER.fullmatch(await conn.read_line(self.timeout))
             if header is None:
-                raise refuse("malformed chunk header")
+                raise _refuse("malformed chunk header")
             size = int(header[1], 16)
             if size == 0:
-                parse_fields(await conn.read_lines(self.timeout))  # the trailers, validated and dropped
+                _parse_fields(await conn.read_lines(self.timeout))  # the trailers, validated and dropped
                 return
             async for piece in self._exactly(size):
                 yield piece
@@ -353,7 +353,7 @@ class Body(httpx.AsyncByteStream):
                 if not conn.buffer:
                     await conn.more(self.timeout)
                 if conn.buffer[0] != byte:
-                    raise refuse("chunk not followed by CRLF")
+                    raise _refuse("chunk not followed by CRLF")
                 del conn.buffer[:1]
 
     async def aclose(self) -> None:
