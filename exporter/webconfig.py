@@ -2,9 +2,9 @@
 (optionally mTLS) as an SSLContext, basic auth users with bcrypt hashes, and response headers,
 for every endpoint but /healthz.
 
-Every key of the format is honoured or refused at start, never ignored. The users are checked
-at each request by exporter/basic_auth.py; a reload reads the file again through
-exporter/webconfig_reload.py."""
+Every key of the format is honoured or refused at start, never ignored. The headers are added
+to each response by `ResponseHeadersMiddleware` below, the users checked at each request by
+exporter/basic_auth.py; a reload reads the file again through exporter/webconfig_reload.py."""
 
 from __future__ import annotations
 
