@@ -28,8 +28,8 @@ from exporter import catalogue  # noqa: E402
 from exporter import config as cfg  # noqa: E402
 from exporter.config import models  # noqa: E402
 from exporter.config.slos import SLO  # noqa: E402
-from exporter.fetch import ERROR_REASONS  # noqa: E402
 from exporter.model import Channel, Connection, Job, Status, Step  # noqa: E402
+from exporter.poll_errors import ERROR_REASONS  # noqa: E402
 from exporter.providers import PROVIDERS  # noqa: E402
 from exporter.providers.base import COMMON_KEYS, PollResult  # noqa: E402
 from exporter.render import Exposition  # noqa: E402

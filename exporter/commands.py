@@ -159,7 +159,8 @@ def run_exporter(config_file: str | None, web: Web, shard: int, total_shards: in
         settings = load_settings(config_file, PROVIDERS)
     except ConfigError as e:
         return _refuse(config_file, e)
-    from exporter.webconfig import LiveWebConfig, WebConfigError
+    from exporter.webconfig import WebConfigError
+    from exporter.webconfig_reload import LiveWebConfig
 
     try:
         web_config = LiveWebConfig(web.config_file)
@@ -242,7 +243,8 @@ def run_demo(
     from exporter.httpserver.server import parse_listen_address
     from exporter.simulator.app import Simulator
     from exporter.simulator.demo import seed_jobs
-    from exporter.webconfig import LiveWebConfig, WebConfigError
+    from exporter.webconfig import WebConfigError
+    from exporter.webconfig_reload import LiveWebConfig
 
     try:
         web_config = LiveWebConfig(web.config_file)

@@ -18,9 +18,10 @@ import httpx
 from exporter import __version__
 from exporter.auth import AuthError, build_auth, rate_limited
 from exporter.config import ResolvedTarget
+from exporter.http11 import MAX_LENGTH_DIGITS
 from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.poll_errors import ERROR_REASONS
-from exporter.transport import MAX_LENGTH_DIGITS, Http11Transport
+from exporter.transport import Http11Transport
 
 USER_AGENT = f"asyncjob-exporter/{__version__}"
 MAX_RETRY_AFTER = 3600.0

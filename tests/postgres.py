@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import pytest
 
@@ -42,7 +42,16 @@ def server_binaries() -> Path:
     pytest.skip(f"{message}; set CI=1 to make this a failure")
 
 
-def as_server_user() -> dict[str, Any]:
+class ServerUser(TypedDict, total=False):
+    """The Popen arguments of `as_server_user`."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+    cwd: str
+
+
+def as_server_user() -> ServerUser:
     """Popen arguments that run a server binary as Debian's server user when we are root (the
     process itself changes user, so signals reach the server, not a wrapper)."""
     if os.geteuid() != 0:

@@ -61,7 +61,7 @@ def client_families() -> set[str]:
 def served_by_every_provider() -> str:
     """A running exporter's body with a target of every provider, and the docs' sample: jobs in
     every state with steps and records, an Oxlin connection with channels and queue events."""
-    needs = {"generic": {"job_path": "/jobs/{id}"}, "oxlin": {"queues": ["q1"]}}
+    needs: dict[str, dict[str, Any]] = {"generic": {"job_path": "/jobs/{id}"}, "oxlin": {"queues": ["q1"]}}
     targets = [
         {"name": f"t-{name}", "provider": name, "base_url": "https://api.example.com", **needs.get(name, {})}
         for name in sorted(PROVIDERS)
@@ -70,7 +70,8 @@ def served_by_every_provider() -> str:
     runtime = Runtime(settings)
     for target in settings.targets:
         runtime.tracker.set_target(settings.resolved(target))
-    return runtime.exposition.render().decode() + docs_generator().sample_exposition()
+    sample: str = docs_generator().sample_exposition()
+    return runtime.exposition.render().decode() + sample
 
 
 # ---------------------------------------------------------------------------------------------

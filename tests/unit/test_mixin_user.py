@@ -8,11 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from tests.tools import load_script, require_tool
+
+if TYPE_CHECKING:
+    from exporter.mixin.config import Config
 
 USER_CONFIG = {
     "exporter_selector": 'job="billing-asyncjob", namespace=~"prod-.*"',
@@ -197,7 +201,7 @@ def test_an_external_url_that_is_no_http_url_is_named(bad: object) -> None:
     assert e.value.problems == ["external_url: expected an http(s) URL, e.g. https://asyncjob.example.com"]
 
 
-def _job_rules(cfg: object) -> dict[str, dict[str, object]]:
+def _job_rules(cfg: Config) -> dict[str, dict[str, Any]]:
     from exporter.mixin import rules
 
     groups = rules.rule_groups(cfg)["groups"]

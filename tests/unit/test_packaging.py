@@ -240,7 +240,8 @@ def test_compose_images_are_pinned() -> None:
 def mounted_path(service: str, container_path: str) -> Path:
     """The repository path a compose service sees at `container_path`."""
     for volume in compose()["services"][service]["volumes"]:
-        source, target = volume.split(":")[:2]
+        parts: list[str] = volume.split(":")
+        source, target = parts[:2]
         if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
             return (COMPOSE / source / container_path[len(target) :].lstrip("/")).resolve()
     raise AssertionError(f"{service} does not mount {container_path}")
@@ -259,7 +260,7 @@ def job_urls_replaced(groups: list[dict[str, Any]], base: str) -> list[dict[str,
     """`groups` with every link to the exporter's pages (job_url, and those in the descriptions:
     a failed job's page, a target's stuck jobs) under `base` instead of the scraped instance (or,
     for alerts that name no replica, the instance exporting the job, looked up at rendering)."""
-    out = yaml.safe_load(yaml.safe_dump(groups))
+    out: list[dict[str, Any]] = yaml.safe_load(yaml.safe_dump(groups))
     exporting = re.compile(
         r'http://\{\{ with printf `[^`]*`[^|]*\| query \}\}\{\{ \. \| first \| label "instance" \}\}'
         r"\{\{ end \}\}/jobs"
@@ -408,7 +409,8 @@ def test_prometheusrule_carries_every_group_of_the_rules_file_with_job_url_at_th
 
 def exporter_container(directory: str) -> dict[str, Any]:
     (workload,) = of_kind(manifests(directory), "Deployment") + of_kind(manifests(directory), "StatefulSet")
-    (container,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if "asyncjob" in c["image"]]
+    containers: list[dict[str, Any]] = workload["spec"]["template"]["spec"]["containers"]
+    (container,) = [c for c in containers if "asyncjob" in c["image"]]
     return container
 
 
@@ -693,6 +695,7 @@ def test_the_built_wheel_installs_and_its_console_script_runs(tmp_path: Path) ->
             cwd=tmp_path,
             env=env,
         )
+    code: int | None
     try:
         text = wait_for(
             lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text,

@@ -23,11 +23,12 @@ from exporter.state import (
     tracked_from_dict,
     tracked_to_dict,
 )
+from exporter.store import StateStore
 from exporter.tracker import TOMBSTONE_SECONDS, Tracker
 
 
 class NoScheduler:
-    store = None
+    store: StateStore | None = None
 
 
 def tracker_with_store(path: Path, lists: bool = False) -> tuple[Tracker, Store]:
