@@ -1,5 +1,6 @@
-"""What the runtime, tracker and scheduler ask of a state store; `exporter.state.Store` (SQLite)
-is the one there is. A store is a tracker listener: every change reaches it, and it commits them."""
+"""What the runtime, tracker and scheduler ask of a state store: `exporter.state.Store` (SQLite)
+and `exporter.cluster.store.PostgresStore`, both built on `exporter.group_commit.GroupCommit`. A
+store is a tracker listener: every change reaches it, and it commits them."""
 
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ class StateStore(Listener, Protocol):
     # --- changes and their commit -----------------------------------------------------------
     def save_cursors(self, target: str, cursors: dict[str, str]) -> None: ...
 
-    def after_commit(self, apply: Callable[[], None]) -> None:
-        """Run `apply` once every change made so far is committed."""
+    def after_commit(self, apply: Callable[[], None], key: tuple[str, str] | None = None) -> None:
+        """Run `apply` once every change made so far is committed. `key`, the (target, job id) of
+        the job whose increment it is: a store shared by replicas runs it only while that job is
+        this replica's (exporter.cluster.store); the state file's store has no use for it."""
         ...
 
     async def committed(self) -> None:
