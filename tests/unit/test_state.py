@@ -225,6 +225,31 @@ async def test_many_changes_share_one_transaction(tmp_path: Path) -> None:
     assert len(Store(str(path))._restored["t"]) == 200
 
 
+@pytest.mark.anyio
+async def test_a_round_stopped_between_its_statements_is_rolled_back_and_written_on_the_way_out(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    real, statements = store._write, []
+
+    def write(db: sqlite3.Connection, sql: str, rows: list[tuple[object, ...]] | tuple[object, ...]) -> int:
+        statements.append(sql)
+        if len(statements) == 1:
+            tg.cancel_scope.cancel()  # the round stops at its next step, mid-transaction
+        return real(db, sql, rows)
+
+    store._write = write  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.run)
+        for i in range(1200):  # three statements of jobs
+            tracker.track("t", Job(f"j{i}", Status.PENDING), "registered", now=1)
+        await anyio.sleep(5)
+    assert store.pending_writes == 0  # the last round wrote it all: nothing was left half-done
+    store.close()
+    assert len(Store(str(path))._restored["t"]) == 1200
+
+
 def test_a_finished_jobs_increment_is_visible_only_after_its_mark_is_committed(tmp_path: Path) -> None:
     tracker, store = tracker_with_store(tmp_path / "state.db")
     tracker.track("t", Job("a", Status.RUNNING, job_type="connection"), "registered", now=1)
