@@ -53,6 +53,12 @@ SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (
     ("targets[].steps", cfg.GenericSteps, ""),
     ("api", cfg.ApiConfig, "The job registration API under `/api/v1`."),
     (
+        "cluster",
+        cfg.ClusterConfig,
+        "Replicas sharing a PostgreSQL database (`state_url`) split the jobs by leases on virtual "
+        "shards: see docs/ha.md.",
+    ),
+    (
         "slos[]",
         SLO,
         "Job objectives (docs/slos.md): each job they cover is judged once in "
@@ -374,7 +380,7 @@ STATE_FILE = (
     "SQLite in WAL mode keeps tracked jobs, their progress stamps, counted-once marks, tombstones",
     "and Oxlin queue cursors. Changes are committed by one writer, all those made while the",
     "exporter served other requests in one transaction (group commit), timed by",
-    f"`{catalogue.STATE_COMMIT_DURATION.name}` (a histogram, served with a state file only).",
+    f"`{catalogue.STATE_COMMIT_DURATION.name}` (a histogram, served with a state file or `state_url`).",
     "",
     "- **A 202 means committed.** `POST /api/v1/targets/{target}/jobs` answers 202 only once the",
     "  registration is in the file; 503 (with `Retry-After`) when it cannot be made durable.",

@@ -350,8 +350,8 @@ JOBS_QUARANTINED = Family(
     TARGET,
 )
 
-# Written by every state store (exporter.group_commit), after STATE_SIZE: served with a state file
-# (and with PostgreSQL), not with state in memory only. docs/metrics.md names it in its state file
+# Written by every state store (exporter.group_commit) with the state families: served with a state
+# file or state_url, not with state in memory only. docs/metrics.md names it in its state file
 # section; its tables list what the exporter serves with state in memory (tests/unit/test_docs.py
 # compares them with the demo's /metrics), which it joins once that serves an empty histogram.
 STATE_COMMIT_DURATION = Family(
@@ -359,18 +359,56 @@ STATE_COMMIT_DURATION = Family(
 )
 WITH_A_STATE_STORE: tuple[Family, ...] = (STATE_COMMIT_DURATION,)
 
-# Written by the PostgreSQL state store (exporter/cluster/store.py) beside the state file's
-# families; /metrics serves it once the runtime runs that store (the cluster issue), when it
-# moves into CATALOGUE and docs/metrics.md (tests/unit/test_catalogue.py says so).
+# Written by the PostgreSQL state store (exporter/cluster/store.py) beside the state families:
+# served only with state_url.
 STATE_STALE_WRITES = Family(
     "asyncjob_state_stale_writes_total",
     "counter",
     "Changes dropped because their shard's lease passed to another replica before they were committed.",
 )
-NOT_YET_SERVED: tuple[Family, ...] = (STATE_STALE_WRITES,)
+# The cluster mode's own (exporter.cluster.member): served only with state_url.
+CLUSTER_REPLICAS = Family(
+    "asyncjob_cluster_replicas", "gauge", "Live replicas of the cluster, as this replica last saw them."
+)
+CLUSTER_SHARDS = Family(
+    "asyncjob_cluster_shards", "gauge", "Virtual shards the cluster's work is split into."
+)
+CLUSTER_SHARDS_HELD = Family(
+    "asyncjob_cluster_shards_held", "gauge", "Virtual shards this replica holds a valid lease on."
+)
+CLUSTER_LEASE_RENEW_ERRORS = Family(
+    "asyncjob_cluster_lease_renew_errors_total",
+    "counter",
+    "Lease renewals that failed to reach the state database.",
+)
+CLUSTER_TAKEOVERS = Family(
+    "asyncjob_cluster_takeovers_total",
+    "counter",
+    "Virtual shards claimed after another replica's lease lapsed.",
+)
+CLUSTER_HANDOVERS = Family(
+    "asyncjob_cluster_handovers_total",
+    "counter",
+    "Virtual shards handed back because another live replica is now preferred for them.",
+)
+CLUSTER_STATE_REACHABLE = Family(
+    "asyncjob_cluster_state_reachable",
+    "gauge",
+    "1 when this replica's last lease renewal reached the state database, else 0.",
+)
+CLUSTER: tuple[Family, ...] = (
+    CLUSTER_REPLICAS,
+    CLUSTER_SHARDS,
+    CLUSTER_SHARDS_HELD,
+    CLUSTER_LEASE_RENEW_ERRORS,
+    CLUSTER_TAKEOVERS,
+    CLUSTER_HANDOVERS,
+    CLUSTER_STATE_REACHABLE,
+)
+NOT_YET_SERVED: tuple[Family, ...] = (STATE_STALE_WRITES, *CLUSTER)
 
 # Every family served with state in memory only (the default), in the order /metrics serves them; a
-# state store serves WITH_A_STATE_STORE after STATE_SIZE too.
+# state store serves WITH_A_STATE_STORE with the state families too.
 CATALOGUE: tuple[Family, ...] = (
     *PER_JOB,
     JOBS,

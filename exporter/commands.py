@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 
 from exporter import __version__
+from exporter.cluster.schema import SchemaError
 from exporter.config import ConfigError, Settings, build_settings, load_settings, safety
 from exporter.config.slos import duration
 from exporter.httpserver.protocol import ConnectionLimits
@@ -138,13 +139,19 @@ async def serve_exporter(
         tg.start_soon(runtime.run)
         await server.serve()
         tg.cancel_scope.cancel()
-    if runtime.store is not None:
-        runtime.store.close()
+    await runtime.close()
 
 
 def _warn_of_risks(settings: Settings, web: Web, basic_auth: bool) -> None:
     for warning in safety.warnings(settings, web.listen, basic_auth):
         log.warning(warning, extra={"address": web.listen})
+
+
+def replica_name(listen: str) -> str:
+    """A replica's default name in a cluster: this host and the port it listens on."""
+    import socket
+
+    return f"{socket.gethostname()}:{listen.rpartition(':')[2]}"
 
 
 def run_exporter(config_file: str | None, web: Web, shard: int, total_shards: int) -> int:
@@ -176,7 +183,7 @@ def run_exporter(config_file: str | None, web: Web, shard: int, total_shards: in
         },
     )
     try:
-        runtime.open_state()
+        runtime.open_state(replica_name(web.listen))
     except Exception as e:  # a broken state file must say so, not trace back
         print(f"state_file: {e}", file=sys.stderr)
         return 2
@@ -284,6 +291,10 @@ def _run(fn: Any, *args: Any) -> int:
         code = 1
     except* KeyboardInterrupt:
         code = 130
+    except* SchemaError as schema_errors:
+        for problem in schema_errors.exceptions:
+            print(f"state_url: {problem}", file=sys.stderr)
+        code = 2
     return code
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -25,6 +25,9 @@ from exporter.state import StateUnwritable, state_metrics_text
 from exporter.store import JobHistory, Retired, StateStore
 from exporter.tracker import TrackedJob, Tracker
 from exporter.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from exporter.cluster.member import Member
 
 log = logging.getLogger("asyncjob.runtime")
 
@@ -84,6 +87,7 @@ class Runtime:
         self.last_reload_ok = True
         self.last_reload_at = time.time()
         self.store: StateStore | None = None
+        self.member: Member | None = None  # with state_url: this replica's part in the cluster
         self.gc = QuietGC()
         # Finished jobs past retention: in memory until a state file takes them (open_state).
         self.history: JobHistory = MemoryHistory()
@@ -102,6 +106,7 @@ class Runtime:
                 f"{at.header_text}{at.name} {self.last_reload_at:.3f}\n"
             ).encode()
             + (self.store.metrics_text() if self.store is not None else state_metrics_text(0, 0))
+            + (self.member.metrics_text() if self.member is not None else b"")
             + (self._quarantine_text())
             + self.history.history_metrics_text()
         )
@@ -114,8 +119,18 @@ class Runtime:
             lines.append(f'{name_}{{target="{name}"}} {held}\n')
         return "".join(lines).encode()
 
-    def open_state(self) -> None:
-        """Open the state file (when configured) and restore what it holds."""
+    def open_state(self, replica: str = "") -> None:
+        """Open the state file (when configured) and restore what it holds; with `state_url`, set
+        up this replica of the cluster (named `replica` unless the config names it), which
+        connects when it runs."""
+        if self.settings.state_url:
+            from exporter.cluster.member import join
+
+            self.member = join(self.settings, replica, self.tracker, self.scheduler)
+            connect_store(self.member.store, self.tracker, self.scheduler)
+            self.store = self.member.store
+            self.scheduler.cluster = self.member
+            return
         if not self.settings.state_file:
             return
         from exporter.state import Store
@@ -133,9 +148,19 @@ class Runtime:
             tg.start_soon(watchdog.run)
             tg.start_soon(self.gc.run)  # after open_state: the restored jobs are frozen at once
             tg.start_soon(self.exposition.jobs.refresh_in_background)
+            if self.member is not None:
+                await self.member.open()  # waits for the database; polls nothing before it
+                tg.start_soon(self.member.run)
             if self.store is not None:
                 tg.start_soon(self.store.run)
             await self.scheduler.run(self.settings)
+
+    async def close(self) -> None:
+        """Commit what is pending and close the state store."""
+        if self.store is not None:
+            done = self.store.close()
+            if done is not None:
+                await done
 
     def reload(self) -> list[str]:
         """Re-read the config file and the web config file; on a problem in either keep both
@@ -175,7 +200,9 @@ class Runtime:
     # --- registration ------------------------------------------------------------------
     @property
     def state_error(self) -> str | None:
-        """Why the state file cannot be written now; None when it can (or there is none)."""
+        """Why the state cannot be written now; None when it can (or there is none)."""
+        if self.member is not None and not self.member.reachable:
+            return self.member.unreachable_because()
         return self.store.error if self.store is not None else None
 
     async def register(self, target: str, body: Any, source: str | None = None) -> TrackedJob:
@@ -183,8 +210,9 @@ class Runtime:
         text `source`, when given), and return once the registration is committed to the state
         file (when there is one). Raises KeyError for an unknown target, BadPayload naming the
         field, WrongShard, CapReached, StateUnwritable."""
-        if self.store is not None and self.store.error is not None:
-            raise StateUnwritable(self.store.error)
+        error = self.state_error
+        if error is not None:
+            raise StateUnwritable(error)
         tracked = self._track(target, body, source)
         if self.store is not None:
             await self.store.committed()
@@ -201,6 +229,8 @@ class Runtime:
         # The rest is free text: lone surrogates become U+FFFD (walked only when an escape in
         # the source can have made one).
         body = clean_text(body, source)
+        if self.member is not None and not self.member.owns(target, job_id):
+            return self.member.register_for_owner(target, job_id)
         if not self.scheduler.owns(target, job_id):
             from exporter.sharding import shard_of
 

@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
@@ -39,6 +40,19 @@ APPLY_SLICE = 100
 # (10,000 jobs, a slow provider, a request waiting for its timeout) shows each answer within
 # about this long, not once its slowest request has ended.
 EARLY_EVERY = 0.1
+
+
+class Sharing(Protocol):
+    """The cluster's side of the scheduler (exporter.cluster.member.Member): which jobs and
+    discovery sources this replica works now, and where a listed job of another replica goes."""
+
+    def owns(self, target: str, job_id: str) -> bool: ...
+
+    def lists(self, target: str) -> Callable[[str], bool]: ...
+
+    def hand_over(self, target: str, jobs: list[Job]) -> None:
+        """Jobs a list of this replica showed that another replica works: written for it."""
+        ...
 
 
 @dataclass
@@ -77,9 +91,12 @@ class Scheduler:
         self.shard = shard
         self.total_shards = total_shards
         self.store: StateStore | None = None  # when a state file is configured
+        self.cluster: Sharing | None = None  # when replicas share a state database
         tracker.listeners.append(self)  # to forget the answers of jobs it drops (AnswerLedger.last)
 
     def owns(self, target: str, job_id: str) -> bool:
+        if self.cluster is not None:
+            return self.cluster.owns(target, job_id)
         if self.total_shards <= 1:
             return True
         from exporter.sharding import shard_of
@@ -113,6 +130,8 @@ class Scheduler:
                 runner.scope.cancel()
             self.tracker.set_target(rt)
             provider = PROVIDERS[rt.provider](rt.config)
+            if self.cluster is not None:
+                provider.lists = self.cluster.lists(name)
             if self.store is not None:
                 provider.restore_cursors(self.store.cursors(name))
             jobs = self.tracker.targets[name].jobs
@@ -158,10 +177,30 @@ class Scheduler:
     def register(self, target: str, job: Job) -> None:
         """Track a job handed over through the API and poll it soon."""
         self.tracker.track(target, job, "registered")
+        self.poll_soon(target, job.id)
+
+    def poll_soon(self, target: str, job_id: str) -> None:
+        """Poll a job just tracked at the next wake-up, alone, rather than at the next full cycle."""
         runner = self.runners.get(target)
         if runner is not None:
-            runner.fresh[job.id] = None
+            runner.fresh[job_id] = None
             runner.wake.set()
+
+    def taken_in(self, target: str, cursors: dict[str, str]) -> None:
+        """Shards of the cluster were just taken in: their sources' cursors, and the configured
+        jobs that fall in them (which another replica tracked until now)."""
+        runner = self.runners.get(target)
+        if runner is None:
+            return
+        runner.provider.restore_cursors(cursors)
+        self._track_static(runner)
+
+    def _track_static(self, runner: TargetRunner) -> None:
+        name = runner.config.name
+        for job_id in runner.provider.static_ids():
+            if self.owns(name, job_id) and job_id not in self.tracker.targets[name].jobs:
+                with contextlib.suppress(CapReached):  # counted as dropped{reason="cap"}
+                    self.tracker.track(name, placeholder(job_id), "static")
 
     async def _sweeper(self) -> None:
         while True:
@@ -173,10 +212,7 @@ class Scheduler:
         try:
             with runner.scope:
                 self._hand_over(name)
-                for job_id in runner.provider.static_ids():
-                    if self.owns(name, job_id) and job_id not in self.tracker.targets[name].jobs:
-                        with contextlib.suppress(CapReached):  # counted as dropped{reason="cap"}
-                            self.tracker.track(name, placeholder(job_id), "static")
+                self._track_static(runner)
                 while True:
                     started = time.monotonic()
                     runner.wake = anyio.Event()
@@ -219,7 +255,7 @@ class Scheduler:
         """After a change of --total-shards, drop the static and discovered jobs restored from
         the state file that now belong to another shard (their owner finds them itself).
         Registered jobs stay: nobody else would learn of them."""
-        if self.total_shards <= 1:
+        if self.total_shards <= 1 or self.cluster is not None:
             return
         state = self.tracker.targets[name]
         for job_id, tracked in list(state.jobs.items()):
@@ -241,6 +277,13 @@ class Scheduler:
         self.tracker.apply(name, replace(result, jobs=slices[-1]), now)
 
     def _ours(self, name: str, jobs: list[Job]) -> list[Job]:
+        if self.cluster is not None:
+            # Another replica's jobs are written for it; a job of a shard this replica keeps but
+            # cannot work now (the database out of reach) is not applied either.
+            mine = [j for j in jobs if self.cluster.owns(name, j.id)]
+            if len(mine) < len(jobs):
+                self.cluster.hand_over(name, [j for j in jobs if not self.cluster.owns(name, j.id)])
+            return mine
         if self.total_shards <= 1:
             return jobs
         # Another shard's jobs are left to it, unless this replica accepted them already.
@@ -289,6 +332,8 @@ class Scheduler:
         stats.start_cycle()
         t0 = time.perf_counter()
         tracked = self.tracker.pollable(name) if ids is None else ids
+        if self.cluster is not None:
+            tracked = [job_id for job_id in tracked if self.cluster.owns(name, job_id)]
         if state.quarantined:
             now = time.time()
             tracked = [job_id for job_id in tracked if not state.in_quarantine(job_id, now)]

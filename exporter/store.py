@@ -4,7 +4,7 @@ store is a tracker listener: every change reaches it, and it commits them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,9 +31,8 @@ class StateStore(Listener, Protocol):
     def save_cursors(self, target: str, cursors: dict[str, str]) -> None: ...
 
     def after_commit(self, apply: Callable[[], None], key: tuple[str, str] | None = None) -> None:
-        """Run `apply` once every change made so far is committed. `key`, the (target, job id) of
-        the job whose increment it is: a store shared by replicas runs it only while that job is
-        this replica's (exporter.cluster.store); the state file's store has no use for it."""
+        """Run `apply` once every change made so far is committed (`key`: the job it counts, whose
+        shard must still be this replica's then; one process's store ignores it)."""
         ...
 
     async def committed(self) -> None:
@@ -49,7 +48,9 @@ class StateStore(Listener, Protocol):
 
     async def run(self) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> Awaitable[None] | None:
+        """Commit what is pending, within bounds, and let go of the files or connections."""
+        ...
 
 
 @dataclass(frozen=True)

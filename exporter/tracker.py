@@ -275,6 +275,10 @@ def _count_finished(agg: Aggregates, job: Job, cause: Cause, duration: float | N
         agg.records_failed[job.job_type] += job.records_failed
 
 
+class AfterCommit(Protocol):
+    def __call__(self, apply: Callable[[], None], key: tuple[str, str] | None = None) -> None: ...
+
+
 class Listener(Protocol):
     """Told about every change: the renderer re-renders, the state store persists."""
 
@@ -297,7 +301,9 @@ class Tracker:
         self.restore: Callable[[TargetState], list[TrackedJob]] = lambda state: []
         # Applies a counter increment whose counted-once mark was just set. The state store
         # holds it back until the mark is committed (else kill -9 could count it twice).
-        self.after_commit: Callable[[Callable[[], None]], None] = lambda apply: apply()
+        # `key` is the (target, job id) the increment counts, where there is one: a cluster's
+        # store runs it only while that job's shard is still this replica's.
+        self.after_commit: AfterCommit = lambda apply, key=None: apply()
         # When (target, id) was dropped, for a tombstone no longer in memory (the state store
         # looks it up in its file); None: not remembered.
         self.buried: Callable[[str, str], float | None] = lambda target, job_id: None
@@ -311,19 +317,43 @@ class Tracker:
         state = self.targets.get(config.name)
         if state is None:
             state = self.targets[config.name] = TargetState(config)
-            for tracked in self.restore(state):
-                if tracked.job.id in state.jobs or len(state.jobs) >= config.max_jobs:
-                    continue
-                state.jobs[tracked.job.id] = tracked
-                _tally(state, tracked, 1)
-                _resolve_cause(state, tracked)
-                self._changed(state, tracked)
+            self.adopt(state, self.restore(state))
         else:
             state.config = config
             for tracked in state.jobs.values():
                 _resolve_cause(state, tracked)
                 self._changed(state, tracked)
         return state
+
+    def adopt(self, state: TargetState, jobs: Iterable[TrackedJob]) -> list[TrackedJob]:
+        """Take in jobs tracked elsewhere (the last run, or another replica of a cluster), as they
+        were: no transition is observed and nothing is counted again. Returns those taken in (not
+        already tracked, within the cap)."""
+        taken = []
+        for tracked in jobs:
+            if tracked.job.id in state.jobs or len(state.jobs) >= state.config.max_jobs:
+                continue
+            state.jobs[tracked.job.id] = tracked
+            _tally(state, tracked, 1)
+            _resolve_cause(state, tracked)
+            self._changed(state, tracked)
+            taken.append(tracked)
+        return taken
+
+    def let_go(self, name: str, job_ids: Iterable[str]) -> int:
+        """Stop tracking jobs another replica of the cluster works now: no tombstone, nothing
+        counted as dropped (the jobs live on there). Returns how many were let go."""
+        state = self.targets.get(name)
+        if state is None:
+            return 0
+        gone = 0
+        for job_id in job_ids:
+            tracked = state.jobs.pop(job_id, None)
+            if tracked is not None:
+                _tally(state, tracked, -1)
+                self._notify_removed(state, job_id)
+                gone += 1
+        return gone
 
     def remove_target(self, name: str) -> None:
         state = self.targets.pop(name, None)
@@ -460,7 +490,9 @@ class Tracker:
                         hist = state.agg.step_duration.get(key)
                         if hist is None:
                             hist = state.agg.step_duration[key] = Histogram(STEP_DURATION_BUCKETS)
-                        self.after_commit(partial(hist.observe, duration, job.id))
+                        self.after_commit(
+                            partial(hist.observe, duration, job.id), (state.config.name, job.id)
+                        )
                 else:
                     finished = job.updated or now
             if (started, finished, duration) != was:
@@ -488,10 +520,14 @@ class Tracker:
             None if start is None and first_sight else max(0.0, end - _first(start, tracked.first_seen))
         )
         cause = tracked.cause or Cause.UNKNOWN
-        self.after_commit(partial(_count_finished, state.agg, job, cause, duration))
+        self.after_commit(
+            partial(_count_finished, state.agg, job, cause, duration), (state.config.name, job.id)
+        )
         judged = slos.judge_finished(state.config.slos, tracked, now)
         if judged:
-            self.after_commit(partial(slos.add, state.agg.slo, job.job_type, judged))
+            self.after_commit(
+                partial(slos.add, state.agg.slo, job.job_type, judged), (state.config.name, job.id)
+            )
 
     def apply(self, name: str, result: PollResult, now: float | None = None) -> None:
         """Fold one poll cycle's answers into the target's state."""
@@ -596,7 +632,9 @@ class Tracker:
                 # The mark goes to the state file before the count shows; the next objective's
                 # latency, if any, is scheduled.
                 self._changed(state, tracked)
-                self.after_commit(partial(slos.add, state.agg.slo, tracked.job.job_type, found))
+                self.after_commit(
+                    partial(slos.add, state.agg.slo, tracked.job.job_type, found), (state.config.name, job_id)
+                )
             else:
                 state.slo_deadlines.schedule(state.config.slos, tracked)
 

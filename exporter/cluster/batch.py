@@ -50,6 +50,8 @@ _PRUNE = (
     "DELETE FROM asyncjob.tombstones WHERE (target, job_id) IN "
     "(SELECT target, job_id FROM asyncjob.tombstones WHERE at < %b LIMIT %b)"
 )
+CHANNEL = "asyncjob_jobs"
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', %b)"
 _PRUNE_QUARANTINE = "DELETE FROM asyncjob.quarantine WHERE at < %b"
 
 
@@ -156,6 +158,10 @@ class Batch:
             for sql, table in ((_TOMBSTONES, tombstones), (_CURSORS, cursors), (_DELETE, deletes))
             if table
         ]
+        if for_owner:
+            # A hint to the owners: they read what was written for them at once (a notification
+            # is lost while a listener reconnects; their catch-up read finds it then).
+            out.append((NOTIFY, (",".join(sorted({str(row[2]) for row in for_owner})),)))
         if self.prune_before is not None:
             tombstones_before, quarantine_before = self.prune_before
             out += [(_PRUNE, (tombstones_before, PRUNE_ROWS)), (_PRUNE_QUARANTINE, (quarantine_before,))]

@@ -97,6 +97,11 @@ class Leases:
         """The generation this replica may work `shard` under now; None when it may not."""
         return self._held.get(shard) if self.valid() else None
 
+    @property
+    def failing(self) -> bool:
+        """The last round did not reach the database."""
+        return self._failing
+
     # --- the loop -----------------------------------------------------------------------
     async def run(self) -> None:
         """Renew, balance and heartbeat every TTL/3 until cancelled; then hand everything back."""

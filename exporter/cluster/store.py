@@ -51,7 +51,8 @@ TOMBSTONES_IN_MEMORY = 4096
 QUARANTINE_SECONDS = 86400.0
 # Expired tombstones and quarantine rows are deleted with a batch this often.
 PRUNE_EVERY = 60.0
-SIZE_EVERY = 60.0  # how often the tables' size on disk is read (asyncjob_state_size_bytes)
+SIZE_EVERY = 60.0
+CATCH_UP_ROWS = 5000  # rows of other replicas' writes read at a time  # how often the tables' size on disk is read (asyncjob_state_size_bytes)
 
 _SIZE = (
     "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
@@ -120,8 +121,8 @@ class PostgresStore(GroupCommit):
         load every shard; a replica with leases loads the shards it gains (`load`)."""
         async with await self.connect() as conn:
             self.shards = await schema.migrate(conn, shards)
-        if self.leases is not None and self.leases.shards != self.shards:
-            raise ValueError(f"leases on {self.leases.shards} shards; the cluster has {self.shards}")
+        if self.leases is not None:
+            self.leases.shards = self.shards  # the cluster's count, whatever this replica was told
         if self.leases is None:
             await self.load(range(self.shards))
 
@@ -287,6 +288,34 @@ class PostgresStore(GroupCommit):
         key = (state.config.name, tracked.job.id)
         self._pending.jobs[key] = Change(tracked, *self._where(key))
         self._changed()
+
+    def write_for_owner(self, target: str, tracked: TrackedJob) -> None:
+        """A job of a shard this replica does not hold (a registration it took, a job one of its
+        lists showed): written for the shard's owner, who hears of it (NOTIFY and its catch-up
+        read); never over the owner's own snapshot."""
+        key = (target, tracked.job.id)
+        self._pending.jobs[key] = Change(tracked, shard_of(target, tracked.job.id, self.shards), None)
+        self._changed()
+
+    async def max_seq(self) -> int:
+        """The newest change number: a replica catching up reads what comes after it."""
+        return int((await self._read("SELECT coalesce(max(seq), 0) FROM asyncjob.jobs", ()))[0][0])
+
+    async def written_by_others(self, after: int, shards: Iterable[int]) -> list[tuple[int, str, TrackedJob]]:
+        """Jobs of `shards` other replicas wrote after change number `after` (registrations and
+        listed jobs written for this replica), oldest first: (seq, target, job)."""
+        rows = await self._read(
+            "SELECT seq, target, job_id, data FROM asyncjob.jobs "
+            "WHERE seq > %s AND shard = ANY(%s) AND written_by <> %s ORDER BY seq LIMIT %s",
+            (after, sorted(shards), self.replica, CATCH_UP_ROWS),
+        )
+        jobs = []
+        for seq, target, job_id, data in rows:
+            with contextlib.suppress(ValueError):  # unreadable: skipped, as load() does
+                tracked = tracked_from_json(data)
+                if tracked.job.id == job_id:
+                    jobs.append((int(seq), str(target), tracked))
+        return jobs
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
         key = (state.config.name, job_id)

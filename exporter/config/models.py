@@ -400,6 +400,45 @@ class _GlobalEnv(PydanticBaseSettingsSource):
         return {"global": section} if section else {}
 
 
+class ClusterConfig(_Strict):
+    """How this replica takes part in the cluster when `state_url` is set (docs/ha.md)."""
+
+    replica: str = Field(
+        "",
+        max_length=200,
+        description='This replica\'s name, unique in the cluster; "" = `<hostname>:<port>` of '
+        "--web.listen-address. A replica restarted under the same name renews its own leases at once.",
+    )
+    lease_ttl: PositiveDuration = Field(
+        15.0,
+        ge=3.0,
+        description="How long a replica's leases on its virtual shards last without a renewal (renewed "
+        "every third of it): the longest a dead replica's jobs wait for another replica.",
+    )
+    advertise_url: str = Field(
+        "",
+        pattern=r"^(https?://\S+)?$",
+        description="This replica's own address, linked from the other members' landing pages.",
+    )
+
+
+def _postgres_url(url: str) -> str:
+    """A PostgreSQL URL without a password: the password goes in `state_password_file`."""
+    from urllib.parse import urlsplit
+
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise ValueError(f"not a URL: {e}") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("must start with postgresql://")
+    if parts.password is not None or "password=" in parts.query:
+        raise ValueError("holds a password: put it in state_password_file (or libpq's PGPASSFILE) instead")
+    return url
+
+
 class Settings(BaseSettings):
     """The whole configuration: YAML file first, overridden by ASYNCJOB_* variables."""
 
@@ -419,6 +458,19 @@ class Settings(BaseSettings):
         description='SQLite file that keeps tracked jobs across restarts; "" = memory. '
         "A 202 to a registration means it is in this file: see [the state file](#the-state-file-state_file).",
     )
+    state_url: str = Field(
+        "",
+        description="PostgreSQL database shared by the replicas of a cluster, instead of `state_file`: "
+        "`postgresql://USER@HOST:PORT/DB` (libpq's URL, sslmode and the rest as query parameters). "
+        "Every replica with the same `state_url` and config is a member: see docs/ha.md.",
+    )
+    state_password_file: SecretFile | None = Field(
+        None, description="File holding the password of `state_url`'s user (else libpq's PGPASSFILE)."
+    )
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig,
+        description="This replica's part in the cluster, with `state_url`: see [cluster](#cluster).",
+    )
     api: ApiConfig = Field(default_factory=ApiConfig)
     watchdog_timeout: Duration = Field(
         30.0,
@@ -436,6 +488,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Job objectives counted in `asyncjob_slo_jobs_total`: see [slos[]](#slos).",
     )
+
+    @field_validator("state_url")
+    @classmethod
+    def _state_url(cls, v: str) -> str:
+        return _postgres_url(v)
 
     @field_validator("runbook_base_url")
     @classmethod
@@ -461,6 +518,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"targets: duplicate target name {t.name!r}")
             seen.add(t.name)
         problems = unique_names(self.slos)
+        if self.state_url and self.state_file:
+            problems.append("state_url: give state_url or state_file, not both")
+        if self.state_password_file is not None and not self.state_url:
+            problems.append("state_password_file: only with state_url")
         for i, slo in enumerate(self.slos):
             if not any(slo.covers_target(t.name) for t in self.targets):
                 problems.append(f"slos[{i}]: no target matches {slo.target_matcher}")

@@ -193,7 +193,7 @@ class Aims360(Provider):
         queries: list[tuple[str, frozenset[str]]] = []
         for batch in id_batches(tracked):
             queries.append((" or ".join(f"{FILTER_FIELD} eq {quoted(i)}" for i in batch), frozenset(batch)))
-        if self.target.discover_filter:
+        if self.target.discover_filter and self.lists(self.target.discover_filter):
             queries.append((self.target.discover_filter, frozenset()))
 
         async def run(query: tuple[str, frozenset[str]]) -> list[Any]:

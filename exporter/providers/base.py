@@ -125,6 +125,10 @@ def parse_listed(
             result.bad_payloads.append(f"{where}: {e}")
 
 
+def _every_source(source: str) -> bool:
+    return True
+
+
 class Provider:
     """Base of every provider. Subclasses set `name` and implement `poll` and `parse_job`."""
 
@@ -142,6 +146,9 @@ class Provider:
 
     def __init__(self, target: TargetConfig) -> None:
         self.target = target
+        # Whether this replica reads a discovery source (a Basiq user, an Oxlin queue, a list or
+        # discovery filter) now: in a cluster, the replica holding the source's virtual shard.
+        self.lists: Callable[[str], bool] = _every_source
 
     @classmethod
     def check_target(cls, target: TargetConfig) -> list[str]:

@@ -256,7 +256,7 @@ class Basiq(Provider):
                 raise BadPayload("data")
             return list(body["data"])
 
-        for user, outcome in await gather(self.target.users, user_jobs):
+        for user, outcome in await gather([u for u in self.target.users if self.lists(u)], user_jobs):
             if isinstance(outcome, list):
                 for job in parse_listed(self.parse_job, outcome, f"user {user} job list", result):
                     result.jobs.append(job)

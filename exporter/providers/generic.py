@@ -161,7 +161,7 @@ class Generic(Provider):
         result = PollResult()
         seen: set[str] = set()
         listed = False
-        if self.target.list_path:
+        if self.target.list_path and self.lists(self.target.list_path):
             try:
                 seen = await self._listed(http, result)
                 listed = True

@@ -433,7 +433,9 @@ class Oxlin(Provider):
             return events_of(await http.get_json(f"/queues/{segment(queue)}"))
 
         jobs: dict[str, Job] = {}
-        for queue, outcome in sorted(await gather(self.target.queues, read), key=lambda p: p[0]):
+        for queue, outcome in sorted(
+            await gather([q for q in self.target.queues if self.lists(q)], read), key=lambda p: p[0]
+        ):
             if isinstance(outcome, BadPayload):
                 result.bad_payloads.append(f"queue {queue}: {outcome}")
             elif isinstance(outcome, NotFound):
