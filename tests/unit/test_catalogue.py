@@ -97,6 +97,18 @@ def test_every_catalogue_family_is_served_even_with_no_series_in_the_catalogues_
     assert [name for name in served if name not in client_families()] == [f.name for f in catalogue.CATALOGUE]
 
 
+def test_a_state_file_adds_the_state_stores_families_after_the_state_files_size(tmp_path: Path) -> None:
+    runtime = Runtime(build_settings({"state_file": str(tmp_path / "state.db")}, PROVIDERS))
+    runtime.open_state()
+    served = [name for name, _ in _TYPE.findall(runtime.exposition.render().decode())]
+    assert runtime.store is not None
+    runtime.store.close()
+    expected = [f.name for f in catalogue.CATALOGUE]
+    at = expected.index(catalogue.STATE_SIZE.name) + 1
+    expected[at:at] = [f.name for f in catalogue.WITH_A_STATE_STORE]
+    assert [name for name in served if name not in client_families()] == expected
+
+
 def test_the_families_not_yet_served_are_not_served() -> None:
     """Once the runtime runs the PostgreSQL store, its families move into CATALOGUE (and so into
     docs/metrics.md)."""
