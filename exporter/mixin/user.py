@@ -22,7 +22,7 @@ import yaml
 
 from exporter.config.slos import parse_slos
 
-from . import promtests, rules, slos
+from . import promtest_inputs, rules, slos
 from .config import CONFIG, Config
 
 SEVERITIES = ("critical", "warning", "info")
@@ -89,7 +89,7 @@ def _value(name: str, default: Any, raw: Any, problems: list[str]) -> Any:
         return default
     if name.endswith(("_for", "_window")) or name == "handover_grace":
         try:
-            promtests.seconds(raw)
+            promtest_inputs.seconds(raw)
         except ValueError as e:
             problems.append(f"{name}: {e}")
             return default
@@ -116,7 +116,7 @@ def config_from(data: Mapping[str, Any] | None) -> Config:
     cfg = dataclasses.replace(CONFIG, **values)
     if not problems:
         try:
-            selected = promtests.selector_labels(dataclasses.replace(cfg, target_labels=()))
+            selected = promtest_inputs.selector_labels(dataclasses.replace(cfg, target_labels=()))
         except ValueError as e:
             problems.append(str(e))
         else:
