@@ -161,9 +161,10 @@ class Config:
 
     def merged(self, expr: str) -> str:
         """`expr` with the replica labels aggregated away: one series per job (or target)
-        however many replicas export it, the same labels whichever does."""
+        however many replicas export it, the same labels whichever does. Without replica labels,
+        `expr` in parentheses: it keeps its precedence wherever it goes (`a == 1` before a `*`)."""
         if not self.replica_labels:
-            return expr
+            return f"({expr})"
         return f"max without({', '.join(self.replica_labels)}) ({expr})"
 
 

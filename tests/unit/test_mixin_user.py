@@ -232,6 +232,19 @@ def test_without_replica_labels_the_alerts_are_per_instance_as_before() -> None:
     assert "&var-instance={{ $labels.instance }}" in stuck["annotations"]["dashboard_url"]
 
 
+def test_without_replica_labels_every_rule_is_valid_promql(tmp_path: Path) -> None:
+    """Unmerged, an expression keeps its parentheses: `status == 1` stays whole before a `*`."""
+    promtool = require_tool("promtool")
+    from exporter.mixin import files
+
+    out = tmp_path / "out"
+    generator().write(out, user_module().config_from({"replica_labels": []}))
+    run = subprocess.run(
+        [promtool, "check", "rules", str(out / files.RULES_PATH)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 def test_the_generated_handover_tests_pass_for_other_replica_labels(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     from exporter.mixin import files
