@@ -21,7 +21,8 @@ RATE = "$__rate_interval"
 SCHEMA_VERSION = 39
 
 # Selectors built from the template variables.
-TARGETS = 'job=~"$job", instance=~"$instance", target=~"$target"'
+SCRAPE = 'job=~"$job", instance=~"$instance"'  # series about an exporter process, not a target
+TARGETS = f'{SCRAPE}, target=~"$target"'
 AGGREGATES = f'{TARGETS}, job_type=~"$job_type"'
 ONE_JOB = f'{TARGETS}, job_id=~"$job_id"'
 

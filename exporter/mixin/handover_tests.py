@@ -11,8 +11,8 @@ from typing import Any
 
 from exporter import catalogue
 
-from .config import Config
-from .promtest_inputs import MINUTE, alerts_by_name, constant, input_series, job_labels, seconds
+from .config import Config, seconds
+from .promtest_inputs import MINUTE, alerts_by_name, constant, input_series, job_labels
 
 # Scraped every 15 s; the rules are evaluated every minute.
 STEP = 15

@@ -9,17 +9,8 @@ import math
 
 from exporter import catalogue
 
-from .config import Config
-from .promtest_inputs import (
-    MINUTE,
-    Scenario,
-    alerts_by_name,
-    constant,
-    input_series,
-    job_labels,
-    run_minutes,
-    seconds,
-)
+from .config import Config, seconds
+from .promtest_inputs import MINUTE, Scenario, alerts_by_name, constant, input_series, job_labels, run_minutes
 
 # The exporter's step duration buckets (exporter.tracker.STEP_DURATION_BUCKETS).
 STEP_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)

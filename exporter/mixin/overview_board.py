@@ -14,7 +14,19 @@ from exporter import catalogue
 
 from . import queries as q
 from .config import Config
-from .grafana import AGGREGATES, RATE, TARGETS, Panel, Query, Row, dashboard, stacked, sum_rate, up_down
+from .grafana import (
+    AGGREGATES,
+    RATE,
+    SCRAPE,
+    TARGETS,
+    Panel,
+    Query,
+    Row,
+    dashboard,
+    stacked,
+    sum_rate,
+    up_down,
+)
 
 
 def overview(cfg: Config) -> dict[str, Any]:
@@ -291,6 +303,7 @@ def overview(cfg: Config) -> dict[str, Any]:
             unit="s",
             width=6,
         ),
+        *_cluster(cfg),
     ]
     return dashboard(
         cfg,
@@ -301,3 +314,94 @@ def overview(cfg: Config) -> dict[str, Any]:
         items,
         one_job=False,
     )
+
+
+def _cluster(cfg: Config) -> list[Panel | Row]:
+    """The replicas of a cluster sharing PostgreSQL (`state_url`), each about itself: empty for
+    one process with its state file, which exports none of these series."""
+    r = SCRAPE
+
+    def per_replica(family: catalogue.Family) -> str:
+        return sum_rate("instance", family.name, r)
+
+    def commit_quantile(phi: float) -> str:
+        buckets = q.series(catalogue.STATE_COMMIT_DURATION.bucket, r)
+        return f"histogram_quantile({phi}, sum by (instance, le) (rate({buckets}[{RATE}])))"
+
+    reachable = {
+        "mappings": [
+            {
+                "options": {
+                    "0": {"color": "red", "text": "Unreachable"},
+                    "1": {"color": "green", "text": "Reachable"},
+                },
+                "type": "value",
+            }
+        ]
+    }
+    return [
+        Row("Cluster"),
+        Panel(
+            "timeseries",
+            "Replicas",
+            "Live replicas of the cluster (state_url) as each replica sees them: they agree unless "
+            "one cannot reach PostgreSQL.",
+            [Query(q.series(catalogue.CLUSTER_REPLICAS.name, r), "seen by {{instance}}")],
+            unit="short",
+            width=6,
+        ),
+        Panel(
+            "timeseries",
+            "Shards held per instance",
+            "Virtual shards each replica holds a lease on, and polls the jobs of; stacked, they reach "
+            "the cluster's shards when every shard is held.",
+            [Query(f"sum by (instance) ({q.series(catalogue.CLUSTER_SHARDS_HELD.name, r)})", "{{instance}}")],
+            unit="short",
+            width=6,
+            field_config=stacked(),
+        ),
+        Panel(
+            "timeseries",
+            "Unowned shards",
+            "Virtual shards held by no replica (with every instance selected): their jobs are neither "
+            f"polled nor exported. AsyncJobClusterShardsUnowned fires when some stay so for "
+            f"{cfg.cluster_unowned_for}, two lease TTLs.",
+            [Query(q.cluster_shards_unowned(cfg, r), "{{job}}")],
+            unit="short",
+            width=6,
+        ),
+        Panel(
+            "stat",
+            "PostgreSQL reachable",
+            "Whether each replica reaches PostgreSQL; one that cannot keeps exporting the jobs it held "
+            "and polls them until its leases would lapse.",
+            [Query(q.series(catalogue.CLUSTER_STATE_REACHABLE.name, r), "{{instance}}", instant=True)],
+            unit="none",
+            width=6,
+            field_config=reachable,
+        ),
+        Panel(
+            "timeseries",
+            "Lease renewal errors, takeovers and handovers",
+            "Per replica and second: lease renewals that failed, shards it claimed after another "
+            "replica's lease lapsed (that replica died or froze), and shards it handed to the "
+            "replica now preferred (one joined or left).",
+            [
+                Query(per_replica(catalogue.CLUSTER_LEASE_RENEW_ERRORS), "{{instance}} renewal errors"),
+                Query(per_replica(catalogue.CLUSTER_TAKEOVERS), "{{instance}} takeovers"),
+                Query(per_replica(catalogue.CLUSTER_HANDOVERS), "{{instance}} handovers"),
+            ],
+            unit="ops",
+        ),
+        Panel(
+            "timeseries",
+            "State commit duration p50 / p99",
+            "How long each replica takes to commit a batch of state changes to PostgreSQL; a "
+            "registration is answered once its batch is committed.",
+            [
+                Query(commit_quantile(0.5), "p50 {{instance}}"),
+                Query(commit_quantile(0.99), "p99 {{instance}}"),
+            ],
+            unit="s",
+        ),
+    ]

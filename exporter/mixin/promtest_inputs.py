@@ -1,5 +1,4 @@
-"""What the generated promtool tests are made of: Prometheus durations in seconds, the labels of
-one exporter's series that the config's selector selects, input series in promtool's notation
+"""What the generated promtool tests are made of: the labels of one exporter's series that the config's selector selects, input series in promtool's notation
 (`0x30`, `0+1x30`), and a `Scenario`: the series under which one alert holds, and from when.
 
 `job_scenarios`, `target_scenarios` and `handover_tests` build their series with
@@ -12,27 +11,10 @@ import math
 import re
 
 from . import rules
-from .config import Config
+from .config import Config, seconds
 
 INSTANCE = "exporter:10110"
 MINUTE = 60
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-
-
-def seconds(duration: str) -> float:
-    """Seconds of a Prometheus duration (`5m`, `1h30m`, `0m`)."""
-    text, total, pos = duration.strip(), 0.0, 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not text or pos != len(text):
-        raise ValueError(f"{duration!r} is not a duration such as 30s, 5m or 1h")
-    return total
-
 
 _MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*,?')
 
@@ -119,6 +101,7 @@ def alerts_by_name(cfg: Config) -> dict[str, rules.Alert]:
         rules.aggregate_alerts,
         rules.target_alerts,
         rules.oxlin_alerts,
+        rules.cluster_alerts,
     )
     return {a.name: a for group in groups for a in group(cfg, sel)}
 

@@ -6,7 +6,7 @@ The tests read `ALERTS` through `promql_expr_test`: they check when and with whi
 alert fires, not its annotation texts (those are the hand-written tests' concern).
 
 The scenarios live in `job_scenarios` and `target_scenarios`, the replicas' handovers in
-`handover_tests`; `promtest_inputs` holds what they are made of.
+`handover_tests`, the cluster's shards in `cluster_tests`; `promtest_inputs` holds what they are made of.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import Any
 
 from . import job_scenarios as jobs
 from . import target_scenarios as targets
-from .config import Config
+from .cluster_tests import cluster_tests
+from .config import Config, seconds
 from .handover_tests import handover_tests
-from .promtest_inputs import MINUTE, Scenario, alerts_by_name, seconds, selector_labels
+from .promtest_inputs import MINUTE, Scenario, alerts_by_name, selector_labels
 
 
 def _firing(name: str, severity: str, at: float, count: int) -> dict[str, Any]:
@@ -78,4 +79,5 @@ def rule_tests(cfg: Config, rule_file: str = "../asyncjob.rules.yml") -> dict[st
                 checks.append(_firing(other, cfg.severity[other], fire, count))
         tests.append({"interval": "1m", "input_series": scenario.series, "promql_expr_test": checks})
     tests.extend(handover_tests(cfg, labels))
+    tests.extend(cluster_tests(cfg, labels))
     return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": tests}

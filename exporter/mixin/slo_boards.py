@@ -18,9 +18,7 @@ from . import grafana
 from . import queries as q
 from . import slos as s
 from .config import Config
-from .grafana import RATE, Panel, Query, Row
-
-SCRAPE = 'job=~"$job", instance=~"$instance"'
+from .grafana import RATE, SCRAPE, Panel, Query, Row
 
 
 def _job_links(cfg: Config) -> dict[str, Any]:

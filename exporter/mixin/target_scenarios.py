@@ -8,15 +8,8 @@ from __future__ import annotations
 
 from exporter import catalogue
 
-from .config import Config
-from .promtest_inputs import (
-    MINUTE,
-    Scenario,
-    constant,
-    input_series,
-    run_minutes,
-    seconds,
-)
+from .config import Config, seconds
+from .promtest_inputs import MINUTE, Scenario, constant, input_series, run_minutes
 
 
 def target_down(cfg: Config, labels: dict[str, str]) -> Scenario:
