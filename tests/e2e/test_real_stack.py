@@ -64,7 +64,10 @@ EMPTY_WITH_BASIQ_ONLY = {
     ("asyncjob-overview", "Unowned shards"): "no cluster",
     ("asyncjob-overview", "PostgreSQL reachable"): "no cluster",
     ("asyncjob-overview", "Lease renewal errors, takeovers and handovers"): "no cluster",
-    ("asyncjob-overview", "State commit duration p50 / p99"): "no cluster (nor commits timed by the state file yet)",
+    (
+        "asyncjob-overview",
+        "State commit duration p50 / p99",
+    ): "no cluster (nor commits timed by the state file yet)",
     ("asyncjob-job", "Attempts"): "Basiq reports no attempt count (AIMS360, generic do)",
     ("asyncjob-job", "Records"): "Basiq jobs carry no record counts",
 }
