@@ -1,8 +1,9 @@
-"""What the generated promtool tests are made of: the labels of one exporter's series that the config's selector selects, input series in promtool's notation
-(`0x30`, `0+1x30`), and a `Scenario`: the series under which one alert holds, and from when.
+"""What the generated promtool tests are made of: the labels of one exporter's series that the
+config's selector selects, input series in promtool's notation (`0x30`, `0+1x30`), and a
+`Scenario`: the series under which one alert holds, and from when.
 
-`job_scenarios`, `target_scenarios` and `handover_tests` build their series with
-these; `promtests` turns them into the test file.
+`job_scenarios`, `target_scenarios`, `handover_tests` and `cluster_tests` build their series
+with these; `promtests` turns them into the test file.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ The tests read `ALERTS` through `promql_expr_test`: they check when and with whi
 alert fires, not its annotation texts (those are the hand-written tests' concern).
 
 The scenarios live in `job_scenarios` and `target_scenarios`, the replicas' handovers in
-`handover_tests`, the cluster's shards in `cluster_tests`; `promtest_inputs` holds what they are made of.
+`handover_tests`, the cluster's shards in `cluster_tests`; `promtest_inputs` holds what they are
+made of.
 """
 
 from __future__ import annotations
