@@ -667,10 +667,18 @@ def collect_families() -> list[MetricFamily]:
         if name in sample and sample[name].labels:
             family.labels, family.values = sample[name].labels, sample[name].values
             family.enumerates = sample[name].enumerates
-    return list(live.values())
+    # The cluster mode's families, from the catalogue while one process does not serve them.
+    waiting = [
+        MetricFamily(f.name, f.type, f.help, list(f.labels))
+        for f in catalogue.NOT_YET_SERVED
+        if f.name not in live
+    ]
+    return [*live.values(), *waiting]
 
 
 def section_of(family: MetricFamily) -> str:
+    if family.name in {f.name for f in (*catalogue.CLUSTER, *catalogue.NOT_YET_SERVED)}:
+        return "cluster"
     if family.name in {f.name for f in catalogue.PER_JOB}:
         return "jobs"
     if {"connection_id", "queue"} & set(family.labels):
@@ -700,6 +708,15 @@ SECTION_TITLES = {
         "Targets and the exporter",
         "Per target, and about the exporter itself. The thresholds are series, so one alert "
         "rule serves every target.",
+    ),
+    "cluster": (
+        "Cluster (`state_url`)",
+        "Served by each replica of a cluster sharing PostgreSQL (`state_url`), about itself: a "
+        "single process with its state file serves none of them. No labels of their own: the "
+        "scrape's `instance` tells the replicas apart. The replicas together hold every virtual "
+        f"shard when the sum of `{catalogue.CLUSTER_SHARDS_HELD.name}` over them equals "
+        f"`{catalogue.CLUSTER_SHARDS.name}`; AsyncJobClusterShardsUnowned fires when it has not "
+        "for two lease TTLs.",
     ),
 }
 

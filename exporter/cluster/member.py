@@ -284,10 +284,10 @@ class Member:
             (catalogue.CLUSTER_REPLICAS, len(self.leases.members)),
             (catalogue.CLUSTER_SHARDS, self.store.shards),
             (catalogue.CLUSTER_SHARDS_HELD, len(self.leases.held())),
+            (catalogue.CLUSTER_STATE_REACHABLE, int(self.reachable)),
             (catalogue.CLUSTER_LEASE_RENEW_ERRORS, c.renew_errors),
             (catalogue.CLUSTER_TAKEOVERS, c.takeovers),
             (catalogue.CLUSTER_HANDOVERS, c.handovers),
-            (catalogue.CLUSTER_STATE_REACHABLE, int(self.reachable)),
         )
         return "".join(f"{family.header_text}{family.name} {value}\n" for family, value in values).encode()
 

@@ -147,13 +147,25 @@ def test_family_of_understands_histogram_series_and_nothing_else() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_every_catalogue_family_is_documented_with_its_type() -> None:
-    rows = dict(
+def documented_types() -> dict[str, str]:
+    return dict(
         re.findall(r"^\| `(asyncjob_[a-z0-9_]+)` \| (\w+) \|", METRICS_MD.read_text(), flags=re.MULTILINE)
     )
+
+
+def test_every_catalogue_family_is_documented_with_its_type() -> None:
+    rows = documented_types()
     assert {f.name: rows.get(f.name) for f in catalogue.CATALOGUE} == {
         f.name: f.type for f in catalogue.CATALOGUE
     }
+
+
+def test_the_cluster_families_not_yet_served_are_documented_in_the_cluster_section() -> None:
+    """A user of the cluster mode reads them there before the runtime serves them."""
+    section = METRICS_MD.read_text().split("\n## Cluster (`state_url`)\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(asyncjob_[a-z0-9_]+)` \| (\w+) \| — \| (.*) \|$", section, flags=re.MULTILINE)
+    assert catalogue.CLUSTER and set(catalogue.CLUSTER) <= set(catalogue.NOT_YET_SERVED)
+    assert rows == [(f.name, f.type, f.help) for f in catalogue.NOT_YET_SERVED]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,12 +242,16 @@ def expressions(texts: dict[str, str]) -> Iterator[tuple[str, str]]:
 
 
 def unknown_metrics(expr: str, known_records: set[str]) -> list[str]:
-    """The exporter's metrics an expression names that the exporter does not serve."""
+    """The exporter's metrics an expression names that the exporter does not serve. The cluster
+    alert and dashboard row read families the catalogue lists as not served yet: they are known
+    here, and test_the_families_not_yet_served_are_not_served fails once the runtime serves them,
+    so they move into CATALOGUE then."""
+    known = (*catalogue.CATALOGUE, *catalogue.NOT_YET_SERVED)
     return sorted(
         name
         for name in metric_names(expr)
         if (name.startswith("asyncjob_") or ":" in name)
-        and catalogue.family_of(name) not in catalogue.CATALOGUE
+        and catalogue.family_of(name) not in known
         and name not in known_records
     )
 
@@ -269,6 +285,8 @@ def test_every_metric_the_rules_dashboards_and_rule_tests_read_is_served_or_reco
         ('{__name__="asyncjob_job_state"} == 1', ["asyncjob_job_state"]),
         ('target:asyncjob_jobs_finished:rate5m{job="x"} > 0', ["target:asyncjob_jobs_finished:rate5m"]),
         ('up{job="x"} == 0', []),
+        ('sum(asyncjob_cluster_shards_held{job="x"})', []),
+        ('sum(asyncjob_cluster_shard_held{job="x"})', ["asyncjob_cluster_shard_held"]),
     ],
 )
 def test_a_query_naming_a_metric_the_exporter_does_not_serve_is_caught(expr: str, unknown: list[str]) -> None:

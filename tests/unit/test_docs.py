@@ -10,6 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter import catalogue
 from exporter.render.jobs import JOB_FAMILIES
 from tests.harness import Proc, free_port, start_cli, wait_for
 from tests.tools import load_script
@@ -98,5 +99,7 @@ def test_documented_metrics_are_exactly_those_a_demo_run_serves(tmp_path: Path) 
     # be compared both ways, prometheus-client's process_*/python_* families included.
     docs = documented()
     assert sorted(set(served) - set(docs)) == [], "served but not in docs/metrics.md: run docs/generate.py"
-    assert sorted(set(docs) - set(served)) == [], "documented but not served by the demo"
+    # The cluster mode's families are documented before one process serves them.
+    waiting = {family.name for family in catalogue.NOT_YET_SERVED}
+    assert sorted(set(docs) - set(served) - waiting) == [], "documented but not served by the demo"
     assert {n: docs[n] for n in served} == served, "documented types differ from the served ones"
