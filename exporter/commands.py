@@ -210,7 +210,7 @@ def copy_state(state_file: str, url: str, password_file: str | None) -> int:
     counted = sum(t.counted for t in state.jobs.values())
     for kind, added in copied.added.items():
         print(f"  {kind}: {added} added, {copied.present[kind]} already there")
-    print(f"  of the jobs, {counted} finished and counted once: their marks went with them")
+    print(f"  of the file's jobs, {counted} finished and counted once (the mark is in each job's row)")
     if state.skipped:
         print(f"  {state.skipped} row(s) left behind: a NUL in a target, job id or cursor name")
     return 0

@@ -10,6 +10,7 @@ database: they load a shard's rows when they gain it, so the copy goes in before
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -92,6 +93,14 @@ def read_password(path: str) -> str:
     return lines[0]
 
 
+class _RowProblems(logging.Filter):
+    """While the file is read, only its unreadable rows are news: the copy reports the rest (the
+    loader's "restored" and "quarantined, skipped" lines speak of an exporter starting)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return str(record.msg).startswith("unreadable")
+
+
 def read_state_file(path: str, now: float | None = None) -> FileState:
     """Everything the cluster keeps from the state file at `path`, read in one snapshot and without
     writing to it (an exporter may have it open; what it commits after the snapshot is not read).
@@ -105,7 +114,12 @@ def read_state_file(path: str, now: float | None = None) -> FileState:
             raise CopyRefused(f"--from: {path} cannot be opened for reading")
         try:
             db.execute("BEGIN")  # one snapshot for every table
-            saved = load(db, path)
+            loader, only_problems = logging.getLogger("asyncjob.state"), _RowProblems()
+            loader.addFilter(only_problems)
+            try:
+                saved = load(db, path)
+            finally:
+                loader.removeFilter(only_problems)
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             tombstones = (
                 db.execute(

@@ -7,6 +7,7 @@ that never holds the password."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -231,3 +232,18 @@ def test_a_file_that_is_missing_or_not_a_state_file_is_refused_in_one_line(
     assert copy(tmp_path / "junk.db", dsn, postgres_server) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "junk.db" in err
+
+
+def test_an_unreadable_row_is_named_and_left_behind_and_the_rest_copied(
+    tmp_path: Path, dsn: str, postgres_server: Postgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    state_file(tmp_path / "state.db", jobs=5)
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute("INSERT INTO jobs (target, job_id, data) VALUES ('t', 'broken', '{\"job\": 1}')")
+    db.close()
+    assert copy(tmp_path / "state.db", dsn, postgres_server) == 0
+    assert anyio.run(rows, dsn, "SELECT count(*) FROM asyncjob.jobs") == [(5,)]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("unreadable job") for m in messages), messages
+    # What the loader says of an exporter starting is not what the copy does.
+    assert not any(m.startswith(("job quarantined", "state restored")) for m in messages), messages
