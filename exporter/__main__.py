@@ -345,15 +345,17 @@ def parser() -> argparse.ArgumentParser:
         "--to",
         dest="copy_to",
         metavar="URL",
-        required=True,
-        help="the state database, postgresql://USER@HOST:PORT/DB (no password in it)",
+        default=os.environ.get("ASYNCJOB_STATE_URL"),
+        help="the state database, postgresql://USER@HOST:PORT/DB, no password in it "
+        "(default: ASYNCJOB_STATE_URL)",
     )
     copy.add_argument(
         "--to-password-file",
         dest="to_password_file",
         metavar="FILE",
-        default=None,
-        help="file whose first line is the database password (default: libpq's PGPASSFILE, ~/.pgpass)",
+        default=os.environ.get("ASYNCJOB_STATE_PASSWORD_FILE"),
+        help="file whose first line is the database password (default: ASYNCJOB_STATE_PASSWORD_FILE, "
+        "else libpq's PGPASSFILE or ~/.pgpass)",
     )
     _add_global(copy, top=False)
     return p
@@ -386,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return commands.check_config(path, listen, args.web_config)
     if args.command == "state":
+        if not args.copy_to:
+            print("state copy needs --to URL (or ASYNCJOB_STATE_URL); see state copy --help", file=sys.stderr)
+            return 2
         return commands.copy_state(args.copy_from, args.copy_to, args.to_password_file)
     if args.command == "simulate":
         return commands.run_simulate(listen, args.step_seconds, args.trickle, args.seed)

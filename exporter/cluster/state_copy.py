@@ -5,7 +5,8 @@ virtual shard and in the encoding PostgresStore writes (exporter.cluster.batch).
 One transaction, insert-only: a row whose key the database already holds is left as it is. Run
 again, the copy adds nothing twice; and an older snapshot never replaces a replica's newer one,
 which would count again a job counted since. It refuses while replicas hold leases on the
-database: they load a shard's rows when they gain it, so the copy goes in before they start.
+database: they load a shard's rows when they gain it, so the copy goes in before they start (one
+starting during the copy waits for it, on the lock its migration takes).
 """
 
 from __future__ import annotations
@@ -194,6 +195,9 @@ async def copy_state(url: str, password: str | None, state: FileState) -> Copied
     ) as conn:
         copied = Copied(shards=await schema.migrate(conn))
         async with conn.transaction():
+            # Replicas starting meanwhile wait in their migration for the copy to commit, so each
+            # loads the copied rows of the shards it gains.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.MIGRATION_LOCK,))
             owners = [r[0] for r in await (await conn.execute(_LIVE_OWNERS)).fetchall()]
             if owners:
                 raise CopyRefused(

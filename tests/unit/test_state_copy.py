@@ -17,7 +17,9 @@ import pytest
 
 from exporter import logs
 from exporter.__main__ import main
+from exporter.cluster.batch import Batch
 from exporter.cluster.leases import Leases
+from exporter.cluster.state_copy import copy_state, read_state_file
 from exporter.cluster.store import PostgresStore
 from exporter.config import build_settings
 from exporter.model import Job, Status
@@ -74,6 +76,10 @@ def url_of(dsn: str) -> str:
 
 def password_file(pg: Postgres) -> str:
     return str(pg.password_file)
+
+
+def password_file_text(pg: Postgres) -> str:
+    return pg.password_file.read_text().strip()
 
 
 def copy(state: Path, dsn: str, pg: Postgres, *more: str) -> int:
@@ -247,3 +253,52 @@ def test_an_unreadable_row_is_named_and_left_behind_and_the_rest_copied(
     assert any(m.startswith("unreadable job") for m in messages), messages
     # What the loader says of an exporter starting is not what the copy does.
     assert not any(m.startswith(("job quarantined", "state restored")) for m in messages), messages
+
+
+def test_a_replica_starting_during_the_copy_waits_for_it_and_loads_what_it_copied(
+    tmp_path: Path, dsn: str, postgres_server: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_file(tmp_path / "state.db")
+    state = read_state_file(str(tmp_path / "state.db"))
+    inside, go_on = anyio.Event(), anyio.Event()
+    serialised = Batch.serialised
+
+    async def held_up(batch: Batch) -> dict[tuple[str, str], str]:
+        inside.set()  # the copy's transaction is open
+        await go_on.wait()
+        return await serialised(batch)
+
+    monkeypatch.setattr(Batch, "serialised", held_up)
+    done: list[str] = []
+
+    async def scenario() -> None:
+        async def copying() -> None:
+            await copy_state(url_of(dsn), password_file_text(postgres_server), state)
+            done.append("copy")
+
+        async def replica_starting() -> None:
+            store, tracker = await restored(dsn)
+            done.append(f"replica with {len(tracker.targets['t'].jobs)} jobs")
+            await store.close()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(copying)
+            await inside.wait()
+            tg.start_soon(replica_starting)
+            await anyio.sleep(0.5)  # room to start, were it not held
+            assert done == []
+            go_on.set()
+
+    anyio.run(scenario)
+    assert done == ["copy", "replica with 30 jobs"]
+
+
+def test_the_database_and_its_password_file_default_to_the_replicas_variables(
+    tmp_path: Path, dsn: str, postgres_server: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_file(tmp_path / "state.db", jobs=2)
+    assert main(["state", "copy", "--from", str(tmp_path / "state.db")]) == 2  # no --to, no variable
+    monkeypatch.setenv("ASYNCJOB_STATE_URL", url_of(dsn))
+    monkeypatch.setenv("ASYNCJOB_STATE_PASSWORD_FILE", password_file(postgres_server))
+    assert main(["state", "copy", "--from", str(tmp_path / "state.db")]) == 0
+    assert anyio.run(rows, dsn, "SELECT count(*) FROM asyncjob.jobs") == [(2,)]
