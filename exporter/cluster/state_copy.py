@@ -102,6 +102,25 @@ class _RowProblems(logging.Filter):
         return str(record.msg).startswith("unreadable")
 
 
+def _unreadable_wal(path: str) -> Path | None:
+    """The file's WAL when it holds commits this process cannot read. SQLite reads a WAL only with
+    its -shm beside it, which it makes when the directory lets it; without, a read-only opening
+    falls back to the main file alone, and the last commits (an exporter killed before they were
+    copied in) would be left behind without a word."""
+    wal = Path(f"{path}-wal")
+    if not wal.is_file() or wal.stat().st_size == 0:
+        return None
+    try:
+        probe = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            probe.close()
+    except sqlite3.Error:
+        return wal
+    return None
+
+
 def read_state_file(path: str, now: float | None = None) -> FileState:
     """Everything the cluster keeps from the state file at `path`, read in one snapshot and without
     writing to it (an exporter may have it open; what it commits after the snapshot is not read).
@@ -109,6 +128,12 @@ def read_state_file(path: str, now: float | None = None) -> FileState:
     now = time.time() if now is None else now
     if not Path(path).is_file():
         raise CopyRefused(f"--from: no state file at {path}")
+    wal = _unreadable_wal(path)
+    if wal is not None:
+        raise CopyRefused(
+            f"--from: the last commits of {path} are in {wal}, which cannot be read here without "
+            f"{path}-shm beside it: copy from a directory the copy may write (the file is not written)"
+        )
     try:
         db = open_read_only(path)
         if db is None:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +124,74 @@ def test_a_killed_exporters_state_file_is_copied_whole_with_its_counted_once_mar
     assert set(arrived) == set(finishing) | set(stuck) == set(saved)
     assert arrived == saved  # every field: the marks, the steps, the history
     assert {i for i, t in arrived.items() if t.counted} == set(finishing)
+
+
+# A state file whose last commits are still in its WAL: a process that wrote them and died.
+KILLED_WRITER = """
+import os, sys
+from exporter.config import build_settings
+from exporter.model import Job, Status
+from exporter.providers import PROVIDERS
+from exporter.runtime import connect_store
+from exporter.state import Store
+from exporter.tracker import Tracker
+
+class NoScheduler:
+    store = None
+
+store = Store(sys.argv[1])
+s = build_settings({"targets": [{"name": "basiq", "provider": "basiq", "base_url": "https://x"}]}, PROVIDERS)
+tracker = Tracker()
+connect_store(store, tracker, NoScheduler())
+tracker.set_target(s.resolved(s.targets[0]))
+for i in range(12):
+    tracker.track("basiq", Job(f"job-{i}", Status.RUNNING), "registered")
+store.flush()
+os._exit(0)
+"""
+
+
+@contextlib.contextmanager
+def read_only_mount(path: Path) -> Iterator[Path]:
+    """A tmpfs at `path`, filled by the caller, then remounted read-only (mounts need root)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mounting a tmpfs needs root; CI runs the tests as root")
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_commits_left_in_the_wal_are_copied_from_a_read_only_mount_or_the_copy_refuses(
+    tmp_path: Path, dsn: str, postgres_server: Postgres
+) -> None:
+    state = tmp_path / "state.db"
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(state)], cwd=ROOT, check=True, timeout=60)
+    assert Path(f"{state}-wal").stat().st_size > 0
+    argv = [sys.executable, "-m", "exporter", "state", "copy", "--to", dsn.split("?")[0]]
+    argv += ["--to-password-file", str(postgres_server.password_file)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOB_")}
+
+    def copy_from(directory: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*argv, "--from", str(directory / "state.db")], env=env, cwd=ROOT, capture_output=True, text=True
+        )
+
+    with read_only_mount(tmp_path / "ro") as ro:
+        for suffix in ("", "-wal"):  # the -shm lost (copied without it)
+            shutil.copy(f"{state}{suffix}", ro / f"state.db{suffix}")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        refused = copy_from(ro)
+        # Read without its WAL, the file holds no job: the copy says so instead of copying nothing.
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "state.db-wal" in refused.stderr and "state.db-shm" in refused.stderr
+        subprocess.run(["mount", "-o", "remount,rw", str(ro)], check=True)
+        shutil.copy(f"{state}-shm", ro / "state.db-shm")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        copied = copy_from(ro)
+    assert copied.returncode == 0, copied.stderr
+    assert "jobs: 12 added" in copied.stdout

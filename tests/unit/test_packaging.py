@@ -561,6 +561,37 @@ def test_ha_takes_the_state_url_from_a_secret_and_the_password_from_a_secret_fil
     assert ("asyncjob-exporter-state", "password", password_file.name) in items
 
 
+def test_the_state_copy_job_reads_a_central_volume_and_reaches_the_database_as_the_replicas_do() -> None:
+    (job,) = yaml.safe_load_all((KUBERNETES / "ha" / "state-copy-job.yaml").read_text())
+    assert (
+        job["kind"] == "Job"
+        and "state-copy-job.yaml" not in (KUBERNETES / "ha" / "kustomization.yaml").read_text()
+    )
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = parser().parse_args(container["args"])
+    assert (args.command, args.state_command) == ("state", "copy")
+    # The volume of the first shard of ../central, mounted where its state_file was.
+    (sts,) = of_kind(manifests("central"), "StatefulSet")
+    claim = f"{sts['spec']['volumeClaimTemplates'][0]['metadata']['name']}-{sts['metadata']['name']}-0"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    state_file = yaml.safe_load(of_kind(manifests("central"), "ConfigMap")[0]["data"]["config.yml"])[
+        "state_file"
+    ]
+    assert args.copy_from == state_file
+    assert volumes[mounts[str(Path(state_file).parent)]]["persistentVolumeClaim"]["claimName"] == claim
+    # --to and the password file from the replicas' own variables and Secret.
+    (replica,) = ha_deployment()["spec"]["template"]["spec"]["containers"]
+    env, replica_env = env_of(container), env_of(replica)
+    for name in ("ASYNCJOB_STATE_URL", "ASYNCJOB_STATE_PASSWORD_FILE"):
+        assert env[name] == replica_env[name], name
+    password = Path(env["ASYNCJOB_STATE_PASSWORD_FILE"]["value"])
+    (source,) = volumes[mounts[str(password.parent)]]["projected"]["sources"]
+    assert source["secret"]["name"] == "asyncjob-exporter-state"
+    assert source["secret"]["items"] == [{"key": "password", "path": password.name}]
+
+
 @pytest.mark.parametrize("directory", ["ha", "ha-cloudnativepg"])
 def test_each_env_reference_names_a_variable_set_before_it(directory: str) -> None:
     """Kubernetes expands $(VAR) only from variables listed earlier: a later one stays literal."""
