@@ -5,8 +5,9 @@ virtual shard and in the encoding PostgresStore writes (exporter.cluster.batch).
 One transaction, insert-only: a row whose key the database already holds is left as it is. Run
 again, the copy adds nothing twice; and an older snapshot never replaces a replica's newer one,
 which would count again a job counted since. It refuses while replicas hold leases on the
-database: they load a shard's rows when they gain it, so the copy goes in before they start (one
-starting during the copy waits for it, on the lock its migration takes).
+database: they load a shard's rows when they gain it, so the copy goes in before they start. One
+starting or claiming shards during the copy waits for it (on the migration lock and on the leases
+it holds until it commits) and then loads what it copied.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ _QUARANTINE_IF_ABSENT = (
     "SELECT * FROM unnest(%b::text[], %b::text[], %b::int[], %b::float8[], %b::text[]) "
     "ON CONFLICT (target, job_id) DO NOTHING"
 )
-_LIVE_OWNERS = "SELECT DISTINCT owner FROM asyncjob.leases WHERE owner IS NOT NULL AND expires_at > now()"
+# Every lease, locked until the copy commits: a replica claiming a shard meanwhile waits for it, and
+# loads the shard's rows with the copied ones.
+_LEASES = "SELECT owner, expires_at > now() FROM asyncjob.leases FOR SHARE"
 
 
 class CopyRefused(Exception):
@@ -223,10 +226,11 @@ async def copy_state(url: str, password: str | None, state: FileState) -> Copied
             # Replicas starting meanwhile wait in their migration for the copy to commit, so each
             # loads the copied rows of the shards it gains.
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.MIGRATION_LOCK,))
-            owners = [r[0] for r in await (await conn.execute(_LIVE_OWNERS)).fetchall()]
+            leases = await (await conn.execute(_LEASES)).fetchall()
+            owners = sorted({str(owner) for owner, live in leases if owner is not None and live})
             if owners:
                 raise CopyRefused(
-                    f"{len(owners)} replica(s) hold leases on this database now ({', '.join(sorted(owners))}): "
+                    f"{len(owners)} replica(s) hold leases on this database now ({', '.join(owners)}): "
                     "stop them, copy, then start them, so that each loads the copied rows of its shards"
                 )
             wanted = {

@@ -293,6 +293,55 @@ def test_a_replica_starting_during_the_copy_waits_for_it_and_loads_what_it_copie
     assert done == ["copy", "replica with 30 jobs"]
 
 
+def test_a_replica_claiming_shards_during_the_copy_waits_for_it_and_loads_what_it_copied(
+    tmp_path: Path, dsn: str, postgres_server: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_file(tmp_path / "state.db")
+    state = read_state_file(str(tmp_path / "state.db"))
+    inside, go_on = anyio.Event(), anyio.Event()
+    serialised = Batch.serialised
+
+    async def held_up(batch: Batch) -> dict[tuple[str, str], str]:
+        inside.set()
+        await go_on.wait()
+        return await serialised(batch)
+
+    monkeypatch.setattr(Batch, "serialised", held_up)
+    done: list[str] = []
+
+    async def scenario() -> None:
+        # A replica that started (and migrated) before the copy, and claims its shards during it.
+        store = PostgresStore(dsn, "replica-a", None)
+        await store.open()
+        await store.close()
+        leases = Leases(lambda: psycopg.AsyncConnection.connect(dsn), "replica-a", 256, ttl=60)
+
+        async def copying() -> None:
+            await copy_state(url_of(dsn), password_file_text(postgres_server), state)
+            done.append("copy")
+
+        async def claiming() -> None:
+            await leases.round()
+            done.append("claimed")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(copying)
+            await inside.wait()
+            tg.start_soon(claiming)
+            await anyio.sleep(0.5)  # room to claim, were the leases not held
+            assert done == []
+            go_on.set()
+        assert len(leases.held()) == 256
+        loading = PostgresStore(dsn, "replica-a", None)
+        await loading.open()  # a lone store loads every shard, as the claimer loads what it gained
+        assert len(tracking(loading).targets["t"].jobs) == 30
+        await loading.close()
+        await leases.leave()
+
+    anyio.run(scenario)
+    assert done == ["copy", "claimed"]
+
+
 def test_the_database_and_its_password_file_default_to_the_replicas_variables(
     tmp_path: Path, dsn: str, postgres_server: Postgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
