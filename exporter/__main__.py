@@ -336,7 +336,7 @@ def parser() -> argparse.ArgumentParser:
         "that writes FILE first (the copy reads one snapshot and never writes the file). The copy "
         "is one transaction and adds only rows whose key the database does not hold yet: run "
         "again, it adds nothing twice, and it never replaces a replica's newer row. It refuses "
-        "(exit 2) while replicas hold leases on the database: copy, then start them. What was "
+        "(exit 2) while replicas run against the database: copy, then start them. What was "
         "copied is printed; an error is one line (exit 1: the database could not be reached or "
         "written).",
     )

@@ -42,6 +42,12 @@ _QUARANTINE_IF_ABSENT = (
 # Every lease, locked until the copy commits: a replica claiming a shard meanwhile waits for it, and
 # loads the shard's rows with the copied ones.
 _LEASES = "SELECT owner, expires_at > now() FROM asyncjob.leases FOR SHARE"
+# A replica whose leases lapsed while the database was away is running all the same: its heartbeat
+# says so (a replica that stops cleanly removes its row; one killed stops sending it).
+HEARTBEAT_RECENT = 60
+_RECENT_MEMBERS = (
+    "SELECT replica FROM asyncjob.members WHERE heartbeat_at > now() - make_interval(secs => %s)"
+)
 
 
 class CopyRefused(Exception):
@@ -227,10 +233,15 @@ async def copy_state(url: str, password: str | None, state: FileState) -> Copied
             # loads the copied rows of the shards it gains.
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.MIGRATION_LOCK,))
             leases = await (await conn.execute(_LEASES)).fetchall()
-            owners = sorted({str(owner) for owner, live in leases if owner is not None and live})
+            members = await (await conn.execute(_RECENT_MEMBERS, (HEARTBEAT_RECENT,))).fetchall()
+            owners = sorted(
+                {str(owner) for owner, live in leases if owner is not None and live}
+                | {str(m) for (m,) in members}
+            )
             if owners:
                 raise CopyRefused(
-                    f"{len(owners)} replica(s) hold leases on this database now ({', '.join(owners)}): "
+                    f"{len(owners)} replica(s) run against this database (a lease held, or a heartbeat "
+                    f"in the last {HEARTBEAT_RECENT} s: {', '.join(owners)}): "
                     "stop them, copy, then start them, so that each loads the copied rows of its shards"
                 )
             wanted = {

@@ -229,6 +229,29 @@ def test_the_copy_is_refused_while_replicas_hold_leases(
     anyio.run(scenario)
 
 
+def test_a_replica_whose_leases_lapsed_but_whose_heartbeat_is_recent_counts_as_running(
+    tmp_path: Path, dsn: str, postgres_server: Postgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_file(tmp_path / "state.db", jobs=3)
+
+    async def beat(ago: int) -> None:
+        store = PostgresStore(dsn, "r1", None)
+        await store.open()
+        await store.close()
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            await conn.execute(
+                "INSERT INTO asyncjob.members (replica, heartbeat_at) VALUES ('replica-b', now() - make_interval(secs => %s)) "
+                "ON CONFLICT (replica) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (ago,),
+            )
+
+    anyio.run(beat, 5)  # back from a database outage, its leases not renewed yet
+    assert copy(tmp_path / "state.db", dsn, postgres_server) == 2
+    assert "replica-b" in capsys.readouterr().err
+    anyio.run(beat, 600)  # killed long ago
+    assert copy(tmp_path / "state.db", dsn, postgres_server) == 0
+
+
 def test_a_file_that_is_missing_or_not_a_state_file_is_refused_in_one_line(
     tmp_path: Path, dsn: str, postgres_server: Postgres, capsys: pytest.CaptureFixture[str]
 ) -> None:
