@@ -96,8 +96,11 @@ def test_a_killed_exporters_state_file_is_copied_whole_with_its_counted_once_mar
                 ),
                 what="the 20 jobs finished",
             )
-            # The marks are committed before the increments show (acknowledged means durable).
-            wait_for(lambda: "asyncjob_jobs_finished_total" in exp.metrics(), what="the finishes counted")
+            # An increment shows only once its job's counted-once mark is committed.
+            wait_for(
+                lambda: sum(v for n, _, v in exp.samples() if n == "asyncjob_jobs_finished_total") == 20,
+                what="the 20 finishes counted",
+            )
             exp.stop(signal.SIGKILL)
     assert Path(f"{state}-wal").exists()  # the last commits were never copied into the file
 
