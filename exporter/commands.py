@@ -191,6 +191,39 @@ def run_exporter(config_file: str | None, web: Web, shard: int, total_shards: in
     return _run(serve_exporter, runtime, web, web_config.ssl, web_config.middleware())
 
 
+def copy_state(state_file: str, url: str, password_file: str | None) -> int:
+    """`state copy`: the state file's jobs into the state database; what was copied on stdout."""
+    import psycopg
+
+    from exporter.cluster import state_copy
+    from exporter.cluster.schema import SchemaError
+
+    password: str | None = None
+    try:
+        url = state_copy.checked_url(url)
+        if password_file:
+            password = state_copy.read_password(password_file)
+        state = state_copy.read_state_file(state_file)
+        copied = anyio.run(state_copy.copy_state, url, password, state)
+    except (state_copy.CopyRefused, SchemaError) as e:
+        print(f"state copy: {e}", file=sys.stderr)
+        return 2
+    except (psycopg.Error, OSError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        if password:
+            message = message.replace(password, "(password)")
+        print(f"state copy: {url}: {message}", file=sys.stderr)
+        return 1
+    print(f"copied {state_file} into {url} ({copied.shards} virtual shards)")
+    counted = sum(t.counted for t in state.jobs.values())
+    for kind, added in copied.added.items():
+        print(f"  {kind}: {added} added, {copied.present[kind]} already there")
+    print(f"  of the file's jobs, {counted} finished and counted once (the mark is in each job's row)")
+    if state.skipped:
+        print(f"  {state.skipped} row(s) left behind: a NUL in a target, job id or cursor name")
+    return 0
+
+
 def run_simulate(address: str, step_seconds: float, trickle: float, seed: int | None) -> int:
     from exporter.simulator.app import Simulator
 
