@@ -3,6 +3,8 @@ timeline (/jobs/{target}/{id}), rendered from Jinja2 templates that escape every
 
 Ids and messages come from registrations and providers: every string is hostile until escaped.
 The pages sit behind the web config (TLS, basic auth) as /metrics does, not behind the API token.
+In cluster mode they show the whole cluster: the members on /, and on /jobs and a job's page the
+jobs other replicas work too, awaited from PostgreSQL (exporter.cluster.view), each with its owner.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import jinja2
@@ -31,7 +33,14 @@ from exporter.runtime import Runtime
 from exporter.store import Retired
 from exporter.tracker import TargetState, TrackedJob
 
+if TYPE_CHECKING:
+    from exporter.cluster.view import Cluster, Elsewhere
+
 PAGE_SIZE = 50
+# In cluster mode, the most jobs of other replicas /jobs reads for one view (in target and id
+# order, after the target, status and id filters): a view of the whole of a large cluster is
+# narrowed by its filters, and says so.
+OTHERS_READ = 5000
 CAUSES = [str(c) for c in Cause]
 _SURROGATE = re.compile("[\ud800-\udfff]")
 TEMPLATES = Path(__file__).parent / "templates"
@@ -220,6 +229,7 @@ class JobRow:
     stuck: bool
     cause: str | None
     overdue: bool = False
+    owner: str | None = None  # in cluster mode: the replica that works it (None: no replica now)
 
 
 class Pages:
@@ -274,7 +284,21 @@ class Pages:
                     "awaiting": awaiting,
                 }
             )
-        return self._render("index.html.j2", targets=targets, statuses=[str(s) for s in STATUSES], now=now)
+        return self._render(
+            "index.html.j2",
+            targets=targets,
+            statuses=[str(s) for s in STATUSES],
+            now=now,
+            cluster=self._cluster(),
+        )
+
+    def _cluster(self) -> Cluster | None:
+        """The cluster as this replica's last lease round saw it; None out of cluster mode."""
+        if self.runtime.member is None:
+            return None
+        from exporter.cluster.view import cluster
+
+        return cluster(self.runtime.member)
 
     async def jobs(self, request: Request) -> Response:
         now = time.time()
@@ -302,35 +326,56 @@ class Pages:
             problems.append(f"no target is named {want_target}")
             status_code = 404
         page, history_page = _page_number(params.get("page")), _page_number(params.get("history_page"))
+
+        def row(name: str, state: TargetState, t: TrackedJob, owner: str | None) -> JobRow | None:
+            j = t.job
+            if want_status is not None and j.status != want_status:
+                return None
+            if want_id and not j.id.startswith(want_id):
+                return None
+            cause = cause_of(t)
+            if want_cause is not None and cause != want_cause:
+                return None
+            if want_reason is not None and j.reason != want_reason:
+                return None
+            if since is not None or until is not None:
+                ended = j.finished or t.seen_terminal_at
+                if ended is None or not (since or 0) <= ended < (until or float("inf")):
+                    return None
+            stuck = is_stuck(state, t, now)
+            if want_stuck and not stuck:
+                return None
+            if want_awaiting and not (j.awaiting_user and not j.status.terminal):
+                return None
+            overdue = is_overdue(state, t, now)
+            if want_overdue and not overdue:
+                return None
+            return JobRow(name, t, stuck, cause, overdue, owner)
+
+        member = self.runtime.member
+        me = member.leases.replica if member is not None else None
         rows: list[JobRow] = []
+        elsewhere: Elsewhere | None = None
         if not problems:
             for name, state in sorted(targets.items()):
                 if want_target is not None and name != want_target:
                     continue
                 for t in state.jobs.values():
-                    j = t.job
-                    if want_status is not None and j.status != want_status:
-                        continue
-                    if want_id and not j.id.startswith(want_id):
-                        continue
-                    cause = cause_of(t)
-                    if want_cause is not None and cause != want_cause:
-                        continue
-                    if want_reason is not None and j.reason != want_reason:
-                        continue
-                    if since is not None or until is not None:
-                        ended = j.finished or t.seen_terminal_at
-                        if ended is None or not (since or 0) <= ended < (until or float("inf")):
-                            continue
-                    stuck = is_stuck(state, t, now)
-                    if want_stuck and not stuck:
-                        continue
-                    if want_awaiting and not (j.awaiting_user and not j.status.terminal):
-                        continue
-                    overdue = is_overdue(state, t, now)
-                    if want_overdue and not overdue:
-                        continue
-                    rows.append(JobRow(name, t, stuck, cause, overdue))
+                    found = row(name, state, t, me)
+                    if found is not None:
+                        rows.append(found)
+            if member is not None:
+                from exporter.cluster.view import jobs_elsewhere
+
+                elsewhere = await jobs_elsewhere(member, want_target, want_status, want_id, limit=OTHERS_READ)
+                for job in elsewhere.jobs:
+                    # The replicas share the config: a target unknown here (a rolling update) is skipped.
+                    its = targets.get(job.target)
+                    if its is None or job.tracked.job.id in its.jobs:
+                        continue  # a job held here too: this replica's is the fresher
+                    found = row(job.target, its, job.tracked, job.owner)
+                    if found is not None:
+                        rows.append(found)
         # Failures and stuck jobs first, then the most recently moved.
         rows.sort(
             key=lambda r: (r.tracked.job.status is not Status.FAILED, not r.stuck, -r.tracked.last_progress)
@@ -385,6 +430,9 @@ class Pages:
             statuses=[str(s) for s in STATUSES],
             causes=CAUSES,
             now=now,
+            cluster=member is not None,
+            elsewhere=elsewhere,
+            others_read=OTHERS_READ,
         )
 
     async def job(self, request: Request) -> Response:
@@ -396,13 +444,28 @@ class Pages:
         # state rows, so every tracked id is found under the text its link carries.
         tracked = state.jobs.get(job_id) if state is not None else None
         retired = None
+        member = self.runtime.member
+        owner = member.leases.replica if member is not None and tracked is not None else None
+        unreadable, remote = None, False
         if state is not None and tracked is None:
             # Dropped at retention: shown from the history while it keeps the job.
             retired = self.runtime.history.retired(target, job_id)
             tracked = retired.tracked if retired is not None else None
+            if member is not None:
+                owner = member.leases.replica
+        if state is not None and tracked is None and member is not None:
+            # Another replica's: shown as its owner last committed it.
+            from exporter.cluster.view import job_elsewhere
+
+            elsewhere = await job_elsewhere(member, target, job_id)
+            if elsewhere.jobs:
+                tracked, owner, remote = elsewhere.jobs[0].tracked, elsewhere.jobs[0].owner, True
+            unreadable = elsewhere.error
         if state is None or tracked is None:
             what = f"target {target}" if state is None else f"job {job_id} on target {target}"
-            return self._render("missing.html.j2", status_code=404, what=what)
+            return self._render(
+                "missing.html.j2", status_code=503 if unreadable else 404, what=what, why=unreadable
+            )
         runner = self.runtime.scheduler.runners.get(target)
         provider = (
             runner.provider if runner is not None else PROVIDERS[state.config.provider](state.config.config)
@@ -445,4 +508,7 @@ class Pages:
             retired=retired,
             retention=state.config.retention,
             now=now,
+            cluster=member is not None,
+            owner=owner,
+            elsewhere=remote,
         )
