@@ -267,7 +267,7 @@ class Api:
             return error(404, f"unknown target {target!r}")
         size: int | None = None
         if limit:
-            if not is_digits(limit) or not 1 <= int(limit) <= MAX_PAGE:
+            if not (is_digits(limit) and len(limit) <= 6) or not 1 <= int(limit) <= MAX_PAGE:
                 return error(422, f"limit: a whole number from 1 to {MAX_PAGE}", field="limit")
             size = int(limit)
         elif self.runtime.member is not None:
@@ -275,7 +275,7 @@ class Api:
         start: tuple[str, str] | None = None
         if after:
             after_target, slash, after_id = after.partition("/")
-            if not slash:
+            if not slash or "\x00" in after:  # no id holds a NUL (nor can PostgreSQL's text)
                 return error(422, "after: the `next` of the previous page (target/id)", field="after")
             start = (after_target, after_id)
         return JobsQuery(target or None, status or None, start, size)

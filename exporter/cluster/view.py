@@ -62,6 +62,8 @@ async def jobs_elsewhere(
 ) -> Elsewhere:
     """Up to `limit` jobs of the shards this replica does not hold in memory, after `after` in
     (target, id) order, as their owners last committed them."""
+    if "\x00" in id_prefix:
+        return Elsewhere()  # no id holds a NUL (the store replaces it), nor can PostgreSQL's text
     if not member.reachable:
         return _unreadable(member)
     try:
@@ -76,6 +78,8 @@ async def jobs_elsewhere(
 
 async def job_elsewhere(member: Member, target: str, job_id: str) -> Elsewhere:
     """The job as its owner last committed it (none when no replica has it)."""
+    if "\x00" in job_id:
+        return Elsewhere()
     if not member.reachable:
         return _unreadable(member)
     try:

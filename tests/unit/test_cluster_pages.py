@@ -152,6 +152,23 @@ async def test_paging_and_filters_run_across_the_replicas_in_one_order(pair: tup
         assert (await client.get("/api/v1/jobs?after=no-slash")).status_code == 422
 
 
+async def test_hostile_queries_are_refused_or_find_nothing_never_an_error(
+    pair: tuple[Replica, Replica],
+) -> None:
+    _, b = pair
+    async with b.client() as client:
+        assert (await client.get(f"/api/v1/jobs?limit={'9' * 5000}")).status_code == 422
+        assert (
+            await client.get("/api/v1/jobs?after=t/a%00")
+        ).status_code == 422  # PostgreSQL's text holds no NUL
+        listing = await client.get("/jobs?id=a%00")
+        assert listing.status_code == 200 and "elsewhere-unreadable" not in listing.text
+        assert (await client.get("/jobs/t/a%00b")).status_code == 404
+        assert (await client.get("/api/v1/targets/t/jobs/a%00b")).status_code == 404
+        answer = (await client.get("/api/v1/jobs?after=t/%F0%9F%98%80'%3B--")).json()  # data, never SQL
+        assert answer["jobs"] == [] and "incomplete" not in answer
+
+
 async def test_a_job_of_another_replica_has_its_api_answer_and_its_page_saying_who_owns_it(
     pair: tuple[Replica, Replica],
 ) -> None:
