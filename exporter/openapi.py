@@ -65,7 +65,8 @@ OPENAPI: dict[str, Any] = {
                 "description": "Ordered by target, then job id (code point by code point). With "
                 "`state_url` (cluster mode) every replica lists every job of the cluster: its own as it "
                 "holds them, the others' as their owners last committed them, each with its `owner`; "
-                "a page then holds at most 10000 jobs, and `next` leads to the following one. When the "
+                "there every answer is a page (1000 jobs unless `limit` says otherwise), and `next` leads to "
+                "the following one. When the "
                 "other replicas' jobs cannot be read (PostgreSQL out of reach), this replica's are "
                 "listed and `incomplete` says why.",
                 "parameters": [
@@ -74,7 +75,7 @@ OPENAPI: dict[str, Any] = {
                     {
                         "name": "limit",
                         "in": "query",
-                        "description": "At most this many jobs (without it: every job, or 10000 in cluster mode).",
+                        "description": "At most this many jobs (without it: every job; 1000 in cluster mode).",
                         "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
                     },
                     {

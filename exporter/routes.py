@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from exporter.api import MAX_PAGE, Api, register_target
+from exporter.api import CLUSTER_PAGE, Api, register_target
 from exporter.httpserver import HttpAnswer
 from exporter.httpserver.fast_path import FastPath, credentials_check, fast_path
 from exporter.httpserver.front_door import Verified, everyone
@@ -71,7 +71,7 @@ class Endpoints:
         if member is not None:  # the other replicas' jobs: read before the handler, which only merges
             from exporter.cluster.view import jobs_elsewhere
 
-            limit = query.limit or MAX_PAGE
+            limit = query.limit or CLUSTER_PAGE
             elsewhere = await jobs_elsewhere(
                 member, query.target, query.status, after=query.after, limit=limit
             )

@@ -233,7 +233,7 @@ class PostgresStore(GroupCommit):
             (target, target, *(after or ("", "")), id_prefix, sorted(skip_shards), status, status, limit),
             COMMIT_TIMEOUT,
         )
-        return self._cluster_jobs(rows)
+        return await self._cluster_jobs(rows)
 
     async def cluster_job(self, target: str, job_id: str) -> ClusterJob | None:
         """One job as its owner last committed it, with the replica that holds its shard now;
@@ -246,13 +246,15 @@ class PostgresStore(GroupCommit):
             (target, job_id),
             COMMIT_TIMEOUT,
         )
-        jobs = self._cluster_jobs(rows)
+        jobs = await self._cluster_jobs(rows)
         return jobs[0] if jobs else None
 
     @staticmethod
-    def _cluster_jobs(rows: list[tuple[Any, ...]]) -> list[ClusterJob]:
+    async def _cluster_jobs(rows: list[tuple[Any, ...]]) -> list[ClusterJob]:
         jobs = []
-        for t, job_id, data, shard, owner, written_by in rows:
+        for n, (t, job_id, data, shard, owner, written_by) in enumerate(rows):
+            if n % ROWS_PER_TURN == ROWS_PER_TURN - 1:  # a scrape waits for no page's read
+                await anyio.lowlevel.checkpoint()
             with contextlib.suppress(ValueError):  # unreadable: skipped, as load() does
                 tracked = tracked_from_json(data)
                 if tracked.job.id == job_id:
