@@ -309,10 +309,11 @@ class Api:
             rows.append((key, document))
         more = False
         if elsewhere is not None:
-            seen = {key for key, _ in rows}
+            targets = self.runtime.tracker.targets
             for job in elsewhere.jobs:
                 key = (job.target, job.tracked.job.id)
-                if key not in seen:  # a job held here too: this replica's is the fresher
+                its = targets.get(job.target)
+                if its is None or key[1] not in its.jobs:  # a job held here: this replica's is fresher
                     rows.append((key, {**job_document(job.target, job.tracked), "owner": job.owner}))
             rows.sort(key=_first)
             more = elsewhere.more

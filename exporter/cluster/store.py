@@ -219,18 +219,29 @@ class PostgresStore(GroupCommit):
         """Jobs of every replica, ordered by (target, id) as Python orders strings (code points:
         PostgreSQL's "C" collation, whatever the database's), `limit` after `after`: each as its
         owner last committed it, with the replica that holds its shard now. `status` and
-        `id_prefix` filter; the jobs of `skip_shards` (those this replica holds in memory, fresher
-        than their rows) are left out."""
+        `id_prefix` filter. Of `skip_shards` (those this replica holds in memory, fresher than
+        their rows) only the jobs other replicas wrote are read: registrations they took for this
+        replica, which its catch-up read may not have taken in yet."""
         rows = await self._shown.rows(
             "SELECT j.target, j.job_id, j.data, j.shard, "
             "CASE WHEN l.expires_at > now() THEN l.owner END, j.written_by "
             "FROM asyncjob.jobs j LEFT JOIN asyncjob.leases l ON l.shard = j.shard "
             "WHERE (%s::text IS NULL OR j.target = %s) "
             'AND (j.target COLLATE "C", j.job_id COLLATE "C") > (%s, %s) '
-            "AND starts_with(j.job_id, %s) AND NOT j.shard = ANY(%s) "
+            "AND starts_with(j.job_id, %s) AND NOT (j.shard = ANY(%s) AND j.written_by = %s) "
             "AND (%s::text IS NULL OR j.data::jsonb #>> '{job,status}' = %s) "
             'ORDER BY j.target COLLATE "C", j.job_id COLLATE "C" LIMIT %s',
-            (target, target, *(after or ("", "")), id_prefix, sorted(skip_shards), status, status, limit),
+            (
+                target,
+                target,
+                *(after or ("", "")),
+                id_prefix,
+                sorted(skip_shards),
+                self.replica,
+                status,
+                status,
+                limit,
+            ),
             COMMIT_TIMEOUT,
         )
         return await self._cluster_jobs(rows)

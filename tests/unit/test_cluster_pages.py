@@ -129,6 +129,21 @@ async def test_any_replica_lists_every_job_of_the_cluster_with_the_replica_that_
         assert documents(await client.get("/api/v1/jobs")) == expected
 
 
+async def test_a_registration_another_replica_took_is_listed_before_its_owner_takes_it_in(
+    pair: tuple[Replica, Replica],
+) -> None:
+    a, b = pair
+    held = set(b.leases.held())
+    job_id = next(i for i in (f"for-b-{n}" for n in itertools.count()) if shard_of("t", i, SHARDS) in held)
+    a.member.register_for_owner("t", job_id)  # as a registration on a does: written for b
+    await a.member.store.flush()
+    assert job_id not in b.runtime.tracker.targets["t"].jobs  # b's catch-up read has not run
+    async with b.client() as client:
+        assert documents(await client.get("/api/v1/jobs")) == [("t", job_id, "b")]
+        assert f"/jobs/t/{job_id}" in (await client.get("/jobs")).text
+        assert (await client.get(f"/api/v1/targets/t/jobs/{job_id}")).json()["owner"] == "b"
+
+
 async def test_paging_and_filters_run_across_the_replicas_in_one_order(pair: tuple[Replica, Replica]) -> None:
     a, b = pair
     failed = a.track(2, Status.FAILED, "fa") + b.track(2, Status.FAILED, "fb")
