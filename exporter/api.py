@@ -322,7 +322,8 @@ class Api:
         out = [document for _, document in rows]
         answer: dict[str, Any] = {"jobs": out, "count": len(out)}
         if limit is not None:
-            answer["next"] = "/".join(rows[-1][0]) if more and rows else None
+            last = rows[-1][0] if rows else elsewhere.last if elsewhere is not None else None
+            answer["next"] = "/".join(last) if more and last is not None else None
         if elsewhere is not None and elsewhere.error is not None:
             answer["incomplete"] = elsewhere.error
         return json_answer(200, answer)

@@ -33,6 +33,7 @@ class Elsewhere:
     jobs: list[ClusterJob] = field(default_factory=list)
     error: str | None = None
     more: bool = False
+    last: JobKey | None = None  # the last key read (of a job shown or not): a page goes on after it
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,9 @@ async def jobs_elsewhere(
     after: JobKey | None = None,
     limit: int = 1000,
 ) -> Elsewhere:
-    """Up to `limit` jobs of the shards this replica does not hold in memory, after `after` in
-    (target, id) order, as their owners last committed them."""
+    """Up to `limit` jobs of other replicas, after `after` in (target, id) order, as their owners
+    last committed them; and registrations others took for this replica's shards, not taken in
+    yet (never one this replica dropped)."""
     if "\x00" in id_prefix:
         return Elsewhere()  # no id holds a NUL (the store replaces it), nor can PostgreSQL's text
     if not member.reachable:
@@ -73,7 +75,21 @@ async def jobs_elsewhere(
             )
     except (psycopg.Error, OSError, TimeoutError) as e:
         return _unreadable(member, e)
-    return Elsewhere(rows[:limit], more=len(rows) > limit)
+    read = rows[:limit]
+    last = (read[-1].target, read[-1].tracked.job.id) if read else None
+    return Elsewhere([j for j in read if not _dropped_here(member, j)], more=len(rows) > limit, last=last)
+
+
+def _dropped_here(member: Member, job: ClusterJob) -> bool:
+    """A job of this replica's shards that it dropped, written again by another replica's list:
+    its catch-up read leaves such a job dropped (a registration, though, is taken in again)."""
+    if job.shard not in member.kept or job.tracked.source == "registered":
+        return False
+    state = member.tracker.targets.get(job.target)
+    job_id = job.tracked.job.id
+    if state is not None and job_id in state.tombstones:
+        return True
+    return member.store.buried(job.target, job_id) is not None
 
 
 async def job_elsewhere(member: Member, target: str, job_id: str) -> Elsewhere:
@@ -87,7 +103,7 @@ async def job_elsewhere(member: Member, target: str, job_id: str) -> Elsewhere:
             found = await member.store.cluster_job(target, job_id)
     except (psycopg.Error, OSError, TimeoutError) as e:
         return _unreadable(member, e)
-    return Elsewhere([found] if found is not None else [])
+    return Elsewhere([found] if found is not None and not _dropped_here(member, found) else [])
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,25 @@ async def test_a_registration_another_replica_took_is_listed_before_its_owner_ta
         assert (await client.get(f"/api/v1/targets/t/jobs/{job_id}")).json()["owner"] == "b"
 
 
+async def test_a_job_this_replica_dropped_stays_dropped_when_another_replicas_list_shows_it_again(
+    pair: tuple[Replica, Replica],
+) -> None:
+    a, b = pair
+    (gone,) = b.track(1, prefix="gone")
+    b.runtime.tracker.drop("t", gone, "deleted")
+    await b.member.store.flush()
+    a.member.hand_over("t", [Job(gone, Status.RUNNING)])  # a's list shows it: written for b
+    (again,) = b.track(1, prefix="again")
+    b.runtime.tracker.drop("t", again, "deleted")
+    await b.member.store.flush()
+    a.member.register_for_owner("t", again)  # registered anew on a: b takes it in again
+    await a.member.store.flush()
+    async with b.client() as client:
+        assert documents(await client.get("/api/v1/jobs")) == [("t", again, "b")]
+        assert (await client.get(f"/api/v1/targets/t/jobs/{gone}")).status_code == 404
+        assert (await client.get(f"/jobs/t/{gone}")).status_code == 404
+
+
 async def test_paging_and_filters_run_across_the_replicas_in_one_order(pair: tuple[Replica, Replica]) -> None:
     a, b = pair
     failed = a.track(2, Status.FAILED, "fa") + b.track(2, Status.FAILED, "fb")
