@@ -1,6 +1,8 @@
 """The exporter's answers as plain handlers, (target, headers, body) → HttpAnswer: /metrics, the
 probes, /-/reload and the job API. The Starlette routes (exporter.routes) and the HTTP server's
-fast path (exporter.httpserver.fast_path) are thin adapters over them, so both run this code."""
+fast path (exporter.httpserver.fast_path) are thin adapters over them, so both run this code.
+In cluster mode the other replicas' jobs are a network away: the route reads them first
+(exporter.cluster.view) and hands them to the handler, which only merges them with its own."""
 
 from __future__ import annotations
 
