@@ -1,6 +1,7 @@
 """One address serves the pages of a cluster: two replicas of the real CLI on a real PostgreSQL,
 against the simulator; a job replica a works is listed, answered and shown by replica b with its
-owner, and either replica's landing page lists both members."""
+owner, and either replica's landing page lists both members; with PostgreSQL stopped, b's pages
+show b's own jobs and say the rest cannot be read."""
 
 from __future__ import annotations
 
@@ -133,3 +134,21 @@ def test_a_job_replica_a_works_is_listed_and_shown_by_replica_b_with_its_owner(
         listing = httpx.get(f"{b.url}/jobs?target={TARGET}&status=failed", timeout=5).text
         row = re.search(rf'/jobs/{TARGET}/{theirs}">[^<]*</a></td>\s*<td class="owner">([^<]*)</td>', listing)
         assert row is not None and row.group(1) == "a"
+
+        # PostgreSQL stopped: b's pages still answer, with b's own jobs, saying the rest cannot be read.
+        mine = {i for i, o in listed.items() if o == "b"}
+        postgres_server.stop()
+        try:
+            answer = wait_for(
+                lambda: (r := httpx.get(f"{b.url}/api/v1/jobs", timeout=10).json()).get("incomplete") and r,
+                timeout=30,
+                what="b's list saying the other replicas' jobs cannot be read",
+            )
+            assert {j["id"] for j in answer["jobs"]} == mine and {j["owner"] for j in answer["jobs"]} == {"b"}
+            listing = httpx.get(f"{b.url}/jobs?target={TARGET}", timeout=10)
+            assert listing.status_code == 200 and 'id="elsewhere-unreadable"' in listing.text
+            assert all(f"/jobs/{TARGET}/{i}" in listing.text for i in mine) and theirs not in listing.text
+            assert httpx.get(f"{b.url}/jobs/{TARGET}/{theirs}", timeout=10).status_code == 503
+            assert httpx.get(f"{b.url}/", timeout=10).status_code == 200
+        finally:
+            postgres_server.start()  # the replicas hand their leases back as they stop
