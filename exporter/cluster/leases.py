@@ -50,6 +50,15 @@ def preferred_owners(members: list[str], shards: int) -> dict[int, str]:
     return {s: max(members, key=lambda m: preference(m, s)) for s in range(shards)}
 
 
+@dataclass(frozen=True)
+class Peer:
+    """A live member as the last round read it, for the landing page."""
+
+    replica: str
+    address: str  # its `cluster.advertise_url`; "" when it gave none
+    shards: int  # unexpired leases it held when the round read them (before this round's claims)
+
+
 @dataclass
 class Counters:
     renew_errors: int = 0
@@ -75,6 +84,7 @@ class Leases:
     clock: Callable[[], float] = time.monotonic
     counters: Counters = field(default_factory=Counters)
     members: list[str] = field(default_factory=list)
+    peers: list[Peer] = field(default_factory=list)  # the members with what each holds
     _held: dict[int, int] = field(default_factory=dict)  # shard -> generation
     _valid_until: float = 0.0
     # Until then, lapsed leases of other replicas are not claimed (see `round`).
@@ -120,7 +130,8 @@ class Leases:
         try:
             conn = await self._connection()
             async with conn.transaction():
-                members = await self._heartbeat(conn)
+                peers = await self._heartbeat(conn)
+                members = [p.replica for p in peers]
                 renewed = await self._renew(conn)
             self._valid_until = sent + self.ttl * (1 - SAFETY)
             if self._failing:
@@ -133,7 +144,7 @@ class Leases:
             if lost:
                 log.warning("cluster leases lost to another replica", extra={"shards": len(lost)})
                 await self._lose(lost)
-            self.members = members
+            self.members, self.peers = members, peers
             wanted = {s for s, m in preferred_owners(members, self.shards).items() if m == self.replica}
             await self._release(conn, set(self._held) - wanted)
             await self._claim(conn, wanted - set(self._held), sent)
@@ -179,18 +190,21 @@ class Leases:
             with contextlib.suppress(psycopg.Error, OSError):
                 await conn.close()
 
-    async def _heartbeat(self, conn: psycopg.AsyncConnection) -> list[str]:
+    async def _heartbeat(self, conn: psycopg.AsyncConnection) -> list[Peer]:
         await conn.execute(
             "INSERT INTO asyncjob.members (replica, address, heartbeat_at) VALUES (%s, %s, now()) "
             "ON CONFLICT (replica) DO UPDATE SET heartbeat_at = now(), address = excluded.address",
             (self.replica, self.address),
         )
+        # With the leases each holds, in the same round trip (asyncjob.leases is indexed by owner).
         cur = await conn.execute(
-            "SELECT replica FROM asyncjob.members WHERE heartbeat_at > now() - make_interval(secs => %s) "
-            "ORDER BY replica",
+            "SELECT m.replica, m.address, count(l.shard) FROM asyncjob.members m "
+            "LEFT JOIN asyncjob.leases l ON l.owner = m.replica AND l.expires_at > now() "
+            "WHERE m.heartbeat_at > now() - make_interval(secs => %s) "
+            "GROUP BY m.replica, m.address ORDER BY m.replica",
             (self.ttl,),
         )
-        return [str(r[0]) for r in await cur.fetchall()]
+        return [Peer(str(r), str(a), int(n)) for r, a, n in await cur.fetchall()]
 
     async def _renew(self, conn: psycopg.AsyncConnection) -> dict[int, int]:
         """Extend every lease this replica holds, lapsed ones too when nobody claimed them since
