@@ -264,15 +264,20 @@ def _log_lines(path: Path) -> Iterator[dict[str, Any]]:
                 yield record
 
 
-def polled_again(replica: Replica, since: float) -> tuple[float, float] | None:
-    """(when its last shards after `since` were taken in, when the first poll cycle that began
-    after that ended), from the replica's log; None until both happened (or it took nothing)."""
-    records = list(_log_lines(replica.log))
-    taken = [
+def taken_in(records: list[dict[str, Any]], since: float) -> list[float]:
+    """When shards holding jobs were taken in after `since` (shards without jobs need no poll)."""
+    return [
         r["at"]
         for r in records
         if r.get("msg") == "cluster shards taken in" and r["at"] >= since and r.get("jobs")
     ]
+
+
+def polled_again(replica: Replica, since: float) -> tuple[float, float] | None:
+    """(when its last shards after `since` were taken in, when the first poll cycle that began
+    after that ended), from the replica's log; None until both happened (or it took nothing)."""
+    records = list(_log_lines(replica.log))
+    taken = taken_in(records, since)
     if not taken:
         return None
     cycles = [
@@ -299,17 +304,11 @@ def kill_one(
     deadline = time.monotonic() + 3 * lease_ttl + 3 * poll_interval + 120
     taken: dict[int, tuple[float, float]] = {}
     while time.monotonic() < deadline:
-        held = total(survivors, "shards_held")
-        if held >= SHARDS:
+        # Every shard held and every job exported again: each take-in is logged by then (the
+        # log line follows the jobs' adoption on the event loop, with no await between).
+        if total(survivors, "shards_held") >= SHARDS and total(survivors, "running") >= n:
             taken = {i: t for i, r in enumerate(survivors) if (t := polled_again(r, killed)) is not None}
-            takers = [
-                r
-                for r in survivors
-                if any(
-                    rec.get("msg") == "cluster shards taken in" and rec["at"] >= killed
-                    for rec in _log_lines(r.log)
-                )
-            ]
+            takers = [r for r in survivors if taken_in(list(_log_lines(r.log)), killed)]
             if taken and len(taken) == len(takers):
                 break
         time.sleep(0.5)
