@@ -290,6 +290,17 @@ def polled_again(replica: Replica, since: float) -> tuple[float, float] | None:
     return (taken[-1], cycles[0]) if cycles else None
 
 
+def warnings(replicas: list[Replica]) -> dict[str, int]:
+    """What the replicas logged as warnings and errors, by message: the run's surprises."""
+    seen: dict[str, int] = {}
+    for r in replicas:
+        for rec in _log_lines(r.log):
+            if rec.get("level") in ("warning", "error", "critical"):
+                key = f"{rec['level']}: {rec.get('msg')}"
+                seen[key] = seen.get(key, 0) + 1
+    return dict(sorted(seen.items(), key=lambda kv: -kv[1]))
+
+
 def kill_one(
     replicas: list[Replica], n: int, lease_ttl: float, poll_interval: float, log: Log
 ) -> dict[str, Any]:
@@ -433,6 +444,7 @@ def run(
                 # The registered ids are unknown to the simulator: dropped at their first poll.
                 time.sleep(min(poll_interval, 5.0))
                 result["cluster"]["kill"] = kill_one(group, n_jobs, lease_ttl, poll_interval, log)
+                result["cluster"]["log_warnings"] = warnings(group)
                 result["cluster"]["postgres_settings"] = pg.psql(
                     "SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_settings "
                     "WHERE name IN ('fsync', 'synchronous_commit', 'server_version')"
@@ -592,6 +604,10 @@ def body(r: dict[str, Any]) -> list[str]:
         f"the kill (`lease_ttl` {k['lease_ttl_s']:g} s; the jobs taken in wait for the next full cycle,",
         f"up to one poll interval of {k['poll_interval_s']:g} s, and that cycle's own length). Read from the",
         "survivors' logs: the end of the first poll cycle that began after their last shards were taken in.",
+        "",
+        "The replicas' warnings and errors over the run, by message: "
+        + ("; ".join(f"{msg} ({count:,})" for msg, count in many.get("log_warnings", {}).items()) or "none")
+        + " (the registered ids are unknown to the simulator: each is dropped once, in both modes).",
         "",
         "PostgreSQL's statements (pg_stat_statements) from the start until every job was answered once",
         "(each job written as it was first tracked, a placeholder, then with its first answer):",
