@@ -177,9 +177,7 @@ def test_lockout_scrapes_on_new_connections_while_more_connections_than_the_cap_
 def test_cluster_measures_replicas_sharing_postgresql_beside_one_sqlite_process() -> None:
     """3 replicas of the CLI and one SQLite process on the same jobs; a replica killed and its jobs
     polled again by the others; the statements PostgreSQL received, read from pg_stat_statements."""
-    r = cluster.run(
-        n_jobs=60, poll_interval=1.0, lease_ttl=3.0, registration_seconds=0.5, concurrency=6, log=quiet
-    )
+    r = cluster.run(**cluster.QUICK, log=quiet)  # `python -m bench.cluster --quick`
     one, many = r["sqlite"], r["cluster"]
     assert one["processes"] == 1 and many["processes"] == 3
     for m in (one, many):
