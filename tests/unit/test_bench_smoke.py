@@ -11,6 +11,7 @@ from bench import (
     auth,
     changes,
     cluster,
+    cluster_report,
     detection,
     lockout,
     machine,
@@ -193,8 +194,8 @@ def test_cluster_measures_replicas_sharing_postgresql_beside_one_sqlite_process(
     assert kill["victim_jobs"] > 0 and kill["survivors_running"] == 60
     assert 0 < kill["taken_over_s"] <= kill["polled_again_s"]
     assert "fsync=on" in many["postgres_settings"] and "synchronous_commit=on" in many["postgres_settings"]
-    assert len(cluster.targets(r)) == 5
-    text = "\n".join(cluster.body(r))
+    assert len(cluster_report.targets(r)) == 5
+    text = "\n".join(cluster_report.body(r))
     assert (
         "## Cluster mode: 3 replicas sharing PostgreSQL" in text
         and "### On paper: 1,000,000 live jobs" in text
