@@ -83,7 +83,7 @@ def start(tmp: Path, config: dict[str, Any], name: str) -> Replica:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = tmp / f"{name}.log"
     # Debug: the scheduler's one line a poll cycle (when it began, how many jobs) is what the
-    # failover figure is read from; nothing is logged per job.
+    # failover figure is read from; debug adds nothing a job to what info logs.
     args = [f"--config.file={path}", f"--web.listen-address=127.0.0.1:{port}"]
     popen = start_cli([*args, "--log.level=debug", "--log.format=json"], log)
     return Replica(popen, log, port)
