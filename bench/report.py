@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench import auth, detection, lockout, pgdriver, series
+from bench import auth, cluster_report, detection, lockout, pgdriver, series
 from bench.scraper import latency_cell
 
 KIB = 1024
@@ -746,6 +746,7 @@ SECTIONS: list[Section] = [
     Section("auth", auth.body, auth.targets),
     Section("soak", soak_body, soak_targets),
     Section("pgdriver", pgdriver.body, pgdriver.targets),
+    Section("cluster", cluster_report.body, cluster_report.targets),
     Section("lockout", lockout.body, lockout.targets),
 ]
 

@@ -205,7 +205,8 @@ class Member:
         self._let_go(shards)
 
     def _let_go(self, shards: set[int]) -> None:
-        shards &= self.kept
+        # A new set: the caller (Leases._release) releases every shard it passed, kept or not.
+        shards = shards & self.kept
         if not shards:
             return
         gone = 0

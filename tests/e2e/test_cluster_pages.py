@@ -145,9 +145,9 @@ def test_a_job_replica_a_works_is_listed_and_shown_by_replica_b_with_its_owner(
                 what="b's list saying the other replicas' jobs cannot be read",
             )
             assert {j["id"] for j in answer["jobs"]} == mine and {j["owner"] for j in answer["jobs"]} == {"b"}
-            listing = httpx.get(f"{b.url}/jobs?target={TARGET}", timeout=10)
-            assert listing.status_code == 200 and 'id="elsewhere-unreadable"' in listing.text
-            assert all(f"/jobs/{TARGET}/{i}" in listing.text for i in mine) and theirs not in listing.text
+            page = httpx.get(f"{b.url}/jobs?target={TARGET}", timeout=10)
+            assert page.status_code == 200 and 'id="elsewhere-unreadable"' in page.text
+            assert all(f"/jobs/{TARGET}/{i}" in page.text for i in mine) and theirs not in page.text
             assert httpx.get(f"{b.url}/jobs/{TARGET}/{theirs}", timeout=10).status_code == 503
             assert httpx.get(f"{b.url}/", timeout=10).status_code == 200
         finally:
