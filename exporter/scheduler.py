@@ -68,6 +68,8 @@ class TargetRunner:
     failures: int = 0
     # Ids registered through the API since the last cycle, oldest first: a wake-up polls these alone.
     fresh: dict[str, None] = field(default_factory=dict)
+    # A wake-up starts the full cycle now (jobs of shards just taken over from another replica).
+    full_now: bool = False
 
 
 def next_delay(interval: float, failures: int, retry_after: float | None, rng: random.Random) -> float:
@@ -204,6 +206,9 @@ class Scheduler:
             return
         runner.provider.restore_cursors(cursors)
         self._track_static(runner)
+        # The jobs taken in waited for a replica already (one that died, say): poll them now.
+        runner.full_now = True
+        runner.wake.set()
 
     def _track_static(self, runner: TargetRunner) -> None:
         name = runner.config.name
@@ -241,11 +246,12 @@ class Scheduler:
         """Wait for the next full cycle. A registration wakes us first: after a moment for
         others to arrive, the ids registered meanwhile are polled alone (not every job of the
         target again), FRESH_PER_WAKE at most, oldest first, and the full cycle stays due when
-        it was."""
+        it was. Jobs taken over from another replica of a cluster start the full cycle at once."""
         while True:
             with anyio.move_on_after(max(0.0, due - time.monotonic())):
                 await runner.wake.wait()
-            if not runner.wake.is_set():
+            if not runner.wake.is_set() or runner.full_now:
+                runner.full_now = False
                 return
             await anyio.sleep(max(0.0, min(1.0, runner.config.poll_interval, due - time.monotonic())))
             if time.monotonic() >= due:

@@ -35,6 +35,8 @@ RENEWALS_PER_TTL = 3
 # The share of the TTL a replica keeps in hand: it stops working a shard this long before the
 # database could give the shard to another replica (clock rates drift; a round takes time).
 SAFETY = 0.2
+# Members silent for a day are deleted every this many rounds.
+FORGET_EVERY = 100
 
 
 def preference(replica: str, shard: int) -> int:
@@ -90,6 +92,7 @@ class Leases:
     # Until then, lapsed leases of other replicas are not claimed (see `round`).
     _patient_until: float = 0.0
     _failing: bool = False
+    _rounds: int = 0
     _conn: psycopg.AsyncConnection | None = None
 
     # --- what the rest of the replica asks -------------------------------------------------
@@ -196,6 +199,10 @@ class Leases:
             "ON CONFLICT (replica) DO UPDATE SET heartbeat_at = now(), address = excluded.address",
             (self.replica, self.address),
         )
+        self._rounds += 1
+        if self._rounds % FORGET_EVERY == 1:
+            # Replicas gone for a day (killed pods under names never used again) leave the table.
+            await conn.execute("DELETE FROM asyncjob.members WHERE heartbeat_at < now() - interval '1 day'")
         # With the leases each holds, in the same round trip (asyncjob.leases is indexed by owner).
         cur = await conn.execute(
             "SELECT m.replica, m.address, count(l.shard) FROM asyncjob.members m "

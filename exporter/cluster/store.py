@@ -365,21 +365,32 @@ class PostgresStore(GroupCommit):
         """The newest change number: a replica catching up reads what comes after it."""
         return int((await self._read("SELECT coalesce(max(seq), 0) FROM asyncjob.jobs", ()))[0][0])
 
-    async def written_by_others(self, after: int, shards: Iterable[int]) -> list[tuple[int, str, TrackedJob]]:
+    async def written_by_others(
+        self, after: int, shards: Iterable[int], wanted: Callable[[str, str], bool]
+    ) -> tuple[list[int], list[tuple[str, TrackedJob]]]:
         """Jobs of `shards` other replicas wrote after change number `after` (registrations and
-        listed jobs written for this replica), oldest first: (seq, target, job)."""
+        listed jobs written for this replica), oldest first: the change numbers read, and the jobs
+        `wanted(target, id)` (only those are parsed: a read overlaps the last ones)."""
         rows = await self._read(
             "SELECT seq, target, job_id, data FROM asyncjob.jobs "
             "WHERE seq > %s AND shard = ANY(%s) AND written_by <> %s ORDER BY seq LIMIT %s",
             (after, sorted(shards), self.replica, CATCH_UP_ROWS),
         )
         jobs = []
-        for seq, target, job_id, data in rows:
+        for _seq, target, job_id, data in rows:
+            if not wanted(target, job_id):
+                continue
             with contextlib.suppress(ValueError):  # unreadable: skipped, as load() does
                 tracked = tracked_from_json(data)
                 if tracked.job.id == job_id:
-                    jobs.append((int(seq), str(target), tracked))
-        return jobs
+                    jobs.append((str(target), tracked))
+        return [int(row[0]) for row in rows], jobs
+
+    def as_loaded(self, tracked: TrackedJob) -> TrackedJob:
+        """A job read from the database and taken in as it is there: its first change notice
+        writes nothing (as a job restore() hands out)."""
+        self._unchanged[id(tracked)] = tracked
+        return tracked
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
         key = (state.config.name, job_id)
@@ -447,8 +458,11 @@ class PostgresStore(GroupCommit):
                     return c.generation is not None and c.shard in live and newest[c.shard] == c.generation
 
                 statements, stale = batch.statements(rows, fresh, self.replica)
-                for sql, params in statements:
-                    await self._conn.execute(sql, params)
+                # Sent together and answered together (libpq's pipeline): one round trip for the
+                # batch's statements, whatever their number.
+                async with self._conn.pipeline():
+                    for sql, params in statements:
+                        await self._conn.execute(sql, params)
         self.commit_duration.observe(time.perf_counter() - started)
         if stale:
             self.stale_writes += stale
