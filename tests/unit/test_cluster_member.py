@@ -214,7 +214,9 @@ async def test_a_replica_serves_the_cluster_families_of_the_catalogue_in_its_ord
     names = [line.split()[2] for line in served.splitlines() if line.startswith("# TYPE")]
     assert [n for n in names if n.startswith("asyncjob_cluster_")] == [f.name for f in catalogue.CLUSTER]
     assert catalogue.STATE_STALE_WRITES.name in names
-    values = {line.split()[0]: float(line.split()[1]) for line in served.splitlines() if not line.startswith("#")}
+    values = {
+        line.split()[0]: float(line.split()[1]) for line in served.splitlines() if not line.startswith("#")
+    }
     assert values["asyncjob_cluster_replicas"] == 2 and values["asyncjob_cluster_state_reachable"] == 1
     assert values["asyncjob_cluster_shards"] == SHARDS
     assert 0 < values["asyncjob_cluster_shards_held"] < SHARDS
