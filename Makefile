@@ -46,7 +46,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check exporter tests bench dashboards docs deploy
 	$(BIN)/ruff format --check exporter tests bench dashboards docs deploy
-	$(BIN)/mypy exporter
+	$(BIN)/mypy exporter tests bench dashboards docs deploy
 
 format: $(STAMP)
 	$(BIN)/ruff format exporter tests bench dashboards docs deploy

@@ -19,6 +19,7 @@ from typing import Any
 from bench import (
     auth,
     changes,
+    cluster,
     detection,
     jobrate,
     lockout,
@@ -79,6 +80,12 @@ BENCHMARKS: list[tuple[str, str, Callable[[Log], Any]]] = [
         lambda log: jobrate.run(log=log),
     ),
     ("pgdriver", "psycopg and asyncpg against one PostgreSQL", lambda log: pgdriver.run()),
+    (
+        "cluster",
+        "3 replicas sharing PostgreSQL and one SQLite process, on the same 30,000 jobs: first full poll, "
+        "CPU a poll, registrations, kill -9 of a replica, statements a poll cycle",
+        lambda log: cluster.run(log=log),
+    ),
     (
         "lockout",
         "scrapes on new connections while more connections than the cap pipeline wrong passwords",

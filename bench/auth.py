@@ -5,45 +5,39 @@ scraper's latency during the flood is set against the same scraper without it.
 
 `python -m bench.auth flood URL SECONDS CLIENTS` is the flood process: raw asyncio keep-alive
 connections (an httpx client would cost more CPU than the server under test), printing the
-number of answers and their latencies as one JSON line."""
+number of answers and their latencies as one JSON line. The set-up, the flood's driver and the
+paced scraper are bench/flood.py's, shared with bench.lockout."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import statistics
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import bcrypt
 import httpx
-import yaml
 
-from bench.scraper import PROMETHEUS_HEADERS, ROOT, Connection, percentiles
-
-USER, PASSWORD = "prometheus", "right-password"
-
-
-def _basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
+from bench.flood import (
+    PASSWORD,
+    USER,
+    Flood,
+    basic,
+    exporter_with_one_user,
+    flood_clients,
+    host_port,
+    main,
+    paced,
+    wrong_password,
+)
+from bench.scraper import PROMETHEUS_HEADERS, Connection, latency_cell, percentiles
 
 # --- the flood (its own process) ------------------------------------------------------------
 
 
 async def _flood_client(host: str, port: int, deadline: float, latencies: list[float], i: int) -> None:
     reader, writer = await asyncio.open_connection(host, port)
-    request = (
-        f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nAuthorization: {_basic(USER, f'wrong-{i}')}\r\n\r\n"
-    ).encode()
+    request = wrong_password(host, i)
     try:
         while time.monotonic() < deadline:
             t = time.perf_counter()
@@ -61,38 +55,22 @@ async def _flood_client(host: str, port: int, deadline: float, latencies: list[f
 
 
 async def _flood(url: str, seconds: float, clients: int) -> dict[str, Any]:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    latencies: list[float] = []
-    deadline = time.monotonic() + seconds
-    await asyncio.gather(*(_flood_client(host, port, deadline, latencies, i) for i in range(clients)))
+    latencies: list[float] = await flood_clients(url, seconds, clients, _flood_client, [])
     return {"answers": len(latencies), "latencies": latencies}
 
 
 # --- the run --------------------------------------------------------------------------------
 
 
-def _scrape(url: str, seconds: float, every: float, out: list[float]) -> None:
-    parts = urlsplit(url)
-    conn = Connection(parts.hostname or "127.0.0.1", parts.port or 80)
-    headers = PROMETHEUS_HEADERS + f"Authorization: {_basic(USER, PASSWORD)}\r\n"
+def _scrapes(url: str, seconds: float, every: float) -> list[float]:
+    """Latencies of /metrics with the right credentials on one kept-alive connection."""
+    conn = Connection(*host_port(url))
+    headers = PROMETHEUS_HEADERS + f"Authorization: {basic(USER, PASSWORD)}\r\n"
     try:
         conn.get("/metrics", headers)  # the one bcrypt of these credentials: cached from here on
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            t = time.perf_counter()
-            conn.get("/metrics", headers)
-            out.append(time.perf_counter() - t)
-            time.sleep(max(0.0, every - (time.perf_counter() - t)))
+        return paced(lambda: bool(conn.get("/metrics", headers)), seconds, every).latencies
     finally:
         conn.close()
-
-
-def _scrape_in_thread(url: str, seconds: float, every: float) -> tuple[threading.Thread, list[float]]:
-    out: list[float] = []
-    thread = threading.Thread(target=_scrape, args=(url, seconds, every, out), daemon=True)
-    thread.start()
-    return thread, out
 
 
 def _wrong_password_ms(url: str, user: str, n: int) -> float:
@@ -101,7 +79,7 @@ def _wrong_password_ms(url: str, user: str, n: int) -> float:
     with httpx.Client(timeout=30) as client:
         for i in range(n):
             t = time.perf_counter()
-            r = client.get(f"{url}/metrics", headers={"Authorization": _basic(user, f"nope-{i}")})
+            r = client.get(f"{url}/metrics", headers={"Authorization": basic(user, f"nope-{i}")})
             times.append(time.perf_counter() - t)
             assert r.status_code == 401, r.status_code
     return statistics.median(times) * 1000
@@ -115,37 +93,19 @@ def run(
     timing_samples: int = 15,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    from tests.harness import exporter, wait_for
+    with exporter_with_one_user(cost, "asyncjob-bench-auth-") as exp:
+        log(f"auth: timing wrong passwords, known and unknown user ({timing_samples} each)")
+        known_ms = _wrong_password_ms(exp.url, USER, timing_samples)
+        unknown_ms = _wrong_password_ms(exp.url, "nobody", timing_samples)
 
-    with tempfile.TemporaryDirectory(prefix="asyncjob-bench-auth-") as tmp:
-        tmp_path = Path(tmp)
-        web = tmp_path / "web.yml"
-        hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=cost)).decode()
-        web.write_text(yaml.safe_dump({"basic_auth_users": {USER: hashed}}))
-        with exporter(tmp_path, {"targets": []}, extra=[f"--web.config.file={web}"], wait_ready=False) as exp:
-            wait_for(lambda: httpx.get(f"{exp.url}/healthz", timeout=1).status_code == 200, what="exporter")
-            log(f"auth: timing wrong passwords, known and unknown user ({timing_samples} each)")
-            known_ms = _wrong_password_ms(exp.url, USER, timing_samples)
-            unknown_ms = _wrong_password_ms(exp.url, "nobody", timing_samples)
+        log(f"auth: scrape alone, {seconds:g} s")
+        quiet = _scrapes(exp.url, seconds, every)
 
-            log(f"auth: scrape alone, {seconds:g} s")
-            thread, quiet = _scrape_in_thread(exp.url, seconds, every)
-            thread.join(seconds + 60)
-
-            log(f"auth: scrape during a {flood}-way wrong-password flood, {seconds:g} s")
-            flooder = subprocess.Popen(
-                [sys.executable, "-m", "bench.auth", "flood", exp.url, str(seconds + 1), str(flood)],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            time.sleep(0.5)  # the flood's connections are open and queueing bcrypt
-            thread, flooded = _scrape_in_thread(exp.url, seconds, every)
-            thread.join(seconds + 60)
-            out, _ = flooder.communicate(timeout=seconds + 120)
-            if flooder.returncode != 0:
-                raise RuntimeError(f"flood process exited {flooder.returncode}")
-            flood_result = json.loads(out.strip().splitlines()[-1])
+        log(f"auth: scrape during a {flood}-way wrong-password flood, {seconds:g} s")
+        flooder = Flood("bench.auth", exp.url, seconds + 1, flood)
+        time.sleep(0.5)  # the flood's connections are open and queueing bcrypt
+        flooded = _scrapes(exp.url, seconds, every)
+        flood_result = flooder.result()
     return {
         "cost": cost,
         "clients": flood,
@@ -181,9 +141,6 @@ def targets(a: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def body(a: dict[str, Any]) -> list[str]:
-    def lat(p: dict[str, float]) -> str:
-        return f"{p['p50_ms']:.1f} / {p['p99_ms']:.1f} / {p['max_ms']:.0f} ms"
-
     return [
         "## Basic auth under a wrong-password flood",
         "",
@@ -196,9 +153,9 @@ def body(a: dict[str, Any]) -> list[str]:
         "",
         "| | p50 / p99 / max |",
         "|---|---|",
-        f"| authenticated /metrics, alone | {lat(a['alone'])} |",
-        f"| authenticated /metrics, during the flood | {lat(a['flooded'])} |",
-        f"| a wrong password, during the flood | {lat(a['flood_latency'])} |",
+        f"| authenticated /metrics, alone | {latency_cell(a['alone'])} |",
+        f"| authenticated /metrics, during the flood | {latency_cell(a['flooded'])} |",
+        f"| a wrong password, during the flood | {latency_cell(a['flood_latency'])} |",
         "",
         f"The flood got {a['flood_answers']} answers ({a['flood_answers_per_s']:.1f}/s: one bcrypt at a time).",
         f"A wrong password, one request at a time: {a['wrong_password_known_user_ms']:.0f} ms for a known user,",
@@ -208,7 +165,4 @@ def body(a: dict[str, Any]) -> list[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "flood":
-        print(json.dumps(asyncio.run(_flood(sys.argv[2], float(sys.argv[3]), int(sys.argv[4])))))
-    else:
-        print(json.dumps(run(), indent=2))
+    main("bench.auth", __doc__ or "", _flood, run)

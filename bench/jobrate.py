@@ -240,6 +240,7 @@ def capacity(n: int = 20_000) -> dict[str, float]:
     from exporter.providers import PROVIDERS
     from exporter.runtime import connect_store
     from exporter.state import Store
+    from exporter.store import StateStore
     from exporter.tracker import TOMBSTONES_IN_MEMORY, TargetState, Tracker
 
     def file_bytes(path: Path) -> int:
@@ -256,7 +257,13 @@ def capacity(n: int = 20_000) -> dict[str, float]:
     settings = build_settings({"global": {"max_jobs_per_target": n}, "targets": [target]}, PROVIDERS)
     tracker = Tracker()
     store = Store(str(tmp / "state.db"))
-    connect_store(store, tracker, synthetic, history=store)  # any object with a `store` attribute will do
+
+    class NoCursors:
+        """The scheduler's side of the store: no provider of this run keeps cursors."""
+
+        store: StateStore | None = None
+
+    connect_store(store, tracker, NoCursors(), history=store)
     store.bounds = Bounds(period=0)  # the tombstones alone: the history is measured by its own gauges
     tracker.set_target(settings.resolved(settings.targets[0]))
     store.flush()

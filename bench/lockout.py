@@ -6,46 +6,42 @@ whose keep-alive connection was closed must. Its latency during the flood is set
 same scraper without it; a scrape refused or left unanswered counts as a miss.
 
 `python -m bench.lockout flood URL SECONDS CLIENTS` is the flood process; it prints one JSON
-line: the connections it opened and how many of them the server closed."""
+line: the connections it opened and how many of them the server closed. The set-up, the flood's
+driver and the paced scraper are bench/flood.py's, shared with bench.auth."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import bcrypt
 import httpx
-import yaml
 
-from bench.scraper import ROOT, percentiles
+from bench.flood import (
+    PASSWORD,
+    USER,
+    Flood,
+    basic,
+    exporter_with_one_user,
+    flood_clients,
+    host_port,
+    main,
+    paced,
+    wrong_password,
+)
+from bench.scraper import latency_cell, percentiles
 
-USER, PASSWORD = "prometheus", "right-password"
 CLIENTS = 520
 SCRAPE_P99_MS = 50.0  # a scrape on a new connection, good cached credentials, during the flood
-
-
-def _basic(password: str) -> str:
-    return "Basic " + base64.b64encode(f"{USER}:{password}".encode()).decode()
 
 
 # --- the flood (its own process) ------------------------------------------------------------
 
 
 async def _flood_client(host: str, port: int, deadline: float, counts: dict[str, int], i: int) -> None:
-    request = (
-        f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nAuthorization: {_basic(f'wrong-{i}')}\r\n\r\n"
-    ).encode()
+    request = wrong_password(host, i)
     while time.monotonic() < deadline:
         try:
             _, writer = await asyncio.open_connection(host, port)
@@ -66,12 +62,7 @@ async def _flood_client(host: str, port: int, deadline: float, counts: dict[str,
 
 
 async def _flood(url: str, seconds: float, clients: int) -> dict[str, int]:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    counts = {"opened": 0, "closed_by_server": 0}
-    deadline = time.monotonic() + seconds
-    await asyncio.gather(*(_flood_client(host, port, deadline, counts, i) for i in range(clients)))
-    return counts
+    return await flood_clients(url, seconds, clients, _flood_client, {"opened": 0, "closed_by_server": 0})
 
 
 # --- the scraper: a new connection for every scrape -------------------------------------------
@@ -79,7 +70,7 @@ async def _flood(url: str, seconds: float, clients: int) -> dict[str, int]:
 
 def _scrape_once(host: str, port: int) -> bool:
     """One GET /metrics on a new connection, read whole; False if refused or cut."""
-    request = f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nAuthorization: {_basic(PASSWORD)}\r\nConnection: close\r\n\r\n"
+    request = f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nAuthorization: {basic(USER, PASSWORD)}\r\nConnection: close\r\n\r\n"
     try:
         with socket.create_connection((host, port), timeout=10) as s:
             s.sendall(request.encode())
@@ -89,27 +80,6 @@ def _scrape_once(host: str, port: int) -> bool:
     except OSError:
         return False
     return answer.startswith(b"HTTP/1.1 200 ")
-
-
-def _scrape(url: str, seconds: float, every: float, out: dict[str, Any]) -> None:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        t = time.perf_counter()
-        if _scrape_once(host, port):
-            out["latencies"].append(time.perf_counter() - t)
-        else:
-            out["missed"] += 1
-        time.sleep(max(0.0, every - (time.perf_counter() - t)))
-
-
-def _scrape_for(url: str, seconds: float, every: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"latencies": [], "missed": 0}
-    thread = threading.Thread(target=_scrape, args=(url, seconds, every, out), daemon=True)
-    thread.start()
-    thread.join(seconds + 60)
-    return out
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -123,46 +93,31 @@ def run(
     max_connections: int = 512,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    from tests.harness import exporter, wait_for
+    extra = [f"--web.max-connections={max_connections}", "--log.level=info"]
+    with exporter_with_one_user(cost, "asyncjob-bench-lockout-", extra) as exp:
+        first = httpx.get(f"{exp.url}/metrics", auth=(USER, PASSWORD), timeout=30)  # bcrypt once, cached
+        assert first.status_code == 200, first.status_code
+        host, port = host_port(exp.url)
 
-    with tempfile.TemporaryDirectory(prefix="asyncjob-bench-lockout-") as tmp:
-        tmp_path = Path(tmp)
-        web = tmp_path / "web.yml"
-        hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=cost)).decode()
-        web.write_text(yaml.safe_dump({"basic_auth_users": {USER: hashed}}))
-        extra = [f"--web.config.file={web}", f"--web.max-connections={max_connections}", "--log.level=info"]
-        with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp:
-            wait_for(lambda: httpx.get(f"{exp.url}/healthz", timeout=1).status_code == 200, what="exporter")
-            first = httpx.get(f"{exp.url}/metrics", auth=(USER, PASSWORD), timeout=30)  # bcrypt once, cached
-            assert first.status_code == 200, first.status_code
+        log(f"lockout: scrapes on new connections alone, {seconds:g} s")
+        alone = paced(lambda: _scrape_once(host, port), seconds, every)
 
-            log(f"lockout: scrapes on new connections alone, {seconds:g} s")
-            alone = _scrape_for(exp.url, seconds, every)
-
-            log(f"lockout: the same during {clients} connections pipelining wrong passwords, {seconds:g} s")
-            flooder = subprocess.Popen(
-                [sys.executable, "-m", "bench.lockout", "flood", exp.url, str(seconds + 2), str(clients)],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            time.sleep(1.5)  # the flood's connections are open and past the cap
-            flooded = _scrape_for(exp.url, seconds, every)
-            out, _ = flooder.communicate(timeout=seconds + 120)
-            if flooder.returncode != 0:
-                raise RuntimeError(f"flood process exited {flooder.returncode}")
-            flood = json.loads(out.strip().splitlines()[-1])
-            cap_lines = exp.output().count("connection cap reached")
+        log(f"lockout: the same during {clients} connections pipelining wrong passwords, {seconds:g} s")
+        flooder = Flood("bench.lockout", exp.url, seconds + 2, clients)
+        time.sleep(1.5)  # the flood's connections are open and past the cap
+        flooded = paced(lambda: _scrape_once(host, port), seconds, every)
+        flood = flooder.result()
+        cap_lines = exp.output().count("connection cap reached")
     return {
         "cost": cost,
         "clients": clients,
         "max_connections": max_connections,
         "seconds": seconds,
         "scrape_every_s": every,
-        "alone": percentiles(alone["latencies"]),
-        "alone_missed": alone["missed"],
-        "flooded": percentiles(flooded["latencies"]),
-        "flooded_missed": flooded["missed"],
+        "alone": percentiles(alone.latencies),
+        "alone_missed": alone.missed,
+        "flooded": percentiles(flooded.latencies),
+        "flooded_missed": flooded.missed,
         "flood_connections": flood["opened"],
         "flood_closed_by_server": flood["closed_by_server"],
         "cap_log_lines": cap_lines,
@@ -189,9 +144,6 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def body(r: dict[str, Any]) -> list[str]:
-    def lat(p: dict[str, float]) -> str:
-        return f"{p['p50_ms']:.1f} / {p['p99_ms']:.1f} / {p['max_ms']:.0f} ms"
-
     return [
         "## The connection cap under a flood",
         "",
@@ -206,8 +158,8 @@ def body(r: dict[str, Any]) -> list[str]:
         "",
         "| | p50 / p99 / max | refused or cut |",
         "|---|---|---|",
-        f"| /metrics on a new connection, alone | {lat(r['alone'])} | {r['alone_missed']} |",
-        f"| /metrics on a new connection, during the flood | {lat(r['flooded'])} | {r['flooded_missed']} |",
+        f"| /metrics on a new connection, alone | {latency_cell(r['alone'])} | {r['alone_missed']} |",
+        f"| /metrics on a new connection, during the flood | {latency_cell(r['flooded'])} | {r['flooded_missed']} |",
         "",
         f"The flood opened {r['flood_connections']} connections; the server closed "
         f"{r['flood_closed_by_server']} of them to make room. The exporter logged the cap",
@@ -216,7 +168,4 @@ def body(r: dict[str, Any]) -> list[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "flood":
-        print(json.dumps(asyncio.run(_flood(sys.argv[2], float(sys.argv[3]), int(sys.argv[4])))))
-    else:
-        print(json.dumps(run(), indent=2))
+    main("bench.lockout", __doc__ or "", _flood, run)

@@ -70,7 +70,7 @@ async def _psycopg(dsn: str, rounds: int, batches: int) -> dict[str, Any]:
 
 
 async def _asyncpg(dsn: str, rounds: int, batches: int) -> dict[str, Any]:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     conn = await asyncpg.connect(dsn)
     try:

@@ -4,7 +4,7 @@ and the first full poll of a large fleet (the scheduler's own cycle, cold: token
 beside a bare client's first pass over the same jobs.
 
 `python -m bench.poll --against REV` instead measures the same poll path with this tree's
-transport and with exporter/transport.py as it was at git revision REV, rounds alternating,
+transport and with exporter/transport.py (and http11.py) as at git revision REV, rounds alternating,
 in one process against one simulator: a change to the transport, before and after."""
 
 from __future__ import annotations
@@ -29,14 +29,16 @@ import httpx
 from bench import profiles, simulated
 from exporter.config import ResolvedTarget, build_settings
 from exporter.fetch import TargetHttp
+from exporter.model import placeholder
 from exporter.providers import PROVIDERS
 from exporter.providers.basiq import Basiq
 from exporter.render import Exposition
-from exporter.scheduler import Scheduler, TargetRunner, placeholder
+from exporter.scheduler import Scheduler, TargetRunner
 from exporter.tracker import Tracker
 from exporter.transport import Http11Transport
 
 TARGET = "basiq-bench"
+HTTP11 = "exporter.http11"
 FULL_POLL_JOBS = 10_000  # the issue's fleet: its first full poll within 6 s
 
 
@@ -269,18 +271,35 @@ def run(
 
 
 def transport_at(revision: str) -> Callable[[], httpx.AsyncBaseTransport]:
-    """A maker of exporter/transport.py's Http11Transport as it was at git `revision`."""
+    """A maker of exporter/transport.py's Http11Transport as it was at git `revision`, reading
+    answers with the exporter/http11.py of that revision where it has one (before it, the
+    transport held its parser)."""
     root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(
-        ["git", "show", f"{revision}:exporter/transport.py"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    module = types.ModuleType(f"transport_at_{revision}")
-    sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, f"{revision}:exporter/transport.py", "exec"), module.__dict__)
+
+    def load(path: str) -> types.ModuleType | None:
+        shown = subprocess.run(
+            ["git", "show", f"{revision}:{path}"], cwd=root, capture_output=True, text=True
+        )
+        if shown.returncode != 0:
+            return None
+        module = types.ModuleType(f"{Path(path).stem}_at_{revision}")
+        sys.modules[module.__name__] = module  # dataclasses look their module up
+        exec(compile(shown.stdout, f"{revision}:{path}", "exec"), module.__dict__)
+        return module
+
+    ours = sys.modules.get(HTTP11)
+    parser = load("exporter/http11.py")
+    try:
+        if parser is not None:
+            sys.modules[HTTP11] = parser  # what that revision's transport imports
+        module = load("exporter/transport.py")
+    finally:
+        if ours is None:
+            sys.modules.pop(HTTP11, None)
+        else:
+            sys.modules[HTTP11] = ours
+    if module is None:
+        raise SystemExit(f"{revision} has no exporter/transport.py")
     made: Callable[[], httpx.AsyncBaseTransport] = module.Http11Transport
     return made
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -159,10 +159,17 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def drive(
-    port: int, target: str, n: int, concurrency: int, prefix: str, seconds: float | None = None
+    port: int | Sequence[int],
+    target: str,
+    n: int,
+    concurrency: int,
+    prefix: str,
+    seconds: float | None = None,
 ) -> dict[str, Any]:
     """n registrations over `concurrency` keep-alive connections (or as many as fit in `seconds`);
-    latency of each, from send to answer, and how many were answered in each second."""
+    latency of each, from send to answer, and how many were answered in each second. Given
+    several ports (replicas), the connections are spread over them in turn."""
+    ports = [port] if isinstance(port, int) else list(port)
     latencies: list[float] = []
     finished: list[float] = []
     statuses: dict[int, int] = {}
@@ -170,8 +177,8 @@ async def drive(
     started = time.perf_counter()
     deadline = float("inf") if seconds is None else started + seconds
 
-    async def connection() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connection(k: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports[k % len(ports)])
         try:
             for i in counter:
                 t0 = time.perf_counter()
@@ -186,7 +193,7 @@ async def drive(
         finally:
             writer.close()
 
-    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    await asyncio.gather(*(connection(k) for k in range(concurrency)))
     elapsed = time.perf_counter() - started
     done = len(latencies)
     # The last answers come just after the deadline: counted in the last second.

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench import auth, detection, lockout, pgdriver, series
+from bench import auth, cluster_report, detection, lockout, pgdriver, series
+from bench.scraper import latency_cell
 
 KIB = 1024
 
@@ -58,10 +59,6 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _code(text: str) -> list[str]:
     return ["```", text.rstrip(), "```"]
-
-
-def _lat(p: dict[str, float]) -> str:
-    return f"{p['p50_ms']:.1f} / {p['p99_ms']:.1f} / {p['max_ms']:.0f} ms"
 
 
 # --- 1. scrape under churn ------------------------------------------------------------------
@@ -126,26 +123,26 @@ def scrape_body(s: dict[str, Any]) -> list[str]:
         *_table(
             ["figure", "p50 / p99 / max", "samples"],
             [
-                ["`/metrics`, gzip", _lat(s["metrics"]), str(s["metrics"]["n"])],
-                ["`/healthz`", _lat(s["healthz"]), str(s["healthz"]["n"])],
+                ["`/metrics`, gzip", latency_cell(s["metrics"]), str(s["metrics"]["n"])],
+                ["`/healthz`", latency_cell(s["healthz"]), str(s["healthz"]["n"])],
                 [
                     "the body itself: `Exposition.render(gz=True)` as the server calls it, on the loop",
-                    _lat(s["render"]),
+                    latency_cell(s["render"]),
                     str(s["render"]["n"]),
                 ],
                 [
                     _gc_row(s),
-                    _lat(s["gc_full"]) if s["gc_full"]["n"] else "none",
+                    latency_cell(s["gc_full"]) if s["gc_full"]["n"] else "none",
                     str(s["gc_full"]["n"]),
                 ],
                 [
                     "age of the served body: since the oldest change it lacks (sampled every 20 ms)",
-                    _lat(s["staleness"]),
+                    latency_cell(s["staleness"]),
                     str(s["staleness"]["n"]),
                 ],
                 [
                     "after every job changed (the pass's last change), until the served body holds all",
-                    _lat(s["current_after"]),
+                    latency_cell(s["current_after"]),
                     str(s["current_after"]["n"]),
                 ],
             ],
@@ -339,8 +336,8 @@ def memory_body(mem: dict[str, Any]) -> list[str]:
             f"{m['all_answered_s']:.1f} s",
             f"{m['rss_bytes'] / KIB / KIB:.1f} MiB",
             f"{m['bytes_per_job'] / KIB:.2f} KiB" if "bytes_per_job" in m else "",
-            _lat(m["metrics"]),
-            _lat(m["healthz"]),
+            latency_cell(m["metrics"]),
+            latency_cell(m["healthz"]),
             f"{m['body_bytes'] / KIB:,.0f} KiB",
         ]
         for m in mem["sizes"]
@@ -494,8 +491,8 @@ TRANSPORT = [
     "the exporter does not use (redirects are not followed, no provider sets cookies) and which cost",
     "more than the exchange; a plain path is joined to the target's base URL parsed once. Under it",
     "`exporter/transport.py` keeps idle HTTP/1.1 connections",
-    "per origin in a stack (most recent first, expired after 4 s, one `poll()` before reuse), writes",
-    "each request in one send and parses the answer's head and body (Content-Length, chunked, until",
+    "per origin in a stack (most recent first, expired after 4 s, one `poll()` before reuse); on each,",
+    "`exporter/http11.py` writes the request in one send and parses the answer's head and body (Content-Length, chunked, until",
     "close) from a per-connection buffer over anyio streams: no pool scan, no h11 state machine (h11",
     "driving the same exchange took 40 µs a request on this machine), but h11's grammar, to the byte:",
     "`tests/unit/test_transport_h11.py` drives both over generated answers arriving in generated pieces",
@@ -615,7 +612,7 @@ def registration_body(g: dict[str, Any]) -> list[str]:
         return [
             name,
             f"{r['per_second']:,.0f}",
-            _lat(r),
+            latency_cell(r),
             f"{r['server_cpu_us_per_request']:,.0f}",
             r["load_average"],
         ]
@@ -651,7 +648,7 @@ def registration_body(g: dict[str, Any]) -> list[str]:
         *_wrapped(", ".join(f"{n:,}" for n in ours["each_second"])),
         "```",
         "",
-        f"`/metrics` meanwhile: {_lat(g['metrics'])} over {g['metrics']['scrapes']} scrapes, while the jobs",
+        f"`/metrics` meanwhile: {latency_cell(g['metrics'])} over {g['metrics']['scrapes']} scrapes, while the jobs",
         f"tracked grew from about {g['jobs_polled'] + 1000:,} to {g.get('jobs_tracked_after', 0):,.0f} (each registration",
         "is a job with its own series until its first poll), so the body grew with them.",
         f"State file after the run: {g['state_file_bytes'] / KIB / KIB:,.1f} MiB with its WAL.",
@@ -749,6 +746,7 @@ SECTIONS: list[Section] = [
     Section("auth", auth.body, auth.targets),
     Section("soak", soak_body, soak_targets),
     Section("pgdriver", pgdriver.body, pgdriver.targets),
+    Section("cluster", cluster_report.body, cluster_report.targets),
     Section("lockout", lockout.body, lockout.targets),
 ]
 

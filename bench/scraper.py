@@ -79,18 +79,21 @@ def scrape(url: str, seconds: float, every: float) -> dict[str, Any]:
 
 def in_own_process(url: str, seconds: float, every: float = 0.1) -> subprocess.Popen[str]:
     """Start the scraper; read its result with `result`."""
+    return bench_process("bench.scraper", url, str(seconds), str(every))
+
+
+def bench_process(module: str, *args: str) -> subprocess.Popen[str]:
+    """`python -m module args...` from the checkout's root, its last line of output a JSON
+    object that `result` reads."""
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.scraper", url, str(seconds), str(every)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
 
 
 def result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     out, _ = proc.communicate(timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"scraper exited {proc.returncode}")
+        raise RuntimeError(f"{proc.args!r} exited {proc.returncode}")
     parsed: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return parsed
 
@@ -106,6 +109,11 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
         "p99_ms": s[min(len(s) - 1, int(len(s) * 0.99))] * 1000,
         "max_ms": s[-1] * 1000,
     }
+
+
+def latency_cell(p: dict[str, float]) -> str:
+    """`percentiles` as a table cell: p50 / p99 / max."""
+    return f"{p['p50_ms']:.1f} / {p['p99_ms']:.1f} / {p['max_ms']:.0f} ms"
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import gzip
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
@@ -35,6 +35,13 @@ MIX: tuple[tuple[str, int], ...] = (
 EXCEPTIONS_SHARE_MAX = 0.1  # exceptions mode: at most a tenth of the series of `all`
 
 
+class _Common(TypedDict):
+    """What every job of `_job` but the stuck ones has."""
+
+    job_type: str
+    created: float
+
+
 def _job(i: int, kind: str, now: float) -> Job:
     """A Basiq connection job of four steps, at the stage its kind says."""
     jid = f"{i:08x}-5b2c-4c8e-9d3e-{i:012x}"
@@ -45,14 +52,14 @@ def _job(i: int, kind: str, now: float) -> Job:
         Step(STEPS[1], Status.RUNNING, "in-progress"),
         *(Step(s, Status.PENDING, "pending") for s in STEPS[2:]),
     )
-    base = {"job_type": "connection", "created": created}
+    base: _Common = {"job_type": "connection", "created": created}
     if kind == "running":
-        return Job(jid, Status.RUNNING, "in-progress", steps=half, updated=now - 20, **base)  # type: ignore[arg-type]
+        return Job(jid, Status.RUNNING, "in-progress", steps=half, updated=now - 20, **base)
     if kind == "pending":
         steps = tuple(Step(s, Status.PENDING, "pending") for s in STEPS)
-        return Job(jid, Status.PENDING, "pending", steps=steps, updated=now - 5, **base)  # type: ignore[arg-type]
+        return Job(jid, Status.PENDING, "pending", steps=steps, updated=now - 5, **base)
     if kind == "succeeded":
-        return Job(jid, Status.SUCCEEDED, "success", steps=done, updated=now - 60, finished=now - 60, **base)  # type: ignore[arg-type]
+        return Job(jid, Status.SUCCEEDED, "success", steps=done, updated=now - 60, finished=now - 60, **base)
     if kind == "failed":
         steps = (
             Step(STEPS[0], Status.FAILED, "failed"),
@@ -68,7 +75,7 @@ def _job(i: int, kind: str, now: float) -> Job:
             finished=now - 60,
             reason=reason,
             **base,
-        )  # type: ignore[arg-type]
+        )
     if kind == "stuck":
         return Job(
             jid,
@@ -82,11 +89,11 @@ def _job(i: int, kind: str, now: float) -> Job:
     if kind == "awaiting the user":
         return Job(
             jid, Status.RUNNING, "in-progress", steps=half, updated=now - 30, awaiting_user=True, **base
-        )  # type: ignore[arg-type]
+        )
     # Succeeded, with records of which some failed (as a WillSuite import reports them).
     return Job(
         jid, Status.SUCCEEDED, "success", steps=done, updated=now - 60, finished=now - 60,
-        records_total=773, records_affected=696, records_failed=77, **base,  # type: ignore[arg-type]
+        records_total=773, records_affected=696, records_failed=77, **base,
     )  # fmt: skip
 
 
@@ -115,7 +122,8 @@ def measure(mode: str, n: int) -> dict[str, Any]:
     text = exposition.render(gz=False)
     series = per_job = 0
     with_series: set[str] = set()
-    for family in text_string_to_metric_families(gzip.decompress(openmetrics).decode()):
+    # prometheus_client's OpenMetrics parser is unannotated.
+    for family in text_string_to_metric_families(gzip.decompress(openmetrics).decode()):  # type: ignore[no-untyped-call]
         for s in family.samples:
             series += 1
             if "job_id" in s.labels:

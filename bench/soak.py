@@ -24,7 +24,7 @@ import httpx
 from tests.harness import Exporter, Proc, create_job, exporter, simulator, wait_for, write_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
-FAULTS = [
+FAULTS: list[dict[str, str | int]] = [
     {"kind": "status", "status": 503, "retry_after": 2},
     {"kind": "status", "status": 500},
     {"kind": "status", "status": 429, "retry_after": 1},

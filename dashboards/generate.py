@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.mixin import boards, rules
+from exporter.mixin import rules
 from exporter.mixin.config import CONFIG, Config
 from exporter.mixin.files import (
     DASHBOARD_PATHS,
@@ -32,7 +32,6 @@ __all__ = [
     "RULES_PATH",
     "RULE_TESTS_PATH",
     "Config",
-    "boards",
     "dashboards",
     "iter_queries",
     "render",

@@ -28,8 +28,8 @@ from exporter import catalogue  # noqa: E402
 from exporter import config as cfg  # noqa: E402
 from exporter.config import models  # noqa: E402
 from exporter.config.slos import SLO  # noqa: E402
-from exporter.fetch import ERROR_REASONS  # noqa: E402
 from exporter.model import Channel, Connection, Job, Status, Step  # noqa: E402
+from exporter.poll_errors import ERROR_REASONS  # noqa: E402
 from exporter.providers import PROVIDERS  # noqa: E402
 from exporter.providers.base import COMMON_KEYS, PollResult  # noqa: E402
 from exporter.render import Exposition  # noqa: E402
@@ -378,8 +378,9 @@ STATE_FILE = (
     "## The state file (`state_file`)",
     "",
     "SQLite in WAL mode keeps tracked jobs, their progress stamps, counted-once marks, tombstones",
-    "and Oxlin queue cursors. Changes are committed by one writer thread, many to a transaction",
-    "(group commit).",
+    "and Oxlin queue cursors. Changes are committed by one writer, all those made while the",
+    "exporter served other requests in one transaction (group commit), timed by",
+    f"`{catalogue.STATE_COMMIT_DURATION.name}` (a histogram, served with a state file or `state_url`).",
     "",
     "- **A 202 means committed.** `POST /api/v1/targets/{target}/jobs` answers 202 only once the",
     "  registration is in the file; 503 (with `Retry-After`) when it cannot be made durable.",
@@ -666,10 +667,18 @@ def collect_families() -> list[MetricFamily]:
         if name in sample and sample[name].labels:
             family.labels, family.values = sample[name].labels, sample[name].values
             family.enumerates = sample[name].enumerates
-    return list(live.values())
+    # The cluster mode's families, from the catalogue while one process does not serve them.
+    waiting = [
+        MetricFamily(f.name, f.type, f.help, list(f.labels))
+        for f in catalogue.WITH_STATE_URL
+        if f.name not in live
+    ]
+    return [*live.values(), *waiting]
 
 
 def section_of(family: MetricFamily) -> str:
+    if family.name in {f.name for f in (*catalogue.CLUSTER, *catalogue.WITH_STATE_URL)}:
+        return "cluster"
     if family.name in {f.name for f in catalogue.PER_JOB}:
         return "jobs"
     if {"connection_id", "queue"} & set(family.labels):
@@ -699,6 +708,15 @@ SECTION_TITLES = {
         "Targets and the exporter",
         "Per target, and about the exporter itself. The thresholds are series, so one alert "
         "rule serves every target.",
+    ),
+    "cluster": (
+        "Cluster (`state_url`)",
+        "Served by each replica of a cluster sharing PostgreSQL (`state_url`), about itself: a "
+        "single process with its state file serves none of them. No labels of their own: the "
+        "scrape's `instance` tells the replicas apart. The replicas together hold every virtual "
+        f"shard when the sum of `{catalogue.CLUSTER_SHARDS_HELD.name}` over them equals "
+        f"`{catalogue.CLUSTER_SHARDS.name}`; AsyncJobClusterShardsUnowned fires when it has not "
+        "for two lease TTLs.",
     ),
 }
 

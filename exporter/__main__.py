@@ -26,6 +26,7 @@ subcommands:
   simulate       the simulator alone (tests, demos, benchmarks)
   check-config   validate a config file: exit 0, or list every problem and exit 2
   mixin          alert rules, promtool tests and dashboards from your mixin YAML
+  state copy     carry a state file's jobs into a cluster's PostgreSQL (docs/ha.md)
 
 examples:
   asyncjob-exporter demo
@@ -33,6 +34,8 @@ examples:
   asyncjob-exporter --config.file=asyncjob.yml --web.listen-address=:10110
   asyncjob-exporter check-config asyncjob.yml
   asyncjob-exporter mixin --config mixin.yml --out monitoring/
+  asyncjob-exporter state copy --from state.db --to postgresql://asyncjob@db:5432/asyncjob \
+      --to-password-file /etc/asyncjob/pg-password
 """
 
 GLOBAL_FLAGS = "global flags (the same before or after the subcommand; ASYNCJOB_<FLAG> sets their defaults)"
@@ -315,6 +318,46 @@ def parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE", nargs="?", default=None)
     _add_global(check, top=False)
+
+    state = sub.add_parser(
+        "state",
+        help="move the exporter's state between stores",
+        description="Work on the exporter's saved state. `state copy` carries a state file into "
+        "a cluster's PostgreSQL (docs/ha.md).",
+    )
+    _add_global(state, top=False)
+    state_sub = state.add_subparsers(dest="state_command", metavar="COMMAND", required=True)
+    copy = state_sub.add_parser(
+        "copy",
+        help="carry a state file's jobs, marks, tombstones and cursors into PostgreSQL",
+        description="Copy the tracked jobs (each with its counted-once marks), tombstones, cursors "
+        "and quarantined jobs of the SQLite state file FILE into the PostgreSQL state database at "
+        "URL, creating or migrating its schema, each row under its virtual shard. Stop the exporter "
+        "that writes FILE first (the copy reads one snapshot and never writes the file). The copy "
+        "is one transaction and adds only rows whose key the database does not hold yet: run "
+        "again, it adds nothing twice, and it never replaces a replica's newer row. It refuses "
+        "(exit 2) while replicas run against the database: copy, then start them. What was "
+        "copied is printed; an error is one line (exit 1: the database could not be reached or "
+        "written).",
+    )
+    copy.add_argument("--from", dest="copy_from", metavar="FILE", required=True, help="the SQLite state file")
+    copy.add_argument(
+        "--to",
+        dest="copy_to",
+        metavar="URL",
+        default=os.environ.get("ASYNCJOB_STATE_URL"),
+        help="the state database, postgresql://USER@HOST:PORT/DB, no password in it "
+        "(default: ASYNCJOB_STATE_URL)",
+    )
+    copy.add_argument(
+        "--to-password-file",
+        dest="to_password_file",
+        metavar="FILE",
+        default=os.environ.get("ASYNCJOB_STATE_PASSWORD_FILE"),
+        help="file whose first line is the database password (default: ASYNCJOB_STATE_PASSWORD_FILE, "
+        "else libpq's PGPASSFILE or ~/.pgpass)",
+    )
+    _add_global(copy, top=False)
     return p
 
 
@@ -344,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
             print("check-config needs FILE (or --config.file); see check-config --help", file=sys.stderr)
             return 2
         return commands.check_config(path, listen, args.web_config)
+    if args.command == "state":
+        if not args.copy_to:
+            print("state copy needs --to URL (or ASYNCJOB_STATE_URL); see state copy --help", file=sys.stderr)
+            return 2
+        return commands.copy_state(args.copy_from, args.copy_to, args.to_password_file)
     if args.command == "simulate":
         return commands.run_simulate(listen, args.step_seconds, args.trickle, args.seed)
     problem = _web_problem(args)

@@ -350,59 +350,78 @@ JOBS_QUARANTINED = Family(
     TARGET,
 )
 
-# Written by the PostgreSQL state store (exporter/cluster/store.py) beside the state file's two
-# families; /metrics serves them once the runtime runs that store (the cluster issue), when they
-# move into CATALOGUE and docs/metrics.md (tests/unit/test_catalogue.py says so).
+# Written by every state store (exporter.group_commit) with the state families: served with a state
+# file or state_url, not with state in memory only. docs/metrics.md names it in its state file
+# section; its tables list what the exporter serves with state in memory (tests/unit/test_docs.py
+# compares them with the demo's /metrics), which it joins once that serves an empty histogram.
+STATE_COMMIT_DURATION = Family(
+    "asyncjob_state_commit_duration_seconds", "histogram", "Time to commit a batch of state changes."
+)
+WITH_A_STATE_STORE: tuple[Family, ...] = (STATE_COMMIT_DURATION,)
+
+# Written by the PostgreSQL state store (exporter/cluster/store.py) beside the state families:
+# served only with state_url.
 STATE_STALE_WRITES = Family(
     "asyncjob_state_stale_writes_total",
     "counter",
     "Changes dropped because their shard's lease passed to another replica before they were committed.",
 )
-STATE_COMMIT_DURATION = Family(
-    "asyncjob_state_commit_duration_seconds", "histogram", "Time to commit a batch of state changes."
-)
-# The cluster mode's own (exporter.cluster.member): served only with state_url.
+
+# The cluster mode (`state_url`): each replica's view of the members and of the leases on the
+# virtual shards (exporter/cluster/leases.py). Per replica, no labels of their own: the scrape's
+# `instance` tells the replicas apart, and the cluster's shards are held by no replica when
+# max(asyncjob_cluster_shards) exceeds sum(asyncjob_cluster_shards_held). Served only with
+# state_url (exporter.cluster.member), as the stale writes above.
 CLUSTER_REPLICAS = Family(
-    "asyncjob_cluster_replicas", "gauge", "Live replicas of the cluster, as this replica last saw them."
+    "asyncjob_cluster_replicas",
+    "gauge",
+    "Live replicas of the cluster this replica sees (a heartbeat younger than the lease TTL), itself included.",
 )
 CLUSTER_SHARDS = Family(
-    "asyncjob_cluster_shards", "gauge", "Virtual shards the cluster's work is split into."
+    "asyncjob_cluster_shards",
+    "gauge",
+    "Virtual shards the cluster's jobs and discovery sources fall into (set in the schema).",
 )
 CLUSTER_SHARDS_HELD = Family(
-    "asyncjob_cluster_shards_held", "gauge", "Virtual shards this replica holds a valid lease on."
-)
-CLUSTER_LEASE_RENEW_ERRORS = Family(
-    "asyncjob_cluster_lease_renew_errors_total",
-    "counter",
-    "Lease renewals that failed to reach the state database.",
-)
-CLUSTER_TAKEOVERS = Family(
-    "asyncjob_cluster_takeovers_total",
-    "counter",
-    "Virtual shards claimed after another replica's lease lapsed.",
-)
-CLUSTER_HANDOVERS = Family(
-    "asyncjob_cluster_handovers_total",
-    "counter",
-    "Virtual shards handed back because another live replica is now preferred for them.",
+    "asyncjob_cluster_shards_held",
+    "gauge",
+    "Virtual shards this replica holds a valid lease on: it polls their jobs and exports their series.",
 )
 CLUSTER_STATE_REACHABLE = Family(
     "asyncjob_cluster_state_reachable",
     "gauge",
-    "1 when this replica's last lease renewal reached the state database, else 0.",
+    "1 while this replica reaches PostgreSQL; 0 while it cannot, and keeps exporting the jobs it "
+    "held and polling them until its leases would lapse.",
+)
+CLUSTER_LEASE_RENEW_ERRORS = Family(
+    "asyncjob_cluster_lease_renew_errors_total",
+    "counter",
+    "Lease renewals that failed; the leases lapse at their deadline unless a later renewal succeeds.",
+)
+CLUSTER_TAKEOVERS = Family(
+    "asyncjob_cluster_takeovers_total",
+    "counter",
+    "Virtual shards this replica claimed after another replica's lease on them lapsed.",
+)
+CLUSTER_HANDOVERS = Family(
+    "asyncjob_cluster_handovers_total",
+    "counter",
+    "Virtual shards this replica handed back because another live replica is now preferred for them.",
 )
 CLUSTER: tuple[Family, ...] = (
     CLUSTER_REPLICAS,
     CLUSTER_SHARDS,
     CLUSTER_SHARDS_HELD,
+    CLUSTER_STATE_REACHABLE,
     CLUSTER_LEASE_RENEW_ERRORS,
     CLUSTER_TAKEOVERS,
     CLUSTER_HANDOVERS,
-    CLUSTER_STATE_REACHABLE,
 )
-NOT_YET_SERVED: tuple[Family, ...] = (STATE_STALE_WRITES, STATE_COMMIT_DURATION, *CLUSTER)
+# Served only by a replica of a cluster (state_url): documented in a section of their own.
+WITH_STATE_URL: tuple[Family, ...] = (*CLUSTER, STATE_STALE_WRITES)
 
-# Every family, in the order /metrics serves them.
+# Every family served with state in memory only (the default), in the order /metrics serves them; a
+# state store serves WITH_A_STATE_STORE with the state families too.
 CATALOGUE: tuple[Family, ...] = (
     *PER_JOB,
     JOBS,
@@ -448,7 +467,9 @@ CATALOGUE: tuple[Family, ...] = (
     HISTORY_BYTES,
 )
 
-BY_NAME: dict[str, Family] = {family.name: family for family in (*CATALOGUE, *NOT_YET_SERVED)}
+BY_NAME: dict[str, Family] = {
+    family.name: family for family in (*CATALOGUE, *WITH_A_STATE_STORE, *WITH_STATE_URL)
+}
 
 
 def family_of(series: str) -> Family | None:

@@ -159,7 +159,8 @@ def run_exporter(config_file: str | None, web: Web, shard: int, total_shards: in
         settings = load_settings(config_file, PROVIDERS)
     except ConfigError as e:
         return _refuse(config_file, e)
-    from exporter.webconfig import LiveWebConfig, WebConfigError
+    from exporter.webconfig import WebConfigError
+    from exporter.webconfig_reload import LiveWebConfig
 
     try:
         web_config = LiveWebConfig(web.config_file)
@@ -188,6 +189,39 @@ def run_exporter(config_file: str | None, web: Web, shard: int, total_shards: in
         print(f"state_file: {e}", file=sys.stderr)
         return 2
     return _run(serve_exporter, runtime, web, web_config.ssl, web_config.middleware())
+
+
+def copy_state(state_file: str, url: str, password_file: str | None) -> int:
+    """`state copy`: the state file's jobs into the state database; what was copied on stdout."""
+    import psycopg
+
+    from exporter.cluster import state_copy
+    from exporter.cluster.schema import SchemaError
+
+    password: str | None = None
+    try:
+        url = state_copy.checked_url(url)
+        if password_file:
+            password = state_copy.read_password(password_file)
+        state = state_copy.read_state_file(state_file)
+        copied = anyio.run(state_copy.copy_state, url, password, state)
+    except (state_copy.CopyRefused, SchemaError) as e:
+        print(f"state copy: {e}", file=sys.stderr)
+        return 2
+    except (psycopg.Error, OSError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        if password:
+            message = message.replace(password, "(password)")
+        print(f"state copy: {url}: {message}", file=sys.stderr)
+        return 1
+    print(f"copied {state_file} into {url} ({copied.shards} virtual shards)")
+    counted = sum(t.counted for t in state.jobs.values())
+    for kind, added in copied.added.items():
+        print(f"  {kind}: {added} added, {copied.present[kind]} already there")
+    print(f"  of the file's jobs, {counted} finished and counted once (the mark is in each job's row)")
+    if state.skipped:
+        print(f"  {state.skipped} row(s) left behind: a NUL in a target, job id or cursor name")
+    return 0
 
 
 def run_simulate(address: str, step_seconds: float, trickle: float, seed: int | None) -> int:
@@ -242,7 +276,8 @@ def run_demo(
     from exporter.httpserver.server import parse_listen_address
     from exporter.simulator.app import Simulator
     from exporter.simulator.demo import seed_jobs
-    from exporter.webconfig import LiveWebConfig, WebConfigError
+    from exporter.webconfig import WebConfigError
+    from exporter.webconfig_reload import LiveWebConfig
 
     try:
         web_config = LiveWebConfig(web.config_file)

@@ -18,9 +18,10 @@ import httpx
 from exporter import __version__
 from exporter.auth import AuthError, build_auth, rate_limited
 from exporter.config import ResolvedTarget
+from exporter.http11 import MAX_LENGTH_DIGITS
 from exporter.parsing import JsonTooDeep, is_digits, load_json
 from exporter.poll_errors import ERROR_REASONS
-from exporter.transport import MAX_LENGTH_DIGITS, Http11Transport
+from exporter.transport import Http11Transport
 
 USER_AGENT = f"asyncjob-exporter/{__version__}"
 MAX_RETRY_AFTER = 3600.0
@@ -135,10 +136,13 @@ class RateLimiter:
     """Spaces requests to at most `rate` per second (a leaky bucket with a burst of one second)."""
 
     def __init__(self, rate: float) -> None:
-        self._interval = 1.0 / rate
-        self._burst = max(1.0, rate)
+        self.set_rate(rate)
         self._next = time.monotonic()
         self._lock = anyio.Lock()
+
+    def set_rate(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._burst = max(1.0, rate)
 
     async def acquire(self) -> None:
         async with self._lock:
@@ -173,6 +177,7 @@ class TargetHttp:
         self.stats = RequestStats()
         self.auth = build_auth(target.config.auth, self.base_url, self.read_body)
         self.concurrency = target.concurrency
+        self.shared_by = 1  # replicas of a cluster sharing the target's budgets (share())
         self._limiter = anyio.CapacityLimiter(target.concurrency)
         self._budget = RateLimiter(target.max_requests_per_second) if target.max_requests_per_second else None
         self._max_bytes = target.max_response_bytes
@@ -236,6 +241,15 @@ class TargetHttp:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+    def share(self, replicas: int) -> None:
+        """Take 1/`replicas` of the target's concurrency and request rate: the live replicas of a
+        cluster share the provider's limits rather than each using all of them."""
+        replicas = max(1, replicas)
+        self.shared_by = replicas
+        self._limiter.total_tokens = max(1, -(-self.target.concurrency // replicas))
+        if self._budget is not None and self.target.max_requests_per_second:
+            self._budget.set_rate(self.target.max_requests_per_second / replicas)
 
     def url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):

@@ -5,7 +5,8 @@ loop served others), and `committed()` returns once every change made before it 
 A store subclasses `GroupCommit` and supplies the round (`_write_round`: take what is pending,
 commit it, then `_round_ended`), what waits (`_has_pending`), and what to do on the way out
 (`_last_round`). It calls `_changed()` for every change, and `_committed(upto)` or
-`_failed(error)` as a round ends.
+`_failed(error)` as a round ends, and times each transaction in `commit_duration`. The SQLite
+store (exporter.state) and the PostgreSQL one (exporter.cluster.store) are built on it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from exporter.catalogue import STATE_COMMIT_DURATION
 from exporter.histogram import Histogram
 from exporter.render.text import fmt
 
-# Defined with the SQLite store, which came first (the runtime answers 503 on StateUnwritable);
-# they belong here once that store is built on this class too.
-from exporter.state import RETRY_FIRST, RETRY_MAX, StateUnwritable
-
 log = logging.getLogger("asyncjob.state")
 
+# Waits between attempts while the state cannot be written.
+RETRY_FIRST, RETRY_MAX = 0.25, 2.0
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class StateUnwritable(Exception):
+    """A change could not be committed: the state cannot be written now (the runtime answers 503)."""
 
 
 class GroupCommit:
@@ -39,6 +42,7 @@ class GroupCommit:
         self.commit_duration = Histogram(COMMIT_BUCKETS)
         self._wake: anyio.Event | None = None
         self._round: anyio.Event | None = None
+        self.log_fields: dict[str, object] = {}  # said with every line logged about writing (a path)
 
     # --- what a store supplies -------------------------------------------------------------
     def _has_pending(self) -> bool:
@@ -65,7 +69,7 @@ class GroupCommit:
         """Every change up to number `upto` is durable."""
         self._durable = max(self._durable, upto)
         if self.error is not None:
-            log.info(f"{self.where} written again", extra={"changes": changes})
+            log.info(f"{self.where} written again", extra={**self.log_fields, "changes": changes})
             self.error = None
 
     def _failed(self, error: str, pending: int) -> None:
@@ -73,7 +77,7 @@ class GroupCommit:
         if error != self.error:
             log.error(
                 f"{self.where} cannot be written; changes are kept and retried",
-                extra={"error": error, "pending": pending},
+                extra={**self.log_fields, "error": error, "pending": pending},
             )
         self.error = error
 

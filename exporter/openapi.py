@@ -62,9 +62,28 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/jobs": {
             "get": {
                 "summary": "List tracked jobs",
+                "description": "Ordered by target, then job id (code point by code point). With "
+                "`state_url` (cluster mode) every replica lists every job of the cluster: its own as it "
+                "holds them, the others' as their owners last committed them, each with its `owner`; "
+                "there every answer is a page (1000 jobs unless `limit` says otherwise), and `next` leads to "
+                "the following one. When the "
+                "other replicas' jobs cannot be read (PostgreSQL out of reach), this replica's are "
+                "listed and `incomplete` says why.",
                 "parameters": [
                     {"name": "target", "in": "query", "schema": {"type": "string"}},
                     {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": "At most this many jobs (without it: every job; 1000 in cluster mode).",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "The `next` of the previous page (`target/id`): the jobs after it.",
+                        "schema": {"type": "string"},
+                    },
                 ],
                 "responses": {
                     "200": _resp(
@@ -74,13 +93,22 @@ OPENAPI: dict[str, Any] = {
                             "required": ["jobs", "count"],
                             "properties": {
                                 "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
-                                "count": {"type": "integer"},
+                                "count": {"type": "integer", "description": "The jobs in this answer."},
+                                "next": {
+                                    "type": ["string", "null"],
+                                    "description": "When paged (`limit`, cluster mode): the `after` of "
+                                    "the next page; null on the last.",
+                                },
+                                "incomplete": {
+                                    "type": "string",
+                                    "description": "Cluster mode: why other replicas' jobs are missing.",
+                                },
                             },
                         },
                     ),
                     "401": _UNAUTHORIZED,
                     "404": _resp("Unknown target", _ERROR),
-                    "422": _resp("Unknown status", _ERROR),
+                    "422": _resp("Unknown status, or a bad `limit` or `after`", _ERROR),
                 },
             }
         },
@@ -92,6 +120,11 @@ OPENAPI: dict[str, Any] = {
                     "200": _resp("The job", {"$ref": "#/components/schemas/Job"}),
                     "401": _UNAUTHORIZED,
                     "404": _resp("Unknown target or job", _ERROR),
+                    "503": _resp(
+                        "Cluster mode: not tracked by this replica, and the other replicas' jobs cannot "
+                        "be read now (PostgreSQL out of reach)",
+                        _ERROR,
+                    ),
                 },
             },
             "delete": {
@@ -154,6 +187,11 @@ OPENAPI: dict[str, Any] = {
                     "dropped_at": {
                         "type": "number",
                         "description": "With `from_history`: when retention dropped the job (Unix seconds).",
+                    },
+                    "owner": {
+                        "type": ["string", "null"],
+                        "description": "Cluster mode: the replica that works the job (holds its shard's "
+                        "lease); null while no replica does. Absent with one process.",
                     },
                     "message": {"type": ["string", "null"]},
                     "records": {"type": "object"},

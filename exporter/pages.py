@@ -3,6 +3,8 @@ timeline (/jobs/{target}/{id}), rendered from Jinja2 templates that escape every
 
 Ids and messages come from registrations and providers: every string is hostile until escaped.
 The pages sit behind the web config (TLS, basic auth) as /metrics does, not behind the API token.
+In cluster mode they show the whole cluster: the members on /, and on /jobs and a job's page the
+jobs other replicas work too, awaited from PostgreSQL (exporter.cluster.view), each with its owner.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import jinja2
@@ -23,15 +25,32 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from exporter import __version__
+from exporter.diagnosis import (
+    cause_of,
+    duration_text,
+    is_overdue,
+    is_stuck,
+    next_step,
+    parties,
+    runtime_of,
+    settled,
+)
 from exporter.history import timeline
 from exporter.job_history import Query
-from exporter.model import STATUSES, Cause, Job, Status
+from exporter.model import STATUSES, Cause, Status
 from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
 from exporter.store import Retired
 from exporter.tracker import TargetState, TrackedJob
 
+if TYPE_CHECKING:
+    from exporter.cluster.view import Cluster, Elsewhere
+
 PAGE_SIZE = 50
+# In cluster mode, the most jobs of other replicas /jobs reads for one view (in target and id
+# order, after the target, status and id filters): a view of the whole of a large cluster is
+# narrowed by its filters, and says so.
+OTHERS_READ = 5000
 CAUSES = [str(c) for c in Cause]
 _SURROGATE = re.compile("[\ud800-\udfff]")
 TEMPLATES = Path(__file__).parent / "templates"
@@ -52,19 +71,6 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    s = round(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 def _environment(external_url: str = "") -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -75,7 +81,7 @@ def _environment(external_url: str = "") -> jinja2.Environment:
     )
     env.filters["segment"] = _segment
     env.filters["when"] = _when
-    env.filters["duration"] = _duration
+    env.filters["duration"] = duration_text
     env.filters["clean"] = _clean
     env.globals["version"] = __version__
     # Every link starts with it: --web.external-url, or "" for links relative to the host asked.
@@ -109,110 +115,6 @@ def _moment(text: str | None, problems: list[str]) -> float | None:
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
-def cause_of(tracked: TrackedJob) -> str | None:
-    """Who must act on a failed job, as the tracker resolved it (the target's cause_map, the
-    answer, the provider's map)."""
-    return str(tracked.cause) if tracked.cause is not None and tracked.job.status is Status.FAILED else None
-
-
-def is_stuck(state: TargetState, tracked: TrackedJob, now: float) -> bool:
-    """As AsyncJobStuck: unfinished, not waiting for its end user, no progress for stuck_after."""
-    job = tracked.job
-    if job.status.terminal or job.awaiting_user:
-        return False
-    return now - tracked.last_progress > state.config.stuck_after
-
-
-def runtime_of(tracked: TrackedJob, now: float) -> float | None:
-    """How long an unfinished job has run, from its start, else its creation (as the rules)."""
-    job = tracked.job
-    since = job.started if job.started is not None else job.created
-    return None if since is None or job.status.terminal else max(0.0, now - since)
-
-
-def is_overdue(state: TargetState, tracked: TrackedJob, now: float) -> bool:
-    """As AsyncJobOverdue: unfinished, not waiting for its end user, running for longer than
-    max_duration."""
-    ran = runtime_of(tracked, now)
-    return ran is not None and not tracked.job.awaiting_user and ran > state.config.max_duration
-
-
-# What a provider tells about whom a job concerns (Job.extra keys), in the words of the page.
-PARTIES = (
-    ("user", "end user"),
-    ("connection", "connection"),
-    ("account", "account"),
-    ("company", "company"),
-    ("institution", "institution"),
-)
-
-
-def parties(job: Job) -> list[tuple[str, str]]:
-    """(what, id) of the end user, connection or account a job concerns, as its provider gives them."""
-    return [(name, job.extra[key]) for key, name in PARTIES if job.extra.get(key)]
-
-
-@dataclass(frozen=True)
-class NextStep:
-    """What the page tells a reader to do, and the runbook section that says more."""
-
-    alert: str  # the section of the runbooks: the alert that fires (or would) for this job
-    advice: str
-
-
-def next_step(job: Job, cause: str | None, stuck: bool, overdue: bool, ran: float | None) -> NextStep | None:
-    if job.status is Status.FAILED:
-        if cause == "user":
-            return NextStep(
-                "AsyncJobUserFailureRateHigh",
-                "Only the end user can fix this (credentials, a one-time code, a consent): tell the "
-                "application team, with the end user or connection below.",
-            )
-        if cause == "provider":
-            return NextStep(
-                "AsyncJobFailed",
-                "The provider or the institution failed: retry later. If many jobs of the target "
-                "fail, check the provider's status page.",
-            )
-        return NextStep(
-            "AsyncJobFailed", "Read the message: the runbook lists the likely causes per provider."
-        )
-    if job.status.terminal:
-        return None
-    if job.awaiting_user:
-        return NextStep(
-            "AsyncJobAwaitingUser", "Waiting for the end user: no operator action, unless it waits for days."
-        )
-    if overdue:
-        return NextStep(
-            "AsyncJobOverdue",
-            f"Running for {_duration(ran)}, longer than the target's max duration: is it moving at all, "
-            "and are the target's other jobs as slow?",
-        )
-    if stuck:
-        return NextStep(
-            "AsyncJobStuck",
-            "No progress for longer than the target allows: check the target is polled, then the "
-            "job at the provider.",
-        )
-    return None
-
-
-def settled(entries: list[dict[str, Any]], job: Job) -> list[dict[str, Any]]:
-    """A finished job's timeline ends: no state of it lasts until now (a history written before a
-    failed job's last state was recorded as failed could say "awaiting user", growing)."""
-    if not job.status.terminal:
-        return entries
-    for entry in entries:
-        if entry["duration_seconds"] is not None and entry is _last_of(entries, entry["step"]):
-            entry["duration_seconds"] = None
-    return entries
-
-
-def _last_of(entries: list[dict[str, Any]], step: str | None) -> dict[str, Any] | None:
-    return next((e for e in reversed(entries) if e["step"] == step), None)
-
-
 @dataclass
 class JobRow:
     target: str
@@ -220,6 +122,7 @@ class JobRow:
     stuck: bool
     cause: str | None
     overdue: bool = False
+    owner: str | None = None  # in cluster mode: the replica that works it (None: no replica now)
 
 
 class Pages:
@@ -274,7 +177,21 @@ class Pages:
                     "awaiting": awaiting,
                 }
             )
-        return self._render("index.html.j2", targets=targets, statuses=[str(s) for s in STATUSES], now=now)
+        return self._render(
+            "index.html.j2",
+            targets=targets,
+            statuses=[str(s) for s in STATUSES],
+            now=now,
+            cluster=self._cluster(),
+        )
+
+    def _cluster(self) -> Cluster | None:
+        """The cluster as this replica's last lease round saw it; None out of cluster mode."""
+        if self.runtime.member is None:
+            return None
+        from exporter.cluster.view import cluster
+
+        return cluster(self.runtime.member)
 
     async def jobs(self, request: Request) -> Response:
         now = time.time()
@@ -302,35 +219,56 @@ class Pages:
             problems.append(f"no target is named {want_target}")
             status_code = 404
         page, history_page = _page_number(params.get("page")), _page_number(params.get("history_page"))
+
+        def row(name: str, state: TargetState, t: TrackedJob, owner: str | None) -> JobRow | None:
+            j = t.job
+            if want_status is not None and j.status != want_status:
+                return None
+            if want_id and not j.id.startswith(want_id):
+                return None
+            cause = cause_of(t)
+            if want_cause is not None and cause != want_cause:
+                return None
+            if want_reason is not None and j.reason != want_reason:
+                return None
+            if since is not None or until is not None:
+                ended = j.finished or t.seen_terminal_at
+                if ended is None or not (since or 0) <= ended < (until or float("inf")):
+                    return None
+            stuck = is_stuck(state, t, now)
+            if want_stuck and not stuck:
+                return None
+            if want_awaiting and not (j.awaiting_user and not j.status.terminal):
+                return None
+            overdue = is_overdue(state, t, now)
+            if want_overdue and not overdue:
+                return None
+            return JobRow(name, t, stuck, cause, overdue, owner)
+
+        member = self.runtime.member
+        me = member.leases.replica if member is not None else None
         rows: list[JobRow] = []
+        elsewhere: Elsewhere | None = None
         if not problems:
             for name, state in sorted(targets.items()):
                 if want_target is not None and name != want_target:
                     continue
                 for t in state.jobs.values():
-                    j = t.job
-                    if want_status is not None and j.status != want_status:
-                        continue
-                    if want_id and not j.id.startswith(want_id):
-                        continue
-                    cause = cause_of(t)
-                    if want_cause is not None and cause != want_cause:
-                        continue
-                    if want_reason is not None and j.reason != want_reason:
-                        continue
-                    if since is not None or until is not None:
-                        ended = j.finished or t.seen_terminal_at
-                        if ended is None or not (since or 0) <= ended < (until or float("inf")):
-                            continue
-                    stuck = is_stuck(state, t, now)
-                    if want_stuck and not stuck:
-                        continue
-                    if want_awaiting and not (j.awaiting_user and not j.status.terminal):
-                        continue
-                    overdue = is_overdue(state, t, now)
-                    if want_overdue and not overdue:
-                        continue
-                    rows.append(JobRow(name, t, stuck, cause, overdue))
+                    found = row(name, state, t, me)
+                    if found is not None:
+                        rows.append(found)
+            if member is not None:
+                from exporter.cluster.view import jobs_elsewhere
+
+                elsewhere = await jobs_elsewhere(member, want_target, want_status, want_id, limit=OTHERS_READ)
+                for job in elsewhere.jobs:
+                    # The replicas share the config: a target unknown here (a rolling update) is skipped.
+                    its = targets.get(job.target)
+                    if its is None or job.tracked.job.id in its.jobs:
+                        continue  # a job held here too: this replica's is the fresher
+                    found = row(job.target, its, job.tracked, job.owner)
+                    if found is not None:
+                        rows.append(found)
         # Failures and stuck jobs first, then the most recently moved.
         rows.sort(
             key=lambda r: (r.tracked.job.status is not Status.FAILED, not r.stuck, -r.tracked.last_progress)
@@ -385,6 +323,9 @@ class Pages:
             statuses=[str(s) for s in STATUSES],
             causes=CAUSES,
             now=now,
+            cluster=member is not None,
+            elsewhere=elsewhere,
+            others_read=OTHERS_READ,
         )
 
     async def job(self, request: Request) -> Response:
@@ -396,13 +337,28 @@ class Pages:
         # state rows, so every tracked id is found under the text its link carries.
         tracked = state.jobs.get(job_id) if state is not None else None
         retired = None
+        member = self.runtime.member
+        owner = member.leases.replica if member is not None and tracked is not None else None
+        unreadable, remote = None, False
         if state is not None and tracked is None:
             # Dropped at retention: shown from the history while it keeps the job.
             retired = self.runtime.history.retired(target, job_id)
             tracked = retired.tracked if retired is not None else None
+            if member is not None:
+                owner = member.leases.replica
+        if state is not None and tracked is None and member is not None:
+            # Another replica's: shown as its owner last committed it.
+            from exporter.cluster.view import job_elsewhere
+
+            elsewhere = await job_elsewhere(member, target, job_id)
+            if elsewhere.jobs:
+                tracked, owner, remote = elsewhere.jobs[0].tracked, elsewhere.jobs[0].owner, True
+            unreadable = elsewhere.error
         if state is None or tracked is None:
             what = f"target {target}" if state is None else f"job {job_id} on target {target}"
-            return self._render("missing.html.j2", status_code=404, what=what)
+            return self._render(
+                "missing.html.j2", status_code=503 if unreadable else 404, what=what, why=unreadable
+            )
         runner = self.runtime.scheduler.runners.get(target)
         provider = (
             runner.provider if runner is not None else PROVIDERS[state.config.provider](state.config.config)
@@ -445,4 +401,7 @@ class Pages:
             retired=retired,
             retention=state.config.retention,
             now=now,
+            cluster=member is not None,
+            owner=owner,
+            elsewhere=remote,
         )

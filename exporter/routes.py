@@ -1,6 +1,8 @@
 """The exporter's ASGI app (Starlette): the pages for people (exporter.pages) and, as thin
 adapters over exporter.api's handlers, /metrics, the probes, /-/reload and the job API; with
-the fast path the HTTP server takes from it (exporter.httpserver.fast_path)."""
+the fast path the HTTP server takes from it (exporter.httpserver.fast_path). In cluster mode the
+job API's reads of other replicas' jobs (exporter.cluster.view) are awaited here, before the
+handler that merges them with this replica's."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from exporter.api import Api, register_target
+from exporter.api import CLUSTER_PAGE, Api, register_target
 from exporter.httpserver import HttpAnswer
 from exporter.httpserver.fast_path import FastPath, credentials_check, fast_path
 from exporter.httpserver.front_door import Verified, everyone
@@ -59,14 +61,31 @@ class Endpoints:
         return AnswerResponse(self.api.openapi())
 
     async def list_jobs(self, request: Request) -> Response:
-        query = request.query_params
-        return AnswerResponse(
-            self.api.list_jobs(request.headers.raw, query.get("target"), query.get("status"))
+        q = request.query_params
+        query = self.api.jobs_query(
+            request.headers.raw, q.get("target"), q.get("status"), q.get("after"), q.get("limit")
         )
+        if isinstance(query, HttpAnswer):
+            return AnswerResponse(query)
+        member, elsewhere = self.api.runtime.member, None
+        if member is not None:  # the other replicas' jobs: read before the handler, which only merges
+            from exporter.cluster.view import jobs_elsewhere
+
+            limit = query.limit or CLUSTER_PAGE
+            elsewhere = await jobs_elsewhere(
+                member, query.target, query.status, after=query.after, limit=limit
+            )
+        return AnswerResponse(self.api.list_jobs(query, elsewhere))
 
     async def get_job(self, request: Request) -> Response:
-        params = request.path_params
-        return AnswerResponse(self.api.get_job(request.headers.raw, params["target"], params["job_id"]))
+        headers, params = request.headers.raw, request.path_params
+        target, job_id = params["target"], params["job_id"]
+        member, elsewhere = self.api.runtime.member, None
+        if member is not None and self.api.wants_job_elsewhere(headers, target, job_id):
+            from exporter.cluster.view import job_elsewhere
+
+            elsewhere = await job_elsewhere(member, target, job_id)
+        return AnswerResponse(self.api.get_job(headers, target, job_id, elsewhere))
 
     async def delete_job(self, request: Request) -> Response:
         params = request.path_params

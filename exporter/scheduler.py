@@ -68,6 +68,8 @@ class TargetRunner:
     failures: int = 0
     # Ids registered through the API since the last cycle, oldest first: a wake-up polls these alone.
     fresh: dict[str, None] = field(default_factory=dict)
+    # A wake-up starts the full cycle now (jobs of shards just taken over from another replica).
+    full_now: bool = False
 
 
 def next_delay(interval: float, failures: int, retry_after: float | None, rng: random.Random) -> float:
@@ -92,6 +94,7 @@ class Scheduler:
         self.total_shards = total_shards
         self.store: StateStore | None = None  # when a state file is configured
         self.cluster: Sharing | None = None  # when replicas share a state database
+        self.replicas = 1  # live replicas sharing each target's concurrency and request rate
         tracker.listeners.append(self)  # to forget the answers of jobs it drops (AnswerLedger.last)
 
     def owns(self, target: str, job_id: str) -> bool:
@@ -137,6 +140,7 @@ class Scheduler:
             jobs = self.tracker.targets[name].jobs
             provider.restore_reruns({job_id: t.reruns for job_id, t in jobs.items() if t.reruns})
             new = TargetRunner(rt, provider, TargetHttp(rt), AnswerLedger(self._holds(name)))
+            new.http.share(self.replicas)
             self.runners[name] = new
             if rt.poll_interval_below_advice:
                 log.warning(
@@ -186,6 +190,14 @@ class Scheduler:
             runner.fresh[job_id] = None
             runner.wake.set()
 
+    def share_budgets(self, replicas: int) -> None:
+        """The cluster has `replicas` live members: each target's limits are split among them."""
+        if replicas != self.replicas:
+            self.replicas = replicas
+            for runner in self.runners.values():
+                runner.http.share(replicas)
+            log.info("provider limits shared among the live replicas", extra={"replicas": replicas})
+
     def taken_in(self, target: str, cursors: dict[str, str]) -> None:
         """Shards of the cluster were just taken in: their sources' cursors, and the configured
         jobs that fall in them (which another replica tracked until now)."""
@@ -194,6 +206,9 @@ class Scheduler:
             return
         runner.provider.restore_cursors(cursors)
         self._track_static(runner)
+        # The jobs taken in waited for a replica already (one that died, say): poll them now.
+        runner.full_now = True
+        runner.wake.set()
 
     def _track_static(self, runner: TargetRunner) -> None:
         name = runner.config.name
@@ -231,11 +246,12 @@ class Scheduler:
         """Wait for the next full cycle. A registration wakes us first: after a moment for
         others to arrive, the ids registered meanwhile are polled alone (not every job of the
         target again), FRESH_PER_WAKE at most, oldest first, and the full cycle stays due when
-        it was."""
+        it was. Jobs taken over from another replica of a cluster start the full cycle at once."""
         while True:
             with anyio.move_on_after(max(0.0, due - time.monotonic())):
                 await runner.wake.wait()
-            if not runner.wake.is_set():
+            if not runner.wake.is_set() or runner.full_now:
+                runner.full_now = False
                 return
             await anyio.sleep(max(0.0, min(1.0, runner.config.poll_interval, due - time.monotonic())))
             if time.monotonic() >= due:

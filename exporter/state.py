@@ -1,12 +1,12 @@
 """Durable state in SQLite: tracked jobs with their last snapshot, progress stamps and
 counted-once marks, tombstones, and provider cursors (Oxlin queues).
 
-The store is a tracker listener. Changes wait in memory until the writer commits everything
-pending in one transaction (group commit: all changes made while the event loop served other
-requests), then wakes whoever waits for it: a registration is acknowledged, and a counter
-increment becomes visible on /metrics, only once the change behind it is committed. A write
-that fails keeps its changes pending and is retried; the error is logged once per change of
-error, counted, and makes /readyz answer 503.
+The store is a tracker listener, written by group commit (exporter.group_commit): changes wait
+in memory until the writer commits everything pending in one transaction, then wakes whoever
+waits for it: a registration is acknowledged, and a counter increment becomes visible on
+/metrics, only once the change behind it is committed. A write that fails keeps its changes
+pending and is retried; the error is logged once per change of error, counted, and makes
+/readyz answer 503.
 
 Durability: WAL with `synchronous=NORMAL`. A commit is in the WAL, through the kernel,
 before anyone hears of it, so it survives `kill -9` and any crash of the process; an
@@ -16,19 +16,20 @@ file), as the WAL is not synced at every commit.
 Where the work runs: a commit is a WAL append into the page cache (tens of microseconds for
 a batch), made on the event loop; handing it to a worker thread costs two thread switches a
 round, which on a busy machine took longer than the commit itself (5-150 ms each, measured:
-docs/benchmarks.md). Checkpoints, which fsync, run on their own connection in a worker thread.
+docs/benchmarks.md). Checkpoints, which fsync, run on their own connection in a worker thread
+(exporter.state_upkeep).
 
 Size: a job dropped leaves a tombstone row only where something can list it again (a target
-that discovers jobs), for TOMBSTONE_SECONDS; rows past it are deleted a few thousand at a time,
-and the space they held is reused (`auto_vacuum=INCREMENTAL`, the surplus given back to the
-file system). The WAL is copied in every second; past WAL_RESTART_BYTES with the writer held
-off, so that it starts again from its beginning instead of growing.
+that discovers jobs), for TOMBSTONE_SECONDS; rows past it are deleted a few thousand at a time
+(exporter.state_batch), and the space they held is reused, the surplus given back to the file
+system.
 
 Also kept: the jobs the event loop froze on (exporter.watchdog), written by the watchdog's
 thread on a connection of its own and restored as the tracker's quarantine.
 
 The file's schema, how it is opened and read, and the encoding of its rows are in
-exporter.state_file; this module is the writer.
+exporter.state_file; a batch and its statements in exporter.state_batch; this module is the
+writer.
 """
 
 from __future__ import annotations
@@ -36,28 +37,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any, TypeAlias
 
 import anyio
 
 from exporter import catalogue, job_history
+from exporter.group_commit import GroupCommit, StateUnwritable
 from exporter.memory_history import MemoryHistory
+from exporter.state_batch import Batch, JobKey, Rows
 from exporter.state_file import (
     BURIED,
     MIGRATIONS,
     NEWEST_TOMBSTONES,
     PRUNE,
-    PRUNE_QUARANTINE,
     SCHEMA_VERSION,
-    WRITES,
     StateError,
     describe,
-    history_row,
     load,
     open_read_only,
     open_writable,
@@ -67,14 +64,9 @@ from exporter.state_file import (
     tracked_to_dict,
     tracked_to_json,
 )
+from exporter.state_upkeep import Upkeep
 from exporter.store import Retired
-from exporter.tracker import (
-    QUARANTINE_SECONDS,
-    TOMBSTONE_SECONDS,
-    TOMBSTONES_IN_MEMORY,
-    TargetState,
-    TrackedJob,
-)
+from exporter.tracker import TOMBSTONE_SECONDS, TOMBSTONES_IN_MEMORY, TargetState, TrackedJob
 
 __all__ = [
     "MIGRATIONS",
@@ -92,74 +84,30 @@ __all__ = [
 
 log = logging.getLogger("asyncjob.state")
 
-# Waits between attempts while the state cannot be written.
-RETRY_FIRST, RETRY_MAX = 0.25, 2.0
-# How often the WAL is copied into the file (in a worker thread).
-CHECKPOINT_INTERVAL = 1.0
-# A WAL past this is copied in with the writer held off (it waits; the event loop does not):
-# under a steady stream of commits a checkpoint beside the writer never sees the WAL's end, so
-# the WAL is never started again from its beginning and grows for ever.
-WAL_RESTART_BYTES = 4 * 1024 * 1024
-# Jobs serialised and written per statement; the event loop serves others between statements.
-ROWS_PER_STATEMENT = 500
 # Errors that mean "cannot write here now" (a read-only mount, a full disk, an I/O error),
 # as opposed to a file that is not a state file at all.
 _UNWRITABLE = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_PERM")
-# Tombstones older than the tracker forgets them are deleted this often (with a batch), at most
-# PRUNE_ROWS a time: a day's backlog at 50 jobs a second is millions of rows, not one statement.
+# Tombstones older than the tracker forgets them are deleted this often, with a batch.
 PRUNE_EVERY = 60.0
-PRUNE_ROWS = 5000
-# Free pages kept for reuse, as a share of the file; past it, up to VACUUM_PAGES a round are
-# given back to the file system (`PRAGMA incremental_vacuum`, on the writer's connection).
-FREE_SHARE = 0.25
-VACUUM_PAGES = 2048
 
 
-class StateUnwritable(Exception):
-    """A change could not be committed: the state file cannot be written now."""
+def _unwritable(e: sqlite3.Error) -> bool:
+    return str(getattr(e, "sqlite_errorname", "")).startswith(_UNWRITABLE)
 
 
-JobKey = tuple[str, str]
-# A statement's parameters: many rows (executemany) or one.
-Rows: TypeAlias = list[tuple[Any, ...]] | tuple[Any, ...]
+class Store(GroupCommit):
+    where = "state file"
 
-
-@dataclass
-class Batch:
-    """Changes taken for one transaction, and what waits on it."""
-
-    jobs: dict[JobKey, TrackedJob | None] = field(default_factory=dict)
-    tombstones: dict[JobKey, float] = field(default_factory=dict)
-    cursors: dict[JobKey, str] = field(default_factory=dict)
-    # Jobs retention dropped, for the history: (the job, when), serialised as they are written.
-    history: dict[JobKey, tuple[TrackedJob, float]] = field(default_factory=dict)
-    held: list[Callable[[], None]] = field(default_factory=list)
-    upto: int = 0  # the last change number it holds
-    # Tombstones stamped before this are deleted with the batch (None: not this time).
-    prune_before: float | None = None
-    pruned: int = 0  # tombstone rows the prune deleted
-
-    def __len__(self) -> int:
-        return len(self.jobs) + len(self.tombstones) + len(self.cursors) + len(self.history)
-
-
-class Store:
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
+        self.log_fields = {"path": path}
         self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
         self._pending = Batch()
         self._inflight = 0
-        self._changes = 0  # numbered changes so far
-        self._durable = 0  # every change up to this number is committed
-        self.write_errors = 0
-        self.error: str | None = None  # the current write error; None while writes succeed
-        self._wake: anyio.Event | None = None
-        self._round: anyio.Event | None = None
         self._cursors: dict[JobKey, str] = {}
-        self._uncheckpointed = 0
         self._writer_turn = anyio.Lock()  # a write round, or a checkpoint that needs the WAL still
-        self._checkpointer: sqlite3.Connection | None = None
+        self.upkeep = Upkeep(path)
         # Restored jobs, as they are in the file: their first notice (the tracker taking them in)
         # is not a change. Held by reference, so no new job can reuse an id of theirs.
         self._unchanged: dict[int, TrackedJob] = {}
@@ -174,30 +122,22 @@ class Store:
             self._db = open_writable(self.path)
             reader = self._db
         except (sqlite3.Error, OSError) as e:
-            if isinstance(e, sqlite3.Error) and not self._unwritable(e):
+            if isinstance(e, sqlite3.Error) and not _unwritable(e):
                 raise StateError(f"{path}: {e}") from None
             # Read what the file holds, serve it, and retry writing until it works.
-            self._failed(e if isinstance(e, sqlite3.Error) else sqlite3.OperationalError(str(e)), 0)
+            self._failed(describe(e) if isinstance(e, sqlite3.Error) else str(e), 0)
             reader = None
         try:
             reader = reader or open_read_only(self.path)
             if reader is not None:
                 saved = load(reader, path)
-                self._restored, self._cursors, self._quarantined = (
-                    saved.jobs,
-                    saved.cursors,
-                    saved.quarantined,
-                )
+                self._restored, self._cursors = saved.jobs, saved.cursors
+                self._quarantined = saved.quarantined
         except sqlite3.DatabaseError as e:
             raise StateError(f"{path}: {e}") from None
         finally:
             if reader is not None and reader is not self._db:
                 reader.close()
-
-    # --- opening -----------------------------------------------------------------------
-    @staticmethod
-    def _unwritable(e: sqlite3.Error) -> bool:
-        return str(getattr(e, "sqlite_errorname", "")).startswith(_UNWRITABLE)
 
     # --- what the tracker asks (exporter.runtime.connect_store hands it over) -----------------
     def restore(self, state: TargetState) -> list[TrackedJob]:
@@ -242,10 +182,9 @@ class Store:
         """When the job was dropped, if its tombstone is kept (a point query: one per id that is
         listed again and not in memory); None when it is not."""
         key = (target, job_id)
-        with self._lock:
-            at = self._pending.tombstones.get(key)
-            if at is None and self._writing is not None:
-                at = self._writing.tombstones.get(key)
+        at = self._pending.tombstones.get(key)
+        if at is None and self._writing is not None:
+            at = self._writing.tombstones.get(key)
         if at is not None:
             return at
         try:
@@ -268,17 +207,14 @@ class Store:
         """Keep a job retention drops, written with the change that drops it (one transaction)."""
         if self.bounds.period <= 0:
             return
-        key = (state.config.name, tracked.job.id)
-        with self._lock:
-            self._pending.history[key] = (tracked, time.time())
-            self._changed()
+        self._pending.history[(state.config.name, tracked.job.id)] = (tracked, time.time())
+        self._changed()
 
     def retired(self, target: str, job_id: str) -> Retired | None:
         key = (target, job_id)
-        with self._lock:
-            got = self._pending.history.get(key)
-            if got is None and self._writing is not None:
-                got = self._writing.history.get(key)
+        got = self._pending.history.get(key)
+        if got is None and self._writing is not None:
+            got = self._writing.history.get(key)
         if got is not None:
             return Retired(target, *got)
         try:
@@ -309,51 +245,41 @@ class Store:
         return job_history.metrics_text(rows, held)
 
     # --- changes -----------------------------------------------------------------------
-    def _changed(self) -> None:
-        self._changes += 1
-        self._pending.upto = self._changes
-        if self._wake is not None:
-            self._wake.set()
-
     def save_cursors(self, target: str, cursors: dict[str, str]) -> None:
-        with self._lock:
-            for name, value in cursors.items():
-                if self._cursors.get((target, name)) != value:
-                    self._cursors[(target, name)] = value
-                    self._pending.cursors[(target, name)] = value
-                    self._changed()
+        for name, value in cursors.items():
+            if self._cursors.get((target, name)) != value:
+                self._cursors[(target, name)] = value
+                self._pending.cursors[(target, name)] = value
+                self._changed()
 
-    def after_commit(self, apply: Callable[[], None], key: tuple[str, str] | None = None) -> None:
+    def after_commit(self, apply: Callable[[], None], key: JobKey | None = None) -> None:
         """Run `apply` (a counter increment) once every change made so far is committed: the
         increment behind a counted-once mark or a queue cursor is never seen before the mark is
-        durable, so a kill -9 cannot make the next lifetime count it again."""
-        with self._lock:
-            self._pending.held.append(apply)
-            self._changed()
+        durable, so a kill -9 cannot make the next lifetime count it again. `key`, the job it
+        counts, matters only where another replica may own that job (exporter.cluster.store)."""
+        self._pending.held.append(apply)
+        self._changed()
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
         if self._unchanged and self._unchanged.pop(id(tracked), None) is tracked:
             return  # handed back by restore: the file has it
-        with self._lock:
-            self._pending.jobs[(state.config.name, tracked.job.id)] = tracked
-            self._changed()
+        self._pending.jobs[(state.config.name, tracked.job.id)] = tracked
+        self._changed()
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
         key = (state.config.name, job_id)
         # Only a target that lists jobs can bring a dropped one back after a restart.
         at = state.tombstones.get(job_id) if state.discovers else None
-        with self._lock:
-            self._pending.jobs[key] = None
-            if at is not None:
-                self._pending.tombstones[key] = at
-            self._changed()
+        self._pending.jobs[key] = None
+        if at is not None:
+            self._pending.tombstones[key] = at
+        self._changed()
 
     def tombstone_renewed(self, state: TargetState, job_id: str) -> None:
         at = state.tombstones.get(job_id)
         if at is not None and state.discovers:
-            with self._lock:
-                self._pending.tombstones[(state.config.name, job_id)] = at
-                self._changed()
+            self._pending.tombstones[(state.config.name, job_id)] = at
+            self._changed()
 
     @property
     def pending_writes(self) -> int:
@@ -361,70 +287,27 @@ class Store:
         return len(self._pending) + self._inflight
 
     # --- writing -----------------------------------------------------------------------
+    def _has_pending(self) -> bool:
+        return bool(len(self._pending) or self._pending.held)
+
     def _take(self) -> Batch:
         """Everything pending, for one transaction."""
         self._unchanged.clear()  # restored jobs the tracker did not take in (a cap, a duplicate)
-        with self._lock:
-            batch, self._pending = self._pending, Batch(upto=self._changes)
-            self._inflight = len(batch)
-            self._writing = batch
+        batch, self._pending = self._pending, Batch()
+        batch.upto = self._changes  # every change so far is in it: they are made on this loop
+        self._inflight = len(batch)
+        self._writing = batch
         now = time.time()
         if now - self._pruned_at >= PRUNE_EVERY:
             # Forgotten tombstones leave the file too, else it grows with every job ever dropped.
             batch.prune_before, self._pruned_at = now - TOMBSTONE_SECONDS, now
         return batch
 
-    def _statements(self, db: sqlite3.Connection, batch: Batch) -> Iterator[tuple[str, Rows]]:
-        """The statements that write a batch, each with its rows (executemany: a row costs
-        less bound as parameters than folded into one JSON array that SQLite parses again); jobs
-        are serialised ROWS_PER_STATEMENT at a time, as they are now (on the event loop, the
-        only thread that changes them: a job changed since is in the next batch too)."""
-        upserts = [(key, tr) for key, tr in batch.jobs.items() if tr is not None]
-        for i in range(0, len(upserts), ROWS_PER_STATEMENT):
-            part = upserts[i : i + ROWS_PER_STATEMENT]
-            yield WRITES[0], [(t, j, tracked_to_json(tr)) for (t, j), tr in part]
-        rest: tuple[list[tuple[Any, ...]], ...] = (
-            [key for key, tr in batch.jobs.items() if tr is None],
-            [(t, j, at) for (t, j), at in batch.tombstones.items()],
-            [(t, n, v) for (t, n), v in batch.cursors.items()],
-        )
-        for sql, rows in zip(WRITES[1:], rest, strict=True):
-            if rows:
-                yield sql, rows
-        kept = list(batch.history.items())
-        for i in range(0, len(kept), ROWS_PER_STATEMENT):
-            yield (
-                job_history.KEEP,
-                [history_row(t, tr, at) for (t, _), (tr, at) in kept[i : i + ROWS_PER_STATEMENT]],
-            )
-        if batch.history or batch.prune_before is not None:
-            yield from job_history.prune_statements(db, self.bounds, time.time())
-        if batch.prune_before is not None:
-            yield PRUNE, (batch.prune_before, PRUNE_ROWS)
-            yield PRUNE_QUARANTINE, (time.time() - QUARANTINE_SECONDS,)
-
     @staticmethod
     def _write(db: sqlite3.Connection, sql: str, rows: Rows) -> int:
         """Run one statement; the rows it changed."""
         cursor = db.executemany(sql, rows) if isinstance(rows, list) else db.execute(sql, rows)
         return cursor.rowcount
-
-    def _after_prune(self, db: sqlite3.Connection, batch: Batch) -> None:
-        """After a commit that pruned: the rest of a backlog at the next batch, and free pages past
-        FREE_SHARE of the file given back (after the commit: the pragma runs in a transaction of
-        its own)."""
-        if batch.prune_before is None:
-            return
-        if batch.pruned >= PRUNE_ROWS:
-            self._pruned_at = 0.0
-        try:
-            free = db.execute("PRAGMA freelist_count").fetchone()[0]
-            pages = db.execute("PRAGMA page_count").fetchone()[0]
-            if free > max(VACUUM_PAGES, pages * FREE_SHARE):
-                n = min(VACUUM_PAGES, free - int(pages * FREE_SHARE))
-                db.executescript(f"PRAGMA incremental_vacuum({n});")
-        except sqlite3.Error as e:  # committed already; the pages are given back another time
-            log.debug("state vacuum failed", extra={"path": self.path, "error": describe(e)})
 
     def _begin(self) -> sqlite3.Connection:
         db = self._db
@@ -448,65 +331,38 @@ class Store:
             db.close()
             self._db = None
 
-    def _commit(self, batch: Batch) -> None:
-        """One transaction, in the calling thread."""
+    def _transaction(self, batch: Batch) -> Generator[None, None, None]:
+        """One transaction, a step a statement: the caller may let other work in between steps
+        (a poll cycle that changed thousands of jobs does not hold a scrape up while it is
+        written). Rolled back when it fails or is closed before its end."""
         try:
+            started = time.perf_counter()
             db = self._begin()
-            for sql, rows in self._statements(db, batch):
-                changed = self._write(db, sql, rows)
-                batch.pruned += changed if sql is PRUNE else 0
-            db.execute("COMMIT")
-            self._after_prune(db, batch)
-        except sqlite3.Error:
-            self._abort(drop=True)
-            raise
-
-    async def _commit_in_turns(self, batch: Batch) -> None:
-        """One transaction on the event loop, letting other work in between its statements: a
-        poll cycle that changed thousands of jobs does not hold a scrape up while it is written."""
-        try:
-            db = self._begin()
-            for n, (sql, rows) in enumerate(self._statements(db, batch)):
+            for n, (sql, rows) in enumerate(batch.statements(db, self.bounds)):
                 if n:
-                    await anyio.lowlevel.checkpoint()
+                    yield
                 changed = self._write(db, sql, rows)
                 batch.pruned += changed if sql is PRUNE else 0
             db.execute("COMMIT")
-            self._after_prune(db, batch)
+            self.commit_duration.observe(time.perf_counter() - started)
+            if batch.prune_before is not None:
+                if batch.left_a_backlog:
+                    self._pruned_at = 0.0  # the rest with the next batch
+                self.upkeep.give_back(db)
         except BaseException as e:
             self._abort(drop=isinstance(e, sqlite3.Error))
             raise
 
     def _put_back(self, batch: Batch) -> None:
         """A failed batch waits again, under any newer change of the same keys."""
-        with self._lock:
-            p = self._pending
-            p.jobs = {**batch.jobs, **p.jobs}
-            p.tombstones = {**batch.tombstones, **p.tombstones}
-            p.cursors = {**batch.cursors, **p.cursors}
-            p.history = {**batch.history, **p.history}
-            p.held = batch.held + p.held
-            self._inflight = 0
-            self._writing = None
-
-    def _failed(self, e: sqlite3.Error, pending: int) -> None:
-        self.write_errors += 1
-        text = describe(e)
-        if text != self.error:
-            log.error(
-                "state file cannot be written; changes are kept and retried",
-                extra={"path": self.path, "error": text, "pending": pending},
-            )
-        self.error = text
+        batch.put_back(self._pending)
+        self._inflight = 0
+        self._writing = None
 
     def _done(self, batch: Batch) -> None:
-        with self._lock:
-            self._inflight = 0
-            self._writing = None
-            self._durable = max(self._durable, batch.upto)
-        if self.error is not None:
-            log.info("state file written again", extra={"path": self.path, "changes": len(batch)})
-            self.error = None
+        self._inflight = 0
+        self._writing = None
+        self._committed(batch.upto, len(batch))
         for apply in batch.held:
             apply()
 
@@ -518,10 +374,11 @@ class Store:
             self._done(batch)
             return 0
         try:
-            self._commit(batch)
+            for _ in self._transaction(batch):
+                pass
         except sqlite3.Error as e:
             self._put_back(batch)
-            self._failed(e, self.pending_writes)
+            self._failed(describe(e), self.pending_writes)
             raise
         self._done(batch)
         return len(batch)
@@ -529,112 +386,47 @@ class Store:
     async def _write_round(self) -> bool:
         """Commit everything pending, then wake the waiters of this round: committed, or told
         why not. On the event loop: WAL appends into the page cache, no fsync."""
-        batch = self._take()
-        try:
-            await self._commit_in_turns(batch)
-        except sqlite3.Error as e:
-            self._put_back(batch)
-            self._failed(e, self.pending_writes)
-            ok = False
-        except BaseException:  # cancelled at shutdown: rolled back, written by the last flush
-            self._put_back(batch)
-            raise
-        else:
-            self._done(batch)
-            self._uncheckpointed += 1
-            ok = True
-        if self._round is not None:
-            self._round.set()
-        self._round = anyio.Event()
+        async with self._writer_turn:
+            batch = self._take()
+            steps = self._transaction(batch)
+            try:
+                for _ in steps:
+                    await anyio.lowlevel.checkpoint()
+            except sqlite3.Error as e:
+                self._put_back(batch)
+                self._failed(describe(e), self.pending_writes)
+                ok = False
+            except BaseException:  # cancelled at shutdown: rolled back, written by the last round
+                steps.close()
+                self._put_back(batch)
+                raise
+            else:
+                self._done(batch)
+                self.upkeep.uncheckpointed += 1
+                ok = True
+        self._round_ended()
         return ok
 
     async def run(self) -> None:
-        """The writer: commit whatever is pending, many changes a transaction (all those made
-        while the event loop was busy elsewhere); while writes fail, retry with a growing pause.
-        Checkpoints run beside it in a worker thread. One last commit on the way out."""
-        self._wake = anyio.Event()
-        self._round = self._round or anyio.Event()
-        retry = RETRY_FIRST
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._checkpoints)
-                while True:
-                    if not len(self._pending) and not self._pending.held and self.error is None:
-                        await self._wake.wait()
-                    self._wake = anyio.Event()
-                    async with self._writer_turn:
-                        ok = await self._write_round()
-                    if ok:
-                        retry = RETRY_FIRST
-                        await anyio.sleep(0)  # let the waiters and new changes in
-                    else:
-                        await anyio.sleep(retry)
-                        retry = min(RETRY_MAX, retry * 2)
-        finally:
-            self._last_flush()
+        """The writer (exporter.group_commit), with the checkpoints beside it in a worker thread."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.upkeep.checkpoints, self._writer_turn)
+            await super().run()
 
-    def _last_flush(self) -> None:
+    async def _last_round(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # logged; close() tries again, says what is lost
             self.flush()
-        if self._round is not None:
-            self._round.set()
-
-    async def _checkpoints(self) -> None:
-        """Copy the WAL into the file now and then, off the event loop (a checkpoint fsyncs)."""
-        while True:
-            await anyio.sleep(CHECKPOINT_INTERVAL)
-            if self._uncheckpointed:
-                self._uncheckpointed = 0
-                if self._wal_bytes() < WAL_RESTART_BYTES:
-                    await anyio.to_thread.run_sync(self._checkpoint)
-                    continue
-                async with self._writer_turn:  # all of it copied: the next commit starts it again
-                    await anyio.to_thread.run_sync(self._checkpoint)
-
-    def _wal_bytes(self) -> int:
-        try:
-            return Path(self.path + "-wal").stat().st_size
-        except OSError:
-            return 0
-
-    def _checkpoint(self) -> None:
-        try:
-            if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as e:  # the WAL keeps the data; the next checkpoint tries again
-            log.debug("state checkpoint failed", extra={"path": self.path, "error": describe(e)})
-            if self._checkpointer is not None:
-                self._checkpointer.close()
-                self._checkpointer = None
-
-    async def committed(self) -> None:
-        """Return once every change made so far is committed; StateUnwritable when a write
-        attempt fails first. No timeout: the writer commits on the event loop, so a round
-        ends within a turn of the loop (a disk that stalls a write stalls the loop too)."""
-        want = self._changes
-        while self._durable < want:
-            if self._round is None:
-                self._round = anyio.Event()
-            await self._round.wait()
-            if self._durable < want and self.error is not None:
-                raise StateUnwritable(self.error)
 
     def size_bytes(self) -> int:
         """The state file and its WAL, as they take space on disk now."""
-        total = 0
-        for path in (self.path, self.path + "-wal"):
-            with contextlib.suppress(OSError):
-                total += Path(path).stat().st_size
-        return total
+        return self.upkeep.size_bytes()
 
     def metrics_text(self) -> bytes:
-        return state_metrics_text(self.write_errors, self.pending_writes, self.size_bytes())
+        text = state_metrics_text(self.write_errors, self.pending_writes, self.size_bytes())
+        return text + self.commit_duration_text().encode()
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-            self._checkpointer = None
+        self.upkeep.close()
         if self._reader is not None:
             self._reader.close()
             self._reader = None

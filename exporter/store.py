@@ -1,5 +1,6 @@
-"""What the runtime, tracker and scheduler ask of a state store; `exporter.state.Store` (SQLite)
-is the one there is. A store is a tracker listener: every change reaches it, and it commits them."""
+"""What the runtime, tracker and scheduler ask of a state store: `exporter.state.Store` (SQLite)
+and `exporter.cluster.store.PostgresStore`, both built on `exporter.group_commit.GroupCommit`. A
+store is a tracker listener: every change reaches it, and it commits them."""
 
 from __future__ import annotations
 

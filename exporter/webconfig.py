@@ -1,30 +1,25 @@
-"""`--web.config.file` in the Prometheus exporter-toolkit format: TLS (optionally mTLS) and
-basic auth users with bcrypt hashes, for every endpoint but /healthz.
+"""`--web.config.file` in the Prometheus exporter-toolkit format, read and checked: TLS
+(optionally mTLS) as an SSLContext, basic auth users with bcrypt hashes, and response headers,
+for every endpoint but /healthz.
 
-Every key of the format is honoured or refused at start, never ignored. bcrypt runs in a
-worker thread, successful checks are cached, and an unknown user costs a bcrypt as a known
-one does (user names cannot be told apart by timing)."""
+Every key of the format is honoured or refused at start, never ignored. The headers are added
+to each response by `ResponseHeadersMiddleware` below, the users checked at each request by
+exporter/basic_auth.py; a reload reads the file again through exporter/webconfig_reload.py."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import logging
 import re
 import ssl
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from ssl import SSLContext
 from typing import Any
 
-import anyio
 import yaml
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-log = logging.getLogger("asyncjob.web")
+from exporter.basic_auth import BasicAuthMiddleware
 
 # exporter-toolkit's client_auth_type values → ssl verify modes.
 _CLIENT_AUTH = {
@@ -84,9 +79,6 @@ _HEADERS = {
     "Strict-Transport-Security",
 }
 _BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
-_UNAUTHENTICATED = ("/healthz",)
-# Verified credentials kept (as SHA-256 digests of the header, never the password itself).
-CACHE_SIZE = 256
 
 
 class WebConfigError(ValueError):
@@ -95,6 +87,8 @@ class WebConfigError(ValueError):
 
 @dataclass
 class WebConfig:
+    """What a web config file says, checked."""
+
     ssl: dict[str, Any] = field(default_factory=dict)
     users: dict[str, bytes] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
@@ -107,102 +101,6 @@ class WebConfig:
         if self.users:
             out.append(Middleware(BasicAuthMiddleware, users=self.users))
         return out
-
-
-class ReloadableContext(ssl.SSLContext):
-    """The listener's SSLContext, whose every handshake runs on the context read last: asyncio
-    starts a connection's TLS with `wrap_bio`, which is handed on to `current`. A reload's
-    certificate, key, client CA, client auth type, versions and suites thus apply from the next
-    connection on, as exporter-toolkit reads its file at each handshake; open connections keep
-    theirs."""
-
-    current: ssl.SSLContext
-
-    def __new__(cls, current: ssl.SSLContext) -> ReloadableContext:
-        context = super().__new__(cls, ssl.PROTOCOL_TLS_SERVER)
-        context.current = current
-        return context
-
-    def __init__(self, current: ssl.SSLContext) -> None:
-        super().__init__()
-
-    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
-        return self.current.wrap_bio(*args, **kwargs)
-
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        return self.current.wrap_socket(*args, **kwargs)
-
-
-class LiveWebConfig:
-    """`--web.config.file` read at start and again at each reload (SIGHUP, `POST /-/reload`):
-    basic auth users, response headers and TLS files apply from the next request or handshake,
-    as exporter-toolkit reads the file afresh. A file with a problem changes nothing. Turning
-    TLS on or off needs a restart: the listener is made once."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        first = load_web_config(path)
-        # Shared with the middleware (and the answers given without it), changed in place.
-        self.users = Users(first.users)
-        self.headers = _encoded(first.headers)
-        self.tls = ReloadableContext(first.context) if first.context is not None else None
-
-    @property
-    def ssl(self) -> dict[str, Any]:
-        """uvicorn's TLS settings: the listener's context, or nothing without TLS."""
-        tls = self.tls
-        return {} if tls is None else {"ssl_context_factory": lambda config, default: tls}
-
-    def middleware(self) -> list[Middleware]:
-        if not self.path:
-            return []
-        # Both layers always, even empty: a reload may add headers or users.
-        return [
-            Middleware(ResponseHeadersMiddleware, headers=self.headers),
-            Middleware(BasicAuthMiddleware, users=self.users),
-        ]
-
-    def read(self) -> Callable[[], None]:
-        """Read the file afresh and return what applies it; WebConfigError names a problem."""
-        new = load_web_config(self.path)
-        if (new.context is None) != (self.tls is None):
-            raise WebConfigError("tls_server_config: turning TLS on or off needs a restart")
-        users = Users(new.users, self.users)  # the dummy hash is made here, not while applying
-
-        def apply() -> None:
-            self.users.replace(users)
-            self.headers[:] = _encoded(new.headers)
-            if self.tls is not None and new.context is not None:
-                self.tls.current = new.context
-
-        return apply
-
-
-def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-
-
-class Users:
-    """basic_auth_users: user -> bcrypt hash, and the dummy hash an unknown user is checked
-    against (of the highest configured cost). `generation` counts replacements: credentials
-    verified before one are verified again."""
-
-    def __init__(self, hashes: dict[str, bytes], before: Users | None = None) -> None:
-        self.hashes = dict(hashes)
-        self.dummy = b""
-        self.generation = 0
-        if hashes:
-            cost = max(int(h.split(b"$")[2]) for h in hashes.values())
-            if before is not None and before.dummy and int(before.dummy.split(b"$")[2]) == cost:
-                self.dummy = before.dummy  # a reload at the same cost: no bcrypt on the event loop
-            else:
-                import bcrypt
-
-                self.dummy = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=cost))
-
-    def replace(self, other: Users) -> None:
-        self.hashes, self.dummy = other.hashes, other.dummy
-        self.generation += 1
 
 
 def load_web_config(path: str | None) -> WebConfig:
@@ -340,13 +238,18 @@ def _http_server_config(http: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in headers.items()}
 
 
+def encoded_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """http_server_config.headers as ASGI sends them."""
+    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+
 class ResponseHeadersMiddleware:
     """Adds http_server_config.headers to every response."""
 
     def __init__(self, app: ASGIApp, headers: dict[str, str] | list[tuple[bytes, bytes]]) -> None:
         self.app = app
         # A list is shared with LiveWebConfig, which changes it in place at a reload.
-        self.headers = headers if isinstance(headers, list) else _encoded(headers)
+        self.headers = headers if isinstance(headers, list) else encoded_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.headers:
@@ -359,99 +262,3 @@ class ResponseHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, with_headers)
-
-
-class BasicAuthMiddleware:
-    """HTTP basic auth against bcrypt hashes.
-
-    bcrypt is slow on purpose (tens of milliseconds): it runs in one worker thread, so a flood
-    of wrong passwords queues there and never holds the event loop (scrapes with cached
-    credentials go on). A successful check is remembered, as a digest of the header, so a
-    scraper pays bcrypt once. An unknown user is checked against a dummy hash of the highest
-    configured cost, so it takes as long as a known one.
-    """
-
-    def __init__(self, app: ASGIApp, users: dict[str, bytes] | Users) -> None:
-        self.app = app
-        # Users is shared with LiveWebConfig, which replaces its hashes at a reload.
-        self.users = users if isinstance(users, Users) else Users(users)
-        self._ok: OrderedDict[bytes, None] = OrderedDict()
-        self._generation = self.users.generation
-        # One thread: bcrypt holds a core while it runs; the other is left to the event loop.
-        self._bcrypt = anyio.CapacityLimiter(1)
-
-    @property
-    def open(self) -> bool:
-        """No user is configured (a web config without basic_auth_users): nobody is asked."""
-        return not self.users.hashes
-
-    def verified(self, header: bytes) -> bool:
-        """Whether these credentials were checked already (no bcrypt: a cache look-up)."""
-        if self.open:
-            return True
-        if self._generation != self.users.generation:
-            # The users changed (a reload): a removed user, or a changed password, is not let
-            # in by a check made before.
-            self._ok.clear()
-            self._generation = self.users.generation
-        digest = hashlib.sha256(header).digest()
-        if digest in self._ok:
-            self._ok.move_to_end(digest)
-            return True
-        return False
-
-    async def check(self, header: bytes) -> bool:
-        if self.verified(header):
-            return True
-        scheme, _, encoded = header.partition(b" ")
-        if scheme.lower() != b"basic":
-            return False
-        try:
-            user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        if not sep:
-            return False
-        users = self.users
-        generation, hashed = users.generation, users.hashes.get(user)
-        ok = await anyio.to_thread.run_sync(
-            _checkpw, password.encode(), hashed or users.dummy, limiter=self._bcrypt
-        )
-        if not ok or hashed is None:
-            return False
-        if users.generation != generation:
-            return await self.check(header)  # a reload meanwhile: checked against the users read last
-        self._ok[hashlib.sha256(header).digest()] = None
-        if len(self._ok) > CACHE_SIZE:
-            self._ok.popitem(last=False)
-        return True
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in _UNAUTHENTICATED or self.open:
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        if await self.check(header):
-            await self.app(scope, receive, send)
-            return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"www-authenticate", b'Basic realm="asyncjob-exporter"'),
-                    (b"content-type", b"text/plain"),
-                    (b"content-length", b"13"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": b"Unauthorized\n"})
-
-
-def _checkpw(password: bytes, hashed: bytes) -> bool:
-    import bcrypt
-
-    try:
-        return bool(bcrypt.checkpw(password, hashed))
-    except ValueError:  # the hash was checked at start; a password bcrypt refuses is wrong
-        return False

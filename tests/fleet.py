@@ -310,8 +310,8 @@ class Fleet:
         self.add(
             BASIQ, "stuck", 6, {**conn, "scenario": "stuck"}, 1, pages=("AsyncJobStuck",), truth=stuck_at
         )
-        for scenario, code in (("fail", "connector-error"), ("success", None)):
-            extra = {"error_code": code} if code else {}
+        for scenario, error_code in (("fail", "connector-error"), ("success", None)):
+            extra = {"error_code": error_code} if error_code else {}
             self.add(
                 BASIQ, "week-old history", 10, {**conn, "scenario": scenario, "age": WEEK_OLD, **extra}, 1
             )
@@ -639,9 +639,9 @@ def run(
             infos=_seen(hook, pages=False),
             pending_pages=alerts_now(prom, "pending") - set(_seen(hook, pages=True)),
             counted_before=counted_before,
-            counted_after=finished_counts(exporter.proc),  # type: ignore[arg-type]
+            counted_after=finished_counts(exporter.proc),
             restart_seconds=restart,
             truths=truths,
             for_seconds=for_seconds,
-            poll_errors=poll_errors(exporter.proc),  # type: ignore[arg-type]
+            poll_errors=poll_errors(exporter.proc),
         )

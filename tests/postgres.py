@@ -15,9 +15,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import pytest
 
@@ -42,7 +42,16 @@ def server_binaries() -> Path:
     pytest.skip(f"{message}; set CI=1 to make this a failure")
 
 
-def as_server_user() -> dict[str, Any]:
+class ServerUser(TypedDict, total=False):
+    """The Popen arguments of `as_server_user`."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+    cwd: str
+
+
+def as_server_user() -> ServerUser:
     """Popen arguments that run a server binary as Debian's server user when we are root (the
     process itself changes user, so signals reach the server, not a wrapper)."""
     if os.geteuid() != 0:
@@ -60,6 +69,8 @@ class Postgres:
     port: int
     password_file: Path
     proc: subprocess.Popen[bytes] | None = None
+    # More server settings (`-c name=value`), e.g. shared_preload_libraries for pg_stat_statements.
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -88,6 +99,7 @@ class Postgres:
                 "synchronous_commit=on",
                 "-c",
                 "max_connections=200",
+                *(arg for name, value in self.settings.items() for arg in ("-c", f"{name}={value}")),
             ],
             **as_server_user(),
             stdout=subprocess.DEVNULL,
@@ -143,8 +155,9 @@ class Postgres:
 
 
 @contextmanager
-def postgres() -> Iterator[Postgres]:
-    """A fresh server for the length of the block, removed after it."""
+def postgres(settings: dict[str, str] | None = None) -> Iterator[Postgres]:
+    """A fresh server for the length of the block, removed after it; `settings` are given to it
+    as `-c name=value`."""
     bin_dir = server_binaries()
     root = Path(tempfile.mkdtemp(prefix="asyncjob-pg-"))
     data = root / "data"
@@ -157,7 +170,9 @@ def postgres() -> Iterator[Postgres]:
         server = pwd.getpwnam(SERVER_USER)
         for path in (root, data, superuser_pw):
             os.chown(path, server.pw_uid, server.pw_gid)
-    pg = Postgres(bin=bin_dir, data=data, port=free_port(), password_file=password_file)
+    pg = Postgres(
+        bin=bin_dir, data=data, port=free_port(), password_file=password_file, settings=dict(settings or {})
+    )
     subprocess.run(
         [
             str(bin_dir / "initdb"),

@@ -1,5 +1,5 @@
-"""Helpers shared by tests that need outside programs, load the repo's generator scripts, or look
-for cyclic garbage."""
+"""Helpers shared by tests that need outside programs (and the certificates openssl makes), load
+the repo's generator scripts, or look for cyclic garbage."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import gc
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,26 @@ def require_tool(name: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI is set, so this check must run")
     pytest.skip(f"{message}; set CI=1 to make this a failure")
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    """Run openssl in `cwd` (test certificates); the test fails where it is not installed."""
+    if not shutil.which("openssl"):
+        pytest.fail("openssl is needed to make test certificates")
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def self_signed(
+    directory: Path, subject: str, cert: str = "cert.pem", key: str = "key.pem", extension: str = ""
+) -> tuple[Path, Path]:
+    """A self-signed certificate (a test server's, or a test CA's) and its key, valid two days,
+    written to `directory`; `extension` as openssl's -addext (subjectAltName=IP:127.0.0.1)."""
+    addext = ("-addext", extension) if extension else ()
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+        "-days", "2", "-subj", subject, *addext, cwd=directory,
+    )  # fmt: skip
+    return directory / cert, directory / key
 
 
 def load_script(module_name: str, relative_path: str) -> ModuleType:

@@ -46,6 +46,10 @@ _CURSORS = (
     "SELECT * FROM unnest(%b::text[], %b::text[], %b::int[], %b::text[]) "
     "ON CONFLICT (target, name) DO UPDATE SET shard = excluded.shard, value = excluded.value"
 )
+# A state carried in from elsewhere (`state copy`): added where the database has no row of the key,
+# never over a replica's newer one.
+_TOMBSTONES_IF_ABSENT = _TOMBSTONES.split(" ON CONFLICT")[0] + " ON CONFLICT (target, job_id) DO NOTHING"
+_CURSORS_IF_ABSENT = _CURSORS.split(" ON CONFLICT")[0] + " ON CONFLICT (target, name) DO NOTHING"
 _PRUNE = (
     "DELETE FROM asyncjob.tombstones WHERE (target, job_id) IN "
     "(SELECT target, job_id FROM asyncjob.tombstones WHERE at < %b LIMIT %b)"
@@ -166,3 +170,21 @@ class Batch:
             tombstones_before, quarantine_before = self.prune_before
             out += [(_PRUNE, (tombstones_before, PRUNE_ROWS)), (_PRUNE_QUARANTINE, (quarantine_before,))]
         return out, stale
+
+    def inserts(self, rows: dict[JobKey, str], writer: str) -> list[tuple[str, Statement]]:
+        """Statements that add the jobs (`rows`: serialised), tombstones and cursors where the
+        database holds no row of their key, each named for what it adds: a state carried in from
+        a state file. A row already there is left alone, so the same batch written twice adds
+        nothing the second time, and an older snapshot never replaces a newer one (a job counted
+        since would be counted again)."""
+        jobs = [(t, i, c.shard, rows[(t, i)]) for (t, i), c in self.jobs.items() if c.value is not None]
+        tombstones = [(t, i, c.shard, c.value) for (t, i), c in self.tombstones.items()]
+        cursors = [(t, n, c.shard, c.value) for (t, n), c in self.cursors.items()]
+        out: list[tuple[str, Statement]] = []
+        if jobs:
+            out.append(("jobs", (_INSERT_FOR_OWNER, (writer, *_columns(jobs)))))
+        if tombstones:
+            out.append(("tombstones", (_TOMBSTONES_IF_ABSENT, tuple(_columns(tombstones)))))
+        if cursors:
+            out.append(("cursors", (_CURSORS_IF_ABSENT, tuple(_columns(cursors)))))
+        return out

@@ -48,6 +48,8 @@ MIN_PAUSE = 0.05
 # A transaction on the leases idle this long at least is a stalled replica's (`stalls_end`): a
 # busy loop (a scrape of a large exposition between two statements) takes a good deal less.
 STALL_FLOOR = 1.0
+# Members silent for a day are deleted every this many rounds.
+FORGET_EVERY = 100
 
 
 def preference(replica: str, shard: int) -> int:
@@ -61,6 +63,15 @@ def preferred_owners(members: list[str], shards: int) -> dict[int, str]:
     if not members:
         return {}
     return {s: max(members, key=lambda m: preference(m, s)) for s in range(shards)}
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A live member as the last round read it, for the landing page."""
+
+    replica: str
+    address: str  # its `cluster.advertise_url`; "" when it gave none
+    shards: int  # unexpired leases it held when the round read them (before this round's claims)
 
 
 @dataclass
@@ -88,11 +99,13 @@ class Leases:
     clock: Callable[[], float] = time.monotonic
     counters: Counters = field(default_factory=Counters)
     members: list[str] = field(default_factory=list)
+    peers: list[Peer] = field(default_factory=list)  # the members with what each holds
     _held: dict[int, int] = field(default_factory=dict)  # shard -> generation
     _valid_until: float = 0.0
     # Until then, lapsed leases of other replicas are not claimed (see `round`).
     _patient_until: float = 0.0
     _failing: bool = False
+    _rounds: int = 0
     _conn: psycopg.AsyncConnection | None = None
     # When (this replica's clock) the next other live member's heartbeat lapses.
     _next_lapse: float = float("inf")
@@ -141,7 +154,8 @@ class Leases:
         sent = self.clock()
         self._next_lapse = float("inf")
         try:
-            conn, members, renewed = await self._beat(sent)
+            conn, peers, renewed = await self._beat(sent)
+            members = [p.replica for p in peers]
             self._valid_until = sent + self.ttl * (1 - SAFETY)
             if self._failing:
                 # Back after the database (or the way to it) failed: every other replica that
@@ -153,7 +167,7 @@ class Leases:
             if lost:
                 log.warning("cluster leases lost to another replica", extra={"shards": len(lost)})
                 await self._lose(lost)
-            self.members = members
+            self.members, self.peers = members, peers
             wanted = {s for s, m in preferred_owners(members, self.shards).items() if m == self.replica}
             await self._release(conn, set(self._held) - wanted)
             await self._claim(conn, wanted - set(self._held), sent)
@@ -169,7 +183,7 @@ class Leases:
                 lapsed, self._held = set(self._held), {}
                 await self._lose(lapsed)
 
-    async def _beat(self, sent: float) -> tuple[psycopg.AsyncConnection, list[str], dict[int, int]]:
+    async def _beat(self, sent: float) -> tuple[psycopg.AsyncConnection, list[Peer], dict[int, int]]:
         """Heartbeat and renewal, one transaction. A kept connection found cut (the server
         restarted, a proxy or a failover dropped it) is replaced at once and the transaction
         run again: a connection cut between two rounds costs no round, and the replica does not
@@ -185,7 +199,7 @@ class Leases:
         conn = await self._connection()
         return (conn, *await self._beat_on(conn, sent))
 
-    async def _beat_on(self, conn: psycopg.AsyncConnection, sent: float) -> tuple[list[str], dict[int, int]]:
+    async def _beat_on(self, conn: psycopg.AsyncConnection, sent: float) -> tuple[list[Peer], dict[int, int]]:
         async with conn.transaction():
             await stalls_end(conn, self.ttl)
             return await self._heartbeat(conn, sent), await self._renew(conn)
@@ -220,22 +234,32 @@ class Leases:
             with contextlib.suppress(psycopg.Error, OSError):
                 await conn.close()
 
-    async def _heartbeat(self, conn: psycopg.AsyncConnection, sent: float) -> list[str]:
+    async def _heartbeat(self, conn: psycopg.AsyncConnection, sent: float) -> list[Peer]:
         """Beat; the live members, and when the next other one's heartbeat lapses (`pause`)."""
         await conn.execute(
             "INSERT INTO asyncjob.members (replica, address, heartbeat_at) VALUES (%s, %s, now()) "
             "ON CONFLICT (replica) DO UPDATE SET heartbeat_at = now(), address = excluded.address",
             (self.replica, self.address),
         )
+        self._rounds += 1
+        if self._rounds % FORGET_EVERY == 1:
+            # Replicas gone for a day (killed pods under names never used again) leave the table.
+            await conn.execute("DELETE FROM asyncjob.members WHERE heartbeat_at < now() - interval '1 day'")
+        # With the leases each holds, in the same round trip (asyncjob.leases is indexed by owner).
         cur = await conn.execute(
-            "SELECT replica, extract(epoch FROM heartbeat_at + make_interval(secs => %s) - now())::float8 "
-            "FROM asyncjob.members WHERE heartbeat_at > now() - make_interval(secs => %s) ORDER BY replica",
+            "SELECT m.replica, m.address, count(l.shard), "
+            "extract(epoch FROM m.heartbeat_at + make_interval(secs => %s) - now())::float8 "
+            "FROM asyncjob.members m "
+            "LEFT JOIN asyncjob.leases l ON l.owner = m.replica AND l.expires_at > now() "
+            "WHERE m.heartbeat_at > now() - make_interval(secs => %s) "
+            "GROUP BY m.replica, m.address, m.heartbeat_at ORDER BY m.replica",
             (self.ttl, self.ttl),
         )
-        rows = [(str(r), float(left)) for r, left in await cur.fetchall()]
+        rows = await cur.fetchall()
         # now() is when the transaction began, after `sent`: a lapse is never seen late.
-        self._next_lapse = sent + min((left for r, left in rows if r != self.replica), default=float("inf"))
-        return [r for r, _ in rows]
+        lapses = (float(left) for r, _, _, left in rows if r != self.replica)
+        self._next_lapse = sent + min(lapses, default=float("inf"))
+        return [Peer(str(r), str(a), int(n)) for r, a, n, _ in rows]
 
     async def _renew(self, conn: psycopg.AsyncConnection) -> dict[int, int]:
         """Extend every lease this replica holds, lapsed ones too when nobody claimed them since

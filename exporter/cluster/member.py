@@ -38,7 +38,7 @@ from exporter import catalogue
 from exporter.cluster import schema
 from exporter.cluster.batch import CHANNEL
 from exporter.cluster.leases import RENEWALS_PER_TTL, Leases
-from exporter.cluster.store import CONNECT_TIMEOUT, PostgresStore
+from exporter.cluster.store import CATCH_UP_ROWS, CONNECT_TIMEOUT, PostgresStore
 from exporter.config import Settings
 from exporter.model import Job, placeholder
 from exporter.sharding import shard_of
@@ -55,6 +55,8 @@ CATCH_UP_EVERY = 1.0
 # rounds ago ended (rows already tracked are skipped).
 CATCH_UP_OVERLAP = 5
 LISTEN_RETRY = 2.0
+# A session idle inside a transaction this share of the lease TTL is ended by the server.
+IDLE_IN_TRANSACTION_SHARE = 0.5
 # Listed jobs of other replicas' shards remembered as written for them, per target (a list shows
 # the same jobs at every cycle: each is written once).
 HANDED_REMEMBERED = 100_000
@@ -64,6 +66,8 @@ class Wakeable(Protocol):
     """What the member asks of the scheduler (exporter.scheduler.Scheduler)."""
 
     def poll_soon(self, target: str, job_id: str) -> None: ...
+
+    def share_budgets(self, replicas: int) -> None: ...
 
     def taken_in(self, target: str, cursors: dict[str, str]) -> None:
         """Shards were taken in: restore the target's cursors, track its configured jobs there."""
@@ -152,14 +156,19 @@ class Member:
                 tg.start_soon(self._listen)
                 tg.start_soon(self._catch_up_loop)
                 while True:
-                    await self.leases.round()
-                    self.reachable = not self.leases.failing
-                    if self.reachable:
-                        await self._follow(set(self.leases.held()))
+                    await self.step()
                     await anyio.sleep(self.leases.pause())
         finally:
             with anyio.CancelScope(shield=True):
                 await self.leases.leave()
+
+    async def step(self) -> None:
+        """One lease round, and the tracker brought in line with what it left held."""
+        await self.leases.round()
+        self.reachable = not self.leases.failing
+        if self.reachable:
+            self.scheduler.share_budgets(len(self.leases.members))
+            await self._follow(set(self.leases.held()))
 
     # --- following the leases ------------------------------------------------------------
     async def _follow(self, held: set[int]) -> None:
@@ -198,7 +207,8 @@ class Member:
         self._let_go(shards)
 
     def _let_go(self, shards: set[int]) -> None:
-        shards &= self.kept
+        # A new set: the caller (Leases._release) releases every shard it passed, kept or not.
+        shards = shards & self.kept
         if not shards:
             return
         gone = 0
@@ -218,11 +228,19 @@ class Member:
                 async with await self.store.connect() as conn:
                     await conn.set_autocommit(True)
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    async for _ in conn.notifies():
-                        self._notified.set()
+                    async for note in conn.notifies():
+                        if self._concerns(note.payload):
+                            self._notified.set()
             except (psycopg.Error, OSError) as e:
                 log.debug("listener disconnected", extra={"error": str(e).strip()})
             await anyio.sleep(LISTEN_RETRY)
+
+    def _concerns(self, payload: str) -> bool:
+        """Whether a notification names a shard this replica keeps (its payload lists shards)."""
+        try:
+            return not self.kept.isdisjoint(int(s) for s in payload.split(",") if s)
+        except ValueError:
+            return True  # not ours to judge: read
 
     async def _catch_up_loop(self) -> None:
         while True:
@@ -239,24 +257,34 @@ class Member:
         shards = {s for s in self.kept if self.leases.holds(s)}
         if not shards or not self._marks:
             return 0
-        rows = await self.store.written_by_others(self._marks[0], shards)
+        targets = self.tracker.targets
+
+        def wanted(target: str, job_id: str) -> bool:
+            state = targets.get(target)
+            return state is not None and job_id not in state.jobs and self.owns(target, job_id)
+
+        seqs, rows = await self.store.written_by_others(self._marks[0], shards, wanted)
         taken = 0
-        for _seq, target, tracked in rows:
-            state = self.tracker.targets.get(target)
+        for target, tracked in rows:
+            state = targets[target]
             job_id = tracked.job.id
-            if state is None or job_id in state.jobs or not self.owns(target, job_id):
+            if not wanted(target, job_id):
                 continue
             if tracked.source != "registered" and (
                 job_id in state.tombstones or self.store.buried(target, job_id) is not None
             ):
                 continue
-            # As an answer (or a registration) of its own: a job listed finished is counted here.
             with contextlib.suppress(CapReached):
-                self.tracker.track(target, tracked.job, tracked.source)
+                if tracked.job.is_placeholder:
+                    # A registration: taken in as written (the database has it; polled at once).
+                    self.tracker.adopt(state, [self.store.as_loaded(tracked)])
+                else:
+                    # A listed answer, as one of its own: a job listed finished is counted here.
+                    self.tracker.track(target, tracked.job, tracked.source)
                 self.scheduler.poll_soon(target, job_id)
                 taken += 1
-        newest = max((seq for seq, _, _ in rows), default=self._marks[-1])
-        if len(rows) >= 5000:  # a full read: go on from its end at once
+        newest = max(seqs, default=self._marks[-1])
+        if len(seqs) >= CATCH_UP_ROWS:  # a full read: go on from its end at once
             self._marks.clear()
             self._notified.set()
         self._marks.append(newest)
@@ -277,10 +305,10 @@ class Member:
             (catalogue.CLUSTER_REPLICAS, len(self.leases.members)),
             (catalogue.CLUSTER_SHARDS, self.store.shards),
             (catalogue.CLUSTER_SHARDS_HELD, len(self.leases.held())),
+            (catalogue.CLUSTER_STATE_REACHABLE, int(self.reachable)),
             (catalogue.CLUSTER_LEASE_RENEW_ERRORS, c.renew_errors),
             (catalogue.CLUSTER_TAKEOVERS, c.takeovers),
             (catalogue.CLUSTER_HANDOVERS, c.handovers),
-            (catalogue.CLUSTER_STATE_REACHABLE, int(self.reachable)),
         )
         return "".join(f"{family.header_text}{family.name} {value}\n" for family, value in values).encode()
 
@@ -291,18 +319,26 @@ def connector(settings: Settings, replica: str) -> Callable[[], Awaitable[psycop
     ways (PGPASSFILE, a service file). No prepared statements: they do not survive a
     transaction-pooling proxy."""
     password_file = settings.state_password_file
+    idle_ms = int(settings.cluster.lease_ttl * 1000 * IDLE_IN_TRANSACTION_SHARE)
 
     async def connect() -> psycopg.AsyncConnection:
         extra: dict[str, Any] = {}
         if password_file:
             extra["password"] = Path(password_file).read_text(encoding="utf-8").strip()
-        return await psycopg.AsyncConnection.connect(
+        conn = await psycopg.AsyncConnection.connect(
             settings.state_url,
             connect_timeout=CONNECT_TIMEOUT,
             application_name=f"asyncjob-exporter {replica}"[:63],
             prepare_threshold=None,
+            autocommit=True,
             **extra,
         )
+        # A replica frozen inside a transaction (SIGSTOP, a starved host) would hold its leases'
+        # row locks and stall every other replica's claim: the server ends such a session well
+        # within a lease. Set per session, not as a startup option, which poolers refuse.
+        await conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+        await conn.set_autocommit(False)
+        return conn
 
     return connect
 

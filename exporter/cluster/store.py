@@ -60,6 +60,34 @@ _SIZE = (
 )
 
 
+class Reader:
+    """A connection for reads (autocommit), opened again after a failure; one read at a time."""
+
+    def __init__(self, connect: Callable[[], Awaitable[psycopg.AsyncConnection]]) -> None:
+        self.connect = connect
+        self._conn: psycopg.AsyncConnection | None = None
+        self._lock = anyio.Lock()
+
+    async def rows(self, sql: str, params: tuple[Any, ...], timeout: float) -> list[tuple[Any, ...]]:
+        async with self._lock:
+            try:
+                with anyio.fail_after(timeout):
+                    if self._conn is None or self._conn.closed:
+                        self._conn = await self.connect()
+                        await self._conn.set_autocommit(True)
+                    cur = await self._conn.execute(sql, params)
+                    return await cur.fetchall()
+            except BaseException:
+                await self.close()
+                raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+
+
 @dataclass(frozen=True)
 class ClusterJob:
     """A job as its owner last committed it, for the pages of any replica."""
@@ -89,8 +117,10 @@ class PostgresStore(GroupCommit):
         self.connect = connect or self._connect
         self.shards = schema.DEFAULT_SHARDS  # the cluster's count, once open() read it
         self._conn: psycopg.AsyncConnection | None = None  # the writer's
-        self._reader: psycopg.AsyncConnection | None = None
-        self._reading = anyio.Lock()
+        self._reads = Reader(self.connect)  # the replica's own: loads, catch-up, sizes
+        # The pages' and the API's reads of other replicas' jobs: a connection of their own, so a
+        # page never waits behind a shard's load nor holds up the catch-up.
+        self._shown = Reader(self.connect)
         self._pending = Batch()
         self._inflight = 0
         self.stale_writes = 0  # changes dropped: made under a lease another replica holds since
@@ -130,20 +160,7 @@ class PostgresStore(GroupCommit):
         self, sql: str, params: tuple[Any, ...], timeout: float = COMMIT_TIMEOUT
     ) -> list[tuple[Any, ...]]:
         """Rows of a query on the reading connection (opened again after a failure)."""
-        async with self._reading:
-            try:
-                with anyio.fail_after(timeout):
-                    if self._reader is None or self._reader.closed:
-                        self._reader = await self.connect()
-                        await self._reader.set_autocommit(True)
-                    cur = await self._reader.execute(sql, params)
-                    return await cur.fetchall()
-            except BaseException:
-                reader, self._reader = self._reader, None
-                if reader is not None:
-                    with anyio.CancelScope(shield=True), contextlib.suppress(psycopg.Error, OSError):
-                        await reader.close()
-                raise
+        return await self._reads.rows(sql, params, timeout)
 
     async def load(self, shards: Iterable[int]) -> int:
         """Read the jobs, tombstones, cursors and quarantined jobs of `shards` (those a replica
@@ -190,22 +207,69 @@ class PostgresStore(GroupCommit):
         return read
 
     async def cluster_jobs(
-        self, target: str | None = None, after: JobKey | None = None, limit: int = 1000
+        self,
+        target: str | None = None,
+        after: JobKey | None = None,
+        limit: int = 1000,
+        *,
+        status: str | None = None,
+        id_prefix: str = "",
+        skip_shards: Iterable[int] = (),
     ) -> list[ClusterJob]:
-        """Jobs of every replica, ordered by (target, id), `limit` after `after`: each as its owner
-        last committed it, with the replica that holds its shard now."""
-        rows = await self._read(
+        """Jobs of every replica, ordered by (target, id) as Python orders strings (code points:
+        PostgreSQL's "C" collation, whatever the database's), `limit` after `after`: each as its
+        owner last committed it, with the replica that holds its shard now. `status` and
+        `id_prefix` filter. Of `skip_shards` (those this replica holds in memory, fresher than
+        their rows) only the jobs other replicas wrote are read: registrations they took for this
+        replica, which its catch-up read may not have taken in yet."""
+        rows = await self._shown.rows(
             "SELECT j.target, j.job_id, j.data, j.shard, "
             "CASE WHEN l.expires_at > now() THEN l.owner END, j.written_by "
             "FROM asyncjob.jobs j LEFT JOIN asyncjob.leases l ON l.shard = j.shard "
-            "WHERE (%s::text IS NULL OR j.target = %s) AND (j.target, j.job_id) > (%s, %s) "
-            "ORDER BY j.target, j.job_id LIMIT %s",
-            (target, target, *(after or ("", "")), limit),
+            "WHERE (%s::text IS NULL OR j.target = %s) "
+            'AND (j.target COLLATE "C", j.job_id COLLATE "C") > (%s, %s) '
+            "AND starts_with(j.job_id, %s) AND NOT (j.shard = ANY(%s) AND j.written_by = %s) "
+            "AND (%s::text IS NULL OR j.data::jsonb #>> '{job,status}' = %s) "
+            'ORDER BY j.target COLLATE "C", j.job_id COLLATE "C" LIMIT %s',
+            (
+                target,
+                target,
+                *(after or ("", "")),
+                id_prefix,
+                sorted(skip_shards),
+                self.replica,
+                status,
+                status,
+                limit,
+            ),
+            COMMIT_TIMEOUT,
         )
+        return await self._cluster_jobs(rows)
+
+    async def cluster_job(self, target: str, job_id: str) -> ClusterJob | None:
+        """One job as its owner last committed it, with the replica that holds its shard now;
+        None when no replica has it."""
+        rows = await self._shown.rows(
+            "SELECT j.target, j.job_id, j.data, j.shard, "
+            "CASE WHEN l.expires_at > now() THEN l.owner END, j.written_by "
+            "FROM asyncjob.jobs j LEFT JOIN asyncjob.leases l ON l.shard = j.shard "
+            "WHERE j.target = %s AND j.job_id = %s",
+            (target, job_id),
+            COMMIT_TIMEOUT,
+        )
+        jobs = await self._cluster_jobs(rows)
+        return jobs[0] if jobs else None
+
+    @staticmethod
+    async def _cluster_jobs(rows: list[tuple[Any, ...]]) -> list[ClusterJob]:
         jobs = []
-        for t, _job_id, data, shard, owner, written_by in rows:
+        for n, (t, job_id, data, shard, owner, written_by) in enumerate(rows):
+            if n % ROWS_PER_TURN == ROWS_PER_TURN - 1:  # a scrape waits for no page's read
+                await anyio.lowlevel.checkpoint()
             with contextlib.suppress(ValueError):  # unreadable: skipped, as load() does
-                jobs.append(ClusterJob(t, tracked_from_json(data), shard, owner, written_by))
+                tracked = tracked_from_json(data)
+                if tracked.job.id == job_id:
+                    jobs.append(ClusterJob(t, tracked, shard, owner, written_by))
         return jobs
 
     # --- what the tracker asks (exporter.runtime.connect_store hands it over) -----------------
@@ -301,21 +365,32 @@ class PostgresStore(GroupCommit):
         """The newest change number: a replica catching up reads what comes after it."""
         return int((await self._read("SELECT coalesce(max(seq), 0) FROM asyncjob.jobs", ()))[0][0])
 
-    async def written_by_others(self, after: int, shards: Iterable[int]) -> list[tuple[int, str, TrackedJob]]:
+    async def written_by_others(
+        self, after: int, shards: Iterable[int], wanted: Callable[[str, str], bool]
+    ) -> tuple[list[int], list[tuple[str, TrackedJob]]]:
         """Jobs of `shards` other replicas wrote after change number `after` (registrations and
-        listed jobs written for this replica), oldest first: (seq, target, job)."""
+        listed jobs written for this replica), oldest first: the change numbers read, and the jobs
+        `wanted(target, id)` (only those are parsed: a read overlaps the last ones)."""
         rows = await self._read(
             "SELECT seq, target, job_id, data FROM asyncjob.jobs "
             "WHERE seq > %s AND shard = ANY(%s) AND written_by <> %s ORDER BY seq LIMIT %s",
             (after, sorted(shards), self.replica, CATCH_UP_ROWS),
         )
         jobs = []
-        for seq, target, job_id, data in rows:
+        for _seq, target, job_id, data in rows:
+            if not wanted(target, job_id):
+                continue
             with contextlib.suppress(ValueError):  # unreadable: skipped, as load() does
                 tracked = tracked_from_json(data)
                 if tracked.job.id == job_id:
-                    jobs.append((int(seq), str(target), tracked))
-        return jobs
+                    jobs.append((str(target), tracked))
+        return [int(row[0]) for row in rows], jobs
+
+    def as_loaded(self, tracked: TrackedJob) -> TrackedJob:
+        """A job read from the database and taken in as it is there: its first change notice
+        writes nothing (as a job restore() hands out)."""
+        self._unchanged[id(tracked)] = tracked
+        return tracked
 
     def job_removed(self, state: TargetState, job_id: str) -> None:
         key = (state.config.name, job_id)
@@ -387,8 +462,11 @@ class PostgresStore(GroupCommit):
                     return c.generation is not None and c.shard in live and newest[c.shard] == c.generation
 
                 statements, stale = batch.statements(rows, fresh, self.replica)
-                for sql, params in statements:
-                    await self._conn.execute(sql, params)
+                # Sent together and answered together (libpq's pipeline): one round trip for the
+                # batch's statements, whatever their number.
+                async with self._conn.pipeline():
+                    for sql, params in statements:
+                        await self._conn.execute(sql, params)
         self.commit_duration.observe(time.perf_counter() - started)
         if stale:
             self.stale_writes += stale
@@ -482,7 +560,5 @@ class PostgresStore(GroupCommit):
                 )
         self._round_ended()
         await self._drop_connection()
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            with contextlib.suppress(psycopg.Error, OSError):
-                await reader.close()
+        await self._reads.close()
+        await self._shown.close()

@@ -19,9 +19,10 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import BaseRoute, Match, Router
 
 from exporter.api import Api, register_target
+from exporter.basic_auth import BasicAuthMiddleware
 from exporter.httpserver import Headers, HttpAnswer
 from exporter.httpserver.front_door import Verified, everyone
-from exporter.webconfig import BasicAuthMiddleware, ResponseHeadersMiddleware
+from exporter.webconfig import ResponseHeadersMiddleware
 
 
 class FastPath:

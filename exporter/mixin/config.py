@@ -7,9 +7,27 @@ exports them as metrics from its own config, so one rule serves every target.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 
-from exporter.config.slos import SLO
+from exporter.config.slos import SLO, duration
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def seconds(value: str) -> float:
+    """Seconds of a Prometheus duration (`5m`, `1h30m`, `0m`)."""
+    text, total, pos = value.strip(), 0.0, 0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not text or pos != len(text):
+        raise ValueError(f"{value!r} is not a duration such as 30s, 5m or 1h")
+    return total
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,15 @@ class Config:
 
     awaiting_user_for: str = "15m"
 
+    # The exporter config's cluster.lease_ttl (replicas sharing PostgreSQL through state_url):
+    # AsyncJobClusterShardsUnowned fires when virtual shards stay held by no replica for two of
+    # them, longer than a replica that dies takes to lose its leases to the others.
+    cluster_lease_ttl: str = "15s"
+    # The exporters are replicas of a cluster (state_url): any of them serves every job's page,
+    # so the alerts link to external_url (their Service or ingress), which is then required: a
+    # replica's own address would stop answering when it dies.
+    cluster: bool = False
+
     severity: dict[str, str] = field(
         default_factory=lambda: {
             "AsyncJobFailed": "warning",
@@ -125,6 +152,8 @@ class Config:
             # The end user must renew the consent: for the application team, never a page.
             "AsyncJobConsentExpiring": "info",
             "AsyncJobAwaitingUser": "info",
+            # Shards no replica holds: their jobs are neither polled nor exported.
+            "AsyncJobClusterShardsUnowned": "critical",
             # Job objectives (slos): the fast burn pages, the slow one is a ticket.
             "AsyncJobSLOBurnFast": "critical",
             "AsyncJobSLOBurnSlow": "warning",
@@ -159,11 +188,23 @@ class Config:
         replica's series stay together, whatever another exports meanwhile)."""
         return f"on({', '.join((*self.target_labels, 'job_id'))})"
 
+    @property
+    def cluster_unowned_for(self) -> str:
+        """`for` of AsyncJobClusterShardsUnowned: two lease TTLs, in whole seconds."""
+        return duration(math.ceil(2 * seconds(self.cluster_lease_ttl)))
+
+    @property
+    def cluster_replica_labels(self) -> tuple[str, ...]:
+        """The labels that tell a cluster's replicas apart: the replica labels, else `instance`
+        (the cluster alert adds up its replicas' shards whatever the per-job alerts do)."""
+        return self.replica_labels or ("instance",)
+
     def merged(self, expr: str) -> str:
         """`expr` with the replica labels aggregated away: one series per job (or target)
-        however many replicas export it, the same labels whichever does."""
+        however many replicas export it, the same labels whichever does. Without replica labels,
+        `expr` in parentheses: it keeps its precedence wherever it goes (`a == 1` before a `*`)."""
         if not self.replica_labels:
-            return expr
+            return f"({expr})"
         return f"max without({', '.join(self.replica_labels)}) ({expr})"
 
 

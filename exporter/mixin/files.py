@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import boards, promtests, rules, slo_files
+from . import job_board, overview_board, promtests, rules, slo_files
 from .config import CONFIG, Config
 
 RULES_PATH = "alerts/asyncjob.rules.yml"
@@ -32,7 +32,7 @@ TESTS_HEADER = (
 
 
 def dashboards(cfg: Config = CONFIG) -> dict[str, dict[str, Any]]:
-    return {"overview": boards.overview(cfg), "job": boards.job(cfg)}
+    return {"overview": overview_board.overview(cfg), "job": job_board.job(cfg)}
 
 
 def render(cfg: Config = CONFIG) -> dict[str, str]:

@@ -234,6 +234,16 @@ def exporter_down(cfg: Config, selector: str) -> str:
     return f"{up} == 0\nor absent({up})"
 
 
+def cluster_shards_unowned(cfg: Config, selector: str) -> str:
+    """Virtual shards of a cluster that no replica holds: the shards the cluster has (every
+    replica exports the same count) less those its replicas hold together. Empty where nothing
+    exports the cluster's series (one process with its state file)."""
+    replicas = ", ".join(cfg.cluster_replica_labels)
+    shards = series(catalogue.CLUSTER_SHARDS.name, selector)
+    held = series(catalogue.CLUSTER_SHARDS_HELD.name, selector)
+    return f"max without({replicas}) ({shards})\n  - sum without({replicas}) ({held})"
+
+
 def tracking_cap_reached(cfg: Config, selector: str) -> str:
     by = ", ".join(cfg.target_labels)
     dropped = series(catalogue.JOBS_DROPPED.name, selector, 'reason="cap"')

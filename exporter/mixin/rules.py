@@ -335,6 +335,25 @@ def oxlin_alerts(cfg: Config, sel: str) -> list[Alert]:
     ]
 
 
+def cluster_alerts(cfg: Config, sel: str) -> list[Alert]:
+    """The cluster's own health (replicas sharing PostgreSQL); nothing fires for one process,
+    which exports none of the cluster's series."""
+    return [
+        Alert(
+            "AsyncJobClusterShardsUnowned",
+            f"{q.cluster_shards_unowned(cfg, sel)}\n> 0",
+            cfg.cluster_unowned_for,
+            "Virtual shards of the exporter's cluster are held by no replica: their jobs are not polled.",
+            "{{ $value | humanize }} virtual shards of the cluster{{ with $labels.job }} scraped as "
+            "{{ . }}{{ end }} have been held by no replica for more than "
+            f"{cfg.cluster_unowned_for} (two lease TTLs of {cfg.cluster_lease_ttl}): their jobs are "
+            "neither polled nor exported until a replica claims them.",
+            per_job=False,
+            merged=True,
+        ),
+    ]
+
+
 def _recording(record: str, expr: str) -> dict[str, Any]:
     return {"record": record, "expr": expr}
 
@@ -382,6 +401,7 @@ def rule_groups(cfg: Config) -> dict[str, Any]:
             {"name": "asyncjob.aggregates", "rules": aggregates},
             {"name": "asyncjob.targets", "rules": [_alerting(cfg, a) for a in target_alerts(cfg, sel)]},
             {"name": "asyncjob.oxlin", "rules": [_alerting(cfg, a) for a in oxlin_alerts(cfg, sel)]},
+            {"name": "asyncjob.cluster", "rules": [_alerting(cfg, a) for a in cluster_alerts(cfg, sel)]},
         ]
     }
 
@@ -394,7 +414,7 @@ def alert_names(cfg: Config) -> list[str]:
         *aggregate_alerts(cfg, sel),
         *target_alerts(cfg, sel),
     ]
-    return [alert.name for alert in (*alerts, *oxlin_alerts(cfg, sel))]
+    return [alert.name for alert in (*alerts, *oxlin_alerts(cfg, sel), *cluster_alerts(cfg, sel))]
 
 
 class _RuleDumper(yaml.SafeDumper):

@@ -14,12 +14,11 @@ from typing import Any
 from exporter import catalogue
 from exporter.config.slos import SLO
 
+from . import grafana
 from . import queries as q
 from . import slos as s
-from .boards import RATE, Panel, Query, Row, _dashboard
 from .config import Config
-
-SCRAPE = 'job=~"$job", instance=~"$instance"'
+from .grafana import RATE, SCRAPE, Panel, Query, Row
 
 
 def _job_links(cfg: Config) -> dict[str, Any]:
@@ -158,7 +157,7 @@ def dashboard(cfg: Config, slo: SLO) -> dict[str, Any]:
         ),
     ]
     covered = f"{slo.job_type or 'all'} jobs on {slo.target or slo.target_regex}"
-    return _dashboard(
+    return grafana.dashboard(
         cfg,
         s.dashboard_uid(slo),
         f"Asyncjob SLO / {slo.name}",

@@ -23,7 +23,7 @@ from exporter.config.slos import SLO
 
 from . import slos as s
 from .config import Config
-from .promtests import selector_labels
+from .promtest_inputs import selector_labels
 
 JOBS = 1000  # judged per evaluation interval
 BASELINE = 360  # evaluation intervals (minutes, undivided): the 6h window

@@ -22,8 +22,8 @@ import yaml
 
 from exporter.config.slos import parse_slos
 
-from . import promtests, rules, slos
-from .config import CONFIG, Config
+from . import promtest_inputs, rules, slos
+from .config import CONFIG, Config, seconds
 
 SEVERITIES = ("critical", "warning", "info")
 
@@ -87,11 +87,16 @@ def _value(name: str, default: Any, raw: Any, problems: list[str]) -> Any:
     if not isinstance(raw, str) or not raw:
         problems.append(f"{name}: expected text")
         return default
-    if name.endswith(("_for", "_window")) or name == "handover_grace":
+    if name.endswith(("_for", "_window")) or name in ("handover_grace", "cluster_lease_ttl"):
         try:
-            promtests.seconds(raw)
+            value = seconds(raw)
         except ValueError as e:
             problems.append(f"{name}: {e}")
+            return default
+        if name == "cluster_lease_ttl" and value <= 0:
+            problems.append(
+                f"{name}: expected a duration longer than 0s, as the exporter's cluster.lease_ttl"
+            )
             return default
     if name == "job_page_scheme" and raw not in ("http", "https"):
         problems.append(f"{name}: expected http or https")
@@ -116,7 +121,7 @@ def config_from(data: Mapping[str, Any] | None) -> Config:
     cfg = dataclasses.replace(CONFIG, **values)
     if not problems:
         try:
-            selected = promtests.selector_labels(dataclasses.replace(cfg, target_labels=()))
+            selected = promtest_inputs.selector_labels(dataclasses.replace(cfg, target_labels=()))
         except ValueError as e:
             problems.append(str(e))
         else:
@@ -125,6 +130,11 @@ def config_from(data: Mapping[str, Any] | None) -> Config:
             extra = tuple(name for name in selected if name not in cfg.target_labels)
             cfg = dataclasses.replace(cfg, target_labels=(*cfg.target_labels, *extra))
         problems.extend(slos.problems(cfg))
+        if cfg.cluster and not cfg.external_url:
+            problems.append(
+                "external_url: required with cluster: true (the replicas' Service or ingress address, "
+                "which serves every job's page)"
+            )
         missing = set(rules.alert_names(cfg)) - set(cfg.severity)
         problems.extend(f"severity.{name}: missing" for name in sorted(missing))
     if problems:

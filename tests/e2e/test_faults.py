@@ -74,10 +74,12 @@ def test_every_fault_is_counted_by_reason_while_healthy_targets_keep_their_caden
         with exporter(tmp_path, cfg, wait_ready=False) as exp:
             wait_for(lambda: exp.value("asyncjob_target_up", target="healthy") == 1, what="healthy target up")
             for name, (_, reason) in FAULTS.items():
+
+                def counted(n: str = name, r: str = reason) -> bool:
+                    return (exp.value("asyncjob_poll_errors_total", target=n, reason=r) or 0) >= 1
+
                 wait_for(
-                    lambda n=name, r=reason: (
-                        (exp.value("asyncjob_poll_errors_total", target=n, reason=r) or 0) >= 1
-                    ),
+                    counted,
                     timeout=30,
                     what=f"{name} counted as {reason}",
                 )

@@ -25,7 +25,7 @@ USER, PASSWORD = "oncall", "page-me"
 
 def test_an_on_call_engineer_reads_a_failed_job_in_the_browser(tmp_path: Path) -> None:
     chromium = require_chromium()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import Dialog, sync_playwright
 
     web = tmp_path / "web.yml"
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
@@ -59,6 +59,11 @@ def test_an_on_call_engineer_reads_a_failed_job_in_the_browser(tmp_path: Path) -
                 what="the failed job on /jobs",
             )
             dialogs: list[str] = []
+
+            def dismissed(dialog: Dialog) -> None:
+                dialogs.append(dialog.message)
+                dialog.dismiss()
+
             with tempfile.TemporaryDirectory(prefix="asyncjob-chromium-") as profile, sync_playwright() as pw:
                 # A fresh profile directory each run (Chromium's --user-data-dir).
                 context = pw.chromium.launch_persistent_context(
@@ -69,7 +74,7 @@ def test_an_on_call_engineer_reads_a_failed_job_in_the_browser(tmp_path: Path) -
                 )
                 try:
                     page = context.new_page()
-                    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+                    page.on("dialog", dismissed)
 
                     page.goto(f"{exp.url}/")
                     row = page.locator(f'tr[data-target="{target}"]')

@@ -59,6 +59,15 @@ EMPTY_WITH_BASIQ_ONLY = {
     ("asyncjob-overview", "Queue events"): "Oxlin queues only",
     ("asyncjob-overview", "Time since last successful sync"): "Oxlin connections only",
     ("asyncjob-overview", "Consent expiry"): "Oxlin PSD2 channels only",
+    ("asyncjob-overview", "Replicas"): "one process with its state file: no cluster",
+    ("asyncjob-overview", "Shards held per instance"): "no cluster",
+    ("asyncjob-overview", "Unowned shards"): "no cluster",
+    ("asyncjob-overview", "PostgreSQL reachable"): "no cluster",
+    ("asyncjob-overview", "Lease renewal errors, takeovers and handovers"): "no cluster",
+    (
+        "asyncjob-overview",
+        "State commit duration p50 / p99",
+    ): "no cluster (nor commits timed by the state file yet)",
     ("asyncjob-job", "Attempts"): "Basiq reports no attempt count (AIMS360, generic do)",
     ("asyncjob-job", "Records"): "Basiq jobs carry no record counts",
 }

@@ -2,82 +2,43 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import bcrypt
 import httpx
 import pytest
 import yaml
 
-from tests.harness import exporter
+from tests.harness import Exporter, exporter
+from tests.tools import openssl, self_signed
 
 pytestmark = pytest.mark.e2e
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+def signed_by_ca(directory: Path, name: str, extension: str) -> None:
+    """`name`.crt and `name`.key in `directory`, signed by its ca.crt, of subject /CN=`name`."""
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+        "-subj", f"/CN={name}", cwd=directory,
+    )  # fmt: skip
+    (directory / f"{name}.ext").write_text(extension + "\n")
+    openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=directory,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not shutil.which("openssl"):
-        pytest.fail("openssl is needed to make test certificates")
     d = tmp_path_factory.mktemp("pki")
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-        cwd=d,
-    )
-    for name, ext in (
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            f"/CN={name}",
-            cwd=d,
-        )
-        (d / f"{name}.ext").write_text(ext + "\n")
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.crt",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            cwd=d,
-        )
+    self_signed(d, "/CN=test-ca", cert="ca.crt", key="ca.key")
+    signed_by_ca(d, "server", "subjectAltName=IP:127.0.0.1,DNS:localhost")
+    signed_by_ca(d, "client", "extendedKeyUsage=clientAuth")
     return d
 
 
@@ -87,17 +48,29 @@ def web_config(tmp: Path, data: dict[str, object]) -> list[str]:
     return [f"--web.config.file={path}"]
 
 
+@contextmanager
+def serving_tls(
+    tmp_path: Path, pki: Path, *flags: str, users: dict[str, str] | None = None, **tls: object
+) -> Iterator[tuple[Exporter, str]]:
+    """The CLI, no target, serving TLS with the CA's server certificate (`tls`: more keys of
+    tls_server_config; `users`: basic_auth_users), and its https URL."""
+    web: dict[str, object] = {
+        "tls_server_config": {
+            "cert_file": str(pki / "server.crt"),
+            "key_file": str(pki / "server.key"),
+            **tls,
+        }
+    }
+    if users:
+        web["basic_auth_users"] = users
+    extra = [*web_config(tmp_path, web), *flags]
+    with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp:
+        yield exp, exp.url.replace("http://", "https://")
+
+
 def test_tls_and_basic_auth_guard_metrics_and_api(tmp_path: Path, pki: Path) -> None:
     hashed = bcrypt.hashpw(b"s3cret-pass", bcrypt.gensalt(rounds=4)).decode()
-    extra = web_config(
-        tmp_path,
-        {
-            "tls_server_config": {"cert_file": str(pki / "server.crt"), "key_file": str(pki / "server.key")},
-            "basic_auth_users": {"prometheus": hashed},
-        },
-    )
-    with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp:
-        url = exp.url.replace("http://", "https://")
+    with serving_tls(tmp_path, pki, users={"prometheus": hashed}) as (exp, url):
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         from tests.harness import wait_for
 
@@ -127,19 +100,8 @@ def test_tls_and_basic_auth_guard_metrics_and_api(tmp_path: Path, pki: Path) -> 
 
 
 def test_mutual_tls_requires_a_client_certificate_from_the_ca(tmp_path: Path, pki: Path) -> None:
-    extra = web_config(
-        tmp_path,
-        {
-            "tls_server_config": {
-                "cert_file": str(pki / "server.crt"),
-                "key_file": str(pki / "server.key"),
-                "client_ca_file": str(pki / "ca.crt"),
-                "client_auth_type": "RequireAndVerifyClientCert",
-            }
-        },
-    )
-    with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp:
-        url = exp.url.replace("http://", "https://")
+    ca, required = str(pki / "ca.crt"), "RequireAndVerifyClientCert"
+    with serving_tls(tmp_path, pki, client_ca_file=ca, client_auth_type=required) as (_, url):
         from tests.harness import wait_for
 
         with_cert = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -201,18 +163,7 @@ def test_a_bad_certificate_exits_2_in_one_line(tmp_path: Path, pki: Path) -> Non
 
 
 def test_min_version_is_honoured_in_the_handshake(tmp_path: Path, pki: Path) -> None:
-    extra = web_config(
-        tmp_path,
-        {
-            "tls_server_config": {
-                "cert_file": str(pki / "server.crt"),
-                "key_file": str(pki / "server.key"),
-                "min_version": "TLS13",
-            }
-        },
-    )
-    with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp:
-        url = exp.url.replace("http://", "https://")
+    with serving_tls(tmp_path, pki, min_version="TLS13") as (_, url):
         from tests.harness import wait_for
 
         tls13 = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -226,19 +177,8 @@ def test_min_version_is_honoured_in_the_handshake(tmp_path: Path, pki: Path) -> 
 
 
 def test_cipher_suites_are_honoured_in_the_handshake(tmp_path: Path, pki: Path) -> None:
-    extra = web_config(
-        tmp_path,
-        {
-            "tls_server_config": {
-                "cert_file": str(pki / "server.crt"),
-                "key_file": str(pki / "server.key"),
-                "max_version": "TLS12",
-                "cipher_suites": ["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"],
-            }
-        },
-    )
-    with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp:
-        url = exp.url.replace("http://", "https://")
+    suites = ["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"]
+    with serving_tls(tmp_path, pki, max_version="TLS12", cipher_suites=suites) as (_, url):
         from tests.harness import wait_for
 
         allowed = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -273,14 +213,7 @@ def test_a_tls_client_that_never_says_hello_is_closed_after_the_header_timeout(
 ) -> None:
     import socket
 
-    extra = web_config(
-        tmp_path,
-        {"tls_server_config": {"cert_file": str(pki / "server.crt"), "key_file": str(pki / "server.key")}},
-    )
-    with exporter(
-        tmp_path, {"targets": []}, extra=[*extra, "--web.read-header-timeout=1s"], wait_ready=False
-    ) as exp:
-        url = exp.url.replace("http://", "https://")
+    with serving_tls(tmp_path, pki, "--web.read-header-timeout=1s") as (exp, url):
         from tests.harness import wait_for
 
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -302,15 +235,7 @@ def test_sighup_reads_the_web_config_afresh_a_removed_user_gets_401_and_a_new_ce
     from tests.harness import wait_for
 
     # A second server certificate from the same CA, told apart by its subject.
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "rotated.key", "-out", "rotated.csr",
-        "-subj", "/CN=rotated", cwd=pki,
-    )  # fmt: skip
-    (pki / "rotated.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(
-        "x509", "-req", "-in", "rotated.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "rotated.crt", "-days", "2", "-extfile", "rotated.ext", cwd=pki,
-    )  # fmt: skip
+    signed_by_ca(pki, "rotated", "subjectAltName=IP:127.0.0.1,DNS:localhost")
     users = {
         "alice": bcrypt.hashpw(b"a-pass", bcrypt.gensalt(rounds=4)).decode(),
         "bob": bcrypt.hashpw(b"b-pass", bcrypt.gensalt(rounds=4)).decode(),
@@ -335,7 +260,10 @@ def test_sighup_reads_the_web_config_afresh_a_removed_user_gets_401_and_a_new_ce
             ctx.wrap_socket(raw, server_hostname=host) as s,
         ):
             cert = s.getpeercert()
-        return dict(pair[0] for pair in cert["subject"])["commonName"]
+        assert cert is not None
+        # typeshed gives every field of the certificate the union of them all; subject is RDNs.
+        subject = cast("tuple[tuple[tuple[str, str], ...], ...]", cert["subject"])
+        return dict(pair[0] for pair in subject)["commonName"]
 
     write("server", ["alice", "bob"])
     extra = [f"--web.config.file={tmp_path / 'web.yml'}"]
@@ -366,11 +294,6 @@ def test_sighup_reads_the_web_config_afresh_a_removed_user_gets_401_and_a_new_ce
         )
 
 
-def tls_exporter_extra(tmp_path: Path, pki: Path, *flags: str) -> list[str]:
-    tls = {"cert_file": str(pki / "server.crt"), "key_file": str(pki / "server.key")}
-    return [*web_config(tmp_path, {"tls_server_config": tls}), *flags]
-
-
 def open_fds(pid: int) -> int:
     import os
 
@@ -388,9 +311,7 @@ def test_tls_connections_the_server_closes_release_their_descriptors_at_once(
 
     from tests.harness import wait_for
 
-    extra = tls_exporter_extra(tmp_path, pki, "--web.read-header-timeout=3s")
-    with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp, ExitStack() as stack:
-        url = exp.url.replace("http://", "https://")
+    with serving_tls(tmp_path, pki, "--web.read-header-timeout=3s") as (exp, url), ExitStack() as stack:
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         wait_for(lambda: httpx.get(f"{url}/healthz", verify=ctx, timeout=2).status_code == 200, what="TLS up")
         pid = exp.popen.pid
@@ -416,9 +337,8 @@ def test_connections_in_a_tls_handshake_count_against_the_cap(tmp_path: Path, pk
     from tests.e2e.test_connections import closed_by_server
     from tests.harness import wait_for
 
-    extra = tls_exporter_extra(tmp_path, pki, "--web.read-header-timeout=60s", "--web.max-connections=8")
-    with exporter(tmp_path, {"targets": []}, extra=extra, wait_ready=False) as exp, ExitStack() as stack:
-        url = exp.url.replace("http://", "https://")
+    flags = ("--web.read-header-timeout=60s", "--web.max-connections=8")
+    with serving_tls(tmp_path, pki, *flags) as (exp, url), ExitStack() as stack:
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         wait_for(lambda: httpx.get(f"{url}/healthz", verify=ctx, timeout=2).status_code == 200, what="TLS up")
         host, port = exp.url.removeprefix("http://").split(":")

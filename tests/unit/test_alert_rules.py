@@ -101,6 +101,7 @@ def test_the_alerts_asked_for_are_all_there() -> None:
         "AsyncJobStateUndocumented",
         "AsyncJobUserConnectionSyncStale",
         "AsyncJobUserRecordsFailing",
+        "AsyncJobClusterShardsUnowned",
     }
     assert set(alert_names()) == expected
     assert len(alert_names()) == len(expected), "an alert name is used twice"

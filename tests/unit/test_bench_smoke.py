@@ -10,6 +10,8 @@ import pytest
 from bench import (
     auth,
     changes,
+    cluster,
+    cluster_report,
     detection,
     lockout,
     machine,
@@ -169,3 +171,32 @@ def test_lockout_scrapes_on_new_connections_while_more_connections_than_the_cap_
         "authenticated /metrics p99 on new connections"
     )
     assert "## The connection cap under a flood" in "\n".join(lockout.body(r))
+
+
+@pytest.mark.postgres
+@pytest.mark.e2e
+def test_cluster_measures_replicas_sharing_postgresql_beside_one_sqlite_process() -> None:
+    """3 replicas of the CLI and one SQLite process on the same jobs; a replica killed and its jobs
+    polled again by the others; the statements PostgreSQL received, read from pg_stat_statements."""
+    r = cluster.run(**cluster.QUICK, log=quiet)  # `python -m bench.cluster --quick`
+    one, many = r["sqlite"], r["cluster"]
+    assert one["processes"] == 1 and many["processes"] == 3
+    for m in (one, many):
+        assert m["steady"]["polls"] > 0 and m["steady"]["cpu_ms_per_poll"] > 0
+        reg = m["registrations"]
+        assert reg["requests"] > 0 and reg["statuses"] == {"202": reg["requests"]}
+    assert many["steady"]["postgres_cpu_ms_per_poll"] > 0
+    assert many["registrations"]["postgres_cpu_us_per_registration"] > 0
+    # Every job answered once was written once, in a few statements, not one a job.
+    first = many["first_full_poll_statements"]
+    assert first["job_rows_written"] >= 60 and 0 < first["job_write_calls"] < 60
+    kill = many["kill"]
+    assert kill["victim_jobs"] > 0 and kill["survivors_running"] == 60
+    assert 0 < kill["taken_over_s"] <= kill["polled_again_s"]
+    assert "fsync=on" in many["postgres_settings"] and "synchronous_commit=on" in many["postgres_settings"]
+    assert len(cluster_report.targets(r)) == 5
+    text = "\n".join(cluster_report.body(r))
+    assert (
+        "## Cluster mode: 3 replicas sharing PostgreSQL" in text
+        and "### On paper: 1,000,000 live jobs" in text
+    )

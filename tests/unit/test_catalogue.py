@@ -61,7 +61,7 @@ def client_families() -> set[str]:
 def served_by_every_provider() -> str:
     """A running exporter's body with a target of every provider, and the docs' sample: jobs in
     every state with steps and records, an Oxlin connection with channels and queue events."""
-    needs = {"generic": {"job_path": "/jobs/{id}"}, "oxlin": {"queues": ["q1"]}}
+    needs: dict[str, dict[str, Any]] = {"generic": {"job_path": "/jobs/{id}"}, "oxlin": {"queues": ["q1"]}}
     targets = [
         {"name": f"t-{name}", "provider": name, "base_url": "https://api.example.com", **needs.get(name, {})}
         for name in sorted(PROVIDERS)
@@ -70,7 +70,8 @@ def served_by_every_provider() -> str:
     runtime = Runtime(settings)
     for target in settings.targets:
         runtime.tracker.set_target(settings.resolved(target))
-    return runtime.exposition.render().decode() + docs_generator().sample_exposition()
+    sample: str = docs_generator().sample_exposition()
+    return runtime.exposition.render().decode() + sample
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,11 +97,23 @@ def test_every_catalogue_family_is_served_even_with_no_series_in_the_catalogues_
     assert [name for name in served if name not in client_families()] == [f.name for f in catalogue.CATALOGUE]
 
 
-def test_the_families_not_yet_served_are_not_served() -> None:
-    """Once the runtime runs the PostgreSQL store, its families move into CATALOGUE (and so into
-    docs/metrics.md)."""
+def test_a_state_file_adds_the_state_stores_families_after_the_state_files_size(tmp_path: Path) -> None:
+    runtime = Runtime(build_settings({"state_file": str(tmp_path / "state.db")}, PROVIDERS))
+    runtime.open_state()
+    served = [name for name, _ in _TYPE.findall(runtime.exposition.render().decode())]
+    assert runtime.store is not None
+    runtime.store.close()
+    expected = [f.name for f in catalogue.CATALOGUE]
+    at = expected.index(catalogue.STATE_SIZE.name) + 1
+    expected[at:at] = [f.name for f in catalogue.WITH_A_STATE_STORE]
+    assert [name for name in served if name not in client_families()] == expected
+
+
+def test_the_families_of_the_cluster_mode_are_served_only_with_state_url() -> None:
+    """One process serves none of them (tests/unit/test_cluster_member.py checks a replica
+    serves them); docs/metrics.md lists them in a section of their own."""
     served = {name for name, _ in _TYPE.findall(served_by_every_provider())}
-    assert sorted(family.name for family in catalogue.NOT_YET_SERVED if family.name in served) == []
+    assert sorted(family.name for family in catalogue.WITH_STATE_URL if family.name in served) == []
 
 
 def test_every_served_series_carries_its_familys_labels_in_order() -> None:
@@ -134,13 +147,25 @@ def test_family_of_understands_histogram_series_and_nothing_else() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_every_catalogue_family_is_documented_with_its_type() -> None:
-    rows = dict(
+def documented_types() -> dict[str, str]:
+    return dict(
         re.findall(r"^\| `(asyncjob_[a-z0-9_]+)` \| (\w+) \|", METRICS_MD.read_text(), flags=re.MULTILINE)
     )
+
+
+def test_every_catalogue_family_is_documented_with_its_type() -> None:
+    rows = documented_types()
     assert {f.name: rows.get(f.name) for f in catalogue.CATALOGUE} == {
         f.name: f.type for f in catalogue.CATALOGUE
     }
+
+
+def test_the_cluster_families_not_yet_served_are_documented_in_the_cluster_section() -> None:
+    """A user of the cluster mode reads them there before the runtime serves them."""
+    section = METRICS_MD.read_text().split("\n## Cluster (`state_url`)\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(asyncjob_[a-z0-9_]+)` \| (\w+) \| — \| (.*) \|$", section, flags=re.MULTILINE)
+    assert catalogue.CLUSTER and set(catalogue.CLUSTER) <= set(catalogue.WITH_STATE_URL)
+    assert rows == [(f.name, f.type, f.help) for f in catalogue.WITH_STATE_URL]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,12 +242,14 @@ def expressions(texts: dict[str, str]) -> Iterator[tuple[str, str]]:
 
 
 def unknown_metrics(expr: str, known_records: set[str]) -> list[str]:
-    """The exporter's metrics an expression names that the exporter does not serve."""
+    """The exporter's metrics an expression names that the exporter does not serve. The cluster
+    alert and dashboard row read the families a replica serves only with state_url."""
+    known = (*catalogue.CATALOGUE, *catalogue.WITH_A_STATE_STORE, *catalogue.WITH_STATE_URL)
     return sorted(
         name
         for name in metric_names(expr)
         if (name.startswith("asyncjob_") or ":" in name)
-        and catalogue.family_of(name) not in catalogue.CATALOGUE
+        and catalogue.family_of(name) not in known
         and name not in known_records
     )
 
@@ -256,6 +283,8 @@ def test_every_metric_the_rules_dashboards_and_rule_tests_read_is_served_or_reco
         ('{__name__="asyncjob_job_state"} == 1', ["asyncjob_job_state"]),
         ('target:asyncjob_jobs_finished:rate5m{job="x"} > 0', ["target:asyncjob_jobs_finished:rate5m"]),
         ('up{job="x"} == 0', []),
+        ('sum(asyncjob_cluster_shards_held{job="x"})', []),
+        ('sum(asyncjob_cluster_shard_held{job="x"})', ["asyncjob_cluster_shard_held"]),
     ],
 )
 def test_a_query_naming_a_metric_the_exporter_does_not_serve_is_caught(expr: str, unknown: list[str]) -> None:

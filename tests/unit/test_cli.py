@@ -122,7 +122,13 @@ GLOBAL_FLAGS = [
     ("--log.level=debug", "log_level", "debug"),
     ("--log.format=json", "log_format", "json"),
 ]
-COMMANDS = [["demo"], ["simulate"], ["check-config", "x.yml"], ["mixin", "--out", "o"]]
+COMMANDS = [
+    ["demo"],
+    ["simulate"],
+    ["check-config", "x.yml"],
+    ["mixin", "--out", "o"],
+    ["state", "copy", "--from", "state.db", "--to", "postgresql://asyncjob@db/asyncjob"],
+]
 
 
 def global_flag_names() -> list[str]:
@@ -162,9 +168,11 @@ def test_a_global_flag_left_out_after_the_subcommand_keeps_its_value_from_before
     assert (defaults.log_level, defaults.telemetry_path, defaults.shard) == ("info", "/metrics", 0)
 
 
-@pytest.mark.parametrize("command", [c[0] for c in COMMANDS])
+@pytest.mark.parametrize("command", [*(c[0] for c in COMMANDS), "state copy"])
 def test_each_subcommand_help_lists_every_global_flag(command: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "exporter", command, "--help"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "exporter", *command.split(), "--help"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert "global flags (the same before or after the subcommand" in r.stdout
     missing = [name for name in global_flag_names() if name not in r.stdout]

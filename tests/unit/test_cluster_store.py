@@ -21,6 +21,7 @@ from exporter.providers import PROVIDERS
 from exporter.runtime import connect_store
 from exporter.sharding import shard_of
 from exporter.state import StateUnwritable, tracked_from_json
+from exporter.store import StateStore
 from exporter.tracker import Tracker
 from tests.postgres import Postgres
 
@@ -31,7 +32,7 @@ TTL = 1.5
 
 
 class NoScheduler:
-    store = None
+    store: StateStore | None = None
 
 
 async def connect(dsn: str) -> psycopg.AsyncConnection:

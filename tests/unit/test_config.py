@@ -86,7 +86,8 @@ def test_secrets_come_from_files_and_never_show(tmp_path: Path) -> None:
     key.write_text("s3cr3t-value\n")
     s = build_settings({"targets": [target(auth={"type": "basiq", "api_key_file": str(key)})]}, PROVIDERS)
     auth = s.targets[0].auth
-    assert auth.secret("api_key").get_secret_value() == "s3cr3t-value"
+    secret = auth.secret("api_key")
+    assert secret is not None and secret.get_secret_value() == "s3cr3t-value"
     assert "s3cr3t-value" not in repr(s) and "s3cr3t-value" not in str(auth.secret("api_key"))
 
 

@@ -60,7 +60,7 @@ class Answer:
 
 
 class Conn:
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
         self.stream = stream
         self.buffer = b""
 

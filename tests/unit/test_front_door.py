@@ -12,11 +12,13 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
+from exporter.basic_auth import BasicAuthMiddleware
 from exporter.config import build_settings
 from exporter.providers import PROVIDERS
 from exporter.routes import build_app
 from exporter.runtime import Runtime
-from exporter.webconfig import BasicAuthMiddleware, WebConfig, WebConfigError, load_web_config
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config
+from tests import tools
 
 
 def runtime(tmp_path: Path, token: str | None = None) -> Runtime:
@@ -291,17 +293,7 @@ def test_http_server_config_headers_are_sent_and_http2_refused(tmp_path: Path) -
 
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    import subprocess
-
-    d = tmp_path_factory.mktemp("tls")
-    args = "req -x509 -newkey rsa:2048 -nodes -keyout k.pem -out c.pem -days 1 -subj /CN=x"
-    subprocess.run(
-        ["openssl", *args.split(" ")],
-        cwd=d,
-        check=True,
-        capture_output=True,
-    )
-    return d / "c.pem", d / "k.pem"
+    return tools.self_signed(tmp_path_factory.mktemp("tls"), "/CN=x")
 
 
 # --- the API token file ----------------------------------------------------------------------
@@ -433,7 +425,7 @@ def test_reload_without_a_token_refuses_what_a_browser_posts_from_another_site(
 
 
 def test_a_reload_reads_the_web_config_afresh_users_and_headers(tmp_path: Path) -> None:
-    from exporter.webconfig import LiveWebConfig
+    from exporter.webconfig_reload import LiveWebConfig
 
     path = tmp_path / "web.yml"
     both = {"alice": hashed(b"a"), "bob": hashed(b"b")}
@@ -478,7 +470,7 @@ def test_a_reload_reads_the_web_config_afresh_users_and_headers(tmp_path: Path) 
 
 
 def test_turning_tls_on_at_a_reload_is_refused(tmp_path: Path, self_signed: tuple[Path, Path]) -> None:
-    from exporter.webconfig import LiveWebConfig
+    from exporter.webconfig_reload import LiveWebConfig
 
     path = tmp_path / "web.yml"
     path.write_text(yaml.safe_dump({}))

@@ -317,7 +317,10 @@ def api() -> Iterator[tuple[TestClient, Runtime]]:
 
 
 def post(client: TestClient, raw: bytes) -> httpx.Response:
-    return client.post("/api/v1/targets/b/jobs", content=raw, headers={"content-type": "application/json"})
+    response: httpx.Response = client.post(
+        "/api/v1/targets/b/jobs", content=raw, headers={"content-type": "application/json"}
+    )
+    return response
 
 
 @pytest.mark.parametrize("job_id", ["a\ud800b", "a\nb", "a\rb", "a\x00b", "\udfff"])

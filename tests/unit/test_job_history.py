@@ -19,14 +19,14 @@ from exporter.providers import PROVIDERS
 from exporter.routes import build_app
 from exporter.runtime import Runtime, connect_store
 from exporter.state import SCHEMA_VERSION, MemoryHistory, Store
-from exporter.store import JobHistory
+from exporter.store import JobHistory, StateStore
 from exporter.tracker import Tracker
 
 RETENTION = 900.0
 
 
 class NoScheduler:
-    store = None
+    store: StateStore | None = None
 
 
 def failed(job_id: str, reason: str = "invalid-credentials", finished: float = 1000.0) -> Job:

@@ -8,11 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from tests.tools import load_script, require_tool
+
+if TYPE_CHECKING:
+    from exporter.mixin.config import Config
 
 USER_CONFIG = {
     "exporter_selector": 'job="billing-asyncjob", namespace=~"prod-.*"',
@@ -145,6 +149,8 @@ def test_tests_generated_for_other_values_fail_against_these_rules(tmp_path: Pat
         ),
         ({"failure_ratio": "high"}, "failure_ratio: expected a number"),
         ({"stuck_for": "soon"}, "stuck_for: 'soon' is not a duration"),
+        ({"cluster_lease_ttl": "soon"}, "cluster_lease_ttl: 'soon' is not a duration"),
+        ({"cluster_lease_ttl": "0s"}, "cluster_lease_ttl: expected a duration longer than 0s"),
     ],
 )
 def test_a_bad_mixin_config_names_the_key(data: dict[str, object], problem: str) -> None:
@@ -197,7 +203,7 @@ def test_an_external_url_that_is_no_http_url_is_named(bad: object) -> None:
     assert e.value.problems == ["external_url: expected an http(s) URL, e.g. https://asyncjob.example.com"]
 
 
-def _job_rules(cfg: object) -> dict[str, dict[str, object]]:
+def _job_rules(cfg: Config) -> dict[str, dict[str, Any]]:
     from exporter.mixin import rules
 
     groups = rules.rule_groups(cfg)["groups"]
@@ -232,6 +238,19 @@ def test_without_replica_labels_the_alerts_are_per_instance_as_before() -> None:
     assert "&var-instance={{ $labels.instance }}" in stuck["annotations"]["dashboard_url"]
 
 
+def test_without_replica_labels_every_rule_is_valid_promql(tmp_path: Path) -> None:
+    """Unmerged, an expression keeps its parentheses: `status == 1` stays whole before a `*`."""
+    promtool = require_tool("promtool")
+    from exporter.mixin import files
+
+    out = tmp_path / "out"
+    generator().write(out, user_module().config_from({"replica_labels": []}))
+    run = subprocess.run(
+        [promtool, "check", "rules", str(out / files.RULES_PATH)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 def test_the_generated_handover_tests_pass_for_other_replica_labels(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     from exporter.mixin import files
@@ -245,3 +264,48 @@ def test_the_generated_handover_tests_pass_for_other_replica_labels(tmp_path: Pa
         [promtool, "test", "rules", str(tests)], capture_output=True, text=True, cwd=tests.parent
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_cluster_alert_waits_two_of_the_users_lease_ttls_and_its_generated_tests_pass(
+    tmp_path: Path,
+) -> None:
+    """Without replica labels the other alerts are per instance, but the cluster's shards are
+    still added up over the instances; the generated tests follow the `for` of a longer TTL."""
+    promtool = require_tool("promtool")
+    from exporter.mixin import files
+
+    cfg = user_module().config_from({**USER_CONFIG, "cluster_lease_ttl": "1m", "replica_labels": []})
+    alert = _job_rules(cfg)["AsyncJobClusterShardsUnowned"]
+    assert alert["for"] == "2m" and "two lease TTLs of 1m" in alert["annotations"]["description"]
+    assert alert["expr"].startswith("max without(instance) (asyncjob_cluster_shards{job=")
+    out = tmp_path / "out"
+    generator().write(out, cfg)
+    tests = out / files.RULE_TESTS_PATH
+    cluster = [
+        test
+        for test in yaml.safe_load(tests.read_text())["tests"]
+        if any("asyncjob_cluster_shards_held" in s["series"] for s in test["input_series"])
+    ]
+    assert len(cluster) == 3  # a kill left unowned, a kill covered in time, shards moving
+    run = subprocess.run(
+        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, cwd=tests.parent
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_a_cluster_needs_the_external_url_that_serves_every_jobs_page() -> None:
+    with pytest.raises(user_module().MixinConfigError) as e:
+        user_module().config_from({"cluster": True})
+    assert [p.split(":")[0] for p in e.value.problems] == ["external_url"]
+    from exporter.mixin import rules
+
+    cfg = user_module().config_from({"cluster": True, "external_url": "https://asyncjob.example.com"})
+    job_urls = {
+        r["annotations"]["job_url"]
+        for g in rules.rule_groups(cfg)["groups"]
+        for r in g["rules"]
+        if "job_url" in r.get("annotations", {})
+    }
+    assert job_urls == {
+        "https://asyncjob.example.com/jobs/{{ $labels.target }}/{{ $labels.job_id | urlquery }}"
+    }

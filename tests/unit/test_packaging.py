@@ -240,7 +240,8 @@ def test_compose_images_are_pinned() -> None:
 def mounted_path(service: str, container_path: str) -> Path:
     """The repository path a compose service sees at `container_path`."""
     for volume in compose()["services"][service]["volumes"]:
-        source, target = volume.split(":")[:2]
+        parts: list[str] = volume.split(":")
+        source, target = parts[:2]
         if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
             return (COMPOSE / source / container_path[len(target) :].lstrip("/")).resolve()
     raise AssertionError(f"{service} does not mount {container_path}")
@@ -259,7 +260,7 @@ def job_urls_replaced(groups: list[dict[str, Any]], base: str) -> list[dict[str,
     """`groups` with every link to the exporter's pages (job_url, and those in the descriptions:
     a failed job's page, a target's stuck jobs) under `base` instead of the scraped instance (or,
     for alerts that name no replica, the instance exporting the job, looked up at rendering)."""
-    out = yaml.safe_load(yaml.safe_dump(groups))
+    out: list[dict[str, Any]] = yaml.safe_load(yaml.safe_dump(groups))
     exporting = re.compile(
         r'http://\{\{ with printf `[^`]*`[^|]*\| query \}\}\{\{ \. \| first \| label "instance" \}\}'
         r"\{\{ end \}\}/jobs"
@@ -408,11 +409,12 @@ def test_prometheusrule_carries_every_group_of_the_rules_file_with_job_url_at_th
 
 def exporter_container(directory: str) -> dict[str, Any]:
     (workload,) = of_kind(manifests(directory), "Deployment") + of_kind(manifests(directory), "StatefulSet")
-    (container,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if "asyncjob" in c["image"]]
+    containers: list[dict[str, Any]] = workload["spec"]["template"]["spec"]["containers"]
+    (container,) = [c for c in containers if "asyncjob" in c["image"]]
     return container
 
 
-@pytest.mark.parametrize("directory", ["sidecar", "central"])
+@pytest.mark.parametrize("directory", ["sidecar", "central", "ha"])
 def test_exporters_in_kubernetes_link_where_the_alerts_link(directory: str) -> None:
     container = exporter_container(directory)
     words = shlex.split(" ".join(container.get("args", [])))
@@ -424,7 +426,7 @@ def test_exporters_in_kubernetes_link_where_the_alerts_link(directory: str) -> N
     assert port == str(container["ports"][0]["containerPort"])
 
 
-@pytest.mark.parametrize("directory", ["sidecar", "central"])
+@pytest.mark.parametrize("directory", ["sidecar", "central", "ha"])
 def test_exporter_containers_are_locked_down_and_pinned(directory: str) -> None:
     docs = manifests(directory)
     workloads = of_kind(docs, "Deployment") + of_kind(docs, "StatefulSet")
@@ -442,14 +444,15 @@ def test_exporter_containers_are_locked_down_and_pinned(directory: str) -> None:
     assert all(len(p["name"]) <= 15 for p in c["ports"]), "port names are at most 15 characters"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-    assert {"/etc/asyncjob-exporter", "/run/secrets", "/var/lib/asyncjob-exporter"} <= set(mounts)
+    state_file = set() if directory == "ha" else {"/var/lib/asyncjob-exporter"}  # ha: in PostgreSQL
+    assert {"/etc/asyncjob-exporter", "/run/secrets", *state_file} <= set(mounts)
     configmaps = {v["name"]: v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
     assert configmaps[mounts["/etc/asyncjob-exporter"]] in {
         d["metadata"]["name"] for d in of_kind(docs, "ConfigMap")
     }
 
 
-@pytest.mark.parametrize("directory", ["sidecar", "central"])
+@pytest.mark.parametrize("directory", ["sidecar", "central", "ha"])
 def test_monitors_scrape_the_exporter_port_as_an_asyncjob_job(directory: str) -> None:
     docs = manifests(directory)
     pod = (of_kind(docs, "Deployment") + of_kind(docs, "StatefulSet"))[0]["spec"]["template"]
@@ -507,7 +510,163 @@ def test_each_replica_takes_its_shard_from_its_pod_ordinal(tmp_path: Path) -> No
         assert f"--total-shards={env['TOTAL_SHARDS']}" in args, args
 
 
-@pytest.mark.parametrize("directory", ["sidecar", "central"])
+def ha_deployment() -> dict[str, Any]:
+    (deployment,) = of_kind(manifests("ha"), "Deployment")
+    return deployment
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_ha_runs_three_replicas_of_which_a_disruption_leaves_two_and_no_state_volume() -> None:
+    docs = manifests("ha")
+    deployment = ha_deployment()
+    (pdb,) = of_kind(docs, "PodDisruptionBudget")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["replicas"] == 3 and pdb["spec"]["minAvailable"] == 2
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # A rollout starts a new replica before it stops an old one.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    pod = deployment["spec"]["template"]["spec"]
+    assert not any("persistentVolumeClaim" in v or "emptyDir" in v for v in pod["volumes"])
+    assert "volumeClaimTemplates" not in deployment["spec"]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # No static shards: the replicas split the work by leases.
+    assert not any(a.startswith(("--shard", "--total-shards")) for a in container["args"])
+    # The config has no state_file (exclusive with state_url); one Service fronts every replica.
+    (configmap,) = of_kind(docs, "ConfigMap")
+    assert "state_file" not in yaml.safe_load(configmap["data"]["config.yml"])
+    (service,) = of_kind(docs, "Service")
+    assert (
+        service["spec"].get("clusterIP") != "None" and service["spec"]["selector"].items() <= labels.items()
+    )
+
+
+def test_ha_takes_the_state_url_from_a_secret_and_the_password_from_a_secret_file() -> None:
+    pod = ha_deployment()["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = env_of(container)
+    assert env["ASYNCJOB_STATE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "asyncjob-exporter-state",
+        "key": "url",
+    }
+    password_file = Path(env["ASYNCJOB_STATE_PASSWORD_FILE"]["value"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    (volume,) = [v for v in pod["volumes"] if mounts.get(v["name"]) == str(password_file.parent)]
+    items = [
+        (source["secret"]["name"], item["key"], item["path"])
+        for source in volume["projected"]["sources"]
+        for item in source["secret"].get("items", [])
+    ]
+    assert ("asyncjob-exporter-state", "password", password_file.name) in items
+
+
+def test_the_state_copy_job_reads_a_central_volume_and_reaches_the_database_as_the_replicas_do() -> None:
+    (job,) = yaml.safe_load_all((KUBERNETES / "ha" / "state-copy-job.yaml").read_text())
+    assert (
+        job["kind"] == "Job"
+        and "state-copy-job.yaml" not in (KUBERNETES / "ha" / "kustomization.yaml").read_text()
+    )
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = parser().parse_args(container["args"])
+    assert (args.command, args.state_command) == ("state", "copy")
+    # The volume of the first shard of ../central, mounted where its state_file was.
+    (sts,) = of_kind(manifests("central"), "StatefulSet")
+    claim = f"{sts['spec']['volumeClaimTemplates'][0]['metadata']['name']}-{sts['metadata']['name']}-0"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    state_file = yaml.safe_load(of_kind(manifests("central"), "ConfigMap")[0]["data"]["config.yml"])[
+        "state_file"
+    ]
+    assert args.copy_from == state_file
+    assert volumes[mounts[str(Path(state_file).parent)]]["persistentVolumeClaim"]["claimName"] == claim
+    # --to and the password file from the replicas' own variables and Secret.
+    (replica,) = ha_deployment()["spec"]["template"]["spec"]["containers"]
+    env, replica_env = env_of(container), env_of(replica)
+    for name in ("ASYNCJOB_STATE_URL", "ASYNCJOB_STATE_PASSWORD_FILE"):
+        assert env[name] == replica_env[name], name
+    password = Path(env["ASYNCJOB_STATE_PASSWORD_FILE"]["value"])
+    (source,) = volumes[mounts[str(password.parent)]]["projected"]["sources"]
+    assert source["secret"]["name"] == "asyncjob-exporter-state"
+    assert source["secret"]["items"] == [{"key": "password", "path": password.name}]
+
+
+@pytest.mark.parametrize("directory", ["ha", "ha-cloudnativepg"])
+def test_each_env_reference_names_a_variable_set_before_it(directory: str) -> None:
+    """Kubernetes expands $(VAR) only from variables listed earlier: a later one stays literal."""
+    containers = ha_deployment()["spec"]["template"]["spec"]["containers"]
+    container = containers[0] if directory == "ha" else cloudnativepg_container()
+    seen: set[str] = set()
+    for e in container["env"]:
+        for name in re.findall(r"\$\((\w+)\)", e.get("value", "")):
+            assert name in seen, f"{e['name']} uses $({name}) before it is set"
+        seen.add(e["name"])
+
+
+def cloudnativepg_container() -> dict[str, Any]:
+    """The exporter container of ha-cloudnativepg: ../ha's, with the patch's env and volume."""
+    directory = KUBERNETES / "ha-cloudnativepg"
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    assert kustomization["resources"][0] == "../ha"
+    (patch_file,) = [p["path"] for p in kustomization["patches"]]
+    patch = yaml.safe_load((directory / patch_file).read_text())
+    assert (patch["kind"], patch["metadata"]["name"]) == ("Deployment", ha_deployment()["metadata"]["name"])
+    (base,) = ha_deployment()["spec"]["template"]["spec"]["containers"]
+    (patched,) = patch["spec"]["template"]["spec"]["containers"]
+    assert patched["name"] == base["name"]
+    env = env_of(base)
+    for e in patched["env"]:  # as a strategic merge: by name, in the base's order
+        merged = {**env.get(e["name"], {}), **e}
+        env[e["name"]] = {k: v for k, v in merged.items() if v is not None}
+    return {**base, "env": list(env.values())}
+
+
+def test_cloudnativepg_replicas_reach_the_clusters_primary_as_its_owner_over_checked_tls() -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from exporter.cluster.state_copy import checked_url
+
+    directory = KUBERNETES / "ha-cloudnativepg"
+    (cluster,) = [d for d in yaml.safe_load_all((directory / "cluster.yaml").read_text()) if d]
+    assert (cluster["apiVersion"], cluster["kind"]) == ("postgresql.cnpg.io/v1", "Cluster")
+    name, initdb = cluster["metadata"]["name"], cluster["spec"]["bootstrap"]["initdb"]
+    # A commit waits for a standby: the primary's failover loses nothing acknowledged.
+    assert cluster["spec"]["postgresql"]["synchronous"]["dataDurability"] == "required"
+    url = env_of(cloudnativepg_container())["ASYNCJOB_STATE_URL"]
+    assert "valueFrom" not in url
+    parts = urlsplit(checked_url(url["value"]))  # no password in it
+    assert (parts.username, parts.hostname, parts.path) == (
+        initdb["owner"],
+        f"{name}-rw",
+        f"/{initdb['database']}",
+    )
+    query = parse_qs(parts.query)
+    assert query["sslmode"] == ["verify-full"]
+    patch = yaml.safe_load((directory / "deployment-patch.yaml").read_text())
+    (volume,) = patch["spec"]["template"]["spec"]["volumes"]
+    files = {
+        item["path"]: (source["secret"]["name"], item["key"])
+        for source in volume["projected"]["sources"]
+        for item in source["secret"].get("items", [])
+    }
+    # The password and the CA are the ones the operator generates for this cluster.
+    assert files["state_password"] == (f"{name}-app", "password")
+    assert files[Path(query["sslrootcert"][0]).name] == (f"{name}-ca", "ca.crt")
+    # The patch's list of sources replaces the base's whole: it must keep the providers' secrets.
+    (base,) = [
+        v for v in ha_deployment()["spec"]["template"]["spec"]["volumes"] if v["name"] == volume["name"]
+    ]
+
+    def secrets(v: dict[str, Any]) -> set[str]:
+        return {source["secret"]["name"] for source in v["projected"]["sources"]}
+
+    assert secrets(volume) - {f"{name}-app", f"{name}-ca"} == secrets(base) - {"asyncjob-exporter-state"}
+
+
+@pytest.mark.parametrize("directory", ["sidecar", "central", "ha", "ha-cloudnativepg"])
 def test_kustomization_builds(directory: str) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
@@ -693,6 +852,7 @@ def test_the_built_wheel_installs_and_its_console_script_runs(tmp_path: Path) ->
             cwd=tmp_path,
             env=env,
         )
+    code: int | None
     try:
         text = wait_for(
             lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text,

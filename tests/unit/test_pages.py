@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -199,7 +200,12 @@ def test_a_jobs_page_and_document_work_out_its_step_durations_once(monkeypatch: 
     rt.tracker.apply("basiq", PollResult(jobs=[done]), now=4)
     calls = []
     real = step_times.durations
-    monkeypatch.setattr(step_times, "durations", lambda times: calls.append(1) or real(times))
+
+    def counted(times: tuple[Any, ...]) -> dict[str, float]:
+        calls.append(1)
+        return real(times)
+
+    monkeypatch.setattr(step_times, "durations", counted)
     doc = job_document("basiq", rt.tracker.targets["basiq"].jobs["j"])
     assert [s["duration_seconds"] for s in doc["steps"]] == [3.0] + [0.0] * 49 and len(calls) == 1
     page = client(rt).get("/jobs/basiq/j")
@@ -212,7 +218,7 @@ class Unwalkable(dict[str, Any]):
     def _walk(self, *args: object) -> Any:
         raise AssertionError("walked every job")
 
-    __iter__ = items = values = keys = _walk  # type: ignore[assignment]
+    __iter__ = items = values = keys = _walk
 
 
 def test_a_page_or_api_read_of_an_unknown_id_is_a_look_up_not_a_walk_over_every_job() -> None:
@@ -230,7 +236,7 @@ def test_a_page_or_api_read_of_an_unknown_id_is_a_look_up_not_a_walk_over_every_
 
 
 def job_page(rt: Runtime, target: str, job_id: str) -> str:
-    page = client(rt).get(f"/jobs/{target}/{job_id}")
+    page: httpx.Response = client(rt).get(f"/jobs/{target}/{job_id}")
     assert page.status_code == 200
     return page.text
 

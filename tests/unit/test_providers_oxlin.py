@@ -10,7 +10,8 @@ import pytest
 
 from exporter.model import Cause, Channel, Connection, Status
 from exporter.providers.base import BadPayload, PollResult
-from exporter.providers.oxlin import Oxlin, events_of, parse_connection
+from exporter.providers.oxlin import Oxlin
+from exporter.providers.oxlin_wire import events_of, parse_connection
 from tests.unit.provider_http import fixture, provider_and_http, provider_for
 
 T0 = 1_700_000_000
@@ -387,7 +388,7 @@ def test_a_running_sync_waits_for_the_user_only_on_a_channel_it_runs_on() -> Non
 
 
 def connection(status: str, embedded_end: int, redirect_end: int = T0 + 4) -> dict[str, Any]:
-    body = json.loads(json.dumps(two_channels()[4]["resource"]))
+    body: dict[str, Any] = json.loads(json.dumps(two_channels()[4]["resource"]))
     body["status"] = status
     body["channels"][0].update(status=status if status != "PARTIAL_SUCCESS" else "SUCCESS")
     body["channels"][0]["last_end_date"] = embedded_end

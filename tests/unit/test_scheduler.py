@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -14,13 +15,23 @@ import pytest
 
 from exporter.fetch import PollError
 from exporter.model import Job, Status
-from exporter.providers.base import PER_TURN, BadPayload, PollResult, gather
-from exporter.scheduler import APPLY_SLICE, Scheduler
+from exporter.providers.base import PER_TURN, BadPayload, PollResult, Provider, gather
+from exporter.providers.willsuite import WillSuite
+from exporter.scheduler import APPLY_SLICE, Scheduler, TargetRunner
 from tests.tools import cyclic_garbage
 from tests.unit.test_tracker import tracker
 
+if TYPE_CHECKING:
+    import httpx
 
-def willsuite_runner(handler: Any, provider: Any = None) -> tuple[Any, Any]:
+    from exporter.tracker import Tracker
+
+
+def willsuite_runner(
+    handler: Callable[[httpx.Request], httpx.Response]
+    | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]],
+    provider: type[Provider] | None = None,
+) -> tuple[Tracker, TargetRunner]:
     """A tracker with one WillSuite target "t", and its runner, whose requests `handler` answers
     (an httpx.MockTransport handler) and whose provider is `provider` (a WillSuite subclass)."""
     import httpx
@@ -28,7 +39,6 @@ def willsuite_runner(handler: Any, provider: Any = None) -> tuple[Any, Any]:
     from exporter.config import build_settings
     from exporter.fetch import TargetHttp
     from exporter.providers import PROVIDERS
-    from exporter.scheduler import TargetRunner
 
     s = build_settings(
         {"targets": [{"name": "t", "provider": "willsuite", "base_url": "https://api.example.com"}]},
@@ -37,8 +47,8 @@ def willsuite_runner(handler: Any, provider: Any = None) -> tuple[Any, Any]:
     rt = s.resolved(s.targets[0])
     tr = tracker()
     tr.set_target(rt)
-    provider = (provider or PROVIDERS["willsuite"])(rt.config)
-    return tr, TargetRunner(rt, provider, TargetHttp(rt, transport=httpx.MockTransport(handler)))
+    polling = (provider or WillSuite)(rt.config)
+    return tr, TargetRunner(rt, polling, TargetHttp(rt, transport=httpx.MockTransport(handler)))
 
 
 @pytest.mark.anyio
@@ -138,8 +148,8 @@ def recording_scheduler(interval: str, static: int = 0) -> tuple[Scheduler, Any,
         tr.track("t", Job(f"old-{i}", Status.RUNNING), "static", now=1)
     polled: list[list[str]] = []
 
-    class Recording(PROVIDERS["willsuite"]):  # type: ignore[misc,valid-type]
-        async def poll(self, http: object, tracked: list[str], ledger: object = None) -> PollResult:
+    class Recording(WillSuite):
+        async def poll(self, http: object, tracked: Sequence[str], ledger: object = None) -> PollResult:
             polled.append(list(tracked))
             return PollResult()
 
@@ -275,8 +285,6 @@ async def test_an_answer_the_tracker_holds_already_is_not_parsed_again() -> None
     registered again (the tracker then holds a placeholder, not that answer)."""
     import httpx
 
-    from exporter.providers import PROVIDERS
-
     status = {"j": "processing"}
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -285,10 +293,10 @@ async def test_an_answer_the_tracker_holds_already_is_not_parsed_again() -> None
 
     parsed: list[str] = []
 
-    class Counting(PROVIDERS["willsuite"]):  # type: ignore[misc,valid-type]
+    class Counting(WillSuite):
         def parse_job(self, obj: Any) -> Job:
             parsed.append(obj["status"])
-            return super().parse_job(obj)  # type: ignore[no-any-return]
+            return super().parse_job(obj)
 
     tr, runner = willsuite_runner(answer, Counting)
     scheduler = Scheduler(tr)
@@ -297,12 +305,15 @@ async def test_an_answer_the_tracker_holds_already_is_not_parsed_again() -> None
     scheduler.register("t", Job("j", Status.PENDING))
     jobs = tr.targets["t"].jobs
 
+    def status_of_j() -> Status:
+        return jobs["j"].job.status
+
     await scheduler._cycle(runner)
     await scheduler._cycle(runner)  # the same bytes: not parsed
-    assert parsed == ["processing"] and jobs["j"].job.status is Status.RUNNING
+    assert parsed == ["processing"] and status_of_j() is Status.RUNNING
     status["j"] = "completed"
     await scheduler._cycle(runner, ["j"])
-    assert parsed == ["processing", "completed"] and jobs["j"].job.status is Status.SUCCEEDED
+    assert parsed == ["processing", "completed"] and status_of_j() is Status.SUCCEEDED
 
     tr.drop("t", "j", "deleted")
     assert "j" not in runner.ledger.last
@@ -378,7 +389,9 @@ async def test_an_unchanged_answer_is_applied_again_when_the_list_changed_the_jo
     runner.ledger.holds = scheduler._holds("t")
     scheduler.runners["t"] = runner
     scheduler.register("t", Job("x", Status.PENDING))
-    job = lambda: tr.targets["t"].jobs["x"].job  # noqa: E731
+
+    def job() -> Job:
+        return tr.targets["t"].jobs["x"].job
 
     await scheduler._cycle(runner)  # the list is down: x is read from its own path
     assert (job().status, job().percent) == (Status.RUNNING, 60)

@@ -20,7 +20,7 @@ from tests.tools import require_tool
 from tests.unit.test_dashboards import DATASOURCE, PANELS_WITH_UNITS, SELECTOR, as_promql, walk
 
 REPO = Path(__file__).resolve().parents[2]
-SLOS = [
+SLOS: list[dict[str, Any]] = [
     {
         "name": "basiq-refresh",
         "target": "basiq-prod",
@@ -148,7 +148,7 @@ def test_the_bad_jobs_link_through_the_exporters_external_url_when_it_has_one() 
 def test_every_query_parses(tmp_path: Path, divisor: int) -> None:
     promtool = require_tool("promtool")
     out = files.render(user.config_from({"slos": SLOS, "slo_windows_divisor": divisor}))
-    checks = []
+    checks: list[dict[str, str]] = []
     for slo in SLOS:
         board = json.loads(out[slo_files.dashboard_path(str(slo["name"]))])
         for panel in panels(board):

@@ -35,7 +35,8 @@ def config(**more: Any) -> Any:
 
 
 def rule_file(cfg: Any) -> dict[str, Any]:
-    return yaml.safe_load(files.render(cfg)[slo_files.RULES_PATH])
+    rules: dict[str, Any] = yaml.safe_load(files.render(cfg)[slo_files.RULES_PATH])
+    return rules
 
 
 def alerts(cfg: Any) -> dict[str, dict[str, Any]]:

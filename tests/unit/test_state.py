@@ -23,11 +23,12 @@ from exporter.state import (
     tracked_from_dict,
     tracked_to_dict,
 )
+from exporter.store import StateStore
 from exporter.tracker import TOMBSTONE_SECONDS, Tracker
 
 
 class NoScheduler:
-    store = None
+    store: StateStore | None = None
 
 
 def tracker_with_store(path: Path, lists: bool = False) -> tuple[Tracker, Store]:
@@ -223,6 +224,31 @@ async def test_many_changes_share_one_transaction(tmp_path: Path) -> None:
     assert 0 < len(commits) < 200
     store.close()
     assert len(Store(str(path))._restored["t"]) == 200
+
+
+@pytest.mark.anyio
+async def test_a_round_stopped_between_its_statements_is_rolled_back_and_written_on_the_way_out(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    tracker, store = tracker_with_store(path)
+    real, statements = store._write, []
+
+    def write(db: sqlite3.Connection, sql: str, rows: list[tuple[object, ...]] | tuple[object, ...]) -> int:
+        statements.append(sql)
+        if len(statements) == 1:
+            tg.cancel_scope.cancel()  # the round stops at its next step, mid-transaction
+        return real(db, sql, rows)
+
+    store._write = write  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.run)
+        for i in range(1200):  # three statements of jobs
+            tracker.track("t", Job(f"j{i}", Status.PENDING), "registered", now=1)
+        await anyio.sleep(5)
+    assert store.pending_writes == 0  # the last round wrote it all: nothing was left half-done
+    store.close()
+    assert len(Store(str(path))._restored["t"]) == 1200
 
 
 def test_a_finished_jobs_increment_is_visible_only_after_its_mark_is_committed(tmp_path: Path) -> None:
@@ -493,7 +519,7 @@ def test_a_tombstone_waiting_for_its_commit_is_found_too(
 def test_tombstones_past_their_horizon_leave_the_file_a_bounded_number_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("exporter.state.PRUNE_ROWS", 10)
+    monkeypatch.setattr("exporter.state_batch.PRUNE_ROWS", 10)
     path = tmp_path / "state.db"
     tracker, store = tracker_with_store(path, lists=True)
     store.close()
@@ -512,7 +538,7 @@ def test_tombstones_past_their_horizon_leave_the_file_a_bounded_number_at_a_time
 def test_the_file_reuses_and_gives_back_the_space_of_pruned_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("exporter.state.VACUUM_PAGES", 16)
+    monkeypatch.setattr("exporter.state_upkeep.VACUUM_PAGES", 16)
     path = tmp_path / "state.db"
     tracker, store = tracker_with_store(path, lists=True)
     store.close()
@@ -552,6 +578,44 @@ def test_a_file_made_without_auto_vacuum_is_rebuilt_with_it(tmp_path: Path) -> N
     db.close()
 
 
+def commits_timed(store: Store) -> int:
+    text = store.metrics_text().decode()
+    assert "# TYPE asyncjob_state_commit_duration_seconds histogram\n" in text
+    return int(text.split("\nasyncjob_state_commit_duration_seconds_count ")[1].split()[0])
+
+
+def test_each_commit_is_timed_whoever_makes_it(tmp_path: Path) -> None:
+    tracker, store = tracker_with_store(tmp_path / "state.db")
+    store.flush()
+    before = commits_timed(store)
+    tracker.track("t", Job("flushed", Status.RUNNING), "registered")
+    store.flush()
+    store.flush()  # nothing pending: no transaction
+    assert commits_timed(store) == before + 1
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.run)
+            tracker.track("t", Job("by the writer", Status.RUNNING), "registered")
+            await store.committed()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert commits_timed(store) == before + 2
+    store.close()
+
+
+def test_a_held_increment_given_the_key_of_its_job_runs_once_committed(tmp_path: Path) -> None:
+    tracker, store = tracker_with_store(tmp_path / "state.db")
+    ran: list[str] = []
+    tracker.track("t", Job("j", Status.SUCCEEDED), "registered")
+    store.after_commit(lambda: ran.append("counted"), key=("t", "j"))
+    assert ran == []
+    store.flush()
+    assert ran == ["counted"]
+    store.close()
+
+
 def test_the_size_of_the_state_file_is_exported(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     tracker, store = tracker_with_store(path)
@@ -580,8 +644,8 @@ def test_a_job_quarantined_by_the_watchdog_is_restored_quarantined(tmp_path: Pat
 def test_the_wal_starts_again_from_its_beginning_under_a_steady_stream_of_commits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("exporter.state.CHECKPOINT_INTERVAL", 0.01)
-    monkeypatch.setattr("exporter.state.WAL_RESTART_BYTES", 256 * 1024)
+    monkeypatch.setattr("exporter.state_upkeep.CHECKPOINT_INTERVAL", 0.01)
+    monkeypatch.setattr("exporter.state_upkeep.WAL_RESTART_BYTES", 256 * 1024)
     path = tmp_path / "state.db"
     tracker, store = tracker_with_store(path)
     written = 0

@@ -3,9 +3,7 @@ as they should not: lengths, chunks, connections closed, garbage, answers that t
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +18,7 @@ from exporter.fetch import PollError, TargetHttp
 from exporter.providers import PROVIDERS
 from exporter.transport import Http11Transport
 from tests.hostile import ANSWERS, Hostile, json_answer, late, watchdog
-from tests.tools import cyclic_garbage
+from tests.tools import cyclic_garbage, self_signed
 from tests.unit.loopback import Peer, serve
 
 
@@ -199,32 +197,8 @@ async def test_a_post_sends_its_body_and_a_get_sends_the_targets_headers() -> No
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not shutil.which("openssl"):
-        pytest.fail("openssl is needed to make a test certificate")
     d = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        cwd=d,
-        check=True,
-        capture_output=True,
-    )
+    self_signed(d, "/CN=localhost", extension="subjectAltName=IP:127.0.0.1")
     return d
 
 

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from exporter.transport import MAX_HEAD_BYTES, READ_SIZE, Http11Transport, Origin, _Connection
+from exporter.http11 import MAX_HEAD_BYTES, READ_SIZE, HttpConnection
+from exporter.transport import Http11Transport, Origin
 from tests.hostile import watchdog
 
 URL = "http://origin.test/jobs/1"
@@ -61,8 +62,8 @@ class Scripted(Http11Transport):
         super().__init__()
         self.stream = stream
 
-    async def _connect(self, origin: Origin, timeout: float | None, request: httpx.Request) -> _Connection:
-        return _Connection(self.stream)
+    async def _connect(self, origin: Origin, timeout: float | None, request: httpx.Request) -> HttpConnection:
+        return HttpConnection(self.stream)
 
 
 Outcome = tuple[Any, ...]
@@ -174,7 +175,7 @@ endings = mostly([b"\r\n"], [b"\n", b"\r", b"\r\r\n"], st.just(b"\r\n"))
 def header_blocks(draw: st.DrawFn, framing: list[tuple[bytes, bytes]] = []) -> bytes:  # noqa: B006
     fields = [(draw(names), draw(values)) for _ in range(draw(st.integers(0, 3)))] + framing
     fields = draw(st.permutations(fields))
-    lines = []
+    lines: list[bytes] = []
     for name, value in fields:
         if lines and draw(st.integers(0, 19)) == 0:
             lines.append(draw(st.sampled_from([b" ", b"\t", b"  "])) + value)  # an obsolete fold
