@@ -450,23 +450,29 @@ class PostgresStore(GroupCommit):
         with anyio.fail_after(COMMIT_TIMEOUT):
             if self._conn is None or self._conn.closed:
                 self._conn = await self.connect()
-            async with self._conn.transaction():
+            # The statements and the COMMIT go in one pipeline, sent together once the fencing is
+            # read: the server finishes the transaction whatever the replica does meanwhile. A
+            # replica paused with its transaction open would hold its leases' locks, and a session
+            # left by a pipeline is not ended by the server when idle in its transaction
+            # (idle_in_transaction_session_timeout; measured with PostgreSQL 15, psycopg 3.3).
+            # psycopg's transaction() would wait for the statements' answers before its COMMIT,
+            # so the COMMIT is sent here; a failure drops the connection (_write_round).
+            conn = self._conn
+            async with conn.pipeline():
                 newest = batch.generations()
                 live = (
                     set(newest)
                     if self.leases is None
-                    else await fenced(self._conn, self.replica, newest, self.leases.ttl)
+                    else await fenced(conn, self.replica, newest, self.leases.ttl)
                 )
 
                 def fresh(c: Change[Any]) -> bool:
                     return c.generation is not None and c.shard in live and newest[c.shard] == c.generation
 
                 statements, stale = batch.statements(rows, fresh, self.replica)
-                # Sent together and answered together (libpq's pipeline): one round trip for the
-                # batch's statements, whatever their number.
-                async with self._conn.pipeline():
-                    for sql, params in statements:
-                        await self._conn.execute(sql, params)
+                for sql, params in statements:
+                    await conn.execute(sql, params)
+                await conn.execute("COMMIT")
         self.commit_duration.observe(time.perf_counter() - started)
         if stale:
             self.stale_writes += stale

@@ -5,6 +5,7 @@ server stopped or a connection cut mid-transaction with nothing acknowledged los
 from __future__ import annotations
 
 import itertools
+import time
 from functools import partial
 from pathlib import Path
 
@@ -396,4 +397,37 @@ async def test_the_state_metrics_parse_and_count_every_commit(dsn: str) -> None:
     assert families["asyncjob_state_pending_writes"].samples[0].value == 0
     assert families["asyncjob_state_write_errors"].samples[0].value == 0
     assert families["asyncjob_state_stale_writes"].samples[0].value == 0
+    await store.close()
+
+
+async def test_a_write_is_finished_by_the_server_while_the_replica_stalls_before_its_answer(
+    postgres_server: Postgres, dsn: str
+) -> None:
+    store = await opened(dsn, "stall")
+    tracker = tracking(store, "t")
+    await store.flush()
+    tracker.track("t", job("job-1"), "registered", now=20)
+    database = dsn.split("?")[0].rsplit("/", 1)[1]
+    session = "FROM pg_stat_activity WHERE application_name = 'asyncjob-exporter stall'"
+    # Another session holds the table: the batch waits on it, its statements sent.
+    locker = psycopg.connect(dsn)  # blocking: its release lets the event loop run nothing
+    locker.execute("LOCK TABLE asyncjob.jobs IN SHARE MODE")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.flush)
+        with anyio.fail_after(10):
+            while (
+                postgres_server.psql(f"SELECT count(*) {session} AND wait_event_type = 'Lock'", database)
+                == "0"
+            ):
+                await anyio.sleep(0.05)
+        locker.rollback()
+        # The replica stalls (SIGSTOP, a GC pause) before it reads the answer: its COMMIT went
+        # with the statements, so no transaction, and none of its locks, is left open meanwhile.
+        time.sleep(1.0)
+        assert (
+            postgres_server.psql(f"SELECT count(*) {session} AND state = 'idle in transaction'", database)
+            == "0"
+        )
+    locker.close()
+    assert await saved(dsn) == {"job-1": (Status.RUNNING, "stall")}
     await store.close()
