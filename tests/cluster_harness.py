@@ -10,6 +10,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +117,12 @@ class Cluster:
         return [r for r in self.replicas if r.alive]
 
     def wait_ready(self, replicas: list[Replica], timeout: float = 30.0) -> None:
+        def ready(r: Replica) -> bool:
+            return r.alive and httpx.get(f"{r.url}/readyz", timeout=1).status_code == 200
+
         for r in replicas:
-            wait_for(
-                lambda r=r: r.alive and httpx.get(f"{r.url}/readyz", timeout=1).status_code == 200,
-                timeout=timeout,
-                what=f"replica {r.url} ready:\n{r.output()[-2000:]}",
-            )
+            wait_for(partial(ready, r), timeout=timeout, what=f"replica {r.url} ready")
+            assert r.alive, r.output()[-2000:]
         for r in replicas:
             r.name = self.member_name(r)
 
