@@ -1,5 +1,5 @@
 """Writes the reference docs from the code they describe: docs/configuration.md from the config
-models (exporter/config/models.py) and docs/metrics.md from the exposition (exporter/render/).
+models (exporter/config/models.py, targets.py) and docs/metrics.md from the exposition (exporter/render/).
 
 python docs/generate.py           # regenerate both files
 python docs/generate.py --check   # exit 1 when a committed file is stale
@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from exporter import catalogue  # noqa: E402
 from exporter import config as cfg  # noqa: E402
-from exporter.config import models  # noqa: E402
+from exporter.config import targets as target_models  # noqa: E402
 from exporter.config.slos import SLO  # noqa: E402
 from exporter.model import Channel, Connection, Job, Status, Step  # noqa: E402
 from exporter.poll_errors import ERROR_REASONS  # noqa: E402
@@ -68,7 +68,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (
 )
 
 # Descriptions of fields whose models carry none; a `description=` on the Field in
-# exporter/config/models.py takes precedence over these.
+# exporter/config/models.py or targets.py takes precedence over these.
 DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("Settings", "global_"): "Defaults for every target: see [global](#global).",
     ("Settings", "api"): "The registration API: see [api](#api).",
@@ -244,7 +244,7 @@ def describe(model: type[BaseModel], name: str, info: FieldInfo) -> str:
     if not text:
         raise SystemExit(
             f"{model.__name__}.{name} has no description: add description= to its Field in "
-            "exporter/config/models.py (or an entry in docs/generate.py DESCRIPTIONS)"
+            "exporter/config/models.py or targets.py (or an entry in docs/generate.py DESCRIPTIONS)"
         )
     if model is cfg.TargetConfig:
         text += _providers_using(name)
@@ -302,8 +302,8 @@ def configuration_md() -> str:
         "|---|---|",
     ]
     for auth_type in typing.get_args(cfg.AuthType):
-        needs = [f"`{s}_file` or `{s}_env`" for s in models._AUTH_SECRETS.get(auth_type, ())]
-        needs += [f"`{f}`" for f in models._AUTH_FIELDS.get(auth_type, ())]
+        needs = [f"`{s}_file` or `{s}_env`" for s in target_models._AUTH_SECRETS.get(auth_type, ())]
+        needs += [f"`{f}`" for f in target_models._AUTH_FIELDS.get(auth_type, ())]
         lines.append(f"| `{auth_type}` | {', '.join(needs) or 'nothing'} |")
     lines += ["", *FRONT_DOOR, ""]
     return "\n".join(lines)
