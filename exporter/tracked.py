@@ -2,8 +2,8 @@
 counted-once aggregates, and the small rules every reader of them shares (a step's histogram
 label, who must act on a failure, the `asyncjob_jobs` tally).
 
-Data and pure helpers only: exporter.tracker changes them as polls come in; the renderer, the
-pages and the state stores read them.
+Data and the small rules on it, no I/O: exporter.tracker changes them as polls come in; the
+renderer, the pages and the state stores read them.
 """
 
 from __future__ import annotations

@@ -37,7 +37,13 @@ from exporter.group_commit import GroupCommit
 from exporter.sharding import shard_of
 from exporter.state import StateUnwritable, state_metrics_text
 from exporter.state_file import tracked_from_json
-from exporter.tracked import TOMBSTONE_SECONDS, TargetState, TrackedJob
+from exporter.tracked import (
+    QUARANTINE_SECONDS,
+    TOMBSTONE_SECONDS,
+    TOMBSTONES_IN_MEMORY,
+    TargetState,
+    TrackedJob,
+)
 
 log = logging.getLogger("asyncjob.state")
 
@@ -46,10 +52,6 @@ log = logging.getLogger("asyncjob.state")
 COMMIT_TIMEOUT = 10.0
 LOAD_TIMEOUT = 120.0  # reading the jobs of the shards a replica gains (tens of thousands of rows)
 CONNECT_TIMEOUT = 3
-# As the tracker's (exporter.tracked): the newest tombstones a target keeps in
-# memory, and how long a job the loop froze on is skipped.
-TOMBSTONES_IN_MEMORY = 4096
-QUARANTINE_SECONDS = 86400.0
 # Expired tombstones and quarantine rows are deleted with a batch this often.
 PRUNE_EVERY = 60.0
 SIZE_EVERY = 60.0  # how often the tables' size on disk is read (asyncjob_state_size_bytes)
