@@ -670,14 +670,14 @@ def collect_families() -> list[MetricFamily]:
     # The cluster mode's families, from the catalogue while one process does not serve them.
     waiting = [
         MetricFamily(f.name, f.type, f.help, list(f.labels))
-        for f in catalogue.NOT_YET_SERVED
+        for f in catalogue.WITH_STATE_URL
         if f.name not in live
     ]
     return [*live.values(), *waiting]
 
 
 def section_of(family: MetricFamily) -> str:
-    if family.name in {f.name for f in (*catalogue.CLUSTER, *catalogue.NOT_YET_SERVED)}:
+    if family.name in {f.name for f in (*catalogue.CLUSTER, *catalogue.WITH_STATE_URL)}:
         return "cluster"
     if family.name in {f.name for f in catalogue.PER_JOB}:
         return "jobs"

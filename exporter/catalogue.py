@@ -417,7 +417,8 @@ CLUSTER: tuple[Family, ...] = (
     CLUSTER_TAKEOVERS,
     CLUSTER_HANDOVERS,
 )
-NOT_YET_SERVED: tuple[Family, ...] = (*CLUSTER, STATE_STALE_WRITES)
+# Served only by a replica of a cluster (state_url): documented in a section of their own.
+WITH_STATE_URL: tuple[Family, ...] = (*CLUSTER, STATE_STALE_WRITES)
 
 # Every family served with state in memory only (the default), in the order /metrics serves them; a
 # state store serves WITH_A_STATE_STORE with the state families too.
@@ -467,7 +468,7 @@ CATALOGUE: tuple[Family, ...] = (
 )
 
 BY_NAME: dict[str, Family] = {
-    family.name: family for family in (*CATALOGUE, *WITH_A_STATE_STORE, *NOT_YET_SERVED)
+    family.name: family for family in (*CATALOGUE, *WITH_A_STATE_STORE, *WITH_STATE_URL)
 }
 
 

@@ -1,4 +1,5 @@
-"""The running exporter: settings, tracker, scheduler and exposition wired together, plus reload."""
+"""The running exporter: settings, tracker, scheduler, exposition and state store (a file, or a
+cluster's PostgreSQL through exporter.cluster.member) wired together, plus reload."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def connect_store(
 ) -> None:
     """Hand the tracker and the scheduler the state store: the store hears every change and
     commits it; the tracker takes a target's jobs from the last run (`restore`), holds a counted
-    increment until its mark is committed (`hold`) and looks an old tombstone up (`buried`);
+    increment until its mark is committed (`after_commit`) and looks an old tombstone up (`buried`);
     the scheduler keeps its cursors there. A `history` (the SQLite store is one) takes the jobs
     retention drops, in the transaction that drops them."""
     tracker.listeners.append(store)
@@ -63,7 +64,7 @@ class WrongShard(Exception):
 
 
 class Rereadable(Protocol):
-    """A file read again at each reload besides the config (exporter.webconfig.LiveWebConfig)."""
+    """A file read again at each reload besides the config (exporter.webconfig_reload.LiveWebConfig)."""
 
     def read(self) -> Callable[[], None]:
         """Read it afresh; return what applies it. ValueError names a problem."""

@@ -125,6 +125,10 @@ class Config:
     # AsyncJobClusterShardsUnowned fires when virtual shards stay held by no replica for two of
     # them, longer than a replica that dies takes to lose its leases to the others.
     cluster_lease_ttl: str = "15s"
+    # The exporters are replicas of a cluster (state_url): any of them serves every job's page,
+    # so the alerts link to external_url (their Service or ingress), which is then required: a
+    # replica's own address would stop answering when it dies.
+    cluster: bool = False
 
     severity: dict[str, str] = field(
         default_factory=lambda: {

@@ -130,6 +130,11 @@ def config_from(data: Mapping[str, Any] | None) -> Config:
             extra = tuple(name for name in selected if name not in cfg.target_labels)
             cfg = dataclasses.replace(cfg, target_labels=(*cfg.target_labels, *extra))
         problems.extend(slos.problems(cfg))
+        if cfg.cluster and not cfg.external_url:
+            problems.append(
+                "external_url: required with cluster: true (the replicas' Service or ingress address, "
+                "which serves every job's page)"
+            )
         missing = set(rules.alert_names(cfg)) - set(cfg.severity)
         problems.extend(f"severity.{name}: missing" for name in sorted(missing))
     if problems:

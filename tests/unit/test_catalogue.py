@@ -109,11 +109,11 @@ def test_a_state_file_adds_the_state_stores_families_after_the_state_files_size(
     assert [name for name in served if name not in client_families()] == expected
 
 
-def test_the_families_not_yet_served_are_not_served() -> None:
-    """Once the runtime runs the PostgreSQL store, its families move into CATALOGUE (and so into
-    docs/metrics.md)."""
+def test_the_families_of_the_cluster_mode_are_served_only_with_state_url() -> None:
+    """One process serves none of them (tests/unit/test_cluster_member.py checks a replica
+    serves them); docs/metrics.md lists them in a section of their own."""
     served = {name for name, _ in _TYPE.findall(served_by_every_provider())}
-    assert sorted(family.name for family in catalogue.NOT_YET_SERVED if family.name in served) == []
+    assert sorted(family.name for family in catalogue.WITH_STATE_URL if family.name in served) == []
 
 
 def test_every_served_series_carries_its_familys_labels_in_order() -> None:
@@ -164,8 +164,8 @@ def test_the_cluster_families_not_yet_served_are_documented_in_the_cluster_secti
     """A user of the cluster mode reads them there before the runtime serves them."""
     section = METRICS_MD.read_text().split("\n## Cluster (`state_url`)\n", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `(asyncjob_[a-z0-9_]+)` \| (\w+) \| — \| (.*) \|$", section, flags=re.MULTILINE)
-    assert catalogue.CLUSTER and set(catalogue.CLUSTER) <= set(catalogue.NOT_YET_SERVED)
-    assert rows == [(f.name, f.type, f.help) for f in catalogue.NOT_YET_SERVED]
+    assert catalogue.CLUSTER and set(catalogue.CLUSTER) <= set(catalogue.WITH_STATE_URL)
+    assert rows == [(f.name, f.type, f.help) for f in catalogue.WITH_STATE_URL]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,10 +243,8 @@ def expressions(texts: dict[str, str]) -> Iterator[tuple[str, str]]:
 
 def unknown_metrics(expr: str, known_records: set[str]) -> list[str]:
     """The exporter's metrics an expression names that the exporter does not serve. The cluster
-    alert and dashboard row read families the catalogue lists as not served yet: they are known
-    here, and test_the_families_not_yet_served_are_not_served fails once the runtime serves them,
-    so they move into CATALOGUE then."""
-    known = (*catalogue.CATALOGUE, *catalogue.NOT_YET_SERVED)
+    alert and dashboard row read the families a replica serves only with state_url."""
+    known = (*catalogue.CATALOGUE, *catalogue.WITH_A_STATE_STORE, *catalogue.WITH_STATE_URL)
     return sorted(
         name
         for name in metric_names(expr)

@@ -13,6 +13,7 @@ import anyio
 import psycopg
 import pytest
 
+from exporter import catalogue
 from exporter.cluster.leases import Leases
 from exporter.cluster.member import Member
 from exporter.cluster.store import PostgresStore
@@ -204,3 +205,18 @@ async def test_a_replica_whose_shards_were_taken_while_it_was_paused_lets_their_
     assert a.member.kept | b.member.kept == set(range(SHARDS))
     assert not a.member.kept & b.member.kept
     assert {j for j in a.jobs} & {j for j in b.jobs} == set()
+
+
+async def test_a_replica_serves_the_cluster_families_of_the_catalogue_in_its_order(dsn: str) -> None:
+    a, b = Replica(dsn, "a"), Replica(dsn, "b")
+    await started(a, b)
+    served = a.member.metrics_text().decode() + a.store.metrics_text().decode()
+    names = [line.split()[2] for line in served.splitlines() if line.startswith("# TYPE")]
+    assert [n for n in names if n.startswith("asyncjob_cluster_")] == [f.name for f in catalogue.CLUSTER]
+    assert catalogue.STATE_STALE_WRITES.name in names
+    values = {
+        line.split()[0]: float(line.split()[1]) for line in served.splitlines() if not line.startswith("#")
+    }
+    assert values["asyncjob_cluster_replicas"] == 2 and values["asyncjob_cluster_state_reachable"] == 1
+    assert values["asyncjob_cluster_shards"] == SHARDS
+    assert 0 < values["asyncjob_cluster_shards_held"] < SHARDS

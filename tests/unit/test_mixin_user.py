@@ -291,3 +291,21 @@ def test_the_cluster_alert_waits_two_of_the_users_lease_ttls_and_its_generated_t
         [promtool, "test", "rules", str(tests)], capture_output=True, text=True, cwd=tests.parent
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_a_cluster_needs_the_external_url_that_serves_every_jobs_page() -> None:
+    with pytest.raises(user_module().MixinConfigError) as e:
+        user_module().config_from({"cluster": True})
+    assert [p.split(":")[0] for p in e.value.problems] == ["external_url"]
+    from exporter.mixin import rules
+
+    cfg = user_module().config_from({"cluster": True, "external_url": "https://asyncjob.example.com"})
+    job_urls = {
+        r["annotations"]["job_url"]
+        for g in rules.rule_groups(cfg)["groups"]
+        for r in g["rules"]
+        if "job_url" in r.get("annotations", {})
+    }
+    assert job_urls == {
+        "https://asyncjob.example.com/jobs/{{ $labels.target }}/{{ $labels.job_id | urlquery }}"
+    }
