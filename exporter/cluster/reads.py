@@ -35,14 +35,26 @@ class Reader:
         async with self._lock:
             try:
                 with anyio.fail_after(timeout):
-                    if self._conn is None or self._conn.closed:
-                        self._conn = await self.connect()
-                        await self._conn.set_autocommit(True)
-                    cur = await self._conn.execute(sql, params)
-                    return await cur.fetchall()
+                    if self._conn is not None and not self._conn.closed:
+                        try:
+                            return await self._rows(self._conn, sql, params)
+                        except psycopg.OperationalError:
+                            # Cut while it sat idle (the server restarted, a proxy timed it out):
+                            # a read changes nothing, so it is made once more on a new connection.
+                            await self.close()
+                    self._conn = await self.connect()
+                    await self._conn.set_autocommit(True)
+                    return await self._rows(self._conn, sql, params)
             except BaseException:
                 await self.close()
                 raise
+
+    @staticmethod
+    async def _rows(
+        conn: psycopg.AsyncConnection, sql: str, params: tuple[Any, ...]
+    ) -> list[tuple[Any, ...]]:
+        cur = await conn.execute(sql, params)
+        return await cur.fetchall()
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
