@@ -180,7 +180,9 @@ def run_exporter(config_file: str | None, web: Web, shard: int, total_shards: in
         log.warning(NO_TARGETS, extra={"config_file": config_file})
     _warn_of_risks(settings, web, bool(web_config.users.hashes))
     sharding = (
-        {"state": "cluster (state_url)"} if settings.state_url else {"shard": shard, "total_shards": total_shards}
+        {"state": "cluster (state_url)"}
+        if settings.state_url
+        else {"shard": shard, "total_shards": total_shards}
     )
     log.info(
         "starting asyncjob-exporter",

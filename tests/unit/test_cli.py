@@ -359,7 +359,9 @@ def test_a_bad_web_flag_from_the_environment_names_the_variable(
     assert f"{value!r} (set in {variable}) {problem}" in r.stderr, r.stderr
 
 
-def test_static_shards_are_refused_beside_state_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_static_shards_are_refused_beside_state_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "c.yml"
     config.write_text("state_url: postgresql://asyncjob@127.0.0.1:1/asyncjob\n")
     web = commands.Web(listen="127.0.0.1:0")
