@@ -241,7 +241,8 @@ def capacity(n: int = 20_000) -> dict[str, float]:
     from exporter.runtime import connect_store
     from exporter.state import Store
     from exporter.store import StateStore
-    from exporter.tracker import TOMBSTONES_IN_MEMORY, TargetState, Tracker
+    from exporter.tracked import TOMBSTONES_IN_MEMORY, TargetState
+    from exporter.tracker import Tracker
 
     def file_bytes(path: Path) -> int:
         db = sqlite3.connect(path)

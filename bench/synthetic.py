@@ -14,7 +14,8 @@ from exporter.model import Job, Status, Step
 from exporter.providers import PROVIDERS
 from exporter.render import Exposition
 from exporter.runtime import Runtime
-from exporter.tracker import TargetState, Tracker
+from exporter.tracked import TargetState
+from exporter.tracker import Tracker
 
 TARGET = "basiq-prod"
 STEPS = ("verify-credentials", "retrieve-accounts", "retrieve-transactions")

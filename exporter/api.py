@@ -19,7 +19,8 @@ from exporter.providers.base import BadPayload
 from exporter.render.formats import content_type, wants_openmetrics
 from exporter.runtime import Runtime, WrongShard, job_document, retired_document
 from exporter.state import StateUnwritable
-from exporter.tracker import CapReached, TrackedJob
+from exporter.tracked import TrackedJob
+from exporter.tracker import CapReached
 
 if TYPE_CHECKING:
     from exporter.cluster.view import Elsewhere

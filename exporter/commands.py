@@ -159,6 +159,12 @@ def run_exporter(config_file: str | None, web: Web, shard: int, total_shards: in
         settings = load_settings(config_file, PROVIDERS)
     except ConfigError as e:
         return _refuse(config_file, e)
+    if settings.state_url and total_shards > 1:
+        print(
+            "--total-shards: not with state_url: the replicas of a cluster share the jobs by leases",
+            file=sys.stderr,
+        )
+        return 2
     from exporter.webconfig import WebConfigError
     from exporter.webconfig_reload import LiveWebConfig
 
@@ -173,15 +179,14 @@ def run_exporter(config_file: str | None, web: Web, shard: int, total_shards: in
     if not settings.targets:
         log.warning(NO_TARGETS, extra={"config_file": config_file})
     _warn_of_risks(settings, web, bool(web_config.users.hashes))
+    sharding = (
+        {"state": "cluster (state_url)"}
+        if settings.state_url
+        else {"shard": shard, "total_shards": total_shards}
+    )
     log.info(
         "starting asyncjob-exporter",
-        extra={
-            "version": __version__,
-            "address": web.listen,
-            "targets": len(settings.targets),
-            "shard": shard,
-            "total_shards": total_shards,
-        },
+        extra={"version": __version__, "address": web.listen, "targets": len(settings.targets), **sharding},
     )
     try:
         runtime.open_state(replica_name(web.listen))

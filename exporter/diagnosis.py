@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.model import Job, Status
-from exporter.tracker import TargetState, TrackedJob
+from exporter.tracked import TargetState, TrackedJob
 
 
 def duration_text(seconds: float | None) -> str:

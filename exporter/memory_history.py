@@ -8,7 +8,7 @@ import time
 from exporter import job_history
 from exporter.state_file import history_row, retired_from
 from exporter.store import Retired
-from exporter.tracker import TargetState, TrackedJob
+from exporter.tracked import TargetState, TrackedJob
 
 
 class MemoryHistory:

@@ -41,7 +41,7 @@ from exporter.model import STATUSES, Cause, Status
 from exporter.providers import PROVIDERS
 from exporter.runtime import Runtime
 from exporter.store import Retired
-from exporter.tracker import TargetState, TrackedJob
+from exporter.tracked import TargetState, TrackedJob
 
 if TYPE_CHECKING:
     from exporter.cluster.view import Cluster, Elsewhere

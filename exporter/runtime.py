@@ -24,7 +24,8 @@ from exporter.render import Exposition
 from exporter.scheduler import Scheduler
 from exporter.state import StateUnwritable, state_metrics_text
 from exporter.store import JobHistory, Retired, StateStore
-from exporter.tracker import TrackedJob, Tracker
+from exporter.tracked import TrackedJob
+from exporter.tracker import Tracker
 from exporter.watchdog import Watchdog
 
 if TYPE_CHECKING:

@@ -22,7 +22,8 @@ from exporter.model import Job, placeholder
 from exporter.providers import PROVIDERS, Provider
 from exporter.providers.base import AnswerLedger, PollResult
 from exporter.store import StateStore
-from exporter.tracker import CapReached, TargetState, TrackedJob, Tracker
+from exporter.tracked import TargetState, TrackedJob
+from exporter.tracker import CapReached, Tracker
 
 log = logging.getLogger("asyncjob.scheduler")
 

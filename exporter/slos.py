@@ -21,7 +21,7 @@ from exporter.config.slos import SLO
 from exporter.model import Cause, Status
 
 if TYPE_CHECKING:
-    from exporter.tracker import TrackedJob
+    from exporter.tracked import TrackedJob
 
 
 class Result(StrEnum):

@@ -66,7 +66,7 @@ from exporter.state_file import (
 )
 from exporter.state_upkeep import Upkeep
 from exporter.store import Retired
-from exporter.tracker import TOMBSTONE_SECONDS, TOMBSTONES_IN_MEMORY, TargetState, TrackedJob
+from exporter.tracked import TOMBSTONE_SECONDS, TOMBSTONES_IN_MEMORY, TargetState, TrackedJob
 
 __all__ = [
     "MIGRATIONS",

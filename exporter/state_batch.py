@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 
 from exporter import job_history
 from exporter.state_file import PRUNE, PRUNE_QUARANTINE, WRITES, history_row, tracked_to_json
-from exporter.tracker import QUARANTINE_SECONDS, TrackedJob
+from exporter.tracked import QUARANTINE_SECONDS, TrackedJob
 
 JobKey = tuple[str, str]  # (target, job id); (target, name) for a cursor
 # A statement's parameters: many rows (executemany) or one.

@@ -20,7 +20,7 @@ from exporter import job_history, step_times
 from exporter.model import interned
 from exporter.parsing import load_json, may_hold_surrogates
 from exporter.store import Retired
-from exporter.tracker import QUARANTINE_SECONDS, TrackedJob
+from exporter.tracked import QUARANTINE_SECONDS, TrackedJob
 
 log = logging.getLogger("asyncjob.state")
 

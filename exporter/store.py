@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from exporter.job_history import Bounds, Query
-from exporter.tracker import Listener, TargetState, TrackedJob
+from exporter.tracked import TargetState, TrackedJob
+from exporter.tracker import Listener
 
 
 class StateStore(Listener, Protocol):

@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from exporter.state_file import tracked_to_json
-from exporter.tracker import TrackedJob
+from exporter.tracked import TrackedJob
 
 JobKey = tuple[str, str]  # (target, job id); (target, name) for a cursor
 Statement = tuple[str, tuple[Any, ...]]

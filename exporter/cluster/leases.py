@@ -336,15 +336,17 @@ async def fenced(
     conn: psycopg.AsyncConnection, replica: str, generations: dict[int, int], ttl: float = DEFAULT_LEASE_TTL
 ) -> set[int]:
     """Inside a write transaction: the shards of `generations` this replica still holds with that
-    very generation and an unexpired lease, locked against a claim until the transaction ends (or
-    the server ends it, idle for a renewal period of `ttl`: see `stalls_end`). Writes for any other
-    shard are stale (another replica holds it since) and must be dropped."""
+    very generation, locked against a claim until the transaction ends (or the server ends it,
+    idle for a renewal period of `ttl`: see `stalls_end`). Writes for any other shard are stale
+    (another replica holds it since) and must be dropped. A lease that lapsed while nobody claimed
+    it (a database outage every replica sat out) still fences nothing: every claim raises the
+    generation, so the same generation proves no other replica worked the shard since, and the
+    changes made under it before the lapse are committed, as `_renew` keeps the lease."""
     if not generations:
         return set()
     await stalls_end(conn, ttl)
     cur = await conn.execute(
-        "SELECT shard, generation FROM asyncjob.leases "
-        "WHERE owner = %s AND shard = ANY(%s) AND expires_at > now() FOR SHARE",
+        "SELECT shard, generation FROM asyncjob.leases WHERE owner = %s AND shard = ANY(%s) FOR SHARE",
         (replica, sorted(generations)),
     )
     return {int(s) for s, g in await cur.fetchall() if generations.get(int(s)) == int(g)}

@@ -38,11 +38,13 @@ from exporter import catalogue
 from exporter.cluster import schema
 from exporter.cluster.batch import CHANNEL
 from exporter.cluster.leases import RENEWALS_PER_TTL, Leases
-from exporter.cluster.store import CATCH_UP_ROWS, CONNECT_TIMEOUT, PostgresStore
+from exporter.cluster.reads import CATCH_UP_ROWS
+from exporter.cluster.store import CONNECT_TIMEOUT, PostgresStore
 from exporter.config import Settings
 from exporter.model import Job, placeholder
 from exporter.sharding import shard_of
-from exporter.tracker import CapReached, TrackedJob, Tracker
+from exporter.tracked import TrackedJob
+from exporter.tracker import CapReached, Tracker
 
 if TYPE_CHECKING:
     from exporter.scheduler import Scheduler

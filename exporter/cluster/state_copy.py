@@ -26,7 +26,7 @@ from exporter.cluster import schema
 from exporter.cluster.batch import Batch, Change, JobKey
 from exporter.sharding import shard_of
 from exporter.state_file import StateError, load, open_read_only
-from exporter.tracker import QUARANTINE_SECONDS, TOMBSTONE_SECONDS, TrackedJob
+from exporter.tracked import QUARANTINE_SECONDS, TOMBSTONE_SECONDS, TrackedJob
 
 CONNECT_TIMEOUT = 10
 # Jobs a statement carries at most: the copy of a large file is one transaction of a few statements.

@@ -5,7 +5,8 @@ The surface is exporter.state.Store's, so the runtime can take either: a tracker
 changes wait in memory until the writer commits everything pending in one transaction and wakes
 whoever waits (`committed()`); a held counter increment runs only once the change behind it is
 committed. A transaction writes a statement per kind of change, its rows as arrays (`unnest`): a
-batch of ten thousand jobs costs the round trips of a batch of ten.
+batch of ten thousand jobs costs the round trips of a batch of ten. What the pages and the catch-up
+read of other replicas' writes is exporter.cluster.reads'.
 
 Fencing: a change carries the generation its shard's lease had when the change was made. The
 transaction checks them (`leases.fenced`, which also holds the leases against a claim until the
@@ -22,7 +23,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -32,11 +32,18 @@ from exporter.catalogue import STATE_STALE_WRITES
 from exporter.cluster import schema
 from exporter.cluster.batch import ROWS_PER_TURN, Batch, Change, Fresh, JobKey
 from exporter.cluster.leases import Leases, fenced
+from exporter.cluster.reads import ClusterReads, Reader
 from exporter.group_commit import GroupCommit
 from exporter.sharding import shard_of
 from exporter.state import StateUnwritable, state_metrics_text
 from exporter.state_file import tracked_from_json
-from exporter.tracker import TOMBSTONE_SECONDS, TargetState, TrackedJob
+from exporter.tracked import (
+    QUARANTINE_SECONDS,
+    TOMBSTONE_SECONDS,
+    TOMBSTONES_IN_MEMORY,
+    TargetState,
+    TrackedJob,
+)
 
 log = logging.getLogger("asyncjob.state")
 
@@ -45,14 +52,9 @@ log = logging.getLogger("asyncjob.state")
 COMMIT_TIMEOUT = 10.0
 LOAD_TIMEOUT = 120.0  # reading the jobs of the shards a replica gains (tens of thousands of rows)
 CONNECT_TIMEOUT = 3
-# As the tracker's (exporter.tracker on the state branch): the newest tombstones a target keeps in
-# memory, and how long a job the loop froze on is skipped.
-TOMBSTONES_IN_MEMORY = 4096
-QUARANTINE_SECONDS = 86400.0
 # Expired tombstones and quarantine rows are deleted with a batch this often.
 PRUNE_EVERY = 60.0
-SIZE_EVERY = 60.0
-CATCH_UP_ROWS = 5000  # rows of other replicas' writes read at a time  # how often the tables' size on disk is read (asyncjob_state_size_bytes)
+SIZE_EVERY = 60.0  # how often the tables' size on disk is read (asyncjob_state_size_bytes)
 
 _SIZE = (
     "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
@@ -60,46 +62,7 @@ _SIZE = (
 )
 
 
-class Reader:
-    """A connection for reads (autocommit), opened again after a failure; one read at a time."""
-
-    def __init__(self, connect: Callable[[], Awaitable[psycopg.AsyncConnection]]) -> None:
-        self.connect = connect
-        self._conn: psycopg.AsyncConnection | None = None
-        self._lock = anyio.Lock()
-
-    async def rows(self, sql: str, params: tuple[Any, ...], timeout: float) -> list[tuple[Any, ...]]:
-        async with self._lock:
-            try:
-                with anyio.fail_after(timeout):
-                    if self._conn is None or self._conn.closed:
-                        self._conn = await self.connect()
-                        await self._conn.set_autocommit(True)
-                    cur = await self._conn.execute(sql, params)
-                    return await cur.fetchall()
-            except BaseException:
-                await self.close()
-                raise
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with anyio.CancelScope(shield=True), contextlib.suppress(psycopg.Error, OSError):
-                await conn.close()
-
-
-@dataclass(frozen=True)
-class ClusterJob:
-    """A job as its owner last committed it, for the pages of any replica."""
-
-    target: str
-    tracked: TrackedJob
-    shard: int
-    owner: str | None  # the replica holding the shard's lease now; None while nobody does
-    written_by: str
-
-
-class PostgresStore(GroupCommit):
+class PostgresStore(ClusterReads, GroupCommit):
     """One replica's state store. `leases` None: a lone replica that owns every shard (no fencing).
     `open()` migrates the schema and loads what the replica holds; `run()` is the writer task."""
 
@@ -206,72 +169,6 @@ class PostgresStore(GroupCommit):
         log.info("state restored", extra={"shards": len(wanted), "jobs": read})
         return read
 
-    async def cluster_jobs(
-        self,
-        target: str | None = None,
-        after: JobKey | None = None,
-        limit: int = 1000,
-        *,
-        status: str | None = None,
-        id_prefix: str = "",
-        skip_shards: Iterable[int] = (),
-    ) -> list[ClusterJob]:
-        """Jobs of every replica, ordered by (target, id) as Python orders strings (code points:
-        PostgreSQL's "C" collation, whatever the database's), `limit` after `after`: each as its
-        owner last committed it, with the replica that holds its shard now. `status` and
-        `id_prefix` filter. Of `skip_shards` (those this replica holds in memory, fresher than
-        their rows) only the jobs other replicas wrote are read: registrations they took for this
-        replica, which its catch-up read may not have taken in yet."""
-        rows = await self._shown.rows(
-            "SELECT j.target, j.job_id, j.data, j.shard, "
-            "CASE WHEN l.expires_at > now() THEN l.owner END, j.written_by "
-            "FROM asyncjob.jobs j LEFT JOIN asyncjob.leases l ON l.shard = j.shard "
-            "WHERE (%s::text IS NULL OR j.target = %s) "
-            'AND (j.target COLLATE "C", j.job_id COLLATE "C") > (%s, %s) '
-            "AND starts_with(j.job_id, %s) AND NOT (j.shard = ANY(%s) AND j.written_by = %s) "
-            "AND (%s::text IS NULL OR j.data::jsonb #>> '{job,status}' = %s) "
-            'ORDER BY j.target COLLATE "C", j.job_id COLLATE "C" LIMIT %s',
-            (
-                target,
-                target,
-                *(after or ("", "")),
-                id_prefix,
-                sorted(skip_shards),
-                self.replica,
-                status,
-                status,
-                limit,
-            ),
-            COMMIT_TIMEOUT,
-        )
-        return await self._cluster_jobs(rows)
-
-    async def cluster_job(self, target: str, job_id: str) -> ClusterJob | None:
-        """One job as its owner last committed it, with the replica that holds its shard now;
-        None when no replica has it."""
-        rows = await self._shown.rows(
-            "SELECT j.target, j.job_id, j.data, j.shard, "
-            "CASE WHEN l.expires_at > now() THEN l.owner END, j.written_by "
-            "FROM asyncjob.jobs j LEFT JOIN asyncjob.leases l ON l.shard = j.shard "
-            "WHERE j.target = %s AND j.job_id = %s",
-            (target, job_id),
-            COMMIT_TIMEOUT,
-        )
-        jobs = await self._cluster_jobs(rows)
-        return jobs[0] if jobs else None
-
-    @staticmethod
-    async def _cluster_jobs(rows: list[tuple[Any, ...]]) -> list[ClusterJob]:
-        jobs = []
-        for n, (t, job_id, data, shard, owner, written_by) in enumerate(rows):
-            if n % ROWS_PER_TURN == ROWS_PER_TURN - 1:  # a scrape waits for no page's read
-                await anyio.lowlevel.checkpoint()
-            with contextlib.suppress(ValueError):  # unreadable: skipped, as load() does
-                tracked = tracked_from_json(data)
-                if tracked.job.id == job_id:
-                    jobs.append(ClusterJob(t, tracked, shard, owner, written_by))
-        return jobs
-
     # --- what the tracker asks (exporter.runtime.connect_store hands it over) -----------------
     def restore(self, state: TargetState) -> list[TrackedJob]:
         """Jobs loaded for `state`'s target, each handed out once; the newest of its tombstones go
@@ -360,31 +257,6 @@ class PostgresStore(GroupCommit):
         key = (target, tracked.job.id)
         self._pending.jobs[key] = Change(tracked, shard_of(target, tracked.job.id, self.shards), None)
         self._changed()
-
-    async def max_seq(self) -> int:
-        """The newest change number: a replica catching up reads what comes after it."""
-        return int((await self._read("SELECT coalesce(max(seq), 0) FROM asyncjob.jobs", ()))[0][0])
-
-    async def written_by_others(
-        self, after: int, shards: Iterable[int], wanted: Callable[[str, str], bool]
-    ) -> tuple[list[int], list[tuple[str, TrackedJob]]]:
-        """Jobs of `shards` other replicas wrote after change number `after` (registrations and
-        listed jobs written for this replica), oldest first: the change numbers read, and the jobs
-        `wanted(target, id)` (only those are parsed: a read overlaps the last ones)."""
-        rows = await self._read(
-            "SELECT seq, target, job_id, data FROM asyncjob.jobs "
-            "WHERE seq > %s AND shard = ANY(%s) AND written_by <> %s ORDER BY seq LIMIT %s",
-            (after, sorted(shards), self.replica, CATCH_UP_ROWS),
-        )
-        jobs = []
-        for _seq, target, job_id, data in rows:
-            if not wanted(target, job_id):
-                continue
-            with contextlib.suppress(ValueError):  # unreadable: skipped, as load() does
-                tracked = tracked_from_json(data)
-                if tracked.job.id == job_id:
-                    jobs.append((str(target), tracked))
-        return [int(row[0]) for row in rows], jobs
 
     def as_loaded(self, tracked: TrackedJob) -> TrackedJob:
         """A job read from the database and taken in as it is there: its first change notice

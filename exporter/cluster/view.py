@@ -16,7 +16,7 @@ import anyio
 import psycopg
 
 from exporter.cluster.batch import JobKey
-from exporter.cluster.store import ClusterJob
+from exporter.cluster.reads import ClusterJob
 
 if TYPE_CHECKING:
     from exporter.cluster.member import Member

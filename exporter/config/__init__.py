@@ -4,8 +4,9 @@ Everything past this package receives typed, validated objects. Errors carry the
 path (`targets[1].auth.client_secret_file`) so that a bad config is fixed in one go.
 
 values: durations, URLs, secrets; registry: the providers a validation checks against;
-models: the file's keys; loading: YAML, variables, validation and its error messages;
-safety: what a valid config still leaves unsafe (warnings).
+targets: a target's keys, `global` and the target resolved against it; models: the file's top
+level; loading: YAML, variables, validation and its error messages; safety: what a valid config
+still leaves unsafe (warnings).
 """
 
 from exporter.config.loading import (
@@ -15,24 +16,21 @@ from exporter.config.loading import (
     load_settings,
     load_yaml,
 )
-from exporter.config.models import (
+from exporter.config.models import ENV_PREFIX, ApiConfig, ClusterConfig, Settings
+from exporter.config.registry import ProviderSpec, Registry
+from exporter.config.targets import (
     DEFAULT_POLL_INTERVAL,
-    ENV_PREFIX,
     INHERITED_KEYS,
-    ApiConfig,
     AuthConfig,
     AuthType,
-    ClusterConfig,
     GenericFields,
     GenericSteps,
     GlobalConfig,
     PerJobSeries,
     ResolvedTarget,
-    Settings,
     StatusMap,
     TargetConfig,
 )
-from exporter.config.registry import ProviderSpec, Registry
 from exporter.config.values import (
     Duration,
     PositiveDuration,

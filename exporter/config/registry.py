@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from typing import Protocol
 
 if typing.TYPE_CHECKING:
-    from exporter.config.models import TargetConfig
+    from exporter.config.targets import TargetConfig
     from exporter.model import Cause
 
 

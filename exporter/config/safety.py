@@ -8,7 +8,8 @@ import os
 import re
 from pathlib import Path
 
-from exporter.config.models import AuthConfig, Settings
+from exporter.config.models import Settings
+from exporter.config.targets import AuthConfig
 
 # The examples' secret files hold `example-…-replace-me`; a copied example that still holds one
 # authenticates with nothing and fails at the provider, far from its cause.

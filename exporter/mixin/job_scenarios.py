@@ -12,7 +12,7 @@ from exporter import catalogue
 from .config import Config, seconds
 from .promtest_inputs import MINUTE, Scenario, alerts_by_name, constant, input_series, job_labels, run_minutes
 
-# The exporter's step duration buckets (exporter.tracker.STEP_DURATION_BUCKETS).
+# The exporter's step duration buckets (exporter.tracked.STEP_DURATION_BUCKETS).
 STEP_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
 

@@ -13,7 +13,7 @@ from exporter.model import STATUSES
 from exporter.poll_errors import ERROR_REASONS
 from exporter.render.slos import render_slos
 from exporter.render.text import Text, labels
-from exporter.tracker import Aggregates, TargetState
+from exporter.tracked import Aggregates, TargetState
 
 
 def _tl(state: TargetState, job_type: str, **more: str) -> str:

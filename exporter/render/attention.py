@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from exporter.config import ResolvedTarget
 from exporter.model import Status
-from exporter.tracker import TrackedJob
+from exporter.tracked import TrackedJob
 
 # `auto` goes back to every job's series under this share of per_job_series_limit, so a target
 # hovering at the limit does not switch at every job.

@@ -20,7 +20,7 @@ import anyio
 from exporter.render.attention import due, effective_mode, needs_person
 from exporter.render.deflate import Block, block, combine, concat
 from exporter.render.jobs import JOB_FAMILIES, job_prefix
-from exporter.tracker import TargetState, TrackedJob
+from exporter.tracked import TargetState, TrackedJob
 
 log = logging.getLogger("asyncjob.render")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from exporter import catalogue
 from exporter.model import STATUSES, Status
 from exporter.render.text import escape, fmt
-from exporter.tracker import TargetState, TrackedJob
+from exporter.tracked import TargetState, TrackedJob
 
 # Each family: (catalogue family, fn(tracked, prefix) -> text lines). `prefix` is the
 # `target="…",job_id="…"` part every per-job series carries.

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from exporter.catalogue import SLO_JOBS
 from exporter.render.text import Text, labels
 from exporter.slos import RESULTS
-from exporter.tracker import TargetState
+from exporter.tracked import TargetState
 
 
 def render_slos(w: Text, targets: Iterable[TargetState]) -> None:

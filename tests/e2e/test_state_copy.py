@@ -25,7 +25,8 @@ from exporter.config import build_settings
 from exporter.providers import PROVIDERS
 from exporter.runtime import connect_store
 from exporter.state import tracked_from_json
-from exporter.tracker import TrackedJob, Tracker
+from exporter.tracked import TrackedJob
+from exporter.tracker import Tracker
 from tests.harness import ROOT, exporter, simulator, wait_for, write_secrets
 from tests.postgres import Postgres
 

@@ -14,7 +14,7 @@ from exporter.providers.base import PollResult
 from exporter.routes import build_app
 from exporter.runtime import Runtime, connect_store
 from exporter.state import Store
-from exporter.tracker import TOMBSTONE_SECONDS
+from exporter.tracked import TOMBSTONE_SECONDS
 
 SETTINGS = build_settings(
     {"targets": [{"name": "b", "provider": "basiq", "base_url": "https://x", "users": ["u"]}]}, PROVIDERS

@@ -357,3 +357,15 @@ def test_a_bad_web_flag_from_the_environment_names_the_variable(
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{value!r} (set in {variable}) {problem}" in r.stderr, r.stderr
+
+
+def test_static_shards_are_refused_beside_state_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.yml"
+    config.write_text("state_url: postgresql://asyncjob@127.0.0.1:1/asyncjob\n")
+    web = commands.Web(listen="127.0.0.1:0")
+    assert commands.run_exporter(str(config), web, 0, 2) == 2
+    assert capsys.readouterr().err.strip() == (
+        "--total-shards: not with state_url: the replicas of a cluster share the jobs by leases"
+    )

@@ -5,6 +5,7 @@ exported while nothing is polled past the lease deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from typing import Any
@@ -18,6 +19,7 @@ from exporter.cluster.leases import Leases
 from exporter.cluster.member import Member
 from exporter.cluster.store import PostgresStore
 from exporter.config import build_settings
+from exporter.group_commit import StateUnwritable
 from exporter.model import Job, Status
 from exporter.providers import PROVIDERS
 from exporter.runtime import connect_store
@@ -184,6 +186,34 @@ async def test_while_the_database_is_out_of_reach_the_jobs_stay_and_are_not_work
     await a.member.step()
     assert a.member.reachable and a.member.owns("t", "job-1") and "job-1" in a.jobs
     assert a.leases.counters.takeovers == 0
+
+
+async def test_changes_made_before_an_outage_that_outlasts_the_lease_are_committed_when_it_ends(
+    postgres_server: Postgres, dsn: str
+) -> None:
+    a = Replica(dsn, "a", ttl=4.0)
+    await started(a)
+    a.tracker.track("t", running("job-1"), "discovered")
+    await a.commit()
+    postgres_server.stop(immediate=True)
+    try:
+        await a.member.step()
+        assert a.member.owns("t", "job-1")  # within its lease: polled ...
+        a.tracker.track("t", finished("job-1"), "discovered")  # ... and seen finished
+        await anyio.sleep(4.5)  # the lease lapses on the server's clock; nobody claims the shard
+    finally:
+        postgres_server.start()
+    with contextlib.suppress(StateUnwritable):
+        await a.store.flush()  # on the connection the restart cut: dropped, kept pending
+    await a.store.flush()  # the writer's retry, before the member's next renewal
+    assert a.store.stale_writes == 0  # the generation still holds: nothing is stale
+    assert a.finished == 1  # counted once, here: no other replica will
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT data FROM asyncjob.jobs WHERE target = 't' AND job_id = 'job-1'")
+        row = await cur.fetchone()
+    assert row is not None and '"succeeded"' in row[0]
+    await a.member.step()
+    assert a.member.owns("t", "job-1") and a.leases.counters.takeovers == 0
 
 
 async def test_a_replica_whose_shards_were_taken_while_it_was_paused_lets_their_jobs_go(dsn: str) -> None:

@@ -166,6 +166,21 @@ async def test_every_job_of_the_cluster_is_read_with_the_replica_that_owns_it(ds
     await shut([a], [store_a, store_b])
 
 
+async def test_the_first_read_after_the_server_restarted_is_answered_not_failed(
+    postgres_server: Postgres, dsn: str
+) -> None:
+    store = await opened(dsn)
+    tracker = tracking(store, "t")
+    tracker.track("t", job("job-1"), "discovered", now=20)
+    await store.flush()
+    assert len(await store.cluster_jobs()) == 1  # the pages' reading connection is open ...
+    postgres_server.stop()
+    postgres_server.start()  # ... and cut by the restart
+    assert [j.tracked.job.id for j in await store.cluster_jobs()] == ["job-1"]
+    assert [j for j in [await store.cluster_job("t", "job-1")] if j is not None]
+    await store.close()
+
+
 async def test_a_quarantined_job_is_recorded_from_another_thread_and_read_by_every_replica(dsn: str) -> None:
     store = await opened(dsn)
     await anyio.to_thread.run_sync(store.quarantine, "t", "job-9", "the loop froze")

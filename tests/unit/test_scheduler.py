@@ -408,7 +408,7 @@ async def test_an_unchanged_answer_is_applied_again_when_the_list_changed_the_jo
 async def test_a_quarantined_job_is_neither_polled_nor_read_until_its_quarantine_ends() -> None:
     import httpx
 
-    from exporter.tracker import QUARANTINE_SECONDS
+    from exporter.tracked import QUARANTINE_SECONDS
 
     asked: list[str] = []
 

@@ -24,7 +24,8 @@ from exporter.state import (
     tracked_to_dict,
 )
 from exporter.store import StateStore
-from exporter.tracker import TOMBSTONE_SECONDS, Tracker
+from exporter.tracked import TOMBSTONE_SECONDS
+from exporter.tracker import Tracker
 
 
 class NoScheduler:
@@ -483,7 +484,7 @@ def test_a_finished_dropped_job_listed_again_after_a_restart_is_not_counted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Memory keeps the newest tombstone only: the older one is found in the file.
-    monkeypatch.setattr("exporter.tracker.TOMBSTONES_IN_MEMORY", 1)
+    monkeypatch.setattr("exporter.tracked.TOMBSTONES_IN_MEMORY", 1)
     monkeypatch.setattr("exporter.state.TOMBSTONES_IN_MEMORY", 1)
     path = tmp_path / "state.db"
     tracker, store = tracker_with_store(path, lists=True)
@@ -505,7 +506,7 @@ def test_a_finished_dropped_job_listed_again_after_a_restart_is_not_counted(
 def test_a_tombstone_waiting_for_its_commit_is_found_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("exporter.tracker.TOMBSTONES_IN_MEMORY", 1)
+    monkeypatch.setattr("exporter.tracked.TOMBSTONES_IN_MEMORY", 1)
     tracker, store = tracker_with_store(tmp_path / "state.db", lists=True)
     for job_id in ("first", "second"):
         tracker.apply("t", PollResult(jobs=[Job(job_id, Status.SUCCEEDED)]))

@@ -515,7 +515,7 @@ def test_an_answer_with_many_steps_costs_work_in_proportion_to_its_steps() -> No
 
 
 def test_tombstones_in_memory_are_bounded_to_the_newest(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("exporter.tracker.TOMBSTONES_IN_MEMORY", 100)
+    monkeypatch.setattr("exporter.tracked.TOMBSTONES_IN_MEMORY", 100)
     tr = tracker(retention="1s")
     for i in range(1000):
         tr.track("t", Job(f"j{i}", S, finished=0), "discovered", now=1)
@@ -527,7 +527,7 @@ def test_tombstones_in_memory_are_bounded_to_the_newest(monkeypatch: pytest.Monk
 def test_a_dropped_job_out_of_memory_is_looked_up_before_it_is_tracked_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("exporter.tracker.TOMBSTONES_IN_MEMORY", 1)
+    monkeypatch.setattr("exporter.tracked.TOMBSTONES_IN_MEMORY", 1)
     tr = tracker()
     kept: dict[str, float] = {}
     tr.buried = lambda target, job_id: kept.get(job_id)
@@ -561,7 +561,7 @@ def test_jobs_in_an_undocumented_state_are_counted_by_their_raw_status_while_the
 
 
 def test_undocumented_raw_statuses_past_the_first_twenty_are_other() -> None:
-    from exporter.tracker import UNDOCUMENTED_LABELS
+    from exporter.tracked import UNDOCUMENTED_LABELS
 
     tr = tracker()
     for i in range(UNDOCUMENTED_LABELS + 5):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from exporter.model import Job, Status
 from exporter.providers.base import PollResult
-from exporter.tracker import TOMBSTONE_SECONDS, TrackedJob
+from exporter.tracked import TOMBSTONE_SECONDS, TrackedJob
 from tests.unit.test_tracker import tracker
 
 R, P, S, F = Status.RUNNING, Status.PENDING, Status.SUCCEEDED, Status.FAILED
