@@ -98,6 +98,15 @@ async def started(*replicas: Replica) -> None:
             await r.member.step()
 
 
+async def holding_a_running_job(dsn: str) -> Replica:
+    """A lone replica (4 s leases) whose running job-1 is committed."""
+    a = Replica(dsn, "a", ttl=4.0)
+    await started(a)
+    a.tracker.track("t", running("job-1"), "discovered")
+    await a.commit()
+    return a
+
+
 def ids_of(shards: set[int], n: int) -> list[str]:
     found = (f"job-{i}" for i in itertools.count())
     return list(itertools.islice((i for i in found if shard_of("t", i, SHARDS) in shards), n))
@@ -169,10 +178,7 @@ async def test_a_listed_job_of_another_replica_is_written_once_and_counted_once_
 async def test_while_the_database_is_out_of_reach_the_jobs_stay_and_are_not_worked_past_the_deadline(
     postgres_server: Postgres, dsn: str
 ) -> None:
-    a = Replica(dsn, "a", ttl=4.0)
-    await started(a)
-    a.tracker.track("t", running("job-1"), "discovered")
-    await a.commit()
+    a = await holding_a_running_job(dsn)
     postgres_server.stop(immediate=True)
     try:
         await a.member.step()
@@ -191,10 +197,7 @@ async def test_while_the_database_is_out_of_reach_the_jobs_stay_and_are_not_work
 async def test_changes_made_before_an_outage_that_outlasts_the_lease_are_committed_when_it_ends(
     postgres_server: Postgres, dsn: str
 ) -> None:
-    a = Replica(dsn, "a", ttl=4.0)
-    await started(a)
-    a.tracker.track("t", running("job-1"), "discovered")
-    await a.commit()
+    a = await holding_a_running_job(dsn)
     postgres_server.stop(immediate=True)
     try:
         await a.member.step()
