@@ -148,9 +148,11 @@ class Leases:
             with anyio.CancelScope(shield=True):
                 await self.leave()
 
-    async def round(self) -> None:
+    async def round(self, balance: bool = True) -> None:
         """One renewal: heartbeat, renew what is held, release what prefers another replica,
-        claim what prefers this one. A failure is counted; the leases run out at their deadline."""
+        claim what prefers this one (not with `balance` False: a replica's first round, so that
+        replicas started together see each other before any claims). A failure is counted; the
+        leases run out at their deadline."""
         sent = self.clock()
         self._next_lapse = float("inf")
         try:
@@ -168,9 +170,10 @@ class Leases:
                 log.warning("cluster leases lost to another replica", extra={"shards": len(lost)})
                 await self._lose(lost)
             self.members, self.peers = members, peers
-            wanted = {s for s, m in preferred_owners(members, self.shards).items() if m == self.replica}
-            await self._release(conn, set(self._held) - wanted)
-            await self._claim(conn, wanted - set(self._held), sent)
+            if balance:
+                wanted = {s for s, m in preferred_owners(members, self.shards).items() if m == self.replica}
+                await self._release(conn, set(self._held) - wanted)
+                await self._claim(conn, wanted - set(self._held), sent)
         except (psycopg.Error, OSError) as e:
             self.counters.renew_errors += 1
             self._failing = True

@@ -84,6 +84,7 @@ class Member:
         # Shards whose jobs the tracker holds: worked while also held, exported while kept.
         self.kept: set[int] = set()
         self.reachable = False  # the last lease round reached PostgreSQL
+        self._joined = False  # a first round was made: it only joins
         self._marks: deque[int] = deque(maxlen=CATCH_UP_OVERLAP)
         self._notified = anyio.Event()
         self.caught_up = 0  # jobs taken in from other replicas' writes
@@ -165,8 +166,12 @@ class Member:
                 await self.leases.leave()
 
     async def step(self) -> None:
-        """One lease round, and the tracker brought in line with what it left held."""
-        await self.leases.round()
+        """One lease round, and the tracker brought in line with what it left held. The first
+        round only joins (and renews what a replica of the same name held): replicas started
+        together then see each other before any claims, rather than the first claiming every
+        shard, loading it and handing two thirds over a moment later."""
+        await self.leases.round(balance=self._joined)
+        self._joined = True
         self.reachable = not self.leases.failing
         if self.reachable:
             self.scheduler.share_budgets(len(self.leases.members))

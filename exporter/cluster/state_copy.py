@@ -39,8 +39,8 @@ _QUARANTINE_IF_ABSENT = (
     "SELECT * FROM unnest(%b::text[], %b::text[], %b::int[], %b::float8[], %b::text[]) "
     "ON CONFLICT (target, job_id) DO NOTHING"
 )
-# Every lease, locked until the copy commits: a replica claiming a shard meanwhile waits for it, and
-# loads the shard's rows with the copied ones.
+# Every lease, locked until the copy commits: a replica claiming shards meanwhile skips them (claims
+# never wait on a lock) and claims them at a round after the commit, loading the copied rows.
 _LEASES = "SELECT owner, expires_at > now() FROM asyncjob.leases FOR SHARE"
 # A replica whose leases lapsed while the database was away is running all the same: its heartbeat
 # says so (a replica that stops cleanly removes its row; one killed stops sending it).
