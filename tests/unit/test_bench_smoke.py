@@ -185,7 +185,9 @@ def test_cluster_measures_replicas_sharing_postgresql_beside_one_sqlite_process(
         assert m["steady"]["polls"] > 0 and m["steady"]["cpu_ms_per_poll"] > 0
         reg = m["registrations"]
         assert reg["requests"] > 0 and reg["statuses"] == {"202": reg["requests"]}
-    assert many["steady"]["postgres_cpu_ms_per_poll"] > 0
+    # PostgreSQL's CPU is read from /proc in clock ticks (10 ms): the quick size's steady window,
+    # where no job changes, may cost it less than one; the first full poll writes every job.
+    assert many["first_full_poll_postgres_cpu_s"] > 0 and many["steady"]["postgres_cpu_ms_per_poll"] >= 0
     assert many["registrations"]["postgres_cpu_us_per_registration"] > 0
     # Every job answered once was written once, in a few statements, not one a job.
     first = many["first_full_poll_statements"]
