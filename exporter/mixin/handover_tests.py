@@ -12,7 +12,7 @@ from typing import Any
 from exporter import catalogue
 
 from .config import Config, seconds
-from .promtest_inputs import MINUTE, alerts_by_name, constant, input_series, job_labels
+from .promtest_inputs import MINUTE, alerts_by_name, constant, input_series, job_labels, run_minutes
 
 # Scraped every 15 s; the rules are evaluated every minute.
 STEP = 15
@@ -141,3 +141,68 @@ def handover_tests(cfg: Config, labels: dict[str, str]) -> list[dict[str, Any]]:
         checks = _handover_checks(cfg, "AsyncJobFailed", fire, None, end, "j1")
         tests.append({"interval": f"{STEP}s", "input_series": series, "promql_expr_test": checks})
     return tests
+
+
+def shared_rate_tests(cfg: Config, labels: dict[str, str]) -> list[dict[str, Any]]:
+    """Two replicas, each counting the jobs it works: the failure rate is judged over their sum.
+    t1 fails as much on both (one alert, naming no replica, not one a replica); t2 fails on one
+    only, under the ratio once both are counted (none); t3 finishes too few jobs on each replica
+    to judge, enough on both (one alert, and its provider-failed job's page held back)."""
+    alerts = alerts_by_name(cfg)
+    name, ratio, least = "AsyncJobFailureRateHigh", cfg.failure_ratio, cfg.failure_min_finished
+    if "instance" not in cfg.replica_labels or name not in alerts or not 0 < ratio <= 0.5 or least < 2:
+        return []
+    n = run_minutes(cfg, seconds(cfg.failure_window))
+    per_minute = 100
+    over = min(per_minute, math.ceil(ratio * per_minute) + 5)
+    few = math.ceil(least / 2)  # jobs a replica finishes on t3: too few alone, enough with the other
+
+    # (target, replica) -> values of its succeeded and failed jobs; t3's rise once, at the second minute.
+    def rising(per: int) -> str:
+        return f"0+{per}x{n}"
+
+    spread = math.ceil(1.5 * ratio * per_minute)
+    counts = {
+        ("t1", 0): (rising(per_minute - over), rising(over)),
+        ("t1", 1): (rising(per_minute - over), rising(over)),
+        ("t2", 0): (rising(per_minute), rising(0)),
+        ("t2", 1): (rising(per_minute - spread), rising(spread)),
+        ("t3", 0): (rising(0), f"0 {few}x{n}"),
+        ("t3", 1): (rising(0), f"0 {few}x{n}"),
+    }
+    series = []
+    for (target, i), (succeeded, failed) in counts.items():
+        common = {**_replicas({**labels, "target": target})[i], "job_type": "connection"}
+        for status, values in (("succeeded", succeeded), ("failed", failed)):
+            series.append(input_series(catalogue.JOBS_FINISHED.name, {**common, "status": status}, values))
+        failed_labels = {**common, "reason": "connector-error", "cause": "provider"}
+        series.append(input_series(catalogue.JOBS_FAILED.name, failed_labels, failed))
+    held = _replicas({**labels, "target": "t3"})[0]
+    for metric, extra in (
+        (catalogue.JOB_STATUS.name, {"status": "failed"}),
+        (catalogue.JOB_ERROR_INFO.name, {"reason": "connector-error", "cause": "provider"}),
+    ):
+        series.append(input_series(metric, job_labels(held, "j1", **extra), constant(1, n)))
+    at = f"{(math.ceil((MINUTE + seconds(alerts[name].duration)) / MINUTE) + 2) * MINUTE}s"
+    firing = f'ALERTS{{alertname="{name}", alertstate="firing"}}'
+    checks: list[dict[str, Any]] = [
+        {
+            "expr": f"count by (target) ({firing})",
+            "eval_time": at,
+            "exp_samples": [{"labels": f'{{target="{t}"}}', "value": 1} for t in ("t1", "t3")],
+        },
+        {
+            "expr": f'count(ALERTS{{alertname="{name}", instance!=""}}) or vector(0)',
+            "eval_time": at,
+            "exp_samples": [{"labels": "{}", "value": 0}],
+        },
+    ]
+    if "AsyncJobFailed" in alerts:
+        checks.append(
+            {
+                "expr": 'count(ALERTS{alertname="AsyncJobFailed"}) or vector(0)',
+                "eval_time": at,
+                "exp_samples": [{"labels": "{}", "value": 0}],
+            }
+        )
+    return [{"interval": "1m", "input_series": series, "promql_expr_test": checks}]

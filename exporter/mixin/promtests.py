@@ -20,7 +20,7 @@ from . import job_scenarios as jobs
 from . import target_scenarios as targets
 from .cluster_tests import cluster_tests
 from .config import Config, seconds
-from .handover_tests import handover_tests
+from .handover_tests import handover_tests, shared_rate_tests
 from .promtest_inputs import MINUTE, Scenario, alerts_by_name, selector_labels
 
 
@@ -80,5 +80,6 @@ def rule_tests(cfg: Config, rule_file: str = "../asyncjob.rules.yml") -> dict[st
                 checks.append(_firing(other, cfg.severity[other], fire, count))
         tests.append({"interval": "1m", "input_series": scenario.series, "promql_expr_test": checks})
     tests.extend(handover_tests(cfg, labels))
+    tests.extend(shared_rate_tests(cfg, labels))
     tests.extend(cluster_tests(cfg, labels))
     return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": tests}

@@ -159,14 +159,23 @@ def records_failing(cfg: Config, selector: str, for_user: bool = False) -> str:
     return f"{ratio} > {cfg.records_failed_ratio:g}\n  {join} {cfg.on_job} {users}"
 
 
+def _failure_rate(cfg: Config, selector: str, causes: str, ratio: float) -> str:
+    """Jobs of one target and job_type that finished over the window, and the share of them that
+    failed for `causes`, past `ratio` on at least `failure_min_finished` jobs. Counted across the
+    replicas: each counts the jobs it works, so the share is the sum of their failures over the
+    sum of their finished jobs (a ratio per replica would page once per replica, each on its
+    share, and move when a job's shard does)."""
+    by = ", ".join((*cfg.target_keys, "job_type"))
+    failed = f"sum by ({by}) ({series(failed_increase(cfg), selector, causes)})"
+    finished = f"sum by ({by}) ({series(finished_increase(cfg), selector)})"
+    return (
+        f"{failed}\n/ on({by}) {finished} > {ratio:g}\nand on({by}) {finished} >= {cfg.failure_min_finished}"
+    )
+
+
 def failure_rate_high(cfg: Config, selector: str) -> str:
     """Failures an operator must act on (provider or unknown cause) over every finished job."""
-    by = ", ".join((*cfg.target_labels, "job_type"))
-    finished = series(finished_increase(cfg), selector)
-    return (
-        f"sum by ({by}) ({series(failure_ratio(cfg), selector, NOT_USER)}) > {cfg.failure_ratio:g}\n"
-        f"and on({by}) sum by ({by}) ({finished}) >= {cfg.failure_min_finished}"
-    )
+    return _failure_rate(cfg, selector, NOT_USER, cfg.failure_ratio)
 
 
 def failed_paged(cfg: Config, selector: str) -> str:
@@ -174,21 +183,15 @@ def failed_paged(cfg: Config, selector: str) -> str:
     provider failed are held back while their target's failure rate is high (that alert pages
     once for the outage; the jobs stay listed on the pages)."""
     provider = cfg.merged(series(catalogue.JOB_ERROR_INFO.name, selector, 'cause="provider"'))
-    rate_high = cfg.merged(failure_rate_high(cfg, selector))
     return (
         f"(\n{failed_jobs(cfg, selector)}\n)\nunless {cfg.on_job}\n"
-        f"  ({provider}\n  and {cfg.on_target}\n  {rate_high})"
+        f"  ({provider}\n  and {cfg.on_target}\n  ({failure_rate_high(cfg, selector)}))"
     )
 
 
 def user_failure_rate_high(cfg: Config, selector: str) -> str:
     """Failures the end users must act on (wrong credentials, expired MFA, lapsed consent)."""
-    by = ", ".join((*cfg.target_labels, "job_type"))
-    finished = series(finished_increase(cfg), selector)
-    return (
-        f"{series(failure_ratio(cfg), selector, USER)} > {cfg.user_failure_ratio:g}\n"
-        f"and on({by}) sum by ({by}) ({finished}) >= {cfg.failure_min_finished}"
-    )
+    return _failure_rate(cfg, selector, USER, cfg.user_failure_ratio)
 
 
 def _quote(value: str) -> str:

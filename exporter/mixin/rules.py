@@ -204,6 +204,7 @@ def aggregate_alerts(cfg: Config, sel: str) -> list[Alert]:
             "for the provider or for an unknown cause, not for their end users "
             f"(threshold {cfg.failure_ratio:.0%}).",
             per_job=False,
+            merged=True,
         ),
         Alert(
             "AsyncJobUserFailureRateHigh",
@@ -215,6 +216,7 @@ def aggregate_alerts(cfg: Config, sel: str) -> list[Alert]:
             "for a reason only their end users can fix (credentials, MFA, consent) "
             f"(threshold {cfg.user_failure_ratio:.0%}); for the application team, not an operator.",
             per_job=False,
+            merged=True,
             for_end_user=True,
         ),
         Alert(

@@ -165,7 +165,7 @@ def test_no_operator_alert_counts_failures_the_end_user_must_fix() -> None:
     # The fallback for a failed job without error_info never brings a user-caused one back.
     assert "unless on(job, target, job_id) max without(instance, pod) (asyncjob_job_error_info" in failed
     rate = by_name["AsyncJobFailureRateHigh"]["expr"]
-    assert 'cause!="user"' in rate and "asyncjob_jobs_failure_ratio" in rate
+    assert 'cause!="user"' in rate and "asyncjob_jobs_failed:increase1h" in rate
     (ratio,) = (
         r
         for g in rule_groups()
@@ -349,7 +349,7 @@ def test_a_provider_failure_pages_per_job_only_while_the_targets_failure_rate_is
     held_back = failed.split("\nunless on(job, target, job_id)\n", 1)[1]
     assert 'asyncjob_job_error_info{job=~"asyncjob.*", cause="provider"}' in held_back
     assert "and on(job, target)" in held_back
-    assert "asyncjob_jobs_failure_ratio" in held_back and 'cause!="user"' in held_back
+    assert "asyncjob_jobs_failed:increase1h" in held_back and 'cause!="user"' in held_back
     # A `for` gives a mass failure the time to show in the ratio before any job of it pages.
     assert _alert("AsyncJobFailed")["for"] == "2m"
 
