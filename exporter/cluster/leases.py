@@ -45,6 +45,8 @@ SAFETY = 0.2
 # by the round trip), and never sooner than MIN_PAUSE after the last.
 LAPSE_MARGIN = 0.1
 MIN_PAUSE = 0.05
+# The leases of given shards under given generations (two arrays: the shards, their generations).
+_THESE = "(shard, generation) IN (SELECT * FROM unnest(%s::int[], %s::bigint[]))"
 # A transaction on the leases idle this long at least is a stalled replica's (`stalls_end`): a
 # busy loop (a scrape of a large exposition between two statements) takes a good deal less.
 STALL_FLOOR = 1.0
@@ -106,6 +108,9 @@ class Leases:
     _patient_until: float = 0.0
     _failing: bool = False
     _rounds: int = 0
+    # Every lease this process took (shard -> generation) and has not given up, lapsed or not:
+    # what it renews. None until its first renewal committed.
+    _known: dict[int, int] | None = None
     _conn: psycopg.AsyncConnection | None = None
     # When (this replica's clock) the next other live member's heartbeat lapses.
     _next_lapse: float = float("inf")
@@ -165,7 +170,7 @@ class Leases:
                 # one TTL to renew its own before any of them counts as dead and is taken from.
                 self._failing, self._patient_until = False, sent + self.ttl
             lost = set(self._held) - set(renewed)
-            self._held = renewed
+            self._held, self._known = renewed, dict(renewed)
             if lost:
                 log.warning("cluster leases lost to another replica", extra={"shards": len(lost)})
                 await self._lose(lost)
@@ -210,14 +215,18 @@ class Leases:
     async def leave(self) -> None:
         """Release every lease and the membership, so others take over at once, not after a TTL."""
         held, self._held, self._valid_until = set(self._held), {}, 0.0
+        known, self._known = sorted((self._known or {}).items()), {}
         if held:
             await self._lose(held)
         try:
             conn = await self._connection()
             async with conn.transaction():
+                await stalls_end(conn, self.ttl)
+                # Only its own: not those another process of the same name raised since.
                 await conn.execute(
-                    "UPDATE asyncjob.leases SET owner = NULL, expires_at = '-infinity' WHERE owner = %s",
-                    (self.replica,),
+                    "UPDATE asyncjob.leases SET owner = NULL, expires_at = '-infinity' "
+                    f"WHERE owner = %s AND {_THESE}",
+                    (self.replica, [s for s, _ in known], [g for _, g in known]),
                 )
                 await conn.execute("DELETE FROM asyncjob.members WHERE replica = %s", (self.replica,))
         except (psycopg.Error, OSError) as e:
@@ -265,28 +274,41 @@ class Leases:
         return [Peer(str(r), str(a), int(n)) for r, a, n, _ in rows]
 
     async def _renew(self, conn: psycopg.AsyncConnection) -> dict[int, int]:
-        """Extend every lease this replica holds, lapsed ones too when nobody claimed them since
-        (a database outage that every replica sat out): the generation proves nobody did."""
-        cur = await conn.execute(
-            "UPDATE asyncjob.leases SET expires_at = now() + make_interval(secs => %s) "
-            "WHERE owner = %s RETURNING shard, generation",
-            (self.ttl, self.replica),
-        )
+        """Extend the leases this process holds, under the generations it holds them with, lapsed
+        ones too when nobody claimed them since (a database outage that every replica sat out):
+        the generation proves nobody did. This process's first renewal takes every lease its name
+        holds and raises their generations: an earlier process of the same name (restarted, or
+        only paused while a second one started) can neither commit nor renew under them."""
+        if self._known is None:
+            cur = await conn.execute(
+                "UPDATE asyncjob.leases SET expires_at = now() + make_interval(secs => %s), "
+                "generation = generation + 1 WHERE owner = %s RETURNING shard, generation",
+                (self.ttl, self.replica),
+            )
+        else:
+            known = sorted(self._known.items())
+            cur = await conn.execute(
+                "UPDATE asyncjob.leases SET expires_at = now() + make_interval(secs => %s) "
+                f"WHERE owner = %s AND {_THESE} RETURNING shard, generation",
+                (self.ttl, self.replica, [s for s, _ in known], [g for _, g in known]),
+            )
         return {int(s): int(g) for s, g in await cur.fetchall()}
 
     async def _release(self, conn: psycopg.AsyncConnection, shards: set[int]) -> None:
         if not shards:
             return
         # Stop working them first (and commit what is pending), then let them go.
+        these = sorted((s, g) for s, g in self._held.items() if s in shards)
         for s in shards:
             self._held.pop(s, None)
+            if self._known is not None:
+                self._known.pop(s, None)
         await self._lose(shards)
         async with conn.transaction():
             await stalls_end(conn, self.ttl)
             await conn.execute(
-                "UPDATE asyncjob.leases SET owner = NULL, expires_at = '-infinity' "
-                "WHERE owner = %s AND shard = ANY(%s)",
-                (self.replica, sorted(shards)),
+                f"UPDATE asyncjob.leases SET owner = NULL, expires_at = '-infinity' WHERE owner = %s AND {_THESE}",
+                (self.replica, [s for s, _ in these], [g for _, g in these]),
             )
         self.counters.handovers += len(shards)
         log.info("cluster shards handed over", extra={"shards": len(shards)})
@@ -315,6 +337,8 @@ class Leases:
             1 for _, _, prev in claimed if prev is not None and prev != self.replica
         )
         self._held.update({int(s): int(g) for s, g, _ in claimed})
+        if self._known is not None:
+            self._known.update({int(s): int(g) for s, g, _ in claimed})
         # The claim was sent after `sent`: its leases end no earlier than the renewed ones.
         self._valid_until = max(self._valid_until, sent + self.ttl * (1 - SAFETY))
         if gained and self.on_gained is not None:

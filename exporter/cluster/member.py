@@ -57,8 +57,6 @@ CATCH_UP_EVERY = 1.0
 # rounds ago ended (rows already tracked are skipped).
 CATCH_UP_OVERLAP = 5
 LISTEN_RETRY = 2.0
-# A session idle inside a transaction this share of the lease TTL is ended by the server.
-IDLE_IN_TRANSACTION_SHARE = 0.5
 # Listed jobs of other replicas' shards remembered as written for them, per target (a list shows
 # the same jobs at every cycle: each is written once).
 HANDED_REMEMBERED = 100_000
@@ -235,9 +233,14 @@ class Member:
                 async with await self.store.connect() as conn:
                     await conn.set_autocommit(True)
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    async for note in conn.notifies():
-                        if self._concerns(note.payload):
-                            self._notified.set()
+                    while True:
+                        # Drain what arrived, then sleep on the socket itself: psycopg's own wait
+                        # wakes ten times a second to look for an interrupt, which for a
+                        # connection that waits all day is most of what a quiet replica does.
+                        async for note in conn.notifies(timeout=0):
+                            if self._concerns(note.payload):
+                                self._notified.set()
+                        await anyio.wait_readable(conn.fileno())
             except (psycopg.Error, OSError) as e:
                 log.debug("listener disconnected", extra={"error": str(e).strip()})
             await anyio.sleep(LISTEN_RETRY)
@@ -326,7 +329,6 @@ def connector(settings: Settings, replica: str) -> Callable[[], Awaitable[psycop
     ways (PGPASSFILE, a service file). No prepared statements: they do not survive a
     transaction-pooling proxy."""
     password_file = settings.state_password_file
-    idle_ms = int(settings.cluster.lease_ttl * 1000 * IDLE_IN_TRANSACTION_SHARE)
 
     async def connect() -> psycopg.AsyncConnection:
         extra: dict[str, Any] = {}
@@ -337,14 +339,12 @@ def connector(settings: Settings, replica: str) -> Callable[[], Awaitable[psycop
             connect_timeout=CONNECT_TIMEOUT,
             application_name=f"asyncjob-exporter {replica}"[:63],
             prepare_threshold=None,
-            autocommit=True,
             **extra,
         )
-        # A replica frozen inside a transaction (SIGSTOP, a starved host) would hold its leases'
-        # row locks and stall every other replica's claim: the server ends such a session well
-        # within a lease. Set per session, not as a startup option, which poolers refuse.
-        await conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
-        await conn.set_autocommit(False)
+        # A replica frozen inside a transaction that locks leases (SIGSTOP, a starved host) is
+        # ended by the server within a renewal period: each such transaction sets its own bound
+        # (exporter.cluster.leases.stalls_end), which holds behind a transaction-pooling proxy
+        # where a session setting would not.
         return conn
 
     return connect

@@ -222,6 +222,39 @@ async def test_a_replica_paused_past_its_lease_cannot_commit_stale_work(dsn: str
         await r.leave()
 
 
+async def test_a_second_process_under_the_same_name_fences_the_first_which_then_lets_go(dsn: str) -> None:
+    await migrated(dsn)
+    first = replica(dsn, "a")
+    await settle([first])
+    paused = first.held()  # the first is stopped (SIGSTOP) holding these generations
+    assert len(paused) == SHARDS
+    # A second process is started under the same name (a StatefulSet pod deleted by force, a
+    # name set by hand twice): its first round takes the name's leases under new generations.
+    second = replica(dsn, "a")
+    await second.round(balance=False)
+    assert set(second.held()) == set(paused)
+    assert all(g > paused[s] for s, g in second.held().items())
+    async with await connect(dsn) as conn, conn.transaction():
+        assert await fenced(conn, "a", paused) == set()
+        assert await fenced(conn, "a", second.held()) == set(paused)
+    # The first wakes: its renewal finds none of its generations, so it works nothing.
+    lost: set[int] = set()
+
+    async def on_lost(shards: set[int]) -> None:
+        lost.update(shards)
+
+    first.on_lost = on_lost
+    await first.round()
+    assert lost == set(paused) and first.held() == {}
+    # Its exit releases nothing of the second's, and the second goes on renewing them.
+    await first.leave()
+    assert set((await owners(dsn)).values()) == {"a"}
+    await second.round()
+    assert set(second.held()) == set(paused)
+    await second.leave()
+    assert set((await owners(dsn)).values()) == {None}
+
+
 async def test_a_replica_paused_inside_a_write_holds_up_no_other_replicas_round(dsn: str) -> None:
     await migrated(dsn)
     a, b = replica(dsn, "a"), replica(dsn, "b")
