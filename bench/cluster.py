@@ -41,6 +41,7 @@ import yaml
 
 from bench import fleet, registration
 from bench.machine import load_average
+from exporter.cluster.leases import DEFAULT_LEASE_TTL
 from tests.harness import free_port, simulator, start_cli, write_secrets
 from tests.postgres import Postgres, postgres
 
@@ -49,7 +50,8 @@ REGISTERED = "registrations"
 N_JOBS = 30_000
 REPLICAS = 3
 POLL_INTERVAL = 30.0
-LEASE_TTL = 6.0
+# The default (exporter.cluster.leases): what the replicas run with unless told otherwise.
+LEASE_TTL = DEFAULT_LEASE_TTL
 CONCURRENCY = 64
 REGISTRATION_SECONDS = 10.0
 SHARDS = 256  # the schema's default (exporter.cluster.schema)
