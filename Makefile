@@ -36,9 +36,10 @@ demo: $(RUNTIME)
 # it as coverage grows; a change that needs it lowered needs tests instead.
 COVERAGE = --cov=exporter --cov-report=term:skip-covered --cov-fail-under=88
 
+# The slowest tests are listed at the end of each run: the suite is kept under about 15 minutes.
 test: $(STAMP) lint
 	scripts/install-test-deps
-	$(BIN)/pytest -q -p no:cacheprovider $(COVERAGE)
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25 $(COVERAGE)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m "not e2e"
