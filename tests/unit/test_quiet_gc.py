@@ -20,7 +20,7 @@ class Node:
 
 @pytest.fixture
 def keeper() -> Iterator[QuietGC]:
-    k = QuietGC(growth=0.25, every=0.5, window=2.0)  # a window of 4 ticks
+    k = QuietGC(growth=0.25, every=0.5, window=2.0, measure_every=0.5)  # a window of 4 ticks
     k.full()
     yield k
     gc.unfreeze()
@@ -97,3 +97,17 @@ def test_the_c_heap_gives_back_its_free_pages_now_and_then() -> None:
 
     anyio.run(main)
     assert trims and len(trims) < ticks[0]  # every trim_every, not every tick
+
+
+def test_the_heap_is_measured_every_measure_every_not_every_tick() -> None:
+    keeper = QuietGC(every=0.1, window=2.0, measure_every=1.0)
+    keeper.full()
+    try:
+        for _ in range(9):
+            keeper.tick()
+        assert len(keeper.sizes) == 0
+        keeper.tick()
+        assert len(keeper.sizes) == 1
+        assert keeper.sizes.maxlen == 2  # the window holds two measures, a second apart
+    finally:
+        gc.unfreeze()
