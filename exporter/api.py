@@ -369,14 +369,38 @@ class Api:
             document["owner"] = member.leases.replica
         return json_answer(200, document)
 
-    def delete_job(self, headers: Headers, target: str, job_id: str) -> HttpAnswer:
+    def delete_job(
+        self, headers: Headers, target: str, job_id: str, elsewhere: Elsewhere | None = None
+    ) -> HttpAnswer:
+        """Stop tracking a job (204). In a cluster, a job another replica works is dropped by that
+        replica only: 421 names it (`owner`, and `owner_url` when it advertises one)."""
         if not self.authorised(headers):
             return error(401, UNAUTHORISED)
         if target not in self.runtime.tracker.targets:
             return error(404, f"unknown target {target!r}")
-        if not self.runtime.tracker.drop(target, job_id, "deleted"):
-            return error(404, f"job {job_id!r} is not tracked by target {target!r}")
-        return HttpAnswer(204, [], b"")
+        if self.runtime.tracker.drop(target, job_id, "deleted"):
+            return HttpAnswer(204, [], b"")
+        member = self.runtime.member
+        if member is not None and elsewhere is not None and elsewhere.jobs:
+            owner = elsewhere.jobs[0].owner
+            if owner is None:
+                return json_answer(
+                    503,
+                    {"error": f"job {job_id!r}'s shard is between replicas: retry"},
+                    (b"retry-after", b"5"),
+                )
+            more: dict[str, str] = {"owner": owner}
+            address = next((p.address for p in member.leases.peers if p.replica == owner and p.address), None)
+            if address:
+                more["owner_url"] = address
+            return error(
+                421,
+                f"job {job_id!r} of target {target!r} is worked by replica {owner!r}: send the DELETE there",
+                **more,
+            )
+        if elsewhere is not None and elsewhere.error is not None:
+            return json_answer(503, {"error": elsewhere.error}, (b"retry-after", b"5"))
+        return error(404, f"job {job_id!r} is not tracked by target {target!r}")
 
     def openapi(self) -> HttpAnswer:
         from exporter.openapi import openapi_document

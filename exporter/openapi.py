@@ -134,6 +134,14 @@ OPENAPI: dict[str, Any] = {
                     "204": _resp("No longer tracked"),
                     "401": _UNAUTHORIZED,
                     "404": _resp("Unknown target or job", _ERROR),
+                    "421": _resp(
+                        "Cluster mode: another replica works the job; `owner` names it (`owner_url` "
+                        "when it advertises one): send the DELETE there",
+                        _ERROR,
+                    ),
+                    "503": _resp(
+                        "Cluster mode: the job's owner cannot be read or the shard is moving: retry", _ERROR
+                    ),
                 },
             },
         },
@@ -147,6 +155,8 @@ OPENAPI: dict[str, Any] = {
                     "error": {"type": "string"},
                     "field": {"type": "string"},
                     "shard": {"type": "integer"},
+                    "owner": {"type": "string"},
+                    "owner_url": {"type": "string"},
                 },
             },
             "Job": {

@@ -88,8 +88,14 @@ class Endpoints:
         return AnswerResponse(self.api.get_job(headers, target, job_id, elsewhere))
 
     async def delete_job(self, request: Request) -> Response:
-        params = request.path_params
-        return AnswerResponse(self.api.delete_job(request.headers.raw, params["target"], params["job_id"]))
+        headers, params = request.headers.raw, request.path_params
+        target, job_id = params["target"], params["job_id"]
+        member, elsewhere = self.api.runtime.member, None
+        if member is not None and self.api.wants_job_elsewhere(headers, target, job_id):
+            from exporter.cluster.view import job_elsewhere
+
+            elsewhere = await job_elsewhere(member, target, job_id)
+        return AnswerResponse(self.api.delete_job(headers, target, job_id, elsewhere))
 
     async def register(self, scope: Scope, receive: Receive, send: Send, target: str) -> None:
         """`POST /api/v1/targets/{target}/jobs` straight on ASGI: the busiest route, which

@@ -224,6 +224,25 @@ async def test_a_job_of_another_replica_has_its_api_answer_and_its_page_saying_w
     assert rows == {theirs: "a", mine: "b"}
 
 
+async def test_a_delete_of_another_replicas_job_names_the_replica_to_send_it_to(
+    pair: tuple[Replica, Replica],
+) -> None:
+    a, b = pair
+    (theirs,) = a.track(1)
+    (mine,) = b.track(1)
+    await a.member.store.flush()
+    async with b.client() as client:
+        answer = await client.delete(f"/api/v1/targets/t/jobs/{theirs}")
+        assert answer.status_code == 421, answer.text
+        assert answer.json()["owner"] == "a" and answer.json()["owner_url"] == "http://a.example:9701/"
+        assert theirs in a.runtime.tracker.targets["t"].jobs  # nothing dropped anywhere
+        assert (await client.delete("/api/v1/targets/t/jobs/nobody-has-it")).status_code == 404
+        assert (await client.delete(f"/api/v1/targets/t/jobs/{mine}")).status_code == 204
+    async with a.client() as client:
+        assert (await client.delete(f"/api/v1/targets/t/jobs/{theirs}")).status_code == 204
+    assert theirs not in a.runtime.tracker.targets["t"].jobs
+
+
 async def test_a_job_held_here_is_shown_as_held_not_as_last_committed(pair: tuple[Replica, Replica]) -> None:
     a, _ = pair
     (job_id,) = a.track(1)
