@@ -69,6 +69,11 @@ def error(status: int, message: str, **more: Any) -> HttpAnswer:
     return json_answer(status, {"error": message, **more})
 
 
+def retry_later(message: str) -> HttpAnswer:
+    """503 with Retry-After: nothing was done (or acknowledged); the same request may be sent again."""
+    return json_answer(503, {"error": message}, (b"retry-after", b"5"))
+
+
 def text_answer(status: int, text: str) -> HttpAnswer:
     body = text.encode()
     return HttpAnswer(status, [(b"content-length", b"%d" % len(body)), _TEXT_TYPE], body)
@@ -249,8 +254,7 @@ class Api:
             return error(409, str(e))
         except StateUnwritable as e:
             # Not acknowledged: the client retries. A job already tracked stays pending, written later.
-            document = {"error": f"registration cannot be made durable: {e}"}
-            return json_answer(503, document, (b"retry-after", b"5"))
+            return retry_later(f"registration cannot be made durable: {e}")
         return json_answer(202, job_document(target, tracked))
 
     # --- the rest of the job API ---
@@ -362,7 +366,7 @@ class Api:
                 found = elsewhere.jobs[0]
                 return json_answer(200, {**job_document(target, found.tracked), "owner": found.owner})
             if elsewhere is not None and elsewhere.error is not None:
-                return json_answer(503, {"error": elsewhere.error}, (b"retry-after", b"5"))
+                return retry_later(elsewhere.error)
             return error(404, f"job {job_id!r} is not tracked by target {target!r}")
         document = job_document(target, tracked)
         if member is not None:
@@ -384,11 +388,7 @@ class Api:
         if member is not None and elsewhere is not None and elsewhere.jobs:
             owner = elsewhere.jobs[0].owner
             if owner is None:
-                return json_answer(
-                    503,
-                    {"error": f"job {job_id!r}'s shard is between replicas: retry"},
-                    (b"retry-after", b"5"),
-                )
+                return retry_later(f"job {job_id!r}'s shard is between replicas: retry")
             more: dict[str, str] = {"owner": owner}
             address = next((p.address for p in member.leases.peers if p.replica == owner and p.address), None)
             if address:
@@ -399,7 +399,7 @@ class Api:
                 **more,
             )
         if elsewhere is not None and elsewhere.error is not None:
-            return json_answer(503, {"error": elsewhere.error}, (b"retry-after", b"5"))
+            return retry_later(elsewhere.error)
         return error(404, f"job {job_id!r} is not tracked by target {target!r}")
 
     def openapi(self) -> HttpAnswer:

@@ -6,7 +6,7 @@ handler that merges them with this replica's."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -16,12 +16,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exporter.api import CLUSTER_PAGE, Api, register_target
-from exporter.httpserver import HttpAnswer
+from exporter.httpserver import Headers, HttpAnswer
 from exporter.httpserver.fast_path import FastPath, credentials_check, fast_path
 from exporter.httpserver.front_door import Verified, everyone
 from exporter.pages import Pages
 from exporter.render.groups import JobSeries
 from exporter.runtime import Runtime
+
+if TYPE_CHECKING:
+    from exporter.cluster.view import Elsewhere
 
 _GONE = HttpAnswer(400, [(b"content-length", b"0")], b"")
 
@@ -77,24 +80,25 @@ class Endpoints:
             )
         return AnswerResponse(self.api.list_jobs(query, elsewhere))
 
+    async def _job_elsewhere(self, headers: Headers, target: str, job_id: str) -> Elsewhere | None:
+        """In a cluster, the job as its owner committed it, when this replica does not track it."""
+        member = self.api.runtime.member
+        if member is None or not self.api.wants_job_elsewhere(headers, target, job_id):
+            return None
+        from exporter.cluster.view import job_elsewhere
+
+        return await job_elsewhere(member, target, job_id)
+
     async def get_job(self, request: Request) -> Response:
         headers, params = request.headers.raw, request.path_params
         target, job_id = params["target"], params["job_id"]
-        member, elsewhere = self.api.runtime.member, None
-        if member is not None and self.api.wants_job_elsewhere(headers, target, job_id):
-            from exporter.cluster.view import job_elsewhere
-
-            elsewhere = await job_elsewhere(member, target, job_id)
+        elsewhere = await self._job_elsewhere(headers, target, job_id)
         return AnswerResponse(self.api.get_job(headers, target, job_id, elsewhere))
 
     async def delete_job(self, request: Request) -> Response:
         headers, params = request.headers.raw, request.path_params
         target, job_id = params["target"], params["job_id"]
-        member, elsewhere = self.api.runtime.member, None
-        if member is not None and self.api.wants_job_elsewhere(headers, target, job_id):
-            from exporter.cluster.view import job_elsewhere
-
-            elsewhere = await job_elsewhere(member, target, job_id)
+        elsewhere = await self._job_elsewhere(headers, target, job_id)
         return AnswerResponse(self.api.delete_job(headers, target, job_id, elsewhere))
 
     async def register(self, scope: Scope, receive: Receive, send: Send, target: str) -> None:

@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
@@ -45,13 +45,19 @@ SAFETY = 0.2
 # by the round trip), and never sooner than MIN_PAUSE after the last.
 LAPSE_MARGIN = 0.1
 MIN_PAUSE = 0.05
-# The leases of given shards under given generations (two arrays: the shards, their generations).
+# The leases of given shards under given generations (two arrays: `_these`).
 _THESE = "(shard, generation) IN (SELECT * FROM unnest(%s::int[], %s::bigint[]))"
 # A transaction on the leases idle this long at least is a stalled replica's (`stalls_end`): a
 # busy loop (a scrape of a large exposition between two statements) takes a good deal less.
 STALL_FLOOR = 1.0
 # Members silent for a day are deleted every this many rounds.
 FORGET_EVERY = 100
+
+
+def _these(pairs: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """(shard, generation) pairs as _THESE's two arrays, in shard order."""
+    ordered = sorted(pairs)
+    return [s for s, _ in ordered], [g for _, g in ordered]
 
 
 def preference(replica: str, shard: int) -> int:
@@ -215,7 +221,7 @@ class Leases:
     async def leave(self) -> None:
         """Release every lease and the membership, so others take over at once, not after a TTL."""
         held, self._held, self._valid_until = set(self._held), {}, 0.0
-        known, self._known = sorted((self._known or {}).items()), {}
+        known, self._known = _these((self._known or {}).items()), {}
         if held:
             await self._lose(held)
         try:
@@ -226,7 +232,7 @@ class Leases:
                 await conn.execute(
                     "UPDATE asyncjob.leases SET owner = NULL, expires_at = '-infinity' "
                     f"WHERE owner = %s AND {_THESE}",
-                    (self.replica, [s for s, _ in known], [g for _, g in known]),
+                    (self.replica, *known),
                 )
                 await conn.execute("DELETE FROM asyncjob.members WHERE replica = %s", (self.replica,))
         except (psycopg.Error, OSError) as e:
@@ -286,11 +292,10 @@ class Leases:
                 (self.ttl, self.replica),
             )
         else:
-            known = sorted(self._known.items())
             cur = await conn.execute(
                 "UPDATE asyncjob.leases SET expires_at = now() + make_interval(secs => %s) "
                 f"WHERE owner = %s AND {_THESE} RETURNING shard, generation",
-                (self.ttl, self.replica, [s for s, _ in known], [g for _, g in known]),
+                (self.ttl, self.replica, *_these(self._known.items())),
             )
         return {int(s): int(g) for s, g in await cur.fetchall()}
 
@@ -298,7 +303,7 @@ class Leases:
         if not shards:
             return
         # Stop working them first (and commit what is pending), then let them go.
-        these = sorted((s, g) for s, g in self._held.items() if s in shards)
+        these = _these((s, g) for s, g in self._held.items() if s in shards)
         for s in shards:
             self._held.pop(s, None)
             if self._known is not None:
@@ -308,7 +313,7 @@ class Leases:
             await stalls_end(conn, self.ttl)
             await conn.execute(
                 f"UPDATE asyncjob.leases SET owner = NULL, expires_at = '-infinity' WHERE owner = %s AND {_THESE}",
-                (self.replica, [s for s, _ in these], [g for _, g in these]),
+                (self.replica, *these),
             )
         self.counters.handovers += len(shards)
         log.info("cluster shards handed over", extra={"shards": len(shards)})

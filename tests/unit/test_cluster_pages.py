@@ -111,6 +111,14 @@ async def pair(dsn: str) -> AsyncIterator[tuple[Replica, Replica]]:
         await r.member.store.close()
 
 
+async def one_each(a: Replica, b: Replica, status: Status = Status.RUNNING) -> tuple[str, str]:
+    """A job a works, committed (as a's owner would), and one b works; their ids."""
+    (theirs,) = a.track(1, status)
+    (mine,) = b.track(1)
+    await a.member.store.flush()
+    return theirs, mine
+
+
 def documents(answer: httpx.Response) -> list[tuple[str, str, str | None]]:
     assert answer.status_code == 200, answer.text
     return [(j["target"], j["id"], j["owner"]) for j in answer.json()["jobs"]]
@@ -210,9 +218,7 @@ async def test_a_job_of_another_replica_has_its_api_answer_and_its_page_saying_w
     pair: tuple[Replica, Replica],
 ) -> None:
     a, b = pair
-    (theirs,) = a.track(1, Status.FAILED)
-    (mine,) = b.track(1)
-    await a.member.store.flush()
+    theirs, mine = await one_each(a, b, Status.FAILED)
     async with b.client() as client:
         answer = await client.get(f"/api/v1/targets/t/jobs/{theirs}")
         assert answer.status_code == 200 and answer.json()["owner"] == "a"
@@ -231,9 +237,7 @@ async def test_a_delete_of_another_replicas_job_names_the_replica_to_send_it_to(
     pair: tuple[Replica, Replica],
 ) -> None:
     a, b = pair
-    (theirs,) = a.track(1)
-    (mine,) = b.track(1)
-    await a.member.store.flush()
+    theirs, mine = await one_each(a, b)
     async with b.client() as client:
         answer = await client.delete(f"/api/v1/targets/t/jobs/{theirs}")
         assert answer.status_code == 421, answer.text
@@ -262,9 +266,7 @@ async def test_with_the_database_unreadable_a_replica_shows_its_own_jobs_and_say
     pair: tuple[Replica, Replica],
 ) -> None:
     a, b = pair
-    (theirs,) = a.track(1)
-    (mine,) = b.track(1)
-    await a.member.store.flush()
+    theirs, mine = await one_each(a, b)
     b.down = True  # the pages' connection, not opened yet, fails as a database out of reach does
     async with b.client() as client:
         answer = (await client.get("/api/v1/jobs")).json()
