@@ -276,6 +276,10 @@ async def test_with_the_database_unreadable_a_replica_shows_its_own_jobs_and_say
         assert listing.status_code == 200 and 'id="elsewhere-unreadable"' in listing.text
         assert f"/jobs/t/{mine}" in listing.text and f"/jobs/t/{theirs}" not in listing.text
         assert (await client.get(f"/api/v1/targets/t/jobs/{theirs}")).status_code == 503
+        # Nor can a DELETE be told where to go: retry, nothing dropped.
+        refused = await client.delete(f"/api/v1/targets/t/jobs/{theirs}")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        assert theirs in a.runtime.tracker.targets["t"].jobs
         page = await client.get(f"/jobs/t/{theirs}")
         assert page.status_code == 503 and 'id="unreadable"' in page.text
         # Once a lease round has failed too, nothing is tried: the pages say why at once.
