@@ -64,6 +64,12 @@ class QuietGC:
     tick. The heap's block count walks the arenas: about 0.2 ms at 100 MiB, so it is read every
     `measure_every` seconds, not every tick: at ten a second it was a fifth of the CPU of an
     exporter with nothing changing.)
+
+    A tick that finds less than a young generation's worth of new objects (no automatic pass
+    since the last one) doubles the wait before the next, up to `idle_every`; one that finds
+    more goes back to `every`. An exporter with little to do thus wakes about once a second, and
+    a burst that starts meanwhile leaves at most `idle_every` seconds of survivors to the first
+    tick (CPython's own passes walk them too, never the permanent generation).
     """
 
     def __init__(
@@ -73,10 +79,11 @@ class QuietGC:
         window: float = 60.0,
         trim_every: float = 30.0,
         measure_every: float = 1.0,
+        idle_every: float = 1.0,
     ) -> None:
-        self.every, self.growth = every, growth
-        self._measure_ticks = max(1, round(measure_every / every))
-        self._ticks = 0
+        self.every, self.growth, self.idle_every = every, growth, max(every, idle_every)
+        self.measure_every = measure_every
+        self._next_measure = 0.0
         # The C heap gives back the pages it holds free this often (malloc_trim, in a worker
         # thread). Freed answers, bodies and rows larger than pymalloc's 512 B leave holes that
         # glibc keeps: at 50 jobs a second its free space grew 0.9 to 2.0 MiB in two minutes,
@@ -86,7 +93,7 @@ class QuietGC:
         self.baseline = 0
         self.full_passes = 0
         # The heap's size (in blocks) at the last measures, `window` seconds of them.
-        self.sizes: deque[int] = deque(maxlen=max(1, round(window / (every * self._measure_ticks))))
+        self.sizes: deque[int] = deque(maxlen=max(1, round(window / max(every, measure_every))))
 
     def full(self) -> None:
         """One full pass over everything, then freeze what survived (start-up, restore, growth)."""
@@ -97,24 +104,32 @@ class QuietGC:
         self.sizes.clear()
         self.full_passes += 1
 
-    def tick(self) -> None:
+    def tick(self, now: float | None = None) -> bool:
+        """Collect and freeze what is new; measure the heap if `measure_every` passed since the
+        last measure. True when the tick was quiet (fewer new objects than a young generation
+        holds)."""
+        young, older, oldest = gc.get_count()
+        quiet = older == oldest == 0 and young < gc.get_threshold()[0]
         gc.collect()  # the unfrozen objects only: made since the last tick
         gc.freeze()
-        self._ticks += 1
-        if self._ticks % self._measure_ticks:
-            return
+        now = time.monotonic() if now is None else now
+        if now < self._next_measure:
+            return quiet
+        self._next_measure = now + self.measure_every
         sizes = self.sizes
         sizes.append(sys.getallocatedblocks())
         if len(sizes) == sizes.maxlen and min(sizes) > self.baseline * (1 + self.growth):
             self.full()
+        return quiet
 
     async def run(self) -> None:
         self.full()
         trimmed = time.monotonic()
+        wait = self.every
         try:
             while True:
-                await anyio.sleep(self.every)
-                self.tick()
+                await anyio.sleep(wait)
+                wait = min(wait * 2, self.idle_every) if self.tick() else self.every
                 if self._trim is not None and time.monotonic() - trimmed >= self.trim_every:
                     trimmed = time.monotonic()
                     await anyio.to_thread.run_sync(self._trim)

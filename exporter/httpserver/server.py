@@ -4,7 +4,8 @@ cap on open connections and TLS done by the connection (front_door); signals are
 from __future__ import annotations
 
 import asyncio
-from contextlib import nullcontext
+import time
+from contextlib import nullcontext, suppress
 from typing import Any
 
 import uvicorn
@@ -34,10 +35,28 @@ class ListenError(OSError):
 
 
 class SignalsOurs(uvicorn.Server):
-    """uvicorn's server, leaving SIGTERM/SIGINT/SIGHUP to the exporter."""
+    """uvicorn's server, leaving SIGTERM/SIGINT/SIGHUP to the exporter, and waking once a
+    second, not ten times: its loop ticks to format the Date header (once a second) and to see
+    whether it should exit, which `stop` now says at once. An exporter with little to do spent a
+    tenth of its CPU on those wakeups."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._exit = asyncio.Event()
 
     def capture_signals(self) -> Any:
         return nullcontext()
+
+    async def main_loop(self) -> None:
+        # on_tick(0) formats the Date header and says whether to exit (a request limit or stop).
+        while not await self.on_tick(0):
+            with suppress(TimeoutError):
+                async with asyncio.timeout(1.0 - time.time() % 1.0):  # the next whole second
+                    await self._exit.wait()
+
+    def stop(self) -> None:
+        self.should_exit = True
+        self._exit.set()
 
 
 class Server:
@@ -94,4 +113,4 @@ class Server:
             raise ListenError(f"cannot listen on {self.address} (address in use or not available)") from None
 
     def stop(self) -> None:
-        self._server.should_exit = True
+        self._server.stop()

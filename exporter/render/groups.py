@@ -169,6 +169,9 @@ class JobSeries:
         self.due_queue: list[tuple[float, str, str]] = []
         self.due_at: dict[tuple[str, str], float] = {}
         self.states: dict[str, TargetState] = {}  # target -> its state, for the queued jobs
+        # Set while the background refresh has nothing to do and waits for news (a change, a
+        # group gone, an earlier deadline), so that an idle exporter does not tick.
+        self._idle: anyio.Event | None = None
 
     def job_changed(self, state: TargetState, tracked: TrackedJob) -> None:
         self.states[state.config.name] = state
@@ -230,6 +233,7 @@ class JobSeries:
         group.blocks = None  # also tells the refresh queue it went
         self.version += 1
         self._unassembled(time.monotonic())
+        self._news()
 
     # --- per_job_series: which of a target's jobs have series ----------------------------
     def _mode(self, state: TargetState) -> str:
@@ -268,6 +272,8 @@ class JobSeries:
             return  # an earlier look is queued: it queues the later one then
         self.due_at[key] = when
         heapq.heappush(self.due_queue, (when, name, tracked.job.id))
+        if self.due_queue[0][0] == when:
+            self._news()  # the earliest deadline: the idle refresh must wake for it
 
     def wake_due(self, now: float) -> None:
         """Give their series to the quiet jobs that became stuck or overdue by `now` (costs what
@@ -293,6 +299,11 @@ class JobSeries:
             group.dirty = True
             group.dirty_since = time.monotonic()
             self.dirty.append(group)
+            self._news()
+
+    def _news(self) -> None:
+        if self._idle is not None:
+            self._idle.set()
 
     def _refresh_next(self) -> None:
         group = self.dirty.popleft()
@@ -343,11 +354,13 @@ class JobSeries:
                 return self.assemble()
         return self.part
 
-    async def refresh_in_background(self, period: float = 0.1) -> None:
+    async def refresh_in_background(self, idle_max: float = 1.0) -> None:
         """Keep the served job part current: dirty groups, once dirty for SETTLE seconds, for up
         to TURN seconds a loop turn, scrapes first; the assembly CHUNK blocks a turn, at least
         every MAX_AGE seconds while jobs change. A turn of several groups keeps up when polling
-        keeps the loop busy (a group a turn would wait behind every other task's turn)."""
+        keeps the loop busy (a group a turn would wait behind every other task's turn). With
+        nothing to do it waits for news or the next quiet job's deadline (at most `idle_max`
+        seconds, in case the wall clock jumps), not for a period."""
         while True:
             self.wake_due(time.time())
             deadline = time.monotonic() + MAX_AGE
@@ -374,4 +387,15 @@ class JobSeries:
                         break
                     await anyio.sleep(0)
             if not self.dirty:
-                await anyio.sleep(period)
+                await self._wait_for_news(idle_max)
+
+    async def _wait_for_news(self, idle_max: float) -> None:
+        wait = idle_max
+        if self.due_queue:
+            wait = min(wait, max(0.0, self.due_queue[0][0] - time.time()))
+        self._idle = anyio.Event()
+        try:
+            with anyio.move_on_after(wait):
+                await self._idle.wait()
+        finally:
+            self._idle = None

@@ -321,3 +321,36 @@ async def test_shutting_down_during_a_flood_drops_the_requests_waiting_for_bcryp
         for writer in held:
             writer.close()
     assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]
+
+
+@pytest.mark.anyio
+async def test_the_server_wakes_once_a_second_for_its_date_and_stops_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from email.utils import parsedate_to_datetime
+
+    from exporter.httpserver.server import SignalsOurs
+
+    ticks: list[float] = []
+    on_tick = SignalsOurs.on_tick
+
+    async def counted(self: SignalsOurs, counter: int) -> bool:
+        ticks.append(time.monotonic())
+        return await on_tick(self, counter)
+
+    monkeypatch.setattr(SignalsOurs, "on_tick", counted)
+    async with served(ConnectionLimits()) as server:
+        await anyio.sleep(2.5)
+        assert 2 <= len(ticks) <= 4  # uvicorn's own loop wakes ten times a second
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        writer.close()
+        date = next(line.split(":", 1)[1] for line in head.split("\r\n") if line.lower().startswith("date:"))
+        assert abs(parsedate_to_datetime(date).timestamp() - time.time()) < 2
+        stopping = time.monotonic()
+        server.stop()
+        with anyio.fail_after(5):
+            while ticks[-1] < stopping:
+                await anyio.sleep(0.01)
+        assert ticks[-1] - stopping < 0.05  # told at once, not at its next tick

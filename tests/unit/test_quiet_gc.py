@@ -4,6 +4,7 @@ them is still collected once the permanent generation has stayed grown for a win
 from __future__ import annotations
 
 import gc
+import itertools
 import sys
 import weakref
 from collections.abc import Iterator
@@ -20,8 +21,10 @@ class Node:
 
 @pytest.fixture
 def keeper() -> Iterator[QuietGC]:
-    k = QuietGC(growth=0.25, every=0.5, window=2.0, measure_every=0.5)  # a window of 4 ticks
+    k = QuietGC(growth=0.25, every=0.5, window=2.0, measure_every=0.5)  # a window of 4 measures
     k.full()
+    clock, tick = itertools.count(1000.0, 0.5), k.tick
+    k.tick = lambda now=None: tick(next(clock))  # type: ignore[method-assign]  # each tick half a second on
     yield k
     gc.unfreeze()
 
@@ -103,11 +106,60 @@ def test_the_heap_is_measured_every_measure_every_not_every_tick() -> None:
     keeper = QuietGC(every=0.1, window=2.0, measure_every=1.0)
     keeper.full()
     try:
-        for _ in range(9):
-            keeper.tick()
-        assert len(keeper.sizes) == 0
-        keeper.tick()
+        keeper.tick(100.0)
         assert len(keeper.sizes) == 1
+        for i in range(1, 10):
+            keeper.tick(100.0 + i / 10)
+        assert len(keeper.sizes) == 1
+        keeper.tick(101.0)
+        assert len(keeper.sizes) == 2
+        keeper.tick(104.5)  # a long quiet wait: one measure, not the ones it slept through
+        assert len(keeper.sizes) == 2
         assert keeper.sizes.maxlen == 2  # the window holds two measures, a second apart
     finally:
         gc.unfreeze()
+
+
+def test_a_tick_is_quiet_when_few_objects_were_made_since_the_last() -> None:
+    keeper = QuietGC()
+    keeper.full()
+    try:
+        keeper.tick()
+        assert keeper.tick() is True
+        kept = [[i] for i in range(5 * gc.get_threshold()[0])]
+        assert keeper.tick() is False
+        assert keeper.tick() is True
+        assert len(kept) == 5 * gc.get_threshold()[0]
+    finally:
+        gc.unfreeze()
+
+
+def test_an_idle_exporter_ticks_less_often_until_objects_come_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anyio
+
+    from exporter import quiet_gc
+
+    keeper = QuietGC(every=0.1, idle_every=1.0)
+    keeper._trim = None
+    busy = {4, 9}  # the ticks after these waits find a burst of new objects
+    waits: list[float] = []
+    kept: list[object] = []
+
+    class Enough(Exception):
+        pass
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 12:
+            raise Enough
+        if len(waits) in busy:
+            kept.append([[i] for i in range(5 * gc.get_threshold()[0])])
+
+    monkeypatch.setattr(quiet_gc.anyio, "sleep", sleep)
+
+    async def main() -> None:
+        with pytest.raises(Enough):
+            await keeper.run()
+
+    anyio.run(main)
+    assert waits == pytest.approx([0.1, 0.2, 0.4, 0.8, 0.1, 0.2, 0.4, 0.8, 1.0, 0.1, 0.2, 0.4])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import subprocess
+import time
 import zlib
 
 import pytest
@@ -327,3 +328,33 @@ def test_a_connection_only_its_user_can_fix_says_so() -> None:
     awaiting = "asyncjob_connection_awaiting_user"
     assert got[(awaiting, frozenset({("target", "t"), ("connection_id", "c1")}))] == 1
     assert got[(awaiting, frozenset({("target", "t"), ("connection_id", "c2")}))] == 0
+
+
+@pytest.mark.anyio
+async def test_the_idle_background_refresh_waits_for_news_not_for_a_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import anyio
+
+    tr, ex = setup()
+    ex.render(gz=True)
+    looks = 0
+    wake_due = ex.jobs.wake_due
+
+    def counted(now: float) -> None:
+        nonlocal looks
+        looks += 1
+        wake_due(now)
+
+    monkeypatch.setattr(ex.jobs, "wake_due", counted)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ex.jobs.refresh_in_background)
+        await anyio.sleep(1.5)
+        assert looks <= 3  # at most once a second with nothing to do (it ticked ten times)
+        changed = time.monotonic()
+        tr.track("t", Job("news", Status.PENDING), "registered")
+        with anyio.fail_after(5):
+            while b'job_id="news"' not in ex.render(gz=False, fresh=False):
+                await anyio.sleep(0.005)
+        assert time.monotonic() - changed < 0.5  # woken by the change: SETTLE, not the idle wait
+        tg.cancel_scope.cancel()
