@@ -247,7 +247,9 @@ class TargetHttp:
         cluster share the provider's limits rather than each using all of them."""
         replicas = max(1, replicas)
         self.shared_by = replicas
-        self._limiter.total_tokens = max(1, -(-self.target.concurrency // replicas))
+        # The pools that fetch a cycle's jobs are as wide as this (fetch_each): a wider pool's
+        # extra workers would only queue on the limiter, each request handed over by a wakeup.
+        self.concurrency = self._limiter.total_tokens = max(1, -(-self.target.concurrency // replicas))
         if self._budget is not None and self.target.max_requests_per_second:
             self._budget.set_rate(self.target.max_requests_per_second / replicas)
 

@@ -32,7 +32,7 @@ COMMON_KEYS = frozenset(
 class Http(Protocol):
     """What a provider may ask of its target's HTTP client (exporter.fetch.TargetHttp): requests."""
 
-    concurrency: int  # requests in flight at most
+    concurrency: int  # requests in flight at most (this replica's share, in a cluster)
 
     async def get_json(self, path: str, params: dict[str, str] | None = None) -> Any: ...
 

@@ -421,3 +421,47 @@ async def test_every_hostile_answer_costs_its_job_alone_within_the_deadline() ->
     assert sorted(job.id for job in result.jobs) == sorted(good)
     # Extra bytes after a body leave that body ({}) to be read: not a Basiq job.
     assert sum(http.stats.errors.values()) + len(result.bad_payloads) == len(names)
+
+
+@pytest.mark.anyio
+async def test_a_target_shared_by_replicas_sends_its_share_in_flight_from_a_pool_no_wider() -> None:
+    """Three replicas share a concurrency of 16: each sends at most 6 at once, and the pool that
+    fetches a cycle's jobs has 6 workers, not 16 of which 10 would queue on the limiter."""
+    import anyio
+
+    from exporter.providers import base
+
+    in_flight = peak = 0
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await anyio.sleep(0.01)
+        in_flight -= 1
+        job_id = request.url.path.rsplit("/", 1)[-1]
+        return httpx.Response(200, json={"id": job_id})
+
+    http = make_http(answer, concurrency=16)
+    http.share(3)
+    assert http.concurrency == 6
+    widths: list[int] = []
+    gather = base.gather
+
+    async def recorded(items: Any, fn: Any, width: int = base.POOL_WIDTH) -> Any:
+        widths.append(width)
+        return await gather(items, fn, width)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(base, "gather", recorded)
+        result = await fetch_each(
+            http,
+            [str(i) for i in range(60)],
+            lambda i: f"/jobs/{i}",
+            lambda obj: Job(obj["id"], Status.RUNNING),
+        )
+    assert widths == [6]
+    assert peak == 6
+    assert len(result.jobs) == 60
+    http.share(1)
+    assert http.concurrency == 16  # a replica alone again takes the whole budget
