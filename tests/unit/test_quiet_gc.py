@@ -87,9 +87,9 @@ def test_the_c_heap_gives_back_its_free_pages_now_and_then() -> None:
     ticks = [0]
     tick = keeper.tick
 
-    def counted() -> None:
+    def counted(now: float | None = None) -> bool:
         ticks[0] += 1
-        tick()
+        return tick(now)
 
     keeper.tick = counted  # type: ignore[method-assign]
     keeper._trim = lambda: trims.append(ticks[0])
@@ -137,8 +137,6 @@ def test_a_tick_is_quiet_when_few_objects_were_made_since_the_last() -> None:
 def test_an_idle_exporter_ticks_less_often_until_objects_come_again(monkeypatch: pytest.MonkeyPatch) -> None:
     import anyio
 
-    from exporter import quiet_gc
-
     keeper = QuietGC(every=0.1, idle_every=1.0)
     keeper._trim = None
     busy = {4, 9}  # the ticks after these waits find a burst of new objects
@@ -155,7 +153,7 @@ def test_an_idle_exporter_ticks_less_often_until_objects_come_again(monkeypatch:
         if len(waits) in busy:
             kept.append([[i] for i in range(5 * gc.get_threshold()[0])])
 
-    monkeypatch.setattr(quiet_gc.anyio, "sleep", sleep)
+    monkeypatch.setattr(anyio, "sleep", sleep)  # as exporter.quiet_gc looks it up
 
     async def main() -> None:
         with pytest.raises(Enough):
